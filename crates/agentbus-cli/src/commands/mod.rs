@@ -1,0 +1,79 @@
+//! One module per subcommand: its arguments and a short `exec`.
+
+mod setup;
+mod status;
+mod up;
+
+use agentbus::connect::ServerTarget;
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a local nats-server with JetStream, auth and monitoring, and provision the streams.
+    Up(up::UpArgs),
+    /// Apply the topology (the streams) to a server, idempotently.
+    Setup(setup::SetupArgs),
+    /// Show the server, JetStream usage and every stream.
+    Status(status::StatusArgs),
+}
+
+impl Command {
+    /// Runs the subcommand.
+    pub async fn exec(self) -> anyhow::Result<ExitCode> {
+        match self {
+            Self::Up(args) => up::exec(args).await,
+            Self::Setup(args) => setup::exec(args).await,
+            Self::Status(args) => status::exec(args).await,
+        }
+    }
+}
+
+/// How client commands find the server.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// NATS server URL (credentials may be in the URL). Default: NATS_URL, then <data-dir>/connection.env.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+
+    /// Data directory of `agentbus up`, where connection.env is found [env: AGENTBUS_DATA_DIR] [default: ./.agentbus]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// Resolves the server target.
+    pub fn target(&self) -> anyhow::Result<ServerTarget> {
+        let data_dir = agentbus::data_dir::resolve(self.data_dir.as_deref());
+        Ok(ServerTarget::resolve(self.server.as_deref(), &data_dir)?)
+    }
+
+    /// Resolves the target and connects.
+    pub async fn connect(&self) -> anyhow::Result<(ServerTarget, async_nats::Client)> {
+        let target = self.target()?;
+        let client = target.connect("agentbus-cli").await?;
+        Ok((target, client))
+    }
+}
+
+/// Loads the topology from `path`, or the requirements' default.
+pub fn load_topology(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<agentbus::topology::Topology> {
+    match path {
+        Some(path) => Ok(agentbus::topology::Topology::from_file(path)?),
+        None => Ok(agentbus::topology::Topology::requirements()),
+    }
+}
+
+/// Makes an error from a JetStream call read as one sentence with context.
+pub fn jetstream_context<T, E: std::error::Error + Send + Sync + 'static>(
+    result: Result<T, E>,
+    what: &str,
+) -> anyhow::Result<T> {
+    result
+        .with_context(|| format!("JetStream could not {what}; is JetStream enabled on the server?"))
+}

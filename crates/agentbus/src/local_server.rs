@@ -1,0 +1,393 @@
+//! Running a local `nats-server` as a supervised child process.
+//!
+//! Used by `agentbus up` and by the test kit. The server gets a generated
+//! config in its directory: JetStream storage there, the requested (or random)
+//! ports, authentication with one user whose password reaches the server
+//! through an environment variable, so it never lands in the config file.
+//! On Linux the child is asked to die with its parent, so no server outlives
+//! the process that started it, even when that process is killed.
+
+use crate::private_file::write_private;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+const PASSWORD_VAR: &str = "AGENTBUS_NATS_PASSWORD";
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// File name of the generated server configuration.
+pub const CONFIG_FILE: &str = "nats.conf";
+/// File name of the server's log (its stderr).
+pub const LOG_FILE: &str = "nats-server.log";
+
+/// How to run a local server.
+#[derive(Clone)]
+pub struct LocalServerConfig {
+    /// The `nats-server` executable.
+    pub binary: PathBuf,
+    /// Directory holding the config, log, ports file and JetStream store.
+    pub dir: PathBuf,
+    /// Address to bind (client and monitoring).
+    pub host: String,
+    /// Client port; 0 picks a free one.
+    pub port: u16,
+    /// Monitoring port; 0 picks a free one.
+    pub monitor_port: u16,
+    /// The one user allowed to connect.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// Optional server name (shown by `server_info`).
+    pub server_name: String,
+}
+
+impl std::fmt::Debug for LocalServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalServerConfig")
+            .field("binary", &self.binary)
+            .field("dir", &self.dir)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("monitor_port", &self.monitor_port)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a local server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalServerError {
+    /// A file in the server directory could not be written.
+    #[error("cannot write {}: {reason}; check that the directory is writable", .path.display())]
+    Write { path: PathBuf, reason: String },
+    /// The requested port is taken.
+    #[error(
+        "{what} port {port} on {host} is already in use; stop what listens there or pass {flag} 0 to pick a free port"
+    )]
+    PortInUse {
+        what: &'static str,
+        host: String,
+        port: u16,
+        flag: &'static str,
+    },
+    /// The process could not be spawned.
+    #[error("cannot start {}: {reason}", .binary.display())]
+    Spawn { binary: PathBuf, reason: String },
+    /// The server exited while starting.
+    #[error("nats-server exited while starting ({status}); its last log lines:\n{log_tail}")]
+    ExitedEarly { status: String, log_tail: String },
+    /// The server did not report its ports in time.
+    #[error("nats-server did not become ready within {} s; its last log lines:\n{log_tail}", START_TIMEOUT.as_secs())]
+    NotReady { log_tail: String },
+}
+
+/// A running local server; killed when dropped.
+#[derive(Debug)]
+pub struct LocalServer {
+    child: Child,
+    pid: u32,
+    client_url: String,
+    monitor_url: String,
+    user: String,
+    password: String,
+    dir: PathBuf,
+}
+
+impl LocalServer {
+    /// Writes the config, starts the server and waits until it listens.
+    pub async fn start(config: &LocalServerConfig) -> Result<Self, LocalServerError> {
+        check_port_free(&config.host, config.port, "client", "--port")?;
+        check_port_free(
+            &config.host,
+            config.monitor_port,
+            "monitoring",
+            "--monitor-port",
+        )?;
+        let config_path = config.dir.join(CONFIG_FILE);
+        write_private(&config_path, &render_config(config)).map_err(|err| {
+            LocalServerError::Write {
+                path: config_path.clone(),
+                reason: err.to_string(),
+            }
+        })?;
+        remove_stale_ports_files(&config.dir);
+        let log_path = config.dir.join(LOG_FILE);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|err| LocalServerError::Write {
+                path: log_path.clone(),
+                reason: err.to_string(),
+            })?;
+        let log_err = log.try_clone().map_err(|err| LocalServerError::Write {
+            path: log_path.clone(),
+            reason: err.to_string(),
+        })?;
+        let mut command = Command::new(&config.binary);
+        command
+            .arg("-c")
+            .arg(&config_path)
+            .env(PASSWORD_VAR, &config.password)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(true);
+        die_with_parent(&mut command);
+        let child = command.spawn().map_err(|err| LocalServerError::Spawn {
+            binary: config.binary.clone(),
+            reason: err.to_string(),
+        })?;
+        let pid = child.id().unwrap_or_default();
+        let mut server = Self {
+            child,
+            pid,
+            client_url: String::new(),
+            monitor_url: String::new(),
+            user: config.user.clone(),
+            password: config.password.clone(),
+            dir: config.dir.clone(),
+        };
+        server.wait_for_ports(config).await?;
+        Ok(server)
+    }
+
+    async fn wait_for_ports(&mut self, config: &LocalServerConfig) -> Result<(), LocalServerError> {
+        let ports_file = self.dir.join(format!("nats-server_{}.ports", self.pid));
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().ok().flatten() {
+                let log_tail = self.log_tail(15);
+                if log_tail.contains("address already in use") {
+                    return Err(LocalServerError::PortInUse {
+                        what: "client or monitoring",
+                        host: config.host.clone(),
+                        port: config.port,
+                        flag: "--port/--monitor-port",
+                    });
+                }
+                return Err(LocalServerError::ExitedEarly {
+                    status: status.to_string(),
+                    log_tail,
+                });
+            }
+            if let Some((client, monitor)) = read_ports_file(&ports_file) {
+                self.client_url = client;
+                self.monitor_url = monitor;
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(LocalServerError::NotReady {
+                    log_tail: self.log_tail(15),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Process id of the server.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Client URL without credentials, e.g. `nats://127.0.0.1:4222`.
+    pub fn client_url(&self) -> &str {
+        &self.client_url
+    }
+
+    /// Client URL with the user and password: a secret, never print it.
+    pub fn client_url_with_credentials(&self) -> String {
+        let rest = self.client_url.trim_start_matches("nats://");
+        format!("nats://{}:{}@{rest}", self.user, self.password)
+    }
+
+    /// Monitoring URL, e.g. `http://127.0.0.1:8222`.
+    pub fn monitor_url(&self) -> &str {
+        &self.monitor_url
+    }
+
+    /// The user allowed to connect.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Its password: a secret, never print it.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// The server's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Waits for the server process to exit.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// Stops the server: SIGTERM (it flushes JetStream and exits), then SIGKILL
+    /// after `grace`.
+    pub async fn stop(&mut self, grace: Duration) -> std::io::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        send_sigterm(self.pid);
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                self.child.kill().await?;
+                self.child.wait().await
+            }
+        }
+    }
+
+    /// The last `lines` lines of the server log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.dir.join(LOG_FILE), lines)
+    }
+}
+
+/// The last `lines` lines of a log file, or a note that it could not be read.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(err) => format!("(cannot read {}: {err})", path.display()),
+    }
+}
+
+fn render_config(config: &LocalServerConfig) -> String {
+    let port = |p: u16| if p == 0 { -1 } else { i32::from(p) };
+    let dir = config.dir.display();
+    format!(
+        r#"# Generated by agentbus at every start; edits are overwritten.
+server_name: {name:?}
+host: {host:?}
+port: {port}
+http_port: {http_port}
+ports_file_dir: "{dir}"
+jetstream {{
+  store_dir: "{dir}"
+}}
+authorization {{
+  users = [
+    {{ user: {user:?}, password: ${PASSWORD_VAR} }}
+  ]
+}}
+"#,
+        name = config.server_name,
+        host = config.host,
+        port = port(config.port),
+        http_port = port(config.monitor_port),
+        user = config.user,
+    )
+}
+
+fn check_port_free(
+    host: &str,
+    port: u16,
+    what: &'static str,
+    flag: &'static str,
+) -> Result<(), LocalServerError> {
+    if port == 0 {
+        return Ok(());
+    }
+    let addr = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    match TcpListener::bind(&addr) {
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(LocalServerError::PortInUse {
+                what,
+                host: host.to_owned(),
+                port,
+                flag,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn remove_stale_ports_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("nats-server_") && name.ends_with(".ports") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn read_ports_file(path: &Path) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Ports {
+        nats: Vec<String>,
+        monitoring: Option<Vec<String>>,
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let ports: Ports = serde_json::from_str(&text).ok()?;
+    let client = ports.nats.into_iter().next()?;
+    let monitor = ports
+        .monitoring
+        .and_then(|m| m.into_iter().next())
+        .unwrap_or_default();
+    Some((client, monitor))
+}
+
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[allow(unsafe_code)]
+fn send_sigterm(pid: u32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_keeps_the_password_out() {
+        let config = LocalServerConfig {
+            binary: "nats-server".into(),
+            dir: "/data".into(),
+            host: "127.0.0.1".into(),
+            port: 0,
+            monitor_port: 8222,
+            user: "agentbus".into(),
+            password: "hunter2".into(),
+            server_name: "agentbus".into(),
+        };
+        let text = render_config(&config);
+        assert!(!text.contains("hunter2"));
+        assert!(text.contains("port: -1\n"));
+        assert!(text.contains("http_port: 8222\n"));
+        assert!(text.contains("password: $AGENTBUS_NATS_PASSWORD"));
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

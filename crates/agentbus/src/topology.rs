@@ -1,0 +1,590 @@
+//! The streams, as declarative data, and applying them to a server idempotently.
+//!
+//! The default topology (`topology.toml` beside this crate's manifest) holds
+//! the three streams of the requirements. [`Topology::apply`] creates what is
+//! missing, updates what changed where JetStream allows it, and refuses with a
+//! named stream and field where it does not.
+
+use crate::subject::{REQUEST_REPLY_SUBJECTS, SubjectPattern, overlaps};
+use async_nats::jetstream::{self, stream};
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The default topology file's text.
+pub const DEFAULT_TOPOLOGY_TOML: &str = include_str!("../topology.toml");
+
+/// A set of streams to provision.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// The streams, in the order they are applied.
+    #[serde(rename = "stream")]
+    pub streams: Vec<StreamSpec>,
+}
+
+/// One stream of a topology.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSpec {
+    /// Stream name.
+    pub name: String,
+    /// What the stream is for.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Subjects the stream captures.
+    pub subjects: Vec<String>,
+    /// Retention policy.
+    pub retention: Retention,
+    /// Maximum number of messages.
+    pub max_msgs: i64,
+    /// Maximum total size in bytes.
+    #[serde(deserialize_with = "deserialize_size")]
+    pub max_bytes: i64,
+    /// Maximum age of a message.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub max_age: Duration,
+    /// Storage backend.
+    pub storage: Storage,
+    /// What happens when the stream is full.
+    #[serde(default)]
+    pub discard: Discard,
+    /// Window in which a repeated `Nats-Msg-Id` is stored once.
+    #[serde(
+        default = "default_duplicate_window",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub duplicate_window: Duration,
+    /// Number of replicas (1 on a single server).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+}
+
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(120)
+}
+
+fn default_replicas() -> usize {
+    1
+}
+
+/// Retention policy of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retention {
+    /// Keep messages until a limit is reached.
+    Limits,
+    /// Keep messages while some consumer is interested.
+    Interest,
+    /// Remove a message once it is acknowledged.
+    #[serde(alias = "work_queue")]
+    Workqueue,
+}
+
+/// Storage backend of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// On disk.
+    File,
+    /// In memory.
+    Memory,
+}
+
+/// What a full stream does with a new message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discard {
+    /// Delete the oldest message.
+    #[default]
+    Old,
+    /// Refuse the new message with an error.
+    New,
+}
+
+/// What [`Topology::apply`] did to a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamAction {
+    /// The stream did not exist and was created.
+    Created,
+    /// The stream existed with other settings and was updated in place.
+    Updated,
+    /// The stream already had these settings.
+    Unchanged,
+}
+
+impl fmt::Display for StreamAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::Unchanged => "unchanged",
+        })
+    }
+}
+
+/// Why a topology could not be loaded or applied.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The file could not be read.
+    #[error("cannot read topology file {}: {reason}", .path.display())]
+    Read { path: PathBuf, reason: String },
+    /// The file is not valid TOML or does not have the topology's shape.
+    #[error("invalid topology file {} at line {line}, column {column}: {message}", .path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// The topology is well-formed but would not work.
+    #[error("invalid topology: stream {stream:?}: {reason}")]
+    Invalid { stream: String, reason: String },
+    /// The server has the stream with a setting JetStream cannot change in place.
+    #[error(
+        "stream {stream:?}: {field} cannot change in place ({current} on the server, {wanted} in the topology); keep {current} in the topology, or delete the stream and its messages to recreate it"
+    )]
+    Immutable {
+        stream: String,
+        field: &'static str,
+        current: String,
+        wanted: String,
+    },
+    /// JetStream refused an operation.
+    #[error("stream {stream:?}: JetStream refused to {action} it: {reason}")]
+    JetStream {
+        stream: String,
+        action: &'static str,
+        reason: String,
+    },
+}
+
+impl Topology {
+    /// The topology of the requirements, shipped with this crate.
+    pub fn requirements() -> Self {
+        Self::parse(DEFAULT_TOPOLOGY_TOML, Path::new("topology.toml"))
+            .expect("the shipped topology is valid")
+    }
+
+    /// Loads and validates a topology file.
+    pub fn from_file(path: &Path) -> Result<Self, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|err| TopologyError::Read {
+            path: path.to_owned(),
+            reason: err.to_string(),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates topology text; `path` is used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, TopologyError> {
+        let topology: Self = toml::from_str(text).map_err(|err| {
+            let offset = err.span().map_or(0, |span| span.start);
+            let (line, column) = line_and_column(text, offset);
+            TopologyError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: err.message().trim_end().replace('\n', "; "),
+            }
+        })?;
+        topology.validate()?;
+        Ok(topology)
+    }
+
+    /// Checks what TOML alone cannot: names, subjects, limits, overlaps.
+    pub fn validate(&self) -> Result<(), TopologyError> {
+        let mut seen_subjects: Vec<(&str, &str)> = Vec::new();
+        for (index, spec) in self.streams.iter().enumerate() {
+            let invalid = |reason: String| TopologyError::Invalid {
+                stream: spec.name.clone(),
+                reason,
+            };
+            if spec.name.is_empty()
+                || spec
+                    .name
+                    .chars()
+                    .any(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            {
+                return Err(invalid(
+                    "a stream name uses only letters, digits, '-' and '_'".into(),
+                ));
+            }
+            if self.streams[..index].iter().any(|s| s.name == spec.name) {
+                return Err(invalid("the name appears twice".into()));
+            }
+            if spec.subjects.is_empty() {
+                return Err(invalid("it captures no subjects".into()));
+            }
+            for subject in &spec.subjects {
+                if let Some(rr) = REQUEST_REPLY_SUBJECTS
+                    .iter()
+                    .find(|rr| overlaps(subject, rr))
+                {
+                    return Err(invalid(format!(
+                        "subject {subject:?} captures the request/reply subject {rr:?}, so JetStream would answer requesters with its own ack instead of the agent's reply; narrow the subject"
+                    )));
+                }
+                SubjectPattern::parse(subject).map_err(|err| invalid(err.to_string()))?;
+                if let Some((other, other_subject)) =
+                    seen_subjects.iter().find(|(_, s)| overlaps(subject, s))
+                {
+                    return Err(invalid(format!(
+                        "subject {subject:?} overlaps {other_subject:?} of stream {other:?}; a subject can belong to one stream only"
+                    )));
+                }
+            }
+            seen_subjects.extend(
+                spec.subjects
+                    .iter()
+                    .map(|s| (spec.name.as_str(), s.as_str())),
+            );
+            if spec.max_msgs <= 0 || spec.max_bytes <= 0 || spec.max_age.is_zero() {
+                return Err(invalid(
+                    "max_msgs, max_bytes and max_age must be positive (the requirements bound every stream)".into(),
+                ));
+            }
+            if spec.duplicate_window > spec.max_age {
+                return Err(invalid("duplicate_window must not exceed max_age".into()));
+            }
+            if spec.replicas == 0 || spec.replicas > 5 {
+                return Err(invalid("replicas must be between 1 and 5".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds a stream by name.
+    pub fn stream(&self, name: &str) -> Option<&StreamSpec> {
+        self.streams.iter().find(|s| s.name == name)
+    }
+
+    /// Applies every stream to the server behind `js`, in order.
+    pub async fn apply(
+        &self,
+        js: &jetstream::Context,
+    ) -> Result<Vec<(String, StreamAction)>, TopologyError> {
+        let mut actions = Vec::with_capacity(self.streams.len());
+        for spec in &self.streams {
+            actions.push((spec.name.clone(), spec.apply(js).await?));
+        }
+        Ok(actions)
+    }
+}
+
+impl StreamSpec {
+    /// The JetStream configuration for this stream.
+    pub fn to_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            subjects: self.subjects.clone(),
+            retention: match self.retention {
+                Retention::Limits => stream::RetentionPolicy::Limits,
+                Retention::Interest => stream::RetentionPolicy::Interest,
+                Retention::Workqueue => stream::RetentionPolicy::WorkQueue,
+            },
+            max_messages: self.max_msgs,
+            max_bytes: self.max_bytes,
+            max_age: self.max_age,
+            storage: match self.storage {
+                Storage::File => stream::StorageType::File,
+                Storage::Memory => stream::StorageType::Memory,
+            },
+            discard: match self.discard {
+                Discard::Old => stream::DiscardPolicy::Old,
+                Discard::New => stream::DiscardPolicy::New,
+            },
+            duplicate_window: self.duplicate_window,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    /// Fields whose value on the server differs from this spec, as
+    /// `(field, server value, wanted value)`.
+    pub fn differences(&self, actual: &stream::Config) -> Vec<(&'static str, String, String)> {
+        let wanted = self.to_config();
+        let mut out = Vec::new();
+        let mut check = |field, current: String, want: String| {
+            if current != want {
+                out.push((field, current, want));
+            }
+        };
+        check(
+            "storage",
+            format!("{:?}", actual.storage),
+            format!("{:?}", wanted.storage),
+        );
+        check(
+            "retention",
+            format!("{:?}", actual.retention),
+            format!("{:?}", wanted.retention),
+        );
+        let mut actual_subjects = actual.subjects.clone();
+        let mut wanted_subjects = wanted.subjects.clone();
+        actual_subjects.sort();
+        wanted_subjects.sort();
+        check(
+            "subjects",
+            format!("{actual_subjects:?}"),
+            format!("{wanted_subjects:?}"),
+        );
+        check(
+            "max_msgs",
+            actual.max_messages.to_string(),
+            wanted.max_messages.to_string(),
+        );
+        check(
+            "max_bytes",
+            actual.max_bytes.to_string(),
+            wanted.max_bytes.to_string(),
+        );
+        check(
+            "max_age",
+            format!("{:?}", actual.max_age),
+            format!("{:?}", wanted.max_age),
+        );
+        check(
+            "discard",
+            format!("{:?}", actual.discard),
+            format!("{:?}", wanted.discard),
+        );
+        check(
+            "duplicate_window",
+            format!("{:?}", actual.duplicate_window),
+            format!("{:?}", wanted.duplicate_window),
+        );
+        check(
+            "replicas",
+            actual.num_replicas.to_string(),
+            wanted.num_replicas.to_string(),
+        );
+        check(
+            "description",
+            format!("{:?}", actual.description),
+            format!("{:?}", wanted.description),
+        );
+        out
+    }
+
+    async fn apply(&self, js: &jetstream::Context) -> Result<StreamAction, TopologyError> {
+        let js_error = |action, err: &dyn fmt::Display| TopologyError::JetStream {
+            stream: self.name.clone(),
+            action,
+            reason: err.to_string(),
+        };
+        let mut existing = match js.get_stream(&self.name).await {
+            Ok(stream) => stream,
+            Err(err) if is_stream_not_found(&err) => {
+                js.create_stream(self.to_config())
+                    .await
+                    .map_err(|err| js_error("create", &err))?;
+                return Ok(StreamAction::Created);
+            }
+            Err(err) => return Err(js_error("look up", &err)),
+        };
+        let info = existing
+            .info()
+            .await
+            .map_err(|err| js_error("look up", &err))?;
+        let differences = self.differences(&info.config);
+        if differences.is_empty() {
+            return Ok(StreamAction::Unchanged);
+        }
+        if let Some((field, current, wanted)) = differences
+            .iter()
+            .find(|(field, _, _)| matches!(*field, "storage" | "retention"))
+        {
+            return Err(TopologyError::Immutable {
+                stream: self.name.clone(),
+                field,
+                current: current.to_lowercase(),
+                wanted: wanted.to_lowercase(),
+            });
+        }
+        // Keep what the server added (metadata, placement, ...) and change only our fields.
+        let wanted = self.to_config();
+        let config = stream::Config {
+            subjects: wanted.subjects,
+            max_messages: wanted.max_messages,
+            max_bytes: wanted.max_bytes,
+            max_age: wanted.max_age,
+            discard: wanted.discard,
+            duplicate_window: wanted.duplicate_window,
+            num_replicas: wanted.num_replicas,
+            description: wanted.description,
+            ..info.config.clone()
+        };
+        js.update_stream(config)
+            .await
+            .map_err(|err| js_error("update", &err))?;
+        Ok(StreamAction::Updated)
+    }
+}
+
+fn is_stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        err.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(js)
+            if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+/// Parses sizes such as `100MiB`, `50 MB`, `1024` into bytes.
+pub fn parse_size(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: i64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as \"100MiB\""))?;
+    let factor: i64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}; use B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn deserialize_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(i64),
+        Text(String),
+    }
+    match Size::deserialize(deserializer)? {
+        Size::Bytes(n) => Ok(n),
+        Size::Text(text) => parse_size(&text).map_err(serde::de::Error::custom),
+    }
+}
+
+fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(|err| {
+        serde::de::Error::custom(format!("{text:?} is not a duration such as \"7d\": {err}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_topology_is_the_requirements() {
+        let t = Topology::requirements();
+        let names: Vec<_> = t.streams.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["agent-messages", "agent-broadcast", "agent-tasks"]);
+        let tasks = t.stream("agent-tasks").unwrap();
+        assert_eq!(tasks.subjects, ["tasks.*", "work.*"]);
+        assert_eq!(tasks.retention, Retention::Workqueue);
+        assert_eq!(tasks.max_msgs, 50_000);
+        assert_eq!(tasks.max_bytes, 200 * 1024 * 1024);
+        assert_eq!(tasks.max_age, Duration::from_secs(14 * 86_400));
+        assert_eq!(tasks.discard, Discard::New);
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("100MiB"), Ok(104_857_600));
+        assert_eq!(parse_size("50 MB"), Ok(50_000_000));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("1 PB").is_err());
+    }
+
+    #[test]
+    fn malformed_file_reports_line_and_column() {
+        let text = "[[stream]]\nname = \"x\"\nsubjects = [\"a.*\"\n";
+        let err = Topology::parse(text, Path::new("t.toml")).unwrap_err();
+        match &err {
+            TopologyError::Parse { line, path, .. } => {
+                assert_eq!(path, Path::new("t.toml"));
+                assert!(*line >= 3, "{err}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            err.to_string()
+                .starts_with("invalid topology file t.toml at line")
+        );
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let text = "[[stream]]\nname = \"x\"\nsubjects = [\"a.*\"]\n";
+        let err = Topology::parse(text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retention"), "{err}");
+    }
+
+    fn with_subjects(subjects: &str) -> String {
+        DEFAULT_TOPOLOGY_TOML.replacen(
+            "subjects = [\"agent.*.inbox\", \"agent.*.direct\"]",
+            &format!("subjects = {subjects}"),
+            1,
+        )
+    }
+
+    #[test]
+    fn refuses_streams_capturing_request_reply_subjects() {
+        for subjects in [
+            r#"["agent.*.task"]"#,
+            r#"["agent.>"]"#,
+            r#"["_INBOX.>"]"#,
+            r#"[">"]"#,
+        ] {
+            let err = Topology::parse(&with_subjects(subjects), Path::new("t.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("request/reply"), "{subjects}: {err}");
+        }
+    }
+
+    #[test]
+    fn refuses_overlapping_streams() {
+        let err = Topology::parse(&with_subjects(r#"["tasks.x"]"#), Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"tasks.*\" overlaps \"tasks.x\" of stream \"agent-messages\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn differences_name_each_changed_field() {
+        let spec = Topology::requirements()
+            .stream("agent-tasks")
+            .unwrap()
+            .clone();
+        let mut actual = spec.to_config();
+        assert!(spec.differences(&actual).is_empty());
+        actual.max_messages = 10;
+        actual.storage = stream::StorageType::Memory;
+        let fields: Vec<_> = spec.differences(&actual).into_iter().map(|d| d.0).collect();
+        assert_eq!(fields, ["storage", "max_msgs"]);
+    }
+}
