@@ -20,16 +20,24 @@
 //!   serves agents, and the client side that sends tasks and events.
 //! - [`redact`]: keeping passwords out of everything printed or logged.
 
+pub mod agent;
+pub mod client;
 pub mod connect;
 pub mod data_dir;
 pub mod local_server;
 pub mod monitor;
 pub mod name;
 pub mod private_file;
+pub mod protocol;
 pub mod redact;
+pub mod runtime;
 pub mod server_binary;
 pub mod subject;
 pub mod topology;
 
+pub use agent::{Agent, TaskContext, TaskError, TaskTypeSpec};
+pub use client::{Bus, RequestOptions, SendTaskError};
 pub use connect::{ConnectError, ServerTarget};
 pub use name::{InvalidName, Name};
+pub use protocol::{Priority, TaskRequest, TaskResponse, TaskStatus};
+pub use runtime::{AgentOptions, Runtime};

@@ -1,0 +1,220 @@
+//! The runtime: serves one or many agents over one NATS connection.
+//!
+//! Each agent subscribes to `agent.<name>.task` in queue group `<name>`, so
+//! replicas share the load. Up to `max_concurrency` tasks of an agent run at
+//! once; further tasks wait and are taken by priority (critical first), then
+//! arrival. Every task is answered with a TaskResponse, including malformed,
+//! unknown, invalid and panicking ones, and the agent keeps serving.
+
+mod dedup;
+mod serve;
+mod task_types;
+
+pub use task_types::InvalidSchema;
+
+use crate::agent::Agent;
+use crate::client::Bus;
+use crate::name::{InvalidName, Name};
+use crate::subject::{self, events};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How one agent is served.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Tasks handled at once; more wait in a priority queue.
+    pub max_concurrency: usize,
+    /// Tasks waiting at most; beyond it, new tasks stay in the subscription
+    /// buffer until a slot frees (backpressure).
+    pub max_waiting: usize,
+    /// A handler running longer is abandoned with status `timeout`.
+    pub task_timeout: Option<Duration>,
+    /// How long a task id is remembered, so a retry is answered, not rerun.
+    pub dedup_window: Duration,
+    /// How many task ids are remembered at most.
+    pub dedup_capacity: usize,
+    /// Publish `platform.events.task_completed` / `task_failed` after each task.
+    pub task_events: bool,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 64,
+            max_waiting: 10_000,
+            task_timeout: None,
+            dedup_window: Duration::from_secs(300),
+            dedup_capacity: 10_000,
+            task_events: true,
+        }
+    }
+}
+
+/// Why an agent could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The agent's name, or one of its task types, is not a valid name.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    /// A payload schema does not compile.
+    #[error(transparent)]
+    InvalidSchema(#[from] InvalidSchema),
+    /// The agent declares no task types.
+    #[error("agent {0} declares no task types; return at least one from task_types()")]
+    NoTaskTypes(String),
+    /// The same agent name was added twice to one runtime.
+    #[error(
+        "agent {0} is already served by this runtime; run replicas as separate runtimes or processes"
+    )]
+    Duplicate(String),
+    /// Subscribing failed.
+    #[error("cannot subscribe for agent {agent}: {reason}")]
+    Subscribe { agent: String, reason: String },
+}
+
+/// Serves agents until shut down.
+#[derive(Debug)]
+pub struct Runtime {
+    bus: Bus,
+    instance_id: Arc<str>,
+    agents: Vec<ServedAgent>,
+}
+
+#[derive(Debug)]
+struct ServedAgent {
+    name: Name,
+    stop: watch::Sender<Option<tokio::time::Instant>>,
+    task: JoinHandle<()>,
+}
+
+impl Runtime {
+    /// A runtime on `bus`, with a fresh instance id.
+    pub fn new(bus: Bus) -> Self {
+        Self {
+            bus,
+            instance_id: uuid::Uuid::new_v4().simple().to_string().into(),
+            agents: Vec::new(),
+        }
+    }
+
+    /// The bus the runtime serves on.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// This runtime's instance id (one per process or runtime).
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Names of the agents served.
+    pub fn agent_names(&self) -> impl Iterator<Item = &Name> {
+        self.agents.iter().map(|a| &a.name)
+    }
+
+    /// Starts serving `agent`: validates it, subscribes, and announces it with
+    /// `platform.events.agent_registered`. Tasks are taken once this returns.
+    pub async fn add<A: Agent>(
+        &mut self,
+        agent: A,
+        options: AgentOptions,
+    ) -> Result<(), RuntimeError> {
+        let name = Name::parse("agent name", agent.name())?;
+        if self.agents.iter().any(|a| a.name == name) {
+            return Err(RuntimeError::Duplicate(name.to_string()));
+        }
+        let specs = agent.task_types();
+        if specs.is_empty() {
+            return Err(RuntimeError::NoTaskTypes(name.to_string()));
+        }
+        let task_types = task_types::TaskTypes::compile(&specs)?;
+        let subscriber = self
+            .bus
+            .client()
+            .queue_subscribe(subject::agent_task(&name), name.to_string())
+            .await
+            .map_err(|err| RuntimeError::Subscribe {
+                agent: name.to_string(),
+                reason: err.to_string(),
+            })?;
+        let type_names: Vec<String> = specs.iter().map(|s| s.name().to_string()).collect();
+        let (stop, stop_rx) = watch::channel(None);
+        let served = serve::Served::new(
+            agent,
+            name.clone(),
+            task_types,
+            self.bus.clone(),
+            self.instance_id.clone(),
+            options,
+        );
+        let task = tokio::spawn(serve::serve(Arc::new(served), subscriber, stop_rx));
+        self.publish_lifecycle(events::AGENT_REGISTERED, &name, Some(&type_names))
+            .await;
+        self.agents.push(ServedAgent { name, stop, task });
+        Ok(())
+    }
+
+    /// Stops taking tasks, lets running ones finish within `grace`, answers
+    /// waiting ones with `cancelled`, announces each agent's deregistration and
+    /// flushes the connection.
+    pub async fn shutdown(self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        for agent in &self.agents {
+            let _ = agent.stop.send(Some(deadline));
+        }
+        for agent in self.agents {
+            let _ = agent.task.await;
+            publish_lifecycle(
+                &self.bus,
+                &self.instance_id,
+                events::AGENT_DEREGISTERED,
+                &agent.name,
+                None,
+            )
+            .await;
+        }
+        if let Err(err) = self.bus.flush().await {
+            tracing::warn!(%err, "flush at shutdown failed");
+        }
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down with `grace`.
+    pub async fn run_until_signal(self, grace: Duration) -> std::io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        self.shutdown(grace).await;
+        Ok(())
+    }
+
+    async fn publish_lifecycle(&self, event: &str, name: &Name, task_types: Option<&[String]>) {
+        publish_lifecycle(&self.bus, &self.instance_id, event, name, task_types).await;
+    }
+}
+
+async fn publish_lifecycle(
+    bus: &Bus,
+    instance_id: &str,
+    event: &str,
+    name: &Name,
+    task_types: Option<&[String]>,
+) {
+    let mut body = json!({
+        "agent": name.as_str(),
+        "instance_id": instance_id,
+        "timestamp": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+    });
+    if let Some(types) = task_types {
+        body["task_types"] = json!(types);
+    }
+    if let Err(err) = bus.publish(event, &body).await {
+        tracing::warn!(%err, event, "cannot publish lifecycle event");
+    }
+}

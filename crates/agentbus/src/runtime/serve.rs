@@ -1,0 +1,304 @@
+//! The serving loop of one agent: take tasks, queue by priority, run, answer.
+
+use super::AgentOptions;
+use super::dedup::{DedupCache, Seen};
+use super::task_types::TaskTypes;
+use crate::agent::{Agent, TaskContext, TaskError};
+use crate::client::Bus;
+use crate::name::Name;
+use crate::protocol::{Priority, TaskRequest, TaskResponse, TaskStatus};
+use crate::subject::events;
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use serde_json::json;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Everything the tasks of one agent share.
+pub(super) struct Served<A> {
+    agent: A,
+    name: Name,
+    task_types: TaskTypes,
+    bus: Bus,
+    instance_id: Arc<str>,
+    options: AgentOptions,
+    dedup: Mutex<DedupCache>,
+}
+
+impl<A: Agent> Served<A> {
+    pub(super) fn new(
+        agent: A,
+        name: Name,
+        task_types: TaskTypes,
+        bus: Bus,
+        instance_id: Arc<str>,
+        options: AgentOptions,
+    ) -> Self {
+        let dedup = Mutex::new(DedupCache::new(
+            options.dedup_window,
+            options.dedup_capacity,
+        ));
+        Self {
+            agent,
+            name,
+            task_types,
+            bus,
+            instance_id,
+            options,
+            dedup,
+        }
+    }
+}
+
+/// A task waiting for a free slot: most urgent first, then first come.
+struct Waiting {
+    priority: Priority,
+    sequence: u64,
+    request: TaskRequest,
+    reply: Option<String>,
+}
+
+impl Ord for Waiting {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.priority
+            .cmp(&other.priority)
+            .then_with(|| other.sequence.cmp(&self.sequence))
+    }
+}
+
+impl PartialOrd for Waiting {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Waiting {}
+
+pub(super) async fn serve<A: Agent>(
+    served: Arc<Served<A>>,
+    mut subscriber: async_nats::Subscriber,
+    mut stop: watch::Receiver<Option<tokio::time::Instant>>,
+) {
+    let mut running = JoinSet::new();
+    let mut waiting = BinaryHeap::new();
+    let mut sequence = 0u64;
+    let max_concurrency = served.options.max_concurrency.max(1);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            Some(_) = running.join_next(), if !running.is_empty() => {
+                if let Some(next) = waiting.pop() {
+                    let Waiting { request, reply, .. } = next;
+                    running.spawn(run_task(served.clone(), request, reply));
+                }
+            }
+            message = subscriber.next(), if waiting.len() < served.options.max_waiting => {
+                let Some(message) = message else { break };
+                let reply = message.reply.map(|r| r.to_string());
+                let Some(request) = admit(&served, &message.payload, reply.as_deref()).await else { continue };
+                if running.len() < max_concurrency {
+                    running.spawn(run_task(served.clone(), request, reply));
+                } else {
+                    sequence += 1;
+                    waiting.push(Waiting { priority: request.priority, sequence, request, reply });
+                }
+            }
+        }
+    }
+
+    // Shutdown: take no more tasks; tell waiting ones; let running ones finish in time.
+    let deadline = stop.borrow().unwrap_or_else(tokio::time::Instant::now);
+    let _ = subscriber.unsubscribe().await;
+    while let Some(message) = subscriber.next().now_or_never().flatten() {
+        if let Some(reply) = message.reply
+            && let Ok(request) = TaskRequest::from_json(&message.payload)
+        {
+            cancel(&served, &request.task_id, Some(&reply)).await;
+        }
+    }
+    for Waiting { request, reply, .. } in waiting.drain() {
+        cancel(&served, &request.task_id, reply.as_deref()).await;
+    }
+    if tokio::time::timeout_at(deadline, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(agent = %served.name, abandoned = running.len(), "shutdown deadline passed with tasks still running");
+        running.abort_all();
+    }
+}
+
+/// Parses and checks a message; answers it right away when it cannot run.
+async fn admit<A: Agent>(
+    served: &Served<A>,
+    payload: &[u8],
+    reply: Option<&str>,
+) -> Option<TaskRequest> {
+    let request = match TaskRequest::from_json(payload) {
+        Ok(request) => request,
+        Err((task_id, err)) => {
+            let response = TaskResponse::error(
+                task_id.unwrap_or_default(),
+                TaskStatus::Rejected,
+                err.to_string(),
+            );
+            send_reply(served, reply, response.to_json().into()).await;
+            return None;
+        }
+    };
+    if let Err(err) = served.task_types.check(served.name.as_str(), &request) {
+        send_reply(
+            served,
+            reply,
+            err.to_response(&request.task_id).to_json().into(),
+        )
+        .await;
+        return None;
+    }
+    let seen = served
+        .dedup
+        .lock()
+        .map(|mut dedup| dedup.check(&request.task_id, reply, Instant::now()))
+        .unwrap_or(Seen::New);
+    match seen {
+        Seen::New => Some(request),
+        Seen::Running => None,
+        Seen::Answered(response) => {
+            send_reply(served, reply, response).await;
+            None
+        }
+    }
+}
+
+async fn run_task<A: Agent>(served: Arc<Served<A>>, request: TaskRequest, reply: Option<String>) {
+    let started = Instant::now();
+    let task_id = request.task_id.clone();
+    let task_type = request.task_type.clone();
+    let ctx = TaskContext {
+        agent: served.name.clone(),
+        instance_id: served.instance_id.clone(),
+        task_id: task_id.clone(),
+        bus: served.bus.clone(),
+    };
+    let handler = AssertUnwindSafe(served.agent.handle(request, ctx)).catch_unwind();
+    let outcome = match served.options.task_timeout {
+        Some(limit) => tokio::time::timeout(limit, handler).await.ok(),
+        None => Some(handler.await),
+    };
+    let response = match outcome {
+        Some(Ok(Ok(result))) => TaskResponse::completed(task_id.clone(), result),
+        Some(Ok(Err(err))) => err.to_response(&task_id),
+        Some(Err(panic)) => {
+            TaskError::failed(format!("the handler panicked: {}", panic_message(&*panic)))
+                .to_response(&task_id)
+        }
+        None => TaskResponse::error(
+            task_id.clone(),
+            TaskStatus::Timeout,
+            format!(
+                "the handler did not finish within {:?}",
+                served.options.task_timeout.unwrap_or_default()
+            ),
+        ),
+    };
+    let mut body = response.to_json();
+    let max = served.bus.max_payload();
+    if body.len() > max {
+        let too_large = TaskError::permanent(format!(
+            "the result is {} bytes, more than the server's max_payload of {max} bytes",
+            body.len()
+        ));
+        body = too_large.to_response(&task_id).to_json();
+    }
+    let body = Bytes::from(body);
+    let waiters = served
+        .dedup
+        .lock()
+        .map(|mut d| d.answer(&task_id, body.clone()))
+        .unwrap_or_default();
+    send_reply(&served, reply.as_deref(), body.clone()).await;
+    for waiter in &waiters {
+        send_reply(&served, Some(waiter), body.clone()).await;
+    }
+    if served.options.task_events {
+        publish_task_event(
+            &served,
+            &task_id,
+            &task_type,
+            response.status,
+            response.error.as_deref(),
+            started,
+        )
+        .await;
+    }
+}
+
+async fn cancel<A: Agent>(served: &Served<A>, task_id: &str, reply: Option<&str>) {
+    let response = TaskResponse::error(
+        task_id,
+        TaskStatus::Cancelled,
+        "the agent is shutting down; send the task again",
+    );
+    send_reply(served, reply, response.to_json().into()).await;
+}
+
+async fn send_reply<A: Agent>(served: &Served<A>, reply: Option<&str>, body: Bytes) {
+    let Some(reply) = reply else { return };
+    if let Err(err) = served.bus.client().publish(reply.to_owned(), body).await {
+        tracing::warn!(%err, agent = %served.name, "cannot send a reply");
+    }
+}
+
+async fn publish_task_event<A: Agent>(
+    served: &Served<A>,
+    task_id: &str,
+    task_type: &str,
+    status: TaskStatus,
+    error: Option<&str>,
+    started: Instant,
+) {
+    let subject = if status == TaskStatus::Completed {
+        events::TASK_COMPLETED
+    } else {
+        events::TASK_FAILED
+    };
+    let body = json!({
+        "task_id": task_id,
+        "agent": served.name.as_str(),
+        "task_type": task_type,
+        "status": status,
+        "error": error,
+        "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
+        "instance_id": &*served.instance_id,
+    });
+    if let Err(err) = served
+        .bus
+        .client()
+        .publish(subject, body.to_string().into())
+        .await
+    {
+        tracing::warn!(%err, "cannot publish task event");
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned())
+}

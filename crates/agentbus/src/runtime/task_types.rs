@@ -1,0 +1,134 @@
+//! An agent's accepted task types, with compiled payload schemas.
+
+use crate::agent::{TaskError, TaskTypeSpec};
+use crate::protocol::TaskRequest;
+use std::collections::HashMap;
+
+/// The task types of one agent, ready to check requests against.
+#[derive(Debug)]
+pub struct TaskTypes {
+    validators: HashMap<String, Option<jsonschema::Validator>>,
+    accepted: String,
+}
+
+/// A payload schema that does not compile.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the JSON Schema of task type {task_type:?} is invalid: {reason}")]
+pub struct InvalidSchema {
+    /// The task type.
+    pub task_type: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl TaskTypes {
+    /// Compiles every schema.
+    pub fn compile(specs: &[TaskTypeSpec]) -> Result<Self, InvalidSchema> {
+        let mut validators = HashMap::new();
+        for spec in specs {
+            let validator = spec
+                .schema()
+                .map(|schema| {
+                    jsonschema::validator_for(schema).map_err(|err| InvalidSchema {
+                        task_type: spec.name().to_string(),
+                        reason: err.to_string(),
+                    })
+                })
+                .transpose()?;
+            validators.insert(spec.name().to_string(), validator);
+        }
+        let mut names: Vec<&str> = validators.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        Ok(Self {
+            accepted: names.join(", "),
+            validators,
+        })
+    }
+
+    /// Whether `request` names an accepted type and its payload fits the schema.
+    pub fn check(&self, agent: &str, request: &TaskRequest) -> Result<(), TaskError> {
+        let Some(validator) = self.validators.get(&request.task_type) else {
+            return Err(TaskError::rejected(format!(
+                "agent {agent} does not accept task_type {:?}; it accepts: {}",
+                request.task_type, self.accepted
+            )));
+        };
+        if let Some(validator) = validator
+            && let Err(err) = validator.validate(&request.payload)
+        {
+            let path = err.instance_path().to_string();
+            let path = if path.is_empty() {
+                "/".to_owned()
+            } else {
+                path
+            };
+            return Err(TaskError::rejected(format!(
+                "the payload of {} does not match its schema at {path}: {err}",
+                request.task_type
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn types() -> TaskTypes {
+        TaskTypes::compile(&[
+            TaskTypeSpec::new("generate_text").unwrap().with_schema(json!({
+                "type": "object",
+                "required": ["prompt"],
+                "properties": {"prompt": {"type": "string"}, "max_tokens": {"type": "integer", "minimum": 1}}
+            })),
+            TaskTypeSpec::new("ping").unwrap(),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn unknown_type_lists_the_accepted_ones() {
+        let request = TaskRequest::new("dance", json!({}));
+        let err = types().check("llm_agent", &request).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "agent llm_agent does not accept task_type \"dance\"; it accepts: generate_text, ping"
+        );
+    }
+
+    #[test]
+    fn schema_failure_names_the_json_path() {
+        let request = TaskRequest::new(
+            "generate_text",
+            json!({"prompt": "x", "max_tokens": "many"}),
+        );
+        let err = types().check("llm_agent", &request).unwrap_err();
+        assert!(
+            err.message().contains("at /max_tokens:"),
+            "{}",
+            err.message()
+        );
+        let missing = TaskRequest::new("generate_text", json!({}));
+        let err = types().check("llm_agent", &missing).unwrap_err();
+        assert!(
+            err.message().contains("at /:") && err.message().contains("prompt"),
+            "{}",
+            err.message()
+        );
+        assert!(
+            types()
+                .check("a", &TaskRequest::new("ping", json!({"any": 1})))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn invalid_schema_is_refused_up_front() {
+        let bad = TaskTypeSpec::new("x")
+            .unwrap()
+            .with_schema(json!({"type": 12}));
+        assert!(TaskTypes::compile(&[bad]).is_err());
+    }
+}
