@@ -1,7 +1,10 @@
 //! One module per subcommand: its arguments and a short `exec`.
 
+mod publish;
+mod request;
 mod setup;
 mod status;
+mod tail;
 mod up;
 
 use agentbus::connect::ServerTarget;
@@ -19,6 +22,12 @@ pub enum Command {
     Setup(setup::SetupArgs),
     /// Show the server, JetStream usage and every stream.
     Status(status::StatusArgs),
+    /// Send a task to a running agent and print its TaskResponse (exit 1 unless completed).
+    Request(request::RequestArgs),
+    /// Publish one JSON event on a subject.
+    Publish(publish::PublishArgs),
+    /// Print live messages matching a subject pattern.
+    Tail(tail::TailArgs),
 }
 
 impl Command {
@@ -28,6 +37,9 @@ impl Command {
             Self::Up(args) => up::exec(args).await,
             Self::Setup(args) => setup::exec(args).await,
             Self::Status(args) => status::exec(args).await,
+            Self::Request(args) => request::exec(args).await,
+            Self::Publish(args) => publish::exec(args).await,
+            Self::Tail(args) => tail::exec(args).await,
         }
     }
 }
@@ -76,4 +88,16 @@ pub fn jetstream_context<T, E: std::error::Error + Send + Sync + 'static>(
 ) -> anyhow::Result<T> {
     result
         .with_context(|| format!("JetStream could not {what}; is JetStream enabled on the server?"))
+}
+
+/// Parses a JSON command-line argument; `-` reads it from stdin.
+pub fn read_json_argument(argument: &str) -> anyhow::Result<serde_json::Value> {
+    let text = if argument == "-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read JSON from stdin")?
+    } else {
+        argument.to_owned()
+    };
+    serde_json::from_str(&text).map_err(|err| {
+        anyhow::anyhow!("the JSON argument is not valid JSON ({err}); quote it for the shell, e.g. '{{\"key\": \"value\"}}'")
+    })
 }

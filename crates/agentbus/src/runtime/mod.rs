@@ -8,16 +8,19 @@
 
 mod dedup;
 mod serve;
+mod stats;
 mod task_types;
 
+pub use stats::AgentStats;
 pub use task_types::InvalidSchema;
 
 use crate::agent::Agent;
 use crate::client::Bus;
 use crate::name::{InvalidName, Name};
 use crate::subject::{self, events};
+use dedup::DedupCache;
 use serde_json::json;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -86,6 +89,7 @@ pub struct Runtime {
 #[derive(Debug)]
 struct ServedAgent {
     name: Name,
+    counters: Arc<stats::Counters>,
     stop: watch::Sender<Option<tokio::time::Instant>>,
     task: JoinHandle<()>,
 }
@@ -115,6 +119,14 @@ impl Runtime {
         self.agents.iter().map(|a| &a.name)
     }
 
+    /// Current figures of the agent named `name`, if this runtime serves it.
+    pub fn stats(&self, name: &str) -> Option<AgentStats> {
+        self.agents
+            .iter()
+            .find(|a| a.name.as_str() == name)
+            .map(|a| a.counters.snapshot())
+    }
+
     /// Starts serving `agent`: validates it, subscribes, and announces it with
     /// `platform.events.agent_registered`. Tasks are taken once this returns.
     pub async fn add<A: Agent>(
@@ -142,18 +154,29 @@ impl Runtime {
             })?;
         let type_names: Vec<String> = specs.iter().map(|s| s.name().to_string()).collect();
         let (stop, stop_rx) = watch::channel(None);
-        let served = serve::Served::new(
+        let counters = Arc::new(stats::Counters::default());
+        let served = serve::Served {
             agent,
-            name.clone(),
+            name: name.clone(),
             task_types,
-            self.bus.clone(),
-            self.instance_id.clone(),
+            bus: self.bus.clone(),
+            instance_id: self.instance_id.clone(),
+            dedup: Mutex::new(DedupCache::new(
+                options.dedup_window,
+                options.dedup_capacity,
+            )),
             options,
-        );
+            counters: counters.clone(),
+        };
         let task = tokio::spawn(serve::serve(Arc::new(served), subscriber, stop_rx));
         self.publish_lifecycle(events::AGENT_REGISTERED, &name, Some(&type_names))
             .await;
-        self.agents.push(ServedAgent { name, stop, task });
+        self.agents.push(ServedAgent {
+            name,
+            counters,
+            stop,
+            task,
+        });
         Ok(())
     }
 

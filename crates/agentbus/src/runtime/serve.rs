@@ -2,6 +2,7 @@
 
 use super::AgentOptions;
 use super::dedup::{DedupCache, Seen};
+use super::stats::Counters;
 use super::task_types::TaskTypes;
 use crate::agent::{Agent, TaskContext, TaskError};
 use crate::client::Bus;
@@ -21,38 +22,14 @@ use tokio::task::JoinSet;
 
 /// Everything the tasks of one agent share.
 pub(super) struct Served<A> {
-    agent: A,
-    name: Name,
-    task_types: TaskTypes,
-    bus: Bus,
-    instance_id: Arc<str>,
-    options: AgentOptions,
-    dedup: Mutex<DedupCache>,
-}
-
-impl<A: Agent> Served<A> {
-    pub(super) fn new(
-        agent: A,
-        name: Name,
-        task_types: TaskTypes,
-        bus: Bus,
-        instance_id: Arc<str>,
-        options: AgentOptions,
-    ) -> Self {
-        let dedup = Mutex::new(DedupCache::new(
-            options.dedup_window,
-            options.dedup_capacity,
-        ));
-        Self {
-            agent,
-            name,
-            task_types,
-            bus,
-            instance_id,
-            options,
-            dedup,
-        }
-    }
+    pub(super) agent: A,
+    pub(super) name: Name,
+    pub(super) task_types: TaskTypes,
+    pub(super) bus: Bus,
+    pub(super) instance_id: Arc<str>,
+    pub(super) options: AgentOptions,
+    pub(super) dedup: Mutex<DedupCache>,
+    pub(super) counters: Arc<Counters>,
 }
 
 /// A task waiting for a free slot: most urgent first, then first come.
@@ -103,6 +80,7 @@ pub(super) async fn serve<A: Agent>(
                     let Waiting { request, reply, .. } = next;
                     running.spawn(run_task(served.clone(), request, reply));
                 }
+                served.counters.set_queues(waiting.len(), running.len());
             }
             message = subscriber.next(), if waiting.len() < served.options.max_waiting => {
                 let Some(message) = message else { break };
@@ -114,12 +92,14 @@ pub(super) async fn serve<A: Agent>(
                     sequence += 1;
                     waiting.push(Waiting { priority: request.priority, sequence, request, reply });
                 }
+                served.counters.set_queues(waiting.len(), running.len());
             }
         }
     }
 
     // Shutdown: take no more tasks; tell waiting ones; let running ones finish in time.
     let deadline = stop.borrow().unwrap_or_else(tokio::time::Instant::now);
+    served.counters.set_queues(0, running.len());
     let _ = subscriber.unsubscribe().await;
     while let Some(message) = subscriber.next().now_or_never().flatten() {
         if let Some(reply) = message.reply
@@ -225,6 +205,7 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, request: TaskRequest, reply:
         body = too_large.to_response(&task_id).to_json();
     }
     let body = Bytes::from(body);
+    served.counters.finished(response.status);
     let waiters = served
         .dedup
         .lock()

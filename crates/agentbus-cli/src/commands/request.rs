@@ -1,0 +1,74 @@
+//! `agentbus request`: send a task to a running agent and print its TaskResponse.
+
+use super::{ServerArgs, read_json_argument};
+use agentbus::client::RequestOptions;
+use agentbus::protocol::new_task_id;
+use agentbus::{Bus, Priority, TaskRequest};
+use clap::Args;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Arguments of `agentbus request`.
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+
+    /// The agent to ask (it serves agent.<agent>.task).
+    agent: String,
+
+    /// The task type, one the agent accepts.
+    task_type: String,
+
+    /// The payload: a JSON object, or - to read it from stdin.
+    payload: String,
+
+    /// low, normal, high or critical.
+    #[arg(long, default_value = "normal")]
+    priority: Priority,
+
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    timeout: f64,
+
+    /// Task id to use (a retry with the same id is answered, not run twice); default: a new UUID.
+    #[arg(long)]
+    task_id: Option<String>,
+
+    /// Attempts after a timeout, with the same task id.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+}
+
+pub async fn exec(args: RequestArgs) -> anyhow::Result<ExitCode> {
+    let payload = read_json_argument(&args.payload)?;
+    anyhow::ensure!(
+        payload.is_object(),
+        "the payload must be a JSON object such as '{{\"prompt\": \"hi\"}}'"
+    );
+    anyhow::ensure!(
+        args.timeout.is_finite() && args.timeout > 0.0,
+        "--timeout must be a positive number of seconds"
+    );
+    agentbus::Name::parse("agent name", &args.agent)?;
+    agentbus::Name::parse("task type", &args.task_type)?;
+    let (_, client) = args.server.connect().await?;
+    let bus = Bus::from_client(client);
+    let request = TaskRequest {
+        task_id: args.task_id.unwrap_or_else(new_task_id),
+        task_type: args.task_type,
+        payload,
+        priority: args.priority,
+    };
+    let options = RequestOptions {
+        timeout: Duration::from_secs_f64(args.timeout),
+        retries: args.retries,
+    };
+    let response = bus.request(&args.agent, &request, options).await?;
+    println!("{}", serde_json::to_string_pretty(&response)?);
+    Ok(if response.is_completed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
