@@ -11,6 +11,7 @@
 use agentbus::connect::{ServerTarget, TargetSource};
 use agentbus::local_server::{LocalServer, LocalServerConfig};
 use agentbus::server_binary;
+use agentbus::topology::Topology;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -39,8 +40,24 @@ pub fn nats_server_binary() -> PathBuf {
 }
 
 impl NatsServer {
-    /// Starts a server on random ports in a new temporary directory.
+    /// Starts a server on random ports in a new temporary directory, with
+    /// the streams of the requirements provisioned (as `agentbus up` does).
     pub async fn start() -> Self {
+        Self::start_with_topology(&Topology::requirements()).await
+    }
+
+    /// Starts a server with `topology` provisioned.
+    pub async fn start_with_topology(topology: &Topology) -> Self {
+        let server = Self::start_bare().await;
+        topology
+            .apply(&server.jetstream().await)
+            .await
+            .unwrap_or_else(|err| panic!("{err}"));
+        server
+    }
+
+    /// Starts a server with JetStream but no streams.
+    pub async fn start_bare() -> Self {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let server = start_in(dir.path()).await;
         Self { server, _dir: dir }

@@ -41,6 +41,53 @@ pub trait Agent: Send + Sync + 'static {
         task: TaskRequest,
         ctx: TaskContext,
     ) -> impl Future<Output = Result<Value, TaskError>> + Send;
+
+    /// Handles one durable message: from the agent's inbox or direct channel,
+    /// a broadcast on a topic it subscribes to, or an announcement. Called
+    /// only when the agent is added with [`crate::AgentOptions::messages`] on.
+    /// `Ok` acknowledges the message; a retryable error redelivers it with
+    /// backoff; anything else moves it to the dead letters.
+    fn handle_message(
+        &self,
+        message: AgentMessage,
+        ctx: TaskContext,
+    ) -> impl Future<Output = Result<(), TaskError>> + Send {
+        let _ = (message, ctx);
+        async { Err(TaskError::permanent("this agent does not handle messages")) }
+    }
+}
+
+/// Which durable channel a message came in on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "channel", content = "topic")]
+pub enum MessageChannel {
+    /// `agent.<name>.inbox`: in order, one at a time.
+    Inbox,
+    /// `agent.<name>.direct`: concurrently, unordered.
+    Direct,
+    /// `broadcast.<topic>`.
+    Broadcast(String),
+    /// `announce.<topic>`.
+    Announce(String),
+}
+
+/// A durable message delivered to an agent.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentMessage {
+    /// Where it came in.
+    pub channel: MessageChannel,
+    /// The subject it was stored on.
+    pub subject: String,
+    /// Its id (`Nats-Msg-Id`), when the sender set one.
+    pub message_id: Option<String>,
+    /// The sending agent, when the sender said.
+    pub from: Option<String>,
+    /// The body: JSON when it is JSON, else a string.
+    pub body: Value,
+    /// Sequence in its stream.
+    pub sequence: u64,
+    /// 1 for the first delivery.
+    pub attempt: u32,
 }
 
 /// A task type an agent accepts.

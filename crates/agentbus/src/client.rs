@@ -20,6 +20,7 @@ pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Bus {
     client: async_nats::Client,
+    jetstream: async_nats::jetstream::Context,
 }
 
 /// How to send a task over request/reply.
@@ -110,7 +111,13 @@ impl Bus {
 
     /// Wraps an existing connection.
     pub fn from_client(client: async_nats::Client) -> Self {
-        Self { client }
+        let jetstream = async_nats::jetstream::new(client.clone());
+        Self { client, jetstream }
+    }
+
+    /// The JetStream context on this connection.
+    pub fn jetstream(&self) -> &async_nats::jetstream::Context {
+        &self.jetstream
     }
 
     /// The underlying NATS client.

@@ -18,12 +18,17 @@
 //! - [`monitor`]: the HTTP monitoring endpoint (`/varz`, `/jsz`).
 //! - [`agent`], [`runtime`], [`client`]: the BaseAgent trait, the runtime that
 //!   serves agents, and the client side that sends tasks and events.
+//! - [`delivery`]: guaranteed delivery on JetStream: work queues, durable
+//!   inboxes, broadcasts, results and dead letters.
+//! - [`data_dir`], [`private_file`]: the data directory of `agentbus up` and its secrets.
 //! - [`redact`]: keeping passwords out of everything printed or logged.
 
 pub mod agent;
 pub mod client;
 pub mod connect;
 pub mod data_dir;
+pub mod delivery;
+pub mod demo;
 pub mod local_server;
 pub mod monitor;
 pub mod name;
@@ -35,7 +40,7 @@ pub mod server_binary;
 pub mod subject;
 pub mod topology;
 
-pub use agent::{Agent, TaskContext, TaskError, TaskTypeSpec};
+pub use agent::{Agent, AgentMessage, MessageChannel, TaskContext, TaskError, TaskTypeSpec};
 pub use client::{Bus, RequestOptions, SendTaskError};
 pub use connect::{ConnectError, ServerTarget};
 pub use name::{InvalidName, Name};

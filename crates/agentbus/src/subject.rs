@@ -4,11 +4,15 @@
 //! | --- | --- |
 //! | `agent.<name>.task` | TaskRequest over core request/reply (never in a stream) |
 //! | `agent.<name>.inbox`, `agent.<name>.direct` | durable messages to one agent (`agent-messages`) |
-//! | `tasks.<agent>`, `work.<task_type>` | work queues (`agent-tasks`) |
+//! | `tasks.<agent>[.<priority>]`, `work.<task_type>[.<priority>]` | work queues (`agent-tasks`) |
 //! | `broadcast.<topic>`, `announce.<topic>` | announcements to every agent (`agent-broadcast`) |
+//! | `dlq.<original subject>` | dead letters (`agent-dlq`) |
 //! | `platform.events.<event>` | lifecycle events published by the runtime |
+//!
+//! Durable consumer names are built here too, from the same validated names.
 
 use crate::name::Name;
+use crate::protocol::Priority;
 use std::fmt;
 
 /// Subjects answered over core request/reply. A stream capturing one of them
@@ -28,6 +32,94 @@ pub fn agent_inbox(agent: &Name) -> String {
 /// Subject of an agent's durable direct channel.
 pub fn agent_direct(agent: &Name) -> String {
     format!("agent.{agent}.direct")
+}
+
+/// Stream holding direct messages (`agent.<name>.inbox|direct`).
+pub const MESSAGES_STREAM: &str = "agent-messages";
+/// Stream holding broadcasts and announcements.
+pub const BROADCAST_STREAM: &str = "agent-broadcast";
+/// Work-queue stream holding tasks.
+pub const TASKS_STREAM: &str = "agent-tasks";
+/// Stream holding dead letters.
+pub const DEAD_LETTER_STREAM: &str = "agent-dlq";
+/// KV bucket holding the state and result of queued tasks.
+pub const TASK_RESULTS_BUCKET: &str = "agent-task-results";
+
+/// Suffix of a queue subject for `priority`: none for normal, so a task
+/// published by a plain client to `tasks.<agent>` is a normal-priority task.
+fn priority_suffix(priority: Priority) -> &'static str {
+    match priority {
+        Priority::Normal => "",
+        Priority::Critical => ".critical",
+        Priority::High => ".high",
+        Priority::Low => ".low",
+    }
+}
+
+/// Subject of an agent's own work queue at `priority`: `tasks.<agent>[.<priority>]`.
+pub fn task_queue(agent: &Name, priority: Priority) -> String {
+    format!("tasks.{agent}{}", priority_suffix(priority))
+}
+
+/// Subject of the shared work queue of a task type: `work.<type>[.<priority>]`.
+pub fn work_queue(task_type: &Name, priority: Priority) -> String {
+    format!("work.{task_type}{}", priority_suffix(priority))
+}
+
+/// Subject of a broadcast on `topic`: delivered to agents subscribed to the topic.
+pub fn broadcast(topic: &Name) -> String {
+    format!("broadcast.{topic}")
+}
+
+/// Subject of an announcement on `topic`: delivered to every agent.
+pub fn announce(topic: &Name) -> String {
+    format!("announce.{topic}")
+}
+
+/// Every announcement.
+pub const ALL_ANNOUNCEMENTS: &str = "announce.*";
+
+/// Subject under which a dead letter from `original` is stored.
+pub fn dead_letter(original: &str) -> String {
+    format!("dlq.{original}")
+}
+
+/// Advisories for messages that reached `max_deliver` on the tasks stream.
+pub const MAX_DELIVERIES_ADVISORY: &str =
+    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.agent-tasks.*";
+
+/// Durable consumer names.
+pub mod durable {
+    use super::Name;
+    use crate::protocol::Priority;
+
+    /// Consumer of `tasks.<agent>[.<priority>]`, shared by the agent's replicas.
+    pub fn task_queue(agent: &Name, priority: Priority) -> String {
+        format!("tasks-{agent}-{priority}")
+    }
+
+    /// Consumer of `work.<type>[.<priority>]`, shared by every agent accepting the type.
+    pub fn work_queue(task_type: &Name, priority: Priority) -> String {
+        format!("work-{task_type}-{priority}")
+    }
+
+    /// Consumer of an agent's inbox (`agent.<name>.inbox`).
+    pub fn inbox(agent: &Name) -> String {
+        format!("inbox-{agent}")
+    }
+
+    /// Consumer of an agent's direct channel (`agent.<name>.direct`).
+    pub fn direct(agent: &Name) -> String {
+        format!("direct-{agent}")
+    }
+
+    /// Consumer of the broadcasts an agent receives.
+    pub fn broadcast(agent: &Name) -> String {
+        format!("broadcast-{agent}")
+    }
+
+    /// Prefixes of every durable consumer name agentbus creates.
+    pub const PREFIXES: [&str; 5] = ["tasks-", "work-", "inbox-", "direct-", "broadcast-"];
 }
 
 /// Lifecycle and task events published by the runtime.
@@ -176,6 +268,35 @@ mod tests {
         assert_eq!(agent_task(&name("llm_agent")), "agent.llm_agent.task");
         assert_eq!(agent_inbox(&name("a")), "agent.a.inbox");
         assert_eq!(agent_direct(&name("a")), "agent.a.direct");
+        assert_eq!(task_queue(&name("a"), Priority::Normal), "tasks.a");
+        assert_eq!(
+            task_queue(&name("a"), Priority::Critical),
+            "tasks.a.critical"
+        );
+        assert_eq!(
+            work_queue(&name("summarize"), Priority::Low),
+            "work.summarize.low"
+        );
+        assert_eq!(broadcast(&name("news")), "broadcast.news");
+        assert_eq!(announce(&name("news")), "announce.news");
+        assert_eq!(
+            durable::task_queue(&name("a"), Priority::High),
+            "tasks-a-high"
+        );
+    }
+
+    #[test]
+    fn queue_subjects_of_different_priorities_never_overlap() {
+        let agent = name("a");
+        let subjects: Vec<String> = Priority::ALL
+            .iter()
+            .map(|p| task_queue(&agent, *p))
+            .collect();
+        for (i, a) in subjects.iter().enumerate() {
+            for b in &subjects[i + 1..] {
+                assert!(!overlaps(a, b), "{a} ~ {b}");
+            }
+        }
     }
 
     #[test]

@@ -22,6 +22,28 @@ pub struct Topology {
     /// The streams, in the order they are applied.
     #[serde(rename = "stream")]
     pub streams: Vec<StreamSpec>,
+    /// Key/value buckets, applied after the streams.
+    #[serde(rename = "bucket", default)]
+    pub buckets: Vec<BucketSpec>,
+}
+
+/// A NATS KV bucket of a topology (one value per key).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketSpec {
+    /// Bucket name.
+    pub name: String,
+    /// What the bucket is for.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// How long a value lives.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub max_age: Duration,
+    /// Storage backend.
+    pub storage: Storage,
+    /// Number of replicas.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
 }
 
 /// One stream of a topology.
@@ -189,6 +211,7 @@ impl Topology {
             }
         })?;
         topology.validate()?;
+        topology.validate_buckets()?;
         Ok(topology)
     }
 
@@ -254,6 +277,37 @@ impl Topology {
         Ok(())
     }
 
+    fn validate_buckets(&self) -> Result<(), TopologyError> {
+        for (index, bucket) in self.buckets.iter().enumerate() {
+            let invalid = |reason: &str| TopologyError::Invalid {
+                stream: format!("KV_{}", bucket.name),
+                reason: reason.to_owned(),
+            };
+            if bucket.name.is_empty()
+                || bucket
+                    .name
+                    .chars()
+                    .any(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            {
+                return Err(invalid(
+                    "a bucket name uses only letters, digits, '-' and '_'",
+                ));
+            }
+            if self.buckets[..index].iter().any(|b| b.name == bucket.name) {
+                return Err(invalid("the bucket appears twice"));
+            }
+            if bucket.max_age.is_zero() {
+                return Err(invalid("max_age must be positive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds a bucket by name.
+    pub fn bucket(&self, name: &str) -> Option<&BucketSpec> {
+        self.buckets.iter().find(|b| b.name == name)
+    }
+
     /// Finds a stream by name.
     pub fn stream(&self, name: &str) -> Option<&StreamSpec> {
         self.streams.iter().find(|s| s.name == name)
@@ -267,6 +321,9 @@ impl Topology {
         let mut actions = Vec::with_capacity(self.streams.len());
         for spec in &self.streams {
             actions.push((spec.name.clone(), spec.apply(js).await?));
+        }
+        for bucket in &self.buckets {
+            actions.push((format!("KV {}", bucket.name), bucket.apply(js).await?));
         }
         Ok(actions)
     }
@@ -423,6 +480,65 @@ impl StreamSpec {
     }
 }
 
+impl BucketSpec {
+    /// The KV configuration for this bucket.
+    pub fn to_config(&self) -> async_nats::jetstream::kv::Config {
+        async_nats::jetstream::kv::Config {
+            bucket: self.name.clone(),
+            description: self.description.clone().unwrap_or_default(),
+            history: 1,
+            max_age: self.max_age,
+            storage: match self.storage {
+                Storage::File => stream::StorageType::File,
+                Storage::Memory => stream::StorageType::Memory,
+            },
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    async fn apply(&self, js: &jetstream::Context) -> Result<StreamAction, TopologyError> {
+        let js_error = |action, err: &dyn fmt::Display| TopologyError::JetStream {
+            stream: format!("KV_{}", self.name),
+            action,
+            reason: err.to_string(),
+        };
+        let stream_name = format!("KV_{}", self.name);
+        let info = match js.get_stream(&stream_name).await {
+            Ok(mut stream) => stream
+                .info()
+                .await
+                .map_err(|err| js_error("look up", &err))?
+                .clone(),
+            Err(err) if is_stream_not_found(&err) => {
+                js.create_key_value(self.to_config())
+                    .await
+                    .map_err(|err| js_error("create", &err))?;
+                return Ok(StreamAction::Created);
+            }
+            Err(err) => return Err(js_error("look up", &err)),
+        };
+        let wanted = self.to_config();
+        let storage_wanted = wanted.storage;
+        if info.config.storage != storage_wanted {
+            return Err(TopologyError::Immutable {
+                stream: stream_name,
+                field: "storage",
+                current: format!("{:?}", info.config.storage).to_lowercase(),
+                wanted: format!("{storage_wanted:?}").to_lowercase(),
+            });
+        }
+        if info.config.max_age == wanted.max_age && info.config.num_replicas == wanted.num_replicas
+        {
+            return Ok(StreamAction::Unchanged);
+        }
+        js.update_key_value(wanted)
+            .await
+            .map_err(|err| js_error("update", &err))?;
+        Ok(StreamAction::Updated)
+    }
+}
+
 fn is_stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
     matches!(
         err.kind(),
@@ -495,9 +611,30 @@ mod tests {
     fn shipped_topology_is_the_requirements() {
         let t = Topology::requirements();
         let names: Vec<_> = t.streams.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["agent-messages", "agent-broadcast", "agent-tasks"]);
+        assert_eq!(
+            names,
+            [
+                "agent-messages",
+                "agent-broadcast",
+                "agent-tasks",
+                "agent-dlq"
+            ]
+        );
         let tasks = t.stream("agent-tasks").unwrap();
-        assert_eq!(tasks.subjects, ["tasks.*", "work.*"]);
+        // Wider than the requirements' tasks.* and work.*, which it still captures.
+        assert_eq!(tasks.subjects, ["tasks.>", "work.>"]);
+        for required in ["tasks.*", "work.*"] {
+            assert!(
+                tasks
+                    .subjects
+                    .iter()
+                    .any(|s| crate::subject::overlaps(s, required))
+            );
+        }
+        assert_eq!(
+            t.bucket("agent-task-results").unwrap().max_age,
+            Duration::from_secs(7 * 86_400)
+        );
         assert_eq!(tasks.retention, Retention::Workqueue);
         assert_eq!(tasks.max_msgs, 50_000);
         assert_eq!(tasks.max_bytes, 200 * 1024 * 1024);
@@ -569,7 +706,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("\"tasks.*\" overlaps \"tasks.x\" of stream \"agent-messages\""),
+            err.contains("\"tasks.>\" overlaps \"tasks.x\" of stream \"agent-messages\""),
             "{err}"
         );
     }

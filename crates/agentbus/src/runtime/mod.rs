@@ -7,15 +7,18 @@
 //! unknown, invalid and panicking ones, and the agent keeps serving.
 
 mod dedup;
+mod queued;
 mod serve;
 mod stats;
 mod task_types;
 
+pub use queued::ConsumerSetupError;
 pub use stats::AgentStats;
 pub use task_types::InvalidSchema;
 
 use crate::agent::Agent;
 use crate::client::Bus;
+use crate::delivery::{self, worker};
 use crate::name::{InvalidName, Name};
 use crate::subject::{self, events};
 use dedup::DedupCache;
@@ -41,6 +44,25 @@ pub struct AgentOptions {
     pub dedup_capacity: usize,
     /// Publish `platform.events.task_completed` / `task_failed` after each task.
     pub task_events: bool,
+    /// Work the agent's queues (`tasks.<name>`, `work.<type>` of each
+    /// accepted type) from the `agent-tasks` stream.
+    pub work_queues: bool,
+    /// Take durable messages ([`Agent::handle_message`]): the agent's inbox,
+    /// direct channel, announcements and the broadcasts of `broadcast_topics`.
+    pub messages: bool,
+    /// Broadcast topics to receive (with `messages` on).
+    pub broadcast_topics: Vec<String>,
+    /// How long a delivered task or message may go without an ack or a
+    /// progress ack before JetStream redelivers it.
+    pub ack_wait: Duration,
+    /// Deliveries of a task or message before it becomes a dead letter.
+    pub max_deliver: u32,
+    /// Delay before the first retry of a failed task; doubles per attempt.
+    pub retry_backoff: Duration,
+    /// Longest delay between retries.
+    pub max_retry_backoff: Duration,
+    /// How often an idle worker checks its queues for redeliveries.
+    pub idle_poll: Duration,
 }
 
 impl Default for AgentOptions {
@@ -52,6 +74,14 @@ impl Default for AgentOptions {
             dedup_window: Duration::from_secs(300),
             dedup_capacity: 10_000,
             task_events: true,
+            work_queues: true,
+            messages: false,
+            broadcast_topics: Vec::new(),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            retry_backoff: Duration::from_secs(1),
+            max_retry_backoff: Duration::from_secs(60),
+            idle_poll: Duration::from_millis(500),
         }
     }
 }
@@ -73,6 +103,12 @@ pub enum RuntimeError {
         "agent {0} is already served by this runtime; run replicas as separate runtimes or processes"
     )]
     Duplicate(String),
+    /// A durable consumer could not be created.
+    #[error(transparent)]
+    Consumer(#[from] ConsumerSetupError),
+    /// The task results bucket is missing.
+    #[error("cannot serve agent {agent}'s work queues: {reason}")]
+    Delivery { agent: String, reason: String },
     /// Subscribing failed.
     #[error("cannot subscribe for agent {agent}: {reason}")]
     Subscribe { agent: String, reason: String },
@@ -84,6 +120,7 @@ pub struct Runtime {
     bus: Bus,
     instance_id: Arc<str>,
     agents: Vec<ServedAgent>,
+    dead_letter_watch: Option<JoinHandle<()>>,
 }
 
 #[derive(Debug)]
@@ -91,7 +128,7 @@ struct ServedAgent {
     name: Name,
     counters: Arc<stats::Counters>,
     stop: watch::Sender<Option<tokio::time::Instant>>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Runtime {
@@ -101,6 +138,7 @@ impl Runtime {
             bus,
             instance_id: uuid::Uuid::new_v4().simple().to_string().into(),
             agents: Vec::new(),
+            dead_letter_watch: None,
         }
     }
 
@@ -143,6 +181,35 @@ impl Runtime {
             return Err(RuntimeError::NoTaskTypes(name.to_string()));
         }
         let task_types = task_types::TaskTypes::compile(&specs)?;
+        let topics = options
+            .broadcast_topics
+            .iter()
+            .map(|t| Name::parse("topic", t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let type_names: Vec<Name> = specs.iter().map(|s| s.name().clone()).collect();
+        // Durable consumers first: if they cannot be made, nothing was started.
+        let js = self.bus.jetstream();
+        let mut workers = Vec::new();
+        if options.work_queues {
+            workers.push(queued::queue_sources(js, &name, &type_names, &options).await?);
+        }
+        let message_workers = if options.messages {
+            queued::message_sources(js, &name, &options, &topics).await?
+        } else {
+            Vec::new()
+        };
+        let records = if options.work_queues {
+            Some(
+                delivery::Records::open(js)
+                    .await
+                    .map_err(|err| RuntimeError::Delivery {
+                        agent: name.to_string(),
+                        reason: err.to_string(),
+                    })?,
+            )
+        } else {
+            None
+        };
         let subscriber = self
             .bus
             .client()
@@ -152,10 +219,9 @@ impl Runtime {
                 agent: name.to_string(),
                 reason: err.to_string(),
             })?;
-        let type_names: Vec<String> = specs.iter().map(|s| s.name().to_string()).collect();
         let (stop, stop_rx) = watch::channel(None);
         let counters = Arc::new(stats::Counters::default());
-        let served = serve::Served {
+        let served = Arc::new(serve::Served {
             agent,
             name: name.clone(),
             task_types,
@@ -167,15 +233,54 @@ impl Runtime {
             )),
             options,
             counters: counters.clone(),
-        };
-        let task = tokio::spawn(serve::serve(Arc::new(served), subscriber, stop_rx));
+        });
+        let mut tasks = vec![tokio::spawn(serve::serve(
+            served.clone(),
+            subscriber,
+            stop_rx.clone(),
+        ))];
+        if let Some(records) = records {
+            for (sources, config) in workers {
+                let job = Arc::new(queued::TaskJob {
+                    served: served.clone(),
+                    records: records.clone(),
+                });
+                let client = self.bus.client().clone();
+                tasks.push(tokio::spawn(worker::run_worker(
+                    client,
+                    sources,
+                    job,
+                    config,
+                    stop_rx.clone(),
+                )));
+            }
+            if self.dead_letter_watch.is_none() {
+                self.dead_letter_watch = Some(tokio::spawn(delivery::watch_max_deliveries(
+                    self.bus.clone(),
+                )));
+            }
+        }
+        for (sources, config) in message_workers {
+            let job = Arc::new(queued::MessageJob {
+                served: served.clone(),
+            });
+            let client = self.bus.client().clone();
+            tasks.push(tokio::spawn(worker::run_worker(
+                client,
+                sources,
+                job,
+                config,
+                stop_rx.clone(),
+            )));
+        }
+        let type_names: Vec<String> = type_names.iter().map(ToString::to_string).collect();
         self.publish_lifecycle(events::AGENT_REGISTERED, &name, Some(&type_names))
             .await;
         self.agents.push(ServedAgent {
             name,
             counters,
             stop,
-            task,
+            tasks,
         });
         Ok(())
     }
@@ -188,8 +293,13 @@ impl Runtime {
         for agent in &self.agents {
             let _ = agent.stop.send(Some(deadline));
         }
+        if let Some(watch) = &self.dead_letter_watch {
+            watch.abort();
+        }
         for agent in self.agents {
-            let _ = agent.task.await;
+            for task in agent.tasks {
+                let _ = task.await;
+            }
             publish_lifecycle(
                 &self.bus,
                 &self.instance_id,

@@ -164,10 +164,20 @@ async fn admit<A: Agent>(
     }
 }
 
-async fn run_task<A: Agent>(served: Arc<Served<A>>, request: TaskRequest, reply: Option<String>) {
-    let started = Instant::now();
+/// What running a handler came to.
+pub(super) struct Outcome {
+    /// The response, limited to what fits in a message.
+    pub(super) response: TaskResponse,
+    /// The response as JSON.
+    pub(super) body: Vec<u8>,
+    /// Whether another attempt could succeed.
+    pub(super) retryable: bool,
+}
+
+/// Runs the handler on `request`: panics, the task timeout and oversize
+/// results all become error responses.
+pub(super) async fn execute<A: Agent>(served: &Served<A>, request: TaskRequest) -> Outcome {
     let task_id = request.task_id.clone();
-    let task_type = request.task_type.clone();
     let ctx = TaskContext {
         agent: served.name.clone(),
         instance_id: served.instance_id.clone(),
@@ -179,33 +189,49 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, request: TaskRequest, reply:
         Some(limit) => tokio::time::timeout(limit, handler).await.ok(),
         None => Some(handler.await),
     };
-    let response = match outcome {
-        Some(Ok(Ok(result))) => TaskResponse::completed(task_id.clone(), result),
-        Some(Ok(Err(err))) => err.to_response(&task_id),
+    let (response, retryable) = match outcome {
+        Some(Ok(Ok(result))) => (TaskResponse::completed(task_id.clone(), result), false),
+        Some(Ok(Err(err))) => (err.to_response(&task_id), err.is_retryable()),
         Some(Err(panic)) => {
-            TaskError::failed(format!("the handler panicked: {}", panic_message(&*panic)))
-                .to_response(&task_id)
+            let message = format!("the handler panicked: {}", panic_message(&*panic));
+            (TaskError::failed(message).to_response(&task_id), true)
         }
-        None => TaskResponse::error(
-            task_id.clone(),
-            TaskStatus::Timeout,
-            format!(
-                "the handler did not finish within {:?}",
-                served.options.task_timeout.unwrap_or_default()
-            ),
-        ),
+        None => {
+            let limit = served.options.task_timeout.unwrap_or_default();
+            let message = format!("the handler did not finish within {limit:?}");
+            (
+                TaskResponse::error(task_id.clone(), TaskStatus::Timeout, message),
+                true,
+            )
+        }
     };
-    let mut body = response.to_json();
+    let body = response.to_json();
     let max = served.bus.max_payload();
-    if body.len() > max {
+    let (response, body, retryable) = if body.len() > max {
         let too_large = TaskError::permanent(format!(
             "the result is {} bytes, more than the server's max_payload of {max} bytes",
             body.len()
-        ));
-        body = too_large.to_response(&task_id).to_json();
-    }
-    let body = Bytes::from(body);
+        ))
+        .to_response(&task_id);
+        let body = too_large.to_json();
+        (too_large, body, false)
+    } else {
+        (response, body, retryable)
+    };
     served.counters.finished(response.status);
+    Outcome {
+        response,
+        body,
+        retryable,
+    }
+}
+
+async fn run_task<A: Agent>(served: Arc<Served<A>>, request: TaskRequest, reply: Option<String>) {
+    let started = Instant::now();
+    let task_id = request.task_id.clone();
+    let task_type = request.task_type.clone();
+    let Outcome { response, body, .. } = execute(&served, request).await;
+    let body = Bytes::from(body);
     let waiters = served
         .dedup
         .lock()
@@ -244,7 +270,7 @@ async fn send_reply<A: Agent>(served: &Served<A>, reply: Option<&str>, body: Byt
     }
 }
 
-async fn publish_task_event<A: Agent>(
+pub(super) async fn publish_task_event<A: Agent>(
     served: &Served<A>,
     task_id: &str,
     task_type: &str,

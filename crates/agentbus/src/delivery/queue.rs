@@ -1,0 +1,90 @@
+//! Which work queue a task goes to.
+
+use crate::name::{InvalidName, Name};
+use crate::protocol::Priority;
+use crate::subject;
+use std::fmt;
+
+/// A work queue on the `agent-tasks` stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Queue {
+    /// `tasks.<agent>`: work for one agent, shared by its replicas.
+    Agent(Name),
+    /// `work.<task_type>`: work for any agent accepting the type.
+    TaskType(Name),
+}
+
+impl Queue {
+    /// The queue of agent `name`.
+    pub fn agent(name: &str) -> Result<Self, InvalidName> {
+        Ok(Self::Agent(Name::parse("agent name", name)?))
+    }
+
+    /// The shared queue of `task_type`.
+    pub fn task_type(task_type: &str) -> Result<Self, InvalidName> {
+        Ok(Self::TaskType(Name::parse("task type", task_type)?))
+    }
+
+    /// The subject holding this queue's tasks of `priority`.
+    pub fn subject(&self, priority: Priority) -> String {
+        match self {
+            Self::Agent(name) => subject::task_queue(name, priority),
+            Self::TaskType(name) => subject::work_queue(name, priority),
+        }
+    }
+
+    /// The durable consumer of this queue's tasks of `priority`.
+    pub fn durable(&self, priority: Priority) -> String {
+        match self {
+            Self::Agent(name) => subject::durable::task_queue(name, priority),
+            Self::TaskType(name) => subject::durable::work_queue(name, priority),
+        }
+    }
+
+    /// Parses a queue subject back into the queue and priority.
+    pub fn from_subject(text: &str) -> Option<(Self, Priority)> {
+        let mut tokens = text.split('.');
+        let kind = tokens.next()?;
+        let name = tokens.next()?;
+        let priority = match tokens.next() {
+            None => Priority::Normal,
+            Some("normal") => return None,
+            Some(p) => Priority::parse(p)?,
+        };
+        if tokens.next().is_some() {
+            return None;
+        }
+        let queue = match kind {
+            "tasks" => Self::agent(name).ok()?,
+            "work" => Self::task_type(name).ok()?,
+            _ => return None,
+        };
+        Some((queue, priority))
+    }
+}
+
+impl fmt::Display for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.subject(Priority::Normal))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_round_trip() {
+        for queue in [Queue::agent("a").unwrap(), Queue::task_type("t").unwrap()] {
+            for priority in Priority::ALL {
+                assert_eq!(
+                    Queue::from_subject(&queue.subject(priority)),
+                    Some((queue.clone(), priority))
+                );
+            }
+        }
+        assert_eq!(Queue::from_subject("tasks.a.normal"), None);
+        assert_eq!(Queue::from_subject("tasks.*"), None);
+        assert_eq!(Queue::from_subject("agent.a.inbox"), None);
+    }
+}

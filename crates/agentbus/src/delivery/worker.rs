@@ -1,0 +1,243 @@
+//! Working durable consumers: fetch by priority, run jobs with progress acks.
+//!
+//! Priority policy: sources are grouped by priority. Each round fetches as
+//! many messages as there are free slots, from the most urgent group first;
+//! every eighth round visits the groups in reverse, so that under a sustained
+//! backlog of urgent work, low-priority work still gets at least one round in
+//! eight. Only sources that may hold messages are fetched from: a fetch that
+//! comes back short marks its source empty, and a core subscription to the
+//! source's subject marks it non-empty again when something is published.
+//! Redeliveries (after a NAK delay or an expired ack wait) publish nothing, so
+//! an idle worker also looks at every source once per `idle_poll`.
+
+use crate::protocol::Priority;
+use crate::subject::overlaps;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Every `REVERSE_EVERY`th round visits the least urgent sources first.
+const REVERSE_EVERY: u64 = 8;
+
+/// A durable consumer to work, at a priority.
+#[derive(Debug)]
+pub(crate) struct Source {
+    pub(crate) consumer: PullConsumer,
+    /// Subjects (or patterns) whose publishes mean the consumer may have work.
+    pub(crate) wake_subjects: Vec<String>,
+    pub(crate) priority: Priority,
+}
+
+/// How to work a set of sources.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerConfig {
+    /// Jobs running at once.
+    pub(crate) max_concurrency: usize,
+    /// The consumers' ack wait: progress acks go out at a third of it.
+    pub(crate) ack_wait: Duration,
+    /// How often an idle worker looks at every source.
+    pub(crate) idle_poll: Duration,
+}
+
+/// What to do with each message.
+pub(crate) trait Job: Send + Sync + 'static {
+    /// Handles one message, acknowledging (or not) as it sees fit.
+    fn run<'a>(&'a self, message: &'a jetstream::Message) -> impl Future<Output = ()> + Send + 'a;
+}
+
+struct SourceState {
+    source: Source,
+    maybe_pending: bool,
+}
+
+/// Works `sources` until `stop` carries a deadline; jobs still running then
+/// are given until that deadline to finish (their messages are redelivered
+/// elsewhere otherwise).
+pub(crate) async fn run_worker<J: Job>(
+    client: async_nats::Client,
+    sources: Vec<Source>,
+    job: Arc<J>,
+    config: WorkerConfig,
+    mut stop: watch::Receiver<Option<tokio::time::Instant>>,
+) {
+    let mut states: Vec<SourceState> = sources
+        .into_iter()
+        .map(|source| SourceState {
+            source,
+            maybe_pending: true,
+        })
+        .collect();
+    // Most urgent first; the sort is stable, so the given order breaks ties.
+    states.sort_by(|a, b| b.source.priority.cmp(&a.source.priority));
+    let mut wake = match subscribe_all(&client, &states).await {
+        Ok(wake) => wake,
+        Err(err) => {
+            tracing::warn!(%err, "cannot watch queue subjects; falling back to polling");
+            futures::stream::select_all(Vec::new())
+        }
+    };
+    let max_concurrency = config.max_concurrency.max(1);
+    let mut running = JoinSet::new();
+    let mut round = 0u64;
+    loop {
+        if stop.borrow().is_some() {
+            break;
+        }
+        // Wait for a free slot.
+        while running.len() >= max_concurrency {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = running.join_next() => {}
+            }
+        }
+        if stop.borrow().is_some() {
+            break;
+        }
+        round += 1;
+        let reverse = round % REVERSE_EVERY == 0;
+        let mut fetched = 0;
+        let order: Vec<usize> = if reverse {
+            (0..states.len()).rev().collect()
+        } else {
+            (0..states.len()).collect()
+        };
+        for index in order {
+            let free = max_concurrency - running.len();
+            if free == 0 {
+                break;
+            }
+            let state = &mut states[index];
+            if !state.maybe_pending {
+                continue;
+            }
+            let messages = fetch(&state.source.consumer, free).await;
+            if messages.len() < free {
+                state.maybe_pending = false;
+            }
+            fetched += messages.len();
+            for message in messages {
+                let job = job.clone();
+                let ack_wait = config.ack_wait;
+                running.spawn(async move { run_with_progress(&*job, &message, ack_wait).await });
+            }
+        }
+        if fetched > 0 {
+            continue;
+        }
+        // Nothing to do: wait for a publish, a finished job, the poll timer or stop.
+        tokio::select! {
+            _ = stop.changed() => break,
+            Some(subject) = wake.next() => {
+                for state in states
+                    .iter_mut()
+                    .filter(|s| s.source.wake_subjects.iter().any(|w| overlaps(w, &subject)))
+                {
+                    state.maybe_pending = true;
+                }
+            }
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            _ = tokio::time::sleep(config.idle_poll) => {
+                for state in &mut states {
+                    state.maybe_pending = true;
+                }
+            }
+        }
+    }
+    let deadline = stop.borrow().unwrap_or_else(tokio::time::Instant::now);
+    let finished = tokio::time::timeout_at(deadline, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            abandoned = running.len(),
+            "deadline passed with queued tasks running; they will be redelivered"
+        );
+        running.abort_all();
+    }
+}
+
+async fn subscribe_all(
+    client: &async_nats::Client,
+    states: &[SourceState],
+) -> Result<
+    futures::stream::SelectAll<futures::stream::BoxStream<'static, String>>,
+    async_nats::SubscribeError,
+> {
+    let mut streams = Vec::new();
+    for subject in states.iter().flat_map(|s| &s.source.wake_subjects) {
+        let subscriber = client.subscribe(subject.clone()).await?;
+        streams.push(subscriber.map(|m| m.subject.to_string()).boxed());
+    }
+    Ok(futures::stream::select_all(streams))
+}
+
+/// Fetches up to `max` messages that are there now, without waiting.
+async fn fetch(consumer: &PullConsumer, max: usize) -> Vec<jetstream::Message> {
+    let batch = match consumer.fetch().max_messages(max).messages().await {
+        Ok(batch) => batch,
+        Err(err) => {
+            tracing::warn!(%err, "fetch from a work queue failed");
+            return Vec::new();
+        }
+    };
+    batch
+        .filter_map(|message| async move {
+            message
+                .map_err(|err| tracing::warn!(%err, "fetch from a work queue failed"))
+                .ok()
+        })
+        .collect()
+        .await
+}
+
+/// Runs the job, telling JetStream it is still in progress every third of
+/// the ack wait, so a long job is never redelivered to a second worker.
+async fn run_with_progress<J: Job>(job: &J, message: &jetstream::Message, ack_wait: Duration) {
+    let period = (ack_wait / 3).max(Duration::from_millis(100));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let work = job.run(message);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            () = &mut work => return,
+            _ = ticker.tick() => {
+                if let Err(err) = message.ack_with(AckKind::Progress).await {
+                    tracing::warn!(%err, "cannot send a progress ack");
+                }
+            }
+        }
+    }
+}
+
+/// The delay before retry `attempt` (1-based): exponential from `base`, capped
+/// at `max`, with ±20 % jitter so retries of many tasks spread out.
+pub(crate) fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(20);
+    let delay = base.saturating_mul(1 << exponent).min(max);
+    let jitter = rand::random_range(0.8..1.2);
+    delay.mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(5);
+        for (attempt, nominal) in [(1, 100), (2, 200), (3, 400), (10, 5000), (40, 5000)] {
+            let delay = backoff(attempt, base, max).as_millis() as f64;
+            let nominal = nominal as f64;
+            assert!(
+                delay >= nominal * 0.8 - 1.0 && delay <= nominal * 1.2 + 1.0,
+                "{attempt}: {delay}"
+            );
+        }
+    }
+}

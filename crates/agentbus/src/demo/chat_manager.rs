@@ -1,0 +1,123 @@
+//! The chat manager of the requirements (`LiveChattingManager`): announces new
+//! chat messages on `chat.message.new`.
+
+use crate::agent::{Agent, TaskContext, TaskError, TaskTypeSpec};
+use crate::client::{Bus, PublishError};
+use crate::protocol::TaskRequest;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// The agent's name on the bus.
+pub const CHAT_MANAGER: &str = "chat_manager";
+/// Its task type: post a message to a session.
+pub const POST_MESSAGE: &str = "post_message";
+/// The event announcing a new chat message.
+pub const CHAT_MESSAGE_NEW: &str = "chat.message.new";
+
+/// The body of a `chat.message.new` event, exactly as the requirements show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessageEvent {
+    /// The chat session.
+    pub session_id: String,
+    /// The new message's id (a UUID).
+    pub message_id: String,
+    /// Its text.
+    pub content: String,
+}
+
+/// The JSON Schema of a `post_message` payload.
+pub fn post_message_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["session_id", "content"],
+        "properties": {
+            "session_id": {"type": "string", "minLength": 1},
+            "content": {"type": "string"}
+        }
+    })
+}
+
+/// Announces chat messages; as an agent (`chat_manager`), task type
+/// `post_message` with payload `{"session_id", "content"}` announces one and
+/// returns `{"session_id", "message_id"}`.
+///
+/// ```no_run
+/// # async fn example(bus: agentbus::Bus) -> Result<(), agentbus::client::PublishError> {
+/// use agentbus::demo::ChatManager;
+/// let message_id = ChatManager::new().announce(&bus, "session-1", "Hello!").await?;
+/// bus.flush().await?; // a short-lived process must flush before exiting
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChatManager;
+
+#[derive(Debug, Deserialize)]
+struct PostMessage {
+    session_id: String,
+    content: String,
+}
+
+impl ChatManager {
+    /// A chat manager.
+    pub fn new() -> Self {
+        Self
+    }
+
+    /// Publishes `chat.message.new` with a fresh message id, and returns the id.
+    /// Like every publish, it is only queued: flush before a process exits.
+    pub async fn announce(
+        &self,
+        bus: &Bus,
+        session_id: &str,
+        content: &str,
+    ) -> Result<String, PublishError> {
+        let event = ChatMessageEvent {
+            session_id: session_id.to_owned(),
+            message_id: uuid::Uuid::new_v4().to_string(),
+            content: content.to_owned(),
+        };
+        bus.publish(CHAT_MESSAGE_NEW, &event).await?;
+        Ok(event.message_id)
+    }
+}
+
+impl Agent for ChatManager {
+    fn name(&self) -> &str {
+        CHAT_MANAGER
+    }
+
+    fn task_types(&self) -> Vec<TaskTypeSpec> {
+        TaskTypeSpec::new(POST_MESSAGE)
+            .map(|spec| spec.with_schema(post_message_schema()))
+            .into_iter()
+            .collect()
+    }
+
+    async fn handle(&self, task: TaskRequest, ctx: TaskContext) -> Result<Value, TaskError> {
+        let input: PostMessage = task.payload_as()?;
+        let message_id = self
+            .announce(ctx.bus(), &input.session_id, &input.content)
+            .await
+            .map_err(|err| TaskError::failed(format!("cannot announce the message: {err}")))?;
+        Ok(json!({"session_id": input.session_id, "message_id": message_id}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_has_exactly_the_three_fields() {
+        let event = ChatMessageEvent {
+            session_id: "s".into(),
+            message_id: "m".into(),
+            content: "c".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&event).unwrap(),
+            json!({"session_id": "s", "message_id": "m", "content": "c"})
+        );
+        assert_eq!(ChatManager::new().task_types().len(), 1);
+    }
+}

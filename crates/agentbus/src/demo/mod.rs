@@ -1,0 +1,67 @@
+//! The requirements' three scenarios as ready-made agents, and a demo that
+//! runs them together.
+//!
+//! | agent | task type | what it does |
+//! | --- | --- | --- |
+//! | [`LlmAgent`] (`llm_agent`) | `generate_text` | calls an OpenAI-compatible endpoint when `LLM_BASE_URL` is set; otherwise echoes the prompt truncated, and says so |
+//! | [`ChatManager`] (`chat_manager`) | `post_message` | announces `chat.message.new` with `{session_id, message_id, content}` |
+//! | [`EnhancementAgent`] (`enhancement_agent`) | `feedback_summary` | consumes `enhancement.feedback` and reports what it has seen |
+//!
+//! [`send_generate_text`] is the orchestrator's side of the first scenario,
+//! and [`run_demo`] serves all three agents and drives them every couple of
+//! seconds, printing one line per step (what `agentbus up --demo` shows).
+//!
+//! # Layout
+//!
+//! - `llm_agent`: [`LlmAgent`], [`LlmEndpoint`] and the HTTP call.
+//! - `chat_manager`: [`ChatManager`] and the [`ChatMessageEvent`] it publishes.
+//! - `enhancement_agent`: [`EnhancementAgent`] and its [`FeedbackSummary`].
+//! - `orchestrator`: [`send_generate_text`].
+//! - `run`: [`run_demo`], [`run_demo_with`] and [`DemoOptions`].
+
+mod chat_manager;
+mod enhancement_agent;
+mod llm_agent;
+mod orchestrator;
+mod run;
+
+pub use chat_manager::{
+    CHAT_MANAGER, CHAT_MESSAGE_NEW, ChatManager, ChatMessageEvent, POST_MESSAGE,
+    post_message_schema,
+};
+pub use enhancement_agent::{
+    ENHANCEMENT_AGENT, ENHANCEMENT_FEEDBACK, EnhancementAgent, FEEDBACK_SUMMARY, FeedbackSummary,
+};
+pub use llm_agent::{
+    DEFAULT_LLM_MODEL, DEFAULT_LLM_TIMEOUT, DEFAULT_MAX_TOKENS, ECHO_NOTE, GENERATE_TEXT,
+    LLM_AGENT, LLM_API_KEY_VAR, LLM_BASE_URL_VAR, LLM_MODEL_VAR, LlmAgent, LlmEndpoint,
+    LlmSetupError, generate_text_schema, truncate_words,
+};
+pub use orchestrator::send_generate_text;
+pub use run::{DEMO_SESSION, DemoError, DemoOptions, run_demo, run_demo_with};
+
+use crate::client::{Bus, SubscribeError};
+use futures::StreamExt;
+use std::time::Duration;
+
+/// How long the server may take to echo a sync message.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits until the server has processed everything `bus` sent before,
+/// subscriptions included, by sending itself a message on a fresh subject.
+/// (async-nats' `flush` only writes to the socket; it is no round trip.)
+pub(crate) async fn sync_with_server(bus: &Bus) -> Result<(), SubscribeError> {
+    let subject = format!("_agentbus.sync.{}", uuid::Uuid::new_v4().simple());
+    let mut echo = bus.subscribe(&subject, None).await?;
+    let unconfirmed = |reason: String| SubscribeError::Connection { reason };
+    bus.publish(&subject, &())
+        .await
+        .map_err(|err| unconfirmed(err.to_string()))?;
+    match tokio::time::timeout(SYNC_TIMEOUT, echo.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(unconfirmed("the connection closed".to_owned())),
+        Err(_) => Err(unconfirmed(format!(
+            "the server did not confirm the subscription within {SYNC_TIMEOUT:?}"
+        ))),
+    }
+}
