@@ -45,7 +45,8 @@ fn main() -> ExitCode {
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        // async-nats logs a refused connection at ERROR; our own one-line error says it.
+        0 => "warn,async_nats::connector=off",
         1 => "info,async_nats=warn",
         _ => "debug",
     };

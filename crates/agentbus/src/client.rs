@@ -251,7 +251,8 @@ impl Bus {
     }
 
     /// Subscribes to `pattern` (`*` and `>` allowed); with a queue group, each
-    /// message goes to one member of the group.
+    /// message goes to one member of the group. Messages published after this
+    /// returns are received: the server has confirmed the subscription.
     pub async fn subscribe(
         &self,
         pattern: &str,
@@ -271,7 +272,27 @@ impl Bus {
         .map_err(|err| SubscribeError::Connection {
             reason: err.to_string(),
         })?;
+        self.sync()
+            .await
+            .map_err(|err| SubscribeError::Connection {
+                reason: err.to_string(),
+            })?;
         Ok(Subscription { subscriber })
+    }
+
+    /// Waits until the server has processed everything sent on this
+    /// connection so far (subscriptions included): `flush` only writes to
+    /// the socket. A request to a subject nobody serves comes back as "no
+    /// responders" only after the server handled what came before it.
+    pub async fn sync(&self) -> Result<(), PublishError> {
+        let subject = format!("_agentbus.sync.{}", uuid::Uuid::new_v4().simple());
+        match self.client.request(subject, Bytes::new()).await {
+            Ok(_) => Ok(()),
+            Err(err) if err.kind() == async_nats::client::RequestErrorKind::NoResponders => Ok(()),
+            Err(err) => Err(PublishError::Connection {
+                reason: err.to_string(),
+            }),
+        }
     }
 
     /// Waits until everything published so far has reached the server.

@@ -22,8 +22,10 @@
 //!   inboxes, broadcasts, results and dead letters.
 //! - [`data_dir`], [`private_file`]: the data directory of `agentbus up` and its secrets.
 //! - [`redact`]: keeping passwords out of everything printed or logged.
+//! - [`check`]: the delivery test of the requirements and a configuration doctor.
 
 pub mod agent;
+pub mod check;
 pub mod client;
 pub mod connect;
 pub mod data_dir;

@@ -160,11 +160,19 @@ impl LocalServer {
             if let Some(status) = self.child.try_wait().ok().flatten() {
                 let log_tail = self.log_tail(15);
                 if log_tail.contains("address already in use") {
+                    // Someone took the port between our check and the server's bind.
+                    let monitoring = config.monitor_port != 0
+                        && log_tail.contains(&format!(":{}", config.monitor_port));
+                    let (what, port, flag) = if monitoring {
+                        ("monitoring", config.monitor_port, "--monitor-port")
+                    } else {
+                        ("client", config.port, "--port")
+                    };
                     return Err(LocalServerError::PortInUse {
-                        what: "client or monitoring",
+                        what,
                         host: config.host.clone(),
-                        port: config.port,
-                        flag: "--port/--monitor-port",
+                        port,
+                        flag,
                     });
                 }
                 return Err(LocalServerError::ExitedEarly {
@@ -285,6 +293,12 @@ authorization {{
         http_port = port(config.monitor_port),
         user = config.user,
     )
+}
+
+/// Fails when the client or monitoring port (unless 0) is already taken.
+pub fn check_ports_free(host: &str, port: u16, monitor_port: u16) -> Result<(), LocalServerError> {
+    check_port_free(host, port, "client", "--port")?;
+    check_port_free(host, monitor_port, "monitoring", "--monitor-port")
 }
 
 fn check_port_free(

@@ -1,10 +1,16 @@
 //! One module per subcommand: its arguments and a short `exec`.
 
+mod bench;
+mod check;
+mod dlq;
 mod publish;
 mod request;
+mod send;
 mod setup;
 mod status;
+mod submit;
 mod tail;
+mod task;
 mod up;
 
 use agentbus::connect::ServerTarget;
@@ -28,6 +34,20 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Print live messages matching a subject pattern.
     Tail(tail::TailArgs),
+    /// Store a message in an agent's durable inbox.
+    Send(send::SendArgs),
+    /// Store a task in a work queue (tasks.<agent>, or work.<task_type> with --any).
+    Submit(submit::SubmitArgs),
+    /// Broadcast a message to every agent subscribed to a topic.
+    Broadcast(send::BroadcastArgs),
+    /// Show the state, attempts and result of a queued task.
+    Task(task::TaskArgs),
+    /// List and replay dead letters.
+    Dlq(dlq::DlqArgs),
+    /// Measure agentbus against bare async-nats, side by side.
+    Bench(bench::BenchArgs),
+    /// Run the delivery test and the configuration doctor against a server.
+    Check(check::CheckArgs),
 }
 
 impl Command {
@@ -40,6 +60,13 @@ impl Command {
             Self::Request(args) => request::exec(args).await,
             Self::Publish(args) => publish::exec(args).await,
             Self::Tail(args) => tail::exec(args).await,
+            Self::Send(args) => send::exec(args).await,
+            Self::Submit(args) => submit::exec(args).await,
+            Self::Broadcast(args) => send::exec_broadcast(args).await,
+            Self::Task(args) => task::exec(args).await,
+            Self::Dlq(args) => dlq::exec(args).await,
+            Self::Bench(args) => bench::exec(args).await,
+            Self::Check(args) => check::exec(args).await,
         }
     }
 }

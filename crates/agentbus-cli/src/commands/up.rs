@@ -52,15 +52,24 @@ pub struct UpArgs {
     /// Print one JSON line when the bus is ready, instead of the summary.
     #[arg(long)]
     json: bool,
+
+    /// Also run the demo agents (llm_agent, chat_manager, enhancement_agent) and
+    /// send them work every two seconds, printing what flows.
+    #[arg(long)]
+    demo: bool,
 }
 
 pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
-    // Everything that can fail on input is checked before the data dir is touched.
+    // Listen for stop signals before anything starts, so a signal that arrives
+    // at any point stops the server cleanly instead of killing `up` outright.
+    let signals = StopSignals::new()?;
+    // What can be checked without the data dir is checked before it is touched.
     let topology = load_topology(args.topology.as_deref())?;
+    let binary = locate_nats_server(args.nats_server.clone()).await?;
+    agentbus::local_server::check_ports_free(&args.host, args.port, args.monitor_port)?;
     let data_dir = DataDir::open_exclusive(&data_dir::resolve(args.data_dir.as_deref()))?;
     data_dir.remove_connection_file();
     let password = data_dir.password()?;
-    let binary = locate_nats_server(args.nats_server.clone()).await?;
     if !is_loopback(&args.host) {
         eprintln!(
             "warning: binding {} exposes the bus to the network; authentication is on, but traffic is not encrypted",
@@ -96,7 +105,14 @@ pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     })?;
     print_summary(&args, &data_dir, &server, &version, &actions)?;
 
-    let outcome = supervise(&mut server).await;
+    let demo = if args.demo {
+        // Fail before the demo starts when its LLM settings are wrong.
+        let options = agentbus::demo::DemoOptions::from_env()?;
+        Some(start_demo(&server, options).await?)
+    } else {
+        None
+    };
+    let outcome = supervise(&mut server, signals, demo).await;
     data_dir.remove_connection_file();
     outcome
 }
@@ -189,17 +205,87 @@ fn print_summary(
     Ok(())
 }
 
+/// The demo agents, running beside the bus until told to stop.
+struct RunningDemo {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), agentbus::demo::DemoError>>,
+}
+
+async fn start_demo(
+    server: &LocalServer,
+    options: agentbus::demo::DemoOptions,
+) -> anyhow::Result<RunningDemo> {
+    let target = ServerTarget::from_url(
+        &server.client_url_with_credentials(),
+        TargetSource::Explicit,
+    );
+    let bus = agentbus::Bus::connect(&target, "agentbus-demo").await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(agentbus::demo::run_demo_with(
+        bus,
+        options,
+        async {
+            let _ = stopped.await;
+        },
+        |line| println!("{line}"),
+    ));
+    Ok(RunningDemo { stop, task })
+}
+
+/// SIGTERM, SIGINT and SIGHUP, listened for from the start of `up`.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            hangup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+            _ = self.hangup.recv() => {}
+        }
+    }
+}
+
 /// Waits for a stop signal (then stops the server) or for the server to die.
-async fn supervise(server: &mut LocalServer) -> anyhow::Result<ExitCode> {
-    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-    let status = tokio::select! {
-        _ = terminate.recv() => None,
-        _ = interrupt.recv() => None,
-        _ = hangup.recv() => None,
-        status = server.wait() => Some(status),
+async fn supervise(
+    server: &mut LocalServer,
+    mut signals: StopSignals,
+    demo: Option<RunningDemo>,
+) -> anyhow::Result<ExitCode> {
+    let (demo_stop, mut demo_task) = match demo {
+        Some(RunningDemo { stop, task }) => (Some(stop), Some(task)),
+        None => (None, None),
     };
+    let status = tokio::select! {
+        () = signals.recv() => None,
+        status = server.wait() => Some(status),
+        finished = async { demo_task.as_mut().expect("guarded by the condition").await }, if demo_task.is_some() => {
+            let err = match finished {
+                Ok(Ok(())) => anyhow::anyhow!("the demo stopped unexpectedly"),
+                Ok(Err(err)) => anyhow::Error::new(err).context("the demo stopped"),
+                Err(err) => anyhow::Error::new(err).context("the demo crashed"),
+            };
+            server.stop(STOP_GRACE).await.context("cannot stop nats-server")?;
+            return Err(err);
+        }
+    };
+    if let (Some(stop), Some(task)) = (demo_stop, demo_task) {
+        let _ = stop.send(());
+        if let Ok(Ok(Err(err))) = tokio::time::timeout(STOP_GRACE, task).await {
+            eprintln!("warning: the demo ended with an error: {err}");
+        }
+    }
     match status {
         None => {
             eprintln!("stopping nats-server");

@@ -90,9 +90,10 @@ pub(crate) async fn dead_letter_task(
     let info = message
         .info()
         .map_err(|err| DeliveryError::jetstream("read a message's delivery info", err))?;
+    let task_id = Some(record.task_id.clone()).filter(|id| !id.is_empty());
     let letter = DeadLetter {
         subject: message.subject.to_string(),
-        task_id: Some(record.task_id.clone()),
+        task_id: task_id.clone(),
         body: body_value(&message.payload),
         attempts: record.attempts,
         errors: record.errors.clone(),
@@ -101,6 +102,9 @@ pub(crate) async fn dead_letter_task(
         original_sequence: info.stream_sequence,
     };
     dead_letter_message(js, message, &letter).await?;
+    if task_id.is_none() {
+        return Ok(()); // Nothing to record a result under.
+    }
     record.state = TaskState::DeadLettered;
     record.response = Some(TaskResponse::error(
         record.task_id.clone(),

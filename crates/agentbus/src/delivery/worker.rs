@@ -46,7 +46,7 @@ pub(crate) struct WorkerConfig {
 /// What to do with each message.
 pub(crate) trait Job: Send + Sync + 'static {
     /// Handles one message, acknowledging (or not) as it sees fit.
-    fn run<'a>(&'a self, message: &'a jetstream::Message) -> impl Future<Output = ()> + Send + 'a;
+    fn run(&self, message: &jetstream::Message) -> impl Future<Output = ()> + Send;
 }
 
 struct SourceState {
@@ -72,7 +72,7 @@ pub(crate) async fn run_worker<J: Job>(
         })
         .collect();
     // Most urgent first; the sort is stable, so the given order breaks ties.
-    states.sort_by(|a, b| b.source.priority.cmp(&a.source.priority));
+    states.sort_by_key(|s| std::cmp::Reverse(s.source.priority));
     let mut wake = match subscribe_all(&client, &states).await {
         Ok(wake) => wake,
         Err(err) => {
@@ -98,7 +98,7 @@ pub(crate) async fn run_worker<J: Job>(
             break;
         }
         round += 1;
-        let reverse = round % REVERSE_EVERY == 0;
+        let reverse = round.is_multiple_of(REVERSE_EVERY);
         let mut fetched = 0;
         let order: Vec<usize> = if reverse {
             (0..states.len()).rev().collect()

@@ -66,8 +66,6 @@ impl EnhancementAgent {
         queue_group: Option<&str>,
     ) -> Result<(Self, JoinHandle<()>), SubscribeError> {
         let subscription = bus.subscribe(ENHANCEMENT_FEEDBACK, queue_group).await?;
-        // The server must know the subscription before anyone relies on it.
-        super::sync_with_server(bus).await?;
         let agent = Self::new();
         let consumer = tokio::spawn(agent.clone().consume(subscription));
         Ok((agent, consumer))

@@ -85,17 +85,23 @@ impl LlmEndpoint {
             url: redact_url(base_url),
             reason,
         };
-        let joined = format!("{}/chat/completions", base_url.trim().trim_end_matches('/'));
-        let url = reqwest::Url::parse(&joined).map_err(|err| invalid(err.to_string()))?;
-        if !matches!(url.scheme(), "http" | "https") {
+        let base = base_url.trim().trim_end_matches('/');
+        // Checked before joining: "http://" + "/chat/completions" would parse with host "chat".
+        let parsed = reqwest::Url::parse(base).map_err(|err| invalid(err.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
             return Err(invalid(format!(
                 "the scheme is {:?}, not http or https",
-                url.scheme()
+                parsed.scheme()
             )));
         }
-        if url.host_str().is_none_or(str::is_empty) {
+        if parsed.host_str().is_none_or(str::is_empty) {
             return Err(invalid("it has no host".to_owned()));
         }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(invalid("it has a query or fragment".to_owned()));
+        }
+        let url = reqwest::Url::parse(&format!("{base}/chat/completions"))
+            .map_err(|err| invalid(err.to_string()))?;
         Ok(Self {
             completions_url: url,
             api_key: None,
@@ -411,7 +417,9 @@ fn status_error(endpoint: &LlmEndpoint, status: reqwest::StatusCode, body: &str)
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         })
-        .unwrap_or_else(|| body.trim().chars().take(200).collect());
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    // One line, whatever the endpoint sent (HTML error pages included).
+    let detail = detail.split_whitespace().collect::<Vec<_>>().join(" ");
     let advice = match status.as_u16() {
         401 | 403 => "check LLM_API_KEY",
         404 => "check LLM_BASE_URL and LLM_MODEL",
@@ -499,7 +507,7 @@ mod tests {
 
     #[test]
     fn bad_base_urls_are_one_clear_error() {
-        for bad in ["ftp://h/v1", "not a url", "http://"] {
+        for bad in ["ftp://h/v1", "not a url", "http://", "http://h/v1?x=1"] {
             let err = LlmEndpoint::new(bad).unwrap_err();
             assert!(err.to_string().contains("set LLM_BASE_URL"), "{err}");
         }

@@ -39,29 +39,3 @@ pub use llm_agent::{
 };
 pub use orchestrator::send_generate_text;
 pub use run::{DEMO_SESSION, DemoError, DemoOptions, run_demo, run_demo_with};
-
-use crate::client::{Bus, SubscribeError};
-use futures::StreamExt;
-use std::time::Duration;
-
-/// How long the server may take to echo a sync message.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Waits until the server has processed everything `bus` sent before,
-/// subscriptions included, by sending itself a message on a fresh subject.
-/// (async-nats' `flush` only writes to the socket; it is no round trip.)
-pub(crate) async fn sync_with_server(bus: &Bus) -> Result<(), SubscribeError> {
-    let subject = format!("_agentbus.sync.{}", uuid::Uuid::new_v4().simple());
-    let mut echo = bus.subscribe(&subject, None).await?;
-    let unconfirmed = |reason: String| SubscribeError::Connection { reason };
-    bus.publish(&subject, &())
-        .await
-        .map_err(|err| unconfirmed(err.to_string()))?;
-    match tokio::time::timeout(SYNC_TIMEOUT, echo.next()).await {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(unconfirmed("the connection closed".to_owned())),
-        Err(_) => Err(unconfirmed(format!(
-            "the server did not confirm the subscription within {SYNC_TIMEOUT:?}"
-        ))),
-    }
-}

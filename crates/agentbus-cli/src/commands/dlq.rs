@@ -1,0 +1,87 @@
+//! `agentbus dlq`: list and replay dead letters.
+
+use super::ServerArgs;
+use crate::output::{Table, print_json};
+use agentbus::Bus;
+use clap::{Args, Subcommand};
+use std::process::ExitCode;
+
+/// Arguments of `agentbus dlq`.
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    command: DlqCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead letters, oldest first.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead-lettered tasks back on their original queue (idempotent).
+    Replay {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The task id to replay.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        task_id: Option<String>,
+        /// Replay every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+pub async fn exec(args: DlqArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        DlqCommand::List { server, json } => {
+            let (_, client) = server.connect().await?;
+            let entries = Bus::from_client(client).dead_letters().await?;
+            if json {
+                print_json(&serde_json::json!({ "dead_letters": entries }))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut table = Table::new(&["SEQ", "TASK", "SUBJECT", "ATTEMPTS", "WHEN", "REASON"]);
+            for entry in &entries {
+                let letter = &entry.letter;
+                table.row(vec![
+                    entry.sequence.to_string(),
+                    letter.task_id.clone().unwrap_or_else(|| "-".to_owned()),
+                    letter.subject.clone(),
+                    letter.attempts.to_string(),
+                    letter.dead_lettered_at.clone(),
+                    letter.reason.clone(),
+                ]);
+            }
+            table.print()?;
+            if entries.is_empty() {
+                println!("no dead letters");
+            }
+        }
+        DlqCommand::Replay {
+            server,
+            task_id,
+            all,
+        } => {
+            let (_, client) = server.connect().await?;
+            let bus = Bus::from_client(client);
+            let replayed = match (&task_id, all) {
+                (_, true) => bus.replay_all_dead_letters().await?,
+                (Some(task_id), false) => bus.replay_dead_letter(task_id).await?,
+                (None, false) => anyhow::bail!("name a task id or pass --all"),
+            };
+            match (replayed, &task_id) {
+                (0, Some(task_id)) => println!(
+                    "nothing to replay for task {task_id} (not a dead letter, or already replayed)"
+                ),
+                (0, None) => println!("nothing to replay"),
+                (n, _) => println!("replayed {n} dead letter(s) onto their original queues"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

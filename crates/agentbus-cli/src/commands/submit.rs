@@ -1,0 +1,97 @@
+//! `agentbus submit`: store a task in a work queue, optionally wait for its result.
+
+use super::{ServerArgs, read_json_argument};
+use agentbus::delivery::Queue;
+use agentbus::protocol::new_task_id;
+use agentbus::{Bus, Priority, TaskRequest};
+use clap::Args;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Arguments of `agentbus submit`.
+#[derive(Debug, Args)]
+#[command(
+    override_usage = "agentbus submit [OPTIONS] <AGENT> <TASK_TYPE> <PAYLOAD>\n       agentbus submit [OPTIONS] --any <TASK_TYPE> <PAYLOAD>"
+)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+
+    /// Queue for any agent accepting the task type (work.<task_type>) instead of one agent (tasks.<agent>).
+    #[arg(long)]
+    any: bool,
+
+    /// `<AGENT> <TASK_TYPE> <PAYLOAD>`, or with --any `<TASK_TYPE> <PAYLOAD>`; PAYLOAD is a JSON object or - for stdin.
+    #[arg(required = true, num_args = 2..=3, value_name = "ARGS")]
+    args: Vec<String>,
+
+    /// low, normal, high or critical.
+    #[arg(long, default_value = "normal")]
+    priority: Priority,
+
+    /// Task id (a repeat within the dedup window is stored once); default: a new UUID.
+    #[arg(long)]
+    task_id: Option<String>,
+
+    /// Wait for the task to finish and print its TaskResponse (exit 1 unless completed).
+    #[arg(long)]
+    wait: bool,
+
+    /// Seconds to wait with --wait.
+    #[arg(
+        long,
+        default_value_t = 60.0,
+        value_name = "SECONDS",
+        requires = "wait"
+    )]
+    timeout: f64,
+}
+
+pub async fn exec(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let (queue, task_type, payload) = match (args.any, args.args.as_slice()) {
+        (false, [agent, task_type, payload]) => (Queue::agent(agent)?, task_type, payload),
+        (true, [task_type, payload]) => (Queue::task_type(task_type)?, task_type, payload),
+        (false, _) => anyhow::bail!(
+            "submit takes <AGENT> <TASK_TYPE> <PAYLOAD> (or --any <TASK_TYPE> <PAYLOAD>)"
+        ),
+        (true, _) => anyhow::bail!("submit --any takes <TASK_TYPE> <PAYLOAD>, without an agent"),
+    };
+    agentbus::Name::parse("task type", task_type)?;
+    let payload = read_json_argument(payload)?;
+    anyhow::ensure!(
+        payload.is_object(),
+        "the payload must be a JSON object such as '{{\"prompt\": \"hi\"}}'"
+    );
+    anyhow::ensure!(
+        args.timeout.is_finite() && args.timeout > 0.0,
+        "--timeout must be a positive number of seconds"
+    );
+    let (_, client) = args.server.connect().await?;
+    let bus = Bus::from_client(client);
+    let request = TaskRequest {
+        task_id: args.task_id.unwrap_or_else(new_task_id),
+        task_type: task_type.clone(),
+        payload,
+        priority: args.priority,
+    };
+    let submitted = bus.submit(&queue, &request).await?;
+    if !args.wait {
+        println!("{}", submitted.task_id);
+        if submitted.duplicate {
+            eprintln!(
+                "note: task {} was already queued (same task id): stored once",
+                submitted.task_id
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let response = bus
+        .wait_task(&submitted.task_id, Duration::from_secs_f64(args.timeout))
+        .await?;
+    println!("{}", serde_json::to_string_pretty(&response)?);
+    Ok(if response.is_completed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

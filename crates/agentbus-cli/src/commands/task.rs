@@ -1,0 +1,64 @@
+//! `agentbus task`: what is known of a queued task.
+
+use super::ServerArgs;
+use crate::output::print_json;
+use agentbus::Bus;
+use agentbus::delivery::TaskRecord;
+use clap::Args;
+use std::process::ExitCode;
+
+/// Arguments of `agentbus task`.
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+
+    /// The task id printed by `agentbus submit`.
+    task_id: String,
+
+    /// Print one JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn exec(args: TaskArgs) -> anyhow::Result<ExitCode> {
+    let (_, client) = args.server.connect().await?;
+    let bus = Bus::from_client(client);
+    let record = bus.task_record(&args.task_id).await?;
+    if args.json {
+        let document = match &record {
+            Some(record) => serde_json::to_value(record)?,
+            None => {
+                serde_json::json!({ "task_id": args.task_id, "state": "pending", "attempts": 0 })
+            }
+        };
+        print_json(&document)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    match record {
+        None => println!(
+            "task {}: pending (queued, or running its first attempt; nothing is recorded until an attempt ends)",
+            args.task_id
+        ),
+        Some(record) => print_record(&record)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_record(record: &TaskRecord) -> anyhow::Result<()> {
+    let state = serde_json::to_value(record.state)?;
+    println!("task      {}", record.task_id);
+    println!("state     {}", state.as_str().unwrap_or_default());
+    println!("queue     {}", record.subject);
+    println!("attempts  {}", record.attempts);
+    for error in &record.errors {
+        println!(
+            "  attempt {} at {}: {}",
+            error.attempt, error.at, error.error
+        );
+    }
+    if let Some(response) = &record.response {
+        println!("response  {}", serde_json::to_string_pretty(response)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! `agentbus check` against real servers: a testkit server (healthy and
+//! misconfigured) and a running `agentbus up`.
+
+mod common;
+
+use agentbus::check::names;
+use agentbus::topology::{Discard, Topology};
+use agentbus_testkit::NatsServer;
+use common::{Up, run};
+use std::time::Duration;
+
+/// `agentbus check --server URL [ARGS]`.
+async fn check(server: &NatsServer, args: &[&str]) -> common::Output {
+    let url = server.url_with_credentials();
+    let mut all = vec!["check", "--server", url.as_str()];
+    all.extend_from_slice(args);
+    run(all).await
+}
+
+/// The table rows (after the header, before the summary) as (status, name, detail).
+fn rows(stdout: &str) -> Vec<(String, String, String)> {
+    let mut lines = stdout.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(header, ["STATUS", "NAME", "DETAIL"], "{stdout}");
+    lines
+        .take_while(|line| !line.is_empty())
+        .map(|line| {
+            let mut parts = line.splitn(3, char::is_whitespace);
+            let status = parts.next().unwrap_or("").to_owned();
+            let rest = parts.collect::<Vec<_>>().join(" ");
+            let rest = rest.trim_start();
+            let (name, detail) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            (status, name.to_owned(), detail.trim().to_owned())
+        })
+        .collect()
+}
+
+fn misconfigured_topology() -> Topology {
+    let mut topology = Topology::requirements();
+    let tasks = topology
+        .streams
+        .iter_mut()
+        .find(|s| s.name == "agent-tasks")
+        .unwrap();
+    tasks.discard = Discard::Old;
+    tasks.max_msgs = 40_000;
+    topology
+}
+
+#[tokio::test]
+async fn check_passes_on_a_provisioned_server_and_prints_each_check() {
+    common::ensure_nats_server().await;
+    let server = NatsServer::start().await;
+    let out = check(&server, &[]).await;
+    out.assert_success();
+    let rows = rows(&out.stdout);
+    let names: Vec<&str> = rows.iter().map(|(_, name, _)| name.as_str()).collect();
+    assert_eq!(names, names::ALL, "{}", out.stdout);
+    for (status, name, detail) in &rows {
+        assert_eq!(status, "PASS", "{name}: {detail}");
+        assert!(!detail.is_empty(), "{name} has no explanation");
+    }
+    assert!(
+        out.stdout
+            .trim_end()
+            .ends_with(&format!("9 of 9 checks passed against {}", server.url())),
+        "{}",
+        out.stdout
+    );
+    let password = server
+        .url_with_credentials()
+        .rsplit_once('@')
+        .and_then(|(userinfo, _)| userinfo.rsplit_once(':'))
+        .map(|(_, password)| password.to_owned())
+        .unwrap();
+    assert!(!out.stdout.contains(&password), "{}", out.stdout);
+    assert!(!out.stderr.contains(&password), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn check_json_is_one_document_with_nine_passing_checks() {
+    let server = NatsServer::start().await;
+    let out = check(&server, &["--json"]).await;
+    out.assert_success();
+    let report = out.json();
+    assert_eq!(report["passed"], true, "{report}");
+    let checks = report["checks"].as_array().expect("checks is an array");
+    assert_eq!(checks.len(), 9, "{report}");
+    for (check, name) in checks.iter().zip(names::ALL) {
+        assert_eq!(check["name"], name, "{report}");
+        assert_eq!(check["passed"], true, "{check}");
+        assert!(
+            check["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{check}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn check_fails_on_a_misconfigured_server_naming_the_check_and_the_reason() {
+    let server = NatsServer::start_with_topology(&misconfigured_topology()).await;
+
+    let out = check(&server, &[]).await;
+    out.assert_failure();
+    assert_eq!(out.status.code(), Some(1));
+    let rows = rows(&out.stdout);
+    assert_eq!(rows.len(), 9, "{}", out.stdout);
+    let failed: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|(status, _, _)| status == "FAIL")
+        .map(|(_, name, detail)| (name.as_str(), detail.as_str()))
+        .collect();
+    assert_eq!(
+        failed.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+        [names::STREAMS, names::DEDUP_AND_DISCARD],
+        "{}",
+        out.stdout
+    );
+    assert!(
+        failed[0]
+            .1
+            .contains("agent-tasks: max_msgs is 40000 on the server but 50000"),
+        "{}",
+        out.stdout
+    );
+    assert!(failed[1].1.contains("discard is Old"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("7 of 9 checks passed"),
+        "{}",
+        out.stdout
+    );
+
+    let out = check(&server, &["--json"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let report = out.json();
+    assert_eq!(report["passed"], false, "{report}");
+    let checks = report["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 9);
+    let streams = checks.iter().find(|c| c["name"] == names::STREAMS).unwrap();
+    assert_eq!(streams["passed"], false);
+    assert!(
+        streams["detail"].as_str().unwrap().contains("max_msgs"),
+        "{streams}"
+    );
+}
+
+#[tokio::test]
+async fn check_takes_the_topology_to_compare_with() {
+    let server = NatsServer::start_with_topology(&misconfigured_topology()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::topology_file(
+        dir.path(),
+        "fewer-tasks.toml",
+        "max_msgs = 50000\nmax_bytes = \"200MiB\"\nmax_age = \"14d\"\nstorage = \"file\"\ndiscard = \"new\"",
+        "max_msgs = 40000\nmax_bytes = \"200MiB\"\nmax_age = \"14d\"\nstorage = \"file\"\ndiscard = \"old\"",
+    );
+    let out = check(&server, &["--json", "--topology", file.to_str().unwrap()]).await;
+    let report = out.json();
+    let failed: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    // The streams match that topology; discard "old" is still wrong for a work queue.
+    assert_eq!(failed, [names::DEDUP_AND_DISCARD], "{report}");
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn check_passes_against_agentbus_up_found_through_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("bus");
+    let mut up = Up::start(&data_dir, &[]).await;
+    let server_pid = up.server_pid();
+
+    let out = run([
+        "check".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+        "--json".as_ref(),
+    ])
+    .await;
+    out.assert_success();
+    let report = out.json();
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["checks"].as_array().unwrap().len(), 9);
+
+    let status = up.terminate().await;
+    assert!(status.success(), "up exited with {status}: {}", up.stderr());
+    assert!(
+        common::wait_gone(server_pid, common::EXIT_TIMEOUT).await,
+        "nats-server {server_pid} still runs after up stopped"
+    );
+    assert!(!agentbus_testkit::process_alive(up.pid()));
+}
+
+#[tokio::test]
+async fn check_against_a_server_that_never_answers_fails_in_bounded_time() {
+    // A listener that accepts but never speaks NATS.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("nats://u:p@{}", silent.local_addr().unwrap());
+    let out = run(["check", "--server", url.as_str()]).await;
+    let stderr = out.assert_failure();
+    assert_eq!(out.status.code(), Some(1));
+    let error = common::one_error_line(stderr);
+    assert!(error.contains("cannot reach NATS"), "{stderr}");
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    assert!(out.elapsed < Duration::from_secs(15), "{:?}", out.elapsed);
+}

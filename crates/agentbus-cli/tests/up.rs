@@ -1,0 +1,534 @@
+//! `agentbus up` against real nats-server processes: provisioning, files and
+//! secrets, authentication, monitoring, persistence, shutdown, and bad input.
+//!
+//! Every `up` runs with `--port 0 --monitor-port 0` in its own temporary data
+//! directory; see `common::Up` for how it is started and always stopped.
+
+mod common;
+
+use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType};
+use common::{Up, run};
+use futures::TryStreamExt;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+const MIB: i64 = 1024 * 1024;
+const DAY: u64 = 86_400;
+
+/// The requirements' streams: (name, subjects, retention, max_msgs, max_bytes, max_age days, discard).
+///
+/// agent-tasks is checked separately for subjects: the shipped topology widens
+/// the requirements' `tasks.*`/`work.*` to `tasks.>`/`work.>` (priority sub-queues).
+type Expected = (
+    &'static str,
+    &'static [&'static str],
+    RetentionPolicy,
+    i64,
+    i64,
+    u64,
+    DiscardPolicy,
+);
+
+const EXPECTED: [Expected; 3] = [
+    (
+        "agent-messages",
+        &["agent.*.inbox", "agent.*.direct"],
+        RetentionPolicy::Limits,
+        10_000,
+        100 * MIB,
+        7,
+        DiscardPolicy::New,
+    ),
+    (
+        "agent-broadcast",
+        &["broadcast.*", "announce.*"],
+        RetentionPolicy::Limits,
+        5_000,
+        50 * MIB,
+        3,
+        DiscardPolicy::Old,
+    ),
+    (
+        "agent-tasks",
+        &["tasks.>", "work.>"],
+        RetentionPolicy::WorkQueue,
+        50_000,
+        200 * MIB,
+        14,
+        DiscardPolicy::New,
+    ),
+];
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test]
+async fn up_creates_the_three_streams_as_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(&dir.path().join("bus"), &[]).await;
+
+    assert_eq!(
+        common::actions(up.ready()),
+        common::all_with("created", &[]),
+        "{}",
+        up.ready()
+    );
+
+    let js = up.jetstream().await;
+    let mut names: Vec<String> = js.stream_names().try_collect().await.unwrap();
+    names.sort();
+    assert_eq!(names, common::server_stream_names());
+
+    for (name, subjects, retention, max_msgs, max_bytes, days, discard) in EXPECTED {
+        let mut stream = js.get_stream(name).await.unwrap();
+        let config = &stream.info().await.unwrap().config;
+        assert_eq!(config.subjects, subjects, "{name}: subjects");
+        assert_eq!(config.retention, retention, "{name}: retention");
+        assert_eq!(config.max_messages, max_msgs, "{name}: max_messages");
+        assert_eq!(config.max_bytes, max_bytes, "{name}: max_bytes");
+        assert_eq!(
+            config.max_age,
+            Duration::from_secs(days * DAY),
+            "{name}: max_age"
+        );
+        assert_eq!(config.storage, StorageType::File, "{name}: storage");
+        assert_eq!(config.discard, discard, "{name}: discard");
+        assert_eq!(
+            config.duplicate_window,
+            Duration::from_secs(120),
+            "{name}: duplicate_window"
+        );
+        assert_eq!(config.num_replicas, 1, "{name}: replicas");
+    }
+
+    // Every stream of the shipped topology (also those beyond the requirements) as configured.
+    let topology = agentbus::topology::Topology::requirements();
+    for spec in &topology.streams {
+        let mut stream = js.get_stream(&spec.name).await.unwrap();
+        let config = &stream.info().await.unwrap().config;
+        assert_eq!(spec.differences(config), [], "{}", spec.name);
+    }
+
+    // The requirements' subjects land in their streams.
+    for (subject, stream) in [
+        ("agent.a.inbox", "agent-messages"),
+        ("agent.a.direct", "agent-messages"),
+        ("broadcast.all", "agent-broadcast"),
+        ("announce.all", "agent-broadcast"),
+        ("tasks.a", "agent-tasks"),
+        ("work.build", "agent-tasks"),
+    ] {
+        let ack = js
+            .publish(subject, "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap_or_else(|err| panic!("{subject}: {err}"));
+        assert_eq!(ack.stream, stream, "{subject}");
+    }
+}
+
+#[tokio::test]
+async fn connection_file_and_password_are_private_and_the_password_is_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("bus");
+    let mut up = Up::start(&data_dir, &[]).await;
+
+    let password_file = data_dir.join("password");
+    let connection_env = up.connection_file();
+    assert_eq!(mode(&password_file), 0o600, "password file mode");
+    assert_eq!(mode(&connection_env), 0o600, "connection.env mode");
+
+    let password = std::fs::read_to_string(&password_file).unwrap();
+    let password = password.trim();
+    assert!(
+        password.len() >= 16,
+        "password too short: {}",
+        password.len()
+    );
+
+    let client_port = common::port_of(up.client_url());
+    let monitor_port = common::port_of(up.monitor_url());
+    assert_eq!(up.client_url(), format!("nats://127.0.0.1:{client_port}"));
+    let text = std::fs::read_to_string(&connection_env).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("NATS_URL=nats://agentbus:{password}@127.0.0.1:{client_port}"),
+            format!("AGENTBUS_MONITOR_URL=http://127.0.0.1:{monitor_port}"),
+        ],
+        "connection.env:\n{text}"
+    );
+
+    // Use the bus, then stop it, so all of up's output is in.
+    let client = up.client().await;
+    assert_eq!(client.server_info().port, client_port);
+    drop(client);
+    let status = up.terminate().await;
+    assert!(status.success(), "up exited with {status}");
+    let (stdout, stderr) = (up.stdout(), up.stderr());
+    assert!(stdout.contains("\"status\":\"ready\""), "stdout: {stdout}");
+    assert!(
+        !stdout.contains(password),
+        "the password is on up's stdout: {stdout}"
+    );
+    assert!(
+        !stderr.contains(password),
+        "the password is on up's stderr: {stderr}"
+    );
+    for file in ["nats.conf", "nats-server.log"] {
+        let text = std::fs::read_to_string(data_dir.join(file)).unwrap();
+        assert!(!text.contains(password), "the password is in {file}");
+    }
+}
+
+#[tokio::test]
+async fn clients_without_or_with_wrong_credentials_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(&dir.path().join("bus"), &[]).await;
+    let url = up.client_url().to_owned();
+
+    let err = async_nats::connect(&url)
+        .await
+        .expect_err("a client without credentials must be refused");
+    assert_eq!(
+        err.kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation,
+        "{err}"
+    );
+
+    let err = async_nats::ConnectOptions::with_user_and_password(
+        "agentbus".into(),
+        "not-the-password".into(),
+    )
+    .connect(&url)
+    .await
+    .expect_err("a wrong password must be refused");
+    assert_eq!(
+        err.kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation,
+        "{err}"
+    );
+
+    // The CLI says so in one line, without echoing the password it was given.
+    let secret = "Sup3rSecretWrongPw";
+    let host_port = common::host_port(&url);
+    let out = run([
+        "status",
+        "--server",
+        &format!("nats://wrong:{secret}@{host_port}"),
+    ])
+    .await;
+    let stderr = out.assert_failure();
+    let error = common::one_error_line(stderr);
+    assert!(error.contains("refused the credentials"), "{stderr}");
+    assert!(error.contains(host_port), "{stderr}");
+    assert!(!stderr.contains(secret), "password echoed: {stderr}");
+    assert!(!out.stdout.contains(secret), "password echoed: {out:?}");
+
+    // The right credentials still work.
+    let client = up.client().await;
+    assert_eq!(client.server_info().server_name, "agentbus");
+}
+
+#[tokio::test]
+async fn monitoring_endpoint_answers_varz() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(&dir.path().join("bus"), &[]).await;
+    assert!(
+        up.monitor_url().starts_with("http://127.0.0.1:"),
+        "{}",
+        up.ready()
+    );
+
+    let (code, body) = common::http_get(up.monitor_url(), "/varz").await;
+    assert_eq!(code, 200, "{body}");
+    let varz: serde_json::Value = serde_json::from_str(&body).expect("varz is JSON");
+    let version = varz["version"].as_str().expect("varz has a version");
+    assert_eq!(version, up.ready()["version"], "{varz}");
+    assert_eq!(varz["server_name"], "agentbus");
+    assert_eq!(
+        varz["port"].as_u64(),
+        Some(u64::from(common::port_of(up.client_url())))
+    );
+
+    // The library's client reads the same endpoint.
+    let varz = agentbus::monitor::Monitor::new(up.monitor_url())
+        .varz()
+        .await
+        .expect("Monitor::varz");
+    assert_eq!(varz.version, version);
+}
+
+#[tokio::test]
+async fn up_refuses_bad_topologies_without_touching_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let malformed = common::malformed_topology_file(dir.path());
+    let request_reply = common::request_reply_topology_file(dir.path());
+    let data_dir = dir.path().join("bus");
+
+    let up_with = |file: &std::path::Path| {
+        let args = [
+            "up".as_ref(),
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+            "--port".as_ref(),
+            "0".as_ref(),
+            "--monitor-port".as_ref(),
+            "0".as_ref(),
+            "--topology".as_ref(),
+            file.as_os_str(),
+        ]
+        .map(std::ffi::OsStr::to_owned);
+        run(args)
+    };
+    let assert_untouched = || {
+        assert!(
+            !data_dir.exists(),
+            "up created {} for a refused topology: {:?}",
+            data_dir.display(),
+            std::fs::read_dir(&data_dir)
+                .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+        );
+    };
+
+    let out = up_with(&malformed).await;
+    let stderr = out.assert_failure();
+    assert!(
+        stderr.contains(&malformed.display().to_string()),
+        "the error does not name the file: {stderr}"
+    );
+    assert!(stderr.contains("line"), "{stderr}");
+    assert_untouched();
+
+    let out = up_with(&request_reply).await;
+    let stderr = out.assert_failure();
+    assert!(stderr.contains("request/reply"), "{stderr}");
+    assert!(stderr.contains("agent.*.task"), "{stderr}");
+    assert!(stderr.contains("agent-messages"), "{stderr}");
+    assert_untouched();
+}
+
+#[tokio::test]
+async fn a_stored_message_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("bus");
+    let mut up = Up::start(&data_dir, &[]).await;
+    let first_env = common::connection_file(&data_dir);
+
+    let payload = b"remember me across restarts".as_slice();
+    let js = up.jetstream().await;
+    let ack = js
+        .publish("agent.someone.inbox", payload.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("PubAck");
+    assert_eq!(ack.stream, "agent-messages");
+    assert_eq!(ack.sequence, 1);
+    drop(js);
+
+    let status = up.terminate().await;
+    assert!(status.success(), "up exited with {status}");
+    assert!(!up.connection_file().exists());
+    assert!(common::wait_gone(up.server_pid(), common::EXIT_TIMEOUT).await);
+    drop(up);
+
+    let up = Up::start(&data_dir, &[]).await;
+    assert_eq!(
+        common::actions(up.ready()),
+        common::all_with("unchanged", &[]),
+        "{}",
+        up.ready()
+    );
+    let second_env = common::connection_file(&data_dir);
+    assert_eq!(
+        second_env.nats_url,
+        format!(
+            "nats://agentbus:{}@{}",
+            std::fs::read_to_string(data_dir.join("password"))
+                .unwrap()
+                .trim(),
+            common::host_port(up.client_url())
+        ),
+        "connection.env must point at the new port"
+    );
+    // Same password (kept in the data dir); the ports may differ.
+    assert_eq!(
+        first_env.nats_url.rsplit_once('@').unwrap().0,
+        second_env.nats_url.rsplit_once('@').unwrap().0
+    );
+
+    let js = up.jetstream().await;
+    let mut stream = js.get_stream("agent-messages").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    let message = stream.get_raw_message(1).await.expect("message 1");
+    assert_eq!(message.subject.as_str(), "agent.someone.inbox");
+    assert_eq!(message.payload.as_ref(), payload);
+}
+
+#[tokio::test]
+async fn sigterm_stops_up_and_its_server_and_removes_connection_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(&dir.path().join("bus"), &[]).await;
+    let server_pid = up.server_pid();
+    assert!(up.connection_file().exists());
+
+    let status = up.terminate().await;
+    assert!(status.success(), "up exited with {status}: {}", up.stderr());
+    assert!(
+        common::wait_gone(server_pid, common::EXIT_TIMEOUT).await,
+        "nats-server {server_pid} still runs after up stopped"
+    );
+    assert!(
+        !up.connection_file().exists(),
+        "connection.env is left behind"
+    );
+    assert!(
+        up.stderr().contains("stopping nats-server"),
+        "{}",
+        up.stderr()
+    );
+}
+
+#[tokio::test]
+async fn sigkill_of_up_takes_its_server_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(&dir.path().join("bus"), &[]).await;
+    let server_pid = up.server_pid();
+
+    let status = up.kill().await;
+    assert!(!status.success(), "a killed up reported {status}");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{status}"
+    );
+    assert!(
+        common::wait_gone(server_pid, common::EXIT_TIMEOUT).await,
+        "nats-server {server_pid} outlived a killed up"
+    );
+}
+
+#[tokio::test]
+async fn a_second_up_on_a_data_dir_in_use_fails_fast_and_leaves_the_bus_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("bus");
+    let mut up = Up::start(&data_dir, &[]).await;
+    let before = std::fs::read_to_string(up.connection_file()).unwrap();
+
+    common::ensure_nats_server().await;
+    let out = run([
+        "up".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+        "--port".as_ref(),
+        "0".as_ref(),
+        "--monitor-port".as_ref(),
+        "0".as_ref(),
+        "--json".as_ref(),
+    ])
+    .await;
+    let stderr = out.assert_failure();
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", up.pid())),
+        "the error should name the holder: {stderr}"
+    );
+    assert!(
+        out.elapsed < Duration::from_secs(5),
+        "took {:?}",
+        out.elapsed
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+
+    assert_eq!(
+        std::fs::read_to_string(up.connection_file()).unwrap(),
+        before,
+        "connection.env changed"
+    );
+    assert!(up.is_running());
+    assert!(agentbus_testkit::process_alive(up.server_pid()));
+    let js = up.jetstream().await;
+    let account = js.query_account().await.expect("the first bus answers");
+    assert_eq!(account.streams, common::server_stream_names().len());
+}
+
+#[tokio::test]
+async fn up_refuses_a_port_in_use() {
+    common::ensure_nats_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let data_dir = dir.path().join("bus");
+    let out = run([
+        "up".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+        "--port".as_ref(),
+        port.as_ref(),
+        "--monitor-port".as_ref(),
+        "0".as_ref(),
+    ])
+    .await;
+    let stderr = out.assert_failure();
+    assert!(stderr.contains("already in use"), "{stderr}");
+    assert!(
+        stderr.contains(&port),
+        "the error should name the port: {stderr}"
+    );
+    assert!(!data_dir.join("connection.env").exists());
+    drop(held);
+}
+
+#[tokio::test]
+async fn up_refuses_an_unusable_data_dir() {
+    let out = run([
+        "up",
+        "--data-dir",
+        "/proc/nope",
+        "--port",
+        "0",
+        "--monitor-port",
+        "0",
+    ])
+    .await;
+    let stderr = out.assert_failure();
+    assert!(stderr.contains("pass --data-dir"), "{stderr}");
+    assert!(stderr.contains("/proc/nope"), "{stderr}");
+}
+
+#[tokio::test]
+async fn up_names_a_missing_nats_server_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("bus");
+    let out = run([
+        "up".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+        "--port".as_ref(),
+        "0".as_ref(),
+        "--monitor-port".as_ref(),
+        "0".as_ref(),
+        "--nats-server".as_ref(),
+        "/nonexistent".as_ref(),
+    ])
+    .await;
+    let stderr = out.assert_failure();
+    assert!(stderr.contains("/nonexistent"), "{stderr}");
+    assert!(stderr.contains("cannot run nats-server"), "{stderr}");
+}
+
+#[tokio::test]
+async fn up_rejects_an_unknown_flag() {
+    let out = run(["up", "--no-such-flag"]).await;
+    let stderr = out.assert_failure();
+    assert_eq!(out.status.code(), Some(2), "clap's usage error code");
+    assert!(stderr.contains("--no-such-flag"), "{stderr}");
+}

@@ -1,0 +1,810 @@
+//! Guaranteed delivery against a real nats-server: durable inboxes, work
+//! queues, retries, dead letters, priority, broadcast, full streams.
+
+use agentbus::delivery::{DeliveryError, Queue, TaskState};
+use agentbus::topology::Topology;
+use agentbus::{
+    Agent, AgentMessage, AgentOptions, Bus, MessageChannel, Priority, Runtime, TaskContext,
+    TaskError, TaskRequest, TaskStatus, TaskTypeSpec,
+};
+use agentbus_testkit::NatsServer;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Records what it handled; behaviour is chosen by task type.
+#[derive(Clone, Default)]
+struct Worker {
+    name: String,
+    runs: Arc<Mutex<HashMap<String, usize>>>,
+    order: Arc<Mutex<Vec<String>>>,
+    messages: Arc<Mutex<Vec<AgentMessage>>>,
+    failures_left: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    fn runs(&self, task_id: &str) -> usize {
+        self.runs.lock().unwrap().get(task_id).copied().unwrap_or(0)
+    }
+
+    fn total(&self) -> usize {
+        self.runs.lock().unwrap().values().sum()
+    }
+}
+
+impl Agent for Worker {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn task_types(&self) -> Vec<TaskTypeSpec> {
+        ["echo", "slow", "poison", "flaky", "summarize"]
+            .into_iter()
+            .map(|t| TaskTypeSpec::new(t).unwrap())
+            .collect()
+    }
+
+    async fn handle(&self, task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
+        *self
+            .runs
+            .lock()
+            .unwrap()
+            .entry(task.task_id.clone())
+            .or_default() += 1;
+        self.order.lock().unwrap().push(task.task_id.clone());
+        match task.task_type.as_str() {
+            "slow" => {
+                let ms = task.payload["ms"].as_u64().unwrap_or(100);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(json!({"slept_ms": ms}))
+            }
+            "poison" => Err(TaskError::failed(format!(
+                "cannot digest {}",
+                task.payload["food"]
+            ))),
+            "flaky" => {
+                if self.failures_left.load(Ordering::SeqCst) > 0 {
+                    self.failures_left.fetch_sub(1, Ordering::SeqCst);
+                    Err(TaskError::failed("temporarily unavailable"))
+                } else {
+                    Ok(json!({"ok": true}))
+                }
+            }
+            _ => Ok(json!({"echo": task.payload})),
+        }
+    }
+
+    async fn handle_message(
+        &self,
+        message: AgentMessage,
+        _ctx: TaskContext,
+    ) -> Result<(), TaskError> {
+        if message.body["fail"] == json!(true) && self.failures_left.load(Ordering::SeqCst) > 0 {
+            self.failures_left.fetch_sub(1, Ordering::SeqCst);
+            return Err(TaskError::failed("not yet"));
+        }
+        self.messages.lock().unwrap().push(message);
+        Ok(())
+    }
+}
+
+fn fast_retries() -> AgentOptions {
+    AgentOptions {
+        retry_backoff: Duration::from_millis(50),
+        max_retry_backoff: Duration::from_millis(200),
+        idle_poll: Duration::from_millis(100),
+        ..AgentOptions::default()
+    }
+}
+
+async fn bus(server: &NatsServer) -> Bus {
+    Bus::from_client(server.connect().await)
+}
+
+async fn serve(server: &NatsServer, worker: Worker, options: AgentOptions) -> Runtime {
+    let mut runtime = Runtime::new(bus(server).await);
+    runtime.add(worker, options).await.unwrap();
+    runtime
+}
+
+async fn wait_for(what: &str, limit: Duration, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_offline_agent_gets_every_message_in_order_when_it_starts() {
+    let server = NatsServer::start().await;
+    let sender = bus(&server).await;
+    for i in 0..100 {
+        let sent = sender.send("sleeper", &json!({"n": i})).await.unwrap();
+        assert!(!sent.duplicate);
+    }
+    let worker = Worker::new("sleeper");
+    let runtime = serve(
+        &server,
+        worker.clone(),
+        AgentOptions {
+            messages: true,
+            ..fast_retries()
+        },
+    )
+    .await;
+    wait_for("100 messages", Duration::from_secs(15), || {
+        worker.messages.lock().unwrap().len() == 100
+    })
+    .await;
+    let messages = worker.messages.lock().unwrap().clone();
+    let numbers: Vec<u64> = messages
+        .iter()
+        .map(|m| m.body["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, (0..100).collect::<Vec<_>>());
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.channel == MessageChannel::Inbox && m.attempt == 1)
+    );
+    runtime.shutdown(Duration::from_secs(2)).await;
+
+    // Acknowledged: a restart delivers nothing again.
+    let again = Worker::new("sleeper");
+    let runtime = serve(
+        &server,
+        again.clone(),
+        AgentOptions {
+            messages: true,
+            ..fast_retries()
+        },
+    )
+    .await;
+    sender.send("sleeper", &json!({"n": 100})).await.unwrap();
+    wait_for("the new message", Duration::from_secs(10), || {
+        !again.messages.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(again.messages.lock().unwrap()[0].body, json!({"n": 100}));
+    assert_eq!(again.messages.lock().unwrap().len(), 1);
+    runtime.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_failing_message_is_redelivered_with_backoff_then_handled() {
+    let server = NatsServer::start().await;
+    let worker = Worker::new("retrier");
+    worker.failures_left.store(2, Ordering::SeqCst);
+    let runtime = serve(
+        &server,
+        worker.clone(),
+        AgentOptions {
+            messages: true,
+            ..fast_retries()
+        },
+    )
+    .await;
+    bus(&server)
+        .await
+        .send_direct("retrier", &json!({"fail": true}))
+        .await
+        .unwrap();
+    wait_for("the third attempt", Duration::from_secs(10), || {
+        !worker.messages.lock().unwrap().is_empty()
+    })
+    .await;
+    let message = worker.messages.lock().unwrap()[0].clone();
+    assert_eq!(
+        (message.attempt, message.channel),
+        (3, MessageChannel::Direct)
+    );
+    runtime.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn queued_tasks_complete_and_results_outlive_the_submitter() {
+    let server = NatsServer::start().await;
+    let worker = Worker::new("queued");
+    let _runtime = serve(&server, worker.clone(), fast_retries()).await;
+    let submitter = bus(&server).await;
+    let request = TaskRequest::new("echo", json!({"x": 1}));
+    let submitted = submitter
+        .submit(&Queue::agent("queued").unwrap(), &request)
+        .await
+        .unwrap();
+    assert_eq!(submitted.subject, "tasks.queued");
+    drop(submitter);
+
+    // A new connection (the submitter restarted) collects the result by id.
+    let later = bus(&server).await;
+    let response = later
+        .wait_task(&request.task_id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(response.status, TaskStatus::Completed);
+    assert_eq!(response.result, Some(json!({"echo": {"x": 1}})));
+    let record = later.task_record(&request.task_id).await.unwrap().unwrap();
+    assert_eq!((record.state, record.attempts), (TaskState::Completed, 1));
+
+    // Completed tasks leave the work-queue stream.
+    let mut stream = later.jetstream().get_stream("agent-tasks").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+}
+
+#[tokio::test]
+async fn the_same_task_id_submitted_twice_runs_once() {
+    let server = NatsServer::start().await;
+    let worker = Worker::new("dedup");
+    let client = bus(&server).await;
+    let queue = Queue::agent("dedup").unwrap();
+    let request = TaskRequest::new("echo", json!({}));
+    let first = client.submit(&queue, &request).await.unwrap();
+    let second = client.submit(&queue, &request).await.unwrap();
+    assert!(!first.duplicate);
+    assert!(second.duplicate);
+    assert_eq!(first.sequence, second.sequence);
+    let _runtime = serve(&server, worker.clone(), fast_retries()).await;
+    client
+        .wait_task(&request.task_id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // Give a would-be second copy every chance to run, then count.
+    let marker = TaskRequest::new("echo", json!({"marker": true}));
+    client.submit(&queue, &marker).await.unwrap();
+    client
+        .wait_task(&marker.task_id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(worker.runs(&request.task_id), 1);
+}
+
+#[tokio::test]
+async fn shared_work_queue_spreads_tasks_and_runs_each_once() {
+    let server = NatsServer::start().await;
+    let replicas: Vec<Worker> = (0..3)
+        .map(|i| Worker::new(&format!("summarizer-{i}")))
+        .collect();
+    let mut runtimes = Vec::new();
+    for replica in &replicas {
+        runtimes.push(serve(&server, replica.clone(), fast_retries()).await);
+    }
+    let client = bus(&server).await;
+    let queue = Queue::task_type("summarize").unwrap();
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let request = TaskRequest::new("summarize", json!({"i": i}));
+        client.submit(&queue, &request).await.unwrap();
+        ids.push(request.task_id);
+    }
+    for id in &ids {
+        assert_eq!(
+            client
+                .wait_task(id, Duration::from_secs(20))
+                .await
+                .unwrap()
+                .status,
+            TaskStatus::Completed
+        );
+    }
+    let total: usize = replicas.iter().map(Worker::total).sum();
+    assert_eq!(total, 60, "every task ran exactly once");
+    for id in &ids {
+        assert_eq!(
+            replicas.iter().map(|r| r.runs(id)).sum::<usize>(),
+            1,
+            "{id}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_task_running_longer_than_ack_wait_is_not_run_twice() {
+    let server = NatsServer::start().await;
+    let options = AgentOptions {
+        ack_wait: Duration::from_millis(600),
+        ..fast_retries()
+    };
+    let a = Worker::new("long");
+    let b = Worker::new("long");
+    let _ra = serve(&server, a.clone(), options.clone()).await;
+    let _rb = serve(&server, b.clone(), options).await;
+    let client = bus(&server).await;
+    let request = TaskRequest::new("slow", json!({"ms": 2500}));
+    client
+        .submit(&Queue::agent("long").unwrap(), &request)
+        .await
+        .unwrap();
+    let response = client
+        .wait_task(&request.task_id, Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert_eq!(response.status, TaskStatus::Completed);
+    assert_eq!(a.runs(&request.task_id) + b.runs(&request.task_id), 1);
+    let record = client.task_record(&request.task_id).await.unwrap().unwrap();
+    assert_eq!(record.attempts, 1);
+}
+
+#[tokio::test]
+async fn a_poison_task_becomes_a_dead_letter_with_its_history_and_replays_once() {
+    let server = NatsServer::start().await;
+    let options = AgentOptions {
+        max_deliver: 3,
+        ..fast_retries()
+    };
+    let worker = Worker::new("digester");
+    let runtime = serve(&server, worker.clone(), options).await;
+    let client = bus(&server).await;
+    let request = TaskRequest::new("poison", json!({"food": "glass"}));
+    client
+        .submit(&Queue::agent("digester").unwrap(), &request)
+        .await
+        .unwrap();
+    let response = client
+        .wait_task(&request.task_id, Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert_eq!(response.status, TaskStatus::Failed);
+    assert_eq!(worker.runs(&request.task_id), 3);
+
+    let letters = client.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0].letter;
+    assert_eq!(letter.task_id.as_deref(), Some(request.task_id.as_str()));
+    assert_eq!(letter.subject, "tasks.digester");
+    assert_eq!(letter.attempts, 3);
+    assert_eq!(letter.body["payload"], json!({"food": "glass"}));
+    let attempts: Vec<u32> = letter.errors.iter().map(|e| e.attempt).collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    assert!(
+        letter
+            .errors
+            .iter()
+            .all(|e| e.error == "cannot digest \"glass\"")
+    );
+    let record = client.task_record(&request.task_id).await.unwrap().unwrap();
+    assert_eq!(record.state, TaskState::DeadLettered);
+    let mut tasks = client.jetstream().get_stream("agent-tasks").await.unwrap();
+    assert_eq!(
+        tasks.info().await.unwrap().state.messages,
+        0,
+        "the poison left the work queue"
+    );
+
+    // Replay with a cured worker: it runs once more and completes.
+    runtime.shutdown(Duration::from_secs(1)).await;
+    let cured = Worker::new("digester");
+    assert_eq!(
+        client.replay_dead_letter(&request.task_id).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        client.replay_dead_letter(&request.task_id).await.unwrap(),
+        0,
+        "replay is idempotent"
+    );
+    assert!(client.dead_letters().await.unwrap().is_empty());
+    #[derive(Clone)]
+    struct Cured(Worker);
+    impl Agent for Cured {
+        fn name(&self) -> &str {
+            "digester"
+        }
+        fn task_types(&self) -> Vec<TaskTypeSpec> {
+            vec![TaskTypeSpec::new("poison").unwrap()]
+        }
+        async fn handle(&self, task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
+            *self.0.runs.lock().unwrap().entry(task.task_id).or_default() += 1;
+            Ok(json!({"digested": true}))
+        }
+    }
+    let _runtime = serve_any(&server, Cured(cured.clone())).await;
+    let response = client
+        .wait_task(&request.task_id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(response.status, TaskStatus::Completed);
+    assert_eq!(cured.runs(&request.task_id), 1);
+}
+
+async fn serve_any<A: Agent>(server: &NatsServer, agent: A) -> Runtime {
+    let mut runtime = Runtime::new(bus(server).await);
+    runtime.add(agent, fast_retries()).await.unwrap();
+    runtime
+}
+
+#[tokio::test]
+async fn a_flaky_task_is_retried_and_its_errors_are_recorded() {
+    let server = NatsServer::start().await;
+    let worker = Worker::new("flaky");
+    worker.failures_left.store(2, Ordering::SeqCst);
+    let _runtime = serve(&server, worker.clone(), fast_retries()).await;
+    let client = bus(&server).await;
+    let request = TaskRequest::new("flaky", json!({}));
+    client
+        .submit(&Queue::agent("flaky").unwrap(), &request)
+        .await
+        .unwrap();
+    let response = client
+        .wait_task(&request.task_id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(response.status, TaskStatus::Completed);
+    let record = client.task_record(&request.task_id).await.unwrap().unwrap();
+    assert_eq!(record.attempts, 3);
+    assert_eq!(
+        record.errors.iter().map(|e| e.attempt).collect::<Vec<_>>(),
+        [1, 2]
+    );
+}
+
+#[tokio::test]
+async fn bad_input_in_a_queue_is_dead_lettered_at_once() {
+    let server = NatsServer::start().await;
+    let worker = Worker::new("strict");
+    let _runtime = serve(&server, worker.clone(), fast_retries()).await;
+    let client = bus(&server).await;
+    let unknown = TaskRequest::new("juggle", json!({}));
+    client
+        .submit(&Queue::agent("strict").unwrap(), &unknown)
+        .await
+        .unwrap();
+    let response = client
+        .wait_task(&unknown.task_id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(response.status, TaskStatus::Rejected);
+    assert!(
+        response
+            .error
+            .unwrap()
+            .contains("does not accept task_type \"juggle\"")
+    );
+    // Malformed JSON published by a plain client.
+    client
+        .jetstream()
+        .publish("tasks.strict", "{oops".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.dead_letters().await.unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the malformed task was not dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let letters = client.dead_letters().await.unwrap();
+    let malformed = letters.iter().find(|l| l.letter.task_id.is_none()).unwrap();
+    assert_eq!(malformed.letter.body, json!("{oops"));
+    assert!(
+        malformed.letter.reason.contains("not valid JSON"),
+        "{}",
+        malformed.letter.reason
+    );
+    assert_eq!(worker.total(), 0, "nothing invalid reached the handler");
+}
+
+#[tokio::test]
+async fn priority_order_holds_under_a_backlog_and_low_still_progresses() {
+    let server = NatsServer::start().await;
+    let client = bus(&server).await;
+    let queue = Queue::agent("ranked").unwrap();
+    let mut priority_of = HashMap::new();
+    for i in 0..10 {
+        for priority in [
+            Priority::Low,
+            Priority::Normal,
+            Priority::High,
+            Priority::Critical,
+        ] {
+            let request = TaskRequest::new("echo", json!({"i": i})).with_priority(priority);
+            priority_of.insert(request.task_id.clone(), priority);
+            client.submit(&queue, &request).await.unwrap();
+        }
+    }
+    // A plain client publishing to tasks.<agent> (no priority information) is normal priority.
+    let plain = TaskRequest {
+        task_id: "plain-client".into(),
+        task_type: "echo".into(),
+        payload: json!({}),
+        priority: Priority::Normal,
+    };
+    client
+        .jetstream()
+        .publish(
+            "tasks.ranked",
+            serde_json::to_vec(
+                &json!({"task_id": "plain-client", "task_type": "echo", "payload": {}}),
+            )
+            .unwrap()
+            .into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    priority_of.insert(plain.task_id.clone(), Priority::Normal);
+
+    let worker = Worker::new("ranked");
+    let options = AgentOptions {
+        max_concurrency: 1,
+        ..fast_retries()
+    };
+    let _runtime = serve(&server, worker.clone(), options).await;
+    wait_for("41 tasks", Duration::from_secs(20), || worker.total() == 41).await;
+    let order: Vec<Priority> = worker
+        .order
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|id| priority_of[id])
+        .collect();
+    assert!(
+        order[..7].iter().all(|p| *p == Priority::Critical),
+        "{order:?}"
+    );
+    let mean = |p: Priority| {
+        let positions: Vec<usize> = order
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| **q == p)
+            .map(|(i, _)| i)
+            .collect();
+        positions.iter().sum::<usize>() as f64 / positions.len() as f64
+    };
+    assert!(mean(Priority::Critical) < mean(Priority::High));
+    assert!(mean(Priority::High) < mean(Priority::Normal));
+    assert!(mean(Priority::Normal) < mean(Priority::Low));
+    let last_critical = order
+        .iter()
+        .rposition(|p| *p == Priority::Critical)
+        .unwrap();
+    let first_low = order.iter().position(|p| *p == Priority::Low).unwrap();
+    assert!(
+        first_low < last_critical,
+        "low progresses during the critical backlog: {order:?}"
+    );
+    assert_eq!(worker.runs("plain-client"), 1);
+}
+
+#[tokio::test]
+async fn every_broadcast_reaches_each_of_three_agents_once_even_offline() {
+    let server = NatsServer::start().await;
+    let agents: Vec<Worker> = ["alpha", "beta", "gamma"]
+        .into_iter()
+        .map(Worker::new)
+        .collect();
+    let options = AgentOptions {
+        messages: true,
+        broadcast_topics: vec!["news".into()],
+        ..fast_retries()
+    };
+    let mut runtimes = Vec::new();
+    for agent in &agents {
+        runtimes.push(serve(&server, agent.clone(), options.clone()).await);
+    }
+    let client = bus(&server).await;
+    for i in 0..5 {
+        client.broadcast("news", &json!({"i": i})).await.unwrap();
+    }
+    client
+        .broadcast("sports", &json!({"ignored": true}))
+        .await
+        .unwrap();
+    client
+        .announce("maintenance", &json!({"at": "noon"}))
+        .await
+        .unwrap();
+    // gamma goes offline; two more broadcasts wait for it.
+    let gamma = runtimes.pop().unwrap();
+    gamma.shutdown(Duration::from_secs(1)).await;
+    for i in 5..7 {
+        client.broadcast("news", &json!({"i": i})).await.unwrap();
+    }
+    runtimes.push(serve(&server, agents[2].clone(), options.clone()).await);
+    for agent in &agents {
+        wait_for(&agent.name, Duration::from_secs(10), || {
+            agent.messages.lock().unwrap().len() == 8
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for agent in &agents {
+        let messages = agent.messages.lock().unwrap().clone();
+        assert_eq!(messages.len(), 8, "{}: each message once", agent.name);
+        let news: Vec<u64> = messages
+            .iter()
+            .filter(|m| m.channel == MessageChannel::Broadcast("news".into()))
+            .map(|m| m.body["i"].as_u64().unwrap())
+            .collect();
+        assert_eq!(news, (0..7).collect::<Vec<_>>(), "{}", agent.name);
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.channel == MessageChannel::Announce("maintenance".into()))
+        );
+        assert!(!messages.iter().any(|m| m.subject == "broadcast.sports"));
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_rejects_the_publish() {
+    let text = agentbus::topology::DEFAULT_TOPOLOGY_TOML.replace(
+        "max_msgs = 50000\nmax_bytes = \"200MiB\"\nmax_age = \"14d\"",
+        "max_msgs = 3\nmax_bytes = \"200MiB\"\nmax_age = \"14d\"",
+    );
+    let topology = Topology::parse(&text, std::path::Path::new("small.toml")).unwrap();
+    assert_eq!(topology.stream("agent-tasks").unwrap().max_msgs, 3);
+    let server = NatsServer::start_with_topology(&topology).await;
+    let client = bus(&server).await;
+    let queue = Queue::agent("nobody_home").unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let request = TaskRequest::new("echo", json!({}));
+        client.submit(&queue, &request).await.unwrap();
+        ids.push(request.task_id);
+    }
+    let err = client
+        .submit(&queue, &TaskRequest::new("echo", json!({})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, DeliveryError::StreamFull { stream, .. } if stream == "agent-tasks"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("is full"), "{err}");
+    let mut stream = client.jetstream().get_stream("agent-tasks").await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        3,
+        "nothing older was dropped"
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_consumer_can_share_the_stream_with_the_runtime() {
+    let server = NatsServer::start().await;
+    let _runtime = serve(&server, Worker::new("ours"), fast_retries()).await;
+    let js = server.jetstream().await;
+    let stream = js.get_stream("agent-tasks").await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("foreign".into()),
+            filter_subject: "tasks.some_other_agent".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(consumer.is_ok(), "{:?}", consumer.err());
+    let overlapping = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("greedy".into()),
+            filter_subject: "tasks.ours".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(
+        overlapping.is_err(),
+        "the server refuses a second consumer on the runtime's subject"
+    );
+}
+
+/// When run as `<test binary> --exact worker_process --ignored` with
+/// AGENTBUS_TEST_WORKER_URL set, this test is a worker process of its own,
+/// for the crash test below.
+#[tokio::test]
+#[ignore = "a worker process for killed_worker_mid_task; not a test on its own"]
+async fn worker_process() {
+    let Ok(url) = std::env::var("AGENTBUS_TEST_WORKER_URL") else {
+        return;
+    };
+    let target = agentbus::ServerTarget::from_url(&url, agentbus::connect::TargetSource::Explicit);
+    let bus = Bus::connect(&target, "crash-worker").await.unwrap();
+    struct Stuck;
+    impl Agent for Stuck {
+        fn name(&self) -> &str {
+            "crashy"
+        }
+        fn task_types(&self) -> Vec<TaskTypeSpec> {
+            vec![TaskTypeSpec::new("slow").unwrap()]
+        }
+        async fn handle(&self, task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
+            println!("started {}", task.task_id);
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            Ok(json!({"from": "the process that gets killed"}))
+        }
+    }
+    let mut runtime = Runtime::new(bus);
+    let options = AgentOptions {
+        ack_wait: Duration::from_secs(1),
+        ..fast_retries()
+    };
+    runtime.add(Stuck, options).await.unwrap();
+    println!("ready");
+    tokio::time::sleep(Duration::from_secs(600)).await;
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_task_is_replaced_and_the_task_runs_to_completion_once() {
+    let server = NatsServer::start().await;
+    let mut child = KillOnDrop(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "worker_process", "--ignored", "--nocapture"])
+            .env("AGENTBUS_TEST_WORKER_URL", server.url_with_credentials())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let next_line = |what: &str| {
+        loop {
+            let line = lines_rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no {what} line"));
+            if line.starts_with(what) {
+                return line;
+            }
+        }
+    };
+    next_line("ready");
+    let client = bus(&server).await;
+    let request = TaskRequest::new("slow", json!({"ms": 50}));
+    client
+        .submit(&Queue::agent("crashy").unwrap(), &request)
+        .await
+        .unwrap();
+    assert_eq!(next_line("started"), format!("started {}", request.task_id));
+    child.0.kill().unwrap(); // SIGKILL, mid-task
+    child.0.wait().unwrap();
+
+    let survivor = Worker::new("crashy");
+    let options = AgentOptions {
+        ack_wait: Duration::from_secs(1),
+        ..fast_retries()
+    };
+    let _runtime = serve(&server, survivor.clone(), options).await;
+    let response = client
+        .wait_task(&request.task_id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(response.status, TaskStatus::Completed);
+    assert_eq!(response.result, Some(json!({"slept_ms": 50})));
+    assert_eq!(survivor.runs(&request.task_id), 1);
+    let record = client.task_record(&request.task_id).await.unwrap().unwrap();
+    assert_eq!(
+        record.attempts, 2,
+        "the killed attempt counts as a delivery"
+    );
+}

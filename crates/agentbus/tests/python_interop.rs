@@ -1,0 +1,329 @@
+//! Python agents written to the requirements' JSON with nats-py (no agentbus
+//! code; see tests/python/) talk to Rust agents both ways over a real server.
+//!
+//! The first test to run creates a virtual environment under the cargo target
+//! directory with a pinned nats-py, and later runs reuse it. Python gets the
+//! server's URL, credentials included, only through `NATS_URL`.
+
+use agentbus::demo::{ECHO_NOTE, LlmAgent};
+use agentbus::{
+    Agent, AgentOptions, Bus, Priority, RequestOptions, Runtime, TaskContext, TaskError,
+    TaskRequest, TaskStatus, TaskTypeSpec,
+};
+use agentbus_testkit::NatsServer;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Command as StdCommand, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::task::JoinHandle;
+
+/// The nats-py release the Python side is tested with.
+const NATS_PY_VERSION: &str = "2.16.0";
+/// Python start-up, connection and answers together stay well within this.
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn python_orchestrator_gets_text_from_the_rust_llm_agent() {
+    let python = python();
+    let server = NatsServer::start().await;
+    let runtime = serve(&server, LlmAgent::new(None).unwrap()).await;
+
+    let output = run_orchestrator(
+        python,
+        &server,
+        &[
+            "llm_agent",
+            "generate_text",
+            r#"{"prompt": "The quick brown fox jumps over the lazy dog", "max_tokens": 4}"#,
+        ],
+    )
+    .await;
+    let sent = &output["sent"];
+    assert_eq!(sent["priority"], "normal");
+    assert_eq!(
+        output["received"],
+        json!({
+            "task_id": sent["task_id"],
+            "status": "completed",
+            "result": {"text": "The quick brown fox", "mode": "echo", "note": ECHO_NOTE},
+            "error": null,
+        })
+    );
+    runtime.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn python_priority_medium_and_unknown_fields_are_accepted() {
+    let python = python();
+    let server = NatsServer::start().await;
+    let runtime = serve(&server, Probe).await;
+
+    let output = run_orchestrator(
+        python,
+        &server,
+        &[
+            "probe",
+            "inspect",
+            r#"{"n": 1}"#,
+            "--priority",
+            "medium",
+            "--extra-field",
+        ],
+    )
+    .await;
+    assert_eq!(output["sent"]["priority"], "medium");
+    assert!(output["sent"]["trace"].is_object(), "{output}");
+    let received = &output["received"];
+    assert_eq!(received["status"], "completed", "{output}");
+    assert_eq!(received["task_id"], output["sent"]["task_id"]);
+    assert_eq!(
+        received["result"],
+        json!({"priority": "normal", "payload": {"n": 1}})
+    );
+    runtime.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn rust_sends_a_task_to_the_python_agent() {
+    let python = python();
+    let server = NatsServer::start().await;
+    let _agent = PythonAgent::start(python, &server, "py_agent").await;
+    let bus = Bus::connect(&server.target(), "rust-orchestrator")
+        .await
+        .unwrap();
+
+    let request =
+        TaskRequest::new("reverse", json!({"text": "agentbus"})).with_priority(Priority::High);
+    let response = bus
+        .request("py_agent", &request, RequestOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(response.task_id, request.task_id);
+    assert_eq!(response.status, TaskStatus::Completed, "{response:?}");
+    assert_eq!(response.error, None);
+    assert_eq!(
+        response.result,
+        Some(json!({"text": "subtnega", "priority_seen": "high", "task_id_seen": request.task_id}))
+    );
+
+    let defaults = bus
+        .publish_task(
+            "py_agent",
+            "reverse",
+            json!({"text": "ab"}),
+            Priority::Normal,
+        )
+        .await
+        .unwrap();
+    assert_eq!(defaults.result.unwrap()["text"], "ba");
+}
+
+#[tokio::test]
+async fn python_failed_and_rejected_responses_reach_rust_as_such() {
+    let python = python();
+    let server = NatsServer::start().await;
+    let _agent = PythonAgent::start(python, &server, "py_agent").await;
+    let bus = Bus::connect(&server.target(), "rust-orchestrator")
+        .await
+        .unwrap();
+
+    let failed = bus
+        .publish_task("py_agent", "fail", json!({}), Priority::Normal)
+        .await
+        .unwrap();
+    assert_eq!(failed.status, TaskStatus::Failed, "{failed:?}");
+    assert_eq!(failed.result, None);
+    assert_eq!(failed.error.as_deref(), Some("py_agent failed on purpose"));
+
+    let rejected = bus
+        .publish_task("py_agent", "dance", json!({}), Priority::Low)
+        .await
+        .unwrap();
+    assert_eq!(rejected.status, TaskStatus::Rejected, "{rejected:?}");
+    assert_eq!(
+        rejected.error.as_deref(),
+        Some("py_agent does not accept task_type 'dance'")
+    );
+}
+
+/// A Rust agent that answers with the priority and payload it parsed.
+struct Probe;
+
+impl Agent for Probe {
+    fn name(&self) -> &str {
+        "probe"
+    }
+
+    fn task_types(&self) -> Vec<TaskTypeSpec> {
+        vec![TaskTypeSpec::new("inspect").unwrap()]
+    }
+
+    async fn handle(&self, task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
+        Ok(json!({"priority": task.priority, "payload": task.payload}))
+    }
+}
+
+/// Serves `agent` and returns once the server knows its subscription.
+async fn serve<A: Agent>(server: &NatsServer, agent: A) -> Runtime {
+    let bus = Bus::connect(&server.target(), "rust-agents").await.unwrap();
+    let mut runtime = Runtime::new(bus.clone());
+    runtime.add(agent, AgentOptions::default()).await.unwrap();
+    // `flush` only writes to the socket; a message to ourselves is a round trip.
+    let subject = format!("test.sync.{}", uuid::Uuid::new_v4().simple());
+    let mut echo = bus.subscribe(&subject, None).await.unwrap();
+    bus.publish(&subject, &()).await.unwrap();
+    tokio::time::timeout(WAIT, echo.next())
+        .await
+        .expect("the server echoes the sync message")
+        .expect("the connection is open");
+    runtime
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(name)
+}
+
+/// A Python command with only the test server's URL as configuration.
+fn python_command(python: &Path, server: &NatsServer, script_name: &str) -> Command {
+    let mut command = Command::new(python);
+    command
+        .arg(script(script_name))
+        .env("NATS_URL", server.url_with_credentials())
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs py_orchestrator.py and returns the JSON line it printed.
+async fn run_orchestrator(python: &Path, server: &NatsServer, args: &[&str]) -> Value {
+    let mut command = python_command(python, server, "py_orchestrator.py");
+    command.args(args);
+    let output = tokio::time::timeout(WAIT, command.output())
+        .await
+        .expect("py_orchestrator.py finishes")
+        .expect("py_orchestrator.py starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "py_orchestrator.py failed ({}): {stderr}",
+        output.status
+    );
+    let line = stdout.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+    serde_json::from_str(line).unwrap_or_else(|err| {
+        panic!("py_orchestrator.py printed {stdout:?} ({err}); stderr: {stderr}")
+    })
+}
+
+/// py_agent.py running until dropped.
+struct PythonAgent {
+    child: Child,
+    _stdout: Lines<BufReader<ChildStdout>>,
+    _stderr: JoinHandle<String>,
+}
+
+impl PythonAgent {
+    /// Starts the agent and waits for its "ready" line (printed after subscribe + flush).
+    async fn start(python: &Path, server: &NatsServer, name: &str) -> Self {
+        let mut child = python_command(python, server, "py_agent.py")
+            .arg(name)
+            .spawn()
+            .expect("py_agent.py starts");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
+        let mut stderr = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = stderr_pipe.read_to_string(&mut text).await;
+            text
+        });
+        let ready = tokio::time::timeout(WAIT, async {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                if line.trim() == "ready" {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if ready != Ok(true) {
+            let _ = child.start_kill();
+            let text = tokio::time::timeout(Duration::from_secs(5), &mut stderr)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            panic!("py_agent.py did not print \"ready\" ({ready:?}); stderr: {text}");
+        }
+        Self {
+            child,
+            _stdout: stdout,
+            _stderr: stderr,
+        }
+    }
+}
+
+impl Drop for PythonAgent {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// The virtual environment's python, with nats-py installed; made once.
+fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(prepare_venv)
+}
+
+/// Creates `<target>/tmp/python-venv-nats-py-<version>` unless a previous run
+/// finished it; a lock file keeps concurrent test processes from racing.
+fn prepare_venv() -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(root).expect("create the cargo target tmp dir");
+    let venv = root.join(format!("python-venv-nats-py-{NATS_PY_VERSION}"));
+    let python = venv.join("bin").join("python");
+    let ready = venv.join(".agentbus-ready");
+    let lock = std::fs::File::create(root.join("python-venv.lock")).expect("create the lock file");
+    lock.lock().expect("lock the python venv");
+    if !(ready.exists() && python.exists()) {
+        let _ = std::fs::remove_dir_all(&venv);
+        run_setup(
+            StdCommand::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv (install python3 with its venv module, e.g. apt-get install python3-venv)",
+        );
+        run_setup(
+            StdCommand::new(&python).args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                &format!("nats-py=={NATS_PY_VERSION}"),
+            ]),
+            "pip install nats-py",
+        );
+        std::fs::write(&ready, NATS_PY_VERSION).expect("mark the venv ready");
+    }
+    python
+}
+
+fn run_setup(command: &mut StdCommand, what: &str) {
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {what}: {err}"));
+    assert!(
+        output.status.success(),
+        "{what} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
