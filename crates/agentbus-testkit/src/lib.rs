@@ -1,5 +1,6 @@
 //! Real servers for agentbus tests: each test starts its own `nats-server` on
 //! random loopback ports with temporary storage, and it is killed on drop.
+//! [`RedisServer`] does the same for `redis-server`, for the Redis state backend.
 //!
 //! ```no_run
 //! # async fn example() {
@@ -7,6 +8,10 @@
 //! let client = server.connect().await;
 //! # }
 //! ```
+
+mod redis;
+
+pub use redis::{RedisServer, redis_server_binary};
 
 use agentbus::connect::{ServerTarget, TargetSource};
 use agentbus::local_server::{LocalServer, LocalServerConfig};

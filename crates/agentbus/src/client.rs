@@ -127,7 +127,8 @@ impl Bus {
 
     /// The server's largest accepted message, in bytes.
     pub fn max_payload(&self) -> usize {
-        self.client.server_info().max_payload
+        // An atomic kept current by async-nats; server_info() copies strings.
+        self.client.max_payload()
     }
 
     /// Sends a task to `agent` and waits for its response (default timeout, no retries).

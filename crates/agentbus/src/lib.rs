@@ -18,9 +18,13 @@
 //! - [`monitor`]: the HTTP monitoring endpoint (`/varz`, `/jsz`).
 //! - [`agent`], [`runtime`], [`client`]: the BaseAgent trait, the runtime that
 //!   serves agents, and the client side that sends tasks and events.
+//! - [`discovery`]: served agents answer the NATS services protocol (`$SRV.PING|INFO|STATS`).
 //! - [`delivery`]: guaranteed delivery on JetStream: work queues, durable
 //!   inboxes, broadcasts, results and dead letters.
+//! - [`state`]: per-agent key/value state with TTL, on NATS KV or Redis.
+//! - [`presence`]: heartbeats, who is online, and `agent_offline` events.
 //! - [`data_dir`], [`private_file`]: the data directory of `agentbus up` and its secrets.
+//! - [`demo`]: the requirements' three scenarios as agents (`agentbus up --demo`).
 //! - [`redact`]: keeping passwords out of everything printed or logged.
 //! - [`check`]: the delivery test of the requirements and a configuration doctor.
 
@@ -31,14 +35,17 @@ pub mod connect;
 pub mod data_dir;
 pub mod delivery;
 pub mod demo;
+pub mod discovery;
 pub mod local_server;
 pub mod monitor;
 pub mod name;
+pub mod presence;
 pub mod private_file;
 pub mod protocol;
 pub mod redact;
 pub mod runtime;
 pub mod server_binary;
+pub mod state;
 pub mod subject;
 pub mod topology;
 

@@ -149,6 +149,15 @@ impl TaskRequest {
     /// On error, the task id is returned too when it could be read, so the
     /// error response can still carry it.
     pub fn from_json(bytes: &[u8]) -> Result<Self, (Option<String>, RequestError)> {
+        // Fast path for the common, well-formed request: straight into the
+        // struct. Anything else takes the path below, which names the problem.
+        if let Ok(request) = serde_json::from_slice::<Self>(bytes)
+            && !request.task_id.is_empty()
+            && !request.task_type.is_empty()
+            && request.payload.is_object()
+        {
+            return Ok(request);
+        }
         let value: Value = serde_json::from_slice(bytes)
             .map_err(|err| (None, RequestError::MalformedJson(err.to_string())))?;
         let Value::Object(mut object) = value else {

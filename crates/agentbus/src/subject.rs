@@ -122,12 +122,20 @@ pub mod durable {
     pub const PREFIXES: [&str; 5] = ["tasks-", "work-", "inbox-", "direct-", "broadcast-"];
 }
 
+/// Core subject `agentbus check` uses for its publish/subscribe test.
+pub fn check(run: &Name) -> String {
+    format!("agentbus.check.{run}")
+}
+
 /// Lifecycle and task events published by the runtime.
 pub mod events {
     /// An agent started serving.
     pub const AGENT_REGISTERED: &str = "platform.events.agent_registered";
     /// An agent stopped serving after a graceful shutdown.
     pub const AGENT_DEREGISTERED: &str = "platform.events.agent_deregistered";
+    /// An agent instance went offline: it shut down, or its heartbeats
+    /// stopped (see [`crate::presence`] for who reports it).
+    pub const AGENT_OFFLINE: &str = "platform.events.agent_offline";
     /// A task finished with status `completed`.
     pub const TASK_COMPLETED: &str = "platform.events.task_completed";
     /// A task finished with any other status.

@@ -44,6 +44,11 @@ pub struct BucketSpec {
     /// Number of replicas.
     #[serde(default = "default_replicas")]
     pub replicas: usize,
+    /// With a value, the bucket accepts per-key TTLs and leaves a marker,
+    /// kept this long, when a key expires, so watchers see the expiry
+    /// (`limit_markers`, nats-server 2.11+).
+    #[serde(default, deserialize_with = "deserialize_optional_duration")]
+    pub limit_markers: Option<Duration>,
 }
 
 /// One stream of a topology.
@@ -299,6 +304,12 @@ impl Topology {
             if bucket.max_age.is_zero() {
                 return Err(invalid("max_age must be positive"));
             }
+            if bucket
+                .limit_markers
+                .is_some_and(|markers| markers < Duration::from_secs(1))
+            {
+                return Err(invalid("limit_markers must be at least 1s"));
+            }
         }
         Ok(())
     }
@@ -493,6 +504,7 @@ impl BucketSpec {
                 Storage::Memory => stream::StorageType::Memory,
             },
             num_replicas: self.replicas,
+            limit_markers: self.limit_markers,
             ..Default::default()
         }
     }
@@ -528,7 +540,13 @@ impl BucketSpec {
                 wanted: format!("{storage_wanted:?}").to_lowercase(),
             });
         }
-        if info.config.max_age == wanted.max_age && info.config.num_replicas == wanted.num_replicas
+        // Per-message TTLs can be turned on in place but not off, so they are
+        // checked only when the topology wants them.
+        let markers_match = info.config.subject_delete_marker_ttl == wanted.limit_markers
+            && (wanted.limit_markers.is_none() || info.config.allow_message_ttl);
+        if info.config.max_age == wanted.max_age
+            && info.config.num_replicas == wanted.num_replicas
+            && markers_match
         {
             return Ok(StreamAction::Unchanged);
         }
@@ -539,7 +557,8 @@ impl BucketSpec {
     }
 }
 
-fn is_stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
+/// Whether `err` says the stream does not exist.
+pub(crate) fn is_stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
     matches!(
         err.kind(),
         jetstream::context::GetStreamErrorKind::JetStream(js)
@@ -596,6 +615,12 @@ fn deserialize_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D
     }
 }
 
+fn deserialize_optional_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    deserialize_duration(deserializer).map(Some)
+}
+
 fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(&text).map_err(|err| {
@@ -640,6 +665,46 @@ mod tests {
         assert_eq!(tasks.max_bytes, 200 * 1024 * 1024);
         assert_eq!(tasks.max_age, Duration::from_secs(14 * 86_400));
         assert_eq!(tasks.discard, Discard::New);
+    }
+
+    #[test]
+    fn shipped_presence_and_state_buckets_have_limit_markers() {
+        let t = Topology::requirements();
+        let presence = t.bucket("agent-presence").unwrap();
+        assert_eq!(
+            presence.max_age,
+            Duration::from_secs(30),
+            "the offline threshold"
+        );
+        assert!(presence.limit_markers.is_some());
+        let state = t.bucket("agent-state").unwrap();
+        assert!(state.limit_markers.is_some());
+        let config = state.to_config();
+        assert_eq!(config.history, 1);
+        assert_eq!(config.limit_markers, state.limit_markers);
+        assert_eq!(t.bucket("agent-task-results").unwrap().limit_markers, None);
+    }
+
+    #[test]
+    fn limit_markers_parse_and_are_checked() {
+        let bucket = |markers: &str| {
+            format!(
+                "{DEFAULT_TOPOLOGY_TOML}\n[[bucket]]\nname = \"b\"\nmax_age = \"1m\"\nstorage = \"file\"\nlimit_markers = \"{markers}\"\n"
+            )
+        };
+        let t = Topology::parse(&bucket("5s"), Path::new("t.toml")).unwrap();
+        assert_eq!(
+            t.bucket("b").unwrap().limit_markers,
+            Some(Duration::from_secs(5))
+        );
+        let err = Topology::parse(&bucket("500ms"), Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limit_markers must be at least 1s"), "{err}");
+        let err = Topology::parse(&bucket("soon"), Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a duration"), "{err}");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! One module per subcommand: its arguments and a short `exec`.
 
+mod agents;
 mod bench;
 mod check;
 mod dlq;
+mod mcp;
 mod publish;
 mod request;
 mod send;
@@ -28,6 +30,8 @@ pub enum Command {
     Setup(setup::SetupArgs),
     /// Show the server, JetStream usage and every stream.
     Status(status::StatusArgs),
+    /// List the agents online (from their heartbeats): name, instance, task types, load.
+    Agents(agents::AgentsArgs),
     /// Send a task to a running agent and print its TaskResponse (exit 1 unless completed).
     Request(request::RequestArgs),
     /// Publish one JSON event on a subject.
@@ -48,6 +52,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Run the delivery test and the configuration doctor against a server.
     Check(check::CheckArgs),
+    /// Serve MCP on stdin/stdout: the MCP client's LLM agent joins the bus as --agent.
+    Mcp(mcp::McpArgs),
 }
 
 impl Command {
@@ -57,6 +63,7 @@ impl Command {
             Self::Up(args) => up::exec(args).await,
             Self::Setup(args) => setup::exec(args).await,
             Self::Status(args) => status::exec(args).await,
+            Self::Agents(args) => agents::exec(args).await,
             Self::Request(args) => request::exec(args).await,
             Self::Publish(args) => publish::exec(args).await,
             Self::Tail(args) => tail::exec(args).await,
@@ -67,6 +74,7 @@ impl Command {
             Self::Dlq(args) => dlq::exec(args).await,
             Self::Bench(args) => bench::exec(args).await,
             Self::Check(args) => check::exec(args).await,
+            Self::Mcp(args) => mcp::exec(args).await,
         }
     }
 }

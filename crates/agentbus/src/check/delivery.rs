@@ -25,7 +25,7 @@ const SECOND_COPY_WAIT: Duration = Duration::from_millis(300);
 /// (1) A core subscriber receives what is published, on a subject of this run.
 pub(super) async fn publish_subscribe(run: &Run<'_>) -> Outcome {
     // Not an agentbus subject: nothing but this run listens to it.
-    let subject = format!("agentbus.check.{}", run.id);
+    let subject = crate::subject::check(&super::check_name(&run.id, ""));
     run.will_publish(&subject);
     let mut subscriber = run
         .client

@@ -36,7 +36,7 @@ mod doctor;
 
 use crate::connect::ServerTarget;
 use crate::name::Name;
-use crate::topology::Topology;
+use crate::topology::{Topology, is_stream_not_found};
 use async_nats::jetstream::{self, ErrorCode};
 use futures::StreamExt;
 use serde::Serialize;
@@ -393,15 +393,6 @@ fn is_not_found(err: &jetstream::stream::ConsumerError) -> bool {
         jetstream::stream::ConsumerErrorKind::JetStream(js)
             if js.error_code() == ErrorCode::CONSUMER_NOT_FOUND
                 || js.error_code() == ErrorCode::STREAM_NOT_FOUND
-    )
-}
-
-/// Whether `get_stream` failed because the stream does not exist.
-fn is_stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
-    matches!(
-        err.kind(),
-        jetstream::context::GetStreamErrorKind::JetStream(js)
-            if js.error_code() == ErrorCode::STREAM_NOT_FOUND
     )
 }
 

@@ -21,8 +21,9 @@
 //! - **Dead letters** (`agent-dlq`). A task or message that failed for good
 //!   (retries exhausted, or a non-retryable error) is copied to
 //!   `dlq.<original subject>` with its error history, then removed from its
-//!   queue. [`Bus::replay_dead_letter`] puts it back.
+//!   queue. [`crate::Bus::replay_dead_letter`] puts it back.
 
+mod complete;
 mod dead_letter;
 mod publish;
 mod queue;

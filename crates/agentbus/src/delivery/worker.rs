@@ -22,6 +22,10 @@ use tokio::task::JoinSet;
 
 /// Every `REVERSE_EVERY`th round visits the least urgent sources first.
 const REVERSE_EVERY: u64 = 8;
+/// A busy worker refills when a quarter of its slots are free...
+const REFILL_FRACTION: usize = 4;
+/// ...or when this long has passed since the first slot freed.
+const REFILL_LINGER: Duration = Duration::from_millis(2);
 
 /// A durable consumer to work, at a priority.
 #[derive(Debug)]
@@ -73,25 +77,36 @@ pub(crate) async fn run_worker<J: Job>(
         .collect();
     // Most urgent first; the sort is stable, so the given order breaks ties.
     states.sort_by_key(|s| std::cmp::Reverse(s.source.priority));
-    let mut wake = match subscribe_all(&client, &states).await {
-        Ok(wake) => wake,
-        Err(err) => {
-            tracing::warn!(%err, "cannot watch queue subjects; falling back to polling");
-            futures::stream::select_all(Vec::new())
-        }
-    };
+    // Subscribed only while idle: under load every publish would otherwise
+    // reach every worker a second time, for nothing.
+    let mut wake: Option<WakeStream> = None;
     let max_concurrency = config.max_concurrency.max(1);
+    let refill = (max_concurrency / REFILL_FRACTION).max(1);
     let mut running = JoinSet::new();
     let mut round = 0u64;
     loop {
         if stop.borrow().is_some() {
             break;
         }
-        // Wait for a free slot.
-        while running.len() >= max_concurrency {
+        // Wait for free slots: for one at least, and, while jobs finish, up to
+        // REFILL_LINGER for `refill` of them, so that a busy worker fetches
+        // in batches rather than paying a round trip per message.
+        let mut linger_until = None;
+        while running.len() >= max_concurrency
+            || (max_concurrency - running.len() < refill && !running.is_empty())
+        {
+            let linger = async {
+                match linger_until {
+                    Some(until) => tokio::time::sleep_until(until).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = stop.changed() => break,
-                _ = running.join_next() => {}
+                _ = running.join_next() => {
+                    linger_until.get_or_insert_with(|| tokio::time::Instant::now() + REFILL_LINGER);
+                }
+                () = linger => break,
             }
         }
         if stop.borrow().is_some() {
@@ -126,12 +141,33 @@ pub(crate) async fn run_worker<J: Job>(
             }
         }
         if fetched > 0 {
+            wake = None;
             continue;
         }
+        let Some(wake_stream) = wake.as_mut() else {
+            // Going idle: watch the subjects, then look once more, so that a
+            // publish between the last fetch and the subscription is not missed.
+            match subscribe_all(&client, &states).await {
+                Ok(stream) => wake = Some(stream),
+                Err(err) => tracing::warn!(%err, "cannot watch queue subjects; polling instead"),
+            }
+            for state in &mut states {
+                state.maybe_pending = true;
+            }
+            if wake.is_some() {
+                continue;
+            }
+            tokio::select! {
+                _ = stop.changed() => break,
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = tokio::time::sleep(config.idle_poll) => {}
+            }
+            continue;
+        };
         // Nothing to do: wait for a publish, a finished job, the poll timer or stop.
         tokio::select! {
             _ = stop.changed() => break,
-            Some(subject) = wake.next() => {
+            Some(subject) = wake_stream.next() => {
                 for state in states
                     .iter_mut()
                     .filter(|s| s.source.wake_subjects.iter().any(|w| overlaps(w, &subject)))
@@ -161,13 +197,12 @@ pub(crate) async fn run_worker<J: Job>(
     }
 }
 
+type WakeStream = futures::stream::SelectAll<futures::stream::BoxStream<'static, String>>;
+
 async fn subscribe_all(
     client: &async_nats::Client,
     states: &[SourceState],
-) -> Result<
-    futures::stream::SelectAll<futures::stream::BoxStream<'static, String>>,
-    async_nats::SubscribeError,
-> {
+) -> Result<WakeStream, async_nats::SubscribeError> {
     let mut streams = Vec::new();
     for subject in states.iter().flat_map(|s| &s.source.wake_subjects) {
         let subscriber = client.subscribe(subject.clone()).await?;

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What to do with an incoming task id.
@@ -26,8 +27,9 @@ enum Entry {
 pub struct DedupCache {
     window: Duration,
     capacity: usize,
-    entries: HashMap<String, Entry>,
-    order: VecDeque<(Instant, String)>,
+    // Task ids come from clients: a seeded hasher, fast but not predictable.
+    entries: HashMap<Arc<str>, Entry, foldhash::fast::RandomState>,
+    order: VecDeque<(Instant, Arc<str>)>,
 }
 
 impl DedupCache {
@@ -36,7 +38,7 @@ impl DedupCache {
         Self {
             window,
             capacity,
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             order: VecDeque::new(),
         }
     }
@@ -52,13 +54,12 @@ impl DedupCache {
             }
             None => {
                 if self.capacity > 0 {
-                    self.entries.insert(
-                        task_id.to_owned(),
-                        Entry::Running {
-                            waiters: Vec::new(),
-                        },
-                    );
-                    self.order.push_back((now, task_id.to_owned()));
+                    let key: Arc<str> = task_id.into();
+                    let running = Entry::Running {
+                        waiters: Vec::new(),
+                    };
+                    self.entries.insert(key.clone(), running);
+                    self.order.push_back((now, key));
                 }
                 Seen::New
             }
@@ -90,11 +91,11 @@ impl DedupCache {
             let Some((at, id)) = self.order.pop_front() else {
                 break;
             };
-            if matches!(self.entries.get(&id), Some(Entry::Running { .. })) {
+            // One lookup: remove, and put back the (rare) running one.
+            if let Some(entry @ Entry::Running { .. }) = self.entries.remove(&id) {
                 // Never forget a running task: its waiters must still be answered.
+                self.entries.insert(id.clone(), entry);
                 self.order.push_back((at, id));
-            } else {
-                self.entries.remove(&id);
             }
         }
     }

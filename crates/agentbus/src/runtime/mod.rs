@@ -19,7 +19,10 @@ pub use task_types::InvalidSchema;
 use crate::agent::Agent;
 use crate::client::Bus;
 use crate::delivery::{self, worker};
+use crate::discovery;
 use crate::name::{InvalidName, Name};
+use crate::presence::{AgentPresence, Heartbeat, PresenceOptions};
+use crate::state::{StateError, StateStore};
 use crate::subject::{self, events};
 use dedup::DedupCache;
 use serde_json::json;
@@ -63,6 +66,10 @@ pub struct AgentOptions {
     pub max_retry_backoff: Duration,
     /// How often an idle worker checks its queues for redeliveries.
     pub idle_poll: Duration,
+    /// Keep a presence entry with heartbeats (see [`crate::presence`]).
+    pub presence: bool,
+    /// How often heartbeats go out and when a silent agent is offline.
+    pub heartbeat: PresenceOptions,
 }
 
 impl Default for AgentOptions {
@@ -82,6 +89,8 @@ impl Default for AgentOptions {
             retry_backoff: Duration::from_secs(1),
             max_retry_backoff: Duration::from_secs(60),
             idle_poll: Duration::from_millis(500),
+            presence: true,
+            heartbeat: PresenceOptions::default(),
         }
     }
 }
@@ -112,6 +121,9 @@ pub enum RuntimeError {
     /// Subscribing failed.
     #[error("cannot subscribe for agent {agent}: {reason}")]
     Subscribe { agent: String, reason: String },
+    /// The presence storage cannot be opened or written.
+    #[error("cannot keep agent {agent}'s presence: {reason}")]
+    Presence { agent: String, reason: String },
 }
 
 /// Serves agents until shut down.
@@ -121,6 +133,8 @@ pub struct Runtime {
     instance_id: Arc<str>,
     agents: Vec<ServedAgent>,
     dead_letter_watch: Option<JoinHandle<()>>,
+    /// Where presence entries go; NATS KV opened on first use if not given.
+    state: Option<StateStore>,
 }
 
 #[derive(Debug)]
@@ -129,6 +143,7 @@ struct ServedAgent {
     counters: Arc<stats::Counters>,
     stop: watch::Sender<Option<tokio::time::Instant>>,
     tasks: Vec<JoinHandle<()>>,
+    heartbeat: Option<Heartbeat>,
 }
 
 impl Runtime {
@@ -139,7 +154,15 @@ impl Runtime {
             instance_id: uuid::Uuid::new_v4().simple().to_string().into(),
             agents: Vec::new(),
             dead_letter_watch: None,
+            state: None,
         }
+    }
+
+    /// Keeps presence entries in `store` (e.g. Redis) instead of NATS KV.
+    #[must_use]
+    pub fn with_state(mut self, store: StateStore) -> Self {
+        self.state = Some(store);
+        self
     }
 
     /// The bus the runtime serves on.
@@ -167,6 +190,8 @@ impl Runtime {
 
     /// Starts serving `agent`: validates it, subscribes, and announces it with
     /// `platform.events.agent_registered`. Tasks are taken once this returns.
+    /// With [`AgentOptions::presence`] on, its first heartbeat is stored
+    /// before this returns (see [`crate::presence`]).
     pub async fn add<A: Agent>(
         &mut self,
         agent: A,
@@ -187,6 +212,11 @@ impl Runtime {
             .map(|t| Name::parse("topic", t))
             .collect::<Result<Vec<_>, _>>()?;
         let type_names: Vec<Name> = specs.iter().map(|s| s.name().clone()).collect();
+        let presence_store = if options.presence {
+            Some(self.presence_store(&name).await?)
+        } else {
+            None
+        };
         // Durable consumers first: if they cannot be made, nothing was started.
         let js = self.bus.jetstream();
         let mut workers = Vec::new();
@@ -221,6 +251,17 @@ impl Runtime {
             })?;
         let (stop, stop_rx) = watch::channel(None);
         let counters = Arc::new(stats::Counters::default());
+        let discovery = self.start_discovery(&name, &type_names, &counters).await?;
+        let heartbeat = match presence_store {
+            Some(store) => {
+                let presence = AgentPresence::new(&name, &self.instance_id, &specs);
+                Some(
+                    self.start_heartbeat(store, presence, &options, &counters)
+                        .await?,
+                )
+            }
+            None => None,
+        };
         let served = Arc::new(serve::Served {
             agent,
             name: name.clone(),
@@ -239,20 +280,14 @@ impl Runtime {
             subscriber,
             stop_rx.clone(),
         ))];
+        tasks.push(tokio::spawn(discovery.serve(stop_rx.clone())));
         if let Some(records) = records {
             for (sources, config) in workers {
-                let job = Arc::new(queued::TaskJob {
+                let job = queued::TaskJob {
                     served: served.clone(),
                     records: records.clone(),
-                });
-                let client = self.bus.client().clone();
-                tasks.push(tokio::spawn(worker::run_worker(
-                    client,
-                    sources,
-                    job,
-                    config,
-                    stop_rx.clone(),
-                )));
+                };
+                tasks.push(self.spawn_worker(job, sources, config, &stop_rx));
             }
             if self.dead_letter_watch.is_none() {
                 self.dead_letter_watch = Some(tokio::spawn(delivery::watch_max_deliveries(
@@ -261,17 +296,10 @@ impl Runtime {
             }
         }
         for (sources, config) in message_workers {
-            let job = Arc::new(queued::MessageJob {
+            let job = queued::MessageJob {
                 served: served.clone(),
-            });
-            let client = self.bus.client().clone();
-            tasks.push(tokio::spawn(worker::run_worker(
-                client,
-                sources,
-                job,
-                config,
-                stop_rx.clone(),
-            )));
+            };
+            tasks.push(self.spawn_worker(job, sources, config, &stop_rx));
         }
         let type_names: Vec<String> = type_names.iter().map(ToString::to_string).collect();
         self.publish_lifecycle(events::AGENT_REGISTERED, &name, Some(&type_names))
@@ -281,13 +309,96 @@ impl Runtime {
             counters,
             stop,
             tasks,
+            heartbeat,
         });
         Ok(())
     }
 
+    /// The state store for presence: the one given to [`Runtime::with_state`],
+    /// else NATS KV, opened on first use.
+    async fn presence_store(&mut self, agent: &Name) -> Result<StateStore, RuntimeError> {
+        if let Some(store) = &self.state {
+            return Ok(store.clone());
+        }
+        let store = StateStore::open(&self.bus, None)
+            .await
+            .map_err(|err| presence_error(agent, err))?;
+        self.state = Some(store.clone());
+        Ok(store)
+    }
+
+    /// Starts the agent's heartbeats, with its tasks in flight read from its
+    /// counters, and waits until the first one is stored.
+    async fn start_heartbeat(
+        &self,
+        store: StateStore,
+        presence: AgentPresence,
+        options: &AgentOptions,
+        counters: &Arc<stats::Counters>,
+    ) -> Result<Heartbeat, RuntimeError> {
+        let agent = Name::parse("agent name", &presence.name)?;
+        let counters = counters.clone();
+        let in_flight = Arc::new(move || {
+            let stats = counters.snapshot();
+            stats.waiting + stats.running
+        });
+        let heartbeat = Heartbeat::start_with_in_flight(
+            self.bus.clone(),
+            store,
+            presence,
+            options.heartbeat,
+            in_flight,
+        );
+        heartbeat
+            .first_beat()
+            .await
+            .map_err(|err| presence_error(&agent, err))?;
+        Ok(heartbeat)
+    }
+
+    fn spawn_worker<J: worker::Job>(
+        &self,
+        job: J,
+        sources: Vec<worker::Source>,
+        config: worker::WorkerConfig,
+        stop: &watch::Receiver<Option<tokio::time::Instant>>,
+    ) -> JoinHandle<()> {
+        let client = self.bus.client().clone();
+        tokio::spawn(worker::run_worker(
+            client,
+            sources,
+            Arc::new(job),
+            config,
+            stop.clone(),
+        ))
+    }
+
+    /// Subscribes the agent's answers to `$SRV.PING|INFO|STATS` (see [`discovery`]).
+    async fn start_discovery(
+        &self,
+        name: &Name,
+        task_types: &[Name],
+        counters: &Arc<stats::Counters>,
+    ) -> Result<discovery::Responder, RuntimeError> {
+        let service = discovery::ServiceDescription {
+            name: name.clone(),
+            instance_id: self.instance_id.to_string(),
+            task_types: task_types.to_vec(),
+        };
+        let counters = counters.clone();
+        let source: discovery::StatsSource = Arc::new(move || counters.snapshot());
+        discovery::Responder::start(self.bus.client(), service, source)
+            .await
+            .map_err(|err| RuntimeError::Subscribe {
+                agent: name.to_string(),
+                reason: err.to_string(),
+            })
+    }
+
     /// Stops taking tasks, lets running ones finish within `grace`, answers
-    /// waiting ones with `cancelled`, announces each agent's deregistration and
-    /// flushes the connection.
+    /// waiting ones with `cancelled`, announces each agent's deregistration,
+    /// removes its presence entry (publishing `agent_offline`) and flushes the
+    /// connection.
     pub async fn shutdown(self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         for agent in &self.agents {
@@ -308,6 +419,10 @@ impl Runtime {
                 None,
             )
             .await;
+            // Removes the presence entry and publishes agent_offline.
+            if let Some(heartbeat) = agent.heartbeat {
+                heartbeat.stop().await;
+            }
         }
         if let Err(err) = self.bus.flush().await {
             tracing::warn!(%err, "flush at shutdown failed");
@@ -329,6 +444,21 @@ impl Runtime {
 
     async fn publish_lifecycle(&self, event: &str, name: &Name, task_types: Option<&[String]>) {
         publish_lifecycle(&self.bus, &self.instance_id, event, name, task_types).await;
+    }
+}
+
+/// A presence storage failure, saying what to do about it.
+fn presence_error(agent: &Name, err: StateError) -> RuntimeError {
+    let reason = match err {
+        // Already names `agentbus setup`.
+        StateError::Setup { .. } => err.to_string(),
+        err => format!(
+            "{err}; check the state backend (run `agentbus setup` to provision the NATS KV buckets), or set AgentOptions::presence to false"
+        ),
+    };
+    RuntimeError::Presence {
+        agent: agent.to_string(),
+        reason,
     }
 }
 

@@ -273,17 +273,7 @@ impl<A: Agent> TaskJob<A> {
             self.give_up(message, record, attempt, error, response.status)
                 .await?;
         }
-        if served.options.task_events {
-            publish_task_event(
-                served,
-                &task_id,
-                &task_type,
-                response.status,
-                response.error.as_deref(),
-                started,
-            )
-            .await;
-        }
+        publish_task_event(served, &task_id, &task_type, &response, started).await;
         Ok(())
     }
 

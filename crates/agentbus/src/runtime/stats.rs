@@ -2,6 +2,7 @@
 
 use crate::protocol::TaskStatus;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// A snapshot of one agent's figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -14,6 +15,8 @@ pub struct AgentStats {
     pub completed: u64,
     /// Tasks that ended in any other status.
     pub failed: u64,
+    /// Time handlers spent on the finished tasks, in total.
+    pub processing_time: Duration,
 }
 
 /// The counters behind [`AgentStats`], updated by the serving loop.
@@ -23,6 +26,7 @@ pub(super) struct Counters {
     running: AtomicUsize,
     completed: AtomicU64,
     failed: AtomicU64,
+    processing_nanos: AtomicU64,
 }
 
 impl Counters {
@@ -31,7 +35,9 @@ impl Counters {
         self.running.store(running, Ordering::Relaxed);
     }
 
-    pub(super) fn finished(&self, status: TaskStatus) {
+    pub(super) fn finished(&self, status: TaskStatus, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.processing_nanos.fetch_add(nanos, Ordering::Relaxed);
         let counter = if status == TaskStatus::Completed {
             &self.completed
         } else {
@@ -46,6 +52,7 @@ impl Counters {
             running: self.running.load(Ordering::Relaxed),
             completed: self.completed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            processing_time: Duration::from_nanos(self.processing_nanos.load(Ordering::Relaxed)),
         }
     }
 }

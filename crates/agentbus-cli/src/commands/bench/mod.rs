@@ -7,6 +7,7 @@
 //! that one server, prints figures and ratios, and stops the server.
 
 mod request_reply;
+mod work_queue;
 
 use agentbus::connect::{ServerTarget, TargetSource};
 use agentbus::local_server::{LocalServer, LocalServerConfig};
@@ -32,11 +33,14 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// Tasks over request/reply (the seed protocol): latency one at a time and throughput with many in flight.
     RequestReply(request_reply::RequestReplyArgs),
+    /// Tasks through the agent-tasks work queue: submitted, pulled, handled and acknowledged by K workers.
+    WorkQueue(work_queue::WorkQueueArgs),
 }
 
 pub async fn exec(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         BenchCommand::RequestReply(args) => request_reply::exec(args).await,
+        BenchCommand::WorkQueue(args) => work_queue::exec(args).await,
     }
 }
 

@@ -1,0 +1,713 @@
+//! `agentbus mcp`, the MCP bridge, driven over stdio by the official MCP
+//! Python SDK against a real nats-server.
+//!
+//! tests/mcp/mcp_driver.py runs `mcp.Client`s, each over an `agentbus mcp
+//! --agent NAME --server URL` child process, and carries out one JSON command
+//! per line from this test; the assertions are all here. The first test to
+//! run creates a virtual environment under the cargo target directory with a
+//! pinned `mcp`, and later runs reuse it.
+
+use agentbus::subject::{self, durable};
+use agentbus::{
+    Agent, AgentOptions, Bus, Runtime, TaskContext, TaskError, TaskRequest, TaskTypeSpec,
+};
+use agentbus_testkit::NatsServer;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Command as StdCommand, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::task::JoinHandle;
+
+/// The MCP Python SDK release the bridge is tested with.
+const MCP_PY_VERSION: &str = "2.3.0";
+/// One driver command (a bridge start, a tool call, a wait) stays well within this.
+const STEP: Duration = Duration::from_secs(60);
+/// The tools the bridge offers, sorted.
+const TOOLS: [&str; 12] = [
+    "broadcast",
+    "bus_status",
+    "claim_task",
+    "complete_task",
+    "get_state",
+    "list_agents",
+    "read_inbox",
+    "request_task",
+    "send_message",
+    "set_state",
+    "submit_task",
+    "task_status",
+];
+
+#[tokio::test]
+async fn two_bridges_message_each_other_including_while_one_is_offline() {
+    let server = NatsServer::start().await;
+    let mut driver = Driver::start(&server).await;
+
+    let opened = driver.open("a", "alice", "auto").await;
+    assert_eq!(opened["server_name"], "agentbus");
+    assert_eq!(opened["protocol_version"], "2026-07-28");
+    let tools = driver
+        .send(json!({"op": "list_tools", "client": "a"}))
+        .await;
+    let mut names: Vec<&str> = tools["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, TOOLS);
+
+    // bob is not running: the messages wait in his durable inbox.
+    let first = driver
+        .ok(
+            "a",
+            "send_message",
+            json!({"to": "bob", "message": "hello bob"}),
+        )
+        .await;
+    driver
+        .ok(
+            "a",
+            "send_message",
+            json!({"to": "bob", "message": {"n": 2}}),
+        )
+        .await;
+
+    // bob starts (on the pre-2026 protocol, to cover both) and reads them, once.
+    let opened = driver.open("b", "bob", "legacy").await;
+    assert_eq!(opened["protocol_version"], "2025-11-25");
+    let read = driver.ok("b", "read_inbox", json!({})).await;
+    let messages = read["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{read}");
+    assert_eq!(messages[0]["untrusted_content_from"], "alice");
+    assert_eq!(messages[0]["content"], "hello bob");
+    assert_eq!(messages[0]["message_id"], first["message_id"]);
+    assert_eq!(messages[1]["content"], json!({"n": 2}));
+    let again = driver.ok("b", "read_inbox", json!({})).await;
+    assert_eq!(again["messages"], json!([]), "a second read returns none");
+
+    // Live, both ways, and each side is told when a message arrives.
+    let alice_inbox = "agentbus://agents/alice/inbox";
+    let bob_inbox = "agentbus://agents/bob/inbox";
+    let resources = driver
+        .send(json!({"op": "list_resources", "client": "a"}))
+        .await;
+    assert_eq!(resources["uris"], json!([alice_inbox]));
+    driver
+        .send(json!({"op": "watch", "client": "a", "uri": alice_inbox}))
+        .await;
+    driver
+        .send(json!({"op": "watch", "client": "b", "uri": bob_inbox}))
+        .await;
+    driver
+        .ok(
+            "b",
+            "send_message",
+            json!({"to": "alice", "message": "hi alice"}),
+        )
+        .await;
+    let updated = driver.wait_update("a").await;
+    assert!(updated.contains(&json!(alice_inbox)), "{updated:?}");
+    let waiting = driver
+        .send(json!({"op": "read_resource", "client": "a", "uri": alice_inbox}))
+        .await;
+    let waiting: Value = serde_json::from_str(waiting["text"].as_str().unwrap()).unwrap();
+    assert_eq!(waiting["waiting"], 1);
+    let read = driver
+        .ok("a", "read_inbox", json!({"max_messages": 10}))
+        .await;
+    assert_eq!(
+        read["messages"][0]["untrusted_content_from"], "bob",
+        "{read}"
+    );
+    assert_eq!(read["messages"][0]["content"], "hi alice");
+
+    driver
+        .ok(
+            "a",
+            "send_message",
+            json!({"to": "bob", "message": "hi bob"}),
+        )
+        .await;
+    let updated = driver.wait_update("b").await;
+    assert!(updated.contains(&json!(bob_inbox)), "{updated:?}");
+    let logged = driver.send(json!({"op": "log_lines", "client": "b"})).await;
+    assert_eq!(logged["lines"][0]["event"], "inbox_message", "{logged}");
+    // A read that waits returns as soon as a message arrives.
+    let read = driver
+        .ok("b", "read_inbox", json!({"wait_seconds": 10}))
+        .await;
+    assert_eq!(read["messages"][0]["content"], "hi bob");
+    let pending = driver
+        .ok("b", "read_inbox", json!({"wait_seconds": 0.2}))
+        .await;
+    assert_eq!(pending["messages"], json!([]));
+
+    // Every message read was acknowledged once its result was delivered:
+    // nothing is left in flight, nothing waits.
+    driver.close("a").await;
+    driver.close("b").await;
+    let js = async_nats::jetstream::new(server.connect().await);
+    let stream = js.get_stream(subject::MESSAGES_STREAM).await.unwrap();
+    for agent in ["alice", "bob"] {
+        let name = agentbus::Name::parse("agent name", agent).unwrap();
+        let consumer: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer(&durable::inbox(&name)).await.unwrap();
+        let info = consumer.get_info().await.unwrap();
+        assert_eq!(
+            (info.num_pending, info.num_ack_pending),
+            (0, 0),
+            "{agent}'s inbox"
+        );
+    }
+
+    // Restarted, bob finds nothing to read twice.
+    driver.open("b", "bob", "auto").await;
+    let read = driver.ok("b", "read_inbox", json!({})).await;
+    assert_eq!(read["messages"], json!([]));
+    driver.finish().await;
+}
+
+#[tokio::test]
+async fn tasks_state_presence_and_status_through_the_tools() {
+    let server = NatsServer::start().await;
+    let runtime = serve_echo(&server).await;
+    let mut driver = Driver::start(&server).await;
+    driver.open("a", "alice", "auto").await;
+    driver.open("b", "bob", "auto").await;
+
+    // Request/reply to a Rust agent; the answer is marked as the agent's.
+    let answer = driver
+        .ok(
+            "a",
+            "request_task",
+            json!({"agent": "echo", "task_type": "echo", "payload": {"text": "hi"}}),
+        )
+        .await;
+    assert_eq!(answer["status"], "completed", "{answer}");
+    assert_eq!(answer["answer"]["untrusted_content_from"], "echo");
+    assert_eq!(
+        answer["answer"]["content"]["result"],
+        json!({"echo": {"text": "hi"}})
+    );
+    // A payload given as JSON text is taken too.
+    let answer = driver
+        .ok(
+            "a",
+            "request_task",
+            json!({"agent": "echo", "task_type": "echo", "payload": "{\"n\": 1}", "priority": "high"}),
+        )
+        .await;
+    assert_eq!(
+        answer["answer"]["content"]["result"],
+        json!({"echo": {"n": 1}})
+    );
+
+    // Work queue: alice submits to bob; bob claims (critical first) and completes.
+    let low = driver
+        .ok(
+            "a",
+            "submit_task",
+            json!({"agent": "bob", "task_type": "summarize", "payload": {"text": "low"}, "priority": "low"}),
+        )
+        .await;
+    let urgent = driver
+        .ok(
+            "a",
+            "submit_task",
+            json!({"agent": "bob", "task_type": "summarize", "payload": {"text": "urgent"}, "priority": "critical"}),
+        )
+        .await;
+    assert_eq!(urgent["queue"], "tasks.bob.critical");
+    let urgent_id = urgent["task_id"].as_str().unwrap();
+    let status = driver
+        .ok("a", "task_status", json!({"task_id": urgent_id}))
+        .await;
+    assert_eq!(status["state"], "pending");
+
+    let claimed = driver.ok("b", "claim_task", json!({})).await;
+    let task = &claimed["task"];
+    assert_eq!(task["task_id"], urgent_id, "critical first: {claimed}");
+    assert_eq!(task["task_type"], "summarize");
+    assert_eq!(task["priority"], "critical");
+    assert_eq!(task["payload"]["content"], json!({"text": "urgent"}));
+    assert!(task["payload"]["untrusted_content_from"].is_string());
+    let done = driver
+        .ok(
+            "b",
+            "complete_task",
+            json!({"task_id": urgent_id, "result": {"summary": "short"}}),
+        )
+        .await;
+    assert_eq!(done["state"], "completed");
+    let status = driver
+        .ok(
+            "a",
+            "task_status",
+            json!({"task_id": urgent_id, "wait_seconds": 10}),
+        )
+        .await;
+    assert_eq!(status["state"], "completed", "{status}");
+    assert_eq!(status["status"], "completed");
+    assert_eq!(status["outcome"]["untrusted_content_from"], "bob");
+    assert_eq!(
+        status["outcome"]["content"]["result"],
+        json!({"summary": "short"})
+    );
+    // Completed once: a second completion is refused.
+    let refused = driver
+        .tool_error(
+            "b",
+            "complete_task",
+            json!({"task_id": urgent_id, "result": "again"}),
+        )
+        .await;
+    assert!(refused.contains("is not claimed by bob"), "{refused}");
+
+    // The low one next; bob gives it up, and it becomes a dead letter.
+    let claimed = driver
+        .ok("b", "claim_task", json!({"wait_seconds": 5}))
+        .await;
+    assert_eq!(claimed["task"]["task_id"], low["task_id"]);
+    let given_up = driver
+        .ok(
+            "b",
+            "complete_task",
+            json!({"task_id": low["task_id"], "error": "cannot summarize this"}),
+        )
+        .await;
+    assert_eq!(given_up["state"], "dead_lettered");
+    let status = driver
+        .ok("a", "task_status", json!({"task_id": low["task_id"]}))
+        .await;
+    assert_eq!(status["state"], "dead_lettered");
+    assert_eq!(status["status"], "failed");
+    let empty = driver.ok("b", "claim_task", json!({})).await;
+    assert_eq!(empty["task"], Value::Null);
+
+    // A task for the shared queue of a type, taken by the Rust agent.
+    let shared = driver
+        .ok(
+            "a",
+            "submit_task",
+            json!({"task_type": "echo", "payload": {"k": "v"}}),
+        )
+        .await;
+    assert_eq!(shared["queue"], "work.echo");
+    let status = driver
+        .ok(
+            "a",
+            "task_status",
+            json!({"task_id": shared["task_id"], "wait_seconds": 20}),
+        )
+        .await;
+    assert_eq!(status["state"], "completed", "{status}");
+    assert_eq!(
+        status["outcome"]["content"]["result"],
+        json!({"echo": {"k": "v"}})
+    );
+
+    // Broadcast, stored in the broadcast stream.
+    let sent = driver
+        .ok(
+            "a",
+            "broadcast",
+            json!({"topic": "news", "message": {"headline": "agents on a bus"}}),
+        )
+        .await;
+    assert_eq!(sent["subject"], "broadcast.news");
+    let status = driver.ok("a", "bus_status", json!({})).await;
+    let streams = status["streams"].as_array().unwrap();
+    let count = |name: &str| {
+        streams
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["messages"].clone())
+    };
+    assert_eq!(count(subject::BROADCAST_STREAM), Some(json!(1)), "{status}");
+    assert_eq!(
+        count(subject::DEAD_LETTER_STREAM),
+        Some(json!(1)),
+        "{status}"
+    );
+    assert_eq!(status["you"]["agent"], "alice");
+    assert_eq!(status["you"]["inbox_waiting"], 0);
+
+    // Presence: both bridges are online.
+    let listed = driver.ok("a", "list_agents", json!({})).await;
+    let agents: Vec<(&str, bool)> = listed["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap(), a["is_you"].as_bool().unwrap()))
+        .collect();
+    assert!(agents.contains(&("alice", true)), "{listed}");
+    assert!(agents.contains(&("bob", false)), "{listed}");
+
+    // State: own keys, another agent's keys read as that agent's content.
+    let stored = driver
+        .ok(
+            "a",
+            "set_state",
+            json!({"key": "mood", "value": {"level": 3}}),
+        )
+        .await;
+    assert_eq!(stored["stored"], true);
+    driver
+        .ok(
+            "a",
+            "set_state",
+            json!({"key": "scratch", "value": "x", "ttl_seconds": 60}),
+        )
+        .await;
+    let mine = driver.ok("a", "get_state", json!({"key": "mood"})).await;
+    assert_eq!(
+        (mine["found"].clone(), mine["value"].clone()),
+        (json!(true), json!({"level": 3}))
+    );
+    let theirs = driver
+        .ok("b", "get_state", json!({"key": "mood", "agent": "alice"}))
+        .await;
+    assert_eq!(theirs["value"]["untrusted_content_from"], "alice");
+    assert_eq!(theirs["value"]["content"], json!({"level": 3}));
+    let missing = driver.ok("b", "get_state", json!({"key": "mood"})).await;
+    assert_eq!(missing["found"], false);
+
+    driver.finish().await;
+    runtime.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn invalid_input_is_a_tool_error_and_the_bridge_keeps_serving() {
+    let server = NatsServer::start().await;
+    let mut driver = Driver::start(&server).await;
+    driver.open("a", "alice", "auto").await;
+
+    let cases = [
+        (
+            "send_message",
+            json!({"to": "Bob!", "message": "x"}),
+            "invalid agent name \"Bob!\"",
+        ),
+        (
+            "send_message",
+            json!({"to": "*", "message": "x"}),
+            "wildcards are not allowed",
+        ),
+        (
+            "send_message",
+            json!({"message": "x"}),
+            "missing field `to`",
+        ),
+        (
+            "request_task",
+            json!({"agent": "nobody", "task_type": "echo"}),
+            "no agent named nobody is running",
+        ),
+        (
+            "request_task",
+            json!({"agent": "echo", "task_type": "echo", "payload": "{not json"}),
+            "payload is not valid JSON",
+        ),
+        (
+            "request_task",
+            json!({"agent": "echo", "task_type": "echo", "payload": [1, 2]}),
+            "payload must be a JSON object",
+        ),
+        (
+            "submit_task",
+            json!({"agent": "bob", "task_type": "x", "priority": "urgent"}),
+            "unknown priority \"urgent\"",
+        ),
+        (
+            "submit_task",
+            json!({"task_type": "a.b"}),
+            "invalid task type \"a.b\"",
+        ),
+        (
+            "task_status",
+            json!({"task_id": "0b5c-never-submitted"}),
+            "no task with id \"0b5c-never-submitted\" is known",
+        ),
+        (
+            "task_status",
+            json!({"task_id": "a.b"}),
+            "invalid task id \"a.b\"",
+        ),
+        (
+            "complete_task",
+            json!({"task_id": "t-unknown", "result": 1}),
+            "is not claimed by alice",
+        ),
+        (
+            "complete_task",
+            json!({"task_id": "t-unknown"}),
+            "pass result",
+        ),
+        ("get_state", json!({"key": "a.b"}), "invalid state key"),
+        (
+            "get_state",
+            json!({"key": "k", "agent": "NOPE"}),
+            "invalid agent name",
+        ),
+        (
+            "set_state",
+            json!({"key": "k", "value": 1, "ttl_seconds": -1}),
+            "ttl_seconds must be a positive number",
+        ),
+        (
+            "read_inbox",
+            json!({"max_messages": 0}),
+            "max_messages must be between 1 and 100",
+        ),
+        (
+            "read_inbox",
+            json!({"wait_seconds": "soon"}),
+            "failed to deserialize parameters",
+        ),
+        (
+            "broadcast",
+            json!({"topic": "news.today", "message": 1}),
+            "invalid topic",
+        ),
+    ];
+    for (tool, args, expected) in cases {
+        let text = driver.tool_error("a", tool, args.clone()).await;
+        assert!(
+            text.contains(expected),
+            "{tool} {args}: {text:?} lacks {expected:?}"
+        );
+    }
+    // Still serving, and nothing was stored by the refused calls.
+    let status = driver.ok("a", "bus_status", json!({})).await;
+    let streams = status["streams"].as_array().unwrap();
+    for stream in [subject::MESSAGES_STREAM, subject::TASKS_STREAM] {
+        let entry = streams.iter().find(|s| s["name"] == stream).unwrap();
+        assert_eq!(entry["messages"], 0, "{stream}");
+    }
+    driver.finish().await;
+}
+
+/// A Rust agent for request_task and the shared work queue.
+struct Echo;
+
+impl Agent for Echo {
+    fn name(&self) -> &str {
+        "echo"
+    }
+
+    fn task_types(&self) -> Vec<TaskTypeSpec> {
+        vec![TaskTypeSpec::new("echo").unwrap()]
+    }
+
+    async fn handle(&self, task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
+        Ok(json!({ "echo": task.payload }))
+    }
+}
+
+async fn serve_echo(server: &NatsServer) -> Runtime {
+    let bus = Bus::connect(&server.target(), "rust-agents").await.unwrap();
+    let mut runtime = Runtime::new(bus.clone());
+    runtime.add(Echo, AgentOptions::default()).await.unwrap();
+    bus.sync().await.unwrap();
+    runtime
+}
+
+/// tests/mcp/mcp_driver.py, running until dropped (it closes its bridges
+/// when its stdin closes; killed on drop otherwise, and the bridges then
+/// see their stdin close).
+struct Driver {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Lines<BufReader<ChildStdout>>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Driver {
+    async fn start(server: &NatsServer) -> Self {
+        let mut child = Command::new(python())
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/mcp")
+                    .join("mcp_driver.py"),
+            )
+            .env("AGENTBUS_BIN", env!("CARGO_BIN_EXE_agentbus"))
+            .env("AGENTBUS_SERVER", server.url_with_credentials())
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("PYTHONWARNINGS", "ignore")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start mcp_driver.py");
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
+        let stderr = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = stderr_pipe.read_to_string(&mut text).await;
+            text
+        });
+        Self {
+            child,
+            stdin: Some(stdin),
+            stdout,
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Sends one command and returns its answer; panics on a driver error.
+    async fn send(&mut self, command: Value) -> Value {
+        let line = format!("{command}\n");
+        let stdin = self.stdin.as_mut().expect("the driver's stdin is open");
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("write to mcp_driver.py");
+        stdin.flush().await.expect("flush to mcp_driver.py");
+        let answer = tokio::time::timeout(STEP, self.stdout.next_line()).await;
+        let line = match answer {
+            Ok(Ok(Some(line))) => line,
+            other => panic!(
+                "mcp_driver.py gave no answer to {command} ({other:?}); stderr: {}",
+                self.stderr_text().await
+            ),
+        };
+        let answer: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|err| panic!("mcp_driver.py answered {line:?} ({err})"));
+        if answer.get("error").is_some() {
+            panic!(
+                "mcp_driver.py failed {command}: {answer:#}; stderr: {}",
+                self.stderr_text().await
+            );
+        }
+        answer
+    }
+
+    async fn open(&mut self, client: &str, agent: &str, mode: &str) -> Value {
+        self.send(json!({"op": "open", "client": client, "agent": agent, "mode": mode}))
+            .await
+    }
+
+    async fn close(&mut self, client: &str) {
+        let closed = self.send(json!({"op": "close", "client": client})).await;
+        assert_eq!(closed["closed"], true);
+    }
+
+    async fn call(&mut self, client: &str, tool: &str, args: Value) -> Value {
+        self.send(json!({"op": "call", "client": client, "tool": tool, "args": args}))
+            .await
+    }
+
+    /// Calls `tool`, which must succeed; returns its JSON result.
+    async fn ok(&mut self, client: &str, tool: &str, args: Value) -> Value {
+        let answer = self.call(client, tool, args.clone()).await;
+        assert_eq!(
+            answer["is_error"], false,
+            "{tool} {args} failed: {}",
+            answer["text"]
+        );
+        answer["json"].clone()
+    }
+
+    /// Calls `tool`, which must fail with a tool error; returns its text.
+    async fn tool_error(&mut self, client: &str, tool: &str, args: Value) -> String {
+        let answer = self.call(client, tool, args.clone()).await;
+        assert_eq!(
+            answer["is_error"], true,
+            "{tool} {args} unexpectedly succeeded: {}",
+            answer["text"]
+        );
+        answer["text"].as_str().unwrap_or_default().to_owned()
+    }
+
+    async fn wait_update(&mut self, client: &str) -> Vec<Value> {
+        let answer = self
+            .send(json!({"op": "wait_update", "client": client, "timeout": 20}))
+            .await;
+        answer["updated"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Closes every bridge and waits for the driver to exit.
+    async fn finish(mut self) {
+        drop(self.stdin.take());
+        let status = tokio::time::timeout(STEP, self.child.wait())
+            .await
+            .expect("mcp_driver.py exits once its stdin closes")
+            .expect("wait for mcp_driver.py");
+        assert!(
+            status.success(),
+            "mcp_driver.py failed ({status}): {}",
+            self.stderr_text().await
+        );
+    }
+
+    async fn stderr_text(&mut self) -> String {
+        let _ = self.child.start_kill();
+        match self.stderr.take() {
+            Some(task) => tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
+            None => String::new(),
+        }
+    }
+}
+
+/// The virtual environment's python, with the MCP SDK installed; made once.
+fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(prepare_venv)
+}
+
+/// Creates `<target>/tmp/python-venv-mcp-<version>` unless a previous run
+/// finished it; a lock file keeps concurrent test processes from racing.
+fn prepare_venv() -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(root).expect("create the cargo target tmp dir");
+    let venv = root.join(format!("python-venv-mcp-{MCP_PY_VERSION}"));
+    let python = venv.join("bin").join("python");
+    let ready = venv.join(".agentbus-ready");
+    let lock =
+        std::fs::File::create(root.join("python-venv-mcp.lock")).expect("create the lock file");
+    lock.lock().expect("lock the python venv");
+    if !(ready.exists() && python.exists()) {
+        let _ = std::fs::remove_dir_all(&venv);
+        run_setup(
+            StdCommand::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv (install python3 >= 3.10 with its venv module, e.g. apt-get install python3-venv)",
+        );
+        run_setup(
+            StdCommand::new(&python).args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                &format!("mcp=={MCP_PY_VERSION}"),
+            ]),
+            "pip install mcp",
+        );
+        std::fs::write(&ready, MCP_PY_VERSION).expect("mark the venv ready");
+    }
+    python
+}
+
+fn run_setup(command: &mut StdCommand, what: &str) {
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {what}: {err}"));
+    assert!(
+        output.status.success(),
+        "{what} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

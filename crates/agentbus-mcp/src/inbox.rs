@@ -1,0 +1,280 @@
+//! The agent's durable inbox (`agent.<name>.inbox`), read through the durable
+//! pull consumer `inbox-<name>`.
+//!
+//! Messages are fetched unacknowledged and handed to [`Settlements`] under the
+//! id of the tool call that returns them; the transport acknowledges them
+//! only once that result has been written to the client (see
+//! [`crate::transport`]). A client that dies first loses nothing: the
+//! messages come back after the consumer's ack wait. While they wait for the
+//! acknowledgement they are in flight, so a second read does not return them
+//! again.
+
+use crate::untrusted::untrusted;
+use agentbus::delivery::FROM_HEADER;
+use agentbus::name::Name;
+use agentbus::subject::{self, durable};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt;
+use rmcp::model::RequestId;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How long a fetched message may stay unacknowledged before JetStream
+/// delivers it again (the client died between fetch and result).
+pub(crate) const INBOX_ACK_WAIT: Duration = Duration::from_secs(30);
+/// Messages fetched but not yet acknowledged, at most.
+const MAX_IN_FLIGHT: i64 = 1_000;
+
+/// Why the inbox could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum InboxError {
+    /// The consumer could not be created or read.
+    #[error(
+        "cannot use the inbox consumer {consumer} on stream {stream}: {reason}; run `agentbus setup` to create the streams"
+    )]
+    Consumer {
+        /// The stream.
+        stream: &'static str,
+        /// The consumer.
+        consumer: String,
+        /// Why.
+        reason: String,
+    },
+    /// Fetching failed.
+    #[error("cannot read the inbox: {0}")]
+    Fetch(String),
+}
+
+/// The inbox of the bridged agent.
+#[derive(Debug, Clone)]
+pub(crate) struct Inbox {
+    consumer: PullConsumer,
+    /// Counts publishes to the inbox subject seen by [`watch_inbox`].
+    arrivals: watch::Receiver<u64>,
+}
+
+impl Inbox {
+    /// Creates (or reuses) the durable consumer and starts watching the inbox
+    /// subject. The watch ends with the connection.
+    pub(crate) async fn open(bus: &agentbus::Bus, agent: &Name) -> Result<Self, InboxError> {
+        let consumer_name = durable::inbox(agent);
+        let error = |reason: String| InboxError::Consumer {
+            stream: subject::MESSAGES_STREAM,
+            consumer: consumer_name.clone(),
+            reason,
+        };
+        let stream = bus
+            .jetstream()
+            .get_stream(subject::MESSAGES_STREAM)
+            .await
+            .map_err(|err| error(err.to_string()))?;
+        let config = jetstream::consumer::pull::Config {
+            durable_name: Some(consumer_name.clone()),
+            filter_subject: subject::agent_inbox(agent),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: INBOX_ACK_WAIT,
+            max_ack_pending: MAX_IN_FLIGHT,
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        // Created, or updated to this configuration: an existing consumer
+        // (from an earlier run, or a runtime serving this name) keeps its cursor.
+        let consumer = stream
+            .create_consumer(config)
+            .await
+            .map_err(|err| error(err.to_string()))?;
+        let subscription = bus
+            .client()
+            .subscribe(subject::agent_inbox(agent))
+            .await
+            .map_err(|err| error(err.to_string()))?;
+        let (arrived, arrivals) = watch::channel(0);
+        tokio::spawn(watch_inbox(subscription, arrived));
+        Ok(Self { consumer, arrivals })
+    }
+
+    /// A receiver that changes whenever a message arrives.
+    pub(crate) fn arrivals(&self) -> watch::Receiver<u64> {
+        self.arrivals.clone()
+    }
+
+    /// Messages not yet delivered to any read.
+    pub(crate) async fn waiting(&self) -> Result<u64, InboxError> {
+        let info = self
+            .consumer
+            .get_info()
+            .await
+            .map_err(|err| InboxError::Fetch(err.to_string()))?;
+        Ok(info.num_pending)
+    }
+
+    /// Up to `max` messages waiting now; if there are none and `wait` is not
+    /// zero, waits that long for one to arrive.
+    pub(crate) async fn take(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<jetstream::Message>, InboxError> {
+        let mut arrivals = self.arrivals.clone();
+        arrivals.mark_unchanged();
+        let messages = self.fetch(max).await?;
+        if !messages.is_empty() || wait.is_zero() {
+            return Ok(messages);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        while tokio::time::timeout_at(deadline, arrivals.changed())
+            .await
+            .is_ok_and(|changed| changed.is_ok())
+        {
+            let messages = self.fetch(max).await?;
+            if !messages.is_empty() {
+                return Ok(messages);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    async fn fetch(&self, max: usize) -> Result<Vec<jetstream::Message>, InboxError> {
+        let batch = self
+            .consumer
+            .fetch()
+            .max_messages(max)
+            .messages()
+            .await
+            .map_err(|err| InboxError::Fetch(err.to_string()))?;
+        let fetched: Vec<_> = batch.collect().await;
+        let mut messages = Vec::with_capacity(fetched.len());
+        for message in fetched {
+            match message {
+                Ok(message) => messages.push(message),
+                Err(err) => {
+                    // What was fetched stays unacknowledged and comes back later.
+                    release(messages).await;
+                    return Err(InboxError::Fetch(err.to_string()));
+                }
+            }
+        }
+        Ok(messages)
+    }
+}
+
+/// Bumps `arrived` for every message published to the inbox subject.
+async fn watch_inbox(mut subscription: async_nats::Subscriber, arrived: watch::Sender<u64>) {
+    while subscription.next().await.is_some() {
+        arrived.send_modify(|count| *count += 1);
+    }
+}
+
+/// A message as the model sees it: the body marked as untrusted content of
+/// its sender.
+pub(crate) fn describe(message: &jetstream::Message) -> Value {
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let from = header(FROM_HEADER);
+    let mut described = untrusted(from.as_deref(), body_value(&message.payload));
+    if let Ok(info) = message.info() {
+        described["sequence"] = json!(info.stream_sequence);
+        let nanos = u64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0);
+        let sent = SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos);
+        described["sent_at"] = json!(humantime::format_rfc3339_millis(sent).to_string());
+    }
+    if let Some(id) = header("Nats-Msg-Id") {
+        described["message_id"] = json!(id);
+    }
+    described
+}
+
+/// The body as JSON when it is JSON, else as a string.
+fn body_value(payload: &[u8]) -> Value {
+    serde_json::from_slice(payload)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
+}
+
+/// Messages to acknowledge once the result of the tool call that returned
+/// them has been written, by that call's request id.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Settlements {
+    pending: Arc<Mutex<HashMap<RequestId, Vec<jetstream::Message>>>>,
+    /// Acknowledgements (or releases) under way, finished before the bridge exits.
+    settling: Arc<Mutex<JoinSet<()>>>,
+}
+
+impl Settlements {
+    /// Holds `messages` until the response to `request` is written.
+    pub(crate) fn hold(&self, request: RequestId, messages: Vec<jetstream::Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.entry(request).or_default().extend(messages);
+        }
+    }
+
+    /// The response to `request` was written (`delivered`) or could not be:
+    /// acknowledges or releases what it returned.
+    pub(crate) fn settle(&self, request: &RequestId, delivered: bool) {
+        let messages = self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut pending| pending.remove(request))
+            .unwrap_or_default();
+        if messages.is_empty() {
+            return;
+        }
+        if let Ok(mut settling) = self.settling.lock() {
+            while settling.try_join_next().is_some() {}
+            if delivered {
+                settling.spawn(acknowledge(messages));
+            } else {
+                settling.spawn(release(messages));
+            }
+        }
+    }
+
+    /// At shutdown: releases what was never written and waits for the
+    /// acknowledgements under way.
+    pub(crate) async fn finish(&self) {
+        let unsent: Vec<_> = self
+            .pending
+            .lock()
+            .map(|mut pending| pending.drain().flat_map(|(_, m)| m).collect())
+            .unwrap_or_default();
+        release(unsent).await;
+        let settling = self
+            .settling
+            .lock()
+            .map(|mut settling| std::mem::take(&mut *settling))
+            .unwrap_or_default();
+        settling.join_all().await;
+    }
+}
+
+/// Acknowledges `messages` and waits for the server to confirm, so a
+/// restarted bridge never reads them again.
+pub(crate) async fn acknowledge(messages: Vec<jetstream::Message>) {
+    let acks = messages.iter().map(|message| message.double_ack());
+    for result in futures::future::join_all(acks).await {
+        if let Err(err) = result {
+            tracing::warn!(%err, "cannot acknowledge an inbox message; it will be read again");
+        }
+    }
+}
+
+/// Hands `messages` back for redelivery now (their result never reached the client).
+pub(crate) async fn release(messages: Vec<jetstream::Message>) {
+    for message in messages {
+        if let Err(err) = message.ack_with(AckKind::Nak(None)).await {
+            tracing::warn!(%err, "cannot release an inbox message; it comes back after the ack wait");
+        }
+    }
+}

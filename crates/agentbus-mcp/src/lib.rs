@@ -1,0 +1,42 @@
+//! The MCP bridge of agentbus: the LLM agent behind an MCP client joins the
+//! bus under a name, for as long as the bridge runs, through tools over stdio.
+//!
+//! ```no_run
+//! # async fn example(bus: agentbus::Bus) -> Result<(), agentbus_mcp::BridgeError> {
+//! use agentbus_mcp::{BridgeOptions, serve_stdio};
+//! let agent = agentbus::Name::parse("agent name", "claude").expect("valid");
+//! serve_stdio(bus, BridgeOptions::new(agent), std::future::pending()).await
+//! # }
+//! ```
+//!
+//! The agent gets what a runtime agent has: a durable inbox, a work queue,
+//! key/value state and a presence heartbeat; and it reaches the others by
+//! message, broadcast, request/reply and queued task. Contents written by
+//! other agents always reach the model marked as untrusted data
+//! ([`untrusted`]).
+//!
+//! # Layout
+//!
+//! - [`run`]: joining the bus, serving MCP until the client leaves, leaving cleanly.
+//! - [`bridge`]: the MCP server: capabilities, the inbox resource, subscriptions.
+//! - [`tools`]: the tools and their fixed descriptions; [`params`]: their inputs.
+//! - [`inbox`]: the agent's durable inbox; [`transport`]: the stdio transport
+//!   that acknowledges read messages once their result is written.
+//! - [`claims`]: tasks claimed from the agent's own queue, kept in progress.
+//! - [`notify`]: telling the client when messages arrive.
+//! - [`untrusted`]: marking what other agents wrote; [`tool_error`]: errors the model reads.
+
+pub mod bridge;
+pub mod claims;
+pub mod inbox;
+pub mod notify;
+pub mod params;
+pub mod run;
+pub mod tool_error;
+pub mod tools;
+pub mod transport;
+pub mod untrusted;
+
+pub use bridge::Bridge;
+pub use run::{BridgeError, BridgeOptions, serve, serve_stdio};
+pub use tool_error::ToolError;

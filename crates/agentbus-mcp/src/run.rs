@@ -1,0 +1,176 @@
+//! Running the bridge: join the bus, serve MCP until the client goes away
+//! (or `shutdown` resolves), then leave cleanly.
+
+use crate::bridge::{Bridge, Parts};
+use crate::claims::Claims;
+use crate::inbox::{Inbox, InboxError, Settlements};
+use crate::notify::{self, Notifier};
+use crate::tool_error::ToolError;
+use crate::transport::SettlingTransport;
+use agentbus::Bus;
+use agentbus::name::Name;
+use agentbus::presence::{AgentPresence, Heartbeat, PresenceOptions};
+use agentbus::state::{StateError, StateStore};
+use rmcp::ServiceExt;
+use rmcp::transport::async_rw::AsyncRwTransport;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// How often the heartbeat's count of claimed tasks is refreshed.
+const IN_FLIGHT_REFRESH: Duration = Duration::from_secs(1);
+
+/// How to run the bridge.
+#[derive(Debug, Clone)]
+pub struct BridgeOptions {
+    /// The name the client's model has on the bus.
+    pub agent: Name,
+    /// The state backend: `None` reads `AGENTBUS_STATE_URL`, else NATS KV.
+    pub state_url: Option<String>,
+    /// How often the bridge's presence heartbeat is written.
+    pub presence: PresenceOptions,
+}
+
+impl BridgeOptions {
+    /// Options for agent `agent`, with the defaults.
+    pub fn new(agent: Name) -> Self {
+        Self {
+            agent,
+            state_url: None,
+            presence: PresenceOptions::default(),
+        }
+    }
+}
+
+/// Why the bridge could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The state store (or the presence heartbeat in it) is unusable.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The inbox consumer could not be set up.
+    #[error(transparent)]
+    Inbox(#[from] InboxError),
+    /// The work queue consumers could not be set up.
+    #[error("{0}")]
+    Queue(ToolError),
+    /// The MCP session failed (not a tool error: those go to the client).
+    #[error("the MCP session failed: {0}")]
+    Session(String),
+}
+
+/// Serves MCP on stdin/stdout until the client closes stdin or `shutdown`
+/// resolves. Logs must go to stderr: stdout carries the protocol.
+pub async fn serve_stdio(
+    bus: Bus,
+    options: BridgeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), BridgeError> {
+    serve(
+        bus,
+        options,
+        tokio::io::stdin(),
+        tokio::io::stdout(),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves MCP over `read`/`write` (newline-delimited JSON-RPC, the stdio
+/// transport) until the client closes `read` or `shutdown` resolves.
+pub async fn serve<R, W>(
+    bus: Bus,
+    options: BridgeOptions,
+    read: R,
+    write: W,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), BridgeError>
+where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
+{
+    let agent = options.agent;
+    let instance_id = uuid::Uuid::new_v4().simple().to_string();
+    let state = match &options.state_url {
+        Some(url) => StateStore::open(&bus, Some(url)).await?,
+        None => StateStore::from_env(&bus).await?,
+    };
+    let inbox = Inbox::open(&bus, &agent).await?;
+    let claims = Claims::open(&bus, &agent, &instance_id)
+        .await
+        .map_err(BridgeError::Queue)?;
+    let heartbeat = Heartbeat::start(
+        bus.clone(),
+        state.clone(),
+        AgentPresence::new(&agent, &instance_id, &[]),
+        options.presence,
+    );
+    heartbeat.first_beat().await?;
+    let heartbeat = Arc::new(heartbeat);
+    // The heartbeat carries how many tasks the agent has claimed.
+    let in_flight = tokio::spawn({
+        let (heartbeat, claims) = (heartbeat.clone(), claims.clone());
+        async move {
+            let mut tick = tokio::time::interval(IN_FLIGHT_REFRESH);
+            loop {
+                tick.tick().await;
+                heartbeat.set_in_flight(claims.in_flight());
+            }
+        }
+    });
+    let notifier = Arc::new(Notifier::new(&agent));
+    let notifications = tokio::spawn(notify::run(notifier.clone(), inbox.arrivals()));
+    let settlements = Settlements::default();
+    let bridge = Bridge::new(Parts {
+        bus: bus.clone(),
+        agent: agent.clone(),
+        instance_id: instance_id.clone(),
+        state,
+        inbox,
+        settlements: settlements.clone(),
+        claims: claims.clone(),
+        notifier,
+        submitted: Default::default(),
+    });
+    tracing::info!(%agent, %instance_id, "MCP bridge joined the bus");
+
+    let transport = SettlingTransport::new(
+        AsyncRwTransport::new_server(read, write),
+        settlements.clone(),
+    );
+    let outcome = match bridge.serve(transport).await {
+        Ok(running) => {
+            let cancel = running.cancellation_token();
+            let waiting = running.waiting();
+            tokio::pin!(waiting);
+            tokio::select! {
+                ended = &mut waiting => ended
+                    .map(|_| ())
+                    .map_err(|err| BridgeError::Session(err.to_string())),
+                () = shutdown => {
+                    cancel.cancel();
+                    let _ = waiting.await;
+                    Ok(())
+                }
+            }
+        }
+        // The client went away during the handshake: nothing was served.
+        Err(err) => Err(BridgeError::Session(err.to_string())),
+    };
+
+    // Leave: hand back what was taken but not delivered, say goodbye.
+    notifications.abort();
+    settlements.finish().await;
+    claims.release_all().await;
+    in_flight.abort();
+    let _ = in_flight.await;
+    if let Ok(heartbeat) = Arc::try_unwrap(heartbeat) {
+        heartbeat.stop().await;
+    }
+    if let Err(err) = bus.flush().await {
+        tracing::warn!(%err, "flush at shutdown failed");
+    }
+    tracing::info!(%agent, "MCP bridge left the bus");
+    outcome
+}

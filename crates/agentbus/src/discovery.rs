@@ -1,0 +1,400 @@
+//! Discovery for standard NATS tooling: every agent a [`crate::Runtime`]
+//! serves also answers the NATS services protocol ("micro", `io.nats.micro.v1`),
+//! so `nats micro ls`, `nats micro info <agent>` and `nats micro stats <agent>`
+//! list it like any NATS service.
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `$SRV.PING[.<agent>[.<id>]]` | `io.nats.micro.v1.ping_response`: name, id, version, metadata |
+//! | `$SRV.INFO[.<agent>[.<id>]]` | `io.nats.micro.v1.info_response`: plus the endpoint `agent.<agent>.task` with its task types |
+//! | `$SRV.STATS[.<agent>[.<id>]]` | `io.nats.micro.v1.stats_response`: requests, errors and processing time |
+//!
+//! The service name is the agent name and the id is the runtime's instance
+//! id, so replicas of an agent show as instances of one service. Figures come
+//! from the runtime's counters and cover every task the agent handled
+//! (request/reply and queued).
+//!
+//! The responders are separate subscriptions: the task subscription on
+//! `agent.<agent>.task` and its hot path are untouched.
+
+use crate::name::Name;
+use crate::runtime::AgentStats;
+use crate::subject;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Prefix of every services-protocol subject.
+pub const SERVICE_API_PREFIX: &str = "$SRV";
+/// `type` of a PING answer.
+pub const PING_RESPONSE_TYPE: &str = "io.nats.micro.v1.ping_response";
+/// `type` of an INFO answer.
+pub const INFO_RESPONSE_TYPE: &str = "io.nats.micro.v1.info_response";
+/// `type` of a STATS answer.
+pub const STATS_RESPONSE_TYPE: &str = "io.nats.micro.v1.stats_response";
+/// Name of the one endpoint of an agent: its task subject.
+pub const TASK_ENDPOINT: &str = "task";
+/// Endpoint metadata key listing the accepted task types, comma-separated.
+pub const TASK_TYPES_KEY: &str = "task_types";
+
+/// Which discovery request a subject asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// `$SRV.PING`: who is there.
+    Ping,
+    /// `$SRV.INFO`: what each service offers.
+    Info,
+    /// `$SRV.STATS`: how much each service did.
+    Stats,
+}
+
+impl Verb {
+    /// The subject token, e.g. `PING`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ping => "PING",
+            Self::Info => "INFO",
+            Self::Stats => "STATS",
+        }
+    }
+
+    fn parse(token: &str) -> Option<Self> {
+        match token {
+            "PING" => Some(Self::Ping),
+            "INFO" => Some(Self::Info),
+            "STATS" => Some(Self::Stats),
+            _ => None,
+        }
+    }
+}
+
+/// The subject of `verb` for every service, one service name, or one instance.
+///
+/// ```
+/// use agentbus::discovery::{Verb, verb_subject};
+/// use agentbus::Name;
+/// let name = Name::parse("agent name", "echo").unwrap();
+/// assert_eq!(verb_subject(Verb::Info, None, None), "$SRV.INFO");
+/// assert_eq!(verb_subject(Verb::Stats, Some(&name), Some("abc")), "$SRV.STATS.echo.abc");
+/// ```
+pub fn verb_subject(verb: Verb, name: Option<&Name>, id: Option<&str>) -> String {
+    let mut subject = format!("{SERVICE_API_PREFIX}.{}", verb.as_str());
+    if let Some(name) = name {
+        subject.push('.');
+        subject.push_str(name.as_str());
+        if let Some(id) = id {
+            subject.push('.');
+            subject.push_str(id);
+        }
+    }
+    subject
+}
+
+/// Answer to `$SRV.PING`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingResponse {
+    /// Always [`PING_RESPONSE_TYPE`].
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The service (agent) name.
+    pub name: String,
+    /// The instance id.
+    pub id: String,
+    /// The service version.
+    pub version: String,
+    /// Service metadata.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// One endpoint in an INFO answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointInfo {
+    /// Endpoint name ([`TASK_ENDPOINT`]).
+    pub name: String,
+    /// The subject requests go to: `agent.<name>.task`.
+    pub subject: String,
+    /// The queue group replicas share: the agent name.
+    pub queue_group: String,
+    /// Endpoint metadata; [`TASK_TYPES_KEY`] lists the task types.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Answer to `$SRV.INFO`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoResponse {
+    /// Always [`INFO_RESPONSE_TYPE`].
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The service (agent) name.
+    pub name: String,
+    /// The instance id.
+    pub id: String,
+    /// What the service is.
+    pub description: String,
+    /// The service version.
+    pub version: String,
+    /// Service metadata.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Its endpoints.
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+/// One endpoint in a STATS answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointStats {
+    /// Endpoint name ([`TASK_ENDPOINT`]).
+    pub name: String,
+    /// The endpoint's subject.
+    pub subject: String,
+    /// The endpoint's queue group.
+    pub queue_group: String,
+    /// Tasks finished.
+    pub num_requests: u64,
+    /// Tasks that finished with any status but `completed`.
+    pub num_errors: u64,
+    /// The last error (the protocol's `"code:description"`); agentbus leaves it empty.
+    #[serde(default)]
+    pub last_error: String,
+    /// Time spent in handlers, nanoseconds.
+    pub processing_time: u64,
+    /// `processing_time / num_requests`, nanoseconds.
+    pub average_processing_time: u64,
+    /// The runtime's own figures ([`AgentStats`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+/// Answer to `$SRV.STATS`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsResponse {
+    /// Always [`STATS_RESPONSE_TYPE`].
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The service (agent) name.
+    pub name: String,
+    /// The instance id.
+    pub id: String,
+    /// The service version.
+    pub version: String,
+    /// Service metadata.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// When the agent started serving, RFC 3339.
+    pub started: String,
+    /// Figures per endpoint.
+    pub endpoints: Vec<EndpointStats>,
+}
+
+/// Everything a responder tells about one served agent.
+#[derive(Debug, Clone)]
+pub(crate) struct ServiceDescription {
+    pub(crate) name: Name,
+    pub(crate) instance_id: String,
+    pub(crate) task_types: Vec<Name>,
+}
+
+/// The current figures of the agent, read on each STATS request.
+pub(crate) type StatsSource = Arc<dyn Fn() -> AgentStats + Send + Sync>;
+
+/// Answers the services protocol for one agent until its runtime stops it.
+pub(crate) struct Responder {
+    subscriptions: futures::stream::SelectAll<async_nats::Subscriber>,
+    client: async_nats::Client,
+    ping: Bytes,
+    info: Bytes,
+    stats: StatsResponse,
+    source: StatsSource,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("name", &self.stats.name)
+            .field("id", &self.stats.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Responder {
+    /// Subscribes to the agent's discovery subjects; answers once
+    /// [`Responder::serve`] runs.
+    pub(crate) async fn start(
+        client: &async_nats::Client,
+        service: ServiceDescription,
+        source: StatsSource,
+    ) -> Result<Self, async_nats::SubscribeError> {
+        let name = &service.name;
+        let id = service.instance_id.as_str();
+        let mut subscriptions = Vec::new();
+        // `*` stands for the verb: three subscriptions instead of nine.
+        for suffix in [String::new(), format!(".{name}"), format!(".{name}.{id}")] {
+            let pattern = format!("{SERVICE_API_PREFIX}.*{suffix}");
+            subscriptions.push(client.subscribe(pattern).await?);
+        }
+        let metadata = service_metadata(&service);
+        let endpoint = endpoint_info(&service);
+        let ping = PingResponse {
+            kind: PING_RESPONSE_TYPE.to_owned(),
+            name: name.to_string(),
+            id: id.to_owned(),
+            version: version(),
+            metadata: metadata.clone(),
+        };
+        let info = InfoResponse {
+            kind: INFO_RESPONSE_TYPE.to_owned(),
+            name: name.to_string(),
+            id: id.to_owned(),
+            description: format!("agentbus agent {name}: TaskRequest in, TaskResponse out"),
+            version: version(),
+            metadata: metadata.clone(),
+            endpoints: vec![endpoint.clone()],
+        };
+        let stats = StatsResponse {
+            kind: STATS_RESPONSE_TYPE.to_owned(),
+            name: name.to_string(),
+            id: id.to_owned(),
+            version: version(),
+            metadata,
+            started: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+            endpoints: vec![EndpointStats {
+                name: endpoint.name,
+                subject: endpoint.subject,
+                queue_group: endpoint.queue_group,
+                num_requests: 0,
+                num_errors: 0,
+                last_error: String::new(),
+                processing_time: 0,
+                average_processing_time: 0,
+                data: None,
+            }],
+        };
+        Ok(Self {
+            subscriptions: futures::stream::select_all(subscriptions),
+            client: client.clone(),
+            ping: to_json(&ping),
+            info: to_json(&info),
+            stats,
+            source,
+        })
+    }
+
+    /// Answers until `stop` carries a deadline, then unsubscribes.
+    pub(crate) async fn serve(mut self, mut stop: watch::Receiver<Option<tokio::time::Instant>>) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                message = self.subscriptions.next() => {
+                    let Some(message) = message else { break };
+                    let Some(reply) = message.reply else { continue };
+                    let Some(verb) = message.subject.split('.').nth(1).and_then(Verb::parse) else {
+                        continue;
+                    };
+                    let body = match verb {
+                        Verb::Ping => self.ping.clone(),
+                        Verb::Info => self.info.clone(),
+                        Verb::Stats => self.stats_body(),
+                    };
+                    if let Err(err) = self.client.publish(reply, body).await {
+                        tracing::warn!(%err, agent = %self.stats.name, "cannot answer a discovery request");
+                    }
+                }
+            }
+        }
+        for subscription in self.subscriptions.iter_mut() {
+            let _ = subscription.unsubscribe().await;
+        }
+    }
+
+    fn stats_body(&mut self) -> Bytes {
+        let figures = (self.source)();
+        let requests = figures.completed + figures.failed;
+        let nanos = u64::try_from(figures.processing_time.as_nanos()).unwrap_or(u64::MAX);
+        let endpoint = &mut self.stats.endpoints[0];
+        endpoint.num_requests = requests;
+        endpoint.num_errors = figures.failed;
+        endpoint.processing_time = nanos;
+        endpoint.average_processing_time = nanos.checked_div(requests).unwrap_or(0);
+        endpoint.data = serde_json::to_value(figures).ok();
+        to_json(&self.stats)
+    }
+}
+
+fn version() -> String {
+    env!("CARGO_PKG_VERSION").to_owned()
+}
+
+fn service_metadata(service: &ServiceDescription) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("agentbus_version".to_owned(), version()),
+        ("instance_id".to_owned(), service.instance_id.clone()),
+    ])
+}
+
+fn endpoint_info(service: &ServiceDescription) -> EndpointInfo {
+    let task_types: Vec<&str> = service.task_types.iter().map(Name::as_str).collect();
+    EndpointInfo {
+        name: TASK_ENDPOINT.to_owned(),
+        subject: subject::agent_task(&service.name),
+        queue_group: service.name.to_string(),
+        metadata: BTreeMap::from([(TASK_TYPES_KEY.to_owned(), task_types.join(","))]),
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("discovery answers always serialize"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service() -> ServiceDescription {
+        ServiceDescription {
+            name: Name::parse("agent name", "echo").unwrap(),
+            instance_id: "abc123".to_owned(),
+            task_types: vec![
+                Name::parse("task type", "echo").unwrap(),
+                Name::parse("task type", "reverse").unwrap(),
+            ],
+        }
+    }
+
+    #[test]
+    fn subjects_follow_the_services_protocol() {
+        let name = Name::parse("agent name", "echo").unwrap();
+        assert_eq!(verb_subject(Verb::Ping, None, None), "$SRV.PING");
+        assert_eq!(
+            verb_subject(Verb::Info, Some(&name), None),
+            "$SRV.INFO.echo"
+        );
+        assert_eq!(
+            verb_subject(Verb::Stats, Some(&name), Some("abc")),
+            "$SRV.STATS.echo.abc"
+        );
+        for verb in [Verb::Ping, Verb::Info, Verb::Stats] {
+            assert_eq!(Verb::parse(verb.as_str()), Some(verb));
+        }
+        assert_eq!(Verb::parse("SCHEMA"), None);
+    }
+
+    #[test]
+    fn the_endpoint_is_the_task_subject_with_its_task_types() {
+        let endpoint = endpoint_info(&service());
+        assert_eq!(
+            serde_json::to_value(&endpoint).unwrap(),
+            serde_json::json!({
+                "name": "task",
+                "subject": "agent.echo.task",
+                "queue_group": "echo",
+                "metadata": {"task_types": "echo,reverse"},
+            })
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! Who is online: heartbeats with a TTL, and `platform.events.agent_offline`.
+//!
+//! Each running agent instance keeps one presence entry (an [`AgentPresence`])
+//! in the [state store](crate::state): NATS KV bucket `agent-presence` by
+//! default, Redis keys when the state store is Redis. A [`Heartbeat`] rewrites
+//! the entry every [`PresenceOptions::interval`] with a TTL of
+//! [`PresenceOptions::offline_after`], so the entry of an agent that dies
+//! without a goodbye expires on its own. [`online_agents`] lists the entries.
+//!
+//! `platform.events.agent_offline` is published
+//! - by the instance itself on a graceful stop (`"reason": "shutdown"`), after
+//!   removing its entry;
+//! - when an entry expires (`"reason": "heartbeat_timeout"`), by one of the
+//!   live heartbeats: the one whose own entry is the smallest by (agent name,
+//!   instance id). Every heartbeat watches the entries to know. See the
+//!   `offline` module for the edge cases.
+//!
+//! On NATS KV an expiry is seen within about a second of `offline_after`
+//! (the bucket's limit marker); on Redis the heartbeats list the entries every
+//! `interval`, so it is seen within `offline_after + interval`.
+//!
+//! The event's body: `{"agent", "instance_id", "timestamp", "reason",
+//! "last_seen", "host", "reported_by"}` (`reported_by` is the instance id of
+//! the heartbeat that published it).
+
+mod heartbeat;
+mod offline;
+
+pub use heartbeat::Heartbeat;
+
+use crate::agent::TaskTypeSpec;
+use crate::name::Name;
+use crate::state::{StateError, StateStore};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::{Duration, SystemTime};
+
+/// One live agent instance, as stored in its presence entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentPresence {
+    /// The agent's name.
+    pub name: String,
+    /// The runtime (or process) instance serving it.
+    pub instance_id: String,
+    /// The task types it accepts, with their payload schemas.
+    pub task_types: Vec<PresenceTaskType>,
+    /// The agentbus version it runs.
+    pub version: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Tasks waiting or running at the last heartbeat.
+    pub in_flight: usize,
+    /// When the last heartbeat was written (RFC 3339).
+    pub last_seen: String,
+}
+
+/// A task type in a presence entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceTaskType {
+    /// The task type's name.
+    pub name: String,
+    /// The JSON Schema its payload must satisfy, if any.
+    pub schema: Option<Value>,
+}
+
+/// How often a heartbeat is written and when a silent agent counts as offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceOptions {
+    /// Time between heartbeats (default 10 s).
+    pub interval: Duration,
+    /// An entry not refreshed for this long expires: the agent is offline
+    /// (default 30 s). On NATS KV it is rounded up to whole seconds and
+    /// capped by the `agent-presence` bucket's `max_age` (30 s as shipped).
+    pub offline_after: Duration,
+}
+
+impl Default for PresenceOptions {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            offline_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl AgentPresence {
+    /// The presence of agent `name` in instance `instance_id`, starting now on
+    /// this host, with this crate's version.
+    pub fn new(name: &Name, instance_id: &str, task_types: &[TaskTypeSpec]) -> Self {
+        let now = timestamp(SystemTime::now());
+        Self {
+            name: name.to_string(),
+            instance_id: instance_id.to_owned(),
+            task_types: task_types
+                .iter()
+                .map(|t| PresenceTaskType {
+                    name: t.name().to_string(),
+                    schema: t.schema().cloned(),
+                })
+                .collect(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: now.clone(),
+            host: host_name(),
+            in_flight: 0,
+            last_seen: now,
+        }
+    }
+
+    /// The validated name and instance id, which become key parts.
+    pub(crate) fn entry_id(&self) -> Result<(Name, Name), StateError> {
+        Ok((
+            Name::parse("agent name", &self.name)?,
+            Name::parse("instance id", &self.instance_id)?,
+        ))
+    }
+
+    fn id(&self) -> Option<EntryId> {
+        self.entry_id().ok().map(|(agent, instance)| EntryId {
+            agent: agent.to_string(),
+            instance: instance.to_string(),
+        })
+    }
+}
+
+/// The agents online now, sorted by name, then instance id.
+pub async fn online_agents(store: &StateStore) -> Result<Vec<AgentPresence>, StateError> {
+    let mut agents = store.list_presence().await?;
+    agents.sort_by(|a, b| (&a.name, &a.instance_id).cmp(&(&b.name, &b.instance_id)));
+    Ok(agents)
+}
+
+/// This machine's host name (`unknown` when it cannot be read).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn timestamp(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// A presence entry's identity: (agent name, instance id), ordered so.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct EntryId {
+    pub(crate) agent: String,
+    pub(crate) instance: String,
+}
+
+/// What a state backend reports about presence entries.
+#[derive(Debug, Clone)]
+pub(crate) enum PresenceChange {
+    /// An entry was written (or is there when watching starts).
+    Seen(AgentPresence),
+    /// An entry was removed by a graceful shutdown.
+    Left(EntryId),
+    /// An entry expired: its heartbeats stopped.
+    Expired(EntryId),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_presence_describes_this_process() {
+        let spec = TaskTypeSpec::new("generate_text")
+            .unwrap()
+            .with_schema(serde_json::json!({"type": "object"}));
+        let p = AgentPresence::new(&Name::parse("agent name", "llm").unwrap(), "i1", &[spec]);
+        assert_eq!(p.name, "llm");
+        assert_eq!(p.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(p.task_types[0].name, "generate_text");
+        assert_eq!(
+            p.task_types[0].schema,
+            Some(serde_json::json!({"type": "object"}))
+        );
+        assert!(!p.host.is_empty());
+        assert!(humantime::parse_rfc3339(&p.started_at).is_ok());
+        assert_eq!(p.id().unwrap().instance, "i1");
+    }
+
+    #[test]
+    fn invalid_ids_are_refused_before_they_become_keys() {
+        let mut p = AgentPresence::new(&Name::parse("agent name", "llm").unwrap(), "i1", &[]);
+        p.instance_id = "a.b".into();
+        assert!(matches!(p.entry_id(), Err(StateError::InvalidName(_))));
+        assert!(p.id().is_none());
+    }
+}
