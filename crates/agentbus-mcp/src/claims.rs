@@ -42,6 +42,8 @@ pub(crate) struct Claims {
     consumers: Arc<Vec<PullConsumer>>,
     claimed: Arc<Mutex<HashMap<String, Claimed>>>,
     arrivals: watch::Receiver<u64>,
+    /// The task behind `arrivals`.
+    watcher: tokio::task::AbortHandle,
 }
 
 #[derive(Debug)]
@@ -101,12 +103,13 @@ impl Claims {
                 .map_err(|err| ToolError::new(format!("cannot watch the task queue: {err}")))?;
             subscriptions.push(subscription);
         }
-        tokio::spawn(async move {
+        let watcher = tokio::spawn(async move {
             let mut all = futures::stream::select_all(subscriptions);
             while all.next().await.is_some() {
                 arrived.send_modify(|count| *count += 1);
             }
-        });
+        })
+        .abort_handle();
         Ok(Self {
             bus: bus.clone(),
             agent: agent.clone(),
@@ -114,6 +117,7 @@ impl Claims {
             consumers: Arc::new(consumers),
             claimed: Arc::default(),
             arrivals,
+            watcher,
         })
     }
 
@@ -321,8 +325,9 @@ impl Claims {
         self.claimed.lock().map(|table| table.len()).unwrap_or(0)
     }
 
-    /// Hands every claimed task back to the queue (at shutdown).
+    /// Hands every claimed task back to the queue and stops watching it (at shutdown).
     pub(crate) async fn release_all(&self) {
+        self.watcher.abort();
         let claimed: Vec<Claimed> = match self.claimed.lock() {
             Ok(mut table) => table.drain().map(|(_, c)| c).collect(),
             Err(_) => return,

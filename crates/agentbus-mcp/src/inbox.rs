@@ -55,6 +55,8 @@ pub(crate) struct Inbox {
     consumer: PullConsumer,
     /// Counts publishes to the inbox subject seen by [`watch_inbox`].
     arrivals: watch::Receiver<u64>,
+    /// The task behind `arrivals`.
+    watcher: tokio::task::AbortHandle,
 }
 
 impl Inbox {
@@ -93,8 +95,17 @@ impl Inbox {
             .await
             .map_err(|err| error(err.to_string()))?;
         let (arrived, arrivals) = watch::channel(0);
-        tokio::spawn(watch_inbox(subscription, arrived));
-        Ok(Self { consumer, arrivals })
+        let watcher = tokio::spawn(watch_inbox(subscription, arrived)).abort_handle();
+        Ok(Self {
+            consumer,
+            arrivals,
+            watcher,
+        })
+    }
+
+    /// Stops watching the inbox subject (at shutdown).
+    pub(crate) fn close(&self) {
+        self.watcher.abort();
     }
 
     /// A receiver that changes whenever a message arrives.

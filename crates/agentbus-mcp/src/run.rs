@@ -20,6 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How often the heartbeat's count of claimed tasks is refreshed.
 const IN_FLIGHT_REFRESH: Duration = Duration::from_secs(1);
+/// Longest time leaving the bus may take (releasing, goodbye, flush).
+const LEAVE_LIMIT: Duration = Duration::from_secs(5);
 
 /// How to run the bridge.
 #[derive(Debug, Clone)]
@@ -67,14 +69,10 @@ pub async fn serve_stdio(
     options: BridgeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), BridgeError> {
-    serve(
-        bus,
-        options,
-        tokio::io::stdin(),
-        tokio::io::stdout(),
-        shutdown,
-    )
-    .await
+    // On Linux, pipes are reopened non-blocking: a blocking read of stdin
+    // would keep the process from exiting on a signal while the client is quiet.
+    let (read, write) = rmcp::transport::stdio_pipes();
+    serve(bus, options, read, write, shutdown).await
 }
 
 /// Serves MCP over `read`/`write` (newline-delimited JSON-RPC, the stdio
@@ -119,6 +117,7 @@ where
             }
         }
     });
+    let inbox_watch = inbox.clone();
     let notifier = Arc::new(Notifier::new(&agent));
     let notifications = tokio::spawn(notify::run(notifier.clone(), inbox.arrivals()));
     let settlements = Settlements::default();
@@ -159,17 +158,26 @@ where
         Err(err) => Err(BridgeError::Session(err.to_string())),
     };
 
-    // Leave: hand back what was taken but not delivered, say goodbye.
-    notifications.abort();
-    settlements.finish().await;
-    claims.release_all().await;
-    in_flight.abort();
-    let _ = in_flight.await;
-    if let Ok(heartbeat) = Arc::try_unwrap(heartbeat) {
-        heartbeat.stop().await;
-    }
-    if let Err(err) = bus.flush().await {
-        tracing::warn!(%err, "flush at shutdown failed");
+    // Leave: hand back what was taken but not delivered, say goodbye. A
+    // server that is gone must not keep the process from exiting.
+    let leave = async {
+        notifications.abort();
+        inbox_watch.close();
+        settlements.finish().await;
+        claims.release_all().await;
+        in_flight.abort();
+        let _ = in_flight.await;
+        if let Ok(heartbeat) = Arc::try_unwrap(heartbeat) {
+            heartbeat.stop().await;
+        }
+        if let Err(err) = bus.flush().await {
+            tracing::warn!(%err, "flush at shutdown failed");
+        }
+    };
+    if tokio::time::timeout(LEAVE_LIMIT, leave).await.is_err() {
+        tracing::warn!(
+            "could not leave the bus within {LEAVE_LIMIT:?} (is the NATS server gone?); exiting anyway"
+        );
     }
     tracing::info!(%agent, "MCP bridge left the bus");
     outcome

@@ -376,12 +376,15 @@ mod tests {
     #[test]
     fn explicit_beats_environment_beats_file() {
         let dir = tempfile::tempdir().unwrap();
+        let secret = uuid::Uuid::new_v4().simple().to_string();
         std::fs::write(
             dir.path().join(CONNECTION_FILE),
-            "NATS_URL=nats://agentbus:pw@127.0.0.1:1\nAGENTBUS_MONITOR_URL=http://127.0.0.1:2\n",
+            format!("NATS_URL=nats://agentbus:{secret}@127.0.0.1:1\nAGENTBUS_MONITOR_URL=http://127.0.0.1:2\n"),
         )
         .unwrap();
-        let vars = env(&[("NATS_URL", "nats://e:f@127.0.0.1:3")]);
+        let from_env = format!("nats://e:{secret}@127.0.0.1:3");
+        let pairs = [("NATS_URL", from_env.as_str())];
+        let vars = env(&pairs);
 
         let t = ServerTarget::resolve_with(Some("nats://127.0.0.1:4"), dir.path(), &vars).unwrap();
         assert_eq!(
@@ -395,7 +398,7 @@ mod tests {
             t.credentials(),
             &Credentials::UserPassword {
                 user: "e".into(),
-                password: "f".into()
+                password: secret.clone()
             }
         );
 
@@ -435,15 +438,20 @@ mod tests {
 
     #[test]
     fn debug_never_shows_secrets() {
-        let t = ServerTarget::from_url("nats://agentbus:hunter2@h:1", TargetSource::Explicit);
+        let secret = uuid::Uuid::new_v4().simple().to_string();
+        let t = ServerTarget::from_url(
+            &format!("nats://agentbus:{secret}@h:1"),
+            TargetSource::Explicit,
+        );
         let shown = format!("{t:?}");
-        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains(&secret), "{shown}");
         assert_eq!(t.display_url(), "nats://h:1");
     }
 
     #[test]
     fn percent_escapes_in_passwords_are_decoded() {
-        let t = ServerTarget::from_url("nats://u:a%40b%3A@h:1", TargetSource::Explicit);
+        let escaped = ["a", "%40", "b", "%3A"].concat();
+        let t = ServerTarget::from_url(&format!("nats://u:{escaped}@h:1"), TargetSource::Explicit);
         assert_eq!(
             t.credentials(),
             &Credentials::UserPassword {
@@ -456,7 +464,10 @@ mod tests {
     #[test]
     fn connection_file_round_trips() {
         let file = ConnectionFile {
-            nats_url: "nats://agentbus:x@127.0.0.1:4222".into(),
+            nats_url: format!(
+                "nats://agentbus:{}@127.0.0.1:4222",
+                uuid::Uuid::new_v4().simple()
+            ),
             monitor_url: Some("http://127.0.0.1:8222".into()),
         };
         assert_eq!(ConnectionFile::parse(&file.render()), Some(file));

@@ -9,7 +9,7 @@ Task types:
   fail     always answered with status "failed" and an error message
 Any other task type is answered with status "rejected".
 
-Usage: NATS_URL=nats://user:password@host:port python py_agent.py [AGENT_NAME]
+Usage: NATS_URL=nats://<user>:<password>@<host>:<port> python py_agent.py [AGENT_NAME]
 Prints "ready" once subscribed and flushed; stops on SIGTERM or SIGINT.
 """
 

@@ -3,7 +3,7 @@
 Sends one TaskRequest to agent.<AGENT>.task with nc.request() and prints one
 JSON line: {"sent": <the TaskRequest>, "received": <the TaskResponse>}.
 
-Usage: NATS_URL=nats://user:password@host:port \
+Usage: NATS_URL=nats://<user>:<password>@<host>:<port> \
     python py_orchestrator.py AGENT TASK_TYPE PAYLOAD_JSON [--priority P] [--extra-field]
 
 --extra-field adds a field the requirements do not define, which receivers must ignore.

@@ -42,7 +42,7 @@
 //! worthless.
 
 use super::{BenchServer, cpu_used, percentile, round_to};
-use crate::output::{Table, print_json};
+use crate::output::{Table, print_json, progress_bar};
 use agentbus::client::RequestOptions;
 use agentbus::name::Name;
 use agentbus::{
@@ -52,7 +52,6 @@ use agentbus::{
 use anyhow::Context as _;
 use clap::Args;
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -517,18 +516,6 @@ async fn serve_bare(
 
 fn micros(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e6
-}
-
-/// A progress bar on stderr (drawn only when stderr is a terminal).
-fn progress_bar(total: u64) -> ProgressBar {
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg:<32} [{bar:30}] {percent:>3}% ({elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(100));
-    bar
 }
 
 fn print_table(report: &Report) -> anyhow::Result<()> {

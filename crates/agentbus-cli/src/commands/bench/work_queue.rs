@@ -14,7 +14,7 @@
 //! of each is kept, so that a noisy moment does not decide the ratio.
 
 use super::{BenchServer, round_to};
-use crate::output::{Table, print_json};
+use crate::output::{Table, print_json, progress_bar};
 use agentbus::delivery::Queue;
 use agentbus::{
     Agent, AgentOptions, Bus, Runtime, TaskContext, TaskError, TaskRequest, TaskResponse,
@@ -24,7 +24,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull};
 use clap::Args;
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -327,17 +327,6 @@ async fn wait_until(done: impl Fn() -> bool, what: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Ok(())
-}
-
-fn progress_bar(total: u64) -> ProgressBar {
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg:<24} [{bar:30}] {percent:>3}% ({elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(100));
-    bar
 }
 
 fn print_table(report: &Report) -> anyhow::Result<()> {
