@@ -1,7 +1,7 @@
 //! The agent's durable inbox (`agent.<name>.inbox`), read through the durable
 //! pull consumer `inbox-<name>`.
 //!
-//! Messages are fetched unacknowledged and handed to [`Settlements`] under the
+//! Messages are fetched unacknowledged and handed to `Settlements` under the
 //! id of the tool call that returns them; the transport acknowledges them
 //! only once that result has been written to the client (see
 //! [`crate::transport`]). A client that dies first loses nothing: the

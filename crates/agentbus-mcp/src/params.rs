@@ -62,8 +62,8 @@ pub struct RequestTask {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
 pub struct SubmitTask {
-    /// Agent whose work queue (tasks.<agent>) gets the task. Omit it to use the
-    /// shared queue of the task type (work.<task_type>), taken by any agent accepting it.
+    /// Agent whose work queue (`tasks.<agent>`) gets the task. Omit it to use the
+    /// shared queue of the task type (`work.<task_type>`), taken by any agent accepting it.
     #[serde(default)]
     pub agent: Option<String>,
     /// What to do.

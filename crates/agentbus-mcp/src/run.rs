@@ -12,6 +12,7 @@ use agentbus::name::Name;
 use agentbus::presence::{AgentPresence, Heartbeat, PresenceOptions};
 use agentbus::state::{StateError, StateStore};
 use rmcp::ServiceExt;
+use rmcp::service::ServerInitializeError;
 use rmcp::transport::async_rw::AsyncRwTransport;
 use std::future::Future;
 use std::sync::Arc;
@@ -138,8 +139,13 @@ where
         AsyncRwTransport::new_server(read, write),
         settlements.clone(),
     );
-    let outcome = match bridge.serve(transport).await {
-        Ok(running) => {
+    tokio::pin!(shutdown);
+    let started = tokio::select! {
+        started = bridge.serve(transport) => Some(started),
+        () = &mut shutdown => None,
+    };
+    let outcome = match started {
+        Some(Ok(running)) => {
             let cancel = running.cancellation_token();
             let waiting = running.waiting();
             tokio::pin!(waiting);
@@ -147,15 +153,21 @@ where
                 ended = &mut waiting => ended
                     .map(|_| ())
                     .map_err(|err| BridgeError::Session(err.to_string())),
-                () = shutdown => {
+                () = &mut shutdown => {
                     cancel.cancel();
                     let _ = waiting.await;
                     Ok(())
                 }
             }
         }
-        // The client went away during the handshake: nothing was served.
-        Err(err) => Err(BridgeError::Session(err.to_string())),
+        // The client left before its handshake: nothing to serve.
+        Some(Err(ServerInitializeError::ConnectionClosed(_))) => {
+            tracing::info!("the client closed the connection before initializing");
+            Ok(())
+        }
+        Some(Err(err)) => Err(BridgeError::Session(err.to_string())),
+        // Stopped before the client's handshake.
+        None => Ok(()),
     };
 
     // Leave: hand back what was taken but not delivered, say goodbye. A
