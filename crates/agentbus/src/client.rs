@@ -19,6 +19,13 @@ pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection to the bus; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Bus {
+    // Shared: a Bus is cloned into every task's context, and a JetStream
+    // context owns strings of its own.
+    inner: std::sync::Arc<BusInner>,
+}
+
+#[derive(Debug)]
+struct BusInner {
     client: async_nats::Client,
     jetstream: async_nats::jetstream::Context,
 }
@@ -112,23 +119,25 @@ impl Bus {
     /// Wraps an existing connection.
     pub fn from_client(client: async_nats::Client) -> Self {
         let jetstream = async_nats::jetstream::new(client.clone());
-        Self { client, jetstream }
+        Self {
+            inner: std::sync::Arc::new(BusInner { client, jetstream }),
+        }
     }
 
     /// The JetStream context on this connection.
     pub fn jetstream(&self) -> &async_nats::jetstream::Context {
-        &self.jetstream
+        &self.inner.jetstream
     }
 
     /// The underlying NATS client.
     pub fn client(&self) -> &async_nats::Client {
-        &self.client
+        &self.inner.client
     }
 
     /// The server's largest accepted message, in bytes.
     pub fn max_payload(&self) -> usize {
         // An atomic kept current by async-nats; server_info() copies strings.
-        self.client.max_payload()
+        self.inner.client.max_payload()
     }
 
     /// Sends a task to `agent` and waits for its response (default timeout, no retries).
@@ -173,7 +182,7 @@ impl Bus {
         }
         let mut attempt = 0;
         loop {
-            let sent = self.client.send_request(
+            let sent = self.inner.client.send_request(
                 subject.clone(),
                 async_nats::Request::new()
                     .payload(body.clone())
@@ -243,7 +252,8 @@ impl Bus {
                 max,
             });
         }
-        self.client
+        self.inner
+            .client
             .publish(subject.as_str().to_owned(), body)
             .await
             .map_err(|err| PublishError::Connection {
@@ -264,11 +274,12 @@ impl Bus {
         let subscriber = match queue_group {
             Some(group) => {
                 let group = Name::parse("queue group", group)?;
-                self.client
+                self.inner
+                    .client
                     .queue_subscribe(subject, group.as_str().to_owned())
                     .await
             }
-            None => self.client.subscribe(subject).await,
+            None => self.inner.client.subscribe(subject).await,
         }
         .map_err(|err| SubscribeError::Connection {
             reason: err.to_string(),
@@ -287,7 +298,7 @@ impl Bus {
     /// responders" only after the server handled what came before it.
     pub async fn sync(&self) -> Result<(), PublishError> {
         let subject = format!("_agentbus.sync.{}", uuid::Uuid::new_v4().simple());
-        match self.client.request(subject, Bytes::new()).await {
+        match self.inner.client.request(subject, Bytes::new()).await {
             Ok(_) => Ok(()),
             Err(err) if err.kind() == async_nats::client::RequestErrorKind::NoResponders => Ok(()),
             Err(err) => Err(PublishError::Connection {
@@ -298,7 +309,8 @@ impl Bus {
 
     /// Waits until everything published so far has reached the server.
     pub async fn flush(&self) -> Result<(), PublishError> {
-        self.client
+        self.inner
+            .client
             .flush()
             .await
             .map_err(|err| PublishError::Connection {

@@ -10,8 +10,9 @@ use std::fmt;
 pub const MAX_NAME_LEN: usize = 64;
 
 /// A validated subject token. See the module documentation for the rule.
+/// Cheap to clone: the runtime hands the agent's name to every task.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Name(Box<str>);
+pub struct Name(std::sync::Arc<str>);
 
 /// A value that cannot be used as a name, with what it was meant to name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

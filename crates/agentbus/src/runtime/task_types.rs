@@ -7,7 +7,7 @@ use std::collections::HashMap;
 /// The task types of one agent, ready to check requests against.
 #[derive(Debug)]
 pub struct TaskTypes {
-    validators: HashMap<String, Option<jsonschema::Validator>>,
+    validators: HashMap<String, Option<jsonschema::Validator>, foldhash::fast::RandomState>,
     accepted: String,
 }
 
@@ -24,7 +24,7 @@ pub struct InvalidSchema {
 impl TaskTypes {
     /// Compiles every schema.
     pub fn compile(specs: &[TaskTypeSpec]) -> Result<Self, InvalidSchema> {
-        let mut validators = HashMap::new();
+        let mut validators = HashMap::default();
         for spec in specs {
             let validator = spec
                 .schema()
