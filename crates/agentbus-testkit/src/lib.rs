@@ -114,7 +114,8 @@ impl NatsServer {
 }
 
 async fn start_in(dir: &Path) -> LocalServer {
-    let password = uuid::Uuid::new_v4().simple().to_string();
+    // Starts with a letter: nats-server would read an all-digit value as a number.
+    let password = format!("t{}", uuid::Uuid::new_v4().simple());
     let config = LocalServerConfig {
         binary: nats_server_binary(),
         dir: dir.to_owned(),

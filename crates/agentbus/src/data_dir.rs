@@ -107,10 +107,18 @@ impl DataDir {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => return Err(unusable(err)),
         }
-        let password: String = rand::rng()
-            .sample_iter(&rand::distr::Alphanumeric)
-            .take(PASSWORD_LEN)
-            .map(char::from)
+        // nats-server reads the value of the variable holding the password as
+        // a config token: starting with a letter keeps it a string (an
+        // all-digit or date-like value would parse as a number or a date).
+        let mut rng = rand::rng();
+        let first = char::from(b'a' + rng.random_range(0..26u8));
+        let password: String = std::iter::once(first)
+            .chain(
+                (&mut rng)
+                    .sample_iter(&rand::distr::Alphanumeric)
+                    .take(PASSWORD_LEN - 1)
+                    .map(char::from),
+            )
             .collect();
         write_private(&file, &format!("{password}\n")).map_err(unusable)?;
         Ok(password)
@@ -172,6 +180,10 @@ mod tests {
         let data = DataDir::open_exclusive(dir.path()).unwrap();
         let first = data.password().unwrap();
         assert_eq!(first.len(), PASSWORD_LEN);
+        assert!(
+            first.starts_with(|c: char| c.is_ascii_lowercase()),
+            "{first}"
+        );
         assert_eq!(data.password().unwrap(), first);
         let mode = std::fs::metadata(dir.path().join(PASSWORD_FILE))
             .unwrap()
