@@ -1,8 +1,9 @@
 //! Remembering recent task ids, so a retried task is answered, not run again.
 
+use async_nats::Subject;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 /// What to do with an incoming task id.
@@ -18,7 +19,7 @@ pub enum Seen {
 
 #[derive(Debug)]
 enum Entry {
-    Running { waiters: Vec<String> },
+    Running { waiters: Vec<Subject> },
     Answered(Bytes),
 }
 
@@ -27,9 +28,12 @@ enum Entry {
 pub struct DedupCache {
     window: Duration,
     capacity: usize,
-    // Task ids come from clients: a seeded hasher, fast but not predictable.
-    entries: HashMap<Arc<str>, Entry, foldhash::fast::RandomState>,
-    order: VecDeque<(Instant, Arc<str>)>,
+    // Entries are keyed by a 64-bit hash of the task id, which saves an
+    // allocation per task. Task ids come from clients: the hasher is seeded
+    // per process, so nobody can make two ids collide on purpose.
+    ids: foldhash::fast::RandomState,
+    entries: HashMap<u64, Entry, foldhash::fast::RandomState>,
+    order: VecDeque<(Instant, u64)>,
 }
 
 impl DedupCache {
@@ -38,27 +42,28 @@ impl DedupCache {
         Self {
             window,
             capacity,
+            ids: foldhash::fast::RandomState::default(),
             entries: HashMap::default(),
             order: VecDeque::new(),
         }
     }
 
     /// Records `task_id`; a repeat while running adds `reply` to its waiters.
-    pub fn check(&mut self, task_id: &str, reply: Option<&str>, now: Instant) -> Seen {
+    pub fn check(&mut self, task_id: &str, reply: Option<&Subject>, now: Instant) -> Seen {
         self.expire(now);
-        match self.entries.get_mut(task_id) {
+        let key = self.ids.hash_one(task_id);
+        match self.entries.get_mut(&key) {
             Some(Entry::Answered(bytes)) => Seen::Answered(bytes.clone()),
             Some(Entry::Running { waiters }) => {
-                waiters.extend(reply.map(str::to_owned));
+                waiters.extend(reply.cloned());
                 Seen::Running
             }
             None => {
                 if self.capacity > 0 {
-                    let key: Arc<str> = task_id.into();
                     let running = Entry::Running {
                         waiters: Vec::new(),
                     };
-                    self.entries.insert(key.clone(), running);
+                    self.entries.insert(key, running);
                     self.order.push_back((now, key));
                 }
                 Seen::New
@@ -67,8 +72,9 @@ impl DedupCache {
     }
 
     /// Stores the response of `task_id` and returns the replies that waited for it.
-    pub fn answer(&mut self, task_id: &str, response: Bytes) -> Vec<String> {
-        match self.entries.get_mut(task_id) {
+    pub fn answer(&mut self, task_id: &str, response: Bytes) -> Vec<Subject> {
+        let key = self.ids.hash_one(task_id);
+        match self.entries.get_mut(&key) {
             Some(entry) => match std::mem::replace(entry, Entry::Answered(response)) {
                 Entry::Running { waiters } => waiters,
                 Entry::Answered(_) => Vec::new(),
@@ -94,7 +100,7 @@ impl DedupCache {
             // One lookup: remove, and put back the (rare) running one.
             if let Some(entry @ Entry::Running { .. }) = self.entries.remove(&id) {
                 // Never forget a running task: its waiters must still be answered.
-                self.entries.insert(id.clone(), entry);
+                self.entries.insert(id, entry);
                 self.order.push_back((at, id));
             }
         }
@@ -109,14 +115,20 @@ mod tests {
     fn repeat_while_running_waits_and_repeat_after_is_answered() {
         let mut cache = DedupCache::new(Duration::from_secs(60), 100);
         let now = Instant::now();
-        assert_eq!(cache.check("t1", Some("r1"), now), Seen::New);
-        assert_eq!(cache.check("t1", Some("r2"), now), Seen::Running);
         assert_eq!(
-            cache.answer("t1", Bytes::from_static(b"done")),
-            vec!["r2".to_owned()]
+            cache.check("t1", Some(&Subject::from("r1")), now),
+            Seen::New
         );
         assert_eq!(
-            cache.check("t1", Some("r3"), now),
+            cache.check("t1", Some(&Subject::from("r2")), now),
+            Seen::Running
+        );
+        assert_eq!(
+            cache.answer("t1", Bytes::from_static(b"done")),
+            vec![Subject::from("r2")]
+        );
+        assert_eq!(
+            cache.check("t1", Some(&Subject::from("r3")), now),
             Seen::Answered(Bytes::from_static(b"done"))
         );
     }

@@ -9,6 +9,7 @@ use crate::client::Bus;
 use crate::name::Name;
 use crate::protocol::{Priority, TaskRequest, TaskResponse, TaskStatus};
 use crate::subject::events;
+use async_nats::Subject;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
@@ -36,7 +37,7 @@ struct Waiting {
     priority: Priority,
     sequence: u64,
     request: TaskRequest,
-    reply: Option<String>,
+    reply: Option<Subject>,
 }
 
 impl Ord for Waiting {
@@ -91,8 +92,8 @@ pub(super) async fn serve<A: Agent>(
                 }
                 message = subscriber.next(), if waiting.len() < served.options.max_waiting => {
                     let Some(message) = message else { break };
-                    let reply = message.reply.map(|r| r.to_string());
-                    let Some(request) = admit(&served, &message.payload, reply.as_deref()).await else { continue };
+                    let reply = message.reply;
+                    let Some(request) = admit(&served, &message.payload, reply.as_ref()).await else { continue };
                     if running.len() < max_concurrency {
                         running.push(run_task(served.clone(), request, reply));
                     } else {
@@ -117,7 +118,7 @@ pub(super) async fn serve<A: Agent>(
         }
     }
     for Waiting { request, reply, .. } in waiting.drain() {
-        cancel(&served, &request.task_id, reply.as_deref()).await;
+        cancel(&served, &request.task_id, reply.as_ref()).await;
     }
     if tokio::time::timeout_at(deadline, async { while running.next().await.is_some() {} })
         .await
@@ -132,7 +133,7 @@ pub(super) async fn serve<A: Agent>(
 async fn admit<A: Agent>(
     served: &Served<A>,
     payload: &[u8],
-    reply: Option<&str>,
+    reply: Option<&Subject>,
 ) -> Option<TaskRequest> {
     let request = match TaskRequest::from_json(payload) {
         Ok(request) => request,
@@ -233,7 +234,7 @@ pub(super) async fn execute<A: Agent>(served: &Served<A>, request: TaskRequest) 
     }
 }
 
-async fn run_task<A: Agent>(served: Arc<Served<A>>, request: TaskRequest, reply: Option<String>) {
+async fn run_task<A: Agent>(served: Arc<Served<A>>, request: TaskRequest, reply: Option<Subject>) {
     let started = Instant::now();
     let task_id = request.task_id.clone();
     let task_type = request.task_type.clone();
@@ -244,14 +245,14 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, request: TaskRequest, reply:
         .lock()
         .map(|mut d| d.answer(&task_id, body.clone()))
         .unwrap_or_default();
-    send_reply(&served, reply.as_deref(), body.clone()).await;
+    send_reply(&served, reply.as_ref(), body.clone()).await;
     for waiter in &waiters {
         send_reply(&served, Some(waiter), body.clone()).await;
     }
     publish_task_event(&served, &task_id, &task_type, &response, started).await;
 }
 
-async fn cancel<A: Agent>(served: &Served<A>, task_id: &str, reply: Option<&str>) {
+async fn cancel<A: Agent>(served: &Served<A>, task_id: &str, reply: Option<&Subject>) {
     let response = TaskResponse::error(
         task_id,
         TaskStatus::Cancelled,
@@ -260,9 +261,9 @@ async fn cancel<A: Agent>(served: &Served<A>, task_id: &str, reply: Option<&str>
     send_reply(served, reply, response.to_json().into()).await;
 }
 
-async fn send_reply<A: Agent>(served: &Served<A>, reply: Option<&str>, body: Bytes) {
+async fn send_reply<A: Agent>(served: &Served<A>, reply: Option<&Subject>, body: Bytes) {
     let Some(reply) = reply else { return };
-    if let Err(err) = served.bus.client().publish(reply.to_owned(), body).await {
+    if let Err(err) = served.bus.client().publish(reply.clone(), body).await {
         tracing::warn!(%err, agent = %served.name, "cannot send a reply");
     }
 }
@@ -306,7 +307,13 @@ pub(super) async fn publish_task_event<A: Agent>(
         instance_id: &served.instance_id,
     };
     let body = serde_json::to_vec(&event).expect("a task event always serializes");
-    if let Err(err) = served.bus.client().publish(subject, body.into()).await {
+    // from_static: no copy of the subject per event.
+    if let Err(err) = served
+        .bus
+        .client()
+        .publish(Subject::from_static(subject), body.into())
+        .await
+    {
         tracing::warn!(%err, "cannot publish task event");
     }
 }
