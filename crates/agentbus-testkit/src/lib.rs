@@ -9,6 +9,7 @@
 //! # }
 //! ```
 
+mod python;
 mod redis;
 
 pub use redis::{RedisServer, redis_server_binary};
@@ -17,6 +18,7 @@ use agentbus::connect::{ServerTarget, TargetSource};
 use agentbus::local_server::{LocalServer, LocalServerConfig};
 use agentbus::server_binary;
 use agentbus::topology::Topology;
+pub use python::python_venv;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 

@@ -14,7 +14,7 @@ use agentbus_testkit::NatsServer;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Command as StdCommand, Stdio};
+use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
@@ -284,46 +284,10 @@ fn python() -> &'static Path {
     PYTHON.get_or_init(prepare_venv)
 }
 
-/// Creates `<target>/tmp/python-venv-nats-py-<version>` unless a previous run
-/// finished it; a lock file keeps concurrent test processes from racing.
 fn prepare_venv() -> PathBuf {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(root).expect("create the cargo target tmp dir");
-    let venv = root.join(format!("python-venv-nats-py-{NATS_PY_VERSION}"));
-    let python = venv.join("bin").join("python");
-    let ready = venv.join(".agentbus-ready");
-    let lock = std::fs::File::create(root.join("python-venv.lock")).expect("create the lock file");
-    lock.lock().expect("lock the python venv");
-    if !(ready.exists() && python.exists()) {
-        let _ = std::fs::remove_dir_all(&venv);
-        run_setup(
-            StdCommand::new("python3").args(["-m", "venv"]).arg(&venv),
-            "python3 -m venv (install python3 with its venv module, e.g. apt-get install python3-venv)",
-        );
-        run_setup(
-            StdCommand::new(&python).args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                &format!("nats-py=={NATS_PY_VERSION}"),
-            ]),
-            "pip install nats-py",
-        );
-        std::fs::write(&ready, NATS_PY_VERSION).expect("mark the venv ready");
-    }
-    python
-}
-
-fn run_setup(command: &mut StdCommand, what: &str) {
-    let output = command
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run {what}: {err}"));
-    assert!(
-        output.status.success(),
-        "{what} failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    agentbus_testkit::python_venv(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        "nats-py",
+        NATS_PY_VERSION,
+    )
 }
