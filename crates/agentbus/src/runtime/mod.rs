@@ -301,6 +301,11 @@ impl Runtime {
             };
             tasks.push(self.spawn_worker(job, sources, config, &stop_rx));
         }
+        // Tasks are taken once add() returns: the server must have the
+        // subscriptions (flush only writes them to the socket).
+        if let Err(err) = self.bus.sync().await {
+            tracing::warn!(%err, agent = %name, "cannot confirm the subscriptions with the server");
+        }
         let type_names: Vec<String> = type_names.iter().map(ToString::to_string).collect();
         self.publish_lifecycle(events::AGENT_REGISTERED, &name, Some(&type_names))
             .await;
