@@ -477,7 +477,7 @@ async fn publish_lifecycle(
     let mut body = json!({
         "agent": name.as_str(),
         "instance_id": instance_id,
-        "timestamp": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        "timestamp": delivery::now_rfc3339(),
     });
     if let Some(types) = task_types {
         body["task_types"] = json!(types);
