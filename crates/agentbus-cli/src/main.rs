@@ -7,6 +7,11 @@ mod output;
 use clap::Parser;
 use std::process::ExitCode;
 
+/// mimalloc rather than the system allocator: message handling allocates many
+/// small, short-lived buffers across threads, where glibc malloc contends.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// agentbus: messaging for multi-agent systems on NATS JetStream.
 #[derive(Debug, Parser)]
 #[command(name = "agentbus", version, about, propagate_version = true)]

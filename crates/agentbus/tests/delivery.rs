@@ -1,13 +1,14 @@
 //! Guaranteed delivery against a real nats-server: durable inboxes, work
 //! queues, retries, dead letters, priority, broadcast, full streams.
 
-use agentbus::delivery::{DeliveryError, Queue, TaskState};
+use agentbus::delivery::{DeliveryError, Queue, RESULT_HEADER, ResultRetention, TaskState};
 use agentbus::topology::Topology;
 use agentbus::{
     Agent, AgentMessage, AgentOptions, Bus, MessageChannel, Priority, Runtime, TaskContext,
     TaskError, TaskRequest, TaskStatus, TaskTypeSpec,
 };
 use agentbus_testkit::NatsServer;
+use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -244,6 +245,80 @@ async fn queued_tasks_complete_and_results_outlive_the_submitter() {
     // Completed tasks leave the work-queue stream.
     let mut stream = later.jetstream().get_stream("agent-tasks").await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 0);
+}
+
+#[tokio::test]
+async fn fire_and_forget_tasks_leave_a_record_only_when_they_failed_first() {
+    let server = NatsServer::start().await;
+    let worker = Worker::new("forgetful");
+    worker.failures_left.store(1, Ordering::SeqCst);
+    let _runtime = serve(&server, worker.clone(), fast_retries()).await;
+    let client = bus(&server).await;
+    let queue = Queue::agent("forgetful").unwrap();
+    let mut events = client
+        .subscribe("platform.events.task_completed", None)
+        .await
+        .unwrap();
+
+    // Fails once, then succeeds: the failure was recorded, so the success is too.
+    let flaky = TaskRequest::new("flaky", json!({}));
+    client
+        .submit_with(&queue, &flaky, ResultRetention::Discard)
+        .await
+        .unwrap();
+    let response = client
+        .wait_task(&flaky.task_id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(response.status, TaskStatus::Completed);
+    let record = client.task_record(&flaky.task_id).await.unwrap().unwrap();
+    assert_eq!((record.state, record.attempts), (TaskState::Completed, 2));
+
+    // Succeeds at once: it runs, is announced and leaves the queue, but no record is kept.
+    let quick = TaskRequest::new("echo", json!({"x": 1}));
+    client
+        .submit_with(&queue, &quick, ResultRetention::Discard)
+        .await
+        .unwrap();
+    let event: Value = loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("a task_completed event")
+            .unwrap();
+        let event: Value = event.json().unwrap();
+        if event["task_id"] == json!(quick.task_id) {
+            break event;
+        }
+    };
+    assert_eq!(event["agent"], json!("forgetful"));
+    assert_eq!(worker.runs(&quick.task_id), 1);
+    assert_eq!(client.task_record(&quick.task_id).await.unwrap(), None);
+    let mut stream = client.jetstream().get_stream("agent-tasks").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+
+    // The header is the whole protocol: a plain client can ask for it too.
+    let plain = TaskRequest::new("echo", json!({"x": 2}));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(RESULT_HEADER, "discard");
+    headers.insert("Nats-Msg-Id", plain.task_id.as_str());
+    client
+        .jetstream()
+        .publish_with_headers("tasks.forgetful", headers, plain.to_json().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    wait_for("the plain task to run", Duration::from_secs(10), || {
+        worker.runs(&plain.task_id) == 1
+    })
+    .await;
+    // Settled right after its handler returned: wait until it left the queue.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stream.info().await.unwrap().state.messages > 0 {
+        assert!(Instant::now() < deadline, "the plain task stayed queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(client.task_record(&plain.task_id).await.unwrap(), None);
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! `agentbus submit`: store a task in a work queue, optionally wait for its result.
 
 use super::{ServerArgs, read_json_argument};
-use agentbus::delivery::Queue;
+use agentbus::delivery::{Queue, ResultRetention};
 use agentbus::protocol::new_task_id;
 use agentbus::{Bus, Priority, TaskRequest};
 use clap::Args;
@@ -36,6 +36,10 @@ pub struct SubmitArgs {
     /// Wait for the task to finish and print its TaskResponse (exit 1 unless completed).
     #[arg(long)]
     wait: bool,
+
+    /// Fire and forget: keep no result of a task that succeeds at its first attempt (failures are still recorded).
+    #[arg(long, conflicts_with = "wait")]
+    discard_result: bool,
 
     /// Seconds to wait with --wait.
     #[arg(
@@ -74,7 +78,12 @@ pub async fn exec(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         payload,
         priority: args.priority,
     };
-    let submitted = bus.submit(&queue, &request).await?;
+    let retention = if args.discard_result {
+        ResultRetention::Discard
+    } else {
+        ResultRetention::Keep
+    };
+    let submitted = bus.submit_with(&queue, &request, retention).await?;
     if !args.wait {
         println!("{}", submitted.task_id);
         if submitted.duplicate {

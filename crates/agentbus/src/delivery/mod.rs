@@ -9,7 +9,9 @@
 //!   stored with `Nats-Msg-Id` = task id: repeated within the dedup window, it
 //!   is stored once.
 //! - **Results** of queued tasks go to the KV bucket `agent-task-results`, so a
-//!   submitter can collect them by task id, also after a restart.
+//!   submitter can collect them by task id, also after a restart. A submitter
+//!   that will never ask can say so ([`ResultRetention::Discard`]): a task
+//!   that succeeds at once then costs one stored message instead of two.
 //! - **Inboxes** (`agent-messages`). `agent.<name>.inbox` is delivered in
 //!   order, one message at a time; `agent.<name>.direct` is delivered
 //!   concurrently, without ordering, for independent notifications. Both are
@@ -34,7 +36,7 @@ pub use dead_letter::{DeadLetter, DeadLetterEntry};
 pub(crate) use dead_letter::{
     body_value, dead_letter_message, dead_letter_task, watch_max_deliveries,
 };
-pub use publish::{FROM_HEADER, Published, Submitted};
+pub use publish::{FROM_HEADER, Published, RESULT_HEADER, ResultRetention, Submitted};
 pub use queue::Queue;
 pub(crate) use records::Records;
 pub use records::{AttemptError, TaskRecord, TaskState};

@@ -14,6 +14,46 @@ use std::time::Duration;
 /// Header naming the sending agent of a message, when known.
 pub const FROM_HEADER: &str = "Agentbus-From";
 
+/// Header of a queued task saying what to keep of its outcome: absent or
+/// `keep` keeps it, `discard` does not (see [`ResultRetention`]).
+pub const RESULT_HEADER: &str = "Agentbus-Result";
+
+/// What the runtime keeps of a queued task's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResultRetention {
+    /// Record the response in the bucket `agent-task-results` before the task
+    /// is acknowledged: [`Bus::wait_task`] and `agentbus task` find it, also
+    /// after the submitter restarted, and a redelivery after a lost
+    /// acknowledgement finds the task done instead of running it again. The
+    /// default, and what a task without the header gets.
+    #[default]
+    Keep,
+    /// Fire and forget: a task that succeeds at its first attempt leaves no
+    /// record, which saves a stored message per task. Failures are still
+    /// recorded (retries, dead letters). The price: nobody can wait for the
+    /// result, and a worker that dies between finishing the task and
+    /// acknowledging it (a window of microseconds) gets the task run again.
+    Discard,
+}
+
+impl ResultRetention {
+    /// The value of [`RESULT_HEADER`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Keep => "keep",
+            Self::Discard => "discard",
+        }
+    }
+
+    /// Reads [`RESULT_HEADER`]: anything but `discard` keeps.
+    pub fn from_header(value: Option<&str>) -> Self {
+        match value {
+            Some(value) if value.eq_ignore_ascii_case("discard") => Self::Discard,
+            _ => Self::Keep,
+        }
+    }
+}
+
 /// A task stored in a work queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Submitted {
@@ -43,16 +83,32 @@ pub struct Published {
 
 impl Bus {
     /// Stores `request` on `queue` at the request's priority, with the task id
-    /// as `Nats-Msg-Id`. Returns once the stream has it.
+    /// as `Nats-Msg-Id`. Returns once the stream has it. Its outcome is kept
+    /// for [`Bus::wait_task`].
     pub async fn submit(
         &self,
         queue: &Queue,
         request: &TaskRequest,
     ) -> Result<Submitted, DeliveryError> {
+        self.submit_with(queue, request, ResultRetention::Keep)
+            .await
+    }
+
+    /// [`Bus::submit`], saying what to keep of the outcome.
+    pub async fn submit_with(
+        &self,
+        queue: &Queue,
+        request: &TaskRequest,
+        retention: ResultRetention,
+    ) -> Result<Submitted, DeliveryError> {
         check_task_id(&request.task_id)?;
         let subject = queue.subject(request.priority);
+        let headers: &[(&str, &str)] = match retention {
+            ResultRetention::Keep => &[],
+            ResultRetention::Discard => &[(RESULT_HEADER, retention.as_str())],
+        };
         let (sequence, duplicate) = self
-            .store(&subject, request.to_json(), &request.task_id, None)
+            .store(&subject, request.to_json(), &request.task_id, headers)
             .await?;
         Ok(Submitted {
             task_id: request.task_id.clone(),
@@ -142,7 +198,9 @@ impl Bus {
         let body = serde_json::to_vec(message)
             .map_err(|err| DeliveryError::jetstream("encode the message as JSON", err))?;
         let message_id = message_id.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-        let (sequence, duplicate) = self.store(subject, body, &message_id, from).await?;
+        let from = from.map(|from| [(FROM_HEADER, from.as_str())]);
+        let headers = from.as_ref().map_or(&[][..], |from| &from[..]);
+        let (sequence, duplicate) = self.store(subject, body, &message_id, headers).await?;
         Ok(Published {
             message_id,
             subject: subject.to_owned(),
@@ -156,7 +214,7 @@ impl Bus {
         subject: &str,
         body: Vec<u8>,
         message_id: &str,
-        from: Option<&Name>,
+        headers: &[(&str, &str)],
     ) -> Result<(u64, bool), DeliveryError> {
         let max = self.max_payload();
         if body.len() > max {
@@ -166,8 +224,8 @@ impl Bus {
             });
         }
         let mut publish = Publish::build().payload(body.into()).message_id(message_id);
-        if let Some(from) = from {
-            publish = publish.header(FROM_HEADER, from.as_str());
+        for &(name, value) in headers {
+            publish = publish.header(name, value);
         }
         let ack = self
             .jetstream()

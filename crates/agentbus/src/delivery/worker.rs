@@ -9,23 +9,31 @@
 //! source's subject marks it non-empty again when something is published.
 //! Redeliveries (after a NAK delay or an expired ack wait) publish nothing, so
 //! an idle worker also looks at every source once per `idle_poll`.
+//!
+//! Fetches are pull requests answered on one subscription that lives as long
+//! as the worker ([`Puller`]), rather than on a subscription per fetch.
 
 use crate::protocol::Priority;
 use crate::subject::overlaps;
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, consumer::pull::BatchConfig};
+use async_nats::{StatusCode, Subject};
+use futures::FutureExt;
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 /// Every `REVERSE_EVERY`th round visits the least urgent sources first.
 const REVERSE_EVERY: u64 = 8;
-/// A busy worker refills when a quarter of its slots are free...
-const REFILL_FRACTION: usize = 4;
+/// A busy worker refills when half of its slots are free...
+const REFILL_FRACTION: usize = 2;
 /// ...or when this long has passed since the first slot freed.
 const REFILL_LINGER: Duration = Duration::from_millis(2);
+/// How long a fetch waits for the server's answer before giving up on it.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A durable consumer to work, at a priority.
 #[derive(Debug)]
@@ -63,6 +71,7 @@ struct SourceState {
 /// elsewhere otherwise).
 pub(crate) async fn run_worker<J: Job>(
     client: async_nats::Client,
+    jetstream: jetstream::Context,
     sources: Vec<Source>,
     job: Arc<J>,
     config: WorkerConfig,
@@ -82,8 +91,23 @@ pub(crate) async fn run_worker<J: Job>(
     let mut wake: Option<WakeStream> = None;
     let max_concurrency = config.max_concurrency.max(1);
     let refill = (max_concurrency / REFILL_FRACTION).max(1);
-    let mut running = JoinSet::new();
+    // Jobs are polled here, in the worker's task, rather than spawned: one
+    // task per message costs more than the work of a quick handler. Jobs
+    // therefore share a thread; CPU-heavy handlers should use spawn_blocking.
+    let mut running = FuturesUnordered::new();
     let mut round = 0u64;
+    let mut puller = loop {
+        match Puller::new(&client, jetstream.clone()).await {
+            Ok(puller) => break puller,
+            Err(err) => {
+                tracing::warn!(%err, "cannot subscribe for pull replies; retrying");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = tokio::time::sleep(config.idle_poll) => {}
+                }
+            }
+        }
+    };
     loop {
         if stop.borrow().is_some() {
             break;
@@ -103,7 +127,7 @@ pub(crate) async fn run_worker<J: Job>(
             };
             tokio::select! {
                 _ = stop.changed() => break,
-                _ = running.join_next() => {
+                _ = running.next() => {
                     linger_until.get_or_insert_with(|| tokio::time::Instant::now() + REFILL_LINGER);
                 }
                 () = linger => break,
@@ -129,7 +153,15 @@ pub(crate) async fn run_worker<J: Job>(
             if !state.maybe_pending {
                 continue;
             }
-            let messages = fetch(&state.source.consumer, free).await;
+            // Jobs keep running while the fetch waits for the server.
+            let fetching = puller.fetch(&state.source.consumer, free);
+            tokio::pin!(fetching);
+            let messages = loop {
+                tokio::select! {
+                    messages = &mut fetching => break messages,
+                    Some(()) = running.next(), if !running.is_empty() => {}
+                }
+            };
             if messages.len() < free {
                 state.maybe_pending = false;
             }
@@ -137,7 +169,13 @@ pub(crate) async fn run_worker<J: Job>(
             for message in messages {
                 let job = job.clone();
                 let ack_wait = config.ack_wait;
-                running.spawn(async move { run_with_progress(&*job, &message, ack_wait).await });
+                running.push(async move {
+                    let run = AssertUnwindSafe(run_with_progress(&*job, &message, ack_wait));
+                    if run.catch_unwind().await.is_err() {
+                        // The message stays unacknowledged and is redelivered.
+                        tracing::error!(subject = %message.subject, "a job panicked");
+                    }
+                });
             }
         }
         if fetched > 0 {
@@ -159,7 +197,7 @@ pub(crate) async fn run_worker<J: Job>(
             }
             tokio::select! {
                 _ = stop.changed() => break,
-                Some(_) = running.join_next(), if !running.is_empty() => {}
+                Some(()) = running.next(), if !running.is_empty() => {}
                 _ = tokio::time::sleep(config.idle_poll) => {}
             }
             continue;
@@ -175,7 +213,7 @@ pub(crate) async fn run_worker<J: Job>(
                     state.maybe_pending = true;
                 }
             }
-            Some(_) = running.join_next(), if !running.is_empty() => {}
+            Some(()) = running.next(), if !running.is_empty() => {}
             _ = tokio::time::sleep(config.idle_poll) => {
                 for state in &mut states {
                     state.maybe_pending = true;
@@ -184,16 +222,14 @@ pub(crate) async fn run_worker<J: Job>(
         }
     }
     let deadline = stop.borrow().unwrap_or_else(tokio::time::Instant::now);
-    let finished = tokio::time::timeout_at(deadline, async {
-        while running.join_next().await.is_some() {}
-    })
-    .await;
+    let finished =
+        tokio::time::timeout_at(deadline, async { while running.next().await.is_some() {} }).await;
     if finished.is_err() {
         tracing::warn!(
             abandoned = running.len(),
             "deadline passed with queued tasks running; they will be redelivered"
         );
-        running.abort_all();
+        drop(running);
     }
 }
 
@@ -211,23 +247,77 @@ async fn subscribe_all(
     Ok(futures::stream::select_all(streams))
 }
 
-/// Fetches up to `max` messages that are there now, without waiting.
-async fn fetch(consumer: &PullConsumer, max: usize) -> Vec<jetstream::Message> {
-    let batch = match consumer.fetch().max_messages(max).messages().await {
-        Ok(batch) => batch,
-        Err(err) => {
+/// Pull requests of one worker and their answers, on one subscription to
+/// `<inbox>.*`. Each request gets its own reply subject `<inbox>.<n>`, so
+/// that a late status for an abandoned request is not taken as the answer to
+/// the current one (messages arrive under their own subject, whatever the
+/// request, and are all this worker's to run).
+struct Puller {
+    jetstream: jetstream::Context,
+    inbox: String,
+    replies: async_nats::Subscriber,
+    requests: u64,
+}
+
+impl Puller {
+    async fn new(
+        client: &async_nats::Client,
+        jetstream: jetstream::Context,
+    ) -> Result<Self, async_nats::SubscribeError> {
+        let inbox = client.new_inbox();
+        let replies = client.subscribe(format!("{inbox}.*")).await?;
+        Ok(Self {
+            jetstream,
+            inbox,
+            replies,
+            requests: 0,
+        })
+    }
+
+    /// Fetches up to `max` messages that are there now, without waiting.
+    async fn fetch(&mut self, consumer: &PullConsumer, max: usize) -> Vec<jetstream::Message> {
+        self.requests += 1;
+        let reply = Subject::from(format!("{}.{}", self.inbox, self.requests));
+        let request = BatchConfig {
+            batch: max,
+            no_wait: true,
+            ..Default::default()
+        };
+        if let Err(err) = consumer.request_batch(request, reply.clone()).await {
             tracing::warn!(%err, "fetch from a work queue failed");
             return Vec::new();
         }
-    };
-    batch
-        .filter_map(|message| async move {
-            message
-                .map_err(|err| tracing::warn!(%err, "fetch from a work queue failed"))
-                .ok()
-        })
-        .collect()
-        .await
+        let mut messages = Vec::with_capacity(max);
+        let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
+        while messages.len() < max {
+            let message = match tokio::time::timeout_at(deadline, self.replies.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => {
+                    tracing::warn!("the pull reply subscription ended");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(timeout = ?FETCH_TIMEOUT, "no answer to a fetch from a work queue");
+                    break;
+                }
+            };
+            match message.status {
+                None | Some(StatusCode::OK) => messages.push(jetstream::Message {
+                    message,
+                    context: self.jetstream.clone(),
+                }),
+                Some(_) if message.subject != reply => {} // about an earlier request
+                Some(StatusCode::IDLE_HEARTBEAT) => {}
+                // No (more) messages, or the request expired: the batch is done.
+                Some(StatusCode::NOT_FOUND | StatusCode::TIMEOUT) => break,
+                Some(status) => {
+                    tracing::warn!(%status, description = ?message.description, "fetch from a work queue ended");
+                    break;
+                }
+            }
+        }
+        messages
+    }
 }
 
 /// Runs the job, telling JetStream it is still in progress every third of

@@ -371,6 +371,7 @@ impl Runtime {
         let client = self.bus.client().clone();
         tokio::spawn(worker::run_worker(
             client,
+            self.bus.jetstream().clone(),
             sources,
             Arc::new(job),
             config,

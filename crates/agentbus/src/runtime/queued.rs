@@ -6,8 +6,9 @@ use super::serve::{Outcome, Served, execute, publish_task_event};
 use crate::agent::{Agent, AgentMessage, MessageChannel, TaskContext};
 use crate::delivery::worker::{Job, Source, WorkerConfig, backoff};
 use crate::delivery::{
-    AttemptError, DeadLetter, DeliveryError, FROM_HEADER, Queue, Records, TaskRecord, TaskState,
-    body_value, dead_letter_message, dead_letter_task, now_rfc3339,
+    AttemptError, DeadLetter, DeliveryError, FROM_HEADER, Queue, RESULT_HEADER, Records,
+    ResultRetention, TaskRecord, TaskState, body_value, dead_letter_message, dead_letter_task,
+    now_rfc3339,
 };
 use crate::name::Name;
 use crate::protocol::{Priority, TaskRequest, TaskStatus};
@@ -188,11 +189,10 @@ impl<A: Agent> TaskJob<A> {
             .info()
             .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
             .unwrap_or(1);
-        let subject = message.subject.to_string();
         let request = match TaskRequest::from_json(&message.payload) {
             Ok(request) => request,
             Err((task_id, err)) => {
-                let record = TaskRecord::new(task_id.as_deref().unwrap_or(""), &subject);
+                let record = self.new_record(message, task_id.as_deref().unwrap_or(""));
                 return self
                     .give_up(
                         message,
@@ -204,7 +204,8 @@ impl<A: Agent> TaskJob<A> {
                     .await;
             }
         };
-        let mut record = if attempt > 1 {
+        // Only a redelivery can find a record: a first attempt has none yet.
+        let previous = if attempt > 1 {
             match self.records.get(&request.task_id).await? {
                 // A previous attempt finished but its ack was lost: do not run it again.
                 Some(record) if record.state != TaskState::Retrying => {
@@ -213,13 +214,13 @@ impl<A: Agent> TaskJob<A> {
                         .await
                         .map_err(|err| DeliveryError::jetstream("acknowledge a task", err));
                 }
-                Some(record) => record,
-                None => TaskRecord::new(&request.task_id, &subject),
+                previous => previous,
             }
         } else {
-            TaskRecord::new(&request.task_id, &subject)
+            None
         };
         if let Err(err) = served.task_types.check(served.name.as_str(), &request) {
+            let record = previous.unwrap_or_else(|| self.new_record(message, &request.task_id));
             return self
                 .give_up(
                     message,
@@ -238,19 +239,34 @@ impl<A: Agent> TaskJob<A> {
             retryable,
             ..
         } = execute(served, request).await;
-        record.attempts = attempt;
-        record.updated_at = now_rfc3339();
+        let retention = ResultRetention::from_header(
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(RESULT_HEADER))
+                .map(|v| v.as_str()),
+        );
         if response.status == TaskStatus::Completed {
-            record.state = TaskState::Completed;
-            record.response = Some(response.clone());
-            // The result is stored before the ack: a crash in between reruns
-            // nothing, because the redelivery finds the completed record.
-            self.records.put(&record).await?;
+            // Fire-and-forget tasks leave a record only when an earlier
+            // attempt left one (which must not stay "retrying").
+            if retention == ResultRetention::Keep || previous.is_some() {
+                let mut record = previous.unwrap_or_else(|| self.new_record(message, &task_id));
+                record.attempts = attempt;
+                record.updated_at = now_rfc3339();
+                record.state = TaskState::Completed;
+                record.response = Some(response.clone());
+                // The result is stored before the ack: a crash in between reruns
+                // nothing, because the redelivery finds the completed record.
+                self.records.put(&record).await?;
+            }
             message
                 .ack()
                 .await
                 .map_err(|err| DeliveryError::jetstream("acknowledge a task", err))?;
         } else {
+            let mut record = previous.unwrap_or_else(|| self.new_record(message, &task_id));
+            record.attempts = attempt;
+            record.updated_at = now_rfc3339();
             let error = response
                 .error
                 .clone()
@@ -275,6 +291,11 @@ impl<A: Agent> TaskJob<A> {
         }
         publish_task_event(served, &task_id, &task_type, &response, started).await;
         Ok(())
+    }
+
+    /// A record for a task seen for the first time.
+    fn new_record(&self, message: &jetstream::Message, task_id: &str) -> TaskRecord {
+        TaskRecord::new(task_id, &message.subject)
     }
 
     fn attempt_error(&self, attempt: u32, error: String) -> AttemptError {

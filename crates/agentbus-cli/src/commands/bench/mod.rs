@@ -180,7 +180,16 @@ impl Drop for RemoveOnDrop {
 /// over their threads of the scheduler's on-CPU time (`/proc/<pid>/task/*/schedstat`,
 /// nanoseconds). `None` where the kernel does not provide it.
 fn cpu_used(server_pid: u32) -> Option<Duration> {
-    Some(threads_on_cpu("/proc/self/task")? + threads_on_cpu(&format!("/proc/{server_pid}/task"))?)
+    let (client, server) = cpu_split(server_pid)?;
+    Some(client + server)
+}
+
+/// [`cpu_used`], as (this process, the server).
+fn cpu_split(server_pid: u32) -> Option<(Duration, Duration)> {
+    Some((
+        threads_on_cpu("/proc/self/task")?,
+        threads_on_cpu(&format!("/proc/{server_pid}/task"))?,
+    ))
 }
 
 fn threads_on_cpu(task_dir: &str) -> Option<Duration> {

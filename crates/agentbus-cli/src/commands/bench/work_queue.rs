@@ -1,21 +1,30 @@
 //! `agentbus bench work-queue`: tasks submitted and completed through the
 //! `agent-tasks` work queue, bare async-nats JetStream against the runtime.
 //!
-//! Both variants do the same durable work on the same server: N TaskRequests
-//! are published to the work-queue stream (file storage, `Nats-Msg-Id` = task
-//! id, each publish acknowledged by the stream) while K workers pull them from
-//! one shared durable consumer, run a trivial handler and acknowledge (which
-//! deletes the task). The bare variant is exactly that, in plain async-nats.
-//! The agentbus variant submits with `Bus::submit` and works the queue with K
-//! runtimes serving one agent (default options), which also stores each
-//! result for `wait_task`, publishes a task event and watches every priority.
+//! The bare variant and the agentbus variant do the same durable work on the
+//! same server: N TaskRequests are published to the work-queue stream (file
+//! storage, `Nats-Msg-Id` = task id, each publish acknowledged by the stream)
+//! while K workers pull them from a shared durable consumer, run a trivial
+//! handler and acknowledge (which deletes the task). The bare variant is
+//! exactly that, in plain async-nats. The agentbus variant submits with
+//! `Bus::submit_with(.., ResultRetention::Discard)` (fire and forget, like the
+//! bare publisher: nobody will ask for the results) and works the queue with
+//! K runtimes serving one agent with default options, which also publishes a
+//! task event per task, counts it and watches every priority.
+//!
+//! A third variant, "keeping results", submits with plain `Bus::submit`, so
+//! that each result is also stored in the results bucket before the task is
+//! acknowledged, for `wait_task`: one more stored message per task, work the
+//! bare variant does not do. It is reported beside the others, with its own
+//! ratio.
+//!
 //! Throughput is N divided by the time from the first publish to the last
-//! completion. The variants run alternately, twice each, and the better run
-//! of each is kept, so that a noisy moment does not decide the ratio.
+//! completion. The variants run in turn, three times each, and the best run of
+//! each is kept, so that a noisy moment does not decide the ratio.
 
-use super::{BenchServer, round_to};
+use super::{BenchServer, cpu_split, round_to};
 use crate::output::{Table, print_json, progress_bar};
-use agentbus::delivery::Queue;
+use agentbus::delivery::{Queue, ResultRetention};
 use agentbus::{
     Agent, AgentOptions, Bus, Runtime, TaskContext, TaskError, TaskRequest, TaskResponse,
     TaskTypeSpec, server_binary,
@@ -39,7 +48,7 @@ const TASK_TYPE: &str = "generate_text";
 /// Publishes awaiting their stream ack at once, in both variants.
 const PUBLISH_WINDOW: usize = 256;
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 3;
 
 /// Arguments of `agentbus bench work-queue`.
 #[derive(Debug, Args)]
@@ -65,16 +74,47 @@ pub struct WorkQueueArgs {
     nats_server: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize)]
 struct Figures {
     throughput_rps: f64,
+    /// CPU time of the bench process (submitter and workers) per task.
+    client_cpu_us_per_task: Option<f64>,
+    /// CPU time of nats-server per task.
+    server_cpu_us_per_task: Option<f64>,
+}
+
+impl Figures {
+    /// Figures of `tasks` done in `elapsed`, with the CPU used between `before` and `after`.
+    fn measure(
+        tasks: usize,
+        elapsed: Duration,
+        before: Option<(Duration, Duration)>,
+        after: Option<(Duration, Duration)>,
+    ) -> Self {
+        let per_task = |used: Duration| round_to(used.as_secs_f64() * 1e6 / tasks as f64, 1);
+        let cpu = before
+            .zip(after)
+            .map(|((client0, server0), (client1, server1))| {
+                (
+                    per_task(client1.saturating_sub(client0)),
+                    per_task(server1.saturating_sub(server0)),
+                )
+            });
+        Self {
+            throughput_rps: round_to(tasks as f64 / elapsed.as_secs_f64(), 0),
+            client_cpu_us_per_task: cpu.map(|c| c.0),
+            server_cpu_us_per_task: cpu.map(|c| c.1),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
 struct Report {
     bare: Figures,
     agentbus: Figures,
+    agentbus_keeping_results: Figures,
     ratio_throughput: f64,
+    ratio_throughput_keeping_results: f64,
     tasks: u32,
     workers: u32,
     payload_bytes: u32,
@@ -98,28 +138,48 @@ async fn run(server: &BenchServer, args: &WorkQueueArgs) -> anyhow::Result<Repor
     let tasks = args.tasks as usize;
     let workers = args.workers as usize;
     let prompt = "x".repeat(args.payload_bytes as usize);
-    let progress = progress_bar((tasks * ROUNDS * 2) as u64);
-    let mut best = [0f64; 2];
+    let progress = progress_bar((tasks * ROUNDS * 3) as u64);
+    let mut best = [Figures::default(); 3];
     let mut server_version = String::new();
     for round in 0..ROUNDS {
         progress.set_message(format!("bare, round {}", round + 1));
         let bare = run_bare(server, tasks, workers, &prompt, round, &progress).await?;
         progress.set_message(format!("agentbus, round {}", round + 1));
-        let (ours, version) =
-            run_agentbus(server, tasks, workers, &prompt, round, &progress).await?;
+        let (ours, version) = run_agentbus(
+            server,
+            (tasks, workers),
+            &prompt,
+            round,
+            ResultRetention::Discard,
+            &progress,
+        )
+        .await?;
+        progress.set_message(format!("agentbus keeping results, round {}", round + 1));
+        let (keeping, _) = run_agentbus(
+            server,
+            (tasks, workers),
+            &prompt,
+            round,
+            ResultRetention::Keep,
+            &progress,
+        )
+        .await?;
         server_version = version;
-        best[0] = best[0].max(bare);
-        best[1] = best[1].max(ours);
+        for (best, run) in best.iter_mut().zip([bare, ours, keeping]) {
+            if run.throughput_rps > best.throughput_rps {
+                *best = run;
+            }
+        }
     }
     progress.finish_and_clear();
+    let [bare, agentbus, agentbus_keeping_results] = best;
+    let ratio = |variant: Figures| round_to(variant.throughput_rps / bare.throughput_rps, 3);
     Ok(Report {
-        bare: Figures {
-            throughput_rps: round_to(best[0], 0),
-        },
-        agentbus: Figures {
-            throughput_rps: round_to(best[1], 0),
-        },
-        ratio_throughput: round_to(best[1] / best[0], 3),
+        bare,
+        agentbus,
+        agentbus_keeping_results,
+        ratio_throughput: ratio(agentbus),
+        ratio_throughput_keeping_results: ratio(agentbus_keeping_results),
         tasks: args.tasks,
         workers: args.workers,
         payload_bytes: args.payload_bytes,
@@ -151,7 +211,7 @@ async fn run_bare(
     prompt: &str,
     round: usize,
     progress: &ProgressBar,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Figures> {
     let client = server.bare_client("bench-bare-submitter").await?;
     let js = jetstream::new(client.clone());
     let stream = js
@@ -204,6 +264,7 @@ async fn run_bare(
             anyhow::Ok(())
         }));
     }
+    let cpu_before = cpu_split(server.pid());
     let started = Instant::now();
     let publishing = futures::stream::iter(requests(prompt, tasks, round, "bare"))
         .map(|request| {
@@ -231,23 +292,28 @@ async fn run_bare(
         "the bare workers",
     )
     .await?;
-    let elapsed = started.elapsed();
+    let figures = Figures::measure(
+        tasks,
+        started.elapsed(),
+        cpu_before,
+        cpu_split(server.pid()),
+    );
     for task in worker_tasks {
         task.abort();
     }
     stream.delete_consumer(&durable).await.ok();
-    Ok(tasks as f64 / elapsed.as_secs_f64())
+    Ok(figures)
 }
 
-/// The runtime: `Bus::submit`, K runtimes serving one agent.
+/// The runtime: `Bus::submit_with(retention)`, K runtimes serving one agent.
 async fn run_agentbus(
     server: &BenchServer,
-    tasks: usize,
-    workers: usize,
+    (tasks, workers): (usize, usize),
     prompt: &str,
     round: usize,
+    retention: ResultRetention,
     progress: &ProgressBar,
-) -> anyhow::Result<(f64, String)> {
+) -> anyhow::Result<(Figures, String)> {
     let bus = Bus::connect(&server.target(), "bench-agentbus-submitter").await?;
     let version = bus.client().server_info().version;
     let mut runtimes = Vec::new();
@@ -266,12 +332,18 @@ async fn run_agentbus(
             .sum()
     };
     let queue = Queue::agent(AGENT)?;
+    let cpu_before = cpu_split(server.pid());
     let started = Instant::now();
-    let publishing = futures::stream::iter(requests(prompt, tasks, round, "agentbus"))
+    let variant = format!("agentbus-{}", retention.as_str());
+    let publishing = futures::stream::iter(requests(prompt, tasks, round, &variant))
         .map(|request| {
             let bus = bus.clone();
             let queue = queue.clone();
-            async move { bus.submit(&queue, &request).await.map(|s| s.duplicate) }
+            async move {
+                bus.submit_with(&queue, &request, retention)
+                    .await
+                    .map(|s| s.duplicate)
+            }
         })
         .buffer_unordered(PUBLISH_WINDOW)
         .collect::<Vec<_>>()
@@ -294,11 +366,16 @@ async fn run_agentbus(
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let elapsed = started.elapsed();
+    let figures = Figures::measure(
+        tasks,
+        started.elapsed(),
+        cpu_before,
+        cpu_split(server.pid()),
+    );
     for runtime in runtimes {
         runtime.shutdown(Duration::from_secs(2)).await;
     }
-    Ok((tasks as f64 / elapsed.as_secs_f64(), version))
+    Ok((figures, version))
 }
 
 struct QueueAgent;
@@ -334,19 +411,35 @@ fn print_table(report: &Report) -> anyhow::Result<()> {
         "work queue, {} tasks of {} bytes, {} workers, file storage, dedup ids, nats-server {} (best of {ROUNDS} alternating runs)",
         report.tasks, report.payload_bytes, report.workers, report.server_version
     );
-    let mut table = Table::new(&["", "throughput (tasks/s)"]);
-    table.row(vec![
-        "bare".into(),
-        format!("{:.0}", report.bare.throughput_rps),
+    let mut table = Table::new(&[
+        "",
+        "throughput (tasks/s)",
+        "vs bare",
+        "client CPU (µs/task)",
+        "server CPU (µs/task)",
     ]);
-    table.row(vec![
-        "agentbus".into(),
-        format!("{:.0}", report.agentbus.throughput_rps),
-    ]);
-    table.row(vec![
-        "agentbus/bare".into(),
-        format!("{:.3}", report.ratio_throughput),
-    ]);
+    let cpu = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    for (label, figures, ratio) in [
+        ("bare", &report.bare, 1.0),
+        (
+            "agentbus (fire and forget)",
+            &report.agentbus,
+            report.ratio_throughput,
+        ),
+        (
+            "agentbus keeping results",
+            &report.agentbus_keeping_results,
+            report.ratio_throughput_keeping_results,
+        ),
+    ] {
+        table.row(vec![
+            label.into(),
+            format!("{:.0}", figures.throughput_rps),
+            format!("{ratio:.3}"),
+            cpu(figures.client_cpu_us_per_task),
+            cpu(figures.server_cpu_us_per_task),
+        ]);
+    }
     table.print()?;
     let standing = if report.ratio_throughput >= 0.9 {
         "meets the goal (>= 0.90)"
