@@ -48,6 +48,17 @@ impl Table {
     }
 }
 
+/// `println!` that returns the error instead of panicking when stdout is
+/// gone (a closed pipe, as in `agentbus task ID | head -1`): `main` then
+/// exits quietly.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+pub(crate) use outln;
+
 /// Prints a value as one line of JSON on stdout.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();

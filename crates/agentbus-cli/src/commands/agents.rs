@@ -1,6 +1,7 @@
 //! `agentbus agents`: who is online, from the presence entries.
 
 use super::ServerArgs;
+use crate::output::outln;
 use crate::output::{Table, print_json};
 use agentbus::Bus;
 use agentbus::presence::{AgentPresence, online_agents};
@@ -38,7 +39,7 @@ pub async fn exec(args: AgentsArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         print_json(&json!({"backend": store.backend_name(), "agents": agents}))?;
     } else if agents.is_empty() {
-        println!("no agents online (presence in {})", store.backend_name());
+        outln!("no agents online (presence in {})", store.backend_name())?;
     } else {
         print_table(&agents, SystemTime::now())?;
     }

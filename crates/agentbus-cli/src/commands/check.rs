@@ -2,6 +2,7 @@
 //! configuration doctor, against any server.
 
 use super::{ServerArgs, load_topology};
+use crate::output::outln;
 use crate::output::{Table, print_json, spinner};
 use agentbus::check::{self, CheckOptions};
 use clap::Args;
@@ -47,11 +48,11 @@ pub async fn exec(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
         table.print()?;
         let passed = report.checks.iter().filter(|c| c.passed).count();
-        println!(
+        outln!(
             "\n{passed} of {} checks passed against {}",
             report.checks.len(),
             target.display_url()
-        );
+        )?;
     }
     Ok(if report.passed {
         ExitCode::SUCCESS

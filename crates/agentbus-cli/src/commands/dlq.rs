@@ -1,6 +1,7 @@
 //! `agentbus dlq`: list and replay dead letters.
 
 use super::ServerArgs;
+use crate::output::outln;
 use crate::output::{Table, print_json};
 use agentbus::Bus;
 use clap::{Args, Subcommand};
@@ -59,7 +60,7 @@ pub async fn exec(args: DlqArgs) -> anyhow::Result<ExitCode> {
             }
             table.print()?;
             if entries.is_empty() {
-                println!("no dead letters");
+                outln!("no dead letters")?;
             }
         }
         DlqCommand::Replay {
@@ -75,11 +76,11 @@ pub async fn exec(args: DlqArgs) -> anyhow::Result<ExitCode> {
                 (None, false) => anyhow::bail!("name a task id or pass --all"),
             };
             match (replayed, &task_id) {
-                (0, Some(task_id)) => println!(
+                (0, Some(task_id)) => outln!(
                     "nothing to replay for task {task_id} (not a dead letter, or already replayed)"
-                ),
-                (0, None) => println!("nothing to replay"),
-                (n, _) => println!("replayed {n} dead letter(s) onto their original queues"),
+                )?,
+                (0, None) => outln!("nothing to replay")?,
+                (n, _) => outln!("replayed {n} dead letter(s) onto their original queues")?,
             }
         }
     }

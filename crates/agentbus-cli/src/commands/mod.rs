@@ -125,6 +125,17 @@ pub fn jetstream_context<T, E: std::error::Error + Send + Sync + 'static>(
         .with_context(|| format!("JetStream could not {what}; is JetStream enabled on the server?"))
 }
 
+/// A positive number of seconds given as `--<flag>`, as a Duration (at most
+/// a year: beyond that a typo is likelier than intent).
+pub fn seconds(value: f64, flag: &str) -> anyhow::Result<std::time::Duration> {
+    const YEAR: f64 = 365.0 * 24.0 * 3600.0;
+    anyhow::ensure!(
+        value.is_finite() && value > 0.0 && value <= YEAR,
+        "--{flag} must be a positive number of seconds, at most a year ({YEAR})"
+    );
+    Ok(std::time::Duration::from_secs_f64(value))
+}
+
 /// Parses a JSON command-line argument; `-` reads it from stdin.
 pub fn read_json_argument(argument: &str) -> anyhow::Result<serde_json::Value> {
     let text = if argument == "-" {

@@ -1,6 +1,7 @@
 //! `agentbus publish`: publish one JSON event.
 
 use super::{ServerArgs, read_json_argument};
+use crate::output::outln;
 use agentbus::Bus;
 use clap::Args;
 use std::process::ExitCode;
@@ -27,6 +28,6 @@ pub async fn exec(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let size = body.len();
     bus.publish_bytes(&subject, body.into()).await?;
     bus.flush().await?;
-    println!("published {size} bytes to {subject}");
+    outln!("published {size} bytes to {subject}")?;
     Ok(ExitCode::SUCCESS)
 }

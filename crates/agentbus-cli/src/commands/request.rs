@@ -1,12 +1,12 @@
 //! `agentbus request`: send a task to a running agent and print its TaskResponse.
 
-use super::{ServerArgs, read_json_argument};
+use super::{ServerArgs, read_json_argument, seconds};
+use crate::output::outln;
 use agentbus::client::RequestOptions;
 use agentbus::protocol::new_task_id;
 use agentbus::{Bus, Priority, TaskRequest};
 use clap::Args;
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// Arguments of `agentbus request`.
 #[derive(Debug, Args)]
@@ -46,10 +46,7 @@ pub async fn exec(args: RequestArgs) -> anyhow::Result<ExitCode> {
         payload.is_object(),
         "the payload must be a JSON object such as '{{\"prompt\": \"hi\"}}'"
     );
-    anyhow::ensure!(
-        args.timeout.is_finite() && args.timeout > 0.0,
-        "--timeout must be a positive number of seconds"
-    );
+    let timeout = seconds(args.timeout, "timeout")?;
     agentbus::Name::parse("agent name", &args.agent)?;
     agentbus::Name::parse("task type", &args.task_type)?;
     let (_, client) = args.server.connect().await?;
@@ -61,11 +58,11 @@ pub async fn exec(args: RequestArgs) -> anyhow::Result<ExitCode> {
         priority: args.priority,
     };
     let options = RequestOptions {
-        timeout: Duration::from_secs_f64(args.timeout),
+        timeout,
         retries: args.retries,
     };
     let response = bus.request(&args.agent, &request, options).await?;
-    println!("{}", serde_json::to_string_pretty(&response)?);
+    outln!("{}", serde_json::to_string_pretty(&response)?)?;
     Ok(if response.is_completed() {
         ExitCode::SUCCESS
     } else {

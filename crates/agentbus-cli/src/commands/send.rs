@@ -1,6 +1,7 @@
 //! `agentbus send` and `agentbus broadcast`: store a message durably.
 
 use super::{ServerArgs, read_json_argument};
+use crate::output::outln;
 use crate::output::print_json;
 use agentbus::Bus;
 use clap::Args;
@@ -47,15 +48,18 @@ pub async fn exec(args: SendArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         print_json(&published)?;
     } else if published.duplicate {
-        println!(
+        outln!(
             "already stored: message {} on {} (duplicate id, stored once)",
-            published.message_id, published.subject
-        );
+            published.message_id,
+            published.subject
+        )?;
     } else {
-        println!(
+        outln!(
             "stored message {} on {} (sequence {})",
-            published.message_id, published.subject, published.sequence
-        );
+            published.message_id,
+            published.subject,
+            published.sequence
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -94,10 +98,12 @@ pub async fn exec_broadcast(args: BroadcastArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         print_json(&published)?;
     } else {
-        println!(
+        outln!(
             "stored {} on {} (sequence {})",
-            published.message_id, published.subject, published.sequence
-        );
+            published.message_id,
+            published.subject,
+            published.sequence
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! `agentbus status`: the server, JetStream usage, and every stream.
 
 use super::{ServerArgs, jetstream_context};
+use crate::output::outln;
 use crate::output::{Table, human_bytes, percent, print_json};
 use agentbus::monitor::Monitor;
 use clap::Args;
@@ -163,9 +164,9 @@ fn print_tables(status: &Status) -> anyhow::Result<()> {
     }
     table.print()?;
     if let Some(err) = &server.monitor_error {
-        println!("note: {err}");
+        outln!("note: {err}")?;
     }
-    println!();
+    outln!()?;
     let mut table = Table::new(&[
         "STREAM",
         "SUBJECTS",

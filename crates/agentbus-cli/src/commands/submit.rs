@@ -1,12 +1,12 @@
 //! `agentbus submit`: store a task in a work queue, optionally wait for its result.
 
-use super::{ServerArgs, read_json_argument};
+use super::{ServerArgs, read_json_argument, seconds};
+use crate::output::outln;
 use agentbus::delivery::{Queue, ResultRetention};
 use agentbus::protocol::new_task_id;
 use agentbus::{Bus, Priority, TaskRequest};
 use clap::Args;
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// Arguments of `agentbus submit`.
 #[derive(Debug, Args)]
@@ -66,10 +66,7 @@ pub async fn exec(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         payload.is_object(),
         "the payload must be a JSON object such as '{{\"prompt\": \"hi\"}}'"
     );
-    anyhow::ensure!(
-        args.timeout.is_finite() && args.timeout > 0.0,
-        "--timeout must be a positive number of seconds"
-    );
+    let timeout = seconds(args.timeout, "timeout")?;
     let (_, client) = args.server.connect().await?;
     let bus = Bus::from_client(client);
     let request = TaskRequest {
@@ -85,7 +82,7 @@ pub async fn exec(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     };
     let submitted = bus.submit_with(&queue, &request, retention).await?;
     if !args.wait {
-        println!("{}", submitted.task_id);
+        outln!("{}", submitted.task_id)?;
         if submitted.duplicate {
             eprintln!(
                 "note: task {} was already queued (same task id): stored once",
@@ -94,10 +91,8 @@ pub async fn exec(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let response = bus
-        .wait_task(&submitted.task_id, Duration::from_secs_f64(args.timeout))
-        .await?;
-    println!("{}", serde_json::to_string_pretty(&response)?);
+    let response = bus.wait_task(&submitted.task_id, timeout).await?;
+    outln!("{}", serde_json::to_string_pretty(&response)?)?;
     Ok(if response.is_completed() {
         ExitCode::SUCCESS
     } else {

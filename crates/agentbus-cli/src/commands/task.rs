@@ -1,6 +1,7 @@
 //! `agentbus task`: what is known of a queued task.
 
 use super::ServerArgs;
+use crate::output::outln;
 use crate::output::print_json;
 use agentbus::Bus;
 use agentbus::delivery::TaskRecord;
@@ -36,10 +37,10 @@ pub async fn exec(args: TaskArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     match record {
-        None => println!(
-            "task {}: pending (queued, or running its first attempt; nothing is recorded until an attempt ends)",
+        None => outln!(
+            "task {}: pending (queued, or running its first attempt; nothing is recorded until an attempt ends, and a fire-and-forget task that succeeds at once leaves no record)",
             args.task_id
-        ),
+        )?,
         Some(record) => print_record(&record)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -47,18 +48,20 @@ pub async fn exec(args: TaskArgs) -> anyhow::Result<ExitCode> {
 
 fn print_record(record: &TaskRecord) -> anyhow::Result<()> {
     let state = serde_json::to_value(record.state)?;
-    println!("task      {}", record.task_id);
-    println!("state     {}", state.as_str().unwrap_or_default());
-    println!("queue     {}", record.subject);
-    println!("attempts  {}", record.attempts);
+    outln!("task      {}", record.task_id)?;
+    outln!("state     {}", state.as_str().unwrap_or_default())?;
+    outln!("queue     {}", record.subject)?;
+    outln!("attempts  {}", record.attempts)?;
     for error in &record.errors {
-        println!(
+        outln!(
             "  attempt {} at {}: {}",
-            error.attempt, error.at, error.error
-        );
+            error.attempt,
+            error.at,
+            error.error
+        )?;
     }
     if let Some(response) = &record.response {
-        println!("response  {}", serde_json::to_string_pretty(response)?);
+        outln!("response  {}", serde_json::to_string_pretty(response)?)?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! supervises `up` (a terminal, systemd) is the right place to decide.
 
 use super::load_topology;
+use crate::output::outln;
 use crate::output::{print_json, spinner};
 use agentbus::connect::{ConnectionFile, ServerTarget, TargetSource};
 use agentbus::data_dir::{self, BUS_USER, DataDir};
@@ -192,16 +193,16 @@ fn print_summary(
         .iter()
         .map(|(name, action)| format!("{name} ({action})"))
         .collect();
-    println!("agentbus is up: nats-server {version}, JetStream on, authentication on");
-    println!("  client      {} (user {BUS_USER})", server.client_url());
-    println!("  monitoring  {}", server.monitor_url());
-    println!("  streams     {}", streams.join(", "));
-    println!("  data        {}", data_dir.path().display());
-    println!(
+    outln!("agentbus is up: nats-server {version}, JetStream on, authentication on")?;
+    outln!("  client      {} (user {BUS_USER})", server.client_url())?;
+    outln!("  monitoring  {}", server.monitor_url())?;
+    outln!("  streams     {}", streams.join(", "))?;
+    outln!("  data        {}", data_dir.path().display())?;
+    outln!(
         "  connect     export the variables in {} (NATS_URL holds the password)",
         connection_file.display()
-    );
-    println!("Press Ctrl-C to stop.");
+    )?;
+    outln!("Press Ctrl-C to stop.")?;
     Ok(())
 }
 

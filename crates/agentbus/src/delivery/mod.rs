@@ -53,6 +53,9 @@ pub enum DeliveryError {
     /// A task id cannot be stored.
     #[error("invalid task id {0:?}: use 1-128 characters from A-Z, a-z, 0-9, '_' and '-'")]
     InvalidTaskId(String),
+    /// A message id cannot be stored.
+    #[error("invalid message id {0:?}: use 1-256 characters without spaces or control characters")]
+    InvalidMessageId(String),
     /// The stream refused the message because it is full.
     #[error(
         "stream {stream} is full, so {subject} was not stored; let consumers catch up or raise its limits (`agentbus status` shows how full it is)"

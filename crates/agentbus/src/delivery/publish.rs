@@ -197,7 +197,13 @@ impl Bus {
     ) -> Result<Published, DeliveryError> {
         let body = serde_json::to_vec(message)
             .map_err(|err| DeliveryError::jetstream("encode the message as JSON", err))?;
-        let message_id = message_id.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        let message_id = match message_id {
+            Some(id) => {
+                check_message_id(id)?;
+                id.to_owned()
+            }
+            None => uuid::Uuid::new_v4().to_string(),
+        };
         let from = from.map(|from| [(FROM_HEADER, from.as_str())]);
         let headers = from.as_ref().map_or(&[][..], |from| &from[..]);
         let (sequence, duplicate) = self.store(subject, body, &message_id, headers).await?;
@@ -269,6 +275,21 @@ fn stream_of(subject: &str) -> &'static str {
     }
 }
 
+/// A message id is a `Nats-Msg-Id` header value: an empty one would not
+/// deduplicate, and whitespace or control characters break the header.
+fn check_message_id(message_id: &str) -> Result<(), DeliveryError> {
+    let valid = !message_id.is_empty()
+        && message_id.len() <= 256
+        && !message_id
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control());
+    if valid {
+        Ok(())
+    } else {
+        Err(DeliveryError::InvalidMessageId(message_id.to_owned()))
+    }
+}
+
 /// Task ids become message ids and KV keys: keep them plain.
 pub(crate) fn check_task_id(task_id: &str) -> Result<(), DeliveryError> {
     let plain = !task_id.is_empty()
@@ -280,5 +301,20 @@ pub(crate) fn check_task_id(task_id: &str) -> Result<(), DeliveryError> {
         Ok(())
     } else {
         Err(DeliveryError::InvalidTaskId(task_id.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_must_be_usable_headers() {
+        for good in ["m-1", "order:42/a", &"x".repeat(256)] {
+            assert!(check_message_id(good).is_ok(), "{good}");
+        }
+        for bad in ["", "a b", "a\nb", "tab\there", &"x".repeat(257)] {
+            assert!(check_message_id(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -42,6 +42,7 @@
 //! worthless.
 
 use super::{BenchServer, cpu_used, percentile, round_to};
+use crate::output::outln;
 use crate::output::{Table, print_json, progress_bar};
 use agentbus::client::RequestOptions;
 use agentbus::name::Name;
@@ -519,14 +520,14 @@ fn micros(duration: Duration) -> f64 {
 }
 
 fn print_table(report: &Report) -> anyhow::Result<()> {
-    println!(
+    outln!(
         "request/reply, {}-byte prompt, nats-server {}: latency over {} requests one at a time, throughput over {} requests with {} in flight (per variant, interleaved)",
         report.payload_bytes,
         report.server_version,
         report.latency_requests,
         report.requests,
         report.in_flight,
-    );
+    )?;
     let optional = |value: Option<f64>, decimals: usize| {
         value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
     };
@@ -554,7 +555,7 @@ fn print_table(report: &Report) -> anyhow::Result<()> {
         optional(report.ratio_cpu, 3),
     ]);
     table.print()?;
-    println!(
+    outln!(
         "throughput ratio {:.3}: {}",
         report.ratio_throughput,
         standing(
@@ -563,8 +564,8 @@ fn print_table(report: &Report) -> anyhow::Result<()> {
             ">= 0.95",
             ">= 0.90"
         )
-    );
-    println!(
+    )?;
+    outln!(
         "p50 ratio {:.3}: {}",
         report.ratio_p50,
         standing(
@@ -573,7 +574,7 @@ fn print_table(report: &Report) -> anyhow::Result<()> {
             "<= 1.05",
             "<= 1.10"
         )
-    );
+    )?;
     Ok(())
 }
 

@@ -23,6 +23,7 @@
 //! each is kept, so that a noisy moment does not decide the ratio.
 
 use super::{BenchServer, cpu_split, round_to};
+use crate::output::outln;
 use crate::output::{Table, print_json, progress_bar};
 use agentbus::delivery::{Queue, ResultRetention};
 use agentbus::{
@@ -407,10 +408,13 @@ async fn wait_until(done: impl Fn() -> bool, what: &str) -> anyhow::Result<()> {
 }
 
 fn print_table(report: &Report) -> anyhow::Result<()> {
-    println!(
+    outln!(
         "work queue, {} tasks of {} bytes, {} workers, file storage, dedup ids, nats-server {} (best of {ROUNDS} alternating runs)",
-        report.tasks, report.payload_bytes, report.workers, report.server_version
-    );
+        report.tasks,
+        report.payload_bytes,
+        report.workers,
+        report.server_version
+    )?;
     let mut table = Table::new(&[
         "",
         "throughput (tasks/s)",
@@ -448,9 +452,9 @@ fn print_table(report: &Report) -> anyhow::Result<()> {
     } else {
         "misses the goal (>= 0.90) and the requirement (>= 0.85)"
     };
-    println!(
+    outln!(
         "throughput ratio {:.3}: {standing}",
         report.ratio_throughput
-    );
+    )?;
     Ok(())
 }
