@@ -1,5 +1,6 @@
 //! `agentbus up` against real nats-server processes: provisioning, files and
-//! secrets, authentication, monitoring, persistence, shutdown, and bad input.
+//! secrets, authentication, monitoring, persistence, shutdown, bad input, and
+//! the demo agents of `up --demo`.
 //!
 //! Every `up` runs with `--port 0 --monitor-port 0` in its own temporary data
 //! directory; see `common::Up` for how it is started and always stopped.
@@ -10,7 +11,7 @@ use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType}
 use common::{Up, run};
 use futures::TryStreamExt;
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const MIB: i64 = 1024 * 1024;
 const DAY: u64 = 86_400;
@@ -531,4 +532,183 @@ async fn up_rejects_an_unknown_flag() {
     let stderr = out.assert_failure();
     assert_eq!(out.status.code(), Some(2), "clap's usage error code");
     assert!(stderr.contains("--no-such-flag"), "{stderr}");
+}
+
+// ---------------------------------------------------------------- --demo
+
+/// How long `up --demo` may take to show a step of its first rounds (a round
+/// normally takes well under a second; one starts every two seconds).
+const DEMO_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Waits until a line of `up`'s stdout gives `find` something, and returns it.
+/// The demo's lines so far: with `--json`, `up` prints each as `{"demo": line}`.
+fn demo_lines(up: &Up) -> Vec<String> {
+    up.stdout()
+        .lines()
+        .filter_map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|err| panic!("stdout line is not JSON ({err}): {line}"));
+            value
+                .get("demo")
+                .and_then(|d| d.as_str())
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+async fn wait_for_line<T>(up: &Up, what: &str, find: impl Fn(&str) -> Option<T>) -> T {
+    let deadline = Instant::now() + DEMO_TIMEOUT;
+    loop {
+        if let Some(found) = demo_lines(up).iter().find_map(|l| find(l)) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what} line within {DEMO_TIMEOUT:?}; stdout:\n{}\nstderr:\n{}",
+            up.stdout(),
+            up.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The text between the first and the last double quote of `line`.
+fn quoted(line: &str) -> Option<&str> {
+    let (start, end) = (line.find('"')?, line.rfind('"')?);
+    (end > start).then(|| &line[start + 1..end])
+}
+
+#[tokio::test]
+async fn up_demo_shows_the_agents_at_work_serves_a_client_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("bus");
+    // LLM_BASE_URL, LLM_API_KEY and LLM_MODEL are removed from its environment (common::Up).
+    let mut up = Up::start(&data_dir, &["--demo"]).await;
+    let server_pid = up.server_pid();
+    assert_eq!(
+        common::actions(up.ready()),
+        common::all_with("created", &[]),
+        "{}",
+        up.ready()
+    );
+
+    // 1. Ready means usable: right after the ready line, a client finds the
+    //    bus through the data dir and uses llm_agent (echo mode).
+    let out = run([
+        "request",
+        "llm_agent",
+        "generate_text",
+        r#"{"prompt": "hello there friend", "max_tokens": 2}"#,
+        "--timeout",
+        "10",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ])
+    .await;
+    out.assert_success();
+    let response = out.json();
+    assert_eq!(response["status"], "completed", "{response}");
+    assert_eq!(
+        response["result"],
+        serde_json::json!({
+            "text": "hello there",
+            "mode": "echo",
+            "note": agentbus::demo::ECHO_NOTE,
+        }),
+        "{response}"
+    );
+    assert_eq!(response["error"], serde_json::Value::Null, "{response}");
+    assert!(up.is_running(), "up stopped: {}", up.stderr());
+
+    // 2. The demo says what it serves, then shows a round.
+    let serving = wait_for_line(&up, "demo: serving", |l| {
+        l.starts_with("demo: serving").then(|| l.to_owned())
+    })
+    .await;
+    assert_eq!(
+        serving,
+        "demo: serving llm_agent (echo mode; set LLM_BASE_URL for a model), \
+         chat_manager and enhancement_agent; a round every 2s"
+    );
+    let lines: Vec<String> = up.stdout().lines().map(str::to_owned).collect();
+    assert!(lines[0].contains(r#""status":"ready""#), "{lines:#?}");
+    assert_eq!(
+        demo_lines(&up)[0],
+        serving,
+        "the demo's first line follows the ready line"
+    );
+
+    let generated = wait_for_line(&up, "generate_text", |l| {
+        l.strip_prefix("orchestrator -> llm_agent generate_text: completed (echo) ")
+            .and_then(quoted)
+            .map(str::to_owned)
+    })
+    .await;
+    let max_tokens = agentbus::demo::DemoOptions::default().max_tokens;
+    assert_eq!(
+        generated.split_whitespace().count() as u64,
+        max_tokens,
+        "the demo's prompt echoed and cut to {max_tokens} words: {generated:?}"
+    );
+
+    let message_id = wait_for_line(&up, "post_message", |l| {
+        l.strip_prefix("orchestrator -> chat_manager post_message: completed (message ")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .map(str::to_owned)
+    })
+    .await;
+    assert_eq!(message_id.len(), 8, "a short message id: {message_id:?}");
+    let event = format!("chat.message.new: session demo-session, message {message_id}: ");
+    let content = wait_for_line(&up, "chat.message.new", |l| {
+        l.strip_prefix(event.as_str())
+            .and_then(quoted)
+            .map(str::to_owned)
+    })
+    .await;
+    assert_eq!(
+        content, generated,
+        "the announced message is the generated text"
+    );
+    let feedback = format!(" for message {message_id}");
+    wait_for_line(&up, "enhancement.feedback", |l| {
+        (l.starts_with("orchestrator -> enhancement.feedback: rating ") && l.ends_with(&feedback))
+            .then_some(())
+    })
+    .await;
+    let seen = wait_for_line(&up, "feedback_summary with feedback seen", |l| {
+        l.strip_prefix("orchestrator -> enhancement_agent feedback_summary: completed (")
+            .and_then(|rest| rest.strip_suffix(" feedback events seen)"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|&n| n >= 1)
+    })
+    .await;
+    assert!(seen >= 1);
+
+    // 3. SIGTERM stops the demo, then the server; up exits 0.
+    let status = up.terminate().await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "up exited with {status}: {}",
+        up.stderr()
+    );
+    assert!(
+        common::wait_gone(server_pid, common::EXIT_TIMEOUT).await,
+        "nats-server {server_pid} still runs after up --demo stopped"
+    );
+    assert!(
+        !up.connection_file().exists(),
+        "connection.env is left behind"
+    );
+    let (stdout, stderr) = (up.stdout(), up.stderr());
+    assert_eq!(
+        demo_lines(&up).last().map(String::as_str),
+        Some("demo: stopping"),
+        "stdout:\n{stdout}"
+    );
+    assert!(stderr.contains("stopping nats-server"), "{stderr}");
+    assert!(
+        !stderr.contains("warning") && !stderr.contains("error"),
+        "stderr:\n{stderr}"
+    );
 }

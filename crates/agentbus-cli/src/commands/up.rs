@@ -104,15 +104,29 @@ pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
         nats_url: server.client_url_with_credentials(),
         monitor_url: Some(server.monitor_url().to_owned()),
     })?;
-    print_summary(&args, &data_dir, &server, &version, &actions)?;
-
-    let demo = if args.demo {
-        // Fail before the demo starts when its LLM settings are wrong.
-        let options = agentbus::demo::DemoOptions::from_env()?;
-        Some(start_demo(&server, options).await?)
+    // The demo agents serve before the ready line: ready means usable.
+    let mut demo = if args.demo {
+        let started = async {
+            // Fail before the demo starts when its LLM settings are wrong.
+            let options = agentbus::demo::DemoOptions::from_env()?;
+            start_demo(&server, options, args.json).await
+        }
+        .await;
+        match started {
+            Ok(demo) => Some(demo),
+            Err(err) => {
+                data_dir.remove_connection_file();
+                let _ = server.stop(STOP_GRACE).await;
+                return Err(err);
+            }
+        }
     } else {
         None
     };
+    print_summary(&args, &data_dir, &server, &version, &actions)?;
+    if let Some(demo) = &mut demo {
+        demo.print_from_now();
+    }
     let outcome = supervise(&mut server, signals, demo).await;
     data_dir.remove_connection_file();
     outcome
@@ -210,11 +224,39 @@ fn print_summary(
 struct RunningDemo {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), agentbus::demo::DemoError>>,
+    /// What the demo reports, printed from [`RunningDemo::print_from_now`] on.
+    lines: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
+    json: bool,
 }
 
+impl RunningDemo {
+    /// Prints the demo's lines (those so far, then each as it comes) on
+    /// stdout: as they are, or with `--json` as `{"demo": line}`.
+    fn print_from_now(&mut self) {
+        let Some(mut lines) = self.lines.take() else {
+            return;
+        };
+        let json = self.json;
+        tokio::spawn(async move {
+            while let Some(line) = lines.recv().await {
+                let printed = if json {
+                    print_json(&serde_json::json!({ "demo": line }))
+                } else {
+                    outln!("{line}").map_err(Into::into)
+                };
+                if printed.is_err() {
+                    break; // stdout is gone: the demo runs on, unseen.
+                }
+            }
+        });
+    }
+}
+
+/// Starts the demo agents; returns once they serve (or with why they cannot).
 async fn start_demo(
     server: &LocalServer,
     options: agentbus::demo::DemoOptions,
+    json: bool,
 ) -> anyhow::Result<RunningDemo> {
     let target = ServerTarget::from_url(
         &server.client_url_with_credentials(),
@@ -222,15 +264,40 @@ async fn start_demo(
     );
     let bus = agentbus::Bus::connect(&target, "agentbus-demo").await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(agentbus::demo::run_demo_with(
+    let (sender, lines) = tokio::sync::mpsc::unbounded_channel();
+    let (serving, is_serving) = tokio::sync::oneshot::channel::<()>();
+    let mut serving = Some(serving);
+    let mut task = tokio::spawn(agentbus::demo::run_demo_with(
         bus,
         options,
         async {
             let _ = stopped.await;
         },
-        |line| println!("{line}"),
+        move |line| {
+            // The first line says the agents serve.
+            if let Some(serving) = serving.take() {
+                let _ = serving.send(());
+            }
+            let _ = sender.send(line.to_owned());
+        },
     ));
-    Ok(RunningDemo { stop, task })
+    tokio::select! {
+        _ = is_serving => {}
+        finished = &mut task => {
+            return Err(match finished {
+                Ok(Ok(())) => anyhow::anyhow!("the demo stopped before it served"),
+                Ok(Err(err)) => anyhow::Error::new(err).context("the demo cannot start"),
+                Err(err) => anyhow::Error::new(err).context("the demo crashed"),
+            });
+        }
+    }
+    // Lines wait in the channel until the ready line is out.
+    Ok(RunningDemo {
+        stop,
+        task,
+        lines: Some(lines),
+        json,
+    })
 }
 
 /// SIGTERM, SIGINT and SIGHUP, listened for from the start of `up`.
@@ -265,7 +332,7 @@ async fn supervise(
     demo: Option<RunningDemo>,
 ) -> anyhow::Result<ExitCode> {
     let (demo_stop, mut demo_task) = match demo {
-        Some(RunningDemo { stop, task }) => (Some(stop), Some(task)),
+        Some(RunningDemo { stop, task, .. }) => (Some(stop), Some(task)),
         None => (None, None),
     };
     let status = tokio::select! {

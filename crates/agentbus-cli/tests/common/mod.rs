@@ -28,6 +28,9 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Variables that would redirect the CLI (or the library) away from what a test set up.
+///
+/// The `LLM_*` ones would make the demo's `llm_agent` (`up --demo`) call a
+/// real model instead of answering in echo mode.
 const REDIRECTING_VARS: &[&str] = &[
     "NATS_URL",
     "NATS_USER",
@@ -37,6 +40,9 @@ const REDIRECTING_VARS: &[&str] = &[
     "AGENTBUS_MONITOR_URL",
     "AGENTBUS_DATA_DIR",
     "RUST_LOG",
+    "LLM_BASE_URL",
+    "LLM_API_KEY",
+    "LLM_MODEL",
 ];
 
 /// The outcome of one finished CLI run.
