@@ -198,7 +198,9 @@ impl TaskRequest {
 
     /// The request as JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a TaskRequest always serializes")
+        let mut json = Vec::with_capacity(JSON_CAPACITY);
+        serde_json::to_writer(&mut json, self).expect("a TaskRequest always serializes");
+        json
     }
 }
 
@@ -286,9 +288,16 @@ impl TaskResponse {
 
     /// The response as JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a TaskResponse always serializes")
+        let mut json = Vec::with_capacity(JSON_CAPACITY);
+        serde_json::to_writer(&mut json, self).expect("a TaskResponse always serializes");
+        json
     }
 }
+
+/// Bytes reserved up front when serializing a request or response: enough
+/// for a typical one, so the buffer is not regrown (and copied) several
+/// times per message.
+pub(crate) const JSON_CAPACITY: usize = 256;
 
 /// A new random task id (UUID v4, hyphenated).
 pub fn new_task_id() -> String {

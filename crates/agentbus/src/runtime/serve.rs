@@ -306,7 +306,8 @@ pub(super) async fn publish_task_event<A: Agent>(
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
         instance_id: &served.instance_id,
     };
-    let body = serde_json::to_vec(&event).expect("a task event always serializes");
+    let mut body = Vec::with_capacity(crate::protocol::JSON_CAPACITY);
+    serde_json::to_writer(&mut body, &event).expect("a task event always serializes");
     // from_static: no copy of the subject per event.
     if let Err(err) = served
         .bus
