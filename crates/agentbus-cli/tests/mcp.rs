@@ -135,8 +135,9 @@ async fn two_bridges_message_each_other_including_while_one_is_offline() {
         .await;
     let updated = driver.wait_update("b").await;
     assert!(updated.contains(&json!(bob_inbox)), "{updated:?}");
-    let logged = driver.send(json!({"op": "log_lines", "client": "b"})).await;
-    assert_eq!(logged["lines"][0]["event"], "inbox_message", "{logged}");
+    // The log line goes out right after the resource update: wait for it too.
+    let logged = driver.wait_log_lines("b").await;
+    assert_eq!(logged[0]["event"], "inbox_message", "{logged:?}");
     // A read that waits returns as soon as a message arrives.
     let read = driver
         .ok("b", "read_inbox", json!({"wait_seconds": 10}))
@@ -625,6 +626,22 @@ impl Driver {
             answer["text"]
         );
         answer["text"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// The legacy log lines `client` got, once there is at least one (or
+    /// none after [`STEP`]).
+    async fn wait_log_lines(&mut self, client: &str) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let answer = self
+                .send(json!({"op": "log_lines", "client": client}))
+                .await;
+            let lines = answer["lines"].as_array().cloned().unwrap_or_default();
+            if !lines.is_empty() || tokio::time::Instant::now() >= deadline {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn wait_update(&mut self, client: &str) -> Vec<Value> {
