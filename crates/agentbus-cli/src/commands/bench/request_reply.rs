@@ -41,7 +41,7 @@
 //! missing answer fails the command, since a benchmark of wrong answers is
 //! worthless.
 
-use super::{BenchServer, cpu_used, percentile, round_to};
+use super::{BenchServer, cpu_split, percentile, round_to};
 use crate::output::outln;
 use crate::output::{Table, print_json, progress_bar};
 use agentbus::client::RequestOptions;
@@ -133,6 +133,8 @@ struct Figures {
     /// CPU time of this process and nats-server per request while measuring
     /// throughput (null where /proc does not tell).
     cpu_us_per_request: Option<f64>,
+    /// The part of it spent by nats-server.
+    server_cpu_us_per_request: Option<f64>,
 }
 
 impl Figures {
@@ -143,6 +145,7 @@ impl Figures {
             p50_us: round_to(self.p50_us, 1),
             p99_us: round_to(self.p99_us, 1),
             cpu_us_per_request: self.cpu_us_per_request.map(|cpu| round_to(cpu, 2)),
+            server_cpu_us_per_request: self.server_cpu_us_per_request.map(|cpu| round_to(cpu, 2)),
         }
     }
 }
@@ -310,15 +313,19 @@ async fn measure(
     // Throughput: slices of requests, alternating between the variants.
     progress.set_message(format!("throughput, {in_flight} in flight"));
     let mut busy = [Duration::ZERO; 2];
-    let mut cpu = [Some(Duration::ZERO); 2];
+    // (this process, nats-server) per variant.
+    let mut cpu = [Some((Duration::ZERO, Duration::ZERO)); 2];
     for (index, size) in slices(requests, SLICE_REQUESTS).enumerate() {
         for variant in turn(index) {
             let batch = tasks(&prompt, size);
-            let cpu_before = cpu_used(server_pid);
+            let cpu_before = cpu_split(server_pid);
             busy[variant] +=
                 concurrent(requesters[variant], variant, &batch, in_flight, check).await;
-            cpu[variant] = match (cpu[variant], cpu_before, cpu_used(server_pid)) {
-                (Some(sum), Some(before), Some(after)) => Some(sum + after.saturating_sub(before)),
+            cpu[variant] = match (cpu[variant], cpu_before, cpu_split(server_pid)) {
+                (Some((client, server)), Some(before), Some(after)) => Some((
+                    client + after.0.saturating_sub(before.0),
+                    server + after.1.saturating_sub(before.1),
+                )),
                 _ => None,
             };
             progress.inc(size as u64);
@@ -334,7 +341,10 @@ async fn measure(
             throughput_rps: requests as f64 / busy[variant].as_secs_f64(),
             p50_us: micros(percentile(times, 0.50)),
             p99_us: micros(percentile(times, 0.99)),
-            cpu_us_per_request: cpu[variant].map(|cpu| micros(cpu) / requests as f64),
+            cpu_us_per_request: cpu[variant]
+                .map(|(client, server)| micros(client + server) / requests as f64),
+            server_cpu_us_per_request: cpu[variant]
+                .map(|(_, server)| micros(server) / requests as f64),
         }
     }))
 }
@@ -537,6 +547,7 @@ fn print_table(report: &Report) -> anyhow::Result<()> {
         "p50 (us)",
         "p99 (us)",
         "CPU per request (us)",
+        "of which nats-server (us)",
     ]);
     for (name, figures) in [("bare", report.bare), ("agentbus", report.agentbus)] {
         table.row(vec![
@@ -545,6 +556,7 @@ fn print_table(report: &Report) -> anyhow::Result<()> {
             format!("{:.1}", figures.p50_us),
             format!("{:.1}", figures.p99_us),
             optional(figures.cpu_us_per_request, 2),
+            optional(figures.server_cpu_us_per_request, 2),
         ]);
     }
     table.row(vec![
@@ -553,6 +565,14 @@ fn print_table(report: &Report) -> anyhow::Result<()> {
         format!("{:.3}", report.ratio_p50),
         format!("{:.3}", report.agentbus.p99_us / report.bare.p99_us),
         optional(report.ratio_cpu, 3),
+        optional(
+            report
+                .agentbus
+                .server_cpu_us_per_request
+                .zip(report.bare.server_cpu_us_per_request)
+                .map(|(agentbus, bare)| agentbus / bare),
+            3,
+        ),
     ]);
     table.print()?;
     outln!(
