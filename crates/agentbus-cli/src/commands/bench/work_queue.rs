@@ -58,8 +58,8 @@ pub struct WorkQueueArgs {
     #[arg(long)]
     json: bool,
 
-    /// Tasks per run.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=45_000))]
+    /// Tasks per run (the tasks stream holds 50,000 at most; long runs measure the steady state).
+    #[arg(long, default_value_t = 40_000, value_parser = clap::value_parser!(u32).range(1..=45_000))]
     tasks: u32,
 
     /// Workers sharing the queue.
