@@ -17,18 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
-/// Variables that would point the CLI at another server (as in `common`).
-const REDIRECTING_VARS: &[&str] = &[
-    "NATS_URL",
-    "NATS_USER",
-    "NATS_PASSWORD",
-    "NATS_TOKEN",
-    "NATS_CREDS",
-    "AGENTBUS_MONITOR_URL",
-    "AGENTBUS_DATA_DIR",
-    "RUST_LOG",
-];
-
 /// How long anything a test waits for may take.
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -206,16 +194,10 @@ fn collect(
 
 impl Spawned {
     fn start(args: &[&str]) -> Self {
-        let mut command = tokio::process::Command::new(common::BIN);
-        for var in REDIRECTING_VARS {
-            command.env_remove(var);
-        }
-        let mut child = command
+        let mut child = common::command()
             .args(args)
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .expect("spawn agentbus");
         let stdout = Arc::new(Mutex::new(String::new()));
@@ -1348,18 +1330,12 @@ async fn a_huge_timeout_is_refused_before_anything_is_sent() {
 /// (closed before it writes, as `agentbus ... | head -0` would).
 async fn run_with_closed_stdout(server: &NatsServer, args: &[&str]) -> (ExitStatus, String) {
     let url = server.url_with_credentials();
-    let mut command = tokio::process::Command::new(common::BIN);
-    for var in REDIRECTING_VARS {
-        command.env_remove(var);
-    }
-    let mut child = command
+    let mut child = common::command()
         .args(args)
         .args(["--server", url.as_str()])
         .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("spawn agentbus");
     drop(child.stdout.take());

@@ -81,7 +81,9 @@ impl Output {
     }
 }
 
-fn command() -> tokio::process::Command {
+/// The `agentbus` binary as a command, with stdin null, killed on drop, and
+/// without the variables that could redirect it (see [`REDIRECTING_VARS`]).
+pub fn command() -> tokio::process::Command {
     let mut command = tokio::process::Command::new(BIN);
     for var in REDIRECTING_VARS {
         command.env_remove(var);
