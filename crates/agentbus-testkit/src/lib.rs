@@ -26,6 +26,8 @@ use std::sync::OnceLock;
 #[derive(Debug)]
 pub struct NatsServer {
     server: LocalServer,
+    /// How it was started, with the ports it got (for [`NatsServer::restart`]).
+    config: LocalServerConfig,
     _dir: tempfile::TempDir,
 }
 
@@ -66,8 +68,27 @@ impl NatsServer {
     /// Starts a server with JetStream but no streams.
     pub async fn start_bare() -> Self {
         let dir = tempfile::tempdir().expect("create a temporary directory");
-        let server = start_in(dir.path()).await;
-        Self { server, _dir: dir }
+        let mut config = config_in(dir.path());
+        let server = start(&config).await;
+        // Pinned to the ports it got, so a restart comes back where clients look.
+        config.port = port_of(server.client_url());
+        config.monitor_port = port_of(server.monitor_url());
+        Self {
+            server,
+            config,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the server (SIGTERM: JetStream flushes its storage) and starts it
+    /// again on the same ports, with the same storage and credentials.
+    /// Connected clients reconnect by themselves.
+    pub async fn restart(&mut self) {
+        self.server
+            .stop(std::time::Duration::from_secs(10))
+            .await
+            .expect("stop the test server");
+        self.server = start(&self.config).await;
     }
 
     /// Client URL without credentials.
@@ -115,10 +136,10 @@ impl NatsServer {
     }
 }
 
-async fn start_in(dir: &Path) -> LocalServer {
+fn config_in(dir: &Path) -> LocalServerConfig {
     // Starts with a letter: nats-server would read an all-digit value as a number.
     let password = format!("t{}", uuid::Uuid::new_v4().simple());
-    let config = LocalServerConfig {
+    LocalServerConfig {
         binary: nats_server_binary(),
         dir: dir.to_owned(),
         host: "127.0.0.1".into(),
@@ -127,10 +148,20 @@ async fn start_in(dir: &Path) -> LocalServer {
         user: "test".into(),
         password,
         server_name: "agentbus-test".into(),
-    };
-    LocalServer::start(&config)
+    }
+}
+
+async fn start(config: &LocalServerConfig) -> LocalServer {
+    LocalServer::start(config)
         .await
         .unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// The port of `scheme://host:port`.
+fn port_of(url: &str) -> u16 {
+    url.rsplit_once(':')
+        .and_then(|(_, port)| port.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("no port in {url}"))
 }
 
 /// Whether a process with this pid exists (and is not a zombie).
