@@ -4,7 +4,9 @@
 //! `NATS_URL` environment variable, or `<data-dir>/connection.env` written by
 //! `agentbus up`. Credentials come from the URL's user-info, else from
 //! `NATS_USER`/`NATS_PASSWORD`, `NATS_TOKEN` or `NATS_CREDS`. URLs are only ever
-//! shown without their password.
+//! shown without their password. A `tls://` URL requires TLS; `NATS_CA` names
+//! a PEM file of certificate authorities to trust besides the system's (for a
+//! server with a private CA or a self-signed certificate).
 
 use crate::redact::{redact_url, split_userinfo};
 use std::path::{Path, PathBuf};
@@ -16,6 +18,8 @@ pub const CONNECTION_FILE: &str = "connection.env";
 pub const NATS_URL_VAR: &str = "NATS_URL";
 /// Variable holding the monitoring endpoint URL.
 pub const MONITOR_URL_VAR: &str = "AGENTBUS_MONITOR_URL";
+/// Variable naming a PEM file of extra certificate authorities to trust.
+pub const CA_FILE_VAR: &str = "NATS_CA";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -71,6 +75,7 @@ pub struct ServerTarget {
     credentials: Credentials,
     source: TargetSource,
     monitor_url: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 /// Why no connection could be made. Each message is one sentence saying what to do.
@@ -110,7 +115,9 @@ pub enum ConnectError {
     )]
     Refused { url: String, source_name: String },
     /// TLS could not be set up.
-    #[error("TLS to NATS at {url} failed: {reason}")]
+    #[error(
+        "TLS to NATS at {url} failed: {reason}; a tls:// URL needs a server with TLS, and a certificate from a private CA needs NATS_CA set to that CA's PEM file"
+    )]
     Tls { url: String, reason: String },
 }
 
@@ -150,6 +157,7 @@ impl ServerTarget {
         if let Some(url) = env_value(MONITOR_URL_VAR) {
             target.monitor_url = Some(url);
         }
+        target.ca_file = env_value(CA_FILE_VAR).map(PathBuf::from);
         Ok(target)
     }
 
@@ -171,6 +179,7 @@ impl ServerTarget {
             credentials,
             source,
             monitor_url: None,
+            ca_file: None,
         }
     }
 
@@ -186,6 +195,18 @@ impl ServerTarget {
     pub fn with_monitor_url(mut self, url: Option<String>) -> Self {
         self.monitor_url = url;
         self
+    }
+
+    /// Trusts the certificate authorities in the PEM file `path` too (for TLS).
+    #[must_use]
+    pub fn with_ca_file(mut self, path: Option<PathBuf>) -> Self {
+        self.ca_file = path;
+        self
+    }
+
+    /// The extra certificate authorities to trust, when set.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
     /// The server URL without credentials: safe to print.
@@ -226,7 +247,10 @@ impl ServerTarget {
     }
 
     async fn options(&self) -> Result<async_nats::ConnectOptions, ConnectError> {
-        let options = async_nats::ConnectOptions::new();
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(path) = &self.ca_file {
+            options = options.add_root_certificates(path.clone());
+        }
         Ok(match &self.credentials {
             Credentials::None => options,
             Credentials::UserPassword { user, password } => {
@@ -261,6 +285,9 @@ impl ServerTarget {
                 reason,
             },
             Kind::Tls => ConnectError::Tls { url, reason },
+            // rustls failures (an untrusted certificate, a server without TLS)
+            // surface as I/O errors: they are not a reachability problem.
+            Kind::Io if is_tls_failure(&reason) => ConnectError::Tls { url, reason },
             Kind::Dns | Kind::TimedOut | Kind::Io | Kind::MaxReconnects => {
                 ConnectError::Unreachable {
                     url,
@@ -270,6 +297,19 @@ impl ServerTarget {
             }
         }
     }
+}
+
+/// Whether an I/O error's text is a TLS handshake failure.
+fn is_tls_failure(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    [
+        "certificate",
+        "handshake",
+        "corrupt message",
+        "invalidcontenttype",
+    ]
+    .iter()
+    .any(|sign| reason.contains(sign))
 }
 
 fn credentials_from_env(env: &impl Fn(&str) -> Option<String>) -> Credentials {

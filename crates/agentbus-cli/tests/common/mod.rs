@@ -37,6 +37,7 @@ const REDIRECTING_VARS: &[&str] = &[
     "NATS_PASSWORD",
     "NATS_TOKEN",
     "NATS_CREDS",
+    "NATS_CA",
     "AGENTBUS_MONITOR_URL",
     "AGENTBUS_DATA_DIR",
     "RUST_LOG",
