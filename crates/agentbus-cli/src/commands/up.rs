@@ -220,12 +220,17 @@ fn print_summary(
     Ok(())
 }
 
+/// How long the demo's remaining lines may take to print once it stopped.
+const PRINTER_GRACE: Duration = Duration::from_secs(1);
+
 /// The demo agents, running beside the bus until told to stop.
 struct RunningDemo {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), agentbus::demo::DemoError>>,
     /// What the demo reports, printed from [`RunningDemo::print_from_now`] on.
     lines: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
+    /// Prints `lines`; ends once the demo is over and everything is printed.
+    printer: Option<tokio::task::JoinHandle<()>>,
     json: bool,
 }
 
@@ -237,7 +242,7 @@ impl RunningDemo {
             return;
         };
         let json = self.json;
-        tokio::spawn(async move {
+        self.printer = Some(tokio::spawn(async move {
             while let Some(line) = lines.recv().await {
                 let printed = if json {
                     print_json(&serde_json::json!({ "demo": line }))
@@ -248,7 +253,7 @@ impl RunningDemo {
                     break; // stdout is gone: the demo runs on, unseen.
                 }
             }
-        });
+        }));
     }
 }
 
@@ -296,6 +301,7 @@ async fn start_demo(
         stop,
         task,
         lines: Some(lines),
+        printer: None,
         json,
     })
 }
@@ -331,9 +337,14 @@ async fn supervise(
     mut signals: StopSignals,
     demo: Option<RunningDemo>,
 ) -> anyhow::Result<ExitCode> {
-    let (demo_stop, mut demo_task) = match demo {
-        Some(RunningDemo { stop, task, .. }) => (Some(stop), Some(task)),
-        None => (None, None),
+    let (demo_stop, mut demo_task, demo_printer) = match demo {
+        Some(RunningDemo {
+            stop,
+            task,
+            printer,
+            ..
+        }) => (Some(stop), Some(task), printer),
+        None => (None, None, None),
     };
     let status = tokio::select! {
         () = signals.recv() => None,
@@ -353,6 +364,10 @@ async fn supervise(
         if let Ok(Ok(Err(err))) = tokio::time::timeout(STOP_GRACE, task).await {
             eprintln!("warning: the demo ended with an error: {err}");
         }
+    }
+    // The demo's last lines, down to "demo: stopping", before the server goes.
+    if let Some(printer) = demo_printer {
+        let _ = tokio::time::timeout(PRINTER_GRACE, printer).await;
     }
     match status {
         None => {
