@@ -677,7 +677,10 @@ async fn up_demo_shows_the_agents_at_work_serves_a_client_and_stops_on_sigterm()
     .await;
     let seen = wait_for_line(&up, "feedback_summary with feedback seen", |l| {
         l.strip_prefix("orchestrator -> enhancement_agent feedback_summary: completed (")
-            .and_then(|rest| rest.strip_suffix(" feedback events seen)"))
+            .and_then(|rest| {
+                rest.strip_suffix(" feedback events seen)")
+                    .or_else(|| rest.strip_suffix(" feedback event seen)"))
+            })
             .and_then(|n| n.parse::<u64>().ok())
             .filter(|&n| n >= 1)
     })

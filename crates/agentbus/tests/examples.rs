@@ -411,7 +411,7 @@ async fn demo_runs_a_round_of_every_scenario() {
     );
     assert_eq!(
         seen[5],
-        "orchestrator -> enhancement_agent feedback_summary: completed (1 feedback events seen)"
+        "orchestrator -> enhancement_agent feedback_summary: completed (1 feedback event seen)"
     );
     assert_eq!(
         rest.last().map(String::as_str),

@@ -284,10 +284,9 @@ impl Demo {
             )
             .await;
         if let Some(result) = completed(step, response, report) {
-            report(&format!(
-                "{step}: completed ({} feedback events seen)",
-                result["feedback_seen"]
-            ));
+            let seen = &result["feedback_seen"];
+            let noun = if seen == 1 { "event" } else { "events" };
+            report(&format!("{step}: completed ({seen} feedback {noun} seen)"));
         }
     }
 }
