@@ -9,9 +9,11 @@
 //! # }
 //! ```
 
+mod custom;
 mod python;
 mod redis;
 
+pub use custom::CustomNatsServer;
 pub use redis::{RedisServer, redis_server_binary};
 
 use agentbus::connect::{ServerTarget, TargetSource};

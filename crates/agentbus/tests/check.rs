@@ -5,13 +5,12 @@
 use agentbus::check::{self, CheckOptions, CheckReport, names};
 use agentbus::connect::{ServerTarget, TargetSource};
 use agentbus::topology::{Discard, Topology};
-use agentbus_testkit::NatsServer;
+use agentbus_testkit::{CustomNatsServer, NatsServer};
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::{StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
-use std::process::Stdio;
+use std::ffi::OsString;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// What the server holds, per stream: messages, last sequence, consumer names.
 #[derive(Debug, PartialEq, Eq)]
@@ -340,7 +339,7 @@ async fn missing_streams_fail_their_checks_without_stopping_the_run() {
 
 /// A `nats-server` with JetStream and no authorization at all; killed on drop.
 struct OpenServer {
-    _process: tokio::process::Child,
+    _server: CustomNatsServer,
     _dir: tempfile::TempDir,
     url: String,
 }
@@ -348,36 +347,12 @@ struct OpenServer {
 impl OpenServer {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut process = tokio::process::Command::new(agentbus_testkit::nats_server_binary())
-            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start nats-server");
-        let mut lines = BufReader::new(process.stderr.take().unwrap()).lines();
-        let mut url = None;
-        let ready = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some((_, addr)) = line.split_once("Listening for client connections on ") {
-                    url = Some(format!("nats://{}", addr.trim()));
-                }
-                if line.contains("Server is ready") {
-                    return;
-                }
-            }
-            panic!("nats-server exited before it was ready");
-        })
-        .await;
-        assert!(ready.is_ok(), "nats-server was not ready within 30 s");
-        // Keep reading, so the server never blocks on a full stderr pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let args = ["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"].map(OsString::from);
+        let server = CustomNatsServer::start(args.into_iter().chain([dir.path().into()])).await;
         Self {
-            _process: process,
+            url: format!("nats://{}", server.address()),
+            _server: server,
             _dir: dir,
-            url: url.expect("nats-server logged its client port"),
         }
     }
 }

@@ -8,18 +8,17 @@ use agentbus::{
     Agent, AgentOptions, Bus, RequestOptions, Runtime, TaskContext, TaskError, TaskRequest,
     TaskStatus, TaskTypeSpec,
 };
-use agentbus_testkit::NatsServer;
+use agentbus_testkit::{CustomNatsServer, NatsServer};
 use futures::StreamExt;
 use serde_json::{Value, json};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A nats-server that accepts TLS connections only, with a self-signed
 /// certificate for 127.0.0.1; killed on drop.
 struct TlsServer {
-    _process: tokio::process::Child,
+    _server: CustomNatsServer,
     dir: tempfile::TempDir,
     /// `tls://user:password@127.0.0.1:port`.
     url: String,
@@ -47,36 +46,10 @@ impl TlsServer {
         );
         let config_file = dir.path().join("nats.conf");
         std::fs::write(&config_file, config).unwrap();
-        let mut process = tokio::process::Command::new(agentbus_testkit::nats_server_binary())
-            .arg("-c")
-            .arg(&config_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start nats-server");
-        let mut lines = BufReader::new(process.stderr.take().unwrap()).lines();
-        let mut address = None;
-        let ready = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some((_, addr)) = line.split_once("Listening for client connections on ") {
-                    address = Some(addr.trim().to_owned());
-                }
-                if line.contains("Server is ready") {
-                    return;
-                }
-            }
-            panic!("nats-server exited before it was ready");
-        })
-        .await;
-        assert!(ready.is_ok(), "nats-server was not ready within 30 s");
-        // Keep reading, so the server never blocks on a full stderr pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let address = address.expect("nats-server logged its client port");
+        let server = CustomNatsServer::start([OsStr::new("-c"), config_file.as_os_str()]).await;
         Self {
-            _process: process,
-            url: format!("tls://tls:{password}@{address}"),
+            url: format!("tls://tls:{password}@{}", server.address()),
+            _server: server,
             dir,
         }
     }
