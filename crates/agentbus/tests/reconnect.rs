@@ -1,5 +1,6 @@
-//! Agents and clients ride out a server restart: their connections come back
-//! by themselves, with their subscriptions, and durable work resumes.
+//! Agents and clients ride out a server restart or stall: their connections
+//! come back by themselves, with their subscriptions, and durable work
+//! resumes, each task run once.
 
 use agentbus::delivery::Queue;
 use agentbus::{
@@ -8,7 +9,9 @@ use agentbus::{
 };
 use agentbus_testkit::NatsServer;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const AGENT: &str = "steadfast";
@@ -116,5 +119,84 @@ async fn agents_and_clients_keep_working_across_a_server_restart() {
         Some(4),
         "each task ran once"
     );
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Counts the runs of each task; each takes a little while.
+#[derive(Clone, Default)]
+struct Counting {
+    runs: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Agent for Counting {
+    fn name(&self) -> &str {
+        "counted"
+    }
+
+    fn task_types(&self) -> Vec<TaskTypeSpec> {
+        vec![TaskTypeSpec::new("work").unwrap()]
+    }
+
+    async fn handle(&self, task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
+        *self
+            .runs
+            .lock()
+            .unwrap()
+            .entry(task.task_id.clone())
+            .or_default() += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(json!({ "done": task.payload }))
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_stalls_longer_than_a_fetch_still_runs_each_task_once() {
+    let server = NatsServer::start().await;
+    let agent = Counting::default();
+    let mut runtime = Runtime::new(Bus::connect(&server.target(), "stall-agent").await.unwrap());
+    let options = AgentOptions {
+        max_concurrency: 2,
+        ack_wait: Duration::from_secs(2),
+        idle_poll: Duration::from_millis(100),
+        ..AgentOptions::default()
+    };
+    runtime.add(agent.clone(), options).await.unwrap();
+    let client = Bus::connect(&server.target(), "stall-client")
+        .await
+        .unwrap();
+    let queue = Queue::agent("counted").unwrap();
+    let tasks: Vec<TaskRequest> = (0..40)
+        .map(|i| TaskRequest::new("work", json!({ "i": i })))
+        .collect();
+    for task in &tasks {
+        client.submit(&queue, task).await.unwrap();
+    }
+
+    // Freeze the server mid-queue for longer than a fetch waits (5 s), so
+    // that fetches, acks and result writes all hang, then let it go on.
+    let started = Instant::now();
+    while agent.runs.lock().unwrap().len() < 5 {
+        assert!(started.elapsed() < RECOVERY, "the queue did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &server.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {name}");
+    };
+    signal("-STOP");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    signal("-CONT");
+
+    for task in &tasks {
+        let response = client.wait_task(&task.task_id, RECOVERY).await.unwrap();
+        assert_eq!(response.status, TaskStatus::Completed, "{response:?}");
+    }
+    let runs = agent.runs.lock().unwrap().clone();
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "tasks not run exactly once: {twice:?}");
+    assert_eq!(runs.len(), tasks.len());
     runtime.shutdown(Duration::from_secs(5)).await;
 }

@@ -249,14 +249,18 @@ async fn subscribe_all(
 
 /// Pull requests of one worker and their answers, on one subscription to
 /// `<inbox>.*`. Each request gets its own reply subject `<inbox>.<n>`, so
-/// that a late status for an abandoned request is not taken as the answer to
-/// the current one (messages arrive under their own subject, whatever the
-/// request, and are all this worker's to run).
+/// that a status is matched to its request (messages arrive under their own
+/// subject, whatever the request).
 struct Puller {
+    client: async_nats::Client,
     jetstream: jetstream::Context,
     inbox: String,
     replies: async_nats::Subscriber,
     requests: u64,
+    /// A fetch was given up: what the server still sends for it must not be
+    /// taken (and run) later, so the next fetch starts on a new inbox. The
+    /// server drops those messages, and redelivers them after the ack wait.
+    abandoned: bool,
 }
 
 impl Puller {
@@ -267,15 +271,26 @@ impl Puller {
         let inbox = client.new_inbox();
         let replies = client.subscribe(format!("{inbox}.*")).await?;
         Ok(Self {
+            client: client.clone(),
             jetstream,
             inbox,
             replies,
             requests: 0,
+            abandoned: false,
         })
     }
 
     /// Fetches up to `max` messages that are there now, without waiting.
     async fn fetch(&mut self, consumer: &PullConsumer, max: usize) -> Vec<jetstream::Message> {
+        if self.abandoned {
+            match Self::new(&self.client, self.jetstream.clone()).await {
+                Ok(fresh) => *self = fresh, // the old subscription ends on drop
+                Err(err) => {
+                    tracing::warn!(%err, "cannot subscribe for pull replies");
+                    return Vec::new();
+                }
+            }
+        }
         self.requests += 1;
         let reply = Subject::from(format!("{}.{}", self.inbox, self.requests));
         let request = BatchConfig {
@@ -294,10 +309,12 @@ impl Puller {
                 Ok(Some(message)) => message,
                 Ok(None) => {
                     tracing::warn!("the pull reply subscription ended");
+                    self.abandoned = true;
                     break;
                 }
                 Err(_) => {
                     tracing::warn!(timeout = ?FETCH_TIMEOUT, "no answer to a fetch from a work queue");
+                    self.abandoned = true;
                     break;
                 }
             };
