@@ -8,7 +8,7 @@ use agentbus::{
     Agent, AgentMessage, AgentOptions, Bus, MessageChannel, Priority, Runtime, TaskContext,
     TaskError, TaskRequest, TaskTypeSpec,
 };
-use agentbus_testkit::NatsServer;
+use agentbus_testkit::{ClosedPort, NatsServer};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -1395,11 +1395,9 @@ async fn send_with_an_empty_message_id_is_refused() {
 
 #[tokio::test]
 async fn an_unreachable_server_fails_fast_with_one_line() {
-    // A port that was free a moment ago: nothing listens there.
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    // Nothing listens there, and no other test's server can take it meanwhile.
+    let closed = ClosedPort::new();
+    let port = closed.port();
     let url = format!("nats://127.0.0.1:{port}");
     for args in [
         &["publish", "app.events.x", "{}"][..],

@@ -3,7 +3,7 @@
 
 mod common;
 
-use agentbus_testkit::NatsServer;
+use agentbus_testkit::{ClosedPort, NatsServer};
 use async_nats::jetstream::stream::StorageType;
 use common::{STREAMS, Up, run};
 use futures::TryStreamExt;
@@ -260,10 +260,8 @@ async fn status_reports_every_stream_of_a_running_bus() {
 
 #[tokio::test]
 async fn status_against_a_closed_port_fails_fast() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed = ClosedPort::new();
+    let port = closed.port();
     let url = format!("nats://127.0.0.1:{port}");
     let out = run(["status", "--server", &url]).await;
     let stderr = out.assert_failure();

@@ -9,10 +9,12 @@
 //! # }
 //! ```
 
+mod closed_port;
 mod custom;
 mod python;
 mod redis;
 
+pub use closed_port::ClosedPort;
 pub use custom::CustomNatsServer;
 pub use redis::{RedisServer, redis_server_binary};
 

@@ -7,7 +7,7 @@ use agentbus::demo::{
     EnhancementAgent, LlmAgent, LlmEndpoint,
 };
 use agentbus::{AgentOptions, Bus, Priority, Runtime, TaskResponse, TaskStatus};
-use agentbus_testkit::NatsServer;
+use agentbus_testkit::{ClosedPort, NatsServer};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -154,11 +154,9 @@ async fn http_error_is_a_failed_task_that_never_shows_the_key() {
 
 #[tokio::test]
 async fn unreachable_endpoint_is_a_failed_task_and_the_agent_keeps_serving() {
-    // A port that was just free: nothing listens on it.
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    // Nothing listens on it, and no other test's server can take it meanwhile.
+    let closed = ClosedPort::new();
+    let port = closed.port();
     let endpoint = LlmEndpoint::new(&format!("http://127.0.0.1:{port}/v1"))
         .unwrap()
         .with_api_key("sk-never-shown");

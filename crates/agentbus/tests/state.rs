@@ -5,7 +5,7 @@
 use agentbus::state::{StateChange, StateError, StateStore};
 use agentbus::topology::Topology;
 use agentbus::{Bus, Name};
-use agentbus_testkit::{NatsServer, RedisServer};
+use agentbus_testkit::{ClosedPort, NatsServer, RedisServer};
 use futures::{Stream, StreamExt};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -307,11 +307,8 @@ async fn a_wrong_redis_password_is_a_clear_error_without_the_password() {
 async fn an_unreachable_redis_or_unknown_url_is_a_clear_error() {
     let nats = NatsServer::start().await;
     let bus = bus(&nats).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = ClosedPort::new();
+    let port = closed.port();
     let err = StateStore::open(&bus, Some(&format!("redis://:s3cret@127.0.0.1:{port}")))
         .await
         .unwrap_err();
