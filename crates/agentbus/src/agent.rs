@@ -196,7 +196,7 @@ impl TaskRequest {
 pub struct TaskContext {
     pub(crate) agent: Name,
     pub(crate) instance_id: Arc<str>,
-    pub(crate) task_id: String,
+    pub(crate) task_id: Arc<str>,
     pub(crate) bus: Bus,
 }
 

@@ -43,7 +43,10 @@ pub struct AgentOptions {
     pub task_timeout: Option<Duration>,
     /// How long a task id is remembered, so a retry is answered, not rerun.
     pub dedup_window: Duration,
-    /// How many task ids are remembered at most.
+    /// How many task ids are remembered at most (0 turns retry
+    /// deduplication off). Their responses are kept in a buffer of 512 bytes
+    /// per id (at least twice the server's max_payload), which grows as it
+    /// fills; larger responses make older ids forgotten sooner.
     pub dedup_capacity: usize,
     /// Publish `platform.events.task_completed` / `task_failed` after each task.
     pub task_events: bool,
@@ -271,6 +274,7 @@ impl Runtime {
             dedup: Mutex::new(DedupCache::new(
                 options.dedup_window,
                 options.dedup_capacity,
+                self.bus.max_payload(),
             )),
             options,
             counters: counters.clone(),

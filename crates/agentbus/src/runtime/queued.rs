@@ -231,14 +231,14 @@ impl<A: Agent> TaskJob<A> {
                 )
                 .await;
         }
-        let started = Instant::now();
-        let task_id = request.task_id.clone();
+        let task_id: Arc<str> = request.task_id.as_str().into();
         let task_type = request.task_type.clone();
         let Outcome {
             response,
             retryable,
+            duration,
             ..
-        } = execute(served, request).await;
+        } = execute(served, request, task_id.clone(), Instant::now()).await;
         let retention = ResultRetention::from_header(
             message
                 .headers
@@ -289,7 +289,7 @@ impl<A: Agent> TaskJob<A> {
             self.give_up(message, record, attempt, error, response.status)
                 .await?;
         }
-        publish_task_event(served, &task_id, &task_type, &response, started).await;
+        publish_task_event(served, &task_id, &task_type, &response, duration).await;
         Ok(())
     }
 
@@ -378,7 +378,11 @@ impl<A: Agent> MessageJob<A> {
         let ctx = TaskContext {
             agent: served.name.clone(),
             instance_id: served.instance_id.clone(),
-            task_id: agent_message.message_id.clone().unwrap_or_default(),
+            task_id: agent_message
+                .message_id
+                .as_deref()
+                .unwrap_or_default()
+                .into(),
             bus: served.bus.clone(),
         };
         let handled = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(

@@ -15,9 +15,12 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Everything the tasks of one agent share.
@@ -84,18 +87,23 @@ pub(super) async fn serve<A: Agent>(
                 biased;
                 _ = &mut stopped => break,
                 Some(()) = running.next(), if !running.is_empty() => {
-                    if let Some(next) = waiting.pop() {
-                        let Waiting { request, reply, .. } = next;
-                        running.push(run_task(served.clone(), request, reply));
+                    // A task that finishes at its first poll leaves its slot
+                    // free at once: keep taking waiting ones.
+                    while running.len() < max_concurrency
+                        && let Some(Waiting { request, reply, .. }) = waiting.pop()
+                    {
+                        let task = run_task(served.clone(), request, reply, Instant::now());
+                        start(&mut running, task).await;
                     }
                     served.counters.set_queues(waiting.len(), running.len());
                 }
                 message = subscriber.next(), if waiting.len() < served.options.max_waiting => {
                     let Some(message) = message else { break };
                     let reply = message.reply;
-                    let Some(request) = admit(&served, &message.payload, reply.as_ref()).await else { continue };
+                    let arrived = Instant::now();
+                    let Some(request) = admit(&served, &message.payload, reply.as_ref(), arrived).await else { continue };
                     if running.len() < max_concurrency {
-                        running.push(run_task(served.clone(), request, reply));
+                        start(&mut running, run_task(served.clone(), request, reply, arrived)).await;
                     } else {
                         sequence += 1;
                         waiting.push(Waiting { priority: request.priority, sequence, request, reply });
@@ -129,11 +137,31 @@ pub(super) async fn serve<A: Agent>(
     }
 }
 
+/// A task being run, boxed so that it can join the running ones unmoved.
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Polls a new task once, here, and adds it to `running` only if it has to
+/// wait: most handlers finish at their first poll, and then the task costs
+/// one allocation instead of a trip through the running set's queue.
+async fn start(
+    running: &mut FuturesUnordered<Task>,
+    task: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut task: Task = Box::pin(task);
+    // The poll registers this serving task's waker; once `task` is in
+    // `running`, the set polls it again with its own.
+    let pending = std::future::poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx).is_pending())).await;
+    if pending {
+        running.push(task);
+    }
+}
+
 /// Parses and checks a message; answers it right away when it cannot run.
 async fn admit<A: Agent>(
     served: &Served<A>,
     payload: &[u8],
     reply: Option<&Subject>,
+    now: Instant,
 ) -> Option<TaskRequest> {
     let request = match TaskRequest::from_json(payload) {
         Ok(request) => request,
@@ -159,7 +187,7 @@ async fn admit<A: Agent>(
     let seen = served
         .dedup
         .lock()
-        .map(|mut dedup| dedup.check(&request.task_id, reply, Instant::now()))
+        .map(|mut dedup| dedup.check(&request.task_id, reply, now))
         .unwrap_or(Seen::New);
     match seen {
         Seen::New => Some(request),
@@ -179,13 +207,18 @@ pub(super) struct Outcome {
     pub(super) body: Vec<u8>,
     /// Whether another attempt could succeed.
     pub(super) retryable: bool,
+    /// From `started` to the end of the handler.
+    pub(super) duration: Duration,
 }
 
-/// Runs the handler on `request`: panics, the task timeout and oversize
-/// results all become error responses.
-pub(super) async fn execute<A: Agent>(served: &Served<A>, request: TaskRequest) -> Outcome {
-    let started = Instant::now();
-    let task_id = request.task_id.clone();
+/// Runs the handler on `request` (whose id is `task_id`): panics, the task
+/// timeout and oversize results all become error responses.
+pub(super) async fn execute<A: Agent>(
+    served: &Served<A>,
+    request: TaskRequest,
+    task_id: Arc<str>,
+    started: Instant,
+) -> Outcome {
     let ctx = TaskContext {
         agent: served.name.clone(),
         instance_id: served.instance_id.clone(),
@@ -198,7 +231,7 @@ pub(super) async fn execute<A: Agent>(served: &Served<A>, request: TaskRequest) 
         None => Some(handler.await),
     };
     let (response, retryable) = match outcome {
-        Some(Ok(Ok(result))) => (TaskResponse::completed(task_id.clone(), result), false),
+        Some(Ok(Ok(result))) => (TaskResponse::completed(&*task_id, result), false),
         Some(Ok(Err(err))) => (err.to_response(&task_id), err.is_retryable()),
         Some(Err(panic)) => {
             let message = format!("the handler panicked: {}", panic_message(&*panic));
@@ -208,7 +241,7 @@ pub(super) async fn execute<A: Agent>(served: &Served<A>, request: TaskRequest) 
             let limit = served.options.task_timeout.unwrap_or_default();
             let message = format!("the handler did not finish within {limit:?}");
             (
-                TaskResponse::error(task_id.clone(), TaskStatus::Timeout, message),
+                TaskResponse::error(&*task_id, TaskStatus::Timeout, message),
                 true,
             )
         }
@@ -226,30 +259,51 @@ pub(super) async fn execute<A: Agent>(served: &Served<A>, request: TaskRequest) 
     } else {
         (response, body, retryable)
     };
-    served.counters.finished(response.status, started.elapsed());
+    let duration = started.elapsed();
+    served.counters.finished(response.status, duration);
     Outcome {
         response,
         body,
         retryable,
+        duration,
     }
 }
 
-async fn run_task<A: Agent>(served: Arc<Served<A>>, request: TaskRequest, reply: Option<Subject>) {
-    let started = Instant::now();
-    let task_id = request.task_id.clone();
-    let task_type = request.task_type.clone();
-    let Outcome { response, body, .. } = execute(&served, request).await;
-    let body = Bytes::from(body);
+/// Runs a task taken over request/reply and answers it (and any retries of
+/// it that arrived meanwhile).
+async fn run_task<A: Agent>(
+    served: Arc<Served<A>>,
+    request: TaskRequest,
+    reply: Option<Subject>,
+    started: Instant,
+) {
+    let task_id: Arc<str> = request.task_id.as_str().into();
+    let task_type = served
+        .options
+        .task_events
+        .then(|| request.task_type.clone());
+    let outcome = execute(&served, request, task_id.clone(), started).await;
+    let body = Bytes::from(outcome.body);
     let waiters = served
         .dedup
         .lock()
-        .map(|mut d| d.answer(&task_id, body.clone()))
+        .map(|mut d| d.answer(&task_id, &body))
         .unwrap_or_default();
-    send_reply(&served, reply.as_ref(), body.clone()).await;
     for waiter in &waiters {
         send_reply(&served, Some(waiter), body.clone()).await;
     }
-    publish_task_event(&served, &task_id, &task_type, &response, started).await;
+    // Sent last, so the common case (no waiters) never copies the body's handle.
+    send_reply(&served, reply.as_ref(), body).await;
+    if let Some(task_type) = task_type {
+        publish_task_event(
+            &served,
+            &task_id,
+            &task_type,
+            &outcome.response,
+            outcome.duration,
+        )
+        .await;
+    }
 }
 
 async fn cancel<A: Agent>(served: &Served<A>, task_id: &str, reply: Option<&Subject>) {
@@ -275,7 +329,7 @@ pub(super) async fn publish_task_event<A: Agent>(
     task_id: &str,
     task_type: &str,
     response: &TaskResponse,
-    started: Instant,
+    duration: Duration,
 ) {
     if !served.options.task_events {
         return;
@@ -303,7 +357,7 @@ pub(super) async fn publish_task_event<A: Agent>(
         task_type,
         status: response.status,
         error: response.error.as_deref(),
-        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        duration_ms: duration.as_secs_f64() * 1000.0,
         instance_id: &served.instance_id,
     };
     let mut body = Vec::with_capacity(crate::protocol::JSON_CAPACITY);

@@ -3,17 +3,23 @@
 //!
 //! # What is measured
 //!
-//! Both variants do the same work against the same server: a requester
-//! serializes a [`TaskRequest`] (task type `generate_text`, payload
+//! Every variant does the seed protocol's work against the same server: a
+//! requester serializes a [`TaskRequest`] (task type `generate_text`, payload
 //! `{"prompt": <payload-bytes of text>}`), sends it to `agent.<name>.task`
 //! and parses the [`TaskResponse`]; an agent in queue group `<name>` parses
 //! the request and answers `{"echo": <prompt>}`.
 //!
 //! - **bare**: agent `bench_bare`, a plain async-nats queue subscriber that
 //!   answers each message inline, and `Client::request` on a second connection.
-//! - **agentbus**: agent `bench_agent`, served by a [`Runtime`] with default
-//!   [`AgentOptions`] (task events and work queues on, as users get them), and
-//!   [`Bus::request`] on a second connection.
+//! - **agentbus**: agent `bench_agent`, served by a [`Runtime`], and
+//!   [`Bus::request`] on a second connection. Its options are the defaults
+//!   (retry deduplication, priority queue, validation, work queues, presence)
+//!   except task events: the bare agent sends one message per task, and so
+//!   does this one. The ratios compare this variant with bare.
+//! - **agentbus_task_events**: the same with default [`AgentOptions`]
+//!   entirely, so each task also publishes `platform.events.task_completed`:
+//!   a second message per task, which nats-server parses and routes even
+//!   when nobody listens. Reported beside the others, with its own ratios.
 //!
 //! # Method
 //!
@@ -21,15 +27,16 @@
 //! machine, measuring one variant for a second and then the other lets a
 //! burst of background load land on one side only (medians of whole rounds
 //! still swung by 2x here), so the variants are interleaved finely and every
-//! disturbance hits both alike:
+//! disturbance hits all alike:
 //!
-//! - warm-up: each variant answers a few hundred requests one at a time and a
-//!   few thousand in flight, unmeasured;
+//! - warm-up: each variant answers a few hundred requests one at a time and
+//!   12,000 in flight, unmeasured (more than the runtime's dedup capacity, so
+//!   that its cache is measured full, as in an agent that runs for good);
 //! - latency: `--latency-requests` requests per variant, one at a time,
-//!   alternating bare and agentbus request by request (AB, BA, AB, ...); p50
+//!   the variants taking turns request by request (ABC, BCA, CAB, ...); p50
 //!   and p99 by nearest rank over each variant's round trips;
 //! - throughput: `--requests` requests per variant with `--in-flight`
-//!   outstanding, in slices of 2,000 run in ABBA order; requests per second
+//!   outstanding, in slices of 2,000 taking the same turns; requests per second
 //!   is each variant's requests over the summed wall time of its slices.
 //!   Alongside, the CPU time this process and nats-server spent during each
 //!   variant's slices, per request: wall-clock figures on a shared machine
@@ -45,6 +52,7 @@ use super::{BenchServer, cpu_split, percentile, round_to};
 use crate::output::outln;
 use crate::output::{Table, print_json, progress_bar};
 use agentbus::client::RequestOptions;
+use agentbus::connect::ServerTarget;
 use agentbus::name::Name;
 use agentbus::{
     Agent, AgentOptions, Bus, Runtime, TaskContext, TaskError, TaskRequest, TaskResponse,
@@ -61,18 +69,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The agentbus agent.
+/// The agentbus agent doing the bare agent's work.
 const AGENT: &str = "bench_agent";
-/// The bare agent. Both serve at once, so that their measurements can be
+/// The agentbus agent with default options (task events on).
+const EVENTS_AGENT: &str = "bench_agent_events";
+/// The bare agent. All serve at once, so that their measurements can be
 /// interleaved; under one name they would share a queue group and each
-/// would answer about half of the other's requests.
+/// would answer part of the others' requests.
 const BARE_AGENT: &str = "bench_bare";
 const TASK_TYPE: &str = "generate_text";
 /// Generous: a request this late means something is broken, not slow.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 const WARMUP_SEQUENTIAL: usize = 300;
-const WARMUP_IN_FLIGHT: usize = 3_000;
+/// More than the runtime's dedup capacity (10,000 task ids): the
+/// measurement sees the runtime as it runs for good, its cache full and
+/// recycling, not the one-time cost of filling it.
+const WARMUP_IN_FLIGHT: usize = 12_000;
 /// Requests per throughput slice: about 30 ms here, short enough to pair
 /// each slice of one variant with a neighbour of the other in the same
 /// conditions, long enough that filling and draining the window is noise.
@@ -81,7 +94,8 @@ const SLICE_REQUESTS: usize = 2_000;
 /// Index of each variant in the arrays below, and its name.
 const BARE: usize = 0;
 const AGENTBUS: usize = 1;
-const VARIANTS: [&str; 2] = ["bare", "agentbus"];
+const TASK_EVENTS: usize = 2;
+const VARIANTS: [&str; 3] = ["bare", "agentbus", "agentbus_task_events"];
 
 /// Arguments of `agentbus bench request-reply`.
 #[derive(Debug, Args)]
@@ -153,11 +167,17 @@ impl Figures {
 #[derive(Debug, Serialize)]
 struct Report {
     bare: Figures,
+    /// The runtime doing the bare agent's work (task events off).
     agentbus: Figures,
+    /// The runtime with default options: a task event per task.
+    agentbus_task_events: Figures,
     ratio_throughput: f64,
     ratio_p50: f64,
     /// CPU per request, agentbus/bare (null where /proc does not tell).
     ratio_cpu: Option<f64>,
+    ratio_throughput_task_events: f64,
+    ratio_p50_task_events: f64,
+    ratio_cpu_task_events: Option<f64>,
     server_version: String,
     requests: u32,
     latency_requests: u32,
@@ -172,7 +192,10 @@ enum Requester {
         client: async_nats::Client,
         subject: async_nats::Subject,
     },
-    Agentbus(Bus),
+    Agentbus {
+        bus: Bus,
+        agent: &'static str,
+    },
 }
 
 impl Requester {
@@ -186,12 +209,12 @@ impl Requester {
                     .map_err(|err| err.to_string())?;
                 serde_json::from_slice(&message.payload).map_err(|err| err.to_string())
             }
-            Self::Agentbus(bus) => {
+            Self::Agentbus { bus, agent } => {
                 let options = RequestOptions {
                     timeout: REQUEST_TIMEOUT,
                     retries: 0,
                 };
-                bus.request(AGENT, request, options)
+                bus.request(agent, request, options)
                     .await
                     .map_err(|err| err.to_string())
             }
@@ -223,41 +246,55 @@ async fn run(server: &BenchServer, args: &RequestReplyArgs) -> anyhow::Result<Re
         subject: task_subject.into(),
     };
 
-    // agentbus: a runtime serving the agent and a bus sending to it.
+    // agentbus: for each variant, a runtime serving its agent and a bus sending to it.
     let target = server.target();
-    let mut runtime = Runtime::new(Bus::connect(&target, "bench-agentbus-runtime").await?);
-    runtime.add(BenchAgent, AgentOptions::default()).await?;
-    runtime.bus().flush().await?;
-    let bus = Bus::connect(&target, "bench-agentbus-requester").await?;
-    bus.flush().await?;
-    let agentbus = Requester::Agentbus(bus.clone());
+    let (runtime, agentbus) = agentbus_variant(&target, AGENT, false).await?;
+    let (events_runtime, with_events) = agentbus_variant(&target, EVENTS_AGENT, true).await?;
 
     let server_version = bare_client.server_info().version;
     let mut check = Check::default();
-    let measured = measure(args, server.pid(), [&bare, &agentbus], &mut check).await;
+    let requesters = [&bare, &agentbus, &with_events];
+    let measured = measure(args, server.pid(), requesters, &mut check).await;
+    let answered_by = |runtime: &Runtime, agent: &str| {
+        runtime
+            .stats(agent)
+            .map_or(0, |stats| stats.completed + stats.failed)
+    };
     let answered = [
         bare_answered.load(Ordering::Relaxed),
-        runtime
-            .stats(AGENT)
-            .map_or(0, |stats| stats.completed + stats.failed),
+        answered_by(&runtime, AGENT),
+        answered_by(&events_runtime, EVENTS_AGENT),
     ];
 
     bare_serving.abort();
     runtime.shutdown(SHUTDOWN_GRACE).await;
-    for client in [bare_agent, bare_client, bus.client().clone()] {
-        let _ = client.drain().await;
+    events_runtime.shutdown(SHUTDOWN_GRACE).await;
+    let _ = bare_agent.drain().await;
+    for requester in requesters {
+        let client = match requester {
+            Requester::Bare { client, .. } => client,
+            Requester::Agentbus { bus, .. } => bus.client(),
+        };
+        let _ = client.clone().drain().await;
     }
-    let [bare, agentbus] = measured?;
+    let [bare, agentbus, with_events] = measured?;
     check.answered_by_own_agent(answered)?;
-    Ok(Report {
-        ratio_throughput: round_to(agentbus.throughput_rps / bare.throughput_rps, 3),
-        ratio_p50: round_to(agentbus.p50_us / bare.p50_us, 3),
-        ratio_cpu: agentbus
-            .cpu_us_per_request
+    let ratio = |of: Figures, field: fn(&Figures) -> f64| round_to(field(&of) / field(&bare), 3);
+    let cpu_ratio = |of: Figures| {
+        of.cpu_us_per_request
             .zip(bare.cpu_us_per_request)
-            .map(|(agentbus, bare)| round_to(agentbus / bare, 3)),
+            .map(|(of, bare)| round_to(of / bare, 3))
+    };
+    Ok(Report {
+        ratio_throughput: ratio(agentbus, |f| f.throughput_rps),
+        ratio_p50: ratio(agentbus, |f| f.p50_us),
+        ratio_cpu: cpu_ratio(agentbus),
+        ratio_throughput_task_events: ratio(with_events, |f| f.throughput_rps),
+        ratio_p50_task_events: ratio(with_events, |f| f.p50_us),
+        ratio_cpu_task_events: cpu_ratio(with_events),
         bare: bare.rounded(),
         agentbus: agentbus.rounded(),
+        agentbus_task_events: with_events.rounded(),
         server_version,
         requests: args.requests,
         latency_requests: args.latency_requests,
@@ -266,20 +303,39 @@ async fn run(server: &BenchServer, args: &RequestReplyArgs) -> anyhow::Result<Re
     })
 }
 
-/// Warms up both variants, then measures them interleaved; returns the
-/// figures of `[bare, agentbus]`.
+/// A runtime serving `agent` on its own connection, with task events on or
+/// off, and a requester on another connection.
+async fn agentbus_variant(
+    target: &ServerTarget,
+    agent: &'static str,
+    task_events: bool,
+) -> anyhow::Result<(Runtime, Requester)> {
+    let mut runtime = Runtime::new(Bus::connect(target, &format!("{agent}-runtime")).await?);
+    let options = AgentOptions {
+        task_events,
+        ..AgentOptions::default()
+    };
+    runtime.add(BenchAgent { name: agent }, options).await?;
+    runtime.bus().flush().await?;
+    let bus = Bus::connect(target, &format!("{agent}-requester")).await?;
+    bus.flush().await?;
+    Ok((runtime, Requester::Agentbus { bus, agent }))
+}
+
+/// Warms up every variant, then measures them interleaved; returns the
+/// figures of each, in the order of [`VARIANTS`].
 async fn measure(
     args: &RequestReplyArgs,
     server_pid: u32,
-    requesters: [&Requester; 2],
+    requesters: [&Requester; 3],
     check: &mut Check,
-) -> anyhow::Result<[Figures; 2]> {
+) -> anyhow::Result<[Figures; 3]> {
     let prompt = prompt_text(args.payload_bytes as usize);
     let requests = args.requests as usize;
     let latency_requests = args.latency_requests as usize;
     let in_flight = args.in_flight as usize;
     let warmup = WARMUP_SEQUENTIAL + WARMUP_IN_FLIGHT;
-    let progress = progress_bar(2 * (warmup + latency_requests + requests) as u64);
+    let progress = progress_bar((VARIANTS.len() * (warmup + latency_requests + requests)) as u64);
 
     for (variant, requester) in requesters.into_iter().enumerate() {
         progress.set_message(format!("warming up {}", VARIANTS[variant]));
@@ -293,28 +349,26 @@ async fn measure(
     }
     check.verdict()?;
 
-    // Latency: one request at a time, alternating between the variants.
+    // Latency: one request at a time, taking turns between the variants.
     progress.set_message("latency, one at a time");
-    let batches = [0; 2].map(|_| tasks(&prompt, latency_requests));
-    let mut times = [0; 2].map(|_| Vec::with_capacity(latency_requests));
-    let pairs = batches[BARE].iter().zip(&batches[AGENTBUS]);
-    for (index, (bare, agentbus)) in pairs.enumerate() {
-        for variant in turn(index) {
-            let request = if variant == BARE { bare } else { agentbus };
+    let batch = tasks(&prompt, VARIANTS.len() * latency_requests);
+    let mut times = VARIANTS.map(|_| Vec::with_capacity(latency_requests));
+    for (index, round) in batch.chunks(VARIANTS.len()).enumerate() {
+        for (variant, request) in turn(index).into_iter().zip(round) {
             let started = Instant::now();
             let outcome = requesters[variant].send(request).await;
             times[variant].push(started.elapsed());
             check.record(variant, request, outcome);
         }
-        progress.inc(2);
+        progress.inc(VARIANTS.len() as u64);
     }
     check.verdict()?;
 
     // Throughput: slices of requests, alternating between the variants.
     progress.set_message(format!("throughput, {in_flight} in flight"));
-    let mut busy = [Duration::ZERO; 2];
+    let mut busy = [Duration::ZERO; 3];
     // (this process, nats-server) per variant.
-    let mut cpu = [Some((Duration::ZERO, Duration::ZERO)); 2];
+    let mut cpu = [Some((Duration::ZERO, Duration::ZERO)); 3];
     for (index, size) in slices(requests, SLICE_REQUESTS).enumerate() {
         for variant in turn(index) {
             let batch = tasks(&prompt, size);
@@ -334,7 +388,7 @@ async fn measure(
     }
     progress.finish_and_clear();
 
-    Ok([BARE, AGENTBUS].map(|variant| {
+    Ok([BARE, AGENTBUS, TASK_EVENTS].map(|variant| {
         let times = &mut times[variant];
         times.sort_unstable();
         Figures {
@@ -349,14 +403,12 @@ async fn measure(
     }))
 }
 
-/// Which variant goes first in turn `index`: AB, BA, AB, ... so that neither
-/// always follows the other, and the order of slices is ABBAABBA.
-fn turn(index: usize) -> [usize; 2] {
-    if index.is_multiple_of(2) {
-        [BARE, AGENTBUS]
-    } else {
-        [AGENTBUS, BARE]
-    }
+/// The order of the variants in turn `index`: each goes first, second and
+/// third in turn, so that none always follows the same one.
+fn turn(index: usize) -> [usize; 3] {
+    let mut order = [BARE, AGENTBUS, TASK_EVENTS];
+    order.rotate_left(index % 3);
+    order
 }
 
 /// `total` cut into slices of `size` (the last one may be shorter).
@@ -387,8 +439,8 @@ async fn concurrent(
 /// Counts answers that are not what the agent must answer.
 #[derive(Debug, Default)]
 struct Check {
-    sent: [u64; 2],
-    wrong: [usize; 2],
+    sent: [u64; 3],
+    wrong: [usize; 3],
     first: Option<String>,
 }
 
@@ -416,25 +468,24 @@ impl Check {
         match &self.first {
             None => Ok(()),
             Some(first) => anyhow::bail!(
-                "{} bare and {} agentbus request(s) got a wrong or no answer, so the figures would be meaningless; the first: {first}",
+                "{} bare, {} agentbus and {} agentbus_task_events request(s) got a wrong or no answer, so the figures would be meaningless; the first: {first}",
                 self.wrong[BARE],
                 self.wrong[AGENTBUS],
+                self.wrong[TASK_EVENTS],
             ),
         }
     }
 
     /// Fails unless each variant's agent answered exactly the requests sent
     /// to it: right answers from the wrong agent measure the wrong thing.
-    fn answered_by_own_agent(&self, answered: [u64; 2]) -> anyhow::Result<()> {
+    fn answered_by_own_agent(&self, answered: [u64; 3]) -> anyhow::Result<()> {
         if answered == self.sent {
             return Ok(());
         }
         anyhow::bail!(
-            "the bare agent answered {} and the agentbus agent {} requests, but {} and {} were sent to them; something else serves their subjects, so the figures would be meaningless",
-            answered[BARE],
-            answered[AGENTBUS],
-            self.sent[BARE],
-            self.sent[AGENTBUS],
+            "the agents answered {answered:?} requests ({}), but {:?} were sent to them; something else serves their subjects, so the figures would be meaningless",
+            VARIANTS.join(", "),
+            self.sent,
         )
     }
 }
@@ -485,12 +536,14 @@ fn echo(mut payload: Value) -> Value {
     json!({ "echo": prompt })
 }
 
-/// The agentbus agent.
-struct BenchAgent;
+/// An agentbus agent.
+struct BenchAgent {
+    name: &'static str,
+}
 
 impl Agent for BenchAgent {
     fn name(&self) -> &str {
-        AGENT
+        self.name
     }
 
     fn task_types(&self) -> Vec<TaskTypeSpec> {
@@ -549,7 +602,8 @@ fn print_table(report: &Report) -> anyhow::Result<()> {
         "CPU per request (us)",
         "of which nats-server (us)",
     ]);
-    for (name, figures) in [("bare", report.bare), ("agentbus", report.agentbus)] {
+    let variants = [report.bare, report.agentbus, report.agentbus_task_events];
+    for (name, figures) in VARIANTS.into_iter().zip(variants) {
         table.row(vec![
             name.to_owned(),
             format!("{:.0}", figures.throughput_rps),
@@ -559,21 +613,30 @@ fn print_table(report: &Report) -> anyhow::Result<()> {
             optional(figures.server_cpu_us_per_request, 2),
         ]);
     }
-    table.row(vec![
-        "agentbus/bare".to_owned(),
-        format!("{:.3}", report.ratio_throughput),
-        format!("{:.3}", report.ratio_p50),
-        format!("{:.3}", report.agentbus.p99_us / report.bare.p99_us),
-        optional(report.ratio_cpu, 3),
-        optional(
-            report
-                .agentbus
-                .server_cpu_us_per_request
-                .zip(report.bare.server_cpu_us_per_request)
-                .map(|(agentbus, bare)| agentbus / bare),
-            3,
-        ),
-    ]);
+    for (name, figures) in [
+        ("agentbus/bare", report.agentbus),
+        ("agentbus_task_events/bare", report.agentbus_task_events),
+    ] {
+        let bare = report.bare;
+        let ratio = |of: Option<f64>, to: Option<f64>| of.zip(to).map(|(of, to)| of / to);
+        table.row(vec![
+            name.to_owned(),
+            format!("{:.3}", figures.throughput_rps / bare.throughput_rps),
+            format!("{:.3}", figures.p50_us / bare.p50_us),
+            format!("{:.3}", figures.p99_us / bare.p99_us),
+            optional(
+                ratio(figures.cpu_us_per_request, bare.cpu_us_per_request),
+                3,
+            ),
+            optional(
+                ratio(
+                    figures.server_cpu_us_per_request,
+                    bare.server_cpu_us_per_request,
+                ),
+                3,
+            ),
+        ]);
+    }
     table.print()?;
     outln!(
         "throughput ratio {:.3}: {}",
@@ -594,6 +657,11 @@ fn print_table(report: &Report) -> anyhow::Result<()> {
             "<= 1.05",
             "<= 1.10"
         )
+    )?;
+    outln!(
+        "with a task event per task (the default options): throughput ratio {:.3}, p50 ratio {:.3}",
+        report.ratio_throughput_task_events,
+        report.ratio_p50_task_events,
     )?;
     Ok(())
 }
@@ -642,7 +710,9 @@ mod tests {
         check.record(BARE, &request, Ok(failed));
         let err = check.verdict().unwrap_err().to_string();
         assert!(
-            err.starts_with("1 bare and 1 agentbus request(s) got a wrong or no answer"),
+            err.starts_with(
+                "1 bare, 1 agentbus and 0 agentbus_task_events request(s) got a wrong or no answer"
+            ),
             "{err}"
         );
         let first = format!(
@@ -651,11 +721,14 @@ mod tests {
         );
         assert!(err.ends_with(&first), "{err}");
 
-        assert!(check.answered_by_own_agent([2, 1]).is_ok());
-        let misrouted = check.answered_by_own_agent([3, 0]).unwrap_err().to_string();
+        assert!(check.answered_by_own_agent([2, 1, 0]).is_ok());
+        let misrouted = check
+            .answered_by_own_agent([3, 0, 0])
+            .unwrap_err()
+            .to_string();
         assert!(
             misrouted.starts_with(
-                "the bare agent answered 3 and the agentbus agent 0 requests, but 2 and 1 were sent"
+                "the agents answered [3, 0, 0] requests (bare, agentbus, agentbus_task_events), but [2, 1, 0] were sent"
             ),
             "{misrouted}"
         );
@@ -663,9 +736,10 @@ mod tests {
 
     #[test]
     fn turns_alternate_and_slices_cover_the_total() {
-        assert_eq!(turn(0), [BARE, AGENTBUS]);
-        assert_eq!(turn(1), [AGENTBUS, BARE]);
-        assert_eq!(turn(2), [BARE, AGENTBUS]);
+        assert_eq!(turn(0), [BARE, AGENTBUS, TASK_EVENTS]);
+        assert_eq!(turn(1), [AGENTBUS, TASK_EVENTS, BARE]);
+        assert_eq!(turn(2), [TASK_EVENTS, BARE, AGENTBUS]);
+        assert_eq!(turn(3), turn(0));
         assert_eq!(
             slices(5_000, 2_000).collect::<Vec<_>>(),
             [2_000, 2_000, 1_000]
