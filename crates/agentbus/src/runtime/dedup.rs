@@ -5,13 +5,14 @@
 //!
 //! - ids are kept as 64-bit hashes (no allocation per task; the hasher is
 //!   seeded per process, so clients cannot make two ids collide on purpose);
-//! - responses are copied into one ring of bytes instead of being kept as
-//!   separate allocations. Ten thousand kept responses as allocations meant
-//!   a cold block from the allocator per task and a cold free per eviction;
-//!   the ring is written front to back, which the memory system streams.
-//!   Measured with `agentbus bench request-reply`: the cache cost about
-//!   1.3 µs of CPU per task as allocations, see the README for the figures
-//!   with the ring;
+//! - responses are copied into one ring of bytes rather than kept as an
+//!   allocation each: the memory held is bounded whatever the responses
+//!   weigh (ten thousand kept allocations of large results could hold
+//!   gigabytes), nothing is allocated or freed per task, and the ring is
+//!   written front to back, which the memory system streams;
+//! - the table of ids is sized for twice the capacity when made, so it never
+//!   grows or moves while serving: removed ids leave tombstones, which it
+//!   then clears in place;
 //! - replies waiting for a task still running (a retry that arrives before
 //!   the first attempt is answered) are rare, so they live in a side table.
 
@@ -19,11 +20,16 @@ use async_nats::Subject;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 /// Bytes of ring per remembered id: the ring holds `capacity` responses of
 /// this size on average (and at least two of the largest allowed).
 pub const RESPONSE_BYTES_PER_ID: usize = 512;
+
+/// The most ids the table is sized for up front; a larger capacity grows it
+/// as it fills.
+const PRESIZED_IDS: usize = 1 << 20;
 
 /// What to do with an incoming task id.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,13 +44,31 @@ pub enum Seen {
 
 type Hasher = foldhash::fast::RandomState;
 
+/// One remembered id: 16 bytes, so that the table stays small.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     /// Which `order` item this entry belongs to: a key evicted and added
-    /// again has a newer one, and the old item must not remove it.
-    generation: u64,
+    /// again has a newer one, and the old item must not remove it. Wraps;
+    /// the order holds far fewer than 2^32 items, so two never share one.
+    generation: u32,
+    /// The length of the response, once answered.
+    len: Option<NonZeroU32>,
     /// Where the response is in the ring, once answered.
-    response: Option<Stored>,
+    at: u64,
+}
+
+impl Entry {
+    fn running(generation: u32) -> Self {
+        Self {
+            generation,
+            len: None,
+            at: 0,
+        }
+    }
+
+    fn response(&self) -> Option<Stored> {
+        self.len.map(|len| Stored { at: self.at, len })
+    }
 }
 
 /// Recent task ids of one agent, for a time window and up to a capacity.
@@ -55,8 +79,8 @@ pub struct DedupCache {
     ids: Hasher,
     entries: HashMap<u64, Entry, Hasher>,
     /// Ids in the order they arrived, with their generation.
-    order: VecDeque<(Instant, u64, u64)>,
-    next_generation: u64,
+    order: VecDeque<(Instant, u64, u32)>,
+    next_generation: u32,
     /// Replies to send when a running task is answered.
     waiters: HashMap<u64, Vec<Subject>, Hasher>,
     responses: ResponseRing,
@@ -73,7 +97,10 @@ impl DedupCache {
             window,
             capacity,
             ids: Hasher::default(),
-            entries: HashMap::default(),
+            entries: HashMap::with_capacity_and_hasher(
+                capacity.min(PRESIZED_IDS).saturating_mul(2),
+                Hasher::default(),
+            ),
             order: VecDeque::new(),
             next_generation: 0,
             waiters: HashMap::default(),
@@ -88,8 +115,8 @@ impl DedupCache {
         }
         self.expire(now, false);
         let key = self.ids.hash_one(task_id);
-        if let Some(entry) = self.entries.get_mut(&key) {
-            match entry.response {
+        if let Some(entry) = self.entries.get(&key) {
+            match entry.response() {
                 None => {
                     if let Some(reply) = reply {
                         self.waiters.entry(key).or_default().push(reply.clone());
@@ -109,12 +136,8 @@ impl DedupCache {
         }
         self.expire(now, true);
         let generation = self.next_generation;
-        self.next_generation += 1;
-        let entry = Entry {
-            generation,
-            response: None,
-        };
-        self.entries.insert(key, entry);
+        self.next_generation = generation.wrapping_add(1);
+        self.entries.insert(key, Entry::running(generation));
         self.order.push_back((now, key, generation));
         Seen::New
     }
@@ -126,10 +149,16 @@ impl DedupCache {
         }
         let key = self.ids.hash_one(task_id);
         if let Some(entry) = self.entries.get_mut(&key) {
-            entry.response = self.responses.write(response);
-            if entry.response.is_none() {
-                // Too large to keep: forget the id rather than leave it running.
-                self.entries.remove(&key);
+            match self.responses.write(response) {
+                Some(stored) => {
+                    entry.at = stored.at;
+                    entry.len = Some(stored.len);
+                }
+                // Not kept (empty, or larger than the ring): forget the id
+                // rather than leave it running.
+                None => {
+                    self.entries.remove(&key);
+                }
             }
         }
         self.waiters.remove(&key).unwrap_or_default()
@@ -156,7 +185,7 @@ impl DedupCache {
             if entry.generation != generation {
                 // The id was forgotten and came back: this item is stale.
                 self.entries.insert(key, entry);
-            } else if entry.response.is_none() {
+            } else if entry.len.is_none() {
                 // Never forget a running task: its waiters must still be answered.
                 self.entries.insert(key, entry);
                 self.order.push_back((at, key, generation));
@@ -170,7 +199,7 @@ impl DedupCache {
 struct Stored {
     /// Offset since the ring was made: position `at % size`.
     at: u64,
-    len: u32,
+    len: NonZeroU32,
 }
 
 /// Responses, written one after another into a buffer that wraps around.
@@ -196,10 +225,11 @@ impl ResponseRing {
         }
     }
 
-    /// Copies `response` in; None when it does not fit at all.
+    /// Copies `response` in; None when it is empty or does not fit at all.
     fn write(&mut self, response: &[u8]) -> Option<Stored> {
         let len = response.len();
-        if len > self.size || u32::try_from(len).is_err() {
+        let stored_len = NonZeroU32::new(u32::try_from(len).ok()?)?;
+        if len > self.size {
             return None;
         }
         let size = self.size as u64;
@@ -219,7 +249,7 @@ impl ResponseRing {
         self.written = at + len as u64;
         Some(Stored {
             at,
-            len: len as u32,
+            len: stored_len,
         })
     }
 
@@ -230,7 +260,7 @@ impl ResponseRing {
         }
         let start = (stored.at % self.size as u64) as usize;
         Some(Bytes::copy_from_slice(
-            &self.bytes[start..start + stored.len as usize],
+            &self.bytes[start..start + stored.len.get() as usize],
         ))
     }
 }
@@ -351,5 +381,30 @@ mod tests {
         // which must not take the new entry with it.
         cache.check("c", None, now);
         assert_eq!(cache.check("a", None, now), Seen::Answered("second".into()));
+    }
+
+    #[test]
+    fn the_table_settles_at_its_first_size_while_ids_churn() {
+        let mut cache = DedupCache::new(Duration::from_secs(60), 1_000, MAX);
+        let table = cache.entries.capacity();
+        let now = Instant::now();
+        for i in 0..20_000 {
+            let id = format!("t{i}");
+            cache.check(&id, None, now);
+            cache.answer(&id, b"{}");
+        }
+        assert_eq!(cache.entries.len(), 1_000);
+        // capacity() is what fits without growing: the table's size less
+        // the tombstones not yet cleared, so it may dip but never rise.
+        assert!(cache.entries.capacity() <= table, "the table grew");
+    }
+
+    #[test]
+    fn an_empty_response_is_not_kept() {
+        let mut cache = DedupCache::new(Duration::from_secs(60), 10, MAX);
+        let now = Instant::now();
+        cache.check("t1", None, now);
+        cache.answer("t1", b"");
+        assert_eq!(cache.check("t1", None, now), Seen::New);
     }
 }

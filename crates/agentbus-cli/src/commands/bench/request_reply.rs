@@ -30,8 +30,9 @@
 //! disturbance hits all alike:
 //!
 //! - warm-up: each variant answers a few hundred requests one at a time and
-//!   12,000 in flight, unmeasured (more than the runtime's dedup capacity, so
-//!   that its cache is measured full, as in an agent that runs for good);
+//!   `--warmup-requests` in flight, unmeasured (by default enough for the
+//!   runtime's retry cache to fill and go round, so that it is measured as in
+//!   an agent that runs for good);
 //! - latency: `--latency-requests` requests per variant, one at a time,
 //!   the variants taking turns request by request (ABC, BCA, CAB, ...); p50
 //!   and p99 by nearest rank over each variant's round trips;
@@ -82,10 +83,6 @@ const TASK_TYPE: &str = "generate_text";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 const WARMUP_SEQUENTIAL: usize = 300;
-/// More than the runtime's dedup capacity (10,000 task ids): the
-/// measurement sees the runtime as it runs for good, its cache full and
-/// recycling, not the one-time cost of filling it.
-const WARMUP_IN_FLIGHT: usize = 12_000;
 /// Requests per throughput slice: about 30 ms here, short enough to pair
 /// each slice of one variant with a neighbour of the other in the same
 /// conditions, long enough that filling and draining the window is noise.
@@ -115,6 +112,13 @@ pub struct RequestReplyArgs {
     /// Requests per variant in the latency measurement, sent one at a time.
     #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..))]
     latency_requests: u32,
+
+    /// Requests per variant, with `--in-flight` outstanding, before measuring.
+    /// The default is enough for the runtime's retry cache to fill and go
+    /// round (10,000 ids, a ring of 5 MB): the measurement sees the runtime
+    /// as it runs for good, not the one-time cost of first touching that memory.
+    #[arg(long, default_value_t = 25_000)]
+    warmup_requests: u32,
 
     /// Bytes of prompt text in each TaskRequest.
     #[arg(long, default_value_t = 128)]
@@ -334,7 +338,8 @@ async fn measure(
     let requests = args.requests as usize;
     let latency_requests = args.latency_requests as usize;
     let in_flight = args.in_flight as usize;
-    let warmup = WARMUP_SEQUENTIAL + WARMUP_IN_FLIGHT;
+    let warmup_in_flight = args.warmup_requests as usize;
+    let warmup = WARMUP_SEQUENTIAL + warmup_in_flight;
     let progress = progress_bar((VARIANTS.len() * (warmup + latency_requests + requests)) as u64);
 
     for (variant, requester) in requesters.into_iter().enumerate() {
@@ -343,7 +348,7 @@ async fn measure(
             let outcome = requester.send(request).await;
             check.record(variant, request, outcome);
         }
-        let batch = tasks(&prompt, WARMUP_IN_FLIGHT);
+        let batch = tasks(&prompt, warmup_in_flight);
         concurrent(requester, variant, &batch, in_flight, check).await;
         progress.inc(warmup as u64);
     }

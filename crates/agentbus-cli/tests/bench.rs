@@ -1,0 +1,90 @@
+//! `agentbus bench`: each benchmark runs end to end on small counts against
+//! the nats-server it starts itself, checks every answer, and prints its
+//! figures. The figures themselves are not judged here (timing belongs in
+//! the benchmark, not in tests); their presence, shape and sanity are.
+
+mod common;
+
+use common::{ensure_nats_server, run};
+use serde_json::Value;
+
+/// A positive, finite number at `key` of `value`.
+fn positive(value: &Value, key: &str) -> f64 {
+    let number = value[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {value}"));
+    assert!(
+        number.is_finite() && number > 0.0,
+        "{key} = {number} in {value}"
+    );
+    number
+}
+
+#[tokio::test]
+async fn request_reply_measures_every_variant_and_prints_their_ratios() {
+    ensure_nats_server().await;
+    let small = [
+        "--requests",
+        "400",
+        "--latency-requests",
+        "30",
+        "--warmup-requests",
+        "100",
+    ];
+    let out = run(["bench", "request-reply", "--json"].iter().chain(&small)).await;
+    assert!(out.status.success(), "{out:#?}");
+    let report = out.json();
+    for variant in ["bare", "agentbus", "agentbus_task_events"] {
+        let figures = &report[variant];
+        positive(figures, "throughput_rps");
+        let p50 = positive(figures, "p50_us");
+        let p99 = positive(figures, "p99_us");
+        assert!(p50 <= p99, "{variant}: p50 above p99 in {report}");
+    }
+    for ratio in [
+        "ratio_throughput",
+        "ratio_p50",
+        "ratio_throughput_task_events",
+        "ratio_p50_task_events",
+    ] {
+        positive(&report, ratio);
+    }
+    let expected = report["agentbus"]["throughput_rps"].as_f64().unwrap()
+        / report["bare"]["throughput_rps"].as_f64().unwrap();
+    let printed = report["ratio_throughput"].as_f64().unwrap();
+    assert!((printed - expected).abs() < 0.002, "{report}");
+    assert_eq!(report["requests"], 400);
+    assert_eq!(report["in_flight"], 64);
+
+    let out = run(["bench", "request-reply"].iter().chain(&small)).await;
+    assert!(out.status.success(), "{out:#?}");
+    for line in [
+        "agentbus/bare",
+        "agentbus_task_events/bare",
+        "throughput ratio",
+        "p50 ratio",
+        "with a task event per task",
+    ] {
+        assert!(out.stdout.contains(line), "no {line:?} in {}", out.stdout);
+    }
+}
+
+#[tokio::test]
+async fn work_queue_measures_every_variant_and_prints_their_ratios() {
+    ensure_nats_server().await;
+    let out = run(["bench", "work-queue", "--json", "--tasks", "300"]).await;
+    assert!(out.status.success(), "{out:#?}");
+    let report = out.json();
+    for variant in ["bare", "agentbus", "agentbus_keeping_results"] {
+        positive(&report[variant], "throughput_rps");
+    }
+    positive(&report, "ratio_throughput");
+    positive(&report, "ratio_throughput_keeping_results");
+}
+
+#[tokio::test]
+async fn bench_refuses_a_zero_count_and_names_the_flag() {
+    let out = run(["bench", "request-reply", "--requests", "0"]).await;
+    assert!(!out.status.success(), "{out:#?}");
+    assert!(out.stderr.contains("--requests"), "{}", out.stderr);
+}
