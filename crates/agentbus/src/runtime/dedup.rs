@@ -24,7 +24,8 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 /// Bytes of ring per remembered id: the ring holds `capacity` responses of
-/// this size on average (and at least two of the largest allowed).
+/// this size on average (and at least the largest allowed, so that any
+/// response can be kept).
 pub const RESPONSE_BYTES_PER_ID: usize = 512;
 
 /// The most ids the table is sized for up front; a larger capacity grows it
@@ -92,7 +93,7 @@ impl DedupCache {
     pub fn new(window: Duration, capacity: usize, max_response: usize) -> Self {
         let ring = capacity
             .saturating_mul(RESPONSE_BYTES_PER_ID)
-            .max(max_response.saturating_mul(2));
+            .max(max_response);
         Self {
             window,
             capacity,

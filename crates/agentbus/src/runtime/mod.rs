@@ -45,10 +45,13 @@ pub struct AgentOptions {
     pub dedup_window: Duration,
     /// How many task ids are remembered at most (0 turns retry
     /// deduplication off). Their responses are kept in a buffer of 512 bytes
-    /// per id (at least twice the server's max_payload), which grows as it
-    /// fills; larger responses make older ids forgotten sooner.
+    /// per id (at least the server's max_payload), touched as it fills;
+    /// larger responses make older ids forgotten sooner.
     pub dedup_capacity: usize,
-    /// Publish `platform.events.task_completed` / `task_failed` after each task.
+    /// Publish `platform.events.task_completed` / `task_failed` after each
+    /// task. Each is one more message per task, which nats-server parses even
+    /// when nobody listens: an agent serving tens of thousands of tasks a
+    /// second may turn it off (see the README's Performance section).
     pub task_events: bool,
     /// Work the agent's queues (`tasks.<name>`, `work.<type>` of each
     /// accepted type) from the `agent-tasks` stream.

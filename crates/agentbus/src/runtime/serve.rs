@@ -292,7 +292,8 @@ async fn run_task<A: Agent>(
     for waiter in &waiters {
         send_reply(&served, Some(waiter), body.clone()).await;
     }
-    // Sent last, so the common case (no waiters) never copies the body's handle.
+    // Moved, not cloned, when nobody waits (the common case): cloning a
+    // `Bytes` made from a `Vec` allocates a shared header.
     send_reply(&served, reply.as_ref(), body).await;
     if let Some(task_type) = task_type {
         publish_task_event(
