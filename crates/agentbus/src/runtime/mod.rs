@@ -43,10 +43,12 @@ pub struct AgentOptions {
     pub task_timeout: Option<Duration>,
     /// How long a task id is remembered, so a retry is answered, not rerun.
     pub dedup_window: Duration,
-    /// How many task ids are remembered at most (0 turns retry
-    /// deduplication off). Their responses are kept in a buffer of 512 bytes
-    /// per id (at least the server's max_payload), touched as it fills;
-    /// larger responses make older ids forgotten sooner.
+    /// About how many task ids are remembered (0 turns retry deduplication
+    /// off): rounded up to whole sets of four slots, an id's set chosen by
+    /// its hash, so ids crowding one set push each other out a little sooner.
+    /// Their responses are kept in a buffer of 512 bytes per id (at least the
+    /// server's max_payload), touched as it fills; larger responses make
+    /// older ids forgotten sooner.
     pub dedup_capacity: usize,
     /// Publish `platform.events.task_completed` / `task_failed` after each
     /// task. Each is one more message per task, which nats-server parses even

@@ -79,13 +79,20 @@ pub(super) async fn serve<A: Agent>(
     let mut sequence = 0u64;
     let max_concurrency = served.options.max_concurrency.max(1);
     {
-        // Made once: a fresh changed() per turn registers with the watch every message.
+        // The stop is checked with an atomic load each turn, and its future
+        // polled last, when nothing else is ready: a poll of a waiting
+        // `changed()` takes the watch's lock, which every message paid when
+        // it came first. The future is made once: a fresh one per turn
+        // would register with the watch every message.
+        let stop_sent = stop.clone();
         let stopped = stop.changed();
         tokio::pin!(stopped);
         loop {
+            if stop_sent.has_changed().unwrap_or(true) {
+                break;
+            }
             tokio::select! {
                 biased;
-                _ = &mut stopped => break,
                 Some(()) = running.next(), if !running.is_empty() => {
                     // A task that finishes at its first poll leaves its slot
                     // free at once: keep taking waiting ones.
@@ -110,6 +117,7 @@ pub(super) async fn serve<A: Agent>(
                     }
                     served.counters.set_queues(waiting.len(), running.len());
                 }
+                _ = &mut stopped => break,
             }
         }
     }
