@@ -373,14 +373,7 @@ async fn request_to_a_missing_agent_fails_fast_with_one_line() {
         &["request", "ghost", "echo", "{}", "--timeout", "10"],
     )
     .await;
-    let stderr = out.assert_failure();
-    assert_eq!(out.status.code(), Some(1));
-    let error = common::one_error_line(stderr);
-    assert!(
-        error.contains(r#"no agent named "ghost" is running"#),
-        "{stderr}"
-    );
-    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    out.assert_one_error(r#"no agent named "ghost" is running"#);
     assert!(
         out.elapsed < Duration::from_secs(3),
         "took {:?}, the timeout was 10 s",
@@ -407,12 +400,7 @@ async fn request_times_out_on_a_stuck_agent_naming_the_task() {
         ],
     )
     .await;
-    let stderr = out.assert_failure();
-    let error = common::one_error_line(stderr);
-    assert!(
-        error.contains(r#"agent "req_slow" did not answer task stuck-1 within 500ms"#),
-        "{stderr}"
-    );
+    out.assert_one_error(r#"agent "req_slow" did not answer task stuck-1 within 500ms"#);
     assert!(out.elapsed < Duration::from_secs(4), "{:?}", out.elapsed);
 }
 
@@ -447,11 +435,7 @@ async fn request_refuses_bad_input_with_one_line_before_sending() {
     ];
     for (args, expected) in cases {
         let out = cli(&server, args).await;
-        let stderr = out.assert_failure();
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:#?}");
-        let error = common::one_error_line(stderr);
-        assert!(error.contains(expected), "{args:?}: {stderr}");
-        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+        out.assert_one_error(expected);
     }
 
     // An unknown priority is refused by the argument parser.
@@ -498,18 +482,10 @@ async fn publish_reaches_a_subscriber_and_refuses_bad_subjects() {
         ("app..created", "invalid subject \"app..created\""),
     ] {
         let out = cli(&server, &["publish", subject, "{}"]).await;
-        let stderr = out.assert_failure();
-        assert!(
-            common::one_error_line(stderr).contains(expected),
-            "{subject}: {stderr}"
-        );
+        out.assert_one_error(expected);
     }
     let out = cli(&server, &["publish", "app.events.created", "{oops"]).await;
-    let stderr = out.assert_failure();
-    assert!(
-        common::one_error_line(stderr).contains("not valid JSON"),
-        "{stderr}"
-    );
+    out.assert_one_error("not valid JSON");
     // Nothing else reached the subscriber.
     assert!(
         tokio::time::timeout(Duration::from_millis(200), subscriber.next())
@@ -725,11 +701,7 @@ async fn send_stores_in_the_inbox_dedups_by_message_id_and_the_agent_gets_each_o
     assert_eq!((got[2].0, &got[2].1), (3, &MessageChannel::Direct));
 
     let out = cli(&server, &["send", "a*", "{}"]).await;
-    let stderr = out.assert_failure();
-    assert!(
-        common::one_error_line(stderr).contains(r#"invalid agent name "a*""#),
-        "{stderr}"
-    );
+    out.assert_one_error(r#"invalid agent name "a*""#);
 }
 
 #[tokio::test]
@@ -805,11 +777,7 @@ async fn broadcast_reaches_agents_subscribed_to_the_topic_and_announce_reaches_a
     );
 
     let out = cli(&server, &["broadcast", "news.today", "{}"]).await;
-    let stderr = out.assert_failure();
-    assert!(
-        common::one_error_line(stderr).contains(r#"invalid topic "news.today""#),
-        "{stderr}"
-    );
+    out.assert_one_error(r#"invalid topic "news.today""#);
 }
 
 // ---------------------------------------------------------------- submit / task
@@ -1384,8 +1352,7 @@ async fn send_with_an_empty_message_id_is_refused() {
     let server = NatsServer::start().await;
     for _ in 0..2 {
         let out = cli(&server, &["send", "reader", "{}", "--message-id", ""]).await;
-        let error = common::one_error_line(out.assert_failure());
-        assert!(error.contains("invalid message id"), "{error}");
+        out.assert_one_error("invalid message id");
     }
     let counts = subject_counts(&server, "agent-messages").await;
     assert_eq!(counts.get("agent.reader.inbox"), None, "{counts:?}");
@@ -1408,14 +1375,7 @@ async fn an_unreachable_server_fails_fast_with_one_line() {
         let mut all = args.to_vec();
         all.extend(["--server", url.as_str()]);
         let out = common::run(&all).await;
-        let stderr = out.assert_failure();
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:#?}");
-        let error = common::one_error_line(stderr);
-        assert!(
-            error.contains(&format!("cannot reach NATS at {url}")),
-            "{args:?}: {stderr}"
-        );
-        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+        out.assert_one_error(&format!("cannot reach NATS at {url}"));
         assert!(
             out.elapsed < Duration::from_secs(5),
             "{args:?}: {:?}",

@@ -75,6 +75,17 @@ impl Output {
         &self.stderr
     }
 
+    /// Asserts the failure every refused command shows: exit status 1, one
+    /// error line containing `expected` (returned), nothing on stdout.
+    pub fn assert_one_error(&self, expected: &str) -> &str {
+        let stderr = self.assert_failure();
+        assert_eq!(self.status.code(), Some(1), "{self:#?}");
+        let error = one_error_line(stderr);
+        assert!(error.contains(expected), "no {expected:?} in: {stderr}");
+        assert!(self.stdout.is_empty(), "stdout: {}", self.stdout);
+        error
+    }
+
     /// stdout parsed as one JSON document.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(self.stdout.trim())
