@@ -612,44 +612,21 @@ async fn send_stores_in_the_inbox_dedups_by_message_id_and_the_agent_gets_each_o
     assert_eq!(body, json!({"n": 1}));
     assert_eq!(id.as_deref(), Some(message_id));
 
-    let first = cli(
-        &server,
-        &[
-            "send",
-            "mailbox",
-            r#"{"n": 2}"#,
-            "--message-id",
-            "m-2",
-            "--json",
-        ],
-    )
-    .await;
+    // The same message, sent twice with --json and once more as text.
+    let send_m2 = ["send", "mailbox", r#"{"n": 2}"#, "--message-id", "m-2"];
+    let send_m2_json = [&send_m2[..], &["--json"]].concat();
+    let first = cli(&server, &send_m2_json).await;
     first.assert_success();
     let first = first.json();
     assert_eq!(first["message_id"], "m-2");
     assert_eq!(first["subject"], "agent.mailbox.inbox");
     assert_eq!(first["duplicate"], false);
-    let again = cli(
-        &server,
-        &[
-            "send",
-            "mailbox",
-            r#"{"n": 2}"#,
-            "--message-id",
-            "m-2",
-            "--json",
-        ],
-    )
-    .await;
+    let again = cli(&server, &send_m2_json).await;
     again.assert_success();
     let again = again.json();
     assert_eq!(again["duplicate"], true, "{again}");
     assert_eq!(again["sequence"], first["sequence"], "{again}");
-    let text = cli(
-        &server,
-        &["send", "mailbox", r#"{"n": 2}"#, "--message-id", "m-2"],
-    )
-    .await;
+    let text = cli(&server, &send_m2).await;
     text.assert_success();
     assert_eq!(
         text.stdout.trim(),
