@@ -619,28 +619,36 @@ fn print_table(report: &Report) -> anyhow::Result<()> {
             optional(figures.server_cpu_us_per_request, 2),
         ]);
     }
-    for (name, figures) in [
-        ("agentbus/bare", report.agentbus),
-        ("agentbus_task_events/bare", report.agentbus_task_events),
+    // Throughput, p50 and CPU ratios as the report has them (from unrounded
+    // figures), so the table and the lines below agree.
+    let bare = report.bare;
+    for (name, figures, throughput, p50, cpu) in [
+        (
+            "agentbus/bare",
+            report.agentbus,
+            report.ratio_throughput,
+            report.ratio_p50,
+            report.ratio_cpu,
+        ),
+        (
+            "agentbus_task_events/bare",
+            report.agentbus_task_events,
+            report.ratio_throughput_task_events,
+            report.ratio_p50_task_events,
+            report.ratio_cpu_task_events,
+        ),
     ] {
-        let bare = report.bare;
-        let ratio = |of: Option<f64>, to: Option<f64>| of.zip(to).map(|(of, to)| of / to);
+        let server_cpu = figures
+            .server_cpu_us_per_request
+            .zip(bare.server_cpu_us_per_request)
+            .map(|(of, to)| of / to);
         table.row(vec![
             name.to_owned(),
-            format!("{:.3}", figures.throughput_rps / bare.throughput_rps),
-            format!("{:.3}", figures.p50_us / bare.p50_us),
+            format!("{throughput:.3}"),
+            format!("{p50:.3}"),
             format!("{:.3}", figures.p99_us / bare.p99_us),
-            optional(
-                ratio(figures.cpu_us_per_request, bare.cpu_us_per_request),
-                3,
-            ),
-            optional(
-                ratio(
-                    figures.server_cpu_us_per_request,
-                    bare.server_cpu_us_per_request,
-                ),
-                3,
-            ),
+            optional(cpu, 3),
+            optional(server_cpu, 3),
         ]);
     }
     table.print()?;
