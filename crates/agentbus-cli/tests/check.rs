@@ -200,7 +200,7 @@ async fn check_passes_against_agentbus_up_found_through_the_data_dir() {
 async fn check_against_a_server_that_never_answers_fails_in_bounded_time() {
     // A listener that accepts but never speaks NATS.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let secret = agentbus::protocol::new_task_id().replace('-', "");
+    let secret = agentbus::TaskId::new().to_string().replace('-', "");
     let url = format!("nats://u:{secret}@{}", silent.local_addr().unwrap());
     let out = run(["check", "--server", url.as_str()]).await;
     let stderr = out.assert_failure();

@@ -4,9 +4,10 @@
 
 mod common;
 
+use agentbus::delivery::DeliveryOptions;
 use agentbus::{
     Agent, AgentMessage, AgentOptions, Bus, MessageChannel, Priority, Runtime, TaskContext,
-    TaskError, TaskRequest, TaskTypeSpec,
+    TaskError, TaskId, TaskRequest, TaskTypeSpec,
 };
 use agentbus_testkit::{ClosedPort, NatsServer};
 use futures::{StreamExt, TryStreamExt};
@@ -106,11 +107,18 @@ impl Agent for Probe {
 /// Fast retries, so failing tasks settle in well under a second.
 fn fast() -> AgentOptions {
     AgentOptions {
-        retry_backoff: Duration::from_millis(50),
-        max_retry_backoff: Duration::from_millis(200),
-        idle_poll: Duration::from_millis(100),
+        delivery: DeliveryOptions {
+            retry_backoff: Duration::from_millis(50),
+            max_retry_backoff: Duration::from_millis(200),
+            idle_poll: Duration::from_millis(100),
+            ..DeliveryOptions::default()
+        },
         ..AgentOptions::default()
     }
+}
+
+fn task_id(text: &str) -> TaskId {
+    TaskId::parse(text).unwrap()
 }
 
 /// Serves `probe` in this process on its own connection.
@@ -965,7 +973,10 @@ async fn submit_discard_result_runs_the_task_and_keeps_no_record() {
     wait_stream_empty(&server, "agent-tasks").await;
 
     let bus = Bus::from_client(server.connect().await);
-    assert_eq!(bus.task_record(&task_id).await.unwrap(), None);
+    assert_eq!(
+        bus.task_record(&self::task_id(&task_id)).await.unwrap(),
+        None
+    );
     // With no record, `task` cannot tell a discarded result from a queued task.
     let out = cli(&server, &["task", &task_id, "--json"]).await;
     out.assert_success();
@@ -979,7 +990,7 @@ async fn submit_discard_result_runs_the_task_and_keeps_no_record() {
     let out = cli(&server, &["submit", "forgetful", "echo", "{}"]).await;
     out.assert_success();
     let kept = out.stdout.trim().to_owned();
-    bus.wait_task(&kept, WAIT).await.unwrap();
+    bus.wait_task(&self::task_id(&kept), WAIT).await.unwrap();
     let out = cli(&server, &["task", &kept, "--json"]).await;
     assert_eq!(out.json()["state"], "completed", "{}", out.stdout);
 }
@@ -1065,7 +1076,10 @@ async fn dlq_lists_poison_tasks_and_replays_each_onto_its_queue_once() {
         &server,
         &probe,
         AgentOptions {
-            max_deliver: 2,
+            delivery: DeliveryOptions {
+                max_deliver: 2,
+                ..fast().delivery
+            },
             ..fast()
         },
     )
@@ -1100,7 +1114,7 @@ async fn dlq_lists_poison_tasks_and_replays_each_onto_its_queue_once() {
     assert_eq!(out.status.code(), Some(1), "{out:#?}");
     assert_eq!(out.json()["status"], "failed");
     let bus = Bus::from_client(server.connect().await);
-    bus.wait_task("poison-a", WAIT).await.unwrap();
+    bus.wait_task(&task_id("poison-a"), WAIT).await.unwrap();
     assert_eq!(probe.runs("poison-a"), 2);
     assert_eq!(probe.runs("poison-b"), 2);
 

@@ -5,7 +5,7 @@ use crate::claims::Claims;
 use crate::inbox::{Inbox, Settlements};
 use crate::notify::{Notifier, level_rank};
 use agentbus::Bus;
-use agentbus::name::Name;
+use agentbus::Name;
 use agentbus::state::StateStore;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::model::{

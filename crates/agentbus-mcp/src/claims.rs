@@ -1,45 +1,38 @@
-//! Tasks the bridged agent claims from its own work queue (`tasks.<agent>`),
-//! through the same durable consumers a runtime replica of the agent uses
-//! (`tasks-<agent>-<priority>`), most urgent first.
+//! Tasks the bridged agent claims from its own work queue (`tasks.<agent>`):
+//! a lease table over [`TaskClaims`], which reads the queue through the same
+//! consumers a runtime replica of the agent uses and settles through the same
+//! attempts, most urgent first.
 //!
-//! A claimed task stays in progress: the bridge sends a progress ack every
-//! third of the consumer's ack wait, for up to [`CLAIM_LEASE`]. Completing it stores the
-//! result in the task results bucket, then acknowledges it (the runtime's
-//! order, so a crash in between runs nothing twice). A claim that is never
-//! completed, or whose bridge stops, goes back to the queue.
+//! A claimed task stays in progress for up to [`CLAIM_LEASE`]. Completing it
+//! records the result, then acknowledges it; failing it dead-letters it. A
+//! claim that is never completed, or whose bridge stops, goes back to the
+//! queue.
 
 use crate::tool_error::ToolError;
 use crate::untrusted::untrusted;
-use agentbus::Bus;
-use agentbus::delivery::{Queue, TaskState};
-use agentbus::name::Name;
-use agentbus::protocol::{Priority, TaskRequest, TaskResponse, TaskStatus};
-use agentbus::subject::{self, events};
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use agentbus::delivery::{DeliveryOptions, TaskAttempt, TaskClaims};
+use agentbus::events::TaskEvent;
+use agentbus::{Bus, Name, TaskRequest, TaskResponse, TaskStatus};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How long a claimed task may stay claimed without being completed.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(30 * 60);
-/// The queue consumers' ack wait, when the bridge creates them (as a runtime does).
-const ACK_WAIT: Duration = Duration::from_secs(30);
-/// Deliveries before a task becomes a dead letter, as a runtime has it.
-const MAX_DELIVER: i64 = 5;
 /// How often a waiting claim looks for redeliveries, which publish nothing.
 const REDELIVERY_POLL: Duration = Duration::from_secs(1);
 
-/// The agent's queue consumers and what it has claimed.
+/// The agent's queue and what it has claimed.
 #[derive(Debug, Clone)]
 pub(crate) struct Claims {
     bus: Bus,
     agent: Name,
     instance_id: String,
-    consumers: Arc<Vec<PullConsumer>>,
+    queue: TaskClaims,
     claimed: Arc<Mutex<HashMap<String, Claimed>>>,
     arrivals: watch::Receiver<u64>,
     /// The task behind `arrivals`.
@@ -48,57 +41,29 @@ pub(crate) struct Claims {
 
 #[derive(Debug)]
 struct Claimed {
-    message: jetstream::Message,
+    attempt: TaskAttempt,
     request: TaskRequest,
-    attempt: u32,
+    claimed_at: Instant,
+    /// Progress acks until the lease ends.
     keepalive: JoinHandle<()>,
 }
 
 impl Claims {
-    /// Creates (or reuses) the agent's queue consumers, one per priority.
+    /// Opens the agent's queue and starts watching it for arrivals.
     pub(crate) async fn open(
         bus: &Bus,
         agent: &Name,
         instance_id: &str,
     ) -> Result<Self, ToolError> {
-        let queue = Queue::Agent(agent.clone());
-        let stream = bus
-            .jetstream()
-            .get_stream(subject::TASKS_STREAM)
+        let queue = TaskClaims::open(bus, agent, instance_id, DeliveryOptions::default())
             .await
-            .map_err(|err| {
-                ToolError::new(format!(
-                    "cannot open the {} stream: {err}; run `agentbus setup`",
-                    subject::TASKS_STREAM
-                ))
-            })?;
-        let mut consumers = Vec::new();
-        for priority in Priority::ALL {
-            let name = queue.durable(priority);
-            let config = jetstream::consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                filter_subject: queue.subject(priority),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
-                max_deliver: MAX_DELIVER,
-                deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                ..Default::default()
-            };
-            // A runtime replica of this agent may have made it already: use it as it is.
-            let consumer = stream
-                .get_or_create_consumer(&name, config)
-                .await
-                .map_err(|err| {
-                    ToolError::new(format!("cannot set up the queue consumer {name}: {err}"))
-                })?;
-            consumers.push(consumer);
-        }
+            .map_err(ToolError::from_display)?;
         let (arrived, arrivals) = watch::channel(0);
         let mut subscriptions = Vec::new();
-        for priority in Priority::ALL {
+        for subject in queue.subjects() {
             let subscription = bus
                 .client()
-                .subscribe(queue.subject(priority))
+                .subscribe(subject)
                 .await
                 .map_err(|err| ToolError::new(format!("cannot watch the task queue: {err}")))?;
             subscriptions.push(subscription);
@@ -114,7 +79,7 @@ impl Claims {
             bus: bus.clone(),
             agent: agent.clone(),
             instance_id: instance_id.to_owned(),
-            consumers: Arc::new(consumers),
+            queue,
             claimed: Arc::default(),
             arrivals,
             watcher,
@@ -128,8 +93,9 @@ impl Claims {
         let mut arrivals = self.arrivals.clone();
         loop {
             arrivals.mark_unchanged();
-            if let Some(claimed) = self.claim_now().await? {
-                return Ok(Some(claimed));
+            let next = self.queue.next().await.map_err(ToolError::from_display)?;
+            if let Some((attempt, request)) = next {
+                return self.hold(attempt, request).map(Some);
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -140,89 +106,48 @@ impl Claims {
         }
     }
 
-    async fn claim_now(&self) -> Result<Option<Value>, ToolError> {
-        for consumer in self.consumers.iter() {
-            // A runtime replica may have made the consumer with its own ack wait.
-            let ack_wait = consumer.cached_info().config.ack_wait;
-            while let Some(message) = fetch_one(consumer).await? {
-                if let Some(claimed) = self.take(message, ack_wait).await? {
-                    return Ok(Some(claimed));
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// Claims `message`, unless it is not a task (dead-lettered) or already
-    /// finished (acknowledged): then `None`.
-    async fn take(
-        &self,
-        message: jetstream::Message,
-        ack_wait: Duration,
-    ) -> Result<Option<Value>, ToolError> {
-        let attempt = message
-            .info()
-            .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
-            .unwrap_or(1);
-        let request = match TaskRequest::from_json(&message.payload) {
-            Ok(request) => request,
-            Err((task_id, err)) => {
-                self.bus
-                    .dead_letter_task_message(
-                        &message,
-                        task_id.as_deref(),
-                        &err.to_string(),
-                        TaskStatus::Rejected,
-                        &self.instance_id,
-                    )
-                    .await
-                    .map_err(ToolError::from_display)?;
-                return Ok(None);
-            }
-        };
-        if attempt > 1 {
-            let record = self
-                .bus
-                .task_record(&request.task_id)
-                .await
-                .map_err(ToolError::from_display)?;
-            if record.is_some_and(|r| r.state != TaskState::Retrying) {
-                // Finished before, its acknowledgement was lost: do not run it again.
-                let _ = message.ack().await;
-                return Ok(None);
-            }
-        }
+    /// Puts a claimed task in the lease table and describes it to the model.
+    fn hold(&self, attempt: TaskAttempt, request: TaskRequest) -> Result<Value, ToolError> {
         let view = json!({
             "task_id": request.task_id,
             "task_type": request.task_type,
             "priority": request.priority,
             "payload": untrusted(None, request.payload.clone()),
-            "attempt": attempt,
-            "queue": message.subject.as_str(),
+            "attempt": attempt.attempt(),
+            "queue": attempt.delivery().subject(),
             "lease_seconds": CLAIM_LEASE.as_secs(),
         });
-        let keepalive = tokio::spawn(keep_in_progress(
-            message.clone(),
-            ack_wait,
-            request.task_id.clone(),
-            self.claimed.clone(),
-        ));
+        let task_id = request.task_id.to_string();
+        let lease_end = tokio::time::Instant::now() + CLAIM_LEASE;
+        let keeping = attempt.delivery().in_progress_until(lease_end);
+        let keepalive = {
+            let claimed = self.claimed.clone();
+            let task_id = task_id.clone();
+            tokio::spawn(async move {
+                keeping.await;
+                // JetStream redelivers the task after the ack wait.
+                tracing::warn!(%task_id, "claim lease ran out; the task goes back to the queue");
+                if let Ok(mut table) = claimed.lock() {
+                    table.remove(&task_id);
+                }
+            })
+        };
         let claimed = Claimed {
-            message,
-            request,
             attempt,
+            request,
+            claimed_at: Instant::now(),
             keepalive,
         };
         let previous = self
             .claimed
             .lock()
             .map_err(|_| ToolError::new("the claims table is unusable"))?
-            .insert(claimed.request.task_id.clone(), claimed);
+            .insert(task_id, claimed);
         if let Some(previous) = previous {
             // The same task delivered again (its lease ran out): the new delivery wins.
             previous.keepalive.abort();
         }
-        Ok(Some(view))
+        Ok(view)
     }
 
     /// Completes claimed task `task_id` with `result`, or gives it up for
@@ -244,8 +169,7 @@ impl Claims {
                 CLAIM_LEASE.as_secs() / 60
             )));
         };
-        let settled = self.settle(&claimed, outcome).await;
-        match settled {
+        match self.settle(&claimed, outcome).await {
             Ok(view) => {
                 claimed.keepalive.abort();
                 Ok(view)
@@ -265,59 +189,43 @@ impl Claims {
         claimed: &Claimed,
         outcome: Result<Value, String>,
     ) -> Result<Value, ToolError> {
-        let task_id = claimed.request.task_id.as_str();
-        let subject = claimed.message.subject.as_str();
+        let task_id = &claimed.request.task_id;
         let response = match outcome {
             Ok(result) => {
                 let response = TaskResponse::completed(task_id, result);
-                self.bus
-                    .complete_task_record(task_id, subject, claimed.attempt, &response)
-                    .await
-                    .map_err(ToolError::from_display)?;
-                claimed.message.double_ack().await.map_err(|err| {
-                    ToolError::new(format!("the result is stored, but the task could not be acknowledged ({err}); call complete_task again"))
+                claimed.attempt.complete(&response).await.map_err(|err| {
+                    ToolError::new(format!(
+                        "the task could not be settled ({err}); call complete_task again"
+                    ))
                 })?;
                 response
             }
             Err(error) => {
-                self.bus
-                    .dead_letter_task_message(
-                        &claimed.message,
-                        Some(task_id),
-                        &error,
-                        TaskStatus::Failed,
-                        &self.instance_id,
-                    )
+                claimed
+                    .attempt
+                    .give_up(&error, TaskStatus::Failed)
                     .await
                     .map_err(ToolError::from_display)?;
                 TaskResponse::error(task_id, TaskStatus::Failed, error)
             }
         };
-        self.publish_task_event(&claimed.request, &response).await;
+        let event = TaskEvent::new(
+            task_id,
+            self.agent.as_str(),
+            &claimed.request.task_type,
+            response.status,
+            response.error.as_deref(),
+            claimed.claimed_at.elapsed(),
+            &self.instance_id,
+        );
+        if let Err(err) = self.bus.publish(event.subject(), &event).await {
+            tracing::warn!(%err, "cannot publish a task event");
+        }
         Ok(json!({
             "task_id": task_id,
             "status": response.status,
             "state": if response.is_completed() { "completed" } else { "dead_lettered" },
         }))
-    }
-
-    async fn publish_task_event(&self, request: &TaskRequest, response: &TaskResponse) {
-        let subject = if response.is_completed() {
-            events::TASK_COMPLETED
-        } else {
-            events::TASK_FAILED
-        };
-        let body = json!({
-            "task_id": request.task_id,
-            "agent": self.agent.as_str(),
-            "task_type": request.task_type,
-            "status": response.status,
-            "error": response.error,
-            "instance_id": self.instance_id,
-        });
-        if let Err(err) = self.bus.publish(subject, &body).await {
-            tracing::warn!(%err, "cannot publish a task event");
-        }
     }
 
     /// Tasks claimed now.
@@ -334,50 +242,9 @@ impl Claims {
         };
         for claimed in claimed {
             claimed.keepalive.abort();
-            if let Err(err) = claimed.message.ack_with(AckKind::Nak(None)).await {
+            if let Err(err) = claimed.attempt.delivery().hand_back().await {
                 tracing::warn!(%err, task_id = %claimed.request.task_id, "cannot hand a claimed task back; it returns after the ack wait");
             }
         }
-    }
-}
-
-/// Fetches one message that is there now, if any.
-async fn fetch_one(consumer: &PullConsumer) -> Result<Option<jetstream::Message>, ToolError> {
-    let mut batch = consumer
-        .fetch()
-        .max_messages(1)
-        .messages()
-        .await
-        .map_err(|err| ToolError::new(format!("cannot read the task queue: {err}")))?;
-    match batch.next().await {
-        Some(Ok(message)) => Ok(Some(message)),
-        Some(Err(err)) => Err(ToolError::new(format!("cannot read the task queue: {err}"))),
-        None => Ok(None),
-    }
-}
-
-/// Sends progress acks for `message` until the lease runs out, then forgets
-/// the claim: JetStream redelivers the task after the ack wait.
-async fn keep_in_progress(
-    message: jetstream::Message,
-    ack_wait: Duration,
-    task_id: String,
-    claimed: Arc<Mutex<HashMap<String, Claimed>>>,
-) {
-    let period = (ack_wait / 3).max(Duration::from_millis(100));
-    let lease_end = tokio::time::Instant::now() + CLAIM_LEASE;
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    loop {
-        ticker.tick().await;
-        if tokio::time::Instant::now() >= lease_end {
-            break;
-        }
-        if let Err(err) = message.ack_with(AckKind::Progress).await {
-            tracing::warn!(%err, %task_id, "cannot send a progress ack");
-        }
-    }
-    tracing::warn!(%task_id, "claim lease ran out; the task goes back to the queue");
-    if let Ok(mut table) = claimed.lock() {
-        table.remove(&task_id);
     }
 }

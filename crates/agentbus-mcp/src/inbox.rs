@@ -1,5 +1,7 @@
 //! The agent's durable inbox (`agent.<name>.inbox`), read through the durable
-//! pull consumer `inbox-<name>`.
+//! pull consumer `inbox-<name>`, made from the library's one definition of it
+//! (in order: a message is delivered once the one before it is acknowledged,
+//! whoever reads the inbox, this bridge or a runtime replica of the agent).
 //!
 //! Messages are fetched unacknowledged and handed to `Settlements` under the
 //! id of the tool call that returns them; the transport acknowledges them
@@ -10,9 +12,8 @@
 //! again.
 
 use crate::untrusted::untrusted;
-use agentbus::delivery::FROM_HEADER;
-use agentbus::name::Name;
-use agentbus::subject::{self, durable};
+use agentbus::Name;
+use agentbus::delivery::{ConsumerError, ConsumerSpec, DeliveryOptions, FROM_HEADER, body_value};
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use rmcp::model::RequestId;
@@ -23,30 +24,25 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// How long a fetched message may stay unacknowledged before JetStream
-/// delivers it again (the client died between fetch and result).
-pub(crate) const INBOX_ACK_WAIT: Duration = Duration::from_secs(30);
-/// Messages fetched but not yet acknowledged, at most.
-const MAX_IN_FLIGHT: i64 = 1_000;
-
 /// Why the inbox could not be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum InboxError {
-    /// The consumer could not be created or read.
-    #[error(
-        "cannot use the inbox consumer {consumer} on stream {stream}: {reason}; run `agentbus setup` to create the streams"
-    )]
-    Consumer {
-        /// The stream.
-        stream: &'static str,
-        /// The consumer.
-        consumer: String,
-        /// Why.
-        reason: String,
-    },
+    /// The consumer could not be created.
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
+    /// Watching the inbox subject failed.
+    #[error("cannot watch the inbox: {0}")]
+    Watch(#[source] async_nats::SubscribeError),
     /// Fetching failed.
     #[error("cannot read the inbox: {0}")]
-    Fetch(String),
+    Fetch(#[source] async_nats::Error),
+}
+
+/// How long a fetched message may stay unacknowledged before JetStream
+/// delivers it again (the client died between fetch and result).
+pub(crate) fn inbox_ack_wait() -> Duration {
+    DeliveryOptions::default().ack_wait
 }
 
 /// The inbox of the bridged agent.
@@ -63,37 +59,17 @@ impl Inbox {
     /// Creates (or reuses) the durable consumer and starts watching the inbox
     /// subject. The watch ends with the connection.
     pub(crate) async fn open(bus: &agentbus::Bus, agent: &Name) -> Result<Self, InboxError> {
-        let consumer_name = durable::inbox(agent);
-        let error = |reason: String| InboxError::Consumer {
-            stream: subject::MESSAGES_STREAM,
-            consumer: consumer_name.clone(),
-            reason,
-        };
-        let stream = bus
-            .jetstream()
-            .get_stream(subject::MESSAGES_STREAM)
-            .await
-            .map_err(|err| error(err.to_string()))?;
-        let config = jetstream::consumer::pull::Config {
-            durable_name: Some(consumer_name.clone()),
-            filter_subject: subject::agent_inbox(agent),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: INBOX_ACK_WAIT,
-            max_ack_pending: MAX_IN_FLIGHT,
-            deliver_policy: jetstream::consumer::DeliverPolicy::All,
-            ..Default::default()
-        };
-        // Created, or updated to this configuration: an existing consumer
+        let spec = ConsumerSpec::inbox(agent);
+        // Created, or updated to the one definition: an existing consumer
         // (from an earlier run, or a runtime serving this name) keeps its cursor.
-        let consumer = stream
-            .create_consumer(config)
-            .await
-            .map_err(|err| error(err.to_string()))?;
+        let consumer = spec
+            .create(bus.jetstream(), &DeliveryOptions::default())
+            .await?;
         let subscription = bus
             .client()
-            .subscribe(subject::agent_inbox(agent))
+            .subscribe(agentbus::subject::agent_inbox(agent))
             .await
-            .map_err(|err| error(err.to_string()))?;
+            .map_err(InboxError::Watch)?;
         let (arrived, arrivals) = watch::channel(0);
         let watcher = tokio::spawn(watch_inbox(subscription, arrived)).abort_handle();
         Ok(Self {
@@ -119,59 +95,57 @@ impl Inbox {
             .consumer
             .get_info()
             .await
-            .map_err(|err| InboxError::Fetch(err.to_string()))?;
+            .map_err(|err| InboxError::Fetch(err.into()))?;
         Ok(info.num_pending)
     }
 
-    /// Up to `max` messages waiting now; if there are none and `wait` is not
-    /// zero, waits that long for one to arrive.
+    /// The next message, if one waits now; if none does and `wait` is not
+    /// zero, waits that long for one to arrive. The inbox hands out one
+    /// message at a time, in order: while the previous one is unacknowledged
+    /// (its result not yet written, or another reader of the inbox working
+    /// on it) the next one waits.
     pub(crate) async fn take(
         &self,
-        max: usize,
         wait: Duration,
-    ) -> Result<Vec<jetstream::Message>, InboxError> {
+    ) -> Result<Option<jetstream::Message>, InboxError> {
         let mut arrivals = self.arrivals.clone();
-        arrivals.mark_unchanged();
-        let messages = self.fetch(max).await?;
-        if !messages.is_empty() || wait.is_zero() {
-            return Ok(messages);
-        }
         let deadline = tokio::time::Instant::now() + wait;
-        while tokio::time::timeout_at(deadline, arrivals.changed())
-            .await
-            .is_ok_and(|changed| changed.is_ok())
-        {
-            let messages = self.fetch(max).await?;
-            if !messages.is_empty() {
-                return Ok(messages);
+        loop {
+            arrivals.mark_unchanged();
+            if self.waiting().await? > 0
+                && let Some(message) = self.fetch_next().await?
+            {
+                return Ok(Some(message));
+            }
+            let arrived = tokio::time::timeout_at(deadline, arrivals.changed()).await;
+            if !arrived.is_ok_and(|changed| changed.is_ok()) {
+                return Ok(None);
             }
         }
-        Ok(Vec::new())
     }
 
-    async fn fetch(&self, max: usize) -> Result<Vec<jetstream::Message>, InboxError> {
-        let batch = self
+    /// Fetches the next message. A message waits, so the request stays open
+    /// until it can be delivered (once the one before it is acknowledged),
+    /// for at most [`BLOCKED_FETCH`].
+    async fn fetch_next(&self) -> Result<Option<jetstream::Message>, InboxError> {
+        let mut batch = self
             .consumer
             .fetch()
-            .max_messages(max)
+            .max_messages(1)
+            .expires(BLOCKED_FETCH)
             .messages()
             .await
-            .map_err(|err| InboxError::Fetch(err.to_string()))?;
-        let fetched: Vec<_> = batch.collect().await;
-        let mut messages = Vec::with_capacity(fetched.len());
-        for message in fetched {
-            match message {
-                Ok(message) => messages.push(message),
-                Err(err) => {
-                    // What was fetched stays unacknowledged and comes back later.
-                    release(messages).await;
-                    return Err(InboxError::Fetch(err.to_string()));
-                }
-            }
+            .map_err(|err| InboxError::Fetch(err.into()))?;
+        match batch.next().await {
+            Some(Ok(message)) => Ok(Some(message)),
+            Some(Err(err)) => Err(InboxError::Fetch(err)),
+            None => Ok(None),
         }
-        Ok(messages)
     }
 }
+
+/// How long a read waits for the message before it to be acknowledged.
+const BLOCKED_FETCH: Duration = Duration::from_secs(1);
 
 /// Bumps `arrived` for every message published to the inbox subject.
 async fn watch_inbox(mut subscription: async_nats::Subscriber, arrived: watch::Sender<u64>) {
@@ -202,12 +176,6 @@ pub(crate) fn describe(message: &jetstream::Message) -> Value {
         described["message_id"] = json!(id);
     }
     described
-}
-
-/// The body as JSON when it is JSON, else as a string.
-fn body_value(payload: &[u8]) -> Value {
-    serde_json::from_slice(payload)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
 }
 
 /// Messages to acknowledge once the result of the tool call that returned

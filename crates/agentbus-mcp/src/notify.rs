@@ -14,7 +14,7 @@
 //! Notifications never carry message contents: the model reads those with
 //! `read_inbox`, marked as untrusted.
 
-use agentbus::name::Name;
+use agentbus::Name;
 use rmcp::model::ResourceUpdatedNotificationParam;
 use rmcp::{Peer, RoleServer};
 use serde_json::json;

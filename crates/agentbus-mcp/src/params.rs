@@ -21,7 +21,8 @@ pub struct SendMessage {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
 pub struct ReadInbox {
-    /// Most messages to return (1-100, default 10).
+    /// Most messages to return (1-100). The inbox is in order and hands out
+    /// one message per read, so a read returns at most one whatever this says.
     #[serde(default)]
     pub max_messages: Option<u32>,
     /// When the inbox is empty, wait up to this many seconds for a message (0-60, default 0).

@@ -8,7 +8,7 @@ use crate::notify::{self, Notifier};
 use crate::tool_error::ToolError;
 use crate::transport::SettlingTransport;
 use agentbus::Bus;
-use agentbus::name::Name;
+use agentbus::Name;
 use agentbus::presence::{AgentPresence, Heartbeat, PresenceOptions};
 use agentbus::state::{StateError, StateStore};
 use rmcp::ServiceExt;

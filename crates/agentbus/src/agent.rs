@@ -1,8 +1,10 @@
-//! The BaseAgent: what an agent declares and how it handles a task.
+//! An agent: what it declares, how it handles a task, and what it can do
+//! while it works on one.
 
 use crate::client::{Bus, PublishError, RequestOptions, SendTaskError};
 use crate::name::{InvalidName, Name};
 use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
+pub use crate::subject::MessageChannel;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -55,20 +57,6 @@ pub trait Agent: Send + Sync + 'static {
         let _ = (message, ctx);
         async { Err(TaskError::permanent("this agent does not handle messages")) }
     }
-}
-
-/// Which durable channel a message came in on.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case", tag = "channel", content = "topic")]
-pub enum MessageChannel {
-    /// `agent.<name>.inbox`: in order, one at a time.
-    Inbox,
-    /// `agent.<name>.direct`: concurrently, unordered.
-    Direct,
-    /// `broadcast.<topic>`.
-    Broadcast(String),
-    /// `announce.<topic>`.
-    Announce(String),
 }
 
 /// A durable message delivered to an agent.

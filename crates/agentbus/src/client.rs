@@ -4,6 +4,7 @@ use crate::connect::{ConnectError, ServerTarget};
 use crate::name::{InvalidName, Name};
 use crate::protocol::{Priority, TaskRequest, TaskResponse};
 use crate::subject::{self, InvalidSubject, Subject, SubjectPattern};
+use crate::task_id::TaskId;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
@@ -51,6 +52,7 @@ impl Default for RequestOptions {
 
 /// Why a task got no response.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendTaskError {
     /// The agent name cannot be a subject token.
     #[error(transparent)]
@@ -59,45 +61,141 @@ pub enum SendTaskError {
     #[error(
         "no agent named {agent:?} is running (nothing answers agent.{agent}.task); start it or check the name"
     )]
-    NoAgent { agent: String },
+    NoAgent {
+        /// The agent asked.
+        agent: String,
+    },
     /// The agent did not answer in time.
     #[error(
         "agent {agent:?} did not answer task {task_id} within {after:?}; it may be busy or stuck (a retry with the same task_id will not run it twice)"
     )]
     TimedOut {
+        /// The agent asked.
         agent: String,
-        task_id: String,
+        /// The task.
+        task_id: TaskId,
+        /// How long each attempt waited.
         after: Duration,
     },
     /// The request exceeds the server's `max_payload`.
     #[error(
         "the task is {size} bytes, more than the server's max_payload of {max} bytes; send large data by reference"
     )]
-    TooLarge { size: usize, max: usize },
+    TooLarge {
+        /// The request's size.
+        size: usize,
+        /// The server's limit.
+        max: usize,
+    },
     /// The answer is not a TaskResponse.
-    #[error("agent {agent:?} answered with something that is not a TaskResponse: {reason}")]
-    InvalidResponse { agent: String, reason: String },
+    #[error("agent {agent:?} answered with something that is not a TaskResponse: {source}")]
+    InvalidResponse {
+        /// The agent asked.
+        agent: String,
+        /// Why the answer did not decode.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The connection failed.
-    #[error("cannot send the task: {reason}")]
-    Connection { reason: String },
+    #[error("cannot send the task: {source}")]
+    Connection {
+        /// Why.
+        #[source]
+        source: async_nats::RequestError,
+    },
+}
+
+/// Why a task got no response, as a kind to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendTaskErrorKind {
+    /// The agent name is not valid.
+    InvalidName,
+    /// No agent of that name is running.
+    NoAgent,
+    /// The agent did not answer in time.
+    TimedOut,
+    /// The request is larger than the server accepts.
+    TooLarge,
+    /// The answer was not a TaskResponse.
+    InvalidResponse,
+    /// The connection failed.
+    Connection,
+}
+
+impl SendTaskError {
+    /// Why the task got no response.
+    pub fn kind(&self) -> SendTaskErrorKind {
+        match self {
+            Self::InvalidName(_) => SendTaskErrorKind::InvalidName,
+            Self::NoAgent { .. } => SendTaskErrorKind::NoAgent,
+            Self::TimedOut { .. } => SendTaskErrorKind::TimedOut,
+            Self::TooLarge { .. } => SendTaskErrorKind::TooLarge,
+            Self::InvalidResponse { .. } => SendTaskErrorKind::InvalidResponse,
+            Self::Connection { .. } => SendTaskErrorKind::Connection,
+        }
+    }
 }
 
 /// Why an event could not be published.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublishError {
     /// The subject is not valid.
     #[error(transparent)]
     InvalidSubject(#[from] InvalidSubject),
+    /// The value does not serialize to JSON.
+    #[error("the value does not serialize to JSON: {0}")]
+    Encode(#[source] serde_json::Error),
     /// The message exceeds the server's `max_payload`.
     #[error("the message is {size} bytes, more than the server's max_payload of {max} bytes")]
-    TooLarge { size: usize, max: usize },
+    TooLarge {
+        /// The message's size.
+        size: usize,
+        /// The server's limit.
+        max: usize,
+    },
     /// The connection failed.
-    #[error("cannot publish: {reason}")]
-    Connection { reason: String },
+    #[error("cannot publish: {source}")]
+    Connection {
+        /// Why.
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+/// Why an event could not be published, as a kind to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishErrorKind {
+    /// The subject or value is not valid.
+    InvalidInput,
+    /// The message is larger than the server accepts.
+    TooLarge,
+    /// The connection failed.
+    Connection,
+}
+
+impl PublishError {
+    /// Why the event could not be published.
+    pub fn kind(&self) -> PublishErrorKind {
+        match self {
+            Self::InvalidSubject(_) | Self::Encode(_) => PublishErrorKind::InvalidInput,
+            Self::TooLarge { .. } => PublishErrorKind::TooLarge,
+            Self::Connection { .. } => PublishErrorKind::Connection,
+        }
+    }
+
+    fn connection(source: impl Into<async_nats::Error>) -> Self {
+        Self::Connection {
+            source: source.into(),
+        }
+    }
 }
 
 /// Why a subscription could not be made.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SubscribeError {
     /// The pattern is not valid.
     #[error(transparent)]
@@ -105,9 +203,35 @@ pub enum SubscribeError {
     /// The queue group name is not valid.
     #[error(transparent)]
     InvalidQueueGroup(#[from] InvalidName),
+    /// The connection failed, or the server did not confirm the subscription.
+    #[error("cannot subscribe: {source}")]
+    Connection {
+        /// Why.
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+/// Why a subscription could not be made, as a kind to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubscribeErrorKind {
+    /// The pattern or queue group is not valid.
+    InvalidInput,
     /// The connection failed.
-    #[error("cannot subscribe: {reason}")]
-    Connection { reason: String },
+    Connection,
+}
+
+impl SubscribeError {
+    /// Why the subscription could not be made.
+    pub fn kind(&self) -> SubscribeErrorKind {
+        match self {
+            Self::InvalidSubject(_) | Self::InvalidQueueGroup(_) => {
+                SubscribeErrorKind::InvalidInput
+            }
+            Self::Connection { .. } => SubscribeErrorKind::Connection,
+        }
+    }
 }
 
 impl Bus {
@@ -183,17 +307,17 @@ impl Bus {
         let mut attempt = 0;
         loop {
             let sent = self.inner.client.send_request(
-                subject.clone(),
+                subject.to_nats(),
                 async_nats::Request::new()
                     .payload(body.clone())
                     .timeout(Some(options.timeout)),
             );
             match sent.await {
                 Ok(message) => {
-                    return serde_json::from_slice(&message.payload).map_err(|err| {
+                    return serde_json::from_slice(&message.payload).map_err(|source| {
                         SendTaskError::InvalidResponse {
                             agent: agent.to_owned(),
-                            reason: err.to_string(),
+                            source,
                         }
                     });
                 }
@@ -219,11 +343,7 @@ impl Bus {
                                 max,
                             });
                         }
-                        _ => {
-                            return Err(SendTaskError::Connection {
-                                reason: err.to_string(),
-                            });
-                        }
+                        _ => return Err(SendTaskError::Connection { source: err }),
                     }
                 }
             }
@@ -237,9 +357,7 @@ impl Bus {
         value: &T,
     ) -> Result<(), PublishError> {
         let subject = Subject::parse(subject)?;
-        let body = serde_json::to_vec(value).map_err(|err| PublishError::Connection {
-            reason: format!("the value does not serialize to JSON: {err}"),
-        })?;
+        let body = serde_json::to_vec(value).map_err(PublishError::Encode)?;
         self.publish_bytes(&subject, body.into()).await
     }
 
@@ -254,11 +372,9 @@ impl Bus {
         }
         self.inner
             .client
-            .publish(subject.as_str().to_owned(), body)
+            .publish(subject.to_nats(), body)
             .await
-            .map_err(|err| PublishError::Connection {
-                reason: err.to_string(),
-            })
+            .map_err(PublishError::connection)
     }
 
     /// Subscribes to `pattern` (`*` and `>` allowed); with a queue group, each
@@ -270,40 +386,49 @@ impl Bus {
         queue_group: Option<&str>,
     ) -> Result<Subscription, SubscribeError> {
         let pattern = SubjectPattern::parse(pattern)?;
-        let subject = pattern.as_str().to_owned();
+        let subject = String::from(pattern);
         let subscriber = match queue_group {
             Some(group) => {
                 let group = Name::parse("queue group", group)?;
                 self.inner
                     .client
-                    .queue_subscribe(subject, group.as_str().to_owned())
+                    .queue_subscribe(subject, group.to_string())
                     .await
             }
             None => self.inner.client.subscribe(subject).await,
         }
-        .map_err(|err| SubscribeError::Connection {
-            reason: err.to_string(),
-        })?;
+        .map_err(|err| SubscribeError::Connection { source: err.into() })?;
         self.sync()
             .await
-            .map_err(|err| SubscribeError::Connection {
-                reason: err.to_string(),
-            })?;
+            .map_err(|err| SubscribeError::Connection { source: err.into() })?;
         Ok(Subscription { subscriber })
     }
 
     /// Waits until the server has processed everything sent on this
     /// connection so far (subscriptions included): `flush` only writes to
-    /// the socket. A request to a subject nobody serves comes back as "no
-    /// responders" only after the server handled what came before it.
-    pub async fn sync(&self) -> Result<(), PublishError> {
-        let subject = format!("_agentbus.sync.{}", uuid::Uuid::new_v4().simple());
-        match self.inner.client.request(subject, Bytes::new()).await {
-            Ok(_) => Ok(()),
-            Err(err) if err.kind() == async_nats::client::RequestErrorKind::NoResponders => Ok(()),
-            Err(err) => Err(PublishError::Connection {
-                reason: err.to_string(),
-            }),
+    /// the socket. The round trip is a message to a subscription of this
+    /// connection's own, on a fresh inbox subject: the server delivers it only
+    /// after it handled what came before, and no other client can answer it
+    /// or swallow it (a foreign `>` subscriber merely sees a copy).
+    pub async fn sync(&self) -> Result<(), SyncError> {
+        let client = &self.inner.client;
+        let subject = client.new_inbox();
+        let mut probe = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|err| SyncError(err.into()))?;
+        client
+            .publish(subject, Bytes::new())
+            .await
+            .map_err(|err| SyncError(err.into()))?;
+        let arrived = tokio::time::timeout(SYNC_TIMEOUT, probe.next()).await;
+        let _ = probe.unsubscribe().await;
+        match arrived {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(SyncError("the connection closed".into())),
+            Err(_) => Err(SyncError(
+                format!("the server did not echo within {SYNC_TIMEOUT:?}").into(),
+            )),
         }
     }
 
@@ -313,11 +438,17 @@ impl Bus {
             .client
             .flush()
             .await
-            .map_err(|err| PublishError::Connection {
-                reason: err.to_string(),
-            })
+            .map_err(PublishError::connection)
     }
 }
+
+/// How long [`Bus::sync`] waits for its own message to come back.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server did not confirm what this connection sent.
+#[derive(Debug, thiserror::Error)]
+#[error("the server did not confirm this connection's subscriptions: {0}")]
+pub struct SyncError(#[source] async_nats::Error);
 
 /// A message received on a subscription.
 #[derive(Debug, Clone)]
@@ -351,9 +482,9 @@ impl Subscription {
     ) -> impl Stream<Item = Result<(String, T), EventDecodeError>> + Send + Unpin {
         self.map(|event| match event.json::<T>() {
             Ok(value) => Ok((event.subject, value)),
-            Err(err) => Err(EventDecodeError {
+            Err(source) => Err(EventDecodeError {
                 subject: event.subject,
-                reason: err.to_string(),
+                source,
             }),
         })
     }
@@ -365,13 +496,14 @@ impl Subscription {
 }
 
 /// An event that did not decode as the expected type.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("message on {subject} is not the expected JSON: {reason}")]
+#[derive(Debug, thiserror::Error)]
+#[error("message on {subject} is not the expected JSON: {source}")]
 pub struct EventDecodeError {
     /// Where it came from.
     pub subject: String,
     /// Why it did not decode.
-    pub reason: String,
+    #[source]
+    pub source: serde_json::Error,
 }
 
 impl Stream for Subscription {

@@ -28,30 +28,40 @@
 //! - [`redact`]: keeping passwords out of everything printed or logged.
 //! - [`check`]: the delivery test of the requirements and a configuration doctor.
 
-pub mod agent;
+mod agent;
 pub mod check;
-pub mod client;
+mod client;
+mod clock;
 pub mod connect;
 pub mod data_dir;
 pub mod delivery;
 pub mod demo;
-pub mod discovery;
+pub mod events;
+mod jetstream_errors;
 pub mod local_server;
 pub mod monitor;
-pub mod name;
+mod name;
 pub mod presence;
 pub mod private_file;
-pub mod protocol;
+mod protocol;
 pub mod redact;
-pub mod runtime;
+mod runtime;
 pub mod server_binary;
 pub mod state;
 pub mod subject;
+mod task_id;
 pub mod topology;
 
 pub use agent::{Agent, AgentMessage, MessageChannel, TaskContext, TaskError, TaskTypeSpec};
-pub use client::{Bus, RequestOptions, SendTaskError};
+pub use client::{
+    Bus, Event, EventDecodeError, PublishError, PublishErrorKind, RequestOptions, SendTaskError,
+    SendTaskErrorKind, SubscribeError, SubscribeErrorKind, Subscription,
+};
 pub use connect::{ConnectError, ServerTarget};
-pub use name::{InvalidName, Name};
-pub use protocol::{Priority, TaskRequest, TaskResponse, TaskStatus};
-pub use runtime::{AgentOptions, Runtime};
+pub use name::{InvalidName, MAX_NAME_LEN, Name};
+pub use protocol::{Priority, RequestError, TaskRequest, TaskResponse, TaskStatus};
+pub use runtime::discovery;
+pub use runtime::{
+    AgentOptions, AgentStats, InvalidSchema, Runtime, RuntimeError, RuntimeErrorKind,
+};
+pub use task_id::{InvalidTaskId, MAX_TASK_ID_LEN, TaskId};

@@ -1,4 +1,4 @@
-//! The wire format of the requirements: TaskRequest and TaskResponse as JSON.
+//! The wire format of tasks: TaskRequest and TaskResponse as JSON.
 //!
 //! ```json
 //! {"task_id": "…", "task_type": "generate_text", "payload": {…}, "priority": "normal"}
@@ -6,12 +6,15 @@
 //! ```
 //!
 //! Keys are snake_case, enum values lowercase, absent values `null`. Unknown
-//! fields are ignored. Python agents written to the requirements read and
-//! write exactly this.
+//! fields are ignored. `docs/PROTOCOL.md` in the repository is the reference
+//! for clients in other languages; plain nats-py agents read and write exactly
+//! this.
 
+use crate::task_id::{InvalidTaskId, TaskId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
+use std::sync::Arc;
 
 /// How urgent a task is; under load, higher priorities are taken first.
 #[derive(
@@ -116,7 +119,7 @@ impl fmt::Display for TaskStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRequest {
     /// Unique id; a repeated id is the same task (retries reuse it).
-    pub task_id: String,
+    pub task_id: TaskId,
     /// What to do; one of the task types the agent accepts.
     pub task_type: String,
     /// Input of the task.
@@ -130,7 +133,7 @@ impl TaskRequest {
     /// A request with a fresh task id.
     pub fn new(task_type: impl Into<String>, payload: Value) -> Self {
         Self {
-            task_id: new_task_id(),
+            task_id: TaskId::new(),
             task_type: task_type.into(),
             payload,
             priority: Priority::Normal,
@@ -159,12 +162,15 @@ impl TaskRequest {
             return Ok(request);
         }
         let value: Value = serde_json::from_slice(bytes)
-            .map_err(|err| (None, RequestError::MalformedJson(err.to_string())))?;
+            .map_err(|err| (None, RequestError::MalformedJson(Arc::new(err))))?;
         let Value::Object(mut object) = value else {
             return Err((None, RequestError::NotAnObject));
         };
-        let task_id = take_string(&mut object, "task_id").map_err(|e| (None, e))?;
-        let fail = |e| (Some(task_id.clone()), e);
+        let raw_id = take_string(&mut object, "task_id").map_err(|e| (None, e))?;
+        // An invalid id is still echoed, so the sender can match the rejection.
+        let task_id = TaskId::parse(&raw_id)
+            .map_err(|err| (Some(raw_id.clone()), RequestError::InvalidTaskId(err)))?;
+        let fail = |e| (Some(raw_id.clone()), e);
         let task_type = take_string(&mut object, "task_type").map_err(fail)?;
         let payload = match object.remove("payload") {
             None | Some(Value::Null) => Value::Object(Map::new()),
@@ -223,11 +229,12 @@ fn take_string(
 }
 
 /// Why bytes are not a valid TaskRequest.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum RequestError {
     /// Not JSON at all.
     #[error("the request is not valid JSON: {0}")]
-    MalformedJson(String),
+    MalformedJson(#[source] Arc<serde_json::Error>),
     /// JSON, but not an object.
     #[error("the request must be a JSON object with task_id, task_type, payload and priority")]
     NotAnObject,
@@ -243,6 +250,9 @@ pub enum RequestError {
     /// The priority is not one of the four.
     #[error("the request's `priority` {0:?} is unknown; use low, normal, high or critical")]
     UnknownPriority(String),
+    /// The task id does not follow the rule of [`TaskId`].
+    #[error("the request's `task_id` is unusable: {0}")]
+    InvalidTaskId(#[source] InvalidTaskId),
 }
 
 /// The answer to a task.
@@ -299,20 +309,15 @@ impl TaskResponse {
 /// times per message.
 pub(crate) const JSON_CAPACITY: usize = 256;
 
-/// A new random task id (UUID v4, hyphenated).
-pub fn new_task_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     #[test]
-    fn request_serializes_exactly_as_the_requirements_show() {
+    fn request_serializes_exactly_as_documented() {
         let request = TaskRequest {
-            task_id: "t1".into(),
+            task_id: TaskId::parse("t1").unwrap(),
             task_type: "generate_text".into(),
             payload: json!({"prompt": "hi", "max_tokens": 200}),
             priority: Priority::Normal,
@@ -353,51 +358,55 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let cases: [(&[u8], Option<&str>, RequestError); 7] = [
-            (
-                b"{not json",
-                None,
-                RequestError::MalformedJson(String::new()),
-            ),
-            (b"[1]", None, RequestError::NotAnObject),
+        // `None` expected: malformed JSON, whose message is serde's.
+        let cases: [(&[u8], Option<&str>, Option<RequestError>); 8] = [
+            (b"{not json", None, None),
+            (b"[1]", None, Some(RequestError::NotAnObject)),
             (
                 br#"{"task_type":"b"}"#,
                 None,
-                RequestError::MissingField("task_id"),
+                Some(RequestError::MissingField("task_id")),
             ),
             (
                 br#"{"task_id":"a"}"#,
                 Some("a"),
-                RequestError::MissingField("task_type"),
+                Some(RequestError::MissingField("task_type")),
             ),
             (
                 br#"{"task_id":5,"task_type":"b"}"#,
                 None,
-                RequestError::WrongType {
+                Some(RequestError::WrongType {
                     field: "task_id",
                     expected: "a string",
-                },
+                }),
             ),
             (
                 br#"{"task_id":"a","task_type":"b","payload":[1]}"#,
                 Some("a"),
-                RequestError::WrongType {
+                Some(RequestError::WrongType {
                     field: "payload",
                     expected: "a JSON object",
-                },
+                }),
             ),
             (
                 br#"{"task_id":"a","task_type":"b","priority":"urgent"}"#,
                 Some("a"),
-                RequestError::UnknownPriority("urgent".into()),
+                Some(RequestError::UnknownPriority("urgent".into())),
+            ),
+            (
+                br#"{"task_id":"a.b","task_type":"b"}"#,
+                Some("a.b"),
+                Some(RequestError::InvalidTaskId(
+                    TaskId::parse("a.b").unwrap_err(),
+                )),
             ),
         ];
         for (bytes, id, expected) in cases {
             let (got_id, err) = TaskRequest::from_json(bytes).unwrap_err();
             assert_eq!(got_id.as_deref(), id);
-            match (&err, &expected) {
-                (RequestError::MalformedJson(_), RequestError::MalformedJson(_)) => {}
-                _ => assert_eq!(err, expected),
+            match expected {
+                None => assert!(matches!(err, RequestError::MalformedJson(_)), "{err}"),
+                Some(expected) => assert_eq!(err.to_string(), expected.to_string()),
             }
         }
         let (_, err) = TaskRequest::from_json(br#"{"task_id":"a"}"#).unwrap_err();

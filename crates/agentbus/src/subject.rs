@@ -1,4 +1,5 @@
-//! Every subject agentbus uses is built here, from validated [`Name`]s.
+//! Every subject agentbus uses is built here, from validated [`Name`]s, and
+//! every subject agentbus reads back is parsed here.
 //!
 //! | subject | carries |
 //! | --- | --- |
@@ -7,32 +8,169 @@
 //! | `tasks.<agent>[.<priority>]`, `work.<task_type>[.<priority>]` | work queues (`agent-tasks`) |
 //! | `broadcast.<topic>`, `announce.<topic>` | announcements to every agent (`agent-broadcast`) |
 //! | `dlq.<original subject>` | dead letters (`agent-dlq`) |
-//! | `platform.events.<event>` | lifecycle events published by the runtime |
+//! | `platform.events.<event>` | lifecycle and task events ([`crate::events`]) |
+//! | `$SRV.PING\|INFO\|STATS[.<agent>[.<instance>]]` | discovery (the NATS services protocol) |
+//! | `agentbus.check.<run>` | the publish/subscribe probe of `agentbus check` |
+//! | `<inbox>.<n>` | a worker's pull requests, answered on one subscription `<inbox>.*` |
 //!
 //! Durable consumer names are built here too, from the same validated names.
+//! `docs/PROTOCOL.md` in the repository describes each for other clients.
 
 use crate::name::Name;
 use crate::protocol::Priority;
 use std::fmt;
 
+/// A subject built here or validated by [`Subject::parse`]; cheap to clone
+/// and handed to the NATS client without a copy.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Subject(async_nats::Subject);
+
+impl std::hash::Hash for Subject {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl Subject {
+    /// Validates a subject to publish to: tokens separated by dots, no
+    /// wildcards, no white space, not in the reserved `$` or `_INBOX` spaces.
+    pub fn parse(value: &str) -> Result<Self, InvalidSubject> {
+        check_subject(value, false)?;
+        Ok(Self::built(value.to_owned()))
+    }
+
+    /// A subject made here from validated parts.
+    fn built(value: String) -> Self {
+        Self(async_nats::Subject::from(value))
+    }
+
+    /// The subject as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The subject as the NATS client takes it.
+    pub fn to_nats(&self) -> async_nats::Subject {
+        self.0.clone()
+    }
+}
+
+impl async_nats::subject::ToSubject for Subject {
+    fn to_subject(&self) -> async_nats::Subject {
+        self.0.clone()
+    }
+}
+
+impl async_nats::subject::ToSubject for &Subject {
+    fn to_subject(&self) -> async_nats::Subject {
+        self.0.clone()
+    }
+}
+
+impl std::ops::Deref for Subject {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Subject {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for Subject {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Subject {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl From<Subject> for async_nats::Subject {
+    fn from(subject: Subject) -> Self {
+        subject.0
+    }
+}
+
+impl From<Subject> for String {
+    fn from(subject: Subject) -> Self {
+        subject.as_str().to_owned()
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl serde::Serialize for Subject {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// A subject pattern to subscribe to: like [`Subject`], plus `*` as a whole
+/// token and `>` as the last token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SubjectPattern(String);
+
+impl SubjectPattern {
+    /// Validates a subject pattern to subscribe to.
+    pub fn parse(value: &str) -> Result<Self, InvalidSubject> {
+        check_subject(value, true)?;
+        Ok(Self(value.to_owned()))
+    }
+
+    /// The pattern as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SubjectPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<SubjectPattern> for String {
+    fn from(pattern: SubjectPattern) -> Self {
+        pattern.0
+    }
+}
+
+impl PartialEq<&str> for SubjectPattern {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+/// A subject or pattern that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid subject {value:?}: {reason}")]
+pub struct InvalidSubject {
+    /// The rejected value.
+    pub value: String,
+    /// Why it was rejected.
+    pub reason: &'static str,
+}
+
 /// Subjects answered over core request/reply. A stream capturing one of them
 /// would answer the requester with its own PubAck instead of the agent's reply.
 pub const REQUEST_REPLY_SUBJECTS: [&str; 2] = ["agent.*.task", "_INBOX.>"];
-
-/// Subject of the tasks an agent answers over request/reply.
-pub fn agent_task(agent: &Name) -> String {
-    format!("agent.{agent}.task")
-}
-
-/// Subject of an agent's durable inbox.
-pub fn agent_inbox(agent: &Name) -> String {
-    format!("agent.{agent}.inbox")
-}
-
-/// Subject of an agent's durable direct channel.
-pub fn agent_direct(agent: &Name) -> String {
-    format!("agent.{agent}.direct")
-}
 
 /// Stream holding direct messages (`agent.<name>.inbox|direct`).
 pub const MESSAGES_STREAM: &str = "agent-messages";
@@ -44,6 +182,21 @@ pub const TASKS_STREAM: &str = "agent-tasks";
 pub const DEAD_LETTER_STREAM: &str = "agent-dlq";
 /// KV bucket holding the state and result of queued tasks.
 pub const TASK_RESULTS_BUCKET: &str = "agent-task-results";
+
+/// Subject of the tasks an agent answers over request/reply.
+pub fn agent_task(agent: &Name) -> Subject {
+    Subject::built(format!("agent.{agent}.task"))
+}
+
+/// Subject of an agent's durable inbox.
+pub fn agent_inbox(agent: &Name) -> Subject {
+    Subject::built(format!("agent.{agent}.inbox"))
+}
+
+/// Subject of an agent's durable direct channel.
+pub fn agent_direct(agent: &Name) -> Subject {
+    Subject::built(format!("agent.{agent}.direct"))
+}
 
 /// Suffix of a queue subject for `priority`: none for normal, so a task
 /// published by a plain client to `tasks.<agent>` is a normal-priority task.
@@ -57,36 +210,112 @@ fn priority_suffix(priority: Priority) -> &'static str {
 }
 
 /// Subject of an agent's own work queue at `priority`: `tasks.<agent>[.<priority>]`.
-pub fn task_queue(agent: &Name, priority: Priority) -> String {
-    format!("tasks.{agent}{}", priority_suffix(priority))
+pub fn task_queue(agent: &Name, priority: Priority) -> Subject {
+    Subject::built(format!("tasks.{agent}{}", priority_suffix(priority)))
 }
 
 /// Subject of the shared work queue of a task type: `work.<type>[.<priority>]`.
-pub fn work_queue(task_type: &Name, priority: Priority) -> String {
-    format!("work.{task_type}{}", priority_suffix(priority))
+pub fn work_queue(task_type: &Name, priority: Priority) -> Subject {
+    Subject::built(format!("work.{task_type}{}", priority_suffix(priority)))
+}
+
+/// Which kind of work queue a subject belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    /// `tasks.<agent>`: one agent's queue.
+    Agent,
+    /// `work.<task_type>`: the shared queue of a task type.
+    TaskType,
+}
+
+/// Reads a work-queue subject back: its kind, name and priority. `None` for
+/// anything that [`task_queue`] or [`work_queue`] would not build (including
+/// `tasks.<agent>.normal`: normal priority has no suffix).
+pub fn parse_queue(subject: &str) -> Option<(QueueKind, Name, Priority)> {
+    let mut tokens = subject.split('.');
+    let kind = match tokens.next()? {
+        "tasks" => QueueKind::Agent,
+        "work" => QueueKind::TaskType,
+        _ => return None,
+    };
+    let name = tokens.next()?;
+    let priority = match tokens.next() {
+        None => Priority::Normal,
+        Some("normal") => return None,
+        Some(p) => Priority::parse(p)?,
+    };
+    if tokens.next().is_some() {
+        return None;
+    }
+    let what = match kind {
+        QueueKind::Agent => "agent name",
+        QueueKind::TaskType => "task type",
+    };
+    Some((kind, Name::parse(what, name).ok()?, priority))
 }
 
 /// Subject of a broadcast on `topic`: delivered to agents subscribed to the topic.
-pub fn broadcast(topic: &Name) -> String {
-    format!("broadcast.{topic}")
+pub fn broadcast(topic: &Name) -> Subject {
+    Subject::built(format!("broadcast.{topic}"))
 }
 
 /// Subject of an announcement on `topic`: delivered to every agent.
-pub fn announce(topic: &Name) -> String {
-    format!("announce.{topic}")
+pub fn announce(topic: &Name) -> Subject {
+    Subject::built(format!("announce.{topic}"))
 }
 
 /// Every announcement.
 pub const ALL_ANNOUNCEMENTS: &str = "announce.*";
 
+/// Which durable channel a message came in on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "channel", content = "topic")]
+pub enum MessageChannel {
+    /// `agent.<name>.inbox`: in order, one at a time.
+    Inbox,
+    /// `agent.<name>.direct`: concurrently, unordered.
+    Direct,
+    /// `broadcast.<topic>`.
+    Broadcast(String),
+    /// `announce.<topic>`.
+    Announce(String),
+}
+
+/// Reads the channel of a subject of the messages or broadcast streams.
+pub fn parse_channel(subject: &str) -> Option<MessageChannel> {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    match tokens.as_slice() {
+        ["agent", _, "inbox"] => Some(MessageChannel::Inbox),
+        ["agent", _, "direct"] => Some(MessageChannel::Direct),
+        ["broadcast", topic] => Some(MessageChannel::Broadcast((*topic).to_owned())),
+        ["announce", topic] => Some(MessageChannel::Announce((*topic).to_owned())),
+        _ => None,
+    }
+}
+
 /// Subject under which a dead letter from `original` is stored.
-pub fn dead_letter(original: &str) -> String {
-    format!("dlq.{original}")
+pub fn dead_letter(original: &str) -> Subject {
+    Subject::built(format!("dlq.{original}"))
 }
 
 /// Advisories for messages that reached `max_deliver` on the tasks stream.
 pub const MAX_DELIVERIES_ADVISORY: &str =
     "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.agent-tasks.*";
+
+/// Core subject `agentbus check` uses for its publish/subscribe test.
+pub fn check(run: &Name) -> Subject {
+    Subject::built(format!("agentbus.check.{run}"))
+}
+
+/// The subscription of a worker's pull replies: every `<inbox>.<n>`.
+pub fn pull_replies(inbox: &str) -> String {
+    format!("{inbox}.*")
+}
+
+/// Where the answer to a worker's `n`th pull request goes.
+pub fn pull_reply(inbox: &str, n: u64) -> String {
+    format!("{inbox}.{n}")
+}
 
 /// Durable consumer names.
 pub mod durable {
@@ -122,12 +351,7 @@ pub mod durable {
     pub const PREFIXES: [&str; 5] = ["tasks-", "work-", "inbox-", "direct-", "broadcast-"];
 }
 
-/// Core subject `agentbus check` uses for its publish/subscribe test.
-pub fn check(run: &Name) -> String {
-    format!("agentbus.check.{run}")
-}
-
-/// Lifecycle and task events published by the runtime.
+/// Lifecycle and task events ([`crate::events`] has their bodies).
 pub mod events {
     /// An agent started serving.
     pub const AGENT_REGISTERED: &str = "platform.events.agent_registered";
@@ -144,61 +368,72 @@ pub mod events {
     pub const ALL: &str = "platform.events.>";
 }
 
-/// A subject an application publishes to: tokens separated by dots, no
-/// wildcards, no white space, not in the reserved `$` or `_INBOX` spaces.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Subject(String);
+/// Discovery subjects of the NATS services protocol.
+pub mod service {
+    use super::Name;
 
-/// A subject pattern an application subscribes to: like [`Subject`], plus `*`
-/// as a whole token and `>` as the last token.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SubjectPattern(String);
-
-/// A subject or pattern that cannot be used, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid subject {value:?}: {reason}")]
-pub struct InvalidSubject {
-    /// The rejected value.
-    pub value: String,
-    /// Why it was rejected.
-    pub reason: &'static str,
-}
-
-impl Subject {
-    /// Validates a subject to publish to.
-    pub fn parse(value: &str) -> Result<Self, InvalidSubject> {
-        check_subject(value, false)?;
-        Ok(Self(value.to_owned()))
+    /// Which discovery request a subject asks.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Verb {
+        /// `$SRV.PING`: who is there.
+        Ping,
+        /// `$SRV.INFO`: what each service offers.
+        Info,
+        /// `$SRV.STATS`: how much each service did.
+        Stats,
     }
 
-    /// The subject as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl SubjectPattern {
-    /// Validates a subject pattern to subscribe to.
-    pub fn parse(value: &str) -> Result<Self, InvalidSubject> {
-        check_subject(value, true)?;
-        Ok(Self(value.to_owned()))
+    impl Verb {
+        /// The subject token, e.g. `PING`.
+        pub fn as_str(self) -> &'static str {
+            match self {
+                Self::Ping => "PING",
+                Self::Info => "INFO",
+                Self::Stats => "STATS",
+            }
+        }
     }
 
-    /// The pattern as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// The subject of `verb` for every service, one service name, or one instance.
+    ///
+    /// ```
+    /// use agentbus::subject::service::{Verb, request};
+    /// use agentbus::Name;
+    /// let name = Name::parse("agent name", "echo").unwrap();
+    /// assert_eq!(request(Verb::Info, None, None), "$SRV.INFO");
+    /// assert_eq!(request(Verb::Stats, Some(&name), Some("abc")), "$SRV.STATS.echo.abc");
+    /// ```
+    pub fn request(verb: Verb, name: Option<&Name>, id: Option<&str>) -> String {
+        let mut subject = format!("$SRV.{}", verb.as_str());
+        if let Some(name) = name {
+            subject.push('.');
+            subject.push_str(name.as_str());
+            if let Some(id) = id {
+                subject.push('.');
+                subject.push_str(id);
+            }
+        }
+        subject
     }
-}
 
-impl fmt::Display for Subject {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+    /// The patterns one instance of a service answers on (`*` stands for the
+    /// verb): every service, its name, and its name and id.
+    pub fn listen(name: &Name, id: &str) -> [String; 3] {
+        [
+            "$SRV.*".to_owned(),
+            format!("$SRV.*.{name}"),
+            format!("$SRV.*.{name}.{id}"),
+        ]
     }
-}
 
-impl fmt::Display for SubjectPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+    /// Reads the verb of a discovery request's subject.
+    pub fn parse_verb(subject: &str) -> Option<Verb> {
+        match subject.split('.').nth(1)? {
+            "PING" => Some(Verb::Ping),
+            "INFO" => Some(Verb::Info),
+            "STATS" => Some(Verb::Stats),
+            _ => None,
+        }
     }
 }
 
@@ -296,7 +531,7 @@ mod tests {
     #[test]
     fn queue_subjects_of_different_priorities_never_overlap() {
         let agent = name("a");
-        let subjects: Vec<String> = Priority::ALL
+        let subjects: Vec<Subject> = Priority::ALL
             .iter()
             .map(|p| task_queue(&agent, *p))
             .collect();
@@ -329,6 +564,73 @@ mod tests {
             assert_eq!(overlaps(a, b), expected, "{a} ~ {b}");
             assert_eq!(overlaps(b, a), expected, "{b} ~ {a}");
         }
+    }
+
+    #[test]
+    fn queue_subjects_parse_back() {
+        for priority in Priority::ALL {
+            let (kind, parsed, p) = parse_queue(&task_queue(&name("a"), priority)).unwrap();
+            assert_eq!(
+                (kind, parsed.as_str(), p),
+                (QueueKind::Agent, "a", priority)
+            );
+            let (kind, parsed, p) = parse_queue(&work_queue(&name("t"), priority)).unwrap();
+            assert_eq!(
+                (kind, parsed.as_str(), p),
+                (QueueKind::TaskType, "t", priority)
+            );
+        }
+        for not_a_queue in [
+            "tasks.a.normal",
+            "tasks.*",
+            "tasks.a.high.x",
+            "agent.a.inbox",
+            "tasks",
+        ] {
+            assert!(parse_queue(not_a_queue).is_none(), "{not_a_queue}");
+        }
+    }
+
+    #[test]
+    fn message_subjects_name_their_channel() {
+        let agent = name("a");
+        assert_eq!(
+            parse_channel(&agent_inbox(&agent)),
+            Some(MessageChannel::Inbox)
+        );
+        assert_eq!(
+            parse_channel(&agent_direct(&agent)),
+            Some(MessageChannel::Direct)
+        );
+        assert_eq!(
+            parse_channel(&broadcast(&name("news"))),
+            Some(MessageChannel::Broadcast("news".into()))
+        );
+        assert_eq!(
+            parse_channel(&announce(&name("news"))),
+            Some(MessageChannel::Announce("news".into()))
+        );
+        assert_eq!(parse_channel("agent.a.task"), None);
+    }
+
+    #[test]
+    fn discovery_subjects_follow_the_services_protocol() {
+        use service::{Verb, listen, parse_verb, request};
+        let echo = name("echo");
+        assert_eq!(request(Verb::Ping, None, None), "$SRV.PING");
+        assert_eq!(request(Verb::Info, Some(&echo), None), "$SRV.INFO.echo");
+        assert_eq!(
+            request(Verb::Stats, Some(&echo), Some("abc")),
+            "$SRV.STATS.echo.abc"
+        );
+        for verb in [Verb::Ping, Verb::Info, Verb::Stats] {
+            assert_eq!(parse_verb(&request(verb, Some(&echo), None)), Some(verb));
+        }
+        assert_eq!(parse_verb("$SRV.SCHEMA"), None);
+        assert_eq!(
+            listen(&echo, "i1"),
+            ["$SRV.*", "$SRV.*.echo", "$SRV.*.echo.i1"]
+        );
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Guaranteed delivery against a real nats-server: durable inboxes, work
 //! queues, retries, dead letters, priority, broadcast, full streams.
 
-use agentbus::delivery::{DeliveryError, Queue, RESULT_HEADER, ResultRetention, TaskState};
+use agentbus::delivery::{
+    DeliveryOptions, Queue, RESULT_HEADER, ResultRetention, StoreError, TaskState,
+};
 use agentbus::topology::Topology;
 use agentbus::{
     Agent, AgentMessage, AgentOptions, Bus, MessageChannel, Priority, Runtime, TaskContext,
-    TaskError, TaskRequest, TaskStatus, TaskTypeSpec,
+    TaskError, TaskId, TaskRequest, TaskStatus, TaskTypeSpec,
 };
 use agentbus_testkit::NatsServer;
 use futures::StreamExt;
@@ -61,9 +63,9 @@ impl Agent for Worker {
             .runs
             .lock()
             .unwrap()
-            .entry(task.task_id.clone())
+            .entry(task.task_id.to_string())
             .or_default() += 1;
-        self.order.lock().unwrap().push(task.task_id.clone());
+        self.order.lock().unwrap().push(task.task_id.to_string());
         match task.task_type.as_str() {
             "slow" => {
                 let ms = task.payload["ms"].as_u64().unwrap_or(100);
@@ -102,11 +104,23 @@ impl Agent for Worker {
 
 fn fast_retries() -> AgentOptions {
     AgentOptions {
-        retry_backoff: Duration::from_millis(50),
-        max_retry_backoff: Duration::from_millis(200),
-        idle_poll: Duration::from_millis(100),
+        delivery: DeliveryOptions {
+            retry_backoff: Duration::from_millis(50),
+            max_retry_backoff: Duration::from_millis(200),
+            idle_poll: Duration::from_millis(100),
+            ..DeliveryOptions::default()
+        },
         ..AgentOptions::default()
     }
+}
+
+/// `options` with its delivery settings changed by `change`.
+fn with_delivery(
+    mut options: AgentOptions,
+    change: impl FnOnce(&mut DeliveryOptions),
+) -> AgentOptions {
+    change(&mut options.delivery);
+    options
 }
 
 async fn bus(server: &NatsServer) -> Bus {
@@ -390,10 +404,7 @@ async fn shared_work_queue_spreads_tasks_and_runs_each_once() {
 #[tokio::test]
 async fn a_task_running_longer_than_ack_wait_is_not_run_twice() {
     let server = NatsServer::start().await;
-    let options = AgentOptions {
-        ack_wait: Duration::from_millis(600),
-        ..fast_retries()
-    };
+    let options = with_delivery(fast_retries(), |d| d.ack_wait = Duration::from_millis(600));
     let a = Worker::new("long");
     let b = Worker::new("long");
     let _ra = serve(&server, a.clone(), options.clone()).await;
@@ -417,10 +428,7 @@ async fn a_task_running_longer_than_ack_wait_is_not_run_twice() {
 #[tokio::test]
 async fn a_poison_task_becomes_a_dead_letter_with_its_history_and_replays_once() {
     let server = NatsServer::start().await;
-    let options = AgentOptions {
-        max_deliver: 3,
-        ..fast_retries()
-    };
+    let options = with_delivery(fast_retries(), |d| d.max_deliver = 3);
     let worker = Worker::new("digester");
     let runtime = serve(&server, worker.clone(), options).await;
     let client = bus(&server).await;
@@ -483,7 +491,13 @@ async fn a_poison_task_becomes_a_dead_letter_with_its_history_and_replays_once()
             vec![TaskTypeSpec::new("poison").unwrap()]
         }
         async fn handle(&self, task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
-            *self.0.runs.lock().unwrap().entry(task.task_id).or_default() += 1;
+            *self
+                .0
+                .runs
+                .lock()
+                .unwrap()
+                .entry(task.task_id.to_string())
+                .or_default() += 1;
             Ok(json!({"digested": true}))
         }
     }
@@ -590,13 +604,13 @@ async fn priority_order_holds_under_a_backlog_and_low_still_progresses() {
             Priority::Critical,
         ] {
             let request = TaskRequest::new("echo", json!({"i": i})).with_priority(priority);
-            priority_of.insert(request.task_id.clone(), priority);
+            priority_of.insert(request.task_id.to_string(), priority);
             client.submit(&queue, &request).await.unwrap();
         }
     }
     // A plain client publishing to tasks.<agent> (no priority information) is normal priority.
     let plain = TaskRequest {
-        task_id: "plain-client".into(),
+        task_id: TaskId::parse("plain-client").unwrap(),
         task_type: "echo".into(),
         payload: json!({}),
         priority: Priority::Normal,
@@ -615,7 +629,7 @@ async fn priority_order_holds_under_a_backlog_and_low_still_progresses() {
         .unwrap()
         .await
         .unwrap();
-    priority_of.insert(plain.task_id.clone(), Priority::Normal);
+    priority_of.insert(plain.task_id.to_string(), Priority::Normal);
 
     let worker = Worker::new("ranked");
     let options = AgentOptions {
@@ -741,7 +755,7 @@ async fn a_full_queue_rejects_the_publish() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, DeliveryError::StreamFull { stream, .. } if stream == "agent-tasks"),
+        matches!(&err, StoreError::StreamFull { stream, .. } if stream == "agent-tasks"),
         "{err}"
     );
     assert!(err.to_string().contains("is full"), "{err}");
@@ -806,10 +820,7 @@ async fn worker_process() {
         }
     }
     let mut runtime = Runtime::new(bus);
-    let options = AgentOptions {
-        ack_wait: Duration::from_secs(1),
-        ..fast_retries()
-    };
+    let options = with_delivery(fast_retries(), |d| d.ack_wait = Duration::from_secs(1));
     runtime.add(Stuck, options).await.unwrap();
     println!("ready");
     tokio::time::sleep(Duration::from_secs(600)).await;
@@ -865,10 +876,7 @@ async fn a_worker_killed_mid_task_is_replaced_and_the_task_runs_to_completion_on
     child.0.wait().unwrap();
 
     let survivor = Worker::new("crashy");
-    let options = AgentOptions {
-        ack_wait: Duration::from_secs(1),
-        ..fast_retries()
-    };
+    let options = with_delivery(fast_retries(), |d| d.ack_wait = Duration::from_secs(1));
     let _runtime = serve(&server, survivor.clone(), options).await;
     let response = client
         .wait_task(&request.task_id, Duration::from_secs(20))

@@ -86,6 +86,7 @@ impl Servers {
         }
     }
 
+    #[cfg(feature = "redis")]
     async fn redis() -> Self {
         Self {
             nats: NatsServer::start().await,
@@ -123,6 +124,7 @@ macro_rules! on_both_backends {
                 }
             )*
         }
+        #[cfg(feature = "redis")]
         mod redis {
             $(
                 #[tokio::test]
@@ -230,10 +232,7 @@ async fn a_running_agent_is_online_with_what_it_accepts_and_does(servers: Server
 }
 
 /// Collects agent_offline events for `window`.
-async fn offline_events(
-    events: &mut agentbus::client::Subscription,
-    window: Duration,
-) -> Vec<Value> {
+async fn offline_events(events: &mut agentbus::Subscription, window: Duration) -> Vec<Value> {
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + window;
     while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.next()).await {

@@ -2,7 +2,7 @@
 //! come back by themselves, with their subscriptions, and durable work
 //! resumes, each task run once.
 
-use agentbus::delivery::Queue;
+use agentbus::delivery::{DeliveryOptions, Queue};
 use agentbus::{
     Agent, AgentOptions, Bus, RequestOptions, Runtime, TaskContext, TaskError, TaskRequest,
     TaskResponse, TaskStatus, TaskTypeSpec,
@@ -69,7 +69,10 @@ async fn agents_and_clients_keep_working_across_a_server_restart() {
             .unwrap(),
     );
     let options = AgentOptions {
-        idle_poll: Duration::from_millis(100),
+        delivery: DeliveryOptions {
+            idle_poll: Duration::from_millis(100),
+            ..DeliveryOptions::default()
+        },
         ..AgentOptions::default()
     };
     runtime.add(Echo, options).await.unwrap();
@@ -142,7 +145,7 @@ impl Agent for Counting {
             .runs
             .lock()
             .unwrap()
-            .entry(task.task_id.clone())
+            .entry(task.task_id.to_string())
             .or_default() += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
         Ok(json!({ "done": task.payload }))
@@ -156,8 +159,11 @@ async fn a_server_that_stalls_longer_than_a_fetch_still_runs_each_task_once() {
     let mut runtime = Runtime::new(Bus::connect(&server.target(), "stall-agent").await.unwrap());
     let options = AgentOptions {
         max_concurrency: 2,
-        ack_wait: Duration::from_secs(2),
-        idle_poll: Duration::from_millis(100),
+        delivery: DeliveryOptions {
+            ack_wait: Duration::from_secs(2),
+            idle_poll: Duration::from_millis(100),
+            ..DeliveryOptions::default()
+        },
         ..AgentOptions::default()
     };
     runtime.add(agent.clone(), options).await.unwrap();

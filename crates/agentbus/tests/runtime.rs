@@ -1,12 +1,12 @@
 //! The agent runtime against a real nats-server: request/reply, load sharing,
 //! priority, dedup, bad input, events and shutdown.
 
-use agentbus::client::{RequestOptions, SendTaskError};
-use agentbus::runtime::RuntimeError;
+use agentbus::RuntimeError;
 use agentbus::{
     Agent, AgentOptions, Bus, Priority, Runtime, TaskContext, TaskError, TaskRequest, TaskStatus,
     TaskTypeSpec,
 };
+use agentbus::{RequestOptions, SendTaskError};
 use agentbus_testkit::NatsServer;
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -71,8 +71,8 @@ impl Agent for Worker {
     async fn handle(&self, task: TaskRequest, ctx: TaskContext) -> Result<Value, TaskError> {
         {
             let mut record = self.record.lock().unwrap();
-            record.started.push(task.task_id.clone());
-            *record.runs.entry(task.task_id.clone()).or_default() += 1;
+            record.started.push(task.task_id.to_string());
+            *record.runs.entry(task.task_id.to_string()).or_default() += 1;
         }
         match task.task_type.as_str() {
             "echo" => Ok(
@@ -271,7 +271,7 @@ async fn saturated_agent_takes_waiting_tasks_by_priority_then_arrival() {
     let send = |id: &str, priority: Priority| {
         let client = client.clone();
         let request = TaskRequest {
-            task_id: id.into(),
+            task_id: agentbus::TaskId::parse(id).unwrap(),
             task_type: "gated".into(),
             payload: json!({}),
             priority,

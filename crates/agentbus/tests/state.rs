@@ -29,6 +29,7 @@ impl Backend {
         }
     }
 
+    #[cfg(feature = "redis")]
     async fn redis() -> Self {
         let nats = NatsServer::start().await;
         let redis = RedisServer::start().await;
@@ -64,6 +65,7 @@ macro_rules! on_both_backends {
                 }
             )*
         }
+        #[cfg(feature = "redis")]
         mod redis {
             $(
                 #[tokio::test]
@@ -262,6 +264,7 @@ async fn invalid_keys_and_ttls_are_refused(store: &StateStore) {
     );
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn a_wrong_redis_password_is_a_clear_error_without_the_password() {
     let nats = NatsServer::start().await;
@@ -303,6 +306,7 @@ async fn a_wrong_redis_password_is_a_clear_error_without_the_password() {
     assert!(!format!("{state:?}").contains(redis.password()));
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn an_unreachable_redis_or_unknown_url_is_a_clear_error() {
     let nats = NatsServer::start().await;

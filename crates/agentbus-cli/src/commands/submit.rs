@@ -2,8 +2,8 @@
 
 use super::{ServerArgs, read_json_argument, seconds};
 use crate::output::outln;
+use agentbus::TaskId;
 use agentbus::delivery::{Queue, ResultRetention};
-use agentbus::protocol::new_task_id;
 use agentbus::{Bus, Priority, TaskRequest};
 use clap::Args;
 use std::process::ExitCode;
@@ -70,7 +70,10 @@ pub async fn exec(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let (_, client) = args.server.connect().await?;
     let bus = Bus::from_client(client);
     let request = TaskRequest {
-        task_id: args.task_id.unwrap_or_else(new_task_id),
+        task_id: match args.task_id.as_deref() {
+            Some(id) => TaskId::parse(id)?,
+            None => TaskId::new(),
+        },
         task_type: task_type.clone(),
         payload,
         priority: args.priority,

@@ -3,8 +3,8 @@
 use super::ServerArgs;
 use crate::output::outln;
 use crate::output::print_json;
-use agentbus::Bus;
-use agentbus::delivery::TaskRecord;
+use agentbus::delivery::{TaskRecord, TaskState};
+use agentbus::{Bus, TaskId};
 use clap::Args;
 use std::process::ExitCode;
 
@@ -23,14 +23,15 @@ pub struct TaskArgs {
 }
 
 pub async fn exec(args: TaskArgs) -> anyhow::Result<ExitCode> {
+    let task_id = TaskId::parse(&args.task_id)?;
     let (_, client) = args.server.connect().await?;
     let bus = Bus::from_client(client);
-    let record = bus.task_record(&args.task_id).await?;
+    let record = bus.task_record(&task_id).await?;
     if args.json {
         let document = match &record {
             Some(record) => serde_json::to_value(record)?,
             None => {
-                serde_json::json!({ "task_id": args.task_id, "state": "pending", "attempts": 0 })
+                serde_json::json!({ "task_id": task_id, "state": TaskState::Pending, "attempts": 0 })
             }
         };
         print_json(&document)?;
@@ -38,8 +39,7 @@ pub async fn exec(args: TaskArgs) -> anyhow::Result<ExitCode> {
     }
     match record {
         None => outln!(
-            "task {}: pending (queued, or running its first attempt; nothing is recorded until an attempt ends, and a fire-and-forget task that succeeds at once leaves no record)",
-            args.task_id
+            "task {task_id}: pending (queued, or running its first attempt; nothing is recorded until an attempt ends, and a fire-and-forget task that succeeds at once leaves no record)"
         )?,
         Some(record) => print_record(&record)?,
     }

@@ -210,7 +210,7 @@ async fn work(
             executed
                 .lock()
                 .expect("not poisoned")
-                .push((worker, task.task_id));
+                .push((worker, task.task_id.to_string()));
             message
                 .double_ack()
                 .await

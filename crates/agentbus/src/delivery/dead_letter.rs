@@ -1,12 +1,12 @@
 //! Dead letters: what failed for good, with its history, until replayed.
 
-use super::records::Records;
-use super::{AttemptError, DeliveryError, TaskRecord, TaskState, now_rfc3339};
+use super::StoreError;
+use super::publish::store;
+use super::records::{AttemptError, RecordError, Records, TaskRecord, TaskState};
 use crate::client::Bus;
+use crate::clock;
 use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
 use crate::subject::{self, DEAD_LETTER_STREAM, TASKS_STREAM};
-use async_nats::jetstream::message::PublishMessage as Publish;
-use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -42,77 +42,74 @@ pub struct DeadLetterEntry {
     pub letter: DeadLetter,
 }
 
-/// Copies `message` to the dead-letter stream with `letter`, then removes it
-/// from its queue. When the copy fails, the message stays where it is.
-pub(crate) async fn dead_letter_message(
-    js: &jetstream::Context,
-    message: &jetstream::Message,
-    letter: &DeadLetter,
-) -> Result<(), DeliveryError> {
-    store_dead_letter(js, letter).await?;
-    // Term on a work-queue stream deletes the message at once; on other
-    // streams it stops redelivery to this consumer.
-    message.ack_with(AckKind::Term).await.map_err(|err| {
-        DeliveryError::jetstream("remove a dead-lettered message from its queue", err)
-    })
+/// Why dead letters could not be listed or replayed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeadLetterError {
+    /// The dead-letter or tasks stream could not be read or changed.
+    #[error("cannot {operation}: {source}; run `agentbus setup` if the streams are missing")]
+    Stream {
+        /// What was attempted.
+        operation: &'static str,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A task's record could not be cleared.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// A replayed letter could not be put back on its queue.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-async fn store_dead_letter(
-    js: &jetstream::Context,
-    letter: &DeadLetter,
-) -> Result<(), DeliveryError> {
-    let body = serde_json::to_vec(letter)
-        .map_err(|err| DeliveryError::jetstream("encode a dead letter", err))?;
-    let publish = Publish::build()
-        .payload(body.into())
-        // One dead letter per stored message, however often this is retried.
-        .message_id(format!(
-            "dlq-{}-{}",
-            letter.subject, letter.original_sequence
-        ));
-    js.send_publish(subject::dead_letter(&letter.subject), publish)
-        .await
-        .map_err(|err| DeliveryError::jetstream("store a dead letter", err))?
-        .await
-        .map_err(|err| DeliveryError::jetstream("store a dead letter", err))?;
-    Ok(())
+/// What went wrong with the dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeadLetterErrorKind {
+    /// Reading or changing a stream failed.
+    Stream,
+    /// Clearing a task record failed.
+    Record,
+    /// Putting a letter back failed.
+    Store,
 }
 
-/// Builds the dead letter of a task and records it as dead-lettered.
-pub(crate) async fn dead_letter_task(
-    js: &jetstream::Context,
-    records: &Records,
-    message: &jetstream::Message,
-    mut record: TaskRecord,
-    reason: String,
-    final_status: TaskStatus,
-) -> Result<(), DeliveryError> {
-    let info = message
-        .info()
-        .map_err(|err| DeliveryError::jetstream("read a message's delivery info", err))?;
-    let task_id = Some(record.task_id.clone()).filter(|id| !id.is_empty());
-    let letter = DeadLetter {
-        subject: message.subject.to_string(),
-        task_id: task_id.clone(),
-        body: body_value(&message.payload),
-        attempts: record.attempts,
-        errors: record.errors.clone(),
-        reason: reason.clone(),
-        dead_lettered_at: now_rfc3339(),
-        original_sequence: info.stream_sequence,
-    };
-    dead_letter_message(js, message, &letter).await?;
-    if task_id.is_none() {
-        return Ok(()); // Nothing to record a result under.
+impl DeadLetterError {
+    /// What went wrong.
+    pub fn kind(&self) -> DeadLetterErrorKind {
+        match self {
+            Self::Stream { .. } => DeadLetterErrorKind::Stream,
+            Self::Record(_) => DeadLetterErrorKind::Record,
+            Self::Store(_) => DeadLetterErrorKind::Store,
+        }
     }
-    record.state = TaskState::DeadLettered;
-    record.response = Some(TaskResponse::error(
-        record.task_id.clone(),
-        final_status,
-        reason,
-    ));
-    record.updated_at = now_rfc3339();
-    records.put(&record).await
+
+    fn stream(
+        operation: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Stream {
+            operation,
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Stores `letter` in the dead-letter stream, once however often this is
+/// retried (its message id is tied to the original message).
+pub(crate) async fn store_letter(bus: &Bus, letter: &DeadLetter) -> Result<(), StoreError> {
+    let body = serde_json::to_vec(letter).expect("a dead letter always serializes");
+    let message_id = format!("dlq-{}-{}", letter.subject, letter.original_sequence);
+    store(
+        bus,
+        &subject::dead_letter(&letter.subject),
+        body,
+        &message_id,
+        &[],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Watches for tasks that reached `max_deliver` without an outcome (their
@@ -154,74 +151,82 @@ async fn dead_letter_abandoned(
     bus: &Bus,
     sequence: u64,
     deliveries: u32,
-) -> Result<(), DeliveryError> {
+) -> Result<(), DeadLetterError> {
     let js = bus.jetstream();
     let stream = js
         .get_stream(TASKS_STREAM)
         .await
-        .map_err(|err| DeliveryError::jetstream("open the tasks stream", err))?;
+        .map_err(|err| DeadLetterError::stream("open the tasks stream", err))?;
     let Ok(message) = stream.get_raw_message(sequence).await else {
         return Ok(()); // Already gone: acknowledged, terminated or handled by another runtime.
     };
-    let records = Records::open(js).await?;
     let task_id = TaskRequest::from_json(&message.payload)
         .ok()
         .map(|r| r.task_id);
-    let mut record = match &task_id {
-        Some(id) => records
-            .get(id)
-            .await?
-            .unwrap_or_else(|| TaskRecord::new(id, &message.subject)),
-        None => TaskRecord::new("", &message.subject),
+    let records = Records::open(js).await?;
+    let record = match &task_id {
+        Some(id) => Some(
+            records
+                .get(id)
+                .await?
+                .unwrap_or_else(|| TaskRecord::new(id, &message.subject)),
+        ),
+        None => None,
     };
     let reason = format!(
         "delivered {deliveries} times without an outcome (the workers stopped or crashed mid-task)"
     );
     let letter = DeadLetter {
         subject: message.subject.to_string(),
-        task_id: task_id.clone(),
+        task_id: task_id.as_ref().map(ToString::to_string),
         body: body_value(&message.payload),
         attempts: deliveries,
-        errors: record.errors.clone(),
+        errors: record
+            .as_ref()
+            .map(|r| r.errors.clone())
+            .unwrap_or_default(),
         reason: reason.clone(),
-        dead_lettered_at: now_rfc3339(),
+        dead_lettered_at: clock::now(),
         original_sequence: sequence,
     };
-    store_dead_letter(js, &letter).await?;
+    store_letter(bus, &letter).await?;
     stream
         .delete_message(sequence)
         .await
-        .map_err(|err| DeliveryError::jetstream("remove an abandoned task", err))?;
-    if let Some(task_id) = task_id {
+        .map_err(|err| DeadLetterError::stream("remove an abandoned task", err))?;
+    if let Some(mut record) = record {
         record.state = TaskState::DeadLettered;
         record.attempts = deliveries;
-        record.response = Some(TaskResponse::error(task_id, TaskStatus::Failed, reason));
-        record.updated_at = now_rfc3339();
+        record.response = Some(TaskResponse::error(
+            &record.task_id,
+            TaskStatus::Failed,
+            reason,
+        ));
+        record.updated_at = clock::now();
         records.put(&record).await?;
     }
     Ok(())
 }
 
-/// The body as JSON when it is JSON, else as a string.
-pub(crate) fn body_value(payload: &[u8]) -> Value {
+/// A stored message's body as JSON when it is JSON, else as a string (how
+/// dead letters and delivered messages show it).
+pub fn body_value(payload: &[u8]) -> Value {
     serde_json::from_slice(payload)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
 }
 
 impl Bus {
     /// Every dead letter, oldest first.
-    pub async fn dead_letters(&self) -> Result<Vec<DeadLetterEntry>, DeliveryError> {
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetterEntry>, DeadLetterError> {
         let mut stream = self
             .jetstream()
             .get_stream(DEAD_LETTER_STREAM)
             .await
-            .map_err(|err| {
-                DeliveryError::jetstream("open the dead-letter stream (run `agentbus setup`)", err)
-            })?;
+            .map_err(|err| DeadLetterError::stream("open the dead-letter stream", err))?;
         let state = stream
             .info()
             .await
-            .map_err(|err| DeliveryError::jetstream("read the dead-letter stream", err))?
+            .map_err(|err| DeadLetterError::stream("read the dead-letter stream", err))?
             .state
             .clone();
         let mut entries = Vec::new();
@@ -242,7 +247,7 @@ impl Bus {
     /// Puts the dead-lettered task `task_id` back on its original queue and
     /// removes it from the dead letters. Returns how many were replayed: 0
     /// when there is nothing (left) to replay, so replaying twice is harmless.
-    pub async fn replay_dead_letter(&self, task_id: &str) -> Result<usize, DeliveryError> {
+    pub async fn replay_dead_letter(&self, task_id: &str) -> Result<usize, DeadLetterError> {
         let entries = self.dead_letters().await?;
         let matching: Vec<_> = entries
             .into_iter()
@@ -252,17 +257,17 @@ impl Bus {
     }
 
     /// Replays every dead letter. Returns how many were replayed.
-    pub async fn replay_all_dead_letters(&self) -> Result<usize, DeliveryError> {
+    pub async fn replay_all_dead_letters(&self) -> Result<usize, DeadLetterError> {
         let entries = self.dead_letters().await?;
         self.replay(entries).await
     }
 
-    async fn replay(&self, entries: Vec<DeadLetterEntry>) -> Result<usize, DeliveryError> {
+    async fn replay(&self, entries: Vec<DeadLetterEntry>) -> Result<usize, DeadLetterError> {
         let js = self.jetstream();
         let stream = js
             .get_stream(DEAD_LETTER_STREAM)
             .await
-            .map_err(|err| DeliveryError::jetstream("open the dead-letter stream", err))?;
+            .map_err(|err| DeadLetterError::stream("open the dead-letter stream", err))?;
         let records = Records::open(js).await?;
         let mut replayed = 0;
         for entry in entries {
@@ -272,25 +277,15 @@ impl Bus {
             };
             // The id is tied to this dead letter: a replay interrupted before the
             // dead letter is removed and run again is stored once.
-            let publish = Publish::build()
-                .payload(body.into())
-                .message_id(format!("replay-{}", entry.sequence));
-            js.send_publish(entry.letter.subject.clone(), publish)
-                .await
-                .map_err(|err| {
-                    DeliveryError::jetstream("put a dead letter back on its queue", err)
-                })?
-                .await
-                .map_err(|err| {
-                    DeliveryError::jetstream("put a dead letter back on its queue", err)
-                })?;
+            let message_id = format!("replay-{}", entry.sequence);
+            store(self, &entry.letter.subject, body, &message_id, &[]).await?;
             if let Some(task_id) = &entry.letter.task_id {
                 records.delete(task_id).await?;
             }
             stream
                 .delete_message(entry.sequence)
                 .await
-                .map_err(|err| DeliveryError::jetstream("remove a replayed dead letter", err))?;
+                .map_err(|err| DeadLetterError::stream("remove a replayed dead letter", err))?;
             replayed += 1;
         }
         Ok(replayed)

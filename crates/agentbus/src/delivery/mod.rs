@@ -24,77 +24,39 @@
 //!   (retries exhausted, or a non-retryable error) is copied to
 //!   `dlq.<original subject>` with its error history, then removed from its
 //!   queue. [`crate::Bus::replay_dead_letter`] puts it back.
+//!
+//! # Layout
+//!
+//! - `consumers`: every durable consumer, defined once (name, filters, limits).
+//! - `worker`: fetching from consumers by priority and handing out deliveries.
+//! - `settle`: a [`Delivery`] and how it is settled: acknowledged, retried,
+//!   recorded, dead-lettered ([`TaskAttempt`] for queued tasks).
+//! - `claim`: an agent's own queue worked by hand, one task at a time ([`TaskClaims`]).
+//! - `publish`: storing tasks, messages and broadcasts from the sender's side.
+//! - `records`: the results bucket ([`TaskRecord`], [`TaskState`]).
+//! - `dead_letter`: dead letters, their replay, and abandoned tasks.
+//! - `options`: [`DeliveryOptions`]; `queue`: which work queue ([`Queue`]).
 
-mod complete;
+mod claim;
+mod consumers;
 mod dead_letter;
+mod options;
 mod publish;
 mod queue;
 mod records;
+mod settle;
 pub(crate) mod worker;
 
-pub use dead_letter::{DeadLetter, DeadLetterEntry};
-pub(crate) use dead_letter::{
-    body_value, dead_letter_message, dead_letter_task, watch_max_deliveries,
+pub use claim::{ClaimError, TaskClaims};
+pub use consumers::{ConsumerError, ConsumerErrorKind, ConsumerSpec};
+pub use dead_letter::body_value;
+pub(crate) use dead_letter::watch_max_deliveries;
+pub use dead_letter::{DeadLetter, DeadLetterEntry, DeadLetterError, DeadLetterErrorKind};
+pub use options::DeliveryOptions;
+pub use publish::{
+    FROM_HEADER, Published, RESULT_HEADER, ResultRetention, StoreError, StoreErrorKind, Submitted,
 };
-pub use publish::{FROM_HEADER, Published, RESULT_HEADER, ResultRetention, Submitted};
 pub use queue::Queue;
-pub(crate) use records::Records;
-pub use records::{AttemptError, TaskRecord, TaskState};
-
-use crate::name::InvalidName;
-use std::time::Duration;
-
-/// Why a durable operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DeliveryError {
-    /// A name cannot be a subject token.
-    #[error(transparent)]
-    InvalidName(#[from] InvalidName),
-    /// A task id cannot be stored.
-    #[error("invalid task id {0:?}: use 1-128 characters from A-Z, a-z, 0-9, '_' and '-'")]
-    InvalidTaskId(String),
-    /// A message id cannot be stored.
-    #[error("invalid message id {0:?}: use 1-256 characters without spaces or control characters")]
-    InvalidMessageId(String),
-    /// The stream refused the message because it is full.
-    #[error(
-        "stream {stream} is full, so {subject} was not stored; let consumers catch up or raise its limits (`agentbus status` shows how full it is)"
-    )]
-    StreamFull { stream: String, subject: String },
-    /// No stream captures the subject.
-    #[error("no stream stores {subject}; run `agentbus setup` to create the streams")]
-    NoStream { subject: String },
-    /// The message exceeds the server's `max_payload`.
-    #[error(
-        "the message is {size} bytes, more than the server's max_payload of {max} bytes; send large data by reference"
-    )]
-    TooLarge { size: usize, max: usize },
-    /// The task did not finish in time.
-    #[error(
-        "task {task_id} did not finish within {after:?}; `agentbus task {task_id}` shows its state"
-    )]
-    WaitTimedOut { task_id: String, after: Duration },
-    /// Nothing is known of the task.
-    #[error("no dead letter for task {0}; `agentbus dlq list` shows what there is")]
-    NoDeadLetter(String),
-    /// JetStream refused or failed an operation.
-    #[error("JetStream could not {action}: {reason}")]
-    JetStream {
-        action: &'static str,
-        reason: String,
-    },
-}
-
-impl DeliveryError {
-    pub(crate) fn jetstream(action: &'static str, err: impl std::fmt::Display) -> Self {
-        Self::JetStream {
-            action,
-            reason: err.to_string(),
-        }
-    }
-}
-
-/// The current time, as RFC 3339 with milliseconds.
-pub(crate) fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
-}
+pub use records::{AttemptError, RecordError, RecordErrorKind, TaskRecord, TaskState};
+pub use settle::{Delivery, SettleError, SettleErrorKind, Settled, TaskAttempt};
+pub(crate) use settle::{Opened, Settler};

@@ -1,13 +1,14 @@
 //! Storing tasks, messages and broadcasts durably, from the sender's side.
 
-use super::records::Records;
-use super::{DeliveryError, Queue, TaskRecord};
+use super::Queue;
+use super::records::{RecordError, Records, TaskRecord, TaskState};
 use crate::client::Bus;
-use crate::name::Name;
-use crate::protocol::{TaskRequest, TaskResponse};
-use crate::subject;
-use async_nats::jetstream::context::PublishErrorKind;
+use crate::name::{InvalidName, Name};
+use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
+use crate::subject::{self, Subject};
+use crate::task_id::{InvalidTaskId, TaskId};
 use async_nats::jetstream::message::PublishMessage as Publish;
+use async_nats::jetstream::{self, context::PublishErrorKind};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -54,13 +55,102 @@ impl ResultRetention {
     }
 }
 
+/// Why a task or message was not stored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A name cannot be a subject token.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    /// A task id does not follow the rule.
+    #[error(transparent)]
+    InvalidTaskId(#[from] InvalidTaskId),
+    /// A message id cannot be a `Nats-Msg-Id`.
+    #[error("invalid message id {0:?}: use 1-256 characters without spaces or control characters")]
+    InvalidMessageId(String),
+    /// The value does not serialize to JSON.
+    #[error("the message does not serialize to JSON: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The message exceeds the server's `max_payload`.
+    #[error(
+        "the message is {size} bytes, more than the server's max_payload of {max} bytes; send large data by reference"
+    )]
+    TooLarge {
+        /// The message's size.
+        size: usize,
+        /// The server's limit.
+        max: usize,
+    },
+    /// The stream refused the message because one of its limits is reached
+    /// (`discard: new`).
+    #[error(
+        "stream {stream} is full ({source}), so {subject} was not stored; let consumers catch up or raise its limits (`agentbus status` shows how full it is)"
+    )]
+    StreamFull {
+        /// The stream.
+        stream: String,
+        /// The subject of the message.
+        subject: String,
+        /// The server's answer, naming the limit.
+        #[source]
+        source: jetstream::Error,
+    },
+    /// No stream captures the subject.
+    #[error("no stream stores {subject}; run `agentbus setup` to create the streams")]
+    NoStream {
+        /// The subject of the message.
+        subject: String,
+    },
+    /// JetStream failed otherwise: refused, timed out, or the connection failed.
+    #[error("JetStream did not store {subject}: {source}")]
+    JetStream {
+        /// The subject of the message.
+        subject: String,
+        /// Why.
+        #[source]
+        source: jetstream::context::PublishError,
+    },
+}
+
+/// What kept a message from being stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// A name, task id or message id is not valid.
+    InvalidInput,
+    /// The message is larger than the server accepts.
+    TooLarge,
+    /// The stream is full.
+    StreamFull,
+    /// No stream captures the subject.
+    NoStream,
+    /// JetStream refused or failed.
+    JetStream,
+}
+
+impl StoreError {
+    /// What kept the message from being stored.
+    pub fn kind(&self) -> StoreErrorKind {
+        match self {
+            Self::InvalidName(_)
+            | Self::InvalidTaskId(_)
+            | Self::InvalidMessageId(_)
+            | Self::Encode(_) => StoreErrorKind::InvalidInput,
+            Self::TooLarge { .. } => StoreErrorKind::TooLarge,
+            Self::StreamFull { .. } => StoreErrorKind::StreamFull,
+            Self::NoStream { .. } => StoreErrorKind::NoStream,
+            Self::JetStream { .. } => StoreErrorKind::JetStream,
+        }
+    }
+}
+
 /// A task stored in a work queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Submitted {
     /// The task id (also the `Nats-Msg-Id`).
-    pub task_id: String,
+    pub task_id: TaskId,
     /// The subject it was stored on.
-    pub subject: String,
+    pub subject: Subject,
     /// Its stream sequence.
     pub sequence: u64,
     /// True when the same task id was already stored within the dedup window:
@@ -89,7 +179,7 @@ impl Bus {
         &self,
         queue: &Queue,
         request: &TaskRequest,
-    ) -> Result<Submitted, DeliveryError> {
+    ) -> Result<Submitted, StoreError> {
         self.submit_with(queue, request, ResultRetention::Keep)
             .await
     }
@@ -100,21 +190,18 @@ impl Bus {
         queue: &Queue,
         request: &TaskRequest,
         retention: ResultRetention,
-    ) -> Result<Submitted, DeliveryError> {
-        check_task_id(&request.task_id)?;
+    ) -> Result<Submitted, StoreError> {
         let subject = queue.subject(request.priority);
         let headers: &[(&str, &str)] = match retention {
             ResultRetention::Keep => &[],
             ResultRetention::Discard => &[(RESULT_HEADER, retention.as_str())],
         };
-        let (sequence, duplicate) = self
-            .store(&subject, request.to_json(), &request.task_id, headers)
-            .await?;
+        let ack = store(self, &subject, request.to_json(), &request.task_id, headers).await?;
         Ok(Submitted {
             task_id: request.task_id.clone(),
             subject,
-            sequence,
-            duplicate,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
         })
     }
 
@@ -122,24 +209,33 @@ impl Bus {
     /// returns its response.
     pub async fn wait_task(
         &self,
-        task_id: &str,
+        task_id: &TaskId,
         timeout: Duration,
-    ) -> Result<TaskResponse, DeliveryError> {
+    ) -> Result<TaskResponse, RecordError> {
         let records = Records::open(self.jetstream()).await?;
         let record = records.wait_final(task_id, timeout).await?;
         Ok(record.response.unwrap_or_else(|| {
             TaskResponse::error(
                 task_id,
-                crate::TaskStatus::Failed,
+                TaskStatus::Failed,
                 "the task ended without a response",
             )
         }))
     }
 
-    /// What is recorded of queued task `task_id`: `None` while it waits for
-    /// its first attempt to finish (or when it is unknown).
-    pub async fn task_record(&self, task_id: &str) -> Result<Option<TaskRecord>, DeliveryError> {
+    /// What is recorded of queued task `task_id`: `None` while it is
+    /// [`TaskState::Pending`] (or unknown).
+    pub async fn task_record(&self, task_id: &TaskId) -> Result<Option<TaskRecord>, RecordError> {
         Records::open(self.jetstream()).await?.get(task_id).await
+    }
+
+    /// Where queued task `task_id` stands: its record's state, or
+    /// [`TaskState::Pending`] when nothing is recorded.
+    pub async fn task_state(&self, task_id: &TaskId) -> Result<TaskState, RecordError> {
+        Ok(self
+            .task_record(task_id)
+            .await?
+            .map_or(TaskState::Pending, |record| record.state))
     }
 
     /// Stores `message` in agent `to`'s inbox (delivered in order).
@@ -147,7 +243,7 @@ impl Bus {
         &self,
         to: &str,
         message: &T,
-    ) -> Result<Published, DeliveryError> {
+    ) -> Result<Published, StoreError> {
         let to = Name::parse("agent name", to)?;
         self.publish_durable(&subject::agent_inbox(&to), message, None, None)
             .await
@@ -158,7 +254,7 @@ impl Bus {
         &self,
         to: &str,
         message: &T,
-    ) -> Result<Published, DeliveryError> {
+    ) -> Result<Published, StoreError> {
         let to = Name::parse("agent name", to)?;
         self.publish_durable(&subject::agent_direct(&to), message, None, None)
             .await
@@ -169,7 +265,7 @@ impl Bus {
         &self,
         topic: &str,
         message: &T,
-    ) -> Result<Published, DeliveryError> {
+    ) -> Result<Published, StoreError> {
         let topic = Name::parse("topic", topic)?;
         self.publish_durable(&subject::broadcast(&topic), message, None, None)
             .await
@@ -180,7 +276,7 @@ impl Bus {
         &self,
         topic: &str,
         message: &T,
-    ) -> Result<Published, DeliveryError> {
+    ) -> Result<Published, StoreError> {
         let topic = Name::parse("topic", topic)?;
         self.publish_durable(&subject::announce(&topic), message, None, None)
             .await
@@ -194,9 +290,8 @@ impl Bus {
         message: &T,
         message_id: Option<&str>,
         from: Option<&Name>,
-    ) -> Result<Published, DeliveryError> {
-        let body = serde_json::to_vec(message)
-            .map_err(|err| DeliveryError::jetstream("encode the message as JSON", err))?;
+    ) -> Result<Published, StoreError> {
+        let body = serde_json::to_vec(message).map_err(StoreError::Encode)?;
         let message_id = match message_id {
             Some(id) => {
                 check_message_id(id)?;
@@ -206,78 +301,88 @@ impl Bus {
         };
         let from = from.map(|from| [(FROM_HEADER, from.as_str())]);
         let headers = from.as_ref().map_or(&[][..], |from| &from[..]);
-        let (sequence, duplicate) = self.store(subject, body, &message_id, headers).await?;
+        let ack = store(self, subject, body, &message_id, headers).await?;
         Ok(Published {
             message_id,
             subject: subject.to_owned(),
-            sequence,
-            duplicate,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
         })
     }
-
-    async fn store(
-        &self,
-        subject: &str,
-        body: Vec<u8>,
-        message_id: &str,
-        headers: &[(&str, &str)],
-    ) -> Result<(u64, bool), DeliveryError> {
-        let max = self.max_payload();
-        if body.len() > max {
-            return Err(DeliveryError::TooLarge {
-                size: body.len(),
-                max,
-            });
-        }
-        let mut publish = Publish::build().payload(body.into()).message_id(message_id);
-        for &(name, value) in headers {
-            publish = publish.header(name, value);
-        }
-        let ack = self
-            .jetstream()
-            .send_publish(subject.to_owned(), publish)
-            .await
-            .map_err(|err| publish_error(subject, err))?
-            .await
-            .map_err(|err| publish_error(subject, err))?;
-        Ok((ack.sequence, ack.duplicate))
-    }
 }
 
-fn publish_error(
+/// Stores `body` on `subject` with `message_id` as its `Nats-Msg-Id` (a
+/// repeat within the stream's dedup window is stored once) and `headers`;
+/// returns once the stream has it.
+pub(crate) async fn store(
+    bus: &Bus,
     subject: &str,
-    err: async_nats::jetstream::context::PublishError,
-) -> DeliveryError {
-    let text = err.to_string();
-    match err.kind() {
-        PublishErrorKind::StreamNotFound => DeliveryError::NoStream {
-            subject: subject.to_owned(),
-        },
-        PublishErrorKind::MaxPayloadExceeded => DeliveryError::TooLarge { size: 0, max: 0 },
-        // discard: new refuses a publish to a full stream with "maximum ... exceeded".
-        _ if text.contains("maximum") && text.contains("exceeded") => DeliveryError::StreamFull {
-            stream: stream_of(subject).to_owned(),
-            subject: subject.to_owned(),
-        },
-        _ => DeliveryError::jetstream("store the message", text),
+    body: Vec<u8>,
+    message_id: &str,
+    headers: &[(&str, &str)],
+) -> Result<jetstream::publish::PublishAck, StoreError> {
+    let max = bus.max_payload();
+    if body.len() > max {
+        return Err(StoreError::TooLarge {
+            size: body.len(),
+            max,
+        });
+    }
+    let size = body.len();
+    let mut publish = Publish::build().payload(body.into()).message_id(message_id);
+    for &(name, value) in headers {
+        publish = publish.header(name, value);
+    }
+    let js = bus.jetstream();
+    let ack = async { js.send_publish(subject.to_owned(), publish).await?.await };
+    match ack.await {
+        Ok(ack) => Ok(ack),
+        Err(err) => Err(publish_error(js, subject, size, max, err).await),
     }
 }
 
-fn stream_of(subject: &str) -> &'static str {
-    if subject.starts_with("tasks.") || subject.starts_with("work.") {
-        subject::TASKS_STREAM
-    } else if subject.starts_with("agent.") {
-        subject::MESSAGES_STREAM
-    } else if subject.starts_with("dlq.") {
-        subject::DEAD_LETTER_STREAM
-    } else {
-        subject::BROADCAST_STREAM
+/// Reads a refused publish: a full stream is JetStream's error code 10077
+/// (`maximum messages|bytes|messages per subject exceeded`).
+async fn publish_error(
+    js: &jetstream::Context,
+    subject: &str,
+    size: usize,
+    max: usize,
+    err: jetstream::context::PublishError,
+) -> StoreError {
+    let subject = subject.to_owned();
+    match err.kind() {
+        PublishErrorKind::StreamNotFound => return StoreError::NoStream { subject },
+        PublishErrorKind::MaxPayloadExceeded => return StoreError::TooLarge { size, max },
+        _ => {}
+    }
+    let refusal = std::error::Error::source(&err)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .filter(|refusal| refusal.error_code() == jetstream::ErrorCode::STREAM_STORE_FAILED)
+        .cloned();
+    match refusal {
+        Some(source) => {
+            // Named by the server, so a custom topology is named right too.
+            let stream = js
+                .stream_by_subject(subject.as_str())
+                .await
+                .unwrap_or_else(|_| "(the stream storing it)".to_owned());
+            StoreError::StreamFull {
+                stream,
+                subject,
+                source,
+            }
+        }
+        None => StoreError::JetStream {
+            subject,
+            source: err,
+        },
     }
 }
 
 /// A message id is a `Nats-Msg-Id` header value: an empty one would not
 /// deduplicate, and whitespace or control characters break the header.
-fn check_message_id(message_id: &str) -> Result<(), DeliveryError> {
+fn check_message_id(message_id: &str) -> Result<(), StoreError> {
     let valid = !message_id.is_empty()
         && message_id.len() <= 256
         && !message_id
@@ -286,21 +391,7 @@ fn check_message_id(message_id: &str) -> Result<(), DeliveryError> {
     if valid {
         Ok(())
     } else {
-        Err(DeliveryError::InvalidMessageId(message_id.to_owned()))
-    }
-}
-
-/// Task ids become message ids and KV keys: keep them plain.
-pub(crate) fn check_task_id(task_id: &str) -> Result<(), DeliveryError> {
-    let plain = !task_id.is_empty()
-        && task_id.len() <= 128
-        && task_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if plain {
-        Ok(())
-    } else {
-        Err(DeliveryError::InvalidTaskId(task_id.to_owned()))
+        Err(StoreError::InvalidMessageId(message_id.to_owned()))
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::name::{InvalidName, Name};
 use crate::protocol::Priority;
-use crate::subject;
+use crate::subject::{self, QueueKind, Subject};
 use std::fmt;
 
 /// A work queue on the `agent-tasks` stream.
@@ -26,7 +26,7 @@ impl Queue {
     }
 
     /// The subject holding this queue's tasks of `priority`.
-    pub fn subject(&self, priority: Priority) -> String {
+    pub fn subject(&self, priority: Priority) -> Subject {
         match self {
             Self::Agent(name) => subject::task_queue(name, priority),
             Self::TaskType(name) => subject::work_queue(name, priority),
@@ -43,21 +43,10 @@ impl Queue {
 
     /// Parses a queue subject back into the queue and priority.
     pub fn from_subject(text: &str) -> Option<(Self, Priority)> {
-        let mut tokens = text.split('.');
-        let kind = tokens.next()?;
-        let name = tokens.next()?;
-        let priority = match tokens.next() {
-            None => Priority::Normal,
-            Some("normal") => return None,
-            Some(p) => Priority::parse(p)?,
-        };
-        if tokens.next().is_some() {
-            return None;
-        }
+        let (kind, name, priority) = subject::parse_queue(text)?;
         let queue = match kind {
-            "tasks" => Self::agent(name).ok()?,
-            "work" => Self::task_type(name).ok()?,
-            _ => return None,
+            QueueKind::Agent => Self::Agent(name),
+            QueueKind::TaskType => Self::TaskType(name),
         };
         Some((queue, priority))
     }

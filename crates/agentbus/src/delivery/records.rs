@@ -1,24 +1,36 @@
 //! The state and result of queued tasks, in the KV bucket `agent-task-results`.
 
-use super::{DeliveryError, now_rfc3339};
+use crate::clock;
 use crate::protocol::TaskResponse;
 use crate::subject::TASK_RESULTS_BUCKET;
+use crate::task_id::TaskId;
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// Where a queued task stands (while it is still queued and never failed, no
-/// record exists yet).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a queued task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum TaskState {
+    /// Nothing is recorded: the task waits in its queue or runs its first
+    /// attempt (a fire-and-forget task that succeeded at once also leaves no
+    /// record). Never stored; what a lookup that finds no record reports.
+    Pending,
     /// An attempt failed; the task waits to be retried.
     Retrying,
     /// The task finished; `response` holds the TaskResponse.
     Completed,
     /// The task failed for good and sits in the dead-letter stream.
     DeadLettered,
+}
+
+impl TaskState {
+    /// Whether the task is over (completed or dead-lettered).
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::DeadLettered)
+    }
 }
 
 /// One failed attempt.
@@ -38,7 +50,7 @@ pub struct AttemptError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
     /// The task id.
-    pub task_id: String,
+    pub task_id: TaskId,
     /// Where it stands.
     pub state: TaskState,
     /// The subject it was queued on.
@@ -55,33 +67,83 @@ pub struct TaskRecord {
 
 impl TaskRecord {
     /// A record for a task seen for the first time.
-    pub(crate) fn new(task_id: &str, subject: &str) -> Self {
+    pub(crate) fn new(task_id: &TaskId, subject: &str) -> Self {
         Self {
-            task_id: task_id.to_owned(),
+            task_id: task_id.clone(),
             state: TaskState::Retrying,
             subject: subject.to_owned(),
             attempts: 0,
             errors: Vec::new(),
             response: None,
-            updated_at: now_rfc3339(),
+            updated_at: clock::now(),
         }
     }
 }
 
-/// KV keys allow fewer characters than task ids: ids that are not plain are
-/// hex-encoded under a prefix that a plain id cannot start with.
-pub(crate) fn record_key(task_id: &str) -> String {
-    let plain = !task_id.is_empty()
-        && task_id.len() <= 200
-        && !task_id.starts_with("x=")
-        && task_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if plain {
-        task_id.to_owned()
-    } else {
-        let hex: String = task_id.bytes().map(|b| format!("{b:02x}")).collect();
-        format!("x={hex}")
+/// Why a task record could not be read, written or waited for.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// The bucket is missing (or cannot be opened).
+    #[error(
+        "cannot open the task results bucket {TASK_RESULTS_BUCKET} ({source}); run `agentbus setup` to create it"
+    )]
+    NoBucket {
+        /// Why it could not be opened.
+        #[source]
+        source: jetstream::context::KeyValueError,
+    },
+    /// A read, write or watch of the bucket failed.
+    #[error("cannot {operation} in {TASK_RESULTS_BUCKET}: {source}")]
+    Backend {
+        /// What was attempted.
+        operation: &'static str,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The task did not finish in time.
+    #[error(
+        "task {task_id} did not finish within {after:?}; `agentbus task {task_id}` shows its state"
+    )]
+    WaitTimedOut {
+        /// The task waited for.
+        task_id: TaskId,
+        /// How long it was waited for.
+        after: Duration,
+    },
+}
+
+/// What went wrong with a task record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordErrorKind {
+    /// The bucket is missing: `agentbus setup`.
+    NoBucket,
+    /// The server failed a read, write or watch.
+    Backend,
+    /// A wait ran out of time.
+    WaitTimedOut,
+}
+
+impl RecordError {
+    /// What went wrong.
+    pub fn kind(&self) -> RecordErrorKind {
+        match self {
+            Self::NoBucket { .. } => RecordErrorKind::NoBucket,
+            Self::Backend { .. } => RecordErrorKind::Backend,
+            Self::WaitTimedOut { .. } => RecordErrorKind::WaitTimedOut,
+        }
+    }
+
+    fn backend(
+        operation: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Backend {
+            operation,
+            source: Box::new(source),
+        }
     }
 }
 
@@ -92,54 +154,55 @@ pub(crate) struct Records {
 }
 
 impl Records {
-    pub(crate) async fn open(js: &jetstream::Context) -> Result<Self, DeliveryError> {
-        let store = js.get_key_value(TASK_RESULTS_BUCKET).await.map_err(|err| {
-            DeliveryError::jetstream("open the task results bucket (run `agentbus setup`)", err)
-        })?;
+    pub(crate) async fn open(js: &jetstream::Context) -> Result<Self, RecordError> {
+        let store = js
+            .get_key_value(TASK_RESULTS_BUCKET)
+            .await
+            .map_err(|source| RecordError::NoBucket { source })?;
         Ok(Self { store })
     }
 
-    pub(crate) async fn get(&self, task_id: &str) -> Result<Option<TaskRecord>, DeliveryError> {
+    /// The record of `task_id`; `None` when there is none (or it is not a
+    /// record: written by something else, it is not trusted).
+    pub(crate) async fn get(&self, task_id: &TaskId) -> Result<Option<TaskRecord>, RecordError> {
         let value = self
             .store
-            .get(record_key(task_id))
+            .get(task_id.as_str())
             .await
-            .map_err(|err| DeliveryError::jetstream("read a task record", err))?;
+            .map_err(|err| RecordError::backend("read a task record", err))?;
         Ok(value.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
-    pub(crate) async fn put(&self, record: &TaskRecord) -> Result<(), DeliveryError> {
-        let body = serde_json::to_vec(record)
-            .map_err(|err| DeliveryError::jetstream("encode a task record", err))?;
+    pub(crate) async fn put(&self, record: &TaskRecord) -> Result<(), RecordError> {
+        let body = serde_json::to_vec(record).expect("a task record always serializes");
         self.store
-            .put(record_key(&record.task_id), body.into())
+            .put(record.task_id.as_str(), body.into())
             .await
-            .map_err(|err| DeliveryError::jetstream("store a task record", err))?;
+            .map_err(|err| RecordError::backend("store a task record", err))?;
         Ok(())
     }
 
-    pub(crate) async fn delete(&self, task_id: &str) -> Result<(), DeliveryError> {
+    pub(crate) async fn delete(&self, task_id: &str) -> Result<(), RecordError> {
         self.store
-            .delete(record_key(task_id))
+            .delete(task_id)
             .await
-            .map_err(|err| DeliveryError::jetstream("delete a task record", err))
+            .map_err(|err| RecordError::backend("delete a task record", err))
     }
 
     /// Waits until the task is completed or dead-lettered.
     pub(crate) async fn wait_final(
         &self,
-        task_id: &str,
+        task_id: &TaskId,
         timeout: Duration,
-    ) -> Result<TaskRecord, DeliveryError> {
-        let key = record_key(task_id);
+    ) -> Result<TaskRecord, RecordError> {
         // Watch first, then read, so a change between the two is not missed.
         let mut watch = self
             .store
-            .watch(&key)
+            .watch(task_id.as_str())
             .await
-            .map_err(|err| DeliveryError::jetstream("watch a task record", err))?;
+            .map_err(|err| RecordError::backend("watch a task record", err))?;
         if let Some(record) = self.get(task_id).await?
-            && record.state != TaskState::Retrying
+            && record.state.is_final()
         {
             return Ok(record);
         }
@@ -150,7 +213,7 @@ impl Records {
                     continue;
                 }
                 if let Ok(record) = serde_json::from_slice::<TaskRecord>(&entry.value)
-                    && record.state != TaskState::Retrying
+                    && record.state.is_final()
                 {
                     return Some(record);
                 }
@@ -160,27 +223,14 @@ impl Records {
         .await;
         match waited {
             Ok(Some(record)) => Ok(record),
-            Ok(None) => Err(DeliveryError::jetstream(
+            Ok(None) => Err(RecordError::backend(
                 "watch a task record",
-                "the watch ended",
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the watch ended"),
             )),
-            Err(_) => Err(DeliveryError::WaitTimedOut {
-                task_id: task_id.to_owned(),
+            Err(_) => Err(RecordError::WaitTimedOut {
+                task_id: task_id.clone(),
                 after: timeout,
             }),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_ids_are_keys_and_others_are_encoded() {
-        assert_eq!(record_key("0b5c-1a_Z"), "0b5c-1a_Z");
-        assert_eq!(record_key("a.b"), "x=612e62");
-        assert_eq!(record_key("x=1"), "x=783d31");
-        assert_ne!(record_key("a b"), record_key("a_b"));
     }
 }

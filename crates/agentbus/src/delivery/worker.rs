@@ -13,9 +13,10 @@
 //! Fetches are pull requests answered on one subscription that lives as long
 //! as the worker ([`Puller`]), rather than on a subscription per fetch.
 
+use super::settle::Delivery;
 use crate::protocol::Priority;
-use crate::subject::overlaps;
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, consumer::pull::BatchConfig};
+use crate::subject::{self, overlaps};
+use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull::BatchConfig};
 use async_nats::{StatusCode, Subject};
 use futures::FutureExt;
 use futures::StreamExt;
@@ -49,16 +50,15 @@ pub(crate) struct Source {
 pub(crate) struct WorkerConfig {
     /// Jobs running at once.
     pub(crate) max_concurrency: usize,
-    /// The consumers' ack wait: progress acks go out at a third of it.
-    pub(crate) ack_wait: Duration,
     /// How often an idle worker looks at every source.
     pub(crate) idle_poll: Duration,
 }
 
-/// What to do with each message.
+/// What to do with each delivery.
 pub(crate) trait Job: Send + Sync + 'static {
-    /// Handles one message, acknowledging (or not) as it sees fit.
-    fn run(&self, message: &jetstream::Message) -> impl Future<Output = ()> + Send;
+    /// Handles one delivery and settles it (see [`super::settle`]); one left
+    /// unsettled is delivered again after the ack wait.
+    fn run(&self, delivery: Delivery) -> impl Future<Output = ()> + Send;
 }
 
 struct SourceState {
@@ -166,14 +166,19 @@ pub(crate) async fn run_worker<J: Job>(
                 state.maybe_pending = false;
             }
             fetched += messages.len();
+            let ack_wait = state.source.consumer.cached_info().config.ack_wait;
             for message in messages {
                 let job = job.clone();
-                let ack_wait = config.ack_wait;
+                let delivery = Delivery::new(message, ack_wait);
                 running.push(async move {
-                    let run = AssertUnwindSafe(run_with_progress(&*job, &message, ack_wait));
-                    if run.catch_unwind().await.is_err() {
-                        // The message stays unacknowledged and is redelivered.
-                        tracing::error!(subject = %message.subject, "a job panicked");
+                    let sequence = delivery.stream_sequence();
+                    if AssertUnwindSafe(job.run(delivery))
+                        .catch_unwind()
+                        .await
+                        .is_err()
+                    {
+                        // The delivery stays unacknowledged and is redelivered.
+                        tracing::error!(sequence, "a job panicked");
                     }
                 });
             }
@@ -269,7 +274,7 @@ impl Puller {
         jetstream: jetstream::Context,
     ) -> Result<Self, async_nats::SubscribeError> {
         let inbox = client.new_inbox();
-        let replies = client.subscribe(format!("{inbox}.*")).await?;
+        let replies = client.subscribe(subject::pull_replies(&inbox)).await?;
         Ok(Self {
             client: client.clone(),
             jetstream,
@@ -292,7 +297,7 @@ impl Puller {
             }
         }
         self.requests += 1;
-        let reply = Subject::from(format!("{}.{}", self.inbox, self.requests));
+        let reply = Subject::from(subject::pull_reply(&self.inbox, self.requests));
         let request = BatchConfig {
             batch: max,
             no_wait: true,
@@ -334,52 +339,5 @@ impl Puller {
             }
         }
         messages
-    }
-}
-
-/// Runs the job, telling JetStream it is still in progress every third of
-/// the ack wait, so a long job is never redelivered to a second worker.
-async fn run_with_progress<J: Job>(job: &J, message: &jetstream::Message, ack_wait: Duration) {
-    let period = (ack_wait / 3).max(Duration::from_millis(100));
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let work = job.run(message);
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            () = &mut work => return,
-            _ = ticker.tick() => {
-                if let Err(err) = message.ack_with(AckKind::Progress).await {
-                    tracing::warn!(%err, "cannot send a progress ack");
-                }
-            }
-        }
-    }
-}
-
-/// The delay before retry `attempt` (1-based): exponential from `base`, capped
-/// at `max`, with ±20 % jitter so retries of many tasks spread out.
-pub(crate) fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(20);
-    let delay = base.saturating_mul(1 << exponent).min(max);
-    let jitter = rand::random_range(0.8..1.2);
-    delay.mul_f64(jitter)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(5);
-        for (attempt, nominal) in [(1, 100), (2, 200), (3, 400), (10, 5000), (40, 5000)] {
-            let delay = backoff(attempt, base, max).as_millis() as f64;
-            let nominal = nominal as f64;
-            assert!(
-                delay >= nominal * 0.8 - 1.0 && delay <= nominal * 1.2 + 1.0,
-                "{attempt}: {delay}"
-            );
-        }
     }
 }

@@ -1,16 +1,17 @@
 //! The heartbeat task: writes the entry, watches the others, says goodbye.
 
 use super::offline::OnlineView;
-use super::{AgentPresence, EntryId, PresenceChange, PresenceOptions, timestamp};
+use super::{AgentPresence, PresenceChange, PresenceOptions};
 use crate::client::Bus;
-use crate::state::{StateError, StateStore};
+use crate::clock;
+use crate::events::{OfflineEvent, OfflineReason};
+use crate::state::{BackendError, StateError, StateStore};
 use crate::subject::events;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -116,7 +117,7 @@ impl Heartbeat {
             Some(Err(reason)) => Err(StateError::Backend {
                 backend: self.backend,
                 operation: "store the first heartbeat",
-                reason,
+                source: BackendError::Masked(reason),
             }),
             _ => Ok(()),
         }
@@ -151,11 +152,8 @@ struct Beating {
 
 impl Beating {
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let own = match self.presence.entry_id() {
-            Ok((agent, instance)) => EntryId {
-                agent: agent.to_string(),
-                instance: instance.to_string(),
-            },
+        let own = match self.presence.entry_key() {
+            Ok(own) => own,
             Err(err) => {
                 tracing::error!(%err, "presence heartbeats not started");
                 self.report_first(Err(err.to_string()));
@@ -183,7 +181,7 @@ impl Beating {
                 change = next_change(&mut changes) => match change {
                     Some(change) => {
                         if let Some(gone) = view.apply(change) {
-                            self.report_offline(&gone, "heartbeat_timeout").await;
+                            self.report_offline(&gone, OfflineReason::HeartbeatTimeout).await;
                         }
                     }
                     // Reopened at the next tick.
@@ -195,7 +193,7 @@ impl Beating {
     }
 
     async fn open_changes(&self) -> Option<BoxStream<'static, PresenceChange>> {
-        match self.store.presence_changes(self.options.interval).await {
+        match super::changes(&self.store, self.options.interval).await {
             Ok(changes) => Some(changes),
             Err(err) => {
                 tracing::warn!(%err, "cannot watch presence entries; agents going offline are not reported by this instance");
@@ -206,11 +204,16 @@ impl Beating {
 
     async fn beat(&mut self) {
         self.presence.in_flight = (self.in_flight)();
-        self.presence.last_seen = timestamp(SystemTime::now());
-        let result = self
-            .store
-            .put_presence(&self.presence, self.options.offline_after)
-            .await;
+        self.presence.last_seen = clock::now();
+        let result = match self.presence.entry_key() {
+            Ok(key) => {
+                let value = serde_json::to_vec(&self.presence).expect("a presence serializes");
+                self.store
+                    .put_entry(&key, value, self.options.offline_after)
+                    .await
+            }
+            Err(err) => Err(err),
+        };
         if let Err(err) = &result {
             tracing::warn!(%err, agent = %self.presence.name, "heartbeat not stored");
         }
@@ -224,35 +227,33 @@ impl Beating {
     }
 
     async fn goodbye(&self) {
-        let Ok((agent, instance)) = self.presence.entry_id() else {
+        let Ok(key) = self.presence.entry_key() else {
             return;
         };
-        // Long enough for every watcher's next look (Redis polls by interval).
-        let goodbye_ttl = (self.options.offline_after * 2).max(Duration::from_secs(60));
-        if let Err(err) = self
-            .store
-            .remove_presence(&agent, &instance, goodbye_ttl)
-            .await
-        {
-            tracing::warn!(%err, %agent, "cannot remove the presence entry; it expires on its own");
+        // The goodbye: removed, not expired, for long enough that every
+        // watcher's next look sees it so (Redis polls by interval).
+        let remembered = (self.options.offline_after * 2).max(Duration::from_secs(60));
+        if let Err(err) = self.store.remove_entry(&key, remembered).await {
+            tracing::warn!(%err, agent = %self.presence.name, "cannot remove the presence entry; it expires on its own");
         }
-        self.report_offline(&self.presence, "shutdown").await;
+        self.report_offline(&self.presence, OfflineReason::Shutdown)
+            .await;
         if let Err(err) = self.bus.flush().await {
             tracing::warn!(%err, "flush after agent_offline failed");
         }
     }
 
-    async fn report_offline(&self, gone: &AgentPresence, reason: &str) {
-        let body = json!({
-            "agent": gone.name,
-            "instance_id": gone.instance_id,
-            "timestamp": timestamp(SystemTime::now()),
-            "reason": reason,
-            "last_seen": gone.last_seen,
-            "host": gone.host,
-            "reported_by": self.presence.instance_id,
-        });
-        if let Err(err) = self.bus.publish(events::AGENT_OFFLINE, &body).await {
+    async fn report_offline(&self, gone: &AgentPresence, reason: OfflineReason) {
+        let event = OfflineEvent {
+            agent: gone.name.clone(),
+            instance_id: gone.instance_id.clone(),
+            timestamp: clock::now(),
+            reason,
+            last_seen: gone.last_seen.clone(),
+            host: gone.host.clone(),
+            reported_by: self.presence.instance_id.clone(),
+        };
+        if let Err(err) = self.bus.publish(events::AGENT_OFFLINE, &event).await {
             tracing::warn!(%err, agent = %gone.name, "cannot publish agent_offline");
         }
     }
@@ -271,7 +272,7 @@ impl Beating {
         }
         if let Some(cap) = self
             .store
-            .presence_ttl_cap()
+            .entry_ttl_cap()
             .filter(|cap| offline_after > *cap)
         {
             tracing::warn!(

@@ -1,8 +1,9 @@
 //! Who is online: heartbeats with a TTL, and `platform.events.agent_offline`.
 //!
 //! Each running agent instance keeps one presence entry (an [`AgentPresence`])
-//! in the [state store](crate::state): NATS KV bucket `agent-presence` by
-//! default, Redis keys when the state store is Redis. A [`Heartbeat`] rewrites
+//! among the short-lived entries of the [state store](crate::state): NATS KV
+//! bucket `agent-presence` by default, Redis keys when the state store is
+//! Redis. A [`Heartbeat`] rewrites
 //! the entry every [`PresenceOptions::interval`] with a TTL of
 //! [`PresenceOptions::offline_after`], so the entry of an agent that dies
 //! without a goodbye expires on its own. [`online_agents`] lists the entries.
@@ -19,9 +20,7 @@
 //! (the bucket's limit marker); on Redis the heartbeats list the entries every
 //! `interval`, so it is seen within `offline_after + interval`.
 //!
-//! The event's body: `{"agent", "instance_id", "timestamp", "reason",
-//! "last_seen", "host", "reported_by"}` (`reported_by` is the instance id of
-//! the heartbeat that published it).
+//! The event's body is an [`OfflineEvent`](crate::events::OfflineEvent).
 
 mod heartbeat;
 mod offline;
@@ -29,11 +28,14 @@ mod offline;
 pub use heartbeat::Heartbeat;
 
 use crate::agent::TaskTypeSpec;
+use crate::clock;
 use crate::name::Name;
-use crate::state::{StateError, StateStore};
+use crate::state::{EntryChange, EntryKey, StateError, StateStore};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// One live agent instance, as stored in its presence entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,7 +91,7 @@ impl AgentPresence {
     /// The presence of agent `name` in instance `instance_id`, starting now on
     /// this host, with this crate's version.
     pub fn new(name: &Name, instance_id: &str, task_types: &[TaskTypeSpec]) -> Self {
-        let now = timestamp(SystemTime::now());
+        let now = clock::now();
         Self {
             name: name.to_string(),
             instance_id: instance_id.to_owned(),
@@ -108,27 +110,58 @@ impl AgentPresence {
         }
     }
 
-    /// The validated name and instance id, which become key parts.
-    pub(crate) fn entry_id(&self) -> Result<(Name, Name), StateError> {
-        Ok((
+    /// The entry's key: the validated agent name and instance id.
+    pub(crate) fn entry_key(&self) -> Result<EntryKey, StateError> {
+        Ok(EntryKey::new(vec![
             Name::parse("agent name", &self.name)?,
             Name::parse("instance id", &self.instance_id)?,
-        ))
+        ]))
     }
 
-    fn id(&self) -> Option<EntryId> {
-        self.entry_id().ok().map(|(agent, instance)| EntryId {
-            agent: agent.to_string(),
-            instance: instance.to_string(),
-        })
+    fn id(&self) -> Option<EntryKey> {
+        self.entry_key().ok()
     }
 }
 
 /// The agents online now, sorted by name, then instance id.
 pub async fn online_agents(store: &StateStore) -> Result<Vec<AgentPresence>, StateError> {
-    let mut agents = store.list_presence().await?;
+    let mut agents: Vec<AgentPresence> = store
+        .list_entries()
+        .await?
+        .into_iter()
+        .filter_map(|(key, value)| decode(&key, &value))
+        .collect();
     agents.sort_by(|a, b| (&a.name, &a.instance_id).cmp(&(&b.name, &b.instance_id)));
     Ok(agents)
+}
+
+/// The presence entries present now, then every change to them.
+pub(crate) async fn changes(
+    store: &StateStore,
+    poll: Duration,
+) -> Result<BoxStream<'static, PresenceChange>, StateError> {
+    Ok(store
+        .entry_changes(poll)
+        .await?
+        .filter_map(|change| {
+            futures::future::ready(match change {
+                EntryChange::Put(key, value) => decode(&key, &value).map(PresenceChange::Seen),
+                EntryChange::Removed(key) => Some(PresenceChange::Left(key)),
+                EntryChange::Expired(key) => Some(PresenceChange::Expired(key)),
+            })
+        })
+        .boxed())
+}
+
+/// An entry's value as a presence; what another program wrote there is skipped.
+fn decode(key: &EntryKey, value: &[u8]) -> Option<AgentPresence> {
+    match serde_json::from_slice(value) {
+        Ok(presence) => Some(presence),
+        Err(err) => {
+            tracing::warn!(?key, %err, "presence entry is not an AgentPresence; ignored");
+            None
+        }
+    }
 }
 
 /// This machine's host name (`unknown` when it cannot be read).
@@ -141,26 +174,15 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-fn timestamp(time: SystemTime) -> String {
-    humantime::format_rfc3339_millis(time).to_string()
-}
-
-/// A presence entry's identity: (agent name, instance id), ordered so.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct EntryId {
-    pub(crate) agent: String,
-    pub(crate) instance: String,
-}
-
-/// What a state backend reports about presence entries.
+/// A change to the presence entries.
 #[derive(Debug, Clone)]
 pub(crate) enum PresenceChange {
     /// An entry was written (or is there when watching starts).
     Seen(AgentPresence),
     /// An entry was removed by a graceful shutdown.
-    Left(EntryId),
+    Left(EntryKey),
     /// An entry expired: its heartbeats stopped.
-    Expired(EntryId),
+    Expired(EntryKey),
 }
 
 #[cfg(test)]
@@ -182,14 +204,18 @@ mod tests {
         );
         assert!(!p.host.is_empty());
         assert!(humantime::parse_rfc3339(&p.started_at).is_ok());
-        assert_eq!(p.id().unwrap().instance, "i1");
+        let key = EntryKey::new(vec![
+            Name::parse("agent name", "llm").unwrap(),
+            Name::parse("instance id", "i1").unwrap(),
+        ]);
+        assert_eq!(p.id(), Some(key));
     }
 
     #[test]
     fn invalid_ids_are_refused_before_they_become_keys() {
         let mut p = AgentPresence::new(&Name::parse("agent name", "llm").unwrap(), "i1", &[]);
         p.instance_id = "a.b".into();
-        assert!(matches!(p.entry_id(), Err(StateError::InvalidName(_))));
+        assert!(matches!(p.entry_key(), Err(StateError::InvalidName(_))));
         assert!(p.id().is_none());
     }
 }

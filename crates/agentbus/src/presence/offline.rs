@@ -11,18 +11,19 @@
 //! shutdown publishes its own event and removes its entry as a goodbye, which
 //! watchers do not report again.
 
-use super::{AgentPresence, EntryId, PresenceChange};
+use super::{AgentPresence, PresenceChange};
+use crate::state::EntryKey;
 use std::collections::BTreeMap;
 
 /// One watcher's view of the live presence entries.
 #[derive(Debug)]
 pub(super) struct OnlineView {
-    own: EntryId,
-    entries: BTreeMap<EntryId, AgentPresence>,
+    own: EntryKey,
+    entries: BTreeMap<EntryKey, AgentPresence>,
 }
 
 impl OnlineView {
-    pub(super) fn new(own: EntryId) -> Self {
+    pub(super) fn new(own: EntryKey) -> Self {
         Self {
             own,
             entries: BTreeMap::new(),
@@ -82,11 +83,11 @@ mod tests {
         }
     }
 
-    fn id(agent: &str, instance: &str) -> EntryId {
-        EntryId {
-            agent: agent.into(),
-            instance: instance.into(),
-        }
+    fn id(agent: &str, instance: &str) -> EntryKey {
+        EntryKey::new(vec![
+            crate::Name::parse("agent name", agent).unwrap(),
+            crate::Name::parse("instance id", instance).unwrap(),
+        ])
     }
 
     fn view(own: (&str, &str), live: &[(&str, &str)]) -> OnlineView {

@@ -7,25 +7,24 @@
 //! unknown, invalid and panicking ones, and the agent keeps serving.
 
 mod dedup;
+pub mod discovery;
 mod queued;
 mod serve;
 mod stats;
 mod task_types;
 
-pub use queued::ConsumerSetupError;
 pub use stats::AgentStats;
 pub use task_types::InvalidSchema;
 
 use crate::agent::Agent;
 use crate::client::Bus;
-use crate::delivery::{self, worker};
-use crate::discovery;
+use crate::delivery::{self, ConsumerError, DeliveryOptions, RecordError, Settler, worker};
+use crate::events::LifecycleEvent;
 use crate::name::{InvalidName, Name};
 use crate::presence::{AgentPresence, Heartbeat, PresenceOptions};
 use crate::state::{StateError, StateStore};
 use crate::subject::{self, events};
 use dedup::DedupCache;
-use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -63,17 +62,9 @@ pub struct AgentOptions {
     pub messages: bool,
     /// Broadcast topics to receive (with `messages` on).
     pub broadcast_topics: Vec<String>,
-    /// How long a delivered task or message may go without an ack or a
-    /// progress ack before JetStream redelivers it.
-    pub ack_wait: Duration,
-    /// Deliveries of a task or message before it becomes a dead letter.
-    pub max_deliver: u32,
-    /// Delay before the first retry of a failed task; doubles per attempt.
-    pub retry_backoff: Duration,
-    /// Longest delay between retries.
-    pub max_retry_backoff: Duration,
-    /// How often an idle worker checks its queues for redeliveries.
-    pub idle_poll: Duration,
+    /// How queued tasks and durable messages are delivered: ack wait,
+    /// deliveries before a dead letter, retry backoff.
+    pub delivery: DeliveryOptions,
     /// Keep a presence entry with heartbeats (see [`crate::presence`]).
     pub presence: bool,
     /// How often heartbeats go out and when a silent agent is offline.
@@ -92,11 +83,7 @@ impl Default for AgentOptions {
             work_queues: true,
             messages: false,
             broadcast_topics: Vec::new(),
-            ack_wait: Duration::from_secs(30),
-            max_deliver: 5,
-            retry_backoff: Duration::from_secs(1),
-            max_retry_backoff: Duration::from_secs(60),
-            idle_poll: Duration::from_millis(500),
+            delivery: DeliveryOptions::default(),
             presence: true,
             heartbeat: PresenceOptions::default(),
         }
@@ -105,6 +92,7 @@ impl Default for AgentOptions {
 
 /// Why an agent could not be started.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RuntimeError {
     /// The agent's name, or one of its task types, is not a valid name.
     #[error(transparent)]
@@ -122,16 +110,70 @@ pub enum RuntimeError {
     Duplicate(String),
     /// A durable consumer could not be created.
     #[error(transparent)]
-    Consumer(#[from] ConsumerSetupError),
+    Consumer(#[from] ConsumerError),
     /// The task results bucket is missing.
-    #[error("cannot serve agent {agent}'s work queues: {reason}")]
-    Delivery { agent: String, reason: String },
+    #[error("cannot serve agent {agent}'s work queues: {source}")]
+    Results {
+        /// The agent.
+        agent: String,
+        /// Why.
+        #[source]
+        source: RecordError,
+    },
     /// Subscribing failed.
-    #[error("cannot subscribe for agent {agent}: {reason}")]
-    Subscribe { agent: String, reason: String },
+    #[error("cannot subscribe for agent {agent}: {source}")]
+    Subscribe {
+        /// The agent.
+        agent: String,
+        /// Why.
+        #[source]
+        source: async_nats::SubscribeError,
+    },
     /// The presence storage cannot be opened or written.
-    #[error("cannot keep agent {agent}'s presence: {reason}")]
-    Presence { agent: String, reason: String },
+    #[error("cannot keep agent {agent}'s presence: {source}{hint}")]
+    Presence {
+        /// The agent.
+        agent: String,
+        /// Why.
+        #[source]
+        source: StateError,
+        /// What to do, unless the cause says it already.
+        hint: &'static str,
+    },
+}
+
+/// Why an agent could not be started, as a kind to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RuntimeErrorKind {
+    /// The agent's name, a task type, topic or schema is not valid.
+    InvalidAgent,
+    /// The same agent name was added twice to one runtime.
+    Duplicate,
+    /// A durable consumer could not be set up.
+    Consumer,
+    /// The task results bucket is missing.
+    Results,
+    /// Subscribing failed.
+    Subscribe,
+    /// Presence could not be kept.
+    Presence,
+}
+
+impl RuntimeError {
+    /// Why the agent could not be started.
+    pub fn kind(&self) -> RuntimeErrorKind {
+        match self {
+            Self::InvalidName(_) | Self::InvalidSchema(_) | Self::NoTaskTypes(_) => {
+                RuntimeErrorKind::InvalidAgent
+            }
+            Self::Duplicate(_) => RuntimeErrorKind::Duplicate,
+            Self::Consumer(_) => RuntimeErrorKind::Consumer,
+            Self::Results { .. } => RuntimeErrorKind::Results,
+            Self::Subscribe { .. } => RuntimeErrorKind::Subscribe,
+            Self::Presence { .. } => RuntimeErrorKind::Presence,
+        }
+    }
 }
 
 /// Serves agents until shut down.
@@ -225,51 +267,7 @@ impl Runtime {
         } else {
             None
         };
-        // Durable consumers first: if they cannot be made, nothing was started.
-        let js = self.bus.jetstream();
-        let mut workers = Vec::new();
-        if options.work_queues {
-            workers.push(queued::queue_sources(js, &name, &type_names, &options).await?);
-        }
-        let message_workers = if options.messages {
-            queued::message_sources(js, &name, &options, &topics).await?
-        } else {
-            Vec::new()
-        };
-        let records = if options.work_queues {
-            Some(
-                delivery::Records::open(js)
-                    .await
-                    .map_err(|err| RuntimeError::Delivery {
-                        agent: name.to_string(),
-                        reason: err.to_string(),
-                    })?,
-            )
-        } else {
-            None
-        };
-        let subscriber = self
-            .bus
-            .client()
-            .queue_subscribe(subject::agent_task(&name), name.to_string())
-            .await
-            .map_err(|err| RuntimeError::Subscribe {
-                agent: name.to_string(),
-                reason: err.to_string(),
-            })?;
-        let (stop, stop_rx) = watch::channel(None);
         let counters = Arc::new(stats::Counters::default());
-        let discovery = self.start_discovery(&name, &type_names, &counters).await?;
-        let heartbeat = match presence_store {
-            Some(store) => {
-                let presence = AgentPresence::new(&name, &self.instance_id, &specs);
-                Some(
-                    self.start_heartbeat(store, presence, &options, &counters)
-                        .await?,
-                )
-            }
-            None => None,
-        };
         let served = Arc::new(serve::Served {
             agent,
             name: name.clone(),
@@ -284,31 +282,72 @@ impl Runtime {
             options,
             counters: counters.clone(),
         });
-        let mut tasks = vec![tokio::spawn(serve::serve(
+        // Durable consumers first: if they cannot be made, nothing was started.
+        let js = self.bus.jetstream();
+        let (stop, stop_rx) = watch::channel(None);
+        let mut tasks = Vec::new();
+        let delivery = served.options.delivery;
+        if served.options.work_queues {
+            let (sources, config) = queued::queue_sources(js, &served, &type_names).await?;
+            let settler = Settler::for_tasks(&self.bus, delivery, self.instance_id.clone())
+                .await
+                .map_err(|source| RuntimeError::Results {
+                    agent: name.to_string(),
+                    source,
+                })?;
+            let job = queued::TaskJob {
+                served: served.clone(),
+                settler,
+            };
+            tasks.push((sources, config, WorkerJob::Tasks(job)));
+        }
+        if served.options.messages {
+            let settler = Settler::for_messages(&self.bus, delivery, self.instance_id.clone());
+            for (sources, config) in queued::message_sources(js, &served, &topics).await? {
+                let job = queued::MessageJob {
+                    served: served.clone(),
+                    settler: settler.clone(),
+                };
+                tasks.push((sources, config, WorkerJob::Messages(job)));
+            }
+        }
+        let subscriber = self
+            .bus
+            .client()
+            .queue_subscribe(subject::agent_task(&name), name.to_string())
+            .await
+            .map_err(|source| RuntimeError::Subscribe {
+                agent: name.to_string(),
+                source,
+            })?;
+        let discovery = self.start_discovery(&name, &type_names, &counters).await?;
+        let heartbeat = match presence_store {
+            Some(store) => {
+                let presence = AgentPresence::new(&name, &self.instance_id, &specs);
+                Some(
+                    self.start_heartbeat(store, presence, &served.options, &counters)
+                        .await?,
+                )
+            }
+            None => None,
+        };
+        let works_queues = served.options.work_queues;
+        let mut handles = vec![tokio::spawn(serve::serve(
             served.clone(),
             subscriber,
             stop_rx.clone(),
         ))];
-        tasks.push(tokio::spawn(discovery.serve(stop_rx.clone())));
-        if let Some(records) = records {
-            for (sources, config) in workers {
-                let job = queued::TaskJob {
-                    served: served.clone(),
-                    records: records.clone(),
-                };
-                tasks.push(self.spawn_worker(job, sources, config, &stop_rx));
-            }
-            if self.dead_letter_watch.is_none() {
-                self.dead_letter_watch = Some(tokio::spawn(delivery::watch_max_deliveries(
-                    self.bus.clone(),
-                )));
-            }
+        handles.push(tokio::spawn(discovery.serve(stop_rx.clone())));
+        for (sources, config, job) in tasks {
+            handles.push(match job {
+                WorkerJob::Tasks(job) => self.spawn_worker(job, sources, config, &stop_rx),
+                WorkerJob::Messages(job) => self.spawn_worker(job, sources, config, &stop_rx),
+            });
         }
-        for (sources, config) in message_workers {
-            let job = queued::MessageJob {
-                served: served.clone(),
-            };
-            tasks.push(self.spawn_worker(job, sources, config, &stop_rx));
+        if works_queues && self.dead_letter_watch.is_none() {
+            self.dead_letter_watch = Some(tokio::spawn(delivery::watch_max_deliveries(
+                self.bus.clone(),
+            )));
         }
         // Tasks are taken once add() returns: the server must have the
         // subscriptions (flush only writes them to the socket).
@@ -316,13 +355,19 @@ impl Runtime {
             tracing::warn!(%err, agent = %name, "cannot confirm the subscriptions with the server");
         }
         let type_names: Vec<String> = type_names.iter().map(ToString::to_string).collect();
-        self.publish_lifecycle(events::AGENT_REGISTERED, &name, Some(&type_names))
-            .await;
+        publish_lifecycle(
+            &self.bus,
+            &self.instance_id,
+            events::AGENT_REGISTERED,
+            &name,
+            Some(type_names),
+        )
+        .await;
         self.agents.push(ServedAgent {
             name,
             counters,
             stop,
-            tasks,
+            tasks: handles,
             heartbeat,
         });
         Ok(())
@@ -404,9 +449,9 @@ impl Runtime {
         let source: discovery::StatsSource = Arc::new(move || counters.snapshot());
         discovery::Responder::start(self.bus.client(), service, source)
             .await
-            .map_err(|err| RuntimeError::Subscribe {
+            .map_err(|source| RuntimeError::Subscribe {
                 agent: name.to_string(),
-                reason: err.to_string(),
+                source,
             })
     }
 
@@ -456,43 +501,43 @@ impl Runtime {
         self.shutdown(grace).await;
         Ok(())
     }
+}
 
-    async fn publish_lifecycle(&self, event: &str, name: &Name, task_types: Option<&[String]>) {
-        publish_lifecycle(&self.bus, &self.instance_id, event, name, task_types).await;
-    }
+/// Which job a worker runs: tasks and messages are settled differently.
+enum WorkerJob<A> {
+    Tasks(queued::TaskJob<A>),
+    Messages(queued::MessageJob<A>),
 }
 
 /// A presence storage failure, saying what to do about it.
-fn presence_error(agent: &Name, err: StateError) -> RuntimeError {
-    let reason = match err {
-        // Already names `agentbus setup`.
-        StateError::Setup { .. } => err.to_string(),
-        err => format!(
-            "{err}; check the state backend (run `agentbus setup` to provision the NATS KV buckets), or set AgentOptions::presence to false"
-        ),
+fn presence_error(agent: &Name, source: StateError) -> RuntimeError {
+    let hint = match source {
+        StateError::Setup { .. } => "", // it names `agentbus setup` already
+        _ => {
+            "; check the state backend (run `agentbus setup` to provision the NATS KV buckets), or set AgentOptions::presence to false"
+        }
     };
     RuntimeError::Presence {
         agent: agent.to_string(),
-        reason,
+        source,
+        hint,
     }
 }
 
 async fn publish_lifecycle(
     bus: &Bus,
     instance_id: &str,
-    event: &str,
+    subject: &'static str,
     name: &Name,
-    task_types: Option<&[String]>,
+    task_types: Option<Vec<String>>,
 ) {
-    let mut body = json!({
-        "agent": name.as_str(),
-        "instance_id": instance_id,
-        "timestamp": delivery::now_rfc3339(),
-    });
-    if let Some(types) = task_types {
-        body["task_types"] = json!(types);
-    }
-    if let Err(err) = bus.publish(event, &body).await {
-        tracing::warn!(%err, event, "cannot publish lifecycle event");
+    let event = LifecycleEvent {
+        agent: name.to_string(),
+        instance_id: instance_id.to_owned(),
+        timestamp: crate::clock::now(),
+        task_types,
+    };
+    if let Err(err) = bus.publish(subject, &event).await {
+        tracing::warn!(%err, subject, "cannot publish lifecycle event");
     }
 }

@@ -6,9 +6,9 @@ use super::stats::Counters;
 use super::task_types::TaskTypes;
 use crate::agent::{Agent, TaskContext, TaskError};
 use crate::client::Bus;
+use crate::events::TaskEvent;
 use crate::name::Name;
 use crate::protocol::{Priority, TaskRequest, TaskResponse, TaskStatus};
-use crate::subject::events;
 use async_nats::Subject;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
@@ -219,18 +219,18 @@ pub(super) struct Outcome {
     pub(super) duration: Duration,
 }
 
-/// Runs the handler on `request` (whose id is `task_id`): panics, the task
-/// timeout and oversize results all become error responses.
+/// Runs the handler on `request`: panics, the task timeout and oversize
+/// results all become error responses.
 pub(super) async fn execute<A: Agent>(
     served: &Served<A>,
     request: TaskRequest,
-    task_id: Arc<str>,
     started: Instant,
 ) -> Outcome {
+    let task_id = request.task_id.clone();
     let ctx = TaskContext {
         agent: served.name.clone(),
         instance_id: served.instance_id.clone(),
-        task_id: task_id.clone(),
+        task_id: task_id.shared(),
         bus: served.bus.clone(),
     };
     let handler = AssertUnwindSafe(served.agent.handle(request, ctx)).catch_unwind();
@@ -239,7 +239,7 @@ pub(super) async fn execute<A: Agent>(
         None => Some(handler.await),
     };
     let (response, retryable) = match outcome {
-        Some(Ok(Ok(result))) => (TaskResponse::completed(&*task_id, result), false),
+        Some(Ok(Ok(result))) => (TaskResponse::completed(&task_id, result), false),
         Some(Ok(Err(err))) => (err.to_response(&task_id), err.is_retryable()),
         Some(Err(panic)) => {
             let message = format!("the handler panicked: {}", panic_message(&*panic));
@@ -249,7 +249,7 @@ pub(super) async fn execute<A: Agent>(
             let limit = served.options.task_timeout.unwrap_or_default();
             let message = format!("the handler did not finish within {limit:?}");
             (
-                TaskResponse::error(&*task_id, TaskStatus::Timeout, message),
+                TaskResponse::error(&task_id, TaskStatus::Timeout, message),
                 true,
             )
         }
@@ -285,12 +285,12 @@ async fn run_task<A: Agent>(
     reply: Option<Subject>,
     started: Instant,
 ) {
-    let task_id: Arc<str> = request.task_id.as_str().into();
+    let task_id = request.task_id.clone();
     let task_type = served
         .options
         .task_events
         .then(|| request.task_type.clone());
-    let outcome = execute(&served, request, task_id.clone(), started).await;
+    let outcome = execute(&served, request, started).await;
     let body = Bytes::from(outcome.body);
     let waiters = served
         .dedup
@@ -343,39 +343,23 @@ pub(super) async fn publish_task_event<A: Agent>(
     if !served.options.task_events {
         return;
     }
-    let subject = if response.status == TaskStatus::Completed {
-        events::TASK_COMPLETED
-    } else {
-        events::TASK_FAILED
-    };
-    // Borrowed fields serialized straight to bytes: cheaper than json!(),
-    // which copies every string into a map (this runs once per task).
-    #[derive(serde::Serialize)]
-    struct TaskEvent<'a> {
-        task_id: &'a str,
-        agent: &'a str,
-        task_type: &'a str,
-        status: TaskStatus,
-        error: Option<&'a str>,
-        duration_ms: f64,
-        instance_id: &'a str,
-    }
-    let event = TaskEvent {
+    let event = TaskEvent::new(
         task_id,
-        agent: served.name.as_str(),
+        served.name.as_str(),
         task_type,
-        status: response.status,
-        error: response.error.as_deref(),
-        duration_ms: duration.as_secs_f64() * 1000.0,
-        instance_id: &served.instance_id,
-    };
-    let mut body = Vec::with_capacity(crate::protocol::JSON_CAPACITY);
-    serde_json::to_writer(&mut body, &event).expect("a task event always serializes");
+        response.status,
+        response.error.as_deref(),
+        duration,
+        &served.instance_id,
+    );
     // from_static: no copy of the subject per event.
     if let Err(err) = served
         .bus
         .client()
-        .publish(Subject::from_static(subject), body.into())
+        .publish(
+            Subject::from_static(event.subject()),
+            event.to_json().into(),
+        )
         .await
     {
         tracing::warn!(%err, "cannot publish task event");

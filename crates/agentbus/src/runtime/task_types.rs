@@ -4,10 +4,16 @@ use crate::agent::{TaskError, TaskTypeSpec};
 use crate::protocol::TaskRequest;
 use std::collections::HashMap;
 
+#[cfg(feature = "json-schema")]
+type Validator = jsonschema::Validator;
+/// Without the `json-schema` feature no schema compiles, so none is ever held.
+#[cfg(not(feature = "json-schema"))]
+type Validator = std::convert::Infallible;
+
 /// The task types of one agent, ready to check requests against.
 #[derive(Debug)]
-pub struct TaskTypes {
-    validators: HashMap<String, Option<jsonschema::Validator>, foldhash::fast::RandomState>,
+pub(crate) struct TaskTypes {
+    validators: HashMap<String, Option<Validator>, foldhash::fast::RandomState>,
     accepted: String,
 }
 
@@ -17,23 +23,18 @@ pub struct TaskTypes {
 pub struct InvalidSchema {
     /// The task type.
     pub task_type: String,
-    /// Why.
+    /// Why (the schema compiler's message).
     pub reason: String,
 }
 
 impl TaskTypes {
     /// Compiles every schema.
-    pub fn compile(specs: &[TaskTypeSpec]) -> Result<Self, InvalidSchema> {
+    pub(crate) fn compile(specs: &[TaskTypeSpec]) -> Result<Self, InvalidSchema> {
         let mut validators = HashMap::default();
         for spec in specs {
             let validator = spec
                 .schema()
-                .map(|schema| {
-                    jsonschema::validator_for(schema).map_err(|err| InvalidSchema {
-                        task_type: spec.name().to_string(),
-                        reason: err.to_string(),
-                    })
-                })
+                .map(|schema| compile_schema(spec.name().as_str(), schema))
                 .transpose()?;
             validators.insert(spec.name().to_string(), validator);
         }
@@ -46,32 +47,64 @@ impl TaskTypes {
     }
 
     /// Whether `request` names an accepted type and its payload fits the schema.
-    pub fn check(&self, agent: &str, request: &TaskRequest) -> Result<(), TaskError> {
+    pub(crate) fn check(&self, agent: &str, request: &TaskRequest) -> Result<(), TaskError> {
         let Some(validator) = self.validators.get(&request.task_type) else {
             return Err(TaskError::rejected(format!(
                 "agent {agent} does not accept task_type {:?}; it accepts: {}",
                 request.task_type, self.accepted
             )));
         };
-        if let Some(validator) = validator
-            && let Err(err) = validator.validate(&request.payload)
-        {
-            let path = err.instance_path().to_string();
-            let path = if path.is_empty() {
-                "/".to_owned()
-            } else {
-                path
-            };
-            return Err(TaskError::rejected(format!(
-                "the payload of {} does not match its schema at {path}: {err}",
-                request.task_type
-            )));
+        match validator {
+            Some(validator) => validate(validator, request),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
-#[cfg(test)]
+#[cfg(feature = "json-schema")]
+fn compile_schema(task_type: &str, schema: &serde_json::Value) -> Result<Validator, InvalidSchema> {
+    jsonschema::validator_for(schema).map_err(|err| InvalidSchema {
+        task_type: task_type.to_owned(),
+        // The compiler's error borrows the schema: its text is what remains.
+        reason: err.to_string(),
+    })
+}
+
+#[cfg(not(feature = "json-schema"))]
+fn compile_schema(
+    task_type: &str,
+    _schema: &serde_json::Value,
+) -> Result<Validator, InvalidSchema> {
+    Err(InvalidSchema {
+        task_type: task_type.to_owned(),
+        reason: "this build of agentbus checks no schemas (the `json-schema` feature is off)"
+            .to_owned(),
+    })
+}
+
+#[cfg(feature = "json-schema")]
+fn validate(validator: &Validator, request: &TaskRequest) -> Result<(), TaskError> {
+    let Err(err) = validator.validate(&request.payload) else {
+        return Ok(());
+    };
+    let path = err.instance_path().to_string();
+    let path = if path.is_empty() {
+        "/".to_owned()
+    } else {
+        path
+    };
+    Err(TaskError::rejected(format!(
+        "the payload of {} does not match its schema at {path}: {err}",
+        request.task_type
+    )))
+}
+
+#[cfg(not(feature = "json-schema"))]
+fn validate(validator: &Validator, _request: &TaskRequest) -> Result<(), TaskError> {
+    match *validator {}
+}
+
+#[cfg(all(test, feature = "json-schema"))]
 mod tests {
     use super::*;
     use serde_json::json;

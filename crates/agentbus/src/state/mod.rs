@@ -1,10 +1,10 @@
 //! Per-agent key/value state with an optional TTL, on NATS KV or on Redis.
 //!
 //! One interface, two backends. NATS KV is the default and needs no other
-//! server; Redis is there for teams that already run it (the requirements'
-//! "Hybrid Bridge" keeps state, cache and presence in Redis). The backend also
-//! stores [presence](crate::presence) entries, so a deployment that chooses
-//! Redis keeps both there.
+//! server; Redis is there for teams that already keep state, cache and
+//! presence in Redis (behind the `redis` feature). The backend also stores
+//! short-lived entries with a TTL, where [presence](crate::presence) keeps its
+//! heartbeats, so a deployment that chooses Redis keeps both there.
 //!
 //! ```no_run
 //! # async fn example(bus: agentbus::Bus) -> Result<(), agentbus::state::StateError> {
@@ -25,7 +25,7 @@
 //! | TTL | whole seconds, rounded up (server per-message TTL, nats-server 2.11+) | milliseconds (`SET .. PX`) |
 //! | watch: set and delete | yes | yes: agentbus publishes each change on `agentbus:state-changes:<agent>` |
 //! | watch: expiry | yes (the bucket's limit markers) | when the server's `notify-keyspace-events` includes `Ex` |
-//! | presence entries | bucket `agent-presence`, key `<agent>.<instance>` | key `agentbus:presence:<agent>:<instance>` |
+//! | short-lived entries (presence) | bucket `agent-presence`, key `<agent>.<instance>` | key `agentbus:presence:<agent>:<instance>` |
 //!
 //! On NATS KV a value without a TTL still expires after the bucket's
 //! `max_age` (one year in the shipped topology); a TTL longer than that is
@@ -33,15 +33,17 @@
 //! to Redis keys by other programs, bypassing agentbus, are not reported by
 //! `watch`.
 
+mod entries;
 mod key;
 mod nats_kv;
+#[cfg(feature = "redis")]
 mod redis;
 
+pub(crate) use entries::{EntryChange, EntryKey};
 pub use key::{MAX_KEY_LEN, validate_key};
 
 use crate::client::Bus;
 use crate::name::{InvalidName, Name};
-use crate::presence::{AgentPresence, PresenceChange};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -63,8 +65,9 @@ pub struct StateStore {
 
 #[derive(Debug, Clone)]
 enum Backend {
-    // Boxed: a KV store handle is large next to a Redis connection handle.
+    // Shared: a KV store handle is large next to a Redis connection handle.
     NatsKv(Arc<nats_kv::NatsKv>),
+    #[cfg(feature = "redis")]
     Redis(redis::RedisStore),
 }
 
@@ -77,6 +80,7 @@ pub struct AgentState {
 #[derive(Debug, Clone)]
 enum AgentBackend {
     NatsKv(Box<nats_kv::AgentKv>),
+    #[cfg(feature = "redis")]
     Redis(redis::AgentRedis),
 }
 
@@ -91,6 +95,7 @@ pub struct StateChange {
 
 /// Why a state or presence operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StateError {
     /// The key does not follow the rule of [`validate_key`].
     #[error(
@@ -132,12 +137,13 @@ pub enum StateError {
         problem: &'static str,
     },
     /// The backend cannot be reached or refused the connection.
-    #[error("the {backend} state backend is unavailable: {reason}")]
+    #[error("the {backend} state backend is unavailable: {source}")]
     Unavailable {
         /// `nats-kv` or `redis`.
         backend: &'static str,
         /// Why, with no password in it.
-        reason: String,
+        #[source]
+        source: BackendError,
     },
     /// The value does not fit.
     #[error("the value for {key:?} is {size} bytes, more than the {backend} limit of {max} bytes")]
@@ -152,23 +158,71 @@ pub enum StateError {
         backend: &'static str,
     },
     /// A stored value is not JSON (written by something other than agentbus).
-    #[error("the stored value of {key:?} is not JSON ({reason}); overwrite or delete it")]
+    #[error("the stored value of {key:?} is not JSON ({source}); overwrite or delete it")]
     NotJson {
         /// The key.
         key: String,
         /// The decoding error.
-        reason: String,
+        #[source]
+        source: serde_json::Error,
     },
     /// An operation failed on the backend.
-    #[error("the {backend} state backend could not {operation}: {reason}")]
+    #[error("the {backend} state backend could not {operation}: {source}")]
     Backend {
         /// `nats-kv` or `redis`.
         backend: &'static str,
         /// What was attempted.
         operation: &'static str,
         /// Why it failed, with no password in it.
-        reason: String,
+        #[source]
+        source: BackendError,
     },
+}
+
+/// What kind of state or presence failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StateErrorKind {
+    /// A key, name, URL, TTL or value is not acceptable.
+    InvalidInput,
+    /// The NATS KV buckets need `agentbus setup`.
+    Setup,
+    /// The backend cannot be reached.
+    Unavailable,
+    /// A stored value is not JSON.
+    NotJson,
+    /// The backend failed an operation.
+    Backend,
+}
+
+impl StateError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StateErrorKind {
+        match self {
+            Self::InvalidKey { .. }
+            | Self::InvalidName(_)
+            | Self::InvalidUrl { .. }
+            | Self::InvalidTtl { .. }
+            | Self::TooLarge { .. } => StateErrorKind::InvalidInput,
+            Self::Setup { .. } => StateErrorKind::Setup,
+            Self::Unavailable { .. } => StateErrorKind::Unavailable,
+            Self::NotJson { .. } => StateErrorKind::NotJson,
+            Self::Backend { .. } => StateErrorKind::Backend,
+        }
+    }
+}
+
+/// The cause of a backend failure: the backend's own error, or, where that
+/// could echo a password (Redis errors quote their URL), its text with the
+/// password masked.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// An error of the NATS client.
+    #[error(transparent)]
+    Nats(async_nats::Error),
+    /// An error's text, with any password masked.
+    #[error("{0}")]
+    Masked(String),
 }
 
 impl StateStore {
@@ -180,8 +234,18 @@ impl StateStore {
             None | Some("" | "nats") => {
                 Backend::NatsKv(Arc::new(nats_kv::NatsKv::open(bus).await?))
             }
+            #[cfg(feature = "redis")]
             Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
                 Backend::Redis(redis::RedisStore::open(url).await?)
+            }
+            #[cfg(not(feature = "redis"))]
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                return Err(StateError::InvalidUrl {
+                    url: crate::redact::redact_url(url),
+                    reason:
+                        "this build of agentbus has no Redis backend (the `redis` feature is off)"
+                            .into(),
+                });
             }
             Some(url) => {
                 return Err(StateError::InvalidUrl {
@@ -204,6 +268,7 @@ impl StateStore {
     pub fn agent(&self, agent: &Name) -> AgentState {
         let backend = match &self.backend {
             Backend::NatsKv(kv) => AgentBackend::NatsKv(Box::new(kv.agent(agent))),
+            #[cfg(feature = "redis")]
             Backend::Redis(redis) => AgentBackend::Redis(redis.agent(agent)),
         };
         AgentState { backend }
@@ -213,64 +278,74 @@ impl StateStore {
     pub fn backend_name(&self) -> &'static str {
         match &self.backend {
             Backend::NatsKv(_) => nats_kv::BACKEND,
+            #[cfg(feature = "redis")]
             Backend::Redis(_) => redis::BACKEND,
         }
     }
 
-    /// Stores `presence` until `ttl` passes without another call.
-    pub(crate) async fn put_presence(
+    /// Stores `value` under `key` until `ttl` passes without another put.
+    pub(crate) async fn put_entry(
         &self,
-        presence: &AgentPresence,
+        key: &EntryKey,
+        value: Vec<u8>,
         ttl: Duration,
     ) -> Result<(), StateError> {
-        let (agent, instance) = presence.entry_id()?;
-        let value = serde_json::to_vec(presence).expect("presence serializes");
         match &self.backend {
-            Backend::NatsKv(kv) => kv.put_presence(&agent, &instance, value, ttl).await,
-            Backend::Redis(redis) => redis.put_presence(&agent, &instance, value, ttl).await,
+            Backend::NatsKv(kv) => kv.put_entry(key, value, ttl).await,
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.put_entry(key, value, ttl).await,
         }
     }
 
-    /// Removes a presence entry on a graceful shutdown, marking the removal
-    /// as a goodbye so that watchers do not report a timeout.
-    pub(crate) async fn remove_presence(
+    /// Removes the entry under `key`: watchers see it [removed](EntryChange::Removed),
+    /// not expired, for at least `remembered`.
+    pub(crate) async fn remove_entry(
         &self,
-        agent: &Name,
-        instance: &Name,
-        goodbye_ttl: Duration,
+        key: &EntryKey,
+        remembered: Duration,
     ) -> Result<(), StateError> {
         match &self.backend {
-            Backend::NatsKv(kv) => kv.remove_presence(agent, instance).await,
-            Backend::Redis(redis) => redis.remove_presence(agent, instance, goodbye_ttl).await,
+            Backend::NatsKv(kv) => {
+                let _ = remembered; // a delete marker stays until the next put
+                kv.remove_entry(key).await
+            }
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.remove_entry(key, remembered).await,
         }
     }
 
-    /// Every presence entry currently stored (unsorted).
-    pub(crate) async fn list_presence(&self) -> Result<Vec<AgentPresence>, StateError> {
+    /// Every entry stored now (unsorted).
+    pub(crate) async fn list_entries(&self) -> Result<Vec<(EntryKey, Vec<u8>)>, StateError> {
         match &self.backend {
-            Backend::NatsKv(kv) => kv.list_presence().await,
-            Backend::Redis(redis) => redis.list_presence().await,
+            Backend::NatsKv(kv) => kv.list_entries().await,
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.list_entries().await,
         }
     }
 
     /// The entries present now, then every change. Redis has no change feed
     /// for expiring keys that works without server configuration, so there
     /// the entries are listed every `poll` and compared.
-    pub(crate) async fn presence_changes(
+    pub(crate) async fn entry_changes(
         &self,
         poll: Duration,
-    ) -> Result<BoxStream<'static, PresenceChange>, StateError> {
+    ) -> Result<BoxStream<'static, EntryChange>, StateError> {
         match &self.backend {
-            Backend::NatsKv(kv) => kv.presence_changes().await,
-            Backend::Redis(redis) => Ok(redis.presence_changes(poll)),
+            Backend::NatsKv(kv) => {
+                let _ = poll; // NATS KV reports every change as it happens
+                kv.entry_changes().await
+            }
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => Ok(redis.entry_changes(poll)),
         }
     }
 
-    /// The longest time a presence entry can live without a new heartbeat,
-    /// when the backend imposes one (the presence bucket's `max_age`).
-    pub(crate) fn presence_ttl_cap(&self) -> Option<Duration> {
+    /// The longest an entry can live without another put, when the backend
+    /// imposes one (the presence bucket's `max_age`).
+    pub(crate) fn entry_ttl_cap(&self) -> Option<Duration> {
         match &self.backend {
-            Backend::NatsKv(kv) => Some(kv.presence_max_age()),
+            Backend::NatsKv(kv) => Some(kv.entries_max_age()),
+            #[cfg(feature = "redis")]
             Backend::Redis(_) => None,
         }
     }
@@ -282,13 +357,14 @@ impl AgentState {
         validate_key(key)?;
         let bytes = match &self.backend {
             AgentBackend::NatsKv(kv) => kv.get(key).await?.map(|b| b.to_vec()),
+            #[cfg(feature = "redis")]
             AgentBackend::Redis(redis) => redis.get(key).await?,
         };
         bytes
             .map(|bytes| {
-                serde_json::from_slice(&bytes).map_err(|err| StateError::NotJson {
+                serde_json::from_slice(&bytes).map_err(|source| StateError::NotJson {
                     key: key.to_owned(),
-                    reason: err.to_string(),
+                    source,
                 })
             })
             .transpose()
@@ -313,6 +389,7 @@ impl AgentState {
         let bytes = serde_json::to_vec(value).expect("a JSON value serializes");
         match &self.backend {
             AgentBackend::NatsKv(kv) => kv.set(key, bytes, ttl).await,
+            #[cfg(feature = "redis")]
             AgentBackend::Redis(redis) => redis.set(key, bytes, ttl).await,
         }
     }
@@ -322,6 +399,7 @@ impl AgentState {
         validate_key(key)?;
         match &self.backend {
             AgentBackend::NatsKv(kv) => kv.delete(key).await,
+            #[cfg(feature = "redis")]
             AgentBackend::Redis(redis) => redis.delete(key).await,
         }
     }
@@ -330,6 +408,7 @@ impl AgentState {
     pub async fn list(&self) -> Result<Vec<String>, StateError> {
         let mut keys = match &self.backend {
             AgentBackend::NatsKv(kv) => kv.list().await?,
+            #[cfg(feature = "redis")]
             AgentBackend::Redis(redis) => redis.list().await?,
         };
         keys.sort();
@@ -346,6 +425,7 @@ impl AgentState {
     ) -> Result<impl futures::Stream<Item = StateChange> + Send + Unpin + use<>, StateError> {
         let changes: BoxStream<'static, StateChange> = match &self.backend {
             AgentBackend::NatsKv(kv) => kv.watch().await?,
+            #[cfg(feature = "redis")]
             AgentBackend::Redis(redis) => redis.watch().await?,
         };
         Ok(changes)

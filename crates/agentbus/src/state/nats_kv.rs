@@ -5,10 +5,12 @@
 //! 2.11+). A watcher therefore sees an expiry as a purge, and a deliberate
 //! removal as a delete.
 
-use super::{PRESENCE_BUCKET, STATE_BUCKET, StateChange, StateError, ttl_seconds};
+use super::{
+    BackendError, EntryChange, EntryKey, PRESENCE_BUCKET, STATE_BUCKET, StateChange, StateError,
+    ttl_seconds,
+};
 use crate::client::Bus;
 use crate::name::Name;
-use crate::presence::{AgentPresence, EntryId, PresenceChange};
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -34,11 +36,11 @@ pub(super) struct AgentKv {
     max_payload: usize,
 }
 
-fn backend_error(operation: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StateError {
+fn backend_error<E: Into<async_nats::Error>>(operation: &'static str) -> impl Fn(E) -> StateError {
     move |err| StateError::Backend {
         backend: BACKEND,
         operation,
-        reason: err.to_string(),
+        source: BackendError::Nats(err.into()),
     }
 }
 
@@ -63,40 +65,40 @@ impl NatsKv {
         }
     }
 
-    pub(super) async fn put_presence(
+    pub(super) async fn put_entry(
         &self,
-        agent: &Name,
-        instance: &Name,
+        key: &EntryKey,
         value: Vec<u8>,
         ttl: Duration,
     ) -> Result<(), StateError> {
-        let key = presence_key(agent, instance);
-        put(&self.js, &self.presence, &key, value.into(), Some(ttl))
-            .await
-            .map_err(|err| backend_error("store a heartbeat")(&err))
+        put(
+            &self.js,
+            &self.presence,
+            &key.join("."),
+            value.into(),
+            Some(ttl),
+        )
+        .await
+        .map_err(backend_error("store an entry"))
     }
 
-    /// A delete (not a purge): watchers tell a goodbye from an expiry by it.
-    pub(super) async fn remove_presence(
-        &self,
-        agent: &Name,
-        instance: &Name,
-    ) -> Result<(), StateError> {
+    /// A delete (not a purge): watchers tell a removal from an expiry by it.
+    pub(super) async fn remove_entry(&self, key: &EntryKey) -> Result<(), StateError> {
         self.presence
-            .delete(presence_key(agent, instance))
+            .delete(key.join("."))
             .await
-            .map_err(|err| backend_error("remove a presence entry")(&err))
+            .map_err(backend_error("remove an entry"))
     }
 
-    pub(super) async fn list_presence(&self) -> Result<Vec<AgentPresence>, StateError> {
+    pub(super) async fn list_entries(&self) -> Result<Vec<(EntryKey, Vec<u8>)>, StateError> {
         let keys: Vec<String> = self
             .presence
             .keys()
             .await
-            .map_err(|err| backend_error("list presence entries")(&err))?
+            .map_err(backend_error("list entries"))?
             .try_collect()
             .await
-            .map_err(|err| backend_error("list presence entries")(&err))?;
+            .map_err(backend_error("list entries"))?;
         let mut entries = Vec::with_capacity(keys.len());
         for key in keys {
             // An entry may expire between the listing and the read.
@@ -104,45 +106,43 @@ impl NatsKv {
                 .presence
                 .get(&key)
                 .await
-                .map_err(|err| backend_error("read a presence entry")(&err))?;
-            if let Some(presence) = value.and_then(|v| decode_presence(&key, &v)) {
-                entries.push(presence);
+                .map_err(backend_error("read an entry"))?;
+            if let (Some(parsed), Some(value)) = (EntryKey::split(&key, '.'), value) {
+                entries.push((parsed, value.to_vec()));
             }
         }
         Ok(entries)
     }
 
-    pub(super) async fn presence_changes(
+    pub(super) async fn entry_changes(
         &self,
-    ) -> Result<BoxStream<'static, PresenceChange>, StateError> {
+    ) -> Result<BoxStream<'static, EntryChange>, StateError> {
         let watch = self
             .presence
             .watch_with_history(">")
             .await
-            .map_err(|err| backend_error("watch presence entries")(&err))?;
+            .map_err(backend_error("watch entries"))?;
         Ok(watch
             .filter_map(|entry| async move {
                 let entry = match entry {
                     Ok(entry) => entry,
                     Err(err) => {
-                        tracing::debug!(%err, "presence watch error");
+                        tracing::debug!(%err, "entry watch error");
                         return None;
                     }
                 };
-                let id = parse_presence_key(&entry.key)?;
-                match entry.operation {
-                    kv::Operation::Put => {
-                        decode_presence(&entry.key, &entry.value).map(PresenceChange::Seen)
-                    }
-                    kv::Operation::Delete => Some(PresenceChange::Left(id)),
+                let key = EntryKey::split(&entry.key, '.')?;
+                Some(match entry.operation {
+                    kv::Operation::Put => EntryChange::Put(key, entry.value.to_vec()),
+                    kv::Operation::Delete => EntryChange::Removed(key),
                     // The limit marker of an expired entry (or a manual purge).
-                    kv::Operation::Purge => Some(PresenceChange::Expired(id)),
-                }
+                    kv::Operation::Purge => EntryChange::Expired(key),
+                })
             })
             .boxed())
     }
 
-    pub(super) fn presence_max_age(&self) -> Duration {
+    pub(super) fn entries_max_age(&self) -> Duration {
         self.presence.stream.cached_info().config.max_age
     }
 }
@@ -152,7 +152,7 @@ impl AgentKv {
         self.store
             .get(key)
             .await
-            .map_err(|err| backend_error("read a key")(&err))
+            .map_err(backend_error("read a key"))
     }
 
     pub(super) async fn set(
@@ -171,24 +171,24 @@ impl AgentKv {
         }
         put(&self.js, &self.store, key, value.into(), ttl)
             .await
-            .map_err(|err| backend_error("set a key")(&err))
+            .map_err(backend_error("set a key"))
     }
 
     pub(super) async fn delete(&self, key: &str) -> Result<(), StateError> {
         self.store
             .delete(key)
             .await
-            .map_err(|err| backend_error("delete a key")(&err))
+            .map_err(backend_error("delete a key"))
     }
 
     pub(super) async fn list(&self) -> Result<Vec<String>, StateError> {
         self.store
             .keys()
             .await
-            .map_err(|err| backend_error("list keys")(&err))?
+            .map_err(backend_error("list keys"))?
             .try_collect()
             .await
-            .map_err(|err| backend_error("list keys")(&err))
+            .map_err(backend_error("list keys"))
     }
 
     pub(super) async fn watch(&self) -> Result<BoxStream<'static, StateChange>, StateError> {
@@ -196,7 +196,7 @@ impl AgentKv {
             .store
             .watch_all()
             .await
-            .map_err(|err| backend_error("watch keys")(&err))?;
+            .map_err(backend_error("watch keys"))?;
         Ok(watch
             .filter_map(|entry| async move {
                 let entry = match entry {
@@ -239,7 +239,7 @@ async fn open_bucket(
             });
         }
         Ok(_) => {}
-        Err(err) if crate::topology::is_stream_not_found(&err) => {
+        Err(err) if crate::jetstream_errors::is_stream_not_found(&err) => {
             return Err(StateError::Setup {
                 bucket,
                 problem: "does not exist",
@@ -248,7 +248,7 @@ async fn open_bucket(
         Err(err) => {
             return Err(StateError::Unavailable {
                 backend: BACKEND,
-                reason: format!("cannot look up the bucket {bucket}: {err}"),
+                source: BackendError::Nats(err.into()),
             });
         }
     }
@@ -256,7 +256,7 @@ async fn open_bucket(
         .await
         .map_err(|err| StateError::Unavailable {
             backend: BACKEND,
-            reason: format!("cannot open the bucket {bucket}: {err}"),
+            source: BackendError::Nats(err.into()),
         })
 }
 
@@ -296,47 +296,4 @@ async fn put(
         .await?
         .await?;
     Ok(())
-}
-
-fn presence_key(agent: &Name, instance: &Name) -> String {
-    format!("{agent}.{instance}")
-}
-
-fn parse_presence_key(key: &str) -> Option<EntryId> {
-    let (agent, instance) = key.split_once('.')?;
-    Some(EntryId {
-        agent: agent.to_owned(),
-        instance: instance.to_owned(),
-    })
-}
-
-fn decode_presence(key: &str, value: &[u8]) -> Option<AgentPresence> {
-    match serde_json::from_slice(value) {
-        Ok(presence) => Some(presence),
-        Err(err) => {
-            tracing::warn!(key, %err, "presence entry is not an AgentPresence; ignored");
-            None
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn presence_keys_round_trip() {
-        let agent = Name::parse("agent name", "llm_agent").unwrap();
-        let instance = Name::parse("instance id", "0a1b").unwrap();
-        let key = presence_key(&agent, &instance);
-        assert_eq!(key, "llm_agent.0a1b");
-        assert_eq!(
-            parse_presence_key(&key),
-            Some(EntryId {
-                agent: "llm_agent".into(),
-                instance: "0a1b".into()
-            })
-        );
-        assert_eq!(parse_presence_key("nodot"), None);
-    }
 }

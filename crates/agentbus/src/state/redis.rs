@@ -1,11 +1,11 @@
-//! The Redis backend, as the requirements' "Hybrid Bridge" used it.
+//! The Redis backend, for deployments that keep state and presence in Redis.
 //!
 //! | key or channel | holds |
 //! | --- | --- |
 //! | `agentbus:state:<agent>:<key>` | a state value (JSON), with `PX` when it has a TTL |
 //! | `agentbus:state-changes:<agent>` | channel: each set and delete, as a JSON [`StateChange`] |
-//! | `agentbus:presence:<agent>:<instance>` | a presence entry (JSON), `PX` = the offline threshold |
-//! | `agentbus:presence-left:<agent>:<instance>` | a short-lived goodbye mark left by a graceful shutdown |
+//! | `agentbus:presence:<key parts joined by :>` | a short-lived entry (a presence entry), `PX` = its TTL |
+//! | `agentbus:presence-left:<key parts joined by :>` | a mark left for a while by a removal, so watchers tell it from an expiry |
 //!
 //! Every part of a key is a validated name or state key, so no key contains
 //! `:` or a glob character of its own, and `SCAN MATCH` patterns built from
@@ -15,9 +15,8 @@
 //! [`crate::redact::redact_url`]), and it is masked in every error message
 //! that could echo it.
 
-use super::{StateChange, StateError};
+use super::{BackendError, EntryChange, EntryKey, StateChange, StateError};
 use crate::name::Name;
-use crate::presence::{AgentPresence, EntryId, PresenceChange};
 use crate::redact::redact_url;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{AsyncConnectionConfig, Client, RedisError};
@@ -32,8 +31,8 @@ pub(super) const BACKEND: &str = "redis";
 
 const STATE_PREFIX: &str = "agentbus:state:";
 const CHANGES_PREFIX: &str = "agentbus:state-changes:";
-const PRESENCE_PREFIX: &str = "agentbus:presence:";
-const GOODBYE_PREFIX: &str = "agentbus:presence-left:";
+const ENTRY_PREFIX: &str = "agentbus:presence:";
+const REMOVED_PREFIX: &str = "agentbus:presence-left:";
 /// How long to wait for a connection, and for an answer.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -96,11 +95,11 @@ impl RedisStore {
         };
         let unavailable = |err: RedisError| StateError::Unavailable {
             backend: BACKEND,
-            reason: format!(
+            source: BackendError::Masked(format!(
                 "cannot connect to {}: {}; check the URL, its password and that Redis runs",
                 inner.display_url,
                 inner.mask(&err)
-            ),
+            )),
         };
         // One plain connection first: its error says what is wrong at once,
         // where the connection manager would retry with backoff.
@@ -141,62 +140,60 @@ impl RedisStore {
         move |err| StateError::Backend {
             backend: BACKEND,
             operation,
-            reason: self.inner.mask(&err),
+            source: BackendError::Masked(self.inner.mask(&err)),
         }
     }
 
-    pub(super) async fn put_presence(
+    pub(super) async fn put_entry(
         &self,
-        agent: &Name,
-        instance: &Name,
+        key: &EntryKey,
         value: Vec<u8>,
         ttl: Duration,
     ) -> Result<(), StateError> {
         ::redis::cmd("SET")
-            .arg(presence_key(agent, instance))
+            .arg(entry_key(key))
             .arg(value)
             .arg("PX")
             .arg(millis(ttl))
             .query_async::<()>(&mut self.connection.clone())
             .await
-            .map_err(self.error("store a heartbeat"))
+            .map_err(self.error("store an entry"))
     }
 
-    /// Leaves a goodbye mark, then deletes the entry, in one transaction: a
-    /// watcher that finds the entry gone also finds the mark.
-    pub(super) async fn remove_presence(
+    /// Leaves a removal mark for `remembered`, then deletes the entry, in one
+    /// transaction: a watcher that finds the entry gone also finds the mark.
+    pub(super) async fn remove_entry(
         &self,
-        agent: &Name,
-        instance: &Name,
-        goodbye_ttl: Duration,
+        key: &EntryKey,
+        remembered: Duration,
     ) -> Result<(), StateError> {
         ::redis::pipe()
             .atomic()
             .cmd("SET")
-            .arg(goodbye_key(agent, instance))
+            .arg(removed_key(key))
             .arg(1)
             .arg("PX")
-            .arg(millis(goodbye_ttl))
+            .arg(millis(remembered))
             .ignore()
             .cmd("DEL")
-            .arg(presence_key(agent, instance))
+            .arg(entry_key(key))
             .ignore()
             .query_async::<()>(&mut self.connection.clone())
             .await
-            .map_err(self.error("remove a presence entry"))
+            .map_err(self.error("remove an entry"))
     }
 
-    pub(super) async fn list_presence(&self) -> Result<Vec<AgentPresence>, StateError> {
-        Ok(self.presence_entries().await?.into_values().collect())
-    }
-
-    /// Current entries by id. Keys that expire between SCAN and MGET come
+    /// Current entries by key. Keys that expire between SCAN and MGET come
     /// back as nil and are left out.
-    async fn presence_entries(&self) -> Result<BTreeMap<EntryId, AgentPresence>, StateError> {
+    pub(super) async fn list_entries(&self) -> Result<Vec<(EntryKey, Vec<u8>)>, StateError> {
+        Ok(self.entries().await?.into_iter().collect())
+    }
+
+    async fn entries(&self) -> Result<BTreeMap<EntryKey, Vec<u8>>, StateError> {
         let keys = self
-            .scan(&format!("{PRESENCE_PREFIX}*"))
+            .scan(&format!("{ENTRY_PREFIX}*"))
             .await
-            .map_err(self.error("list presence entries"))?;
+            .map_err(self.error("list entries"))?;
         if keys.is_empty() {
             return Ok(BTreeMap::new());
         }
@@ -204,30 +201,20 @@ impl RedisStore {
             .arg(&keys)
             .query_async(&mut self.connection.clone())
             .await
-            .map_err(self.error("read presence entries"))?;
-        let mut entries = BTreeMap::new();
-        for (key, value) in keys.iter().zip(values) {
-            let (Some(id), Some(value)) = (parse_presence_key(key), value) else {
-                continue;
-            };
-            match serde_json::from_slice(&value) {
-                Ok(presence) => {
-                    entries.insert(id, presence);
-                }
-                Err(err) => {
-                    tracing::warn!(key, %err, "presence entry is not an AgentPresence; ignored")
-                }
-            }
-        }
-        Ok(entries)
+            .map_err(self.error("read entries"))?;
+        Ok(keys
+            .iter()
+            .zip(values)
+            .filter_map(|(key, value)| Some((parse_entry_key(key)?, value?)))
+            .collect())
     }
 
-    /// Lists the entries every `poll` and reports what appeared and what went.
-    pub(super) fn presence_changes(&self, poll: Duration) -> BoxStream<'static, PresenceChange> {
+    /// Lists the entries every `poll` and reports what appeared, changed and went.
+    pub(super) fn entry_changes(&self, poll: Duration) -> BoxStream<'static, EntryChange> {
         struct Poller {
             store: RedisStore,
-            known: BTreeMap<EntryId, AgentPresence>,
-            pending: std::collections::VecDeque<PresenceChange>,
+            known: BTreeMap<EntryKey, Vec<u8>>,
+            pending: std::collections::VecDeque<EntryChange>,
             first: bool,
             poll: Duration,
         }
@@ -247,24 +234,25 @@ impl RedisStore {
                     tokio::time::sleep(p.poll).await;
                 }
                 p.first = false;
-                let current = match p.store.presence_entries().await {
+                let current = match p.store.entries().await {
                     Ok(current) => current,
                     Err(err) => {
-                        tracing::warn!(%err, "cannot poll presence entries");
+                        tracing::warn!(%err, "cannot poll entries");
                         continue;
                     }
                 };
-                for id in p.known.keys().filter(|id| !current.contains_key(*id)) {
-                    let goodbye = p.store.has_goodbye(id).await.unwrap_or(false);
-                    p.pending.push_back(if goodbye {
-                        PresenceChange::Left(id.clone())
+                for key in p.known.keys().filter(|key| !current.contains_key(*key)) {
+                    let removed = p.store.was_removed(key).await.unwrap_or(false);
+                    p.pending.push_back(if removed {
+                        EntryChange::Removed(key.clone())
                     } else {
-                        PresenceChange::Expired(id.clone())
+                        EntryChange::Expired(key.clone())
                     });
                 }
-                for (id, presence) in &current {
-                    if p.known.get(id) != Some(presence) {
-                        p.pending.push_back(PresenceChange::Seen(presence.clone()));
+                for (key, value) in &current {
+                    if p.known.get(key) != Some(value) {
+                        p.pending
+                            .push_back(EntryChange::Put(key.clone(), value.clone()));
                     }
                 }
                 p.known = current;
@@ -273,9 +261,9 @@ impl RedisStore {
         .boxed()
     }
 
-    async fn has_goodbye(&self, id: &EntryId) -> Result<bool, RedisError> {
+    async fn was_removed(&self, key: &EntryKey) -> Result<bool, RedisError> {
         ::redis::cmd("EXISTS")
-            .arg(format!("{GOODBYE_PREFIX}{}:{}", id.agent, id.instance))
+            .arg(removed_key(key))
             .query_async::<bool>(&mut self.connection.clone())
             .await
     }
@@ -392,7 +380,7 @@ impl AgentRedis {
         let failed = |err: RedisError| StateError::Backend {
             backend: BACKEND,
             operation: "watch keys",
-            reason: inner.mask(&err),
+            source: BackendError::Masked(inner.mask(&err)),
         };
         let mut pubsub = inner.client.get_async_pubsub().await.map_err(failed)?;
         let changes = self.changes_channel();
@@ -430,20 +418,16 @@ fn change_notice(key: &str, value: Option<&[u8]>) -> Vec<u8> {
     notice
 }
 
-fn presence_key(agent: &Name, instance: &Name) -> String {
-    format!("{PRESENCE_PREFIX}{agent}:{instance}")
+fn entry_key(key: &EntryKey) -> String {
+    format!("{ENTRY_PREFIX}{}", key.join(":"))
 }
 
-fn goodbye_key(agent: &Name, instance: &Name) -> String {
-    format!("{GOODBYE_PREFIX}{agent}:{instance}")
+fn removed_key(key: &EntryKey) -> String {
+    format!("{REMOVED_PREFIX}{}", key.join(":"))
 }
 
-fn parse_presence_key(key: &str) -> Option<EntryId> {
-    let (agent, instance) = key.strip_prefix(PRESENCE_PREFIX)?.split_once(':')?;
-    Some(EntryId {
-        agent: agent.to_owned(),
-        instance: instance.to_owned(),
-    })
+fn parse_entry_key(key: &str) -> Option<EntryKey> {
+    EntryKey::split(key.strip_prefix(ENTRY_PREFIX)?, ':')
 }
 
 /// A TTL in milliseconds, at least 1 (Redis refuses `PX 0`).
@@ -472,24 +456,17 @@ mod tests {
 
     #[test]
     fn keys_are_namespaced() {
-        let agent = Name::parse("agent name", "llm_agent").unwrap();
-        let instance = Name::parse("instance id", "abc").unwrap();
+        let key = EntryKey::new(vec![
+            Name::parse("agent name", "llm_agent").unwrap(),
+            Name::parse("instance id", "abc").unwrap(),
+        ]);
+        assert_eq!(entry_key(&key), "agentbus:presence:llm_agent:abc");
+        assert_eq!(removed_key(&key), "agentbus:presence-left:llm_agent:abc");
         assert_eq!(
-            presence_key(&agent, &instance),
-            "agentbus:presence:llm_agent:abc"
+            parse_entry_key("agentbus:presence:llm_agent:abc"),
+            Some(key)
         );
-        assert_eq!(
-            goodbye_key(&agent, &instance),
-            "agentbus:presence-left:llm_agent:abc"
-        );
-        assert_eq!(
-            parse_presence_key("agentbus:presence:llm_agent:abc"),
-            Some(EntryId {
-                agent: "llm_agent".into(),
-                instance: "abc".into()
-            })
-        );
-        assert_eq!(parse_presence_key("agentbus:presence-left:a:b"), None);
+        assert_eq!(parse_entry_key("agentbus:presence-left:a:b"), None);
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl BenchServer {
         })
         .await
         .context("the nats-server lookup stopped unexpectedly")??;
-        let run_id = agentbus::protocol::new_task_id();
+        let run_id = agentbus::TaskId::new().to_string();
         let dir = RemoveOnDrop(std::env::temp_dir().join(format!("agentbus-bench-{run_id}")));
         {
             use std::os::unix::fs::DirBuilderExt;
@@ -163,7 +163,7 @@ impl BenchServer {
 fn throwaway_password() -> String {
     format!(
         "bench{}",
-        agentbus::protocol::new_task_id().replace('-', "")
+        agentbus::TaskId::new().to_string().replace('-', "")
     )
 }
 

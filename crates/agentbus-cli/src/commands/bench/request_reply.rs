@@ -52,9 +52,9 @@
 use super::{BenchServer, cpu_split, percentile, round_to};
 use crate::output::outln;
 use crate::output::{Table, print_json, progress_bar};
-use agentbus::client::RequestOptions;
+use agentbus::Name;
+use agentbus::RequestOptions;
 use agentbus::connect::ServerTarget;
-use agentbus::name::Name;
 use agentbus::{
     Agent, AgentOptions, Bus, Runtime, TaskContext, TaskError, TaskRequest, TaskResponse,
     TaskStatus, TaskTypeSpec, server_binary, subject,

@@ -191,7 +191,8 @@ async fn run(server: &BenchServer, args: &WorkQueueArgs) -> anyhow::Result<Repor
 fn requests(prompt: &str, count: usize, round: usize, variant: &str) -> Vec<TaskRequest> {
     (0..count)
         .map(|i| TaskRequest {
-            task_id: format!("{variant}-{round}-{i}"),
+            task_id: agentbus::TaskId::parse(&format!("{variant}-{round}-{i}"))
+                .expect("bench task ids follow the rule"),
             task_type: TASK_TYPE.to_owned(),
             payload: json!({ "prompt": prompt, "max_tokens": 16 }),
             priority: agentbus::Priority::Normal,

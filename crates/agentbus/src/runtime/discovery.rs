@@ -17,9 +17,9 @@
 //! The responders are separate subscriptions: the task subscription on
 //! `agent.<agent>.task` and its hot path are untouched.
 
+use super::AgentStats;
 use crate::name::Name;
-use crate::runtime::AgentStats;
-use crate::subject;
+use crate::subject::{self, service};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -27,8 +27,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// Prefix of every services-protocol subject.
-pub const SERVICE_API_PREFIX: &str = "$SRV";
 /// `type` of a PING answer.
 pub const PING_RESPONSE_TYPE: &str = "io.nats.micro.v1.ping_response";
 /// `type` of an INFO answer.
@@ -40,58 +38,7 @@ pub const TASK_ENDPOINT: &str = "task";
 /// Endpoint metadata key listing the accepted task types, comma-separated.
 pub const TASK_TYPES_KEY: &str = "task_types";
 
-/// Which discovery request a subject asks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verb {
-    /// `$SRV.PING`: who is there.
-    Ping,
-    /// `$SRV.INFO`: what each service offers.
-    Info,
-    /// `$SRV.STATS`: how much each service did.
-    Stats,
-}
-
-impl Verb {
-    /// The subject token, e.g. `PING`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ping => "PING",
-            Self::Info => "INFO",
-            Self::Stats => "STATS",
-        }
-    }
-
-    fn parse(token: &str) -> Option<Self> {
-        match token {
-            "PING" => Some(Self::Ping),
-            "INFO" => Some(Self::Info),
-            "STATS" => Some(Self::Stats),
-            _ => None,
-        }
-    }
-}
-
-/// The subject of `verb` for every service, one service name, or one instance.
-///
-/// ```
-/// use agentbus::discovery::{Verb, verb_subject};
-/// use agentbus::Name;
-/// let name = Name::parse("agent name", "echo").unwrap();
-/// assert_eq!(verb_subject(Verb::Info, None, None), "$SRV.INFO");
-/// assert_eq!(verb_subject(Verb::Stats, Some(&name), Some("abc")), "$SRV.STATS.echo.abc");
-/// ```
-pub fn verb_subject(verb: Verb, name: Option<&Name>, id: Option<&str>) -> String {
-    let mut subject = format!("{SERVICE_API_PREFIX}.{}", verb.as_str());
-    if let Some(name) = name {
-        subject.push('.');
-        subject.push_str(name.as_str());
-        if let Some(id) = id {
-            subject.push('.');
-            subject.push_str(id);
-        }
-    }
-    subject
-}
+pub use crate::subject::service::{Verb, request as verb_subject};
 
 /// Answer to `$SRV.PING`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,8 +180,7 @@ impl Responder {
         let id = service.instance_id.as_str();
         let mut subscriptions = Vec::new();
         // `*` stands for the verb: three subscriptions instead of nine.
-        for suffix in [String::new(), format!(".{name}"), format!(".{name}.{id}")] {
-            let pattern = format!("{SERVICE_API_PREFIX}.*{suffix}");
+        for pattern in service::listen(name, id) {
             subscriptions.push(client.subscribe(pattern).await?);
         }
         let metadata = service_metadata(&service);
@@ -293,7 +239,7 @@ impl Responder {
                 message = self.subscriptions.next() => {
                     let Some(message) = message else { break };
                     let Some(reply) = message.reply else { continue };
-                    let Some(verb) = message.subject.split('.').nth(1).and_then(Verb::parse) else {
+                    let Some(verb) = service::parse_verb(&message.subject) else {
                         continue;
                     };
                     let body = match verb {
@@ -341,7 +287,7 @@ fn endpoint_info(service: &ServiceDescription) -> EndpointInfo {
     let task_types: Vec<&str> = service.task_types.iter().map(Name::as_str).collect();
     EndpointInfo {
         name: TASK_ENDPOINT.to_owned(),
-        subject: subject::agent_task(&service.name),
+        subject: subject::agent_task(&service.name).into(),
         queue_group: service.name.to_string(),
         metadata: BTreeMap::from([(TASK_TYPES_KEY.to_owned(), task_types.join(","))]),
     }
@@ -364,24 +310,6 @@ mod tests {
                 Name::parse("task type", "reverse").unwrap(),
             ],
         }
-    }
-
-    #[test]
-    fn subjects_follow_the_services_protocol() {
-        let name = Name::parse("agent name", "echo").unwrap();
-        assert_eq!(verb_subject(Verb::Ping, None, None), "$SRV.PING");
-        assert_eq!(
-            verb_subject(Verb::Info, Some(&name), None),
-            "$SRV.INFO.echo"
-        );
-        assert_eq!(
-            verb_subject(Verb::Stats, Some(&name), Some("abc")),
-            "$SRV.STATS.echo.abc"
-        );
-        for verb in [Verb::Ping, Verb::Info, Verb::Stats] {
-            assert_eq!(Verb::parse(verb.as_str()), Some(verb));
-        }
-        assert_eq!(Verb::parse("SCHEMA"), None);
     }
 
     #[test]

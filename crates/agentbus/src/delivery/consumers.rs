@@ -1,0 +1,210 @@
+//! Every durable consumer agentbus works, defined once: its stream, name,
+//! filters and limits. A runtime replica and an MCP bridge serving the same
+//! agent create the same consumer from the same definition, so neither can
+//! change what the other promises (an inbox stays in order whoever starts
+//! last).
+
+use super::DeliveryOptions;
+use super::queue::Queue;
+use crate::name::Name;
+use crate::protocol::Priority;
+use crate::subject;
+use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
+
+/// Unacknowledged deliveries a work-queue consumer hands out at most, over
+/// every worker: enough for several replicas at full concurrency.
+const TASK_QUEUE_MAX_ACK_PENDING: i64 = 1024;
+/// Unacknowledged direct messages at most (direct messages run concurrently).
+const DIRECT_MAX_ACK_PENDING: i64 = 256;
+/// One message at a time, across every reader: the in-order promise of the
+/// inbox and of broadcasts. A second message is delivered only once the first
+/// is acknowledged or dead-lettered.
+const IN_ORDER: i64 = 1;
+
+/// The definition of one durable pull consumer. Every process that reads
+/// an agent's queues, inbox or broadcasts creates its consumers from these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    stream: &'static str,
+    name: String,
+    filters: Vec<String>,
+    max_ack_pending: i64,
+}
+
+/// Why a durable consumer could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the durable consumer {consumer} on stream {stream}: {source}; {hint}")]
+pub struct ConsumerError {
+    kind: ConsumerErrorKind,
+    stream: &'static str,
+    consumer: String,
+    hint: &'static str,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// What went wrong setting up a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConsumerErrorKind {
+    /// The stream does not exist: `agentbus setup` creates it.
+    NoStream,
+    /// JetStream refused the consumer (a limit, a conflicting consumer).
+    Refused,
+    /// The server did not answer, or the connection failed.
+    Unavailable,
+}
+
+impl ConsumerError {
+    /// What went wrong.
+    pub fn kind(&self) -> ConsumerErrorKind {
+        self.kind
+    }
+
+    /// The consumer's name.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+}
+
+impl ConsumerSpec {
+    /// The consumer of `queue`'s tasks of `priority`, shared by every worker of the queue.
+    pub fn task_queue(queue: &Queue, priority: Priority) -> Self {
+        Self {
+            stream: subject::TASKS_STREAM,
+            name: queue.durable(priority),
+            filters: vec![queue.subject(priority).into()],
+            max_ack_pending: TASK_QUEUE_MAX_ACK_PENDING,
+        }
+    }
+
+    /// The consumer of an agent's inbox: in order, one message at a time.
+    pub fn inbox(agent: &Name) -> Self {
+        Self {
+            stream: subject::MESSAGES_STREAM,
+            name: subject::durable::inbox(agent),
+            filters: vec![subject::agent_inbox(agent).into()],
+            max_ack_pending: IN_ORDER,
+        }
+    }
+
+    /// The consumer of an agent's direct channel: concurrent, unordered.
+    pub fn direct(agent: &Name) -> Self {
+        Self {
+            stream: subject::MESSAGES_STREAM,
+            name: subject::durable::direct(agent),
+            filters: vec![subject::agent_direct(agent).into()],
+            max_ack_pending: DIRECT_MAX_ACK_PENDING,
+        }
+    }
+
+    /// The consumer of the broadcasts an agent receives: its topics and
+    /// every announcement, in order.
+    pub fn broadcasts(agent: &Name, topics: &[Name]) -> Self {
+        let mut filters: Vec<String> = topics
+            .iter()
+            .map(|topic| subject::broadcast(topic).into())
+            .collect();
+        filters.push(subject::ALL_ANNOUNCEMENTS.to_owned());
+        Self {
+            stream: subject::BROADCAST_STREAM,
+            name: subject::durable::broadcast(agent),
+            filters,
+            max_ack_pending: IN_ORDER,
+        }
+    }
+
+    /// The subjects this consumer reads; a publish on one of them means it may have work.
+    pub fn filters(&self) -> &[String] {
+        &self.filters
+    }
+
+    /// Creates the consumer, or updates an existing one to this definition
+    /// (its cursor and pending messages are kept).
+    pub async fn create(
+        &self,
+        js: &jetstream::Context,
+        options: &DeliveryOptions,
+    ) -> Result<PullConsumer, ConsumerError> {
+        let stream = js.get_stream(self.stream).await.map_err(|err| {
+            let kind = match err.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(js)
+                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    ConsumerErrorKind::NoStream
+                }
+                _ => ConsumerErrorKind::Unavailable,
+            };
+            self.error(kind, err)
+        })?;
+        let mut config = pull::Config {
+            durable_name: Some(self.name.clone()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: options.ack_wait,
+            max_deliver: i64::from(options.max_deliver),
+            max_ack_pending: self.max_ack_pending,
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        match self.filters.as_slice() {
+            [one] => config.filter_subject = one.clone(),
+            many => config.filter_subjects = many.to_vec(),
+        }
+        stream.create_consumer(config).await.map_err(|err| {
+            let kind = match err.kind() {
+                jetstream::stream::ConsumerErrorKind::JetStream(_) => ConsumerErrorKind::Refused,
+                _ => ConsumerErrorKind::Unavailable,
+            };
+            self.error(kind, err)
+        })
+    }
+
+    fn error(
+        &self,
+        kind: ConsumerErrorKind,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> ConsumerError {
+        ConsumerError {
+            kind,
+            stream: self.stream,
+            consumer: self.name.clone(),
+            hint: match kind {
+                ConsumerErrorKind::NoStream => "run `agentbus setup` to create the streams",
+                ConsumerErrorKind::Refused => {
+                    "check the stream's limits with `agentbus status`, or turn this part off in AgentOptions"
+                }
+                ConsumerErrorKind::Unavailable => {
+                    "check that the server is up and JetStream enabled"
+                }
+            },
+            source: Box::new(source),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(text: &str) -> Name {
+        Name::parse("agent name", text).unwrap()
+    }
+
+    #[test]
+    fn ordered_consumers_hand_out_one_message_at_a_time() {
+        assert_eq!(ConsumerSpec::inbox(&name("a")).max_ack_pending, 1);
+        let broadcasts = ConsumerSpec::broadcasts(&name("a"), &[name("news")]);
+        assert_eq!(broadcasts.max_ack_pending, 1);
+        assert_eq!(broadcasts.filters(), ["broadcast.news", "announce.*"]);
+        assert!(ConsumerSpec::direct(&name("a")).max_ack_pending > 1);
+    }
+
+    #[test]
+    fn a_queue_consumer_reads_its_own_priority_only() {
+        let queue = Queue::agent("a").unwrap();
+        let spec = ConsumerSpec::task_queue(&queue, Priority::High);
+        assert_eq!(spec.name, "tasks-a-high");
+        assert_eq!(spec.filters(), ["tasks.a.high"]);
+        assert_eq!(spec.stream, "agent-tasks");
+    }
+}

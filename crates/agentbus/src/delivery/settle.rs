@@ -1,0 +1,495 @@
+//! Settling durable work: the one place where a delivered task or message is
+//! acknowledged, retried or given up, and where a queued task's outcome is
+//! recorded. The runtime's workers and the MCP bridge's claims both settle
+//! through here, so `agentbus task`, [`crate::Bus::wait_task`] and the dead
+//! letters see no difference between them.
+
+use super::dead_letter::{DeadLetter, body_value};
+use super::publish::{RESULT_HEADER, ResultRetention};
+use super::records::{AttemptError, RecordError, Records, TaskRecord, TaskState};
+use super::{DeliveryOptions, dead_letter};
+use crate::client::Bus;
+use crate::clock;
+use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
+use crate::task_id::TaskId;
+use async_nats::jetstream::{self, AckKind};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One delivery of a stored task or message.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    message: jetstream::Message,
+    attempt: u32,
+    stream_sequence: u64,
+    ack_wait: Duration,
+}
+
+impl Delivery {
+    /// A message delivered by a consumer whose ack wait is `ack_wait`.
+    pub(crate) fn new(message: jetstream::Message, ack_wait: Duration) -> Self {
+        let (attempt, stream_sequence) = message.info().map_or((1, 0), |info| {
+            (
+                u32::try_from(info.delivered).unwrap_or(u32::MAX),
+                info.stream_sequence,
+            )
+        });
+        Self {
+            message,
+            attempt,
+            stream_sequence,
+            ack_wait,
+        }
+    }
+
+    /// 1 for the first delivery.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The subject the message was stored on.
+    pub fn subject(&self) -> &str {
+        &self.message.subject
+    }
+
+    /// Its body.
+    pub fn payload(&self) -> &[u8] {
+        &self.message.payload
+    }
+
+    /// The value of header `name`, if set.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str())
+    }
+
+    /// Its sequence in its stream.
+    pub fn stream_sequence(&self) -> u64 {
+        self.stream_sequence
+    }
+
+    /// Runs `work`, telling JetStream every third of the ack wait that the
+    /// delivery is still in progress, so a long task is never redelivered to
+    /// a second worker meanwhile.
+    pub async fn in_progress<F: Future>(&self, work: F) -> F::Output {
+        let period = DeliveryOptions::progress_period(self.ack_wait);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                output = &mut work => return output,
+                _ = ticker.tick() => self.progress().await,
+            }
+        }
+    }
+
+    /// Keeps the delivery in progress until `until`, for work held across
+    /// calls (spawn it, and abort it once the work is settled); after that
+    /// JetStream redelivers it when the ack wait passes.
+    pub fn in_progress_until(
+        &self,
+        until: tokio::time::Instant,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let delivery = self.clone();
+        async move {
+            delivery.in_progress(tokio::time::sleep_until(until)).await;
+        }
+    }
+
+    async fn progress(&self) {
+        if let Err(err) = self.message.ack_with(AckKind::Progress).await {
+            tracing::warn!(%err, subject = %self.message.subject, "cannot send a progress ack");
+        }
+    }
+
+    async fn ack(&self) -> Result<(), SettleError> {
+        self.message
+            .ack()
+            .await
+            .map_err(|err| SettleError::ack("acknowledge", err))
+    }
+
+    /// Asks for a redelivery after `delay` (a retry).
+    async fn retry_after(&self, delay: Duration) -> Result<(), SettleError> {
+        self.message
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|err| SettleError::ack("schedule a retry of", err))
+    }
+
+    /// Gives the delivery back for another worker now, without counting it
+    /// as a failure of the work (a claim released at shutdown).
+    pub async fn hand_back(&self) -> Result<(), SettleError> {
+        self.message
+            .ack_with(AckKind::Nak(None))
+            .await
+            .map_err(|err| SettleError::ack("hand back", err))
+    }
+
+    /// Copies the delivery to the dead letters as `letter`, then removes it:
+    /// when the copy fails, the message stays where it is.
+    async fn dead_letter(&self, bus: &Bus, letter: &DeadLetter) -> Result<(), SettleError> {
+        dead_letter::store_letter(bus, letter)
+            .await
+            .map_err(|source| SettleError::DeadLetter { source })?;
+        // Term on a work-queue stream deletes the message at once; on other
+        // streams it stops redelivery to this consumer.
+        self.message
+            .ack_with(AckKind::Term)
+            .await
+            .map_err(|err| SettleError::ack("remove a dead-lettered message from its queue:", err))
+    }
+
+    /// The dead letter of this delivery after `errors`, given up for `reason`.
+    fn letter(
+        &self,
+        task_id: Option<String>,
+        errors: Vec<AttemptError>,
+        reason: String,
+    ) -> DeadLetter {
+        DeadLetter {
+            subject: self.subject().to_owned(),
+            task_id,
+            body: body_value(self.payload()),
+            attempts: self.attempt,
+            errors,
+            reason,
+            dead_lettered_at: clock::now(),
+            original_sequence: self.stream_sequence,
+        }
+    }
+}
+
+/// Why a delivery could not be settled. Until it is, it stays unacknowledged
+/// and JetStream delivers it again after the ack wait.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettleError {
+    /// The task's record could not be read or written.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The dead-letter stream did not take the letter (full, or missing).
+    #[error("cannot store a dead letter: {source}")]
+    DeadLetter {
+        /// Why.
+        #[source]
+        source: super::StoreError,
+    },
+    /// An acknowledgement did not reach the server.
+    #[error("cannot {action} a delivered message: {source}")]
+    Ack {
+        /// What was attempted.
+        action: &'static str,
+        /// Why it failed.
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+/// What went wrong settling a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SettleErrorKind {
+    /// Reading or writing the task's record failed.
+    Record,
+    /// Storing the dead letter failed.
+    DeadLetter,
+    /// An acknowledgement failed.
+    Ack,
+}
+
+impl SettleError {
+    /// What went wrong.
+    pub fn kind(&self) -> SettleErrorKind {
+        match self {
+            Self::Record(_) => SettleErrorKind::Record,
+            Self::DeadLetter { .. } => SettleErrorKind::DeadLetter,
+            Self::Ack { .. } => SettleErrorKind::Ack,
+        }
+    }
+
+    fn ack(action: &'static str, source: async_nats::Error) -> Self {
+        Self::Ack { action, source }
+    }
+}
+
+/// How a delivery ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Settled {
+    /// Done: acknowledged (for a task, after its result was recorded).
+    Done,
+    /// Redelivered after this delay.
+    Retrying(Duration),
+    /// Moved to the dead letters.
+    DeadLettered,
+}
+
+/// Settles the deliveries of one agent (or bridge): its records, options and
+/// instance id. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Settler {
+    inner: Arc<SettlerInner>,
+}
+
+#[derive(Debug)]
+struct SettlerInner {
+    bus: Bus,
+    records: Option<Records>,
+    options: DeliveryOptions,
+    instance_id: Arc<str>,
+}
+
+impl Settler {
+    /// A settler of messages only (no task records).
+    pub(crate) fn for_messages(bus: &Bus, options: DeliveryOptions, instance_id: Arc<str>) -> Self {
+        Self {
+            inner: Arc::new(SettlerInner {
+                bus: bus.clone(),
+                records: None,
+                options,
+                instance_id,
+            }),
+        }
+    }
+
+    /// A settler of tasks and messages, with the task records bucket.
+    pub(crate) async fn for_tasks(
+        bus: &Bus,
+        options: DeliveryOptions,
+        instance_id: Arc<str>,
+    ) -> Result<Self, RecordError> {
+        Ok(Self {
+            inner: Arc::new(SettlerInner {
+                bus: bus.clone(),
+                records: Some(Records::open(bus.jetstream()).await?),
+                options,
+                instance_id,
+            }),
+        })
+    }
+
+    fn records(&self) -> &Records {
+        self.inner
+            .records
+            .as_ref()
+            .expect("tasks are settled by a settler made for tasks")
+    }
+
+    fn attempt_error(&self, attempt: u32, error: String) -> AttemptError {
+        AttemptError {
+            attempt,
+            error,
+            at: clock::now(),
+            instance_id: self.inner.instance_id.to_string(),
+        }
+    }
+
+    /// Reads a delivered task. What cannot run is settled here and not
+    /// handed out: a malformed task goes to the dead letters, and a
+    /// redelivery of a task that an earlier attempt finished (its
+    /// acknowledgement was lost) is acknowledged without running again.
+    pub(crate) async fn open_task(&self, delivery: Delivery) -> Result<Opened, SettleError> {
+        let request = match TaskRequest::from_json(delivery.payload()) {
+            Ok(request) => request,
+            Err((raw_id, err)) => {
+                let letter = delivery.letter(
+                    raw_id,
+                    vec![self.attempt_error(delivery.attempt, err.to_string())],
+                    format!("not retryable: {err}"),
+                );
+                delivery.dead_letter(&self.inner.bus, &letter).await?;
+                return Ok(Opened::Settled);
+            }
+        };
+        // Only a redelivery can find a record: a first attempt has none yet.
+        let previous = if delivery.attempt > 1 {
+            match self.records().get(&request.task_id).await? {
+                Some(record) if record.state.is_final() => {
+                    delivery.ack().await?;
+                    return Ok(Opened::Settled);
+                }
+                previous => previous,
+            }
+        } else {
+            None
+        };
+        let retention = ResultRetention::from_header(delivery.header(RESULT_HEADER));
+        let attempt = TaskAttempt {
+            task_id: request.task_id.clone(),
+            delivery,
+            settler: self.clone(),
+            previous,
+            retention,
+        };
+        Ok(Opened::Run(attempt, request))
+    }
+
+    /// Settles a delivered message by its handler's outcome: acknowledged,
+    /// retried with backoff while attempts remain, else dead-lettered.
+    pub(crate) async fn settle_message(
+        &self,
+        delivery: &Delivery,
+        outcome: Result<(), (String, bool)>,
+    ) -> Result<Settled, SettleError> {
+        let attempt = delivery.attempt;
+        let error = match outcome {
+            Ok(()) => {
+                delivery.ack().await?;
+                return Ok(Settled::Done);
+            }
+            Err((error, true)) if attempt < self.inner.options.max_deliver => {
+                let delay = self.inner.options.backoff(attempt);
+                tracing::info!(%error, attempt, ?delay, subject = delivery.subject(), "message handler failed; retrying");
+                delivery.retry_after(delay).await?;
+                return Ok(Settled::Retrying(delay));
+            }
+            Err((error, _)) => error,
+        };
+        let letter = delivery.letter(
+            None,
+            vec![self.attempt_error(attempt, error.clone())],
+            error,
+        );
+        delivery.dead_letter(&self.inner.bus, &letter).await?;
+        Ok(Settled::DeadLettered)
+    }
+}
+
+/// A delivered task, read: run it, or it was settled already.
+#[derive(Debug)]
+pub(crate) enum Opened {
+    /// Run the request, then settle the attempt.
+    Run(TaskAttempt, TaskRequest),
+    /// Nothing to run: the delivery was settled as it was read.
+    Settled,
+}
+
+/// One attempt at a queued task, and the only way to settle it.
+#[derive(Debug)]
+pub struct TaskAttempt {
+    task_id: TaskId,
+    delivery: Delivery,
+    settler: Settler,
+    /// The record an earlier, failed attempt left.
+    previous: Option<TaskRecord>,
+    retention: ResultRetention,
+}
+
+impl TaskAttempt {
+    /// The task.
+    pub fn task_id(&self) -> &TaskId {
+        &self.task_id
+    }
+
+    /// The delivery behind this attempt.
+    pub fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
+
+    /// 1 for the first attempt.
+    pub fn attempt(&self) -> u32 {
+        self.delivery.attempt
+    }
+
+    /// Settles the attempt by its response: completed, else failed
+    /// ([`TaskAttempt::fail`]).
+    pub async fn settle(
+        &self,
+        response: &TaskResponse,
+        retryable: bool,
+    ) -> Result<Settled, SettleError> {
+        if response.status == TaskStatus::Completed {
+            self.complete(response).await
+        } else {
+            self.fail(response, retryable).await
+        }
+    }
+
+    /// Records `response` as the task's outcome, then acknowledges the task.
+    pub async fn complete(&self, response: &TaskResponse) -> Result<Settled, SettleError> {
+        // Fire-and-forget tasks leave a record only when an earlier attempt
+        // left one (which must not stay "retrying").
+        if self.retention == ResultRetention::Keep || self.previous.is_some() {
+            let mut record = self.record();
+            record.state = TaskState::Completed;
+            record.response = Some(response.clone());
+            // The result is stored before the ack: a crash in between reruns
+            // nothing, because the redelivery finds the completed record.
+            self.settler.records().put(&record).await?;
+        }
+        self.delivery.ack().await?;
+        Ok(Settled::Done)
+    }
+
+    /// The attempt failed with `response`: retried with backoff when
+    /// `retryable` and attempts remain, else given up.
+    pub async fn fail(
+        &self,
+        response: &TaskResponse,
+        retryable: bool,
+    ) -> Result<Settled, SettleError> {
+        let error = response
+            .error
+            .clone()
+            .unwrap_or_else(|| response.status.to_string());
+        let options = &self.settler.inner.options;
+        let attempt = self.attempt();
+        if !retryable || attempt >= options.max_deliver {
+            return self.give_up(&error, response.status).await;
+        }
+        let mut record = self.record();
+        record
+            .errors
+            .push(self.settler.attempt_error(attempt, error));
+        record.state = TaskState::Retrying;
+        self.settler.records().put(&record).await?;
+        let delay = options.backoff(attempt);
+        self.delivery.retry_after(delay).await?;
+        Ok(Settled::Retrying(delay))
+    }
+
+    /// Gives up on the task for good: copies it to the dead letters with its
+    /// error history, removes it from its queue, and records it as
+    /// dead-lettered with `status` (replayable with `agentbus dlq replay`).
+    pub async fn give_up(&self, error: &str, status: TaskStatus) -> Result<Settled, SettleError> {
+        let attempt = self.attempt();
+        let mut record = self.record();
+        record
+            .errors
+            .push(self.settler.attempt_error(attempt, error.to_owned()));
+        let exhausted = attempt >= self.settler.inner.options.max_deliver;
+        let reason = if status != TaskStatus::Rejected && exhausted {
+            format!("failed {attempt} times, the last with: {error}")
+        } else {
+            format!("not retryable: {error}")
+        };
+        let letter = self.delivery.letter(
+            Some(self.task_id.to_string()),
+            record.errors.clone(),
+            reason.clone(),
+        );
+        self.delivery
+            .dead_letter(&self.settler.inner.bus, &letter)
+            .await?;
+        record.state = TaskState::DeadLettered;
+        record.response = Some(TaskResponse::error(&self.task_id, status, reason));
+        self.settler.records().put(&record).await?;
+        Ok(Settled::DeadLettered)
+    }
+
+    /// This attempt's record: the earlier one's, or a new one, at this attempt.
+    fn record(&self) -> TaskRecord {
+        let mut record = self
+            .previous
+            .clone()
+            .unwrap_or_else(|| TaskRecord::new(&self.task_id, self.delivery.subject()));
+        record.attempts = self.attempt();
+        record.updated_at = clock::now();
+        record
+    }
+}

@@ -1,0 +1,219 @@
+//! Task ids: one rule wherever a task id travels.
+//!
+//! A task id is a `Nats-Msg-Id` (a repeat within the dedup window is stored
+//! once), a key of the task results bucket, and an id that logs, tools and
+//! other agents quote back. So it is 1 to 128 characters from `A-Z`, `a-z`,
+//! `0-9`, `_` and `-`: no dots, wildcards, white space or control characters,
+//! nothing that changes meaning when it becomes a key or a header. The UUIDs
+//! that [`TaskId::new`] makes, and that most clients send, fit.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+/// The longest task id accepted, in bytes.
+pub const MAX_TASK_ID_LEN: usize = 128;
+
+/// A validated task id; cheap to clone (the runtime hands it to the task's
+/// context, its retry cache entry and its event).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(Arc<str>);
+
+/// A value that cannot be a task id, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid task id {value:?}: {reason}; use 1-128 characters from A-Z, a-z, 0-9, '_' and '-'"
+)]
+pub struct InvalidTaskId {
+    /// The rejected value, escaped when printed.
+    pub value: String,
+    /// Why it was rejected.
+    pub reason: &'static str,
+}
+
+impl TaskId {
+    /// A fresh random id (a hyphenated UUID v4).
+    #[allow(clippy::new_without_default)] // a default id would be a random one: say so at the call
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4().hyphenated().to_string().into())
+    }
+
+    /// Validates `value` as a task id.
+    ///
+    /// ```
+    /// use agentbus::TaskId;
+    /// assert!(TaskId::parse("order-42").is_ok());
+    /// assert!(TaskId::parse("a.b").is_err());
+    /// ```
+    pub fn parse(value: &str) -> Result<Self, InvalidTaskId> {
+        check(value)?;
+        Ok(Self(value.into()))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id's shared string, for holders that outlive the request.
+    pub(crate) fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
+}
+
+fn check(value: &str) -> Result<(), InvalidTaskId> {
+    let invalid = |reason| {
+        Err(InvalidTaskId {
+            value: value.to_owned(),
+            reason,
+        })
+    };
+    if value.is_empty() {
+        return invalid("it is empty");
+    }
+    if value.len() > MAX_TASK_ID_LEN {
+        return invalid("it is longer than 128 characters");
+    }
+    match value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        None => Ok(()),
+        Some(c) if c.is_whitespace() => invalid("white space is not allowed"),
+        Some(c) if c.is_control() => invalid("control characters are not allowed"),
+        Some(_) => invalid("it contains a character outside the allowed set"),
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::ops::Deref for TaskId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for TaskId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for TaskId {
+    type Err = InvalidTaskId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl PartialEq<str> for TaskId {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for TaskId {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<TaskId> for String {
+    fn eq(&self, other: &TaskId) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<TaskId> for &str {
+    fn eq(&self, other: &TaskId) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl From<TaskId> for String {
+    fn from(id: TaskId) -> Self {
+        id.0.to_string()
+    }
+}
+
+impl From<&TaskId> for String {
+    fn from(id: &TaskId) -> Self {
+        id.0.to_string()
+    }
+}
+
+impl Serialize for TaskId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = Cow::<'de, str>::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_ids_follow_the_rule() {
+        let id = TaskId::new();
+        assert_eq!(id.len(), 36);
+        assert_eq!(TaskId::parse(&id).unwrap(), id);
+    }
+
+    #[test]
+    fn refuses_what_would_change_meaning_as_a_key_or_header() {
+        for (value, reason) in [
+            ("", "it is empty"),
+            ("a b", "white space is not allowed"),
+            ("a\u{7}", "control characters are not allowed"),
+            ("a.b", "it contains a character outside the allowed set"),
+            ("a*", "it contains a character outside the allowed set"),
+            ("é", "it contains a character outside the allowed set"),
+        ] {
+            assert_eq!(
+                TaskId::parse(value).unwrap_err().reason,
+                reason,
+                "{value:?}"
+            );
+        }
+        assert!(TaskId::parse(&"x".repeat(128)).is_ok());
+        assert_eq!(
+            TaskId::parse(&"x".repeat(129)).unwrap_err().reason,
+            "it is longer than 128 characters"
+        );
+    }
+
+    #[test]
+    fn error_is_one_sentence_naming_the_value() {
+        assert_eq!(
+            TaskId::parse("a b").unwrap_err().to_string(),
+            "invalid task id \"a b\": white space is not allowed; use 1-128 characters from A-Z, a-z, 0-9, '_' and '-'"
+        );
+    }
+
+    #[test]
+    fn serializes_as_a_plain_string_and_validates_when_read() {
+        let id = TaskId::parse("t-1").unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"t-1\"");
+        assert_eq!(serde_json::from_str::<TaskId>("\"t-1\"").unwrap(), id);
+        assert!(serde_json::from_str::<TaskId>("\"a.b\"").is_err());
+    }
+}
