@@ -3,8 +3,8 @@
 
 mod common;
 
-use agentbus::check::names;
-use agentbus::topology::{Discard, Topology};
+use agentbus_ops::check::names;
+use agentbus_ops::topology::{Discard, Topology};
 use agentbus_testkit::NatsServer;
 use common::{Up, run};
 use std::time::Duration;

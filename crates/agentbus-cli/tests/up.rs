@@ -108,7 +108,7 @@ async fn up_creates_the_three_streams_as_configured() {
     }
 
     // Every stream of the shipped topology (also those beyond the requirements) as configured.
-    let topology = agentbus::topology::Topology::requirements();
+    let topology = agentbus_ops::topology::Topology::requirements();
     for spec in &topology.streams {
         let mut stream = js.get_stream(&spec.name).await.unwrap();
         let config = &stream.info().await.unwrap().config;
@@ -260,7 +260,7 @@ async fn monitoring_endpoint_answers_varz() {
     );
 
     // The library's client reads the same endpoint.
-    let varz = agentbus::monitor::Monitor::new(up.monitor_url())
+    let varz = agentbus_ops::monitor::Monitor::new(up.monitor_url())
         .varz()
         .await
         .expect("Monitor::varz");

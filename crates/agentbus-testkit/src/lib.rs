@@ -19,9 +19,9 @@ pub use custom::CustomNatsServer;
 pub use redis::{RedisServer, redis_server_binary};
 
 use agentbus::connect::{ServerTarget, TargetSource};
-use agentbus::local_server::{LocalServer, LocalServerConfig};
-use agentbus::server_binary;
-use agentbus::topology::Topology;
+use agentbus_ops::local_server::{LocalServer, LocalServerConfig};
+use agentbus_ops::server_binary;
+use agentbus_ops::topology::Topology;
 pub use python::python_venv;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -2,11 +2,11 @@
 //! queues, retries, dead letters, priority, broadcast, full streams.
 
 use agentbus::delivery::{DeliveryError, Queue, RESULT_HEADER, ResultRetention, TaskState};
-use agentbus::topology::Topology;
 use agentbus::{
     Agent, AgentMessage, AgentOptions, Bus, MessageChannel, Priority, Runtime, TaskContext,
     TaskError, TaskRequest, TaskStatus, TaskTypeSpec,
 };
+use agentbus_ops::topology::Topology;
 use agentbus_testkit::NatsServer;
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -721,7 +721,7 @@ async fn every_broadcast_reaches_each_of_three_agents_once_even_offline() {
 
 #[tokio::test]
 async fn a_full_queue_rejects_the_publish() {
-    let text = agentbus::topology::DEFAULT_TOPOLOGY_TOML.replace(
+    let text = agentbus_ops::topology::DEFAULT_TOPOLOGY_TOML.replace(
         "max_msgs = 50000\nmax_bytes = \"200MiB\"\nmax_age = \"14d\"",
         "max_msgs = 3\nmax_bytes = \"200MiB\"\nmax_age = \"14d\"",
     );

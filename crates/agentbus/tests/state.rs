@@ -3,8 +3,8 @@
 //! a password and expired-key notifications on).
 
 use agentbus::state::{StateChange, StateError, StateStore};
-use agentbus::topology::Topology;
 use agentbus::{Bus, Name};
+use agentbus_ops::topology::Topology;
 use agentbus_testkit::{ClosedPort, NatsServer, RedisServer};
 use futures::{Stream, StreamExt};
 use serde_json::json;

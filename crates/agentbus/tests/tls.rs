@@ -3,11 +3,11 @@
 //! certificate is trusted (`NATS_CA`), and nothing connects when it is not.
 
 use agentbus::connect::{ConnectError, ServerTarget, TargetSource};
-use agentbus::topology::Topology;
 use agentbus::{
     Agent, AgentOptions, Bus, RequestOptions, Runtime, TaskContext, TaskError, TaskRequest,
     TaskStatus, TaskTypeSpec,
 };
+use agentbus_ops::topology::Topology;
 use agentbus_testkit::{CustomNatsServer, NatsServer};
 use futures::StreamExt;
 use serde_json::{Value, json};

@@ -4,7 +4,7 @@
 use super::{ServerArgs, load_topology};
 use crate::output::outln;
 use crate::output::{Table, print_json, spinner};
-use agentbus::check::{self, CheckOptions};
+use agentbus_ops::check::{self, CheckOptions};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -8,11 +8,11 @@
 use super::load_topology;
 use crate::output::outln;
 use crate::output::{print_json, spinner};
-use agentbus::connect::{ConnectionFile, ServerTarget, TargetSource};
-use agentbus::data_dir::{self, BUS_USER, DataDir};
-use agentbus::local_server::{LocalServer, LocalServerConfig};
-use agentbus::server_binary;
-use agentbus::topology::StreamAction;
+use agentbus::connect::{ConnectionFile, ServerTarget, TargetSource, resolve_data_dir};
+use agentbus_ops::data_dir::{BUS_USER, DataDir};
+use agentbus_ops::local_server::{LocalServer, LocalServerConfig};
+use agentbus_ops::server_binary;
+use agentbus_ops::topology::StreamAction;
 use anyhow::Context as _;
 use clap::Args;
 use std::path::PathBuf;
@@ -67,8 +67,8 @@ pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     // What can be checked without the data dir is checked before it is touched.
     let topology = load_topology(args.topology.as_deref())?;
     let binary = locate_nats_server(args.nats_server.clone()).await?;
-    agentbus::local_server::check_ports_free(&args.host, args.port, args.monitor_port)?;
-    let data_dir = DataDir::open_exclusive(&data_dir::resolve(args.data_dir.as_deref()))?;
+    agentbus_ops::local_server::check_ports_free(&args.host, args.port, args.monitor_port)?;
+    let data_dir = DataDir::open_exclusive(&resolve_data_dir(args.data_dir.as_deref()))?;
     data_dir.remove_connection_file();
     let password = data_dir.password()?;
     if !is_loopback(&args.host) {
@@ -155,7 +155,7 @@ async fn locate_nats_server(
 /// Connects as the bus user, waits for JetStream, applies the topology.
 async fn wait_until_ready(
     server: &LocalServer,
-    topology: &agentbus::topology::Topology,
+    topology: &agentbus_ops::topology::Topology,
 ) -> anyhow::Result<(String, Vec<(String, StreamAction)>)> {
     let target = ServerTarget::from_url(
         &server.client_url_with_credentials(),

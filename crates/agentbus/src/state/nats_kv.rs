@@ -239,7 +239,7 @@ async fn open_bucket(
             });
         }
         Ok(_) => {}
-        Err(err) if crate::topology::is_stream_not_found(&err) => {
+        Err(err) if is_stream_not_found(&err) => {
             return Err(StateError::Setup {
                 bucket,
                 problem: "does not exist",
@@ -263,6 +263,15 @@ async fn open_bucket(
 /// `store` seen through the key prefix `<agent>.`: its keys, listing and
 /// watches cover that agent's keys only, and the keys it reports are the
 /// agent's own (without the prefix). `Store`'s prefixes are public for this.
+/// Whether JetStream answered that the stream (here: a bucket's) does not exist.
+fn is_stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        err.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(js)
+            if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
 fn scoped(store: &kv::Store, agent: &Name) -> kv::Store {
     let mut scoped = store.clone();
     scoped.prefix = format!("{}{agent}.", store.prefix);

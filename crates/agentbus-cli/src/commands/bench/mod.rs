@@ -10,9 +10,9 @@ mod request_reply;
 mod work_queue;
 
 use agentbus::connect::{ServerTarget, TargetSource};
-use agentbus::local_server::{LocalServer, LocalServerConfig};
-use agentbus::server_binary;
-use agentbus::topology::Topology;
+use agentbus_ops::local_server::{LocalServer, LocalServerConfig};
+use agentbus_ops::server_binary;
+use agentbus_ops::topology::Topology;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;

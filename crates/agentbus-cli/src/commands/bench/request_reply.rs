@@ -57,8 +57,9 @@ use agentbus::connect::ServerTarget;
 use agentbus::name::Name;
 use agentbus::{
     Agent, AgentOptions, Bus, Runtime, TaskContext, TaskError, TaskRequest, TaskResponse,
-    TaskStatus, TaskTypeSpec, server_binary, subject,
+    TaskStatus, TaskTypeSpec, subject,
 };
+use agentbus_ops::server_binary;
 use anyhow::Context as _;
 use clap::Args;
 use futures::StreamExt;

@@ -1,10 +1,10 @@
-//! `agentbus::check` against real servers: a provisioned one (every check
+//! `agentbus_ops::check` against real servers: a provisioned one (every check
 //! passes, nothing is left behind), misconfigured ones (the right checks fail
 //! and say why), one without streams and one without authentication.
 
-use agentbus::check::{self, CheckOptions, CheckReport, names};
 use agentbus::connect::{ServerTarget, TargetSource};
-use agentbus::topology::{Discard, Topology};
+use agentbus_ops::check::{self, CheckOptions, CheckReport, names};
+use agentbus_ops::topology::{Discard, Topology};
 use agentbus_testkit::{CustomNatsServer, NatsServer};
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::{StreamExt, TryStreamExt};

