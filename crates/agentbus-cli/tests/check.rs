@@ -36,7 +36,7 @@ fn rows(stdout: &str) -> Vec<(String, String, String)> {
 }
 
 fn misconfigured_topology() -> Topology {
-    let mut topology = Topology::requirements();
+    let mut topology = Topology::standard();
     let tasks = topology
         .streams
         .iter_mut()

@@ -108,7 +108,7 @@ async fn up_creates_the_three_streams_as_configured() {
     }
 
     // Every stream of the shipped topology (also those beyond the requirements) as configured.
-    let topology = agentbus_ops::topology::Topology::requirements();
+    let topology = agentbus_ops::topology::Topology::standard();
     for spec in &topology.streams {
         let mut stream = js.get_stream(&spec.name).await.unwrap();
         let config = &stream.info().await.unwrap().config;

@@ -12,8 +12,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The default topology file's text.
-pub const DEFAULT_TOPOLOGY_TOML: &str = include_str!("../topology.toml");
+/// The text of the standard topology file (see [`Topology::standard`]).
+pub const STANDARD_TOPOLOGY_TOML: &str = include_str!("../topology.toml");
 
 /// A set of streams to provision.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -209,9 +209,11 @@ pub enum TopologyError {
 }
 
 impl Topology {
-    /// The topology of the requirements, shipped with this crate.
-    pub fn requirements() -> Self {
-        Self::parse(DEFAULT_TOPOLOGY_TOML, Path::new("topology.toml"))
+    /// The standard topology, shipped with agentbus (`topology.toml` beside
+    /// this crate's manifest): what `agentbus up` and `agentbus setup` apply
+    /// unless given another.
+    pub fn standard() -> Self {
+        Self::parse(STANDARD_TOPOLOGY_TOML, Path::new("topology.toml"))
             .expect("the shipped topology is valid")
     }
 
@@ -655,7 +657,7 @@ mod tests {
 
     #[test]
     fn shipped_topology_is_the_requirements() {
-        let t = Topology::requirements();
+        let t = Topology::standard();
         let names: Vec<_> = t.streams.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
@@ -690,7 +692,7 @@ mod tests {
 
     #[test]
     fn shipped_presence_and_state_buckets_have_limit_markers() {
-        let t = Topology::requirements();
+        let t = Topology::standard();
         let presence = t.bucket("agent-presence").unwrap();
         assert_eq!(
             presence.max_age,
@@ -710,7 +712,7 @@ mod tests {
     fn limit_markers_parse_and_are_checked() {
         let bucket = |markers: &str| {
             format!(
-                "{DEFAULT_TOPOLOGY_TOML}\n[[bucket]]\nname = \"b\"\nmax_age = \"1m\"\nstorage = \"file\"\nlimit_markers = \"{markers}\"\n"
+                "{STANDARD_TOPOLOGY_TOML}\n[[bucket]]\nname = \"b\"\nmax_age = \"1m\"\nstorage = \"file\"\nlimit_markers = \"{markers}\"\n"
             )
         };
         let t = Topology::parse(&bucket("5s"), Path::new("t.toml")).unwrap();
@@ -764,7 +766,7 @@ mod tests {
     }
 
     fn with_subjects(subjects: &str) -> String {
-        DEFAULT_TOPOLOGY_TOML.replacen(
+        STANDARD_TOPOLOGY_TOML.replacen(
             "subjects = [\"agent.*.inbox\", \"agent.*.direct\"]",
             &format!("subjects = {subjects}"),
             1,
@@ -799,10 +801,7 @@ mod tests {
 
     #[test]
     fn differences_name_each_changed_field() {
-        let spec = Topology::requirements()
-            .stream("agent-tasks")
-            .unwrap()
-            .clone();
+        let spec = Topology::standard().stream("agent-tasks").unwrap().clone();
         let mut actual = spec.to_config();
         assert!(spec.differences(&actual).is_empty());
         actual.max_messages = 10;

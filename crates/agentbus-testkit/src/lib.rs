@@ -56,7 +56,7 @@ impl NatsServer {
     /// Starts a server on random ports in a new temporary directory, with
     /// the streams of the requirements provisioned (as `agentbus up` does).
     pub async fn start() -> Self {
-        Self::start_with_topology(&Topology::requirements()).await
+        Self::start_with_topology(&Topology::standard()).await
     }
 
     /// Starts a server with `topology` provisioned.

@@ -721,7 +721,7 @@ async fn every_broadcast_reaches_each_of_three_agents_once_even_offline() {
 
 #[tokio::test]
 async fn a_full_queue_rejects_the_publish() {
-    let text = agentbus_ops::topology::DEFAULT_TOPOLOGY_TOML.replace(
+    let text = agentbus_ops::topology::STANDARD_TOPOLOGY_TOML.replace(
         "max_msgs = 50000\nmax_bytes = \"200MiB\"\nmax_age = \"14d\"",
         "max_msgs = 3\nmax_bytes = \"200MiB\"\nmax_age = \"14d\"",
     );

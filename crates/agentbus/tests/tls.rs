@@ -92,7 +92,7 @@ async fn agents_and_events_work_over_tls_with_the_ca_from_nats_ca() {
     assert_eq!(target.ca_file(), Some(certificate.as_path()));
 
     let client = Bus::connect(&target, "tls-client").await.unwrap();
-    Topology::requirements()
+    Topology::standard()
         .apply(client.jetstream())
         .await
         .unwrap();

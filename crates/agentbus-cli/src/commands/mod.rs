@@ -112,7 +112,7 @@ pub fn load_topology(
 ) -> anyhow::Result<agentbus_ops::topology::Topology> {
     match path {
         Some(path) => Ok(agentbus_ops::topology::Topology::from_file(path)?),
-        None => Ok(agentbus_ops::topology::Topology::requirements()),
+        None => Ok(agentbus_ops::topology::Topology::standard()),
     }
 }
 

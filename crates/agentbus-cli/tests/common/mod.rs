@@ -449,7 +449,7 @@ pub async fn http_get(base_url: &str, path: &str) -> (u16, String) {
 
 /// The shipped topology with `from` replaced by `to` (exactly once), written to `dir/name`.
 pub fn topology_file(dir: &Path, name: &str, from: &str, to: &str) -> PathBuf {
-    let text = agentbus_ops::topology::DEFAULT_TOPOLOGY_TOML;
+    let text = agentbus_ops::topology::STANDARD_TOPOLOGY_TOML;
     assert_eq!(
         text.matches(from).count(),
         1,
@@ -488,7 +488,7 @@ pub const STREAMS: [&str; 3] = ["agent-messages", "agent-broadcast", "agent-task
 /// stream by name, each KV bucket as `KV <bucket>` (the shipped topology has
 /// more than the three required streams: a dead-letter stream and a bucket).
 pub fn reported_names() -> Vec<String> {
-    let topology = agentbus_ops::topology::Topology::requirements();
+    let topology = agentbus_ops::topology::Topology::standard();
     let mut names: Vec<String> = topology
         .streams
         .iter()

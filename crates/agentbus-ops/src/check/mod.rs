@@ -24,7 +24,7 @@
 //! ```no_run
 //! # async fn example(client: async_nats::Client, target: agentbus::ServerTarget) {
 //! use agentbus_ops::topology::Topology;
-//! let report = agentbus_ops::check::run(&client, &target, &Topology::requirements()).await;
+//! let report = agentbus_ops::check::run(&client, &target, &Topology::standard()).await;
 //! for check in &report.checks {
 //!     println!("{} {} {}", if check.passed { "PASS" } else { "FAIL" }, check.name, check.detail);
 //! }

@@ -112,7 +112,7 @@ impl BenchServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Topology::requirements().apply(&js).await?;
+        Topology::standard().apply(&js).await?;
         client.drain().await.ok();
         Ok(())
     }
