@@ -1,9 +1,11 @@
 //! The streams, as declarative data, and applying them to a server idempotently.
 //!
-//! The default topology (`topology.toml` beside this crate's manifest) holds
-//! the three streams of the requirements. [`Topology::apply`] creates what is
-//! missing, updates what changed where JetStream allows it, and refuses with a
-//! named stream and field where it does not.
+//! The standard topology ([`Topology::standard`], `topology.toml` beside this
+//! crate's manifest) holds the streams of direct messages, broadcasts, work
+//! queues and dead letters, and the KV buckets of task results, presence and
+//! agent state. [`Topology::apply`] creates what is missing, updates what
+//! changed where JetStream allows it, and refuses with a named stream and
+//! field where it does not.
 
 use agentbus::subject::{REQUEST_REPLY_SUBJECTS, SubjectPattern, overlaps};
 use async_nats::jetstream::{self, stream};
@@ -293,7 +295,7 @@ impl Topology {
             );
             if spec.max_msgs <= 0 || spec.max_bytes <= 0 || spec.max_age.is_zero() {
                 return Err(invalid(
-                    "max_msgs, max_bytes and max_age must be positive (the requirements bound every stream)".into(),
+                    "max_msgs, max_bytes and max_age must be positive (an unbounded stream could fill the disk)".into(),
                 ));
             }
             if spec.duplicate_window > spec.max_age {
@@ -657,7 +659,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shipped_topology_is_the_requirements() {
+    fn standard_topology_has_the_agentbus_streams_and_buckets() {
         let t = Topology::standard();
         let names: Vec<_> = t.streams.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
@@ -670,7 +672,7 @@ mod tests {
             ]
         );
         let tasks = t.stream("agent-tasks").unwrap();
-        // Wider than the requirements' tasks.* and work.*, which it still captures.
+        // Wider than tasks.* and work.*, which it still captures (priority sub-queues).
         assert_eq!(tasks.subjects, ["tasks.>", "work.>"]);
         for required in ["tasks.*", "work.*"] {
             assert!(

@@ -106,7 +106,7 @@ impl ServerArgs {
     }
 }
 
-/// Loads the topology from `path`, or the requirements' default.
+/// Loads the topology from `path`, or the standard one.
 pub fn load_topology(
     path: Option<&std::path::Path>,
 ) -> anyhow::Result<agentbus_ops::topology::Topology> {

@@ -46,7 +46,7 @@ pub struct UpArgs {
     #[arg(long, value_name = "PATH", env = server_binary::BINARY_VAR)]
     nats_server: Option<PathBuf>,
 
-    /// Topology file (TOML); default: the three streams of the requirements.
+    /// Topology file (TOML); default: the standard topology (the agentbus streams and buckets).
     #[arg(long, value_name = "FILE")]
     topology: Option<PathBuf>,
 

@@ -1,6 +1,5 @@
-//! The delivery test of the requirements: publish/subscribe, delivery to an
-//! offline subscriber, a work queue over several workers, a broadcast to
-//! several consumers.
+//! The delivery test: publish/subscribe, delivery to an offline subscriber, a
+//! work queue over several workers, a broadcast to several consumers.
 
 use super::{CONSUMER_EXPIRY, Outcome, Run, failed, messages_on};
 use agentbus::protocol::{Priority, TaskRequest};

@@ -1,5 +1,5 @@
-//! `agentbus check`: the delivery test of the requirements and a configuration
-//! doctor, runnable against any server.
+//! `agentbus check`: a delivery test (publish/subscribe, offline delivery, work
+//! queue, broadcast) and a configuration doctor, runnable against any server.
 //!
 //! [`run`] performs nine checks, in this order, each bounded in time:
 //!

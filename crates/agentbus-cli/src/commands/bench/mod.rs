@@ -2,7 +2,7 @@
 //!
 //! Each benchmark is a program, not a test: it starts its own `nats-server`
 //! (random loopback ports, a generated password, a temporary directory, the
-//! streams of the requirements provisioned as `agentbus up` does), runs
+//! standard topology provisioned as `agentbus up` does), runs
 //! the same work once through plain async-nats and once through agentbus on
 //! that one server, prints figures and ratios, and stops the server.
 
@@ -31,7 +31,7 @@ pub struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
-    /// Tasks over request/reply (the seed protocol): latency one at a time and throughput with many in flight.
+    /// Tasks over request/reply (TaskRequest to agent.<name>.task, TaskResponse back): latency one at a time and throughput with many in flight.
     RequestReply(request_reply::RequestReplyArgs),
     /// Tasks through the agent-tasks work queue: submitted, pulled, handled and acknowledged by K workers.
     WorkQueue(work_queue::WorkQueueArgs),
