@@ -4,6 +4,32 @@
 //! provisions and inspects a server: the `agentbus` command (`up`, `setup`,
 //! `status`, `check`, `bench`) and the test kit.
 //!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use agentbus_ops::LocalBus;
+//! use agentbus_ops::local_server::LocalServerConfig;
+//! use agentbus_ops::server_binary;
+//! use agentbus_ops::topology::Topology;
+//!
+//! let binary = server_binary::locate_or_install_async(None, |_, _| {}).await?;
+//! let config = LocalServerConfig {
+//!     binary: binary.path,
+//!     dir: "/var/lib/my-bus".into(), // an existing directory
+//!     host: "127.0.0.1".into(),
+//!     port: 0, // a free port
+//!     monitor_port: 0,
+//!     user: "me".into(),
+//!     password: "a-long-random-password".into(),
+//!     server_name: "my-bus".into(),
+//! };
+//! let bus = LocalBus::start(&config, &Topology::standard()).await?;
+//! println!("nats-server {} at {}", bus.version, bus.server.client_url());
+//! let client = bus.server.target().connect("my-client").await?;
+//! # drop(client);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Layout
 //!
 //! - [`server_binary`]: locating (or installing with pip) a recent enough `nats-server`.
