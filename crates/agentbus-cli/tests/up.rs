@@ -462,6 +462,42 @@ async fn a_second_up_on_a_data_dir_in_use_fails_fast_and_leaves_the_bus_alone() 
 }
 
 #[tokio::test]
+async fn a_second_up_on_a_data_dir_in_use_names_the_running_up_before_the_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("bus");
+    let mut up = Up::start(&data_dir, &[]).await;
+    // The first up's own ports: taken, as the default ports are when a second
+    // up starts beside a first one with the defaults.
+    let port = common::port_of(up.client_url()).to_string();
+    let monitor_port = common::port_of(up.monitor_url()).to_string();
+
+    let out = run([
+        "up".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+        "--port".as_ref(),
+        port.as_ref(),
+        "--monitor-port".as_ref(),
+        monitor_port.as_ref(),
+    ])
+    .await;
+    let error = out.assert_one_error("is in use by the running `agentbus up`");
+    assert!(
+        error.contains(&format!("(pid {})", up.pid())),
+        "the error should name the running up: {error}"
+    );
+    assert!(
+        error.contains("stop that one first or pass another --data-dir"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("already in use"),
+        "the error blames a port: {error}"
+    );
+    assert!(up.is_running());
+}
+
+#[tokio::test]
 async fn up_refuses_a_port_in_use() {
     common::ensure_nats_server().await;
     let dir = tempfile::tempdir().unwrap();

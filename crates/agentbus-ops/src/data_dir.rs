@@ -42,7 +42,11 @@ pub enum DataDirError {
         reason: String,
     },
     /// Another `agentbus up` holds the directory.
-    #[error("data directory {} is in use by another `agentbus up`{}; stop it first or pass another --data-dir", .path.display(), .pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    #[error(
+        "data directory {} is in use by the running `agentbus up`{}; stop that one first or pass another --data-dir",
+        .path.display(),
+        .pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
     InUse {
         /// The data directory.
         path: PathBuf,

@@ -67,8 +67,10 @@ pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     // What can be checked without the data dir is checked before it is touched.
     let topology = load_topology(args.topology.as_deref())?;
     let binary = locate_nats_server(args.nats_server.clone()).await?;
-    agentbus_ops::local_server::check_ports_free(&args.host, args.port, args.monitor_port)?;
+    // The lock before the ports: a second `up` on the same data dir would find
+    // the first one's ports taken, and should say that the directory is in use.
     let data_dir = DataDir::open_exclusive(&resolve_data_dir(args.data_dir.as_deref()))?;
+    agentbus_ops::local_server::check_ports_free(&args.host, args.port, args.monitor_port)?;
     data_dir.remove_connection_file();
     let password = data_dir.password()?;
     if !is_loopback(&args.host) {
