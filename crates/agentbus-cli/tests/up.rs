@@ -498,6 +498,60 @@ async fn a_second_up_on_a_data_dir_in_use_names_the_running_up_before_the_ports(
 }
 
 #[tokio::test]
+async fn ctrl_c_while_up_starts_stops_it_cleanly() {
+    common::ensure_nats_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("bus");
+    let mut command = common::command();
+    command
+        .arg("up")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--port", "0", "--monitor-port", "0", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // A process group of its own, as a shell gives a foreground job: Ctrl-C
+        // in a terminal sends SIGINT to the whole group.
+        .process_group(0);
+    let child = command.spawn().expect("spawn agentbus up");
+    let up_pid = child.id().expect("up has a pid");
+
+    // nats-server (not its `--version` probe) is held right after it starts,
+    // so the Ctrl-C lands while up is starting, however fast the machine is.
+    let server_pid = common::wait_for_child(up_pid, "nats.conf").await;
+    common::send_signal("STOP", i64::from(server_pid));
+    common::wait_for_signal_handler(up_pid, 2).await;
+    common::send_signal("INT", -i64::from(up_pid));
+    common::send_signal("CONT", i64::from(server_pid));
+
+    let output = tokio::time::timeout(common::COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("up exits")
+        .expect("wait for up");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "a stop during startup is a normal stop: {stderr}"
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "up got ready: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(
+        stderr.trim(),
+        "stopped before the bus was ready",
+        "one short line, no crash report"
+    );
+    assert!(
+        common::wait_gone(server_pid, common::EXIT_TIMEOUT).await,
+        "nats-server {server_pid} still runs after up stopped"
+    );
+    assert!(!data_dir.join("connection.env").exists());
+}
+
+#[tokio::test]
 async fn up_refuses_a_port_in_use() {
     common::ensure_nats_server().await;
     let dir = tempfile::tempdir().unwrap();

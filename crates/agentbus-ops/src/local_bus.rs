@@ -8,6 +8,7 @@
 use crate::local_server::{LocalServer, LocalServerConfig, LocalServerError};
 use crate::topology::{StreamAction, Topology, TopologyError};
 use agentbus::connect::ConnectError;
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -55,6 +56,9 @@ pub enum LocalBusError {
     /// The topology could not be applied.
     #[error(transparent)]
     Topology(#[from] TopologyError),
+    /// The stop of [`LocalBus::start_unless`] came first; the server is stopped.
+    #[error("stopped before the bus was ready")]
+    Stopped,
 }
 
 impl LocalBus {
@@ -66,8 +70,23 @@ impl LocalBus {
         config: &LocalServerConfig,
         topology: &Topology,
     ) -> Result<Self, LocalBusError> {
-        let mut server = LocalServer::start(config).await?;
-        match ready(&server, topology).await {
+        Self::start_unless(config, topology, std::future::pending()).await
+    }
+
+    /// Like [`LocalBus::start`], unless `stop` completes first (a stop signal,
+    /// say): then a server already started is stopped (SIGTERM, so JetStream
+    /// flushes its storage) and the error is [`LocalBusError::Stopped`].
+    pub async fn start_unless(
+        config: &LocalServerConfig,
+        topology: &Topology,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Self, LocalBusError> {
+        let mut server = LocalServer::spawn(config)?;
+        let ready = tokio::select! {
+            ready = ready(&mut server, config, topology) => ready,
+            () = stop => Err(LocalBusError::Stopped),
+        };
+        match ready {
             Ok((version, applied)) => Ok(Self {
                 server,
                 version,
@@ -81,12 +100,15 @@ impl LocalBus {
     }
 }
 
-/// Connects as the configured user, waits for JetStream, applies `topology`;
-/// returns the server's version and what was applied.
+/// Waits until `server` listens, connects as the configured user, waits for
+/// JetStream and applies `topology`; returns the server's version and what
+/// was applied.
 async fn ready(
-    server: &LocalServer,
+    server: &mut LocalServer,
+    config: &LocalServerConfig,
     topology: &Topology,
 ) -> Result<(String, Vec<(String, StreamAction)>), LocalBusError> {
+    server.wait_for_ports(config).await?;
     let client = server.target().connect(CLIENT_NAME).await?;
     let js = async_nats::jetstream::new(client.clone());
     let deadline = tokio::time::Instant::now() + JETSTREAM_TIMEOUT;

@@ -5,7 +5,9 @@
 //! ports, authentication with one user whose password reaches the server
 //! through an environment variable, so it never lands in the config file.
 //! On Linux the child is asked to die with its parent, so no server outlives
-//! the process that started it, even when that process is killed.
+//! the process that started it, even when that process is killed. It runs in
+//! a process group of its own: Ctrl-C in a terminal signals the foreground
+//! group, and the process that started the server is the one to stop it.
 
 use crate::private_file::write_private;
 use agentbus::connect::{Credentials, ServerTarget, TargetSource};
@@ -120,6 +122,13 @@ pub struct LocalServer {
 impl LocalServer {
     /// Writes the config, starts the server and waits until it listens.
     pub async fn start(config: &LocalServerConfig) -> Result<Self, LocalServerError> {
+        let mut server = Self::spawn(config)?;
+        server.wait_for_ports(config).await?;
+        Ok(server)
+    }
+
+    /// Writes the config and starts the server, without waiting for it.
+    pub(crate) fn spawn(config: &LocalServerConfig) -> Result<Self, LocalServerError> {
         check_port_free(&config.host, config.port, "client", "--port")?;
         check_port_free(
             &config.host,
@@ -156,6 +165,7 @@ impl LocalServer {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
+            .process_group(0)
             .kill_on_drop(true);
         die_with_parent(&mut command);
         let child = command.spawn().map_err(|err| LocalServerError::Spawn {
@@ -163,7 +173,7 @@ impl LocalServer {
             reason: err.to_string(),
         })?;
         let pid = child.id().unwrap_or_default();
-        let mut server = Self {
+        Ok(Self {
             child,
             pid,
             client_url: String::new(),
@@ -171,12 +181,14 @@ impl LocalServer {
             user: config.user.clone(),
             password: config.password.clone(),
             dir: config.dir.clone(),
-        };
-        server.wait_for_ports(config).await?;
-        Ok(server)
+        })
     }
 
-    async fn wait_for_ports(&mut self, config: &LocalServerConfig) -> Result<(), LocalServerError> {
+    /// Waits until the server (started with `config`) reports the ports it listens on.
+    pub(crate) async fn wait_for_ports(
+        &mut self,
+        config: &LocalServerConfig,
+    ) -> Result<(), LocalServerError> {
         let ports_file = self.dir.join(format!("nats-server_{}.ports", self.pid));
         let deadline = Instant::now() + START_TIMEOUT;
         loop {

