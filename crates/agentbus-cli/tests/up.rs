@@ -190,6 +190,28 @@ async fn connection_file_and_password_are_private_and_the_password_is_never_prin
 }
 
 #[tokio::test]
+async fn the_ready_line_names_the_pids_of_up_and_of_its_nats_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(&dir.path().join("bus"), &[]).await;
+    let ready = up.ready();
+    assert_eq!(
+        ready["up_pid"].as_u64(),
+        Some(u64::from(up.pid())),
+        "{ready}"
+    );
+    let server_pid = ready["nats_server_pid"].as_u64().expect("nats_server_pid");
+    assert_eq!(
+        common::children(up.pid())
+            .into_iter()
+            .map(u64::from)
+            .collect::<Vec<_>>(),
+        [server_pid],
+        "nats_server_pid is up's child: {ready}"
+    );
+    assert!(ready.get("pid").is_none(), "an ambiguous pid: {ready}");
+}
+
+#[tokio::test]
 async fn clients_without_or_with_wrong_credentials_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let up = Up::start(&dir.path().join("bus"), &[]).await;

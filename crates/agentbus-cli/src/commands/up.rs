@@ -180,7 +180,8 @@ fn print_summary(
             "monitor_url": server.monitor_url(),
             "data_dir": data_dir.path(),
             "connection_file": connection_file,
-            "pid": server.pid(),
+            "up_pid": std::process::id(),
+            "nats_server_pid": server.pid(),
             "streams": streams,
         }));
     }

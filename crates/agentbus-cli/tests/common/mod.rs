@@ -209,7 +209,7 @@ impl Up {
         let ready: serde_json::Value = serde_json::from_str(line.trim())
             .unwrap_or_else(|err| panic!("the ready line is not JSON ({err}): {line:?}"));
         assert_eq!(ready["status"], "ready", "{ready}");
-        let server_pid = ready["pid"]
+        let server_pid = ready["nats_server_pid"]
             .as_u64()
             .and_then(|p| u32::try_from(p).ok())
             .unwrap_or_else(|| panic!("the ready line has no nats-server pid: {ready}"));
