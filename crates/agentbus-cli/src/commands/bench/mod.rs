@@ -83,6 +83,7 @@ impl BenchServer {
             dir: dir.0.clone(),
             host: "127.0.0.1".to_owned(),
             port: 0,
+            monitor_host: "127.0.0.1".to_owned(),
             monitor_port: 0,
             user: "bench".to_owned(),
             password: throwaway_password(),
