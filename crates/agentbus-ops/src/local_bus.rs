@@ -38,7 +38,7 @@ pub enum LocalBusError {
     /// The server did not start or did not listen.
     #[error(transparent)]
     Start(#[from] LocalServerError),
-    /// The server listens but refused or dropped the configured user.
+    /// The configured user could not connect to the server.
     #[error(transparent)]
     Connect(#[from] ConnectError),
     /// JetStream did not answer in time.

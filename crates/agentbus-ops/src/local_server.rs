@@ -1,9 +1,10 @@
 //! Running a local `nats-server` as a supervised child process.
 //!
-//! Used by `agentbus up` and by the test kit. The server gets a generated
-//! config in its directory: JetStream storage there, the requested (or random)
-//! ports, authentication with one user whose password reaches the server
-//! through an environment variable, so it never lands in the config file.
+//! [`crate::LocalBus`] starts it; `agentbus up`, `agentbus bench` and the test
+//! kit then hold the [`LocalServer`] until they stop it. The server gets a
+//! generated config in its directory: JetStream storage there, the requested
+//! (or random) ports, authentication with one user whose password reaches the
+//! server through an environment variable, so it never lands in the config file.
 //! On Linux the child is asked to die with its parent, so no server outlives
 //! the process that started it, even when that process is killed. It runs in
 //! a process group of its own: Ctrl-C in a terminal signals the foreground
@@ -123,14 +124,8 @@ pub struct LocalServer {
 }
 
 impl LocalServer {
-    /// Writes the config, starts the server and waits until it listens.
-    pub async fn start(config: &LocalServerConfig) -> Result<Self, LocalServerError> {
-        let mut server = Self::spawn(config)?;
-        server.wait_for_ports(config).await?;
-        Ok(server)
-    }
-
-    /// Writes the config and starts the server, without waiting for it.
+    /// Writes the config and starts the server, without waiting for it
+    /// ([`crate::LocalBus::start`] waits until it is ready).
     pub(crate) fn spawn(config: &LocalServerConfig) -> Result<Self, LocalServerError> {
         check_ports_free(
             &config.host,
