@@ -3,8 +3,8 @@
 
 mod common;
 
-use agentbus::check::names;
-use agentbus::topology::{Discard, Topology};
+use agentbus_ops::check::names;
+use agentbus_ops::topology::{Discard, Topology};
 use agentbus_testkit::NatsServer;
 use common::{Up, run};
 use std::time::Duration;
@@ -36,7 +36,7 @@ fn rows(stdout: &str) -> Vec<(String, String, String)> {
 }
 
 fn misconfigured_topology() -> Topology {
-    let mut topology = Topology::requirements();
+    let mut topology = Topology::standard();
     let tasks = topology
         .streams
         .iter_mut()

@@ -120,7 +120,7 @@ async fn setup_refuses_to_change_storage() {
     setup(&server, &["--json"]).await.assert_success();
 
     let dir = tempfile::tempdir().unwrap();
-    let text = agentbus::topology::DEFAULT_TOPOLOGY_TOML;
+    let text = agentbus_ops::topology::STANDARD_TOPOLOGY_TOML;
     let first_stream_end = text.find("[[stream]]\nname = \"agent-broadcast\"").unwrap();
     let topology = dir.path().join("memory.toml");
     std::fs::write(

@@ -108,7 +108,7 @@ async fn up_creates_the_three_streams_as_configured() {
     }
 
     // Every stream of the shipped topology (also those beyond the requirements) as configured.
-    let topology = agentbus::topology::Topology::requirements();
+    let topology = agentbus_ops::topology::Topology::standard();
     for spec in &topology.streams {
         let mut stream = js.get_stream(&spec.name).await.unwrap();
         let config = &stream.info().await.unwrap().config;
@@ -190,6 +190,28 @@ async fn connection_file_and_password_are_private_and_the_password_is_never_prin
 }
 
 #[tokio::test]
+async fn the_ready_line_names_the_pids_of_up_and_of_its_nats_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(&dir.path().join("bus"), &[]).await;
+    let ready = up.ready();
+    assert_eq!(
+        ready["up_pid"].as_u64(),
+        Some(u64::from(up.pid())),
+        "{ready}"
+    );
+    let server_pid = ready["nats_server_pid"].as_u64().expect("nats_server_pid");
+    assert_eq!(
+        common::children(up.pid())
+            .into_iter()
+            .map(u64::from)
+            .collect::<Vec<_>>(),
+        [server_pid],
+        "nats_server_pid is up's child: {ready}"
+    );
+    assert!(ready.get("pid").is_none(), "an ambiguous pid: {ready}");
+}
+
+#[tokio::test]
 async fn clients_without_or_with_wrong_credentials_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let up = Up::start(&dir.path().join("bus"), &[]).await;
@@ -260,11 +282,55 @@ async fn monitoring_endpoint_answers_varz() {
     );
 
     // The library's client reads the same endpoint.
-    let varz = agentbus::monitor::Monitor::new(up.monitor_url())
+    let varz = agentbus_ops::monitor::Monitor::new(up.monitor_url())
         .varz()
         .await
         .expect("Monitor::varz");
     assert_eq!(varz.version, version);
+}
+
+/// Where the server says its HTTP monitoring port listens (`/varz` `http_host`).
+async fn monitoring_host(up: &Up) -> String {
+    let (code, body) = common::http_get(up.monitor_url(), "/varz").await;
+    assert_eq!(code, 200, "{body}");
+    let varz: serde_json::Value = serde_json::from_str(&body).expect("varz is JSON");
+    assert_eq!(varz["host"], "0.0.0.0", "clients on every address: {varz}");
+    varz["http_host"]
+        .as_str()
+        .expect("varz has http_host")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn up_on_a_network_address_keeps_monitoring_on_loopback_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(&dir.path().join("bus"), &["--host", "0.0.0.0"]).await;
+    assert!(
+        up.monitor_url().starts_with("http://127.0.0.1:"),
+        "{}",
+        up.ready()
+    );
+    assert_eq!(monitoring_host(&up).await, "127.0.0.1");
+    let status = up.terminate().await;
+    assert!(status.success(), "up exited with {status}");
+    let stderr = up.stderr();
+    assert!(
+        stderr.contains("monitoring port (no authentication) stays on 127.0.0.1")
+            && stderr.contains("--monitor-host"),
+        "up should say where monitoring is and how to move it: {stderr}"
+    );
+
+    // Asked for, monitoring goes to the network too, without that note.
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(
+        &dir.path().join("bus"),
+        &["--host", "0.0.0.0", "--monitor-host", "0.0.0.0"],
+    )
+    .await;
+    assert_eq!(monitoring_host(&up).await, "0.0.0.0");
+    let status = up.terminate().await;
+    assert!(status.success(), "up exited with {status}");
+    assert!(!up.stderr().contains("stays on"), "{}", up.stderr());
 }
 
 #[tokio::test]
@@ -459,6 +525,96 @@ async fn a_second_up_on_a_data_dir_in_use_fails_fast_and_leaves_the_bus_alone() 
     let js = up.jetstream().await;
     let account = js.query_account().await.expect("the first bus answers");
     assert_eq!(account.streams, common::server_stream_names().len());
+}
+
+#[tokio::test]
+async fn a_second_up_on_a_data_dir_in_use_names_the_running_up_before_the_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("bus");
+    let mut up = Up::start(&data_dir, &[]).await;
+    // The first up's own ports: taken, as the default ports are when a second
+    // up starts beside a first one with the defaults.
+    let port = common::port_of(up.client_url()).to_string();
+    let monitor_port = common::port_of(up.monitor_url()).to_string();
+
+    let out = run([
+        "up".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+        "--port".as_ref(),
+        port.as_ref(),
+        "--monitor-port".as_ref(),
+        monitor_port.as_ref(),
+    ])
+    .await;
+    let error = out.assert_one_error("is in use by the running `agentbus up`");
+    assert!(
+        error.contains(&format!("(pid {})", up.pid())),
+        "the error should name the running up: {error}"
+    );
+    assert!(
+        error.contains("stop that one first or pass another --data-dir"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("already in use"),
+        "the error blames a port: {error}"
+    );
+    assert!(up.is_running());
+}
+
+#[tokio::test]
+async fn ctrl_c_while_up_starts_stops_it_cleanly() {
+    common::ensure_nats_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("bus");
+    let mut command = common::command();
+    command
+        .arg("up")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--port", "0", "--monitor-port", "0", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // A process group of its own, as a shell gives a foreground job: Ctrl-C
+        // in a terminal sends SIGINT to the whole group.
+        .process_group(0);
+    let child = command.spawn().expect("spawn agentbus up");
+    let up_pid = child.id().expect("up has a pid");
+
+    // nats-server (not its `--version` probe) is held right after it starts,
+    // so the Ctrl-C lands while up is starting, however fast the machine is.
+    let server_pid = common::wait_for_child(up_pid, "nats.conf").await;
+    common::send_signal("STOP", i64::from(server_pid));
+    common::wait_for_signal_handler(up_pid, 2).await;
+    common::send_signal("INT", -i64::from(up_pid));
+    common::send_signal("CONT", i64::from(server_pid));
+
+    let output = tokio::time::timeout(common::COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("up exits")
+        .expect("wait for up");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "a stop during startup is a normal stop: {stderr}"
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "up got ready: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(
+        stderr.trim(),
+        "stopped before the bus was ready",
+        "one short line, no crash report"
+    );
+    assert!(
+        common::wait_gone(server_pid, common::EXIT_TIMEOUT).await,
+        "nats-server {server_pid} still runs after up stopped"
+    );
+    assert!(!data_dir.join("connection.env").exists());
 }
 
 #[tokio::test]

@@ -18,10 +18,11 @@ pub use closed_port::ClosedPort;
 pub use custom::CustomNatsServer;
 pub use redis::{RedisServer, redis_server_binary};
 
-use agentbus::connect::{ServerTarget, TargetSource};
-use agentbus::local_server::{LocalServer, LocalServerConfig};
-use agentbus::server_binary;
-use agentbus::topology::Topology;
+use agentbus::connect::ServerTarget;
+use agentbus_ops::LocalBus;
+use agentbus_ops::local_server::{LocalServer, LocalServerConfig};
+use agentbus_ops::server_binary;
+use agentbus_ops::topology::Topology;
 pub use python::python_venv;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -54,26 +55,21 @@ pub fn nats_server_binary() -> PathBuf {
 
 impl NatsServer {
     /// Starts a server on random ports in a new temporary directory, with
-    /// the streams of the requirements provisioned (as `agentbus up` does).
+    /// the standard topology provisioned (as `agentbus up` does).
     pub async fn start() -> Self {
-        Self::start_with_topology(&Topology::requirements()).await
-    }
-
-    /// Starts a server with `topology` provisioned.
-    pub async fn start_with_topology(topology: &Topology) -> Self {
-        let server = Self::start_bare().await;
-        topology
-            .apply(&server.jetstream().await)
-            .await
-            .unwrap_or_else(|err| panic!("{err}"));
-        server
+        Self::start_with_topology(&Topology::standard()).await
     }
 
     /// Starts a server with JetStream but no streams.
     pub async fn start_bare() -> Self {
+        Self::start_with_topology(&Topology::default()).await
+    }
+
+    /// Starts a server with `topology` provisioned.
+    pub async fn start_with_topology(topology: &Topology) -> Self {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let mut config = config_in(dir.path());
-        let server = start(&config).await;
+        let server = start(&config, topology).await;
         // Pinned to the ports it got, so a restart comes back where clients look.
         config.port = port_of(server.client_url());
         config.monitor_port = port_of(server.monitor_url());
@@ -92,7 +88,7 @@ impl NatsServer {
             .stop(std::time::Duration::from_secs(10))
             .await
             .expect("stop the test server");
-        self.server = start(&self.config).await;
+        self.server = start(&self.config, &Topology::default()).await;
     }
 
     /// Client URL without credentials.
@@ -112,8 +108,7 @@ impl NatsServer {
 
     /// A [`ServerTarget`] with this server's credentials and monitoring URL.
     pub fn target(&self) -> ServerTarget {
-        ServerTarget::from_url(&self.url_with_credentials(), TargetSource::Explicit)
-            .with_monitor_url(Some(self.monitor_url().to_owned()))
+        self.server.target()
     }
 
     /// A connected, authenticated client.
@@ -148,6 +143,7 @@ fn config_in(dir: &Path) -> LocalServerConfig {
         dir: dir.to_owned(),
         host: "127.0.0.1".into(),
         port: 0,
+        monitor_host: "127.0.0.1".into(),
         monitor_port: 0,
         user: "test".into(),
         password,
@@ -155,10 +151,12 @@ fn config_in(dir: &Path) -> LocalServerConfig {
     }
 }
 
-async fn start(config: &LocalServerConfig) -> LocalServer {
-    LocalServer::start(config)
+/// Starts a server as `config` says, ready for clients, with `topology` applied.
+async fn start(config: &LocalServerConfig, topology: &Topology) -> LocalServer {
+    LocalBus::start(config, topology)
         .await
         .unwrap_or_else(|err| panic!("{err}"))
+        .server
 }
 
 /// The port of `scheme://host:port`.

@@ -31,7 +31,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let content = args
         .next()
         .unwrap_or_else(|| "Hello from the chat manager".to_owned());
-    let target = ServerTarget::resolve(None, &agentbus::data_dir::resolve(None))?;
+    let target = ServerTarget::resolve(None, &agentbus::connect::resolve_data_dir(None))?;
     let bus = Bus::connect(&target, "chat_manager-example").await?;
     let message_id = ChatManager::new()
         .announce(&bus, &session_id, &content)

@@ -29,7 +29,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let target = ServerTarget::resolve(None, &agentbus::data_dir::resolve(None))?;
+    let target = ServerTarget::resolve(None, &agentbus::connect::resolve_data_dir(None))?;
     let bus = Bus::connect(&target, "enhancement_agent-example").await?;
     let agent = EnhancementAgent::new();
     let mut feedback = bus

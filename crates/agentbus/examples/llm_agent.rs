@@ -34,7 +34,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Some(endpoint) => format!("model {} at {}", endpoint.model(), endpoint.display_url()),
         None => "echo mode (set LLM_BASE_URL for a model)".to_owned(),
     };
-    let target = ServerTarget::resolve(None, &agentbus::data_dir::resolve(None))?;
+    let target = ServerTarget::resolve(None, &agentbus::connect::resolve_data_dir(None))?;
     let bus = Bus::connect(&target, "llm_agent-example").await?;
     let mut runtime = Runtime::new(bus);
     runtime.add(agent, AgentOptions::default()).await?;

@@ -38,7 +38,7 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
         ),
         None => None,
     };
-    let target = ServerTarget::resolve(None, &agentbus::data_dir::resolve(None))?;
+    let target = ServerTarget::resolve(None, &agentbus::connect::resolve_data_dir(None))?;
     let bus = Bus::connect(&target, "orchestrator-example").await?;
     let response = send_generate_text(&bus, &prompt, max_tokens).await?;
     println!("{}", serde_json::to_string_pretty(&response)?);

@@ -2,9 +2,10 @@
 //!
 //! The server is taken from, in order: an explicit URL (`--server`), the
 //! `NATS_URL` environment variable, or `<data-dir>/connection.env` written by
-//! `agentbus up`. Credentials come from the URL's user-info, else from
-//! `NATS_USER`/`NATS_PASSWORD`, `NATS_TOKEN` or `NATS_CREDS`. URLs are only ever
-//! shown without their password. A `tls://` URL requires TLS; `NATS_CA` names
+//! `agentbus up` (the data directory is `--data-dir`, else `AGENTBUS_DATA_DIR`,
+//! else `./.agentbus`: see [`resolve_data_dir`]). Credentials come from the
+//! URL's user-info, else from `NATS_USER`/`NATS_PASSWORD`, `NATS_TOKEN` or
+//! `NATS_CREDS`. URLs are only ever shown without their password. A `tls://` URL requires TLS; `NATS_CA` names
 //! a PEM file of certificate authorities to trust besides the system's (for a
 //! server with a private CA or a self-signed certificate).
 
@@ -14,6 +15,10 @@ use std::time::Duration;
 
 /// Name of the file `agentbus up` writes in its data directory.
 pub const CONNECTION_FILE: &str = "connection.env";
+/// Default data directory of `agentbus up`, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = ".agentbus";
+/// Variable naming the data directory of `agentbus up`.
+pub const DATA_DIR_VAR: &str = "AGENTBUS_DATA_DIR";
 /// Variable holding the server URL, as in the requirements.
 pub const NATS_URL_VAR: &str = "NATS_URL";
 /// Variable holding the monitoring endpoint URL.
@@ -66,6 +71,18 @@ impl std::fmt::Display for TargetSource {
             Self::ConnectionFile(path) => write!(f, "{}", path.display()),
         }
     }
+}
+
+/// The data directory of `agentbus up`, where its `connection.env` is: `flag`
+/// (a `--data-dir` option), else `AGENTBUS_DATA_DIR`, else `./.agentbus`.
+pub fn resolve_data_dir(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| {
+            std::env::var_os(DATA_DIR_VAR)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
 }
 
 /// A server to connect to: its URL without credentials, and the credentials.

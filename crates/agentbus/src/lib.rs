@@ -8,49 +8,41 @@
 //! # Layout
 //!
 //! - [`name`]: the one validated name type; every subject token comes from it.
-//! - [`subject`]: the only place where subject strings are built.
-//! - [`protocol`]: the wire format of the requirements (TaskRequest, TaskResponse).
-//! - [`connect`]: finding the server (`--server`, `NATS_URL`, `connection.env`),
-//!   credentials, and connecting with errors a person can act on.
-//! - [`topology`]: the streams as declarative data, validated and applied idempotently.
-//! - [`server_binary`]: locating (or installing) a recent enough `nats-server`.
-//! - [`local_server`]: writing a config for and supervising a local `nats-server`.
-//! - [`monitor`]: the HTTP monitoring endpoint (`/varz`, `/jsz`).
-//! - [`agent`], [`runtime`], [`client`]: the BaseAgent trait, the runtime that
+//! - [`subject`]: the only place where subject strings and consumer names are built.
+//! - [`protocol`]: the wire format of tasks (TaskRequest, TaskResponse).
+//! - [`connect`]: finding the server (`--server`, `NATS_URL`, `connection.env`
+//!   in the data directory), credentials, and connecting with errors a person
+//!   can act on.
+//! - [`agent`], [`runtime`], [`client`]: the Agent trait, the runtime that
 //!   serves agents, and the client side that sends tasks and events.
 //! - [`discovery`]: served agents answer the NATS services protocol (`$SRV.PING|INFO|STATS`).
 //! - [`delivery`]: guaranteed delivery on JetStream: work queues, durable
 //!   inboxes, broadcasts, results and dead letters.
 //! - [`state`]: per-agent key/value state with TTL, on NATS KV or Redis.
 //! - [`presence`]: heartbeats, who is online, and `agent_offline` events.
-//! - [`data_dir`], [`private_file`]: the data directory of `agentbus up` and its secrets.
-//! - [`demo`]: the requirements' three scenarios as agents (`agentbus up --demo`).
+//! - [`demo`]: three demo scenarios as agents (`agentbus up --demo`).
 //! - [`redact`]: keeping passwords out of everything printed or logged.
-//! - [`check`]: the delivery test of the requirements and a configuration doctor.
+//!
+//! Running a server (finding `nats-server`, the data directory of `agentbus up`,
+//! the stream topology, monitoring, `agentbus check`) is the `agentbus-ops`
+//! crate's: agents do not carry it.
 
 mod agent;
-pub mod check;
 mod client;
 mod clock;
 pub mod connect;
-pub mod data_dir;
 pub mod delivery;
 pub mod demo;
 pub mod events;
 mod jetstream_errors;
-pub mod local_server;
-pub mod monitor;
 mod name;
 pub mod presence;
-pub mod private_file;
 mod protocol;
 pub mod redact;
 mod runtime;
-pub mod server_binary;
 pub mod state;
 pub mod subject;
 mod task_id;
-pub mod topology;
 
 pub use agent::{Agent, AgentMessage, MessageChannel, TaskContext, TaskError, TaskTypeSpec};
 pub use client::{

@@ -13,7 +13,8 @@
 //! | `agentbus.check.<run>` | the publish/subscribe probe of `agentbus check` |
 //! | `<inbox>.<n>` | a worker's pull requests, answered on one subscription `<inbox>.*` |
 //!
-//! Durable consumer names are built here too, from the same validated names.
+//! Durable consumer names are built here too, from the same validated names, and
+//! so are the names and subjects of `agentbus check` runs ([`CheckRun`]).
 //! `docs/PROTOCOL.md` in the repository describes each for other clients.
 
 use crate::name::Name;
@@ -82,6 +83,12 @@ impl AsRef<str> for Subject {
 
 impl PartialEq<str> for Subject {
     fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<String> for Subject {
+    fn eq(&self, other: &String) -> bool {
         self.as_str() == other
     }
 }
@@ -302,11 +309,6 @@ pub fn dead_letter(original: &str) -> Subject {
 pub const MAX_DELIVERIES_ADVISORY: &str =
     "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.agent-tasks.*";
 
-/// Core subject `agentbus check` uses for its publish/subscribe test.
-pub fn check(run: &Name) -> Subject {
-    Subject::built(format!("agentbus.check.{run}"))
-}
-
 /// The subscription of a worker's pull replies: every `<inbox>.<n>`.
 pub fn pull_replies(inbox: &str) -> String {
     format!("{inbox}.*")
@@ -349,6 +351,56 @@ pub mod durable {
 
     /// Prefixes of every durable consumer name agentbus creates.
     pub const PREFIXES: [&str; 5] = ["tasks-", "work-", "inbox-", "direct-", "broadcast-"];
+}
+
+/// The names one `agentbus check` run gives what it creates.
+///
+/// Every name starts with the run's own `check-<id>`, so runs at the same time
+/// never collide and what a run killed midway left behind is recognizable.
+/// None starts with a prefix of [`durable::PREFIXES`]: the check's consumers
+/// are not agents' consumers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRun(Name);
+
+impl CheckRun {
+    /// The run with id `id`.
+    pub fn new(id: uuid::Uuid) -> Self {
+        let name = format!("check-{}", id.simple());
+        Self(Name::parse("check run name", &name).expect("a UUID makes a valid name"))
+    }
+
+    /// `check-<id>`: the agent and the topic the run's messages go to.
+    pub fn name(&self) -> &Name {
+        &self.0
+    }
+
+    /// `agentbus.check.<run>`: the core subject of the publish/subscribe test,
+    /// outside every agentbus subject, so nothing but the run listens to it.
+    pub fn core_subject(&self) -> Subject {
+        Subject::built(format!("agentbus.check.{}", self.0))
+    }
+
+    /// `check-<id>-dedup`: the agent whose task queue the deduplication test
+    /// uses; the message id it stores twice is this name too.
+    pub fn dedup_agent(&self) -> Name {
+        Name::parse("check agent name", &format!("{}-dedup", self.0))
+            .expect("a run name leaves room for the suffix")
+    }
+
+    /// `check-<id>-inbox`: the durable consumer of the offline-delivery test.
+    pub fn inbox_consumer(&self) -> String {
+        format!("{}-inbox", self.0)
+    }
+
+    /// `check-<id>-tasks`: the durable consumer the work-queue test's workers share.
+    pub fn tasks_consumer(&self) -> String {
+        format!("{}-tasks", self.0)
+    }
+
+    /// `check-<id>-broadcast-<index>`: durable consumer `index` of the broadcast test.
+    pub fn broadcast_consumer(&self, index: usize) -> String {
+        format!("{}-broadcast-{index}", self.0)
+    }
 }
 
 /// Lifecycle and task events ([`crate::events`] has their bodies).
@@ -526,6 +578,22 @@ mod tests {
             durable::task_queue(&name("a"), Priority::High),
             "tasks-a-high"
         );
+    }
+
+    #[test]
+    fn check_run_names_start_with_the_run() {
+        let id = uuid::Uuid::new_v4();
+        let run = CheckRun::new(id);
+        let name = format!("check-{}", id.simple());
+        assert_eq!(run.name().as_str(), name);
+        assert_eq!(run.core_subject(), format!("agentbus.check.{name}"));
+        assert_eq!(run.dedup_agent().as_str(), format!("{name}-dedup"));
+        assert_eq!(run.inbox_consumer(), format!("{name}-inbox"));
+        assert_eq!(run.tasks_consumer(), format!("{name}-tasks"));
+        assert_eq!(run.broadcast_consumer(2), format!("{name}-broadcast-2"));
+        for consumer in [run.inbox_consumer(), run.tasks_consumer()] {
+            assert!(!durable::PREFIXES.iter().any(|p| consumer.starts_with(p)));
+        }
     }
 
     #[test]

@@ -4,11 +4,11 @@
 use agentbus::delivery::{
     DeliveryOptions, Queue, RESULT_HEADER, ResultRetention, StoreError, TaskState,
 };
-use agentbus::topology::Topology;
 use agentbus::{
     Agent, AgentMessage, AgentOptions, Bus, MessageChannel, Priority, Runtime, TaskContext,
     TaskError, TaskId, TaskRequest, TaskStatus, TaskTypeSpec,
 };
+use agentbus_ops::topology::Topology;
 use agentbus_testkit::NatsServer;
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -735,7 +735,7 @@ async fn every_broadcast_reaches_each_of_three_agents_once_even_offline() {
 
 #[tokio::test]
 async fn a_full_queue_rejects_the_publish() {
-    let text = agentbus::topology::DEFAULT_TOPOLOGY_TOML.replace(
+    let text = agentbus_ops::topology::STANDARD_TOPOLOGY_TOML.replace(
         "max_msgs = 50000\nmax_bytes = \"200MiB\"\nmax_age = \"14d\"",
         "max_msgs = 3\nmax_bytes = \"200MiB\"\nmax_age = \"14d\"",
     );

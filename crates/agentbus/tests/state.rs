@@ -3,8 +3,8 @@
 //! a password and expired-key notifications on).
 
 use agentbus::state::{StateChange, StateError, StateStore};
-use agentbus::topology::Topology;
 use agentbus::{Bus, Name};
+use agentbus_ops::topology::Topology;
 use agentbus_testkit::{ClosedPort, NatsServer, RedisServer};
 use futures::{Stream, StreamExt};
 use serde_json::json;
@@ -339,7 +339,7 @@ async fn a_server_without_the_buckets_names_agentbus_setup() {
 #[tokio::test]
 async fn setup_upgrades_a_bucket_made_without_limit_markers() {
     // A server provisioned by an agentbus that predates per-key TTLs.
-    let mut old = Topology::requirements();
+    let mut old = Topology::standard();
     for bucket in &mut old.buckets {
         bucket.limit_markers = None;
     }
@@ -350,7 +350,7 @@ async fn setup_upgrades_a_bucket_made_without_limit_markers() {
     assert!(err.to_string().contains("per-message TTL"), "{err}");
     assert!(err.to_string().contains("agentbus setup"), "{err}");
 
-    let actions = Topology::requirements()
+    let actions = Topology::standard()
         .apply(&server.jetstream().await)
         .await
         .unwrap();
@@ -368,7 +368,7 @@ async fn setup_upgrades_a_bucket_made_without_limit_markers() {
         .unwrap();
     wait_until_gone(&state, "t").await;
     // Applying again changes nothing.
-    let again = Topology::requirements()
+    let again = Topology::standard()
         .apply(&server.jetstream().await)
         .await
         .unwrap();

@@ -3,11 +3,11 @@
 //! certificate is trusted (`NATS_CA`), and nothing connects when it is not.
 
 use agentbus::connect::{ConnectError, ServerTarget, TargetSource};
-use agentbus::topology::Topology;
 use agentbus::{
     Agent, AgentOptions, Bus, RequestOptions, Runtime, TaskContext, TaskError, TaskRequest,
     TaskStatus, TaskTypeSpec,
 };
+use agentbus_ops::topology::Topology;
 use agentbus_testkit::{CustomNatsServer, NatsServer};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -92,7 +92,7 @@ async fn agents_and_events_work_over_tls_with_the_ca_from_nats_ca() {
     assert_eq!(target.ca_file(), Some(certificate.as_path()));
 
     let client = Bus::connect(&target, "tls-client").await.unwrap();
-    Topology::requirements()
+    Topology::standard()
         .apply(client.jetstream())
         .await
         .unwrap();

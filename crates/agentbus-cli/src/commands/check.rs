@@ -1,10 +1,10 @@
-//! `agentbus check`: the delivery test of the requirements and the
-//! configuration doctor, against any server.
+//! `agentbus check`: the delivery test and the configuration doctor, against
+//! any server.
 
 use super::{ServerArgs, load_topology};
 use crate::output::outln;
 use crate::output::{Table, print_json, spinner};
-use agentbus::check::{self, CheckOptions};
+use agentbus_ops::check::{self, CheckOptions};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +15,7 @@ pub struct CheckArgs {
     #[command(flatten)]
     server: ServerArgs,
 
-    /// Topology file (TOML) the streams should match; default: the streams of the requirements.
+    /// Topology file (TOML) the streams should match; default: the standard topology.
     #[arg(long, value_name = "FILE")]
     topology: Option<PathBuf>,
 

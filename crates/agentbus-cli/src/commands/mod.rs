@@ -94,7 +94,7 @@ pub struct ServerArgs {
 impl ServerArgs {
     /// Resolves the server target.
     pub fn target(&self) -> anyhow::Result<ServerTarget> {
-        let data_dir = agentbus::data_dir::resolve(self.data_dir.as_deref());
+        let data_dir = agentbus::connect::resolve_data_dir(self.data_dir.as_deref());
         Ok(ServerTarget::resolve(self.server.as_deref(), &data_dir)?)
     }
 
@@ -106,13 +106,13 @@ impl ServerArgs {
     }
 }
 
-/// Loads the topology from `path`, or the requirements' default.
+/// Loads the topology from `path`, or the standard one.
 pub fn load_topology(
     path: Option<&std::path::Path>,
-) -> anyhow::Result<agentbus::topology::Topology> {
+) -> anyhow::Result<agentbus_ops::topology::Topology> {
     match path {
-        Some(path) => Ok(agentbus::topology::Topology::from_file(path)?),
-        None => Ok(agentbus::topology::Topology::requirements()),
+        Some(path) => Ok(agentbus_ops::topology::Topology::from_file(path)?),
+        None => Ok(agentbus_ops::topology::Topology::standard()),
     }
 }
 

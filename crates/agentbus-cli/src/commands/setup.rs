@@ -12,7 +12,7 @@ pub struct SetupArgs {
     #[command(flatten)]
     server: ServerArgs,
 
-    /// Topology file (TOML); default: the three streams of the requirements.
+    /// Topology file (TOML); default: the standard topology (the agentbus streams and buckets).
     #[arg(long, value_name = "FILE")]
     topology: Option<PathBuf>,
 

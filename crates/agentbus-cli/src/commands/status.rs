@@ -3,7 +3,7 @@
 use super::{ServerArgs, jetstream_context};
 use crate::output::outln;
 use crate::output::{Table, human_bytes, percent, print_json};
-use agentbus::monitor::Monitor;
+use agentbus_ops::monitor::Monitor;
 use clap::Args;
 use futures::TryStreamExt;
 use serde::Serialize;
@@ -28,7 +28,7 @@ pub struct StatusArgs {
 #[derive(Debug, Serialize)]
 struct Status {
     server: ServerStatus,
-    jetstream: Option<agentbus::monitor::Jsz>,
+    jetstream: Option<agentbus_ops::monitor::Jsz>,
     streams: BTreeMap<String, StreamStatus>,
 }
 

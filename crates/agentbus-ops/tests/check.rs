@@ -1,10 +1,10 @@
-//! `agentbus::check` against real servers: a provisioned one (every check
+//! `agentbus_ops::check` against real servers: a provisioned one (every check
 //! passes, nothing is left behind), misconfigured ones (the right checks fail
 //! and say why), one without streams and one without authentication.
 
-use agentbus::check::{self, CheckOptions, CheckReport, names};
 use agentbus::connect::{ServerTarget, TargetSource};
-use agentbus::topology::{Discard, Topology};
+use agentbus_ops::check::{self, CheckOptions, CheckReport, names};
+use agentbus_ops::topology::{Discard, Topology};
 use agentbus_testkit::{CustomNatsServer, NatsServer};
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::{StreamExt, TryStreamExt};
@@ -90,7 +90,7 @@ async fn every_check_passes_on_a_provisioned_server_and_leaves_nothing_behind() 
     let before = snapshot(&js).await;
 
     let started = Instant::now();
-    let report = run_checks(&server, &Topology::requirements()).await;
+    let report = run_checks(&server, &Topology::standard()).await;
     assert!(report.passed, "{report:#?}");
     let names: Vec<&str> = report.checks.iter().map(|c| c.name).collect();
     assert_eq!(names, names::ALL);
@@ -149,7 +149,7 @@ async fn every_check_passes_on_a_provisioned_server_and_leaves_nothing_behind() 
 #[tokio::test]
 async fn two_runs_at_the_same_time_do_not_collide() {
     let server = NatsServer::start().await;
-    let topology = Topology::requirements();
+    let topology = Topology::standard();
     let (first, second) = tokio::join!(
         run_checks(&server, &topology),
         run_checks(&server, &topology)
@@ -184,7 +184,7 @@ async fn a_check_cut_short_by_its_timeout_fails_and_is_still_cleaned_up() {
     let report = check::run_with(
         &client,
         &server.target(),
-        &Topology::requirements(),
+        &Topology::standard(),
         &options,
         |name| started.push(name),
     )
@@ -212,7 +212,7 @@ async fn a_check_cut_short_by_its_timeout_fails_and_is_still_cleaned_up() {
 
 #[tokio::test]
 async fn a_misconfigured_task_stream_fails_the_checks_naming_the_fields() {
-    let mut misconfigured = Topology::requirements();
+    let mut misconfigured = Topology::standard();
     let tasks = misconfigured
         .streams
         .iter_mut()
@@ -222,7 +222,7 @@ async fn a_misconfigured_task_stream_fails_the_checks_naming_the_fields() {
     tasks.max_msgs = 40_000;
     let server = NatsServer::start_with_topology(&misconfigured).await;
 
-    let report = run_checks(&server, &Topology::requirements()).await;
+    let report = run_checks(&server, &Topology::standard()).await;
     assert_failed_exactly(&report, &[names::STREAMS, names::DEDUP_AND_DISCARD]);
     let streams = detail(&report, names::STREAMS);
     assert!(
@@ -246,7 +246,7 @@ async fn a_misconfigured_task_stream_fails_the_checks_naming_the_fields() {
 async fn a_stream_capturing_request_reply_subjects_is_named() {
     let server = NatsServer::start_bare().await;
     let js = server.jetstream().await;
-    Topology::requirements().apply(&js).await.unwrap();
+    Topology::standard().apply(&js).await.unwrap();
     js.create_stream(stream::Config {
         name: "rogue".into(),
         subjects: vec!["agent.*.task".into()],
@@ -255,7 +255,7 @@ async fn a_stream_capturing_request_reply_subjects_is_named() {
     .await
     .unwrap();
 
-    let report = run_checks(&server, &Topology::requirements()).await;
+    let report = run_checks(&server, &Topology::standard()).await;
     assert_failed_exactly(&report, &[names::REQUEST_REPLY]);
     let detail = detail(&report, names::REQUEST_REPLY);
     assert!(
@@ -281,7 +281,7 @@ async fn a_consumer_that_expires_is_not_durable() {
     .await
     .unwrap();
 
-    let report = run_checks(&server, &Topology::requirements()).await;
+    let report = run_checks(&server, &Topology::standard()).await;
     assert_failed_exactly(&report, &[names::DURABLE_CONSUMERS]);
     let detail = detail(&report, names::DURABLE_CONSUMERS);
     assert!(
@@ -294,7 +294,7 @@ async fn a_consumer_that_expires_is_not_durable() {
 async fn missing_streams_fail_their_checks_without_stopping_the_run() {
     let server = NatsServer::start_bare().await;
     let started = Instant::now();
-    let report = run_checks(&server, &Topology::requirements()).await;
+    let report = run_checks(&server, &Topology::standard()).await;
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "{:?}",
@@ -363,9 +363,9 @@ async fn a_server_without_authentication_fails_the_authentication_check() {
     let target = ServerTarget::from_url(&server.url, TargetSource::Explicit);
     let client = target.connect("check-test").await.unwrap();
     let js = jetstream::new(client.clone());
-    Topology::requirements().apply(&js).await.unwrap();
+    Topology::standard().apply(&js).await.unwrap();
 
-    let report = check::run(&client, &target, &Topology::requirements()).await;
+    let report = check::run(&client, &target, &Topology::standard()).await;
     assert_failed_exactly(&report, &[names::AUTHENTICATION]);
     let detail = detail(&report, names::AUTHENTICATION);
     assert!(

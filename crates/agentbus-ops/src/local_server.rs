@@ -1,13 +1,17 @@
 //! Running a local `nats-server` as a supervised child process.
 //!
-//! Used by `agentbus up` and by the test kit. The server gets a generated
-//! config in its directory: JetStream storage there, the requested (or random)
-//! ports, authentication with one user whose password reaches the server
-//! through an environment variable, so it never lands in the config file.
+//! [`crate::LocalBus`] starts it; `agentbus up`, `agentbus bench` and the test
+//! kit then hold the [`LocalServer`] until they stop it. The server gets a
+//! generated config in its directory: JetStream storage there, the requested
+//! (or random) ports, authentication with one user whose password reaches the
+//! server through an environment variable, so it never lands in the config file.
 //! On Linux the child is asked to die with its parent, so no server outlives
-//! the process that started it, even when that process is killed.
+//! the process that started it, even when that process is killed. It runs in
+//! a process group of its own: Ctrl-C in a terminal signals the foreground
+//! group, and the process that started the server is the one to stop it.
 
 use crate::private_file::write_private;
+use agentbus::connect::{Credentials, ServerTarget, TargetSource};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -28,10 +32,12 @@ pub struct LocalServerConfig {
     pub binary: PathBuf,
     /// Directory holding the config, log, ports file and JetStream store.
     pub dir: PathBuf,
-    /// Address to bind (client and monitoring).
+    /// Address to bind the client port to.
     pub host: String,
     /// Client port; 0 picks a free one.
     pub port: u16,
+    /// Address to bind the HTTP monitoring port to: it has no authentication.
+    pub monitor_host: String,
     /// Monitoring port; 0 picks a free one.
     pub monitor_port: u16,
     /// The one user allowed to connect.
@@ -49,6 +55,7 @@ impl std::fmt::Debug for LocalServerConfig {
             .field("dir", &self.dir)
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("monitor_host", &self.monitor_host)
             .field("monitor_port", &self.monitor_port)
             .field("user", &self.user)
             .finish_non_exhaustive()
@@ -60,26 +67,48 @@ impl std::fmt::Debug for LocalServerConfig {
 pub enum LocalServerError {
     /// A file in the server directory could not be written.
     #[error("cannot write {}: {reason}; check that the directory is writable", .path.display())]
-    Write { path: PathBuf, reason: String },
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// The requested port is taken.
     #[error(
         "{what} port {port} on {host} is already in use; stop what listens there or pass {flag} 0 to pick a free port"
     )]
     PortInUse {
+        /// Which port: `client` or `monitoring`.
         what: &'static str,
+        /// The address it was to be bound on.
         host: String,
+        /// The port.
         port: u16,
+        /// The command-line flag that sets it.
         flag: &'static str,
     },
     /// The process could not be spawned.
     #[error("cannot start {}: {reason}", .binary.display())]
-    Spawn { binary: PathBuf, reason: String },
+    Spawn {
+        /// The `nats-server` executable.
+        binary: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// The server exited while starting.
     #[error("nats-server exited while starting ({status}); its last log lines:\n{log_tail}")]
-    ExitedEarly { status: String, log_tail: String },
+    ExitedEarly {
+        /// How it exited.
+        status: String,
+        /// The last lines of its log.
+        log_tail: String,
+    },
     /// The server did not report its ports in time.
     #[error("nats-server did not become ready within {} s; its last log lines:\n{log_tail}", START_TIMEOUT.as_secs())]
-    NotReady { log_tail: String },
+    NotReady {
+        /// The last lines of its log.
+        log_tail: String,
+    },
 }
 
 /// A running local server; killed when dropped.
@@ -95,14 +124,14 @@ pub struct LocalServer {
 }
 
 impl LocalServer {
-    /// Writes the config, starts the server and waits until it listens.
-    pub async fn start(config: &LocalServerConfig) -> Result<Self, LocalServerError> {
-        check_port_free(&config.host, config.port, "client", "--port")?;
-        check_port_free(
+    /// Writes the config and starts the server, without waiting for it
+    /// ([`crate::LocalBus::start`] waits until it is ready).
+    pub(crate) fn spawn(config: &LocalServerConfig) -> Result<Self, LocalServerError> {
+        check_ports_free(
             &config.host,
+            config.port,
+            &config.monitor_host,
             config.monitor_port,
-            "monitoring",
-            "--monitor-port",
         )?;
         let config_path = config.dir.join(CONFIG_FILE);
         write_private(&config_path, &render_config(config)).map_err(|err| {
@@ -133,6 +162,7 @@ impl LocalServer {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
+            .process_group(0)
             .kill_on_drop(true);
         die_with_parent(&mut command);
         let child = command.spawn().map_err(|err| LocalServerError::Spawn {
@@ -140,7 +170,7 @@ impl LocalServer {
             reason: err.to_string(),
         })?;
         let pid = child.id().unwrap_or_default();
-        let mut server = Self {
+        Ok(Self {
             child,
             pid,
             client_url: String::new(),
@@ -148,12 +178,14 @@ impl LocalServer {
             user: config.user.clone(),
             password: config.password.clone(),
             dir: config.dir.clone(),
-        };
-        server.wait_for_ports(config).await?;
-        Ok(server)
+        })
     }
 
-    async fn wait_for_ports(&mut self, config: &LocalServerConfig) -> Result<(), LocalServerError> {
+    /// Waits until the server (started with `config`) reports the ports it listens on.
+    pub(crate) async fn wait_for_ports(
+        &mut self,
+        config: &LocalServerConfig,
+    ) -> Result<(), LocalServerError> {
         let ports_file = self.dir.join(format!("nats-server_{}.ports", self.pid));
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -163,14 +195,19 @@ impl LocalServer {
                     // Someone took the port between our check and the server's bind.
                     let monitoring = config.monitor_port != 0
                         && log_tail.contains(&format!(":{}", config.monitor_port));
-                    let (what, port, flag) = if monitoring {
-                        ("monitoring", config.monitor_port, "--monitor-port")
+                    let (what, host, port, flag) = if monitoring {
+                        (
+                            "monitoring",
+                            &config.monitor_host,
+                            config.monitor_port,
+                            "--monitor-port",
+                        )
                     } else {
-                        ("client", config.port, "--port")
+                        ("client", &config.host, config.port, "--port")
                     };
                     return Err(LocalServerError::PortInUse {
                         what,
-                        host: config.host.clone(),
+                        host: host.clone(),
                         port,
                         flag,
                     });
@@ -208,6 +245,17 @@ impl LocalServer {
     pub fn client_url_with_credentials(&self) -> String {
         let rest = self.client_url.trim_start_matches("nats://");
         format!("nats://{}:{}@{rest}", self.user, self.password)
+    }
+
+    /// The server as agentbus clients find it: its client URL, the user and
+    /// password, and its monitoring URL.
+    pub fn target(&self) -> ServerTarget {
+        ServerTarget::from_url(&self.client_url, TargetSource::Explicit)
+            .with_credentials(Credentials::UserPassword {
+                user: self.user.clone(),
+                password: self.password.clone(),
+            })
+            .with_monitor_url(Some(self.monitor_url.clone()).filter(|url| !url.is_empty()))
     }
 
     /// Monitoring URL, e.g. `http://127.0.0.1:8222`.
@@ -251,9 +299,14 @@ impl LocalServer {
         }
     }
 
+    /// The server's log file (its stdout and stderr).
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join(LOG_FILE)
+    }
+
     /// The last `lines` lines of the server log.
     pub fn log_tail(&self, lines: usize) -> String {
-        log_tail(&self.dir.join(LOG_FILE), lines)
+        log_tail(&self.log_file(), lines)
     }
 }
 
@@ -271,12 +324,19 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 fn render_config(config: &LocalServerConfig) -> String {
     let port = |p: u16| if p == 0 { -1 } else { i32::from(p) };
     let dir = config.dir.display();
+    // Monitoring listens on the client host unless `http` names another one.
+    let monitoring = if config.monitor_host == config.host {
+        format!("http_port: {}", port(config.monitor_port))
+    } else {
+        let address = socket_address(&config.monitor_host, port(config.monitor_port));
+        format!("http: {address:?}")
+    };
     format!(
         r#"# Generated by agentbus at every start; edits are overwritten.
 server_name: {name:?}
 host: {host:?}
 port: {port}
-http_port: {http_port}
+{monitoring}
 ports_file_dir: "{dir}"
 jetstream {{
   store_dir: "{dir}"
@@ -290,15 +350,29 @@ authorization {{
         name = config.server_name,
         host = config.host,
         port = port(config.port),
-        http_port = port(config.monitor_port),
         user = config.user,
     )
 }
 
-/// Fails when the client or monitoring port (unless 0) is already taken.
-pub fn check_ports_free(host: &str, port: u16, monitor_port: u16) -> Result<(), LocalServerError> {
+/// Fails when the client port on `host` or the monitoring port on
+/// `monitor_host` (either unless 0) is already taken.
+pub fn check_ports_free(
+    host: &str,
+    port: u16,
+    monitor_host: &str,
+    monitor_port: u16,
+) -> Result<(), LocalServerError> {
     check_port_free(host, port, "client", "--port")?;
-    check_port_free(host, monitor_port, "monitoring", "--monitor-port")
+    check_port_free(monitor_host, monitor_port, "monitoring", "--monitor-port")
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+fn socket_address(host: &str, port: impl std::fmt::Display) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 fn check_port_free(
@@ -310,12 +384,7 @@ fn check_port_free(
     if port == 0 {
         return Ok(());
     }
-    let addr = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    match TcpListener::bind(&addr) {
+    match TcpListener::bind(socket_address(host, port)) {
         Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
             Err(LocalServerError::PortInUse {
                 what,
@@ -392,6 +461,7 @@ mod tests {
             dir: "/data".into(),
             host: "127.0.0.1".into(),
             port: 0,
+            monitor_host: "127.0.0.1".into(),
             monitor_port: 8222,
             user: "agentbus".into(),
             password: "hunter2".into(),
@@ -403,5 +473,26 @@ mod tests {
         assert!(text.contains("http_port: 8222\n"));
         assert!(text.contains("password: $AGENTBUS_NATS_PASSWORD"));
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn monitoring_on_another_host_is_bound_there() {
+        let config = |host: &str, monitor_host: &str| LocalServerConfig {
+            binary: "nats-server".into(),
+            dir: "/data".into(),
+            host: host.into(),
+            port: 4222,
+            monitor_host: monitor_host.into(),
+            monitor_port: 0,
+            user: "agentbus".into(),
+            password: "secret".into(),
+            server_name: "agentbus".into(),
+        };
+        let text = render_config(&config("0.0.0.0", "127.0.0.1"));
+        assert!(text.contains("host: \"0.0.0.0\"\n"), "{text}");
+        assert!(text.contains("http: \"127.0.0.1:-1\"\n"), "{text}");
+        assert!(!text.contains("http_port"), "{text}");
+        let text = render_config(&config("0.0.0.0", "::1"));
+        assert!(text.contains("http: \"[::1]:-1\"\n"), "{text}");
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// Writes `contents` to `path` with mode 0600, through a temporary file and a
 /// rename so that readers never see a half-written file.
-pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
     let mut file = std::fs::OpenOptions::new()

@@ -1,5 +1,10 @@
 //! The data directory of `agentbus up`: one running bus per directory.
 //!
+//! Which directory that is (`--data-dir`, `AGENTBUS_DATA_DIR`, `./.agentbus`)
+//! is decided by [`agentbus::connect::resolve_data_dir`], since clients look for
+//! its `connection.env` the same way. This module holds the directory for one
+//! `up`: its lock, its password and its `connection.env`.
+//!
 //! ```text
 //! <data-dir>/
 //!   up.lock          held while `agentbus up` runs (its pid inside)
@@ -10,18 +15,14 @@
 //!   jetstream/       the JetStream store: every stream's messages
 //! ```
 
-use crate::connect::{CONNECTION_FILE, ConnectionFile};
 use crate::private_file::write_private;
+use agentbus::connect::{CONNECTION_FILE, ConnectionFile};
 use rand::Rng;
 use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-/// Default data directory, relative to the working directory.
-pub const DEFAULT_DATA_DIR: &str = ".agentbus";
-/// Variable overriding the data directory.
-pub const DATA_DIR_VAR: &str = "AGENTBUS_DATA_DIR";
 /// The user `agentbus up` creates.
 pub const BUS_USER: &str = "agentbus";
 
@@ -34,10 +35,24 @@ const PASSWORD_LEN: usize = 32;
 pub enum DataDirError {
     /// The directory or a file in it could not be created or read.
     #[error("cannot use data directory {}: {reason}; pass --data-dir with a writable directory", .path.display())]
-    Unusable { path: PathBuf, reason: String },
+    Unusable {
+        /// The data directory.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// Another `agentbus up` holds the directory.
-    #[error("data directory {} is in use by another `agentbus up`{}; stop it first or pass another --data-dir", .path.display(), .pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
-    InUse { path: PathBuf, pid: Option<u32> },
+    #[error(
+        "data directory {} is in use by the running `agentbus up`{}; stop that one first or pass another --data-dir",
+        .path.display(),
+        .pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    InUse {
+        /// The data directory.
+        path: PathBuf,
+        /// The process id of the `agentbus up` holding it, when readable.
+        pid: Option<u32>,
+    },
 }
 
 /// A data directory held exclusively by this process until dropped.
@@ -143,17 +158,6 @@ impl DataDir {
     pub fn remove_connection_file(&self) {
         let _ = std::fs::remove_file(self.connection_file());
     }
-}
-
-/// The data directory to use: the flag, else `AGENTBUS_DATA_DIR`, else `./.agentbus`.
-pub fn resolve(flag: Option<&Path>) -> PathBuf {
-    flag.map(Path::to_path_buf)
-        .or_else(|| {
-            std::env::var_os(DATA_DIR_VAR)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        })
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
 }
 
 #[cfg(test)]

@@ -1,0 +1,129 @@
+//! Starting a local bus: a supervised `nats-server` that accepts authenticated
+//! clients, with JetStream answering and a topology applied.
+//!
+//! `agentbus up`, `agentbus bench` and the test kit all start their servers
+//! with [`LocalBus::start`]; they differ only in the configuration (data
+//! directory or temporary one, ports, credentials) and the topology.
+
+use crate::local_server::{LocalServer, LocalServerConfig, LocalServerError};
+use crate::topology::{StreamAction, Topology, TopologyError};
+use agentbus::connect::ConnectError;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long JetStream may take to answer once the server listens.
+const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often JetStream is asked until it answers.
+const JETSTREAM_POLL: Duration = Duration::from_millis(50);
+/// How long a server that failed to get ready may take to stop.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Client name of the connection that waits for JetStream and applies the topology.
+const CLIENT_NAME: &str = "agentbus-start";
+
+/// A running local server, ready for clients, with its topology applied.
+#[derive(Debug)]
+pub struct LocalBus {
+    /// The supervised server; killed when dropped.
+    pub server: LocalServer,
+    /// The version the server reports to clients, e.g. `2.15.1`.
+    pub version: String,
+    /// What applying the topology did, per stream and bucket, in order.
+    pub applied: Vec<(String, StreamAction)>,
+}
+
+/// Why a local bus could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalBusError {
+    /// The server did not start or did not listen.
+    #[error(transparent)]
+    Start(#[from] LocalServerError),
+    /// The configured user could not connect to the server.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// JetStream did not answer in time.
+    #[error(
+        "JetStream did not answer within {} s: {reason}; see the server's log in {}",
+        JETSTREAM_TIMEOUT.as_secs(),
+        .log.display()
+    )]
+    JetStreamNotReady {
+        /// The last error JetStream gave.
+        reason: String,
+        /// The server's log file.
+        log: PathBuf,
+    },
+    /// The topology could not be applied.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    /// The stop of [`LocalBus::start_unless`] came first; the server is stopped.
+    #[error("stopped before the bus was ready")]
+    Stopped,
+}
+
+impl LocalBus {
+    /// Starts `nats-server` as `config` says, waits until the configured user
+    /// can connect and JetStream answers, and applies `topology`
+    /// ([`Topology::default()`] applies nothing). A server that started but
+    /// did not get ready is stopped before the error is returned.
+    pub async fn start(
+        config: &LocalServerConfig,
+        topology: &Topology,
+    ) -> Result<Self, LocalBusError> {
+        Self::start_unless(config, topology, std::future::pending()).await
+    }
+
+    /// Like [`LocalBus::start`], unless `stop` completes first (a stop signal,
+    /// say): then a server already started is stopped (SIGTERM, so JetStream
+    /// flushes its storage) and the error is [`LocalBusError::Stopped`].
+    pub async fn start_unless(
+        config: &LocalServerConfig,
+        topology: &Topology,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Self, LocalBusError> {
+        let mut server = LocalServer::spawn(config)?;
+        let ready = tokio::select! {
+            ready = ready(&mut server, config, topology) => ready,
+            () = stop => Err(LocalBusError::Stopped),
+        };
+        match ready {
+            Ok((version, applied)) => Ok(Self {
+                server,
+                version,
+                applied,
+            }),
+            Err(err) => {
+                let _ = server.stop(STOP_GRACE).await;
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Waits until `server` listens, connects as the configured user, waits for
+/// JetStream and applies `topology`; returns the server's version and what
+/// was applied.
+async fn ready(
+    server: &mut LocalServer,
+    config: &LocalServerConfig,
+    topology: &Topology,
+) -> Result<(String, Vec<(String, StreamAction)>), LocalBusError> {
+    server.wait_for_ports(config).await?;
+    let client = server.target().connect(CLIENT_NAME).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = tokio::time::Instant::now() + JETSTREAM_TIMEOUT;
+    // JetStream normally answers at once: the server enables it before it listens.
+    while let Err(err) = js.query_account().await {
+        if tokio::time::Instant::now() > deadline {
+            return Err(LocalBusError::JetStreamNotReady {
+                reason: err.to_string(),
+                log: server.log_file(),
+            });
+        }
+        tokio::time::sleep(JETSTREAM_POLL).await;
+    }
+    let applied = topology.apply(&js).await?;
+    let version = client.server_info().version;
+    client.drain().await.ok();
+    Ok((version, applied))
+}
