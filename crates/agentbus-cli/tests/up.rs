@@ -613,7 +613,7 @@ async fn up_demo_shows_the_agents_at_work_serves_a_client_and_stops_on_sigterm()
         serde_json::json!({
             "text": "hello there",
             "mode": "echo",
-            "note": agentbus::demo::ECHO_NOTE,
+            "note": agentbus_demo::ECHO_NOTE,
         }),
         "{response}"
     );
@@ -644,7 +644,7 @@ async fn up_demo_shows_the_agents_at_work_serves_a_client_and_stops_on_sigterm()
             .map(str::to_owned)
     })
     .await;
-    let max_tokens = agentbus::demo::DemoOptions::default().max_tokens;
+    let max_tokens = agentbus_demo::DemoOptions::default().max_tokens;
     assert_eq!(
         generated.split_whitespace().count() as u64,
         max_tokens,

@@ -24,7 +24,6 @@
 //! - [`state`]: per-agent key/value state with TTL, on NATS KV or Redis.
 //! - [`presence`]: heartbeats, who is online, and `agent_offline` events.
 //! - [`data_dir`], [`private_file`]: the data directory of `agentbus up` and its secrets.
-//! - [`demo`]: the requirements' three scenarios as agents (`agentbus up --demo`).
 //! - [`redact`]: keeping passwords out of everything printed or logged.
 //! - [`check`]: the delivery test of the requirements and a configuration doctor.
 
@@ -34,7 +33,6 @@ pub mod client;
 pub mod connect;
 pub mod data_dir;
 pub mod delivery;
-pub mod demo;
 pub mod discovery;
 pub mod local_server;
 pub mod monitor;

@@ -108,7 +108,7 @@ pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut demo = if args.demo {
         let started = async {
             // Fail before the demo starts when its LLM settings are wrong.
-            let options = agentbus::demo::DemoOptions::from_env()?;
+            let options = agentbus_demo::DemoOptions::from_env()?;
             start_demo(&server, options, args.json).await
         }
         .await;
@@ -226,7 +226,7 @@ const PRINTER_GRACE: Duration = Duration::from_secs(1);
 /// The demo agents, running beside the bus until told to stop.
 struct RunningDemo {
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), agentbus::demo::DemoError>>,
+    task: tokio::task::JoinHandle<Result<(), agentbus_demo::DemoError>>,
     /// What the demo reports, printed from [`RunningDemo::print_from_now`] on.
     lines: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
     /// Prints `lines`; ends once the demo is over and everything is printed.
@@ -260,7 +260,7 @@ impl RunningDemo {
 /// Starts the demo agents; returns once they serve (or with why they cannot).
 async fn start_demo(
     server: &LocalServer,
-    options: agentbus::demo::DemoOptions,
+    options: agentbus_demo::DemoOptions,
     json: bool,
 ) -> anyhow::Result<RunningDemo> {
     let target = ServerTarget::from_url(
@@ -272,7 +272,7 @@ async fn start_demo(
     let (sender, lines) = tokio::sync::mpsc::unbounded_channel();
     let (serving, is_serving) = tokio::sync::oneshot::channel::<()>();
     let mut serving = Some(serving);
-    let mut task = tokio::spawn(agentbus::demo::run_demo_with(
+    let mut task = tokio::spawn(agentbus_demo::run_demo_with(
         bus,
         options,
         async {

@@ -1,9 +1,8 @@
-//! The enhancement agent of the requirements: consumes `enhancement.feedback`
-//! events and reports what it has seen.
+//! The enhancement agent: consumes `enhancement.feedback` events and reports
+//! what it has seen.
 
-use crate::agent::{Agent, TaskContext, TaskError, TaskTypeSpec};
-use crate::client::{Bus, SubscribeError, Subscription};
-use crate::protocol::TaskRequest;
+use agentbus::client::{SubscribeError, Subscription};
+use agentbus::{Agent, Bus, TaskContext, TaskError, TaskRequest, TaskTypeSpec};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
@@ -38,14 +37,14 @@ pub struct FeedbackSummary {
 /// ```no_run
 /// # async fn example(bus: agentbus::Bus) -> Result<(), Box<dyn std::error::Error>> {
 /// use agentbus::{AgentOptions, Runtime};
-/// use agentbus::demo::EnhancementAgent;
+/// use agentbus_demo::EnhancementAgent;
 /// let (agent, consumer) = EnhancementAgent::start(&bus, Some("enhancement_agent")).await?;
 /// let mut runtime = Runtime::new(bus);
 /// runtime.add(agent, AgentOptions::default()).await?;
 /// # Ok(()) }
 /// ```
 ///
-/// [`Runtime`]: crate::Runtime
+/// [`Runtime`]: agentbus::Runtime
 #[derive(Debug, Clone, Default)]
 pub struct EnhancementAgent {
     state: Arc<watch::Sender<FeedbackSummary>>,

@@ -1,12 +1,12 @@
-//! The requirements' scenarios (`agentbus::demo`, which the examples run)
-//! against a real nats-server, and an OpenAI-compatible endpoint played by a
-//! small HTTP server on 127.0.0.1:0.
+//! The demo agents and the demo that drives them, against a real
+//! nats-server, and an OpenAI-compatible endpoint played by a small HTTP
+//! server on 127.0.0.1:0.
 
-use agentbus::demo::{
-    self, CHAT_MESSAGE_NEW, ChatManager, DemoOptions, ECHO_NOTE, ENHANCEMENT_FEEDBACK,
+use agentbus::{AgentOptions, Bus, Priority, Runtime, TaskResponse, TaskStatus};
+use agentbus_demo::{
+    self as demo, CHAT_MESSAGE_NEW, ChatManager, DemoOptions, ECHO_NOTE, ENHANCEMENT_FEEDBACK,
     EnhancementAgent, LlmAgent, LlmEndpoint,
 };
-use agentbus::{AgentOptions, Bus, Priority, Runtime, TaskResponse, TaskStatus};
 use agentbus_testkit::{ClosedPort, NatsServer};
 use futures::StreamExt;
 use serde_json::{Value, json};

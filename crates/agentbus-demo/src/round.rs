@@ -1,25 +1,19 @@
-//! The demo: the three agents in one runtime, and an orchestrator that drives
-//! them every couple of seconds, printing one line per step.
+//! One round of the demo: the orchestrator asks `llm_agent` for text, has
+//! `chat_manager` post it, sends feedback on it, and asks
+//! `enhancement_agent` what it has seen, reporting one line per step.
 
-use super::chat_manager::{
-    CHAT_MANAGER, CHAT_MESSAGE_NEW, ChatManager, ChatMessageEvent, POST_MESSAGE,
-};
-use super::enhancement_agent::{
+use crate::chat_manager::{CHAT_MANAGER, CHAT_MESSAGE_NEW, ChatMessageEvent, POST_MESSAGE};
+use crate::enhancement_agent::{
     ENHANCEMENT_AGENT, ENHANCEMENT_FEEDBACK, EnhancementAgent, FEEDBACK_SUMMARY,
 };
-use super::llm_agent::{LlmAgent, LlmEndpoint, LlmSetupError};
-use super::orchestrator::send_generate_text;
-use crate::client::{Bus, SubscribeError, Subscription};
-use crate::protocol::{Priority, TaskResponse};
-use crate::runtime::{AgentOptions, Runtime, RuntimeError};
+use crate::orchestrator::send_generate_text;
+use crate::run::DEMO_SESSION;
+use crate::text::{short_id, shorten};
+use agentbus::client::Subscription;
+use agentbus::{Bus, Priority, SendTaskError, TaskResponse};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use std::future::Future;
-use std::io::Write;
 use std::time::Duration;
-
-/// The chat session the demo posts to.
-pub const DEMO_SESSION: &str = "demo-session";
 
 /// Prompts the demo cycles through; each is longer than the demo's
 /// `max_tokens`, so echo mode visibly truncates.
@@ -31,148 +25,21 @@ const PROMPTS: [&str; 3] = [
 
 /// How long a step waits for an event it caused before moving on.
 const EVENT_WAIT: Duration = Duration::from_secs(2);
-/// How long running tasks may take to finish when the demo stops.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Printed text is cut to this many characters.
-const SHOWN_CHARS: usize = 72;
 
-/// How the demo runs.
-#[derive(Debug, Clone)]
-pub struct DemoOptions {
-    /// Time between rounds.
-    pub interval: Duration,
-    /// `max_tokens` of each `generate_text` task.
-    pub max_tokens: u64,
-    /// The endpoint `llm_agent` calls; `None` for echo mode.
-    pub llm: Option<LlmEndpoint>,
+/// The orchestrator's side of the demo, kept between rounds.
+pub(crate) struct Orchestrator {
+    pub(crate) bus: Bus,
+    /// `chat.message.new`, to show what `chat_manager` announced.
+    pub(crate) chat: Subscription,
+    /// The served enhancement agent, to wait until it has seen the feedback.
+    pub(crate) feedback: EnhancementAgent,
+    pub(crate) feedback_sent: u64,
+    pub(crate) max_tokens: u64,
 }
 
-impl Default for DemoOptions {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(2),
-            max_tokens: 8,
-            llm: None,
-        }
-    }
-}
-
-impl DemoOptions {
-    /// The defaults, with the LLM endpoint from `LLM_BASE_URL`, `LLM_API_KEY`
-    /// and `LLM_MODEL`.
-    pub fn from_env() -> Result<Self, LlmSetupError> {
-        Ok(Self {
-            llm: LlmEndpoint::from_env()?,
-            ..Self::default()
-        })
-    }
-}
-
-/// Why the demo could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum DemoError {
-    /// The LLM endpoint is misconfigured.
-    #[error(transparent)]
-    Llm(#[from] LlmSetupError),
-    /// An agent could not be served.
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    /// A subscription could not be made or confirmed.
-    #[error(transparent)]
-    Subscribe(#[from] SubscribeError),
-}
-
-/// Serves `llm_agent`, `chat_manager` and `enhancement_agent` on `bus` and,
-/// every two seconds until `shutdown` completes, sends them work, printing one
-/// line per step to stdout. The LLM endpoint comes from the environment
-/// (see [`DemoOptions::from_env`]).
-///
-/// ```no_run
-/// # async fn example(bus: agentbus::Bus) -> Result<(), agentbus::demo::DemoError> {
-/// agentbus::demo::run_demo(bus, async { let _ = tokio::signal::ctrl_c().await; }).await
-/// # }
-/// ```
-pub async fn run_demo(bus: Bus, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
-    let options = DemoOptions::from_env()?;
-    run_demo_with(bus, options, shutdown, |line| {
-        // A closed stdout must not stop the agents.
-        let _ = writeln!(std::io::stdout().lock(), "{line}");
-    })
-    .await
-}
-
-/// Like [`run_demo`], with explicit options, handing each line to `report`.
-pub async fn run_demo_with(
-    bus: Bus,
-    options: DemoOptions,
-    shutdown: impl Future<Output = ()>,
-    mut report: impl FnMut(&str),
-) -> Result<(), DemoError> {
-    let llm = LlmAgent::new(options.llm.clone())?;
-    let mode = match llm.endpoint() {
-        None => "echo mode; set LLM_BASE_URL for a model".to_owned(),
-        Some(endpoint) => format!("model {} at {}", endpoint.model(), endpoint.display_url()),
-    };
-    let chat = bus.subscribe(CHAT_MESSAGE_NEW, None).await?;
-    let (feedback, consumer) = EnhancementAgent::start(&bus, Some(ENHANCEMENT_AGENT)).await?;
-    let mut runtime = Runtime::new(bus.clone());
-    let served = async {
-        runtime.add(llm, AgentOptions::default()).await?;
-        runtime
-            .add(ChatManager::new(), AgentOptions::default())
-            .await?;
-        runtime
-            .add(feedback.clone(), AgentOptions::default())
-            .await?;
-        Ok::<_, RuntimeError>(())
-    }
-    .await;
-    if let Err(err) = served {
-        consumer.abort();
-        runtime.shutdown(Duration::ZERO).await;
-        return Err(err.into());
-    }
-    report(&format!(
-        "demo: serving llm_agent ({mode}), chat_manager and enhancement_agent; a round every {:?}",
-        options.interval
-    ));
-
-    let mut demo = Demo {
-        bus,
-        chat,
-        feedback,
-        feedback_sent: 0,
-        max_tokens: options.max_tokens,
-    };
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut ticker = tokio::time::interval(options.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut round = 0usize;
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = async {
-                ticker.tick().await;
-                demo.round(round, &mut report).await;
-            } => round += 1,
-        }
-    }
-    report("demo: stopping");
-    consumer.abort();
-    runtime.shutdown(SHUTDOWN_GRACE).await;
-    Ok(())
-}
-
-struct Demo {
-    bus: Bus,
-    chat: Subscription,
-    feedback: EnhancementAgent,
-    feedback_sent: u64,
-    max_tokens: u64,
-}
-
-impl Demo {
-    async fn round(&mut self, round: usize, report: &mut impl FnMut(&str)) {
+impl Orchestrator {
+    /// Runs round number `round` (from 0), reporting each step.
+    pub(crate) async fn round(&mut self, round: usize, report: &mut impl FnMut(&str)) {
         let prompt = PROMPTS[round % PROMPTS.len()];
         let text = self.generate_text(prompt, report).await;
         let message_id = self
@@ -294,7 +161,7 @@ impl Demo {
 /// The result of a completed task; otherwise reports why not and returns `None`.
 fn completed(
     step: &str,
-    response: Result<TaskResponse, crate::SendTaskError>,
+    response: Result<TaskResponse, SendTaskError>,
     report: &mut impl FnMut(&str),
 ) -> Option<Value> {
     match response {
@@ -311,34 +178,5 @@ fn completed(
             report(&format!("{step}: no answer: {err}"));
             None
         }
-    }
-}
-
-fn shorten(text: &str) -> String {
-    if text.chars().count() <= SHOWN_CHARS {
-        return text.to_owned();
-    }
-    let mut cut: String = text.chars().take(SHOWN_CHARS - 1).collect();
-    cut.push('…');
-    cut
-}
-
-fn short_id(id: &str) -> &str {
-    id.get(..8).unwrap_or(id)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_text_is_shortened_on_a_char_boundary() {
-        assert_eq!(shorten("short"), "short");
-        let long = "é".repeat(100);
-        let cut = shorten(&long);
-        assert_eq!(cut.chars().count(), SHOWN_CHARS);
-        assert!(cut.ends_with('…'));
-        assert_eq!(short_id("0123456789"), "01234567");
-        assert_eq!(short_id("abc"), "abc");
     }
 }

@@ -1,9 +1,7 @@
-//! The chat manager of the requirements (`LiveChattingManager`): announces new
-//! chat messages on `chat.message.new`.
+//! The chat manager: announces new chat messages on `chat.message.new`.
 
-use crate::agent::{Agent, TaskContext, TaskError, TaskTypeSpec};
-use crate::client::{Bus, PublishError};
-use crate::protocol::TaskRequest;
+use agentbus::client::PublishError;
+use agentbus::{Agent, Bus, TaskContext, TaskError, TaskRequest, TaskTypeSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -14,7 +12,7 @@ pub const POST_MESSAGE: &str = "post_message";
 /// The event announcing a new chat message.
 pub const CHAT_MESSAGE_NEW: &str = "chat.message.new";
 
-/// The body of a `chat.message.new` event, exactly as the requirements show it.
+/// The body of a `chat.message.new` event: these three fields and no others.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessageEvent {
     /// The chat session.
@@ -43,7 +41,7 @@ pub fn post_message_schema() -> Value {
 ///
 /// ```no_run
 /// # async fn example(bus: agentbus::Bus) -> Result<(), agentbus::client::PublishError> {
-/// use agentbus::demo::ChatManager;
+/// use agentbus_demo::ChatManager;
 /// let message_id = ChatManager::new().announce(&bus, "session-1", "Hello!").await?;
 /// bus.flush().await?; // a short-lived process must flush before exiting
 /// # Ok(()) }
