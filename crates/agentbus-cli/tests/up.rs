@@ -11,7 +11,7 @@ use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType}
 use common::{Up, run};
 use futures::TryStreamExt;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MIB: i64 = 1024 * 1024;
 const DAY: u64 = 86_400;
@@ -540,10 +540,15 @@ async fn up_rejects_an_unknown_flag() {
 /// normally takes well under a second; one starts every two seconds).
 const DEMO_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Waits until a line of `up`'s stdout gives `find` something, and returns it.
 /// The demo's lines so far: with `--json`, `up` prints each as `{"demo": line}`.
 fn demo_lines(up: &Up) -> Vec<String> {
-    up.stdout()
+    demo_lines_in(&up.stdout())
+}
+
+/// The demo's lines in `stdout`, up to its last complete line.
+fn demo_lines_in(stdout: &str) -> Vec<String> {
+    let complete = stdout.rfind('\n').map_or("", |end| &stdout[..end]);
+    complete
         .lines()
         .filter_map(|line| {
             let value: serde_json::Value = serde_json::from_str(line)
@@ -556,20 +561,20 @@ fn demo_lines(up: &Up) -> Vec<String> {
         .collect()
 }
 
+/// Waits until a line of the demo gives `find` something, and returns it.
 async fn wait_for_line<T>(up: &Up, what: &str, find: impl Fn(&str) -> Option<T>) -> T {
-    let deadline = Instant::now() + DEMO_TIMEOUT;
-    loop {
-        if let Some(found) = demo_lines(up).iter().find_map(|l| find(l)) {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
+    let found = up
+        .wait_for_stdout(DEMO_TIMEOUT, |stdout| {
+            demo_lines_in(stdout).iter().find_map(|l| find(l))
+        })
+        .await;
+    found.unwrap_or_else(|| {
+        panic!(
             "no {what} line within {DEMO_TIMEOUT:?}; stdout:\n{}\nstderr:\n{}",
             up.stdout(),
             up.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        )
+    })
 }
 
 /// The text between the first and the last double quote of `line`.
