@@ -720,3 +720,57 @@ async fn up_demo_shows_the_agents_at_work_serves_a_client_and_stops_on_sigterm()
         "stderr:\n{stderr}"
     );
 }
+
+#[tokio::test]
+async fn up_demo_prints_what_agentbus_send_and_broadcast_deliver() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("bus");
+    let mut up = Up::start(&data_dir, &["--demo"]).await;
+    let data_dir = data_dir.to_str().unwrap();
+
+    // What the README suggests, through the CLI, found by the data dir.
+    let sent = run([
+        "send",
+        "chat_manager",
+        r#"{"text":"hi"}"#,
+        "--json",
+        "--data-dir",
+        data_dir,
+    ])
+    .await;
+    sent.assert_success();
+    let sent = sent.json();
+    let broadcast = run([
+        "broadcast",
+        agentbus_demo::FEEDBACK_TOPIC,
+        r#"{"rating":5}"#,
+        "--json",
+        "--data-dir",
+        data_dir,
+    ])
+    .await;
+    broadcast.assert_success();
+    let broadcast = broadcast.json();
+    let short =
+        |published: &serde_json::Value| published["message_id"].as_str().unwrap()[..8].to_owned();
+    let inbox_line = format!(
+        r#"agent.chat_manager.inbox -> chat_manager: message {}: {{"text":"hi"}}"#,
+        short(&sent)
+    );
+    let broadcast_line = format!(
+        r#"broadcast.feedback -> enhancement_agent: message {}: {{"rating":5}}"#,
+        short(&broadcast)
+    );
+    for expected in [&inbox_line, &broadcast_line] {
+        wait_for_line(&up, expected, |l| (l == expected).then_some(())).await;
+    }
+
+    let status = up.terminate().await;
+    assert_eq!(status.code(), Some(0), "{status}: {}", up.stderr());
+    let lines = demo_lines(&up);
+    for expected in [&inbox_line, &broadcast_line] {
+        let times = lines.iter().filter(|line| *line == expected).count();
+        assert_eq!(times, 1, "{expected:?} in {lines:#?}");
+    }
+    assert_eq!(lines.last().map(String::as_str), Some("demo: stopping"));
+}

@@ -1,7 +1,11 @@
-//! The chat manager: announces new chat messages on `chat.message.new`.
+//! The chat manager: announces new chat messages on `chat.message.new`, and
+//! reads its durable inbox.
 
+use crate::message_log::MessageLog;
 use agentbus::client::PublishError;
-use agentbus::{Agent, Bus, TaskContext, TaskError, TaskRequest, TaskTypeSpec};
+use agentbus::{
+    Agent, AgentMessage, AgentOptions, Bus, TaskContext, TaskError, TaskRequest, TaskTypeSpec,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -37,7 +41,9 @@ pub fn post_message_schema() -> Value {
 
 /// Announces chat messages; as an agent (`chat_manager`), task type
 /// `post_message` with payload `{"session_id", "content"}` announces one and
-/// returns `{"session_id", "message_id"}`.
+/// returns `{"session_id", "message_id"}`. Served with
+/// [`ChatManager::options`], it also takes the messages of its durable inbox
+/// (`agentbus send chat_manager ...`) into its [`MessageLog`].
 ///
 /// ```no_run
 /// # async fn example(bus: agentbus::Bus) -> Result<(), agentbus::client::PublishError> {
@@ -46,8 +52,10 @@ pub fn post_message_schema() -> Value {
 /// bus.flush().await?; // a short-lived process must flush before exiting
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ChatManager;
+#[derive(Debug, Clone, Default)]
+pub struct ChatManager {
+    messages: MessageLog,
+}
 
 #[derive(Debug, Deserialize)]
 struct PostMessage {
@@ -56,9 +64,30 @@ struct PostMessage {
 }
 
 impl ChatManager {
-    /// A chat manager.
+    /// A chat manager whose message log only counts.
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// The same chat manager, logging the messages it takes into `messages`.
+    #[must_use]
+    pub fn with_message_log(mut self, messages: MessageLog) -> Self {
+        self.messages = messages;
+        self
+    }
+
+    /// The messages it has taken.
+    pub fn message_log(&self) -> &MessageLog {
+        &self.messages
+    }
+
+    /// How the demo serves it: with its durable inbox (`agent.chat_manager.inbox`)
+    /// and direct channel, and announcements.
+    pub fn options() -> AgentOptions {
+        AgentOptions {
+            messages: true,
+            ..AgentOptions::default()
+        }
     }
 
     /// Publishes `chat.message.new` with a fresh message id, and returns the id.
@@ -98,6 +127,15 @@ impl Agent for ChatManager {
             .await
             .map_err(|err| TaskError::failed(format!("cannot announce the message: {err}")))?;
         Ok(json!({"session_id": input.session_id, "message_id": message_id}))
+    }
+
+    async fn handle_message(
+        &self,
+        message: AgentMessage,
+        _ctx: TaskContext,
+    ) -> Result<(), TaskError> {
+        self.messages.record(CHAT_MANAGER, message);
+        Ok(())
     }
 }
 

@@ -39,7 +39,7 @@ pub(crate) struct Orchestrator {
 
 impl Orchestrator {
     /// Runs round number `round` (from 0), reporting each step.
-    pub(crate) async fn round(&mut self, round: usize, report: &mut impl FnMut(&str)) {
+    pub(crate) async fn round(&mut self, round: usize, report: &impl Fn(&str)) {
         let prompt = PROMPTS[round % PROMPTS.len()];
         let text = self.generate_text(prompt, report).await;
         let message_id = self
@@ -51,7 +51,7 @@ impl Orchestrator {
     }
 
     /// Step 1: orchestrator -> llm_agent; returns the generated text.
-    async fn generate_text(&self, prompt: &str, report: &mut impl FnMut(&str)) -> Option<String> {
+    async fn generate_text(&self, prompt: &str, report: &impl Fn(&str)) -> Option<String> {
         let step = "orchestrator -> llm_agent generate_text";
         let response = send_generate_text(&self.bus, prompt, Some(self.max_tokens)).await;
         let result = completed(step, response, report)?;
@@ -62,11 +62,7 @@ impl Orchestrator {
     }
 
     /// Step 2: orchestrator -> chat_manager, then the event it announced.
-    async fn post_message(
-        &mut self,
-        content: &str,
-        report: &mut impl FnMut(&str),
-    ) -> Option<String> {
+    async fn post_message(&mut self, content: &str, report: &impl Fn(&str)) -> Option<String> {
         let step = "orchestrator -> chat_manager post_message";
         let response = self
             .bus
@@ -115,7 +111,7 @@ impl Orchestrator {
         &mut self,
         round: usize,
         message_id: Option<&str>,
-        report: &mut impl FnMut(&str),
+        report: &impl Fn(&str),
     ) {
         let rating = 1 + round % 5;
         let feedback = json!({
@@ -137,7 +133,7 @@ impl Orchestrator {
     }
 
     /// Step 4: orchestrator -> enhancement_agent, once it has seen the feedback.
-    async fn feedback_summary(&self, report: &mut impl FnMut(&str)) {
+    async fn feedback_summary(&self, report: &impl Fn(&str)) {
         // A replica in another process may take some events (queue group): do not wait forever.
         let _ = tokio::time::timeout(EVENT_WAIT, self.feedback.wait_for(self.feedback_sent)).await;
         let step = "orchestrator -> enhancement_agent feedback_summary";
@@ -162,7 +158,7 @@ impl Orchestrator {
 fn completed(
     step: &str,
     response: Result<TaskResponse, SendTaskError>,
-    report: &mut impl FnMut(&str),
+    report: &impl Fn(&str),
 ) -> Option<Value> {
     match response {
         Ok(response) if response.is_completed() => Some(response.result.unwrap_or(Value::Null)),

@@ -1,17 +1,21 @@
 //! The demo: the three agents in one runtime, and an orchestrator that drives
-//! them every couple of seconds, printing one line per step.
+//! them every couple of seconds, printing one line per step and one per
+//! durable message the agents take.
 
 use crate::chat_manager::{CHAT_MESSAGE_NEW, ChatManager};
 use crate::enhancement_agent::{ENHANCEMENT_AGENT, EnhancementAgent};
 use crate::llm_agent::LlmAgent;
 use crate::llm_endpoint::{LlmEndpoint, LlmSetupError};
+use crate::message_log::MessageLog;
 use crate::round::Orchestrator;
 use agentbus::client::SubscribeError;
 use agentbus::runtime::RuntimeError;
 use agentbus::{AgentOptions, Bus, Runtime};
 use std::future::Future;
 use std::io::Write;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// The chat session the demo posts to.
 pub const DEMO_SESSION: &str = "demo-session";
@@ -67,8 +71,12 @@ pub enum DemoError {
 
 /// Serves `llm_agent`, `chat_manager` and `enhancement_agent` on `bus` and,
 /// every two seconds until `shutdown` completes, sends them work, printing one
-/// line per step to stdout. The LLM endpoint comes from the environment
-/// (see [`DemoOptions::from_env`]).
+/// line per step to stdout. The durable messages the agents take get a line
+/// each as they arrive: `chat_manager`'s inbox, broadcasts on
+/// [`FEEDBACK_TOPIC`] for `enhancement_agent`, and announcements for both.
+/// The LLM endpoint comes from the environment (see [`DemoOptions::from_env`]).
+///
+/// [`FEEDBACK_TOPIC`]: crate::FEEDBACK_TOPIC
 ///
 /// ```no_run
 /// # async fn example(bus: agentbus::Bus) -> Result<(), agentbus_demo::DemoError> {
@@ -85,12 +93,13 @@ pub async fn run_demo(bus: Bus, shutdown: impl Future<Output = ()>) -> Result<()
 }
 
 /// Like [`run_demo`], with explicit options, handing each line to `report`.
-/// The first line says what is served; it comes once the agents take tasks.
+/// The first line says what is served; it comes once the agents take tasks
+/// and messages.
 pub async fn run_demo_with(
     bus: Bus,
     options: DemoOptions,
     shutdown: impl Future<Output = ()>,
-    mut report: impl FnMut(&str),
+    report: impl FnMut(&str),
 ) -> Result<(), DemoError> {
     let llm = LlmAgent::new(options.llm.clone())?;
     let mode = match llm.endpoint() {
@@ -99,14 +108,15 @@ pub async fn run_demo_with(
     };
     let chat = bus.subscribe(CHAT_MESSAGE_NEW, None).await?;
     let (feedback, consumer) = EnhancementAgent::start(&bus, Some(ENHANCEMENT_AGENT)).await?;
+    let (arrived, mut arrivals) = mpsc::unbounded_channel();
+    let feedback = feedback.with_message_log(MessageLog::with_listener(arrived.clone()));
+    let chat_manager = ChatManager::new().with_message_log(MessageLog::with_listener(arrived));
     let mut runtime = Runtime::new(bus.clone());
     let served = async {
         runtime.add(llm, AgentOptions::default()).await?;
+        runtime.add(chat_manager, ChatManager::options()).await?;
         runtime
-            .add(ChatManager::new(), AgentOptions::default())
-            .await?;
-        runtime
-            .add(feedback.clone(), AgentOptions::default())
+            .add(feedback.clone(), EnhancementAgent::options())
             .await?;
         Ok::<_, RuntimeError>(())
     }
@@ -116,6 +126,9 @@ pub async fn run_demo_with(
         runtime.shutdown(Duration::ZERO).await;
         return Err(err.into());
     }
+    // Rounds and arrivals report concurrently, each line whole.
+    let sink = Mutex::new(report);
+    let report = |line: &str| (sink.lock().unwrap_or_else(PoisonError::into_inner))(line);
     report(&format!(
         "demo: serving llm_agent ({mode}), chat_manager and enhancement_agent; a round every {:?}",
         options.interval
@@ -128,18 +141,23 @@ pub async fn run_demo_with(
         feedback_sent: 0,
         max_tokens: options.max_tokens,
     };
-    let mut shutdown = std::pin::pin!(shutdown);
     let mut ticker = tokio::time::interval(options.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut round = 0usize;
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = async {
-                ticker.tick().await;
-                orchestrator.round(round, &mut report).await;
-            } => round += 1,
+    let rounds = async {
+        for round in 0usize.. {
+            ticker.tick().await;
+            orchestrator.round(round, &report).await;
         }
+    };
+    // The agents hold the senders: this ends only when they are gone.
+    let arrivals = async {
+        while let Some(arrival) = arrivals.recv().await {
+            report(&arrival.to_string());
+        }
+    };
+    tokio::select! {
+        () = shutdown => {}
+        _ = futures::future::join(rounds, arrivals) => {}
     }
     report("demo: stopping");
     consumer.abort();

@@ -55,7 +55,8 @@ pub struct UpArgs {
     json: bool,
 
     /// Also run the demo agents (llm_agent, chat_manager, enhancement_agent) and
-    /// send them work every two seconds, printing what flows.
+    /// send them work every two seconds, printing what flows; messages sent to
+    /// chat_manager and broadcasts on topic feedback are printed as they arrive.
     #[arg(long)]
     demo: bool,
 }
