@@ -11,7 +11,7 @@ use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType}
 use common::{Up, run};
 use futures::TryStreamExt;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MIB: i64 = 1024 * 1024;
 const DAY: u64 = 86_400;
@@ -696,10 +696,15 @@ async fn up_rejects_an_unknown_flag() {
 /// normally takes well under a second; one starts every two seconds).
 const DEMO_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Waits until a line of `up`'s stdout gives `find` something, and returns it.
 /// The demo's lines so far: with `--json`, `up` prints each as `{"demo": line}`.
 fn demo_lines(up: &Up) -> Vec<String> {
-    up.stdout()
+    demo_lines_in(&up.stdout())
+}
+
+/// The demo's lines in `stdout`, up to its last complete line.
+fn demo_lines_in(stdout: &str) -> Vec<String> {
+    let complete = stdout.rfind('\n').map_or("", |end| &stdout[..end]);
+    complete
         .lines()
         .filter_map(|line| {
             let value: serde_json::Value = serde_json::from_str(line)
@@ -712,20 +717,20 @@ fn demo_lines(up: &Up) -> Vec<String> {
         .collect()
 }
 
+/// Waits until a line of the demo gives `find` something, and returns it.
 async fn wait_for_line<T>(up: &Up, what: &str, find: impl Fn(&str) -> Option<T>) -> T {
-    let deadline = Instant::now() + DEMO_TIMEOUT;
-    loop {
-        if let Some(found) = demo_lines(up).iter().find_map(|l| find(l)) {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
+    let found = up
+        .wait_for_stdout(DEMO_TIMEOUT, |stdout| {
+            demo_lines_in(stdout).iter().find_map(|l| find(l))
+        })
+        .await;
+    found.unwrap_or_else(|| {
+        panic!(
             "no {what} line within {DEMO_TIMEOUT:?}; stdout:\n{}\nstderr:\n{}",
             up.stdout(),
             up.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        )
+    })
 }
 
 /// The text between the first and the last double quote of `line`.
@@ -769,7 +774,7 @@ async fn up_demo_shows_the_agents_at_work_serves_a_client_and_stops_on_sigterm()
         serde_json::json!({
             "text": "hello there",
             "mode": "echo",
-            "note": agentbus::demo::ECHO_NOTE,
+            "note": agentbus_demo::ECHO_NOTE,
         }),
         "{response}"
     );
@@ -800,7 +805,7 @@ async fn up_demo_shows_the_agents_at_work_serves_a_client_and_stops_on_sigterm()
             .map(str::to_owned)
     })
     .await;
-    let max_tokens = agentbus::demo::DemoOptions::default().max_tokens;
+    let max_tokens = agentbus_demo::DemoOptions::default().max_tokens;
     assert_eq!(
         generated.split_whitespace().count() as u64,
         max_tokens,
@@ -870,4 +875,58 @@ async fn up_demo_shows_the_agents_at_work_serves_a_client_and_stops_on_sigterm()
         !stderr.contains("warning") && !stderr.contains("error"),
         "stderr:\n{stderr}"
     );
+}
+
+#[tokio::test]
+async fn up_demo_prints_what_agentbus_send_and_broadcast_deliver() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("bus");
+    let mut up = Up::start(&data_dir, &["--demo"]).await;
+    let data_dir = data_dir.to_str().unwrap();
+
+    // What the README suggests, through the CLI, found by the data dir.
+    let sent = run([
+        "send",
+        "chat_manager",
+        r#"{"text":"hi"}"#,
+        "--json",
+        "--data-dir",
+        data_dir,
+    ])
+    .await;
+    sent.assert_success();
+    let sent = sent.json();
+    let broadcast = run([
+        "broadcast",
+        agentbus_demo::FEEDBACK_TOPIC,
+        r#"{"rating":5}"#,
+        "--json",
+        "--data-dir",
+        data_dir,
+    ])
+    .await;
+    broadcast.assert_success();
+    let broadcast = broadcast.json();
+    let short =
+        |published: &serde_json::Value| published["message_id"].as_str().unwrap()[..8].to_owned();
+    let inbox_line = format!(
+        r#"agent.chat_manager.inbox -> chat_manager: message {}: {{"text":"hi"}}"#,
+        short(&sent)
+    );
+    let broadcast_line = format!(
+        r#"broadcast.feedback -> enhancement_agent: message {}: {{"rating":5}}"#,
+        short(&broadcast)
+    );
+    for expected in [&inbox_line, &broadcast_line] {
+        wait_for_line(&up, expected, |l| (l == expected).then_some(())).await;
+    }
+
+    let status = up.terminate().await;
+    assert_eq!(status.code(), Some(0), "{status}: {}", up.stderr());
+    let lines = demo_lines(&up);
+    for expected in [&inbox_line, &broadcast_line] {
+        let times = lines.iter().filter(|line| *line == expected).count();
+        assert_eq!(times, 1, "{expected:?} in {lines:#?}");
+    }
+    assert_eq!(lines.last().map(String::as_str), Some("demo: stopping"));
 }

@@ -1,5 +1,5 @@
-//! Announces one chat message on `chat.message.new`, as the requirements'
-//! LiveChattingManager does, and prints its message id.
+//! Posts one chat message: publishes a `chat.message.new` event with the
+//! session, a new message id and the content, and prints the id.
 //!
 //! ```text
 //! agentbus up                                   # in one terminal
@@ -10,9 +10,20 @@
 //! Arguments: the session id (default `session-1`) and the content. The
 //! server comes from `NATS_URL` or the `connection.env` written by `agentbus up`.
 
-use agentbus::demo::{CHAT_MESSAGE_NEW, ChatManager};
 use agentbus::{Bus, ServerTarget};
+use serde::Serialize;
 use std::process::ExitCode;
+
+/// The event announcing a new chat message.
+const CHAT_MESSAGE_NEW: &str = "chat.message.new";
+
+/// The body of a `chat.message.new` event.
+#[derive(Serialize)]
+struct ChatMessage {
+    session_id: String,
+    message_id: String,
+    content: String,
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -27,17 +38,21 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let session_id = args.next().unwrap_or_else(|| "session-1".to_owned());
-    let content = args
-        .next()
-        .unwrap_or_else(|| "Hello from the chat manager".to_owned());
+    let message = ChatMessage {
+        session_id: args.next().unwrap_or_else(|| "session-1".to_owned()),
+        message_id: uuid::Uuid::new_v4().to_string(),
+        content: args
+            .next()
+            .unwrap_or_else(|| "Hello from the chat manager".to_owned()),
+    };
     let target = ServerTarget::resolve(None, &agentbus::connect::resolve_data_dir(None))?;
     let bus = Bus::connect(&target, "chat_manager-example").await?;
-    let message_id = ChatManager::new()
-        .announce(&bus, &session_id, &content)
-        .await?;
-    // Publishing only queues the message: flush before the process exits.
+    bus.publish(CHAT_MESSAGE_NEW, &message).await?;
+    // Publishing only queues the event: flush before the process exits.
     bus.flush().await?;
-    println!("published {CHAT_MESSAGE_NEW} for session {session_id}: message_id {message_id}");
+    println!(
+        "published {CHAT_MESSAGE_NEW} for session {}: message_id {}",
+        message.session_id, message.message_id
+    );
     Ok(())
 }

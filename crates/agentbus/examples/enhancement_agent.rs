@@ -1,5 +1,6 @@
-//! Consumes `enhancement.feedback` and prints each event, while serving
-//! `enhancement_agent` (task type `feedback_summary`), until Ctrl-C.
+//! An agent that consumes `enhancement.feedback` events, printing each, and
+//! answers `feedback_summary` with how many it has seen and the last one,
+//! until Ctrl-C.
 //!
 //! ```text
 //! agentbus up                                   # in one terminal
@@ -11,11 +12,57 @@
 //! Replicas share the events through the queue group `enhancement_agent`.
 //! The server comes from `NATS_URL` or the `connection.env` written by `agentbus up`.
 
-use agentbus::demo::{ENHANCEMENT_AGENT, ENHANCEMENT_FEEDBACK, EnhancementAgent};
-use agentbus::{AgentOptions, Bus, Runtime, ServerTarget};
+use agentbus::{
+    Agent, AgentOptions, Bus, Runtime, ServerTarget, TaskContext, TaskError, TaskRequest,
+    TaskTypeSpec,
+};
 use futures::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// What the agent has seen: the result of `feedback_summary`.
+#[derive(Clone, Default, Serialize)]
+struct Summary {
+    feedback_seen: u64,
+    last_feedback: Option<Value>,
+}
+
+/// Serves `feedback_summary`; clones share the summary, so the event loop
+/// in `run` records into the one the runtime serves.
+#[derive(Clone, Default)]
+struct EnhancementAgent {
+    summary: Arc<Mutex<Summary>>,
+}
+
+impl EnhancementAgent {
+    /// Records one feedback event; returns how many have been seen.
+    fn record(&self, feedback: Value) -> u64 {
+        let mut summary = self.summary.lock().expect("not poisoned");
+        summary.feedback_seen += 1;
+        summary.last_feedback = Some(feedback);
+        summary.feedback_seen
+    }
+}
+
+impl Agent for EnhancementAgent {
+    fn name(&self) -> &str {
+        "enhancement_agent"
+    }
+
+    fn task_types(&self) -> Vec<TaskTypeSpec> {
+        vec![TaskTypeSpec::new("feedback_summary").expect("a valid task type name")]
+    }
+
+    async fn handle(&self, _task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
+        let summary = self.summary.lock().expect("not poisoned").clone();
+        serde_json::to_value(summary)
+            .map_err(|err| TaskError::permanent(format!("cannot encode the summary: {err}")))
+    }
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -29,23 +76,23 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let target = ServerTarget::resolve(None, &agentbus::connect::resolve_data_dir(None))?;
     let bus = Bus::connect(&target, "enhancement_agent-example").await?;
-    let agent = EnhancementAgent::new();
     let mut feedback = bus
-        .subscribe(ENHANCEMENT_FEEDBACK, Some(ENHANCEMENT_AGENT))
+        .subscribe("enhancement.feedback", Some("enhancement_agent"))
         .await?;
+    let agent = EnhancementAgent::default();
     let mut runtime = Runtime::new(bus);
     runtime.add(agent.clone(), AgentOptions::default()).await?;
-    println!("enhancement_agent consuming {ENHANCEMENT_FEEDBACK}; Ctrl-C to stop");
-    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    println!("enhancement_agent consuming enhancement.feedback; Ctrl-C to stop");
     loop {
         tokio::select! {
-            _ = &mut interrupted => break,
+            _ = interrupt.recv() => break,
             event = feedback.next() => {
                 let Some(event) = event else { break };
-                match agent.record(&event.payload) {
-                    Ok(value) => println!("feedback #{}: {value}", agent.summary().feedback_seen),
+                match event.json::<Value>() {
+                    Ok(value) => println!("feedback #{}: {value}", agent.record(value.clone())),
                     Err(err) => println!("ignored a message on {} that is not JSON: {err}", event.subject),
                 }
             }

@@ -1,4 +1,5 @@
-//! Sends one `generate_text` task to `llm_agent` and prints the TaskResponse JSON.
+//! Sends one `generate_text` task to `llm_agent` and prints the TaskResponse
+//! as JSON.
 //!
 //! ```text
 //! agentbus up                                   # in one terminal
@@ -6,12 +7,12 @@
 //! cargo run -p agentbus --example orchestrator -- "Write a short story about an AI agent." 200
 //! ```
 //!
-//! Arguments: the prompt (default: the requirements' example) and an optional
-//! `max_tokens`. Exits with 1 when the task did not complete. The server comes
-//! from `NATS_URL` or the `connection.env` written by `agentbus up`.
+//! Arguments: the prompt and an optional `max_tokens`. Exits with 1 when the
+//! task did not complete. The server comes from `NATS_URL` or the
+//! `connection.env` written by `agentbus up`.
 
-use agentbus::demo::send_generate_text;
-use agentbus::{Bus, ServerTarget};
+use agentbus::{Bus, Priority, ServerTarget};
+use serde_json::json;
 use std::process::ExitCode;
 
 #[tokio::main]
@@ -26,21 +27,25 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Returns whether the task completed.
 async fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let prompt = args
         .next()
         .unwrap_or_else(|| "Write a short story about an AI agent.".to_owned());
-    let max_tokens = match args.next() {
-        Some(text) => Some(
-            text.parse::<u64>()
-                .map_err(|_| format!("max_tokens must be a positive integer, not {text:?}"))?,
-        ),
-        None => None,
-    };
+    let mut payload = json!({ "prompt": prompt });
+    if let Some(text) = args.next() {
+        let max_tokens: u64 = text
+            .parse()
+            .map_err(|_| format!("max_tokens must be a positive integer, not {text:?}"))?;
+        payload["max_tokens"] = json!(max_tokens);
+    }
     let target = ServerTarget::resolve(None, &agentbus::connect::resolve_data_dir(None))?;
     let bus = Bus::connect(&target, "orchestrator-example").await?;
-    let response = send_generate_text(&bus, &prompt, max_tokens).await?;
+    // Request/reply: an error at once if no llm_agent runs, else its answer.
+    let response = bus
+        .publish_task("llm_agent", "generate_text", payload, Priority::Normal)
+        .await?;
     println!("{}", serde_json::to_string_pretty(&response)?);
     Ok(response.is_completed())
 }

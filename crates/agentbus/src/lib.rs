@@ -20,7 +20,6 @@
 //!   inboxes, broadcasts, results and dead letters.
 //! - [`state`]: per-agent key/value state with TTL, on NATS KV or Redis.
 //! - [`presence`]: heartbeats, who is online, and `agent_offline` events.
-//! - [`demo`]: three demo scenarios as agents (`agentbus up --demo`).
 //! - [`redact`]: keeping passwords out of everything printed or logged.
 //!
 //! Running a server (finding `nats-server`, the data directory of `agentbus up`,
@@ -32,7 +31,6 @@ mod client;
 mod clock;
 pub mod connect;
 pub mod delivery;
-pub mod demo;
 pub mod events;
 mod jetstream_errors;
 mod name;

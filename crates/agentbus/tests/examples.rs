@@ -1,333 +1,205 @@
-//! The requirements' scenarios (`agentbus::demo`, which the examples run)
-//! against a real nats-server, and an OpenAI-compatible endpoint played by a
-//! small HTTP server on 127.0.0.1:0.
+//! The programs in `examples/`, run as a reader runs them (the README's
+//! `cargo run -p agentbus --example ...`), against a real nats-server: the
+//! server reaches them through `NATS_URL` only, and a language model is
+//! played by a small HTTP server on 127.0.0.1:0.
+//!
+//! The binaries are the ones `cargo test` builds beside this test, in
+//! `target/<profile>/examples/`: cargo builds examples whenever no target is
+//! selected, so `cargo test` and `cargo test -p agentbus` test the current
+//! examples. A binary that is missing or older than its sources is refused,
+//! not run (see [`example`]).
 
-use agentbus::demo::{
-    self, CHAT_MESSAGE_NEW, ChatManager, DemoOptions, ECHO_NOTE, ENHANCEMENT_FEEDBACK,
-    EnhancementAgent, LlmAgent, LlmEndpoint,
-};
-use agentbus::{AgentOptions, Bus, Priority, Runtime, TaskResponse, TaskStatus};
-use agentbus_testkit::{ClosedPort, NatsServer};
+use agentbus::{Bus, Priority, TaskStatus};
+use agentbus_testkit::NatsServer;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use std::collections::BTreeSet;
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-const WAIT: Duration = Duration::from_secs(10);
+/// Start-up, answers and shutdown of an example stay well within this.
+const WAIT: Duration = Duration::from_secs(30);
 
-/// A runtime serving `agent` on its own connection, and a client connection.
-async fn serve<A: agentbus::Agent>(server: &NatsServer, agent: A) -> (Runtime, Bus) {
-    let agent_bus = Bus::connect(&server.target(), "agents").await.unwrap();
-    let mut runtime = Runtime::new(agent_bus.clone());
-    runtime.add(agent, AgentOptions::default()).await.unwrap();
-    // The subscription must be in place before another connection sends a task.
-    sync_with_server(&agent_bus).await;
-    let client = Bus::connect(&server.target(), "orchestrator")
-        .await
-        .unwrap();
-    (runtime, client)
-}
-
-async fn generate(bus: &Bus, payload: Value) -> TaskResponse {
-    bus.publish_task("llm_agent", "generate_text", payload, Priority::Normal)
-        .await
-        .unwrap()
-}
+/// Variables that would point an example elsewhere than the test's server
+/// or model.
+const REDIRECTING_VARS: &[&str] = &[
+    "NATS_URL",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "NATS_CREDS",
+    "NATS_CA",
+    "AGENTBUS_MONITOR_URL",
+    "AGENTBUS_DATA_DIR",
+    "LLM_BASE_URL",
+    "LLM_API_KEY",
+    "LLM_MODEL",
+];
 
 #[tokio::test]
-async fn orchestrator_gets_echoed_text_without_a_model() {
+async fn llm_agent_echoes_for_the_orchestrator_and_stops_on_ctrl_c() {
     let server = NatsServer::start().await;
-    let (runtime, bus) = serve(&server, LlmAgent::new(None).unwrap()).await;
+    let mut agent = Running::start("llm_agent", &server, &[]).await;
+    assert!(agent.ready.contains("in echo mode"), "{}", agent.ready);
 
-    let response =
-        demo::send_generate_text(&bus, "Write a short   story about\nan AI agent.", Some(4))
-            .await
-            .unwrap();
-    assert_eq!(response.status, TaskStatus::Completed, "{response:?}");
-    assert_eq!(response.error, None);
-    assert_eq!(
-        response.result,
-        Some(json!({"text": "Write a short story", "mode": "echo", "note": ECHO_NOTE}))
-    );
-
-    // Without max_tokens the default (200 words) keeps a short prompt whole.
-    let whole = demo::send_generate_text(&bus, "Hi there", None)
-        .await
-        .unwrap();
-    assert_eq!(whole.result.unwrap()["text"], "Hi there");
-    runtime.shutdown(Duration::from_secs(1)).await;
-}
-
-#[tokio::test]
-async fn invalid_max_tokens_is_rejected_naming_the_field() {
-    let server = NatsServer::start().await;
-    let (runtime, bus) = serve(&server, LlmAgent::new(None).unwrap()).await;
-
-    let response = generate(&bus, json!({"prompt": "hi", "max_tokens": "x"})).await;
-    assert_eq!(response.status, TaskStatus::Rejected, "{response:?}");
-    let error = response.error.unwrap();
-    assert!(error.contains("/max_tokens"), "{error}");
-    let zero = generate(&bus, json!({"prompt": "hi", "max_tokens": 0})).await;
-    assert_eq!(zero.status, TaskStatus::Rejected, "{zero:?}");
-    let no_prompt = generate(&bus, json!({"max_tokens": 3})).await;
-    assert_eq!(no_prompt.status, TaskStatus::Rejected, "{no_prompt:?}");
-    assert!(no_prompt.error.unwrap().contains("prompt"));
-    runtime.shutdown(Duration::from_secs(1)).await;
-}
-
-#[tokio::test]
-async fn llm_agent_calls_an_openai_compatible_endpoint() {
-    let mut llm = FakeLlm::start(|request| {
-        let prompt = request.body["messages"][0]["content"].as_str().unwrap_or("");
-        let reply = json!({
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": "tiny-model-2025",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("Once upon a time: {prompt}")}, "finish_reason": "stop"}],
-        });
-        (200, reply.to_string())
-    })
+    let out = run(
+        "orchestrator",
+        &server,
+        &["The quick brown   fox\njumps over", "3"],
+    )
     .await;
-    let endpoint = LlmEndpoint::new(&llm.base_url)
-        .unwrap()
-        .with_api_key("sk-test-123")
-        .with_model("tiny-model");
-    let server = NatsServer::start().await;
-    let (runtime, bus) = serve(&server, LlmAgent::new(Some(endpoint)).unwrap()).await;
+    assert!(out.status.success(), "{out:?}");
+    let response: Value = serde_json::from_str(&out.stdout).expect("the TaskResponse as JSON");
+    assert_eq!(response["status"], "completed", "{response}");
+    assert_eq!(response["result"]["text"], "The quick brown", "{response}");
+    assert_eq!(response["result"]["mode"], "echo", "{response}");
+    assert_eq!(response["error"], Value::Null, "{response}");
 
-    let response = generate(&bus, json!({"prompt": "a robot", "max_tokens": 42})).await;
-    assert_eq!(response.status, TaskStatus::Completed, "{response:?}");
-    assert_eq!(
-        response.result,
-        Some(
-            json!({"text": "Once upon a time: a robot", "model": "tiny-model-2025", "mode": "model"})
+    // The agent's schema refuses a prompt that is not a string.
+    let bus = Bus::connect(&server.target(), "test").await.unwrap();
+    let rejected = bus
+        .publish_task(
+            "llm_agent",
+            "generate_text",
+            json!({"prompt": 1}),
+            Priority::Normal,
         )
+        .await
+        .unwrap();
+    assert_eq!(rejected.status, TaskStatus::Rejected, "{rejected:?}");
+
+    let bad = run("orchestrator", &server, &["hi", "x"]).await;
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    assert_eq!(
+        bad.stderr.trim(),
+        r#"orchestrator: max_tokens must be a positive integer, not "x""#
     );
 
-    let request = llm.next_request().await;
-    assert_eq!(request.method_and_path, "POST /v1/chat/completions");
-    assert_eq!(request.header("authorization"), Some("Bearer sk-test-123"));
-    assert_eq!(
-        request.header("content-type"),
-        Some("application/json"),
-        "{request:?}"
+    let status = agent.interrupt().await;
+    assert_eq!(status.code(), Some(0), "{status}: {}", agent.stderr().await);
+    let alone = run("orchestrator", &server, &["hi"]).await;
+    assert_eq!(alone.status.code(), Some(1), "{alone:?}");
+    assert!(
+        alone
+            .stderr
+            .contains(r#"no agent named "llm_agent" is running"#),
+        "{alone:?}"
     );
+}
+
+#[tokio::test]
+async fn llm_agent_asks_the_model_at_llm_base_url() {
+    let mut model = FakeModel::start().await;
+    let server = NatsServer::start().await;
+    let base_url = format!("{}/", model.base_url);
+    let agent = Running::start(
+        "llm_agent",
+        &server,
+        &[
+            ("LLM_BASE_URL", base_url.as_str()),
+            ("LLM_API_KEY", "sk-test-123"),
+            ("LLM_MODEL", "tiny"),
+        ],
+    )
+    .await;
+    let completions = format!("{}/chat/completions", model.base_url);
+    assert!(
+        agent
+            .ready
+            .contains(&format!("in model tiny at {completions}")),
+        "{}",
+        agent.ready
+    );
+
+    let out = run("orchestrator", &server, &["a robot", "7"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let response: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        response["result"],
+        json!({"text": "Once upon a time: a robot", "model": "tiny", "mode": "model"}),
+        "{response}"
+    );
+    let request = model.next_request().await;
+    assert_eq!(request.method_and_path, "POST /v1/chat/completions");
+    assert_eq!(request.authorization.as_deref(), Some("Bearer sk-test-123"));
     assert_eq!(
         request.body,
-        json!({"model": "tiny-model", "messages": [{"role": "user", "content": "a robot"}], "max_tokens": 42})
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "a robot"}], "max_tokens": 7})
     );
-    runtime.shutdown(Duration::from_secs(1)).await;
-}
 
-#[tokio::test]
-async fn http_error_is_a_failed_task_that_never_shows_the_key() {
-    let mut llm = FakeLlm::start(|_| {
-        (
-            401,
-            json!({"error": {"message": "Incorrect API key provided: sk-wrong-key"}}).to_string(),
-        )
-    })
-    .await;
-    let endpoint = LlmEndpoint::new(&llm.base_url)
-        .unwrap()
-        .with_api_key("sk-wrong-key");
-    let server = NatsServer::start().await;
-    let (runtime, bus) = serve(&server, LlmAgent::new(Some(endpoint)).unwrap()).await;
-
-    let response = generate(&bus, json!({"prompt": "hi"})).await;
-    assert_eq!(response.status, TaskStatus::Failed, "{response:?}");
-    let error = response.error.unwrap();
-    assert!(error.contains("answered HTTP 401 Unauthorized"), "{error}");
-    assert!(error.contains("check LLM_API_KEY"), "{error}");
-    assert!(!error.contains("sk-wrong-key"), "the key leaked: {error}");
-    // No max_tokens in the payload: the default is sent.
+    // The fake model refuses this prompt, repeating the key in its body.
+    let refused = run("orchestrator", &server, &["refuse"]).await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let response: Value = serde_json::from_str(&refused.stdout).unwrap();
+    assert_eq!(response["status"], "failed", "{response}");
     assert_eq!(
-        llm.next_request().await.body["max_tokens"],
-        json!(demo::DEFAULT_MAX_TOKENS)
-    );
-    runtime.shutdown(Duration::from_secs(1)).await;
-}
-
-#[tokio::test]
-async fn unreachable_endpoint_is_a_failed_task_and_the_agent_keeps_serving() {
-    // Nothing listens on it, and no other test's server can take it meanwhile.
-    let closed = ClosedPort::new();
-    let port = closed.port();
-    let endpoint = LlmEndpoint::new(&format!("http://127.0.0.1:{port}/v1"))
-        .unwrap()
-        .with_api_key("sk-never-shown");
-    let server = NatsServer::start().await;
-    let (runtime, bus) = serve(&server, LlmAgent::new(Some(endpoint)).unwrap()).await;
-
-    for attempt in 0..2 {
-        let response = generate(&bus, json!({"prompt": "hi", "max_tokens": 5})).await;
-        assert_eq!(
-            response.status,
-            TaskStatus::Failed,
-            "attempt {attempt}: {response:?}"
-        );
-        assert_eq!(response.result, None);
-        let error = response.error.unwrap();
-        assert!(
-            error.starts_with(&format!(
-                "cannot reach the language model at http://127.0.0.1:{port}/v1/chat/completions ("
-            )),
-            "{error}"
-        );
-        assert!(
-            error.ends_with("check LLM_BASE_URL and that the server is running"),
-            "{error}"
-        );
-        assert!(!error.contains("sk-never-shown"), "{error}");
-    }
-    // Still serving: a bad payload is answered too.
-    let rejected = generate(&bus, json!({"prompt": 1})).await;
-    assert_eq!(rejected.status, TaskStatus::Rejected);
-    runtime.shutdown(Duration::from_secs(1)).await;
-}
-
-#[tokio::test]
-async fn silent_endpoint_times_out_as_a_failed_task() {
-    // Accepts connections and never answers.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hold: JoinHandle<()> = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            held.push(stream);
-        }
-    });
-    let endpoint = LlmEndpoint::new(&format!("http://{addr}/v1"))
-        .unwrap()
-        .with_timeout(Duration::from_millis(300));
-    let server = NatsServer::start().await;
-    let (runtime, bus) = serve(&server, LlmAgent::new(Some(endpoint)).unwrap()).await;
-
-    let response = generate(&bus, json!({"prompt": "hi"})).await;
-    assert_eq!(response.status, TaskStatus::Failed, "{response:?}");
-    assert_eq!(
-        response.error.as_deref(),
-        Some(
-            format!(
-                "the language model at http://{addr}/v1/chat/completions did not answer within 300ms; try again later or use a faster model"
-            )
-            .as_str()
+        response["error"],
+        format!(
+            "the model at {completions} answered HTTP 401 Unauthorized; check LLM_API_KEY and LLM_MODEL"
         )
     );
-    hold.abort();
-    runtime.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(model.next_request().await.body["max_tokens"], 200);
+    assert!(!refused.stdout.contains("sk-test-123"), "{refused:?}");
 }
 
 #[tokio::test]
-async fn chat_manager_events_have_exactly_the_three_fields() {
+async fn chat_manager_posts_one_chat_message_event() {
     let server = NatsServer::start().await;
-    let (runtime, bus) = serve(&server, ChatManager::new()).await;
     let watcher = Bus::connect(&server.target(), "watcher").await.unwrap();
     let mut chat = watcher.subscribe("chat.>", None).await.unwrap();
-    sync_with_server(&watcher).await;
+    watcher.sync().await.unwrap();
 
-    // Directly...
-    let direct_id = ChatManager::new()
-        .announce(&bus, "session-1", "hello")
+    let out = run("chat_manager", &server, &["session-7", "hello there"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let message_id = out
+        .stdout
+        .trim()
+        .strip_prefix("published chat.message.new for session session-7: message_id ")
+        .unwrap_or_else(|| panic!("{out:?}"));
+    let event = tokio::time::timeout(WAIT, chat.next())
         .await
-        .unwrap();
-    // ...and as a task.
-    let response = bus
-        .publish_task(
-            "chat_manager",
-            "post_message",
-            json!({"session_id": "session-2", "content": "second"}),
-            Priority::Normal,
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status, TaskStatus::Completed, "{response:?}");
-    let result = response.result.unwrap();
-    assert_eq!(result["session_id"], "session-2");
-    let task_id = result["message_id"].as_str().unwrap().to_owned();
-
-    let expected = [
-        ("session-1", direct_id.as_str(), "hello"),
-        ("session-2", task_id.as_str(), "second"),
-    ];
-    for (session_id, message_id, content) in expected {
-        let event = tokio::time::timeout(WAIT, chat.next())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(event.subject, CHAT_MESSAGE_NEW);
-        let body: Value = event.json().unwrap();
-        let keys: BTreeSet<&str> = body
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(
-            keys,
-            BTreeSet::from(["content", "message_id", "session_id"])
-        );
-        assert_eq!(
-            body,
-            json!({"session_id": session_id, "message_id": message_id, "content": content})
-        );
-    }
-    assert_ne!(direct_id, task_id);
-    assert!(uuid_like(&direct_id), "{direct_id}");
-
-    let empty_session = bus
-        .publish_task(
-            "chat_manager",
-            "post_message",
-            json!({"session_id": "", "content": "x"}),
-            Priority::Normal,
-        )
-        .await
-        .unwrap();
-    assert_eq!(empty_session.status, TaskStatus::Rejected);
-    runtime.shutdown(Duration::from_secs(1)).await;
+        .expect("the event arrives")
+        .expect("the subscription is open");
+    assert_eq!(event.subject, "chat.message.new");
+    assert_eq!(
+        event.json::<Value>().unwrap(),
+        json!({"session_id": "session-7", "message_id": message_id, "content": "hello there"})
+    );
 }
 
 #[tokio::test]
-async fn enhancement_agent_counts_the_feedback_it_consumed() {
-    const N: u64 = 25;
+async fn enhancement_agent_counts_feedback_and_stops_on_ctrl_c() {
     let server = NatsServer::start().await;
-    let agent_bus = Bus::connect(&server.target(), "enhancement").await.unwrap();
-    let (agent, consumer) = EnhancementAgent::start(&agent_bus, Some("enhancement_agent"))
-        .await
-        .unwrap();
-    let mut runtime = Runtime::new(agent_bus.clone());
-    runtime
-        .add(agent.clone(), AgentOptions::default())
-        .await
-        .unwrap();
-    sync_with_server(&agent_bus).await;
-
+    let mut agent = Running::start("enhancement_agent", &server, &[]).await;
     let bus = Bus::connect(&server.target(), "users").await.unwrap();
-    // Garbage first: one publisher's messages arrive in order, so it has been
-    // consumed by the time the N-th feedback has.
-    bus.publish_bytes(
-        &agentbus::subject::Subject::parse(ENHANCEMENT_FEEDBACK).unwrap(),
-        "not json".into(),
-    )
-    .await
-    .unwrap();
-    for i in 1..=N {
-        bus.publish(
-            ENHANCEMENT_FEEDBACK,
-            &json!({"message_id": format!("m{i}"), "rating": i % 5 + 1}),
-        )
+    // One publisher's messages arrive in order: the garbage comes first.
+    let feedback = agentbus::subject::Subject::parse("enhancement.feedback").unwrap();
+    bus.publish_bytes(&feedback, "not json".into())
         .await
         .unwrap();
+    for rating in 1..=3 {
+        bus.publish("enhancement.feedback", &json!({"rating": rating}))
+            .await
+            .unwrap();
     }
     bus.flush().await.unwrap();
-    tokio::time::timeout(WAIT, agent.wait_for(N)).await.unwrap();
 
-    let response = bus
+    let printed = [
+        r#"ignored a message on enhancement.feedback that is not JSON: "#,
+        r#"feedback #1: {"rating":1}"#,
+        r#"feedback #2: {"rating":2}"#,
+        r#"feedback #3: {"rating":3}"#,
+    ];
+    for expected in printed {
+        let line = agent.next_line().await;
+        assert!(line.starts_with(expected), "{line:?} is not {expected:?}");
+    }
+    let summary = bus
         .publish_task(
             "enhancement_agent",
             "feedback_summary",
@@ -336,139 +208,221 @@ async fn enhancement_agent_counts_the_feedback_it_consumed() {
         )
         .await
         .unwrap();
-    assert_eq!(response.status, TaskStatus::Completed, "{response:?}");
-    let result = response.result.unwrap();
-    assert_eq!(result["feedback_seen"], json!(N));
+    assert_eq!(summary.status, TaskStatus::Completed, "{summary:?}");
     assert_eq!(
-        result["last_feedback"],
-        json!({"message_id": format!("m{N}"), "rating": N % 5 + 1})
+        summary.result,
+        Some(json!({"feedback_seen": 3, "last_feedback": {"rating": 3}}))
     );
-    assert_eq!(result["undecodable"], json!(1));
-    consumer.abort();
-    runtime.shutdown(Duration::from_secs(1)).await;
+
+    let status = agent.interrupt().await;
+    assert_eq!(status.code(), Some(0), "{status}: {}", agent.stderr().await);
 }
 
-#[tokio::test]
-async fn demo_runs_a_round_of_every_scenario() {
-    let server = NatsServer::start().await;
-    let bus = Bus::connect(&server.target(), "demo").await.unwrap();
-    let (lines_tx, mut lines) = mpsc::unbounded_channel::<String>();
-    let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
-    let options = DemoOptions {
-        interval: Duration::from_millis(50),
-        ..DemoOptions::default()
-    };
-    let demo = tokio::spawn(demo::run_demo_with(
-        bus,
-        options,
-        async {
-            let _ = stop.await;
-        },
-        move |line| {
-            let _ = lines_tx.send(line.to_owned());
-        },
-    ));
+/// The example binary `name` that `cargo test` builds beside this test
+/// (`target/<profile>/examples/<name>`). Cargo builds examples only when no
+/// target is selected, so after `cargo test --test examples` alone the
+/// binary may be missing or older than the code it was built from: then the
+/// test stops and says how to build it, rather than test stale code.
+fn example(name: &str) -> PathBuf {
+    let test_binary = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = test_binary
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary is in target/<profile>/deps");
+    let binary = profile_dir.join("examples").join(name);
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sources = [
+        crate_dir.join("examples").join(format!("{name}.rs")),
+        crate_dir.join("src"),
+    ];
+    let newest_source = sources.iter().map(|path| newest_change(path)).max();
+    let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
+    assert!(
+        built.is_some() && built >= newest_source,
+        "the example binary {} is missing or older than its sources; build the examples with `cargo build --examples -p agentbus`, or run `cargo test` without selecting targets, which builds them",
+        binary.display()
+    );
+    binary
+}
 
-    let mut seen = Vec::new();
-    while let Some(line) = tokio::time::timeout(WAIT, lines.recv()).await.unwrap() {
-        let done = line.contains("feedback_summary:");
-        seen.push(line);
-        if done {
-            break;
+/// When the file at `path`, or anything under it, last changed.
+fn newest_change(path: &Path) -> SystemTime {
+    let metadata = std::fs::metadata(path)
+        .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
+    let own = metadata.modified().expect("file times are available");
+    if !metadata.is_dir() {
+        return own;
+    }
+    std::fs::read_dir(path)
+        .unwrap_or_else(|err| panic!("cannot list {}: {err}", path.display()))
+        .map(|entry| newest_change(&entry.expect("a directory entry").path()))
+        .fold(own, SystemTime::max)
+}
+
+/// Example `name` as a command: only `server` configured (plus `env`),
+/// stdin null, killed on drop.
+fn command(name: &str, server: &NatsServer, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(example(name));
+    for var in REDIRECTING_VARS {
+        command.env_remove(var);
+    }
+    command
+        .env("NATS_URL", server.url_with_credentials())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// A finished example.
+#[derive(Debug)]
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs example `name` with `args` to completion.
+async fn run(name: &str, server: &NatsServer, args: &[&str]) -> Output {
+    let output = tokio::time::timeout(WAIT, command(name, server, &[]).args(args).output())
+        .await
+        .unwrap_or_else(|_| panic!("the {name} example did not finish within {WAIT:?}"))
+        .unwrap_or_else(|err| panic!("cannot run the {name} example: {err}"));
+    Output {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// An example that serves until interrupted, killed on drop.
+struct Running {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    stderr: JoinHandle<String>,
+    /// The first line it printed: it serves from then on.
+    ready: String,
+}
+
+impl Running {
+    /// Starts example `name` and waits for its first line.
+    async fn start(name: &str, server: &NatsServer, env: &[(&str, &str)]) -> Self {
+        let mut child = command(name, server, env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start the {name} example: {err}"));
+        let stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        let mut pipe = child.stderr.take().expect("stderr is piped");
+        let stderr = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text).await;
+            text
+        });
+        let mut running = Self {
+            child,
+            stdout,
+            stderr,
+            ready: String::new(),
+        };
+        running.ready = running.next_line().await;
+        running
+    }
+
+    /// The next line it prints.
+    async fn next_line(&mut self) -> String {
+        match tokio::time::timeout(WAIT, self.stdout.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            other => {
+                let _ = self.child.start_kill();
+                panic!(
+                    "no line from the example ({other:?}); stderr: {}",
+                    self.stderr().await
+                )
+            }
         }
     }
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(WAIT, demo)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let rest: Vec<String> = std::iter::from_fn(|| lines.try_recv().ok()).collect();
 
-    assert_eq!(seen.len(), 6, "{seen:#?}");
-    assert!(
-        seen[0].starts_with("demo: serving llm_agent (echo mode"),
-        "{seen:#?}"
-    );
-    assert_eq!(
-        seen[1],
-        r#"orchestrator -> llm_agent generate_text: completed (echo) "Write a short story about an AI agent""#
-    );
-    assert!(
-        seen[2].starts_with("orchestrator -> chat_manager post_message: completed (message "),
-        "{seen:#?}"
-    );
-    assert!(
-        seen[3].starts_with("chat.message.new: session demo-session, message ")
-            && seen[3].ends_with(r#": "Write a short story about an AI agent""#),
-        "{seen:#?}"
-    );
-    assert!(
-        seen[4].starts_with("orchestrator -> enhancement.feedback: rating 1 for message "),
-        "{seen:#?}"
-    );
-    assert_eq!(
-        seen[5],
-        "orchestrator -> enhancement_agent feedback_summary: completed (1 feedback event seen)"
-    );
-    assert_eq!(
-        rest.last().map(String::as_str),
-        Some("demo: stopping"),
-        "{rest:#?}"
-    );
+    /// Everything it printed on stderr, once it has exited.
+    async fn stderr(&mut self) -> String {
+        match tokio::time::timeout(WAIT, &mut self.stderr).await {
+            Ok(Ok(text)) => text,
+            other => format!("(stderr not available: {other:?})"),
+        }
+    }
+
+    /// Sends SIGINT, as Ctrl-C does, once it listens for it, and waits for it to exit.
+    async fn interrupt(&mut self) -> ExitStatus {
+        let pid = self.child.id().expect("the example is running");
+        wait_for_sigint_handler(pid).await;
+        let sent = std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -INT {pid} failed");
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("the example exits after SIGINT")
+            .expect("wait for the example")
+    }
 }
 
-/// Returns once the server has processed everything `bus` sent before
-/// (subscriptions included): `flush` only writes to the socket.
-async fn sync_with_server(bus: &Bus) {
-    let subject = format!("test.sync.{}", uuid::Uuid::new_v4().simple());
-    let mut echo = bus.subscribe(&subject, None).await.unwrap();
-    bus.publish(&subject, &()).await.unwrap();
-    tokio::time::timeout(WAIT, echo.next())
-        .await
-        .expect("the server echoes the sync message")
-        .expect("the connection is open");
+/// Waits until `pid` catches SIGINT (bit 2 of `SigCgt` in /proc/PID/status).
+///
+/// An example may print its first line before it listens for Ctrl-C (as
+/// `Runtime::run_until_signal` does); a SIGINT before that would kill it with
+/// the default action instead of testing its shutdown. There is no event to
+/// await, so /proc is polled.
+async fn wait_for_sigint_handler(pid: u32) {
+    const SIGINT_BIT: u64 = 1 << (2 - 1);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|err| panic!("process {pid} is gone: {err}"));
+        let caught = status
+            .lines()
+            .find_map(|line| line.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .unwrap_or(0);
+        if caught & SIGINT_BIT != 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} did not listen for SIGINT within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
-fn uuid_like(id: &str) -> bool {
-    id.len() == 36 && id.chars().filter(|c| *c == '-').count() == 4
-}
-
-/// An OpenAI-compatible endpoint on 127.0.0.1:0 answering each request with
-/// `respond`, and handing the requests it received to the test.
-struct FakeLlm {
+/// An OpenAI-compatible endpoint on 127.0.0.1:0: it completes a prompt with
+/// "Once upon a time: <prompt>", except that it refuses the prompt "refuse"
+/// with HTTP 401, repeating the API key in its body as some endpoints do.
+struct FakeModel {
     base_url: String,
-    requests: mpsc::UnboundedReceiver<CapturedRequest>,
+    requests: mpsc::UnboundedReceiver<ModelRequest>,
     server: JoinHandle<()>,
 }
 
+/// What the fake model received.
 #[derive(Debug)]
-struct CapturedRequest {
+struct ModelRequest {
     method_and_path: String,
-    headers: Vec<(String, String)>,
+    authorization: Option<String>,
     body: Value,
 }
 
-impl CapturedRequest {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-impl FakeLlm {
-    async fn start(respond: fn(&CapturedRequest) -> (u16, String)) -> Self {
+impl FakeModel {
+    async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
-        let (tx, requests) = mpsc::unbounded_channel();
+        let (sender, requests) = mpsc::unbounded_channel();
         let server = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let tx = tx.clone();
+                let sender = sender.clone();
                 tokio::spawn(async move {
-                    if let Some(request) = answer(stream, respond).await {
-                        let _ = tx.send(request);
+                    if let Some(request) = answer(stream).await {
+                        let _ = sender.send(request);
                     }
                 });
             }
@@ -480,77 +434,63 @@ impl FakeLlm {
         }
     }
 
-    async fn next_request(&mut self) -> CapturedRequest {
+    async fn next_request(&mut self) -> ModelRequest {
         tokio::time::timeout(WAIT, self.requests.recv())
             .await
-            .expect("the endpoint received a request")
-            .expect("the endpoint is running")
+            .expect("the model received a request")
+            .expect("the model is running")
     }
 }
 
-impl Drop for FakeLlm {
+impl Drop for FakeModel {
     fn drop(&mut self) {
         self.server.abort();
     }
 }
 
-/// Reads one HTTP/1.1 request (Content-Length body) and answers it.
-async fn answer(
-    mut stream: TcpStream,
-    respond: fn(&CapturedRequest) -> (u16, String),
-) -> Option<CapturedRequest> {
-    let mut buffer = Vec::new();
-    let header_end = loop {
-        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at;
+/// Reads one HTTP/1.1 request with a Content-Length body and answers it.
+async fn answer(stream: tokio::net::TcpStream) -> Option<ModelRequest> {
+    let mut reader = BufReader::new(stream);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).await.ok()?;
+    let (mut authorization, mut length) = (None, 0);
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.ok()?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
         }
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
+        let (name, value) = line.split_once(':')?;
+        match name.to_ascii_lowercase().as_str() {
+            "authorization" => authorization = Some(value.trim().to_owned()),
+            "content-length" => length = value.trim().parse().ok()?,
+            _ => {}
         }
-        buffer.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buffer[..header_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next()?;
-    let method_and_path = request_line
-        .rsplit_once(' ')
-        .map(|(left, _version)| left.to_owned())?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buffer[header_end + 4..].to_vec();
-    while body.len() < length {
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        body.extend_from_slice(&chunk[..n]);
     }
-    let request = CapturedRequest {
-        method_and_path,
-        headers,
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).await.ok()?;
+    let request = ModelRequest {
+        method_and_path: request_line.rsplit_once(' ')?.0.to_owned(),
+        authorization,
+        body: serde_json::from_slice(&body).ok()?,
     };
-    let (status, reply) = respond(&request);
-    let reason = match status {
-        200 => "OK",
-        401 => "Unauthorized",
-        _ => "Error",
+    let prompt = request.body["messages"][0]["content"].as_str()?;
+    let (status, reply) = if prompt == "refuse" {
+        let key = request.authorization.clone().unwrap_or_default();
+        let error = json!({"error": {"message": format!("Incorrect API key: {key}")}});
+        ("401 Unauthorized", error)
+    } else {
+        let content = format!("Once upon a time: {prompt}");
+        let completion =
+            json!({"choices": [{"message": {"role": "assistant", "content": content}}]});
+        ("200 OK", completion)
     };
+    let reply = reply.to_string();
     let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
         reply.len()
     );
-    stream.write_all(response.as_bytes()).await.ok()?;
-    let _ = stream.shutdown().await;
+    reader.get_mut().write_all(response.as_bytes()).await.ok()?;
     Some(request)
 }

@@ -61,7 +61,8 @@ pub struct UpArgs {
     json: bool,
 
     /// Also run the demo agents (llm_agent, chat_manager, enhancement_agent) and
-    /// send them work every two seconds, printing what flows.
+    /// send them work every two seconds, printing what flows; messages sent to
+    /// chat_manager and broadcasts on topic feedback are printed as they arrive.
     #[arg(long)]
     demo: bool,
 }
@@ -123,7 +124,7 @@ pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut demo = if args.demo {
         let started = async {
             // Fail before the demo starts when its LLM settings are wrong.
-            let options = agentbus::demo::DemoOptions::from_env()?;
+            let options = agentbus_demo::DemoOptions::from_env()?;
             start_demo(&server, options, args.json).await
         }
         .await;
@@ -238,7 +239,7 @@ const PRINTER_GRACE: Duration = Duration::from_secs(1);
 /// The demo agents, running beside the bus until told to stop.
 struct RunningDemo {
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), agentbus::demo::DemoError>>,
+    task: tokio::task::JoinHandle<Result<(), agentbus_demo::DemoError>>,
     /// What the demo reports, printed from [`RunningDemo::print_from_now`] on.
     lines: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
     /// Prints `lines`; ends once the demo is over and everything is printed.
@@ -272,7 +273,7 @@ impl RunningDemo {
 /// Starts the demo agents; returns once they serve (or with why they cannot).
 async fn start_demo(
     server: &LocalServer,
-    options: agentbus::demo::DemoOptions,
+    options: agentbus_demo::DemoOptions,
     json: bool,
 ) -> anyhow::Result<RunningDemo> {
     let bus = agentbus::Bus::connect(&server.target(), "agentbus-demo").await?;
@@ -280,7 +281,7 @@ async fn start_demo(
     let (sender, lines) = tokio::sync::mpsc::unbounded_channel();
     let (serving, is_serving) = tokio::sync::oneshot::channel::<()>();
     let mut serving = Some(serving);
-    let mut task = tokio::spawn(agentbus::demo::run_demo_with(
+    let mut task = tokio::spawn(agentbus_demo::run_demo_with(
         bus,
         options,
         async {

@@ -145,13 +145,17 @@ pub struct Up {
     ready: serde_json::Value,
     server_pid: u32,
     stdout: Arc<Mutex<Vec<u8>>>,
+    /// Changes whenever `stdout` grows; closed once up's stdout ends.
+    stdout_grew: tokio::sync::watch::Receiver<()>,
     stderr: Arc<Mutex<Vec<u8>>>,
     drains: Vec<JoinHandle<()>>,
 }
 
+/// Appends everything `reader` yields to `into`, telling `grew` each time.
 fn drain(
     mut reader: impl AsyncRead + Unpin + Send + 'static,
     into: Arc<Mutex<Vec<u8>>>,
+    grew: Option<tokio::sync::watch::Sender<()>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf = [0u8; 4096];
@@ -160,6 +164,9 @@ fn drain(
                 break;
             }
             into.lock().unwrap().extend_from_slice(&buf[..n]);
+            if let Some(grew) = &grew {
+                grew.send_replace(());
+            }
         }
     })
 }
@@ -181,7 +188,7 @@ impl Up {
         let pid = child.id().expect("up has a pid");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let stdout = Arc::new(Mutex::new(Vec::new()));
-        let mut drains = vec![drain(child.stderr.take().unwrap(), stderr.clone())];
+        let mut drains = vec![drain(child.stderr.take().unwrap(), stderr.clone(), None)];
         let mut reader = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         let read = tokio::time::timeout(READY_TIMEOUT, reader.read_line(&mut line)).await;
@@ -205,7 +212,8 @@ impl Up {
             ),
         }
         stdout.lock().unwrap().extend_from_slice(line.as_bytes());
-        drains.push(drain(reader, stdout.clone()));
+        let (grew, stdout_grew) = tokio::sync::watch::channel(());
+        drains.push(drain(reader, stdout.clone(), Some(grew)));
         let ready: serde_json::Value = serde_json::from_str(line.trim())
             .unwrap_or_else(|err| panic!("the ready line is not JSON ({err}): {line:?}"));
         assert_eq!(ready["status"], "ready", "{ready}");
@@ -224,6 +232,7 @@ impl Up {
             ready,
             server_pid,
             stdout,
+            stdout_grew,
             stderr,
             drains,
         }
@@ -289,6 +298,28 @@ impl Up {
     /// Everything `up` printed on stdout so far.
     pub fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until `find` finds something in what `up` printed on stdout, as
+    /// output arrives; `None` once `timeout` passed or stdout ended without it.
+    pub async fn wait_for_stdout<T>(
+        &self,
+        timeout: Duration,
+        find: impl Fn(&str) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut grew = self.stdout_grew.clone();
+        loop {
+            grew.mark_unchanged();
+            if let Some(found) = find(&self.stdout()) {
+                return Some(found);
+            }
+            match tokio::time::timeout_at(deadline, grew.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return find(&self.stdout()),
+                Err(_) => return None,
+            }
+        }
     }
 
     /// Everything `up` printed on stderr so far.

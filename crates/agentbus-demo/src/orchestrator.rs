@@ -1,9 +1,8 @@
-//! The orchestrator's side of the first scenario: sending `generate_text` to
+//! The orchestrator's side of the LLM scenario: sending `generate_text` to
 //! `llm_agent` and waiting for the answer.
 
-use super::llm_agent::{GENERATE_TEXT, LLM_AGENT};
-use crate::client::{Bus, SendTaskError};
-use crate::protocol::{Priority, TaskResponse};
+use crate::llm_agent::{GENERATE_TEXT, LLM_AGENT};
+use agentbus::{Bus, Priority, SendTaskError, TaskResponse};
 use serde_json::json;
 
 /// Sends `generate_text` with `{"prompt", "max_tokens"?}` to `llm_agent` at
@@ -11,7 +10,7 @@ use serde_json::json;
 ///
 /// ```no_run
 /// # async fn example(bus: agentbus::Bus) -> Result<(), agentbus::SendTaskError> {
-/// let response = agentbus::demo::send_generate_text(
+/// let response = agentbus_demo::send_generate_text(
 ///     &bus, "Write a short story about an AI agent.", Some(200)).await?;
 /// println!("{}", serde_json::to_string(&response).unwrap_or_default());
 /// # Ok(()) }

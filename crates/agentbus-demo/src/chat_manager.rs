@@ -1,9 +1,11 @@
-//! The chat manager of the requirements (`LiveChattingManager`): announces new
-//! chat messages on `chat.message.new`.
+//! The chat manager: announces new chat messages on `chat.message.new`, and
+//! reads its durable inbox.
 
-use crate::agent::{Agent, TaskContext, TaskError, TaskTypeSpec};
-use crate::client::{Bus, PublishError};
-use crate::protocol::TaskRequest;
+use crate::message_log::MessageLog;
+use agentbus::PublishError;
+use agentbus::{
+    Agent, AgentMessage, AgentOptions, Bus, TaskContext, TaskError, TaskRequest, TaskTypeSpec,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -14,7 +16,7 @@ pub const POST_MESSAGE: &str = "post_message";
 /// The event announcing a new chat message.
 pub const CHAT_MESSAGE_NEW: &str = "chat.message.new";
 
-/// The body of a `chat.message.new` event, exactly as the requirements show it.
+/// The body of a `chat.message.new` event: these three fields and no others.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessageEvent {
     /// The chat session.
@@ -39,17 +41,21 @@ pub fn post_message_schema() -> Value {
 
 /// Announces chat messages; as an agent (`chat_manager`), task type
 /// `post_message` with payload `{"session_id", "content"}` announces one and
-/// returns `{"session_id", "message_id"}`.
+/// returns `{"session_id", "message_id"}`. Served with
+/// [`ChatManager::options`], it also takes the messages of its durable inbox
+/// (`agentbus send chat_manager ...`) into its [`MessageLog`].
 ///
 /// ```no_run
-/// # async fn example(bus: agentbus::Bus) -> Result<(), agentbus::client::PublishError> {
-/// use agentbus::demo::ChatManager;
+/// # async fn example(bus: agentbus::Bus) -> Result<(), agentbus::PublishError> {
+/// use agentbus_demo::ChatManager;
 /// let message_id = ChatManager::new().announce(&bus, "session-1", "Hello!").await?;
 /// bus.flush().await?; // a short-lived process must flush before exiting
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ChatManager;
+#[derive(Debug, Clone, Default)]
+pub struct ChatManager {
+    messages: MessageLog,
+}
 
 #[derive(Debug, Deserialize)]
 struct PostMessage {
@@ -58,9 +64,30 @@ struct PostMessage {
 }
 
 impl ChatManager {
-    /// A chat manager.
+    /// A chat manager whose message log only counts.
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// The same chat manager, logging the messages it takes into `messages`.
+    #[must_use]
+    pub fn with_message_log(mut self, messages: MessageLog) -> Self {
+        self.messages = messages;
+        self
+    }
+
+    /// The messages it has taken.
+    pub fn message_log(&self) -> &MessageLog {
+        &self.messages
+    }
+
+    /// How the demo serves it: with its durable inbox (`agent.chat_manager.inbox`)
+    /// and direct channel, and announcements.
+    pub fn options() -> AgentOptions {
+        AgentOptions {
+            messages: true,
+            ..AgentOptions::default()
+        }
     }
 
     /// Publishes `chat.message.new` with a fresh message id, and returns the id.
@@ -100,6 +127,15 @@ impl Agent for ChatManager {
             .await
             .map_err(|err| TaskError::failed(format!("cannot announce the message: {err}")))?;
         Ok(json!({"session_id": input.session_id, "message_id": message_id}))
+    }
+
+    async fn handle_message(
+        &self,
+        message: AgentMessage,
+        _ctx: TaskContext,
+    ) -> Result<(), TaskError> {
+        self.messages.record(CHAT_MANAGER, message);
+        Ok(())
     }
 }
 

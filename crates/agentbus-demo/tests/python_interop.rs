@@ -1,15 +1,16 @@
-//! Python agents written to the requirements' JSON with nats-py (no agentbus
-//! code; see tests/python/) talk to Rust agents both ways over a real server.
+//! Python agents written to agentbus's TaskRequest/TaskResponse JSON with
+//! nats-py (no agentbus code; see tests/python/) talk to Rust agents both
+//! ways over a real server: the demo's `llm_agent` in echo mode, and a probe.
 //!
 //! The first test to run creates a virtual environment under the cargo target
 //! directory with a pinned nats-py, and later runs reuse it. Python gets the
 //! server's URL, credentials included, only through `NATS_URL`.
 
-use agentbus::demo::{ECHO_NOTE, LlmAgent};
 use agentbus::{
     Agent, AgentOptions, Bus, Priority, RequestOptions, Runtime, TaskContext, TaskError,
     TaskRequest, TaskStatus, TaskTypeSpec,
 };
+use agentbus_demo::{ECHO_NOTE, LlmAgent};
 use agentbus_testkit::NatsServer;
 use futures::StreamExt;
 use serde_json::{Value, json};

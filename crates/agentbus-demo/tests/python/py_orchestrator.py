@@ -1,4 +1,4 @@
-"""A Python orchestrator written straight to the requirements' JSON with nats-py.
+"""A Python orchestrator speaking agentbus's TaskRequest/TaskResponse JSON with nats-py.
 
 Sends one TaskRequest to agent.<AGENT>.task with nc.request() and prints one
 JSON line: {"sent": <the TaskRequest>, "received": <the TaskResponse>}.
@@ -6,7 +6,7 @@ JSON line: {"sent": <the TaskRequest>, "received": <the TaskResponse>}.
 Usage: NATS_URL=nats://<user>:<password>@<host>:<port> \
     python py_orchestrator.py AGENT TASK_TYPE PAYLOAD_JSON [--priority P] [--extra-field]
 
---extra-field adds a field the requirements do not define, which receivers must ignore.
+--extra-field adds a field the wire format does not define, which receivers must ignore.
 """
 
 import argparse

@@ -1,4 +1,4 @@
-"""A Python agent written straight to the requirements' JSON with nats-py.
+"""A Python agent speaking agentbus's TaskRequest/TaskResponse JSON with nats-py.
 
 No agentbus code: plain dataclasses for TaskRequest/TaskResponse, a queue
 subscription on agent.<name>.task, and msg.respond().

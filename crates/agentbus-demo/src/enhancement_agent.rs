@@ -1,9 +1,11 @@
-//! The enhancement agent of the requirements: consumes `enhancement.feedback`
-//! events and reports what it has seen.
+//! The enhancement agent: consumes `enhancement.feedback` events and reports
+//! what it has seen, and takes the broadcasts on topic `feedback`.
 
-use crate::agent::{Agent, TaskContext, TaskError, TaskTypeSpec};
-use crate::client::{Bus, SubscribeError, Subscription};
-use crate::protocol::TaskRequest;
+use crate::message_log::MessageLog;
+use agentbus::{
+    Agent, AgentMessage, AgentOptions, Bus, TaskContext, TaskError, TaskRequest, TaskTypeSpec,
+};
+use agentbus::{SubscribeError, Subscription};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
@@ -17,6 +19,9 @@ pub const ENHANCEMENT_AGENT: &str = "enhancement_agent";
 pub const FEEDBACK_SUMMARY: &str = "feedback_summary";
 /// The event carrying feedback (any JSON value).
 pub const ENHANCEMENT_FEEDBACK: &str = "enhancement.feedback";
+/// The broadcast topic it takes (`broadcast.feedback`): feedback for every
+/// enhancement agent, stored until each has read it.
+pub const FEEDBACK_TOPIC: &str = "feedback";
 
 /// What the agent has seen; the result of a `feedback_summary` task.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -33,28 +38,54 @@ pub struct FeedbackSummary {
 /// type `feedback_summary` answers with its [`FeedbackSummary`].
 ///
 /// Clones share their state, so one clone can be served by a [`Runtime`]
-/// while another consumes events.
+/// while another consumes events. Served with [`EnhancementAgent::options`],
+/// it also takes the broadcasts on [`FEEDBACK_TOPIC`]
+/// (`agentbus broadcast feedback ...`) into its [`MessageLog`].
 ///
 /// ```no_run
 /// # async fn example(bus: agentbus::Bus) -> Result<(), Box<dyn std::error::Error>> {
 /// use agentbus::{AgentOptions, Runtime};
-/// use agentbus::demo::EnhancementAgent;
+/// use agentbus_demo::EnhancementAgent;
 /// let (agent, consumer) = EnhancementAgent::start(&bus, Some("enhancement_agent")).await?;
 /// let mut runtime = Runtime::new(bus);
 /// runtime.add(agent, AgentOptions::default()).await?;
 /// # Ok(()) }
 /// ```
 ///
-/// [`Runtime`]: crate::Runtime
+/// [`Runtime`]: agentbus::Runtime
 #[derive(Debug, Clone, Default)]
 pub struct EnhancementAgent {
     state: Arc<watch::Sender<FeedbackSummary>>,
+    messages: MessageLog,
 }
 
 impl EnhancementAgent {
-    /// An agent that has seen nothing yet.
+    /// An agent that has seen nothing yet, whose message log only counts.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same agent (its feedback state still shared with its clones),
+    /// logging the messages it takes into `messages`.
+    #[must_use]
+    pub fn with_message_log(mut self, messages: MessageLog) -> Self {
+        self.messages = messages;
+        self
+    }
+
+    /// The messages it has taken.
+    pub fn message_log(&self) -> &MessageLog {
+        &self.messages
+    }
+
+    /// How the demo serves it: taking the broadcasts on [`FEEDBACK_TOPIC`],
+    /// announcements, and its own inbox and direct channel.
+    pub fn options() -> AgentOptions {
+        AgentOptions {
+            messages: true,
+            broadcast_topics: vec![FEEDBACK_TOPIC.to_owned()],
+            ..AgentOptions::default()
+        }
     }
 
     /// Subscribes to `enhancement.feedback` (in `queue_group`, if given, so
@@ -126,6 +157,15 @@ impl Agent for EnhancementAgent {
         serde_json::to_value(self.summary()).map_err(|err| {
             TaskError::permanent(format!("cannot encode the feedback summary: {err}"))
         })
+    }
+
+    async fn handle_message(
+        &self,
+        message: AgentMessage,
+        _ctx: TaskContext,
+    ) -> Result<(), TaskError> {
+        self.messages.record(ENHANCEMENT_AGENT, message);
+        Ok(())
     }
 }
 
