@@ -6,25 +6,25 @@ use std::time::Duration;
 
 /// A table printed with aligned columns.
 #[derive(Debug)]
-pub struct Table {
+pub(crate) struct Table {
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
     /// A table with these column headers.
-    pub fn new(headers: &[&str]) -> Self {
+    pub(crate) fn new(headers: &[&str]) -> Self {
         Self {
             rows: vec![headers.iter().map(|h| (*h).to_owned()).collect()],
         }
     }
 
     /// Adds a row.
-    pub fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
     /// Prints to stdout.
-    pub fn print(&self) -> std::io::Result<()> {
+    pub(crate) fn print(&self) -> std::io::Result<()> {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
             .map(|c| {
@@ -60,7 +60,7 @@ macro_rules! outln {
 pub(crate) use outln;
 
 /// Prints a value as one line of JSON on stdout.
-pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, value)?;
     writeln!(out)?;
@@ -68,7 +68,7 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 /// A spinner on stderr with a message (hidden when stderr is not a terminal).
-pub fn spinner(message: impl Into<String>) -> ProgressBar {
+pub(crate) fn spinner(message: impl Into<String>) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
@@ -80,7 +80,7 @@ pub fn spinner(message: impl Into<String>) -> ProgressBar {
 }
 
 /// A progress bar on stderr with a message (hidden when stderr is not a terminal).
-pub fn progress_bar(total: u64) -> ProgressBar {
+pub(crate) fn progress_bar(total: u64) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg:<32} [{bar:30}] {percent:>3}% ({elapsed})")
@@ -92,7 +92,7 @@ pub fn progress_bar(total: u64) -> ProgressBar {
 }
 
 /// Bytes in a short human form (`1.5 MiB`).
-pub fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
@@ -108,7 +108,7 @@ pub fn human_bytes(bytes: u64) -> String {
 }
 
 /// `part` as a percentage of `limit`, or `None` when there is no limit.
-pub fn percent(part: u64, limit: i64) -> Option<f64> {
+pub(crate) fn percent(part: u64, limit: i64) -> Option<f64> {
     (limit > 0).then(|| part as f64 * 100.0 / limit as f64)
 }
 

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// Default time to wait for an agent's answer.
-pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A connection to the bus; cheap to clone.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@
 //! a PEM file of certificate authorities to trust besides the system's (for a
 //! server with a private CA or a self-signed certificate).
 
-use crate::redact::{redact_url, split_userinfo};
+use crate::redact::{Redacted, split_userinfo};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -34,7 +34,12 @@ pub enum Credentials {
     /// No credentials.
     None,
     /// User and password.
-    UserPassword { user: String, password: String },
+    UserPassword {
+        /// The user.
+        user: String,
+        /// Its password.
+        password: String,
+    },
     /// A token.
     Token(String),
     /// A `.creds` file (JWT and nkey seed).
@@ -97,45 +102,118 @@ pub struct ServerTarget {
 
 /// Why no connection could be made. Each message is one sentence saying what to do.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// Nothing says where the server is.
     #[error(
         "no NATS server configured: pass --server URL, set NATS_URL, or start one with `agentbus up` (looked for {})",
         .connection_file.display()
     )]
-    NoServer { connection_file: PathBuf },
-    /// A `connection.env` file could not be read or lacks `NATS_URL`.
-    #[error("cannot use {}: {reason}", .path.display())]
-    ConnectionFile { path: PathBuf, reason: String },
+    NoServer {
+        /// The `connection.env` looked for.
+        connection_file: PathBuf,
+    },
+    /// A `connection.env` file could not be read.
+    #[error("cannot use {}: {source}", .path.display())]
+    ConnectionFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `connection.env` file has no `NATS_URL` line.
+    #[error("cannot use {}: it has no NATS_URL line; restart `agentbus up` to rewrite it", .path.display())]
+    NoUrlInFile {
+        /// The file.
+        path: PathBuf,
+    },
     /// The `.creds` file could not be read.
-    #[error("cannot read the NATS credentials file {}: {reason}", .path.display())]
-    CredsFile { path: PathBuf, reason: String },
+    #[error("cannot read the NATS credentials file {}: {source}", .path.display())]
+    CredsFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
     /// The URL is not a valid NATS URL.
-    #[error("invalid NATS server URL {url} (from {source_name}): {reason}")]
+    #[error("invalid NATS server URL {url} (from {source_name}): {source}")]
     InvalidUrl {
+        /// The URL, without its password.
         url: String,
+        /// Where the URL came from.
         source_name: String,
-        reason: String,
+        /// The client's complaint, passwords masked.
+        #[source]
+        source: Redacted,
     },
     /// The server did not answer.
     #[error(
-        "cannot reach NATS at {url} (from {source_name}): {reason}; check that the server is running (`agentbus up` starts one)"
+        "cannot reach NATS at {url} (from {source_name}): {source}; check that the server is running (`agentbus up` starts one)"
     )]
     Unreachable {
+        /// The URL, without its password.
         url: String,
+        /// Where the URL came from.
         source_name: String,
-        reason: String,
+        /// The client's error, passwords masked.
+        #[source]
+        source: Redacted,
     },
     /// The server refused the credentials.
     #[error(
         "NATS at {url} refused the credentials (authorization violation); check the user and password in {source_name} or NATS_USER/NATS_PASSWORD"
     )]
-    Refused { url: String, source_name: String },
+    Refused {
+        /// The URL, without its password.
+        url: String,
+        /// Where the URL came from.
+        source_name: String,
+    },
     /// TLS could not be set up.
     #[error(
-        "TLS to NATS at {url} failed: {reason}; a tls:// URL needs a server with TLS, and a certificate from a private CA needs NATS_CA set to that CA's PEM file"
+        "TLS to NATS at {url} failed: {source}; a tls:// URL needs a server with TLS, and a certificate from a private CA needs NATS_CA set to that CA's PEM file"
     )]
-    Tls { url: String, reason: String },
+    Tls {
+        /// The URL, without its password.
+        url: String,
+        /// The handshake's error, passwords masked.
+        #[source]
+        source: Redacted,
+    },
+}
+
+/// Why no connection could be made, as a kind to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectErrorKind {
+    /// Nothing says where the server is, or the URL or its file is unusable.
+    NotConfigured,
+    /// The credentials file cannot be read.
+    Credentials,
+    /// The server did not answer.
+    Unreachable,
+    /// The server refused the credentials.
+    Refused,
+    /// TLS could not be set up.
+    Tls,
+}
+
+impl ConnectError {
+    /// Why no connection could be made.
+    pub fn kind(&self) -> ConnectErrorKind {
+        match self {
+            Self::NoServer { .. }
+            | Self::ConnectionFile { .. }
+            | Self::NoUrlInFile { .. }
+            | Self::InvalidUrl { .. } => ConnectErrorKind::NotConfigured,
+            Self::CredsFile { .. } => ConnectErrorKind::Credentials,
+            Self::Unreachable { .. } => ConnectErrorKind::Unreachable,
+            Self::Refused { .. } => ConnectErrorKind::Refused,
+            Self::Tls { .. } => ConnectErrorKind::Tls,
+        }
+    }
 }
 
 impl ServerTarget {
@@ -278,9 +356,9 @@ impl ServerTarget {
                 options
                     .credentials_file(path)
                     .await
-                    .map_err(|err| ConnectError::CredsFile {
+                    .map_err(|source| ConnectError::CredsFile {
                         path: path.clone(),
-                        reason: err.to_string(),
+                        source,
                     })?
             }
         })
@@ -291,7 +369,7 @@ impl ServerTarget {
         let url = self.url.clone();
         let source_name = self.source.to_string();
         // The error text may echo the URL; never let a password through.
-        let reason = redact_url(&err.to_string());
+        let source = Redacted::from_error(&err);
         match err.kind() {
             Kind::AuthorizationViolation | Kind::Authentication => {
                 ConnectError::Refused { url, source_name }
@@ -299,17 +377,17 @@ impl ServerTarget {
             Kind::ServerParse => ConnectError::InvalidUrl {
                 url,
                 source_name,
-                reason,
+                source,
             },
-            Kind::Tls => ConnectError::Tls { url, reason },
+            Kind::Tls => ConnectError::Tls { url, source },
             // rustls failures (an untrusted certificate, a server without TLS)
             // surface as I/O errors: they are not a reachability problem.
-            Kind::Io if is_tls_failure(&reason) => ConnectError::Tls { url, reason },
+            Kind::Io if is_tls_failure(source.as_str()) => ConnectError::Tls { url, source },
             Kind::Dns | Kind::TimedOut | Kind::Io | Kind::MaxReconnects => {
                 ConnectError::Unreachable {
                     url,
                     source_name,
-                    reason,
+                    source,
                 }
             }
         }
@@ -374,13 +452,13 @@ pub struct ConnectionFile {
 impl ConnectionFile {
     /// Reads and parses a connection file.
     pub fn read(path: &Path) -> Result<Self, ConnectError> {
-        let text = std::fs::read_to_string(path).map_err(|err| ConnectError::ConnectionFile {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConnectError::ConnectionFile {
+                path: path.to_owned(),
+                source,
+            })?;
+        Self::parse(&text).ok_or_else(|| ConnectError::NoUrlInFile {
             path: path.to_owned(),
-            reason: err.to_string(),
-        })?;
-        Self::parse(&text).ok_or_else(|| ConnectError::ConnectionFile {
-            path: path.to_owned(),
-            reason: "it has no NATS_URL line".to_owned(),
         })
     }
 

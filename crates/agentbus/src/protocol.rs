@@ -244,7 +244,9 @@ pub enum RequestError {
     /// A field has the wrong type.
     #[error("the request's `{field}` field must be {expected}")]
     WrongType {
+        /// The field.
         field: &'static str,
+        /// What it must be.
         expected: &'static str,
     },
     /// The priority is not one of the four.

@@ -25,6 +25,25 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}://{masked}@{host}{path}")
 }
 
+/// An error's text with every URL password masked: kept as the cause of an
+/// error whose original could echo a password (connection errors quote their
+/// URL).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Redacted(String);
+
+impl Redacted {
+    /// `err`'s text, with the password of any URL in it masked.
+    pub fn from_error(err: &dyn std::error::Error) -> Self {
+        Self(redact_url(&err.to_string()))
+    }
+
+    /// The masked text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Removes the user-info from a URL, returning the bare URL and the user-info.
 pub(crate) fn split_userinfo(url: &str) -> (String, Option<String>) {
     let Some((scheme, rest)) = url.split_once("://") else {

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 /// Arguments of `agentbus agents`.
 #[derive(Debug, Args)]
-pub struct AgentsArgs {
+pub(crate) struct AgentsArgs {
     #[command(flatten)]
     server: ServerArgs,
 
@@ -31,7 +31,7 @@ pub struct AgentsArgs {
     json: bool,
 }
 
-pub async fn exec(args: AgentsArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn exec(args: AgentsArgs) -> anyhow::Result<ExitCode> {
     let (_, client) = args.server.connect().await?;
     let bus = Bus::from_client(client);
     let store = StateStore::open(&bus, args.state.as_deref()).await?;

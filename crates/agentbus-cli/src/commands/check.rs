@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 /// Arguments of `agentbus check`.
 #[derive(Debug, Args)]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     #[command(flatten)]
     server: ServerArgs,
 
@@ -25,7 +25,7 @@ pub struct CheckArgs {
 }
 
 /// Runs every check; exit status 0 only when all pass.
-pub async fn exec(args: CheckArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn exec(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let topology = load_topology(args.topology.as_deref())?;
     let (target, client) = args.server.connect().await?;
     let progress = spinner("checking");

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 /// Arguments of `agentbus dlq`.
 #[derive(Debug, Args)]
-pub struct DlqArgs {
+pub(crate) struct DlqArgs {
     #[command(subcommand)]
     command: DlqCommand,
 }
@@ -37,7 +37,7 @@ enum DlqCommand {
     },
 }
 
-pub async fn exec(args: DlqArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn exec(args: DlqArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         DlqCommand::List { server, json } => {
             let (_, client) = server.connect().await?;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 /// Arguments of `agentbus mcp`.
 #[derive(Debug, Args)]
-pub struct McpArgs {
+pub(crate) struct McpArgs {
     #[command(flatten)]
     server: ServerArgs,
 
@@ -23,7 +23,7 @@ pub struct McpArgs {
     state: Option<String>,
 }
 
-pub async fn exec(args: McpArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn exec(args: McpArgs) -> anyhow::Result<ExitCode> {
     let agent = Name::parse("agent name", &args.agent)?;
     let target = args.server.target()?;
     let client = target.connect(&format!("agentbus-mcp-{agent}")).await?;

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run a local nats-server with JetStream, auth and monitoring, and provision the streams.
     Up(up::UpArgs),
     /// Apply the topology (the streams) to a server, idempotently.
@@ -58,7 +58,7 @@ pub enum Command {
 
 impl Command {
     /// Runs the subcommand.
-    pub async fn exec(self) -> anyhow::Result<ExitCode> {
+    pub(crate) async fn exec(self) -> anyhow::Result<ExitCode> {
         match self {
             Self::Up(args) => up::exec(args).await,
             Self::Setup(args) => setup::exec(args).await,
@@ -81,7 +81,7 @@ impl Command {
 
 /// How client commands find the server.
 #[derive(Debug, Clone, Args)]
-pub struct ServerArgs {
+pub(crate) struct ServerArgs {
     /// NATS server URL (credentials may be in the URL). Default: NATS_URL, then <data-dir>/connection.env.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
@@ -93,13 +93,13 @@ pub struct ServerArgs {
 
 impl ServerArgs {
     /// Resolves the server target.
-    pub fn target(&self) -> anyhow::Result<ServerTarget> {
+    pub(crate) fn target(&self) -> anyhow::Result<ServerTarget> {
         let data_dir = agentbus::connect::resolve_data_dir(self.data_dir.as_deref());
         Ok(ServerTarget::resolve(self.server.as_deref(), &data_dir)?)
     }
 
     /// Resolves the target and connects.
-    pub async fn connect(&self) -> anyhow::Result<(ServerTarget, async_nats::Client)> {
+    pub(crate) async fn connect(&self) -> anyhow::Result<(ServerTarget, async_nats::Client)> {
         let target = self.target()?;
         let client = target.connect("agentbus-cli").await?;
         Ok((target, client))
@@ -107,7 +107,7 @@ impl ServerArgs {
 }
 
 /// Loads the topology from `path`, or the standard one.
-pub fn load_topology(
+pub(crate) fn load_topology(
     path: Option<&std::path::Path>,
 ) -> anyhow::Result<agentbus_ops::topology::Topology> {
     match path {
@@ -117,7 +117,7 @@ pub fn load_topology(
 }
 
 /// Makes an error from a JetStream call read as one sentence with context.
-pub fn jetstream_context<T, E: std::error::Error + Send + Sync + 'static>(
+pub(crate) fn jetstream_context<T, E: std::error::Error + Send + Sync + 'static>(
     result: Result<T, E>,
     what: &str,
 ) -> anyhow::Result<T> {
@@ -127,7 +127,7 @@ pub fn jetstream_context<T, E: std::error::Error + Send + Sync + 'static>(
 
 /// A positive number of seconds given as `--<flag>`, as a Duration (at most
 /// a year: beyond that a typo is likelier than intent).
-pub fn seconds(value: f64, flag: &str) -> anyhow::Result<std::time::Duration> {
+pub(crate) fn seconds(value: f64, flag: &str) -> anyhow::Result<std::time::Duration> {
     const YEAR: f64 = 365.0 * 24.0 * 3600.0;
     anyhow::ensure!(
         value.is_finite() && value > 0.0 && value <= YEAR,
@@ -137,7 +137,7 @@ pub fn seconds(value: f64, flag: &str) -> anyhow::Result<std::time::Duration> {
 }
 
 /// Parses a JSON command-line argument; `-` reads it from stdin.
-pub fn read_json_argument(argument: &str) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn read_json_argument(argument: &str) -> anyhow::Result<serde_json::Value> {
     let text = if argument == "-" {
         std::io::read_to_string(std::io::stdin()).context("cannot read JSON from stdin")?
     } else {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 /// Arguments of `agentbus publish`.
 #[derive(Debug, Args)]
-pub struct PublishArgs {
+pub(crate) struct PublishArgs {
     #[command(flatten)]
     server: ServerArgs,
 
@@ -19,7 +19,7 @@ pub struct PublishArgs {
     message: String,
 }
 
-pub async fn exec(args: PublishArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn exec(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let message = read_json_argument(&args.message)?;
     let subject = agentbus::subject::Subject::parse(&args.subject)?;
     let (_, client) = args.server.connect().await?;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 /// Arguments of `agentbus request`.
 #[derive(Debug, Args)]
-pub struct RequestArgs {
+pub(crate) struct RequestArgs {
     #[command(flatten)]
     server: ServerArgs,
 
@@ -40,7 +40,7 @@ pub struct RequestArgs {
     retries: u32,
 }
 
-pub async fn exec(args: RequestArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn exec(args: RequestArgs) -> anyhow::Result<ExitCode> {
     let payload = read_json_argument(&args.payload)?;
     anyhow::ensure!(
         payload.is_object(),

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 /// Arguments of `agentbus send`.
 #[derive(Debug, Args)]
-pub struct SendArgs {
+pub(crate) struct SendArgs {
     #[command(flatten)]
     server: ServerArgs,
 
@@ -32,7 +32,7 @@ pub struct SendArgs {
     json: bool,
 }
 
-pub async fn exec(args: SendArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn exec(args: SendArgs) -> anyhow::Result<ExitCode> {
     let message = read_json_argument(&args.message)?;
     let agent = agentbus::Name::parse("agent name", &args.agent)?;
     let (_, client) = args.server.connect().await?;
@@ -66,7 +66,7 @@ pub async fn exec(args: SendArgs) -> anyhow::Result<ExitCode> {
 
 /// Arguments of `agentbus broadcast`.
 #[derive(Debug, Args)]
-pub struct BroadcastArgs {
+pub(crate) struct BroadcastArgs {
     #[command(flatten)]
     server: ServerArgs,
 
@@ -85,7 +85,7 @@ pub struct BroadcastArgs {
     json: bool,
 }
 
-pub async fn exec_broadcast(args: BroadcastArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn exec_broadcast(args: BroadcastArgs) -> anyhow::Result<ExitCode> {
     let message = read_json_argument(&args.message)?;
     agentbus::Name::parse("topic", &args.topic)?;
     let (_, client) = args.server.connect().await?;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 /// Arguments of `agentbus setup`.
 #[derive(Debug, Args)]
-pub struct SetupArgs {
+pub(crate) struct SetupArgs {
     #[command(flatten)]
     server: ServerArgs,
 
@@ -21,7 +21,7 @@ pub struct SetupArgs {
     json: bool,
 }
 
-pub async fn exec(args: SetupArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn exec(args: SetupArgs) -> anyhow::Result<ExitCode> {
     let topology = load_topology(args.topology.as_deref())?;
     let (_, client) = args.server.connect().await?;
     let js = async_nats::jetstream::new(client);

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 /// Arguments of `agentbus status`.
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     #[command(flatten)]
     server: ServerArgs,
 
@@ -60,7 +60,7 @@ struct StreamStatus {
     bytes_full_percent: Option<f64>,
 }
 
-pub async fn exec(args: StatusArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn exec(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let (target, client) = args.server.connect().await?;
     let info = client.server_info();
     let monitor_url = args

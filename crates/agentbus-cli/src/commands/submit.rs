@@ -13,7 +13,7 @@ use std::process::ExitCode;
 #[command(
     override_usage = "agentbus submit [OPTIONS] <AGENT> <TASK_TYPE> <PAYLOAD>\n       agentbus submit [OPTIONS] --any <TASK_TYPE> <PAYLOAD>"
 )]
-pub struct SubmitArgs {
+pub(crate) struct SubmitArgs {
     #[command(flatten)]
     server: ServerArgs,
 
@@ -51,7 +51,7 @@ pub struct SubmitArgs {
     timeout: f64,
 }
 
-pub async fn exec(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn exec(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let (queue, task_type, payload) = match (args.any, args.args.as_slice()) {
         (false, [agent, task_type, payload]) => (Queue::agent(agent)?, task_type, payload),
         (true, [task_type, payload]) => (Queue::task_type(task_type)?, task_type, payload),

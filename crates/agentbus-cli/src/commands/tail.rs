@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 /// Arguments of `agentbus tail`.
 #[derive(Debug, Args)]
-pub struct TailArgs {
+pub(crate) struct TailArgs {
     #[command(flatten)]
     server: ServerArgs,
 
@@ -26,7 +26,7 @@ pub struct TailArgs {
     count: Option<u64>,
 }
 
-pub async fn exec(args: TailArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn exec(args: TailArgs) -> anyhow::Result<ExitCode> {
     let (_, client) = args.server.connect().await?;
     let bus = Bus::from_client(client);
     let mut subscription = bus.subscribe(&args.pattern, None).await?;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 /// Arguments of `agentbus task`.
 #[derive(Debug, Args)]
-pub struct TaskArgs {
+pub(crate) struct TaskArgs {
     #[command(flatten)]
     server: ServerArgs,
 
@@ -22,7 +22,7 @@ pub struct TaskArgs {
     json: bool,
 }
 
-pub async fn exec(args: TaskArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn exec(args: TaskArgs) -> anyhow::Result<ExitCode> {
     let task_id = TaskId::parse(&args.task_id)?;
     let (_, client) = args.server.connect().await?;
     let bus = Bus::from_client(client);

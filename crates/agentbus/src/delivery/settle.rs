@@ -362,6 +362,9 @@ impl Settler {
 
 /// A delivered task, read: run it, or it was settled already.
 #[derive(Debug)]
+// Made once per delivery and taken apart at once: boxing would cost an
+// allocation per task for nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Opened {
     /// Run the request, then settle the attempt.
     Run(TaskAttempt, TaskRequest),

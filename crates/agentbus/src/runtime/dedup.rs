@@ -29,14 +29,14 @@ use std::time::{Duration, Instant};
 /// Bytes of ring per remembered id: the ring holds `capacity` responses of
 /// this size on average (and at least the largest allowed, so that any
 /// response can be kept).
-pub const RESPONSE_BYTES_PER_ID: usize = 512;
+pub(super) const RESPONSE_BYTES_PER_ID: usize = 512;
 
 /// Slots per set: a new id evicts the oldest answered id of its set.
 const WAYS: usize = 4;
 
 /// What to do with an incoming task id.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Seen {
+pub(super) enum Seen {
     /// First time: run it.
     New,
     /// Running now: its reply subject was added to the waiters.
@@ -69,7 +69,7 @@ impl Slot {
 /// capacity (rounded up to whole sets of four; ids crowding one set push
 /// each other out sooner).
 #[derive(Debug)]
-pub struct DedupCache {
+pub(super) struct DedupCache {
     window: u64,
     started: Instant,
     /// The latest arrival given out: arrivals strictly increase, so the
@@ -85,7 +85,7 @@ pub struct DedupCache {
 impl DedupCache {
     /// A cache that remembers ids for `window`, about `capacity` of them,
     /// with responses of up to `max_response` bytes.
-    pub fn new(window: Duration, capacity: usize, max_response: usize) -> Self {
+    pub(super) fn new(window: Duration, capacity: usize, max_response: usize) -> Self {
         let sets = if capacity == 0 {
             0
         } else {
@@ -106,7 +106,7 @@ impl DedupCache {
     }
 
     /// Records `task_id`; a repeat while running adds `reply` to its waiters.
-    pub fn check(&mut self, task_id: &str, reply: Option<&Subject>, now: Instant) -> Seen {
+    pub(super) fn check(&mut self, task_id: &str, reply: Option<&Subject>, now: Instant) -> Seen {
         if self.sets.is_empty() {
             return Seen::New;
         }
@@ -154,7 +154,7 @@ impl DedupCache {
     }
 
     /// Stores the response of `task_id` and returns the replies that waited for it.
-    pub fn answer(&mut self, task_id: &str, response: &[u8]) -> Vec<Subject> {
+    pub(super) fn answer(&mut self, task_id: &str, response: &[u8]) -> Vec<Subject> {
         if self.sets.is_empty() {
             return Vec::new();
         }

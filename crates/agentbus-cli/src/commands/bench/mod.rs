@@ -24,7 +24,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Arguments of `agentbus bench`.
 #[derive(Debug, Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     #[command(subcommand)]
     command: BenchCommand,
 }
@@ -37,7 +37,7 @@ enum BenchCommand {
     WorkQueue(work_queue::WorkQueueArgs),
 }
 
-pub async fn exec(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn exec(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         BenchCommand::RequestReply(args) => request_reply::exec(args).await,
         BenchCommand::WorkQueue(args) => work_queue::exec(args).await,

@@ -97,7 +97,7 @@ const VARIANTS: [&str; 3] = ["bare", "agentbus", "agentbus_task_events"];
 
 /// Arguments of `agentbus bench request-reply`.
 #[derive(Debug, Args)]
-pub struct RequestReplyArgs {
+pub(super) struct RequestReplyArgs {
     /// Print one JSON line instead of the table.
     #[arg(long)]
     json: bool,
@@ -131,7 +131,7 @@ pub struct RequestReplyArgs {
     nats_server: Option<PathBuf>,
 }
 
-pub async fn exec(args: RequestReplyArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn exec(args: RequestReplyArgs) -> anyhow::Result<ExitCode> {
     let server = BenchServer::start(args.nats_server.clone()).await?;
     let outcome = run(&server, &args).await;
     server.stop().await?;

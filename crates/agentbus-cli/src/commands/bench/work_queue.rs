@@ -54,7 +54,7 @@ const ROUNDS: usize = 3;
 
 /// Arguments of `agentbus bench work-queue`.
 #[derive(Debug, Args)]
-pub struct WorkQueueArgs {
+pub(super) struct WorkQueueArgs {
     /// Print one JSON line instead of the table.
     #[arg(long)]
     json: bool,
@@ -123,7 +123,7 @@ struct Report {
     server_version: String,
 }
 
-pub async fn exec(args: WorkQueueArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn exec(args: WorkQueueArgs) -> anyhow::Result<ExitCode> {
     let server = BenchServer::start(args.nats_server.clone()).await?;
     let outcome = run(&server, &args).await;
     server.stop().await?;
