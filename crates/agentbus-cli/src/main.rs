@@ -42,10 +42,28 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", one_sentence(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes in one line. Library errors already quote their
+/// cause in their own sentence, so a cause whose text is already there is
+/// not repeated (`{:#}` would print it twice).
+fn one_sentence(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn init_logging(verbose: u8) {
@@ -69,4 +87,37 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that quotes its cause, as the library's errors do.
+    #[derive(Debug)]
+    struct Quoting(std::io::Error);
+
+    impl std::fmt::Display for Quoting {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot publish: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Quoting {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_quoted_is_not_repeated() {
+        let cause = std::io::Error::other("connection closed");
+        let err = anyhow::Error::new(Quoting(cause)).context("cannot send the message");
+        assert_eq!(
+            one_sentence(&err),
+            "cannot send the message: cannot publish: connection closed"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(one_sentence(&plain), "outer: inner");
+    }
 }
