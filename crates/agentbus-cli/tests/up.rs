@@ -16,10 +16,10 @@ use std::time::Duration;
 const MIB: i64 = 1024 * 1024;
 const DAY: u64 = 86_400;
 
-/// The requirements' streams: (name, subjects, retention, max_msgs, max_bytes, max_age days, discard).
+/// The three documented streams: (name, subjects, retention, max_msgs, max_bytes, max_age days, discard).
 ///
 /// agent-tasks is checked separately for subjects: the shipped topology widens
-/// the requirements' `tasks.*`/`work.*` to `tasks.>`/`work.>` (priority sub-queues).
+/// the documented `tasks.*`/`work.*` to `tasks.>`/`work.>` (priority sub-queues).
 type Expected = (
     &'static str,
     &'static [&'static str],
@@ -107,7 +107,7 @@ async fn up_creates_the_three_streams_as_configured() {
         assert_eq!(config.num_replicas, 1, "{name}: replicas");
     }
 
-    // Every stream of the shipped topology (also those beyond the requirements) as configured.
+    // Every stream of the shipped topology (also the dead letters) as configured.
     let topology = agentbus_ops::topology::Topology::standard();
     for spec in &topology.streams {
         let mut stream = js.get_stream(&spec.name).await.unwrap();
@@ -115,7 +115,7 @@ async fn up_creates_the_three_streams_as_configured() {
         assert_eq!(spec.differences(config), [], "{}", spec.name);
     }
 
-    // The requirements' subjects land in their streams.
+    // The documented subjects land in their streams.
     for (subject, stream) in [
         ("agent.a.inbox", "agent-messages"),
         ("agent.a.direct", "agent-messages"),

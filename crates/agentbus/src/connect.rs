@@ -19,7 +19,7 @@ pub const CONNECTION_FILE: &str = "connection.env";
 pub const DEFAULT_DATA_DIR: &str = ".agentbus";
 /// Variable naming the data directory of `agentbus up`.
 pub const DATA_DIR_VAR: &str = "AGENTBUS_DATA_DIR";
-/// Variable holding the server URL, as in the requirements.
+/// Variable holding the server URL, as NATS clients name it.
 pub const NATS_URL_VAR: &str = "NATS_URL";
 /// Variable holding the monitoring endpoint URL.
 pub const MONITOR_URL_VAR: &str = "AGENTBUS_MONITOR_URL";

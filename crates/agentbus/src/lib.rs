@@ -7,24 +7,47 @@
 //!
 //! # Layout
 //!
-//! - [`name`]: the one validated name type; every subject token comes from it.
-//! - [`subject`]: the only place where subject strings and consumer names are built.
-//! - [`protocol`]: the wire format of tasks (TaskRequest, TaskResponse).
-//! - [`connect`]: finding the server (`--server`, `NATS_URL`, `connection.env`
-//!   in the data directory), credentials, and connecting with errors a person
-//!   can act on.
-//! - [`agent`], [`runtime`], [`client`]: the Agent trait, the runtime that
-//!   serves agents, and the client side that sends tasks and events.
-//! - [`discovery`]: served agents answer the NATS services protocol (`$SRV.PING|INFO|STATS`).
-//! - [`delivery`]: guaranteed delivery on JetStream: work queues, durable
-//!   inboxes, broadcasts, results and dead letters.
-//! - [`state`]: per-agent key/value state with TTL, on NATS KV or Redis.
-//! - [`presence`]: heartbeats, who is online, and `agent_offline` events.
-//! - [`redact`]: keeping passwords out of everything printed or logged.
+//! The front door is the crate root: [`Bus`] (send tasks, publish, subscribe,
+//! store durably), [`Runtime`] and [`Agent`] (serve agents), the wire types
+//! ([`TaskRequest`], [`TaskResponse`], [`TaskId`], [`Name`]) and their errors.
+//! The modules that stay public hold what a user names by path:
 //!
-//! Running a server (finding `nats-server`, the data directory of `agentbus up`,
-//! the stream topology, monitoring, `agentbus check`) is the `agentbus-ops`
-//! crate's: agents do not carry it.
+//! - [`delivery`]: guaranteed delivery on JetStream. It owns every durable
+//!   consumer ([`delivery::ConsumerSpec`]) and how durable work is settled
+//!   (acknowledged, retried, recorded, dead-lettered), for the runtime and
+//!   for any other reader (the MCP bridge); work queues, inboxes,
+//!   broadcasts, results and dead letters.
+//! - [`events`]: the typed bodies of `platform.events.*`.
+//! - [`state`]: per-agent key/value state with TTL, and short-lived entries,
+//!   on NATS KV or Redis (the `redis` feature).
+//! - [`presence`]: heartbeats, who is online, and `agent_offline` events.
+//! - [`discovery`]: the NATS services protocol (`$SRV.PING|INFO|STATS`) that
+//!   served agents answer.
+//! - [`subject`]: the only place where subjects and consumer names are built
+//!   and parsed.
+//! - [`connect`]: finding the server (`--server`, `NATS_URL`,
+//!   `connection.env` in the data directory) and connecting with errors a
+//!   person can act on; [`redact`]: keeping secrets out of what is printed.
+//!
+//! Private: `name` and `task_id` (the validated tokens), `protocol` (the
+//! task wire format; `docs/PROTOCOL.md` in the repository describes every
+//! subject and body for other languages), `client` ([`Bus`]), `agent`,
+//! `runtime` (serving loops, retry cache, priority queue, the services
+//! responder), `clock` and `jetstream_errors`.
+//!
+//! Dependencies: `delivery` and `runtime` sit on `client`, `subject` and
+//! `protocol`; `presence` sits on `state`; nothing below depends on what is
+//! above it.
+//!
+//! Running a server (finding `nats-server`, the data directory of `agentbus
+//! up`, the stream topology, monitoring, `agentbus check`) is the
+//! `agentbus-ops` crate's: agents do not carry it.
+//!
+//! # Features
+//!
+//! - `json-schema` (default): task types may carry a JSON Schema that payloads
+//!   are checked against.
+//! - `redis`: state and presence in Redis.
 
 mod agent;
 mod client;

@@ -87,7 +87,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepts_the_names_of_the_requirements() {
+    fn accepts_the_names_agents_use() {
         for ok in [
             "llm_agent",
             "orchestrator",

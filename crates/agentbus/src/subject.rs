@@ -559,7 +559,7 @@ mod tests {
     }
 
     #[test]
-    fn builds_the_subjects_of_the_requirements() {
+    fn builds_the_documented_subjects() {
         assert_eq!(agent_task(&name("llm_agent")), "agent.llm_agent.task");
         assert_eq!(agent_inbox(&name("a")), "agent.a.inbox");
         assert_eq!(agent_direct(&name("a")), "agent.a.direct");

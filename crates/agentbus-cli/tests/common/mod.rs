@@ -567,12 +567,12 @@ pub(crate) fn request_reply_topology_file(dir: &Path) -> PathBuf {
     )
 }
 
-/// The names of the three streams of the requirements.
+/// The names of the three streams agents message through.
 pub(crate) const STREAMS: [&str; 3] = ["agent-messages", "agent-broadcast", "agent-tasks"];
 
 /// What `up` and `setup` report on for the shipped topology, sorted: each
 /// stream by name, each KV bucket as `KV <bucket>` (the shipped topology has
-/// more than the three required streams: a dead-letter stream and a bucket).
+/// more than those three streams: a dead-letter stream and a bucket).
 pub(crate) fn reported_names() -> Vec<String> {
     let topology = agentbus_ops::topology::Topology::standard();
     let mut names: Vec<String> = topology
