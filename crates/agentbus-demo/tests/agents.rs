@@ -7,13 +7,12 @@ use agentbus_demo::{
     self as demo, CHAT_MESSAGE_NEW, ChatManager, DemoOptions, ECHO_NOTE, ENHANCEMENT_FEEDBACK,
     EnhancementAgent, LlmAgent, LlmEndpoint,
 };
-use agentbus_testkit::{ClosedPort, NatsServer};
+use agentbus_testkit::{ClosedPort, LlmServer, NatsServer};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -81,7 +80,7 @@ async fn invalid_max_tokens_is_rejected_naming_the_field() {
 
 #[tokio::test]
 async fn llm_agent_calls_an_openai_compatible_endpoint() {
-    let mut llm = FakeLlm::start(|request| {
+    let mut llm = LlmServer::start(|request| {
         let prompt = request.body["messages"][0]["content"].as_str().unwrap_or("");
         let reply = json!({
             "id": "chatcmpl-1",
@@ -92,7 +91,7 @@ async fn llm_agent_calls_an_openai_compatible_endpoint() {
         (200, reply.to_string())
     })
     .await;
-    let endpoint = LlmEndpoint::new(&llm.base_url)
+    let endpoint = LlmEndpoint::new(llm.base_url())
         .unwrap()
         .with_api_key("sk-test-123")
         .with_model("tiny-model");
@@ -125,14 +124,14 @@ async fn llm_agent_calls_an_openai_compatible_endpoint() {
 
 #[tokio::test]
 async fn http_error_is_a_failed_task_that_never_shows_the_key() {
-    let mut llm = FakeLlm::start(|_| {
+    let mut llm = LlmServer::start(|_| {
         (
             401,
             json!({"error": {"message": "Incorrect API key provided: sk-wrong-key"}}).to_string(),
         )
     })
     .await;
-    let endpoint = LlmEndpoint::new(&llm.base_url)
+    let endpoint = LlmEndpoint::new(llm.base_url())
         .unwrap()
         .with_api_key("sk-wrong-key");
     let server = NatsServer::start().await;
@@ -432,125 +431,4 @@ async fn sync_with_server(bus: &Bus) {
 
 fn uuid_like(id: &str) -> bool {
     id.len() == 36 && id.chars().filter(|c| *c == '-').count() == 4
-}
-
-/// An OpenAI-compatible endpoint on 127.0.0.1:0 answering each request with
-/// `respond`, and handing the requests it received to the test.
-struct FakeLlm {
-    base_url: String,
-    requests: mpsc::UnboundedReceiver<CapturedRequest>,
-    server: JoinHandle<()>,
-}
-
-#[derive(Debug)]
-struct CapturedRequest {
-    method_and_path: String,
-    headers: Vec<(String, String)>,
-    body: Value,
-}
-
-impl CapturedRequest {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-impl FakeLlm {
-    async fn start(respond: fn(&CapturedRequest) -> (u16, String)) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
-        let (tx, requests) = mpsc::unbounded_channel();
-        let server = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    if let Some(request) = answer(stream, respond).await {
-                        let _ = tx.send(request);
-                    }
-                });
-            }
-        });
-        Self {
-            base_url,
-            requests,
-            server,
-        }
-    }
-
-    async fn next_request(&mut self) -> CapturedRequest {
-        tokio::time::timeout(WAIT, self.requests.recv())
-            .await
-            .expect("the endpoint received a request")
-            .expect("the endpoint is running")
-    }
-}
-
-impl Drop for FakeLlm {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-/// Reads one HTTP/1.1 request (Content-Length body) and answers it.
-async fn answer(
-    mut stream: TcpStream,
-    respond: fn(&CapturedRequest) -> (u16, String),
-) -> Option<CapturedRequest> {
-    let mut buffer = Vec::new();
-    let header_end = loop {
-        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buffer[..header_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next()?;
-    let method_and_path = request_line
-        .rsplit_once(' ')
-        .map(|(left, _version)| left.to_owned())?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buffer[header_end + 4..].to_vec();
-    while body.len() < length {
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    let request = CapturedRequest {
-        method_and_path,
-        headers,
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-    };
-    let (status, reply) = respond(&request);
-    let reason = match status {
-        200 => "OK",
-        401 => "Unauthorized",
-        _ => "Error",
-    };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
-        reply.len()
-    );
-    stream.write_all(response.as_bytes()).await.ok()?;
-    let _ = stream.shutdown().await;
-    Some(request)
 }

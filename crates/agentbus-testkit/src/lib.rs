@@ -11,11 +11,13 @@
 
 mod closed_port;
 mod custom;
+mod llm;
 mod python;
 mod redis;
 
 pub use closed_port::ClosedPort;
 pub use custom::CustomNatsServer;
+pub use llm::{LlmRequest, LlmServer, Respond};
 pub use redis::{RedisServer, redis_server_binary};
 
 use agentbus::connect::ServerTarget;

@@ -10,16 +10,14 @@
 //! not run (see [`example`]).
 
 use agentbus::{Bus, Priority, TaskStatus};
-use agentbus_testkit::NatsServer;
+use agentbus_testkit::{LlmServer, NatsServer};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// Start-up, answers and shutdown of an example stay well within this.
@@ -94,9 +92,24 @@ async fn llm_agent_echoes_for_the_orchestrator_and_stops_on_ctrl_c() {
 
 #[tokio::test]
 async fn llm_agent_asks_the_model_at_llm_base_url() {
-    let mut model = FakeModel::start().await;
+    // Tells a story, except for the prompt "refuse", which gets the 401 of a
+    // wrong key (repeating the key in its body, as some providers do).
+    let mut model = LlmServer::start(|request| {
+        let prompt = request.prompt().unwrap_or_default();
+        if prompt == "refuse" {
+            let key = request.header("authorization").unwrap_or_default();
+            let error = json!({"error": {"message": format!("Incorrect API key: {key}")}});
+            (401, error.to_string())
+        } else {
+            let content = format!("Once upon a time: {prompt}");
+            let completion =
+                json!({"choices": [{"message": {"role": "assistant", "content": content}}]});
+            (200, completion.to_string())
+        }
+    })
+    .await;
     let server = NatsServer::start().await;
-    let base_url = format!("{}/", model.base_url);
+    let base_url = format!("{}/", model.base_url());
     let agent = Running::start(
         "llm_agent",
         &server,
@@ -107,7 +120,7 @@ async fn llm_agent_asks_the_model_at_llm_base_url() {
         ],
     )
     .await;
-    let completions = format!("{}/chat/completions", model.base_url);
+    let completions = format!("{}/chat/completions", model.base_url());
     assert!(
         agent
             .ready
@@ -126,7 +139,7 @@ async fn llm_agent_asks_the_model_at_llm_base_url() {
     );
     let request = model.next_request().await;
     assert_eq!(request.method_and_path, "POST /v1/chat/completions");
-    assert_eq!(request.authorization.as_deref(), Some("Bearer sk-test-123"));
+    assert_eq!(request.header("authorization"), Some("Bearer sk-test-123"));
     assert_eq!(
         request.body,
         json!({"model": "tiny", "messages": [{"role": "user", "content": "a robot"}], "max_tokens": 7})
@@ -393,104 +406,4 @@ async fn wait_for_sigint_handler(pid: u32) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// An OpenAI-compatible endpoint on 127.0.0.1:0: it completes a prompt with
-/// "Once upon a time: <prompt>", except that it refuses the prompt "refuse"
-/// with HTTP 401, repeating the API key in its body as some endpoints do.
-struct FakeModel {
-    base_url: String,
-    requests: mpsc::UnboundedReceiver<ModelRequest>,
-    server: JoinHandle<()>,
-}
-
-/// What the fake model received.
-#[derive(Debug)]
-struct ModelRequest {
-    method_and_path: String,
-    authorization: Option<String>,
-    body: Value,
-}
-
-impl FakeModel {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
-        let (sender, requests) = mpsc::unbounded_channel();
-        let server = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let sender = sender.clone();
-                tokio::spawn(async move {
-                    if let Some(request) = answer(stream).await {
-                        let _ = sender.send(request);
-                    }
-                });
-            }
-        });
-        Self {
-            base_url,
-            requests,
-            server,
-        }
-    }
-
-    async fn next_request(&mut self) -> ModelRequest {
-        tokio::time::timeout(WAIT, self.requests.recv())
-            .await
-            .expect("the model received a request")
-            .expect("the model is running")
-    }
-}
-
-impl Drop for FakeModel {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-/// Reads one HTTP/1.1 request with a Content-Length body and answers it.
-async fn answer(stream: tokio::net::TcpStream) -> Option<ModelRequest> {
-    let mut reader = BufReader::new(stream);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line).await.ok()?;
-    let (mut authorization, mut length) = (None, 0);
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).await.ok()?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':')?;
-        match name.to_ascii_lowercase().as_str() {
-            "authorization" => authorization = Some(value.trim().to_owned()),
-            "content-length" => length = value.trim().parse().ok()?,
-            _ => {}
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).await.ok()?;
-    let request = ModelRequest {
-        method_and_path: request_line.rsplit_once(' ')?.0.to_owned(),
-        authorization,
-        body: serde_json::from_slice(&body).ok()?,
-    };
-    let prompt = request.body["messages"][0]["content"].as_str()?;
-    let (status, reply) = if prompt == "refuse" {
-        let key = request.authorization.clone().unwrap_or_default();
-        let error = json!({"error": {"message": format!("Incorrect API key: {key}")}});
-        ("401 Unauthorized", error)
-    } else {
-        let content = format!("Once upon a time: {prompt}");
-        let completion =
-            json!({"choices": [{"message": {"role": "assistant", "content": content}}]});
-        ("200 OK", completion)
-    };
-    let reply = reply.to_string();
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
-        reply.len()
-    );
-    reader.get_mut().write_all(response.as_bytes()).await.ok()?;
-    Some(request)
 }

@@ -5,7 +5,9 @@
 use agentbus::state::{StateChange, StateError, StateStore};
 use agentbus::{Bus, Name};
 use agentbus_ops::topology::Topology;
-use agentbus_testkit::{ClosedPort, NatsServer, RedisServer};
+#[cfg(feature = "redis")]
+use agentbus_testkit::ClosedPort;
+use agentbus_testkit::{NatsServer, RedisServer};
 use futures::{Stream, StreamExt};
 use serde_json::json;
 use std::time::{Duration, Instant};
