@@ -30,6 +30,9 @@ pub struct Varz {
     /// Largest accepted payload in bytes.
     #[serde(default)]
     pub max_payload: u64,
+    /// Clients cut off since start for not reading fast enough.
+    #[serde(default)]
+    pub slow_consumers: u64,
 }
 
 /// The parts of `/jsz` agentbus shows.

@@ -7,6 +7,7 @@
 //! that one server, prints figures and ratios, and stops the server.
 
 mod request_reply;
+mod scale;
 mod work_queue;
 
 use agentbus::connect::ServerTarget;
@@ -33,6 +34,8 @@ pub(crate) struct BenchArgs {
 enum BenchCommand {
     /// Tasks over request/reply (TaskRequest to agent.<name>.task, TaskResponse back): latency one at a time and throughput with many in flight.
     RequestReply(request_reply::RequestReplyArgs),
+    /// How cost grows with agents (1 to 10,000), queue backlog and payload size.
+    Scale(scale::ScaleArgs),
     /// Tasks through the agent-tasks work queue: submitted, pulled, handled and acknowledged by K workers.
     WorkQueue(work_queue::WorkQueueArgs),
 }
@@ -41,6 +44,7 @@ pub(super) async fn exec(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         BenchCommand::RequestReply(args) => request_reply::exec(args).await,
         BenchCommand::WorkQueue(args) => work_queue::exec(args).await,
+        BenchCommand::Scale(args) => scale::exec(args).await,
     }
 }
 

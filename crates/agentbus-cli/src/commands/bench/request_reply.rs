@@ -79,7 +79,7 @@ const EVENTS_AGENT: &str = "bench_agent_events";
 /// interleaved; under one name they would share a queue group and each
 /// would answer part of the others' requests.
 const BARE_AGENT: &str = "bench_bare";
-const TASK_TYPE: &str = "generate_text";
+pub(super) const TASK_TYPE: &str = "generate_text";
 /// Generous: a request this late means something is broken, not slow.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -529,7 +529,7 @@ fn tasks(prompt: &str, count: usize) -> Vec<TaskRequest> {
 }
 
 /// `bytes` of plain ASCII text.
-fn prompt_text(bytes: usize) -> String {
+pub(super) fn prompt_text(bytes: usize) -> String {
     "the quick brown fox jumps over the lazy dog. "
         .chars()
         .cycle()
@@ -538,14 +538,14 @@ fn prompt_text(bytes: usize) -> String {
 }
 
 /// The agent's work, shared by both variants: echo the prompt.
-fn echo(mut payload: Value) -> Value {
+pub(super) fn echo(mut payload: Value) -> Value {
     let prompt = payload.get_mut("prompt").map_or(Value::Null, Value::take);
     json!({ "echo": prompt })
 }
 
 /// An agentbus agent.
-struct BenchAgent {
-    name: &'static str,
+pub(super) struct BenchAgent {
+    pub(super) name: &'static str,
 }
 
 impl Agent for BenchAgent {
@@ -563,7 +563,7 @@ impl Agent for BenchAgent {
 }
 
 /// The bare agent: parse, answer, next.
-async fn serve_bare(
+pub(super) async fn serve_bare(
     client: async_nats::Client,
     mut subscriber: async_nats::Subscriber,
     answered: Arc<AtomicU64>,
