@@ -75,11 +75,91 @@ async fn work_queue_measures_every_variant_and_prints_their_ratios() {
     let out = run(["bench", "work-queue", "--json", "--tasks", "300"]).await;
     assert!(out.status.success(), "{out:#?}");
     let report = out.json();
-    for variant in ["bare", "agentbus", "agentbus_keeping_results"] {
+    for variant in [
+        "bare",
+        "agentbus",
+        "bare_keeping_results",
+        "agentbus_keeping_results",
+    ] {
         positive(&report[variant], "throughput_rps");
     }
     positive(&report, "ratio_throughput");
     positive(&report, "ratio_throughput_keeping_results");
+    // Keeping results is compared with bare workers doing the same.
+    let like_for_like = report["agentbus_keeping_results"]["throughput_rps"]
+        .as_f64()
+        .unwrap()
+        / report["bare_keeping_results"]["throughput_rps"]
+            .as_f64()
+            .unwrap();
+    let printed = report["ratio_throughput_keeping_results"].as_f64().unwrap();
+    assert!((like_for_like - printed).abs() < 0.002, "{report}");
+}
+
+#[tokio::test]
+async fn scale_prints_one_row_per_agent_count_backlog_and_payload() {
+    ensure_nats_server().await;
+    let out = run([
+        "bench",
+        "scale",
+        "--json",
+        "--max-agents",
+        "100",
+        "--idle-seconds",
+        "0.5",
+        "--requests",
+        "300",
+        "--payload-requests",
+        "64",
+        "--max-backlog",
+        "1000",
+    ])
+    .await;
+    assert!(out.status.success(), "{out:#?}");
+    let rows: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let kinds: Vec<(&str, u64)> = rows
+        .iter()
+        .map(|row| {
+            let kind = row["kind"].as_str().unwrap();
+            let size = ["agents", "queued", "bytes"]
+                .iter()
+                .find_map(|key| row[*key].as_u64())
+                .unwrap();
+            (kind, size)
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("agents", 1),
+            ("agents", 100),
+            ("backlog", 1_000),
+            ("payload", 128),
+            ("payload", 4_096),
+            ("payload", 65_536),
+            ("payload", 524_288),
+        ]
+    );
+    for row in rows.iter().filter(|row| row["kind"] == "agents") {
+        assert_eq!(row["errors"], 0, "{row}");
+        positive(row, "rr_rps");
+        positive(row, "server_consumers");
+        assert!(row["queue_pickup_ms"].as_f64().unwrap() >= 0.0, "{row}");
+    }
+    for row in rows.iter().filter(|row| row["kind"] != "agents") {
+        positive(
+            row,
+            if row["kind"] == "backlog" {
+                "drain_tps"
+            } else {
+                "ratio"
+            },
+        );
+    }
 }
 
 #[tokio::test]

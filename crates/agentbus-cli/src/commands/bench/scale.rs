@@ -78,6 +78,10 @@ pub(super) struct ScaleArgs {
     #[arg(long, default_value_t = 4_000, value_parser = clap::value_parser!(u32).range(1..))]
     payload_requests: u32,
 
+    /// Stop the backlog rows at this many queued tasks (1000, 10000, 50000).
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_backlog: u32,
+
     /// Skip the backlog rows.
     #[arg(long)]
     no_backlog: bool,
@@ -444,8 +448,15 @@ async fn backlog_rows_on(
     args: &ScaleArgs,
 ) -> anyhow::Result<Vec<BacklogRow>> {
     let client = Bus::connect(&server.target(), "bench-scale-submitter").await?;
+    let backlogs: Vec<usize> = BACKLOGS
+        .into_iter()
+        .filter(|n| *n <= args.max_backlog as usize)
+        .collect();
     // The one-task figure: tasks submitted while the drainers run.
-    let single_count = 10_000;
+    let single_count = backlogs.iter().copied().max().unwrap_or(0).min(10_000);
+    if single_count == 0 {
+        return Ok(Vec::new());
+    }
     let done = Arc::new(AtomicU64::new(0));
     let drainers = start_drainers(server, &done).await?;
     let started = Instant::now();
@@ -456,7 +467,7 @@ async fn backlog_rows_on(
         runtime.shutdown(SHUTDOWN_GRACE).await;
     }
     let mut rows = Vec::new();
-    for queued in BACKLOGS {
+    for queued in backlogs {
         let progress = (!args.json).then(|| progress_bar(queued as u64));
         submit_all(&client, queued).await?;
         let done = Arc::new(AtomicU64::new(0));
