@@ -3,18 +3,22 @@
 //! Each running agent instance keeps one presence entry (an [`AgentPresence`])
 //! among the short-lived entries of the [state store](crate::state): NATS KV
 //! bucket `agent-presence` by default, Redis keys when the state store is
-//! Redis. A [`Heartbeat`] rewrites
-//! the entry every [`PresenceOptions::interval`] with a TTL of
-//! [`PresenceOptions::offline_after`], so the entry of an agent that dies
-//! without a goodbye expires on its own. [`online_agents`] lists the entries.
+//! Redis. Its heartbeat rewrites the entry every [`PresenceOptions::interval`]
+//! with a TTL of [`PresenceOptions::offline_after`], so the entry of an agent
+//! that dies without a goodbye expires on its own. [`online_agents`] lists
+//! the entries; a [`Heartbeat`] keeps one entry outside a runtime.
 //!
 //! `platform.events.agent_offline` is published
 //! - by the instance itself on a graceful stop (`"reason": "shutdown"`), after
 //!   removing its entry;
 //! - when an entry expires (`"reason": "heartbeat_timeout"`), by one of the
-//!   live heartbeats: the one whose own entry is the smallest by (agent name,
-//!   instance id). Every heartbeat watches the entries to know. See the
-//!   `offline` module for the edge cases.
+//!   live runtimes: the one that keeps the smallest live entry by (agent
+//!   name, instance id). Each runtime watches the entries once to know (see
+//!   the `offline` module for the edge cases).
+//!
+//! One task per runtime writes the heartbeats of all its agents and holds
+//! that one watch: the bus carries one message per agent per interval, and
+//! each runtime's watch receives them all, whatever the number of agents.
 //!
 //! On NATS KV an expiry is seen within about a second of `offline_after`
 //! (the bucket's limit marker); on Redis the heartbeats list the entries every
@@ -22,9 +26,11 @@
 //!
 //! The event's body is an [`OfflineEvent`](crate::events::OfflineEvent).
 
+mod beats;
 mod heartbeat;
 mod offline;
 
+pub(crate) use beats::{Beats, InFlightSource};
 pub use heartbeat::Heartbeat;
 
 use crate::agent::TaskTypeSpec;

@@ -1,8 +1,8 @@
 //! Who reports an agent that went offline without saying goodbye.
 //!
-//! Every heartbeat watches the presence entries. When an entry expires, each
-//! watcher removes it from its view, and the watcher whose own entry is the
-//! smallest live one, ordered by (agent name, instance id), publishes
+//! Each runtime watches the presence entries once. When an entry expires,
+//! each watcher removes it from its view, and the watcher that keeps the
+//! smallest live entry, ordered by (agent name, instance id), publishes
 //! `platform.events.agent_offline`. Watchers that have seen the same entries
 //! agree on who that is, so the event fires once per disappearance in the
 //! common case. It can fire twice when views differ (a watcher that started
@@ -13,24 +13,33 @@
 
 use super::{AgentPresence, PresenceChange};
 use crate::state::EntryKey;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// One watcher's view of the live presence entries.
-#[derive(Debug)]
+/// One watcher's view of the live presence entries, and which are its own.
+#[derive(Debug, Default)]
 pub(super) struct OnlineView {
-    own: EntryKey,
+    own: BTreeSet<EntryKey>,
     entries: BTreeMap<EntryKey, AgentPresence>,
 }
 
 impl OnlineView {
-    pub(super) fn new(own: EntryKey) -> Self {
-        Self {
-            own,
-            entries: BTreeMap::new(),
-        }
+    /// Counts `key` as an entry this watcher keeps.
+    pub(super) fn own(&mut self, key: EntryKey) {
+        self.own.insert(key);
     }
 
-    /// Forgets every entry (before a new watch replays the current ones).
+    /// This watcher no longer keeps `key`.
+    pub(super) fn disown(&mut self, key: &EntryKey) {
+        self.own.remove(key);
+    }
+
+    /// The instance id of this watcher's entries (what an event names as
+    /// its reporter).
+    pub(super) fn reporter(&self) -> Option<String> {
+        self.own.first().and_then(|key| key.last_part())
+    }
+
+    /// Forgets every entry seen (before a new watch replays the current ones).
     pub(super) fn clear(&mut self) {
         self.entries.clear();
     }
@@ -51,15 +60,17 @@ impl OnlineView {
             }
             // Our own entry expired while we live (a stall): the next
             // heartbeat brings it back; others report the gap.
-            PresenceChange::Expired(id) if id == self.own => None,
+            PresenceChange::Expired(id) if self.own.contains(&id) => None,
             PresenceChange::Expired(id) => {
                 let gone = self.entries.remove(&id)?;
+                let ours = self.own.first()?;
                 // The map is sorted: its first key is the smallest live entry.
+                // Our own entries count even before the watch shows them.
                 let we_report = self
                     .entries
                     .keys()
                     .next()
-                    .is_none_or(|smallest| self.own <= *smallest);
+                    .is_none_or(|smallest| ours <= smallest);
                 we_report.then_some(gone)
             }
         }
@@ -91,7 +102,8 @@ mod tests {
     }
 
     fn view(own: (&str, &str), live: &[(&str, &str)]) -> OnlineView {
-        let mut view = OnlineView::new(id(own.0, own.1));
+        let mut view = OnlineView::default();
+        view.own(id(own.0, own.1));
         for (agent, instance) in live {
             view.apply(PresenceChange::Seen(entry(agent, instance)));
         }
@@ -129,6 +141,27 @@ mod tests {
         // The goodbye's own marker expiring later is not a second disappearance.
         assert!(v.apply(PresenceChange::Expired(id("b", "1"))).is_none());
         assert!(v.apply(PresenceChange::Expired(id("z", "1"))).is_none());
+    }
+
+    #[test]
+    fn a_runtime_keeping_many_entries_reports_by_its_smallest() {
+        // One runtime (instance 1) keeps b.1 and z.1; another keeps a.2.
+        let live = [("a", "2"), ("b", "1"), ("c", "9"), ("z", "1")];
+        let mut ours = view(("b", "1"), &live);
+        ours.own(id("z", "1"));
+        let theirs = &mut view(("a", "2"), &live);
+        assert!(ours.apply(PresenceChange::Expired(id("c", "9"))).is_none());
+        assert!(
+            theirs
+                .apply(PresenceChange::Expired(id("c", "9")))
+                .is_some()
+        );
+        // Once a.2 is gone, b.1 is the smallest: runtime 1 reports.
+        let gone = ours.apply(PresenceChange::Expired(id("a", "2"))).unwrap();
+        assert_eq!(gone.name, "a");
+        assert_eq!(ours.reporter().as_deref(), Some("1"));
+        // Its own entries expiring (a stall) are not reported.
+        assert!(ours.apply(PresenceChange::Expired(id("z", "1"))).is_none());
     }
 
     #[test]

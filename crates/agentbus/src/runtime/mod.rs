@@ -21,7 +21,8 @@ use crate::client::Bus;
 use crate::delivery::{self, ConsumerError, DeliveryOptions, RecordError, Settler, worker};
 use crate::events::LifecycleEvent;
 use crate::name::{InvalidName, Name};
-use crate::presence::{AgentPresence, Heartbeat, PresenceOptions};
+use crate::presence::{AgentPresence, Beats, InFlightSource, PresenceOptions};
+use crate::state::EntryKey;
 use crate::state::{StateError, StateStore};
 use crate::subject::{self, events};
 use dedup::DedupCache;
@@ -185,6 +186,9 @@ pub struct Runtime {
     dead_letter_watch: Option<JoinHandle<()>>,
     /// Where presence entries go; NATS KV opened on first use if not given.
     state: Option<StateStore>,
+    /// The heartbeats of every agent served with presence on: one service
+    /// for the runtime, started with the first such agent.
+    beats: Option<Beats>,
 }
 
 #[derive(Debug)]
@@ -193,7 +197,8 @@ struct ServedAgent {
     counters: Arc<stats::Counters>,
     stop: watch::Sender<Option<tokio::time::Instant>>,
     tasks: Vec<JoinHandle<()>>,
-    heartbeat: Option<Heartbeat>,
+    /// Its presence entry, when it keeps one.
+    presence: Option<EntryKey>,
 }
 
 impl Runtime {
@@ -205,6 +210,7 @@ impl Runtime {
             agents: Vec::new(),
             dead_letter_watch: None,
             state: None,
+            beats: None,
         }
     }
 
@@ -321,11 +327,11 @@ impl Runtime {
                 source,
             })?;
         let discovery = self.start_discovery(&name, &type_names, &counters).await?;
-        let heartbeat = match presence_store {
+        let presence = match presence_store {
             Some(store) => {
                 let presence = AgentPresence::new(&name, &self.instance_id, &specs);
                 Some(
-                    self.start_heartbeat(store, presence, &served.options, &counters)
+                    self.register_presence(store, presence, &served.options, &counters)
                         .await?,
                 )
             }
@@ -368,7 +374,7 @@ impl Runtime {
             counters,
             stop,
             tasks: handles,
-            heartbeat,
+            presence,
         });
         Ok(())
     }
@@ -386,33 +392,28 @@ impl Runtime {
         Ok(store)
     }
 
-    /// Starts the agent's heartbeats, with its tasks in flight read from its
-    /// counters, and waits until the first one is stored.
-    async fn start_heartbeat(
-        &self,
+    /// Keeps the agent's presence entry, with its tasks in flight read from
+    /// its counters, and waits until the first heartbeat is stored.
+    async fn register_presence(
+        &mut self,
         store: StateStore,
         presence: AgentPresence,
         options: &AgentOptions,
         counters: &Arc<stats::Counters>,
-    ) -> Result<Heartbeat, RuntimeError> {
+    ) -> Result<EntryKey, RuntimeError> {
         let agent = Name::parse("agent name", &presence.name)?;
         let counters = counters.clone();
-        let in_flight = Arc::new(move || {
+        let in_flight: InFlightSource = Arc::new(move || {
             let stats = counters.snapshot();
             stats.waiting + stats.running
         });
-        let heartbeat = Heartbeat::start_with_in_flight(
-            self.bus.clone(),
-            store,
-            presence,
-            options.heartbeat,
-            in_flight,
-        );
-        heartbeat
-            .first_beat()
+        let beats = self
+            .beats
+            .get_or_insert_with(|| Beats::start(self.bus.clone(), store));
+        beats
+            .register(presence, options.heartbeat, in_flight)
             .await
-            .map_err(|err| presence_error(&agent, err))?;
-        Ok(heartbeat)
+            .map_err(|err| presence_error(&agent, err))
     }
 
     fn spawn_worker<J: worker::Job>(
@@ -480,9 +481,12 @@ impl Runtime {
             )
             .await;
             // Removes the presence entry and publishes agent_offline.
-            if let Some(heartbeat) = agent.heartbeat {
-                heartbeat.stop().await;
+            if let (Some(beats), Some(key)) = (&self.beats, agent.presence) {
+                beats.remove(key).await;
             }
+        }
+        if let Some(beats) = self.beats {
+            beats.stop().await;
         }
         if let Err(err) = self.bus.flush().await {
             tracing::warn!(%err, "flush at shutdown failed");

@@ -20,6 +20,11 @@ impl EntryKey {
         Self(parts)
     }
 
+    /// The key's last part (for presence: the instance id).
+    pub(crate) fn last_part(&self) -> Option<String> {
+        self.0.last().map(ToString::to_string)
+    }
+
     /// The key with its parts joined by `separator`.
     pub(super) fn join(&self, separator: &str) -> String {
         let parts: Vec<&str> = self.0.iter().map(Name::as_str).collect();
