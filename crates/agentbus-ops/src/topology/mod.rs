@@ -11,7 +11,7 @@ mod apply;
 
 pub(crate) use apply::is_stream_not_found;
 
-use agentbus::subject::{REQUEST_REPLY_SUBJECTS, SubjectPattern, overlaps};
+use agentbus::subject::{InvalidSubject, REQUEST_REPLY_SUBJECTS, SubjectPattern, overlaps};
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -159,14 +159,16 @@ impl fmt::Display for StreamAction {
 
 /// Why a topology could not be loaded or applied.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TopologyError {
     /// The file could not be read.
-    #[error("cannot read topology file {}: {reason}", .path.display())]
+    #[error("cannot read topology file {}: {source}", .path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// What failed.
-        reason: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The file is not valid TOML or does not have the topology's shape.
     #[error("invalid topology file {} at line {line}, column {column}: {message}", .path.display())]
@@ -177,7 +179,8 @@ pub enum TopologyError {
         line: usize,
         /// Column of the error, from 1.
         column: usize,
-        /// What is wrong there.
+        /// What is wrong there: the TOML parser's message on one line (its
+        /// error itself spans several, quoting the file).
         message: String,
     },
     /// The topology is well-formed but would not work.
@@ -187,6 +190,15 @@ pub enum TopologyError {
         stream: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A stream captures a subject that is not a valid subject pattern.
+    #[error("invalid topology: stream {stream:?}: {source}")]
+    InvalidSubject {
+        /// The stream.
+        stream: String,
+        /// What is wrong with the subject.
+        #[source]
+        source: InvalidSubject,
     },
     /// The server has the stream with a setting JetStream cannot change in place.
     #[error(
@@ -203,15 +215,45 @@ pub enum TopologyError {
         wanted: String,
     },
     /// JetStream refused an operation.
-    #[error("stream {stream:?}: JetStream refused to {action} it: {reason}")]
+    #[error("stream {stream:?}: JetStream refused to {action} it: {source}")]
     JetStream {
         /// The stream (or `KV_<bucket>`).
         stream: String,
         /// What was asked: `look up`, `create` or `update`.
         action: &'static str,
-        /// JetStream's answer.
-        reason: String,
+        /// JetStream's answer (an `async_nats` error of that operation).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// Why a topology could not be loaded or applied, as a kind to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TopologyErrorKind {
+    /// The file could not be read.
+    Read,
+    /// The file is not a topology: bad TOML, a missing or unknown field.
+    Parse,
+    /// The topology is well-formed but would not work (names, subjects, limits).
+    Invalid,
+    /// The server's stream has a setting JetStream cannot change in place.
+    Immutable,
+    /// JetStream refused or failed a look-up, create or update.
+    JetStream,
+}
+
+impl TopologyError {
+    /// Why the topology could not be loaded or applied.
+    pub fn kind(&self) -> TopologyErrorKind {
+        match self {
+            Self::Read { .. } => TopologyErrorKind::Read,
+            Self::Parse { .. } => TopologyErrorKind::Parse,
+            Self::Invalid { .. } | Self::InvalidSubject { .. } => TopologyErrorKind::Invalid,
+            Self::Immutable { .. } => TopologyErrorKind::Immutable,
+            Self::JetStream { .. } => TopologyErrorKind::JetStream,
+        }
+    }
 }
 
 impl Topology {
@@ -225,9 +267,9 @@ impl Topology {
 
     /// Loads and validates a topology file.
     pub fn from_file(path: &Path) -> Result<Self, TopologyError> {
-        let text = std::fs::read_to_string(path).map_err(|err| TopologyError::Read {
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
             path: path.to_owned(),
-            reason: err.to_string(),
+            source,
         })?;
         Self::parse(&text, path)
     }
@@ -282,7 +324,10 @@ impl Topology {
                         "subject {subject:?} captures the request/reply subject {rr:?}, so JetStream would answer requesters with its own ack instead of the agent's reply; narrow the subject"
                     )));
                 }
-                SubjectPattern::parse(subject).map_err(|err| invalid(err.to_string()))?;
+                SubjectPattern::parse(subject).map_err(|source| TopologyError::InvalidSubject {
+                    stream: spec.name.clone(),
+                    source,
+                })?;
                 if let Some((other, other_subject)) =
                     seen_subjects.iter().find(|(_, s)| overlaps(subject, s))
                 {
@@ -562,5 +607,38 @@ mod tests {
             err.contains("\"tasks.>\" overlaps \"tasks.x\" of stream \"agent-messages\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn kinds_of_unloadable_topologies() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.toml");
+        let err = Topology::from_file(&missing).unwrap_err();
+        assert_eq!(err.kind(), TopologyErrorKind::Read);
+        assert!(
+            std::error::Error::source(&err)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound),
+            "{err:?}"
+        );
+
+        let err = Topology::parse("[[stream]]\nname = 1\n", Path::new("t.toml")).unwrap_err();
+        assert_eq!(err.kind(), TopologyErrorKind::Parse);
+
+        let err = Topology::parse(&with_subjects(r#"["a..b"]"#), Path::new("t.toml")).unwrap_err();
+        assert_eq!(err.kind(), TopologyErrorKind::Invalid);
+        assert!(
+            std::error::Error::source(&err).is_some_and(|s| s.is::<InvalidSubject>()),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with(
+                "invalid topology: stream \"agent-messages\": invalid subject \"a..b\""
+            ),
+            "{err}"
+        );
+
+        let err = Topology::parse(&with_subjects("[]"), Path::new("t.toml")).unwrap_err();
+        assert_eq!(err.kind(), TopologyErrorKind::Invalid);
     }
 }
