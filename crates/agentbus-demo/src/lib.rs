@@ -15,7 +15,8 @@
 //!
 //! - `llm_agent`: [`LlmAgent`] and its `generate_text` task, echo mode included.
 //! - `llm_endpoint`: [`LlmEndpoint`], configured from `LLM_*`, and [`LlmSetupError`].
-//! - `completion`: the HTTP call to the endpoint and its errors as task errors.
+//! - `completion`: the HTTP call to the endpoint, its errors by kind, and those
+//!   as task errors (a refusal is not retried).
 //! - `chat_manager`: [`ChatManager`] and the [`ChatMessageEvent`] it publishes.
 //! - `enhancement_agent`: [`EnhancementAgent`] and its [`FeedbackSummary`].
 //! - `message_log`: [`MessageLog`], where those two agents count the durable
@@ -51,9 +52,9 @@ pub use llm_agent::{
     truncate_words,
 };
 pub use llm_endpoint::{
-    DEFAULT_LLM_MODEL, DEFAULT_LLM_TIMEOUT, LLM_API_KEY_VAR, LLM_BASE_URL_VAR, LLM_MODEL_VAR,
-    LlmEndpoint, LlmSetupError,
+    BaseUrlProblem, DEFAULT_LLM_MODEL, DEFAULT_LLM_TIMEOUT, LLM_API_KEY_VAR, LLM_BASE_URL_VAR,
+    LLM_MODEL_VAR, LlmEndpoint, LlmSetupError, LlmSetupErrorKind,
 };
 pub use message_log::{Arrival, MessageLog};
 pub use orchestrator::send_generate_text;
-pub use run::{DEMO_SESSION, DemoError, DemoOptions, run_demo, run_demo_with};
+pub use run::{DEMO_SESSION, DemoError, DemoErrorKind, DemoOptions, run_demo, run_demo_with};

@@ -71,11 +71,9 @@ impl LlmAgent {
         let backend = match endpoint {
             None => Backend::Echo,
             Some(endpoint) => {
-                let http = reqwest::Client::builder().build().map_err(|err| {
-                    LlmSetupError::HttpClient {
-                        reason: err.to_string(),
-                    }
-                })?;
+                let http = reqwest::Client::builder()
+                    .build()
+                    .map_err(|source| LlmSetupError::HttpClient { source })?;
                 Backend::Model { endpoint, http }
             }
         };
@@ -108,7 +106,9 @@ impl LlmAgent {
                 "mode": "echo",
                 "note": ECHO_NOTE,
             })),
-            Backend::Model { endpoint, http } => complete(endpoint, http, prompt, max_tokens).await,
+            Backend::Model { endpoint, http } => {
+                Ok(complete(endpoint, http, prompt, max_tokens).await?)
+            }
         }
     }
 }

@@ -34,50 +34,94 @@ pub struct LlmEndpoint {
 
 /// Why the LLM agent cannot be set up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LlmSetupError {
     /// The base URL is not an http(s) URL.
     #[error(
-        "the LLM base URL {url:?} is not usable ({reason}); set LLM_BASE_URL to an OpenAI-compatible base such as https://api.openai.com/v1"
+        "the LLM base URL {url:?} is not usable ({source}); set LLM_BASE_URL to an OpenAI-compatible base such as https://api.openai.com/v1"
     )]
     InvalidBaseUrl {
         /// The URL, with any password masked.
         url: String,
         /// Why it was refused.
-        reason: String,
+        #[source]
+        source: BaseUrlProblem,
     },
     /// The HTTP client could not be built.
-    #[error("cannot set up the HTTP client for the language model: {reason}")]
+    #[error("cannot set up the HTTP client for the language model: {source}")]
     HttpClient {
         /// Why.
-        reason: String,
+        #[source]
+        source: reqwest::Error,
     },
+}
+
+/// Why the LLM agent cannot be set up, as a kind to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LlmSetupErrorKind {
+    /// `LLM_BASE_URL` (or the URL given) is not an http(s) base URL.
+    InvalidBaseUrl,
+    /// The HTTP client could not be built (no TLS backend, say).
+    HttpClient,
+}
+
+impl LlmSetupError {
+    /// Why the agent cannot be set up.
+    pub fn kind(&self) -> LlmSetupErrorKind {
+        match self {
+            Self::InvalidBaseUrl { .. } => LlmSetupErrorKind::InvalidBaseUrl,
+            Self::HttpClient { .. } => LlmSetupErrorKind::HttpClient,
+        }
+    }
+}
+
+/// What is wrong with a base URL (the cause of [`LlmSetupError::InvalidBaseUrl`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BaseUrlProblem {
+    /// It does not parse as a URL (the parser's messages quote no part of it).
+    #[error("{0}")]
+    Parse(#[source] url::ParseError),
+    /// Its scheme is not `http` or `https`.
+    #[error("the scheme is {scheme:?}, not http or https")]
+    Scheme {
+        /// The scheme it has.
+        scheme: String,
+    },
+    /// It has no host.
+    #[error("it has no host")]
+    NoHost,
+    /// It has a query or a fragment, which `/chat/completions` cannot follow.
+    #[error("it has a query or fragment")]
+    QueryOrFragment,
 }
 
 impl LlmEndpoint {
     /// An endpoint at `base_url` (the part before `/chat/completions`), with
     /// model [`DEFAULT_LLM_MODEL`], no API key and [`DEFAULT_LLM_TIMEOUT`].
     pub fn new(base_url: &str) -> Result<Self, LlmSetupError> {
-        let invalid = |reason: String| LlmSetupError::InvalidBaseUrl {
+        let invalid = |source| LlmSetupError::InvalidBaseUrl {
             url: redact_url(base_url),
-            reason,
+            source,
         };
         let base = base_url.trim().trim_end_matches('/');
         // Checked before joining: "http://" + "/chat/completions" would parse with host "chat".
-        let parsed = reqwest::Url::parse(base).map_err(|err| invalid(err.to_string()))?;
+        let parsed =
+            reqwest::Url::parse(base).map_err(|err| invalid(BaseUrlProblem::Parse(err)))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(invalid(format!(
-                "the scheme is {:?}, not http or https",
-                parsed.scheme()
-            )));
+            return Err(invalid(BaseUrlProblem::Scheme {
+                scheme: parsed.scheme().to_owned(),
+            }));
         }
         if parsed.host_str().is_none_or(str::is_empty) {
-            return Err(invalid("it has no host".to_owned()));
+            return Err(invalid(BaseUrlProblem::NoHost));
         }
         if parsed.query().is_some() || parsed.fragment().is_some() {
-            return Err(invalid("it has a query or fragment".to_owned()));
+            return Err(invalid(BaseUrlProblem::QueryOrFragment));
         }
         let url = reqwest::Url::parse(&format!("{base}/chat/completions"))
-            .map_err(|err| invalid(err.to_string()))?;
+            .map_err(|err| invalid(BaseUrlProblem::Parse(err)))?;
         Ok(Self {
             completions_url: url,
             api_key: None,
@@ -226,5 +270,32 @@ mod tests {
         }
         let err = LlmEndpoint::new("ftp://u:hunter2@h/v1").unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn each_bad_base_url_says_what_is_wrong() {
+        let problem = |url: &str| {
+            let err = LlmEndpoint::new(url).unwrap_err();
+            assert_eq!(err.kind(), LlmSetupErrorKind::InvalidBaseUrl, "{err}");
+            match err {
+                LlmSetupError::InvalidBaseUrl { source, .. } => source,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            problem("ftp://u:hunter2@h/v1"),
+            BaseUrlProblem::Scheme {
+                scheme: "ftp".into()
+            }
+        );
+        assert_eq!(
+            problem("not a url"),
+            BaseUrlProblem::Parse(url::ParseError::RelativeUrlWithoutBase)
+        );
+        assert_eq!(
+            problem("http://"),
+            BaseUrlProblem::Parse(url::ParseError::EmptyHost)
+        );
+        assert_eq!(problem("http://h/v1#x"), BaseUrlProblem::QueryOrFragment);
     }
 }

@@ -57,6 +57,7 @@ impl DemoOptions {
 
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DemoError {
     /// The LLM endpoint is misconfigured.
     #[error(transparent)]
@@ -67,6 +68,29 @@ pub enum DemoError {
     /// A subscription could not be made or confirmed.
     #[error(transparent)]
     Subscribe(#[from] SubscribeError),
+}
+
+/// Why the demo could not run, as a kind to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DemoErrorKind {
+    /// The LLM endpoint is misconfigured ([`LlmSetupError::kind`] says how).
+    Llm,
+    /// An agent could not be served ([`RuntimeError::kind`] says why).
+    Runtime,
+    /// A subscription could not be made or confirmed.
+    Subscribe,
+}
+
+impl DemoError {
+    /// Why the demo could not run.
+    pub fn kind(&self) -> DemoErrorKind {
+        match self {
+            Self::Llm(_) => DemoErrorKind::Llm,
+            Self::Runtime(_) => DemoErrorKind::Runtime,
+            Self::Subscribe(_) => DemoErrorKind::Subscribe,
+        }
+    }
 }
 
 /// Serves `llm_agent`, `chat_manager` and `enhancement_agent` on `bus` and,

@@ -32,14 +32,31 @@ const PASSWORD_LEN: usize = 32;
 
 /// Why the data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DataDirError {
-    /// The directory or a file in it could not be created or read.
-    #[error("cannot use data directory {}: {reason}; pass --data-dir with a writable directory", .path.display())]
+    /// The directory or its lock could not be created or read.
+    #[error("cannot use data directory {}: {source}; pass --data-dir with a writable directory", .path.display())]
     Unusable {
         /// The data directory.
         path: PathBuf,
         /// What failed.
-        reason: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file in the directory could not be read or written.
+    #[error(
+        "cannot use data directory {}: {}: {source}; pass --data-dir with a writable directory",
+        .path.display(),
+        .file.display()
+    )]
+    UnusableFile {
+        /// The data directory.
+        path: PathBuf,
+        /// The file.
+        file: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
     },
     /// Another `agentbus up` holds the directory.
     #[error(
@@ -55,6 +72,26 @@ pub enum DataDirError {
     },
 }
 
+/// Why the data directory cannot be used, as a kind to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DataDirErrorKind {
+    /// The directory or a file in it cannot be created, read or written.
+    Unusable,
+    /// Another `agentbus up` holds the directory.
+    InUse,
+}
+
+impl DataDirError {
+    /// Why the directory cannot be used.
+    pub fn kind(&self) -> DataDirErrorKind {
+        match self {
+            Self::Unusable { .. } | Self::UnusableFile { .. } => DataDirErrorKind::Unusable,
+            Self::InUse { .. } => DataDirErrorKind::InUse,
+        }
+    }
+}
+
 /// A data directory held exclusively by this process until dropped.
 #[derive(Debug)]
 pub struct DataDir {
@@ -66,25 +103,23 @@ impl DataDir {
     /// Creates the directory (mode 0700) if needed and takes its lock.
     /// Fails without touching anything when another process holds it.
     pub fn open_exclusive(path: &Path) -> Result<Self, DataDirError> {
-        let unusable = |reason: String| DataDirError::Unusable {
+        let unusable = |source: std::io::Error| DataDirError::Unusable {
             path: path.to_owned(),
-            reason,
+            source,
         };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(path)
-            .map_err(|err| unusable(err.to_string()))?;
-        let path = path
-            .canonicalize()
-            .map_err(|err| unusable(err.to_string()))?;
+            .map_err(unusable)?;
+        let path = path.canonicalize().map_err(unusable)?;
         let mut lock = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path.join(LOCK_FILE))
-            .map_err(|err| unusable(err.to_string()))?;
+            .map_err(unusable)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -95,12 +130,12 @@ impl DataDir {
                     pid: text.trim().parse().ok(),
                 });
             }
-            Err(TryLockError::Error(err)) => return Err(unusable(err.to_string())),
+            Err(TryLockError::Error(err)) => return Err(unusable(err)),
         }
         lock.set_len(0)
             .and_then(|()| lock.rewind())
             .and_then(|()| writeln!(lock, "{}", std::process::id()))
-            .map_err(|err| unusable(err.to_string()))?;
+            .map_err(unusable)?;
         Ok(Self { path, _lock: lock })
     }
 
@@ -112,9 +147,10 @@ impl DataDir {
     /// The password of user `agentbus`, generated and stored (0600) on first use.
     pub fn password(&self) -> Result<String, DataDirError> {
         let file = self.path.join(PASSWORD_FILE);
-        let unusable = |err: std::io::Error| DataDirError::Unusable {
+        let unusable = |source: std::io::Error| DataDirError::UnusableFile {
             path: self.path.clone(),
-            reason: format!("{}: {err}", file.display()),
+            file: file.clone(),
+            source,
         };
         match std::fs::read_to_string(&file) {
             Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
@@ -146,10 +182,10 @@ impl DataDir {
 
     /// Writes `connection.env` (0600).
     pub fn write_connection_file(&self, file: &ConnectionFile) -> Result<(), DataDirError> {
-        write_private(&self.connection_file(), &file.render()).map_err(|err| {
+        write_private(&self.connection_file(), &file.render()).map_err(|source| {
             DataDirError::Unusable {
                 path: self.path.clone(),
-                reason: err.to_string(),
+                source,
             }
         })
     }
@@ -203,6 +239,41 @@ mod tests {
             err.to_string()
                 .contains("pass --data-dir with a writable directory"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn kinds_say_in_use_or_unusable_and_keep_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = DataDir::open_exclusive(dir.path()).unwrap();
+        let err = DataDir::open_exclusive(dir.path()).unwrap_err();
+        assert_eq!(err.kind(), DataDirErrorKind::InUse);
+
+        let err = DataDir::open_exclusive(Path::new("/proc/agentbus-data")).unwrap_err();
+        assert_eq!(err.kind(), DataDirErrorKind::Unusable);
+        assert!(
+            std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>()),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_password_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open_exclusive(dir.path()).unwrap();
+        // A directory where the password file should be cannot be read as one.
+        std::fs::create_dir(dir.path().join(PASSWORD_FILE)).unwrap();
+        let err = data.password().unwrap_err();
+        assert_eq!(err.kind(), DataDirErrorKind::Unusable);
+        let file = data.path().join(PASSWORD_FILE);
+        let source = std::error::Error::source(&err).expect("the read's I/O error");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot use data directory {}: {}: {source}; pass --data-dir with a writable directory",
+                data.path().display(),
+                file.display()
+            )
         );
     }
 }

@@ -58,4 +58,4 @@ mod private_file;
 pub mod server_binary;
 pub mod topology;
 
-pub use local_bus::{LocalBus, LocalBusError};
+pub use local_bus::{LocalBus, LocalBusError, LocalBusErrorKind};

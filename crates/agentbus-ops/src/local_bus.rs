@@ -8,6 +8,7 @@
 use crate::local_server::{LocalServer, LocalServerConfig, LocalServerError};
 use crate::topology::{StreamAction, Topology, TopologyError};
 use agentbus::connect::ConnectError;
+use async_nats::jetstream::context::AccountError;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,6 +35,7 @@ pub struct LocalBus {
 
 /// Why a local bus could not be started.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LocalBusError {
     /// The server did not start or did not listen.
     #[error(transparent)]
@@ -43,13 +45,14 @@ pub enum LocalBusError {
     Connect(#[from] ConnectError),
     /// JetStream did not answer in time.
     #[error(
-        "JetStream did not answer within {} s: {reason}; see the server's log in {}",
+        "JetStream did not answer within {} s: {source}; see the server's log in {}",
         JETSTREAM_TIMEOUT.as_secs(),
         .log.display()
     )]
     JetStreamNotReady {
         /// The last error JetStream gave.
-        reason: String,
+        #[source]
+        source: AccountError,
         /// The server's log file.
         log: PathBuf,
     },
@@ -59,6 +62,35 @@ pub enum LocalBusError {
     /// The stop of [`LocalBus::start_unless`] came first; the server is stopped.
     #[error("stopped before the bus was ready")]
     Stopped,
+}
+
+/// Why a local bus could not be started, as a kind to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LocalBusErrorKind {
+    /// The server did not start or did not listen ([`LocalServerError::kind`] says why).
+    Start,
+    /// The configured user could not connect.
+    Connect,
+    /// JetStream did not answer in time.
+    JetStreamNotReady,
+    /// The topology could not be applied.
+    Topology,
+    /// The start was stopped before the bus was ready.
+    Stopped,
+}
+
+impl LocalBusError {
+    /// Why the bus could not be started.
+    pub fn kind(&self) -> LocalBusErrorKind {
+        match self {
+            Self::Start(_) => LocalBusErrorKind::Start,
+            Self::Connect(_) => LocalBusErrorKind::Connect,
+            Self::JetStreamNotReady { .. } => LocalBusErrorKind::JetStreamNotReady,
+            Self::Topology(_) => LocalBusErrorKind::Topology,
+            Self::Stopped => LocalBusErrorKind::Stopped,
+        }
+    }
 }
 
 impl LocalBus {
@@ -116,7 +148,7 @@ async fn ready(
     while let Err(err) = js.query_account().await {
         if tokio::time::Instant::now() > deadline {
             return Err(LocalBusError::JetStreamNotReady {
-                reason: err.to_string(),
+                source: err,
                 log: server.log_file(),
             });
         }

@@ -64,14 +64,16 @@ impl std::fmt::Debug for LocalServerConfig {
 
 /// Why a local server could not be started.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LocalServerError {
     /// A file in the server directory could not be written.
-    #[error("cannot write {}: {reason}; check that the directory is writable", .path.display())]
+    #[error("cannot write {}: {source}; check that the directory is writable", .path.display())]
     Write {
         /// The file.
         path: PathBuf,
-        /// What failed.
-        reason: String,
+        /// Why it could not be written.
+        #[source]
+        source: std::io::Error,
     },
     /// The requested port is taken.
     #[error(
@@ -88,18 +90,19 @@ pub enum LocalServerError {
         flag: &'static str,
     },
     /// The process could not be spawned.
-    #[error("cannot start {}: {reason}", .binary.display())]
+    #[error("cannot start {}: {source}", .binary.display())]
     Spawn {
         /// The `nats-server` executable.
         binary: PathBuf,
-        /// What failed.
-        reason: String,
+        /// Why it could not be started.
+        #[source]
+        source: std::io::Error,
     },
     /// The server exited while starting.
     #[error("nats-server exited while starting ({status}); its last log lines:\n{log_tail}")]
     ExitedEarly {
         /// How it exited.
-        status: String,
+        status: ExitStatus,
         /// The last lines of its log.
         log_tail: String,
     },
@@ -109,6 +112,35 @@ pub enum LocalServerError {
         /// The last lines of its log.
         log_tail: String,
     },
+}
+
+/// Why a local server could not be started, as a kind to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LocalServerErrorKind {
+    /// The server's directory is not writable.
+    Write,
+    /// A requested port is taken.
+    PortInUse,
+    /// The `nats-server` executable could not be run.
+    Spawn,
+    /// The server exited before it listened (its log says why).
+    ExitedEarly,
+    /// The server did not listen in time.
+    NotReady,
+}
+
+impl LocalServerError {
+    /// Why the server could not be started.
+    pub fn kind(&self) -> LocalServerErrorKind {
+        match self {
+            Self::Write { .. } => LocalServerErrorKind::Write,
+            Self::PortInUse { .. } => LocalServerErrorKind::PortInUse,
+            Self::Spawn { .. } => LocalServerErrorKind::Spawn,
+            Self::ExitedEarly { .. } => LocalServerErrorKind::ExitedEarly,
+            Self::NotReady { .. } => LocalServerErrorKind::NotReady,
+        }
+    }
 }
 
 /// A running local server; killed when dropped.
@@ -134,10 +166,10 @@ impl LocalServer {
             config.monitor_port,
         )?;
         let config_path = config.dir.join(CONFIG_FILE);
-        write_private(&config_path, &render_config(config)).map_err(|err| {
+        write_private(&config_path, &render_config(config)).map_err(|source| {
             LocalServerError::Write {
                 path: config_path.clone(),
-                reason: err.to_string(),
+                source,
             }
         })?;
         remove_stale_ports_files(&config.dir);
@@ -146,13 +178,13 @@ impl LocalServer {
             .create(true)
             .append(true)
             .open(&log_path)
-            .map_err(|err| LocalServerError::Write {
+            .map_err(|source| LocalServerError::Write {
                 path: log_path.clone(),
-                reason: err.to_string(),
+                source,
             })?;
-        let log_err = log.try_clone().map_err(|err| LocalServerError::Write {
+        let log_err = log.try_clone().map_err(|source| LocalServerError::Write {
             path: log_path.clone(),
-            reason: err.to_string(),
+            source,
         })?;
         let mut command = Command::new(&config.binary);
         command
@@ -165,9 +197,9 @@ impl LocalServer {
             .process_group(0)
             .kill_on_drop(true);
         die_with_parent(&mut command);
-        let child = command.spawn().map_err(|err| LocalServerError::Spawn {
+        let child = command.spawn().map_err(|source| LocalServerError::Spawn {
             binary: config.binary.clone(),
-            reason: err.to_string(),
+            source,
         })?;
         let pid = child.id().unwrap_or_default();
         Ok(Self {
@@ -212,10 +244,7 @@ impl LocalServer {
                         flag,
                     });
                 }
-                return Err(LocalServerError::ExitedEarly {
-                    status: status.to_string(),
-                    log_tail,
-                });
+                return Err(LocalServerError::ExitedEarly { status, log_tail });
             }
             if let Some((client, monitor)) = read_ports_file(&ports_file) {
                 self.client_url = client;
@@ -494,5 +523,62 @@ mod tests {
         assert!(!text.contains("http_port"), "{text}");
         let text = render_config(&config("0.0.0.0", "::1"));
         assert!(text.contains("http: \"[::1]:-1\"\n"), "{text}");
+    }
+
+    fn config_in(dir: &Path, binary: &str) -> LocalServerConfig {
+        LocalServerConfig {
+            binary: binary.into(),
+            dir: dir.to_owned(),
+            host: "127.0.0.1".into(),
+            port: 0,
+            monitor_host: "127.0.0.1".into(),
+            monitor_port: 0,
+            user: "agentbus".into(),
+            password: "secret".into(),
+            server_name: "agentbus".into(),
+        }
+    }
+
+    #[test]
+    fn a_missing_binary_is_a_spawn_error_with_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let err =
+            LocalServer::spawn(&config_in(dir.path(), "/nonexistent/nats-server")).unwrap_err();
+        assert_eq!(err.kind(), LocalServerErrorKind::Spawn);
+        let source = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .expect("the spawn's I/O error");
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(
+            err.to_string(),
+            format!("cannot start /nonexistent/nats-server: {source}")
+        );
+    }
+
+    #[test]
+    fn a_missing_directory_is_a_write_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(&dir.path().join("missing"), "nats-server");
+        let err = LocalServer::spawn(&config).unwrap_err();
+        assert_eq!(err.kind(), LocalServerErrorKind::Write, "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("check that the directory is writable"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_taken_port_is_named_with_its_flag() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let err = check_ports_free("127.0.0.1", 0, "127.0.0.1", port).unwrap_err();
+        assert_eq!(err.kind(), LocalServerErrorKind::PortInUse);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "monitoring port {port} on 127.0.0.1 is already in use; stop what listens there or pass --monitor-port 0 to pick a free port"
+            )
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The server's HTTP monitoring endpoint: `/varz` (server) and `/jsz` (JetStream).
 
+use agentbus::redact::redact_url;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -58,23 +59,67 @@ pub struct Jsz {
     pub bytes: u64,
 }
 
-/// Why the monitoring endpoint could not be read.
+/// Why the monitoring endpoint could not be read. The URL it shows has any
+/// password masked, and its cause carries no URL.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 #[error(
-    "cannot read the NATS monitoring endpoint {url}: {reason}; check AGENTBUS_MONITOR_URL or that the server runs with monitoring (`agentbus up` enables it)"
+    "cannot read the NATS monitoring endpoint {url}: {}; check AGENTBUS_MONITOR_URL or that the server runs with monitoring (`agentbus up` enables it)",
+    describe(.source)
 )]
 pub struct MonitorError {
-    /// The URL asked.
-    pub url: String,
-    /// What went wrong.
-    pub reason: String,
+    kind: MonitorErrorKind,
+    url: String,
+    #[source]
+    source: reqwest::Error,
+}
+
+/// Why the monitoring endpoint could not be read, as a kind to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MonitorErrorKind {
+    /// No answer: the server is down, monitoring is off, or it timed out.
+    Unreachable,
+    /// The endpoint answered with an HTTP error status.
+    Status,
+    /// The answer was not the expected JSON.
+    InvalidResponse,
+}
+
+impl MonitorError {
+    fn new(kind: MonitorErrorKind, url: &str, source: reqwest::Error) -> Self {
+        Self {
+            kind,
+            url: redact_url(url),
+            // The message names the URL once, masked; the client's error would again.
+            source: source.without_url(),
+        }
+    }
+
+    /// Why the endpoint could not be read.
+    pub fn kind(&self) -> MonitorErrorKind {
+        self.kind
+    }
+
+    /// The URL asked, with any password masked.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
 }
 
 /// A client for one server's monitoring endpoint.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Monitor {
     base: String,
     http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("base", &redact_url(&self.base))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Monitor {
@@ -101,29 +146,70 @@ impl Monitor {
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, MonitorError> {
+        use MonitorErrorKind::{InvalidResponse, Status, Unreachable};
         let url = format!("{}/{path}", self.base);
-        let error = |reason: String| MonitorError {
-            url: url.clone(),
-            reason,
-        };
         let response = self
             .http
             .get(&url)
             .send()
             .await
-            .map_err(|err| error(describe(err)))?;
+            .map_err(|err| MonitorError::new(Unreachable, &url, err))?;
         let response = response
             .error_for_status()
-            .map_err(|err| error(describe(err)))?;
-        response.json().await.map_err(|err| error(describe(err)))
+            .map_err(|err| MonitorError::new(Status, &url, err))?;
+        response
+            .json()
+            .await
+            .map_err(|err| MonitorError::new(InvalidResponse, &url, err))
     }
 }
 
-fn describe(err: reqwest::Error) -> String {
-    let source = std::error::Error::source(&err).map(ToString::to_string);
-    let text = err.without_url().to_string();
+/// The client's error and its first cause: its own text alone is as vague as
+/// "error sending request".
+fn describe(err: &reqwest::Error) -> String {
+    let source = std::error::Error::source(err).map(ToString::to_string);
+    let text = err.to_string();
     match source {
         Some(source) if !text.contains(&source) => format!("{text} ({source})"),
         _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentbus_testkit::ClosedPort;
+
+    /// Everything an error can show: its message, its debug form and its causes.
+    fn everything_shown(err: &MonitorError) -> Vec<String> {
+        let mut shown = vec![err.to_string(), format!("{err:?}")];
+        let mut cause = std::error::Error::source(err);
+        while let Some(next) = cause {
+            shown.push(next.to_string());
+            shown.push(format!("{next:?}"));
+            cause = next.source();
+        }
+        shown
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_never_shows_its_password() {
+        let closed = ClosedPort::new();
+        let base = format!("http://watcher:pw-never-shown@127.0.0.1:{}", closed.port());
+        let monitor = Monitor::new(&base);
+        assert!(!format!("{monitor:?}").contains("pw-never-shown"));
+        let err = monitor.varz().await.unwrap_err();
+        assert_eq!(err.kind(), MonitorErrorKind::Unreachable, "{err}");
+        let masked = format!("http://watcher:***@127.0.0.1:{}/varz", closed.port());
+        assert_eq!(err.url(), masked);
+        assert!(
+            err.to_string().starts_with(&format!(
+                "cannot read the NATS monitoring endpoint {masked}: "
+            )),
+            "{err}"
+        );
+        for text in everything_shown(&err) {
+            assert!(!text.contains("pw-never-shown"), "{text}");
+        }
     }
 }

