@@ -34,6 +34,7 @@
 //! - `claim`: an agent's own queue worked by hand, one task at a time ([`TaskClaims`]).
 //! - `publish`: storing tasks, messages and broadcasts from the sender's side.
 //! - `records`: the results bucket ([`TaskRecord`], [`TaskState`]).
+//! - `tracking`: where a queued task stands, by its id ([`TaskReport`]).
 //! - `dead_letter`: dead letters, their replay, and abandoned tasks.
 //! - `options`: [`DeliveryOptions`]; `queue`: which work queue ([`Queue`]).
 
@@ -45,6 +46,7 @@ mod publish;
 mod queue;
 mod records;
 mod settle;
+mod tracking;
 pub(crate) mod worker;
 
 pub use claim::{ClaimError, TaskClaims};
@@ -60,3 +62,4 @@ pub use queue::Queue;
 pub use records::{AttemptError, RecordError, RecordErrorKind, TaskRecord, TaskState};
 pub use settle::{Delivery, SettleError, SettleErrorKind, Settled, TaskAttempt};
 pub(crate) use settle::{Opened, Settler};
+pub use tracking::TaskReport;
