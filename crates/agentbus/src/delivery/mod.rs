@@ -35,6 +35,7 @@
 //! - `publish`: storing tasks, messages and broadcasts from the sender's side.
 //! - `records`: the results bucket ([`TaskRecord`], [`TaskState`]).
 //! - `tracking`: where a queued task stands, by its id ([`TaskReport`]).
+//! - `recipients`: who would receive work sent to an [`Address`] ([`Recipients`]).
 //! - `dead_letter`: dead letters, their replay, and abandoned tasks.
 //! - `options`: [`DeliveryOptions`]; `queue`: which work queue ([`Queue`]).
 
@@ -44,6 +45,7 @@ mod dead_letter;
 mod options;
 mod publish;
 mod queue;
+mod recipients;
 mod records;
 mod settle;
 mod tracking;
@@ -59,6 +61,7 @@ pub use publish::{
     FROM_HEADER, Published, RESULT_HEADER, ResultRetention, StoreError, StoreErrorKind, Submitted,
 };
 pub use queue::Queue;
+pub use recipients::{Address, Recipients, RecipientsError, RecipientsErrorKind};
 pub use records::{AttemptError, RecordError, RecordErrorKind, TaskRecord, TaskState};
 pub use settle::{Delivery, SettleError, SettleErrorKind, Settled, TaskAttempt};
 pub(crate) use settle::{Opened, Settler};
