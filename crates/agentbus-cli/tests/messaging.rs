@@ -5,6 +5,7 @@
 mod common;
 
 use agentbus::delivery::DeliveryOptions;
+use agentbus::delivery::TaskState;
 use agentbus::{
     Agent, AgentMessage, AgentOptions, Bus, MessageChannel, Priority, Runtime, TaskContext,
     TaskError, TaskId, TaskRequest, TaskTypeSpec,
@@ -765,6 +766,153 @@ async fn broadcast_reaches_agents_subscribed_to_the_topic_and_announce_reaches_a
     out.assert_one_error(r#"invalid topic "news.today""#);
 }
 
+/// The one `warning: ...` line of `stderr` (nothing else is printed there).
+fn one_warning(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one warning line: {stderr}");
+    assert!(lines[0].starts_with("warning: "), "{stderr}");
+    lines[0]
+}
+
+#[tokio::test]
+async fn work_for_names_nobody_announced_is_stored_with_a_warning_naming_who_is_online() {
+    let server = NatsServer::start().await;
+
+    // Nobody online, nobody ever read anything.
+    let out = cli(&server, &["send", "ghost", r#"{"n": 1}"#]).await;
+    out.assert_success();
+    assert!(out.stdout.starts_with("stored message "), "{}", out.stdout);
+    let warning = one_warning(&out.stderr);
+    assert!(warning.contains(r#"no agent "ghost""#), "{warning}");
+    assert!(warning.contains("agent.ghost.inbox"), "{warning}");
+    assert!(warning.contains("no agent is online"), "{warning}");
+
+    let probe = Probe::new("helper");
+    let runtime = serve(
+        &server,
+        &probe,
+        AgentOptions {
+            messages: true,
+            broadcast_topics: vec!["news".into()],
+            ..fast()
+        },
+    )
+    .await;
+
+    // A typo of the agent's name, as text and as JSON.
+    let out = cli(&server, &["send", "helpr", "{}"]).await;
+    out.assert_success();
+    let warning = one_warning(&out.stderr);
+    assert!(warning.contains(r#"no agent "helpr""#), "{warning}");
+    assert!(warning.contains("(online: helper)"), "{warning}");
+    let out = cli(&server, &["send", "helpr", "{}", "--direct", "--json"]).await;
+    out.assert_success();
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    let json = out.json();
+    assert_eq!(json["subject"], "agent.helpr.direct", "{json}");
+    assert_eq!(json["online_agents"], json!(["helper"]), "{json}");
+    let warning = json["warning"].as_str().unwrap_or_else(|| panic!("{json}"));
+    assert!(warning.contains("agent.helpr.direct"), "{warning}");
+
+    // Tasks: an unknown agent, a task type the agent does not accept, a
+    // shared queue no agent works.
+    let out = cli(&server, &["submit", "helpr", "echo", "{}"]).await;
+    out.assert_success();
+    let warning = one_warning(&out.stderr);
+    assert!(warning.contains(r#"no agent "helpr""#), "{warning}");
+    assert!(warning.contains("tasks.helpr"), "{warning}");
+    assert!(warning.contains("(online: helper)"), "{warning}");
+    let out = cli(&server, &["submit", "helper", "ehco", "{}"]).await;
+    out.assert_success();
+    let warning = one_warning(&out.stderr);
+    assert!(
+        warning.contains(r#"agent "helper" is online but does not accept task type "ehco""#),
+        "{warning}"
+    );
+    assert!(
+        warning.contains("echo, fail, flaky, poison, slow"),
+        "{warning}"
+    );
+    let out = cli(
+        &server,
+        &[
+            "submit",
+            "--any",
+            "summarize",
+            "{}",
+            "--priority",
+            "low",
+            "--json",
+        ],
+    )
+    .await;
+    out.assert_success();
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    let json = out.json();
+    assert_eq!(json["subject"], "work.summarize.low", "{json}");
+    assert_eq!(json["duplicate"], false, "{json}");
+    assert_eq!(json["online_agents"], json!(["helper"]), "{json}");
+    let warning = json["warning"].as_str().unwrap_or_else(|| panic!("{json}"));
+    assert!(
+        warning.contains(r#"no online agent accepts task type "summarize""#),
+        "{warning}"
+    );
+
+    // A topic nobody subscribed to.
+    let out = cli(&server, &["broadcast", "sprots", "{}"]).await;
+    out.assert_success();
+    let warning = one_warning(&out.stderr);
+    assert!(warning.contains(r#"topic "sprots""#), "{warning}");
+    assert!(warning.contains("(online: helper)"), "{warning}");
+
+    // What someone receives: no warning, and no warning field.
+    for args in [
+        &["send", "helper", "{}"][..],
+        &["send", "helper", "{}", "--direct"],
+        &["submit", "helper", "echo", "{}"],
+        &["submit", "--any", "echo", "{}"],
+        &["broadcast", "news", "{}"],
+        &["broadcast", "anything", "{}", "--announce"],
+    ] {
+        let out = cli(&server, args).await;
+        out.assert_success();
+        assert!(out.stderr.is_empty(), "{args:?}: {}", out.stderr);
+    }
+    let out = cli(&server, &["send", "helper", "{}", "--json"]).await;
+    assert_eq!(out.json().get("warning"), None, "{}", out.stdout);
+
+    // Offline, but it has read its inbox and worked its queue before: what
+    // is sent now waits for it, as intended.
+    runtime.shutdown(Duration::from_secs(1)).await;
+    for args in [
+        &["send", "helper", "{}"][..],
+        &["submit", "helper", "echo", "{}"],
+        &["broadcast", "news", "{}"],
+    ] {
+        let out = cli(&server, args).await;
+        out.assert_success();
+        assert!(out.stderr.is_empty(), "{args:?}: {}", out.stderr);
+    }
+    let out = cli(&server, &["send", "helpr", "{}"]).await;
+    let warning = one_warning(&out.stderr);
+    assert!(warning.contains("no agent is online"), "{warning}");
+
+    // Everything was stored, warned about or not.
+    let tasks = subject_counts(&server, "agent-tasks").await;
+    assert_eq!(tasks.get("tasks.helpr"), Some(&1), "{tasks:?}");
+    assert_eq!(tasks.get("work.summarize.low"), Some(&1), "{tasks:?}");
+    let messages = subject_counts(&server, "agent-messages").await;
+    assert_eq!(messages.get("agent.ghost.inbox"), Some(&1), "{messages:?}");
+    assert_eq!(messages.get("agent.helpr.inbox"), Some(&2), "{messages:?}");
+    assert_eq!(messages.get("agent.helpr.direct"), Some(&1), "{messages:?}");
+    let broadcasts = subject_counts(&server, "agent-broadcast").await;
+    assert_eq!(
+        broadcasts.get("broadcast.sprots"),
+        Some(&1),
+        "{broadcasts:?}"
+    );
+}
+
 // ---------------------------------------------------------------- submit / task
 
 #[tokio::test]
@@ -775,7 +923,9 @@ async fn submit_stores_on_the_queue_subject_of_its_target_and_priority_once_per_
     out.assert_success();
     let plain_id = out.stdout.trim().to_owned();
     assert!(!plain_id.is_empty() && !plain_id.contains(char::is_whitespace));
-    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    // No agent queued_a has ever been seen: stored, and said so.
+    let warning = one_warning(&out.stderr);
+    assert!(warning.contains(r#"no agent "queued_a""#), "{warning}");
     let (stored, msg_id) = last_on(&server, "agent-tasks", "tasks.queued_a").await;
     assert_eq!(stored["task_id"], plain_id.as_str(), "{stored}");
     assert_eq!(stored["task_type"], "echo");
@@ -804,13 +954,20 @@ async fn submit_stores_on_the_queue_subject_of_its_target_and_priority_once_per_
     let first = cli(&server, &args).await;
     first.assert_success();
     assert_eq!(first.stdout.trim(), "fixed-1");
-    assert!(first.stderr.is_empty(), "{}", first.stderr);
+    let warning = one_warning(&first.stderr);
+    assert!(warning.contains(r#"no agent "queued_b""#), "{warning}");
     let second = cli(&server, &args).await;
     second.assert_success();
     assert_eq!(second.stdout.trim(), "fixed-1");
+    let (note, warning) = second.stderr.split_once('\n').unwrap_or_default();
     assert_eq!(
-        second.stderr.trim(),
+        note,
         "note: task fixed-1 was already queued (same task id): stored once"
+    );
+    assert!(
+        one_warning(warning).contains(r#"no agent "queued_b""#),
+        "{}",
+        second.stderr
     );
 
     let counts = subject_counts(&server, "agent-tasks").await;
@@ -973,17 +1130,21 @@ async fn submit_discard_result_runs_the_task_and_keeps_no_record() {
     wait_stream_empty(&server, "agent-tasks").await;
 
     let bus = Bus::from_client(server.connect().await);
-    assert_eq!(
-        bus.task_record(&self::task_id(&task_id)).await.unwrap(),
-        None
-    );
-    // With no record, `task` cannot tell a discarded result from a queued task.
+    // No result was kept: only what `submit` recorded of the submission.
+    let record = bus
+        .task_record(&self::task_id(&task_id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.state, TaskState::Queued);
+    assert_eq!(record.response, None);
+    // The task left its queue and nothing recorded an outcome.
     let out = cli(&server, &["task", &task_id, "--json"]).await;
     out.assert_success();
-    assert_eq!(
-        out.json(),
-        json!({"task_id": task_id, "state": "pending", "attempts": 0})
-    );
+    let json = out.json();
+    assert_eq!(json["task_id"], task_id.as_str(), "{json}");
+    assert_eq!(json["state"], "finished_without_record", "{json}");
+    assert_eq!(json["attempts"], 0, "{json}");
     assert_eq!(probe.runs(&task_id), 1);
 
     // For comparison: without --discard-result the same outcome is recorded.
@@ -1056,11 +1217,105 @@ async fn task_shows_state_attempts_errors_and_result() {
     let response: Value = serde_json::from_str(response).unwrap();
     assert_eq!(response["result"], json!({"echo": {"k": "v"}}));
 
-    // Nothing known about an id: reported as pending, not as an error.
+    // Nothing known about an id: an error.
     let out = cli(&server, &["task", "never-submitted"]).await;
+    out.assert_one_error("no task never-submitted is known");
+}
+
+#[tokio::test]
+async fn task_tells_queued_running_finished_without_record_and_unknown_apart() {
+    let server = NatsServer::start().await;
+
+    // Unknown: an error, as text and as JSON.
+    for args in [
+        &["task", "never-submitted"][..],
+        &["task", "never-submitted", "--json"],
+    ] {
+        let out = cli(&server, args).await;
+        let error = out.assert_one_error("no task never-submitted is known");
+        assert!(error.contains("agentbus submit"), "{error}");
+    }
+
+    // Queued on a queue nobody ever worked.
+    let out = cli(
+        &server,
+        &["submit", "sleeper", "slow", "{}", "--task-id", "q-1"],
+    )
+    .await;
+    out.assert_success();
+    let out = cli(&server, &["task", "q-1", "--json"]).await;
+    out.assert_success();
+    let json = out.json();
+    assert_eq!(json["task_id"], "q-1", "{json}");
+    assert_eq!(json["state"], "queued", "{json}");
+    assert_eq!(json["subject"], "tasks.sleeper", "{json}");
+    assert_eq!(json["attempts"], 0, "{json}");
+    let out = cli(&server, &["task", "q-1"]).await;
     out.assert_success();
     assert!(
-        out.stdout.starts_with("task never-submitted: pending"),
+        out.stdout.starts_with("task q-1: queued on tasks.sleeper"),
+        "{}",
+        out.stdout
+    );
+
+    // Running: delivered to the agent, which is still at it.
+    let probe = Probe::new("sleeper");
+    let runtime = serve(&server, &probe, fast()).await;
+    wait_until("the task to start", || probe.runs("q-1") == 1).await;
+    let out = cli(&server, &["task", "q-1", "--json"]).await;
+    out.assert_success();
+    let json = out.json();
+    assert_eq!(json["state"], "running", "{json}");
+    let note = json["note"].as_str().unwrap_or_else(|| panic!("{json}"));
+    assert!(note.contains("cannot be told apart"), "{note}");
+    let out = cli(&server, &["task", "q-1"]).await;
+    assert!(
+        out.stdout.starts_with("task q-1: running on tasks.sleeper"),
+        "{}",
+        out.stdout
+    );
+
+    // Queued again: the agent stopped; its queue has a consumer now, which
+    // has not delivered the new task.
+    runtime.shutdown(Duration::from_millis(100)).await;
+    let out = cli(
+        &server,
+        &["submit", "sleeper", "echo", "{}", "--task-id", "q-2"],
+    )
+    .await;
+    out.assert_success();
+    let out = cli(&server, &["task", "q-2", "--json"]).await;
+    assert_eq!(out.json()["state"], "queued", "{}", out.stdout);
+
+    // Finished without a record: a plain NATS worker (no agentbus runtime)
+    // takes the task and acknowledges it, recording nothing.
+    let out = cli(
+        &server,
+        &["submit", "plain_worker", "echo", "{}", "--task-id", "p-1"],
+    )
+    .await;
+    out.assert_success();
+    let js = server.jetstream().await;
+    let stream = js.get_stream("agent-tasks").await.unwrap();
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("plain-worker".into()),
+            filter_subject: "tasks.plain_worker".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let message = batch.next().await.unwrap().unwrap();
+    message.double_ack().await.unwrap();
+    let out = cli(&server, &["task", "p-1", "--json"]).await;
+    out.assert_success();
+    let json = out.json();
+    assert_eq!(json["state"], "finished_without_record", "{json}");
+    let out = cli(&server, &["task", "p-1"]).await;
+    assert!(
+        out.stdout
+            .starts_with("task p-1: finished without a record: it left tasks.plain_worker"),
         "{}",
         out.stdout
     );
@@ -1170,11 +1425,13 @@ async fn dlq_lists_poison_tasks_and_replays_each_onto_its_queue_once() {
         "replayed 1 dead letter(s) onto their original queues"
     );
     let out = cli(&server, &["dlq", "replay", "poison-a"]).await;
-    out.assert_success();
-    assert_eq!(
-        out.stdout.trim(),
-        "nothing to replay for task poison-a (not a dead letter, or already replayed)"
-    );
+    out.assert_one_error("nothing to replay for task poison-a");
+    let out = cli(&server, &["dlq", "replay", "never-dead"]).await;
+    let error = out.assert_one_error("nothing to replay for task never-dead");
+    assert!(error.contains("agentbus dlq list"), "{error}");
+    // The replayed task waits in its queue again, and `task` says so.
+    let out = cli(&server, &["task", "poison-a", "--json"]).await;
+    assert_eq!(out.json()["state"], "queued", "{}", out.stdout);
     assert_eq!(
         subject_counts(&server, "agent-tasks").await,
         BTreeMap::from([("tasks.digester".to_owned(), 1)])
@@ -1239,6 +1496,13 @@ async fn submit_wait_gives_up_after_its_timeout_with_one_line() {
     .await;
     let stderr = out.assert_failure();
     assert_eq!(out.status.code(), Some(1), "{out:#?}");
+    // First the warning that no such agent is known, then the error.
+    let (warning, stderr) = stderr.split_once('\n').unwrap_or_default();
+    assert!(
+        one_warning(warning).contains(r#"no agent "nobody_home""#),
+        "{}",
+        out.stderr
+    );
     assert_eq!(
         common::one_error_line(stderr),
         "error: task late-1 did not finish within 500ms; `agentbus task late-1` shows its state"
@@ -1251,7 +1515,7 @@ async fn submit_wait_gives_up_after_its_timeout_with_one_line() {
         BTreeMap::from([("tasks.nobody_home".to_owned(), 1)])
     );
     let out = cli(&server, &["task", "late-1", "--json"]).await;
-    assert_eq!(out.json()["state"], "pending", "{}", out.stdout);
+    assert_eq!(out.json()["state"], "queued", "{}", out.stdout);
 }
 
 #[tokio::test]
@@ -1311,6 +1575,12 @@ async fn run_with_closed_stdout(server: &NatsServer, args: &[&str]) -> (ExitStat
 #[tokio::test]
 async fn json_output_to_a_closed_pipe_exits_quietly() {
     let server = NatsServer::start().await;
+    let out = cli(
+        &server,
+        &["submit", "reader", "echo", "{}", "--task-id", "some-task"],
+    )
+    .await;
+    out.assert_success();
     for args in [
         &["send", "reader", "{}", "--json"][..],
         &["broadcast", "news", "{}", "--json"],
@@ -1326,6 +1596,12 @@ async fn json_output_to_a_closed_pipe_exits_quietly() {
 #[tokio::test]
 async fn text_output_to_a_closed_pipe_exits_quietly() {
     let server = NatsServer::start().await;
+    let out = cli(
+        &server,
+        &["submit", "reader", "echo", "{}", "--task-id", "some-task"],
+    )
+    .await;
+    out.assert_success();
     for args in [
         &["publish", "app.events.x", "{}"][..],
         &["send", "reader", "{}"],

@@ -907,6 +907,9 @@ async fn up_demo_prints_what_agentbus_send_and_broadcast_deliver() {
     .await;
     broadcast.assert_success();
     let broadcast = broadcast.json();
+    // The demo agents take both: no warning that nobody would.
+    assert_eq!(sent.get("warning"), None, "{sent}");
+    assert_eq!(broadcast.get("warning"), None, "{broadcast}");
     let short =
         |published: &serde_json::Value| published["message_id"].as_str().unwrap()[..8].to_owned();
     let inbox_line = format!(

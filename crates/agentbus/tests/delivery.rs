@@ -336,6 +336,78 @@ async fn fire_and_forget_tasks_leave_a_record_only_when_they_failed_first() {
 }
 
 #[tokio::test]
+async fn a_recorded_submission_tells_queued_from_done_and_a_repeat_resets_nothing() {
+    let server = NatsServer::start().await;
+    let client = bus(&server).await;
+    let queue = Queue::agent("tracked").unwrap();
+
+    let unknown = client.task_report(&TaskId::new()).await.unwrap();
+    assert_eq!(
+        (unknown.state, &unknown.record),
+        (TaskState::Unknown, &None)
+    );
+    assert!(unknown.note().unwrap().contains("cannot be told apart"));
+
+    // Nobody works the queue yet.
+    let request = TaskRequest::new("echo", json!({"x": 1}));
+    let submitted = client
+        .submit_recorded(&queue, &request, ResultRetention::Keep)
+        .await
+        .unwrap();
+    let report = client.task_report(&request.task_id).await.unwrap();
+    assert_eq!(report.state, TaskState::Queued);
+    let record = report.record.unwrap();
+    assert_eq!(record.sequence, Some(submitted.sequence));
+    assert_eq!(record.subject, "tasks.tracked");
+
+    let worker = Worker::new("tracked");
+    let _runtime = serve(&server, worker.clone(), fast_retries()).await;
+    client
+        .wait_task(&request.task_id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.task_state(&request.task_id).await.unwrap(),
+        TaskState::Completed
+    );
+
+    // Submitted again within the dedup window: stored once, and the
+    // outcome stays on record.
+    let again = client
+        .submit_recorded(&queue, &request, ResultRetention::Keep)
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(
+        client.task_state(&request.task_id).await.unwrap(),
+        TaskState::Completed
+    );
+    assert_eq!(worker.runs(&request.task_id), 1);
+
+    // Fire and forget: it runs and leaves its queue; no outcome is recorded.
+    let quick = TaskRequest::new("echo", json!({"x": 2}));
+    client
+        .submit_recorded(&queue, &quick, ResultRetention::Discard)
+        .await
+        .unwrap();
+    wait_for("the task to run", Duration::from_secs(10), || {
+        worker.runs(&quick.task_id) == 1
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = client.task_state(&quick.task_id).await.unwrap();
+        if state == TaskState::FinishedWithoutRecord {
+            break;
+        }
+        // Settled right after its handler returned.
+        assert_eq!(state, TaskState::Running);
+        assert!(Instant::now() < deadline, "the task stayed in its queue");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
 async fn the_same_task_id_submitted_twice_runs_once() {
     let server = NatsServer::start().await;
     let worker = Worker::new("dedup");
@@ -481,6 +553,11 @@ async fn a_poison_task_becomes_a_dead_letter_with_its_history_and_replays_once()
         "replay is idempotent"
     );
     assert!(client.dead_letters().await.unwrap().is_empty());
+    // Back in its queue, not delivered: the record says so.
+    assert_eq!(
+        client.task_state(&request.task_id).await.unwrap(),
+        TaskState::Queued
+    );
     #[derive(Clone)]
     struct Cured(Worker);
     impl Agent for Cured {

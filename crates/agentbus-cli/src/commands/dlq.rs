@@ -24,7 +24,7 @@ enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Put dead-lettered tasks back on their original queue (idempotent).
+    /// Put dead-lettered tasks back on their original queue; a task id that is not a dead letter (any more) is an error.
     Replay {
         #[command(flatten)]
         server: ServerArgs,
@@ -76,9 +76,10 @@ pub(super) async fn exec(args: DlqArgs) -> anyhow::Result<ExitCode> {
                 (None, false) => anyhow::bail!("name a task id or pass --all"),
             };
             match (replayed, &task_id) {
-                (0, Some(task_id)) => outln!(
-                    "nothing to replay for task {task_id} (not a dead letter, or already replayed)"
-                )?,
+                // Named, it was meant to be there: a typo or a second replay.
+                (0, Some(task_id)) => anyhow::bail!(
+                    "nothing to replay for task {task_id}: it is not a dead letter (never dead-lettered, or replayed already); `agentbus dlq list` shows what can be replayed"
+                ),
                 (0, None) => outln!("nothing to replay")?,
                 (n, _) => outln!("replayed {n} dead letter(s) onto their original queues")?,
             }

@@ -106,6 +106,97 @@ impl ServerArgs {
     }
 }
 
+/// Where presence is read, for commands that tell whether anybody would
+/// receive what they stored.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PresenceArgs {
+    /// Where presence lives: "nats" (NATS KV, the default) or a redis:// or rediss:// URL.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "AGENTBUS_STATE_URL",
+        hide_env_values = true
+    )]
+    pub state: Option<String>,
+}
+
+/// Why what was just stored may reach nobody: one sentence, and who is online.
+#[derive(Debug)]
+pub(crate) struct Unreached {
+    warning: String,
+    /// `None` when the lookup itself failed.
+    online_agents: Option<Vec<String>>,
+}
+
+impl Unreached {
+    /// Asks who would receive work sent to `address`: `None` when someone
+    /// would. A lookup that fails is reported the same way: the work is
+    /// stored either way, so it is a warning, not an error.
+    pub(crate) async fn check(
+        bus: &agentbus::Bus,
+        address: &agentbus::delivery::Address,
+        presence: &PresenceArgs,
+    ) -> Option<Self> {
+        let looked_up =
+            match agentbus::state::StateStore::open(bus, presence.state.as_deref()).await {
+                Ok(store) => bus
+                    .recipients(address, &store)
+                    .await
+                    .map_err(anyhow::Error::from),
+                Err(err) => Err(err.into()),
+            };
+        match looked_up {
+            Ok(recipients) => recipients.warning.map(|warning| Self {
+                warning,
+                online_agents: Some(recipients.online_agents),
+            }),
+            Err(err) => Some(Self {
+                warning: format!(
+                    "stored, but cannot tell whether any agent receives it ({err}); `agentbus agents` lists who is online"
+                ),
+                online_agents: None,
+            }),
+        }
+    }
+
+    /// Prints the warning as one line on stderr.
+    pub(crate) fn print(&self) {
+        eprintln!("warning: {}", self.warning);
+    }
+
+    /// Adds `warning` (and `online_agents`) to a JSON object.
+    pub(crate) fn add_to(&self, document: &mut serde_json::Value) {
+        if let Some(object) = document.as_object_mut() {
+            object.insert("warning".into(), self.warning.clone().into());
+            if let Some(online) = &self.online_agents {
+                object.insert("online_agents".into(), online.clone().into());
+            }
+        }
+    }
+}
+
+/// Prints `document` as one JSON line, with the warning when there is one;
+/// else the warning goes to stderr and `text` prints the outcome.
+pub(crate) fn report(
+    json: bool,
+    document: &impl serde::Serialize,
+    unreached: Option<&Unreached>,
+    text: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if json {
+        let mut document = serde_json::to_value(document)?;
+        if let Some(unreached) = unreached {
+            unreached.add_to(&mut document);
+        }
+        return crate::output::print_json(&document);
+    }
+    text()?;
+    if let Some(unreached) = unreached {
+        unreached.print();
+    }
+    Ok(())
+}
+
 /// Loads the topology from `path`, or the standard one.
 pub(crate) fn load_topology(
     path: Option<&std::path::Path>,

@@ -1,9 +1,9 @@
 //! `agentbus send` and `agentbus broadcast`: store a message durably.
 
-use super::{ServerArgs, read_json_argument};
+use super::{PresenceArgs, ServerArgs, Unreached, read_json_argument, report};
 use crate::output::outln;
-use crate::output::print_json;
-use agentbus::Bus;
+use agentbus::delivery::Address;
+use agentbus::{Bus, Name};
 use clap::Args;
 use std::process::ExitCode;
 
@@ -12,6 +12,9 @@ use std::process::ExitCode;
 pub(crate) struct SendArgs {
     #[command(flatten)]
     server: ServerArgs,
+
+    #[command(flatten)]
+    presence: PresenceArgs,
 
     /// The receiving agent.
     agent: String,
@@ -27,40 +30,48 @@ pub(crate) struct SendArgs {
     #[arg(long)]
     message_id: Option<String>,
 
-    /// Print one JSON line instead of a sentence.
+    /// Print one JSON line instead of a sentence (with `warning` and
+    /// `online_agents` when no agent would receive it).
     #[arg(long)]
     json: bool,
 }
 
 pub(super) async fn exec(args: SendArgs) -> anyhow::Result<ExitCode> {
     let message = read_json_argument(&args.message)?;
-    let agent = agentbus::Name::parse("agent name", &args.agent)?;
+    let agent = Name::parse("agent name", &args.agent)?;
     let (_, client) = args.server.connect().await?;
     let bus = Bus::from_client(client);
-    let subject = if args.direct {
-        agentbus::subject::agent_direct(&agent)
+    let address = if args.direct {
+        Address::Direct(agent)
     } else {
-        agentbus::subject::agent_inbox(&agent)
+        Address::Inbox(agent)
     };
     let published = bus
-        .publish_durable(&subject, &message, args.message_id.as_deref(), None)
+        .publish_durable(
+            &address.subject(),
+            &message,
+            args.message_id.as_deref(),
+            None,
+        )
         .await?;
-    if args.json {
-        print_json(&published)?;
-    } else if published.duplicate {
-        outln!(
-            "already stored: message {} on {} (duplicate id, stored once)",
-            published.message_id,
-            published.subject
-        )?;
-    } else {
-        outln!(
-            "stored message {} on {} (sequence {})",
-            published.message_id,
-            published.subject,
-            published.sequence
-        )?;
-    }
+    let unreached = Unreached::check(&bus, &address, &args.presence).await;
+    report(args.json, &published, unreached.as_ref(), || {
+        if published.duplicate {
+            outln!(
+                "already stored: message {} on {} (duplicate id, stored once)",
+                published.message_id,
+                published.subject
+            )?;
+        } else {
+            outln!(
+                "stored message {} on {} (sequence {})",
+                published.message_id,
+                published.subject,
+                published.sequence
+            )?;
+        }
+        Ok(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -69,6 +80,9 @@ pub(super) async fn exec(args: SendArgs) -> anyhow::Result<ExitCode> {
 pub(crate) struct BroadcastArgs {
     #[command(flatten)]
     server: ServerArgs,
+
+    #[command(flatten)]
+    presence: PresenceArgs,
 
     /// The topic: agents subscribed to it receive the message (broadcast.<topic>).
     topic: String,
@@ -80,30 +94,33 @@ pub(crate) struct BroadcastArgs {
     #[arg(long)]
     announce: bool,
 
-    /// Print one JSON line instead of a sentence.
+    /// Print one JSON line instead of a sentence (with `warning` and
+    /// `online_agents` when no agent would receive it).
     #[arg(long)]
     json: bool,
 }
 
 pub(super) async fn exec_broadcast(args: BroadcastArgs) -> anyhow::Result<ExitCode> {
     let message = read_json_argument(&args.message)?;
-    agentbus::Name::parse("topic", &args.topic)?;
+    let topic = Name::parse("topic", &args.topic)?;
     let (_, client) = args.server.connect().await?;
     let bus = Bus::from_client(client);
-    let published = if args.announce {
-        bus.announce(&args.topic, &message).await?
+    let (published, address) = if args.announce {
+        let published = bus.announce(&args.topic, &message).await?;
+        (published, Address::Announce(topic))
     } else {
-        bus.broadcast(&args.topic, &message).await?
+        let published = bus.broadcast(&args.topic, &message).await?;
+        (published, Address::Broadcast(topic))
     };
-    if args.json {
-        print_json(&published)?;
-    } else {
+    let unreached = Unreached::check(&bus, &address, &args.presence).await;
+    report(args.json, &published, unreached.as_ref(), || {
         outln!(
             "stored {} on {} (sequence {})",
             published.message_id,
             published.subject,
             published.sequence
         )?;
-    }
+        Ok(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }

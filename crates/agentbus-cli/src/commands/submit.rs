@@ -1,10 +1,9 @@
 //! `agentbus submit`: store a task in a work queue, optionally wait for its result.
 
-use super::{ServerArgs, read_json_argument, seconds};
+use super::{PresenceArgs, ServerArgs, Unreached, read_json_argument, report, seconds};
 use crate::output::outln;
-use agentbus::TaskId;
-use agentbus::delivery::{Queue, ResultRetention};
-use agentbus::{Bus, Priority, TaskRequest};
+use agentbus::delivery::{Address, Queue, ResultRetention};
+use agentbus::{Bus, Name, Priority, TaskId, TaskRequest};
 use clap::Args;
 use std::process::ExitCode;
 
@@ -16,6 +15,9 @@ use std::process::ExitCode;
 pub(crate) struct SubmitArgs {
     #[command(flatten)]
     server: ServerArgs,
+
+    #[command(flatten)]
+    presence: PresenceArgs,
 
     /// Queue for any agent accepting the task type (work.<task_type>) instead of one agent (tasks.<agent>).
     #[arg(long)]
@@ -49,6 +51,11 @@ pub(crate) struct SubmitArgs {
         requires = "wait"
     )]
     timeout: f64,
+
+    /// Print one JSON line (task_id, subject, sequence, duplicate; with `warning` and
+    /// `online_agents` when no agent would take the task) instead of the task id.
+    #[arg(long, conflicts_with = "wait")]
+    json: bool,
 }
 
 pub(super) async fn exec(args: SubmitArgs) -> anyhow::Result<ExitCode> {
@@ -60,7 +67,7 @@ pub(super) async fn exec(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         ),
         (true, _) => anyhow::bail!("submit --any takes <TASK_TYPE> <PAYLOAD>, without an agent"),
     };
-    agentbus::Name::parse("task type", task_type)?;
+    let task_type = Name::parse("task type", task_type)?;
     let payload = read_json_argument(payload)?;
     anyhow::ensure!(
         payload.is_object(),
@@ -74,7 +81,7 @@ pub(super) async fn exec(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             Some(id) => TaskId::parse(id)?,
             None => TaskId::new(),
         },
-        task_type: task_type.clone(),
+        task_type: task_type.to_string(),
         payload,
         priority: args.priority,
     };
@@ -83,16 +90,31 @@ pub(super) async fn exec(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     } else {
         ResultRetention::Keep
     };
-    let submitted = bus.submit_with(&queue, &request, retention).await?;
+    // Recorded, so that `agentbus task` tells queued from running from
+    // finished without a record.
+    let submitted = bus.submit_recorded(&queue, &request, retention).await?;
+    let address = Address::Task {
+        queue,
+        task_type,
+        priority: args.priority,
+    };
+    let unreached = Unreached::check(&bus, &address, &args.presence).await;
     if !args.wait {
-        outln!("{}", submitted.task_id)?;
-        if submitted.duplicate {
-            eprintln!(
-                "note: task {} was already queued (same task id): stored once",
-                submitted.task_id
-            );
-        }
+        report(args.json, &submitted, unreached.as_ref(), || {
+            outln!("{}", submitted.task_id)?;
+            if submitted.duplicate {
+                eprintln!(
+                    "note: task {} was already queued (same task id): stored once",
+                    submitted.task_id
+                );
+            }
+            Ok(())
+        })?;
         return Ok(ExitCode::SUCCESS);
+    }
+    // Said before waiting, which may take until the timeout.
+    if let Some(unreached) = &unreached {
+        unreached.print();
     }
     let response = bus.wait_task(&submitted.task_id, timeout).await?;
     outln!("{}", serde_json::to_string_pretty(&response)?)?;

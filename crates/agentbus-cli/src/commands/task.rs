@@ -1,9 +1,9 @@
-//! `agentbus task`: what is known of a queued task.
+//! `agentbus task`: where a queued task stands, and what is recorded of it.
 
 use super::ServerArgs;
 use crate::output::outln;
 use crate::output::print_json;
-use agentbus::delivery::{TaskRecord, TaskState};
+use agentbus::delivery::{TaskRecord, TaskReport, TaskState};
 use agentbus::{Bus, TaskId};
 use clap::Args;
 use std::process::ExitCode;
@@ -26,30 +26,51 @@ pub(super) async fn exec(args: TaskArgs) -> anyhow::Result<ExitCode> {
     let task_id = TaskId::parse(&args.task_id)?;
     let (_, client) = args.server.connect().await?;
     let bus = Bus::from_client(client);
-    let record = bus.task_record(&task_id).await?;
+    let report = bus.task_report(&task_id).await?;
+    let Some(record) = &report.record else {
+        anyhow::bail!(
+            "no task {task_id} is known: check the id that `agentbus submit` printed (a task queued by `Bus::submit` or a plain NATS publish is known only once an attempt ends, and records expire after 7 days as shipped)"
+        );
+    };
     if args.json {
-        let document = match &record {
-            Some(record) => serde_json::to_value(record)?,
-            None => {
-                serde_json::json!({ "task_id": task_id, "state": TaskState::Pending, "attempts": 0 })
-            }
-        };
-        print_json(&document)?;
+        print_json(&document(&report, record)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    match record {
-        None => outln!(
-            "task {task_id}: pending (queued, or running its first attempt; nothing is recorded until an attempt ends, and a fire-and-forget task that succeeds at once leaves no record)"
+    let subject = &record.subject;
+    match report.state {
+        TaskState::Queued => outln!(
+            "task {task_id}: queued on {subject}, not delivered to a worker yet{}",
+            record
+                .sequence
+                .map(|sequence| format!(" (sequence {sequence})"))
+                .unwrap_or_default()
         )?,
-        Some(record) => print_record(&record)?,
+        TaskState::Running => outln!(
+            "task {task_id}: running on {subject}: delivered to a worker, not acknowledged yet ({})",
+            report.note().unwrap_or_default()
+        )?,
+        TaskState::FinishedWithoutRecord => outln!(
+            "task {task_id}: finished without a record: it left {subject} and no outcome was recorded ({})",
+            report.note().unwrap_or_default()
+        )?,
+        _ => print_record(record)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// The record as JSON, with the state told by the lookup and its note.
+fn document(report: &TaskReport, record: &TaskRecord) -> anyhow::Result<serde_json::Value> {
+    let mut document = serde_json::to_value(record)?;
+    document["state"] = serde_json::to_value(report.state)?;
+    if let Some(note) = report.note() {
+        document["note"] = note.into();
+    }
+    Ok(document)
+}
+
 fn print_record(record: &TaskRecord) -> anyhow::Result<()> {
-    let state = serde_json::to_value(record.state)?;
     outln!("task      {}", record.task_id)?;
-    outln!("state     {}", state.as_str().unwrap_or_default())?;
+    outln!("state     {}", record.state)?;
     outln!("queue     {}", record.subject)?;
     outln!("attempts  {}", record.attempts)?;
     for error in &record.errors {

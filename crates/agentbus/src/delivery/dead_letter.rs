@@ -7,6 +7,7 @@ use crate::client::Bus;
 use crate::clock;
 use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
 use crate::subject::{self, DEAD_LETTER_STREAM, TASKS_STREAM};
+use crate::task_id::TaskId;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -244,9 +245,10 @@ impl Bus {
         Ok(entries)
     }
 
-    /// Puts the dead-lettered task `task_id` back on its original queue and
-    /// removes it from the dead letters. Returns how many were replayed: 0
-    /// when there is nothing (left) to replay, so replaying twice is harmless.
+    /// Puts the dead-lettered task `task_id` back on its original queue,
+    /// records it as queued again, and removes it from the dead letters.
+    /// Returns how many were replayed: 0 when there is nothing (left) to
+    /// replay, so replaying twice puts nothing back twice.
     pub async fn replay_dead_letter(&self, task_id: &str) -> Result<usize, DeadLetterError> {
         let entries = self.dead_letters().await?;
         let matching: Vec<_> = entries
@@ -275,12 +277,24 @@ impl Bus {
                 Value::String(text) => text.clone().into_bytes(),
                 other => serde_json::to_vec(other).unwrap_or_default(),
             };
+            let task_id = entry
+                .letter
+                .task_id
+                .as_deref()
+                .and_then(|id| TaskId::parse(id).ok());
+            // Read before the task is back in its queue: a worker's record
+            // written after that is newer than "queued" and must stay.
+            let revision = match &task_id {
+                Some(task_id) => records.revision(task_id.as_str()).await?,
+                None => None,
+            };
             // The id is tied to this dead letter: a replay interrupted before the
             // dead letter is removed and run again is stored once.
             let message_id = format!("replay-{}", entry.sequence);
-            store(self, &entry.letter.subject, body, &message_id, &[]).await?;
-            if let Some(task_id) = &entry.letter.task_id {
-                records.delete(task_id).await?;
+            let ack = store(self, &entry.letter.subject, body, &message_id, &[]).await?;
+            if let Some(task_id) = &task_id {
+                let queued = TaskRecord::queued(task_id, &entry.letter.subject, ack.sequence);
+                records.put_unless_changed(&queued, revision).await?;
             }
             stream
                 .delete_message(entry.sequence)

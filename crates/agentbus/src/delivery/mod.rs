@@ -34,6 +34,8 @@
 //! - `claim`: an agent's own queue worked by hand, one task at a time ([`TaskClaims`]).
 //! - `publish`: storing tasks, messages and broadcasts from the sender's side.
 //! - `records`: the results bucket ([`TaskRecord`], [`TaskState`]).
+//! - `tracking`: where a queued task stands, by its id ([`TaskReport`]).
+//! - `recipients`: who would receive work sent to an [`Address`] ([`Recipients`]).
 //! - `dead_letter`: dead letters, their replay, and abandoned tasks.
 //! - `options`: [`DeliveryOptions`]; `queue`: which work queue ([`Queue`]).
 
@@ -43,8 +45,10 @@ mod dead_letter;
 mod options;
 mod publish;
 mod queue;
+mod recipients;
 mod records;
 mod settle;
+mod tracking;
 pub(crate) mod worker;
 
 pub use claim::{ClaimError, TaskClaims};
@@ -57,6 +61,8 @@ pub use publish::{
     FROM_HEADER, Published, RESULT_HEADER, ResultRetention, StoreError, StoreErrorKind, Submitted,
 };
 pub use queue::Queue;
+pub use recipients::{Address, Recipients, RecipientsError, RecipientsErrorKind};
 pub use records::{AttemptError, RecordError, RecordErrorKind, TaskRecord, TaskState};
 pub use settle::{Delivery, SettleError, SettleErrorKind, Settled, TaskAttempt};
 pub(crate) use settle::{Opened, Settler};
+pub use tracking::TaskReport;

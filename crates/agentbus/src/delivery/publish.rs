@@ -110,6 +110,10 @@ pub enum StoreError {
         #[source]
         source: jetstream::context::PublishError,
     },
+    /// The task's record could not be read before storing it
+    /// ([`Bus::submit_recorded`]); nothing was stored.
+    #[error(transparent)]
+    Record(#[from] RecordError),
 }
 
 /// What kept a message from being stored.
@@ -126,6 +130,8 @@ pub enum StoreErrorKind {
     NoStream,
     /// JetStream refused or failed.
     JetStream,
+    /// The task results bucket could not be read.
+    Record,
 }
 
 impl StoreError {
@@ -140,6 +146,7 @@ impl StoreError {
             Self::StreamFull { .. } => StoreErrorKind::StreamFull,
             Self::NoStream { .. } => StoreErrorKind::NoStream,
             Self::JetStream { .. } => StoreErrorKind::JetStream,
+            Self::Record(_) => StoreErrorKind::Record,
         }
     }
 }
@@ -174,7 +181,9 @@ pub struct Published {
 impl Bus {
     /// Stores `request` on `queue` at the request's priority, with the task id
     /// as `Nats-Msg-Id`. Returns once the stream has it. Its outcome is kept
-    /// for [`Bus::wait_task`].
+    /// for [`Bus::wait_task`]. The submission itself is not recorded:
+    /// [`Bus::task_report`] knows the task once an attempt ends, or at once
+    /// when it was submitted with [`Bus::submit_recorded`].
     pub async fn submit(
         &self,
         queue: &Queue,
@@ -223,19 +232,15 @@ impl Bus {
         }))
     }
 
-    /// What is recorded of queued task `task_id`: `None` while it is
-    /// [`TaskState::Pending`] (or unknown).
+    /// What is recorded of queued task `task_id`: `None` until its
+    /// submission is recorded ([`Bus::submit_recorded`]) or an attempt ends.
     pub async fn task_record(&self, task_id: &TaskId) -> Result<Option<TaskRecord>, RecordError> {
         Records::open(self.jetstream()).await?.get(task_id).await
     }
 
-    /// Where queued task `task_id` stands: its record's state, or
-    /// [`TaskState::Pending`] when nothing is recorded.
+    /// Where queued task `task_id` stands: [`Bus::task_report`]'s state.
     pub async fn task_state(&self, task_id: &TaskId) -> Result<TaskState, RecordError> {
-        Ok(self
-            .task_record(task_id)
-            .await?
-            .map_or(TaskState::Pending, |record| record.state))
+        Ok(self.task_report(task_id).await?.state)
     }
 
     /// Stores `message` in agent `to`'s inbox (delivered in order).

@@ -2,7 +2,7 @@
 
 use crate::clock;
 use crate::protocol::TaskResponse;
-use crate::subject::TASK_RESULTS_BUCKET;
+use crate::subject::{TASK_RESULTS_BUCKET, TASKS_STREAM};
 use crate::task_id::TaskId;
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
@@ -10,26 +10,70 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Where a queued task stands.
+///
+/// Stored in a [`TaskRecord`]: `queued` (by [`Bus::submit_recorded`] and
+/// replays), `retrying`, `completed`, `dead_lettered`. Told by
+/// [`Bus::task_report`] from the record, the queue and its consumer: also
+/// `running`, `finished_without_record` and `unknown`
+/// ([`TaskReport::note`] says what each of these cannot be told apart from).
+///
+/// [`Bus::submit_recorded`]: crate::Bus::submit_recorded
+/// [`Bus::task_report`]: crate::Bus::task_report
+/// [`TaskReport::note`]: super::TaskReport::note
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum TaskState {
-    /// Nothing is recorded: the task waits in its queue or runs its first
-    /// attempt (a fire-and-forget task that succeeded at once also leaves no
-    /// record). Never stored; what a lookup that finds no record reports.
+    /// Submitted, and nothing more is known: what a submitter may say of a
+    /// task it just queued without looking it up. Never stored.
     Pending,
+    /// Stored in its queue, not delivered to a worker yet. A stored record
+    /// says `queued` from its submission until an attempt ends, also while
+    /// the task runs: the lookup tells the difference.
+    Queued,
+    /// Delivered to a worker and not acknowledged yet. Never stored.
+    Running,
     /// An attempt failed; the task waits to be retried.
     Retrying,
     /// The task finished; `response` holds the TaskResponse.
     Completed,
     /// The task failed for good and sits in the dead-letter stream.
     DeadLettered,
+    /// The task left its queue and no outcome was recorded (a fire-and-forget
+    /// task that succeeded leaves none). Never stored.
+    FinishedWithoutRecord,
+    /// Nothing is recorded under the task id. Never stored.
+    Unknown,
 }
 
 impl TaskState {
-    /// Whether the task is over (completed or dead-lettered).
+    /// Whether the task is over (completed, dead-lettered, or finished
+    /// without a record).
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Completed | Self::DeadLettered)
+        matches!(
+            self,
+            Self::Completed | Self::DeadLettered | Self::FinishedWithoutRecord
+        )
+    }
+
+    /// The state's name as printed and serialized, such as `dead_lettered`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Retrying => "retrying",
+            Self::Completed => "completed",
+            Self::DeadLettered => "dead_lettered",
+            Self::FinishedWithoutRecord => "finished_without_record",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -55,6 +99,10 @@ pub struct TaskRecord {
     pub state: TaskState,
     /// The subject it was queued on.
     pub subject: String,
+    /// Its sequence in the tasks stream, when its submission was recorded:
+    /// what finds the task in its queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
     /// Deliveries so far.
     pub attempts: u32,
     /// Each failed attempt.
@@ -72,10 +120,20 @@ impl TaskRecord {
             task_id: task_id.clone(),
             state: TaskState::Retrying,
             subject: subject.to_owned(),
+            sequence: None,
             attempts: 0,
             errors: Vec::new(),
             response: None,
             updated_at: clock::now(),
+        }
+    }
+
+    /// The record of a task just stored at `sequence` on `subject`.
+    pub(crate) fn queued(task_id: &TaskId, subject: &str, sequence: u64) -> Self {
+        Self {
+            state: TaskState::Queued,
+            sequence: Some(sequence),
+            ..Self::new(task_id, subject)
         }
     }
 }
@@ -102,6 +160,17 @@ pub enum RecordError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The task's queue or its consumer could not be read.
+    #[error(
+        "cannot look the task up in stream {TASKS_STREAM} ({operation}): {source}; check that the server is up"
+    )]
+    Queue {
+        /// What was attempted.
+        operation: &'static str,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The task did not finish in time.
     #[error(
         "task {task_id} did not finish within {after:?}; `agentbus task {task_id}` shows its state"
@@ -122,6 +191,8 @@ pub enum RecordErrorKind {
     NoBucket,
     /// The server failed a read, write or watch.
     Backend,
+    /// The task's queue or consumer could not be read.
+    Queue,
     /// A wait ran out of time.
     WaitTimedOut,
 }
@@ -132,6 +203,7 @@ impl RecordError {
         match self {
             Self::NoBucket { .. } => RecordErrorKind::NoBucket,
             Self::Backend { .. } => RecordErrorKind::Backend,
+            Self::Queue { .. } => RecordErrorKind::Queue,
             Self::WaitTimedOut { .. } => RecordErrorKind::WaitTimedOut,
         }
     }
@@ -141,6 +213,16 @@ impl RecordError {
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
         Self::Backend {
+            operation,
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn queue(
+        operation: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Queue {
             operation,
             source: Box::new(source),
         }
@@ -182,11 +264,40 @@ impl Records {
         Ok(())
     }
 
-    pub(crate) async fn delete(&self, task_id: &str) -> Result<(), RecordError> {
-        self.store
-            .delete(task_id)
+    /// The revision of `task_id`'s key, a deletion included; `None` when the
+    /// key was never written (or expired). What [`Records::put_unless_changed`] compares.
+    pub(crate) async fn revision(&self, task_id: &str) -> Result<Option<u64>, RecordError> {
+        let entry = self
+            .store
+            .entry(task_id)
             .await
-            .map_err(|err| RecordError::backend("delete a task record", err))
+            .map_err(|err| RecordError::backend("read a task record", err))?;
+        Ok(entry.map(|entry| entry.revision))
+    }
+
+    /// Stores `record` unless its key changed since `revision` was read
+    /// (`None`: unless it was written since). Returns whether it was stored:
+    /// a change in between is a worker's, newer than `record`, and stays.
+    pub(crate) async fn put_unless_changed(
+        &self,
+        record: &TaskRecord,
+        revision: Option<u64>,
+    ) -> Result<bool, RecordError> {
+        let key = record.task_id.as_str();
+        let body = serde_json::to_vec(record).expect("a task record always serializes");
+        let written = match revision {
+            Some(revision) => match self.store.update(key, body.into(), revision).await {
+                Ok(_) => true,
+                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => false,
+                Err(err) => return Err(RecordError::backend("store a task record", err)),
+            },
+            None => match self.store.create(key, body.into()).await {
+                Ok(_) => true,
+                Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => false,
+                Err(err) => return Err(RecordError::backend("store a task record", err)),
+            },
+        };
+        Ok(written)
     }
 
     /// Waits until the task is completed or dead-lettered.
@@ -231,6 +342,29 @@ impl Records {
                 task_id: task_id.clone(),
                 after: timeout,
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_prints_as_it_serializes() {
+        use TaskState::*;
+        for state in [
+            Pending,
+            Queued,
+            Running,
+            Retrying,
+            Completed,
+            DeadLettered,
+            FinishedWithoutRecord,
+            Unknown,
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+            assert_eq!(state.to_string(), state.as_str());
         }
     }
 }

@@ -19,6 +19,9 @@ use std::time::Duration;
 
 pub(super) const BACKEND: &str = "nats-kv";
 
+/// Reads of a listing in flight at once.
+const LIST_READS_IN_FLIGHT: usize = 64;
+
 /// Both buckets, opened.
 #[derive(Debug, Clone)]
 pub(super) struct NatsKv {
@@ -99,19 +102,24 @@ impl NatsKv {
             .try_collect()
             .await
             .map_err(backend_error("list entries"))?;
-        let mut entries = Vec::with_capacity(keys.len());
-        for key in keys {
-            // An entry may expire between the listing and the read.
-            let value = self
-                .presence
-                .get(&key)
-                .await
-                .map_err(backend_error("read an entry"))?;
-            if let (Some(parsed), Some(value)) = (EntryKey::split(&key, '.'), value) {
-                entries.push((parsed, value.to_vec()));
-            }
-        }
-        Ok(entries)
+        // One read per key, several in flight: a listing of many entries
+        // waits for a few round trips instead of one per entry.
+        futures::stream::iter(keys)
+            .map(|key| async move {
+                let value = self
+                    .presence
+                    .get(&key)
+                    .await
+                    .map_err(backend_error("read an entry"))?;
+                // An entry may expire between the listing and the read.
+                Ok(EntryKey::split(&key, '.').zip(value))
+            })
+            .buffered(LIST_READS_IN_FLIGHT)
+            .try_filter_map(
+                |entry| async move { Ok(entry.map(|(key, value)| (key, value.to_vec()))) },
+            )
+            .try_collect()
+            .await
     }
 
     pub(super) async fn entry_changes(

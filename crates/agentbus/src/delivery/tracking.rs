@@ -1,0 +1,148 @@
+//! Where a queued task stands, looked up by its id alone.
+//!
+//! JetStream cannot find a message by its `Nats-Msg-Id`, and many tasks
+//! share a queue subject, so the id alone finds nothing in the tasks stream.
+//! [`Bus::submit_recorded`] therefore records each submission in the results
+//! bucket (`queued`, with the task's stream sequence), and
+//! [`Bus::task_report`] reads that record, then the message at that sequence
+//! and the delivered sequence of the queue's consumer: three single reads,
+//! whatever the length of the queue.
+
+use super::records::{RecordError, Records, TaskRecord, TaskState};
+use super::{Queue, ResultRetention, StoreError, Submitted};
+use crate::client::Bus;
+use crate::protocol::TaskRequest;
+use crate::subject::TASKS_STREAM;
+use crate::task_id::TaskId;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::stream::RawMessageErrorKind;
+use serde::Serialize;
+
+/// What is known of a queued task: its state, told from its record, its
+/// queue and the queue's consumer, and the record itself.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskReport {
+    /// The task id looked up.
+    pub task_id: TaskId,
+    /// Where it stands.
+    pub state: TaskState,
+    /// Its record, when there is one. Its own `state` is what was stored
+    /// (`queued` for a task that runs or finished without a record).
+    pub record: Option<TaskRecord>,
+}
+
+impl TaskReport {
+    /// What this state cannot be told apart from, in one clause, for the
+    /// states whose causes the server's information does not separate.
+    pub fn note(&self) -> Option<&'static str> {
+        match self.state {
+            TaskState::Running => Some(
+                "a task whose worker stopped mid-task, waiting to be delivered again after the ack wait, cannot be told apart from one that runs",
+            ),
+            TaskState::FinishedWithoutRecord => Some(
+                "a fire-and-forget task that succeeded, a task taken by a worker that records no outcome (such as a plain NATS client) and a task its stream removed (max_age, purge) cannot be told apart",
+            ),
+            TaskState::Unknown => Some(
+                "an id never submitted, a task submitted without a record (`Bus::submit`, a plain NATS publish) that no attempt has ended yet, and a record past the results bucket's max_age cannot be told apart",
+            ),
+            _ => None,
+        }
+    }
+}
+
+impl Bus {
+    /// [`Bus::submit_with`], and records the submission in the results
+    /// bucket, so that [`Bus::task_report`] (and `agentbus task`) can tell
+    /// a queued task from a running one, from one that finished without a
+    /// record, and from an unknown id. A worker's record written meanwhile
+    /// is newer and stays.
+    ///
+    /// It costs a read and a write of the bucket on top of the task (two
+    /// round trips and one stored message more): meant for a person or a
+    /// tool that submits a task and may ask about it, not for a loop
+    /// submitting thousands. A record that cannot be written after the task
+    /// was stored is logged, not returned: the task is queued, and failing
+    /// the call would invite a second submission.
+    pub async fn submit_recorded(
+        &self,
+        queue: &Queue,
+        request: &TaskRequest,
+        retention: ResultRetention,
+    ) -> Result<Submitted, StoreError> {
+        let records = Records::open(self.jetstream()).await?;
+        // Read before the task is stored: a worker may record it at once.
+        let revision = records.revision(request.task_id.as_str()).await?;
+        let submitted = self.submit_with(queue, request, retention).await?;
+        if !submitted.duplicate {
+            let queued =
+                TaskRecord::queued(&submitted.task_id, &submitted.subject, submitted.sequence);
+            if let Err(err) = records.put_unless_changed(&queued, revision).await {
+                tracing::warn!(%err, task_id = %submitted.task_id, "the task is queued, but its submission could not be recorded");
+            }
+        }
+        Ok(submitted)
+    }
+
+    /// Where queued task `task_id` stands. A stored state other than
+    /// `queued` is reported as it is; a `queued` record is checked against
+    /// the queue: the message gone means finished without a record, the
+    /// queue's consumer past it means running. No record at all is
+    /// [`TaskState::Unknown`]. [`TaskReport::note`] says what the states
+    /// told this way cannot be told apart from.
+    pub async fn task_report(&self, task_id: &TaskId) -> Result<TaskReport, RecordError> {
+        let record = Records::open(self.jetstream()).await?.get(task_id).await?;
+        let state = match &record {
+            None => TaskState::Unknown,
+            Some(record) => match (record.state, record.sequence) {
+                (TaskState::Queued, Some(sequence)) => {
+                    self.queue_state(task_id, &record.subject, sequence).await?
+                }
+                (state, _) => state,
+            },
+        };
+        Ok(TaskReport {
+            task_id: task_id.clone(),
+            state,
+            record,
+        })
+    }
+
+    /// Queued, running or gone: the task stored at `sequence` on `subject`.
+    async fn queue_state(
+        &self,
+        task_id: &TaskId,
+        subject: &str,
+        sequence: u64,
+    ) -> Result<TaskState, RecordError> {
+        let stream = self
+            .jetstream()
+            .get_stream_no_info(TASKS_STREAM)
+            .await
+            .map_err(|err| RecordError::queue("opening the stream", err))?;
+        match stream.get_raw_message(sequence).await {
+            // A stream made anew reuses sequences: the task must be the one.
+            Ok(message) => {
+                let same = TaskRequest::from_json(&message.payload)
+                    .is_ok_and(|request| request.task_id == *task_id);
+                if !same {
+                    return Ok(TaskState::FinishedWithoutRecord);
+                }
+            }
+            Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => {
+                return Ok(TaskState::FinishedWithoutRecord);
+            }
+            Err(err) => return Err(RecordError::queue("reading the task", err)),
+        }
+        let Some((queue, priority)) = Queue::from_subject(subject) else {
+            return Ok(TaskState::Queued);
+        };
+        // A consumer delivers its subject's messages in stream order: one
+        // that got past the task's sequence has handed it to a worker.
+        match stream.consumer_info(queue.durable(priority)).await {
+            Ok(info) if info.delivered.stream_sequence >= sequence => Ok(TaskState::Running),
+            Ok(_) => Ok(TaskState::Queued),
+            Err(err) if err.kind() == ConsumerInfoErrorKind::NotFound => Ok(TaskState::Queued),
+            Err(err) => Err(RecordError::queue("reading the queue's consumer", err)),
+        }
+    }
+}
