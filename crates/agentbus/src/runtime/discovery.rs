@@ -12,8 +12,10 @@
 //! The service name is the agent name and the id is the runtime's instance
 //! id, so replicas of an agent show as instances of one service. Figures come
 //! from the runtime's counters ([`AgentStats`]) and cover every task the agent
-//! answered, request/reply and queued: `num_requests` counts each task once,
-//! `num_errors` those answered with any status but `completed`, including the
+//! answered, request/reply and queued: `num_requests` counts each answer (each
+//! attempt at a queued task; a request/reply retry answered from the
+//! deduplication window is not counted again), `num_errors` those answered
+//! with any status but `completed`, including the
 //! ones refused before a handler ran (malformed, unknown task type, payload
 //! not matching its schema), and `last_error` is the last of them as
 //! `"<code>:<description>"` (400 rejected, 500 failed, 503 cancelled, 504
@@ -107,9 +109,9 @@ pub struct EndpointStats {
     pub subject: String,
     /// The endpoint's queue group.
     pub queue_group: String,
-    /// Tasks answered: completed, failed or rejected.
+    /// Answers: completed, failed or rejected.
     pub num_requests: u64,
-    /// Tasks answered with any status but `completed`, rejections included.
+    /// Answers with any status but `completed`, rejections included.
     pub num_errors: u64,
     /// The last error as `"<code>:<description>"`, empty when there was none.
     #[serde(default)]

@@ -6,9 +6,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// A snapshot of one agent's figures. Every task answered counts once, in
-/// `completed`, `failed` or `rejected`; a retry answered from the
-/// deduplication window is the same task and is not counted again.
+/// A snapshot of one agent's figures. Every answer counts once, in
+/// `completed`, `failed` or `rejected`: each attempt at a queued task, and
+/// each request/reply task (a retry of it answered from the deduplication
+/// window is the same task and is not counted again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct AgentStats {
     /// Tasks waiting for a free slot.
@@ -32,6 +33,10 @@ pub struct AgentStats {
 fn nanos<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_u64(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX))
 }
+
+/// Longest description kept in `last_error`: a STATS answer must stay far
+/// below the server's max_payload whatever a handler's error says.
+const MAX_ERROR_DESCRIPTION: usize = 1024;
 
 /// The counters behind [`AgentStats`], updated by the serving loop.
 #[derive(Debug, Default)]
@@ -72,7 +77,8 @@ impl Counters {
     }
 
     /// The last error as the services protocol writes it, `"<code>:<description>"`
-    /// (codes as in [`error_code`]), or empty when there was none.
+    /// (codes as in [`error_code`], the description cut at
+    /// [`MAX_ERROR_DESCRIPTION`] bytes), or empty when there was none.
     pub(super) fn last_error(&self) -> String {
         self.last_error
             .lock()
@@ -97,15 +103,20 @@ impl Counters {
     }
 
     fn set_last_error(&self, status: TaskStatus, description: &str) {
+        let mut end = description.len().min(MAX_ERROR_DESCRIPTION);
+        while !description.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = if end < description.len() { "..." } else { "" };
         if let Ok(mut last) = self.last_error.lock() {
-            *last = format!("{}:{description}", error_code(status));
+            *last = format!("{}:{}{cut}", error_code(status), &description[..end]);
         }
     }
 }
 
-/// The HTTP-like code of an error, as services put in `Nats-Service-Error-Code`
-/// and `last_error`: 400 rejected, 503 cancelled, 504 timeout, 500 otherwise.
-pub(super) fn error_code(status: TaskStatus) -> u16 {
+/// The HTTP-like code of an error in `last_error`, as services use them:
+/// 400 rejected, 503 cancelled, 504 timeout, 500 otherwise.
+fn error_code(status: TaskStatus) -> u16 {
     match status {
         TaskStatus::Rejected => 400,
         TaskStatus::Cancelled => 503,
@@ -133,8 +144,11 @@ mod tests {
             Duration::from_millis(3),
         );
         assert_eq!(counters.last_error(), "504:too slow");
+        counters.rejected(&"é".repeat(600), Duration::ZERO);
+        let cut = counters.last_error();
+        assert_eq!(cut, format!("400:{}...", "é".repeat(512)));
         let stats = counters.snapshot();
-        assert_eq!((stats.completed, stats.failed, stats.rejected), (1, 1, 1));
+        assert_eq!((stats.completed, stats.failed, stats.rejected), (1, 1, 2));
         assert_eq!(stats.processing_time, Duration::from_micros(5005));
         let json = serde_json::to_value(stats).unwrap();
         assert_eq!(json["processing_time"], 5_005_000);
