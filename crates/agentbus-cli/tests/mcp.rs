@@ -499,6 +499,51 @@ async fn invalid_input_is_a_tool_error_and_the_bridge_keeps_serving() {
     driver.finish().await;
 }
 
+#[tokio::test]
+async fn arguments_given_as_text_are_read_by_their_schema() {
+    let server = NatsServer::start().await;
+    let mut driver = Driver::start(&server).await;
+    driver.open("a", "alice", "auto").await;
+
+    // Numbers as text, as some clients send every argument.
+    let read = driver
+        .ok(
+            "a",
+            "read_inbox",
+            json!({"max_messages": "5", "wait_seconds": "0.1"}),
+        )
+        .await;
+    assert_eq!(read["messages"], json!([]));
+    // An object as text is stored as the object; other text stays text.
+    let stored = driver
+        .ok(
+            "a",
+            "set_state",
+            json!({"key": "mood", "value": "{\"level\": 3}", "ttl_seconds": "60"}),
+        )
+        .await;
+    assert_eq!(stored["ttl_seconds"], 60.0, "{stored}");
+    let mood = driver.ok("a", "get_state", json!({"key": "mood"})).await;
+    assert_eq!(mood["value"], json!({"level": 3}));
+    driver
+        .ok(
+            "a",
+            "set_state",
+            json!({"key": "note", "value": "{not json"}),
+        )
+        .await;
+    let note = driver.ok("a", "get_state", json!({"key": "note"})).await;
+    assert_eq!(note["value"], "{not json");
+    let refused = driver
+        .tool_error("a", "read_inbox", json!({"max_messages": "many"}))
+        .await;
+    assert!(
+        refused.contains("expected a whole number, or a string holding one"),
+        "{refused}"
+    );
+    driver.finish().await;
+}
+
 /// A Rust agent for request_task and the shared work queue.
 struct Echo;
 

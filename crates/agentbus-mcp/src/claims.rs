@@ -8,7 +8,8 @@
 //! claim that is never completed, or whose bridge stops, goes back to the
 //! queue.
 
-use crate::tool_error::ToolError;
+use crate::run::BridgeError;
+use crate::tool_error::{ToolError, ToolErrorKind};
 use crate::untrusted::untrusted;
 use agentbus::delivery::{DeliveryOptions, TaskAttempt, TaskClaims};
 use agentbus::events::TaskEvent;
@@ -54,18 +55,17 @@ impl Claims {
         bus: &Bus,
         agent: &Name,
         instance_id: &str,
-    ) -> Result<Self, ToolError> {
-        let queue = TaskClaims::open(bus, agent, instance_id, DeliveryOptions::default())
-            .await
-            .map_err(ToolError::from_display)?;
+    ) -> Result<Self, BridgeError> {
+        let queue = TaskClaims::open(bus, agent, instance_id, DeliveryOptions::default()).await?;
         let (arrived, arrivals) = watch::channel(0);
         let mut subscriptions = Vec::new();
         for subject in queue.subjects() {
-            let subscription = bus
-                .client()
-                .subscribe(subject)
-                .await
-                .map_err(|err| ToolError::new(format!("cannot watch the task queue: {err}")))?;
+            let subscription = bus.client().subscribe(subject).await.map_err(|source| {
+                BridgeError::QueueWatch {
+                    agent: agent.to_string(),
+                    source,
+                }
+            })?;
             subscriptions.push(subscription);
         }
         let watcher = tokio::spawn(async move {
@@ -93,7 +93,11 @@ impl Claims {
         let mut arrivals = self.arrivals.clone();
         loop {
             arrivals.mark_unchanged();
-            let next = self.queue.next().await.map_err(ToolError::from_display)?;
+            let next = self
+                .queue
+                .next()
+                .await
+                .map_err(|err| ToolError::from_error(ToolErrorKind::Bus, err))?;
             if let Some((attempt, request)) = next {
                 return self.hold(attempt, request).map(Some);
             }
@@ -141,7 +145,7 @@ impl Claims {
         let previous = self
             .claimed
             .lock()
-            .map_err(|_| ToolError::new("the claims table is unusable"))?
+            .map_err(|_| unusable_table())?
             .insert(task_id, claimed);
         if let Some(previous) = previous {
             // The same task delivered again (its lease ran out): the new delivery wins.
@@ -160,14 +164,17 @@ impl Claims {
         let claimed = self
             .claimed
             .lock()
-            .map_err(|_| ToolError::new("the claims table is unusable"))?
+            .map_err(|_| unusable_table())?
             .remove(task_id);
         let Some(claimed) = claimed else {
-            return Err(ToolError::new(format!(
-                "task {task_id:?} is not claimed by {}: claim it with claim_task first (a claim lasts {} minutes)",
-                self.agent,
-                CLAIM_LEASE.as_secs() / 60
-            )));
+            return Err(ToolError::new(
+                ToolErrorKind::NotFound,
+                format!(
+                    "task {task_id:?} is not claimed by {}: claim it with claim_task first (a claim lasts {} minutes)",
+                    self.agent,
+                    CLAIM_LEASE.as_secs() / 60
+                ),
+            ));
         };
         match self.settle(&claimed, outcome).await {
             Ok(view) => {
@@ -194,9 +201,9 @@ impl Claims {
             Ok(result) => {
                 let response = TaskResponse::completed(task_id, result);
                 claimed.attempt.complete(&response).await.map_err(|err| {
-                    ToolError::new(format!(
-                        "the task could not be settled ({err}); call complete_task again"
-                    ))
+                    let message =
+                        format!("the task could not be settled ({err}); call complete_task again");
+                    ToolError::with_source(ToolErrorKind::Bus, message, err)
                 })?;
                 response
             }
@@ -205,7 +212,7 @@ impl Claims {
                     .attempt
                     .give_up(&error, TaskStatus::Failed)
                     .await
-                    .map_err(ToolError::from_display)?;
+                    .map_err(|err| ToolError::from_error(ToolErrorKind::Bus, err))?;
                 TaskResponse::error(task_id, TaskStatus::Failed, error)
             }
         };
@@ -247,4 +254,12 @@ impl Claims {
             }
         }
     }
+}
+
+/// A claims table poisoned by a panic while it was held.
+fn unusable_table() -> ToolError {
+    ToolError::new(
+        ToolErrorKind::Internal,
+        "the claims table is unusable after an internal failure; restart the bridge",
+    )
 }

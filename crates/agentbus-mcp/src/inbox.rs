@@ -39,6 +39,29 @@ pub enum InboxError {
     Fetch(#[source] async_nats::Error),
 }
 
+/// Why the inbox could not be used, as a kind to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InboxErrorKind {
+    /// Its durable consumer could not be created (see [`ConsumerError::kind`]).
+    Consumer,
+    /// Its subject could not be watched.
+    Watch,
+    /// Reading it failed.
+    Fetch,
+}
+
+impl InboxError {
+    /// Why the inbox could not be used.
+    pub fn kind(&self) -> InboxErrorKind {
+        match self {
+            Self::Consumer(_) => InboxErrorKind::Consumer,
+            Self::Watch(_) => InboxErrorKind::Watch,
+            Self::Fetch(_) => InboxErrorKind::Fetch,
+        }
+    }
+}
+
 /// How long a fetched message may stay unacknowledged before JetStream
 /// delivers it again (the client died between fetch and result).
 pub(crate) fn inbox_ack_wait() -> Duration {

@@ -17,7 +17,8 @@
 //!
 //! # Layout
 //!
-//! - [`run`]: joining the bus, serving MCP until the client leaves, leaving cleanly.
+//! - [`run`]: joining the bus, serving MCP until the client leaves, leaving cleanly;
+//!   [`startup_error`]: telling the client why the bridge could not start.
 //! - [`bridge`]: the MCP server: capabilities, the inbox resource, subscriptions.
 //! - [`tools`]: the tools and their fixed descriptions; [`params`]: their inputs.
 //! - [`inbox`]: the agent's durable inbox; [`transport`]: the stdio transport
@@ -32,11 +33,14 @@ pub mod inbox;
 pub mod notify;
 pub mod params;
 pub mod run;
+pub mod startup_error;
 pub mod tool_error;
 pub mod tools;
 pub mod transport;
 pub mod untrusted;
 
 pub use bridge::Bridge;
-pub use run::{BridgeError, BridgeOptions, serve, serve_stdio};
-pub use tool_error::ToolError;
+pub use run::{
+    BridgeError, BridgeErrorKind, BridgeOptions, JoinedBridge, join, serve, serve_stdio,
+};
+pub use tool_error::{ToolError, ToolErrorKind};

@@ -5,14 +5,17 @@
 use crate::bridge::Bridge;
 use crate::inbox::{describe, inbox_ack_wait, release};
 use crate::params;
-use crate::tool_error::{ToolError, tool_result};
+use crate::tool_error::{ToolError, ToolErrorKind, tool_result};
 use crate::untrusted::untrusted;
 use agentbus::Name;
-use agentbus::delivery::{Queue, RecordErrorKind, TaskRecord, TaskState};
+use agentbus::delivery::{
+    Queue, RecordErrorKind, StoreError, StoreErrorKind, TaskRecord, TaskState,
+};
 use agentbus::presence;
+use agentbus::state::{StateError, StateErrorKind};
 use agentbus::subject;
 use agentbus::{Priority, TaskId, TaskRequest};
-use agentbus::{RequestOptions, SendTaskError};
+use agentbus::{RequestOptions, SendTaskError, SendTaskErrorKind};
 use futures::TryStreamExt;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::CallToolResult;
@@ -141,7 +144,7 @@ impl Bridge {
                 Some(self.agent()),
             )
             .await
-            .map_err(delivery_error)?;
+            .map_err(store_error)?;
         Ok(json!({
             "to": to.as_str(),
             "message_id": published.message_id,
@@ -158,7 +161,7 @@ impl Bridge {
         if let Some(max) = p.max_messages
             && !(1..=100).contains(&max)
         {
-            return Err(ToolError::new(format!(
+            return Err(ToolError::invalid_input(format!(
                 "max_messages must be between 1 and 100, not {max}"
             )));
         }
@@ -167,7 +170,7 @@ impl Bridge {
         let messages: Vec<_> = inbox
             .take(wait)
             .await
-            .map_err(ToolError::from_display)?
+            .map_err(|err| ToolError::from_error(ToolErrorKind::Bus, err))?
             .into_iter()
             .collect();
         let described: Vec<Value> = messages.iter().map(describe).collect();
@@ -178,7 +181,10 @@ impl Bridge {
         if context.ct.is_cancelled() {
             // Nobody will see the result: hand the messages back now.
             release(messages).await;
-            return Err(ToolError::new("the read was cancelled"));
+            return Err(ToolError::new(
+                ToolErrorKind::Cancelled,
+                "the read was cancelled",
+            ));
         }
         // Acknowledged by the transport once this result is written.
         self.settlements().hold(context.id.clone(), messages);
@@ -195,7 +201,7 @@ impl Bridge {
     }
 
     async fn do_broadcast(&self, p: params::Broadcast) -> Result<Value, ToolError> {
-        let topic = Name::parse("topic", &p.topic).map_err(ToolError::from_display)?;
+        let topic = Name::parse("topic", &p.topic).map_err(invalid)?;
         let published = self
             .bus()
             .publish_durable(
@@ -205,7 +211,7 @@ impl Bridge {
                 Some(self.agent()),
             )
             .await
-            .map_err(delivery_error)?;
+            .map_err(store_error)?;
         Ok(json!({
             "topic": topic.as_str(),
             "subject": published.subject,
@@ -217,7 +223,7 @@ impl Bridge {
     async fn do_list_agents(&self) -> Result<Value, ToolError> {
         let online = presence::online_agents(self.state())
             .await
-            .map_err(ToolError::from_display)?;
+            .map_err(state_error)?;
         let agents: Vec<Value> = online
             .into_iter()
             .map(|agent| {
@@ -248,7 +254,7 @@ impl Bridge {
 
     async fn do_request_task(&self, p: params::RequestTask) -> Result<Value, ToolError> {
         let agent = agent_name(&p.agent)?;
-        let task_type = Name::parse("task type", &p.task_type).map_err(ToolError::from_display)?;
+        let task_type = Name::parse("task type", &p.task_type).map_err(invalid)?;
         let timeout = seconds(
             "timeout_seconds",
             Some(p.timeout_seconds.unwrap_or(DEFAULT_TASK_TIMEOUT)),
@@ -265,12 +271,7 @@ impl Bridge {
             .bus()
             .request(agent.as_str(), &request, options)
             .await
-            .map_err(|err| match err {
-                SendTaskError::NoAgent { .. } => ToolError::new(format!(
-                    "no agent named {agent} is running, so nothing answered the task; list_agents shows who is online, and submit_task queues work for an agent that is offline"
-                )),
-                other => ToolError::from_display(other),
-            })?;
+            .map_err(|err| send_task_error(&agent, err))?;
         Ok(json!({
             "agent": agent.as_str(),
             "task_id": response.task_id,
@@ -285,9 +286,9 @@ impl Bridge {
     async fn do_submit_task(&self, p: params::SubmitTask) -> Result<Value, ToolError> {
         let queue = match &p.agent {
             Some(agent) => Queue::Agent(agent_name(agent)?),
-            None => Queue::task_type(&p.task_type).map_err(ToolError::from_display)?,
+            None => Queue::task_type(&p.task_type).map_err(invalid)?,
         };
-        let task_type = Name::parse("task type", &p.task_type).map_err(ToolError::from_display)?;
+        let task_type = Name::parse("task type", &p.task_type).map_err(invalid)?;
         let mut request = TaskRequest::new(task_type.as_str(), payload_object(p.payload)?)
             .with_priority(priority(p.priority.as_deref())?);
         if let Some(id) = p.task_id {
@@ -297,7 +298,7 @@ impl Bridge {
             .bus()
             .submit(&queue, &request)
             .await
-            .map_err(delivery_error)?;
+            .map_err(store_error)?;
         self.remember_submitted(&submitted.task_id);
         Ok(json!({
             "task_id": submitted.task_id,
@@ -315,14 +316,14 @@ impl Bridge {
             match self.bus().wait_task(&task_id, wait).await {
                 Ok(_) => {}
                 Err(err) if err.kind() == RecordErrorKind::WaitTimedOut => {}
-                Err(err) => return Err(delivery_error(err)),
+                Err(err) => return Err(ToolError::from_error(ToolErrorKind::Bus, err)),
             }
         }
         let record = self
             .bus()
             .task_record(&task_id)
             .await
-            .map_err(delivery_error)?;
+            .map_err(|err| ToolError::from_error(ToolErrorKind::Bus, err))?;
         match record {
             Some(record) => Ok(describe_record(&record)),
             None if self.was_submitted(&task_id) => Ok(json!({
@@ -330,9 +331,12 @@ impl Bridge {
                 "state": TaskState::Pending,
                 "note": "queued; no agent has finished an attempt yet",
             })),
-            None => Err(ToolError::new(format!(
-                "no task with id {task_id:?} is known: check the id returned by submit_task (records are kept 7 days; a task submitted by another agent is only known here once an attempt finished)"
-            ))),
+            None => Err(ToolError::new(
+                ToolErrorKind::NotFound,
+                format!(
+                    "no task with id {task_id:?} is known: check the id returned by submit_task (records are kept 7 days; a task submitted by another agent is only known here once an attempt finished)"
+                ),
+            )),
         }
     }
 
@@ -354,12 +358,12 @@ impl Bridge {
             (Some(result), None) => Ok(result),
             (None, Some(error)) if !error.trim().is_empty() => Err(error),
             (Some(_), Some(_)) => {
-                return Err(ToolError::new(
+                return Err(ToolError::invalid_input(
                     "pass either result (the task succeeded) or error (it failed), not both",
                 ));
             }
             _ => {
-                return Err(ToolError::new(
+                return Err(ToolError::invalid_input(
                     "pass result (the task succeeded) or a non-empty error (it failed)",
                 ));
             }
@@ -377,7 +381,7 @@ impl Bridge {
             .agent(&owner)
             .get(&p.key)
             .await
-            .map_err(ToolError::from_display)?;
+            .map_err(state_error)?;
         let mine = &owner == self.agent();
         Ok(json!({
             "agent": owner.as_str(),
@@ -396,7 +400,7 @@ impl Bridge {
             None => None,
             Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
             Some(s) => {
-                return Err(ToolError::new(format!(
+                return Err(ToolError::invalid_input(format!(
                     "ttl_seconds must be a positive number of seconds, not {s}; omit it to keep the value"
                 )));
             }
@@ -405,7 +409,7 @@ impl Bridge {
             .agent(self.agent())
             .set(&p.key, &p.value, ttl)
             .await
-            .map_err(ToolError::from_display)?;
+            .map_err(state_error)?;
         Ok(json!({
             "agent": self.agent().as_str(),
             "key": p.key,
@@ -416,11 +420,10 @@ impl Bridge {
 
     async fn do_bus_status(&self) -> Result<Value, ToolError> {
         let js = self.bus().jetstream();
-        let infos: Vec<_> = js
-            .streams()
-            .try_collect()
-            .await
-            .map_err(|err| ToolError::new(format!("cannot list the streams: {err}")))?;
+        let infos: Vec<_> = js.streams().try_collect().await.map_err(|err| {
+            let message = format!("cannot list the streams: {err}");
+            ToolError::with_source(ToolErrorKind::Bus, message, err)
+        })?;
         let mut streams: Vec<Value> = infos
             .into_iter()
             .map(|info| {
@@ -451,22 +454,53 @@ impl Bridge {
 }
 
 fn agent_name(text: &str) -> Result<Name, ToolError> {
-    Name::parse("agent name", text).map_err(ToolError::from_display)
+    Name::parse("agent name", text).map_err(invalid)
 }
 
-fn delivery_error(err: impl std::fmt::Display) -> ToolError {
-    ToolError::from_display(err)
+/// An argument refused by the library, in its words.
+fn invalid(err: impl std::error::Error + Send + Sync + 'static) -> ToolError {
+    ToolError::from_error(ToolErrorKind::InvalidInput, err)
+}
+
+fn store_error(err: StoreError) -> ToolError {
+    let kind = match err.kind() {
+        StoreErrorKind::InvalidInput | StoreErrorKind::TooLarge => ToolErrorKind::InvalidInput,
+        _ => ToolErrorKind::Bus,
+    };
+    ToolError::from_error(kind, err)
+}
+
+fn state_error(err: StateError) -> ToolError {
+    let kind = match err.kind() {
+        StateErrorKind::InvalidInput => ToolErrorKind::InvalidInput,
+        _ => ToolErrorKind::Bus,
+    };
+    ToolError::from_error(kind, err)
+}
+
+fn send_task_error(agent: &Name, err: SendTaskError) -> ToolError {
+    match err.kind() {
+        SendTaskErrorKind::NoAgent => ToolError::with_source(
+            ToolErrorKind::NotFound,
+            format!(
+                "no agent named {agent} is running, so nothing answered the task; list_agents shows who is online, and submit_task queues work for an agent that is offline"
+            ),
+            err,
+        ),
+        SendTaskErrorKind::InvalidName | SendTaskErrorKind::TooLarge => invalid(err),
+        _ => ToolError::from_error(ToolErrorKind::Bus, err),
+    }
 }
 
 /// A task id given by the model, by the library's rule.
 fn task_id(text: &str) -> Result<TaskId, ToolError> {
-    TaskId::parse(text).map_err(ToolError::from_display)
+    TaskId::parse(text).map_err(invalid)
 }
 
 fn priority(text: Option<&str>) -> Result<Priority, ToolError> {
     match text {
         None => Ok(Priority::Normal),
-        Some(text) => text.parse().map_err(ToolError::new),
+        Some(text) => text.parse().map_err(ToolError::invalid_input),
     }
 }
 
@@ -477,14 +511,18 @@ fn payload_object(payload: Option<Value>) -> Result<Value, ToolError> {
         Some(object @ Value::Object(_)) => Ok(object),
         Some(Value::String(text)) => match serde_json::from_str::<Value>(&text) {
             Ok(object @ Value::Object(_)) => Ok(object),
-            Ok(_) => Err(ToolError::new(
+            Ok(_) => Err(ToolError::invalid_input(
                 "payload must be a JSON object, e.g. {\"prompt\": \"Hi\"}",
             )),
-            Err(err) => Err(ToolError::new(format!(
-                "payload is not valid JSON ({err}); pass a JSON object, e.g. {{\"prompt\": \"Hi\"}}"
-            ))),
+            Err(err) => Err(ToolError::with_source(
+                ToolErrorKind::InvalidInput,
+                format!(
+                    "payload is not valid JSON ({err}); pass a JSON object, e.g. {{\"prompt\": \"Hi\"}}"
+                ),
+                err,
+            )),
         },
-        Some(_) => Err(ToolError::new(
+        Some(_) => Err(ToolError::invalid_input(
             "payload must be a JSON object, e.g. {\"prompt\": \"Hi\"}",
         )),
     }
@@ -496,7 +534,7 @@ fn seconds(field: &str, value: Option<f64>, min: f64, max: f64) -> Result<Durati
     if value.is_finite() && (min..=max).contains(&value) {
         Ok(Duration::from_secs_f64(value))
     } else {
-        Err(ToolError::new(format!(
+        Err(ToolError::invalid_input(format!(
             "{field} must be between {min} and {max} seconds, not {value}"
         )))
     }

@@ -1,6 +1,8 @@
 //! Real servers for agentbus tests: each test starts its own `nats-server` on
 //! random loopback ports with temporary storage, and it is killed on drop.
 //! [`RedisServer`] does the same for `redis-server`, for the Redis state backend.
+//! [`python_venv`] and [`npm_packages`] install the foreign clients the
+//! interoperability tests drive (nats-py, the MCP SDK, nats.js, the MCP Inspector).
 //!
 //! ```no_run
 //! # async fn example() {
@@ -12,6 +14,7 @@
 mod closed_port;
 mod custom;
 mod llm;
+mod npm;
 mod python;
 mod redis;
 
@@ -25,6 +28,7 @@ use agentbus_ops::LocalBus;
 use agentbus_ops::local_server::{LocalServer, LocalServerConfig};
 use agentbus_ops::server_binary;
 use agentbus_ops::topology::Topology;
+pub use npm::npm_packages;
 pub use python::python_venv;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

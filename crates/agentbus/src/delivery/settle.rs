@@ -303,7 +303,7 @@ impl Settler {
                     format!("not retryable: {err}"),
                 );
                 delivery.dead_letter(&self.inner.bus, &letter).await?;
-                return Ok(Opened::Settled);
+                return Ok(Opened::Malformed(err.to_string()));
             }
         };
         // Only a redelivery can find a record: a first attempt has none yet.
@@ -370,6 +370,8 @@ pub(crate) enum Opened {
     Run(TaskAttempt, TaskRequest),
     /// Nothing to run: the delivery was settled as it was read.
     Settled,
+    /// Not a task: it went to the dead letters; why.
+    Malformed(String),
 }
 
 /// One attempt at a queued task, and the only way to settle it.

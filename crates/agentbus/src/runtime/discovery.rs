@@ -11,13 +11,21 @@
 //!
 //! The service name is the agent name and the id is the runtime's instance
 //! id, so replicas of an agent show as instances of one service. Figures come
-//! from the runtime's counters and cover every task the agent handled
-//! (request/reply and queued).
+//! from the runtime's counters ([`AgentStats`]) and cover every task the agent
+//! answered, request/reply and queued: `num_requests` counts each answer (each
+//! attempt at a queued task; a request/reply retry answered from the
+//! deduplication window is not counted again), `num_errors` those answered
+//! with any status but `completed`, including the
+//! ones refused before a handler ran (malformed, unknown task type, payload
+//! not matching its schema), and `last_error` is the last of them as
+//! `"<code>:<description>"` (400 rejected, 500 failed, 503 cancelled, 504
+//! timeout). Durations are integer nanoseconds everywhere, `data` included.
 //!
 //! The responders are separate subscriptions: the task subscription on
 //! `agent.<agent>.task` and its hot path are untouched.
 
 use super::AgentStats;
+use super::stats::Counters;
 use crate::name::Name;
 use crate::subject::{self, service};
 use bytes::Bytes;
@@ -101,18 +109,18 @@ pub struct EndpointStats {
     pub subject: String,
     /// The endpoint's queue group.
     pub queue_group: String,
-    /// Tasks finished.
+    /// Answers: completed, failed or rejected.
     pub num_requests: u64,
-    /// Tasks that finished with any status but `completed`.
+    /// Answers with any status but `completed`, rejections included.
     pub num_errors: u64,
-    /// The last error (the protocol's `"code:description"`); agentbus leaves it empty.
+    /// The last error as `"<code>:<description>"`, empty when there was none.
     #[serde(default)]
     pub last_error: String,
-    /// Time spent in handlers, nanoseconds.
+    /// Time spent on the answered tasks, nanoseconds.
     pub processing_time: u64,
-    /// `processing_time / num_requests`, nanoseconds.
+    /// `processing_time / num_requests`, nanoseconds (0 before the first request).
     pub average_processing_time: u64,
-    /// The runtime's own figures ([`AgentStats`]).
+    /// The runtime's own figures ([`AgentStats`], durations in nanoseconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<serde_json::Value>,
 }
@@ -146,9 +154,6 @@ pub(crate) struct ServiceDescription {
     pub(crate) task_types: Vec<Name>,
 }
 
-/// The current figures of the agent, read on each STATS request.
-pub(crate) type StatsSource = Arc<dyn Fn() -> AgentStats + Send + Sync>;
-
 /// Answers the services protocol for one agent until its runtime stops it.
 pub(crate) struct Responder {
     subscriptions: futures::stream::SelectAll<async_nats::Subscriber>,
@@ -156,7 +161,8 @@ pub(crate) struct Responder {
     ping: Bytes,
     info: Bytes,
     stats: StatsResponse,
-    source: StatsSource,
+    /// The agent's figures, read on each STATS request.
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for Responder {
@@ -171,10 +177,10 @@ impl std::fmt::Debug for Responder {
 impl Responder {
     /// Subscribes to the agent's discovery subjects; answers once
     /// [`Responder::serve`] runs.
-    pub(crate) async fn start(
+    pub(super) async fn start(
         client: &async_nats::Client,
         service: ServiceDescription,
-        source: StatsSource,
+        counters: Arc<Counters>,
     ) -> Result<Self, async_nats::SubscribeError> {
         let name = &service.name;
         let id = service.instance_id.as_str();
@@ -226,7 +232,7 @@ impl Responder {
             ping: to_json(&ping),
             info: to_json(&info),
             stats,
-            source,
+            counters,
         })
     }
 
@@ -259,12 +265,13 @@ impl Responder {
     }
 
     fn stats_body(&mut self) -> Bytes {
-        let figures = (self.source)();
-        let requests = figures.completed + figures.failed;
+        let figures: AgentStats = self.counters.snapshot();
+        let requests = figures.completed + figures.failed + figures.rejected;
         let nanos = u64::try_from(figures.processing_time.as_nanos()).unwrap_or(u64::MAX);
         let endpoint = &mut self.stats.endpoints[0];
         endpoint.num_requests = requests;
-        endpoint.num_errors = figures.failed;
+        endpoint.num_errors = figures.failed + figures.rejected;
+        endpoint.last_error = self.counters.last_error();
         endpoint.processing_time = nanos;
         endpoint.average_processing_time = nanos.checked_div(requests).unwrap_or(0);
         endpoint.data = serde_json::to_value(figures).ok();

@@ -446,9 +446,7 @@ impl Runtime {
             instance_id: self.instance_id.to_string(),
             task_types: task_types.to_vec(),
         };
-        let counters = counters.clone();
-        let source: discovery::StatsSource = Arc::new(move || counters.snapshot());
-        discovery::Responder::start(self.bus.client(), service, source)
+        discovery::Responder::start(self.bus.client(), service, counters.clone())
             .await
             .map_err(|source| RuntimeError::Subscribe {
                 agent: name.to_string(),

@@ -88,9 +88,14 @@ pub(super) struct TaskJob<A> {
 impl<A: Agent> Job for TaskJob<A> {
     async fn run(&self, delivery: Delivery) {
         let served = &self.served;
+        let opened = Instant::now();
         let (attempt, request) = match self.settler.open_task(delivery).await {
             Ok(Opened::Run(attempt, request)) => (attempt, request),
             Ok(Opened::Settled) => return,
+            Ok(Opened::Malformed(error)) => {
+                served.counters.rejected(&error, opened.elapsed());
+                return;
+            }
             Err(err) => {
                 // Unsettled: it is delivered again after the ack wait.
                 tracing::warn!(%err, agent = %served.name, "a queued task could not be opened");
@@ -98,6 +103,8 @@ impl<A: Agent> Job for TaskJob<A> {
             }
         };
         if let Err(err) = served.task_types.check(served.name.as_str(), &request) {
+            // Counted before the record that tells the sender is written.
+            served.counters.rejected(err.message(), opened.elapsed());
             if let Err(err) = attempt.give_up(err.message(), err.status()).await {
                 tracing::warn!(%err, task_id = %attempt.task_id(), "a refused task could not be dead-lettered");
             }

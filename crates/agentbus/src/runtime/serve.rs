@@ -164,7 +164,8 @@ async fn start(
     }
 }
 
-/// Parses and checks a message; answers it right away when it cannot run.
+/// Parses and checks a message; answers it right away when it cannot run
+/// (counted as rejected).
 async fn admit<A: Agent>(
     served: &Served<A>,
     payload: &[u8],
@@ -174,16 +175,16 @@ async fn admit<A: Agent>(
     let request = match TaskRequest::from_json(payload) {
         Ok(request) => request,
         Err((task_id, err)) => {
-            let response = TaskResponse::error(
-                task_id.unwrap_or_default(),
-                TaskStatus::Rejected,
-                err.to_string(),
-            );
+            let error = err.to_string();
+            served.counters.rejected(&error, now.elapsed());
+            let response =
+                TaskResponse::error(task_id.unwrap_or_default(), TaskStatus::Rejected, error);
             send_reply(served, reply, response.to_json().into()).await;
             return None;
         }
     };
     if let Err(err) = served.task_types.check(served.name.as_str(), &request) {
+        served.counters.rejected(err.message(), now.elapsed());
         send_reply(
             served,
             reply,
@@ -268,7 +269,7 @@ pub(super) async fn execute<A: Agent>(
         (response, body, retryable)
     };
     let duration = started.elapsed();
-    served.counters.finished(response.status, duration);
+    served.counters.finished(&response, duration);
     Outcome {
         response,
         body,
@@ -321,6 +322,7 @@ async fn cancel<A: Agent>(served: &Served<A>, task_id: &str, reply: Option<&Subj
         TaskStatus::Cancelled,
         "the agent is shutting down; send the task again",
     );
+    served.counters.finished(&response, Duration::ZERO);
     send_reply(served, reply, response.to_json().into()).await;
 }
 
