@@ -847,7 +847,8 @@ async fn a_full_queue_rejects_the_publish() {
 #[tokio::test]
 async fn a_foreign_consumer_can_share_the_stream_with_the_runtime() {
     let server = NatsServer::start().await;
-    let _runtime = serve(&server, Worker::new("ours"), fast_retries()).await;
+    let worker = Worker::new("ours");
+    let _runtime = serve(&server, worker.clone(), fast_retries()).await;
     let js = server.jetstream().await;
     let stream = js.get_stream("agent-tasks").await.unwrap();
     let consumer = stream
@@ -858,6 +859,17 @@ async fn a_foreign_consumer_can_share_the_stream_with_the_runtime() {
         })
         .await;
     assert!(consumer.is_ok(), "{:?}", consumer.err());
+    // While the runtime works its queue, its consumer holds the subject.
+    let client = bus(&server).await;
+    let request = TaskRequest::new("slow", json!({"ms": 2000}));
+    client
+        .submit(&Queue::agent("ours").unwrap(), &request)
+        .await
+        .unwrap();
+    wait_for("the slow task to start", Duration::from_secs(10), || {
+        worker.runs(&request.task_id) == 1
+    })
+    .await;
     let overlapping = stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
             durable_name: Some("greedy".into()),

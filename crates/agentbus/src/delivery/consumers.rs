@@ -10,12 +10,18 @@ use crate::name::Name;
 use crate::protocol::Priority;
 use crate::subject;
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
+use std::time::Duration;
 
 /// Unacknowledged deliveries a work-queue consumer hands out at most, over
 /// every worker: enough for several replicas at full concurrency.
 const TASK_QUEUE_MAX_ACK_PENDING: i64 = 1024;
 /// Unacknowledged direct messages at most (direct messages run concurrently).
 const DIRECT_MAX_ACK_PENDING: i64 = 256;
+/// An idle work-queue consumer is deleted by the server after this long:
+/// queues cost nothing while empty, and their consumers are made again when
+/// work arrives. Consumers of inboxes and broadcasts hold the agent's cursor
+/// and are kept.
+const QUEUE_IDLE: Duration = Duration::from_secs(30);
 /// One message at a time, across every reader: the in-order promise of the
 /// inbox and of broadcasts. A second message is delivered only once the first
 /// is acknowledged or dead-lettered.
@@ -29,6 +35,8 @@ pub struct ConsumerSpec {
     name: String,
     filters: Vec<String>,
     max_ack_pending: i64,
+    /// Deleted by the server after this long idle, when set.
+    inactive_threshold: Option<Duration>,
 }
 
 /// Why a durable consumer could not be set up.
@@ -75,6 +83,7 @@ impl ConsumerSpec {
             name: queue.durable(priority),
             filters: vec![queue.subject(priority).into()],
             max_ack_pending: TASK_QUEUE_MAX_ACK_PENDING,
+            inactive_threshold: Some(QUEUE_IDLE),
         }
     }
 
@@ -85,6 +94,7 @@ impl ConsumerSpec {
             name: subject::durable::inbox(agent),
             filters: vec![subject::agent_inbox(agent).into()],
             max_ack_pending: IN_ORDER,
+            inactive_threshold: None,
         }
     }
 
@@ -95,6 +105,7 @@ impl ConsumerSpec {
             name: subject::durable::direct(agent),
             filters: vec![subject::agent_direct(agent).into()],
             max_ack_pending: DIRECT_MAX_ACK_PENDING,
+            inactive_threshold: None,
         }
     }
 
@@ -111,12 +122,23 @@ impl ConsumerSpec {
             name: subject::durable::broadcast(agent),
             filters,
             max_ack_pending: IN_ORDER,
+            inactive_threshold: None,
         }
     }
 
     /// The subjects this consumer reads; a publish on one of them means it may have work.
     pub fn filters(&self) -> &[String] {
         &self.filters
+    }
+
+    /// The consumer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The stream it reads.
+    pub fn stream(&self) -> &'static str {
+        self.stream
     }
 
     /// Creates the consumer, or updates an existing one to this definition
@@ -144,6 +166,7 @@ impl ConsumerSpec {
             max_deliver: i64::from(options.max_deliver),
             max_ack_pending: self.max_ack_pending,
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            inactive_threshold: self.inactive_threshold.unwrap_or_default(),
             ..Default::default()
         };
         match self.filters.as_slice() {

@@ -1,255 +1,731 @@
-//! Working durable consumers: fetch by priority, run jobs with progress acks.
+//! The worker of a runtime: one task that works every durable source of every
+//! agent the runtime serves, runs the jobs and lets them settle.
 //!
-//! Priority policy: sources are grouped by priority. Each round fetches as
-//! many messages as there are free slots, from the most urgent group first;
-//! every eighth round visits the groups in reverse, so that under a sustained
-//! backlog of urgent work, low-priority work still gets at least one round in
-//! eight. Only sources that may hold messages are fetched from: a fetch that
-//! comes back short marks its source empty, and a core subscription to the
-//! source's subject marks it non-empty again when something is published.
-//! Redeliveries (after a NAK delay or an expired ack wait) publish nothing, so
-//! an idle worker also looks at every source once per `idle_poll`.
+//! # Cost
+//!
+//! A work queue (`tasks.<agent>`, `work.<task_type>`, each at four
+//! priorities) costs the server nothing while it is empty: its consumer is
+//! made when work arrives and carries an inactivity threshold, so the server
+//! deletes it once it has been idle for 30 s (see `consumers`). While idle, a queue
+//! has a doorbell: a core subscription to its subjects (two per queue, shared
+//! by every agent of the runtime that works it), which a publish rings.
+//! Redeliveries (after a NAK delay, an expired ack wait, a crashed worker)
+//! publish nothing, and tasks may have been queued while no worker ran, so the
+//! worker also sweeps: every `idle_poll` it asks the tasks stream once which
+//! subjects hold messages. Durable message sources (inboxes, broadcasts) keep
+//! their consumers (they hold the agent's cursor) and are looked at by the
+//! sweep too. At most [`MAX_CONSUMERS`] queue consumers are kept by one
+//! worker; past that, the least recently used idle one is deleted.
+//!
+//! # Priority
+//!
+//! Sources are fetched most urgent first: each round fetches as many messages
+//! as their handlers have free slots, from critical to low; every eighth round
+//! visits the priorities in reverse, so that under a sustained backlog of
+//! urgent work, low-priority work still gets one round in eight. Only sources
+//! that may hold messages are fetched from: a doorbell or a sweep marks a
+//! source, and a fetch that comes back short unmarks it.
 //!
 //! Fetches are pull requests answered on one subscription that lives as long
-//! as the worker ([`Puller`]), rather than on a subscription per fetch.
+//! as the worker ([`Puller`]), rather than on a subscription per fetch. Jobs
+//! are polled in the worker's task rather than spawned one per message: jobs
+//! therefore share a thread, and CPU-heavy handlers should use
+//! `spawn_blocking`.
 
+use super::consumers::{ConsumerErrorKind, ConsumerSpec};
 use super::settle::Delivery;
+use super::{DeliveryOptions, Queue};
+use crate::client::Bus;
 use crate::protocol::Priority;
 use crate::subject::{self, overlaps};
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull::BatchConfig};
 use async_nats::{StatusCode, Subject};
-use futures::FutureExt;
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
+/// Queue consumers one worker keeps at most.
+const MAX_CONSUMERS: usize = 64;
 /// Every `REVERSE_EVERY`th round visits the least urgent sources first.
 const REVERSE_EVERY: u64 = 8;
-/// A busy worker refills when half of its slots are free...
-const REFILL_FRACTION: usize = 2;
-/// ...or when this long has passed since the first slot freed.
-const REFILL_LINGER: Duration = Duration::from_millis(2);
 /// How long a fetch waits for the server's answer before giving up on it.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A durable consumer to work, at a priority.
-#[derive(Debug)]
-pub(crate) struct Source {
-    pub(crate) consumer: PullConsumer,
-    /// Subjects (or patterns) whose publishes mean the consumer may have work.
-    pub(crate) wake_subjects: Vec<String>,
-    pub(crate) priority: Priority,
-}
+/// A job's run, boxed: the worker runs the jobs of many agents.
+pub(crate) type JobFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// How to work a set of sources.
-#[derive(Debug, Clone)]
-pub(crate) struct WorkerConfig {
-    /// Jobs running at once.
-    pub(crate) max_concurrency: usize,
-    /// How often an idle worker looks at every source.
-    pub(crate) idle_poll: Duration,
-}
-
-/// What to do with each delivery.
+/// What to do with each delivery of a source.
 pub(crate) trait Job: Send + Sync + 'static {
     /// Handles one delivery and settles it (see [`super::settle`]); one left
     /// unsettled is delivered again after the ack wait.
-    fn run(&self, delivery: Delivery) -> impl Future<Output = ()> + Send;
+    fn run(&self, delivery: Delivery) -> JobFuture;
 }
 
-struct SourceState {
-    source: Source,
-    maybe_pending: bool,
+/// The durable work of one agent.
+pub(crate) struct AgentWork {
+    /// Queued tasks: the job, how many run at once, and the queues to work.
+    pub(crate) tasks: Option<(Arc<dyn Job>, usize, Vec<Queue>)>,
+    /// Durable messages: a job, how many run at once, and its consumer
+    /// (made already: it holds the agent's cursor), per source.
+    pub(crate) messages: Vec<(Arc<dyn Job>, usize, PullConsumer, ConsumerSpec)>,
+    /// How its consumers are made.
+    pub(crate) options: DeliveryOptions,
 }
 
-/// Works `sources` until `stop` carries a deadline; jobs still running then
-/// are given until that deadline to finish (their messages are redelivered
-/// elsewhere otherwise).
-pub(crate) async fn run_worker<J: Job>(
-    client: async_nats::Client,
-    jetstream: jetstream::Context,
+/// The worker of one runtime; add agents' work, stop with a deadline.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    commands: mpsc::UnboundedSender<Command>,
+    task: Option<JoinHandle<()>>,
+}
+
+enum Command {
+    Add(Box<AgentWork>),
+    Stop(Instant, oneshot::Sender<()>),
+}
+
+impl Worker {
+    /// Starts the worker on `bus`; idle, it sweeps every `idle_poll`.
+    pub(crate) fn start(bus: &Bus, idle_poll: Duration) -> Self {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let state = State {
+            bus: bus.clone(),
+            idle_poll,
+            slots: Vec::new(),
+            handlers: Vec::new(),
+            sources: Vec::new(),
+            by_subject: HashMap::new(),
+            by_queue: HashMap::new(),
+            groups: Vec::new(),
+            pending: Default::default(),
+            round: 0,
+            tasks_stream: None,
+            live_consumers: 0,
+        };
+        Self {
+            commands,
+            task: Some(tokio::spawn(state.run(receiver))),
+        }
+    }
+
+    /// Starts working one agent's sources.
+    pub(crate) fn add(&self, work: AgentWork) {
+        let _ = self.commands.send(Command::Add(Box::new(work)));
+    }
+
+    /// Stops fetching; jobs still running are given until `deadline` (their
+    /// deliveries are redelivered elsewhere otherwise).
+    pub(crate) async fn stop(mut self, deadline: Instant) {
+        let (done, stopped) = oneshot::channel();
+        if self.commands.send(Command::Stop(deadline, done)).is_ok() {
+            let _ = stopped.await;
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Slots of one concurrency limit (an agent's queued tasks, or one message source).
+struct Slots {
+    max: usize,
+    running: usize,
+}
+
+struct Handler {
+    job: Arc<dyn Job>,
+    slots: usize,
+}
+
+/// Where a source's consumer stands.
+enum Consumer {
+    /// Made when work arrives (work queues).
+    OnDemand {
+        spec: ConsumerSpec,
+        options: DeliveryOptions,
+        made: Option<(PullConsumer, Instant)>,
+    },
+    /// Made once and kept (durable messages).
+    Kept(PullConsumer),
+}
+
+struct Source {
+    consumer: Consumer,
+    priority: Priority,
+    handlers: Vec<usize>,
+    /// The handler that took the last delivery, to spread deliveries.
+    next_handler: usize,
+    group: usize,
+    pending: bool,
+}
+
+/// Sources that share a doorbell: one queue's priorities, or one message source.
+struct Group {
+    patterns: Vec<String>,
+    sources: Vec<usize>,
+    /// Whether its doorbell subscriptions exist.
+    ringing: bool,
+}
+
+/// A doorbell subscription, with the group it rings for; yielded back with
+/// the message it received (the subscriber rides in the future).
+type Doorbell = Pin<
+    Box<dyn Future<Output = (usize, async_nats::Subscriber, Option<async_nats::Message>)> + Send>,
+>;
+
+/// A running job: yields the slots it held.
+type Running = Pin<Box<dyn Future<Output = usize> + Send>>;
+
+struct State {
+    bus: Bus,
+    idle_poll: Duration,
+    slots: Vec<Slots>,
+    handlers: Vec<Handler>,
     sources: Vec<Source>,
-    job: Arc<J>,
-    config: WorkerConfig,
-    mut stop: watch::Receiver<Option<tokio::time::Instant>>,
-) {
-    let mut states: Vec<SourceState> = sources
-        .into_iter()
-        .map(|source| SourceState {
-            source,
-            maybe_pending: true,
-        })
-        .collect();
-    // Most urgent first; the sort is stable, so the given order breaks ties.
-    states.sort_by_key(|s| std::cmp::Reverse(s.source.priority));
-    // Subscribed only while idle: under load every publish would otherwise
-    // reach every worker a second time, for nothing.
-    let mut wake: Option<WakeStream> = None;
-    let max_concurrency = config.max_concurrency.max(1);
-    let refill = (max_concurrency / REFILL_FRACTION).max(1);
-    // Jobs are polled here, in the worker's task, rather than spawned: one
-    // task per message costs more than the work of a quick handler. Jobs
-    // therefore share a thread; CPU-heavy handlers should use spawn_blocking.
-    let mut running = FuturesUnordered::new();
-    let mut round = 0u64;
-    let mut puller = loop {
-        match Puller::new(&client, jetstream.clone()).await {
-            Ok(puller) => break puller,
-            Err(err) => {
-                tracing::warn!(%err, "cannot subscribe for pull replies; retrying");
-                tokio::select! {
-                    _ = stop.changed() => return,
-                    () = tokio::time::sleep(config.idle_poll) => {}
-                }
-            }
-        }
-    };
-    loop {
-        if stop.borrow().is_some() {
-            break;
-        }
-        // Wait for free slots: for one at least, and, while jobs finish, up to
-        // REFILL_LINGER for `refill` of them, so that a busy worker fetches
-        // in batches rather than paying a round trip per message.
-        let mut linger_until = None;
-        while running.len() >= max_concurrency
-            || (max_concurrency - running.len() < refill && !running.is_empty())
-        {
-            let linger = async {
-                match linger_until {
-                    Some(until) => tokio::time::sleep_until(until).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = stop.changed() => break,
-                _ = running.next() => {
-                    linger_until.get_or_insert_with(|| tokio::time::Instant::now() + REFILL_LINGER);
-                }
-                () = linger => break,
-            }
-        }
-        if stop.borrow().is_some() {
-            break;
-        }
-        round += 1;
-        let reverse = round.is_multiple_of(REVERSE_EVERY);
-        let mut fetched = 0;
-        let order: Vec<usize> = if reverse {
-            (0..states.len()).rev().collect()
-        } else {
-            (0..states.len()).collect()
-        };
-        for index in order {
-            let free = max_concurrency - running.len();
-            if free == 0 {
-                break;
-            }
-            let state = &mut states[index];
-            if !state.maybe_pending {
-                continue;
-            }
-            // Jobs keep running while the fetch waits for the server.
-            let fetching = puller.fetch(&state.source.consumer, free);
-            tokio::pin!(fetching);
-            let messages = loop {
-                tokio::select! {
-                    messages = &mut fetching => break messages,
-                    Some(()) = running.next(), if !running.is_empty() => {}
-                }
-            };
-            if messages.len() < free {
-                state.maybe_pending = false;
-            }
-            fetched += messages.len();
-            let ack_wait = state.source.consumer.cached_info().config.ack_wait;
-            for message in messages {
-                let job = job.clone();
-                let delivery = Delivery::new(message, ack_wait);
-                running.push(async move {
-                    let sequence = delivery.stream_sequence();
-                    if AssertUnwindSafe(job.run(delivery))
-                        .catch_unwind()
-                        .await
-                        .is_err()
-                    {
-                        // The delivery stays unacknowledged and is redelivered.
-                        tracing::error!(sequence, "a job panicked");
-                    }
-                });
-            }
-        }
-        if fetched > 0 {
-            wake = None;
-            continue;
-        }
-        let Some(wake_stream) = wake.as_mut() else {
-            // Going idle: watch the subjects, then look once more, so that a
-            // publish between the last fetch and the subscription is not missed.
-            match subscribe_all(&client, &states).await {
-                Ok(stream) => wake = Some(stream),
-                Err(err) => tracing::warn!(%err, "cannot watch queue subjects; polling instead"),
-            }
-            for state in &mut states {
-                state.maybe_pending = true;
-            }
-            if wake.is_some() {
-                continue;
-            }
-            tokio::select! {
-                _ = stop.changed() => break,
-                Some(()) = running.next(), if !running.is_empty() => {}
-                _ = tokio::time::sleep(config.idle_poll) => {}
-            }
-            continue;
-        };
-        // Nothing to do: wait for a publish, a finished job, the poll timer or stop.
-        tokio::select! {
-            _ = stop.changed() => break,
-            Some(subject) = wake_stream.next() => {
-                for state in states
-                    .iter_mut()
-                    .filter(|s| s.source.wake_subjects.iter().any(|w| overlaps(w, &subject)))
-                {
-                    state.maybe_pending = true;
-                }
-            }
-            Some(()) = running.next(), if !running.is_empty() => {}
-            _ = tokio::time::sleep(config.idle_poll) => {
-                for state in &mut states {
-                    state.maybe_pending = true;
-                }
-            }
-        }
-    }
-    let deadline = stop.borrow().unwrap_or_else(tokio::time::Instant::now);
-    let finished =
-        tokio::time::timeout_at(deadline, async { while running.next().await.is_some() {} }).await;
-    if finished.is_err() {
-        tracing::warn!(
-            abandoned = running.len(),
-            "deadline passed with queued tasks running; they will be redelivered"
-        );
-        drop(running);
+    /// On-demand sources by their subject (doorbells and sweeps).
+    by_subject: HashMap<String, usize>,
+    /// On-demand sources by queue and priority: agents of one runtime share them.
+    by_queue: HashMap<(Queue, Priority), usize>,
+    groups: Vec<Group>,
+    /// Sources that may hold messages, by priority (most urgent first).
+    pending: [VecDeque<usize>; 4],
+    round: u64,
+    tasks_stream: Option<jetstream::stream::Stream>,
+    live_consumers: usize,
+}
+
+fn priority_index(priority: Priority) -> usize {
+    match priority {
+        Priority::Critical => 0,
+        Priority::High => 1,
+        Priority::Normal => 2,
+        Priority::Low => 3,
     }
 }
 
-type WakeStream = futures::stream::SelectAll<futures::stream::BoxStream<'static, String>>;
-
-async fn subscribe_all(
-    client: &async_nats::Client,
-    states: &[SourceState],
-) -> Result<WakeStream, async_nats::SubscribeError> {
-    let mut streams = Vec::new();
-    for subject in states.iter().flat_map(|s| &s.source.wake_subjects) {
-        let subscriber = client.subscribe(subject.clone()).await?;
-        streams.push(subscriber.map(|m| m.subject.to_string()).boxed());
+impl State {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
+        let mut doorbells: FuturesUnordered<Doorbell> = FuturesUnordered::new();
+        let mut puller = loop {
+            match Puller::new(self.bus.client(), self.bus.jetstream().clone()).await {
+                Ok(puller) => break puller,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot subscribe for pull replies; retrying");
+                    tokio::time::sleep(self.idle_poll).await;
+                }
+            }
+        };
+        let mut sweep = tokio::time::interval(self.idle_poll.max(Duration::from_millis(10)));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = loop {
+            // Fetch while some source may hold work its handlers have room for.
+            if self.fetchable() {
+                self.fetch_round(&mut puller, &mut running, &mut doorbells)
+                    .await;
+                // Finished jobs free their slots before the next round.
+                while let Some(Some(slots)) = running.next().now_or_never() {
+                    self.slots[slots].running -= 1;
+                }
+                continue;
+            }
+            tokio::select! {
+                command = commands.recv() => {
+                    // Agents come in bursts (a runtime adding thousands):
+                    // take them all, then look for their queued work once.
+                    let mut next = command;
+                    let mut added = false;
+                    let stop = loop {
+                        match next {
+                            Some(Command::Add(work)) => {
+                                self.add(*work, &mut doorbells).await;
+                                added = true;
+                            }
+                            Some(Command::Stop(deadline, done)) => break Some(Some((deadline, done))),
+                            None => break Some(None),
+                        }
+                        next = match commands.try_recv() {
+                            Ok(command) => Some(command),
+                            Err(mpsc::error::TryRecvError::Empty) => break None,
+                            Err(mpsc::error::TryRecvError::Disconnected) => None,
+                        };
+                    };
+                    if added {
+                        // Tasks may have been queued while no worker ran.
+                        self.sweep().await;
+                    }
+                    if let Some(stop) = stop {
+                        break stop;
+                    }
+                }
+                Some(slots) = running.next(), if !running.is_empty() => {
+                    self.slots[slots].running -= 1;
+                }
+                Some((group, subscriber, message)) = doorbells.next(), if !doorbells.is_empty() => {
+                    self.rang(group, subscriber, message);
+                }
+                _ = sweep.tick() => self.sweep().await,
+            }
+        };
+        // Stopping: take no more work; let running jobs finish in time.
+        drop(doorbells);
+        let deadline = stop
+            .as_ref()
+            .map_or_else(Instant::now, |(deadline, _)| *deadline);
+        let finished =
+            tokio::time::timeout_at(deadline, async { while running.next().await.is_some() {} })
+                .await;
+        if finished.is_err() {
+            tracing::warn!(
+                abandoned = running.len(),
+                "deadline passed with queued work running; it will be redelivered"
+            );
+        }
+        if let Some((_, done)) = stop {
+            let _ = done.send(());
+        }
     }
-    Ok(futures::stream::select_all(streams))
+
+    /// Registers an agent's handlers and sources, and rings for them.
+    async fn add(&mut self, work: AgentWork, doorbells: &mut FuturesUnordered<Doorbell>) {
+        if let Some((job, max, queues)) = work.tasks {
+            let slots = self.new_slots(max);
+            let handler = self.new_handler(job, slots);
+            for queue in queues {
+                let group = self.groups.len();
+                let mut sources = Vec::new();
+                for priority in Priority::ALL {
+                    if let Some(&shared) = self.by_queue.get(&(queue.clone(), priority)) {
+                        self.sources[shared].handlers.push(handler);
+                        continue;
+                    }
+                    let spec = ConsumerSpec::task_queue(&queue, priority);
+                    let id = self.sources.len();
+                    for filter in spec.filters() {
+                        self.by_subject.insert(filter.clone(), id);
+                    }
+                    self.by_queue.insert((queue.clone(), priority), id);
+                    self.sources.push(Source {
+                        consumer: Consumer::OnDemand {
+                            spec,
+                            options: work.options,
+                            made: None,
+                        },
+                        priority,
+                        handlers: vec![handler],
+                        next_handler: 0,
+                        group,
+                        pending: false,
+                    });
+                    sources.push(id);
+                }
+                if !sources.is_empty() {
+                    let normal = queue.subject(Priority::Normal);
+                    self.groups.push(Group {
+                        patterns: vec![normal.to_string(), format!("{normal}.*")],
+                        sources,
+                        ringing: false,
+                    });
+                    self.ring(group, doorbells).await;
+                }
+            }
+        }
+        for (job, max, consumer, spec) in work.messages {
+            let slots = self.new_slots(max);
+            let handler = self.new_handler(job, slots);
+            let id = self.sources.len();
+            let group = self.groups.len();
+            self.sources.push(Source {
+                consumer: Consumer::Kept(consumer),
+                priority: Priority::Normal,
+                handlers: vec![handler],
+                next_handler: 0,
+                group,
+                // Messages may have waited for the agent while it was away.
+                pending: true,
+            });
+            self.pending[priority_index(Priority::Normal)].push_back(id);
+            self.groups.push(Group {
+                patterns: spec.filters().to_vec(),
+                sources: vec![id],
+                ringing: false,
+            });
+        }
+    }
+
+    fn new_slots(&mut self, max: usize) -> usize {
+        self.slots.push(Slots {
+            max: max.max(1),
+            running: 0,
+        });
+        self.slots.len() - 1
+    }
+
+    fn new_handler(&mut self, job: Arc<dyn Job>, slots: usize) -> usize {
+        self.handlers.push(Handler { job, slots });
+        self.handlers.len() - 1
+    }
+
+    /// Free slots of a source's handlers.
+    fn capacity(&self, source: usize) -> usize {
+        self.sources[source]
+            .handlers
+            .iter()
+            .map(|h| {
+                let slots = &self.slots[self.handlers[*h].slots];
+                slots.max.saturating_sub(slots.running)
+            })
+            .sum()
+    }
+
+    /// Whether some pending source has room to take work.
+    fn fetchable(&self) -> bool {
+        self.pending
+            .iter()
+            .flatten()
+            .any(|source| self.capacity(*source) > 0)
+    }
+
+    /// Marks a source as possibly holding messages.
+    fn mark(&mut self, source: usize) {
+        let entry = &mut self.sources[source];
+        if !entry.pending {
+            entry.pending = true;
+            self.pending[priority_index(entry.priority)].push_back(source);
+        }
+    }
+
+    /// Subscribes a group's doorbell, then marks its sources for one more
+    /// look, so that a publish between their last fetch and the subscription
+    /// is not missed (the server handles the subscription before the fetch).
+    async fn ring(&mut self, group: usize, doorbells: &mut FuturesUnordered<Doorbell>) {
+        if self.groups[group].ringing {
+            return;
+        }
+        for pattern in self.groups[group].patterns.clone() {
+            match self.bus.client().subscribe(pattern).await {
+                Ok(subscriber) => doorbells.push(listen(group, subscriber)),
+                Err(err) => {
+                    tracing::warn!(%err, "cannot subscribe a queue's doorbell; the sweep finds its work");
+                }
+            }
+        }
+        self.groups[group].ringing = true;
+    }
+
+    /// A doorbell rang (or its subscription ended): mark the source it names.
+    fn rang(
+        &mut self,
+        group: usize,
+        subscriber: async_nats::Subscriber,
+        message: Option<async_nats::Message>,
+    ) {
+        let Some(message) = message else {
+            self.groups[group].ringing = false;
+            return;
+        };
+        let subject = message.subject.as_str();
+        let rung: Vec<usize> = match self.by_subject.get(subject) {
+            Some(&source) => vec![source],
+            // Message sources filter with wildcards.
+            None => self.groups[group]
+                .sources
+                .iter()
+                .copied()
+                .filter(|s| {
+                    self.groups[self.sources[*s].group]
+                        .patterns
+                        .iter()
+                        .any(|p| overlaps(p, subject))
+                })
+                .collect(),
+        };
+        for source in rung {
+            self.mark(source);
+        }
+        // Busy now: its fetches see every message, and a doorbell would
+        // receive each publish a second time, for nothing. Dropping the
+        // subscriber unsubscribes it; the group rings again once idle.
+        drop(subscriber);
+        self.groups[group].ringing = false;
+    }
+
+    /// Asks the tasks stream which subjects hold messages and marks the
+    /// sources working them; marks every kept (message) source.
+    async fn sweep(&mut self) {
+        for (id, source) in self.sources.iter().enumerate() {
+            if matches!(source.consumer, Consumer::Kept(_)) && !source.pending {
+                self.pending[priority_index(source.priority)].push_back(id);
+            }
+        }
+        for source in self.sources.iter_mut() {
+            if matches!(source.consumer, Consumer::Kept(_)) {
+                source.pending = true;
+            }
+        }
+        if self.by_subject.is_empty() {
+            return;
+        }
+        let stream = match &mut self.tasks_stream {
+            Some(stream) => stream,
+            None => match self.bus.jetstream().get_stream(subject::TASKS_STREAM).await {
+                Ok(stream) => self.tasks_stream.insert(stream),
+                Err(err) => {
+                    tracing::warn!(%err, "cannot open the tasks stream to look for queued work");
+                    return;
+                }
+            },
+        };
+        let mut subjects = match stream.info_with_subjects(">").await {
+            Ok(subjects) => subjects,
+            Err(err) => {
+                tracing::warn!(%err, "cannot list the tasks stream's subjects");
+                return;
+            }
+        };
+        let mut found = Vec::new();
+        while let Some(entry) = subjects.next().await {
+            match entry {
+                Ok((subject, count)) if count > 0 => {
+                    if let Some(&source) = self.by_subject.get(&subject) {
+                        found.push(source);
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(%err, "cannot list the tasks stream's subjects");
+                    break;
+                }
+            }
+        }
+        for source in found {
+            self.mark(source);
+        }
+    }
+
+    /// One round over the pending sources, most urgent first (least urgent
+    /// first every eighth round): each is fetched for as many messages as its
+    /// handlers have room for, and the messages start as jobs.
+    async fn fetch_round(
+        &mut self,
+        puller: &mut Puller,
+        running: &mut FuturesUnordered<Running>,
+        doorbells: &mut FuturesUnordered<Doorbell>,
+    ) {
+        self.round += 1;
+        let reverse = self.round.is_multiple_of(REVERSE_EVERY);
+        let order: [usize; 4] = if reverse { [3, 2, 1, 0] } else { [0, 1, 2, 3] };
+        for level in order {
+            // Each source pending at this level now, once.
+            for _ in 0..self.pending[level].len() {
+                let Some(source) = self.pending[level].pop_front() else {
+                    break;
+                };
+                let free = self.capacity(source);
+                if free == 0 {
+                    self.pending[level].push_back(source); // waits for a free slot
+                    continue;
+                }
+                let Some((consumer, ack_wait)) = self.consumer(source).await else {
+                    self.sources[source].pending = false;
+                    continue;
+                };
+                // Jobs keep running while the fetch waits for the server.
+                let fetching = puller.fetch(&consumer, free);
+                tokio::pin!(fetching);
+                let fetched = loop {
+                    tokio::select! {
+                        fetched = &mut fetching => break fetched,
+                        Some(slots) = running.next(), if !running.is_empty() => {
+                            self.slots[slots].running -= 1;
+                        }
+                    }
+                };
+                let messages = match fetched {
+                    Fetched::Messages(messages) => messages,
+                    Fetched::ConsumerGone => {
+                        // Deleted while idle: made again at the next look.
+                        self.forget_consumer(source);
+                        self.pending[level].push_back(source);
+                        continue;
+                    }
+                };
+                let drained = messages.len() < free;
+                for message in messages {
+                    let delivery = Delivery::new(message, ack_wait);
+                    let handler = self.take_slot(source);
+                    let job = self.handlers[handler].job.clone();
+                    let slots = self.handlers[handler].slots;
+                    let sequence = delivery.stream_sequence();
+                    running.push(Box::pin(
+                        AssertUnwindSafe(job.run(delivery))
+                            .catch_unwind()
+                            .map(move |outcome| {
+                                if outcome.is_err() {
+                                    // The delivery stays unacknowledged and is redelivered.
+                                    tracing::error!(sequence, "a job panicked");
+                                }
+                                slots
+                            }),
+                    ));
+                }
+                if drained {
+                    self.sources[source].pending = false;
+                    let group = self.sources[source].group;
+                    let idle = self.groups[group]
+                        .sources
+                        .iter()
+                        .all(|s| !self.sources[*s].pending);
+                    if idle && !self.groups[group].ringing {
+                        self.ring(group, doorbells).await;
+                        for member in self.groups[group].sources.clone() {
+                            self.mark(member);
+                        }
+                    }
+                } else {
+                    self.pending[level].push_back(source);
+                }
+            }
+        }
+    }
+
+    /// Takes a free slot of one of the source's handlers, spreading
+    /// deliveries over handlers with room; returns the handler.
+    fn take_slot(&mut self, source: usize) -> usize {
+        let count = self.sources[source].handlers.len();
+        for step in 0..count {
+            let index = (self.sources[source].next_handler + step) % count;
+            let handler = self.sources[source].handlers[index];
+            let slots = &mut self.slots[self.handlers[handler].slots];
+            if slots.running < slots.max {
+                slots.running += 1;
+                self.sources[source].next_handler = index + 1;
+                return handler;
+            }
+        }
+        // Capacity was counted before the fetch: there is always room.
+        let handler = self.sources[source].handlers[0];
+        self.slots[self.handlers[handler].slots].running += 1;
+        handler
+    }
+
+    /// The source's consumer and its ack wait, made first if it is made on
+    /// demand; `None` (logged) when it cannot be made now.
+    async fn consumer(&mut self, source: usize) -> Option<(PullConsumer, Duration)> {
+        let now = Instant::now();
+        let made = match &mut self.sources[source].consumer {
+            Consumer::Kept(consumer) => {
+                let ack_wait = consumer.cached_info().config.ack_wait;
+                return Some((consumer.clone(), ack_wait));
+            }
+            Consumer::OnDemand {
+                made: Some((consumer, used)),
+                ..
+            } => {
+                *used = now;
+                let ack_wait = consumer.cached_info().config.ack_wait;
+                return Some((consumer.clone(), ack_wait));
+            }
+            Consumer::OnDemand { spec, options, .. } => {
+                let js = self.bus.jetstream();
+                match spec.create(js, options).await {
+                    Ok(consumer) => consumer,
+                    // One made before consumers were made on demand, and not
+                    // updatable in place: work it as it is.
+                    Err(err) if err.kind() == ConsumerErrorKind::Refused => {
+                        match existing(js, spec).await {
+                            Some(consumer) => consumer,
+                            None => {
+                                tracing::warn!(%err, "cannot make a work-queue consumer");
+                                return None;
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot make a work-queue consumer");
+                        return None;
+                    }
+                }
+            }
+        };
+        let ack_wait = made.cached_info().config.ack_wait;
+        if let Consumer::OnDemand { made: slot, .. } = &mut self.sources[source].consumer {
+            *slot = Some((made.clone(), now));
+        }
+        self.live_consumers += 1;
+        if self.live_consumers > MAX_CONSUMERS {
+            self.retire_one(source).await;
+        }
+        Some((made, ack_wait))
+    }
+
+    /// Drops the handle of a consumer the server deleted.
+    fn forget_consumer(&mut self, source: usize) {
+        if let Consumer::OnDemand { made, .. } = &mut self.sources[source].consumer
+            && made.take().is_some()
+        {
+            self.live_consumers -= 1;
+        }
+    }
+
+    /// Deletes the least recently used consumer of an idle source (not
+    /// `keep`), keeping the worker within [`MAX_CONSUMERS`].
+    async fn retire_one(&mut self, keep: usize) {
+        let oldest = self
+            .sources
+            .iter()
+            .enumerate()
+            .filter(|(id, source)| *id != keep && !source.pending)
+            .filter_map(|(id, source)| match &source.consumer {
+                Consumer::OnDemand {
+                    made: Some((_, used)),
+                    ..
+                } => Some((*used, id)),
+                _ => None,
+            })
+            .min();
+        let Some((_, id)) = oldest else { return };
+        let Consumer::OnDemand { spec, made, .. } = &mut self.sources[id].consumer else {
+            return;
+        };
+        if let Some((consumer, _)) = made.take() {
+            self.live_consumers -= 1;
+            let name = consumer.cached_info().name.clone();
+            if let Ok(stream) = self.bus.jetstream().get_stream(spec.stream()).await {
+                let _ = stream.delete_consumer(&name).await;
+            }
+        }
+    }
+}
+
+/// An existing consumer of `spec`'s name, as it is.
+async fn existing(js: &jetstream::Context, spec: &ConsumerSpec) -> Option<PullConsumer> {
+    let stream = js.get_stream(spec.stream()).await.ok()?;
+    stream.get_consumer(spec.name()).await.ok()
+}
+
+/// Waits for the next message of a doorbell subscription.
+fn listen(group: usize, mut subscriber: async_nats::Subscriber) -> Doorbell {
+    Box::pin(async move {
+        let message = subscriber.next().await;
+        (group, subscriber, message)
+    })
+}
+
+/// What a fetch came to.
+enum Fetched {
+    /// The messages there were (possibly none).
+    Messages(Vec<jetstream::Message>),
+    /// The consumer does not exist (any more).
+    ConsumerGone,
 }
 
 /// Pull requests of one worker and their answers, on one subscription to
@@ -286,13 +762,13 @@ impl Puller {
     }
 
     /// Fetches up to `max` messages that are there now, without waiting.
-    async fn fetch(&mut self, consumer: &PullConsumer, max: usize) -> Vec<jetstream::Message> {
+    async fn fetch(&mut self, consumer: &PullConsumer, max: usize) -> Fetched {
         if self.abandoned {
             match Self::new(&self.client, self.jetstream.clone()).await {
                 Ok(fresh) => *self = fresh, // the old subscription ends on drop
                 Err(err) => {
                     tracing::warn!(%err, "cannot subscribe for pull replies");
-                    return Vec::new();
+                    return Fetched::Messages(Vec::new());
                 }
             }
         }
@@ -305,7 +781,7 @@ impl Puller {
         };
         if let Err(err) = consumer.request_batch(request, reply.clone()).await {
             tracing::warn!(%err, "fetch from a work queue failed");
-            return Vec::new();
+            return Fetched::Messages(Vec::new());
         }
         let mut messages = Vec::with_capacity(max);
         let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
@@ -332,12 +808,16 @@ impl Puller {
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
                 // No (more) messages, or the request expired: the batch is done.
                 Some(StatusCode::NOT_FOUND | StatusCode::TIMEOUT) => break,
+                // Nothing serves the consumer's pull subject: it was deleted.
+                Some(StatusCode::NO_RESPONDERS) if messages.is_empty() => {
+                    return Fetched::ConsumerGone;
+                }
                 Some(status) => {
                     tracing::warn!(%status, description = ?message.description, "fetch from a work queue ended");
                     break;
                 }
             }
         }
-        messages
+        Fetched::Messages(messages)
     }
 }

@@ -18,7 +18,8 @@ pub use task_types::InvalidSchema;
 
 use crate::agent::Agent;
 use crate::client::Bus;
-use crate::delivery::{self, ConsumerError, DeliveryOptions, RecordError, Settler, worker};
+use crate::delivery::worker::Worker;
+use crate::delivery::{self, ConsumerError, DeliveryOptions, RecordError, Settler};
 use crate::events::LifecycleEvent;
 use crate::name::{InvalidName, Name};
 use crate::presence::{AgentPresence, Beats, InFlightSource, PresenceOptions};
@@ -189,6 +190,9 @@ pub struct Runtime {
     /// The heartbeats of every agent served with presence on: one service
     /// for the runtime, started with the first such agent.
     beats: Option<Beats>,
+    /// The worker of every agent's durable work: one for the runtime,
+    /// started with the first agent that has some.
+    worker: Option<Worker>,
 }
 
 #[derive(Debug)]
@@ -211,6 +215,7 @@ impl Runtime {
             dead_letter_watch: None,
             state: None,
             beats: None,
+            worker: None,
         }
     }
 
@@ -289,34 +294,29 @@ impl Runtime {
             counters: counters.clone(),
         });
         // Durable consumers first: if they cannot be made, nothing was started.
-        let js = self.bus.jetstream();
         let (stop, stop_rx) = watch::channel(None);
-        let mut tasks = Vec::new();
         let delivery = served.options.delivery;
-        if served.options.work_queues {
-            let (sources, config) = queued::queue_sources(js, &served, &type_names).await?;
-            let settler = Settler::for_tasks(&self.bus, delivery, self.instance_id.clone())
-                .await
-                .map_err(|source| RuntimeError::Results {
-                    agent: name.to_string(),
-                    source,
-                })?;
-            let job = queued::TaskJob {
-                served: served.clone(),
-                settler,
-            };
-            tasks.push((sources, config, WorkerJob::Tasks(job)));
-        }
-        if served.options.messages {
-            let settler = Settler::for_messages(&self.bus, delivery, self.instance_id.clone());
-            for (sources, config) in queued::message_sources(js, &served, &topics).await? {
-                let job = queued::MessageJob {
-                    served: served.clone(),
-                    settler: settler.clone(),
-                };
-                tasks.push((sources, config, WorkerJob::Messages(job)));
-            }
-        }
+        let settler = if served.options.work_queues {
+            Some(
+                Settler::for_tasks(&self.bus, delivery, self.instance_id.clone())
+                    .await
+                    .map_err(|source| RuntimeError::Results {
+                        agent: name.to_string(),
+                        source,
+                    })?,
+            )
+        } else {
+            None
+        };
+        let message_settler = served
+            .options
+            .messages
+            .then(|| Settler::for_messages(&self.bus, delivery, self.instance_id.clone()));
+        let work = if settler.is_some() || message_settler.is_some() {
+            Some(queued::agent_work(&served, &type_names, &topics, settler, message_settler).await?)
+        } else {
+            None
+        };
         let subscriber = self
             .bus
             .client()
@@ -338,17 +338,16 @@ impl Runtime {
             None => None,
         };
         let works_queues = served.options.work_queues;
-        let mut handles = vec![tokio::spawn(serve::serve(
-            served.clone(),
-            subscriber,
-            stop_rx.clone(),
-        ))];
-        handles.push(tokio::spawn(discovery.serve(stop_rx.clone())));
-        for (sources, config, job) in tasks {
-            handles.push(match job {
-                WorkerJob::Tasks(job) => self.spawn_worker(job, sources, config, &stop_rx),
-                WorkerJob::Messages(job) => self.spawn_worker(job, sources, config, &stop_rx),
-            });
+        let handles = vec![
+            tokio::spawn(serve::serve(served.clone(), subscriber, stop_rx.clone())),
+            tokio::spawn(discovery.serve(stop_rx)),
+        ];
+        if let Some(work) = work {
+            let idle_poll = delivery.idle_poll;
+            let bus = &self.bus;
+            self.worker
+                .get_or_insert_with(|| Worker::start(bus, idle_poll))
+                .add(work);
         }
         if works_queues && self.dead_letter_watch.is_none() {
             self.dead_letter_watch = Some(tokio::spawn(delivery::watch_max_deliveries(
@@ -416,24 +415,6 @@ impl Runtime {
             .map_err(|err| presence_error(&agent, err))
     }
 
-    fn spawn_worker<J: worker::Job>(
-        &self,
-        job: J,
-        sources: Vec<worker::Source>,
-        config: worker::WorkerConfig,
-        stop: &watch::Receiver<Option<tokio::time::Instant>>,
-    ) -> JoinHandle<()> {
-        let client = self.bus.client().clone();
-        tokio::spawn(worker::run_worker(
-            client,
-            self.bus.jetstream().clone(),
-            sources,
-            Arc::new(job),
-            config,
-            stop.clone(),
-        ))
-    }
-
     /// Subscribes the agent's answers to `$SRV.PING|INFO|STATS` (see [`discovery`]).
     async fn start_discovery(
         &self,
@@ -458,7 +439,7 @@ impl Runtime {
     /// waiting ones with `cancelled`, announces each agent's deregistration,
     /// removes its presence entry (publishing `agent_offline`) and flushes the
     /// connection.
-    pub async fn shutdown(self, grace: Duration) {
+    pub async fn shutdown(mut self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         for agent in &self.agents {
             let _ = agent.stop.send(Some(deadline));
@@ -466,10 +447,22 @@ impl Runtime {
         if let Some(watch) = &self.dead_letter_watch {
             watch.abort();
         }
-        for agent in self.agents {
-            for task in agent.tasks {
-                let _ = task.await;
+        // The worker and the serving loops stop together, each letting
+        // running work finish until the deadline.
+        let worker = async {
+            if let Some(worker) = self.worker {
+                worker.stop(deadline).await;
             }
+        };
+        let serving = async {
+            for agent in &mut self.agents {
+                for task in agent.tasks.drain(..) {
+                    let _ = task.await;
+                }
+            }
+        };
+        futures::join!(worker, serving);
+        for agent in self.agents {
             publish_lifecycle(
                 &self.bus,
                 &self.instance_id,
@@ -503,12 +496,6 @@ impl Runtime {
         self.shutdown(grace).await;
         Ok(())
     }
-}
-
-/// Which job a worker runs: tasks and messages are settled differently.
-enum WorkerJob<A> {
-    Tasks(queued::TaskJob<A>),
-    Messages(queued::MessageJob<A>),
 }
 
 /// A presence storage failure, saying what to do about it.
