@@ -165,6 +165,9 @@ struct Source {
     next_handler: usize,
     group: usize,
     pending: bool,
+    /// Deliveries of this source being worked now: its consumer must live
+    /// until they are settled.
+    in_flight: usize,
 }
 
 /// Sources that share a doorbell: one queue's priorities, or one message source.
@@ -181,8 +184,8 @@ type Doorbell = Pin<
     Box<dyn Future<Output = (usize, async_nats::Subscriber, Option<async_nats::Message>)> + Send>,
 >;
 
-/// A running job: yields the slots it held.
-type Running = Pin<Box<dyn Future<Output = usize> + Send>>;
+/// A running job: yields the slots it held and its source.
+type Running = Pin<Box<dyn Future<Output = (usize, usize)> + Send>>;
 
 struct State {
     bus: Bus,
@@ -232,8 +235,8 @@ impl State {
                 self.fetch_round(&mut puller, &mut running, &mut doorbells)
                     .await;
                 // Finished jobs free their slots before the next round.
-                while let Some(Some(slots)) = running.next().now_or_never() {
-                    self.slots[slots].running -= 1;
+                while let Some(Some(done)) = running.next().now_or_never() {
+                    self.finished(done);
                 }
                 continue;
             }
@@ -266,9 +269,7 @@ impl State {
                         break stop;
                     }
                 }
-                Some(slots) = running.next(), if !running.is_empty() => {
-                    self.slots[slots].running -= 1;
-                }
+                Some(done) = running.next(), if !running.is_empty() => self.finished(done),
                 Some((group, subscriber, message)) = doorbells.next(), if !doorbells.is_empty() => {
                     self.rang(group, subscriber, message);
                 }
@@ -324,6 +325,7 @@ impl State {
                         next_handler: 0,
                         group,
                         pending: false,
+                        in_flight: 0,
                     });
                     sources.push(id);
                 }
@@ -351,6 +353,7 @@ impl State {
                 group,
                 // Messages may have waited for the agent while it was away.
                 pending: true,
+                in_flight: 0,
             });
             self.pending[priority_index(Priority::Normal)].push_back(id);
             self.groups.push(Group {
@@ -359,6 +362,12 @@ impl State {
                 ringing: false,
             });
         }
+    }
+
+    /// A job ended: its slot and its source's delivery are free.
+    fn finished(&mut self, (slots, source): (usize, usize)) {
+        self.slots[slots].running -= 1;
+        self.sources[source].in_flight -= 1;
     }
 
     fn new_slots(&mut self, max: usize) -> usize {
@@ -544,9 +553,7 @@ impl State {
                 let fetched = loop {
                     tokio::select! {
                         fetched = &mut fetching => break fetched,
-                        Some(slots) = running.next(), if !running.is_empty() => {
-                            self.slots[slots].running -= 1;
-                        }
+                        Some(done) = running.next(), if !running.is_empty() => self.finished(done),
                     }
                 };
                 let messages = match fetched {
@@ -565,6 +572,7 @@ impl State {
                     let job = self.handlers[handler].job.clone();
                     let slots = self.handlers[handler].slots;
                     let sequence = delivery.stream_sequence();
+                    self.sources[source].in_flight += 1;
                     running.push(Box::pin(
                         AssertUnwindSafe(job.run(delivery))
                             .catch_unwind()
@@ -573,7 +581,7 @@ impl State {
                                     // The delivery stays unacknowledged and is redelivered.
                                     tracing::error!(sequence, "a job panicked");
                                 }
-                                slots
+                                (slots, source)
                             }),
                     ));
                 }
@@ -661,9 +669,7 @@ impl State {
             *slot = Some((made.clone(), now));
         }
         self.live_consumers += 1;
-        if self.live_consumers > MAX_CONSUMERS {
-            self.retire_one(source).await;
-        }
+        while self.live_consumers > MAX_CONSUMERS && self.retire_one(source).await {}
         Some((made, ack_wait))
     }
 
@@ -676,14 +682,15 @@ impl State {
         }
     }
 
-    /// Deletes the least recently used consumer of an idle source (not
-    /// `keep`), keeping the worker within [`MAX_CONSUMERS`].
-    async fn retire_one(&mut self, keep: usize) {
+    /// Deletes the least recently used consumer that no delivery is being
+    /// worked from (not `keep`'s), keeping the worker within
+    /// [`MAX_CONSUMERS`]; `false` when there is none to delete.
+    async fn retire_one(&mut self, keep: usize) -> bool {
         let oldest = self
             .sources
             .iter()
             .enumerate()
-            .filter(|(id, source)| *id != keep && !source.pending)
+            .filter(|(id, source)| *id != keep && source.in_flight == 0)
             .filter_map(|(id, source)| match &source.consumer {
                 Consumer::OnDemand {
                     made: Some((_, used)),
@@ -692,9 +699,11 @@ impl State {
                 _ => None,
             })
             .min();
-        let Some((_, id)) = oldest else { return };
+        let Some((_, id)) = oldest else {
+            return false;
+        };
         let Consumer::OnDemand { spec, made, .. } = &mut self.sources[id].consumer else {
-            return;
+            return false;
         };
         if let Some((consumer, _)) = made.take() {
             self.live_consumers -= 1;
@@ -703,6 +712,7 @@ impl State {
                 let _ = stream.delete_consumer(&name).await;
             }
         }
+        true
     }
 }
 

@@ -1,0 +1,352 @@
+//! Many agents on one bus, against a real nats-server: presence costs one
+//! message per agent per interval (not one per pair), idle agents hold no
+//! server consumers, thousands of agents each serve a queued task, a silent
+//! death among many is reported once, and an upgrade from the durable
+//! consumers of earlier versions loses no queued task.
+
+use agentbus::delivery::{DeliveryOptions, Queue, ResultRetention};
+use agentbus::presence::PresenceOptions;
+use agentbus::{
+    Agent, AgentOptions, Bus, Priority, Runtime, TaskContext, TaskError, TaskRequest, TaskTypeSpec,
+};
+use agentbus_testkit::NatsServer;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TASK_TYPE: &str = "echo";
+
+/// An echo agent that notes every task it ran.
+#[derive(Clone)]
+struct Echo {
+    name: String,
+    ran: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent for Echo {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn task_types(&self) -> Vec<TaskTypeSpec> {
+        vec![TaskTypeSpec::new(TASK_TYPE).unwrap()]
+    }
+    async fn handle(&self, task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
+        self.ran.lock().unwrap().push(task.task_id.to_string());
+        Ok(json!({"echo": task.payload}))
+    }
+}
+
+fn name(index: usize) -> String {
+    format!("agent-{index}")
+}
+
+fn quick_presence() -> PresenceOptions {
+    PresenceOptions {
+        interval: Duration::from_millis(500),
+        offline_after: Duration::from_secs(2),
+    }
+}
+
+/// A runtime serving `count` echo agents on one connection.
+async fn serve_many(
+    server: &NatsServer,
+    count: usize,
+    options: AgentOptions,
+    ran: &Arc<Mutex<Vec<String>>>,
+) -> Runtime {
+    let bus = Bus::connect(&server.target(), "many-agents").await.unwrap();
+    let mut runtime = Runtime::new(bus);
+    for index in 0..count {
+        let agent = Echo {
+            name: name(index),
+            ran: ran.clone(),
+        };
+        runtime.add(agent, options.clone()).await.unwrap();
+    }
+    runtime
+}
+
+/// Consumers on the server, over every stream.
+async fn consumers(server: &NatsServer) -> usize {
+    let js = server.jetstream().await;
+    js.query_account().await.unwrap().consumers
+}
+
+/// Heartbeats written to the presence bucket during `window`.
+async fn heartbeats_during(server: &NatsServer, window: Duration) -> usize {
+    let client = server.connect().await;
+    let mut beats = client.subscribe("$KV.agent-presence.>").await.unwrap();
+    client.flush().await.unwrap();
+    let mut count = 0;
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, beats.next()).await {
+        count += 1;
+    }
+    count
+}
+
+#[tokio::test]
+async fn presence_messages_grow_with_agents_not_with_pairs_of_them() {
+    let server = NatsServer::start().await;
+    let options = AgentOptions {
+        heartbeat: quick_presence(),
+        work_queues: false,
+        ..AgentOptions::default()
+    };
+    let ran = Arc::default();
+    let mut per_agent = Vec::new();
+    let mut runtimes = Vec::new();
+    let mut served = 0;
+    for total in [10, 100, 1_000] {
+        // The agents of earlier rounds keep beating too: add up to `total`.
+        let bus = Bus::connect(&server.target(), "round").await.unwrap();
+        let mut runtime = Runtime::new(bus);
+        for index in served..total {
+            let agent = Echo {
+                name: name(index),
+                ran: Arc::clone(&ran),
+            };
+            runtime.add(agent, options.clone()).await.unwrap();
+        }
+        runtimes.push(runtime);
+        served = total;
+        // Every message the presence bucket carries over four intervals: one
+        // heartbeat per agent per interval, whatever the number of agents
+        // (each runtime's watch receives them; nothing is sent per pair).
+        let beats = heartbeats_during(&server, Duration::from_secs(2)).await;
+        per_agent.push(beats as f64 / total as f64);
+    }
+    for (rate, total) in per_agent.iter().zip([10, 100, 1_000]) {
+        assert!(
+            (2.0..=6.0).contains(rate),
+            "{total} agents: {rate:.2} heartbeats per agent in 4 intervals (all: {per_agent:?})"
+        );
+    }
+    for runtime in runtimes {
+        runtime.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn idle_agents_hold_no_server_consumers() {
+    let server = NatsServer::start().await;
+    let before = consumers(&server).await;
+    let ran = Arc::default();
+    let runtime = serve_many(&server, 200, AgentOptions::default(), &ran).await;
+    // Work queues and presence are on: the only consumer is the runtime's
+    // one watch of the presence bucket.
+    let idle = consumers(&server).await;
+    assert!(
+        idle <= before + 1,
+        "200 idle agents hold {} consumers",
+        idle - before
+    );
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn two_thousand_agents_each_serve_one_queued_task() {
+    let server = NatsServer::start().await;
+    let ran: Arc<Mutex<Vec<String>>> = Arc::default();
+    let options = AgentOptions {
+        presence: false,
+        task_events: false,
+        ..AgentOptions::default()
+    };
+    let runtime = serve_many(&server, 2_000, options, &ran).await;
+    let client = Bus::from_client(server.connect().await);
+    let mut expected = HashSet::new();
+    for index in 0..2_000 {
+        let request = TaskRequest::new(TASK_TYPE, json!({"n": index}));
+        expected.insert(request.task_id.to_string());
+        client
+            .submit_with(
+                &Queue::agent(&name(index)).unwrap(),
+                &request,
+                ResultRetention::Discard,
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ran.lock().unwrap().len() < 2_000 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 2000 queued tasks ran",
+            ran.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ran: HashSet<String> = ran.lock().unwrap().iter().cloned().collect();
+    assert_eq!(ran, expected, "each task ran, once each");
+    // However many queues were busy, the worker kept few consumers.
+    let busy = consumers(&server).await;
+    assert!(busy <= 64, "{busy} consumers after 2000 queues had work");
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+/// When run as `<test binary> --exact silent_agent_process --ignored` with
+/// AGENTBUS_TEST_SILENT_URL set, this test is an agent process of its own,
+/// for the silent-death test below.
+#[tokio::test]
+#[ignore = "an agent process for a_silent_death_among_many_agents_is_reported_once; not a test on its own"]
+async fn silent_agent_process() {
+    let Ok(url) = std::env::var("AGENTBUS_TEST_SILENT_URL") else {
+        return;
+    };
+    let target = agentbus::ServerTarget::from_url(&url, agentbus::connect::TargetSource::Explicit);
+    let bus = Bus::connect(&target, "silent").await.unwrap();
+    let mut runtime = Runtime::new(bus);
+    let options = AgentOptions {
+        heartbeat: quick_presence(),
+        work_queues: false,
+        ..AgentOptions::default()
+    };
+    let agent = Echo {
+        name: "doomed".into(),
+        ran: Arc::default(),
+    };
+    runtime.add(agent, options).await.unwrap();
+    println!("ready");
+    tokio::time::sleep(Duration::from_secs(600)).await;
+}
+
+#[tokio::test]
+async fn a_silent_death_among_many_agents_is_reported_once() {
+    let server = NatsServer::start().await;
+    let ran = Arc::default();
+    let options = AgentOptions {
+        heartbeat: quick_presence(),
+        work_queues: false,
+        ..AgentOptions::default()
+    };
+    // 500 agents in two runtimes (two watchers that must agree on one reporter).
+    let first = serve_many(&server, 250, options.clone(), &ran).await;
+    let bus = Bus::connect(&server.target(), "second").await.unwrap();
+    let mut second = Runtime::new(bus);
+    for index in 250..500 {
+        let agent = Echo {
+            name: name(index),
+            ran: Arc::clone(&ran),
+        };
+        second.add(agent, options.clone()).await.unwrap();
+    }
+    let client = Bus::from_client(server.connect().await);
+    let mut offline = client
+        .subscribe("platform.events.agent_offline", None)
+        .await
+        .unwrap();
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "silent_agent_process",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("AGENTBUS_TEST_SILENT_URL", server.url_with_credentials())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the agent process started")
+            .unwrap()
+            .expect("the agent process printed ready");
+        if line == "ready" {
+            break;
+        }
+    }
+    child.kill().await.unwrap(); // SIGKILL: no goodbye
+    let mut events = Vec::new();
+    // Offline after 2 s; then a little longer for any second report.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, offline.next()).await {
+        let event: Value = event.json().unwrap();
+        events.push(event);
+    }
+    let doomed: Vec<&Value> = events.iter().filter(|e| e["agent"] == "doomed").collect();
+    assert_eq!(doomed.len(), 1, "{events:?}");
+    assert_eq!(doomed[0]["reason"], "heartbeat_timeout");
+    assert_eq!(events.len(), 1, "nobody else went offline: {events:?}");
+    first.shutdown(Duration::from_secs(5)).await;
+    second.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn queued_tasks_survive_an_upgrade_from_always_on_consumers() {
+    let server = NatsServer::start().await;
+    let js = server.jetstream().await;
+    let stream = js.get_stream("agent-tasks").await.unwrap();
+    // The consumers earlier versions made at start and kept: same names and
+    // subjects, no inactivity threshold; and tasks waiting in them.
+    for priority in Priority::ALL {
+        let queue = Queue::agent("veteran").unwrap();
+        stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some(queue.durable(priority)),
+                filter_subject: queue.subject(priority).into(),
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_deliver: 5,
+                max_ack_pending: 1024,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let client = Bus::from_client(server.connect().await);
+    let mut expected = HashSet::new();
+    for (index, priority) in Priority::ALL.iter().cycle().take(12).enumerate() {
+        let request = TaskRequest::new(TASK_TYPE, json!({"n": index})).with_priority(*priority);
+        expected.insert(request.task_id.to_string());
+        client
+            .submit(&Queue::agent("veteran").unwrap(), &request)
+            .await
+            .unwrap();
+    }
+    let ran: Arc<Mutex<Vec<String>>> = Arc::default();
+    let bus = Bus::connect(&server.target(), "upgraded").await.unwrap();
+    let mut runtime = Runtime::new(bus);
+    let agent = Echo {
+        name: "veteran".into(),
+        ran: ran.clone(),
+    };
+    let options = AgentOptions {
+        delivery: DeliveryOptions {
+            idle_poll: Duration::from_millis(100),
+            ..DeliveryOptions::default()
+        },
+        ..AgentOptions::default()
+    };
+    runtime.add(agent, options).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ran.lock().unwrap().len() < expected.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} queued tasks ran",
+            ran.lock().unwrap().len(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ran: HashSet<String> = ran.lock().unwrap().iter().cloned().collect();
+    assert_eq!(ran, expected);
+    // The old consumers now carry the inactivity threshold: they go once idle.
+    let queue = Queue::agent("veteran").unwrap();
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .get_consumer(&queue.durable(Priority::Normal))
+        .await
+        .unwrap();
+    assert!(
+        consumer.cached_info().config.inactive_threshold > Duration::ZERO,
+        "{:?}",
+        consumer.cached_info().config
+    );
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
