@@ -10,6 +10,7 @@
 mod apply;
 
 pub(crate) use apply::is_stream_not_found;
+pub use apply::{changes_in_place, recreate_advice};
 
 use agentbus::subject::{REQUEST_REPLY_SUBJECTS, SubjectPattern, overlaps};
 use serde::{Deserialize, Deserializer};
@@ -190,7 +191,8 @@ pub enum TopologyError {
     },
     /// The server has the stream with a setting JetStream cannot change in place.
     #[error(
-        "stream {stream:?}: {field} cannot change in place ({current} on the server, {wanted} in the topology); keep {current} in the topology, or delete the stream and its messages to recreate it"
+        "stream {stream:?}: {field} cannot change in place ({current} on the server, {wanted} in the topology); {}",
+        recreate_advice(stream, field, current)
     )]
     Immutable {
         /// The stream (or `KV_<bucket>`).
