@@ -1,12 +1,17 @@
 //! What the README promises that no other test covers: its install step puts
 //! a working `agentbus` into a root's `bin` without compiling anything again,
-//! and its MCP client configuration starts the bridge from there.
+//! its MCP client configuration starts the bridge from there, and its
+//! retention table states the values of the topology and of the code.
 
 mod common;
 
+use agentbus::AgentOptions;
+use agentbus::delivery::DeliveryOptions;
+use agentbus::presence::PresenceOptions;
+use agentbus_ops::topology::Topology;
 use agentbus_testkit::NatsServer;
 use serde_json::{Value, json};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -322,4 +327,178 @@ fn readme_mcp_configuration() -> Value {
         .collect();
     assert_eq!(blocks.len(), 1, "{blocks:?}");
     serde_json::from_str(blocks[0]).unwrap()
+}
+
+// ---------------------------------------------------------------- retention
+
+/// The README's "Retention and expiry" table: each row's cells by its first
+/// cell, with the header row and the separator left out.
+fn retention_table() -> BTreeMap<String, Vec<String>> {
+    let section = README
+        .split("\n## Retention and expiry\n")
+        .nth(1)
+        .expect("the README has a Retention and expiry section");
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .lines()
+        .filter(|line| line.starts_with("| ") && !line.starts_with("| ---"))
+        .skip(1)
+        .map(|line| {
+            let cells: Vec<String> = line
+                .trim_matches('|')
+                .split('|')
+                .map(|cell| cell.trim().to_owned())
+                .collect();
+            assert_eq!(cells.len(), 4, "{line}");
+            (cells[0].clone(), cells[1..].to_vec())
+        })
+        .collect()
+}
+
+/// The row whose first cell starts with `what`: its kept, limits and then cells.
+fn row<'a>(table: &'a BTreeMap<String, Vec<String>>, what: &str) -> &'a [String] {
+    let rows: Vec<&Vec<String>> = table
+        .iter()
+        .filter(|(first, _)| first.starts_with(what))
+        .map(|(_, cells)| cells)
+        .collect();
+    assert_eq!(rows.len(), 1, "rows starting with {what:?}: {table:#?}");
+    rows[0]
+}
+
+#[test]
+fn the_retention_table_states_the_topology_and_the_defaults_of_the_code() {
+    let table = retention_table();
+    let topology = Topology::standard();
+
+    // One row per stream and bucket, and none for anything else.
+    let named: BTreeSet<&str> = table
+        .keys()
+        .filter(|first| first.starts_with("stream `") || first.starts_with("KV `"))
+        .map(|first| first.split('`').nth(1).unwrap())
+        .collect();
+    let shipped: BTreeSet<&str> = topology
+        .streams
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(topology.buckets.iter().map(|b| b.name.as_str()))
+        .collect();
+    assert_eq!(named, shipped);
+
+    for spec in &topology.streams {
+        let cells = row(&table, &format!("stream `{}`", spec.name));
+        assert!(
+            cells[0].starts_with(&human_duration(spec.max_age)),
+            "{}: {cells:?}",
+            spec.name
+        );
+        assert_eq!(
+            cells[1],
+            format!(
+                "{} msgs, {}",
+                thousands(spec.max_msgs.try_into().unwrap()),
+                human_size(spec.max_bytes)
+            ),
+            "{}",
+            spec.name
+        );
+    }
+    for bucket in &topology.buckets {
+        let cells = row(&table, &format!("KV `{}`", bucket.name));
+        assert!(
+            cells[0].starts_with(&human_duration(bucket.max_age)),
+            "{}: {cells:?}",
+            bucket.name
+        );
+        if let Some(markers) = bucket.limit_markers {
+            let said = format!("an expiry marker stays {}", human_duration(markers));
+            assert!(cells[2].contains(&said), "{}: {cells:?}", bucket.name);
+        }
+    }
+
+    let windows: BTreeSet<Duration> = topology
+        .streams
+        .iter()
+        .map(|s| s.duplicate_window)
+        .collect();
+    assert_eq!(windows.len(), 1, "one duplicate window for every stream");
+    let window = windows.into_iter().next().unwrap();
+    assert_eq!(
+        row(&table, "duplicate window of every stream")[0],
+        human_duration(window)
+    );
+
+    let agent = AgentOptions::default();
+    let retries = row(&table, "retry memory of an agentbus runtime");
+    assert_eq!(retries[0], human_duration(agent.dedup_window));
+    assert_eq!(
+        retries[1],
+        format!(
+            "about {} task ids per agent",
+            thousands(u64::try_from(agent.dedup_capacity).unwrap())
+        )
+    );
+
+    let delivery = DeliveryOptions::default();
+    let handled = row(&table, "a task or message being handled");
+    assert_eq!(
+        handled[0],
+        format!(
+            "{} without an ack or a progress ack",
+            human_duration(delivery.ack_wait)
+        )
+    );
+    assert_eq!(handled[1], format!("{} deliveries", delivery.max_deliver));
+
+    let presence = PresenceOptions::default();
+    assert_eq!(
+        row(&table, "KV `agent-presence`")[0],
+        format!(
+            "{} without a heartbeat (one every {})",
+            human_duration(presence.offline_after),
+            human_duration(presence.interval)
+        )
+    );
+
+    assert_eq!(
+        row(&table, "a task claimed through the MCP bridge")[0],
+        human_duration(agentbus_mcp::claims::CLAIM_LEASE)
+    );
+}
+
+/// `7 days`, `2 min`, `30 s`: the README's way of writing a duration.
+fn human_duration(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    assert_eq!(Duration::from_secs(seconds), duration, "whole seconds only");
+    match seconds {
+        86_400 => "1 day".to_owned(),
+        s if s.is_multiple_of(86_400) => format!("{} days", s / 86_400),
+        s if s >= 60 && s.is_multiple_of(60) => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+/// `100 MiB`: sizes in the README.
+fn human_size(bytes: i64) -> String {
+    const UNITS: [(i64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    UNITS
+        .iter()
+        .find(|(unit, _)| bytes % unit == 0)
+        .map_or_else(
+            || format!("{bytes} B"),
+            |(unit, name)| format!("{} {name}", bytes / unit),
+        )
+}
+
+/// `10,000`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
 }
