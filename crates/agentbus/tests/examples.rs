@@ -1,5 +1,5 @@
 //! The programs in `examples/`, run as a reader runs them (the README's
-//! `cargo run -p agentbus --example ...`), against a real nats-server: the
+//! `cargo run --release --example ...`), against a real nats-server: the
 //! server reaches them through `NATS_URL` only, and a language model is
 //! played by a small HTTP server on 127.0.0.1:0.
 //!
