@@ -5,6 +5,8 @@ mod commands;
 mod output;
 
 use clap::Parser;
+use output::errln;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 /// mimalloc rather than the system allocator: message handling allocates many
@@ -30,7 +32,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            errln!("error: cannot start the async runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
@@ -42,7 +44,7 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {}", one_sentence(&err));
+            errln!("error: {}", one_sentence(&err));
             ExitCode::FAILURE
         }
     }
@@ -78,7 +80,18 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour_logs())
+        // A log line that cannot be written (stderr closed, as in
+        // `agentbus -vv status 2>&1 | head`) is dropped: tracing would
+        // otherwise report it with `eprintln!`, which panics there.
+        .log_internal_errors(false)
         .init();
+}
+
+/// Colour only for a person at a terminal: not in a pipe or a file, and not
+/// when `NO_COLOR` is set (<https://no-color.org>).
+fn colour_logs() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

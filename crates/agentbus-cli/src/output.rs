@@ -59,6 +59,17 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
+/// `eprintln!` that ignores a stderr that is gone (`agentbus ... 2>&1 | head`
+/// closed it): there is nowhere left to report anything, and `eprintln!`
+/// would panic.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+pub(crate) use errln;
+
 /// Prints a value as one line of JSON on stdout.
 pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();

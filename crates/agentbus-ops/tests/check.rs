@@ -4,7 +4,7 @@
 
 use agentbus::connect::{ServerTarget, TargetSource};
 use agentbus_ops::check::{self, CheckOptions, CheckReport, names};
-use agentbus_ops::topology::{Discard, Topology};
+use agentbus_ops::topology::{Discard, Storage, Topology};
 use agentbus_testkit::{CustomNatsServer, NatsServer};
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::{StreamExt, TryStreamExt};
@@ -240,6 +240,47 @@ async fn a_misconfigured_task_stream_fails_the_checks_naming_the_fields() {
     let report = run_checks(&server, &misconfigured).await;
     assert_failed_exactly(&report, &[names::DEDUP_AND_DISCARD]);
     assert_eq!(check_subjects(&server.jetstream().await).await, []);
+}
+
+#[tokio::test]
+async fn a_storage_change_setup_refuses_is_not_sent_to_setup() {
+    let mut in_memory = Topology::standard();
+    let tasks = in_memory
+        .streams
+        .iter_mut()
+        .find(|s| s.name == "agent-tasks")
+        .unwrap();
+    tasks.storage = Storage::Memory;
+    tasks.max_msgs = 40_000;
+    let server = NatsServer::start_with_topology(&in_memory).await;
+
+    let report = run_checks(&server, &Topology::standard()).await;
+    assert_failed_exactly(&report, &[names::STREAMS]);
+    let advice = "keep storage = \"memory\" in the topology, or delete stream agent-tasks with its messages (for example `nats stream rm agent-tasks`) and run `agentbus setup` to recreate it";
+    assert_eq!(
+        detail(&report, names::STREAMS),
+        format!(
+            "stream agent-tasks: storage is Memory on the server but File in the topology (and 1 more: max_msgs), which JetStream cannot change in place, so `agentbus setup` refuses it: {advice}"
+        )
+    );
+    // setup refuses it indeed, with the same advice.
+    let refused = Topology::standard()
+        .apply(&server.jetstream().await)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().ends_with(&advice), "{refused}");
+
+    // With a stream setup can fix besides, the doctor says so after the advice.
+    let js = server.jetstream().await;
+    js.delete_stream("agent-dlq").await.unwrap();
+    let report = run_checks(&server, &Topology::standard()).await;
+    let streams = detail(&report, names::STREAMS);
+    assert!(
+        streams.ends_with(&format!(
+            "{advice}; stream agent-dlq is missing (run `agentbus setup`); after that, `agentbus setup` applies the other changes"
+        )),
+        "{streams}"
+    );
 }
 
 #[tokio::test]

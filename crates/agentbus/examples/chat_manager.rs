@@ -4,7 +4,7 @@
 //! ```text
 //! agentbus up                                   # in one terminal
 //! agentbus tail 'chat.>'                        # in another, to watch
-//! cargo run -p agentbus --example chat_manager -- session-1 "Hello from the chat manager"
+//! cargo run --release --example chat_manager -- session-1 "Hello from the chat manager"
 //! ```
 //!
 //! Arguments: the session id (default `session-1`) and the content. The

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! agentbus up                                   # in one terminal
-//! cargo run -p agentbus --example enhancement_agent
+//! cargo run --release --example enhancement_agent
 //! agentbus publish enhancement.feedback '{"message_id": "m1", "rating": 5}'
 //! agentbus request enhancement_agent feedback_summary '{}'
 //! ```

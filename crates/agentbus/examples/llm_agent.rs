@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! agentbus up                                   # in one terminal
-//! cargo run -p agentbus --example llm_agent     # in another
-//! cargo run -p agentbus --example orchestrator -- "Write a haiku about queues" 5
+//! cargo run --release --example llm_agent     # in another
+//! cargo run --release --example orchestrator -- "Write a haiku about queues" 5
 //! ```
 //!
 //! For a model, set `LLM_BASE_URL` (for example `https://api.openai.com/v1`),

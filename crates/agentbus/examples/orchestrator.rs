@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! agentbus up                                   # in one terminal
-//! cargo run -p agentbus --example llm_agent     # in another
-//! cargo run -p agentbus --example orchestrator -- "Write a short story about an AI agent." 200
+//! cargo run --release --example llm_agent     # in another
+//! cargo run --release --example orchestrator -- "Write a short story about an AI agent." 200
 //! ```
 //!
 //! Arguments: the prompt and an optional `max_tokens`. Exits with 1 when the

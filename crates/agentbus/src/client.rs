@@ -36,8 +36,9 @@ struct BusInner {
 pub struct RequestOptions {
     /// How long to wait for each attempt.
     pub timeout: Duration,
-    /// Extra attempts after a timeout; they reuse the task id, so the agent
-    /// answers a repeat with its first response instead of running it twice.
+    /// Extra attempts after a timeout; they reuse the task id, so an agentbus
+    /// [`Runtime`](crate::Runtime) answers a repeat with its first response
+    /// instead of running it twice (an agent written otherwise may run it again).
     pub retries: u32,
 }
 
@@ -65,9 +66,11 @@ pub enum SendTaskError {
         /// The agent asked.
         agent: String,
     },
-    /// The agent did not answer in time.
+    /// The agent did not answer in time. Whether retrying is safe depends on
+    /// the agent: an agentbus runtime remembers task ids, other servers of
+    /// `agent.<name>.task` may not.
     #[error(
-        "agent {agent:?} did not answer task {task_id} within {after:?}; it may be busy or stuck (a retry with the same task_id will not run it twice)"
+        "agent {agent:?} did not answer task {task_id} within {after:?}; it may be busy or stuck; a retry with the same task_id is answered without running the task twice only by an agentbus agent (another implementation may run it again)"
     )]
     TimedOut {
         /// The agent asked.

@@ -1,5 +1,5 @@
 //! The programs in `examples/`, run as a reader runs them (the README's
-//! `cargo run -p agentbus --example ...`), against a real nats-server: the
+//! `cargo run --release --example ...`), against a real nats-server: the
 //! server reaches them through `NATS_URL` only, and a language model is
 //! played by a small HTTP server on 127.0.0.1:0.
 //!
@@ -188,7 +188,16 @@ async fn chat_manager_posts_one_chat_message_event() {
 #[tokio::test]
 async fn enhancement_agent_counts_feedback_and_stops_on_ctrl_c() {
     let server = NatsServer::start().await;
+    // Someone watches the whole bus, as `nats sub '>'` does: the agent's
+    // subscriptions are still confirmed at once.
+    let _watcher = watch_everything(&server).await;
+    let started = Instant::now();
     let mut agent = Running::start("enhancement_agent", &server, &[]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the example took {:?} to start with a `>` subscriber on the bus",
+        started.elapsed()
+    );
     let bus = Bus::connect(&server.target(), "users").await.unwrap();
     // One publisher's messages arrive in order: the garbage comes first.
     let feedback = agentbus::subject::Subject::parse("enhancement.feedback").unwrap();
@@ -229,6 +238,20 @@ async fn enhancement_agent_counts_feedback_and_stops_on_ctrl_c() {
 
     let status = agent.interrupt().await;
     assert_eq!(status.code(), Some(0), "{status}: {}", agent.stderr().await);
+}
+
+/// A plain subscriber to `>` on its own connection, confirmed by its own
+/// message coming back; it watches as long as the returned values live.
+async fn watch_everything(server: &NatsServer) -> (async_nats::Client, async_nats::Subscriber) {
+    let client = server.connect().await;
+    let mut all = client.subscribe(">").await.unwrap();
+    client.publish("watcher.ready", "".into()).await.unwrap();
+    let first = tokio::time::timeout(WAIT, all.next())
+        .await
+        .expect("the watcher sees its own message")
+        .unwrap();
+    assert_eq!(first.subject.as_str(), "watcher.ready");
+    (client, all)
 }
 
 /// The example binary `name` that `cargo test` builds beside this test

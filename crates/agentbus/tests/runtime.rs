@@ -349,6 +349,43 @@ async fn missing_agent_is_not_a_timeout_and_a_slow_one_is() {
     assert!(matches!(err, SendTaskError::TimedOut { .. }), "{err}");
 }
 
+/// An agent that is not an agentbus runtime (a plain subscriber, as one
+/// written with nats.js would be) gets every retry as a new request: the
+/// timeout message promises deduplication only for agentbus agents.
+#[tokio::test]
+async fn a_timeout_promises_retry_deduplication_only_for_agentbus_agents() {
+    let server = NatsServer::start().await;
+    let plain = bus(&server).await;
+    let mut requests = plain.subscribe("agent.plain.task", None).await.unwrap();
+    let client = bus(&server).await;
+
+    let request = TaskRequest::new("echo", json!({}));
+    let options = RequestOptions {
+        timeout: Duration::from_millis(200),
+        retries: 1,
+    };
+    let err = client
+        .request("plain", &request, options)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "agent \"plain\" did not answer task {} within 200ms; it may be busy or stuck; a retry with the same task_id is answered without running the task twice only by an agentbus agent (another implementation may run it again)",
+            request.task_id
+        )
+    );
+    // Both attempts reached the plain agent, which would have run both.
+    for _ in 0..2 {
+        let delivered = tokio::time::timeout(Duration::from_secs(5), requests.next())
+            .await
+            .expect("each attempt is delivered")
+            .unwrap();
+        let delivered: Value = delivered.json().unwrap();
+        assert_eq!(delivered["task_id"], request.task_id.to_string());
+    }
+}
+
 #[tokio::test]
 async fn a_repeated_task_id_runs_once() {
     let server = NatsServer::start().await;

@@ -31,7 +31,7 @@ pub(crate) struct RequestArgs {
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     timeout: f64,
 
-    /// Task id to use (a retry with the same id is answered, not run twice); default: a new UUID.
+    /// Task id to use (an agentbus agent answers a retry with the same id instead of running it twice); default: a new UUID.
     #[arg(long)]
     task_id: Option<String>,
 

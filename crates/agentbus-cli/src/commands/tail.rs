@@ -1,7 +1,7 @@
 //! `agentbus tail`: print live messages matching a subject pattern.
 
 use super::ServerArgs;
-use crate::output::print_json;
+use crate::output::{errln, print_json};
 use agentbus::Bus;
 use clap::Args;
 use futures::StreamExt;
@@ -32,7 +32,7 @@ pub(super) async fn exec(args: TailArgs) -> anyhow::Result<ExitCode> {
     let mut subscription = bus.subscribe(&args.pattern, None).await?;
     // Make sure the server has the subscription before saying we listen.
     bus.flush().await?;
-    eprintln!("listening on {} (Ctrl-C to stop)", args.pattern);
+    errln!("listening on {} (Ctrl-C to stop)", args.pattern);
     let mut seen = 0u64;
     while args.count.is_none_or(|count| seen < count) {
         let event = tokio::select! {

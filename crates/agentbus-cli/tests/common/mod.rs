@@ -96,7 +96,13 @@ impl Output {
 /// The `agentbus` binary as a command, with stdin null, killed on drop, and
 /// without the variables that could redirect it (see [`REDIRECTING_VARS`]).
 pub(crate) fn command() -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(BIN);
+    program(BIN)
+}
+
+/// `program` (a path, or a name looked up on `PATH`) set up as [`command`]
+/// sets up the CLI under test.
+pub(crate) fn program(program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
     for var in REDIRECTING_VARS {
         command.env_remove(var);
     }

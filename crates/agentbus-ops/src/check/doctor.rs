@@ -3,6 +3,7 @@
 
 use super::delivery::publish;
 use super::{Outcome, Run, failed, is_stream_not_found};
+use crate::topology::{changes_in_place, recreate_advice};
 use agentbus::Priority;
 use agentbus::connect::{ConnectErrorKind, ServerTarget, TargetSource};
 use agentbus::subject::{self, REQUEST_REPLY_SUBJECTS, TASKS_STREAM, durable, overlaps};
@@ -11,15 +12,18 @@ use futures::TryStreamExt;
 use tracing::instrument::WithSubscriber;
 
 /// (5) Every stream of the topology exists with the settings it declares.
+/// A difference `agentbus setup` can apply points there; one JetStream cannot
+/// change in place (storage, retention) points to recreating the stream.
 pub(super) async fn streams(run: &Run<'_>) -> Outcome {
-    let mut problems = Vec::new();
+    // Each problem, and whether `agentbus setup` fixes it.
+    let mut problems: Vec<(String, bool)> = Vec::new();
     for spec in &run.topology.streams {
         let mut stream = match run.js.get_stream(&spec.name).await {
             Ok(stream) => stream,
             Err(err) if is_stream_not_found(&err) => {
-                problems.push(format!(
-                    "stream {} is missing (run `agentbus setup`)",
-                    spec.name
+                problems.push((
+                    format!("stream {} is missing (run `agentbus setup`)", spec.name),
+                    true,
                 ));
                 continue;
             }
@@ -29,23 +33,42 @@ pub(super) async fn streams(run: &Run<'_>) -> Outcome {
             .info()
             .await
             .map_err(|err| failed(&format!("read stream {}", spec.name), err))?;
-        let differences = spec.differences(&info.config);
+        let mut differences = spec.differences(&info.config);
+        // The one setup cannot make comes first: it decides what to do.
+        differences.sort_by_key(|(field, _, _)| changes_in_place(field));
         if let Some((field, server, wanted)) = differences.first() {
             let more = match differences.len() - 1 {
                 0 => String::new(),
                 n => format!(" (and {n} more: {})", field_names(&differences[1..])),
             };
-            problems.push(format!(
+            let found = format!(
                 "stream {}: {field} is {server} on the server but {wanted} in the topology{more}",
                 spec.name
-            ));
+            );
+            problems.push(if changes_in_place(field) {
+                (found, true)
+            } else {
+                let advice = recreate_advice(&spec.name, field, &server.to_lowercase());
+                (
+                    format!(
+                        "{found}, which JetStream cannot change in place, so `agentbus setup` refuses it: {advice}"
+                    ),
+                    false,
+                )
+            });
         }
     }
     if !problems.is_empty() {
-        return Err(format!(
-            "{}; `agentbus setup` applies the topology",
-            problems.join("; ")
-        ));
+        let by_setup = problems.iter().filter(|(_, by_setup)| *by_setup).count();
+        let next = if by_setup == problems.len() {
+            "; `agentbus setup` applies the topology"
+        } else if by_setup > 0 {
+            "; after that, `agentbus setup` applies the other changes"
+        } else {
+            ""
+        };
+        let problems: Vec<String> = problems.into_iter().map(|(text, _)| text).collect();
+        return Err(format!("{}{next}", problems.join("; ")));
     }
     let names: Vec<&str> = run
         .topology

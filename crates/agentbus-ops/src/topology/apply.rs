@@ -27,6 +27,21 @@ impl Topology {
     }
 }
 
+/// Whether JetStream can change `field` (as [`StreamSpec::differences`]
+/// names it) of an existing stream. Storage and retention it cannot: `apply`
+/// refuses such a change, and only recreating the stream makes it.
+pub fn changes_in_place(field: &str) -> bool {
+    !matches!(field, "storage" | "retention")
+}
+
+/// The next step when `field` of `stream` is `current` on the server and
+/// JetStream cannot change it in place (see [`changes_in_place`]).
+pub fn recreate_advice(stream: &str, field: &str, current: &str) -> String {
+    format!(
+        "keep {field} = \"{current}\" in the topology, or delete stream {stream} with its messages (for example `nats stream rm {stream}`) and run `agentbus setup` to recreate it"
+    )
+}
+
 impl StreamSpec {
     /// The JetStream configuration for this stream.
     pub fn to_config(&self) -> stream::Config {
@@ -149,7 +164,7 @@ impl StreamSpec {
         }
         if let Some((field, current, wanted)) = differences
             .iter()
-            .find(|(field, _, _)| matches!(*field, "storage" | "retention"))
+            .find(|(field, _, _)| !changes_in_place(field))
         {
             return Err(TopologyError::Immutable {
                 stream: self.name.clone(),

@@ -48,7 +48,8 @@ pub enum TopologyError {
     },
     /// The server has the stream with a setting JetStream cannot change in place.
     #[error(
-        "stream {stream:?}: {field} cannot change in place ({current} on the server, {wanted} in the topology); keep {current} in the topology, or delete the stream and its messages to recreate it"
+        "stream {stream:?}: {field} cannot change in place ({current} on the server, {wanted} in the topology); {}",
+        super::recreate_advice(stream, field, current)
     )]
     Immutable {
         /// The stream (or `KV_<bucket>`).

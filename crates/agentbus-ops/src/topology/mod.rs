@@ -12,6 +12,7 @@ mod error;
 
 pub(crate) use apply::is_stream_not_found;
 pub use error::{TopologyError, TopologyErrorKind};
+pub use apply::{changes_in_place, recreate_advice};
 
 use agentbus::subject::{REQUEST_REPLY_SUBJECTS, SubjectPattern, overlaps};
 use serde::{Deserialize, Deserializer};

