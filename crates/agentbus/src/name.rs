@@ -76,6 +76,13 @@ impl fmt::Display for Name {
     }
 }
 
+// Ordered and compared as its text, so maps keyed by names take `&str` too.
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl AsRef<str> for Name {
     fn as_ref(&self) -> &str {
         &self.0

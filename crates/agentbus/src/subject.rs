@@ -468,24 +468,37 @@ pub mod service {
         subject
     }
 
-    /// The patterns one instance of a service answers on (`*` stands for the
-    /// verb): every service, its name, and its name and id.
-    pub fn listen(name: &Name, id: &str) -> [String; 3] {
-        [
-            "$SRV.*".to_owned(),
-            format!("$SRV.*.{name}"),
-            format!("$SRV.*.{name}.{id}"),
-        ]
+    /// The patterns a responder for many services listens on (`*` stands
+    /// for the verb, then the name, then the id): every service, by name,
+    /// and by name and id.
+    pub fn listen_all() -> [&'static str; 3] {
+        ["$SRV.*", "$SRV.*.*", "$SRV.*.*.*"]
     }
 
     /// Reads the verb of a discovery request's subject.
     pub fn parse_verb(subject: &str) -> Option<Verb> {
-        match subject.split('.').nth(1)? {
-            "PING" => Some(Verb::Ping),
-            "INFO" => Some(Verb::Info),
-            "STATS" => Some(Verb::Stats),
-            _ => None,
+        parse_request(subject).map(|(verb, _, _)| verb)
+    }
+
+    /// Reads a discovery request's subject: its verb, and the service name
+    /// and instance id it asks for, if any.
+    pub fn parse_request(subject: &str) -> Option<(Verb, Option<&str>, Option<&str>)> {
+        let mut tokens = subject.split('.');
+        if tokens.next()? != "$SRV" {
+            return None;
         }
+        let verb = match tokens.next()? {
+            "PING" => Verb::Ping,
+            "INFO" => Verb::Info,
+            "STATS" => Verb::Stats,
+            _ => return None,
+        };
+        let name = tokens.next();
+        let id = tokens.next();
+        if tokens.next().is_some() {
+            return None;
+        }
+        Some((verb, name, id))
     }
 }
 
@@ -683,7 +696,7 @@ mod tests {
 
     #[test]
     fn discovery_subjects_follow_the_services_protocol() {
-        use service::{Verb, listen, parse_verb, request};
+        use service::{Verb, parse_request, parse_verb, request};
         let echo = name("echo");
         assert_eq!(request(Verb::Ping, None, None), "$SRV.PING");
         assert_eq!(request(Verb::Info, Some(&echo), None), "$SRV.INFO.echo");

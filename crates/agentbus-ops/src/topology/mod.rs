@@ -11,8 +11,8 @@ mod apply;
 mod error;
 
 pub(crate) use apply::is_stream_not_found;
-pub use error::{TopologyError, TopologyErrorKind};
 pub use apply::{changes_in_place, recreate_advice};
+pub use error::{TopologyError, TopologyErrorKind};
 
 use agentbus::subject::{REQUEST_REPLY_SUBJECTS, SubjectPattern, overlaps};
 use serde::{Deserialize, Deserializer};

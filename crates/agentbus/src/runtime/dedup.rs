@@ -5,13 +5,15 @@
 //!
 //! - ids are kept as 64-bit hashes (no allocation per task; the hasher is
 //!   seeded per process, so clients cannot make two ids collide on purpose);
-//! - the ids live in a fixed table of sets of four slots, an id's set picked
-//!   by its hash: checking, recording and answering an id touch that one set
-//!   (two cache lines), nothing is rehashed, moved or allocated while
-//!   serving, and forgetting is lazy (a slot past the window is free). A
-//!   hash table with a queue of arrivals, its first form, touched three
-//!   places in a table of a megabyte per task, which cost about 0.5 µs in
-//!   `agentbus bench request-reply`;
+//! - the ids live in a table of sets of four slots, an id's set picked by its
+//!   hash: checking, recording and answering an id touch that one set (two
+//!   cache lines), and forgetting is lazy (a slot past the window is free).
+//!   The table starts small and doubles when an id would push out a
+//!   remembered one, up to its capacity, so an agent that is rarely asked
+//!   holds little; once grown, nothing is rehashed, moved or allocated while
+//!   serving. A hash table with a queue of
+//!   arrivals, its first form, touched three places in a table of a megabyte
+//!   per task, which cost about 0.5 µs in `agentbus bench request-reply`;
 //! - responses are copied into one ring of bytes rather than kept as an
 //!   allocation each: the memory held is bounded whatever the responses
 //!   weigh (ten thousand kept allocations of large results could hold
@@ -33,6 +35,8 @@ pub(super) const RESPONSE_BYTES_PER_ID: usize = 512;
 
 /// Slots per set: a new id evicts the oldest answered id of its set.
 const WAYS: usize = 4;
+/// Sets of a new table (64 ids): it doubles as ids come.
+const FIRST_SETS: usize = 16;
 
 /// What to do with an incoming task id.
 #[derive(Debug, PartialEq, Eq)]
@@ -77,6 +81,8 @@ pub(super) struct DedupCache {
     last_arrival: u64,
     ids: Hasher,
     sets: Vec<[Slot; WAYS]>,
+    /// The table's full size: it doubles up to this many sets.
+    max_sets: usize,
     /// Replies to send when a running task is answered.
     waiters: HashMap<u64, Vec<Subject>, Hasher>,
     responses: ResponseRing,
@@ -86,7 +92,7 @@ impl DedupCache {
     /// A cache that remembers ids for `window`, about `capacity` of them,
     /// with responses of up to `max_response` bytes.
     pub(super) fn new(window: Duration, capacity: usize, max_response: usize) -> Self {
-        let sets = if capacity == 0 {
+        let max_sets = if capacity == 0 {
             0
         } else {
             capacity.div_ceil(WAYS).next_power_of_two()
@@ -99,7 +105,8 @@ impl DedupCache {
             started: Instant::now(),
             last_arrival: 0,
             ids: Hasher::default(),
-            sets: vec![[Slot::default(); WAYS]; sets],
+            sets: vec![[Slot::default(); WAYS]; max_sets.min(FIRST_SETS)],
+            max_sets,
             waiters: HashMap::default(),
             responses: ResponseRing::new(if capacity == 0 { 0 } else { ring }),
         }
@@ -113,8 +120,8 @@ impl DedupCache {
         let key = self.key(task_id);
         let now = self.nanos(now);
         let window = self.window;
-        let set = self.set_of(key);
-        let live = |slot: &Slot| {
+        let mut set = self.set_of(key);
+        let live = move |slot: &Slot| {
             slot.key != 0 && (slot.len.is_none() || now.saturating_sub(slot.arrived) <= window)
         };
         if let Some(slot) = self.sets[set].iter_mut().find(|s| s.key == key && live(s)) {
@@ -132,6 +139,11 @@ impl DedupCache {
                     None => *slot = Slot::default(),
                 },
             }
+        }
+        // A full set grows the table, while it may, rather than forget an id.
+        while self.sets.len() < self.max_sets && self.sets[set].iter().all(live) {
+            self.grow();
+            set = self.set_of(key);
         }
         // A free or expired slot, else the oldest answered one. Running ids
         // are never evicted (their waiters must be answered); a set of four
@@ -151,6 +163,20 @@ impl DedupCache {
             };
         }
         Seen::New
+    }
+
+    /// Doubles the table: each set splits in two by one more bit of its
+    /// ids' hashes, so every id keeps its slot's contents and finds room.
+    fn grow(&mut self) {
+        let mut sets = vec![[Slot::default(); WAYS]; self.sets.len() * 2];
+        let mask = sets.len() - 1;
+        for slot in self.sets.iter().flatten().filter(|s| s.key != 0) {
+            let set = &mut sets[(slot.key >> 32) as usize & mask];
+            if let Some(free) = set.iter_mut().find(|s| s.key == 0) {
+                *free = *slot;
+            }
+        }
+        self.sets = sets;
     }
 
     /// Stores the response of `task_id` and returns the replies that waited for it.
@@ -202,9 +228,8 @@ struct Stored {
 /// Responses, written one after another into a buffer that wraps around.
 /// A response is readable until the ring has gone round and written over it.
 ///
-/// The buffer is reserved whole but filled as responses arrive: memory the
-/// ring has not reached yet is never touched, so an agent that answers
-/// little holds little, and the ring is never copied to grow.
+/// The buffer grows as responses arrive, up to its size, and is then
+/// written over from the front: an agent that answers little holds little.
 #[derive(Debug)]
 struct ResponseRing {
     bytes: Vec<u8>,
@@ -216,7 +241,7 @@ struct ResponseRing {
 impl ResponseRing {
     fn new(size: usize) -> Self {
         Self {
-            bytes: Vec::with_capacity(size),
+            bytes: Vec::new(),
             size,
             written: 0,
         }
@@ -357,7 +382,8 @@ mod tests {
     #[test]
     fn the_table_holds_about_the_capacity() {
         let cache = DedupCache::new(Duration::from_secs(60), 10_000, MAX);
-        let slots = cache.sets.len() * WAYS;
+        assert_eq!(cache.sets.len(), FIRST_SETS, "it starts small");
+        let slots = cache.max_sets * WAYS;
         assert!((10_000..20_000).contains(&slots), "{slots}");
         let mut cache = DedupCache::new(Duration::from_secs(60), 10_000, MAX);
         let now = Instant::now();
@@ -373,6 +399,30 @@ mod tests {
             cache.remembered()
         );
         assert!(cache.remembered() <= slots);
+        assert_eq!(cache.sets.len() * WAYS, slots, "grown to its capacity");
+    }
+
+    #[test]
+    fn growing_keeps_every_id_and_its_response() {
+        let mut cache = DedupCache::new(Duration::from_secs(60), 10_000, MAX);
+        let now = Instant::now();
+        cache.check("running", None, now);
+        assert_eq!(
+            cache.check("running", Some(&Subject::from("r")), now),
+            Seen::Running
+        );
+        for i in 0..1_000 {
+            let id = format!("t{i}");
+            cache.check(&id, None, now);
+            cache.answer(&id, id.as_bytes());
+        }
+        assert!(cache.sets.len() > FIRST_SETS, "it grew");
+        for i in 0..1_000 {
+            let id = format!("t{i}");
+            assert_eq!(cache.check(&id, None, now), Seen::Answered(id.into()));
+        }
+        assert_eq!(cache.check("running", None, now), Seen::Running);
+        assert_eq!(cache.answer("running", b"ok"), vec![Subject::from("r")]);
     }
 
     #[test]

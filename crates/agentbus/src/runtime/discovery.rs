@@ -21,8 +21,9 @@
 //! `"<code>:<description>"` (400 rejected, 500 failed, 503 cancelled, 504
 //! timeout). Durations are integer nanoseconds everywhere, `data` included.
 //!
-//! The responders are separate subscriptions: the task subscription on
-//! `agent.<agent>.task` and its hot path are untouched.
+//! One responder answers for every agent of a runtime, on three
+//! subscriptions of its own: the task subscriptions on `agent.<agent>.task`
+//! and their hot path are untouched.
 
 use super::AgentStats;
 use super::stats::Counters;
@@ -32,8 +33,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use tokio::sync::watch;
+use std::sync::{Arc, Mutex};
+use tokio::task::JoinHandle;
 
 /// `type` of a PING answer.
 pub const PING_RESPONSE_TYPE: &str = "io.nats.micro.v1.ping_response";
@@ -154,10 +155,8 @@ pub(crate) struct ServiceDescription {
     pub(crate) task_types: Vec<Name>,
 }
 
-/// Answers the services protocol for one agent until its runtime stops it.
-pub(crate) struct Responder {
-    subscriptions: futures::stream::SelectAll<async_nats::Subscriber>,
-    client: async_nats::Client,
+/// One served agent's answers: PING and INFO made once, STATS on request.
+struct Service {
     ping: Bytes,
     info: Bytes,
     stats: StatsResponse,
@@ -165,30 +164,56 @@ pub(crate) struct Responder {
     counters: Arc<Counters>,
 }
 
+/// The agents a runtime serves, as the responder answers for them.
+type Services = Arc<Mutex<BTreeMap<Name, Service>>>;
+
+/// Answers the services protocol for every agent of one runtime, on three
+/// subscriptions whatever the number of agents: `$SRV.*` (every service),
+/// `$SRV.*.*` (by name) and `$SRV.*.*.*` (by name and instance). It hears
+/// the discovery requests for other services too, and ignores them:
+/// discovery is rare, and a subscription per agent costs memory at idle.
+pub(crate) struct Responder {
+    services: Services,
+    instance_id: String,
+    task: JoinHandle<()>,
+}
+
 impl std::fmt::Debug for Responder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Responder")
-            .field("name", &self.stats.name)
-            .field("id", &self.stats.id)
+            .field("instance_id", &self.instance_id)
             .finish_non_exhaustive()
     }
 }
 
 impl Responder {
-    /// Subscribes to the agent's discovery subjects; answers once
-    /// [`Responder::serve`] runs.
+    /// Subscribes and starts answering (for no agent yet).
     pub(super) async fn start(
         client: &async_nats::Client,
-        service: ServiceDescription,
-        counters: Arc<Counters>,
+        instance_id: &str,
     ) -> Result<Self, async_nats::SubscribeError> {
-        let name = &service.name;
-        let id = service.instance_id.as_str();
         let mut subscriptions = Vec::new();
-        // `*` stands for the verb: three subscriptions instead of nine.
-        for pattern in service::listen(name, id) {
+        for pattern in service::listen_all() {
             subscriptions.push(client.subscribe(pattern).await?);
         }
+        let services = Services::default();
+        let task = tokio::spawn(serve(
+            client.clone(),
+            instance_id.to_owned(),
+            futures::stream::select_all(subscriptions),
+            services.clone(),
+        ));
+        Ok(Self {
+            services,
+            instance_id: instance_id.to_owned(),
+            task,
+        })
+    }
+
+    /// Answers for one more agent from now on.
+    pub(super) fn add(&self, service: ServiceDescription, counters: Arc<Counters>) {
+        let name = service.name.clone();
+        let id = service.instance_id.as_str();
         let metadata = service_metadata(&service);
         let endpoint = endpoint_info(&service);
         let ping = PingResponse {
@@ -226,41 +251,64 @@ impl Responder {
                 data: None,
             }],
         };
-        Ok(Self {
-            subscriptions: futures::stream::select_all(subscriptions),
-            client: client.clone(),
+        let service = Service {
             ping: to_json(&ping),
             info: to_json(&info),
             stats,
             counters,
-        })
+        };
+        if let Ok(mut services) = self.services.lock() {
+            services.insert(name, service);
+        }
     }
 
-    /// Answers until `stop` carries a deadline, then unsubscribes.
-    pub(crate) async fn serve(mut self, mut stop: watch::Receiver<Option<tokio::time::Instant>>) {
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.changed() => break,
-                message = self.subscriptions.next() => {
-                    let Some(message) = message else { break };
-                    let Some(reply) = message.reply else { continue };
-                    let Some(verb) = service::parse_verb(&message.subject) else {
-                        continue;
-                    };
-                    let body = match verb {
-                        Verb::Ping => self.ping.clone(),
-                        Verb::Info => self.info.clone(),
-                        Verb::Stats => self.stats_body(),
-                    };
-                    if let Err(err) = self.client.publish(reply, body).await {
-                        tracing::warn!(%err, agent = %self.stats.name, "cannot answer a discovery request");
-                    }
-                }
+    /// Stops answering.
+    pub(super) fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+/// Answers each request for the agents it names, until the subscriptions end.
+async fn serve(
+    client: async_nats::Client,
+    instance_id: String,
+    mut requests: futures::stream::SelectAll<async_nats::Subscriber>,
+    services: Services,
+) {
+    while let Some(message) = requests.next().await {
+        let Some(reply) = message.reply else { continue };
+        let Some((verb, name, id)) = service::parse_request(&message.subject) else {
+            continue;
+        };
+        if id.is_some_and(|id| id != instance_id) {
+            continue;
+        }
+        // Answers are made under the lock and sent after it.
+        let answers: Vec<Bytes> = match services.lock() {
+            Ok(mut services) => match name {
+                Some(name) => services
+                    .get_mut(name)
+                    .map(|service| service.answer(verb))
+                    .into_iter()
+                    .collect(),
+                None => services.values_mut().map(|s| s.answer(verb)).collect(),
+            },
+            Err(_) => continue,
+        };
+        for body in answers {
+            if let Err(err) = client.publish(reply.clone(), body).await {
+                tracing::warn!(%err, "cannot answer a discovery request");
             }
         }
-        for subscription in self.subscriptions.iter_mut() {
-            let _ = subscription.unsubscribe().await;
+    }
+}
+
+impl Service {
+    fn answer(&mut self, verb: Verb) -> Bytes {
+        match verb {
+            Verb::Ping => self.ping.clone(),
+            Verb::Info => self.info.clone(),
+            Verb::Stats => self.stats_body(),
         }
     }
 

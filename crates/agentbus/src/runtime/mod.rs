@@ -193,6 +193,8 @@ pub struct Runtime {
     /// The worker of every agent's durable work: one for the runtime,
     /// started with the first agent that has some.
     worker: Option<Worker>,
+    /// The answers to `$SRV` discovery for every agent: one for the runtime.
+    discovery: Option<discovery::Responder>,
 }
 
 #[derive(Debug)]
@@ -216,6 +218,7 @@ impl Runtime {
             state: None,
             beats: None,
             worker: None,
+            discovery: None,
         }
     }
 
@@ -326,7 +329,7 @@ impl Runtime {
                 agent: name.to_string(),
                 source,
             })?;
-        let discovery = self.start_discovery(&name, &type_names, &counters).await?;
+        self.start_discovery(&name, &type_names, &counters).await?;
         let presence = match presence_store {
             Some(store) => {
                 let presence = AgentPresence::new(&name, &self.instance_id, &specs);
@@ -338,10 +341,11 @@ impl Runtime {
             None => None,
         };
         let works_queues = served.options.work_queues;
-        let handles = vec![
-            tokio::spawn(serve::serve(served.clone(), subscriber, stop_rx.clone())),
-            tokio::spawn(discovery.serve(stop_rx)),
-        ];
+        let handles = vec![tokio::spawn(serve::serve(
+            served.clone(),
+            subscriber,
+            stop_rx,
+        ))];
         if let Some(work) = work {
             let idle_poll = delivery.idle_poll;
             let bus = &self.bus;
@@ -415,24 +419,33 @@ impl Runtime {
             .map_err(|err| presence_error(&agent, err))
     }
 
-    /// Subscribes the agent's answers to `$SRV.PING|INFO|STATS` (see [`discovery`]).
+    /// Answers `$SRV.PING|INFO|STATS` for the agent from now on (see
+    /// [`discovery`]); the runtime's responder starts with its first agent.
     async fn start_discovery(
-        &self,
+        &mut self,
         name: &Name,
         task_types: &[Name],
         counters: &Arc<stats::Counters>,
-    ) -> Result<discovery::Responder, RuntimeError> {
+    ) -> Result<(), RuntimeError> {
+        let responder = match &mut self.discovery {
+            Some(responder) => responder,
+            None => {
+                let responder = discovery::Responder::start(self.bus.client(), &self.instance_id)
+                    .await
+                    .map_err(|source| RuntimeError::Subscribe {
+                        agent: name.to_string(),
+                        source,
+                    })?;
+                self.discovery.insert(responder)
+            }
+        };
         let service = discovery::ServiceDescription {
             name: name.clone(),
             instance_id: self.instance_id.to_string(),
             task_types: task_types.to_vec(),
         };
-        discovery::Responder::start(self.bus.client(), service, counters.clone())
-            .await
-            .map_err(|source| RuntimeError::Subscribe {
-                agent: name.to_string(),
-                source,
-            })
+        responder.add(service, counters.clone());
+        Ok(())
     }
 
     /// Stops taking tasks, lets running ones finish within `grace`, answers
@@ -446,6 +459,9 @@ impl Runtime {
         }
         if let Some(watch) = &self.dead_letter_watch {
             watch.abort();
+        }
+        if let Some(discovery) = &self.discovery {
+            discovery.stop();
         }
         // The worker and the serving loops stop together, each letting
         // running work finish until the deadline.
