@@ -709,9 +709,17 @@ mod tests {
         }
         assert_eq!(parse_verb("$SRV.SCHEMA"), None);
         assert_eq!(
-            listen(&echo, "i1"),
-            ["$SRV.*", "$SRV.*.echo", "$SRV.*.echo.i1"]
+            parse_request("$SRV.STATS.echo.i1"),
+            Some((Verb::Stats, Some("echo"), Some("i1")))
         );
+        assert_eq!(parse_request("$SRV.PING"), Some((Verb::Ping, None, None)));
+        assert_eq!(parse_request("$SRV.PING.a.b.c"), None);
+        assert_eq!(parse_request("agent.PING.a"), None);
+        let heard: Vec<bool> = ["$SRV.PING", "$SRV.PING.echo", "$SRV.PING.echo.i1"]
+            .iter()
+            .map(|s| service::listen_all().iter().any(|p| overlaps(p, s)))
+            .collect();
+        assert_eq!(heard, [true, true, true]);
     }
 
     #[test]
