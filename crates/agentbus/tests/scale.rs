@@ -1,6 +1,6 @@
 //! Many agents on one bus, against a real nats-server: presence costs one
-//! message per agent per interval (not one per pair), idle agents hold no
-//! server consumers, thousands of agents each serve a queued task, a silent
+//! message per runtime per interval (idle agents add nothing, and nothing
+//! goes per pair), idle agents hold no server consumers, thousands of agents each serve a queued task, a silent
 //! death among many is reported once, and an upgrade from the durable
 //! consumers of earlier versions loses no queued task.
 
@@ -88,7 +88,7 @@ async fn heartbeats_during(server: &NatsServer, window: Duration) -> usize {
 }
 
 #[tokio::test]
-async fn presence_messages_grow_with_agents_not_with_pairs_of_them() {
+async fn presence_messages_grow_with_runtimes_not_with_idle_agents() {
     let server = NatsServer::start().await;
     let options = AgentOptions {
         heartbeat: quick_presence(),
@@ -96,11 +96,12 @@ async fn presence_messages_grow_with_agents_not_with_pairs_of_them() {
         ..AgentOptions::default()
     };
     let ran = Arc::default();
-    let mut per_agent = Vec::new();
     let mut runtimes = Vec::new();
     let mut served = 0;
+    let mut seen = Vec::new();
     for total in [10, 100, 1_000] {
-        // The agents of earlier rounds keep beating too: add up to `total`.
+        // The agents of earlier rounds keep beating too: add up to `total`,
+        // in one more runtime.
         let bus = Bus::connect(&server.target(), "round").await.unwrap();
         let mut runtime = Runtime::new(bus);
         for index in served..total {
@@ -113,16 +114,17 @@ async fn presence_messages_grow_with_agents_not_with_pairs_of_them() {
         runtimes.push(runtime);
         served = total;
         // Every message the presence bucket carries over four intervals: one
-        // heartbeat per agent per interval, whatever the number of agents
-        // (each runtime's watch receives them; nothing is sent per pair).
+        // heartbeat per runtime per interval; an idle agent adds nothing
+        // (each runtime's one watch receives them; nothing goes per pair).
         let beats = heartbeats_during(&server, Duration::from_secs(2)).await;
-        per_agent.push(beats as f64 / total as f64);
+        seen.push((total, runtimes.len(), beats));
     }
-    for (rate, total) in per_agent.iter().zip([10, 100, 1_000]) {
+    for (agents, runtimes, beats) in &seen {
         assert!(
-            (2.0..=6.0).contains(rate),
-            "{total} agents: {rate:.2} heartbeats per agent in 4 intervals (all: {per_agent:?})"
+            *beats <= runtimes * 5,
+            "{agents} agents in {runtimes} runtimes: {beats} presence messages in 4 intervals (all: {seen:?})"
         );
+        assert!(*beats >= *runtimes, "every runtime beats: {seen:?}");
     }
     for runtime in runtimes {
         runtime.shutdown(Duration::from_secs(5)).await;
@@ -181,8 +183,14 @@ async fn two_thousand_agents_each_serve_one_queued_task() {
     }
     let ran: HashSet<String> = ran.lock().unwrap().iter().cloned().collect();
     assert_eq!(ran, expected, "each task ran, once each");
-    // However many queues were busy, the worker kept few consumers.
-    let busy = consumers(&server).await;
+    // However many queues had work, the worker keeps few consumers: once
+    // the last deliveries are settled, at most 64.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut busy = consumers(&server).await;
+    while busy > 64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        busy = consumers(&server).await;
+    }
     assert!(busy <= 64, "{busy} consumers after 2000 queues had work");
     runtime.shutdown(Duration::from_secs(5)).await;
 }

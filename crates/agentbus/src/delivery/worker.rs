@@ -230,6 +230,9 @@ impl State {
         let mut sweep = tokio::time::interval(self.idle_poll.max(Duration::from_millis(10)));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop = loop {
+            // Over the bound (deliveries were in flight when it was crossed):
+            // retire what is idle now.
+            while self.live_consumers > MAX_CONSUMERS && self.retire_one(usize::MAX).await {}
             // Fetch while some source may hold work its handlers have room for.
             if self.fetchable() {
                 self.fetch_round(&mut puller, &mut running, &mut doorbells)

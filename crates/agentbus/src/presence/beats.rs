@@ -1,23 +1,24 @@
-//! One task per runtime keeps the presence entries of all its agents: it
-//! writes each entry's heartbeat when it is due (entries due together go out
-//! together, pipelined), watches everyone's entries once to report the
-//! agents whose heartbeats stopped, and says goodbye for entries removed.
+//! One task per runtime keeps the presence of all its agents: the runtime's
+//! heartbeat every interval, each agent's entry when it is added, when its
+//! tasks in flight change and before the bucket would forget it; one watch of
+//! everyone's entries, to report the agents of instances that died; and the
+//! goodbyes of agents that stop.
 //!
-//! Cost: one stored message per agent per interval, one watch per runtime
-//! (it receives every heartbeat on the bus), one task and one timer per
-//! runtime, whatever the number of agents.
+//! Cost: one stored message per runtime per interval, plus one per agent whose
+//! load changed; one watch, one task and one timer per runtime, whatever the
+//! number of agents.
 
 use super::offline::OnlineView;
-use super::{AgentPresence, PresenceChange, PresenceOptions};
+use super::{AgentPresence, InstanceBeat, PresenceChange, PresenceOptions, instance_key};
 use crate::client::Bus;
 use crate::clock;
 use crate::events::{OfflineEvent, OfflineReason};
+use crate::name::Name;
 use crate::state::{EntryKey, StateError, StateStore};
 use crate::subject::events;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -27,10 +28,11 @@ use tokio::time::Instant;
 /// Where a heartbeat reads the number of tasks in flight.
 pub(crate) type InFlightSource = Arc<dyn Fn() -> usize + Send + Sync>;
 
-/// Heartbeats due within this much of each other go out in one batch.
-const BATCH_WINDOW: Duration = Duration::from_millis(50);
+/// How long an agent's entry lives without a rewrite where the backend sets
+/// no limit of its own (Redis); it is rewritten at half of it.
+const AGENT_ENTRY_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// The heartbeat service of one runtime; stops (saying goodbye for every
+/// The presence service of one runtime; stops (saying goodbye for every
 /// entry) when [`Beats::stop`] is called or it is dropped (dropping the
 /// command sender ends the task's loop the same way).
 #[derive(Debug)]
@@ -45,7 +47,7 @@ enum Command {
         presence: AgentPresence,
         options: PresenceOptions,
         in_flight: InFlightSource,
-        /// The first heartbeat's outcome.
+        /// The outcome of storing the entry (and the first heartbeat).
         stored: oneshot::Sender<Result<EntryKey, StateError>>,
     },
     Remove {
@@ -62,14 +64,17 @@ impl Beats {
     pub(crate) fn start(bus: Bus, store: StateStore) -> Self {
         let (commands, receiver) = mpsc::unbounded_channel();
         let backend = store.backend_name();
+        let agent_ttl = store.entry_ttl_cap().unwrap_or(AGENT_ENTRY_TTL);
         let service = Service {
             bus,
             store,
+            instance: None,
+            options: None,
+            agent_ttl,
             entries: HashMap::new(),
-            due: BinaryHeap::new(),
+            next_beat: None,
             view: OnlineView::default(),
             changes: None,
-            poll: None,
         };
         Self {
             commands,
@@ -83,8 +88,9 @@ impl Beats {
         self.backend
     }
 
-    /// Keeps `presence` from now on; returns once its first heartbeat is
-    /// stored (or says why it was not). `in_flight` is read at each heartbeat.
+    /// Keeps `presence` from now on; returns once its entry and its
+    /// instance's heartbeat are stored (or says why they were not).
+    /// `in_flight` is read at each heartbeat.
     pub(crate) async fn register(
         &self,
         presence: AgentPresence,
@@ -95,8 +101,8 @@ impl Beats {
         outcome.await.unwrap_or_else(|_| Err(self.stopped()))
     }
 
-    /// [`Beats::register`] without waiting: the first heartbeat's outcome
-    /// arrives on the returned channel.
+    /// [`Beats::register`] without waiting: the outcome arrives on the
+    /// returned channel.
     pub(crate) fn register_later(
         &self,
         presence: AgentPresence,
@@ -115,8 +121,8 @@ impl Beats {
         outcome
     }
 
-    /// Removes an entry (a goodbye: watchers do not report it as a timeout)
-    /// and publishes its `agent_offline` with reason `shutdown`.
+    /// Removes an agent's entry (a goodbye: watchers do not report it as a
+    /// timeout) and publishes its `agent_offline` with reason `shutdown`.
     pub(crate) async fn remove(&self, key: EntryKey) {
         let (done, removed) = oneshot::channel();
         if self.commands.send(Command::Remove { key, done }).is_ok() {
@@ -124,7 +130,7 @@ impl Beats {
         }
     }
 
-    /// Says goodbye for every entry left, then stops.
+    /// Says goodbye for every entry left and for the instance, then stops.
     pub(crate) async fn stop(mut self) {
         let (done, stopped) = oneshot::channel();
         if self.commands.send(Command::Stop { done }).is_ok() {
@@ -145,32 +151,33 @@ impl Beats {
     }
 }
 
+/// An agent's entry as this service keeps it.
 struct Entry {
     presence: AgentPresence,
-    options: PresenceOptions,
     in_flight: InFlightSource,
-    /// When its next heartbeat is due.
-    next: Instant,
+    /// When the entry was last written.
+    written: Instant,
 }
 
 struct Service {
     bus: Bus,
     store: StateStore,
+    /// The instance whose heartbeat this service writes (the instance of its
+    /// agents), with its key, once an agent is registered.
+    instance: Option<(EntryKey, InstanceBeat)>,
+    /// The shortest interval and `offline_after` of the agents registered.
+    options: Option<PresenceOptions>,
+    /// How long an agent's entry lives without a rewrite.
+    agent_ttl: Duration,
     entries: HashMap<EntryKey, Entry>,
-    /// Heartbeats by when they are due; stale items (removed entries, or an
-    /// entry due later than noted) are skipped as they come up.
-    due: BinaryHeap<Reverse<(Instant, EntryKey)>>,
+    next_beat: Option<Instant>,
     view: OnlineView,
     changes: Option<BoxStream<'static, PresenceChange>>,
-    /// How often the watch of a backend without a change feed looks (Redis):
-    /// the shortest interval of the entries kept.
-    poll: Option<Duration>,
 }
 
 impl Service {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         loop {
-            let next_due = self.due.peek().map(|Reverse((at, _))| *at);
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
@@ -192,13 +199,11 @@ impl Service {
                         return;
                     }
                 },
-                () = sleep_until(next_due) => self.beat_due().await,
+                () = sleep_until(self.next_beat) => self.beat().await,
                 change = next_change(&mut self.changes) => match change {
                     Some(change) => {
-                        if let Some(gone) = self.view.apply(change) {
-                            let reporter = self.view.reporter();
-                            report_offline(&self.bus, reporter, &gone, OfflineReason::HeartbeatTimeout).await;
-                        }
+                        let gone = self.view.apply(change);
+                        self.report_deaths(gone).await;
                     }
                     // Reopened at the next heartbeat.
                     None => self.changes = None,
@@ -209,86 +214,95 @@ impl Service {
 
     async fn register(
         &mut self,
-        presence: AgentPresence,
+        mut presence: AgentPresence,
         options: PresenceOptions,
         in_flight: InFlightSource,
     ) -> Result<EntryKey, StateError> {
         let key = presence.entry_key()?;
         warn_about_options(&self.store, &options);
-        let mut entry = Entry {
-            presence,
-            options,
-            in_flight,
-            next: Instant::now(),
-        };
-        put(&self.store, &key, &mut entry).await?;
-        entry.next = Instant::now() + interval(&options);
-        self.due.push(Reverse((entry.next, key.clone())));
-        self.entries.insert(key.clone(), entry);
-        self.view.own(key.clone());
-        let poll = self
-            .poll
-            .map_or(interval(&options), |p| p.min(interval(&options)));
-        self.poll = Some(poll);
-        if self.changes.is_none() {
-            self.open_changes().await;
+        let merged = self.options.map_or(options, |current| PresenceOptions {
+            interval: current.interval.min(options.interval),
+            offline_after: current.offline_after.min(options.offline_after),
+        });
+        self.options = Some(merged);
+        if self.instance.is_none() {
+            let instance = Name::parse("instance id", &presence.instance_id)?;
+            let beat = InstanceBeat {
+                instance_id: presence.instance_id.clone(),
+                host: presence.host.clone(),
+                last_seen: clock::now(),
+            };
+            self.view.own(presence.instance_id.clone());
+            self.instance = Some((instance_key(&instance), beat));
+            self.write_beat().await?;
+            self.next_beat = Some(Instant::now() + interval(&merged));
+            self.open_changes(merged.interval).await;
         }
+        presence.in_flight = in_flight();
+        put_agent(&self.store, &key, &presence, self.agent_ttl).await?;
+        self.entries.insert(
+            key.clone(),
+            Entry {
+                presence,
+                in_flight,
+                written: Instant::now(),
+            },
+        );
         Ok(key)
     }
 
-    /// Writes every heartbeat due now (or within the batch window), together.
-    async fn beat_due(&mut self) {
-        let horizon = Instant::now() + BATCH_WINDOW;
-        let mut batch = Vec::new();
-        while let Some(Reverse((at, _))) = self.due.peek() {
-            if *at > horizon {
-                break;
-            }
-            let Some(Reverse((at, key))) = self.due.pop() else {
-                break;
-            };
-            // Skip what was removed, and stale notes of a rescheduled entry.
-            if self.entries.get(&key).is_some_and(|entry| entry.next == at) {
-                batch.push(key);
-            }
-        }
+    /// Writes the instance's heartbeat, and every agent entry whose load
+    /// changed or that would soon be forgotten, together.
+    async fn beat(&mut self) {
+        let Some(options) = self.options else {
+            self.next_beat = None;
+            return;
+        };
+        self.next_beat = Some(Instant::now() + interval(&options));
         if self.changes.is_none() {
             self.view.clear();
-            self.open_changes().await;
+            self.open_changes(options.interval).await;
         }
-        let store = &self.store;
-        let values: Vec<(EntryKey, Vec<u8>, Duration)> = batch
-            .iter()
-            .filter_map(|key| {
-                let entry = self.entries.get_mut(key)?;
-                entry.presence.in_flight = (entry.in_flight)();
-                entry.presence.last_seen = clock::now();
-                let value = serde_json::to_vec(&entry.presence).expect("a presence serializes");
-                Some((key.clone(), value, entry.options.offline_after))
-            })
-            .collect();
-        let results = futures::future::join_all(
-            values
-                .iter()
-                .map(|(key, value, ttl)| store.put_entry(key, value.clone(), *ttl)),
-        )
-        .await;
-        for ((key, _, _), result) in values.iter().zip(results) {
-            if let Err(err) = result {
-                tracing::warn!(%err, ?key, "heartbeat not stored");
+        if let Err(err) = self.write_beat().await {
+            tracing::warn!(%err, "heartbeat not stored");
+        }
+        let refresh = self.agent_ttl / 2;
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for (key, entry) in &mut self.entries {
+            let in_flight = (entry.in_flight)();
+            if in_flight != entry.presence.in_flight || now - entry.written >= refresh {
+                entry.presence.in_flight = in_flight;
+                entry.written = now;
+                due.push((key.clone(), entry.presence.clone()));
             }
         }
-        let now = Instant::now();
-        for key in batch {
-            if let Some(entry) = self.entries.get_mut(&key) {
-                entry.next = now + interval(&entry.options);
-                self.due.push(Reverse((entry.next, key)));
+        let store = &self.store;
+        let ttl = self.agent_ttl;
+        let written = futures::future::join_all(
+            due.iter()
+                .map(|(key, presence)| put_agent(store, key, presence, ttl)),
+        )
+        .await;
+        for ((key, _), result) in due.iter().zip(written) {
+            if let Err(err) = result {
+                tracing::warn!(%err, ?key, "presence entry not stored");
             }
         }
     }
 
-    async fn open_changes(&mut self) {
-        let poll = self.poll.unwrap_or(PresenceOptions::default().interval);
+    async fn write_beat(&mut self) -> Result<(), StateError> {
+        let (Some((key, beat)), Some(options)) = (&mut self.instance, self.options) else {
+            return Ok(());
+        };
+        beat.last_seen = clock::now();
+        let value = serde_json::to_vec(beat).expect("a heartbeat serializes");
+        self.store
+            .put_entry(key, value, options.offline_after)
+            .await
+    }
+
+    async fn open_changes(&mut self, poll: Duration) {
         match super::changes(&self.store, poll).await {
             Ok(changes) => self.changes = Some(changes),
             Err(err) => {
@@ -297,16 +311,45 @@ impl Service {
         }
     }
 
+    /// Reports each agent of a dead instance, and removes its entry.
+    async fn report_deaths(&mut self, gone: Vec<AgentPresence>) {
+        for agent in gone {
+            report_offline(
+                &self.bus,
+                self.view.reporter(),
+                &agent,
+                OfflineReason::HeartbeatTimeout,
+            )
+            .await;
+            if let Ok(key) = agent.entry_key() {
+                let remembered = self.remembered();
+                if let Err(err) = self.store.remove_entry(&key, remembered).await {
+                    tracing::debug!(%err, agent = %agent.name, "cannot remove a dead agent's entry; it expires on its own");
+                }
+            }
+        }
+    }
+
+    /// How long a removal stays distinguishable from an expiry: long enough
+    /// that every watcher's next look sees it so (Redis polls by interval).
+    fn remembered(&self) -> Duration {
+        let offline_after = self
+            .options
+            .map_or(PresenceOptions::default().offline_after, |o| {
+                o.offline_after
+            });
+        (offline_after * 2).max(Duration::from_secs(60))
+    }
+
     async fn goodbye(&mut self, key: &EntryKey) {
-        let Some(entry) = self.entries.remove(key) else {
+        let Some(mut entry) = self.entries.remove(key) else {
             return;
         };
-        self.view.disown(key);
-        // The goodbye: removed, not expired, for long enough that every
-        // watcher's next look sees it so (Redis polls by interval).
-        let remembered = (entry.options.offline_after * 2).max(Duration::from_secs(60));
-        if let Err(err) = self.store.remove_entry(key, remembered).await {
+        if let Err(err) = self.store.remove_entry(key, self.remembered()).await {
             tracing::warn!(%err, agent = %entry.presence.name, "cannot remove the presence entry; it expires on its own");
+        }
+        if let Some((_, beat)) = &self.instance {
+            entry.presence.last_seen = beat.last_seen.clone();
         }
         report_offline(
             &self.bus,
@@ -322,10 +365,26 @@ impl Service {
         for key in keys {
             self.goodbye(&key).await;
         }
+        if let Some((key, _)) = self.instance.take()
+            && let Err(err) = self.store.remove_entry(&key, self.remembered()).await
+        {
+            tracing::warn!(%err, "cannot remove the instance's heartbeat; it expires on its own");
+        }
         if let Err(err) = self.bus.flush().await {
             tracing::warn!(%err, "flush after agent_offline failed");
         }
     }
+}
+
+/// Stores an agent's entry.
+async fn put_agent(
+    store: &StateStore,
+    key: &EntryKey,
+    presence: &AgentPresence,
+    ttl: Duration,
+) -> Result<(), StateError> {
+    let value = serde_json::to_vec(presence).expect("a presence serializes");
+    store.put_entry(key, value, ttl).await
 }
 
 /// Publishes `platform.events.agent_offline` for `gone`, as `reporter`.
@@ -347,16 +406,6 @@ async fn report_offline(
     if let Err(err) = bus.publish(events::AGENT_OFFLINE, &event).await {
         tracing::warn!(%err, agent = %gone.name, "cannot publish agent_offline");
     }
-}
-
-/// Stores an entry's heartbeat with its in-flight figure read now.
-async fn put(store: &StateStore, key: &EntryKey, entry: &mut Entry) -> Result<(), StateError> {
-    entry.presence.in_flight = (entry.in_flight)();
-    entry.presence.last_seen = clock::now();
-    let value = serde_json::to_vec(&entry.presence).expect("a presence serializes");
-    store
-        .put_entry(key, value, entry.options.offline_after)
-        .await
 }
 
 fn interval(options: &PresenceOptions) -> Duration {

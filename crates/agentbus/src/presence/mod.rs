@@ -1,27 +1,34 @@
-//! Who is online: heartbeats with a TTL, and `platform.events.agent_offline`.
+//! Who is online: one entry per agent instance, kept alive by the heartbeat
+//! of the runtime that serves it, and `platform.events.agent_offline`.
 //!
-//! Each running agent instance keeps one presence entry (an [`AgentPresence`])
-//! among the short-lived entries of the [state store](crate::state): NATS KV
-//! bucket `agent-presence` by default, Redis keys when the state store is
-//! Redis. Its heartbeat rewrites the entry every [`PresenceOptions::interval`]
-//! with a TTL of [`PresenceOptions::offline_after`], so the entry of an agent
-//! that dies without a goodbye expires on its own. [`online_agents`] lists
-//! the entries; a [`Heartbeat`] keeps one entry outside a runtime.
+//! Presence lives among the short-lived entries of the [state
+//! store](crate::state) (NATS KV bucket `agent-presence` by default, Redis
+//! keys when the state store is Redis), as two kinds of entry:
+//!
+//! - `<instance>`: the heartbeat of one runtime (or MCP bridge) instance,
+//!   rewritten every [`PresenceOptions::interval`] with a TTL of
+//!   [`PresenceOptions::offline_after`]: when the process dies without a
+//!   goodbye, it expires on its own;
+//! - `<agent>.<instance>`: an [`AgentPresence`], written when the agent is
+//!   added, again when its tasks in flight change (at most once per
+//!   interval), and refreshed well before the bucket's `max_age`.
+//!
+//! An agent is online while both its entry and its instance's heartbeat
+//! exist ([`online_agents`] lists them so). An idle agent therefore costs the
+//! bus nothing per interval: a runtime serving ten thousand agents writes one
+//! heartbeat per interval, plus the agents whose load changed.
 //!
 //! `platform.events.agent_offline` is published
-//! - by the instance itself on a graceful stop (`"reason": "shutdown"`), after
-//!   removing its entry;
-//! - when an entry expires (`"reason": "heartbeat_timeout"`), by one of the
-//!   live runtimes: the one that keeps the smallest live entry by (agent
-//!   name, instance id). Each runtime watches the entries once to know (see
-//!   the `offline` module for the edge cases).
-//!
-//! One task per runtime writes the heartbeats of all its agents and holds
-//! that one watch: the bus carries one message per agent per interval, and
-//! each runtime's watch receives them all, whatever the number of agents.
+//! - by the runtime itself when an agent stops gracefully (`"reason":
+//!   "shutdown"`), after removing its entry;
+//! - when an instance's heartbeat expires (`"reason": "heartbeat_timeout"`),
+//!   once for each of its agents, by one of the live instances: the one with
+//!   the smallest instance id, which also removes the dead agents' entries.
+//!   Each runtime watches the entries once to know (see the `offline` module
+//!   for the edge cases).
 //!
 //! On NATS KV an expiry is seen within about a second of `offline_after`
-//! (the bucket's limit marker); on Redis the heartbeats list the entries every
+//! (the bucket's limit marker); on Redis the entries are listed every
 //! `interval`, so it is seen within `offline_after + interval`.
 //!
 //! The event's body is an [`OfflineEvent`](crate::events::OfflineEvent).
@@ -60,8 +67,19 @@ pub struct AgentPresence {
     pub host: String,
     /// Tasks waiting or running at the last heartbeat.
     pub in_flight: usize,
-    /// When the last heartbeat was written (RFC 3339).
+    /// When its instance's last heartbeat was written (RFC 3339).
     pub last_seen: String,
+}
+
+/// The heartbeat of one runtime instance: its agents are alive while it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct InstanceBeat {
+    /// The instance.
+    pub(crate) instance_id: String,
+    /// The host it runs on.
+    pub(crate) host: String,
+    /// When this heartbeat was written (RFC 3339).
+    pub(crate) last_seen: String,
 }
 
 /// A task type in a presence entry.
@@ -78,9 +96,11 @@ pub struct PresenceTaskType {
 pub struct PresenceOptions {
     /// Time between heartbeats (default 10 s).
     pub interval: Duration,
-    /// An entry not refreshed for this long expires: the agent is offline
-    /// (default 30 s). On NATS KV it is rounded up to whole seconds and
-    /// capped by the `agent-presence` bucket's `max_age` (30 s as shipped).
+    /// A heartbeat not refreshed for this long expires: the agents of its
+    /// instance are offline (default 30 s). On NATS KV it is rounded up to
+    /// whole seconds and capped by the `agent-presence` bucket's `max_age`.
+    /// A runtime beats at the shortest interval and expires after the
+    /// shortest `offline_after` of the agents it serves.
     pub offline_after: Duration,
 }
 
@@ -129,16 +149,35 @@ impl AgentPresence {
     }
 }
 
-/// The agents online now, sorted by name, then instance id.
+/// The key of an instance's heartbeat: its id alone.
+pub(crate) fn instance_key(instance: &Name) -> EntryKey {
+    EntryKey::new(vec![instance.clone()])
+}
+
+/// The agents online now (their entry and their instance's heartbeat both
+/// exist), sorted by name, then instance id; `last_seen` is the instance's
+/// last heartbeat.
 pub async fn online_agents(store: &StateStore) -> Result<Vec<AgentPresence>, StateError> {
-    let mut agents: Vec<AgentPresence> = store
-        .list_entries()
-        .await?
+    let mut beats = std::collections::HashMap::new();
+    let mut agents = Vec::new();
+    for (key, value) in store.list_entries().await? {
+        match decode(&key, &value) {
+            Some(Decoded::Agent(agent)) => agents.push(agent),
+            Some(Decoded::Instance(beat)) => {
+                beats.insert(beat.instance_id, beat.last_seen);
+            }
+            None => {}
+        }
+    }
+    let mut online: Vec<AgentPresence> = agents
         .into_iter()
-        .filter_map(|(key, value)| decode(&key, &value))
+        .filter_map(|mut agent| {
+            agent.last_seen = beats.get(&agent.instance_id)?.clone();
+            Some(agent)
+        })
         .collect();
-    agents.sort_by(|a, b| (&a.name, &a.instance_id).cmp(&(&b.name, &b.instance_id)));
-    Ok(agents)
+    online.sort_by(|a, b| (&a.name, &a.instance_id).cmp(&(&b.name, &b.instance_id)));
+    Ok(online)
 }
 
 /// The presence entries present now, then every change to them.
@@ -149,22 +188,45 @@ pub(crate) async fn changes(
     Ok(store
         .entry_changes(poll)
         .await?
-        .filter_map(|change| {
-            futures::future::ready(match change {
-                EntryChange::Put(key, value) => decode(&key, &value).map(PresenceChange::Seen),
-                EntryChange::Removed(key) => Some(PresenceChange::Left(key)),
-                EntryChange::Expired(key) => Some(PresenceChange::Expired(key)),
-            })
-        })
+        .filter_map(|change| futures::future::ready(presence_change(change)))
         .boxed())
 }
 
-/// An entry's value as a presence; what another program wrote there is skipped.
-fn decode(key: &EntryKey, value: &[u8]) -> Option<AgentPresence> {
-    match serde_json::from_slice(value) {
-        Ok(presence) => Some(presence),
+/// An entry change as what it means for presence.
+fn presence_change(change: EntryChange) -> Option<PresenceChange> {
+    Some(match change {
+        EntryChange::Put(key, value) => match decode(&key, &value)? {
+            Decoded::Agent(agent) => PresenceChange::Seen(agent),
+            Decoded::Instance(beat) => PresenceChange::Alive(beat),
+        },
+        EntryChange::Removed(key) => match key.last_part() {
+            Some(instance) if key.len() == 1 => PresenceChange::Stopped(instance),
+            _ => PresenceChange::Left(key),
+        },
+        EntryChange::Expired(key) => match key.last_part() {
+            Some(instance) if key.len() == 1 => PresenceChange::Died(instance),
+            _ => PresenceChange::Expired(key),
+        },
+    })
+}
+
+/// What a presence entry holds.
+enum Decoded {
+    Agent(AgentPresence),
+    Instance(InstanceBeat),
+}
+
+/// An entry's value by its key's form; what another program wrote there is skipped.
+fn decode(key: &EntryKey, value: &[u8]) -> Option<Decoded> {
+    let decoded = if key.len() == 1 {
+        serde_json::from_slice(value).map(Decoded::Instance)
+    } else {
+        serde_json::from_slice(value).map(Decoded::Agent)
+    };
+    match decoded {
+        Ok(decoded) => Some(decoded),
         Err(err) => {
-            tracing::warn!(?key, %err, "presence entry is not an AgentPresence; ignored");
+            tracing::warn!(?key, %err, "presence entry is not a presence record; ignored");
             None
         }
     }
@@ -183,12 +245,18 @@ pub fn host_name() -> String {
 /// A change to the presence entries.
 #[derive(Debug, Clone)]
 pub(crate) enum PresenceChange {
-    /// An entry was written (or is there when watching starts).
+    /// An agent's entry was written (or is there when watching starts).
     Seen(AgentPresence),
-    /// An entry was removed by a graceful shutdown.
+    /// An agent's entry was removed (a graceful stop).
     Left(EntryKey),
-    /// An entry expired: its heartbeats stopped.
+    /// An agent's entry expired (its runtime did not refresh it).
     Expired(EntryKey),
+    /// An instance's heartbeat was written.
+    Alive(InstanceBeat),
+    /// An instance's heartbeat was removed (a graceful stop).
+    Stopped(String),
+    /// An instance's heartbeat expired: it stopped without a goodbye.
+    Died(String),
 }
 
 #[cfg(test)]

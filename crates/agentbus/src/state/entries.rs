@@ -20,6 +20,11 @@ impl EntryKey {
         Self(parts)
     }
 
+    /// How many names the key has.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// The key's last part (for presence: the instance id).
     pub(crate) fn last_part(&self) -> Option<String> {
         self.0.last().map(ToString::to_string)
