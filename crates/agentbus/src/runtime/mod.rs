@@ -195,6 +195,9 @@ pub struct Runtime {
     worker: Option<Worker>,
     /// The answers to `$SRV` discovery for every agent: one for the runtime.
     discovery: Option<discovery::Responder>,
+    /// Settlers by delivery options, for tasks (`true`) or messages: agents
+    /// with the same options share one.
+    settlers: Vec<(DeliveryOptions, bool, Settler)>,
 }
 
 #[derive(Debug)]
@@ -219,6 +222,7 @@ impl Runtime {
             beats: None,
             worker: None,
             discovery: None,
+            settlers: Vec::new(),
         }
     }
 
@@ -299,22 +303,28 @@ impl Runtime {
         // Durable consumers first: if they cannot be made, nothing was started.
         let (stop, stop_rx) = watch::channel(None);
         let delivery = served.options.delivery;
-        let settler = if served.options.work_queues {
-            Some(
-                Settler::for_tasks(&self.bus, delivery, self.instance_id.clone())
-                    .await
-                    .map_err(|source| RuntimeError::Results {
+        let settler =
+            if served.options.work_queues {
+                Some(self.settler(delivery, true).await.map_err(|source| {
+                    RuntimeError::Results {
                         agent: name.to_string(),
                         source,
-                    })?,
-            )
-        } else {
-            None
-        };
-        let message_settler = served
-            .options
-            .messages
-            .then(|| Settler::for_messages(&self.bus, delivery, self.instance_id.clone()));
+                    }
+                })?)
+            } else {
+                None
+            };
+        let message_settler =
+            if served.options.messages {
+                Some(self.settler(delivery, false).await.map_err(|source| {
+                    RuntimeError::Results {
+                        agent: name.to_string(),
+                        source,
+                    }
+                })?)
+            } else {
+                None
+            };
         let work = if settler.is_some() || message_settler.is_some() {
             Some(queued::agent_work(&served, &type_names, &topics, settler, message_settler).await?)
         } else {
@@ -380,6 +390,29 @@ impl Runtime {
             presence,
         });
         Ok(())
+    }
+
+    /// A settler of tasks (with the records bucket) or of messages, shared
+    /// by every agent of the runtime with the same delivery options.
+    async fn settler(
+        &mut self,
+        options: DeliveryOptions,
+        tasks: bool,
+    ) -> Result<Settler, RecordError> {
+        if let Some((_, _, settler)) = self
+            .settlers
+            .iter()
+            .find(|(o, t, _)| *o == options && *t == tasks)
+        {
+            return Ok(settler.clone());
+        }
+        let settler = if tasks {
+            Settler::for_tasks(&self.bus, options, self.instance_id.clone()).await?
+        } else {
+            Settler::for_messages(&self.bus, options, self.instance_id.clone())
+        };
+        self.settlers.push((options, tasks, settler.clone()));
+        Ok(settler)
     }
 
     /// The state store for presence: the one given to [`Runtime::with_state`],
