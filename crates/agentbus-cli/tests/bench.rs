@@ -147,9 +147,16 @@ async fn scale_prints_one_row_per_agent_count_backlog_and_payload() {
     for row in rows.iter().filter(|row| row["kind"] == "agents") {
         assert_eq!(row["errors"], 0, "{row}");
         positive(row, "rr_rps");
+        positive(row, "rr_ratio_to_one");
+        positive(row, "bare_rr_rps");
+        positive(row, "rr_ratio_to_bare");
         positive(row, "server_consumers");
         assert!(row["queue_pickup_ms"].as_f64().unwrap() >= 0.0, "{row}");
     }
+    assert_eq!(
+        rows[0]["rr_ratio_to_one"], 1.0,
+        "the one-agent row is the reference"
+    );
     for row in rows.iter().filter(|row| row["kind"] != "agents") {
         positive(
             row,

@@ -10,7 +10,9 @@
 //!   process's resident memory per agent; the CPU of this process and of
 //!   nats-server over `--idle-seconds` of idle; the consumers the server
 //!   holds; request/reply to random agents with 64 in flight (throughput,
-//!   p50, p99, errors); the slow-consumer events the server counted; and
+//!   p50, p99, errors) against the one-agent row, and against the same
+//!   requests to as many bare async-nats echo subscribers (one task each,
+//!   one connection); the slow-consumer events the server counted; and
 //!   how long a task submitted to an idle agent's queue waits until its
 //!   handler starts (the worst of 10, each to another agent).
 //! - **backlog** rows: 1,000, 10,000 and 50,000 tasks queued (fire and
@@ -108,6 +110,12 @@ struct AgentsRow {
     rr_rps: f64,
     rr_p50_us: f64,
     rr_p99_us: f64,
+    /// Request/reply throughput against the one-agent row of the same run.
+    rr_ratio_to_one: Option<f64>,
+    /// The same requests to as many bare async-nats echo subscribers.
+    bare_rr_rps: f64,
+    /// `rr_rps` against `bare_rr_rps`.
+    rr_ratio_to_bare: f64,
     errors: u64,
     slow_consumers: u64,
     queue_pickup_ms: f64,
@@ -151,7 +159,11 @@ pub(super) async fn exec(args: ScaleArgs) -> anyhow::Result<ExitCode> {
         if let Some(progress) = progress {
             progress.finish_and_clear();
         }
-        let row = row?;
+        let mut row = row?;
+        let one = agent_rows
+            .first()
+            .map_or(row.rr_rps, |first: &AgentsRow| first.rr_rps);
+        row.rr_ratio_to_one = (one > 0.0).then(|| round_to(row.rr_rps / one, 3));
         if args.json {
             print_json(&row)?;
         }
@@ -254,10 +266,18 @@ async fn agents_row(
     };
     let server_consumers = server_consumers(server).await?;
     let client = Bus::connect(&server.target(), "bench-scale-client").await?;
+    // Warm up (connections, allocator, first-use paths) before timing.
+    random_requests(
+        &client,
+        agents,
+        (args.requests as usize / 10).clamp(1, 2_000),
+    )
+    .await;
     let (rr_rps, p50, p99, errors) = random_requests(&client, agents, args.requests as usize).await;
     let queue_pickup_ms = pickup_ms(&client, agents, &started).await?;
     let slow_consumers = monitor.varz().await?.slow_consumers - slow_before;
     runtime.shutdown(SHUTDOWN_GRACE).await;
+    let bare_rr_rps = bare_random_requests(server, agents, args.requests as usize).await?;
     Ok(AgentsRow {
         kind: "agents",
         agents,
@@ -272,6 +292,9 @@ async fn agents_row(
         rr_rps: round_to(rr_rps, 0),
         rr_p50_us: round_to(p50.as_secs_f64() * 1e6, 1),
         rr_p99_us: round_to(p99.as_secs_f64() * 1e6, 1),
+        rr_ratio_to_one: None,
+        bare_rr_rps: round_to(bare_rr_rps, 0),
+        rr_ratio_to_bare: round_to(rr_rps / bare_rr_rps, 3),
         errors,
         slow_consumers,
         queue_pickup_ms: round_to(queue_pickup_ms, 1),
@@ -332,6 +355,62 @@ async fn random_requests(
     )
 }
 
+/// Requests as [`random_requests`] sends them, to `agents` bare async-nats
+/// echo subscribers (one task each, on one connection): throughput.
+async fn bare_random_requests(
+    server: &BenchServer,
+    agents: usize,
+    count: usize,
+) -> anyhow::Result<f64> {
+    let serving = server.bare_client("bench-scale-bare-agents").await?;
+    let answered = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(agents);
+    for index in 0..agents {
+        let name = format!("bare-{}", agent_name(index));
+        let subscriber = serving
+            .queue_subscribe(format!("agent.{name}.task"), name)
+            .await
+            .context("cannot subscribe a bare echo agent")?;
+        tasks.push(tokio::spawn(serve_bare(
+            serving.clone(),
+            subscriber,
+            answered.clone(),
+        )));
+    }
+    serving.flush().await?;
+    let client = server.bare_client("bench-scale-bare-client").await?;
+    let requests: Vec<(async_nats::Subject, Vec<u8>)> = (0..count)
+        .map(|_| {
+            let agent = agent_name(rand::random_range(0..agents));
+            let request = TaskRequest::new(TASK_TYPE, json!({"prompt": "hi"}));
+            (format!("agent.bare-{agent}.task").into(), request.to_json())
+        })
+        .collect();
+    let send = |requests: &[(async_nats::Subject, Vec<u8>)]| {
+        let requests = requests.to_vec();
+        let client = client.clone();
+        async move {
+            futures::stream::iter(requests)
+                .map(|(subject, payload)| {
+                    let client = client.clone();
+                    async move { client.request(subject, payload.into()).await.is_ok() }
+                })
+                .buffer_unordered(IN_FLIGHT)
+                .filter(|ok| std::future::ready(*ok))
+                .count()
+                .await
+        }
+    };
+    send(&requests[..(count / 10).clamp(1, 2_000).min(count)]).await;
+    let started = Instant::now();
+    let answered_ok = send(&requests).await;
+    let elapsed = started.elapsed();
+    for task in tasks {
+        task.abort();
+    }
+    Ok(answered_ok as f64 / elapsed.as_secs_f64())
+}
+
 /// The worst wait, over 10 idle agents, from submitting a task to an agent's
 /// own queue until its handler starts, in milliseconds.
 async fn pickup_ms(
@@ -368,7 +447,12 @@ async fn pickup_ms(
 }
 
 /// This process's resident memory, in KiB (0 where /proc does not tell).
+/// This process's resident memory in KiB, once the allocator has returned
+/// what is free to the system (else a row reuses what the last one freed).
+#[allow(unsafe_code)]
 fn resident_kb() -> u64 {
+    // SAFETY: mi_collect only walks the allocator's own free lists.
+    unsafe { libmimalloc_sys::mi_collect(true) };
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok())
@@ -605,6 +689,9 @@ fn print_tables(
             "idle CPU server",
             "consumers",
             "req/s",
+            "vs 1 agent",
+            "bare req/s",
+            "vs bare",
             "p50",
             "p99",
             "errors",
@@ -620,6 +707,10 @@ fn print_tables(
                 pct(row.idle_cpu_server_pct),
                 row.server_consumers.to_string(),
                 format!("{:.0}", row.rr_rps),
+                row.rr_ratio_to_one
+                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.3}")),
+                format!("{:.0}", row.bare_rr_rps),
+                format!("{:.3}", row.rr_ratio_to_bare),
                 format!("{:.0} µs", row.rr_p50_us),
                 format!("{:.0} µs", row.rr_p99_us),
                 row.errors.to_string(),
