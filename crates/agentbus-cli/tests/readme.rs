@@ -5,9 +5,9 @@
 
 mod common;
 
-use agentbus::AgentOptions;
-use agentbus::delivery::DeliveryOptions;
+use agentbus::delivery::{ConsumerSpec, DeliveryOptions, Queue};
 use agentbus::presence::PresenceOptions;
+use agentbus::{AgentOptions, Name};
 use agentbus_ops::topology::Topology;
 use agentbus_testkit::NatsServer;
 use serde_json::{Value, json};
@@ -451,13 +451,29 @@ fn the_retention_table_states_the_topology_and_the_defaults_of_the_code() {
     assert_eq!(handled[1], format!("{} deliveries", delivery.max_deliver));
 
     let presence = PresenceOptions::default();
+    let heartbeat = format!(
+        "{} without a heartbeat (one every {})",
+        human_duration(presence.offline_after),
+        human_duration(presence.interval)
+    );
+    let presence_row = row(&table, "KV `agent-presence`");
+    assert!(presence_row[0].ends_with(&heartbeat), "{presence_row:?}");
+
+    let queue_consumer = ConsumerSpec::task_queue(
+        &Queue::Agent(Name::parse("agent", "a").unwrap()),
+        agentbus::Priority::Normal,
+    );
     assert_eq!(
-        row(&table, "KV `agent-presence`")[0],
+        row(&table, "work-queue consumers")[0],
         format!(
-            "{} without a heartbeat (one every {})",
-            human_duration(presence.offline_after),
-            human_duration(presence.interval)
+            "{} idle (inactive threshold)",
+            human_duration(queue_consumer.inactive_threshold().unwrap())
         )
+    );
+    assert_eq!(
+        ConsumerSpec::inbox(&Name::parse("agent", "a").unwrap()).inactive_threshold(),
+        None,
+        "the README says inbox consumers are kept"
     );
 
     assert_eq!(

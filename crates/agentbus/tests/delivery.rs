@@ -473,6 +473,51 @@ async fn shared_work_queue_spreads_tasks_and_runs_each_once() {
     }
 }
 
+/// A worker with a backlog fetches beyond its free slots; when it stops,
+/// what it fetched ahead goes back to the queue at once (not after the ack
+/// wait), and every task still runs exactly once.
+#[tokio::test]
+async fn tasks_fetched_ahead_are_given_back_when_the_worker_stops() {
+    let server = NatsServer::start().await;
+    let options = AgentOptions {
+        max_concurrency: 4,
+        ..fast_retries()
+    };
+    assert!(options.delivery.ack_wait >= Duration::from_secs(30));
+    let client = bus(&server).await;
+    let queue = Queue::agent("ahead").unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..60 {
+        let request = TaskRequest::new("slow", json!({"ms": 20}));
+        client.submit(&queue, &request).await.unwrap();
+        ids.push(request.task_id);
+    }
+    let first = Worker::new("ahead");
+    let runtime = serve(&server, first.clone(), options.clone()).await;
+    wait_for(
+        "a third of the backlog done",
+        Duration::from_secs(10),
+        || first.total() >= 20,
+    )
+    .await;
+    runtime.shutdown(Duration::from_secs(5)).await;
+    let ran_first = first.total();
+    assert!(ran_first < 60, "the backlog outlasted the first worker");
+
+    let second = Worker::new("ahead");
+    let _runtime = serve(&server, second.clone(), options).await;
+    for id in &ids {
+        let response = client
+            .wait_task(id, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|err| panic!("{id}: {err} (not given back?)"));
+        assert_eq!(response.status, TaskStatus::Completed);
+    }
+    for id in &ids {
+        assert_eq!(first.runs(id) + second.runs(id), 1, "{id} ran once");
+    }
+}
+
 #[tokio::test]
 async fn a_task_running_longer_than_ack_wait_is_not_run_twice() {
     let server = NatsServer::start().await;

@@ -1,8 +1,9 @@
 //! Many agents on one bus, against a real nats-server: presence costs one
 //! message per runtime per interval (idle agents add nothing, and nothing
-//! goes per pair), idle agents hold no server consumers, thousands of agents each serve a queued task, a silent
-//! death among many is reported once, and an upgrade from the durable
-//! consumers of earlier versions loses no queued task.
+//! goes per pair), idle agents hold no server consumers, a queue going busy
+//! and idle keeps one doorbell, thousands of agents each serve a queued
+//! task, a silent death among many is reported once, and an upgrade from the
+//! durable consumers of earlier versions loses no queued task.
 
 use agentbus::delivery::{DeliveryOptions, Queue, ResultRetention};
 use agentbus::presence::PresenceOptions;
@@ -192,6 +193,116 @@ async fn two_thousand_agents_each_serve_one_queued_task() {
         busy = consumers(&server).await;
     }
     assert!(busy <= 64, "{busy} consumers after 2000 queues had work");
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Subscriptions of the connections named `name`, from the server's
+/// monitoring endpoint.
+async fn subscriptions_of(server: &NatsServer, name: &str) -> u64 {
+    let url = format!("{}/connz", server.monitor_url());
+    let body = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let connz: Value = serde_json::from_str(&body).unwrap();
+    connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == name)
+        .map(|c| c["subscriptions"].as_u64().unwrap())
+        .sum()
+}
+
+/// Submits `count` tasks to `agent`'s queue at `priority`, then waits until
+/// the agent ran `total` tasks in all.
+async fn queue_and_wait(
+    client: &Bus,
+    ran: &Arc<Mutex<Vec<String>>>,
+    (count, priority): (usize, Priority),
+    total: usize,
+) {
+    // All at once: a burst queues faster than the agent works it.
+    let queue = Queue::agent(&name(0)).unwrap();
+    let submits = (0..count).map(|index| {
+        let request = TaskRequest::new(TASK_TYPE, json!({"n": index})).with_priority(priority);
+        let queue = &queue;
+        async move {
+            client
+                .submit_with(queue, &request, ResultRetention::Discard)
+                .await
+                .unwrap();
+        }
+    });
+    futures::future::join_all(submits).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ran.lock().unwrap().len() < total {
+        assert!(Instant::now() < deadline, "queued tasks did not run");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An echo agent whose tasks take a while: a burst keeps its slots full.
+struct Slow(Echo);
+
+impl Agent for Slow {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn task_types(&self) -> Vec<TaskTypeSpec> {
+        self.0.task_types()
+    }
+    async fn handle(&self, task: TaskRequest, ctx: TaskContext) -> Result<Value, TaskError> {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        self.0.handle(task, ctx).await
+    }
+}
+
+#[tokio::test]
+async fn a_queue_going_busy_and_idle_again_keeps_one_doorbell() {
+    let server = NatsServer::start().await;
+    let ran: Arc<Mutex<Vec<String>>> = Arc::default();
+    let bus = Bus::connect(&server.target(), "slow-agent").await.unwrap();
+    let mut runtime = Runtime::new(bus);
+    let agent = Slow(Echo {
+        name: name(0),
+        ran: ran.clone(),
+    });
+    let options = AgentOptions {
+        presence: false,
+        task_events: false,
+        ..AgentOptions::default()
+    };
+    runtime.add(agent, options).await.unwrap();
+    let client = Bus::from_client(server.connect().await);
+    // At one priority: one task at a time (the doorbell rings for each),
+    // then bursts that fill every slot (the doorbell goes, and comes back
+    // once the queue is drained). Each priority's subject matches one of the
+    // doorbell's two subscriptions.
+    let mut total = 0;
+    let cycle = async |total: &mut usize, priority: Priority| {
+        for _ in 0..5 {
+            *total += 1;
+            queue_and_wait(&client, &ran, (1, priority), *total).await;
+        }
+        for _ in 0..3 {
+            *total += 300;
+            queue_and_wait(&client, &ran, (300, priority), *total).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        subscriptions_of(&server, "slow-agent").await
+    };
+    let mut counts = Vec::new();
+    for priority in [Priority::Normal, Priority::High] {
+        for _ in 0..2 {
+            counts.push(cycle(&mut total, priority).await);
+        }
+    }
+    assert!(
+        counts[0] > 0,
+        "the runtime's connection is not on the server"
+    );
+    assert!(
+        counts.iter().all(|count| *count == counts[0]),
+        "the runtime's subscriptions went {counts:?} as its queue went busy and idle"
+    );
     runtime.shutdown(Duration::from_secs(5)).await;
 }
 

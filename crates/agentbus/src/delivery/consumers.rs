@@ -141,6 +141,11 @@ impl ConsumerSpec {
         self.stream
     }
 
+    /// How long the server keeps it idle before deleting it, if it does.
+    pub fn inactive_threshold(&self) -> Option<Duration> {
+        self.inactive_threshold
+    }
+
     /// Creates the consumer, or updates an existing one to this definition
     /// (its cursor and pending messages are kept).
     pub async fn create(

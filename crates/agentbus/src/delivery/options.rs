@@ -19,7 +19,9 @@ pub struct DeliveryOptions {
     /// Longest delay between retries.
     pub max_retry_backoff: Duration,
     /// How often an idle worker checks its queues for redeliveries (which
-    /// publish nothing a worker could wait for).
+    /// publish nothing a worker could wait for). One worker serves every
+    /// agent of a runtime, at the `idle_poll` of the first agent added with
+    /// durable work.
     pub idle_poll: Duration,
 }
 

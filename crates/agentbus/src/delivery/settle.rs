@@ -24,6 +24,7 @@ pub struct Delivery {
     attempt: u32,
     stream_sequence: u64,
     ack_wait: Duration,
+    received: tokio::time::Instant,
 }
 
 impl Delivery {
@@ -40,7 +41,14 @@ impl Delivery {
             attempt,
             stream_sequence,
             ack_wait,
+            received: tokio::time::Instant::now(),
         }
+    }
+
+    /// Whether it has waited so long since it was received that JetStream
+    /// may redeliver it before its work can tell that it is in progress.
+    pub(crate) fn stale(&self) -> bool {
+        self.received.elapsed() > self.ack_wait / 2
     }
 
     /// 1 for the first delivery.

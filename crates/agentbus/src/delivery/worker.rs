@@ -8,7 +8,10 @@
 //! made when work arrives and carries an inactivity threshold, so the server
 //! deletes it once it has been idle for 30 s (see `consumers`). While idle, a queue
 //! has a doorbell: a core subscription to its subjects (two per queue, shared
-//! by every agent of the runtime that works it), which a publish rings.
+//! by every agent of the runtime that works it), which a publish rings. A
+//! busy queue's doorbell only repeats what its fetches see: after
+//! [`REDUNDANT_RINGS`] rings in a row that name sources already marked, it
+//! is unsubscribed, and subscribed again once the queue is drained.
 //! Redeliveries (after a NAK delay, an expired ack wait, a crashed worker)
 //! publish nothing, and tasks may have been queued while no worker ran, so the
 //! worker also sweeps: every `idle_poll` it asks the tasks stream once which
@@ -24,7 +27,14 @@
 //! visits the priorities in reverse, so that under a sustained backlog of
 //! urgent work, low-priority work still gets one round in eight. Only sources
 //! that may hold messages are fetched from: a doorbell or a sweep marks a
-//! source, and a fetch that comes back short unmarks it.
+//! source, and a fetch that comes back short unmarks it. A source whose
+//! jobs run waits for half its slots to be free, or [`REFILL_LINGER`] after
+//! the first frees, so that a busy worker fetches in batches. A source whose
+//! last fetch came back full, recently, fetches up to half its slots more
+//! than it has room for: they wait in the worker, so that the next batch is
+//! at hand when the running one ends rather than a round trip later. One
+//! that waited half its ack wait is given back rather than started, and what
+//! waits when the worker stops is given back too.
 //!
 //! Fetches are pull requests answered on one subscription that lives as long
 //! as the worker ([`Puller`]), rather than on a subscription per fetch. Jobs
@@ -48,7 +58,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -56,6 +66,20 @@ use tokio::time::Instant;
 const MAX_CONSUMERS: usize = 64;
 /// Every `REVERSE_EVERY`th round visits the least urgent sources first.
 const REVERSE_EVERY: u64 = 8;
+/// Deliveries a source with a backlog fetches beyond its free slots, at
+/// most (and at most half its slots): they start as the running ones end,
+/// while the next fetch is on its way.
+const MAX_AHEAD: usize = 64;
+/// A source fetches ahead only when its last fetch is more recent than this.
+const AHEAD_TURNOVER: Duration = Duration::from_millis(100);
+/// Rings in a row that name only sources marked already after which a
+/// doorbell is unsubscribed: the queue is busy, its fetches see every
+/// message, and the doorbell would receive each publish a second time.
+const REDUNDANT_RINGS: u32 = 16;
+/// A source whose jobs run is fetched from once half its slots are free, or
+/// this long after a slot freed: a busy worker fetches in batches rather
+/// than paying a round trip per message.
+const REFILL_LINGER: Duration = Duration::from_millis(2);
 /// How long a fetch waits for the server's answer before giving up on it.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -107,6 +131,7 @@ impl Worker {
             groups: Vec::new(),
             pending: Default::default(),
             round: 0,
+            linger: None,
             tasks_stream: None,
             live_consumers: 0,
         };
@@ -165,24 +190,43 @@ struct Source {
     next_handler: usize,
     group: usize,
     pending: bool,
-    /// Deliveries of this source being worked now: its consumer must live
-    /// until they are settled.
+    /// Deliveries of this source being worked or held now: its consumer
+    /// must live until they are settled.
     in_flight: usize,
+    /// Deliveries fetched ahead, waiting for a free slot.
+    held: VecDeque<Delivery>,
+    /// Whether its last fetch came back full: it has a backlog, and the next
+    /// fetch asks for more than there is room for, so that the next batch is
+    /// here when the running one ends.
+    backlog: bool,
+    /// When it was last fetched from.
+    fetched: Option<Instant>,
 }
 
 /// Sources that share a doorbell: one queue's priorities, or one message source.
 struct Group {
     patterns: Vec<String>,
     sources: Vec<usize>,
-    /// Whether its doorbell subscriptions exist.
-    ringing: bool,
+    /// Its doorbell, while subscribed: dropping the sender ends every
+    /// subscription of the doorbell.
+    bell: Option<watch::Sender<()>>,
+    /// Rings in a row that told nothing new (every source they named was
+    /// already marked): a backlog, which fetches see whole.
+    redundant: u32,
 }
 
-/// A doorbell subscription, with the group it rings for; yielded back with
-/// the message it received (the subscriber rides in the future).
-type Doorbell = Pin<
-    Box<dyn Future<Output = (usize, async_nats::Subscriber, Option<async_nats::Message>)> + Send>,
->;
+/// A doorbell subscription, with the group it rings for; yields the message
+/// it received with the subscriber (which rides in the future), or `None`
+/// once the group's doorbell is silenced.
+type Doorbell = Pin<Box<dyn Future<Output = Option<Rung>> + Send>>;
+
+/// A doorbell that rang: its group, its subscription, what it received.
+struct Rung {
+    group: usize,
+    subscriber: async_nats::Subscriber,
+    silenced: watch::Receiver<()>,
+    message: Option<async_nats::Message>,
+}
 
 /// A running job: yields the slots it held and its source.
 type Running = Pin<Box<dyn Future<Output = (usize, usize)> + Send>>;
@@ -201,6 +245,8 @@ struct State {
     /// Sources that may hold messages, by priority (most urgent first).
     pending: [VecDeque<usize>; 4],
     round: u64,
+    /// When sources with room that wait for more are fetched from anyway.
+    linger: Option<Instant>,
     tasks_stream: Option<jetstream::stream::Stream>,
     live_consumers: usize,
 }
@@ -273,14 +319,25 @@ impl State {
                     }
                 }
                 Some(done) = running.next(), if !running.is_empty() => self.finished(done),
-                Some((group, subscriber, message)) = doorbells.next(), if !doorbells.is_empty() => {
-                    self.rang(group, subscriber, message);
+                Some(rung) = doorbells.next(), if !doorbells.is_empty() => {
+                    if let Some(rung) = rung {
+                        self.rang(rung, &mut doorbells);
+                    }
                 }
                 _ = sweep.tick() => self.sweep().await,
+                () = tokio::time::sleep_until(self.linger.unwrap_or_else(Instant::now)), if self.linger.is_some() => {}
             }
         };
-        // Stopping: take no more work; let running jobs finish in time.
+        // Stopping: take no more work; give back what was fetched ahead;
+        // let running jobs finish in time.
         drop(doorbells);
+        for source in &mut self.sources {
+            for delivery in source.held.drain(..) {
+                if let Err(err) = delivery.hand_back().await {
+                    tracing::warn!(%err, "cannot give back a task fetched ahead; it is redelivered after its ack wait");
+                }
+            }
+        }
         let deadline = stop
             .as_ref()
             .map_or_else(Instant::now, |(deadline, _)| *deadline);
@@ -329,6 +386,9 @@ impl State {
                         group,
                         pending: false,
                         in_flight: 0,
+                        held: VecDeque::new(),
+                        backlog: false,
+                        fetched: None,
                     });
                     sources.push(id);
                 }
@@ -337,7 +397,8 @@ impl State {
                     self.groups.push(Group {
                         patterns: vec![normal.to_string(), format!("{normal}.*")],
                         sources,
-                        ringing: false,
+                        bell: None,
+                        redundant: 0,
                     });
                     self.ring(group, doorbells).await;
                 }
@@ -357,12 +418,16 @@ impl State {
                 // Messages may have waited for the agent while it was away.
                 pending: true,
                 in_flight: 0,
+                held: VecDeque::new(),
+                backlog: false,
+                fetched: None,
             });
             self.pending[priority_index(Priority::Normal)].push_back(id);
             self.groups.push(Group {
                 patterns: spec.filters().to_vec(),
                 sources: vec![id],
-                ringing: false,
+                bell: None,
+                redundant: 0,
             });
         }
     }
@@ -398,12 +463,41 @@ impl State {
             .sum()
     }
 
-    /// Whether some pending source has room to take work.
-    fn fetchable(&self) -> bool {
-        self.pending
-            .iter()
-            .flatten()
-            .any(|source| self.capacity(*source) > 0)
+    /// Whether some pending source is ready to take work now; when one has
+    /// room but waits for more, the linger that ends its wait starts.
+    fn fetchable(&mut self) -> bool {
+        let lingered = self.lingered();
+        let mut waiting = false;
+        for source in self.pending.iter().flatten() {
+            if self.ready(*source, lingered) {
+                return true;
+            }
+            waiting |= self.capacity(*source) > 0;
+        }
+        if waiting {
+            self.linger
+                .get_or_insert_with(|| Instant::now() + REFILL_LINGER);
+        } else {
+            self.linger = None;
+        }
+        false
+    }
+
+    /// Whether the linger of the sources waiting for more room has ended.
+    fn lingered(&self) -> bool {
+        self.linger.is_some_and(|until| until <= Instant::now())
+    }
+
+    /// Whether a source with room is fetched from now: idle, holding
+    /// deliveries fetched ahead, half free, or done waiting for more room.
+    fn ready(&self, source: usize, lingered: bool) -> bool {
+        let free = self.capacity(source);
+        let entry = &self.sources[source];
+        free > 0
+            && (lingered
+                || entry.in_flight == 0
+                || !entry.held.is_empty()
+                || free * 2 >= self.slots_max(source))
     }
 
     /// Marks a source as possibly holding messages.
@@ -419,33 +513,37 @@ impl State {
     /// look, so that a publish between their last fetch and the subscription
     /// is not missed (the server handles the subscription before the fetch).
     async fn ring(&mut self, group: usize, doorbells: &mut FuturesUnordered<Doorbell>) {
-        if self.groups[group].ringing {
+        if self.groups[group].bell.is_some() {
             return;
         }
+        let (bell, silenced) = watch::channel(());
         for pattern in self.groups[group].patterns.clone() {
             match self.bus.client().subscribe(pattern).await {
-                Ok(subscriber) => doorbells.push(listen(group, subscriber)),
+                Ok(subscriber) => doorbells.push(listen(group, subscriber, silenced.clone())),
                 Err(err) => {
                     tracing::warn!(%err, "cannot subscribe a queue's doorbell; the sweep finds its work");
                 }
             }
         }
-        self.groups[group].ringing = true;
+        self.groups[group].bell = Some(bell);
+        self.groups[group].redundant = 0;
     }
 
-    /// A doorbell rang (or its subscription ended): mark the source it names.
-    fn rang(
-        &mut self,
-        group: usize,
-        subscriber: async_nats::Subscriber,
-        message: Option<async_nats::Message>,
-    ) {
+    /// A doorbell rang (or its subscription ended): mark the sources it
+    /// names, and keep listening unless the queue is busy.
+    fn rang(&mut self, rung: Rung, doorbells: &mut FuturesUnordered<Doorbell>) {
+        let Rung {
+            group,
+            subscriber,
+            silenced,
+            message,
+        } = rung;
         let Some(message) = message else {
-            self.groups[group].ringing = false;
+            self.silence(group);
             return;
         };
         let subject = message.subject.as_str();
-        let rung: Vec<usize> = match self.by_subject.get(subject) {
+        let named: Vec<usize> = match self.by_subject.get(subject) {
             Some(&source) => vec![source],
             // Message sources filter with wildcards.
             None => self.groups[group]
@@ -460,14 +558,27 @@ impl State {
                 })
                 .collect(),
         };
-        for source in rung {
+        if named.iter().all(|s| self.sources[*s].pending) {
+            self.groups[group].redundant += 1;
+        } else {
+            self.groups[group].redundant = 0;
+        }
+        for source in named {
             self.mark(source);
         }
-        // Busy now: its fetches see every message, and a doorbell would
-        // receive each publish a second time, for nothing. Dropping the
-        // subscriber unsubscribes it; the group rings again once idle.
-        drop(subscriber);
-        self.groups[group].ringing = false;
+        if self.groups[group].redundant >= REDUNDANT_RINGS {
+            // Busy: its fetches see every message. The group subscribes
+            // again once its sources are drained.
+            self.silence(group);
+        } else {
+            doorbells.push(listen(group, subscriber, silenced));
+        }
+    }
+
+    /// Unsubscribes a group's doorbell.
+    fn silence(&mut self, group: usize) {
+        self.groups[group].bell = None;
+        self.groups[group].redundant = 0;
     }
 
     /// Asks the tasks stream which subjects hold messages and marks the
@@ -535,15 +646,52 @@ impl State {
         self.round += 1;
         let reverse = self.round.is_multiple_of(REVERSE_EVERY);
         let order: [usize; 4] = if reverse { [3, 2, 1, 0] } else { [0, 1, 2, 3] };
+        let lingered = self.lingered();
+        self.linger = None;
         for level in order {
             // Each source pending at this level now, once.
             for _ in 0..self.pending[level].len() {
                 let Some(source) = self.pending[level].pop_front() else {
                     break;
                 };
+                if !self.ready(source, lingered) {
+                    self.pending[level].push_back(source); // waits for free slots
+                    continue;
+                }
                 let free = self.capacity(source);
-                if free == 0 {
-                    self.pending[level].push_back(source); // waits for a free slot
+                // What was fetched ahead starts first.
+                let mut room = free;
+                while room > 0
+                    && let Some(delivery) = self.sources[source].held.pop_front()
+                {
+                    self.sources[source].in_flight -= 1;
+                    if delivery.stale() {
+                        // Slow jobs kept it waiting: let it go to whoever is free.
+                        if let Err(err) = delivery.hand_back().await {
+                            tracing::warn!(%err, "cannot give back a task fetched ahead; it is redelivered after its ack wait");
+                        }
+                        continue;
+                    }
+                    self.start(source, delivery, running);
+                    room -= 1;
+                }
+                if !self.sources[source].held.is_empty() {
+                    self.pending[level].push_back(source);
+                    continue;
+                }
+                // Only while slots turn over fast: slow jobs would keep what
+                // is fetched ahead waiting.
+                let turning = self.sources[source]
+                    .fetched
+                    .is_some_and(|at| at.elapsed() < AHEAD_TURNOVER);
+                let ahead = if self.sources[source].backlog && turning {
+                    (self.slots_max(source) / 2).min(MAX_AHEAD)
+                } else {
+                    0
+                };
+                let want = room + ahead;
+                if want == 0 {
+                    self.pending[level].push_back(source);
                     continue;
                 }
                 let Some((consumer, ack_wait)) = self.consumer(source).await else {
@@ -551,7 +699,7 @@ impl State {
                     continue;
                 };
                 // Jobs keep running while the fetch waits for the server.
-                let fetching = puller.fetch(&consumer, free);
+                let fetching = puller.fetch(&consumer, want);
                 tokio::pin!(fetching);
                 let fetched = loop {
                     tokio::select! {
@@ -564,41 +712,41 @@ impl State {
                     Fetched::ConsumerGone => {
                         // Deleted while idle: made again at the next look.
                         self.forget_consumer(source);
+                        self.sources[source].backlog = false;
                         self.pending[level].push_back(source);
                         continue;
                     }
                 };
-                let drained = messages.len() < free;
+                let drained = messages.len() < want;
+                self.sources[source].backlog = !drained;
+                self.sources[source].fetched = Some(Instant::now());
+                // Slots freed while the fetch was out are taken too.
+                let mut room = self.capacity(source);
                 for message in messages {
                     let delivery = Delivery::new(message, ack_wait);
-                    let handler = self.take_slot(source);
-                    let job = self.handlers[handler].job.clone();
-                    let slots = self.handlers[handler].slots;
-                    let sequence = delivery.stream_sequence();
-                    self.sources[source].in_flight += 1;
-                    running.push(Box::pin(
-                        AssertUnwindSafe(job.run(delivery))
-                            .catch_unwind()
-                            .map(move |outcome| {
-                                if outcome.is_err() {
-                                    // The delivery stays unacknowledged and is redelivered.
-                                    tracing::error!(sequence, "a job panicked");
-                                }
-                                (slots, source)
-                            }),
-                    ));
+                    if room > 0 {
+                        self.start(source, delivery, running);
+                        room -= 1;
+                    } else {
+                        self.sources[source].in_flight += 1;
+                        self.sources[source].held.push_back(delivery);
+                    }
                 }
-                if drained {
+                if drained && self.sources[source].held.is_empty() {
                     self.sources[source].pending = false;
                     let group = self.sources[source].group;
                     let idle = self.groups[group]
                         .sources
                         .iter()
                         .all(|s| !self.sources[*s].pending);
-                    if idle && !self.groups[group].ringing {
-                        self.ring(group, doorbells).await;
-                        for member in self.groups[group].sources.clone() {
-                            self.mark(member);
+                    if idle {
+                        if self.groups[group].bell.is_some() {
+                            self.groups[group].redundant = 0;
+                        } else {
+                            self.ring(group, doorbells).await;
+                            for member in self.groups[group].sources.clone() {
+                                self.mark(member);
+                            }
                         }
                     }
                 } else {
@@ -606,6 +754,40 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Starts the job of one delivery in a free slot of the source's handlers.
+    fn start(
+        &mut self,
+        source: usize,
+        delivery: Delivery,
+        running: &mut FuturesUnordered<Running>,
+    ) {
+        let handler = self.take_slot(source);
+        let job = self.handlers[handler].job.clone();
+        let slots = self.handlers[handler].slots;
+        let sequence = delivery.stream_sequence();
+        self.sources[source].in_flight += 1;
+        running.push(Box::pin(
+            AssertUnwindSafe(job.run(delivery))
+                .catch_unwind()
+                .map(move |outcome| {
+                    if outcome.is_err() {
+                        // The delivery stays unacknowledged and is redelivered.
+                        tracing::error!(sequence, "a job panicked");
+                    }
+                    (slots, source)
+                }),
+        ));
+    }
+
+    /// All the slots of a source's handlers.
+    fn slots_max(&self, source: usize) -> usize {
+        self.sources[source]
+            .handlers
+            .iter()
+            .map(|h| self.slots[self.handlers[*h].slots].max)
+            .sum()
     }
 
     /// Takes a free slot of one of the source's handlers, spreading
@@ -726,10 +908,18 @@ async fn existing(js: &jetstream::Context, spec: &ConsumerSpec) -> Option<PullCo
 }
 
 /// Waits for the next message of a doorbell subscription.
-fn listen(group: usize, mut subscriber: async_nats::Subscriber) -> Doorbell {
+fn listen(
+    group: usize,
+    mut subscriber: async_nats::Subscriber,
+    mut silenced: watch::Receiver<()>,
+) -> Doorbell {
     Box::pin(async move {
-        let message = subscriber.next().await;
-        (group, subscriber, message)
+        tokio::select! {
+            message = subscriber.next() => Some(Rung { group, subscriber, silenced, message }),
+            // Nothing is ever sent: this ends when the group drops its bell,
+            // and dropping the subscriber unsubscribes it.
+            _ = silenced.changed() => None,
+        }
     })
 }
 
