@@ -9,9 +9,8 @@
 //! deletes it once it has been idle for 30 s (see `consumers`). While idle, a queue
 //! has a doorbell: a core subscription to its subjects (two per queue, shared
 //! by every agent of the runtime that works it), which a publish rings. A
-//! busy queue's doorbell only repeats what its fetches see: after
-//! [`REDUNDANT_RINGS`] rings in a row that name sources already marked, it
-//! is unsubscribed, and subscribed again once the queue is drained.
+//! queue that rang is busy: its fetches see every message, so its doorbell
+//! is unsubscribed (both subscriptions) until the queue is drained again.
 //! Redeliveries (after a NAK delay, an expired ack wait, a crashed worker)
 //! publish nothing, and tasks may have been queued while no worker ran, so the
 //! worker also sweeps: every `idle_poll` it asks the tasks stream once which
@@ -72,10 +71,6 @@ const REVERSE_EVERY: u64 = 8;
 const MAX_AHEAD: usize = 64;
 /// A source fetches ahead only when its last fetch is more recent than this.
 const AHEAD_TURNOVER: Duration = Duration::from_millis(100);
-/// Rings in a row that name only sources marked already after which a
-/// doorbell is unsubscribed: the queue is busy, its fetches see every
-/// message, and the doorbell would receive each publish a second time.
-const REDUNDANT_RINGS: u32 = 16;
 /// A source whose jobs run is fetched from once half its slots are free, or
 /// this long after a slot freed: a busy worker fetches in batches rather
 /// than paying a round trip per message.
@@ -210,21 +205,17 @@ struct Group {
     /// Its doorbell, while subscribed: dropping the sender ends every
     /// subscription of the doorbell.
     bell: Option<watch::Sender<()>>,
-    /// Rings in a row that told nothing new (every source they named was
-    /// already marked): a backlog, which fetches see whole.
-    redundant: u32,
 }
 
 /// A doorbell subscription, with the group it rings for; yields the message
 /// it received with the subscriber (which rides in the future), or `None`
-/// once the group's doorbell is silenced.
+/// once the group drops its bell.
 type Doorbell = Pin<Box<dyn Future<Output = Option<Rung>> + Send>>;
 
 /// A doorbell that rang: its group, its subscription, what it received.
 struct Rung {
     group: usize,
     subscriber: async_nats::Subscriber,
-    silenced: watch::Receiver<()>,
     message: Option<async_nats::Message>,
 }
 
@@ -321,7 +312,7 @@ impl State {
                 Some(done) = running.next(), if !running.is_empty() => self.finished(done),
                 Some(rung) = doorbells.next(), if !doorbells.is_empty() => {
                     if let Some(rung) = rung {
-                        self.rang(rung, &mut doorbells);
+                        self.rang(rung);
                     }
                 }
                 _ = sweep.tick() => self.sweep().await,
@@ -398,7 +389,6 @@ impl State {
                         patterns: vec![normal.to_string(), format!("{normal}.*")],
                         sources,
                         bell: None,
-                        redundant: 0,
                     });
                     self.ring(group, doorbells).await;
                 }
@@ -427,7 +417,6 @@ impl State {
                 patterns: spec.filters().to_vec(),
                 sources: vec![id],
                 bell: None,
-                redundant: 0,
             });
         }
     }
@@ -526,20 +515,24 @@ impl State {
             }
         }
         self.groups[group].bell = Some(bell);
-        self.groups[group].redundant = 0;
     }
 
     /// A doorbell rang (or its subscription ended): mark the sources it
-    /// names, and keep listening unless the queue is busy.
-    fn rang(&mut self, rung: Rung, doorbells: &mut FuturesUnordered<Doorbell>) {
+    /// names. The queue is busy now: its fetches see every message, and the
+    /// doorbell would receive each publish a second time, for nothing, so it
+    /// is unsubscribed; the group subscribes again once drained.
+    fn rang(&mut self, rung: Rung) {
         let Rung {
             group,
             subscriber,
-            silenced,
             message,
+            ..
         } = rung;
+        // Dropping a subscriber unsubscribes it; the group's others end with
+        // its bell.
+        drop(subscriber);
+        self.groups[group].bell = None;
         let Some(message) = message else {
-            self.silence(group);
             return;
         };
         let subject = message.subject.as_str();
@@ -558,27 +551,9 @@ impl State {
                 })
                 .collect(),
         };
-        if named.iter().all(|s| self.sources[*s].pending) {
-            self.groups[group].redundant += 1;
-        } else {
-            self.groups[group].redundant = 0;
-        }
         for source in named {
             self.mark(source);
         }
-        if self.groups[group].redundant >= REDUNDANT_RINGS {
-            // Busy: its fetches see every message. The group subscribes
-            // again once its sources are drained.
-            self.silence(group);
-        } else {
-            doorbells.push(listen(group, subscriber, silenced));
-        }
-    }
-
-    /// Unsubscribes a group's doorbell.
-    fn silence(&mut self, group: usize) {
-        self.groups[group].bell = None;
-        self.groups[group].redundant = 0;
     }
 
     /// Asks the tasks stream which subjects hold messages and marks the
@@ -739,14 +714,10 @@ impl State {
                         .sources
                         .iter()
                         .all(|s| !self.sources[*s].pending);
-                    if idle {
-                        if self.groups[group].bell.is_some() {
-                            self.groups[group].redundant = 0;
-                        } else {
-                            self.ring(group, doorbells).await;
-                            for member in self.groups[group].sources.clone() {
-                                self.mark(member);
-                            }
+                    if idle && self.groups[group].bell.is_none() {
+                        self.ring(group, doorbells).await;
+                        for member in self.groups[group].sources.clone() {
+                            self.mark(member);
                         }
                     }
                 } else {
@@ -915,7 +886,7 @@ fn listen(
 ) -> Doorbell {
     Box::pin(async move {
         tokio::select! {
-            message = subscriber.next() => Some(Rung { group, subscriber, silenced, message }),
+            message = subscriber.next() => Some(Rung { group, subscriber, message }),
             // Nothing is ever sent: this ends when the group drops its bell,
             // and dropping the subscriber unsubscribes it.
             _ = silenced.changed() => None,
