@@ -226,6 +226,12 @@ pub fn work_queue(task_type: &Name, priority: Priority) -> Subject {
     Subject::built(format!("work.{task_type}{}", priority_suffix(priority)))
 }
 
+/// Patterns that match a work queue's subjects at every priority, given its
+/// normal-priority subject: the subject itself and its one-token suffixes.
+pub fn queue_patterns(normal: &Subject) -> [String; 2] {
+    [normal.to_string(), format!("{normal}.*")]
+}
+
 /// Which kind of work queue a subject belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueKind {
@@ -569,6 +575,27 @@ mod tests {
 
     fn name(s: &str) -> Name {
         Name::parse("test name", s).unwrap()
+    }
+
+    #[test]
+    fn queue_patterns_match_every_priority_of_their_queue_only() {
+        for (queue, other) in [
+            (
+                task_queue as fn(&Name, Priority) -> Subject,
+                work_queue as fn(&Name, Priority) -> Subject,
+            ),
+            (work_queue, task_queue),
+        ] {
+            let patterns = queue_patterns(&queue(&name("a"), Priority::Normal));
+            for priority in Priority::ALL {
+                let subject = queue(&name("a"), priority);
+                let matching = patterns.iter().filter(|p| overlaps(p, &subject)).count();
+                assert_eq!(matching, 1, "{subject} against {patterns:?}");
+                for foreign in [queue(&name("ab"), priority), other(&name("a"), priority)] {
+                    assert!(!patterns.iter().any(|p| overlaps(p, &foreign)), "{foreign}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -386,7 +386,7 @@ impl State {
                 if !sources.is_empty() {
                     let normal = queue.subject(Priority::Normal);
                     self.groups.push(Group {
-                        patterns: vec![normal.to_string(), format!("{normal}.*")],
+                        patterns: subject::queue_patterns(&normal).to_vec(),
                         sources,
                         bell: None,
                     });

@@ -30,8 +30,9 @@ use super::request_reply::{BenchAgent, TASK_TYPE, echo, prompt_text, serve_bare}
 use super::{BenchServer, cpu_split, percentile, round_to};
 use crate::output::{Table, outln, print_json, progress_bar, spinner};
 use agentbus::delivery::{Queue, ResultRetention};
+use agentbus::subject;
 use agentbus::{
-    Agent, AgentOptions, Bus, RequestOptions, Runtime, TaskContext, TaskError, TaskRequest,
+    Agent, AgentOptions, Bus, Name, RequestOptions, Runtime, TaskContext, TaskError, TaskRequest,
     TaskResponse, TaskStatus, TaskTypeSpec,
 };
 use agentbus_ops::monitor::Monitor;
@@ -227,6 +228,14 @@ fn agent_name(index: usize) -> String {
     format!("scale-{index}")
 }
 
+/// The name of the bare echo agent beside agent `index`.
+fn bare_name(index: usize) -> anyhow::Result<Name> {
+    Ok(Name::parse(
+        "agent name",
+        &format!("bare-{}", agent_name(index)),
+    )?)
+}
+
 async fn agents_row(
     server: &BenchServer,
     agents: usize,
@@ -366,9 +375,9 @@ async fn bare_random_requests(
     let answered = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(agents);
     for index in 0..agents {
-        let name = format!("bare-{}", agent_name(index));
+        let name = bare_name(index)?;
         let subscriber = serving
-            .queue_subscribe(format!("agent.{name}.task"), name)
+            .queue_subscribe(subject::agent_task(&name), name.to_string())
             .await
             .context("cannot subscribe a bare echo agent")?;
         tasks.push(tokio::spawn(serve_bare(
@@ -381,11 +390,11 @@ async fn bare_random_requests(
     let client = server.bare_client("bench-scale-bare-client").await?;
     let requests: Vec<(async_nats::Subject, Vec<u8>)> = (0..count)
         .map(|_| {
-            let agent = agent_name(rand::random_range(0..agents));
+            let agent = bare_name(rand::random_range(0..agents))?;
             let request = TaskRequest::new(TASK_TYPE, json!({"prompt": "hi"}));
-            (format!("agent.bare-{agent}.task").into(), request.to_json())
+            Ok((subject::agent_task(&agent).into(), request.to_json()))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     let send = |requests: &[(async_nats::Subject, Vec<u8>)]| {
         let requests = requests.to_vec();
         let client = client.clone();
@@ -446,7 +455,6 @@ async fn pickup_ms(
     Ok(worst.as_secs_f64() * 1000.0)
 }
 
-/// This process's resident memory, in KiB (0 where /proc does not tell).
 /// This process's resident memory in KiB, once the allocator has returned
 /// what is free to the system (else a row reuses what the last one freed).
 #[allow(unsafe_code)]
@@ -598,9 +606,11 @@ async fn payload_rows_on(
         ..AgentOptions::default()
     };
     runtime.add(BenchAgent { name: AGENT }, options).await?;
+    let bare_subject: async_nats::Subject =
+        subject::agent_task(&Name::parse("agent name", BARE_AGENT)?).into();
     let bare_agent = server.bare_client("bench-scale-bare-agent").await?;
     let subscriber = bare_agent
-        .queue_subscribe(format!("agent.{BARE_AGENT}.task"), BARE_AGENT.to_owned())
+        .queue_subscribe(bare_subject.clone(), BARE_AGENT.to_owned())
         .await
         .context("cannot subscribe the bare agent")?;
     let answered = Arc::new(AtomicU64::new(0));
@@ -608,7 +618,6 @@ async fn payload_rows_on(
     bare_agent.flush().await?;
     let client = Bus::connect(&server.target(), "bench-scale-payload-client").await?;
     let bare_client = server.bare_client("bench-scale-bare-client").await?;
-    let bare_subject = async_nats::Subject::from(format!("agent.{BARE_AGENT}.task"));
     let mut rows = Vec::new();
     for bytes in PAYLOADS {
         let prompt = prompt_text(bytes);
