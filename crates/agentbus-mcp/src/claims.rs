@@ -56,7 +56,8 @@ impl Claims {
         agent: &Name,
         instance_id: &str,
     ) -> Result<Self, BridgeError> {
-        let queue = TaskClaims::open(bus, agent, instance_id, DeliveryOptions::default()).await?;
+        let queue =
+            TaskClaims::open_sharing(bus, agent, instance_id, DeliveryOptions::default()).await?;
         let (arrived, arrivals) = watch::channel(0);
         let mut subscriptions = Vec::new();
         for subject in queue.subjects() {

@@ -62,12 +62,6 @@ impl InboxError {
     }
 }
 
-/// How long a fetched message may stay unacknowledged before JetStream
-/// delivers it again (the client died between fetch and result).
-pub(crate) fn inbox_ack_wait() -> Duration {
-    DeliveryOptions::default().ack_wait
-}
-
 /// The inbox of the bridged agent.
 #[derive(Debug, Clone)]
 pub(crate) struct Inbox {
@@ -84,9 +78,10 @@ impl Inbox {
     pub(crate) async fn open(bus: &agentbus::Bus, agent: &Name) -> Result<Self, InboxError> {
         let spec = ConsumerSpec::inbox(agent);
         // Created, or updated to the one definition: an existing consumer
-        // (from an earlier run, or a runtime serving this name) keeps its cursor.
-        let consumer = spec
-            .create(bus.jetstream(), &DeliveryOptions::default())
+        // (from an earlier run, or a runtime serving this name) keeps its
+        // cursor, and the ack wait and max deliver it was made with.
+        let (consumer, _) = spec
+            .create_sharing(bus.jetstream(), &DeliveryOptions::default())
             .await?;
         let subscription = bus
             .client()
@@ -100,6 +95,12 @@ impl Inbox {
             arrivals,
             watcher,
         })
+    }
+
+    /// How long a read message may stay unacknowledged before JetStream
+    /// delivers it again (the client died between read and result).
+    pub(crate) fn ack_wait(&self) -> Duration {
+        self.consumer.cached_info().config.ack_wait
     }
 
     /// Stops watching the inbox subject (at shutdown).

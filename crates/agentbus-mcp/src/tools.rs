@@ -3,7 +3,7 @@
 //! [`ToolError`] the model reads; nothing here ends the server.
 
 use crate::bridge::Bridge;
-use crate::inbox::{describe, inbox_ack_wait, release};
+use crate::inbox::{describe, release};
 use crate::params;
 use crate::tool_error::{ToolError, ToolErrorKind, tool_result};
 use crate::untrusted::untrusted;
@@ -195,7 +195,7 @@ impl Bridge {
             "note": format!(
                 "the message is removed from the inbox once this result is delivered; \
                  if it is not delivered, it comes back within {} seconds",
-                inbox_ack_wait().as_secs()
+                self.inbox().ack_wait().as_secs()
             ),
         }))
     }

@@ -1,6 +1,7 @@
 //! An agent's inbox stays in order when a runtime and an MCP bridge serve the
 //! same agent, whichever of them starts first: both create the inbox consumer
-//! from the one definition, which hands out one message at a time.
+//! from the one definition, which hands out one message at a time; and a
+//! bridge started after a runtime keeps the runtime's delivery options.
 
 use agentbus::delivery::DeliveryOptions;
 use agentbus::presence::online_agents;
@@ -162,6 +163,37 @@ async fn the_inbox_stays_in_order_when_the_bridge_starts_before_the_runtime() {
     let bridge = start_bridge(&server, 0).await;
     let runtime = start_runtime(&server, &reader).await;
     send_and_check_order(&server, &reader).await;
+    bridge.abort();
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_bridge_started_after_the_runtime_keeps_the_runtimes_delivery_options() {
+    let server = NatsServer::start().await;
+    let reader = Reader::default();
+    let mut options = options();
+    options.delivery.ack_wait = Duration::from_secs(45);
+    options.delivery.max_deliver = 9;
+    let bus = Bus::connect(&server.target(), "ordered-runtime")
+        .await
+        .unwrap();
+    let mut runtime = Runtime::new(bus);
+    runtime.add(reader.clone(), options).await.unwrap();
+    let bridge = start_bridge(&server, 1).await;
+    let js = server.jetstream().await;
+    let stream = js
+        .get_stream(agentbus::subject::MESSAGES_STREAM)
+        .await
+        .unwrap();
+    let name = Name::parse("agent name", AGENT).unwrap();
+    let config = stream
+        .consumer_info(agentbus::subject::durable::inbox(&name))
+        .await
+        .unwrap()
+        .config;
+    assert_eq!(config.ack_wait, Duration::from_secs(45));
+    assert_eq!(config.max_deliver, 9);
+    assert_eq!(config.max_ack_pending, 1, "and the definition is applied");
     bridge.abort();
     runtime.shutdown(Duration::from_secs(5)).await;
 }

@@ -2,7 +2,7 @@
 //! queues, retries, dead letters, priority, broadcast, full streams.
 
 use agentbus::delivery::{
-    DeliveryOptions, Queue, RESULT_HEADER, ResultRetention, StoreError, TaskState,
+    DeliveryOptions, Queue, RESULT_HEADER, ResultRetention, StoreError, TaskClaims, TaskState,
 };
 use agentbus::{
     Agent, AgentMessage, AgentOptions, Bus, MessageChannel, Priority, Runtime, TaskContext,
@@ -1024,4 +1024,43 @@ async fn a_worker_killed_mid_task_is_replaced_and_the_task_runs_to_completion_on
         record.attempts, 2,
         "the killed attempt counts as a delivery"
     );
+}
+
+#[tokio::test]
+async fn claims_go_on_after_the_server_deleted_an_idle_queue_consumer() {
+    let server = NatsServer::start().await;
+    let bus = bus(&server).await;
+    let agent = agentbus::Name::parse("agent name", "claimer").unwrap();
+    let queue = Queue::agent("claimer").unwrap();
+    let claims = TaskClaims::open(&bus, &agent, "claimer-1", DeliveryOptions::default())
+        .await
+        .unwrap();
+    // What the server does once they are idle past their inactive threshold.
+    let stream = bus
+        .jetstream()
+        .get_stream(agentbus::subject::TASKS_STREAM)
+        .await
+        .unwrap();
+    for priority in Priority::ALL {
+        stream
+            .delete_consumer(&queue.durable(priority))
+            .await
+            .unwrap();
+    }
+    let request = TaskRequest::new("t", json!({"n": 1})).with_priority(Priority::Low);
+    bus.submit(&queue, &request).await.unwrap();
+    let (attempt, claimed) = claims
+        .next()
+        .await
+        .unwrap()
+        .expect("the queued task is claimed");
+    assert_eq!(claimed.task_id, request.task_id);
+    attempt
+        .complete(&agentbus::TaskResponse::completed(
+            claimed.task_id.as_str(),
+            json!({}),
+        ))
+        .await
+        .unwrap();
+    assert!(claims.next().await.unwrap().is_none(), "nothing else waits");
 }

@@ -12,14 +12,18 @@ use crate::protocol::{Priority, TaskRequest};
 use crate::subject::Subject;
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The work queue `tasks.<agent>` of one agent, taken from most urgent first.
 #[derive(Debug, Clone)]
 pub struct TaskClaims {
     queue: Queue,
-    /// Most urgent first.
-    consumers: Arc<Vec<PullConsumer>>,
+    /// The queue's consumers as made, most urgent first: the server deletes
+    /// one that is idle past its inactive threshold, and it is made again.
+    consumers: Arc<Mutex<Vec<(ConsumerSpec, PullConsumer)>>>,
+    /// The options the consumers were made with.
+    options: DeliveryOptions,
+    bus: Bus,
     settler: Settler,
 }
 
@@ -47,6 +51,32 @@ pub enum ClaimError {
     },
 }
 
+/// What kind of [`ClaimError`] happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClaimErrorKind {
+    /// A queue consumer could not be set up.
+    Consumer,
+    /// The results bucket is missing or unreadable.
+    Record,
+    /// A task that cannot run could not be settled.
+    Settle,
+    /// Fetching from the queue failed.
+    Fetch,
+}
+
+impl ClaimError {
+    /// What kind of error this is.
+    pub fn kind(&self) -> ClaimErrorKind {
+        match self {
+            Self::Consumer(_) => ClaimErrorKind::Consumer,
+            Self::Record(_) => ClaimErrorKind::Record,
+            Self::Settle(_) => ClaimErrorKind::Settle,
+            Self::Fetch { .. } => ClaimErrorKind::Fetch,
+        }
+    }
+}
+
 impl TaskClaims {
     /// Creates (or updates) the queue's consumers, one per priority.
     pub async fn open(
@@ -59,14 +89,48 @@ impl TaskClaims {
         let mut consumers = Vec::with_capacity(Priority::ALL.len());
         for priority in Priority::ALL {
             let spec = ConsumerSpec::task_queue(&queue, priority);
-            consumers.push(spec.create(bus.jetstream(), &options).await?);
+            let consumer = spec.create(bus.jetstream(), &options).await?;
+            consumers.push((spec, consumer));
         }
         let settler = Settler::for_tasks(bus, options, instance_id.into()).await?;
         Ok(Self {
             queue,
-            consumers: Arc::new(consumers),
+            consumers: Arc::new(Mutex::new(consumers)),
+            options,
+            bus: bus.clone(),
             settler,
         })
+    }
+
+    /// Like [`TaskClaims::open`], for a process that shares the queue with
+    /// runtime replicas of the agent and has no delivery options of its own:
+    /// consumers that exist keep the options they were made with (see
+    /// [`ConsumerSpec::create_sharing`]), and the rest are made with
+    /// `defaults`.
+    pub async fn open_sharing(
+        bus: &Bus,
+        agent: &Name,
+        instance_id: &str,
+        defaults: DeliveryOptions,
+    ) -> Result<Self, ClaimError> {
+        let queue = Queue::Agent(agent.clone());
+        // The normal-priority consumer speaks for the queue: replicas make
+        // all four with the same options.
+        let spec = ConsumerSpec::task_queue(&queue, Priority::Normal);
+        let (_, options) = spec.create_sharing(bus.jetstream(), &defaults).await?;
+        Self::open(bus, agent, instance_id, options).await
+    }
+
+    /// Keeps `made` as the consumer of priority `index`.
+    fn replace(&self, index: usize, made: PullConsumer) {
+        let mut consumers = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        consumers[index].1 = made;
+    }
+
+    /// The consumer of priority `index` (most urgent first).
+    fn consumer(&self, index: usize) -> Option<(ConsumerSpec, PullConsumer)> {
+        let consumers = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        consumers.get(index).cloned()
     }
 
     /// The subjects the queue's tasks arrive on, to watch for arrivals.
@@ -81,10 +145,26 @@ impl TaskClaims {
     /// queue is empty. Deliveries that cannot run (malformed, or finished
     /// before) are settled on the way and skipped.
     pub async fn next(&self) -> Result<Option<(TaskAttempt, TaskRequest)>, ClaimError> {
-        for consumer in self.consumers.iter() {
+        for index in 0..Priority::ALL.len() {
+            let Some((spec, mut consumer)) = self.consumer(index) else {
+                continue;
+            };
             // A runtime replica may have made the consumer with its own ack wait.
             let ack_wait = consumer.cached_info().config.ack_wait;
-            while let Some(message) = self.fetch_one(consumer).await? {
+            loop {
+                let message = match self.fetch_one(&consumer).await {
+                    Ok(message) => message,
+                    // Deleted while idle (no responders): made again, once.
+                    Err(err) => match spec.create(self.bus.jetstream(), &self.options).await {
+                        Ok(made) => {
+                            consumer = made.clone();
+                            self.replace(index, made);
+                            self.fetch_one(&consumer).await?
+                        }
+                        Err(_) => return Err(err),
+                    },
+                };
+                let Some(message) = message else { break };
                 let delivery = Delivery::new(message, ack_wait);
                 if let Opened::Run(attempt, request) = self.settler.open_task(delivery).await? {
                     return Ok(Some((attempt, request)));

@@ -187,6 +187,34 @@ impl ConsumerSpec {
         })
     }
 
+    /// Creates the consumer for a process that shares it and has no
+    /// delivery options of its own (an MCP bridge beside a runtime serving
+    /// the same agent): an existing consumer keeps the ack wait and max
+    /// deliver it was made with, and the rest of this definition is applied;
+    /// a missing one is made with `defaults`. Returns the options in force.
+    pub async fn create_sharing(
+        &self,
+        js: &jetstream::Context,
+        defaults: &DeliveryOptions,
+    ) -> Result<(PullConsumer, DeliveryOptions), ConsumerError> {
+        let existing = match js.get_stream(self.stream).await {
+            Ok(stream) => stream.consumer_info(&self.name).await.ok(),
+            Err(_) => None,
+        };
+        let options = match existing {
+            Some(info) => DeliveryOptions {
+                ack_wait: info.config.ack_wait,
+                max_deliver: u32::try_from(info.config.max_deliver)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .unwrap_or(defaults.max_deliver),
+                ..*defaults
+            },
+            None => *defaults,
+        };
+        Ok((self.create(js, &options).await?, options))
+    }
+
     fn error(
         &self,
         kind: ConsumerErrorKind,

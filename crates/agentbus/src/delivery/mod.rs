@@ -51,7 +51,7 @@ mod settle;
 mod tracking;
 pub(crate) mod worker;
 
-pub use claim::{ClaimError, TaskClaims};
+pub use claim::{ClaimError, ClaimErrorKind, TaskClaims};
 pub use consumers::{ConsumerError, ConsumerErrorKind, ConsumerSpec};
 pub use dead_letter::body_value;
 pub(crate) use dead_letter::watch_max_deliveries;
