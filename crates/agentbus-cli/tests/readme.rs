@@ -478,7 +478,7 @@ fn the_retention_table_states_the_topology_and_the_defaults_of_the_code() {
 
     assert_eq!(
         row(&table, "a task claimed through the MCP bridge")[0],
-        human_duration(agentbus_mcp::claims::CLAIM_LEASE)
+        human_duration(agentbus_mcp::CLAIM_LEASE)
     );
 }
 

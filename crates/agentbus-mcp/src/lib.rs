@@ -13,34 +13,36 @@
 //! key/value state and a presence heartbeat; and it reaches the others by
 //! message, broadcast, request/reply and queued task. Contents written by
 //! other agents always reach the model marked as untrusted data
-//! ([`untrusted`]).
+//! (`untrusted.rs`).
 //!
 //! # Layout
 //!
-//! - [`run`]: joining the bus, serving MCP until the client leaves, leaving cleanly;
-//!   [`startup_error`]: telling the client why the bridge could not start.
-//! - [`bridge`]: the MCP server: capabilities, the inbox resource, subscriptions.
-//! - [`tools`]: the tools and their fixed descriptions; [`params`]: their inputs.
-//! - [`inbox`]: the agent's durable inbox; [`transport`]: the stdio transport
+//! - `run`: joining the bus, serving MCP until the client leaves, leaving cleanly;
+//!   `startup_error`: telling the client why the bridge could not start.
+//! - `bridge`: the MCP server: capabilities, the inbox resource, subscriptions.
+//! - `tools`: the tools and their fixed descriptions; `params`: their inputs.
+//! - `inbox`: the agent's durable inbox; `transport`: the stdio transport
 //!   that acknowledges read messages once their result is written.
-//! - [`claims`]: tasks claimed from the agent's own queue, kept in progress.
-//! - [`notify`]: telling the client when messages arrive.
-//! - [`untrusted`]: marking what other agents wrote; [`tool_error`]: errors the model reads.
+//! - `claims`: tasks claimed from the agent's own queue, kept in progress.
+//! - `notify`: telling the client when messages arrive.
+//! - `untrusted`: marking what other agents wrote; `tool_error`: errors the model reads.
 
-pub mod bridge;
-pub mod claims;
-pub mod inbox;
-pub mod notify;
-pub mod params;
-pub mod run;
-pub mod startup_error;
-pub mod tool_error;
-pub mod tools;
-pub mod transport;
-pub mod untrusted;
+mod bridge;
+mod claims;
+mod inbox;
+mod notify;
+mod params;
+mod run;
+mod startup_error;
+mod tool_error;
+mod tools;
+mod transport;
+mod untrusted;
 
 pub use bridge::Bridge;
+pub use claims::CLAIM_LEASE;
 pub use run::{
     BridgeError, BridgeErrorKind, BridgeOptions, JoinedBridge, join, serve, serve_stdio,
 };
+pub use startup_error::serve_stdio as serve_startup_error;
 pub use tool_error::{ToolError, ToolErrorKind};

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// The URI of `agent`'s inbox resource.
-pub fn inbox_uri(agent: &Name) -> String {
+pub(crate) fn inbox_uri(agent: &Name) -> String {
     format!("agentbus://agents/{agent}/inbox")
 }
 

@@ -24,7 +24,7 @@ use serde_json::Value;
 /// `send_message`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
-pub struct SendMessage {
+pub(crate) struct SendMessage {
     /// Name of the receiving agent (1-64 characters from a-z, 0-9, '_' and '-').
     pub to: String,
     /// The message: any JSON value (text, object, ...). Text holding a JSON
@@ -36,7 +36,7 @@ pub struct SendMessage {
 /// `read_inbox`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
-pub struct ReadInbox {
+pub(crate) struct ReadInbox {
     /// Most messages to return (1-100). The inbox is in order and hands out
     /// one message per read, so a read returns at most one whatever this says.
     #[serde(default, deserialize_with = "text::integer")]
@@ -51,7 +51,7 @@ pub struct ReadInbox {
 /// `broadcast`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
-pub struct Broadcast {
+pub(crate) struct Broadcast {
     /// Topic (1-64 characters from a-z, 0-9, '_' and '-'); agents subscribed to it receive the message.
     pub topic: String,
     /// The message: any JSON value. Text holding a JSON object or array is
@@ -63,7 +63,7 @@ pub struct Broadcast {
 /// `request_task`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
-pub struct RequestTask {
+pub(crate) struct RequestTask {
     /// Name of the running agent to ask.
     pub agent: String,
     /// One of the task types the agent accepts (see list_agents).
@@ -83,7 +83,7 @@ pub struct RequestTask {
 /// `submit_task`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
-pub struct SubmitTask {
+pub(crate) struct SubmitTask {
     /// Agent whose work queue (`tasks.<agent>`) gets the task. Omit it to use the
     /// shared queue of the task type (`work.<task_type>`), taken by any agent accepting it.
     #[serde(default)]
@@ -105,7 +105,7 @@ pub struct SubmitTask {
 /// `task_status`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
-pub struct TaskStatus {
+pub(crate) struct TaskStatus {
     /// The task id returned by submit_task.
     pub task_id: String,
     /// Wait up to this many seconds for the task to finish (0-300, default 0: answer at once).
@@ -117,7 +117,7 @@ pub struct TaskStatus {
 /// `claim_task`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
-pub struct ClaimTask {
+pub(crate) struct ClaimTask {
     /// When your queue is empty, wait up to this many seconds for a task (0-60, default 0).
     #[serde(default, deserialize_with = "text::number")]
     #[schemars(with = "Option<f64>")]
@@ -127,7 +127,7 @@ pub struct ClaimTask {
 /// `complete_task`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
-pub struct CompleteTask {
+pub(crate) struct CompleteTask {
     /// The task id returned by claim_task.
     pub task_id: String,
     /// The result when the task succeeded: any JSON value. Text holding a
@@ -144,7 +144,7 @@ pub struct CompleteTask {
 /// `get_state`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
-pub struct GetState {
+pub(crate) struct GetState {
     /// The key (1-128 characters from A-Z, a-z, 0-9, '_' and '-').
     pub key: String,
     /// Read another agent's state instead of your own.
@@ -155,7 +155,7 @@ pub struct GetState {
 /// `set_state`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
-pub struct SetState {
+pub(crate) struct SetState {
     /// The key (1-128 characters from A-Z, a-z, 0-9, '_' and '-').
     pub key: String,
     /// The value: any JSON value. Text holding a JSON object or array is

@@ -165,7 +165,7 @@ pub async fn join(bus: Bus, options: BridgeOptions) -> Result<JoinedBridge, Brid
 /// Joins the bus and serves MCP on stdin/stdout until the client closes
 /// stdin or `shutdown` resolves. Logs must go to stderr: stdout carries the
 /// protocol. When the bridge cannot join, the client is told why (see
-/// [`crate::startup_error`]) until it leaves, and the error is returned.
+/// [`crate::serve_startup_error`]) until it leaves, and the error is returned.
 pub async fn serve_stdio(
     bus: Bus,
     options: BridgeOptions,

@@ -22,7 +22,7 @@ pub async fn serve_stdio(message: &str, shutdown: impl Future<Output = ()> + Sen
 }
 
 /// [`serve_stdio`] over `read`/`write` (newline-delimited JSON-RPC).
-pub async fn serve<R, W>(
+pub(crate) async fn serve<R, W>(
     message: &str,
     read: R,
     write: W,

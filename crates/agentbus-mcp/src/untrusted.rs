@@ -9,14 +9,14 @@
 use serde_json::{Value, json};
 
 /// Key naming who wrote the wrapped content.
-pub const FROM_KEY: &str = "untrusted_content_from";
+pub(crate) const FROM_KEY: &str = "untrusted_content_from";
 /// Key holding the wrapped content.
-pub const CONTENT_KEY: &str = "content";
+pub(crate) const CONTENT_KEY: &str = "content";
 /// Stands for a sender that did not say who it is.
-pub const UNKNOWN_SENDER: &str = "(unknown sender)";
+pub(crate) const UNKNOWN_SENDER: &str = "(unknown sender)";
 
 /// Wraps `content` written by `from` (or by an unknown sender).
-pub fn untrusted(from: Option<&str>, content: Value) -> Value {
+pub(crate) fn untrusted(from: Option<&str>, content: Value) -> Value {
     json!({ FROM_KEY: from.unwrap_or(UNKNOWN_SENDER), CONTENT_KEY: content })
 }
 

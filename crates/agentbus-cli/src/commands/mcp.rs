@@ -52,7 +52,7 @@ async fn report_startup_error(err: &anyhow::Error) -> ExitCode {
     let sentence = crate::one_sentence(err);
     eprintln!("error: {sentence}");
     if !std::io::stdin().is_terminal() {
-        agentbus_mcp::startup_error::serve_stdio(&sentence, stop_signal()).await;
+        agentbus_mcp::serve_startup_error(&sentence, stop_signal()).await;
     }
     ExitCode::FAILURE
 }

@@ -216,6 +216,7 @@ impl StateError {
 /// could echo a password (Redis errors quote their URL), its text with the
 /// password masked.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BackendError {
     /// An error of the NATS client.
     #[error(transparent)]
