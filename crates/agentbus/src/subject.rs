@@ -316,13 +316,13 @@ pub const MAX_DELIVERIES_ADVISORY: &str =
     "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.agent-tasks.*";
 
 /// The subscription of a worker's pull replies: every `<inbox>.<n>`.
-pub fn pull_replies(inbox: &str) -> String {
-    format!("{inbox}.*")
+pub fn pull_replies(inbox: &str) -> SubjectPattern {
+    SubjectPattern(format!("{inbox}.*"))
 }
 
 /// Where the answer to a worker's `n`th pull request goes.
-pub fn pull_reply(inbox: &str, n: u64) -> String {
-    format!("{inbox}.{n}")
+pub fn pull_reply(inbox: &str, n: u64) -> Subject {
+    Subject::built(format!("{inbox}.{n}"))
 }
 
 /// Durable consumer names.
@@ -428,7 +428,7 @@ pub mod events {
 
 /// Discovery subjects of the NATS services protocol.
 pub mod service {
-    use super::Name;
+    use super::{Name, Subject};
 
     /// Which discovery request a subject asks.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,7 +461,7 @@ pub mod service {
     /// assert_eq!(request(Verb::Info, None, None), "$SRV.INFO");
     /// assert_eq!(request(Verb::Stats, Some(&name), Some("abc")), "$SRV.STATS.echo.abc");
     /// ```
-    pub fn request(verb: Verb, name: Option<&Name>, id: Option<&str>) -> String {
+    pub fn request(verb: Verb, name: Option<&Name>, id: Option<&str>) -> Subject {
         let mut subject = format!("$SRV.{}", verb.as_str());
         if let Some(name) = name {
             subject.push('.');
@@ -471,7 +471,7 @@ pub mod service {
                 subject.push_str(id);
             }
         }
-        subject
+        Subject::built(subject)
     }
 
     /// The patterns a responder for many services listens on (`*` stands

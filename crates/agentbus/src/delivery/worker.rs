@@ -924,7 +924,9 @@ impl Puller {
         jetstream: jetstream::Context,
     ) -> Result<Self, async_nats::SubscribeError> {
         let inbox = client.new_inbox();
-        let replies = client.subscribe(subject::pull_replies(&inbox)).await?;
+        let replies = client
+            .subscribe(String::from(subject::pull_replies(&inbox)))
+            .await?;
         Ok(Self {
             client: client.clone(),
             jetstream,
@@ -947,7 +949,7 @@ impl Puller {
             }
         }
         self.requests += 1;
-        let reply = Subject::from(subject::pull_reply(&self.inbox, self.requests));
+        let reply: Subject = subject::pull_reply(&self.inbox, self.requests).into();
         let request = BatchConfig {
             batch: max,
             no_wait: true,

@@ -47,7 +47,7 @@ pub const TASK_ENDPOINT: &str = "task";
 /// Endpoint metadata key listing the accepted task types, comma-separated.
 pub const TASK_TYPES_KEY: &str = "task_types";
 
-pub use crate::subject::service::{Verb, request as verb_subject};
+pub use crate::subject::service::Verb;
 
 /// Answer to `$SRV.PING`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
