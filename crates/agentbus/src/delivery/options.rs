@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 /// Delivery settings of an agent's durable consumers; embedded in
-/// [`crate::AgentOptions`]. Every process that works the same consumer (a
-/// runtime replica, an MCP bridge) should use the same values: the consumer
-/// is created or updated to the options of whoever starts last.
+/// [`crate::AgentOptions`]. Every runtime replica that works the same
+/// consumer should use the same values: the consumer is created or updated
+/// to the options of the replica that made it last. An MCP bridge has no
+/// options of its own and keeps those of a consumer that exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeliveryOptions {
     /// How long a delivered task or message may go without an ack or a

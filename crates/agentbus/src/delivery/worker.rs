@@ -526,7 +526,6 @@ impl State {
             group,
             subscriber,
             message,
-            ..
         } = rung;
         // Dropping a subscriber unsubscribes it; the group's others end with
         // its bell.
