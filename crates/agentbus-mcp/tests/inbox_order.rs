@@ -179,8 +179,31 @@ async fn a_bridge_started_after_the_runtime_keeps_the_runtimes_delivery_options(
         .unwrap();
     let mut runtime = Runtime::new(bus);
     runtime.add(reader.clone(), options).await.unwrap();
+    // Work at one priority: the runtime makes that queue's consumer only.
+    let client = Bus::from_client(server.connect().await);
+    let queue = agentbus::delivery::Queue::agent(AGENT).unwrap();
+    let task = TaskRequest::new("noop", json!({})).with_priority(agentbus::Priority::High);
+    client.submit(&queue, &task).await.unwrap();
+    client
+        .wait_task(&task.task_id, Duration::from_secs(10))
+        .await
+        .unwrap();
     let bridge = start_bridge(&server, 1).await;
     let js = server.jetstream().await;
+    let high = js
+        .get_stream(agentbus::subject::TASKS_STREAM)
+        .await
+        .unwrap()
+        .consumer_info(queue.durable(agentbus::Priority::High))
+        .await
+        .unwrap()
+        .config;
+    assert_eq!(
+        high.ack_wait,
+        Duration::from_secs(45),
+        "the queue's consumer"
+    );
+    assert_eq!(high.max_deliver, 9);
     let stream = js
         .get_stream(agentbus::subject::MESSAGES_STREAM)
         .await

@@ -487,8 +487,10 @@ async fn tasks_fetched_ahead_are_given_back_when_the_worker_stops() {
     let client = bus(&server).await;
     let queue = Queue::agent("ahead").unwrap();
     let mut ids = Vec::new();
-    for _ in 0..60 {
-        let request = TaskRequest::new("slow", json!({"ms": 20}));
+    // Uneven lengths: slots free one by one, and a fetch brings more than
+    // the room there is.
+    for i in 0..60 {
+        let request = TaskRequest::new("slow", json!({"ms": 5 + (i % 4) * 25}));
         client.submit(&queue, &request).await.unwrap();
         ids.push(request.task_id);
     }
@@ -513,9 +515,19 @@ async fn tasks_fetched_ahead_are_given_back_when_the_worker_stops() {
             .unwrap_or_else(|err| panic!("{id}: {err} (not given back?)"));
         assert_eq!(response.status, TaskStatus::Completed);
     }
+    // Given back: delivered to the first worker, run by the second.
+    let mut given_back = 0;
     for id in &ids {
         assert_eq!(first.runs(id) + second.runs(id), 1, "{id} ran once");
+        let record = client.task_record(id).await.unwrap().unwrap();
+        if first.runs(id) == 0 && record.attempts >= 2 {
+            given_back += 1;
+        }
     }
+    assert!(
+        given_back > 0,
+        "nothing was fetched ahead when the worker stopped"
+    );
 }
 
 #[tokio::test]
@@ -1063,4 +1075,83 @@ async fn claims_go_on_after_the_server_deleted_an_idle_queue_consumer() {
         .await
         .unwrap();
     assert!(claims.next().await.unwrap().is_none(), "nothing else waits");
+}
+
+/// An agent's queues of every priority share its slots: a less urgent queue
+/// with nothing running, or with tasks fetched ahead, does not take slots
+/// that freed while more urgent work waits.
+#[tokio::test]
+async fn urgent_work_takes_the_shared_slots_before_less_urgent_work() {
+    let server = NatsServer::start().await;
+    let client = bus(&server).await;
+    let queue = Queue::agent("shared-slots").unwrap();
+    let mut low = Vec::new();
+    for (priority, count) in [(Priority::Low, 48), (Priority::Critical, 96)] {
+        for i in 0..count {
+            let request =
+                TaskRequest::new("slow", json!({"ms": 25, "i": i})).with_priority(priority);
+            if priority == Priority::Low {
+                low.push(request.task_id.to_string());
+            }
+            client.submit(&queue, &request).await.unwrap();
+        }
+    }
+    let worker = Worker::new("shared-slots");
+    let options = AgentOptions {
+        max_concurrency: 8,
+        ..fast_retries()
+    };
+    let _runtime = serve(&server, worker.clone(), options).await;
+    wait_for("144 tasks", Duration::from_secs(30), || {
+        worker.total() == 144
+    })
+    .await;
+    let order = worker.order.lock().unwrap().clone();
+    let is_low = |id: &String| low.contains(id);
+    // The first round fills all 8 slots with critical tasks, and low work
+    // is visited first only in the eighth round: at least 14 critical tasks
+    // start before any low one.
+    assert!(
+        !order[..12].iter().any(is_low),
+        "a low task took a slot before the eighth round: {order:?}"
+    );
+    // And low work still progresses while critical work waits.
+    let last_critical = order.iter().rposition(|id| !is_low(id)).unwrap();
+    assert!(
+        order[..last_critical].iter().any(is_low),
+        "low work waited for the whole critical backlog"
+    );
+}
+
+/// A kept consumer (an agent's inbox) deleted from under a running agent:
+/// the worker warns and looks again at its sweeps, rather than asking for
+/// it without end, and the runtime still stops.
+#[tokio::test]
+async fn an_inbox_consumer_deleted_under_a_running_agent_leaves_the_runtime_able_to_stop() {
+    let server = NatsServer::start().await;
+    let client = bus(&server).await;
+    let worker = Worker::new("orphaned");
+    let options = AgentOptions {
+        messages: true,
+        ..fast_retries()
+    };
+    let runtime = serve(&server, worker.clone(), options).await;
+    let name = agentbus::Name::parse("agent name", "orphaned").unwrap();
+    client
+        .jetstream()
+        .get_stream(agentbus::subject::MESSAGES_STREAM)
+        .await
+        .unwrap()
+        .delete_consumer(&agentbus::subject::durable::inbox(&name))
+        .await
+        .unwrap();
+    client.send("orphaned", &json!({"n": 1})).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        runtime.shutdown(Duration::from_secs(2)),
+    )
+    .await
+    .expect("the runtime stops");
+    assert!(worker.messages.lock().unwrap().is_empty());
 }

@@ -21,8 +21,10 @@ pub struct TaskClaims {
     /// The queue's consumers as made, most urgent first: the server deletes
     /// one that is idle past its inactive threshold, and it is made again.
     consumers: Arc<Mutex<Vec<(ConsumerSpec, PullConsumer)>>>,
-    /// The options the consumers were made with.
+    /// The options the consumers are made with.
     options: DeliveryOptions,
+    /// Whether consumers that exist keep the options they were made with.
+    sharing: bool,
     bus: Bus,
     settler: Settler,
 }
@@ -85,21 +87,7 @@ impl TaskClaims {
         instance_id: &str,
         options: DeliveryOptions,
     ) -> Result<Self, ClaimError> {
-        let queue = Queue::Agent(agent.clone());
-        let mut consumers = Vec::with_capacity(Priority::ALL.len());
-        for priority in Priority::ALL {
-            let spec = ConsumerSpec::task_queue(&queue, priority);
-            let consumer = spec.create(bus.jetstream(), &options).await?;
-            consumers.push((spec, consumer));
-        }
-        let settler = Settler::for_tasks(bus, options, instance_id.into()).await?;
-        Ok(Self {
-            queue,
-            consumers: Arc::new(Mutex::new(consumers)),
-            options,
-            bus: bus.clone(),
-            settler,
-        })
+        Self::open_with(bus, agent, instance_id, options, false).await
     }
 
     /// Like [`TaskClaims::open`], for a process that shares the queue with
@@ -113,12 +101,38 @@ impl TaskClaims {
         instance_id: &str,
         defaults: DeliveryOptions,
     ) -> Result<Self, ClaimError> {
+        Self::open_with(bus, agent, instance_id, defaults, true).await
+    }
+
+    async fn open_with(
+        bus: &Bus,
+        agent: &Name,
+        instance_id: &str,
+        options: DeliveryOptions,
+        sharing: bool,
+    ) -> Result<Self, ClaimError> {
         let queue = Queue::Agent(agent.clone());
-        // The normal-priority consumer speaks for the queue: replicas make
-        // all four with the same options.
-        let spec = ConsumerSpec::task_queue(&queue, Priority::Normal);
-        let (_, options) = spec.create_sharing(bus.jetstream(), &defaults).await?;
-        Self::open(bus, agent, instance_id, options).await
+        let mut consumers = Vec::with_capacity(Priority::ALL.len());
+        let mut settling = options;
+        for priority in Priority::ALL {
+            let spec = ConsumerSpec::task_queue(&queue, priority);
+            let (consumer, made_with) = make(bus, &spec, &options, sharing).await?;
+            if priority == Priority::Normal {
+                // Failed attempts are retried and given up by the normal
+                // queue's options: replicas make all four alike.
+                settling = made_with;
+            }
+            consumers.push((spec, consumer));
+        }
+        let settler = Settler::for_tasks(bus, settling, instance_id.into()).await?;
+        Ok(Self {
+            queue,
+            consumers: Arc::new(Mutex::new(consumers)),
+            options,
+            sharing,
+            bus: bus.clone(),
+            settler,
+        })
     }
 
     /// Keeps `made` as the consumer of priority `index`.
@@ -149,14 +163,12 @@ impl TaskClaims {
             let Some((spec, mut consumer)) = self.consumer(index) else {
                 continue;
             };
-            // A runtime replica may have made the consumer with its own ack wait.
-            let ack_wait = consumer.cached_info().config.ack_wait;
             loop {
                 let message = match self.fetch_one(&consumer).await {
                     Ok(message) => message,
                     // Deleted while idle (no responders): made again, once.
-                    Err(err) => match spec.create(self.bus.jetstream(), &self.options).await {
-                        Ok(made) => {
+                    Err(err) => match make(&self.bus, &spec, &self.options, self.sharing).await {
+                        Ok((made, _)) => {
                             consumer = made.clone();
                             self.replace(index, made);
                             self.fetch_one(&consumer).await?
@@ -165,6 +177,8 @@ impl TaskClaims {
                     },
                 };
                 let Some(message) = message else { break };
+                // A runtime replica may have made the consumer with its own ack wait.
+                let ack_wait = consumer.cached_info().config.ack_wait;
                 let delivery = Delivery::new(message, ack_wait);
                 if let Opened::Run(attempt, request) = self.settler.open_task(delivery).await? {
                     return Ok(Some((attempt, request)));
@@ -193,5 +207,20 @@ impl TaskClaims {
             Some(Err(err)) => Err(fetch_error(err)),
             None => Ok(None),
         }
+    }
+}
+
+/// Makes a queue consumer: with `options`, or, `sharing`, keeping the
+/// options of one that exists. Returns it with the options in force.
+async fn make(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    options: &DeliveryOptions,
+    sharing: bool,
+) -> Result<(PullConsumer, DeliveryOptions), ConsumerError> {
+    if sharing {
+        spec.create_sharing(bus.jetstream(), options).await
+    } else {
+        Ok((spec.create(bus.jetstream(), options).await?, *options))
     }
 }

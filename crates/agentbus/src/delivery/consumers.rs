@@ -204,10 +204,11 @@ impl ConsumerSpec {
         let options = match existing {
             Some(info) => DeliveryOptions {
                 ack_wait: info.config.ack_wait,
+                // Zero or below: without a limit.
                 max_deliver: u32::try_from(info.config.max_deliver)
                     .ok()
                     .filter(|n| *n > 0)
-                    .unwrap_or(defaults.max_deliver),
+                    .unwrap_or(u32::MAX),
                 ..*defaults
             },
             None => *defaults,

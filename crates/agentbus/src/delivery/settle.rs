@@ -45,10 +45,18 @@ impl Delivery {
         }
     }
 
-    /// Whether it has waited so long since it was received that JetStream
-    /// may redeliver it before its work can tell that it is in progress.
+    /// Whether it has waited so long, since it was received or last kept
+    /// alive, that JetStream may redeliver it before its work can tell that
+    /// it is in progress.
     pub(crate) fn stale(&self) -> bool {
         self.received.elapsed() > self.ack_wait / 2
+    }
+
+    /// Tells JetStream that the delivery, waiting for a worker, is still
+    /// taken: its ack wait starts again, and no delivery is counted.
+    pub(crate) async fn keep_alive(&mut self) {
+        self.progress().await;
+        self.received = tokio::time::Instant::now();
     }
 
     /// 1 for the first delivery.
@@ -130,7 +138,9 @@ impl Delivery {
     }
 
     /// Gives the delivery back for another worker now, without counting it
-    /// as a failure of the work (a claim released at shutdown).
+    /// as a failure of the work (a claim released at shutdown). JetStream
+    /// counts the redelivery as a delivery all the same, as it does after a
+    /// worker crashed: the next attempt's number is one higher.
     pub async fn hand_back(&self) -> Result<(), SettleError> {
         self.message
             .ack_with(AckKind::Nak(None))

@@ -32,8 +32,10 @@
 //! last fetch came back full, recently, fetches up to half its slots more
 //! than it has room for: they wait in the worker, so that the next batch is
 //! at hand when the running one ends rather than a round trip later. One
-//! that waited half its ack wait is given back rather than started, and what
-//! waits when the worker stops is given back too.
+//! that waited half its ack wait is kept alive (a progress ack, which counts
+//! no delivery); what waits when the worker stops is given back, and
+//! JetStream counts that as a delivery, as after a crash, so a consumer that
+//! allows one delivery only is never fetched ahead from.
 //!
 //! Fetches are pull requests answered on one subscription that lives as long
 //! as the worker ([`Puller`]), rather than on a subscription per fetch. Jobs
@@ -75,6 +77,10 @@ const AHEAD_TURNOVER: Duration = Duration::from_millis(100);
 /// this long after a slot freed: a busy worker fetches in batches rather
 /// than paying a round trip per message.
 const REFILL_LINGER: Duration = Duration::from_millis(2);
+/// How often deliveries fetched ahead are looked at: one that waited half
+/// its ack wait is kept alive (a progress ack), so that JetStream does not
+/// deliver it again meanwhile.
+const HELD_CHECK: Duration = Duration::from_secs(1);
 /// How long a fetch waits for the server's answer before giving up on it.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -127,6 +133,7 @@ impl Worker {
             pending: Default::default(),
             round: 0,
             linger: None,
+            held_total: 0,
             tasks_stream: None,
             live_consumers: 0,
         };
@@ -196,6 +203,8 @@ struct Source {
     backlog: bool,
     /// When it was last fetched from.
     fetched: Option<Instant>,
+    /// Whether its kept consumer was found deleted (warned once).
+    gone: bool,
 }
 
 /// Sources that share a doorbell: one queue's priorities, or one message source.
@@ -205,6 +214,9 @@ struct Group {
     /// Its doorbell, while subscribed: dropping the sender ends every
     /// subscription of the doorbell.
     bell: Option<watch::Sender<()>>,
+    /// Counts its doorbells: a ring of an earlier one (a message it had
+    /// received before it ended) leaves the current one alone.
+    generation: u64,
 }
 
 /// A doorbell subscription, with the group it rings for; yields the message
@@ -212,9 +224,11 @@ struct Group {
 /// once the group drops its bell.
 type Doorbell = Pin<Box<dyn Future<Output = Option<Rung>> + Send>>;
 
-/// A doorbell that rang: its group, its subscription, what it received.
+/// A doorbell that rang: its group and generation, its subscription, what
+/// it received.
 struct Rung {
     group: usize,
+    generation: u64,
     subscriber: async_nats::Subscriber,
     message: Option<async_nats::Message>,
 }
@@ -238,6 +252,8 @@ struct State {
     round: u64,
     /// When sources with room that wait for more are fetched from anyway.
     linger: Option<Instant>,
+    /// Deliveries fetched ahead and waiting, over every source.
+    held_total: usize,
     tasks_stream: Option<jetstream::stream::Stream>,
     live_consumers: usize,
 }
@@ -266,6 +282,8 @@ impl State {
         };
         let mut sweep = tokio::time::interval(self.idle_poll.max(Duration::from_millis(10)));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut keep_alive = tokio::time::interval(HELD_CHECK);
+        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop = loop {
             // Over the bound (deliveries were in flight when it was crossed):
             // retire what is idle now.
@@ -316,6 +334,7 @@ impl State {
                     }
                 }
                 _ = sweep.tick() => self.sweep().await,
+                _ = keep_alive.tick(), if self.held_total > 0 => self.keep_held_alive().await,
                 () = tokio::time::sleep_until(self.linger.unwrap_or_else(Instant::now)), if self.linger.is_some() => {}
             }
         };
@@ -323,6 +342,7 @@ impl State {
         // let running jobs finish in time.
         drop(doorbells);
         for source in &mut self.sources {
+            // JetStream counts each as a delivery, as after a crash.
             for delivery in source.held.drain(..) {
                 if let Err(err) = delivery.hand_back().await {
                     tracing::warn!(%err, "cannot give back a task fetched ahead; it is redelivered after its ack wait");
@@ -380,6 +400,7 @@ impl State {
                         held: VecDeque::new(),
                         backlog: false,
                         fetched: None,
+                        gone: false,
                     });
                     sources.push(id);
                 }
@@ -389,6 +410,7 @@ impl State {
                         patterns: subject::queue_patterns(&normal).to_vec(),
                         sources,
                         bell: None,
+                        generation: 0,
                     });
                     self.ring(group, doorbells).await;
                 }
@@ -411,12 +433,14 @@ impl State {
                 held: VecDeque::new(),
                 backlog: false,
                 fetched: None,
+                gone: false,
             });
             self.pending[priority_index(Priority::Normal)].push_back(id);
             self.groups.push(Group {
                 patterns: spec.filters().to_vec(),
                 sources: vec![id],
                 bell: None,
+                generation: 0,
             });
         }
     }
@@ -477,16 +501,20 @@ impl State {
         self.linger.is_some_and(|until| until <= Instant::now())
     }
 
-    /// Whether a source with room is fetched from now: idle, holding
-    /// deliveries fetched ahead, half free, or done waiting for more room.
+    /// Whether a source with room is fetched from now: its handlers' slots
+    /// are all free, half free, or done waiting for more room. Judged by the
+    /// slots, which an agent's sources of every priority share, so that all
+    /// of them are ready together and the most urgent is fetched first.
     fn ready(&self, source: usize, lingered: bool) -> bool {
-        let free = self.capacity(source);
-        let entry = &self.sources[source];
-        free > 0
-            && (lingered
-                || entry.in_flight == 0
-                || !entry.held.is_empty()
-                || free * 2 >= self.slots_max(source))
+        let (max, running) = self.sources[source]
+            .handlers
+            .iter()
+            .map(|h| &self.slots[self.handlers[*h].slots])
+            .fold((0, 0), |(max, running), slots| {
+                (max + slots.max, running + slots.running)
+            });
+        let free = max.saturating_sub(running);
+        free > 0 && (lingered || running == 0 || free * 2 >= max)
     }
 
     /// Marks a source as possibly holding messages.
@@ -506,15 +534,23 @@ impl State {
             return;
         }
         let (bell, silenced) = watch::channel(());
+        let generation = self.groups[group].generation + 1;
+        let mut subscribed = false;
         for pattern in self.groups[group].patterns.clone() {
             match self.bus.client().subscribe(pattern).await {
-                Ok(subscriber) => doorbells.push(listen(group, subscriber, silenced.clone())),
+                Ok(subscriber) => {
+                    doorbells.push(listen((group, generation), subscriber, silenced.clone()));
+                    subscribed = true;
+                }
                 Err(err) => {
                     tracing::warn!(%err, "cannot subscribe a queue's doorbell; the sweep finds its work");
                 }
             }
         }
-        self.groups[group].bell = Some(bell);
+        if subscribed {
+            self.groups[group].generation = generation;
+            self.groups[group].bell = Some(bell);
+        }
     }
 
     /// A doorbell rang (or its subscription ended): mark the sources it
@@ -524,13 +560,16 @@ impl State {
     fn rang(&mut self, rung: Rung) {
         let Rung {
             group,
+            generation,
             subscriber,
             message,
         } = rung;
         // Dropping a subscriber unsubscribes it; the group's others end with
         // its bell.
         drop(subscriber);
-        self.groups[group].bell = None;
+        if generation == self.groups[group].generation {
+            self.groups[group].bell = None;
+        }
         let Some(message) = message else {
             return;
         };
@@ -638,33 +677,16 @@ impl State {
                 while room > 0
                     && let Some(delivery) = self.sources[source].held.pop_front()
                 {
+                    let mut delivery = delivery;
                     self.sources[source].in_flight -= 1;
+                    self.held_total -= 1;
                     if delivery.stale() {
-                        // Slow jobs kept it waiting: let it go to whoever is free.
-                        if let Err(err) = delivery.hand_back().await {
-                            tracing::warn!(%err, "cannot give back a task fetched ahead; it is redelivered after its ack wait");
-                        }
-                        continue;
+                        delivery.keep_alive().await;
                     }
                     self.start(source, delivery, running);
                     room -= 1;
                 }
-                if !self.sources[source].held.is_empty() {
-                    self.pending[level].push_back(source);
-                    continue;
-                }
-                // Only while slots turn over fast: slow jobs would keep what
-                // is fetched ahead waiting.
-                let turning = self.sources[source]
-                    .fetched
-                    .is_some_and(|at| at.elapsed() < AHEAD_TURNOVER);
-                let ahead = if self.sources[source].backlog && turning {
-                    (self.slots_max(source) / 2).min(MAX_AHEAD)
-                } else {
-                    0
-                };
-                let want = room + ahead;
-                if want == 0 {
+                if !self.sources[source].held.is_empty() || room == 0 {
                     self.pending[level].push_back(source);
                     continue;
                 }
@@ -672,6 +694,19 @@ impl State {
                     self.sources[source].pending = false;
                     continue;
                 };
+                // Only while slots turn over fast (slow jobs would keep what
+                // is fetched ahead waiting), and only where a delivery given
+                // back at a stop can be delivered again.
+                let turning = self.sources[source]
+                    .fetched
+                    .is_some_and(|at| at.elapsed() < AHEAD_TURNOVER);
+                let redeliverable = consumer.cached_info().config.max_deliver != 1;
+                let ahead = if self.sources[source].backlog && turning && redeliverable {
+                    (self.slots_max(source) / 2).min(MAX_AHEAD)
+                } else {
+                    0
+                };
+                let want = room + ahead;
                 // Jobs keep running while the fetch waits for the server.
                 let fetching = puller.fetch(&consumer, want);
                 tokio::pin!(fetching);
@@ -684,13 +719,28 @@ impl State {
                 let messages = match fetched {
                     Fetched::Messages(messages) => messages,
                     Fetched::ConsumerGone => {
+                        self.sources[source].backlog = false;
+                        if let Consumer::Kept(consumer) = &self.sources[source].consumer {
+                            // It held the agent's cursor: not made again here
+                            // (it would start over). Looked at again at the
+                            // next sweep.
+                            if !self.sources[source].gone {
+                                tracing::warn!(
+                                    consumer = %consumer.cached_info().name,
+                                    "an agent's durable consumer was deleted; its messages wait until it is made again (restart the agent)"
+                                );
+                            }
+                            self.sources[source].gone = true;
+                            self.sources[source].pending = false;
+                            continue;
+                        }
                         // Deleted while idle: made again at the next look.
                         self.forget_consumer(source);
-                        self.sources[source].backlog = false;
                         self.pending[level].push_back(source);
                         continue;
                     }
                 };
+                self.sources[source].gone = false;
                 let drained = messages.len() < want;
                 self.sources[source].backlog = !drained;
                 self.sources[source].fetched = Some(Instant::now());
@@ -703,6 +753,7 @@ impl State {
                         room -= 1;
                     } else {
                         self.sources[source].in_flight += 1;
+                        self.held_total += 1;
                         self.sources[source].held.push_back(delivery);
                     }
                 }
@@ -749,6 +800,17 @@ impl State {
                     (slots, source)
                 }),
         ));
+    }
+
+    /// Keeps alive the deliveries fetched ahead that waited half their ack wait.
+    async fn keep_held_alive(&mut self) {
+        for source in &mut self.sources {
+            for delivery in source.held.iter_mut() {
+                if delivery.stale() {
+                    delivery.keep_alive().await;
+                }
+            }
+        }
     }
 
     /// All the slots of a source's handlers.
@@ -879,13 +941,13 @@ async fn existing(js: &jetstream::Context, spec: &ConsumerSpec) -> Option<PullCo
 
 /// Waits for the next message of a doorbell subscription.
 fn listen(
-    group: usize,
+    (group, generation): (usize, u64),
     mut subscriber: async_nats::Subscriber,
     mut silenced: watch::Receiver<()>,
 ) -> Doorbell {
     Box::pin(async move {
         tokio::select! {
-            message = subscriber.next() => Some(Rung { group, subscriber, message }),
+            message = subscriber.next() => Some(Rung { group, generation, subscriber, message }),
             // Nothing is ever sent: this ends when the group drops its bell,
             // and dropping the subscriber unsubscribes it.
             _ = silenced.changed() => None,
