@@ -475,7 +475,10 @@ async fn shared_work_queue_spreads_tasks_and_runs_each_once() {
 
 /// A worker with a backlog fetches beyond its free slots; when it stops,
 /// what it fetched ahead goes back to the queue at once (not after the ack
-/// wait), and every task still runs exactly once.
+/// wait), and every task still runs exactly once. Whether anything is held
+/// at the moment of the stop depends on timing: with tasks of uneven
+/// lengths it usually is, and a worker that kept it would leave the second
+/// one waiting for the 30 s ack wait.
 #[tokio::test]
 async fn tasks_fetched_ahead_are_given_back_when_the_worker_stops() {
     let server = NatsServer::start().await;
@@ -515,19 +518,9 @@ async fn tasks_fetched_ahead_are_given_back_when_the_worker_stops() {
             .unwrap_or_else(|err| panic!("{id}: {err} (not given back?)"));
         assert_eq!(response.status, TaskStatus::Completed);
     }
-    // Given back: delivered to the first worker, run by the second.
-    let mut given_back = 0;
     for id in &ids {
         assert_eq!(first.runs(id) + second.runs(id), 1, "{id} ran once");
-        let record = client.task_record(id).await.unwrap().unwrap();
-        if first.runs(id) == 0 && record.attempts >= 2 {
-            given_back += 1;
-        }
     }
-    assert!(
-        given_back > 0,
-        "nothing was fetched ahead when the worker stopped"
-    );
 }
 
 #[tokio::test]
