@@ -404,7 +404,11 @@ mod tests {
 
     #[test]
     fn growing_keeps_every_id_and_its_response() {
-        let mut cache = DedupCache::new(Duration::from_secs(60), 10_000, MAX);
+        // Room for far more ids than the test records: at full size, five of
+        // them sharing a set (ids are hashed with a seed per process) would
+        // push one out, which with room for 10,000 happens in about one run
+        // in forty; with room for a million, about one in a billion.
+        let mut cache = DedupCache::new(Duration::from_secs(60), 1_000_000, MAX);
         let now = Instant::now();
         cache.check("running", None, now);
         assert_eq!(
