@@ -153,7 +153,16 @@ impl ConsumerSpec {
         js: &jetstream::Context,
         options: &DeliveryOptions,
     ) -> Result<PullConsumer, ConsumerError> {
-        let stream = js.get_stream(self.stream).await.map_err(|err| {
+        let stream = self.stream_of(js).await?;
+        self.create_on(&stream, options).await
+    }
+
+    /// The stream the consumer reads.
+    async fn stream_of(
+        &self,
+        js: &jetstream::Context,
+    ) -> Result<jetstream::stream::Stream, ConsumerError> {
+        js.get_stream(self.stream).await.map_err(|err| {
             let kind = match err.kind() {
                 jetstream::context::GetStreamErrorKind::JetStream(js)
                     if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
@@ -163,7 +172,15 @@ impl ConsumerSpec {
                 _ => ConsumerErrorKind::Unavailable,
             };
             self.error(kind, err)
-        })?;
+        })
+    }
+
+    /// [`ConsumerSpec::create`] on the stream, looked up already.
+    async fn create_on(
+        &self,
+        stream: &jetstream::stream::Stream,
+        options: &DeliveryOptions,
+    ) -> Result<PullConsumer, ConsumerError> {
         let mut config = pull::Config {
             durable_name: Some(self.name.clone()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
@@ -197,11 +214,8 @@ impl ConsumerSpec {
         js: &jetstream::Context,
         defaults: &DeliveryOptions,
     ) -> Result<(PullConsumer, DeliveryOptions), ConsumerError> {
-        let existing = match js.get_stream(self.stream).await {
-            Ok(stream) => stream.consumer_info(&self.name).await.ok(),
-            Err(_) => None,
-        };
-        let options = match existing {
+        let stream = self.stream_of(js).await?;
+        let options = match stream.consumer_info(&self.name).await.ok() {
             Some(info) => DeliveryOptions {
                 ack_wait: info.config.ack_wait,
                 // Zero or below: without a limit.
@@ -213,7 +227,7 @@ impl ConsumerSpec {
             },
             None => *defaults,
         };
-        Ok((self.create(js, &options).await?, options))
+        Ok((self.create_on(&stream, &options).await?, options))
     }
 
     fn error(

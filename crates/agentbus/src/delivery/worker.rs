@@ -464,16 +464,21 @@ impl State {
         self.handlers.len() - 1
     }
 
-    /// Free slots of a source's handlers.
-    fn capacity(&self, source: usize) -> usize {
+    /// The slots of a source's handlers: how many in all, how many taken.
+    fn slots_of(&self, source: usize) -> (usize, usize) {
         self.sources[source]
             .handlers
             .iter()
-            .map(|h| {
-                let slots = &self.slots[self.handlers[*h].slots];
-                slots.max.saturating_sub(slots.running)
+            .map(|h| &self.slots[self.handlers[*h].slots])
+            .fold((0, 0), |(max, running), slots| {
+                (max + slots.max, running + slots.running)
             })
-            .sum()
+    }
+
+    /// Free slots of a source's handlers.
+    fn capacity(&self, source: usize) -> usize {
+        let (max, running) = self.slots_of(source);
+        max.saturating_sub(running)
     }
 
     /// Whether some pending source is ready to take work now; when one has
@@ -506,13 +511,7 @@ impl State {
     /// slots, which an agent's sources of every priority share, so that all
     /// of them are ready together and the most urgent is fetched first.
     fn ready(&self, source: usize, lingered: bool) -> bool {
-        let (max, running) = self.sources[source]
-            .handlers
-            .iter()
-            .map(|h| &self.slots[self.handlers[*h].slots])
-            .fold((0, 0), |(max, running), slots| {
-                (max + slots.max, running + slots.running)
-            });
+        let (max, running) = self.slots_of(source);
         let free = max.saturating_sub(running);
         free > 0 && (lingered || running == 0 || free * 2 >= max)
     }
@@ -702,7 +701,7 @@ impl State {
                     .is_some_and(|at| at.elapsed() < AHEAD_TURNOVER);
                 let redeliverable = consumer.cached_info().config.max_deliver != 1;
                 let ahead = if self.sources[source].backlog && turning && redeliverable {
-                    (self.slots_max(source) / 2).min(MAX_AHEAD)
+                    (self.slots_of(source).0 / 2).min(MAX_AHEAD)
                 } else {
                     0
                 };
@@ -811,15 +810,6 @@ impl State {
                 }
             }
         }
-    }
-
-    /// All the slots of a source's handlers.
-    fn slots_max(&self, source: usize) -> usize {
-        self.sources[source]
-            .handlers
-            .iter()
-            .map(|h| self.slots[self.handlers[*h].slots].max)
-            .sum()
     }
 
     /// Takes a free slot of one of the source's handlers, spreading

@@ -303,28 +303,20 @@ impl Runtime {
         // Durable consumers first: if they cannot be made, nothing was started.
         let (stop, stop_rx) = watch::channel(None);
         let delivery = served.options.delivery;
-        let settler =
-            if served.options.work_queues {
-                Some(self.settler(delivery, true).await.map_err(|source| {
-                    RuntimeError::Results {
-                        agent: name.to_string(),
-                        source,
-                    }
-                })?)
-            } else {
-                None
-            };
-        let message_settler =
-            if served.options.messages {
-                Some(self.settler(delivery, false).await.map_err(|source| {
-                    RuntimeError::Results {
-                        agent: name.to_string(),
-                        source,
-                    }
-                })?)
-            } else {
-                None
-            };
+        let results_error = |source| RuntimeError::Results {
+            agent: name.to_string(),
+            source,
+        };
+        let settler = if served.options.work_queues {
+            Some(self.settler(delivery, true).await.map_err(results_error)?)
+        } else {
+            None
+        };
+        let message_settler = if served.options.messages {
+            Some(self.settler(delivery, false).await.map_err(results_error)?)
+        } else {
+            None
+        };
         let work = if settler.is_some() || message_settler.is_some() {
             Some(queued::agent_work(&served, &type_names, &topics, settler, message_settler).await?)
         } else {
