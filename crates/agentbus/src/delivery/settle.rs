@@ -52,6 +52,13 @@ impl Delivery {
         self.received.elapsed() > self.ack_wait / 2
     }
 
+    /// Whether its ack wait has passed since it was received or last kept
+    /// alive: JetStream delivers it again (to this worker or another), so
+    /// this delivery must not run.
+    pub(crate) fn expired(&self) -> bool {
+        self.received.elapsed() >= self.ack_wait
+    }
+
     /// Tells JetStream that the delivery, waiting for a worker, is still
     /// taken: its ack wait starts again, and no delivery is counted.
     pub(crate) async fn keep_alive(&mut self) {

@@ -33,9 +33,10 @@
 //! than it has room for: they wait in the worker, so that the next batch is
 //! at hand when the running one ends rather than a round trip later. One
 //! that waited half its ack wait is kept alive (a progress ack, which counts
-//! no delivery); what waits when the worker stops is given back, and
-//! JetStream counts that as a delivery, as after a crash, so a consumer that
-//! allows one delivery only is never fetched ahead from.
+//! no delivery), and one kept past it (the server stalled) is let go, since
+//! JetStream delivers it again; what waits when the worker stops is given
+//! back, and JetStream counts that as a delivery, as after a crash, so a
+//! consumer that allows one delivery only is never fetched ahead from.
 //!
 //! Fetches are pull requests answered on one subscription that lives as long
 //! as the worker ([`Puller`]), rather than on a subscription per fetch. Jobs
@@ -80,7 +81,7 @@ const REFILL_LINGER: Duration = Duration::from_millis(2);
 /// How often deliveries fetched ahead are looked at: one that waited half
 /// its ack wait is kept alive (a progress ack), so that JetStream does not
 /// deliver it again meanwhile.
-const HELD_CHECK: Duration = Duration::from_secs(1);
+const HELD_CHECK: Duration = Duration::from_millis(250);
 /// How long a fetch waits for the server's answer before giving up on it.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -679,6 +680,11 @@ impl State {
                     let mut delivery = delivery;
                     self.sources[source].in_flight -= 1;
                     self.held_total -= 1;
+                    if delivery.expired() {
+                        // Kept past its ack wait (the server stalled): it
+                        // is delivered again, and must not also run here.
+                        continue;
+                    }
                     if delivery.stale() {
                         delivery.keep_alive().await;
                     }
@@ -801,9 +807,16 @@ impl State {
         ));
     }
 
-    /// Keeps alive the deliveries fetched ahead that waited half their ack wait.
+    /// Keeps alive the deliveries fetched ahead that waited half their ack
+    /// wait. Those kept past their ack wait are let go: JetStream delivers them
+    /// again.
     async fn keep_held_alive(&mut self) {
         for source in &mut self.sources {
+            let before = source.held.len();
+            source.held.retain(|delivery| !delivery.expired());
+            let expired = before - source.held.len();
+            source.in_flight -= expired;
+            self.held_total -= expired;
             for delivery in source.held.iter_mut() {
                 if delivery.stale() {
                     delivery.keep_alive().await;
