@@ -186,15 +186,7 @@ struct Watcher {
 impl Watcher {
     /// Subscribes to `>` and returns once the server delivers to it.
     async fn start(server: &NatsServer) -> Self {
-        let client = server.connect().await;
-        let mut all = client.subscribe(">").await.unwrap();
-        // Confirmed by its own message coming back through `>`.
-        client.publish("watcher.ready", "".into()).await.unwrap();
-        let first = tokio::time::timeout(WAIT, all.next())
-            .await
-            .expect("the watcher sees its own message")
-            .unwrap();
-        assert_eq!(first.subject.as_str(), "watcher.ready");
+        let (client, mut all) = server.watch_everything().await;
         let seen = Arc::new(Mutex::new(BTreeSet::new()));
         let (grew_tx, grew) = tokio::sync::watch::channel(());
         let recorded = seen.clone();

@@ -107,6 +107,16 @@ impl NatsServer {
         self.server.client_url_with_credentials()
     }
 
+    /// Client URL with a user and a password the server refuses (made up
+    /// at run time), and that password, to check that no output echoes it.
+    pub fn url_with_wrong_password(&self) -> (String, String) {
+        let password = format!("w{}", uuid::Uuid::new_v4().simple());
+        let url = self
+            .url()
+            .replacen("nats://", &format!("nats://wrong:{password}@"), 1);
+        (url, password)
+    }
+
     /// Monitoring URL.
     pub fn monitor_url(&self) -> &str {
         self.server.monitor_url()
@@ -123,6 +133,25 @@ impl NatsServer {
             .connect("agentbus-testkit")
             .await
             .expect("connect to the test server")
+    }
+
+    /// A plain subscriber to `>` on a connection of its own, returned once
+    /// its own message came back through it (the server delivers to it); it
+    /// watches as long as the returned values live.
+    pub async fn watch_everything(&self) -> (async_nats::Client, async_nats::Subscriber) {
+        use futures::StreamExt;
+        let client = self.connect().await;
+        let mut all = client.subscribe(">").await.expect("subscribe to >");
+        client
+            .publish("watcher.ready", "".into())
+            .await
+            .expect("publish to the watcher");
+        let first = tokio::time::timeout(std::time::Duration::from_secs(30), all.next())
+            .await
+            .expect("the watcher sees its own message")
+            .expect("the watcher's subscription is open");
+        assert_eq!(first.subject.as_str(), "watcher.ready");
+        (client, all)
     }
 
     /// A JetStream context on a new connection.

@@ -190,7 +190,7 @@ async fn enhancement_agent_counts_feedback_and_stops_on_ctrl_c() {
     let server = NatsServer::start().await;
     // Someone watches the whole bus, as `nats sub '>'` does: the agent's
     // subscriptions are still confirmed at once.
-    let _watcher = watch_everything(&server).await;
+    let _watcher = server.watch_everything().await;
     let started = Instant::now();
     let mut agent = Running::start("enhancement_agent", &server, &[]).await;
     assert!(
@@ -238,20 +238,6 @@ async fn enhancement_agent_counts_feedback_and_stops_on_ctrl_c() {
 
     let status = agent.interrupt().await;
     assert_eq!(status.code(), Some(0), "{status}: {}", agent.stderr().await);
-}
-
-/// A plain subscriber to `>` on its own connection, confirmed by its own
-/// message coming back; it watches as long as the returned values live.
-async fn watch_everything(server: &NatsServer) -> (async_nats::Client, async_nats::Subscriber) {
-    let client = server.connect().await;
-    let mut all = client.subscribe(">").await.unwrap();
-    client.publish("watcher.ready", "".into()).await.unwrap();
-    let first = tokio::time::timeout(WAIT, all.next())
-        .await
-        .expect("the watcher sees its own message")
-        .unwrap();
-    assert_eq!(first.subject.as_str(), "watcher.ready");
-    (client, all)
 }
 
 /// The example binary `name` that `cargo test` builds beside this test
