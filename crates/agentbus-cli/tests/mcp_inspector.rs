@@ -204,7 +204,7 @@ async fn startup_errors_reach_the_inspector_as_our_sentence() {
     let unreachable = format!("nats://127.0.0.1:{}", closed.port());
     let bare = NatsServer::start_bare().await;
     let no_streams = bare.url_with_credentials();
-    let wrong_password = bare.url().replacen("nats://", "nats://test:wrong@", 1);
+    let (wrong_password, _) = bare.url_with_wrong_password();
     let cases = [
         (
             vec!["--agent", "alice", "--server", &unreachable],

@@ -278,18 +278,12 @@ async fn status_against_a_closed_port_fails_fast() {
 #[tokio::test]
 async fn status_with_wrong_credentials_is_one_line_without_the_password() {
     let server = NatsServer::start_bare().await;
-    let secret = "An0therWrongSecret";
-    let host_port = common::host_port(server.url());
-    let out = run([
-        "status",
-        "--server",
-        &format!("nats://wrong:{secret}@{host_port}"),
-    ])
-    .await;
+    let (url, secret) = server.url_with_wrong_password();
+    let out = run(["status", "--server", &url]).await;
     let stderr = out.assert_failure();
     let error = common::one_error_line(stderr);
     assert!(error.contains("refused the credentials"), "{stderr}");
-    assert!(!stderr.contains(secret), "password echoed: {stderr}");
+    assert!(!stderr.contains(&secret), "password echoed: {stderr}");
     assert!(out.stdout.is_empty(), "{}", out.stdout);
 }
 

@@ -2,7 +2,7 @@
 // (@nats-io/services), as a JavaScript tool would, and prints what it read
 // as one JSON object: {"ping": [...], "info": [...], "stats": [...]}.
 //
-// Usage: NATS_URL=nats://user:password@host:port node services_client.js <service>
+// Usage: NATS_URL=<the server's URL, with its credentials> node services_client.js <service>
 // The packages come from NODE_PATH (the test installs them with npm).
 
 const { connect } = require("@nats-io/transport-node");
