@@ -5,11 +5,13 @@ use crate::client::{Bus, PublishError, RequestOptions, SendTaskError};
 use crate::name::{InvalidName, Name};
 use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
 pub use crate::subject::MessageChannel;
+use crate::task_log::{AskError, EventType, LogError, RunningTask, StopReason};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// An agent: a name, the task types it accepts, and a handler.
 ///
@@ -149,6 +151,19 @@ impl TaskError {
         }
     }
 
+    /// The task was stopped: status `cancelled`, or `timeout` when its
+    /// time ran out.
+    pub(crate) fn stopped(reason: StopReason) -> Self {
+        Self {
+            status: match reason {
+                StopReason::Cancelled => TaskStatus::Cancelled,
+                _ => TaskStatus::Timeout,
+            },
+            retryable: false,
+            message: reason.message(),
+        }
+    }
+
     /// The status a response to this error carries.
     pub fn status(&self) -> TaskStatus {
         self.status
@@ -179,13 +194,17 @@ impl TaskRequest {
     }
 }
 
-/// What a handler knows and can do while it works on a task.
+/// What a handler knows and can do while it works on a task: report
+/// partial results, progress and questions into the task's log (see
+/// [`crate::task_log`]), and see when it is cancelled or out of time.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
     pub(crate) agent: Name,
     pub(crate) instance_id: Arc<str>,
     pub(crate) task_id: Arc<str>,
     pub(crate) bus: Bus,
+    /// The task, when this is a task's handler (not a message's).
+    pub(crate) task: Option<Arc<RunningTask>>,
 }
 
 impl TaskContext {
@@ -218,13 +237,91 @@ impl TaskContext {
         self.bus.publish(subject, value).await
     }
 
-    /// Sends a task to another agent and waits for its response.
+    /// Sends a task to another agent and waits for its response. The task
+    /// inherits what remains of this task's deadline, unless it carries an
+    /// earlier one, and the wait is no longer than that.
     pub async fn send_task(
         &self,
         agent: &str,
         request: &TaskRequest,
-        options: RequestOptions,
+        mut options: RequestOptions,
     ) -> Result<TaskResponse, SendTaskError> {
-        self.bus.request(agent, request, options).await
+        let Some(deadline) = self.deadline() else {
+            return self.bus.request(agent, request, options).await;
+        };
+        let mut request = request.clone();
+        if request.deadline_time().is_none_or(|own| own > deadline) {
+            request.deadline = Some(crate::clock::rfc3339(deadline));
+        }
+        let left = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        options.timeout = options.timeout.min(left);
+        self.bus.request(agent, &request, options).await
+    }
+
+    /// When the task must be over: its request's deadline, or the agent's
+    /// task timeout from the start, whichever comes first. `None` when
+    /// there is neither (or this is a message's handler).
+    pub fn deadline(&self) -> Option<SystemTime> {
+        self.task.as_ref().and_then(|task| task.deadline())
+    }
+
+    /// Resolves when the task is cancelled or runs out of time, for
+    /// `tokio::select!` against the work. A handler that goes on anyway is
+    /// dropped: at once when out of time, after the agent's
+    /// [`crate::AgentOptions::cancel_grace`] when cancelled. Never resolves
+    /// in a message's handler.
+    pub async fn cancelled(&self) -> StopReason {
+        match &self.task {
+            Some(task) => task.stopped().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Why the task must stop, if it must by now.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.task.as_ref().and_then(|task| task.stop_reason())
+    }
+
+    /// Adds a chunk of the result to the task's log (a `partial` event),
+    /// for whoever follows the task. The final result is still what the
+    /// handler returns.
+    pub async fn partial<T: Serialize + ?Sized>(&self, chunk: &T) -> Result<(), LogError> {
+        let chunk = serde_json::to_value(chunk).unwrap_or(Value::Null);
+        self.task()?.emit(EventType::Partial, chunk).await
+    }
+
+    /// Reports progress: `done` (such as a fraction or a count) and/or a message.
+    pub async fn progress(&self, done: Option<f64>, message: Option<&str>) -> Result<(), LogError> {
+        let mut data = serde_json::Map::new();
+        if let Some(done) = done {
+            data.insert("progress".into(), done.into());
+        }
+        if let Some(message) = message {
+            data.insert("message".into(), message.into());
+        }
+        self.task()?
+            .emit(EventType::Progress, Value::Object(data))
+            .await
+    }
+
+    /// Asks the task's caller (or an operator, or another agent) a
+    /// question and waits for the answer ([`Bus::answer`]). The task is
+    /// `input_required` meanwhile. An error with status `cancelled` or
+    /// `timeout` when the task is stopped first: return it.
+    pub async fn ask(&self, question: Value) -> Result<Value, TaskError> {
+        let task = self
+            .task()
+            .map_err(|err| TaskError::permanent(err.to_string()))?;
+        task.ask(question).await.map_err(|err| match err {
+            AskError::Stopped(reason) => TaskError::stopped(reason),
+            AskError::Busy => TaskError::permanent(err.to_string()),
+            AskError::Log(err) => TaskError::failed(err.to_string()),
+        })
+    }
+
+    fn task(&self) -> Result<&RunningTask, LogError> {
+        self.task.as_deref().ok_or(LogError::NotATask)
     }
 }

@@ -18,6 +18,8 @@
 //!   for any other reader (the MCP bridge); work queues, inboxes,
 //!   broadcasts, results and dead letters.
 //! - [`events`]: the typed bodies of `platform.events.*`.
+//! - [`task_log`]: each task's event log (partials, progress, questions,
+//!   its final state), watching it, cancelling a task and answering it.
 //! - [`state`]: per-agent key/value state with TTL, and short-lived entries,
 //!   on NATS KV or Redis (the `redis` feature).
 //! - [`presence`]: heartbeats, who is online, and `agent_offline` events.
@@ -64,6 +66,7 @@ mod runtime;
 pub mod state;
 pub mod subject;
 mod task_id;
+pub mod task_log;
 
 pub use agent::{Agent, AgentMessage, MessageChannel, TaskContext, TaskError, TaskTypeSpec};
 pub use client::{

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// How urgent a task is; under load, higher priorities are taken first.
 #[derive(
@@ -127,6 +128,16 @@ pub struct TaskRequest {
     /// Urgency.
     #[serde(default)]
     pub priority: Priority,
+    /// When the task must be over, RFC 3339 (UTC, `Z`): a runtime does not
+    /// start it later, and stops it (status `timeout`) when it runs past.
+    /// Absent: no deadline beyond the agent's own task timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    /// The sender follows the task's events (partials, progress,
+    /// questions): its event log is kept in full from the start. Without
+    /// it, the log starts only when the handler reports something.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 impl TaskRequest {
@@ -137,6 +148,8 @@ impl TaskRequest {
             task_type: task_type.into(),
             payload,
             priority: Priority::Normal,
+            deadline: None,
+            stream: false,
         }
     }
 
@@ -145,6 +158,28 @@ impl TaskRequest {
     pub fn with_priority(mut self, priority: Priority) -> Self {
         self.priority = priority;
         self
+    }
+
+    /// Sets the deadline: the task must be over by `deadline`.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: SystemTime) -> Self {
+        self.deadline = Some(crate::clock::rfc3339(deadline));
+        self
+    }
+
+    /// Asks for the task's full event log (see [`TaskRequest::stream`]).
+    #[must_use]
+    pub fn streamed(mut self) -> Self {
+        self.stream = true;
+        self
+    }
+
+    /// The deadline as a time; `None` when there is none. A deadline that
+    /// is not RFC 3339 was refused when the request was read.
+    pub fn deadline_time(&self) -> Option<SystemTime> {
+        self.deadline
+            .as_deref()
+            .and_then(|text| humantime::parse_rfc3339_weak(text).ok())
     }
 
     /// Parses a request, naming the field that is missing or mistyped.
@@ -158,6 +193,7 @@ impl TaskRequest {
             && !request.task_id.is_empty()
             && !request.task_type.is_empty()
             && request.payload.is_object()
+            && (request.deadline.is_none() || request.deadline_time().is_some())
         {
             return Ok(request);
         }
@@ -194,11 +230,33 @@ impl TaskRequest {
                 }));
             }
         };
+        let deadline = match object.remove("deadline") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) if humantime::parse_rfc3339_weak(&text).is_ok() => Some(text),
+            Some(_) => {
+                return Err(fail(RequestError::WrongType {
+                    field: "deadline",
+                    expected: "an RFC 3339 time such as \"2026-01-01T12:00:00Z\"",
+                }));
+            }
+        };
+        let stream = match object.remove("stream") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(stream)) => stream,
+            Some(_) => {
+                return Err(fail(RequestError::WrongType {
+                    field: "stream",
+                    expected: "true or false",
+                }));
+            }
+        };
         Ok(Self {
             task_id,
             task_type,
             payload,
             priority,
+            deadline,
+            stream,
         })
     }
 
@@ -323,6 +381,8 @@ mod tests {
             task_type: "generate_text".into(),
             payload: json!({"prompt": "hi", "max_tokens": 200}),
             priority: Priority::Normal,
+            deadline: None,
+            stream: false,
         };
         assert_eq!(
             serde_json::to_value(&request).unwrap(),

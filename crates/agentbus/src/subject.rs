@@ -9,6 +9,8 @@
 //! | `broadcast.<topic>`, `announce.<topic>` | announcements to every agent (`agent-broadcast`) |
 //! | `dlq.<original subject>` | dead letters (`agent-dlq`) |
 //! | `platform.events.<event>` | lifecycle and task events ([`crate::events`]) |
+//! | `task.<task_id>.events` | a task's event log (`agent-task-events`, [`crate::task_log`]) |
+//! | `task.<task_id>.control.<verb>` | cancel, answer or ask about a task held by a runtime (core request/reply) |
 //! | `$SRV.PING\|INFO\|STATS[.<agent>[.<instance>]]` | discovery (the NATS services protocol) |
 //! | `agentbus.check.<run>` | the publish/subscribe probe of `agentbus check` |
 //! | `<inbox>.<n>` | a worker's pull requests, answered on one subscription `<inbox>.*` |
@@ -19,6 +21,7 @@
 
 use crate::name::Name;
 use crate::protocol::Priority;
+use crate::task_id::TaskId;
 use std::fmt;
 
 /// A subject built here or validated by [`Subject::parse`]; cheap to clone
@@ -177,7 +180,7 @@ pub struct InvalidSubject {
 
 /// Subjects answered over core request/reply. A stream capturing one of them
 /// would answer the requester with its own PubAck instead of the agent's reply.
-pub const REQUEST_REPLY_SUBJECTS: [&str; 2] = ["agent.*.task", "_INBOX.>"];
+pub const REQUEST_REPLY_SUBJECTS: [&str; 3] = ["agent.*.task", "task.*.control.*", "_INBOX.>"];
 
 /// Stream holding direct messages (`agent.<name>.inbox|direct`).
 pub const MESSAGES_STREAM: &str = "agent-messages";
@@ -189,6 +192,64 @@ pub const TASKS_STREAM: &str = "agent-tasks";
 pub const DEAD_LETTER_STREAM: &str = "agent-dlq";
 /// KV bucket holding the state and result of queued tasks.
 pub const TASK_RESULTS_BUCKET: &str = "agent-task-results";
+/// Stream holding every task's event log.
+pub const TASK_EVENTS_STREAM: &str = "agent-task-events";
+/// The subjects of every task's event log: what [`TASK_EVENTS_STREAM`] captures.
+pub const ALL_TASK_EVENTS: &str = "task.*.events";
+/// Every control request to a task: what each runtime subscribes to once.
+pub const ALL_TASK_CONTROLS: &str = "task.*.control.*";
+
+/// Subject of task `task_id`'s event log.
+pub fn task_events(task_id: &TaskId) -> Subject {
+    Subject::built(format!("task.{task_id}.events"))
+}
+
+/// A request about a task, answered by the runtime that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskControl {
+    /// Stop it: the handler's `cancelled()` resolves.
+    Cancel,
+    /// The answer to the question the handler asked.
+    Answer,
+    /// Where it stands (running or waiting for input).
+    Status,
+}
+
+impl TaskControl {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Cancel => "cancel",
+            Self::Answer => "answer",
+            Self::Status => "status",
+        }
+    }
+}
+
+/// Subject of a control request to task `task_id`: `task.<task_id>.control.<verb>`.
+pub fn task_control(task_id: &TaskId, control: TaskControl) -> Subject {
+    Subject::built(format!("task.{task_id}.control.{}", control.as_str()))
+}
+
+/// Reads a control subject back: the task and what is asked of it.
+pub fn parse_task_control(subject: &str) -> Option<(TaskId, TaskControl)> {
+    let mut tokens = subject.split('.');
+    let (Some("task"), Some(id), Some("control"), Some(verb), None) = (
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+    ) else {
+        return None;
+    };
+    let control = match verb {
+        "cancel" => TaskControl::Cancel,
+        "answer" => TaskControl::Answer,
+        "status" => TaskControl::Status,
+        _ => return None,
+    };
+    Some((TaskId::parse(id).ok()?, control))
+}
 
 /// Subject of the tasks an agent answers over request/reply.
 pub fn agent_task(agent: &Name) -> Subject {

@@ -736,12 +736,8 @@ async fn priority_order_holds_under_a_backlog_and_low_still_progresses() {
         }
     }
     // A plain client publishing to tasks.<agent> (no priority information) is normal priority.
-    let plain = TaskRequest {
-        task_id: TaskId::parse("plain-client").unwrap(),
-        task_type: "echo".into(),
-        payload: json!({}),
-        priority: Priority::Normal,
-    };
+    let mut plain = TaskRequest::new("echo", json!({}));
+    plain.task_id = TaskId::parse("plain-client").unwrap();
     client
         .jetstream()
         .publish(

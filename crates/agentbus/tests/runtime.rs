@@ -270,12 +270,8 @@ async fn saturated_agent_takes_waiting_tasks_by_priority_then_arrival() {
 
     let send = |id: &str, priority: Priority| {
         let client = client.clone();
-        let request = TaskRequest {
-            task_id: agentbus::TaskId::parse(id).unwrap(),
-            task_type: "gated".into(),
-            payload: json!({}),
-            priority,
-        };
+        let mut request = TaskRequest::new("gated", json!({})).with_priority(priority);
+        request.task_id = agentbus::TaskId::parse(id).unwrap();
         tokio::spawn(async move { client.request("busy", &request, quick()).await.unwrap() })
     };
     let blocker = send("blocker", Priority::Low);

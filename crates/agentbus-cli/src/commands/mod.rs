@@ -4,6 +4,7 @@ mod agents;
 mod bench;
 mod check;
 mod dlq;
+mod follow;
 mod mcp;
 mod publish;
 mod request;
@@ -44,7 +45,7 @@ pub(crate) enum Command {
     Submit(submit::SubmitArgs),
     /// Broadcast a message to every agent subscribed to a topic.
     Broadcast(send::BroadcastArgs),
-    /// Show the state, attempts and result of a queued task.
+    /// Show where a task stands; watch its events, cancel it or answer its question.
     Task(task::TaskArgs),
     /// List and replay dead letters.
     Dlq(dlq::DlqArgs),

@@ -1,5 +1,6 @@
 //! `agentbus request`: send a task to a running agent and print its TaskResponse.
 
+use super::follow::Printer;
 use super::{ServerArgs, read_json_argument, seconds};
 use crate::output::outln;
 use agentbus::RequestOptions;
@@ -7,6 +8,10 @@ use agentbus::TaskId;
 use agentbus::{Bus, Priority, TaskRequest};
 use clap::Args;
 use std::process::ExitCode;
+use std::time::Duration;
+
+/// How long the rest of a task's log is waited for once its answer came.
+const LOG_LAG: Duration = Duration::from_secs(1);
 
 /// Arguments of `agentbus request`.
 #[derive(Debug, Args)]
@@ -27,9 +32,18 @@ pub(crate) struct RequestArgs {
     #[arg(long, default_value = "normal")]
     priority: Priority,
 
-    /// Seconds to wait for the answer.
+    /// Seconds to wait for the answer; also the task's deadline, past
+    /// which the agent stops it (status timeout).
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     timeout: f64,
+
+    /// Print the task's partial results and progress as they come, then its TaskResponse.
+    #[arg(long)]
+    stream: bool,
+
+    /// With --stream: one JSON object per line, each event then the TaskResponse.
+    #[arg(long, requires = "stream")]
+    json: bool,
 
     /// Task id to use (an agentbus agent answers a retry with the same id instead of running it twice); default: a new UUID.
     #[arg(long)]
@@ -51,21 +65,50 @@ pub(super) async fn exec(args: RequestArgs) -> anyhow::Result<ExitCode> {
     agentbus::Name::parse("task type", &args.task_type)?;
     let (_, client) = args.server.connect().await?;
     let bus = Bus::from_client(client);
-    let request = TaskRequest {
-        task_id: match args.task_id.as_deref() {
-            Some(id) => TaskId::parse(id)?,
-            None => TaskId::new(),
-        },
-        task_type: args.task_type,
-        payload,
-        priority: args.priority,
+    let task_id = match args.task_id.as_deref() {
+        Some(id) => TaskId::parse(id)?,
+        None => TaskId::new(),
     };
+    let mut request = TaskRequest::new(args.task_type, payload)
+        .with_priority(args.priority)
+        .with_deadline(std::time::SystemTime::now() + timeout * (args.retries + 1));
+    request.task_id = task_id;
+    request.stream = args.stream;
     let options = RequestOptions {
         timeout,
         retries: args.retries,
     };
-    let response = bus.request(&args.agent, &request, options).await?;
-    outln!("{}", serde_json::to_string_pretty(&response)?)?;
+    let response = if args.stream {
+        // Following before sending: no event is missed.
+        let mut watch = bus.watch(&request.task_id, 1).await?;
+        let mut printer = Printer::new(args.json);
+        let sent = bus.request(&args.agent, &request, options);
+        tokio::pin!(sent);
+        let response = {
+            let follow = printer.follow(&mut watch);
+            tokio::pin!(follow);
+            tokio::select! {
+                response = &mut sent => {
+                    let response = response?;
+                    // The agent logs the final state before it answers:
+                    // what is left of the log is a moment away, unless the
+                    // task was refused before it was logged at all.
+                    let _ = tokio::time::timeout(LOG_LAG, &mut follow).await;
+                    response
+                }
+                followed = &mut follow => {
+                    followed?;
+                    sent.await?
+                }
+            }
+        };
+        printer.response(&response)?;
+        response
+    } else {
+        let response = bus.request(&args.agent, &request, options).await?;
+        outln!("{}", serde_json::to_string_pretty(&response)?)?;
+        response
+    };
     Ok(if response.is_completed() {
         ExitCode::SUCCESS
     } else {

@@ -1,5 +1,6 @@
 //! `agentbus submit`: store a task in a work queue, optionally wait for its result.
 
+use super::follow::Printer;
 use super::{PresenceArgs, ServerArgs, Unreached, read_json_argument, report, seconds};
 use crate::output::outln;
 use agentbus::delivery::{Address, Queue, ResultRetention};
@@ -43,6 +44,16 @@ pub(crate) struct SubmitArgs {
     #[arg(long, conflicts_with = "wait")]
     discard_result: bool,
 
+    /// The task must be over within this long from now (such as 30s or 5m):
+    /// no worker starts it later, and one running it stops it (status timeout).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    deadline: Option<std::time::Duration>,
+
+    /// With --wait: print the task's partial results and progress as they
+    /// come, then its TaskResponse (with --json, one JSON object per line).
+    #[arg(long, requires = "wait")]
+    stream: bool,
+
     /// Seconds to wait with --wait.
     #[arg(
         long,
@@ -53,8 +64,9 @@ pub(crate) struct SubmitArgs {
     timeout: f64,
 
     /// Print one JSON line (task_id, subject, sequence, duplicate; with `warning` and
-    /// `online_agents` when no agent would take the task) instead of the task id.
-    #[arg(long, conflicts_with = "wait")]
+    /// `online_agents` when no agent would take the task) instead of the task id;
+    /// with --wait --stream, each event and then the TaskResponse as JSON lines.
+    #[arg(long)]
     json: bool,
 }
 
@@ -76,14 +88,23 @@ pub(super) async fn exec(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let timeout = seconds(args.timeout, "timeout")?;
     let (_, client) = args.server.connect().await?;
     let bus = Bus::from_client(client);
-    let request = TaskRequest {
-        task_id: match args.task_id.as_deref() {
-            Some(id) => TaskId::parse(id)?,
-            None => TaskId::new(),
-        },
-        task_type: task_type.to_string(),
-        payload,
-        priority: args.priority,
+    anyhow::ensure!(
+        !args.json || !args.wait || args.stream,
+        "--json with --wait needs --stream (the TaskResponse --wait prints is JSON already)"
+    );
+    let mut request = TaskRequest::new(task_type.to_string(), payload).with_priority(args.priority);
+    if let Some(id) = args.task_id.as_deref() {
+        request.task_id = TaskId::parse(id)?;
+    }
+    if let Some(deadline) = args.deadline {
+        request = request.with_deadline(std::time::SystemTime::now() + deadline);
+    }
+    request.stream = args.stream;
+    // Following before submitting: no event is missed.
+    let mut watch = if args.stream {
+        Some(bus.watch(&request.task_id, 1).await?)
+    } else {
+        None
     };
     let retention = if args.discard_result {
         ResultRetention::Discard
@@ -116,8 +137,29 @@ pub(super) async fn exec(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     if let Some(unreached) = &unreached {
         unreached.print();
     }
-    let response = bus.wait_task(&submitted.task_id, timeout).await?;
-    outln!("{}", serde_json::to_string_pretty(&response)?)?;
+    let response = match &mut watch {
+        Some(watch) => {
+            let mut printer = Printer::new(args.json);
+            tokio::time::timeout(timeout, printer.follow(watch))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "task {} did not finish within {timeout:?}; `agentbus task {}` shows its state",
+                        submitted.task_id,
+                        submitted.task_id
+                    )
+                })??;
+            // The record is written before the final event: this reads it.
+            let response = bus.wait_task(&submitted.task_id, timeout).await?;
+            printer.response(&response)?;
+            response
+        }
+        None => {
+            let response = bus.wait_task(&submitted.task_id, timeout).await?;
+            outln!("{}", serde_json::to_string_pretty(&response)?)?;
+            response
+        }
+    };
     Ok(if response.is_completed() {
         ExitCode::SUCCESS
     } else {

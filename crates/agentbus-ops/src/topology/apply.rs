@@ -55,6 +55,7 @@ impl StreamSpec {
                 Retention::Workqueue => stream::RetentionPolicy::WorkQueue,
             },
             max_messages: self.max_msgs,
+            max_messages_per_subject: self.max_msgs_per_subject.unwrap_or(-1),
             max_bytes: self.max_bytes,
             max_age: self.max_age,
             storage: match self.storage {
@@ -104,6 +105,11 @@ impl StreamSpec {
             "max_msgs",
             actual.max_messages.to_string(),
             wanted.max_messages.to_string(),
+        );
+        check(
+            "max_msgs_per_subject",
+            actual.max_messages_per_subject.to_string(),
+            wanted.max_messages_per_subject.to_string(),
         );
         check(
             "max_bytes",
@@ -178,6 +184,7 @@ impl StreamSpec {
         let config = stream::Config {
             subjects: wanted.subjects,
             max_messages: wanted.max_messages,
+            max_messages_per_subject: wanted.max_messages_per_subject,
             max_bytes: wanted.max_bytes,
             max_age: wanted.max_age,
             discard: wanted.discard,

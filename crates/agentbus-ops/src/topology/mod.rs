@@ -75,6 +75,9 @@ pub struct StreamSpec {
     pub retention: Retention,
     /// Maximum number of messages.
     pub max_msgs: i64,
+    /// Maximum number of messages per subject (unset: no such limit).
+    #[serde(default)]
+    pub max_msgs_per_subject: Option<i64>,
     /// Maximum total size in bytes.
     #[serde(deserialize_with = "deserialize_size")]
     pub max_bytes: i64,

@@ -62,6 +62,7 @@ pub use publish::{
 };
 pub use queue::Queue;
 pub use recipients::{Address, Recipients, RecipientsError, RecipientsErrorKind};
+pub(crate) use records::Records;
 pub use records::{AttemptError, RecordError, RecordErrorKind, TaskRecord, TaskState};
 pub use settle::{Delivery, SettleError, SettleErrorKind, Settled, TaskAttempt};
 pub(crate) use settle::{Opened, Settler};

@@ -206,6 +206,18 @@ impl Bus {
             ResultRetention::Discard => &[(RESULT_HEADER, retention.as_str())],
         };
         let ack = store(self, &subject, request.to_json(), &request.task_id, headers).await?;
+        if request.stream && !ack.duplicate {
+            let data = serde_json::json!({
+                "task_type": request.task_type,
+                "queue": subject.as_str(),
+                "deadline": request.deadline,
+            });
+            if let Err(err) =
+                crate::task_log::accept_queued(self, &request.task_id, "submitter", data).await
+            {
+                tracing::warn!(%err, task_id = %request.task_id, "the task is queued, but its log could not be begun");
+            }
+        }
         Ok(Submitted {
             task_id: request.task_id.clone(),
             subject,

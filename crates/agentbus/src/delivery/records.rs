@@ -9,13 +9,15 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// Where a queued task stands.
+/// Where a task stands.
 ///
-/// Stored in a [`TaskRecord`]: `queued` (by [`Bus::submit_recorded`] and
-/// replays), `retrying`, `completed`, `dead_lettered`. Told by
-/// [`Bus::task_report`] from the record, the queue and its consumer: also
-/// `running`, `finished_without_record` and `unknown`
-/// ([`TaskReport::note`] says what each of these cannot be told apart from).
+/// Stored in a queued task's [`TaskRecord`]: `queued` (by
+/// [`Bus::submit_recorded`] and replays), `retrying`, `completed`,
+/// `dead_lettered`, `cancelled` and `timeout`. Told by [`Bus::task_report`]
+/// from the record, the queue and its consumer, the task's log and the
+/// runtime holding it: also `running`, `input_required`, `failed`,
+/// `rejected`, `finished_without_record` and `unknown` ([`TaskReport::note`]
+/// says what some of these cannot be told apart from).
 ///
 /// [`Bus::submit_recorded`]: crate::Bus::submit_recorded
 /// [`Bus::task_report`]: crate::Bus::task_report
@@ -31,14 +33,26 @@ pub enum TaskState {
     /// says `queued` from its submission until an attempt ends, also while
     /// the task runs: the lookup tells the difference.
     Queued,
-    /// Delivered to a worker and not acknowledged yet. Never stored.
+    /// Delivered to a worker and not acknowledged yet, or held by a
+    /// runtime over request/reply. Never stored.
     Running,
+    /// The handler asked a question and waits for the answer. Never stored.
+    InputRequired,
     /// An attempt failed; the task waits to be retried.
     Retrying,
     /// The task finished; `response` holds the TaskResponse.
     Completed,
     /// The task failed for good and sits in the dead-letter stream.
     DeadLettered,
+    /// The handler failed (a task sent over request/reply; a queued task
+    /// that fails for good is dead-lettered). Told from the task's log.
+    Failed,
+    /// The task was refused (request/reply). Told from the task's log.
+    Rejected,
+    /// Its deadline or its agent's time limit passed.
+    Timeout,
+    /// It was cancelled.
+    Cancelled,
     /// The task left its queue and no outcome was recorded (a fire-and-forget
     /// task that succeeded leaves none). Never stored.
     FinishedWithoutRecord,
@@ -52,8 +66,29 @@ impl TaskState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            Self::Completed | Self::DeadLettered | Self::FinishedWithoutRecord
+            Self::Completed
+                | Self::DeadLettered
+                | Self::FinishedWithoutRecord
+                | Self::Failed
+                | Self::Rejected
+                | Self::Timeout
+                | Self::Cancelled
         )
+    }
+
+    /// The state a task's last logged event tells.
+    pub fn of_event(kind: crate::task_log::EventType) -> Self {
+        use crate::task_log::EventType;
+        match kind {
+            EventType::Accepted => Self::Queued,
+            EventType::InputRequired => Self::InputRequired,
+            EventType::Completed => Self::Completed,
+            EventType::Failed => Self::Failed,
+            EventType::Rejected => Self::Rejected,
+            EventType::Timeout => Self::Timeout,
+            EventType::Cancelled => Self::Cancelled,
+            _ => Self::Running,
+        }
     }
 
     /// The state's name as printed and serialized, such as `dead_lettered`.
@@ -62,9 +97,14 @@ impl TaskState {
             Self::Pending => "pending",
             Self::Queued => "queued",
             Self::Running => "running",
+            Self::InputRequired => "input_required",
             Self::Retrying => "retrying",
             Self::Completed => "completed",
             Self::DeadLettered => "dead_lettered",
+            Self::Failed => "failed",
+            Self::Rejected => "rejected",
+            Self::Timeout => "timeout",
+            Self::Cancelled => "cancelled",
             Self::FinishedWithoutRecord => "finished_without_record",
             Self::Unknown => "unknown",
         }
@@ -357,9 +397,14 @@ mod tests {
             Pending,
             Queued,
             Running,
+            InputRequired,
             Retrying,
             Completed,
             DeadLettered,
+            Failed,
+            Rejected,
+            Timeout,
+            Cancelled,
             FinishedWithoutRecord,
             Unknown,
         ] {

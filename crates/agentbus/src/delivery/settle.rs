@@ -456,6 +456,22 @@ impl TaskAttempt {
         Ok(Settled::Done)
     }
 
+    /// The task was stopped for good (cancelled, or its deadline passed):
+    /// records `response` (status `cancelled` or `timeout`), then
+    /// acknowledges the task. Not a failure: it is neither retried nor
+    /// dead-lettered.
+    pub async fn end(&self, response: &TaskResponse) -> Result<Settled, SettleError> {
+        let mut record = self.record();
+        record.state = match response.status {
+            TaskStatus::Timeout => TaskState::Timeout,
+            _ => TaskState::Cancelled,
+        };
+        record.response = Some(response.clone());
+        self.settler.records().put(&record).await?;
+        self.delivery.ack().await?;
+        Ok(Settled::Done)
+    }
+
     /// The attempt failed with `response`: retried with backoff when
     /// `retryable` and attempts remain, else given up.
     pub async fn fail(

@@ -13,9 +13,12 @@ use super::{Queue, ResultRetention, StoreError, Submitted};
 use crate::client::Bus;
 use crate::protocol::TaskRequest;
 use crate::subject::TASKS_STREAM;
+use crate::subject::TaskControl;
 use crate::task_id::TaskId;
+use crate::task_log::{LogEvent, last_event};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::RawMessageErrorKind;
+use bytes::Bytes;
 use serde::Serialize;
 
 /// What is known of a queued task: its state, told from its record, its
@@ -29,6 +32,10 @@ pub struct TaskReport {
     /// Its record, when there is one. Its own `state` is what was stored
     /// (`queued` for a task that runs or finished without a record).
     pub record: Option<TaskRecord>,
+    /// The last event of its log, when it has one.
+    pub last_event: Option<LogEvent>,
+    /// The runtime instance holding it, when one said so.
+    pub held_by: Option<String>,
 }
 
 impl TaskReport {
@@ -43,7 +50,7 @@ impl TaskReport {
                 "a fire-and-forget task that succeeded, a task taken by a worker that records no outcome (such as a plain NATS client) and a task its stream removed (max_age, purge) cannot be told apart",
             ),
             TaskState::Unknown => Some(
-                "an id never submitted, a task submitted without a record (`Bus::submit`, a plain NATS publish) that no attempt has ended yet, and a record past the results bucket's max_age cannot be told apart",
+                "an id never sent, a task submitted without a record (`Bus::submit`, a plain NATS publish) that no attempt has ended yet, a task over request/reply that logged nothing, and a record or log past its max_age cannot be told apart",
             ),
             _ => None,
         }
@@ -83,27 +90,69 @@ impl Bus {
         Ok(submitted)
     }
 
-    /// Where queued task `task_id` stands. A stored state other than
-    /// `queued` is reported as it is; a `queued` record is checked against
-    /// the queue: the message gone means finished without a record, the
-    /// queue's consumer past it means running. No record at all is
-    /// [`TaskState::Unknown`]. [`TaskReport::note`] says what the states
-    /// told this way cannot be told apart from.
+    /// Where task `task_id` stands, however it was sent. A queued task's
+    /// stored state other than `queued` is reported as it is; a `queued`
+    /// record is checked against the queue: the message gone means finished
+    /// (its log may tell how), the queue's consumer past it means running
+    /// (or waiting for input, as its log tells). A task without a record is
+    /// told by its log's last event, else by the runtime holding it; with
+    /// none of these it is [`TaskState::Unknown`]. [`TaskReport::note`]
+    /// says what some states told this way cannot be told apart from.
     pub async fn task_report(&self, task_id: &TaskId) -> Result<TaskReport, RecordError> {
         let record = Records::open(self.jetstream()).await?.get(task_id).await?;
-        let state = match &record {
-            None => TaskState::Unknown,
-            Some(record) => match (record.state, record.sequence) {
+        let last_event = match last_event(self, task_id).await {
+            Ok(last) => last.map(|(event, _)| event),
+            Err(err) => {
+                tracing::debug!(%err, "the task's log cannot be read");
+                None
+            }
+        };
+        let logged = last_event
+            .as_ref()
+            .map(|event| TaskState::of_event(event.kind));
+        let mut held_by = None;
+        let state = match (&record, logged) {
+            (Some(record), logged) => match (record.state, record.sequence) {
                 (TaskState::Queued, Some(sequence)) => {
-                    self.queue_state(task_id, &record.subject, sequence).await?
+                    match self.queue_state(task_id, &record.subject, sequence).await? {
+                        TaskState::FinishedWithoutRecord => logged
+                            .filter(|state| state.is_final())
+                            .unwrap_or(TaskState::FinishedWithoutRecord),
+                        TaskState::Running => match logged {
+                            Some(TaskState::InputRequired) => TaskState::InputRequired,
+                            _ => TaskState::Running,
+                        },
+                        state => state,
+                    }
+                }
+                (TaskState::Queued | TaskState::Retrying, _)
+                    if logged.is_some_and(TaskState::is_final) =>
+                {
+                    logged.unwrap_or(record.state)
                 }
                 (state, _) => state,
+            },
+            (None, Some(state)) if state.is_final() => state,
+            (None, _) => match self
+                .control(task_id, TaskControl::Status, Bytes::new())
+                .await
+            {
+                Ok(Some(held)) => {
+                    held_by = Some(held.instance);
+                    match held.state.as_deref() {
+                        Some("input_required") => TaskState::InputRequired,
+                        _ => TaskState::Running,
+                    }
+                }
+                _ => logged.unwrap_or(TaskState::Unknown),
             },
         };
         Ok(TaskReport {
             task_id: task_id.clone(),
             state,
             record,
+            last_event,
+            held_by,
         })
     }
 

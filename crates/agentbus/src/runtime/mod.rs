@@ -26,6 +26,7 @@ use crate::presence::{AgentPresence, Beats, InFlightSource, PresenceOptions};
 use crate::state::EntryKey;
 use crate::state::{StateError, StateStore};
 use crate::subject::{self, events};
+use crate::task_log::{self, Registry};
 use dedup::DedupCache;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,6 +43,10 @@ pub struct AgentOptions {
     pub max_waiting: usize,
     /// A handler running longer is abandoned with status `timeout`.
     pub task_timeout: Option<Duration>,
+    /// How long a cancelled handler may go on before it is dropped and the
+    /// task answered `cancelled` (a handler that watches
+    /// [`crate::TaskContext::cancelled`] ends sooner).
+    pub cancel_grace: Duration,
     /// How long a task id is remembered, so a retry is answered, not rerun.
     pub dedup_window: Duration,
     /// About how many task ids are remembered (0 turns retry deduplication
@@ -79,6 +84,7 @@ impl Default for AgentOptions {
             max_concurrency: 64,
             max_waiting: 10_000,
             task_timeout: None,
+            cancel_grace: Duration::from_secs(5),
             dedup_window: Duration::from_secs(300),
             dedup_capacity: 10_000,
             task_events: true,
@@ -198,6 +204,11 @@ pub struct Runtime {
     /// Settlers by delivery options, for tasks (`true`) or messages: agents
     /// with the same options share one.
     settlers: Vec<(DeliveryOptions, bool, Settler)>,
+    /// The tasks held now, for cancels, answers and status requests.
+    registry: Arc<Registry>,
+    /// The answers to those requests: one subscription for the runtime,
+    /// started with its first agent.
+    controls: Option<JoinHandle<()>>,
 }
 
 #[derive(Debug)]
@@ -223,6 +234,8 @@ impl Runtime {
             worker: None,
             discovery: None,
             settlers: Vec::new(),
+            registry: Arc::default(),
+            controls: None,
         }
     }
 
@@ -299,6 +312,7 @@ impl Runtime {
             )),
             options,
             counters: counters.clone(),
+            registry: self.registry.clone(),
         });
         // Durable consumers first: if they cannot be made, nothing was started.
         let (stop, stop_rx) = watch::channel(None);
@@ -332,6 +346,7 @@ impl Runtime {
                 source,
             })?;
         self.start_discovery(&name, &type_names, &counters).await?;
+        self.start_controls(&name).await?;
         let presence = match presence_store {
             Some(store) => {
                 let presence = AgentPresence::new(&name, &self.instance_id, &specs);
@@ -473,6 +488,29 @@ impl Runtime {
         Ok(())
     }
 
+    /// Answers cancels, answers and status requests about the tasks this
+    /// runtime holds, from now on (one subscription for the runtime).
+    async fn start_controls(&mut self, name: &Name) -> Result<(), RuntimeError> {
+        if self.controls.is_some() {
+            return Ok(());
+        }
+        let requests = self
+            .bus
+            .client()
+            .subscribe(subject::ALL_TASK_CONTROLS)
+            .await
+            .map_err(|source| RuntimeError::Subscribe {
+                agent: name.to_string(),
+                source,
+            })?;
+        self.controls = Some(tokio::spawn(task_log::serve_controls(
+            self.bus.clone(),
+            self.registry.clone(),
+            requests,
+        )));
+        Ok(())
+    }
+
     /// Stops taking tasks, lets running ones finish within `grace`, answers
     /// waiting ones with `cancelled`, announces each agent's deregistration,
     /// removes its presence entry (publishing `agent_offline`) and flushes the
@@ -503,6 +541,9 @@ impl Runtime {
             }
         };
         futures::join!(worker, serving);
+        if let Some(controls) = &self.controls {
+            controls.abort();
+        }
         for agent in self.agents {
             publish_lifecycle(
                 &self.bus,

@@ -9,6 +9,7 @@ use crate::delivery::{
     ConsumerError, ConsumerSpec, Delivery, FROM_HEADER, Opened, Queue, Settled, Settler, body_value,
 };
 use crate::name::Name;
+use crate::protocol::{TaskResponse, TaskStatus};
 use crate::subject::{self, MessageChannel};
 use std::sync::Arc;
 use std::time::Instant;
@@ -97,14 +98,44 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, settler: Settler, delivery: 
         }
         return;
     }
+    let held = served.hold(&request, attempt.attempt());
+    // A task that may have a log already (its sender follows it, or an
+    // earlier attempt ran) takes it over: one cancelled meanwhile ends here.
+    if request.stream || attempt.attempt() > 1 {
+        match held.task().take_over_log().await {
+            Ok(Some(state)) => {
+                let response = TaskResponse::error(
+                    attempt.task_id().as_str(),
+                    TaskStatus::from(state),
+                    format!("the task was {state} before this attempt"),
+                );
+                if let Err(err) = attempt.end(&response).await {
+                    tracing::warn!(%err, task_id = %attempt.task_id(), "a task over already could not be settled");
+                }
+                return;
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(%err, task_id = %attempt.task_id(), "cannot read the task's log");
+            }
+        }
+    }
     let task_type = request.task_type.clone();
     let outcome = attempt
         .delivery()
-        .in_progress(execute(served, request, Instant::now()))
+        .in_progress(execute(served, request, &held, Instant::now()))
         .await;
-    match attempt.settle(&outcome.response, outcome.retryable).await {
-        Ok(Settled::Retrying(_)) => {}
+    let settled = if outcome.stopped && !outcome.retryable {
+        attempt.end(&outcome.response).await
+    } else {
+        attempt.settle(&outcome.response, outcome.retryable).await
+    };
+    let task = held.task();
+    match settled {
+        Ok(Settled::Retrying(_)) => task.flush_log().await,
         Ok(_) => {
+            task.finish(&outcome.response, outcome.duration, outcome.stopped)
+                .await;
             publish_task_event(
                 served,
                 attempt.task_id(),
@@ -115,6 +146,7 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, settler: Settler, delivery: 
             .await;
         }
         Err(err) => {
+            task.flush_log().await;
             tracing::warn!(%err, task_id = %attempt.task_id(), "a queued task could not be settled");
         }
     }
@@ -150,6 +182,7 @@ async fn run_message<A: Agent>(served: Arc<Served<A>>, settler: Settler, deliver
         instance_id: served.instance_id.clone(),
         task_id: message_id.as_deref().unwrap_or_default().into(),
         bus: served.bus.clone(),
+        task: None,
     };
     let handled = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
         delivery.in_progress(served.agent.handle_message(agent_message, ctx)),

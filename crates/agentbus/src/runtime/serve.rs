@@ -9,6 +9,7 @@ use crate::client::Bus;
 use crate::events::TaskEvent;
 use crate::name::Name;
 use crate::protocol::{Priority, TaskRequest, TaskResponse, TaskStatus};
+use crate::task_log::{Registered, Registry, RunningTask, Stop, StopReason};
 use async_nats::Subject;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
@@ -33,6 +34,26 @@ pub(super) struct Served<A> {
     pub(super) options: AgentOptions,
     pub(super) dedup: Mutex<DedupCache>,
     pub(super) counters: Arc<Counters>,
+    /// The tasks the runtime holds, for cancels and answers.
+    pub(super) registry: Arc<Registry>,
+}
+
+impl<A> Served<A> {
+    /// Holds a task from now until the returned guard is dropped: its
+    /// cancel, deadline and log.
+    pub(super) fn hold(&self, request: &TaskRequest, attempt: u32) -> Registered {
+        let stop = request.deadline_time().map(Stop::deadline);
+        self.registry.register(RunningTask::new(
+            &self.bus,
+            &self.instance_id,
+            &self.name,
+            &request.task_id,
+            &request.task_type,
+            attempt,
+            request.stream,
+            stop,
+        ))
+    }
 }
 
 /// A task waiting for a free slot: most urgent first, then first come.
@@ -41,6 +62,7 @@ struct Waiting {
     sequence: u64,
     request: TaskRequest,
     reply: Option<Subject>,
+    held: Registered,
 }
 
 impl Ord for Waiting {
@@ -97,9 +119,9 @@ pub(super) async fn serve<A: Agent>(
                     // A task that finishes at its first poll leaves its slot
                     // free at once: keep taking waiting ones.
                     while running.len() < max_concurrency
-                        && let Some(Waiting { request, reply, .. }) = waiting.pop()
+                        && let Some(Waiting { request, reply, held, .. }) = waiting.pop()
                     {
-                        let task = run_task(served.clone(), request, reply, Instant::now());
+                        let task = run_task(served.clone(), request, held, reply, Instant::now());
                         start(&mut running, task).await;
                     }
                     served.counters.set_queues(waiting.len(), running.len());
@@ -109,11 +131,12 @@ pub(super) async fn serve<A: Agent>(
                     let reply = message.reply;
                     let arrived = Instant::now();
                     let Some(request) = admit(&served, &message.payload, reply.as_ref(), arrived).await else { continue };
+                    let held = served.hold(&request, 1);
                     if running.len() < max_concurrency {
-                        start(&mut running, run_task(served.clone(), request, reply, arrived)).await;
+                        start(&mut running, run_task(served.clone(), request, held, reply, arrived)).await;
                     } else {
                         sequence += 1;
-                        waiting.push(Waiting { priority: request.priority, sequence, request, reply });
+                        waiting.push(Waiting { priority: request.priority, sequence, request, reply, held });
                     }
                     served.counters.set_queues(waiting.len(), running.len());
                 }
@@ -218,41 +241,101 @@ pub(super) struct Outcome {
     pub(super) retryable: bool,
     /// From `started` to the end of the handler.
     pub(super) duration: Duration,
+    /// Whether the task was cancelled or ran out of time.
+    pub(super) stopped: bool,
 }
 
-/// Runs the handler on `request`: panics, the task timeout and oversize
-/// results all become error responses.
+/// How the handler's future ended.
+enum Ran {
+    /// It returned (or panicked).
+    Finished(std::thread::Result<Result<serde_json::Value, TaskError>>),
+    /// It was stopped; what it returned within the grace period, if anything.
+    Stopped(
+        StopReason,
+        Option<std::thread::Result<Result<serde_json::Value, TaskError>>>,
+    ),
+}
+
+/// Runs the handler on `request`, held as `held`: a cancel, the deadline,
+/// the agent's task timeout, panics and oversize results all become error
+/// responses. A task stopped before it starts does not run.
 pub(super) async fn execute<A: Agent>(
     served: &Served<A>,
     request: TaskRequest,
+    held: &Registered,
     started: Instant,
 ) -> Outcome {
     let task_id = request.task_id.clone();
-    let ctx = TaskContext {
-        agent: served.name.clone(),
-        instance_id: served.instance_id.clone(),
-        task_id: task_id.shared(),
-        bus: served.bus.clone(),
-    };
-    let handler = AssertUnwindSafe(served.agent.handle(request, ctx)).catch_unwind();
-    let outcome = match served.options.task_timeout {
-        Some(limit) => tokio::time::timeout(limit, handler).await.ok(),
-        None => Some(handler.await),
-    };
-    let (response, retryable) = match outcome {
-        Some(Ok(Ok(result))) => (TaskResponse::completed(&task_id, result), false),
-        Some(Ok(Err(err))) => (err.to_response(&task_id), err.is_retryable()),
-        Some(Err(panic)) => {
-            let message = format!("the handler panicked: {}", panic_message(&*panic));
-            (TaskError::failed(message).to_response(&task_id), true)
-        }
+    let task = held.task();
+    let ran = match task.stop_reason() {
+        Some(reason) => Ran::Stopped(reason, None),
         None => {
-            let limit = served.options.task_timeout.unwrap_or_default();
-            let message = format!("the handler did not finish within {limit:?}");
+            task.limit(served.options.task_timeout);
+            if task.streamed()
+                && let Err(err) = task.log_start().await
+            {
+                tracing::warn!(%err, %task_id, "cannot start the task's log");
+            }
+            let ctx = TaskContext {
+                agent: served.name.clone(),
+                instance_id: served.instance_id.clone(),
+                task_id: task_id.shared(),
+                bus: served.bus.clone(),
+                task: Some(task.clone()),
+            };
+            let handler = AssertUnwindSafe(served.agent.handle(request, ctx)).catch_unwind();
+            tokio::pin!(handler);
+            // Biased: a handler that finishes at its first poll never
+            // polls (nor pays for) the stop.
+            tokio::select! {
+                biased;
+                output = &mut handler => Ran::Finished(output),
+                reason = task.stopped() => {
+                    let grace = match reason {
+                        StopReason::Cancelled => served.options.cancel_grace,
+                        _ => Duration::ZERO,
+                    };
+                    let output = if grace.is_zero() {
+                        None
+                    } else {
+                        tokio::time::timeout(grace, &mut handler).await.ok()
+                    };
+                    Ran::Stopped(reason, output)
+                }
+            }
+        }
+    };
+    // A handler that ends on its own once stopped still ends stopped.
+    let ran = match ran {
+        Ran::Finished(output) => match task.stop_reason() {
+            Some(reason) => Ran::Stopped(reason, Some(output)),
+            None => Ran::Finished(output),
+        },
+        stopped => stopped,
+    };
+    let (response, retryable, stopped) = match ran {
+        Ran::Finished(Ok(Ok(result))) => (TaskResponse::completed(&task_id, result), false, false),
+        Ran::Finished(Ok(Err(err))) => (
+            err.to_response(&task_id),
+            err.is_retryable(),
+            matches!(err.status(), TaskStatus::Cancelled | TaskStatus::Timeout),
+        ),
+        Ran::Finished(Err(panic)) => {
+            let message = format!("the handler panicked: {}", panic_message(&*panic));
             (
-                TaskResponse::error(&task_id, TaskStatus::Timeout, message),
+                TaskError::failed(message).to_response(&task_id),
                 true,
+                false,
             )
+        }
+        Ran::Stopped(reason, output) => {
+            let mut response = TaskError::stopped(reason).to_response(&task_id);
+            if let Some(Ok(Ok(result))) = output {
+                response.result = Some(result);
+            }
+            // A time limit may be enough another time; a cancel or a
+            // passed deadline never is.
+            (response, matches!(reason, StopReason::TimeLimit(_)), true)
         }
     };
     let body = response.to_json();
@@ -275,6 +358,7 @@ pub(super) async fn execute<A: Agent>(
         body,
         retryable,
         duration,
+        stopped,
     }
 }
 
@@ -283,6 +367,7 @@ pub(super) async fn execute<A: Agent>(
 async fn run_task<A: Agent>(
     served: Arc<Served<A>>,
     request: TaskRequest,
+    held: Registered,
     reply: Option<Subject>,
     started: Instant,
 ) {
@@ -291,7 +376,12 @@ async fn run_task<A: Agent>(
         .options
         .task_events
         .then(|| request.task_type.clone());
-    let outcome = execute(&served, request, started).await;
+    let outcome = execute(&served, request, &held, started).await;
+    // Logged before the answer: whoever gets it finds the log complete.
+    held.task()
+        .finish(&outcome.response, outcome.duration, outcome.stopped)
+        .await;
+    drop(held);
     let body = Bytes::from(outcome.body);
     let waiters = served
         .dedup

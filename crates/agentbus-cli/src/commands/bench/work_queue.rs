@@ -210,6 +210,8 @@ fn requests(prompt: &str, count: usize, round: usize, variant: &str) -> Vec<Task
             task_type: TASK_TYPE.to_owned(),
             payload: json!({ "prompt": prompt, "max_tokens": 16 }),
             priority: agentbus::Priority::Normal,
+            deadline: None,
+            stream: false,
         })
         .collect()
 }

@@ -1,0 +1,195 @@
+//! The tasks a runtime holds, and its answers to control requests about
+//! them (`task.<task_id>.control.<verb>`).
+//!
+//! Each runtime subscribes to every control subject once. A request about
+//! a task it does not hold is not answered, so the runtime that holds it
+//! answers alone. A cancel is remembered a while even so, as a tombstone:
+//! a queued task taken by a worker after its cancel went out is then
+//! refused instead of run.
+
+use super::running::RunningTask;
+use crate::client::Bus;
+use crate::subject::{self, TaskControl};
+use crate::task_id::TaskId;
+use async_nats::Subject;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Cancels remembered at most, and for how long.
+const TOMBSTONES: usize = 10_000;
+const TOMBSTONE_AGE: Duration = Duration::from_secs(600);
+
+/// The tasks one runtime holds, by id.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    tasks: Mutex<HashMap<TaskId, Arc<RunningTask>>>,
+    tombstones: Mutex<Tombstones>,
+}
+
+#[derive(Debug, Default)]
+struct Tombstones {
+    ids: HashMap<TaskId, Instant>,
+    order: VecDeque<TaskId>,
+}
+
+impl Tombstones {
+    fn insert(&mut self, task_id: TaskId) {
+        let now = Instant::now();
+        while self.order.len() >= TOMBSTONES
+            || self
+                .order
+                .front()
+                .and_then(|id| self.ids.get(id))
+                .is_some_and(|at| now.duration_since(*at) > TOMBSTONE_AGE)
+        {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.ids.remove(&old);
+        }
+        if self.ids.insert(task_id.clone(), now).is_none() {
+            self.order.push_back(task_id);
+        }
+    }
+
+    fn contains(&self, task_id: &TaskId) -> bool {
+        self.ids
+            .get(task_id)
+            .is_some_and(|at| at.elapsed() <= TOMBSTONE_AGE)
+    }
+}
+
+/// A task's place in the registry, given up when dropped.
+#[derive(Debug)]
+pub(crate) struct Registered {
+    registry: Arc<Registry>,
+    task: Arc<RunningTask>,
+}
+
+impl Registered {
+    pub(crate) fn task(&self) -> &Arc<RunningTask> {
+        &self.task
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut tasks) = self.registry.tasks.lock()
+            && tasks
+                .get(self.task.task_id())
+                .is_some_and(|held| Arc::ptr_eq(held, &self.task))
+        {
+            tasks.remove(self.task.task_id());
+        }
+    }
+}
+
+impl Registry {
+    /// Holds `task` until the returned guard is dropped; a task cancelled
+    /// before it arrived is cancelled at once.
+    pub(crate) fn register(self: &Arc<Self>, task: RunningTask) -> Registered {
+        let task = Arc::new(task);
+        let cancelled = self
+            .tombstones
+            .lock()
+            .is_ok_and(|tombstones| tombstones.contains(task.task_id()));
+        if cancelled {
+            task.cancel();
+        }
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.insert(task.task_id().clone(), task.clone());
+        }
+        Registered {
+            registry: self.clone(),
+            task,
+        }
+    }
+
+    fn get(&self, task_id: &TaskId) -> Option<Arc<RunningTask>> {
+        self.tasks.lock().ok()?.get(task_id).cloned()
+    }
+
+    fn cancel(&self, task_id: &TaskId) -> Option<Arc<RunningTask>> {
+        if let Ok(mut tombstones) = self.tombstones.lock() {
+            tombstones.insert(task_id.clone());
+        }
+        let task = self.get(task_id)?;
+        task.cancel();
+        Some(task)
+    }
+}
+
+/// Answers control requests for the tasks in `registry` until the
+/// subscription ends.
+pub(crate) async fn serve_controls(
+    bus: Bus,
+    registry: Arc<Registry>,
+    mut requests: async_nats::Subscriber,
+) {
+    while let Some(message) = requests.next().await {
+        let Some((task_id, control)) = subject::parse_task_control(&message.subject) else {
+            continue;
+        };
+        let Some(reply) = message.reply else { continue };
+        match control {
+            TaskControl::Cancel => {
+                if let Some(task) = registry.cancel(&task_id) {
+                    respond(&bus, reply, &held(&task, "cancelling")).await;
+                }
+            }
+            TaskControl::Status => {
+                if let Some(task) = registry.get(&task_id) {
+                    let state = if task.asking() {
+                        "input_required"
+                    } else {
+                        "running"
+                    };
+                    respond(&bus, reply, &held(&task, state)).await;
+                }
+            }
+            TaskControl::Answer => {
+                let Some(task) = registry.get(&task_id) else {
+                    continue;
+                };
+                // Logging the answer waits for the stream: not in this loop.
+                let bus = bus.clone();
+                tokio::spawn(async move {
+                    let answer: Value = match serde_json::from_slice(&message.payload) {
+                        Ok(answer) => answer,
+                        Err(err) => {
+                            let error = format!("the answer is not JSON: {err}");
+                            respond(&bus, reply, &json!({ "error": error })).await;
+                            return;
+                        }
+                    };
+                    let body = match task.answer(answer).await {
+                        Ok(true) => held(&task, "answered"),
+                        Ok(false) => json!({
+                            "error": format!("task {} is not waiting for an answer", task.task_id())
+                        }),
+                        Err(err) => json!({ "error": err.to_string() }),
+                    };
+                    respond(&bus, reply, &body).await;
+                });
+            }
+        }
+    }
+}
+
+fn held(task: &RunningTask, state: &str) -> Value {
+    json!({
+        "state": state,
+        "agent": task.agent().as_str(),
+        "instance": task.instance(),
+    })
+}
+
+async fn respond(bus: &Bus, reply: Subject, body: &Value) {
+    let body = serde_json::to_vec(body).expect("a JSON value serializes");
+    if let Err(err) = bus.client().publish(reply, body.into()).await {
+        tracing::warn!(%err, "cannot answer a task control request");
+    }
+}

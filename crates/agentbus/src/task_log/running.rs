@@ -1,0 +1,343 @@
+//! A task a runtime holds: what its handler, the runtime and control
+//! requests share while it waits or runs.
+
+use super::writer::{LogError, LogWriter};
+use super::{EventType, LOG_FINAL_AFTER};
+use crate::client::Bus;
+use crate::name::Name;
+use crate::protocol::TaskResponse;
+use crate::task_id::TaskId;
+use serde_json::{Value, json};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+/// Why a task is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// Someone cancelled it ([`crate::Bus::cancel`]).
+    Cancelled,
+    /// Its deadline passed.
+    DeadlinePassed,
+    /// It ran for the agent's task timeout.
+    TimeLimit(Duration),
+}
+
+impl StopReason {
+    /// The error a stopped task's response carries.
+    pub(crate) fn message(self) -> String {
+        match self {
+            Self::Cancelled => "the task was cancelled".to_owned(),
+            Self::DeadlinePassed => "the task's deadline passed".to_owned(),
+            Self::TimeLimit(limit) => format!("the handler did not finish within {limit:?}"),
+        }
+    }
+}
+
+const RUNNING: u8 = 0;
+const CANCELLED: u8 = 1;
+
+/// Where a task's time runs out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stop {
+    /// When, on the runtime's clock.
+    at: Instant,
+    /// The deadline as a time, when the request carried one that comes first.
+    deadline: Option<SystemTime>,
+    /// Why the task stops then.
+    reason: StopReason,
+}
+
+impl Stop {
+    /// The request's `deadline`, on the runtime's clock.
+    pub(crate) fn deadline(deadline: SystemTime) -> Self {
+        Self {
+            at: Instant::now()
+                + deadline
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default(),
+            deadline: Some(deadline),
+            reason: StopReason::DeadlinePassed,
+        }
+    }
+
+    /// The earlier of `stop` and the agent's time `limit` from now.
+    fn with_limit(stop: Option<Self>, limit: Duration) -> Self {
+        let by_limit = Self {
+            at: Instant::now() + limit,
+            deadline: None,
+            reason: StopReason::TimeLimit(limit),
+        };
+        match stop {
+            Some(stop) if stop.at <= by_limit.at => stop,
+            _ => by_limit,
+        }
+    }
+}
+
+/// A task held by a runtime, from admission to its answer.
+#[derive(Debug)]
+pub(crate) struct RunningTask {
+    task_id: TaskId,
+    agent: Name,
+    task_type: String,
+    attempt: u32,
+    /// The sender follows it: its log is kept in full from the start.
+    streamed: bool,
+    /// When its time runs out; the agent's time limit joins when it starts.
+    stop: Mutex<Option<Stop>>,
+    state: AtomicU8,
+    notify: Notify,
+    question: Mutex<Option<oneshot::Sender<Value>>>,
+    log: tokio::sync::Mutex<LogWriter>,
+    bus: Bus,
+    instance: std::sync::Arc<str>,
+}
+
+impl RunningTask {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        bus: &Bus,
+        instance: &std::sync::Arc<str>,
+        agent: &Name,
+        task_id: &TaskId,
+        task_type: &str,
+        attempt: u32,
+        streamed: bool,
+        stop: Option<Stop>,
+    ) -> Self {
+        Self {
+            task_id: task_id.clone(),
+            agent: agent.clone(),
+            task_type: task_type.to_owned(),
+            attempt,
+            streamed,
+            stop: Mutex::new(stop),
+            state: AtomicU8::new(RUNNING),
+            notify: Notify::new(),
+            question: Mutex::new(None),
+            log: tokio::sync::Mutex::new(LogWriter::new(task_id.clone(), instance.clone())),
+            bus: bus.clone(),
+            instance: instance.clone(),
+        }
+    }
+
+    pub(crate) fn task_id(&self) -> &TaskId {
+        &self.task_id
+    }
+
+    pub(crate) fn agent(&self) -> &Name {
+        &self.agent
+    }
+
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    fn stop(&self) -> Option<Stop> {
+        self.stop.lock().ok().and_then(|stop| *stop)
+    }
+
+    /// Starts the agent's time limit for the handler, from now.
+    pub(crate) fn limit(&self, limit: Option<Duration>) {
+        if let (Some(limit), Ok(mut stop)) = (limit, self.stop.lock()) {
+            *stop = Some(Stop::with_limit(*stop, limit));
+        }
+    }
+
+    /// When the task must be over: its request's deadline, or the end of
+    /// the agent's time limit, whichever comes first.
+    pub(crate) fn deadline(&self) -> Option<SystemTime> {
+        let stop = self.stop()?;
+        stop.deadline.or_else(|| {
+            let left = stop.at.saturating_duration_since(Instant::now());
+            Some(SystemTime::now() + left)
+        })
+    }
+
+    /// Why the task must stop, if it must by now.
+    pub(crate) fn stop_reason(&self) -> Option<StopReason> {
+        if self.state.load(Ordering::Acquire) == CANCELLED {
+            return Some(StopReason::Cancelled);
+        }
+        self.stop()
+            .filter(|stop| stop.at <= Instant::now())
+            .map(|stop| stop.reason)
+    }
+
+    /// Resolves when the task is cancelled or its time runs out.
+    pub(crate) async fn stopped(&self) -> StopReason {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(reason) = self.stop_reason() {
+            return reason;
+        }
+        match self.stop() {
+            Some(stop) => tokio::select! {
+                () = notified => StopReason::Cancelled,
+                () = tokio::time::sleep_until(stop.at) => self.stop_reason().unwrap_or(stop.reason),
+            },
+            None => {
+                notified.await;
+                StopReason::Cancelled
+            }
+        }
+    }
+
+    /// Cancels the task; `false` when it was cancelled already.
+    pub(crate) fn cancel(&self) -> bool {
+        let first = self
+            .state
+            .compare_exchange(RUNNING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        self.notify.notify_waiters();
+        first
+    }
+
+    /// Whether the handler waits for an answer.
+    pub(crate) fn asking(&self) -> bool {
+        self.question.lock().is_ok_and(|slot| slot.is_some())
+    }
+
+    /// Takes over the log of a queued task, which earlier attempts or its
+    /// submitter may have begun; the final state when it is over already.
+    pub(crate) async fn take_over_log(&self) -> Result<Option<EventType>, LogError> {
+        self.log.lock().await.take_over(&self.bus).await
+    }
+
+    async fn begin(&self, log: &mut LogWriter) -> Result<(), LogError> {
+        if log.begun() {
+            return Ok(());
+        }
+        let deadline = self
+            .stop()
+            .and_then(|stop| stop.deadline)
+            .map(crate::clock::rfc3339);
+        log.write(
+            &self.bus,
+            EventType::Accepted,
+            json!({"task_type": self.task_type, "deadline": deadline}),
+        )
+        .await?;
+        self.write_started(log).await
+    }
+
+    async fn write_started(&self, log: &mut LogWriter) -> Result<(), LogError> {
+        log.write(
+            &self.bus,
+            EventType::Started,
+            json!({"agent": self.agent.as_str(), "attempt": self.attempt}),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Starts the log of a streamed task: `accepted` and `started`, or
+    /// only `started` after what a queued task's log holds already.
+    pub(crate) async fn log_start(&self) -> Result<(), LogError> {
+        let mut log = self.log.lock().await;
+        if log.begun() {
+            self.write_started(&mut log).await
+        } else {
+            self.begin(&mut log).await
+        }
+    }
+
+    /// Whether the task's log starts with the task (streamed).
+    pub(crate) fn streamed(&self) -> bool {
+        self.streamed
+    }
+
+    /// Adds an event, beginning the log first when it is empty.
+    pub(crate) async fn emit(&self, kind: EventType, data: Value) -> Result<(), LogError> {
+        let mut log = self.log.lock().await;
+        self.begin(&mut log).await?;
+        log.write(&self.bus, kind, data).await.map(drop)
+    }
+
+    /// Asks the task's caller a question and waits for the answer, or for
+    /// the task to be stopped.
+    pub(crate) async fn ask(&self, question: Value) -> Result<Value, AskError> {
+        let (sender, answer) = oneshot::channel();
+        {
+            let mut slot = self.question.lock().map_err(|_| AskError::Busy)?;
+            if slot.is_some() {
+                return Err(AskError::Busy);
+            }
+            *slot = Some(sender);
+        }
+        if let Err(err) = self
+            .emit(EventType::InputRequired, json!({ "question": question }))
+            .await
+        {
+            self.question.lock().ok().and_then(|mut slot| slot.take());
+            return Err(AskError::Log(err));
+        }
+        tokio::select! {
+            answer = answer => answer.map_err(|_| AskError::Stopped(StopReason::Cancelled)),
+            reason = self.stopped() => {
+                self.question.lock().ok().and_then(|mut slot| slot.take());
+                Err(AskError::Stopped(reason))
+            }
+        }
+    }
+
+    /// Gives the handler the answer to its question, logged first as
+    /// `input_received`; `false` when no question waits.
+    pub(crate) async fn answer(&self, answer: Value) -> Result<bool, LogError> {
+        let Some(sender) = self.question.lock().ok().and_then(|mut slot| slot.take()) else {
+            return Ok(false);
+        };
+        self.emit(
+            EventType::InputReceived,
+            json!({ "answer": answer.clone() }),
+        )
+        .await?;
+        Ok(sender.send(answer).is_ok())
+    }
+
+    /// Logs the final state when someone could ask for it: the log holds
+    /// events, the sender follows the task, it was stopped, or it ran
+    /// [`LOG_FINAL_AFTER`] or longer. Then waits for what was written to
+    /// be stored.
+    pub(crate) async fn finish(&self, response: &TaskResponse, ran: Duration, stopped: bool) {
+        let mut log = self.log.lock().await;
+        if log.ended().is_some() {
+            return;
+        }
+        let wanted = log.begun() || self.streamed || stopped || ran >= LOG_FINAL_AFTER;
+        if wanted {
+            let data = serde_json::to_value(response).unwrap_or(Value::Null);
+            if let Err(err) = log
+                .write(&self.bus, EventType::of_status(response.status), data)
+                .await
+            {
+                tracing::warn!(%err, task_id = %self.task_id, "cannot log the task's final state");
+            }
+        }
+        log.flush().await;
+    }
+}
+
+impl RunningTask {
+    /// Waits for what was written to the log to be stored, without ending it
+    /// (an attempt that will be retried).
+    pub(crate) async fn flush_log(&self) {
+        self.log.lock().await.flush().await;
+    }
+}
+
+/// Why a question got no answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AskError {
+    #[error("the handler asked a second question before the first was answered")]
+    Busy,
+    #[error(transparent)]
+    Log(LogError),
+    #[error("no answer came: {}", .0.message())]
+    Stopped(StopReason),
+}

@@ -1,0 +1,362 @@
+//! Writing a task's log: numbering its events and storing them in order.
+//!
+//! A log has one writer at a time: the runtime that holds the task, or, for
+//! a task no runtime holds (queued, or its runtime gone), the client that
+//! submits or cancels it. A writer that takes over a log reads its last
+//! event and stores its first one on condition that nothing was stored
+//! after it (`Nats-Expected-Last-Subject-Sequence`), so two writers can never
+//! both number an event `n`. The writer then publishes without waiting for
+//! each acknowledgement, in order on one connection, and collects the
+//! acknowledgements before the task's final state is answered.
+
+use super::{EventType, LogEvent};
+use crate::client::Bus;
+use crate::clock;
+use crate::subject::{self, Subject, TASK_EVENTS_STREAM};
+use crate::task_id::TaskId;
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Publishes awaited at most, before the writer waits for their acknowledgements.
+const MAX_UNACKED: usize = 64;
+
+/// How long the acknowledgements of a log's events are waited for.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why an event could not be added to a task's log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// What the handler works on is a durable message, not a task: it has no log.
+    #[error("a message handler has no task log; only a task's handler can report on it")]
+    NotATask,
+    /// The event does not fit in one message.
+    #[error(
+        "the {kind} event is {size} bytes, more than the server's max_payload of {max} bytes; send smaller chunks"
+    )]
+    TooLarge {
+        /// Which event.
+        kind: EventType,
+        /// Its size.
+        size: usize,
+        /// The server's limit.
+        max: usize,
+    },
+    /// The log already holds a final state.
+    #[error("task {task_id} is over ({state}); its log takes no more events")]
+    Ended {
+        /// The task.
+        task_id: TaskId,
+        /// Its final state.
+        state: EventType,
+    },
+    /// Another writer stored events at the same time, more than once in a row.
+    #[error("task {task_id}'s log kept changing while an event was added; try again")]
+    Contended {
+        /// The task.
+        task_id: TaskId,
+    },
+    /// The stream did not take or give the event.
+    #[error(
+        "cannot {operation} the log of task {task_id} in stream {TASK_EVENTS_STREAM}: {source}; run `agentbus setup` if the stream is missing"
+    )]
+    Stream {
+        /// The task.
+        task_id: TaskId,
+        /// What was attempted.
+        operation: &'static str,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl LogError {
+    fn stream(
+        task_id: &TaskId,
+        operation: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Stream {
+            task_id: task_id.clone(),
+            operation,
+            source: Box::new(source),
+        }
+    }
+}
+
+/// The last event of `task_id`'s log and its stream sequence; `None` when
+/// the log is empty (never written, or aged out).
+pub(crate) async fn last_event(
+    bus: &Bus,
+    task_id: &TaskId,
+) -> Result<Option<(LogEvent, u64)>, LogError> {
+    let stream = bus
+        .jetstream()
+        .get_stream_no_info(TASK_EVENTS_STREAM)
+        .await
+        .map_err(|err| LogError::stream(task_id, "open", err))?;
+    match stream
+        .get_last_raw_message_by_subject(subject::task_events(task_id).as_str())
+        .await
+    {
+        Ok(message) => {
+            // Something else than an event on the subject: not trusted, and
+            // numbering goes on after it all the same.
+            let event = serde_json::from_slice::<LogEvent>(&message.payload)
+                .ok()
+                .filter(|event| event.task_id == *task_id);
+            Ok(event.map(|event| (event, message.sequence)))
+        }
+        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(err) => Err(LogError::stream(task_id, "read", err)),
+    }
+}
+
+/// Adds one event to a log nobody else is writing now (a queued task's
+/// `accepted` or `cancelled`), after its last event. Refused when the log
+/// is over already.
+pub(crate) async fn append_alone(
+    bus: &Bus,
+    task_id: &TaskId,
+    instance: &str,
+    kind: EventType,
+    data: Value,
+) -> Result<LogEvent, LogError> {
+    for _ in 0..3 {
+        let (next, expect) = match last_event(bus, task_id).await? {
+            Some((last, _)) if last.kind.is_final() => {
+                return Err(LogError::Ended {
+                    task_id: task_id.clone(),
+                    state: last.kind,
+                });
+            }
+            Some((last, stream_sequence)) => (last.seq + 1, stream_sequence),
+            None => (1, 0),
+        };
+        let event = event(task_id, next, kind, instance, data.clone());
+        match store(bus, &event, Some(expect)).await {
+            Ok(()) => return Ok(event),
+            Err(StoreFailure::Moved) => continue,
+            Err(StoreFailure::Error(err)) => return Err(err),
+        }
+    }
+    Err(LogError::Contended {
+        task_id: task_id.clone(),
+    })
+}
+
+/// Begins a followed task's log with `accepted` once it is queued, unless a
+/// worker took it and began the log first.
+pub(crate) async fn accept_queued(
+    bus: &Bus,
+    task_id: &TaskId,
+    instance: &str,
+    data: Value,
+) -> Result<(), LogError> {
+    let event = event(task_id, 1, EventType::Accepted, instance, data);
+    match store(bus, &event, Some(0)).await {
+        Ok(()) | Err(StoreFailure::Moved) => Ok(()),
+        Err(StoreFailure::Error(err)) => Err(err),
+    }
+}
+
+fn event(task_id: &TaskId, seq: u64, kind: EventType, instance: &str, data: Value) -> LogEvent {
+    LogEvent {
+        task_id: task_id.clone(),
+        seq,
+        kind,
+        time: clock::now(),
+        instance: instance.to_owned(),
+        data,
+    }
+}
+
+enum StoreFailure {
+    /// Something was stored after the event expected to be last.
+    Moved,
+    Error(LogError),
+}
+
+/// Stores `event` and waits for its acknowledgement; with `expect`, only if
+/// the log's last message is still at that stream sequence (0: none).
+async fn store(bus: &Bus, event: &LogEvent, expect: Option<u64>) -> Result<(), StoreFailure> {
+    let ack = publish(bus, &subject::task_events(&event.task_id), event, expect)
+        .await
+        .map_err(StoreFailure::Error)?;
+    match tokio::time::timeout(ACK_TIMEOUT, ack).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) if err.kind() == PublishErrorKind::WrongLastSequence => {
+            Err(StoreFailure::Moved)
+        }
+        Ok(Err(err)) => Err(StoreFailure::Error(LogError::stream(
+            &event.task_id,
+            "store an event in",
+            err,
+        ))),
+        Err(elapsed) => Err(StoreFailure::Error(LogError::stream(
+            &event.task_id,
+            "store an event in",
+            elapsed,
+        ))),
+    }
+}
+
+async fn publish(
+    bus: &Bus,
+    subject: &Subject,
+    event: &LogEvent,
+    expect: Option<u64>,
+) -> Result<PublishAckFuture, LogError> {
+    let body = serde_json::to_vec(event).expect("an event always serializes");
+    let max = bus.max_payload();
+    // Room for the subject and headers of the message.
+    if body.len() + 256 > max {
+        return Err(LogError::TooLarge {
+            kind: event.kind,
+            size: body.len(),
+            max,
+        });
+    }
+    let mut message = PublishMessage::build().payload(body.into());
+    if let Some(expect) = expect {
+        message = message.expected_last_subject_sequence(expect);
+    }
+    bus.jetstream()
+        .send_publish(subject, message)
+        .await
+        .map_err(|err| LogError::stream(&event.task_id, "store an event in", err))
+}
+
+/// The writer of one task's log, held by the runtime that runs the task.
+#[derive(Debug)]
+pub(crate) struct LogWriter {
+    task_id: TaskId,
+    instance: Arc<str>,
+    subject: Subject,
+    /// The sequence of the next event.
+    next: u64,
+    /// Whether the log holds events (read or written).
+    begun: bool,
+    /// Before the first write of a writer that took over a log: the stream
+    /// sequence its last message must still have.
+    expect: Option<u64>,
+    /// Acknowledgements not collected yet.
+    pending: Vec<PublishAckFuture>,
+    /// The final state, once written.
+    ended: Option<EventType>,
+}
+
+impl LogWriter {
+    /// A writer of a log nobody wrote before (a task taken over request/reply).
+    pub(crate) fn new(task_id: TaskId, instance: Arc<str>) -> Self {
+        Self {
+            subject: subject::task_events(&task_id),
+            task_id,
+            instance,
+            next: 1,
+            begun: false,
+            expect: None,
+            pending: Vec::new(),
+            ended: None,
+        }
+    }
+
+    /// Takes over a log others may have written (a queued task): reads its
+    /// last event. Returns the final state when the log is over already
+    /// (the task was cancelled while queued, or an earlier attempt ended it).
+    pub(crate) async fn take_over(&mut self, bus: &Bus) -> Result<Option<EventType>, LogError> {
+        match last_event(bus, &self.task_id).await? {
+            Some((last, _)) if last.kind.is_final() => {
+                self.ended = Some(last.kind);
+                Ok(Some(last.kind))
+            }
+            Some((last, stream_sequence)) => {
+                self.next = last.seq + 1;
+                self.begun = true;
+                self.expect = Some(stream_sequence);
+                Ok(None)
+            }
+            None => {
+                self.expect = Some(0);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether the log holds events.
+    pub(crate) fn begun(&self) -> bool {
+        self.begun
+    }
+
+    /// The final state written, if any.
+    pub(crate) fn ended(&self) -> Option<EventType> {
+        self.ended
+    }
+
+    /// Adds an event; the first write after a take-over checks that nobody
+    /// wrote meanwhile.
+    pub(crate) async fn write(
+        &mut self,
+        bus: &Bus,
+        kind: EventType,
+        data: Value,
+    ) -> Result<LogEvent, LogError> {
+        if let Some(state) = self.ended {
+            return Err(LogError::Ended {
+                task_id: self.task_id.clone(),
+                state,
+            });
+        }
+        let event = event(&self.task_id, self.next, kind, &self.instance, data);
+        if let Some(expect) = self.expect.take() {
+            match store(bus, &event, Some(expect)).await {
+                Ok(()) => {}
+                Err(StoreFailure::Moved) => {
+                    // Someone else wrote (a cancel of the queued task): read
+                    // again and go on after it, unless it ended the task.
+                    if let Some(state) = self.take_over(bus).await? {
+                        return Err(LogError::Ended {
+                            task_id: self.task_id.clone(),
+                            state,
+                        });
+                    }
+                    return Box::pin(self.write(bus, kind, event.data)).await;
+                }
+                Err(StoreFailure::Error(err)) => return Err(err),
+            }
+        } else {
+            let ack = publish(bus, &self.subject, &event, None).await?;
+            self.pending.push(ack);
+            if self.pending.len() >= MAX_UNACKED {
+                self.flush().await;
+            }
+        }
+        self.next += 1;
+        self.begun = true;
+        if kind.is_final() {
+            self.ended = Some(kind);
+        }
+        Ok(event)
+    }
+
+    /// Waits for the acknowledgements of what was written; a lost event is
+    /// logged (a watcher would see the gap in the sequence numbers).
+    pub(crate) async fn flush(&mut self) {
+        for ack in self.pending.drain(..) {
+            match tokio::time::timeout(ACK_TIMEOUT, ack).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => {
+                    tracing::warn!(%err, task_id = %self.task_id, "an event of the task's log was not stored")
+                }
+                Err(_) => {
+                    tracing::warn!(task_id = %self.task_id, "an event of the task's log was not acknowledged in time")
+                }
+            }
+        }
+    }
+}
