@@ -395,6 +395,7 @@ async fn request_times_out_on_a_stuck_agent_naming_the_task() {
     let server = NatsServer::start().await;
     let probe = Probe::new("req_slow");
     let _runtime = serve(&server, &probe, fast()).await;
+    // --timeout is the task's deadline: the agent stops the task and says so.
     let out = cli(
         &server,
         &[
@@ -409,7 +410,26 @@ async fn request_times_out_on_a_stuck_agent_naming_the_task() {
         ],
     )
     .await;
-    out.assert_one_error(r#"agent "req_slow" did not answer task stuck-1 within 500ms"#);
+    assert_eq!(out.status.code(), Some(1), "{out:#?}");
+    let response = out.json();
+    assert_eq!(response["task_id"], "stuck-1");
+    assert_eq!(response["status"], "timeout");
+    assert_eq!(response["error"], "the task's deadline passed");
+    assert!(out.elapsed < Duration::from_secs(4), "{:?}", out.elapsed);
+
+    // An agent that does not stop it (a plain NATS responder that never
+    // answers): the wait ends a moment after the deadline, naming the task.
+    let client = server.connect().await;
+    let _silent = client.subscribe("agent.req_mute.task").await.unwrap();
+    client.flush().await.unwrap();
+    let out = cli(
+        &server,
+        &[
+            "request", "req_mute", "slow", "{}", "--timeout", "0.5", "--task-id", "stuck-2",
+        ],
+    )
+    .await;
+    out.assert_one_error(r#"agent "req_mute" did not answer task stuck-2 within 1.5s"#);
     assert!(out.elapsed < Duration::from_secs(4), "{:?}", out.elapsed);
 }
 

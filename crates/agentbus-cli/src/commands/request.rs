@@ -12,6 +12,8 @@ use std::time::Duration;
 
 /// How long the rest of a task's log is waited for once its answer came.
 const LOG_LAG: Duration = Duration::from_secs(1);
+/// How much longer than the task's deadline its answer is waited for.
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
 /// Arguments of `agentbus request`.
 #[derive(Debug, Args)]
@@ -32,8 +34,8 @@ pub(crate) struct RequestArgs {
     #[arg(long, default_value = "normal")]
     priority: Priority,
 
-    /// Seconds to wait for the answer; also the task's deadline, past
-    /// which the agent stops it (status timeout).
+    /// The task's deadline in seconds: the agent stops it when it runs
+    /// longer (status timeout), and the answer is waited for a second more.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     timeout: f64,
 
@@ -74,8 +76,10 @@ pub(super) async fn exec(args: RequestArgs) -> anyhow::Result<ExitCode> {
         .with_deadline(std::time::SystemTime::now() + timeout * (args.retries + 1));
     request.task_id = task_id;
     request.stream = args.stream;
+    // The agent stops the task at its deadline and answers `timeout`: the
+    // wait lasts a moment longer, so that answer arrives.
     let options = RequestOptions {
-        timeout,
+        timeout: timeout + ANSWER_MARGIN,
         retries: args.retries,
     };
     let response = if args.stream {

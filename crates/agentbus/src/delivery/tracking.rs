@@ -99,6 +99,17 @@ impl Bus {
     /// none of these it is [`TaskState::Unknown`]. [`TaskReport::note`]
     /// says what some states told this way cannot be told apart from.
     pub async fn task_report(&self, task_id: &TaskId) -> Result<TaskReport, RecordError> {
+        self.task_report_asking(task_id, true).await
+    }
+
+    /// [`Bus::task_report`]; with `ask_runtimes` off, a task told by neither
+    /// its record nor its log is not asked about (a wait of up to half a
+    /// second when no runtime holds it).
+    pub(crate) async fn task_report_asking(
+        &self,
+        task_id: &TaskId,
+        ask_runtimes: bool,
+    ) -> Result<TaskReport, RecordError> {
         let record = Records::open(self.jetstream()).await?.get(task_id).await?;
         let last_event = match last_event(self, task_id).await {
             Ok(last) => last.map(|(event, _)| event),
@@ -133,6 +144,7 @@ impl Bus {
                 (state, _) => state,
             },
             (None, Some(state)) if state.is_final() => state,
+            (None, logged) if !ask_runtimes => logged.unwrap_or(TaskState::Unknown),
             (None, _) => match self
                 .control(task_id, TaskControl::Status, Bytes::new())
                 .await

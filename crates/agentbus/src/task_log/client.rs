@@ -176,7 +176,8 @@ impl Bus {
                 instance: held.instance,
             });
         }
-        let report = self.task_report(task_id).await?;
+        // Nobody answered the cancel: no runtime to ask again.
+        let report = self.task_report_asking(task_id, false).await?;
         if report.state.is_final() {
             return Ok(CancelOutcome::AlreadyOver(report.state));
         }
