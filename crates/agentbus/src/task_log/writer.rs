@@ -237,7 +237,8 @@ async fn publish(
 pub(crate) struct LogWriter {
     task_id: TaskId,
     instance: Arc<str>,
-    subject: Subject,
+    /// Built at the first write: most tasks never write.
+    subject: Option<Subject>,
     /// The sequence of the next event.
     next: u64,
     /// Whether the log holds events (read or written).
@@ -255,7 +256,7 @@ impl LogWriter {
     /// A writer of a log nobody wrote before (a task taken over request/reply).
     pub(crate) fn new(task_id: TaskId, instance: Arc<str>) -> Self {
         Self {
-            subject: subject::task_events(&task_id),
+            subject: None,
             task_id,
             instance,
             next: 1,
@@ -330,7 +331,10 @@ impl LogWriter {
                 Err(StoreFailure::Error(err)) => return Err(err),
             }
         } else {
-            let ack = publish(bus, &self.subject, &event, None).await?;
+            let subject = self
+                .subject
+                .get_or_insert_with(|| subject::task_events(&self.task_id));
+            let ack = publish(bus, subject, &event, None).await?;
             self.pending.push(ack);
             if self.pending.len() >= MAX_UNACKED {
                 self.flush().await;
