@@ -425,7 +425,14 @@ async fn request_times_out_on_a_stuck_agent_naming_the_task() {
     let out = cli(
         &server,
         &[
-            "request", "req_mute", "slow", "{}", "--timeout", "0.5", "--task-id", "stuck-2",
+            "request",
+            "req_mute",
+            "slow",
+            "{}",
+            "--timeout",
+            "0.5",
+            "--task-id",
+            "stuck-2",
         ],
     )
     .await;

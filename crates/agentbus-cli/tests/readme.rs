@@ -439,6 +439,14 @@ fn the_retention_table_states_the_topology_and_the_defaults_of_the_code() {
         )
     );
 
+    assert_eq!(
+        row(&table, "a cancelled handler that does not stop")[0],
+        format!(
+            "{} (`AgentOptions::cancel_grace`)",
+            human_duration(agent.cancel_grace)
+        )
+    );
+
     let delivery = DeliveryOptions::default();
     let handled = row(&table, "a task or message being handled");
     assert_eq!(

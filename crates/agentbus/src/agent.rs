@@ -197,6 +197,26 @@ impl TaskRequest {
 /// What a handler knows and can do while it works on a task: report
 /// partial results, progress and questions into the task's log (see
 /// [`crate::task_log`]), and see when it is cancelled or out of time.
+///
+/// ```no_run
+/// use agentbus::{TaskContext, TaskError, TaskRequest};
+/// use serde_json::{json, Value};
+///
+/// async fn generate(task: TaskRequest, ctx: TaskContext) -> Result<Value, TaskError> {
+///     let mut text = String::new();
+///     for word in ["Once", "upon", "a", "time"] {
+///         tokio::select! {
+///             // Cancelled, or past the task's deadline: stop with what there is.
+///             reason = ctx.cancelled() => return Err(TaskError::failed(format!("{reason:?}"))),
+///             _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+///         }
+///         ctx.partial(&json!({ "text": format!("{word} ") })).await.ok();
+///         text.push_str(word);
+///     }
+///     let go_on = ctx.ask(json!("Add a moral?")).await?; // input_required until answered
+///     Ok(json!({ "text": text, "moral": go_on, "prompt": task.payload["prompt"] }))
+/// }
+/// ```
 #[derive(Debug, Clone)]
 pub struct TaskContext {
     pub(crate) agent: Name,

@@ -21,6 +21,8 @@ struct Writer {
     runs: Arc<AtomicUsize>,
     /// Set when a handler saw `cancelled()` resolve.
     saw_stop: Arc<Mutex<Option<Instant>>>,
+    /// Attempts at `flaky` tasks.
+    flaky: Arc<AtomicUsize>,
 }
 
 impl Agent for Writer {
@@ -30,7 +32,7 @@ impl Agent for Writer {
 
     fn task_types(&self) -> Vec<TaskTypeSpec> {
         [
-            "words", "forever", "stubborn", "ask", "quick", "deadline", "delegate",
+            "words", "forever", "stubborn", "ask", "quick", "deadline", "delegate", "flaky",
         ]
         .into_iter()
         .map(|t| TaskTypeSpec::new(t).unwrap())
@@ -68,6 +70,14 @@ impl Agent for Writer {
                 Ok(json!({ "answer": answer }))
             }
             "quick" => Ok(json!("done")),
+            "flaky" => {
+                let attempt = self.flaky.fetch_add(1, Ordering::SeqCst) + 1;
+                ctx.partial(&json!({ "attempt": attempt })).await.ok();
+                if attempt == 1 {
+                    return Err(TaskError::failed("first attempts fail"));
+                }
+                Ok(json!({ "attempts": attempt }))
+            }
             "deadline" => Ok(json!({
                 "deadline": ctx.deadline().map(|d| humantime::format_rfc3339_millis(d).to_string())
             })),
@@ -563,4 +573,55 @@ async fn an_unanswered_question_ends_the_task_at_its_deadline() {
         .pop()
         .unwrap();
     assert_eq!(last.kind, EventType::Timeout);
+}
+
+#[tokio::test]
+async fn a_retried_queued_task_goes_on_in_the_same_log() {
+    let server = NatsServer::start().await;
+    let options = AgentOptions {
+        delivery: agentbus::delivery::DeliveryOptions {
+            retry_backoff: Duration::from_millis(50),
+            max_retry_backoff: Duration::from_millis(100),
+            idle_poll: Duration::from_millis(100),
+            ..Default::default()
+        },
+        ..quick_options()
+    };
+    let _runtime = serve(&server, Writer::default(), options).await;
+    let client = bus(&server).await;
+    let request = TaskRequest::new("flaky", json!({})).streamed();
+    client
+        .submit_recorded(
+            &Queue::agent("writer").unwrap(),
+            &request,
+            ResultRetention::Keep,
+        )
+        .await
+        .unwrap();
+    let logged = events(&collect(&client, &request.task_id, 1).await);
+    let kinds: Vec<(EventType, Value)> = logged
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                e.data.get("attempt").cloned().unwrap_or(Value::Null),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventType::Accepted, Value::Null),
+            (EventType::Started, json!(1)),
+            (EventType::Partial, json!(1)),
+            (EventType::Started, json!(2)),
+            (EventType::Partial, json!(2)),
+            (EventType::Completed, Value::Null),
+        ]
+    );
+    assert_eq!(
+        logged.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=6).collect::<Vec<_>>()
+    );
+    assert_eq!(logged[0].instance, "submitter");
 }

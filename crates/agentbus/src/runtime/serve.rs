@@ -153,11 +153,17 @@ pub(super) async fn serve<A: Agent>(
         if let Some(reply) = message.reply
             && let Ok(request) = TaskRequest::from_json(&message.payload)
         {
-            cancel(&served, &request.task_id, Some(&reply)).await;
+            cancel(&served, &request.task_id, Some(&reply), None).await;
         }
     }
-    for Waiting { request, reply, .. } in waiting.drain() {
-        cancel(&served, &request.task_id, reply.as_ref()).await;
+    for Waiting {
+        request,
+        reply,
+        held,
+        ..
+    } in waiting.drain()
+    {
+        cancel(&served, &request.task_id, reply.as_ref(), Some(&held)).await;
     }
     if tokio::time::timeout_at(deadline, async { while running.next().await.is_some() {} })
         .await
@@ -271,7 +277,7 @@ pub(super) async fn execute<A: Agent>(
         Some(reason) => Ran::Stopped(reason, None),
         None => {
             task.limit(served.options.task_timeout);
-            if task.streamed()
+            if task.logs_start()
                 && let Err(err) = task.log_start().await
             {
                 tracing::warn!(%err, %task_id, "cannot start the task's log");
@@ -406,13 +412,23 @@ async fn run_task<A: Agent>(
     }
 }
 
-async fn cancel<A: Agent>(served: &Served<A>, task_id: &str, reply: Option<&Subject>) {
+/// Answers a task the agent will not run, since it is shutting down; a held
+/// task's log ends with it.
+async fn cancel<A: Agent>(
+    served: &Served<A>,
+    task_id: &str,
+    reply: Option<&Subject>,
+    held: Option<&Registered>,
+) {
     let response = TaskResponse::error(
         task_id,
         TaskStatus::Cancelled,
         "the agent is shutting down; send the task again",
     );
     served.counters.finished(&response, Duration::ZERO);
+    if let Some(held) = held {
+        held.task().finish(&response, Duration::ZERO, false).await;
+    }
     send_reply(served, reply, response.to_json().into()).await;
 }
 

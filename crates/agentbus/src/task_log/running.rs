@@ -9,7 +9,7 @@ use crate::protocol::TaskResponse;
 use crate::task_id::TaskId;
 use serde_json::{Value, json};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -87,6 +87,8 @@ pub(crate) struct RunningTask {
     attempt: u32,
     /// The sender follows it: its log is kept in full from the start.
     streamed: bool,
+    /// Its log holds events of its submitter or of earlier attempts.
+    resumed: AtomicBool,
     /// When its time runs out; the agent's time limit joins when it starts.
     stop: Mutex<Option<Stop>>,
     state: AtomicU8,
@@ -115,6 +117,7 @@ impl RunningTask {
             task_type: task_type.to_owned(),
             attempt,
             streamed,
+            resumed: AtomicBool::new(false),
             stop: Mutex::new(stop),
             state: AtomicU8::new(RUNNING),
             notify: Notify::new(),
@@ -206,7 +209,10 @@ impl RunningTask {
     /// Takes over the log of a queued task, which earlier attempts or its
     /// submitter may have begun; the final state when it is over already.
     pub(crate) async fn take_over_log(&self) -> Result<Option<EventType>, LogError> {
-        self.log.lock().await.take_over(&self.bus).await
+        let mut log = self.log.lock().await;
+        let ended = log.take_over(&self.bus).await?;
+        self.resumed.store(log.begun(), Ordering::Release);
+        Ok(ended)
     }
 
     async fn begin(&self, log: &mut LogWriter) -> Result<(), LogError> {
@@ -247,9 +253,10 @@ impl RunningTask {
         }
     }
 
-    /// Whether the task's log starts with the task (streamed).
-    pub(crate) fn streamed(&self) -> bool {
-        self.streamed
+    /// Whether this attempt's start belongs in the log: its sender follows
+    /// the task, or the log holds events already.
+    pub(crate) fn logs_start(&self) -> bool {
+        self.streamed || self.resumed.load(Ordering::Acquire)
     }
 
     /// Adds an event, beginning the log first when it is empty.
