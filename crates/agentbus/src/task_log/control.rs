@@ -15,6 +15,7 @@ use async_nats::Subject;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,16 +23,21 @@ use std::time::{Duration, Instant};
 const TOMBSTONES: usize = 10_000;
 const TOMBSTONE_AGE: Duration = Duration::from_secs(600);
 
+type Hasher = foldhash::fast::RandomState;
+
 /// The tasks one runtime holds, by id.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    tasks: Mutex<HashMap<TaskId, Arc<RunningTask>>>,
+    tasks: Mutex<HashMap<TaskId, Arc<RunningTask>, Hasher>>,
     tombstones: Mutex<Tombstones>,
+    /// Whether any cancel was remembered: until then, holding a task does
+    /// not look at the tombstones.
+    cancels_seen: AtomicBool,
 }
 
 #[derive(Debug, Default)]
 struct Tombstones {
-    ids: HashMap<TaskId, Instant>,
+    ids: HashMap<TaskId, Instant, Hasher>,
     order: VecDeque<TaskId>,
 }
 
@@ -92,10 +98,11 @@ impl Registry {
     /// before it arrived is cancelled at once.
     pub(crate) fn register(self: &Arc<Self>, task: RunningTask) -> Registered {
         let task = Arc::new(task);
-        let cancelled = self
-            .tombstones
-            .lock()
-            .is_ok_and(|tombstones| tombstones.contains(task.task_id()));
+        let cancelled = self.cancels_seen.load(Ordering::Acquire)
+            && self
+                .tombstones
+                .lock()
+                .is_ok_and(|tombstones| tombstones.contains(task.task_id()));
         if cancelled {
             task.cancel();
         }
@@ -115,6 +122,7 @@ impl Registry {
     fn cancel(&self, task_id: &TaskId) -> Option<Arc<RunningTask>> {
         if let Ok(mut tombstones) = self.tombstones.lock() {
             tombstones.insert(task_id.clone());
+            self.cancels_seen.store(true, Ordering::Release);
         }
         let task = self.get(task_id)?;
         task.cancel();

@@ -91,6 +91,12 @@ pub(crate) struct RunningTask {
     resumed: AtomicBool,
     /// When its time runs out; the agent's time limit joins when it starts.
     stop: Mutex<Option<Stop>>,
+    /// Whether `stop` holds a time: most tasks have none, and then reading
+    /// it takes no lock.
+    timed: AtomicBool,
+    /// Whether anything was written to the log (or found there): until
+    /// then, ending the task takes no lock of the log.
+    logged: AtomicBool,
     state: AtomicU8,
     notify: Notify,
     question: Mutex<Option<oneshot::Sender<Value>>>,
@@ -118,6 +124,8 @@ impl RunningTask {
             attempt,
             streamed,
             resumed: AtomicBool::new(false),
+            timed: AtomicBool::new(stop.is_some()),
+            logged: AtomicBool::new(false),
             stop: Mutex::new(stop),
             state: AtomicU8::new(RUNNING),
             notify: Notify::new(),
@@ -141,6 +149,9 @@ impl RunningTask {
     }
 
     fn stop(&self) -> Option<Stop> {
+        if !self.timed.load(Ordering::Acquire) {
+            return None;
+        }
         self.stop.lock().ok().and_then(|stop| *stop)
     }
 
@@ -148,6 +159,7 @@ impl RunningTask {
     pub(crate) fn limit(&self, limit: Option<Duration>) {
         if let (Some(limit), Ok(mut stop)) = (limit, self.stop.lock()) {
             *stop = Some(Stop::with_limit(*stop, limit));
+            self.timed.store(true, Ordering::Release);
         }
     }
 
@@ -212,6 +224,7 @@ impl RunningTask {
         let mut log = self.log.lock().await;
         let ended = log.take_over(&self.bus).await?;
         self.resumed.store(log.begun(), Ordering::Release);
+        self.logged.store(true, Ordering::Release);
         Ok(ended)
     }
 
@@ -245,6 +258,7 @@ impl RunningTask {
     /// Starts the log of a streamed task: `accepted` and `started`, or
     /// only `started` after what a queued task's log holds already.
     pub(crate) async fn log_start(&self) -> Result<(), LogError> {
+        self.logged.store(true, Ordering::Release);
         let mut log = self.log.lock().await;
         if log.begun() {
             self.write_started(&mut log).await
@@ -261,6 +275,7 @@ impl RunningTask {
 
     /// Adds an event, beginning the log first when it is empty.
     pub(crate) async fn emit(&self, kind: EventType, data: Value) -> Result<(), LogError> {
+        self.logged.store(true, Ordering::Release);
         let mut log = self.log.lock().await;
         self.begin(&mut log).await?;
         log.write(&self.bus, kind, data).await.map(drop)
@@ -312,6 +327,14 @@ impl RunningTask {
     /// [`LOG_FINAL_AFTER`] or longer. Then waits for what was written to
     /// be stored.
     pub(crate) async fn finish(&self, response: &TaskResponse, ran: Duration, stopped: bool) {
+        // The common case: nothing logged, nothing to log.
+        if !self.logged.load(Ordering::Acquire)
+            && !self.streamed
+            && !stopped
+            && ran < LOG_FINAL_AFTER
+        {
+            return;
+        }
         let mut log = self.log.lock().await;
         if log.ended().is_some() {
             return;
@@ -334,7 +357,9 @@ impl RunningTask {
     /// Waits for what was written to the log to be stored, without ending it
     /// (an attempt that will be retried).
     pub(crate) async fn flush_log(&self) {
-        self.log.lock().await.flush().await;
+        if self.logged.load(Ordering::Acquire) {
+            self.log.lock().await.flush().await;
+        }
     }
 }
 
