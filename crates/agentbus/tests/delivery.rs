@@ -256,9 +256,14 @@ async fn queued_tasks_complete_and_results_outlive_the_submitter() {
     let record = later.task_record(&request.task_id).await.unwrap().unwrap();
     assert_eq!((record.state, record.attempts), (TaskState::Completed, 1));
 
-    // Completed tasks leave the work-queue stream.
+    // Completed tasks leave the work-queue stream: acknowledged just after
+    // the result was recorded.
     let mut stream = later.jetstream().get_stream("agent-tasks").await.unwrap();
-    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while stream.info().await.unwrap().state.messages != 0 {
+        assert!(std::time::Instant::now() < until, "the task stayed in its queue");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
