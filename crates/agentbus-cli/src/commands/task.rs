@@ -186,7 +186,7 @@ async fn show(server: &ServerArgs, task_id: &str, json: bool) -> anyhow::Result<
     let report = bus.task_report(&task_id).await?;
     if report.state == TaskState::Unknown {
         anyhow::bail!(
-            "no task {task_id} is known: check the id (a task queued by `Bus::submit` or a plain NATS publish is known only once an attempt ends, a task over request/reply only while it runs or when it logged events, and records and logs expire, after 7 days and 1 day as shipped)"
+            "no task {task_id} is known: check the id that `agentbus submit` or `agentbus request --task-id` used (a task queued by `Bus::submit` or a plain NATS publish is known only once an attempt ends, one over request/reply while it runs or once it logged events, and records and logs expire after 7 days and 1 day as shipped)"
         );
     }
     if json {
