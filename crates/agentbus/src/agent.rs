@@ -151,6 +151,17 @@ impl TaskError {
         }
     }
 
+    /// The handler gives up because the task was cancelled (status
+    /// `cancelled`, never retried). A task cancelled through the bus ends
+    /// `cancelled` whatever its handler returns.
+    pub fn cancelled(message: impl Into<String>) -> Self {
+        Self {
+            status: TaskStatus::Cancelled,
+            retryable: false,
+            message: message.into(),
+        }
+    }
+
     /// The task was stopped: status `cancelled`, or `timeout` when its
     /// time ran out.
     pub(crate) fn stopped(reason: StopReason) -> Self {

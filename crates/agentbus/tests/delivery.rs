@@ -261,7 +261,10 @@ async fn queued_tasks_complete_and_results_outlive_the_submitter() {
     let mut stream = later.jetstream().get_stream("agent-tasks").await.unwrap();
     let until = std::time::Instant::now() + Duration::from_secs(5);
     while stream.info().await.unwrap().state.messages != 0 {
-        assert!(std::time::Instant::now() < until, "the task stayed in its queue");
+        assert!(
+            std::time::Instant::now() < until,
+            "the task stayed in its queue"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

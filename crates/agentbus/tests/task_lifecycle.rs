@@ -32,7 +32,8 @@ impl Agent for Writer {
 
     fn task_types(&self) -> Vec<TaskTypeSpec> {
         [
-            "words", "forever", "stubborn", "ask", "quick", "deadline", "delegate", "flaky",
+            "words", "forever", "stubborn", "ask", "quick", "deadline", "delegate", "flaky", "big",
+            "broken",
         ]
         .into_iter()
         .map(|t| TaskTypeSpec::new(t).unwrap())
@@ -70,6 +71,11 @@ impl Agent for Writer {
                 Ok(json!({ "answer": answer }))
             }
             "quick" => Ok(json!("done")),
+            "big" => {
+                let size = task.payload["size"].as_u64().unwrap_or(0) as usize;
+                Ok(json!({ "text": "x".repeat(size) }))
+            }
+            "broken" => Err(TaskError::permanent("broken for good")),
             "flaky" => {
                 let attempt = self.flaky.fetch_add(1, Ordering::SeqCst) + 1;
                 ctx.partial(&json!({ "attempt": attempt })).await.ok();
@@ -624,4 +630,250 @@ async fn a_retried_queued_task_goes_on_in_the_same_log() {
         (1..=6).collect::<Vec<_>>()
     );
     assert_eq!(logged[0].instance, "submitter");
+}
+
+/// A streamed task's log, as its kinds in order, after it ended.
+async fn kinds_of(client: &Bus, task_id: &TaskId) -> Vec<EventType> {
+    events(&collect(client, task_id, 1).await)
+        .iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_foreign_message_in_a_log_does_not_stop_the_task_or_its_runtime() {
+    let server = NatsServer::start().await;
+    let _runtime = serve(&server, Writer::default(), quick_options()).await;
+    let client = bus(&server).await;
+    let request = TaskRequest::new("words", json!({"count": 2})).streamed();
+    // Something that is not an event, on the task's log subject.
+    client
+        .jetstream()
+        .publish(
+            format!("task.{}.events", request.task_id),
+            "not an event".into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    client
+        .submit_recorded(
+            &Queue::agent("writer").unwrap(),
+            &request,
+            ResultRetention::Keep,
+        )
+        .await
+        .unwrap();
+    let done = client
+        .wait_task(&request.task_id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(done.is_completed(), "{done:?}");
+    let logged = events(&collect(&client, &request.task_id, 1).await);
+    assert_eq!(logged.last().unwrap().kind, EventType::Completed);
+    // And the runtime still serves.
+    let response = client
+        .request(
+            "writer",
+            &TaskRequest::new("quick", json!({})),
+            RequestOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(response.is_completed());
+}
+
+#[tokio::test]
+async fn an_answer_too_large_for_the_log_is_refused_and_the_question_still_waits() {
+    let server = NatsServer::start().await;
+    let _runtime = serve(&server, Writer::default(), quick_options()).await;
+    let client = bus(&server).await;
+    let request = TaskRequest::new("ask", json!({}));
+    let mut watch = client.watch(&request.task_id, 1).await.unwrap();
+    let sent = tokio::spawn({
+        let client = client.clone();
+        let request = request.clone();
+        async move {
+            client
+                .request("writer", &request, RequestOptions::default())
+                .await
+                .unwrap()
+        }
+    });
+    loop {
+        let Some(Ok(Watched::Event(event))) = watch.next().await else {
+            panic!("the log goes on")
+        };
+        if event.kind == EventType::InputRequired {
+            break;
+        }
+    }
+    let huge = json!("y".repeat(client.max_payload() - 300));
+    let err = client.answer(&request.task_id, &huge).await.unwrap_err();
+    assert_eq!(err.kind(), ControlErrorKind::NotAsking, "{err}");
+    assert!(err.to_string().contains("max_payload"), "{err}");
+    assert_eq!(
+        client.task_report(&request.task_id).await.unwrap().state,
+        TaskState::InputRequired
+    );
+    client.answer(&request.task_id, &json!("ok")).await.unwrap();
+    let response = sent.await.unwrap();
+    assert_eq!(response.result.unwrap(), json!({"answer": "ok"}));
+}
+
+#[tokio::test]
+async fn a_replayed_streamed_task_runs_again_in_a_fresh_log() {
+    let server = NatsServer::start().await;
+    let _runtime = serve(&server, Writer::default(), quick_options()).await;
+    let client = bus(&server).await;
+    let request = TaskRequest::new("broken", json!({})).streamed();
+    let queue = Queue::agent("writer").unwrap();
+    client
+        .submit_recorded(&queue, &request, ResultRetention::Keep)
+        .await
+        .unwrap();
+    let first = client
+        .wait_task(&request.task_id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(first.status, TaskStatus::Failed);
+    assert_eq!(
+        kinds_of(&client, &request.task_id).await,
+        [EventType::Accepted, EventType::Started, EventType::Failed]
+    );
+    assert_eq!(
+        client
+            .replay_dead_letter(request.task_id.as_str())
+            .await
+            .unwrap(),
+        1
+    );
+    // It runs again (and fails again): a new log, not a refusal.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = client.task_report(&request.task_id).await.unwrap();
+        if report.state == TaskState::DeadLettered
+            && report.record.as_ref().unwrap().attempts == 1
+            && report.last_event.is_some()
+            && report.last_event.as_ref().unwrap().kind == EventType::Failed
+        {
+            let record = report.record.unwrap();
+            assert_eq!(record.response.unwrap().status, TaskStatus::Failed);
+            break;
+        }
+        assert!(Instant::now() < until, "{report:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logged = events(&collect(&client, &request.task_id, 1).await);
+    assert_eq!(logged.first().unwrap().seq, 1);
+    assert_eq!(
+        logged
+            .iter()
+            .filter(|e| e.kind == EventType::Started)
+            .count(),
+        1,
+        "the earlier run's events are cleared: {logged:?}"
+    );
+}
+
+#[tokio::test]
+async fn streamed_queued_tasks_log_one_accepted_each_with_no_gaps() {
+    let server = NatsServer::start().await;
+    let _runtime = serve(&server, Writer::default(), quick_options()).await;
+    let client = bus(&server).await;
+    let queue = Queue::agent("writer").unwrap();
+    let requests: Vec<TaskRequest> = (0..60)
+        .map(|_| TaskRequest::new("words", json!({"count": 1})).streamed())
+        .collect();
+    for request in &requests {
+        client
+            .submit_recorded(&queue, request, ResultRetention::Keep)
+            .await
+            .unwrap();
+    }
+    for request in &requests {
+        let done = client
+            .wait_task(&request.task_id, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert!(done.is_completed());
+        let logged = events(&collect(&client, &request.task_id, 1).await);
+        let kinds: Vec<EventType> = logged.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                EventType::Accepted,
+                EventType::Started,
+                EventType::Partial,
+                EventType::Progress,
+                EventType::Completed
+            ],
+            "{logged:?}"
+        );
+        assert_eq!(
+            logged.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_result_too_large_for_the_log_still_logs_the_final_state() {
+    let server = NatsServer::start().await;
+    let _runtime = serve(&server, Writer::default(), quick_options()).await;
+    let client = bus(&server).await;
+    let size = client.max_payload() - 200;
+    let request = TaskRequest::new("big", json!({ "size": size })).streamed();
+    let response = client
+        .request("writer", &request, RequestOptions::default())
+        .await
+        .unwrap();
+    assert!(response.is_completed());
+    let last = events(&collect(&client, &request.task_id, 1).await)
+        .pop()
+        .unwrap();
+    assert_eq!(last.kind, EventType::Completed);
+    let logged = last.response().unwrap();
+    assert_eq!(logged.result, None);
+    assert!(
+        logged
+            .error
+            .unwrap()
+            .contains("too large for the task's log"),
+        "the final event says where the result went"
+    );
+}
+
+#[tokio::test]
+async fn a_task_id_sent_again_after_its_end_starts_a_fresh_log() {
+    let server = NatsServer::start().await;
+    let options = AgentOptions {
+        dedup_capacity: 0,
+        ..quick_options()
+    };
+    let _runtime = serve(&server, Writer::default(), options).await;
+    let client = bus(&server).await;
+    let first = TaskRequest::new("words", json!({"count": 3})).streamed();
+    client
+        .request("writer", &first, RequestOptions::default())
+        .await
+        .unwrap();
+    let mut again = TaskRequest::new("words", json!({"count": 1})).streamed();
+    again.task_id = first.task_id.clone();
+    client
+        .request("writer", &again, RequestOptions::default())
+        .await
+        .unwrap();
+    // The second run alone: one partial, not the first run's three.
+    assert_eq!(
+        kinds_of(&client, &first.task_id).await,
+        [
+            EventType::Accepted,
+            EventType::Started,
+            EventType::Partial,
+            EventType::Progress,
+            EventType::Completed
+        ]
+    );
 }

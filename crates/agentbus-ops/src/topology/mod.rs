@@ -383,9 +383,14 @@ mod tests {
                 "agent-messages",
                 "agent-broadcast",
                 "agent-tasks",
+                "agent-task-events",
                 "agent-dlq"
             ]
         );
+        let events = t.stream("agent-task-events").unwrap();
+        assert_eq!(events.subjects, [agentbus::subject::ALL_TASK_EVENTS]);
+        assert_eq!(events.max_msgs_per_subject, Some(10_000));
+        assert_eq!(events.discard, Discard::Old);
         let tasks = t.stream("agent-tasks").unwrap();
         // Wider than tasks.* and work.*, which it still captures (priority sub-queues).
         assert_eq!(tasks.subjects, ["tasks.>", "work.>"]);

@@ -11,6 +11,7 @@ use crate::delivery::{
 use crate::name::Name;
 use crate::protocol::{TaskResponse, TaskStatus};
 use crate::subject::{self, MessageChannel};
+use crate::task_log::EventType;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -98,17 +99,18 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, settler: Settler, delivery: 
         }
         return;
     }
-    let held = served.hold(&request, attempt.attempt());
+    let held = served.hold(&request, Some(attempt.attempt()));
     // A task that may have a log already (its sender follows it, or an
     // earlier attempt ran) takes it over: one cancelled meanwhile ends here.
     if request.stream || attempt.attempt() > 1 {
         match held.task().take_over_log().await {
             Ok(Some(state)) => {
-                let response = TaskResponse::error(
-                    attempt.task_id().as_str(),
-                    TaskStatus::from(state),
-                    format!("the task was {state} before this attempt"),
-                );
+                let why = match state {
+                    EventType::Timeout => "the task's deadline passed while it waited",
+                    _ => "the task was cancelled while it waited",
+                };
+                let response =
+                    TaskResponse::error(attempt.task_id().as_str(), TaskStatus::from(state), why);
                 if let Err(err) = attempt.end(&response).await {
                     tracing::warn!(%err, task_id = %attempt.task_id(), "a task over already could not be settled");
                 }

@@ -41,7 +41,9 @@ pub(super) struct Served<A> {
 impl<A> Served<A> {
     /// Holds a task from now until the returned guard is dropped: its
     /// cancel, deadline and log.
-    pub(super) fn hold(&self, request: &TaskRequest, attempt: u32) -> Registered {
+    /// `attempt` is `None` for a task taken over request/reply, else the
+    /// attempt at a queued task.
+    pub(super) fn hold(&self, request: &TaskRequest, attempt: Option<u32>) -> Registered {
         let stop = request.deadline_time().map(Stop::deadline);
         self.registry.register(RunningTask::new(
             &self.bus,
@@ -49,8 +51,9 @@ impl<A> Served<A> {
             &self.name,
             &request.task_id,
             &request.task_type,
-            attempt,
+            attempt.unwrap_or(1),
             request.stream,
+            attempt.is_some(),
             stop,
         ))
     }
@@ -131,7 +134,7 @@ pub(super) async fn serve<A: Agent>(
                     let reply = message.reply;
                     let arrived = Instant::now();
                     let Some(request) = admit(&served, &message.payload, reply.as_ref(), arrived).await else { continue };
-                    let held = served.hold(&request, 1);
+                    let held = served.hold(&request, None);
                     if running.len() < max_concurrency {
                         start(&mut running, run_task(served.clone(), request, held, reply, arrived)).await;
                     } else {

@@ -1,7 +1,7 @@
 //! A task a runtime holds: what its handler, the runtime and control
 //! requests share while it waits or runs.
 
-use super::writer::{LogError, LogWriter};
+use super::writer::{Earlier, LogError, LogWriter};
 use super::{EventType, LOG_FINAL_AFTER};
 use crate::client::Bus;
 use crate::name::Name;
@@ -89,6 +89,10 @@ pub(crate) struct RunningTask {
     streamed: bool,
     /// Its log holds events of its submitter or of earlier attempts.
     resumed: AtomicBool,
+    /// Whether it came from a queue: what an earlier final state in its log means.
+    earlier: Earlier,
+    /// An answer is being logged and handed over.
+    answering: AtomicBool,
     /// When its time runs out; the agent's time limit joins when it starts.
     stop: Mutex<Option<Stop>>,
     /// Whether `stop` holds a time: most tasks have none, and then reading
@@ -115,6 +119,7 @@ impl RunningTask {
         task_type: &str,
         attempt: u32,
         streamed: bool,
+        queued: bool,
         stop: Option<Stop>,
     ) -> Self {
         Self {
@@ -124,6 +129,12 @@ impl RunningTask {
             attempt,
             streamed,
             resumed: AtomicBool::new(false),
+            earlier: if queued {
+                Earlier::Queued
+            } else {
+                Earlier::Requested
+            },
+            answering: AtomicBool::new(false),
             timed: AtomicBool::new(stop.is_some()),
             logged: AtomicBool::new(false),
             stop: Mutex::new(stop),
@@ -222,7 +233,7 @@ impl RunningTask {
     /// submitter may have begun; the final state when it is over already.
     pub(crate) async fn take_over_log(&self) -> Result<Option<EventType>, LogError> {
         let mut log = self.log.lock().await;
-        let ended = log.take_over(&self.bus).await?;
+        let ended = log.take_over(&self.bus, self.earlier).await?;
         self.resumed.store(log.begun(), Ordering::Release);
         self.logged.store(true, Ordering::Release);
         Ok(ended)
@@ -240,6 +251,7 @@ impl RunningTask {
             &self.bus,
             EventType::Accepted,
             json!({"task_type": self.task_type, "deadline": deadline}),
+            self.earlier,
         )
         .await?;
         self.write_started(log).await
@@ -250,9 +262,9 @@ impl RunningTask {
             &self.bus,
             EventType::Started,
             json!({"agent": self.agent.as_str(), "attempt": self.attempt}),
+            self.earlier,
         )
         .await
-        .map(drop)
     }
 
     /// Starts the log of a streamed task: `accepted` and `started`, or
@@ -278,7 +290,7 @@ impl RunningTask {
         self.logged.store(true, Ordering::Release);
         let mut log = self.log.lock().await;
         self.begin(&mut log).await?;
-        log.write(&self.bus, kind, data).await.map(drop)
+        log.write(&self.bus, kind, data, self.earlier).await
     }
 
     /// Asks the task's caller a question and waits for the answer, or for
@@ -309,17 +321,33 @@ impl RunningTask {
     }
 
     /// Gives the handler the answer to its question, logged first as
-    /// `input_received`; `false` when no question waits.
+    /// `input_received`; `false` when no question waits (or another answer
+    /// is being given). An answer the log refuses (too large) is not given:
+    /// the question still waits.
     pub(crate) async fn answer(&self, answer: Value) -> Result<bool, LogError> {
-        let Some(sender) = self.question.lock().ok().and_then(|mut slot| slot.take()) else {
+        if !self.asking()
+            || self
+                .answering
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
             return Ok(false);
-        };
-        self.emit(
-            EventType::InputReceived,
-            json!({ "answer": answer.clone() }),
-        )
-        .await?;
-        Ok(sender.send(answer).is_ok())
+        }
+        let logged = self
+            .emit(
+                EventType::InputReceived,
+                json!({ "answer": answer.clone() }),
+            )
+            .await;
+        let given = logged.map(|()| {
+            self.question
+                .lock()
+                .ok()
+                .and_then(|mut slot| slot.take())
+                .is_some_and(|sender| sender.send(answer).is_ok())
+        });
+        self.answering.store(false, Ordering::Release);
+        given
     }
 
     /// Logs the final state when someone could ask for it: the log holds
@@ -341,11 +369,26 @@ impl RunningTask {
         }
         let wanted = log.begun() || self.streamed || stopped || ran >= LOG_FINAL_AFTER;
         if wanted {
+            let kind = EventType::of_status(response.status);
             let data = serde_json::to_value(response).unwrap_or(Value::Null);
-            if let Err(err) = log
-                .write(&self.bus, EventType::of_status(response.status), data)
-                .await
-            {
+            let mut written = log.write(&self.bus, kind, data, self.earlier).await;
+            if let Err(LogError::TooLarge { size, .. }) = written {
+                // The final state is logged all the same, without the result
+                // (the caller received it whole).
+                let mut short = response.clone();
+                short.result = None;
+                short.error = Some(format!(
+                    "the result ({size} bytes with its event) is too large for the task's log; the caller received it{}",
+                    response
+                        .error
+                        .as_deref()
+                        .map(|error| format!(": {error}"))
+                        .unwrap_or_default()
+                ));
+                let data = serde_json::to_value(&short).unwrap_or(Value::Null);
+                written = log.write(&self.bus, kind, data, self.earlier).await;
+            }
+            if let Err(err) = written {
                 tracing::warn!(%err, task_id = %self.task_id, "cannot log the task's final state");
             }
         }

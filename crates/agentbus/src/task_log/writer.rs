@@ -27,6 +27,9 @@ const MAX_UNACKED: usize = 64;
 /// How long the acknowledgements of a log's events are waited for.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Attempts at a conditional write while other writers keep adding events.
+const MAX_TRIES: usize = 3;
+
 /// Why an event could not be added to a task's log.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -89,12 +92,14 @@ impl LogError {
     }
 }
 
-/// The last event of `task_id`'s log and its stream sequence; `None` when
-/// the log is empty (never written, or aged out).
-pub(crate) async fn last_event(
+/// The last message of `task_id`'s log: the event it holds (`None` when
+/// it is not an event of this task: something else wrote on the subject,
+/// and it is not trusted) and its stream sequence. `None` when the log is
+/// empty (never written, purged, or aged out).
+pub(crate) async fn last_message(
     bus: &Bus,
     task_id: &TaskId,
-) -> Result<Option<(LogEvent, u64)>, LogError> {
+) -> Result<Option<(Option<LogEvent>, u64)>, LogError> {
     let stream = bus
         .jetstream()
         .get_stream_no_info(TASK_EVENTS_STREAM)
@@ -105,16 +110,41 @@ pub(crate) async fn last_event(
         .await
     {
         Ok(message) => {
-            // Something else than an event on the subject: not trusted, and
-            // numbering goes on after it all the same.
             let event = serde_json::from_slice::<LogEvent>(&message.payload)
                 .ok()
                 .filter(|event| event.task_id == *task_id);
-            Ok(event.map(|event| (event, message.sequence)))
+            Ok(Some((event, message.sequence)))
         }
         Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(err) => Err(LogError::stream(task_id, "read", err)),
     }
+}
+
+/// The last event of `task_id`'s log and its stream sequence; `None` when
+/// the log is empty or ends with something that is not one of its events.
+pub(crate) async fn last_event(
+    bus: &Bus,
+    task_id: &TaskId,
+) -> Result<Option<(LogEvent, u64)>, LogError> {
+    Ok(last_message(bus, task_id)
+        .await?
+        .and_then(|(event, sequence)| event.map(|event| (event, sequence))))
+}
+
+/// Removes every event of `task_id`'s log: what an earlier run of the same
+/// id left (a replayed dead letter, an id sent again after it ended).
+async fn purge(bus: &Bus, task_id: &TaskId) -> Result<(), LogError> {
+    let stream = bus
+        .jetstream()
+        .get_stream_no_info(TASK_EVENTS_STREAM)
+        .await
+        .map_err(|err| LogError::stream(task_id, "open", err))?;
+    stream
+        .purge()
+        .filter(subject::task_events(task_id).to_string())
+        .await
+        .map_err(|err| LogError::stream(task_id, "clear an earlier run from", err))?;
+    Ok(())
 }
 
 /// Adds one event to a log nobody else is writing now (a queued task's
@@ -127,15 +157,17 @@ pub(crate) async fn append_alone(
     kind: EventType,
     data: Value,
 ) -> Result<LogEvent, LogError> {
-    for _ in 0..3 {
-        let (next, expect) = match last_event(bus, task_id).await? {
-            Some((last, _)) if last.kind.is_final() => {
+    for _ in 0..MAX_TRIES {
+        let (next, expect) = match last_message(bus, task_id).await? {
+            Some((Some(last), _)) if last.kind.is_final() => {
                 return Err(LogError::Ended {
                     task_id: task_id.clone(),
                     state: last.kind,
                 });
             }
-            Some((last, stream_sequence)) => (last.seq + 1, stream_sequence),
+            Some((Some(last), stream_sequence)) => (last.seq + 1, stream_sequence),
+            // After a message that is not an event, numbering starts over.
+            Some((None, stream_sequence)) => (1, stream_sequence),
             None => (1, 0),
         };
         let event = event(task_id, next, kind, instance, data.clone());
@@ -241,19 +273,33 @@ pub(crate) struct LogWriter {
     subject: Option<Subject>,
     /// The sequence of the next event.
     next: u64,
-    /// Whether the log holds events (read or written).
+    /// Whether the log holds events of this run (read or written).
     begun: bool,
-    /// Before the first write of a writer that took over a log: the stream
-    /// sequence its last message must still have.
+    /// Until the log was read: the stream sequence its last message must
+    /// still have at the next write (set by a take-over).
     expect: Option<u64>,
+    /// Whether the log was read (taken over) yet.
+    read: bool,
     /// Acknowledgements not collected yet.
     pending: Vec<PublishAckFuture>,
     /// The final state, once written.
     ended: Option<EventType>,
 }
 
+/// What an earlier final state in a log means to a writer taking it over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Earlier {
+    /// A queued task: `cancelled` or `timeout` ended it while it waited;
+    /// any other final state is an earlier run's (a replayed dead letter).
+    Queued,
+    /// A task taken over request/reply: any final state is an earlier
+    /// run's (the id was sent again after it ended).
+    Requested,
+}
+
 impl LogWriter {
-    /// A writer of a log nobody wrote before (a task taken over request/reply).
+    /// The writer of `task_id`'s log; the log is read at the first write,
+    /// or at [`LogWriter::take_over`].
     pub(crate) fn new(task_id: TaskId, instance: Arc<str>) -> Self {
         Self {
             subject: None,
@@ -262,34 +308,62 @@ impl LogWriter {
             next: 1,
             begun: false,
             expect: None,
+            read: false,
             pending: Vec::new(),
             ended: None,
         }
     }
 
-    /// Takes over a log others may have written (a queued task): reads its
-    /// last event. Returns the final state when the log is over already
-    /// (the task was cancelled while queued, or an earlier attempt ended it).
-    pub(crate) async fn take_over(&mut self, bus: &Bus) -> Result<Option<EventType>, LogError> {
-        match last_event(bus, &self.task_id).await? {
-            Some((last, _)) if last.kind.is_final() => {
+    /// Reads the log before writing to it: numbering goes on after its
+    /// last event, and the next write is stored only if nothing was
+    /// written meanwhile. An earlier run's events are cleared. Returns the
+    /// final state when the log says the task is over already (a queued
+    /// task cancelled or timed out while it waited).
+    pub(crate) async fn take_over(
+        &mut self,
+        bus: &Bus,
+        earlier: Earlier,
+    ) -> Result<Option<EventType>, LogError> {
+        self.read = true;
+        match last_message(bus, &self.task_id).await? {
+            Some((Some(last), _))
+                if last.kind.is_final()
+                    && earlier == Earlier::Queued
+                    && matches!(last.kind, EventType::Cancelled | EventType::Timeout) =>
+            {
                 self.ended = Some(last.kind);
                 Ok(Some(last.kind))
             }
-            Some((last, stream_sequence)) => {
+            Some((Some(last), _)) if last.kind.is_final() => {
+                purge(bus, &self.task_id).await?;
+                self.next = 1;
+                self.begun = false;
+                self.expect = Some(0);
+                Ok(None)
+            }
+            Some((Some(last), stream_sequence)) => {
                 self.next = last.seq + 1;
                 self.begun = true;
                 self.expect = Some(stream_sequence);
                 Ok(None)
             }
+            // A message that is not an event: numbering starts over after it.
+            Some((None, stream_sequence)) => {
+                self.next = 1;
+                self.begun = false;
+                self.expect = Some(stream_sequence);
+                Ok(None)
+            }
             None => {
+                self.next = 1;
+                self.begun = false;
                 self.expect = Some(0);
                 Ok(None)
             }
         }
     }
 
-    /// Whether the log holds events.
+    /// Whether the log holds events of this run.
     pub(crate) fn begun(&self) -> bool {
         self.begun
     }
@@ -299,53 +373,81 @@ impl LogWriter {
         self.ended
     }
 
-    /// Adds an event; the first write after a take-over checks that nobody
-    /// wrote meanwhile.
+    /// Adds an event. The first write reads the log first, and is stored
+    /// only if nobody wrote after what it read; when somebody did, it reads
+    /// again and goes on after that (an `accepted` the submitter wrote
+    /// meanwhile is not written twice).
     pub(crate) async fn write(
         &mut self,
         bus: &Bus,
         kind: EventType,
         data: Value,
-    ) -> Result<LogEvent, LogError> {
+        earlier: Earlier,
+    ) -> Result<(), LogError> {
+        if !self.read
+            && let Some(state) = self.take_over(bus, earlier).await?
+        {
+            return Err(LogError::Ended {
+                task_id: self.task_id.clone(),
+                state,
+            });
+        }
         if let Some(state) = self.ended {
             return Err(LogError::Ended {
                 task_id: self.task_id.clone(),
                 state,
             });
         }
-        let event = event(&self.task_id, self.next, kind, &self.instance, data);
-        if let Some(expect) = self.expect.take() {
+        let mut tries = 0;
+        while let Some(expect) = self.expect {
+            let event = event(&self.task_id, self.next, kind, &self.instance, data.clone());
             match store(bus, &event, Some(expect)).await {
-                Ok(()) => {}
-                Err(StoreFailure::Moved) => {
-                    // Someone else wrote (a cancel of the queued task): read
-                    // again and go on after it, unless it ended the task.
-                    if let Some(state) = self.take_over(bus).await? {
+                Ok(()) => {
+                    self.expect = None;
+                    self.wrote(kind);
+                    return Ok(());
+                }
+                Err(StoreFailure::Moved) if tries + 1 < MAX_TRIES => {
+                    tries += 1;
+                    if let Some(state) = self.take_over(bus, earlier).await? {
                         return Err(LogError::Ended {
                             task_id: self.task_id.clone(),
                             state,
                         });
                     }
-                    return Box::pin(self.write(bus, kind, event.data)).await;
+                    if kind == EventType::Accepted && self.begun {
+                        return Ok(());
+                    }
+                }
+                Err(StoreFailure::Moved) => {
+                    return Err(LogError::Contended {
+                        task_id: self.task_id.clone(),
+                    });
                 }
                 Err(StoreFailure::Error(err)) => return Err(err),
             }
-        } else {
-            let subject = self
-                .subject
-                .get_or_insert_with(|| subject::task_events(&self.task_id));
-            let ack = publish(bus, subject, &event, None).await?;
-            self.pending.push(ack);
-            if self.pending.len() >= MAX_UNACKED {
-                self.flush().await;
-            }
         }
+        let event = event(&self.task_id, self.next, kind, &self.instance, data);
+        let subject = self
+            .subject
+            .get_or_insert_with(|| subject::task_events(&self.task_id));
+        let ack = publish(bus, subject, &event, None).await?;
+        self.pending.push(ack);
+        // Counted before waiting: a caller that stops waiting (its future
+        // dropped) leaves the numbering right.
+        self.wrote(kind);
+        if self.pending.len() >= MAX_UNACKED {
+            self.flush().await;
+        }
+        Ok(())
+    }
+
+    fn wrote(&mut self, kind: EventType) {
         self.next += 1;
         self.begun = true;
         if kind.is_final() {
             self.ended = Some(kind);
         }
-        Ok(event)
     }
 
     /// Waits for the acknowledgements of what was written; a lost event is
