@@ -1,37 +1,35 @@
 //! Python agents written to agentbus's TaskRequest/TaskResponse JSON with
 //! nats-py (no agentbus code; see tests/python/) talk to Rust agents both
 //! ways over a real server: the demo's `llm_agent` in echo mode, and a probe.
-//!
-//! The first test to run creates a virtual environment under the cargo target
-//! directory with a pinned nats-py, and later runs reuse it. Python gets the
-//! server's URL, credentials included, only through `NATS_URL`.
+//! The virtual environment with nats-py is made once ([`common::python`]).
 
+mod common;
+
+use agentbus::task_log::ControlErrorKind;
 use agentbus::{
-    Agent, AgentOptions, Bus, Priority, RequestOptions, Runtime, TaskContext, TaskError,
-    TaskRequest, TaskStatus, TaskTypeSpec,
+    Agent, AgentOptions, Bus, Priority, RequestOptions, TaskContext, TaskError, TaskRequest,
+    TaskStatus, TaskTypeSpec,
 };
 use agentbus_demo::{ECHO_NOTE, LlmAgent};
 use agentbus_testkit::NatsServer;
-use futures::StreamExt;
+use common::{WAIT, python, python_command, serve};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdout};
 use tokio::task::JoinHandle;
-
-/// The nats-py release the Python side is tested with.
-const NATS_PY_VERSION: &str = "2.16.0";
-/// Python start-up, connection and answers together stay well within this.
-const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn python_orchestrator_gets_text_from_the_rust_llm_agent() {
     let python = python();
     let server = NatsServer::start().await;
-    let runtime = serve(&server, LlmAgent::new(None).unwrap()).await;
+    let runtime = serve(
+        &server,
+        LlmAgent::new(None).unwrap(),
+        AgentOptions::default(),
+    )
+    .await;
 
     let output = run_orchestrator(
         python,
@@ -61,7 +59,7 @@ async fn python_orchestrator_gets_text_from_the_rust_llm_agent() {
 async fn python_priority_medium_and_unknown_fields_are_accepted() {
     let python = python();
     let server = NatsServer::start().await;
-    let runtime = serve(&server, Probe).await;
+    let runtime = serve(&server, Probe, AgentOptions::default()).await;
 
     let output = run_orchestrator(
         python,
@@ -151,6 +149,46 @@ async fn python_failed_and_rejected_responses_reach_rust_as_such() {
     );
 }
 
+#[tokio::test]
+async fn the_python_agent_ignores_deadline_and_stream() {
+    let python = python();
+    let server = NatsServer::start().await;
+    let _agent = PythonAgent::start(python, &server, "py_agent").await;
+    let bus = Bus::connect(&server.target(), "rust-orchestrator")
+        .await
+        .unwrap();
+
+    let request = TaskRequest::new("reverse", json!({"text": "agentbus"}))
+        .with_deadline(SystemTime::now() + Duration::from_secs(30))
+        .streamed();
+    let sent: Value = serde_json::from_slice(&request.to_json()).unwrap();
+    assert!(
+        sent["deadline"].is_string() && sent["stream"] == true,
+        "{sent}"
+    );
+    let response = bus
+        .request("py_agent", &request, RequestOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(response.status, TaskStatus::Completed, "{response:?}");
+    assert_eq!(response.result.unwrap()["text"], "subtnega");
+    // It writes no log, and answers no control request: its task is unknown.
+    let events = server
+        .jetstream()
+        .await
+        .get_stream("agent-task-events")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(events, 0);
+    let err = bus.cancel(&request.task_id).await.unwrap_err();
+    assert_eq!(err.kind(), ControlErrorKind::UnknownTask);
+}
+
 /// A Rust agent that answers with the priority and payload it parsed.
 struct Probe;
 
@@ -166,43 +204,6 @@ impl Agent for Probe {
     async fn handle(&self, task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
         Ok(json!({"priority": task.priority, "payload": task.payload}))
     }
-}
-
-/// Serves `agent` and returns once the server knows its subscription.
-async fn serve<A: Agent>(server: &NatsServer, agent: A) -> Runtime {
-    let bus = Bus::connect(&server.target(), "rust-agents").await.unwrap();
-    let mut runtime = Runtime::new(bus.clone());
-    runtime.add(agent, AgentOptions::default()).await.unwrap();
-    // `flush` only writes to the socket; a message to ourselves is a round trip.
-    let subject = format!("test.sync.{}", uuid::Uuid::new_v4().simple());
-    let mut echo = bus.subscribe(&subject, None).await.unwrap();
-    bus.publish(&subject, &()).await.unwrap();
-    tokio::time::timeout(WAIT, echo.next())
-        .await
-        .expect("the server echoes the sync message")
-        .expect("the connection is open");
-    runtime
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/python")
-        .join(name)
-}
-
-/// A Python command with only the test server's URL as configuration.
-fn python_command(python: &Path, server: &NatsServer, script_name: &str) -> Command {
-    let mut command = Command::new(python);
-    command
-        .arg(script(script_name))
-        .env("NATS_URL", server.url_with_credentials())
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
 }
 
 /// Runs py_orchestrator.py and returns the JSON line it printed.
@@ -277,18 +278,4 @@ impl Drop for PythonAgent {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
     }
-}
-
-/// The virtual environment's python, with nats-py installed; made once.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(prepare_venv)
-}
-
-fn prepare_venv() -> PathBuf {
-    agentbus_testkit::python_venv(
-        Path::new(env!("CARGO_TARGET_TMPDIR")),
-        "nats-py",
-        NATS_PY_VERSION,
-    )
 }
