@@ -15,8 +15,8 @@
 //!
 //! - `llm_agent`: [`LlmAgent`] and its `generate_text` task, echo mode included.
 //! - `llm_endpoint`: [`LlmEndpoint`], configured from `LLM_*`, and [`LlmSetupError`].
-//! - `completion`: the HTTP call to the endpoint, its errors by kind, and those
-//!   as task errors (a refusal is not retried).
+//! - `completion`: the HTTP call to the endpoint (`mod.rs`); its errors by
+//!   kind, and those as task errors (a refusal is not retried) (`error.rs`).
 //! - `chat_manager`: [`ChatManager`] and the [`ChatMessageEvent`] it publishes.
 //! - `enhancement_agent`: [`EnhancementAgent`] and its [`FeedbackSummary`].
 //! - `message_log`: [`MessageLog`], where those two agents count the durable

@@ -1,30 +1,11 @@
-//! One call to the chat-completions endpoint, and its failures as task
+//! Why a call to the chat-completions endpoint produced no text, as task
 //! errors a person can act on, never showing the API key.
 
 use crate::llm_endpoint::LlmEndpoint;
 use agentbus::TaskError;
 use agentbus::redact::redact_url;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::time::Duration;
-
-/// The part of a chat-completions answer the agent uses.
-#[derive(Debug, Deserialize)]
-struct ChatCompletion {
-    model: Option<String>,
-    #[serde(default)]
-    choices: Vec<Choice>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Choice {
-    message: Option<ChoiceMessage>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ChoiceMessage {
-    content: Option<String>,
-}
 
 /// Why a call to the endpoint produced no text. Every field and cause is
 /// already masked: URLs without passwords, texts without the API key.
@@ -133,7 +114,7 @@ impl CompletionError {
         }
     }
 
-    fn transport(endpoint: &LlmEndpoint, err: &reqwest::Error) -> Self {
+    pub(super) fn transport(endpoint: &LlmEndpoint, err: &reqwest::Error) -> Self {
         let url = shown_url(endpoint);
         let source = Masked::new(endpoint, &root_cause(err));
         if err.is_timeout() {
@@ -149,7 +130,7 @@ impl CompletionError {
         }
     }
 
-    fn status(endpoint: &LlmEndpoint, status: reqwest::StatusCode, body: &str) -> Self {
+    pub(super) fn status(endpoint: &LlmEndpoint, status: reqwest::StatusCode, body: &str) -> Self {
         let detail = serde_json::from_str::<Value>(body)
             .ok()
             .and_then(|v| {
@@ -186,13 +167,13 @@ impl From<CompletionError> for TaskError {
 pub(crate) struct Masked(String);
 
 impl Masked {
-    fn new(endpoint: &LlmEndpoint, text: &str) -> Self {
+    pub(super) fn new(endpoint: &LlmEndpoint, text: &str) -> Self {
         Self(endpoint.scrub(&redact_url(text)))
     }
 }
 
 /// The URL posted to, as errors show it: no password, no API key.
-fn shown_url(endpoint: &LlmEndpoint) -> String {
+pub(super) fn shown_url(endpoint: &LlmEndpoint) -> String {
     endpoint.scrub(&endpoint.display_url())
 }
 
@@ -215,59 +196,6 @@ fn advice(status: reqwest::StatusCode) -> &'static str {
     }
 }
 
-/// Asks `endpoint` to complete `prompt`; the result is
-/// `{"text", "model", "mode": "model"}`.
-pub(crate) async fn complete(
-    endpoint: &LlmEndpoint,
-    http: &reqwest::Client,
-    prompt: &str,
-    max_tokens: u64,
-) -> Result<Value, CompletionError> {
-    let body = json!({
-        "model": endpoint.model(),
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-    });
-    let mut request = http
-        .post(endpoint.completions_url().clone())
-        .timeout(endpoint.timeout())
-        .json(&body);
-    if let Some(key) = endpoint.api_key() {
-        request = request.bearer_auth(key);
-    }
-    let response = request
-        .send()
-        .await
-        .map_err(|err| CompletionError::transport(endpoint, &err))?;
-    let status = response.status();
-    let text = response
-        .text()
-        .await
-        .map_err(|err| CompletionError::transport(endpoint, &err))?;
-    if !status.is_success() {
-        return Err(CompletionError::status(endpoint, status, &text));
-    }
-    let reply: ChatCompletion =
-        serde_json::from_str(&text).map_err(|err| CompletionError::NotACompletion {
-            url: shown_url(endpoint),
-            source: Masked::new(endpoint, &err.to_string()),
-        })?;
-    let content = reply
-        .choices
-        .into_iter()
-        .next()
-        .and_then(|choice| choice.message)
-        .and_then(|message| message.content)
-        .ok_or_else(|| CompletionError::NoContent {
-            url: shown_url(endpoint),
-        })?;
-    Ok(json!({
-        "text": content,
-        "model": reply.model.unwrap_or_else(|| endpoint.model().to_owned()),
-        "mode": "model",
-    }))
-}
-
 /// The innermost cause: reqwest's own message says only "error sending request".
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = err;
@@ -280,7 +208,6 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agentbus_testkit::ClosedPort;
 
     fn status_error(endpoint: &LlmEndpoint, status: reqwest::StatusCode, body: &str) -> TaskError {
         CompletionError::status(endpoint, status, body).into()
@@ -323,37 +250,6 @@ mod tests {
                 "{unavailable}"
             );
         }
-    }
-
-    #[tokio::test]
-    async fn unreachable_endpoint_shows_neither_password_nor_key() {
-        let closed = ClosedPort::new();
-        let endpoint = LlmEndpoint::new(&format!(
-            "http://user:pw-never-shown@127.0.0.1:{}/v1",
-            closed.port()
-        ))
-        .unwrap()
-        .with_api_key("sk-never-shown");
-        let err = complete(&endpoint, &reqwest::Client::new(), "hi", 5)
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), CompletionErrorKind::Unreachable, "{err}");
-        let mut shown = vec![err.to_string(), format!("{err:?}")];
-        let mut cause = std::error::Error::source(&err);
-        while let Some(next) = cause {
-            shown.push(next.to_string());
-            cause = next.source();
-        }
-        for text in shown {
-            assert!(!text.contains("never-shown"), "{text}");
-        }
-        assert!(
-            err.to_string().starts_with(&format!(
-                "cannot reach the language model at http://user:***@127.0.0.1:{}/v1/chat/completions (",
-                closed.port()
-            )),
-            "{err}"
-        );
     }
 
     #[test]
