@@ -2,7 +2,7 @@
 //!
 //! | agent | task type | what it does |
 //! | --- | --- | --- |
-//! | [`LlmAgent`] (`llm_agent`) | `generate_text` | calls an OpenAI-compatible endpoint when `LLM_BASE_URL` is set; otherwise echoes the prompt truncated, and says so, streaming it word by word to a caller that follows the task |
+//! | [`LlmAgent`] (`llm_agent`) | `generate_text` | calls an OpenAI-compatible endpoint when `LLM_BASE_URL` is set; otherwise echoes the prompt truncated, and says so; streams its text to a caller that follows the task |
 //! | [`ChatManager`] (`chat_manager`) | `post_message` | announces `chat.message.new` with `{session_id, message_id, content}`; reads its durable inbox |
 //! | [`EnhancementAgent`] (`enhancement_agent`) | `feedback_summary` | consumes `enhancement.feedback` and reports what it has seen; takes the broadcasts on topic [`FEEDBACK_TOPIC`] |
 //!
@@ -18,7 +18,8 @@
 //! - `output`: a task's text as it is made, reported as partial results when
 //!   the caller follows the task.
 //! - `llm_endpoint`: [`LlmEndpoint`], configured from `LLM_*`, and [`LlmSetupError`].
-//! - `completion`: the HTTP call to the endpoint (`mod.rs`); its errors by
+//! - `completion`: the HTTP call to the endpoint, whole (`mod.rs`) or streamed
+//!   (`stream.rs`, reading server-sent events with `sse.rs`); its errors by
 //!   kind, and those as task errors (a refusal is not retried) (`error.rs`).
 //! - `chat_manager`: [`ChatManager`] and the [`ChatMessageEvent`] it publishes.
 //! - `enhancement_agent`: [`EnhancementAgent`] and its [`FeedbackSummary`].

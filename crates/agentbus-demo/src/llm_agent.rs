@@ -1,8 +1,8 @@
 //! The LLM agent: `generate_text` through an OpenAI-compatible endpoint or,
-//! with none configured, an honest echo that says it is one, streamed to a
-//! caller that follows the task.
+//! with none configured, an honest echo that says it is one; either way
+//! streamed to a caller that follows the task.
 
-use crate::completion::complete;
+use crate::completion::{complete, stream_completion};
 use crate::echo::{MAX_ECHO_DELAY_MS, echo, echo_delay};
 use crate::llm_endpoint::{LlmEndpoint, LlmSetupError};
 use crate::output::TextOutput;
@@ -42,12 +42,16 @@ pub fn generate_text_schema() -> Value {
 /// spaces, and `note` is [`ECHO_NOTE`]; `echo_delay_ms` (0 to
 /// [`MAX_ECHO_DELAY_MS`], default 0) pauses between those words.
 ///
-/// In echo mode, a request with `"stream": true` ([`TaskRequest::streamed`])
-/// gets its text as it is made, as `partial` events `{"text": piece}`, one per
-/// word (the word and the space after it), which concatenate to the result's
-/// `text`. A request without it gets no events. A cancelled echo (or one out
-/// of time) stops at once; its response carries the text made until then as
-/// its result.
+/// A request with `"stream": true` ([`TaskRequest::streamed`]) gets its text
+/// as it is made, as `partial` events `{"text": piece}` whose pieces
+/// concatenate to the result's `text`: one per word in echo mode (the word
+/// and the space after it), one per content delta of the endpoint's
+/// server-sent events otherwise (the call asks for `"stream": true`). A
+/// request without it gets no events and the endpoint's answer whole.
+///
+/// A cancelled task (or one out of time) stops at once, dropping the call to
+/// the endpoint; when it was echoing or streaming, its response carries the
+/// text made until then as its result.
 ///
 /// ```no_run
 /// # async fn example(bus: agentbus::Bus) -> Result<(), Box<dyn std::error::Error>> {
@@ -147,8 +151,19 @@ impl Agent for LlmAgent {
                 echo(&input.prompt, words, delay, &mut out).await;
                 Ok(echo_result(out.text()))
             }
+            Backend::Model { endpoint, http } if task.stream => {
+                Ok(stream_completion(endpoint, http, &input.prompt, max_tokens, &mut out).await?)
+            }
             Backend::Model { endpoint, http } => {
-                Ok(complete(endpoint, http, &input.prompt, max_tokens).await?)
+                let call = complete(endpoint, http, &input.prompt, max_tokens);
+                tokio::select! {
+                    result = call => Ok(result?),
+                    // The call is dropped, closing its connection; the
+                    // runtime answers the task as stopped.
+                    _ = ctx.cancelled() => Err(TaskError::permanent(
+                        "the task was stopped before the language model answered",
+                    )),
+                }
             }
         }
     }

@@ -74,6 +74,45 @@ pub(crate) enum CompletionError {
         /// The URL posted to.
         url: String,
     },
+    /// A streamed answer went quiet: no bytes for the endpoint's timeout.
+    #[error(
+        "the language model at {url} sent nothing for {timeout:?} while streaming; try again later or use a faster model"
+    )]
+    Silent {
+        /// The URL posted to.
+        url: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// A streamed answer is not server-sent events of chat completion chunks.
+    #[error(
+        "the language model at {url} streamed something that is not a chat completion chunk ({source}); check that LLM_BASE_URL points at an OpenAI-compatible API"
+    )]
+    NotAChunk {
+        /// The URL posted to.
+        url: String,
+        /// What is wrong, which may quote the event.
+        #[source]
+        source: Masked,
+    },
+    /// A streamed answer carried an error instead of the next chunk.
+    #[error(
+        "the language model at {url} reported an error while streaming ({detail}); try again later"
+    )]
+    StreamedError {
+        /// The URL posted to.
+        url: String,
+        /// The endpoint's message (`error.message`, else the error as JSON), on one line.
+        detail: String,
+    },
+    /// A streamed answer ended without `data: [DONE]` or a finish reason.
+    #[error(
+        "the language model at {url} ended its stream before data: [DONE]; try again, and check that LLM_BASE_URL points at an OpenAI-compatible API"
+    )]
+    Unfinished {
+        /// The URL posted to.
+        url: String,
+    },
 }
 
 /// Why a call produced no text, as a kind to match.
@@ -99,7 +138,7 @@ impl CompletionError {
     /// Why the call produced no text.
     pub(crate) fn kind(&self) -> CompletionErrorKind {
         match self {
-            Self::Timeout { .. } => CompletionErrorKind::Timeout,
+            Self::Timeout { .. } | Self::Silent { .. } => CompletionErrorKind::Timeout,
             Self::Unreachable { .. } => CompletionErrorKind::Unreachable,
             Self::Transport { .. } => CompletionErrorKind::Transport,
             Self::Status { status, .. }
@@ -107,10 +146,11 @@ impl CompletionError {
             {
                 CompletionErrorKind::Refused
             }
-            Self::Status { .. } => CompletionErrorKind::Unavailable,
-            Self::NotACompletion { .. } | Self::NoContent { .. } => {
-                CompletionErrorKind::InvalidReply
-            }
+            Self::Status { .. } | Self::StreamedError { .. } => CompletionErrorKind::Unavailable,
+            Self::NotACompletion { .. }
+            | Self::NoContent { .. }
+            | Self::NotAChunk { .. }
+            | Self::Unfinished { .. } => CompletionErrorKind::InvalidReply,
         }
     }
 
@@ -139,14 +179,54 @@ impl CompletionError {
                     .map(str::to_owned)
             })
             .unwrap_or_else(|| body.chars().take(200).collect());
-        // One line, whatever the endpoint sent (HTML error pages included).
-        let detail = detail.split_whitespace().collect::<Vec<_>>().join(" ");
         Self::Status {
             url: shown_url(endpoint),
             status,
-            detail: endpoint.scrub(&detail),
+            detail: one_line(endpoint, &detail),
         }
     }
+
+    /// A streamed answer with nothing new for the endpoint's timeout.
+    pub(super) fn silent(endpoint: &LlmEndpoint) -> Self {
+        Self::Silent {
+            url: shown_url(endpoint),
+            timeout: endpoint.timeout(),
+        }
+    }
+
+    /// A streamed answer that is not chat completion chunks, and why.
+    pub(super) fn not_a_chunk(endpoint: &LlmEndpoint, why: &str) -> Self {
+        Self::NotAChunk {
+            url: shown_url(endpoint),
+            source: Masked::new(endpoint, why),
+        }
+    }
+
+    /// The `error` member of a streamed event.
+    pub(super) fn streamed_error(endpoint: &LlmEndpoint, error: &Value) -> Self {
+        let detail = match error.get("message").and_then(Value::as_str) {
+            Some(message) => message.to_owned(),
+            None => error.to_string().chars().take(200).collect(),
+        };
+        Self::StreamedError {
+            url: shown_url(endpoint),
+            detail: one_line(endpoint, &detail),
+        }
+    }
+
+    /// A streamed answer that ended before its end.
+    pub(super) fn unfinished(endpoint: &LlmEndpoint) -> Self {
+        Self::Unfinished {
+            url: shown_url(endpoint),
+        }
+    }
+}
+
+/// An endpoint's message as errors show it: on one line, whatever the
+/// endpoint sent (HTML error pages included), without the API key.
+fn one_line(endpoint: &LlmEndpoint, text: &str) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    endpoint.scrub(&line)
 }
 
 impl From<CompletionError> for TaskError {

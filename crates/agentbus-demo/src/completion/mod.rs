@@ -1,9 +1,13 @@
-//! One call to the chat-completions endpoint; its failures as task errors
-//! a person can act on, never showing the API key (`error`).
+//! Calls to the chat-completions endpoint: one answer whole, or streamed
+//! as server-sent events; their failures as task errors a person can act
+//! on, never showing the API key.
 
 mod error;
+mod sse;
+mod stream;
 
 pub(crate) use error::CompletionError;
+pub(crate) use stream::stream_completion;
 
 use crate::llm_endpoint::LlmEndpoint;
 use error::{Masked, shown_url};
@@ -36,19 +40,8 @@ pub(crate) async fn complete(
     prompt: &str,
     max_tokens: u64,
 ) -> Result<Value, CompletionError> {
-    let body = json!({
-        "model": endpoint.model(),
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-    });
-    let mut request = http
-        .post(endpoint.completions_url().clone())
+    let response = post(endpoint, http, prompt, max_tokens, false)
         .timeout(endpoint.timeout())
-        .json(&body);
-    if let Some(key) = endpoint.api_key() {
-        request = request.bearer_auth(key);
-    }
-    let response = request
         .send()
         .await
         .map_err(|err| CompletionError::transport(endpoint, &err))?;
@@ -60,8 +53,40 @@ pub(crate) async fn complete(
     if !status.is_success() {
         return Err(CompletionError::status(endpoint, status, &text));
     }
+    let (content, model) = read_completion(endpoint, &text)?;
+    Ok(model_result(endpoint, content, model))
+}
+
+/// The request for a completion of `prompt`, streamed or not.
+fn post(
+    endpoint: &LlmEndpoint,
+    http: &reqwest::Client,
+    prompt: &str,
+    max_tokens: u64,
+    stream: bool,
+) -> reqwest::RequestBuilder {
+    let mut body = json!({
+        "model": endpoint.model(),
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+    });
+    if stream {
+        body["stream"] = json!(true);
+    }
+    let request = http.post(endpoint.completions_url().clone()).json(&body);
+    match endpoint.api_key() {
+        Some(key) => request.bearer_auth(key),
+        None => request,
+    }
+}
+
+/// The content of a whole chat completion, and the model it names.
+fn read_completion(
+    endpoint: &LlmEndpoint,
+    text: &str,
+) -> Result<(String, Option<String>), CompletionError> {
     let reply: ChatCompletion =
-        serde_json::from_str(&text).map_err(|err| CompletionError::NotACompletion {
+        serde_json::from_str(text).map_err(|err| CompletionError::NotACompletion {
             url: shown_url(endpoint),
             source: Masked::new(endpoint, &err.to_string()),
         })?;
@@ -74,11 +99,17 @@ pub(crate) async fn complete(
         .ok_or_else(|| CompletionError::NoContent {
             url: shown_url(endpoint),
         })?;
-    Ok(json!({
-        "text": content,
-        "model": reply.model.unwrap_or_else(|| endpoint.model().to_owned()),
+    Ok((content, reply.model))
+}
+
+/// The task's result: `text`, the model the endpoint named (else the one
+/// asked for), and `"mode": "model"`.
+fn model_result(endpoint: &LlmEndpoint, text: String, model: Option<String>) -> Value {
+    json!({
+        "text": text,
+        "model": model.unwrap_or_else(|| endpoint.model().to_owned()),
         "mode": "model",
-    }))
+    })
 }
 
 #[cfg(test)]
