@@ -2,7 +2,7 @@
 //!
 //! | agent | task type | what it does |
 //! | --- | --- | --- |
-//! | [`LlmAgent`] (`llm_agent`) | `generate_text` | calls an OpenAI-compatible endpoint when `LLM_BASE_URL` is set; otherwise echoes the prompt truncated, and says so |
+//! | [`LlmAgent`] (`llm_agent`) | `generate_text` | calls an OpenAI-compatible endpoint when `LLM_BASE_URL` is set; otherwise echoes the prompt truncated, and says so; streams its text to a caller that follows the task |
 //! | [`ChatManager`] (`chat_manager`) | `post_message` | announces `chat.message.new` with `{session_id, message_id, content}`; reads its durable inbox |
 //! | [`EnhancementAgent`] (`enhancement_agent`) | `feedback_summary` | consumes `enhancement.feedback` and reports what it has seen; takes the broadcasts on topic [`FEEDBACK_TOPIC`] |
 //!
@@ -13,10 +13,14 @@
 //!
 //! # Layout
 //!
-//! - `llm_agent`: [`LlmAgent`] and its `generate_text` task, echo mode included.
+//! - `llm_agent`: [`LlmAgent`] and its `generate_text` task.
+//! - `echo`: echo mode's text, word by word, and its `echo_delay_ms`.
+//! - `output`: a task's text as it is made, reported as partial results when
+//!   the caller follows the task.
 //! - `llm_endpoint`: [`LlmEndpoint`], configured from `LLM_*`, and [`LlmSetupError`].
-//! - `completion`: the HTTP call to the endpoint, its errors by kind, and those
-//!   as task errors (a refusal is not retried).
+//! - `completion`: the HTTP call to the endpoint, whole (`mod.rs`) or streamed
+//!   (`stream.rs`, reading server-sent events with `sse.rs`); its errors by
+//!   kind, and those as task errors (a refusal is not retried) (`error.rs`).
 //! - `chat_manager`: [`ChatManager`] and the [`ChatMessageEvent`] it publishes.
 //! - `enhancement_agent`: [`EnhancementAgent`] and its [`FeedbackSummary`].
 //! - `message_log`: [`MessageLog`], where those two agents count the durable
@@ -30,11 +34,13 @@
 
 mod chat_manager;
 mod completion;
+mod echo;
 mod enhancement_agent;
 mod llm_agent;
 mod llm_endpoint;
 mod message_log;
 mod orchestrator;
+mod output;
 mod round;
 mod run;
 mod text;
@@ -43,6 +49,7 @@ pub use chat_manager::{
     CHAT_MANAGER, CHAT_MESSAGE_NEW, ChatManager, ChatMessageEvent, POST_MESSAGE,
     post_message_schema,
 };
+pub use echo::MAX_ECHO_DELAY_MS;
 pub use enhancement_agent::{
     ENHANCEMENT_AGENT, ENHANCEMENT_FEEDBACK, EnhancementAgent, FEEDBACK_SUMMARY, FEEDBACK_TOPIC,
     FeedbackSummary,

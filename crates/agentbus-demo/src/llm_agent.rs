@@ -1,8 +1,11 @@
 //! The LLM agent: `generate_text` through an OpenAI-compatible endpoint or,
-//! with none configured, an honest echo that says it is one.
+//! with none configured, an honest echo that says it is one; either way
+//! streamed to a caller that follows the task.
 
-use crate::completion::complete;
+use crate::completion::{complete, stream_completion};
+use crate::echo::{MAX_ECHO_DELAY_MS, echo, echo_delay};
 use crate::llm_endpoint::{LlmEndpoint, LlmSetupError};
+use crate::output::TextOutput;
 use agentbus::{Agent, TaskContext, TaskError, TaskRequest, TaskTypeSpec};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -23,19 +26,32 @@ pub fn generate_text_schema() -> Value {
         "required": ["prompt"],
         "properties": {
             "prompt": {"type": "string"},
-            "max_tokens": {"type": "integer", "minimum": 1}
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "echo_delay_ms": {"type": "integer", "minimum": 0, "maximum": MAX_ECHO_DELAY_MS}
         }
     })
 }
 
 /// The `llm_agent`, serving task type `generate_text` with payload
-/// `{"prompt": string, "max_tokens"?: integer >= 1}`.
+/// `{"prompt": string, "max_tokens"?: integer >= 1, "echo_delay_ms"?: integer}`.
 ///
 /// With an [`LlmEndpoint`], the result is `{"text", "model", "mode": "model"}`
 /// from the endpoint's `choices[0].message.content`. Without one it does not
 /// pretend: the result is `{"text", "mode": "echo", "note"}`, where `text` is
 /// the prompt's first `max_tokens` whitespace-separated words joined by single
-/// spaces, and `note` is [`ECHO_NOTE`].
+/// spaces, and `note` is [`ECHO_NOTE`]; `echo_delay_ms` (0 to
+/// [`MAX_ECHO_DELAY_MS`], default 0) pauses between those words.
+///
+/// A request with `"stream": true` ([`TaskRequest::streamed`]) gets its text
+/// as it is made, as `partial` events `{"text": piece}` whose pieces
+/// concatenate to the result's `text`: one per word in echo mode (the word
+/// and the space after it), one per content delta of the endpoint's
+/// server-sent events otherwise (the call asks for `"stream": true`). A
+/// request without it gets no events and the endpoint's answer whole.
+///
+/// A cancelled task (or one out of time) stops at once, dropping the call to
+/// the endpoint; when it was echoing or streaming, its response carries the
+/// text made until then as its result.
 ///
 /// ```no_run
 /// # async fn example(bus: agentbus::Bus) -> Result<(), Box<dyn std::error::Error>> {
@@ -101,11 +117,10 @@ impl LlmAgent {
     ) -> Result<Value, TaskError> {
         let max_tokens = max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
         match &self.backend {
-            Backend::Echo => Ok(json!({
-                "text": truncate_words(prompt, usize::try_from(max_tokens).unwrap_or(usize::MAX)),
-                "mode": "echo",
-                "note": ECHO_NOTE,
-            })),
+            Backend::Echo => Ok(echo_result(&truncate_words(
+                prompt,
+                usize::try_from(max_tokens).unwrap_or(usize::MAX),
+            ))),
             Backend::Model { endpoint, http } => {
                 Ok(complete(endpoint, http, prompt, max_tokens).await?)
             }
@@ -125,10 +140,38 @@ impl Agent for LlmAgent {
             .collect()
     }
 
-    async fn handle(&self, task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
+    async fn handle(&self, task: TaskRequest, ctx: TaskContext) -> Result<Value, TaskError> {
         let input: GenerateText = task.payload_as()?;
-        self.generate(&input.prompt, input.max_tokens).await
+        let max_tokens = input.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+        let mut out = TextOutput::new(&ctx, task.stream);
+        match &self.backend {
+            Backend::Echo => {
+                let delay = echo_delay(&task.payload)?;
+                let words = usize::try_from(max_tokens).unwrap_or(usize::MAX);
+                echo(&input.prompt, words, delay, &mut out).await;
+                Ok(echo_result(out.text()))
+            }
+            Backend::Model { endpoint, http } if task.stream => {
+                Ok(stream_completion(endpoint, http, &input.prompt, max_tokens, &mut out).await?)
+            }
+            Backend::Model { endpoint, http } => {
+                let call = complete(endpoint, http, &input.prompt, max_tokens);
+                tokio::select! {
+                    result = call => Ok(result?),
+                    // The call is dropped, closing its connection; the
+                    // runtime answers the task as stopped.
+                    _ = ctx.cancelled() => Err(TaskError::permanent(
+                        "the task was stopped before the language model answered",
+                    )),
+                }
+            }
+        }
     }
+}
+
+/// The result of an echo.
+fn echo_result(text: &str) -> Value {
+    json!({"text": text, "mode": "echo", "note": ECHO_NOTE})
 }
 
 /// The first `max_words` whitespace-separated words of `text`, joined by single spaces.

@@ -14,7 +14,8 @@ pub const LLM_API_KEY_VAR: &str = "LLM_API_KEY";
 pub const LLM_MODEL_VAR: &str = "LLM_MODEL";
 /// The model asked for when `LLM_MODEL` is not set.
 pub const DEFAULT_LLM_MODEL: &str = "gpt-4o-mini";
-/// How long one call to the endpoint may take, body included.
+/// How long one call to the endpoint may take, body included; for a
+/// streamed call, how long it may go without sending anything.
 pub const DEFAULT_LLM_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// An OpenAI-compatible endpoint: `POST {base_url}/chat/completions`.
@@ -168,7 +169,8 @@ impl LlmEndpoint {
         self
     }
 
-    /// Gives up on a call after `timeout` (answered as a `failed` task).
+    /// Gives up on a call after `timeout`, or on a streamed call silent for
+    /// `timeout` (answered as a `failed` task).
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -185,7 +187,7 @@ impl LlmEndpoint {
         &self.model
     }
 
-    /// How long one call may take.
+    /// How long one call may take (a streamed call: may stay silent).
     pub fn timeout(&self) -> Duration {
         self.timeout
     }

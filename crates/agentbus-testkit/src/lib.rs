@@ -14,13 +14,15 @@
 mod closed_port;
 mod custom;
 mod llm;
+mod llm_stream;
 mod npm;
 mod python;
 mod redis;
 
 pub use closed_port::ClosedPort;
 pub use custom::CustomNatsServer;
-pub use llm::{LlmRequest, LlmServer, Respond};
+pub use llm::{LlmRequest, LlmServer, LlmServerOptions, Respond};
+pub use llm_stream::{AbandonedStream, stream_tokens};
 pub use redis::{RedisServer, redis_server_binary};
 
 use agentbus::connect::ServerTarget;

@@ -1,8 +1,11 @@
 //! An OpenAI-compatible chat completions endpoint, played by a small HTTP
 //! server on `127.0.0.1:0`, for tests of agents that call a language model.
 //! Each request is captured for the test to inspect; the answer comes from
-//! the test's `respond` function.
+//! the test's `respond` function. A request with `"stream": true` that
+//! `respond` answers with status 200 gets server-sent events (see
+//! [`LlmServer::start_with`]).
 
+use crate::llm_stream::{self, AbandonedStream, StreamEnd};
 use serde_json::Value;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -10,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// How long [`LlmServer::next_request`] waits for a request.
+/// How long [`LlmServer::next_request`] and [`LlmServer::next_abandoned`] wait.
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A request the endpoint received.
@@ -37,6 +40,11 @@ impl LlmRequest {
     pub fn prompt(&self) -> Option<&str> {
         self.body["messages"][0]["content"].as_str()
     }
+
+    /// Whether the request asks for server-sent events (`"stream": true`).
+    pub fn wants_stream(&self) -> bool {
+        self.body["stream"] == Value::Bool(true)
+    }
 }
 
 /// The endpoint; stops when dropped.
@@ -44,26 +52,79 @@ impl LlmRequest {
 pub struct LlmServer {
     base_url: String,
     requests: mpsc::UnboundedReceiver<LlmRequest>,
+    abandoned: mpsc::UnboundedReceiver<AbandonedStream>,
     server: JoinHandle<()>,
 }
 
 /// How the endpoint answers a request: an HTTP status and a JSON body.
 pub type Respond = fn(&LlmRequest) -> (u16, String);
 
+/// How the endpoint streams, beyond what `respond` says.
+#[derive(Debug, Clone, Copy)]
+pub struct LlmServerOptions {
+    /// The pause between the events of a streamed answer.
+    pub token_delay: Duration,
+    /// Whether `"stream": true` gets server-sent events; `false` plays an
+    /// endpoint that ignores it and answers one JSON body.
+    pub streams: bool,
+}
+
+impl Default for LlmServerOptions {
+    /// Streams when asked, without pauses.
+    fn default() -> Self {
+        Self {
+            token_delay: Duration::ZERO,
+            streams: true,
+        }
+    }
+}
+
 impl LlmServer {
-    /// Starts the endpoint on a free loopback port.
+    /// Starts the endpoint on a free loopback port, with the default
+    /// [`LlmServerOptions`].
     pub async fn start(respond: Respond) -> Self {
+        Self::start_with(respond, LlmServerOptions::default()).await
+    }
+
+    /// Starts the endpoint on a free loopback port.
+    ///
+    /// A request with `"stream": true` that `respond` answers with status
+    /// 200 gets `text/event-stream` in chunked transfer encoding: when the
+    /// answer is a chat completion, a first chunk with `delta.role`, one
+    /// `delta.content` chunk per token of its content (as
+    /// [`crate::stream_tokens`] cuts it), a last one with
+    /// `finish_reason: "stop"`, then `data: [DONE]`; any other answer is
+    /// sent as it is, as the event stream (to test malformed events). Other
+    /// answers are one JSON body, as without streaming.
+    pub async fn start_with(respond: Respond, options: LlmServerOptions) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
         let base_url = format!("http://{}/v1", listener.local_addr().expect("bound"));
-        let (tx, requests) = mpsc::unbounded_channel();
+        let (requests_tx, requests) = mpsc::unbounded_channel();
+        let (abandoned_tx, abandoned) = mpsc::unbounded_channel();
         let server = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let tx = tx.clone();
+                let requests = requests_tx.clone();
+                let abandoned = abandoned_tx.clone();
                 tokio::spawn(async move {
-                    if let Some(request) = answer(stream, respond).await {
-                        let _ = tx.send(request);
+                    let mut stream = stream;
+                    let Some(request) = read_request(&mut stream).await else {
+                        return;
+                    };
+                    let (status, reply) = respond(&request);
+                    let wants_stream = request.wants_stream();
+                    // Reported before answering: a streamed answer may take long.
+                    let _ = requests.send(request);
+                    if status == 200 && wants_stream && options.streams {
+                        let events = llm_stream::events(&reply);
+                        let end =
+                            llm_stream::write(&mut stream, &events, options.token_delay).await;
+                        if let StreamEnd::Abandoned(report) = end {
+                            let _ = abandoned.send(report);
+                        }
+                    } else {
+                        write_json(&mut stream, status, &reply).await;
                     }
                 });
             }
@@ -71,6 +132,7 @@ impl LlmServer {
         Self {
             base_url,
             requests,
+            abandoned,
             server,
         }
     }
@@ -87,6 +149,15 @@ impl LlmServer {
             .expect("the endpoint received a request")
             .expect("the endpoint is running")
     }
+
+    /// The next streamed answer whose client went away before its end;
+    /// panics after 10 s without one.
+    pub async fn next_abandoned(&mut self) -> AbandonedStream {
+        tokio::time::timeout(WAIT, self.abandoned.recv())
+            .await
+            .expect("a client left a streamed answer before its end")
+            .expect("the endpoint is running")
+    }
 }
 
 impl Drop for LlmServer {
@@ -95,8 +166,8 @@ impl Drop for LlmServer {
     }
 }
 
-/// Reads one HTTP/1.1 request and writes `respond`'s answer.
-async fn answer(mut stream: TcpStream, respond: Respond) -> Option<LlmRequest> {
+/// Reads one HTTP/1.1 request.
+async fn read_request(stream: &mut TcpStream) -> Option<LlmRequest> {
     let mut buffer = Vec::new();
     let header_end = loop {
         if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -133,12 +204,15 @@ async fn answer(mut stream: TcpStream, respond: Respond) -> Option<LlmRequest> {
         }
         body.extend_from_slice(&chunk[..n]);
     }
-    let request = LlmRequest {
+    Some(LlmRequest {
         method_and_path,
         headers,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-    };
-    let (status, reply) = respond(&request);
+    })
+}
+
+/// Writes `reply` as one JSON body with `status`, and closes.
+async fn write_json(stream: &mut TcpStream, status: u16, reply: &str) {
     let reason = match status {
         200 => "OK",
         401 => "Unauthorized",
@@ -148,7 +222,7 @@ async fn answer(mut stream: TcpStream, respond: Respond) -> Option<LlmRequest> {
         "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
         reply.len()
     );
-    stream.write_all(response.as_bytes()).await.ok()?;
-    let _ = stream.shutdown().await;
-    Some(request)
+    if stream.write_all(response.as_bytes()).await.is_ok() {
+        let _ = stream.shutdown().await;
+    }
 }

@@ -1,30 +1,11 @@
-//! One call to the chat-completions endpoint, and its failures as task
+//! Why a call to the chat-completions endpoint produced no text, as task
 //! errors a person can act on, never showing the API key.
 
 use crate::llm_endpoint::LlmEndpoint;
 use agentbus::TaskError;
 use agentbus::redact::redact_url;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::time::Duration;
-
-/// The part of a chat-completions answer the agent uses.
-#[derive(Debug, Deserialize)]
-struct ChatCompletion {
-    model: Option<String>,
-    #[serde(default)]
-    choices: Vec<Choice>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Choice {
-    message: Option<ChoiceMessage>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ChoiceMessage {
-    content: Option<String>,
-}
 
 /// Why a call to the endpoint produced no text. Every field and cause is
 /// already masked: URLs without passwords, texts without the API key.
@@ -93,6 +74,45 @@ pub(crate) enum CompletionError {
         /// The URL posted to.
         url: String,
     },
+    /// A streamed answer went quiet: no bytes for the endpoint's timeout.
+    #[error(
+        "the language model at {url} sent nothing for {timeout:?} while streaming; try again later or use a faster model"
+    )]
+    Silent {
+        /// The URL posted to.
+        url: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// A streamed answer is not server-sent events of chat completion chunks.
+    #[error(
+        "the language model at {url} streamed something that is not a chat completion chunk ({source}); check that LLM_BASE_URL points at an OpenAI-compatible API"
+    )]
+    NotAChunk {
+        /// The URL posted to.
+        url: String,
+        /// What is wrong, which may quote the event.
+        #[source]
+        source: Masked,
+    },
+    /// A streamed answer carried an error instead of the next chunk.
+    #[error(
+        "the language model at {url} reported an error while streaming ({detail}); try again later"
+    )]
+    StreamedError {
+        /// The URL posted to.
+        url: String,
+        /// The endpoint's message (`error.message`, else the error as JSON), on one line.
+        detail: String,
+    },
+    /// A streamed answer ended without `data: [DONE]` or a finish reason.
+    #[error(
+        "the language model at {url} ended its stream before data: [DONE]; try again, and check that LLM_BASE_URL points at an OpenAI-compatible API"
+    )]
+    Unfinished {
+        /// The URL posted to.
+        url: String,
+    },
 }
 
 /// Why a call produced no text, as a kind to match.
@@ -118,7 +138,7 @@ impl CompletionError {
     /// Why the call produced no text.
     pub(crate) fn kind(&self) -> CompletionErrorKind {
         match self {
-            Self::Timeout { .. } => CompletionErrorKind::Timeout,
+            Self::Timeout { .. } | Self::Silent { .. } => CompletionErrorKind::Timeout,
             Self::Unreachable { .. } => CompletionErrorKind::Unreachable,
             Self::Transport { .. } => CompletionErrorKind::Transport,
             Self::Status { status, .. }
@@ -126,14 +146,15 @@ impl CompletionError {
             {
                 CompletionErrorKind::Refused
             }
-            Self::Status { .. } => CompletionErrorKind::Unavailable,
-            Self::NotACompletion { .. } | Self::NoContent { .. } => {
-                CompletionErrorKind::InvalidReply
-            }
+            Self::Status { .. } | Self::StreamedError { .. } => CompletionErrorKind::Unavailable,
+            Self::NotACompletion { .. }
+            | Self::NoContent { .. }
+            | Self::NotAChunk { .. }
+            | Self::Unfinished { .. } => CompletionErrorKind::InvalidReply,
         }
     }
 
-    fn transport(endpoint: &LlmEndpoint, err: &reqwest::Error) -> Self {
+    pub(super) fn transport(endpoint: &LlmEndpoint, err: &reqwest::Error) -> Self {
         let url = shown_url(endpoint);
         let source = Masked::new(endpoint, &root_cause(err));
         if err.is_timeout() {
@@ -149,7 +170,7 @@ impl CompletionError {
         }
     }
 
-    fn status(endpoint: &LlmEndpoint, status: reqwest::StatusCode, body: &str) -> Self {
+    pub(super) fn status(endpoint: &LlmEndpoint, status: reqwest::StatusCode, body: &str) -> Self {
         let detail = serde_json::from_str::<Value>(body)
             .ok()
             .and_then(|v| {
@@ -158,14 +179,54 @@ impl CompletionError {
                     .map(str::to_owned)
             })
             .unwrap_or_else(|| body.chars().take(200).collect());
-        // One line, whatever the endpoint sent (HTML error pages included).
-        let detail = detail.split_whitespace().collect::<Vec<_>>().join(" ");
         Self::Status {
             url: shown_url(endpoint),
             status,
-            detail: endpoint.scrub(&detail),
+            detail: one_line(endpoint, &detail),
         }
     }
+
+    /// A streamed answer with nothing new for the endpoint's timeout.
+    pub(super) fn silent(endpoint: &LlmEndpoint) -> Self {
+        Self::Silent {
+            url: shown_url(endpoint),
+            timeout: endpoint.timeout(),
+        }
+    }
+
+    /// A streamed answer that is not chat completion chunks, and why.
+    pub(super) fn not_a_chunk(endpoint: &LlmEndpoint, why: &str) -> Self {
+        Self::NotAChunk {
+            url: shown_url(endpoint),
+            source: Masked::new(endpoint, why),
+        }
+    }
+
+    /// The `error` member of a streamed event.
+    pub(super) fn streamed_error(endpoint: &LlmEndpoint, error: &Value) -> Self {
+        let detail = match error.get("message").and_then(Value::as_str) {
+            Some(message) => message.to_owned(),
+            None => error.to_string().chars().take(200).collect(),
+        };
+        Self::StreamedError {
+            url: shown_url(endpoint),
+            detail: one_line(endpoint, &detail),
+        }
+    }
+
+    /// A streamed answer that ended before its end.
+    pub(super) fn unfinished(endpoint: &LlmEndpoint) -> Self {
+        Self::Unfinished {
+            url: shown_url(endpoint),
+        }
+    }
+}
+
+/// An endpoint's message as errors show it: on one line, whatever the
+/// endpoint sent (HTML error pages included), without the API key.
+fn one_line(endpoint: &LlmEndpoint, text: &str) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    endpoint.scrub(&line)
 }
 
 impl From<CompletionError> for TaskError {
@@ -186,13 +247,13 @@ impl From<CompletionError> for TaskError {
 pub(crate) struct Masked(String);
 
 impl Masked {
-    fn new(endpoint: &LlmEndpoint, text: &str) -> Self {
+    pub(super) fn new(endpoint: &LlmEndpoint, text: &str) -> Self {
         Self(endpoint.scrub(&redact_url(text)))
     }
 }
 
 /// The URL posted to, as errors show it: no password, no API key.
-fn shown_url(endpoint: &LlmEndpoint) -> String {
+pub(super) fn shown_url(endpoint: &LlmEndpoint) -> String {
     endpoint.scrub(&endpoint.display_url())
 }
 
@@ -215,59 +276,6 @@ fn advice(status: reqwest::StatusCode) -> &'static str {
     }
 }
 
-/// Asks `endpoint` to complete `prompt`; the result is
-/// `{"text", "model", "mode": "model"}`.
-pub(crate) async fn complete(
-    endpoint: &LlmEndpoint,
-    http: &reqwest::Client,
-    prompt: &str,
-    max_tokens: u64,
-) -> Result<Value, CompletionError> {
-    let body = json!({
-        "model": endpoint.model(),
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-    });
-    let mut request = http
-        .post(endpoint.completions_url().clone())
-        .timeout(endpoint.timeout())
-        .json(&body);
-    if let Some(key) = endpoint.api_key() {
-        request = request.bearer_auth(key);
-    }
-    let response = request
-        .send()
-        .await
-        .map_err(|err| CompletionError::transport(endpoint, &err))?;
-    let status = response.status();
-    let text = response
-        .text()
-        .await
-        .map_err(|err| CompletionError::transport(endpoint, &err))?;
-    if !status.is_success() {
-        return Err(CompletionError::status(endpoint, status, &text));
-    }
-    let reply: ChatCompletion =
-        serde_json::from_str(&text).map_err(|err| CompletionError::NotACompletion {
-            url: shown_url(endpoint),
-            source: Masked::new(endpoint, &err.to_string()),
-        })?;
-    let content = reply
-        .choices
-        .into_iter()
-        .next()
-        .and_then(|choice| choice.message)
-        .and_then(|message| message.content)
-        .ok_or_else(|| CompletionError::NoContent {
-            url: shown_url(endpoint),
-        })?;
-    Ok(json!({
-        "text": content,
-        "model": reply.model.unwrap_or_else(|| endpoint.model().to_owned()),
-        "mode": "model",
-    }))
-}
-
 /// The innermost cause: reqwest's own message says only "error sending request".
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = err;
@@ -280,7 +288,6 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agentbus_testkit::ClosedPort;
 
     fn status_error(endpoint: &LlmEndpoint, status: reqwest::StatusCode, body: &str) -> TaskError {
         CompletionError::status(endpoint, status, body).into()
@@ -323,37 +330,6 @@ mod tests {
                 "{unavailable}"
             );
         }
-    }
-
-    #[tokio::test]
-    async fn unreachable_endpoint_shows_neither_password_nor_key() {
-        let closed = ClosedPort::new();
-        let endpoint = LlmEndpoint::new(&format!(
-            "http://user:pw-never-shown@127.0.0.1:{}/v1",
-            closed.port()
-        ))
-        .unwrap()
-        .with_api_key("sk-never-shown");
-        let err = complete(&endpoint, &reqwest::Client::new(), "hi", 5)
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), CompletionErrorKind::Unreachable, "{err}");
-        let mut shown = vec![err.to_string(), format!("{err:?}")];
-        let mut cause = std::error::Error::source(&err);
-        while let Some(next) = cause {
-            shown.push(next.to_string());
-            cause = next.source();
-        }
-        for text in shown {
-            assert!(!text.contains("never-shown"), "{text}");
-        }
-        assert!(
-            err.to_string().starts_with(&format!(
-                "cannot reach the language model at http://user:***@127.0.0.1:{}/v1/chat/completions (",
-                closed.port()
-            )),
-            "{err}"
-        );
     }
 
     #[test]
