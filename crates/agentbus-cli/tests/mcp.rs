@@ -4,7 +4,8 @@
 //! tests/mcp/mcp_driver.py runs `mcp.Client`s, each over an `agentbus mcp
 //! --agent NAME --server URL` child process, and carries out one JSON command
 //! per line from this test (through tests/mcp/driver.rs); the assertions are
-//! all here.
+//! all here. Long-running tasks (watch_task, cancel_task, answer_task, task
+//! handles) are tested in tests/mcp_tasks.rs.
 
 #[path = "mcp/driver.rs"]
 mod driver;
@@ -19,9 +20,11 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 /// The tools the bridge offers, sorted.
-const TOOLS: [&str; 12] = [
+const TOOLS: [&str; 15] = [
+    "answer_task",
     "broadcast",
     "bus_status",
+    "cancel_task",
     "claim_task",
     "complete_task",
     "get_state",
@@ -32,6 +35,7 @@ const TOOLS: [&str; 12] = [
     "set_state",
     "submit_task",
     "task_status",
+    "watch_task",
 ];
 
 #[tokio::test]
@@ -224,10 +228,11 @@ async fn tasks_state_presence_and_status_through_the_tools() {
         .await;
     assert_eq!(urgent["queue"], "tasks.bob.critical");
     let urgent_id = urgent["task_id"].as_str().unwrap();
+    // Recorded at submission: known as queued (not yet taken) at once.
     let status = driver
         .ok("a", "task_status", json!({"task_id": urgent_id}))
         .await;
-    assert_eq!(status["state"], "pending");
+    assert_eq!(status["state"], "queued", "{status}");
 
     let claimed = driver.ok("b", "claim_task", json!({})).await;
     let task = &claimed["task"];
@@ -439,6 +444,66 @@ async fn invalid_input_is_a_tool_error_and_the_bridge_keeps_serving() {
             "invalid task id \"a.b\"",
         ),
         (
+            "watch_task",
+            json!({"task_id": "0b5c-never-sent"}),
+            "no task with id \"0b5c-never-sent\" is known",
+        ),
+        (
+            "watch_task",
+            json!({"task_id": "t1", "from_seq": 0}),
+            "from_seq must be 1 or more",
+        ),
+        (
+            "watch_task",
+            json!({"task_id": "t1", "wait_seconds": 61}),
+            "wait_seconds must be between 0 and 60 seconds, not 61",
+        ),
+        (
+            "watch_task",
+            json!({"task_id": "t1", "from_seq": "first"}),
+            "expected a whole number, or a string holding one",
+        ),
+        (
+            "cancel_task",
+            json!({"task_id": "0b5c-never-sent"}),
+            "no task with id \"0b5c-never-sent\" is known",
+        ),
+        (
+            "cancel_task",
+            json!({"task_id": "a b"}),
+            "invalid task id \"a b\"",
+        ),
+        (
+            "answer_task",
+            json!({"task_id": "0b5c-never-sent", "answer": "yes"}),
+            "task 0b5c-never-sent is not waiting for an answer",
+        ),
+        (
+            "answer_task",
+            json!({"task_id": "t1"}),
+            "missing field `answer`",
+        ),
+        (
+            "request_task",
+            json!({"agent": "echo", "task_type": "echo", "timeout_seconds": 5, "wait_seconds": 5}),
+            "not both",
+        ),
+        (
+            "request_task",
+            json!({"agent": "echo", "task_type": "echo", "wait_seconds": 0.5}),
+            "wait_seconds must be between 1 and 300 seconds, not 0.5",
+        ),
+        (
+            "submit_task",
+            json!({"task_type": "echo", "deadline_seconds": 0}),
+            "deadline_seconds must be between 1 and 604800 seconds, not 0",
+        ),
+        (
+            "submit_task",
+            json!({"task_type": "echo", "stream": "maybe"}),
+            "expected true or false, or a string holding one",
+        ),
+        (
             "complete_task",
             json!({"task_id": "t-unknown", "result": 1}),
             "is not claimed by alice",
@@ -561,4 +626,3 @@ async fn serve_echo(server: &NatsServer) -> Runtime {
     bus.sync().await.unwrap();
     runtime
 }
-

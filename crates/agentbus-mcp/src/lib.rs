@@ -21,6 +21,8 @@
 //!   `startup_error`: telling the client why the bridge could not start.
 //! - `bridge`: the MCP server: capabilities, the inbox resource, subscriptions.
 //! - `tools`: the tools and their fixed descriptions; `params`: their inputs.
+//! - `follow`: following tasks sent to other agents (`task_status`,
+//!   `watch_task`, `cancel_task`, `answer_task`, `request_task`'s handle).
 //! - `inbox`: the agent's durable inbox; `transport`: the stdio transport
 //!   that acknowledges read messages once their result is written.
 //! - `claims`: tasks claimed from the agent's own queue, kept in progress.
@@ -29,6 +31,7 @@
 
 mod bridge;
 mod claims;
+mod follow;
 mod inbox;
 mod notify;
 mod params;
