@@ -2,6 +2,8 @@
 //! Python SDK (tests/mcp/driver.rs) against a real nats-server, with a Rust
 //! agent served by a Runtime in the test: task handles from request_task,
 //! watch_task, cancel_task, answer_task, and task_status on all of them.
+//! MCP's tasks extension, which the Python SDK does not speak, is driven by
+//! the official Rust SDK's client (rmcp).
 
 #[path = "mcp/driver.rs"]
 mod driver;
@@ -15,6 +17,10 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
+
+/// MCP's tasks extension, through the Rust SDK's client.
+#[path = "mcp/tasks_extension.rs"]
+mod tasks_extension;
 
 /// An agent whose behaviour is picked by task type. Handlers that wait hold
 /// on `gate` until the test adds a permit; a handler that is stopped says

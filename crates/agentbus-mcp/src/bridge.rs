@@ -1,17 +1,20 @@
-//! The MCP server: the tools of [`crate::tools`], the inbox resource and the
-//! notifications of [`crate::notify`].
+//! The MCP server: the tools of [`crate::tools`], the inbox resource, the
+//! notifications of [`crate::notify`] and the MCP tasks of
+//! [`crate::tasks_extension`].
 
 use crate::claims::Claims;
 use crate::inbox::{Inbox, Settlements};
 use crate::notify::{Notifier, level_rank};
+use crate::tasks_extension::McpTasks;
 use agentbus::Bus;
 use agentbus::Name;
 use agentbus::state::StateStore;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::model::{
-    Implementation, ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ServerCapabilities,
-    ServerConfig, SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
+    CancelTaskParams, GetTaskParams, GetTaskResult, Implementation, ListResourcesResult,
+    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    Resource, ResourceContents, ServerCapabilities, ServerConfig, SubscribeRequestParams,
+    SubscriptionFilter, UnsubscribeRequestParams, UpdateTaskParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
@@ -51,6 +54,8 @@ pub(crate) struct Parts {
     pub(crate) notifier: Arc<Notifier>,
     /// Tasks sent by this bridge: task id to who handles it.
     pub(crate) sent: Mutex<HashMap<String, String>>,
+    /// The tasks returned as MCP tasks.
+    pub(crate) mcp_tasks: McpTasks,
 }
 
 impl Bridge {
@@ -83,6 +88,10 @@ impl Bridge {
 
     pub(crate) fn claims(&self) -> &Claims {
         &self.parts.claims
+    }
+
+    pub(crate) fn mcp_tasks(&self) -> &McpTasks {
+        &self.parts.mcp_tasks
     }
 
     /// Remembers that this bridge sent task `task_id`, handled by `handler`
@@ -152,6 +161,7 @@ impl ServerHandler for Bridge {
             .enable_resources()
             .enable_resources_subscribe()
             .enable_logging()
+            .enable_tasks()
             .build();
         ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("agentbus", env!("CARGO_PKG_VERSION")))
@@ -257,6 +267,31 @@ impl ServerHandler for Bridge {
                 }
             }
         }
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        self.get_mcp_task(&request.task_id, &context).await
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.update_mcp_task(&request.task_id, &request.input_responses)
+            .await
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.cancel_mcp_task(&request.task_id).await
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {

@@ -38,6 +38,41 @@ const FOLLOW_NOTE: &str = "the task goes on: watch_task (from_seq 1) shows its e
     come, task_status where it stands and its result once done, answer_task answers a question \
     its handler asks, and cancel_task stops it";
 
+/// What `request_task` came to.
+#[derive(Debug)]
+pub(crate) enum Requested {
+    /// The task's answer ([`answer_json`]).
+    Answer(Value),
+    /// No answer within the wait: the task goes on.
+    Handle(Handle),
+}
+
+/// A task sent with `request_task` that goes on after the wait.
+#[derive(Debug)]
+pub(crate) struct Handle {
+    pub(crate) agent: Name,
+    pub(crate) task_id: TaskId,
+    /// `running` or `input_required`.
+    pub(crate) state: TaskState,
+    pub(crate) waited: Duration,
+}
+
+impl Requested {
+    /// The tool result: the answer, or the handle in-band.
+    pub(crate) fn into_json(self) -> Value {
+        match self {
+            Self::Answer(answer) => answer,
+            Self::Handle(handle) => json!({
+                "agent": handle.agent.as_str(),
+                "task_id": handle.task_id,
+                "state": handle.state,
+                "waited_seconds": handle.waited.as_secs_f64(),
+                "note": FOLLOW_NOTE,
+            }),
+        }
+    }
+}
+
 impl Bridge {
     /// `request_task` with `wait_seconds`: sends `request` (which asks for
     /// a full log) and waits up to `wait` for the answer; when it has not
@@ -47,14 +82,14 @@ impl Bridge {
         agent: &Name,
         request: TaskRequest,
         wait: Duration,
-    ) -> Result<Value, ToolError> {
+    ) -> Result<Requested, ToolError> {
         let task_id = request.task_id.clone();
         let options = RequestOptions {
             timeout: wait,
             retries: 0,
         };
         let err = match self.bus().request(agent.as_str(), &request, options).await {
-            Ok(response) => return Ok(answer_json(agent.as_str(), &response)),
+            Ok(response) => return Ok(Requested::Answer(answer_json(agent.as_str(), &response))),
             Err(err) if err.kind() == SendTaskErrorKind::TimedOut => err,
             Err(err) => return Err(crate::tools::send_task_error(agent, err)),
         };
@@ -62,18 +97,17 @@ impl Bridge {
         let report = self.bus().task_report(&task_id).await.ok();
         // Answered just after the wait: its log has the answer.
         if let Some(response) = report.as_ref().and_then(final_response) {
-            return Ok(answer_json(agent.as_str(), &response));
+            return Ok(Requested::Answer(answer_json(agent.as_str(), &response)));
         }
         let state = match report.map(|report| report.state) {
             Some(TaskState::InputRequired) => TaskState::InputRequired,
             _ => TaskState::Running,
         };
-        Ok(json!({
-            "agent": agent.as_str(),
-            "task_id": task_id,
-            "state": state,
-            "waited_seconds": wait.as_secs_f64(),
-            "note": FOLLOW_NOTE,
+        Ok(Requested::Handle(Handle {
+            agent: agent.clone(),
+            task_id,
+            state,
+            waited: wait,
         }))
     }
 
@@ -443,7 +477,7 @@ pub(crate) fn answer_json(agent: &str, response: &TaskResponse) -> Value {
 }
 
 /// The response of a task that is over: its record's, else its log's last event's.
-fn final_response(report: &TaskReport) -> Option<TaskResponse> {
+pub(crate) fn final_response(report: &TaskReport) -> Option<TaskResponse> {
     if !report.state.is_final() {
         return None;
     }

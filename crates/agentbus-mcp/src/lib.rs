@@ -20,6 +20,8 @@
 //! - `run`: joining the bus, serving MCP until the client leaves, leaving cleanly;
 //!   `startup_error`: telling the client why the bridge could not start.
 //! - `bridge`: the MCP server: capabilities, the inbox resource, subscriptions.
+//! - `tasks_extension`: MCP's tasks extension (`tasks/get|update|cancel`)
+//!   over agentbus tasks returned by `request_task`.
 //! - `tools`: the tools and their fixed descriptions; `params`: their inputs.
 //! - `follow`: following tasks sent to other agents (`task_status`,
 //!   `watch_task`, `cancel_task`, `answer_task`, `request_task`'s handle).
@@ -37,6 +39,7 @@ mod notify;
 mod params;
 mod run;
 mod startup_error;
+mod tasks_extension;
 mod tool_error;
 mod tools;
 mod transport;

@@ -232,6 +232,12 @@ pub(crate) struct SetState {
     pub ttl_seconds: Option<f64>,
 }
 
+/// `value`, or the JSON object or array it holds as text (the rule of
+/// fields taking any JSON value).
+pub(crate) fn structured(value: Value) -> Value {
+    text::structured(value)
+}
+
 /// Arguments given as text, read by the rules in the module documentation.
 mod text {
     use serde::Deserialize;

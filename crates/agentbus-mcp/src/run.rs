@@ -148,6 +148,7 @@ pub async fn join(bus: Bus, options: BridgeOptions) -> Result<JoinedBridge, Brid
         claims: claims.clone(),
         notifier: notifier.clone(),
         sent: Default::default(),
+        mcp_tasks: Default::default(),
     });
     tracing::info!(%agent, %instance_id, "MCP bridge joined the bus");
     Ok(JoinedBridge {

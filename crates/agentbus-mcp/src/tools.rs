@@ -3,9 +3,10 @@
 //! [`ToolError`] the model reads; nothing here ends the server.
 
 use crate::bridge::Bridge;
-use crate::follow::answer_json;
+use crate::follow::{Requested, answer_json};
 use crate::inbox::{describe, release};
 use crate::params;
+use crate::tasks_extension::declares_tasks;
 use crate::tool_error::{ToolError, ToolErrorKind, tool_result};
 use crate::untrusted::untrusted;
 use agentbus::Name;
@@ -17,7 +18,7 @@ use agentbus::{Priority, TaskId, TaskRequest};
 use agentbus::{RequestOptions, SendTaskError, SendTaskErrorKind};
 use futures::TryStreamExt;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::CallToolResult;
+use rmcp::model::{CallToolResponse, CallToolResult};
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
 use serde_json::{Map, Value, json};
@@ -105,8 +106,17 @@ impl Bridge {
     }
 
     #[tool(description = REQUEST_TASK)]
-    async fn request_task(&self, Parameters(p): Parameters<params::RequestTask>) -> CallToolResult {
-        tool_result(self.do_request_task(p).await)
+    async fn request_task(
+        &self,
+        Parameters(p): Parameters<params::RequestTask>,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResponse {
+        match self.do_request_task(p).await {
+            Ok(Requested::Handle(handle)) if declares_tasks(&context) => {
+                CallToolResponse::Task(self.materialize(handle))
+            }
+            outcome => tool_result(outcome.map(Requested::into_json)).into(),
+        }
     }
 
     #[tool(description = SUBMIT_TASK)]
@@ -283,7 +293,7 @@ impl Bridge {
         Ok(json!({ "count": agents.len(), "agents": agents }))
     }
 
-    async fn do_request_task(&self, p: params::RequestTask) -> Result<Value, ToolError> {
+    async fn do_request_task(&self, p: params::RequestTask) -> Result<Requested, ToolError> {
         let agent = agent_name(&p.agent)?;
         let task_type = Name::parse("task type", &p.task_type).map_err(invalid)?;
         let mut request = TaskRequest::new(task_type.as_str(), payload_object(p.payload)?)
@@ -320,7 +330,7 @@ impl Bridge {
             .request(agent.as_str(), &request, options)
             .await
             .map_err(|err| send_task_error(&agent, err))?;
-        Ok(answer_json(agent.as_str(), &response))
+        Ok(Requested::Answer(answer_json(agent.as_str(), &response)))
     }
 
     async fn do_submit_task(&self, p: params::SubmitTask) -> Result<Value, ToolError> {
