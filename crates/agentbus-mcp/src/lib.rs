@@ -11,9 +11,11 @@
 //!
 //! The agent gets what a runtime agent has: a durable inbox, a work queue,
 //! key/value state and a presence heartbeat; and it reaches the others by
-//! message, broadcast, request/reply and queued task. Contents written by
-//! other agents always reach the model marked as untrusted data
-//! (`untrusted.rs`).
+//! message, broadcast, request/reply and queued task, following a task that
+//! takes long through its event log, cancelling it or answering its
+//! handler's questions (also as MCP tasks, for clients of MCP's tasks
+//! extension). Contents written by other agents always reach the model
+//! marked as untrusted data (`untrusted.rs`).
 //!
 //! # Layout
 //!
