@@ -3,32 +3,28 @@
 //!
 //! tests/mcp/mcp_driver.py runs `mcp.Client`s, each over an `agentbus mcp
 //! --agent NAME --server URL` child process, and carries out one JSON command
-//! per line from this test; the assertions are all here. The first test to
-//! run creates a virtual environment under the cargo target directory with a
-//! pinned `mcp`, and later runs reuse it.
+//! per line from this test (through tests/mcp/driver.rs); the assertions are
+//! all here. Long-running tasks (watch_task, cancel_task, answer_task, task
+//! handles) are tested in tests/mcp_tasks.rs.
+
+#[path = "mcp/driver.rs"]
+mod driver;
 
 use agentbus::subject::{self, durable};
 use agentbus::{
     Agent, AgentOptions, Bus, Runtime, TaskContext, TaskError, TaskRequest, TaskTypeSpec,
 };
 use agentbus_testkit::NatsServer;
+use driver::Driver;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::task::JoinHandle;
 
-/// The MCP Python SDK release the bridge is tested with.
-const MCP_PY_VERSION: &str = "2.3.0";
-/// One driver command (a bridge start, a tool call, a wait) stays well within this.
-const STEP: Duration = Duration::from_secs(60);
 /// The tools the bridge offers, sorted.
-const TOOLS: [&str; 12] = [
+const TOOLS: [&str; 15] = [
+    "answer_task",
     "broadcast",
     "bus_status",
+    "cancel_task",
     "claim_task",
     "complete_task",
     "get_state",
@@ -39,6 +35,7 @@ const TOOLS: [&str; 12] = [
     "set_state",
     "submit_task",
     "task_status",
+    "watch_task",
 ];
 
 #[tokio::test]
@@ -231,10 +228,11 @@ async fn tasks_state_presence_and_status_through_the_tools() {
         .await;
     assert_eq!(urgent["queue"], "tasks.bob.critical");
     let urgent_id = urgent["task_id"].as_str().unwrap();
+    // Recorded at submission: known as queued (not yet taken) at once.
     let status = driver
         .ok("a", "task_status", json!({"task_id": urgent_id}))
         .await;
-    assert_eq!(status["state"], "pending");
+    assert_eq!(status["state"], "queued", "{status}");
 
     let claimed = driver.ok("b", "claim_task", json!({})).await;
     let task = &claimed["task"];
@@ -446,6 +444,66 @@ async fn invalid_input_is_a_tool_error_and_the_bridge_keeps_serving() {
             "invalid task id \"a.b\"",
         ),
         (
+            "watch_task",
+            json!({"task_id": "0b5c-never-sent"}),
+            "no task with id \"0b5c-never-sent\" is known",
+        ),
+        (
+            "watch_task",
+            json!({"task_id": "t1", "from_seq": 0}),
+            "from_seq must be 1 or more",
+        ),
+        (
+            "watch_task",
+            json!({"task_id": "t1", "wait_seconds": 61}),
+            "wait_seconds must be between 0 and 60 seconds, not 61",
+        ),
+        (
+            "watch_task",
+            json!({"task_id": "t1", "from_seq": "first"}),
+            "expected a whole number, or a string holding one",
+        ),
+        (
+            "cancel_task",
+            json!({"task_id": "0b5c-never-sent"}),
+            "no task with id \"0b5c-never-sent\" is known",
+        ),
+        (
+            "cancel_task",
+            json!({"task_id": "a b"}),
+            "invalid task id \"a b\"",
+        ),
+        (
+            "answer_task",
+            json!({"task_id": "0b5c-never-sent", "answer": "yes"}),
+            "task 0b5c-never-sent is not waiting for an answer",
+        ),
+        (
+            "answer_task",
+            json!({"task_id": "t1"}),
+            "missing field `answer`",
+        ),
+        (
+            "request_task",
+            json!({"agent": "echo", "task_type": "echo", "timeout_seconds": 5, "wait_seconds": 5}),
+            "not both",
+        ),
+        (
+            "request_task",
+            json!({"agent": "echo", "task_type": "echo", "wait_seconds": 0.5}),
+            "wait_seconds must be between 1 and 300 seconds, not 0.5",
+        ),
+        (
+            "submit_task",
+            json!({"task_type": "echo", "deadline_seconds": 0}),
+            "deadline_seconds must be between 1 and 604800 seconds, not 0",
+        ),
+        (
+            "submit_task",
+            json!({"task_type": "echo", "stream": "maybe"}),
+            "expected true or false, or a string holding one",
+        ),
+        (
             "complete_task",
             json!({"task_id": "t-unknown", "result": 1}),
             "is not claimed by alice",
@@ -567,178 +625,4 @@ async fn serve_echo(server: &NatsServer) -> Runtime {
     runtime.add(Echo, AgentOptions::default()).await.unwrap();
     bus.sync().await.unwrap();
     runtime
-}
-
-/// tests/mcp/mcp_driver.py, running until dropped (it closes its bridges
-/// when its stdin closes; killed on drop otherwise, and the bridges then
-/// see their stdin close).
-struct Driver {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Lines<BufReader<ChildStdout>>,
-    stderr: Option<JoinHandle<String>>,
-}
-
-impl Driver {
-    async fn start(server: &NatsServer) -> Self {
-        let mut child = Command::new(python())
-            .arg(
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("tests/mcp")
-                    .join("mcp_driver.py"),
-            )
-            .env("AGENTBUS_BIN", env!("CARGO_BIN_EXE_agentbus"))
-            .env("AGENTBUS_SERVER", server.url_with_credentials())
-            .env("PYTHONUNBUFFERED", "1")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env("PYTHONWARNINGS", "ignore")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start mcp_driver.py");
-        let stdin = child.stdin.take().expect("stdin is piped");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
-        let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
-        let stderr = tokio::spawn(async move {
-            let mut text = String::new();
-            let _ = stderr_pipe.read_to_string(&mut text).await;
-            text
-        });
-        Self {
-            child,
-            stdin: Some(stdin),
-            stdout,
-            stderr: Some(stderr),
-        }
-    }
-
-    /// Sends one command and returns its answer; panics on a driver error.
-    async fn send(&mut self, command: Value) -> Value {
-        let line = format!("{command}\n");
-        let stdin = self.stdin.as_mut().expect("the driver's stdin is open");
-        stdin
-            .write_all(line.as_bytes())
-            .await
-            .expect("write to mcp_driver.py");
-        stdin.flush().await.expect("flush to mcp_driver.py");
-        let answer = tokio::time::timeout(STEP, self.stdout.next_line()).await;
-        let line = match answer {
-            Ok(Ok(Some(line))) => line,
-            other => panic!(
-                "mcp_driver.py gave no answer to {command} ({other:?}); stderr: {}",
-                self.stderr_text().await
-            ),
-        };
-        let answer: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|err| panic!("mcp_driver.py answered {line:?} ({err})"));
-        if answer.get("error").is_some() {
-            panic!(
-                "mcp_driver.py failed {command}: {answer:#}; stderr: {}",
-                self.stderr_text().await
-            );
-        }
-        answer
-    }
-
-    async fn open(&mut self, client: &str, agent: &str, mode: &str) -> Value {
-        self.send(json!({"op": "open", "client": client, "agent": agent, "mode": mode}))
-            .await
-    }
-
-    async fn close(&mut self, client: &str) {
-        let closed = self.send(json!({"op": "close", "client": client})).await;
-        assert_eq!(closed["closed"], true);
-    }
-
-    async fn call(&mut self, client: &str, tool: &str, args: Value) -> Value {
-        self.send(json!({"op": "call", "client": client, "tool": tool, "args": args}))
-            .await
-    }
-
-    /// Calls `tool`, which must succeed; returns its JSON result.
-    async fn ok(&mut self, client: &str, tool: &str, args: Value) -> Value {
-        let answer = self.call(client, tool, args.clone()).await;
-        assert_eq!(
-            answer["is_error"], false,
-            "{tool} {args} failed: {}",
-            answer["text"]
-        );
-        answer["json"].clone()
-    }
-
-    /// Calls `tool`, which must fail with a tool error; returns its text.
-    async fn tool_error(&mut self, client: &str, tool: &str, args: Value) -> String {
-        let answer = self.call(client, tool, args.clone()).await;
-        assert_eq!(
-            answer["is_error"], true,
-            "{tool} {args} unexpectedly succeeded: {}",
-            answer["text"]
-        );
-        answer["text"].as_str().unwrap_or_default().to_owned()
-    }
-
-    /// The legacy log lines `client` got, once there is at least one (or
-    /// none after [`STEP`]).
-    async fn wait_log_lines(&mut self, client: &str) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + STEP;
-        loop {
-            let answer = self
-                .send(json!({"op": "log_lines", "client": client}))
-                .await;
-            let lines = answer["lines"].as_array().cloned().unwrap_or_default();
-            if !lines.is_empty() || tokio::time::Instant::now() >= deadline {
-                return lines;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn wait_update(&mut self, client: &str) -> Vec<Value> {
-        let answer = self
-            .send(json!({"op": "wait_update", "client": client, "timeout": 20}))
-            .await;
-        answer["updated"].as_array().cloned().unwrap_or_default()
-    }
-
-    /// Closes every bridge and waits for the driver to exit.
-    async fn finish(mut self) {
-        drop(self.stdin.take());
-        let status = tokio::time::timeout(STEP, self.child.wait())
-            .await
-            .expect("mcp_driver.py exits once its stdin closes")
-            .expect("wait for mcp_driver.py");
-        assert!(
-            status.success(),
-            "mcp_driver.py failed ({status}): {}",
-            self.stderr_text().await
-        );
-    }
-
-    async fn stderr_text(&mut self) -> String {
-        let _ = self.child.start_kill();
-        match self.stderr.take() {
-            Some(task) => tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default(),
-            None => String::new(),
-        }
-    }
-}
-
-/// The virtual environment's python, with the MCP SDK installed; made once.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(prepare_venv)
-}
-
-fn prepare_venv() -> PathBuf {
-    agentbus_testkit::python_venv(
-        Path::new(env!("CARGO_TARGET_TMPDIR")),
-        "mcp",
-        MCP_PY_VERSION,
-    )
 }

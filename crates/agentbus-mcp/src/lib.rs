@@ -11,16 +11,22 @@
 //!
 //! The agent gets what a runtime agent has: a durable inbox, a work queue,
 //! key/value state and a presence heartbeat; and it reaches the others by
-//! message, broadcast, request/reply and queued task. Contents written by
-//! other agents always reach the model marked as untrusted data
-//! (`untrusted.rs`).
+//! message, broadcast, request/reply and queued task, following a task that
+//! takes long through its event log, cancelling it or answering its
+//! handler's questions (also as MCP tasks, for clients of MCP's tasks
+//! extension). Contents written by other agents always reach the model
+//! marked as untrusted data (`untrusted.rs`).
 //!
 //! # Layout
 //!
 //! - `run`: joining the bus, serving MCP until the client leaves, leaving cleanly;
 //!   `startup_error`: telling the client why the bridge could not start.
 //! - `bridge`: the MCP server: capabilities, the inbox resource, subscriptions.
+//! - `tasks_extension`: MCP's tasks extension (`tasks/get|update|cancel`)
+//!   over agentbus tasks returned by `request_task`.
 //! - `tools`: the tools and their fixed descriptions; `params`: their inputs.
+//! - `follow`: following tasks sent to other agents (`task_status`,
+//!   `watch_task`, `cancel_task`, `answer_task`, `request_task`'s handle).
 //! - `inbox`: the agent's durable inbox; `transport`: the stdio transport
 //!   that acknowledges read messages once their result is written.
 //! - `claims`: tasks claimed from the agent's own queue, kept in progress.
@@ -29,11 +35,13 @@
 
 mod bridge;
 mod claims;
+mod follow;
 mod inbox;
 mod notify;
 mod params;
 mod run;
 mod startup_error;
+mod tasks_extension;
 mod tool_error;
 mod tools;
 mod transport;

@@ -9,9 +9,9 @@
 //! and older Inspector CLIs, some models). The schemas stay as they are, and
 //! the bridge reads such strings as follows:
 //!
-//! - a number or integer field takes a string holding one (`"5"`, `" 1.5 "`);
-//!   any other string is refused;
-//! - a field that takes any JSON value (`message`, `value`, `result`) takes a
+//! - a number or integer field takes a string holding one (`"5"`, `" 1.5 "`),
+//!   a true/false field `"true"` or `"false"`; any other string is refused;
+//! - a field that takes any JSON value (`message`, `value`, `result`, `answer`) takes a
 //!   string holding a JSON object or array as that object or array; any other
 //!   string, including one that only looks like JSON, stays a string. Its
 //!   description says so, as the model sees it.
@@ -74,10 +74,24 @@ pub(crate) struct RequestTask {
     /// low, normal (default), high or critical.
     #[serde(default)]
     pub priority: Option<String>,
-    /// How long to wait for the answer, in seconds (1-300, default 30).
+    /// How long to wait for the answer, in seconds (1-300, default 30); the
+    /// call fails when it has not come by then.
     #[serde(default, deserialize_with = "text::number")]
     #[schemars(with = "Option<f64>")]
     pub timeout_seconds: Option<f64>,
+    /// For a task that may take long, instead of timeout_seconds: wait up to
+    /// this many seconds (1-300) for the answer and, when it has not come by
+    /// then, return the task's handle (its task_id) instead of failing. The
+    /// task goes on; follow it with watch_task, task_status, answer_task and
+    /// cancel_task.
+    #[serde(default, deserialize_with = "text::number")]
+    #[schemars(with = "Option<f64>")]
+    pub wait_seconds: Option<f64>,
+    /// Stop the task if it has not finished this many seconds from now
+    /// (1-604800); it then ends with status timeout. Default: no deadline.
+    #[serde(default, deserialize_with = "text::number")]
+    #[schemars(with = "Option<f64>")]
+    pub deadline_seconds: Option<f64>,
 }
 
 /// `submit_task`.
@@ -100,18 +114,68 @@ pub(crate) struct SubmitTask {
     /// the same id again within two minutes stores the task once. Default: a new id.
     #[serde(default)]
     pub task_id: Option<String>,
+    /// Stop the task if it has not finished this many seconds from now
+    /// (1-604800): an agent does not start it later, and stops it when it
+    /// runs past (status timeout). Default: no deadline.
+    #[serde(default, deserialize_with = "text::number")]
+    #[schemars(with = "Option<f64>")]
+    pub deadline_seconds: Option<f64>,
+    /// Keep the task's full event log from the start, to follow it with
+    /// watch_task (default false: only what its handler reports is logged).
+    #[serde(default, deserialize_with = "text::boolean")]
+    #[schemars(with = "Option<bool>")]
+    pub stream: Option<bool>,
 }
 
 /// `task_status`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
 pub(crate) struct TaskStatus {
-    /// The task id returned by submit_task.
+    /// The task id returned by submit_task or request_task.
     pub task_id: String,
     /// Wait up to this many seconds for the task to finish (0-300, default 0: answer at once).
     #[serde(default, deserialize_with = "text::number")]
     #[schemars(with = "Option<f64>")]
     pub wait_seconds: Option<f64>,
+}
+
+/// `watch_task`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+pub(crate) struct WatchTask {
+    /// The task id returned by request_task or submit_task.
+    pub task_id: String,
+    /// The first event wanted: 1 (default) for the whole log, else the
+    /// next_seq returned by the previous watch_task call.
+    #[serde(default, deserialize_with = "text::integer")]
+    #[schemars(with = "Option<u32>")]
+    pub from_seq: Option<u32>,
+    /// When no event from from_seq on is stored yet, wait up to this many
+    /// seconds for one (0-60, default 0: answer at once).
+    #[serde(default, deserialize_with = "text::number")]
+    #[schemars(with = "Option<f64>")]
+    pub wait_seconds: Option<f64>,
+}
+
+/// `cancel_task`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+pub(crate) struct CancelTask {
+    /// The task id returned by request_task or submit_task.
+    pub task_id: String,
+}
+
+/// `answer_task`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+pub(crate) struct AnswerTask {
+    /// The task whose handler asked a question (watch_task shows it as an
+    /// input_required event).
+    pub task_id: String,
+    /// The answer: any JSON value (text, object, ...). Text holding a JSON
+    /// object or array is sent as that object or array.
+    #[serde(deserialize_with = "text::any_json")]
+    pub answer: Value,
 }
 
 /// `claim_task`.
@@ -168,6 +232,12 @@ pub(crate) struct SetState {
     pub ttl_seconds: Option<f64>,
 }
 
+/// `value`, or the JSON object or array it holds as text (the rule of
+/// fields taking any JSON value).
+pub(crate) fn structured(value: Value) -> Value {
+    text::structured(value)
+}
+
 /// Arguments given as text, read by the rules in the module documentation.
 mod text {
     use serde::Deserialize;
@@ -207,6 +277,21 @@ mod text {
             other => return Err(D::Error::invalid_type(unexpected(&other), &EXPECTED)),
         };
         Ok(Some(parsed))
+    }
+
+    /// `true` or `false`, or a string holding one; absent or null is `None`.
+    pub(super) fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        const EXPECTED: &str = "true or false, or a string holding one";
+        match Value::deserialize(d)? {
+            Value::Null => Ok(None),
+            Value::Bool(b) => Ok(Some(b)),
+            Value::String(text) => match text.trim() {
+                "true" => Ok(Some(true)),
+                "false" => Ok(Some(false)),
+                _ => Err(D::Error::invalid_value(Unexpected::Str(&text), &EXPECTED)),
+            },
+            other => Err(D::Error::invalid_type(unexpected(&other), &EXPECTED)),
+        }
     }
 
     /// Any JSON value; a string holding a JSON object or array becomes it.
@@ -267,6 +352,15 @@ mod tests {
         let p: RequestTask =
             read(json!({"agent": "a", "task_type": "t", "timeout_seconds": "5"})).unwrap();
         assert_eq!(p.timeout_seconds, Some(5.0));
+        let p: WatchTask =
+            read(json!({"task_id": "t", "from_seq": "7", "wait_seconds": "2"})).unwrap();
+        assert_eq!((p.from_seq, p.wait_seconds), (Some(7), Some(2.0)));
+        let p: SubmitTask =
+            read(json!({"task_type": "t", "stream": "true", "deadline_seconds": "30"})).unwrap();
+        assert_eq!((p.stream, p.deadline_seconds), (Some(true), Some(30.0)));
+        let p: SubmitTask = read(json!({"task_type": "t", "stream": false})).unwrap();
+        assert_eq!(p.stream, Some(false));
+        assert!(read::<SubmitTask>(json!({"task_type": "t", "stream": "yes"})).is_err());
     }
 
     #[test]
@@ -306,6 +400,10 @@ mod tests {
         assert_eq!(p.result, Some(json!({"a": 1})));
         let p: CompleteTask = read(json!({"task_id": "t", "error": "no"})).unwrap();
         assert_eq!(p.result, None);
+        let p: AnswerTask = read(json!({"task_id": "t", "answer": "{\"go\": true}"})).unwrap();
+        assert_eq!(p.answer, json!({"go": true}));
+        let p: AnswerTask = read(json!({"task_id": "t", "answer": "yes"})).unwrap();
+        assert_eq!(p.answer, json!("yes"));
     }
 
     #[test]

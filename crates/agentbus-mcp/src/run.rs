@@ -147,7 +147,8 @@ pub async fn join(bus: Bus, options: BridgeOptions) -> Result<JoinedBridge, Brid
         settlements: settlements.clone(),
         claims: claims.clone(),
         notifier: notifier.clone(),
-        submitted: Default::default(),
+        sent: Default::default(),
+        mcp_tasks: Default::default(),
     });
     tracing::info!(%agent, %instance_id, "MCP bridge joined the bus");
     Ok(JoinedBridge {
