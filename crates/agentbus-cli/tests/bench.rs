@@ -170,6 +170,108 @@ async fn scale_prints_one_row_per_agent_count_backlog_and_payload() {
 }
 
 #[tokio::test]
+async fn stream_measures_first_partial_rates_and_cancel_for_every_variant() {
+    ensure_nats_server().await;
+    let small = [
+        "--tasks",
+        "3",
+        "--warmup-tasks",
+        "1",
+        "--partials",
+        "200",
+        "--concurrent-tasks",
+        "4",
+        "--concurrent-partials",
+        "20",
+        "--cancels",
+        "3",
+        "--rounds",
+        "1",
+    ];
+    let out = run(["bench", "stream", "--json"].iter().chain(&small)).await;
+    assert!(out.status.success(), "{out:#?}");
+    let report = out.json();
+    let first = &report["first_partial"];
+    for variant in ["agentbus", "bare_live", "bare_stored"] {
+        let figures = &first[variant];
+        let p50 = positive(figures, "p50_us");
+        assert!(p50 <= positive(figures, "p99_us"), "{variant}: {report}");
+        let from_send = positive(figures, "from_send_p50_us");
+        assert!(
+            from_send <= positive(figures, "from_send_p99_us"),
+            "{report}"
+        );
+        // The first partial comes after following is set up and the task sent.
+        assert!(
+            positive(figures, "setup_p50_us") <= p50,
+            "{variant}: {report}"
+        );
+        assert!(from_send <= p50, "{variant}: {report}");
+        for rates in ["one_task", "concurrent"] {
+            let rate = &report[rates][variant];
+            positive(rate, "partials_per_s");
+            positive(rate, "streaming_partials_per_s");
+        }
+    }
+    for section in ["first_partial", "one_task", "concurrent"] {
+        positive(&report[section], "ratio_to_live");
+        positive(&report[section], "ratio_to_stored");
+    }
+    let rates = &report["one_task"];
+    let expected = rates["agentbus"]["partials_per_s"].as_f64().unwrap()
+        / rates["bare_stored"]["partials_per_s"].as_f64().unwrap();
+    let printed = rates["ratio_to_stored"].as_f64().unwrap();
+    assert!((printed - expected).abs() < 0.002, "{report}");
+    let cancel = &report["cancel"];
+    for variant in ["agentbus", "bare"] {
+        let figures = &cancel[variant];
+        let seen = positive(figures, "seen_p50_us");
+        assert!(seen <= positive(figures, "seen_p99_us"), "{report}");
+        positive(figures, "answered_p50_us");
+        positive(figures, "answered_p99_us");
+    }
+    positive(cancel, "ratio_seen_p50");
+    positive(cancel, "ratio_answered_p50");
+    assert_eq!(report["tasks"], 3);
+    assert_eq!(report["partials"], 200);
+    assert_eq!(report["concurrent_tasks"], 4);
+    assert_eq!(report["chunk_bytes"], 32);
+    assert_eq!(report["cancels"], 3);
+
+    let out = run([
+        "bench",
+        "stream",
+        "--tasks",
+        "1",
+        "--warmup-tasks",
+        "0",
+        "--partials",
+        "10",
+        "--concurrent-tasks",
+        "2",
+        "--concurrent-partials",
+        "5",
+        "--cancels",
+        "1",
+        "--rounds",
+        "1",
+    ])
+    .await;
+    assert!(out.status.success(), "{out:#?}");
+    for line in [
+        "agentbus/live",
+        "agentbus/stored",
+        "first partial p50 (us)",
+        "partials/s, one task of 10",
+        "partials/s, 2 tasks of 5 at once",
+        "to the handler seeing it, p50 (us)",
+        "to the final answer, p99 (us)",
+    ] {
+        assert!(out.stdout.contains(line), "no {line:?} in {}", out.stdout);
+    }
+}
+
+#[tokio::test]
 async fn bench_refuses_a_zero_count_and_names_the_flag() {
     let out = run(["bench", "request-reply", "--requests", "0"]).await;
     assert!(!out.status.success(), "{out:#?}");

@@ -8,6 +8,7 @@
 
 mod request_reply;
 mod scale;
+mod stream;
 mod work_queue;
 
 use crate::output::errln;
@@ -37,6 +38,8 @@ enum BenchCommand {
     RequestReply(request_reply::RequestReplyArgs),
     /// How cost grows with agents (1 to 10,000), queue backlog and payload size.
     Scale(scale::ScaleArgs),
+    /// Tasks that stream their result in chunks (time to first partial, partials per second) and cancelling a running task.
+    Stream(stream::StreamArgs),
     /// Tasks through the agent-tasks work queue: submitted, pulled, handled and acknowledged by K workers.
     WorkQueue(work_queue::WorkQueueArgs),
 }
@@ -46,6 +49,7 @@ pub(super) async fn exec(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::RequestReply(args) => request_reply::exec(args).await,
         BenchCommand::WorkQueue(args) => work_queue::exec(args).await,
         BenchCommand::Scale(args) => scale::exec(args).await,
+        BenchCommand::Stream(args) => stream::exec(args).await,
     }
 }
 
