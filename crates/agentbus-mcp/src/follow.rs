@@ -13,13 +13,11 @@ use crate::tool_error::{ToolError, ToolErrorKind};
 use crate::tools::{MAX_TASK_TIMEOUT, MAX_WAIT, seconds, task_id};
 use crate::untrusted::untrusted;
 use agentbus::delivery::{Queue, RecordErrorKind, TaskReport, TaskState};
-use agentbus::subject::{self, TASK_EVENTS_STREAM};
 use agentbus::task_log::{
     CancelOutcome, ControlError, ControlErrorKind, EventType, LogEvent, WatchError, WatchErrorKind,
     Watched,
 };
 use agentbus::{Name, RequestOptions, SendTaskErrorKind, TaskId, TaskRequest, TaskResponse};
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -327,31 +325,12 @@ impl Bridge {
 
 /// The last event of task `task_id`'s log, if it has one.
 async fn last_logged(bridge: &Bridge, task_id: &TaskId) -> Result<Option<LogEvent>, ToolError> {
-    let failed = |err: &dyn std::fmt::Display| {
-        format!(
-            "cannot read the log of task {task_id} in stream {TASK_EVENTS_STREAM}: {err}; try again, and ask the operator to run `agentbus setup` if the stream is missing"
-        )
-    };
-    let stream = bridge
-        .bus()
-        .jetstream()
-        .get_stream_no_info(TASK_EVENTS_STREAM)
-        .await
-        .map_err(|err| ToolError::with_source(ToolErrorKind::Bus, failed(&err), err))?;
-    match stream
-        .get_last_raw_message_by_subject(subject::task_events(task_id).as_str())
-        .await
-    {
-        Ok(message) => Ok(serde_json::from_slice::<LogEvent>(&message.payload)
-            .ok()
-            .filter(|event| event.task_id == *task_id)),
-        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(err) => Err(ToolError::with_source(
-            ToolErrorKind::Bus,
-            failed(&err),
-            err,
-        )),
-    }
+    bridge.bus().last_task_event(task_id).await.map_err(|err| {
+        let message = format!(
+            "{err}; try again, and ask the operator to run `agentbus setup` if the stream is missing"
+        );
+        ToolError::with_source(ToolErrorKind::Bus, message, err)
+    })
 }
 
 /// The events one `watch_task` call returns.

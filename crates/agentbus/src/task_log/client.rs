@@ -1,7 +1,7 @@
 //! Cancelling a task and answering its question, from any client.
 
-use super::EventType;
 use super::writer::{LogError, append_alone, last_event};
+use super::{EventType, LogEvent};
 use crate::client::Bus;
 use crate::delivery::{RecordError, Records, TaskRecord, TaskState};
 use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
@@ -131,6 +131,12 @@ pub(crate) struct Held {
 }
 
 impl Bus {
+    /// The last event of task `task_id`'s log; `None` when it has none (or
+    /// its last message is not one of its events).
+    pub async fn last_task_event(&self, task_id: &TaskId) -> Result<Option<LogEvent>, LogError> {
+        Ok(last_event(self, task_id).await?.map(|(event, _)| event))
+    }
+
     /// Sends a control request about `task_id`; `None` when no runtime
     /// holds the task (nobody answered in time).
     pub(crate) async fn control(
