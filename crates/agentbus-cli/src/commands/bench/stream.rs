@@ -21,21 +21,24 @@
 //!   publish in the same stream, on the task's subject there (64
 //!   acknowledgements outstanding at most, all in before the answer), and
 //!   the caller reads them with an ordered consumer: what agentbus does,
-//!   without its event envelope, log numbering and task records.
+//!   without its event envelope and numbering, the `accepted` and `started`
+//!   events, and the look-ups `Bus::watch` makes before it follows.
 //!
-//! The figures:
+//! The figures (after `--warmup-tasks` unmeasured tasks and cancels per
+//! variant):
 //!
 //! - time to first partial: from the caller's start (before it sets up
 //!   following) to the first chunk in hand; p50 and p99 over `--tasks` tasks
 //!   of 8 chunks per variant, one at a time, the variants taking turns task
-//!   by task. Beside it, the p50 of setting up following (watch,
-//!   subscription or consumer) before the task is sent.
+//!   by task. Split in two: setting up following (watch, subscription or
+//!   consumer; p50), and from sending the task to its first chunk (p50, p99).
 //! - partials per second: `--partials` chunks through one task, and
 //!   `--concurrent-partials` chunks through each of `--concurrent-tasks`
-//!   tasks at once; chunks over the time until the caller had all of them
-//!   and the answers; the best of `--rounds` runs, the variants taking
-//!   turns. Alongside, the CPU time of this process and nats-server per
-//!   chunk in that run.
+//!   tasks at once; chunks over the time from the caller's start until it
+//!   had all of them and the answers, and, while the result streams, chunks
+//!   after the first over the time from the first to the last; the best of
+//!   `--rounds` runs, the variants taking turns. Alongside, the CPU time of
+//!   this process and nats-server per chunk in that run.
 //! - cancel latency: a task sends one chunk once it waits for its cancel;
 //!   then the caller cancels it, with `Bus::cancel` (a control request to the
 //!   runtime holding it) or bare (a core request to the responder, which

@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::push::OrderedConfig;
+use futures::future::try_join;
 use futures::{Stream, StreamExt};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -130,7 +131,12 @@ impl Callers {
                     path.name()
                 )
             })?
-            .with_context(|| format!("{} task {task_id} went wrong", path.name()))
+            .with_context(|| {
+                format!(
+                    "{} task {task_id} did not stream as it must, so the figures would be meaningless",
+                    path.name()
+                )
+            })
     }
 
     async fn stream_agentbus(
@@ -141,7 +147,7 @@ impl Callers {
         let started = Instant::now();
         let mut watch = self.bus.watch(&request.task_id, 1).await?;
         let sent = Instant::now();
-        let sending = self.bus.request(AGENT, &request, REQUEST_OPTIONS);
+        let sending = async { Ok(self.bus.request(AGENT, &request, REQUEST_OPTIONS).await?) };
         let reading = async {
             let mut chunks = Chunked::default();
             let mut next = 0;
@@ -167,16 +173,21 @@ impl Callers {
                 }
             }
         };
-        let (response, chunks) = tokio::join!(sending, reading);
-        check_completed(&request, &response?, work.partials)?;
-        chunks?.times(started, sent)
+        // Whichever fails first ends the other: it would wait in vain.
+        let (response, chunks) = try_join(sending, reading).await?;
+        check_completed(&request, &response, work.partials)?;
+        chunks.times(started, sent)
     }
 
     async fn stream_bare(&self, request: TaskRequest, work: Chunks) -> anyhow::Result<Streamed> {
         let started = Instant::now();
-        let sending = self
-            .client
-            .request(self.bare_task.clone(), request.to_json().into());
+        let sending = async {
+            let reply = self
+                .client
+                .request(self.bare_task.clone(), request.to_json().into())
+                .await?;
+            Ok(serde_json::from_slice::<TaskResponse>(&reply.payload)?)
+        };
         // The subscription (or the consumer) is in place before the task
         // goes out: the server takes a connection's commands in order.
         let (sent, (response, chunks)) = if work.stored {
@@ -194,24 +205,19 @@ impl Callers {
                     .map(|message| message.message.payload)
                     .map_err(|err| err.to_string())
             });
-            (
-                Instant::now(),
-                tokio::join!(sending, read_bare(messages, work)),
-            )
+            let sent = Instant::now();
+            (sent, try_join(sending, read_bare(messages, work)).await?)
         } else {
             let chunks = self
                 .client
                 .subscribe(bare_chunks_subject(&request.task_id))
                 .await?
                 .map(|message| Ok(message.payload));
-            (
-                Instant::now(),
-                tokio::join!(sending, read_bare(chunks, work)),
-            )
+            let sent = Instant::now();
+            (sent, try_join(sending, read_bare(chunks, work)).await?)
         };
-        let response: TaskResponse = serde_json::from_slice(&response?.payload)?;
         check_completed(&request, &response, work.partials)?;
-        chunks?.times(started, sent)
+        chunks.times(started, sent)
     }
 
     /// Sends a task that waits to be cancelled; once it says it waits,
@@ -234,7 +240,12 @@ impl Callers {
                     path.name()
                 )
             })?
-            .with_context(|| format!("cancelling {} task {task_id} went wrong", path.name()))?;
+            .with_context(|| {
+                format!(
+                    "cancelling {} task {task_id} did not work as it must, so the figures would be meaningless",
+                    path.name()
+                )
+            })?;
         let seen = self.seen.take(&task_id).with_context(|| {
             format!(
                 "the handler of {} task {task_id} answered without seeing its cancel",
@@ -251,8 +262,8 @@ impl Callers {
     async fn cancel_agentbus(&self, request: TaskRequest) -> anyhow::Result<(Instant, Instant)> {
         let mut watch = self.bus.watch(&request.task_id, 1).await?;
         let sending = async {
-            let response = self.bus.request(AGENT, &request, REQUEST_OPTIONS).await;
-            (response, Instant::now())
+            let response = self.bus.request(AGENT, &request, REQUEST_OPTIONS).await?;
+            Ok((response, Instant::now()))
         };
         let cancelling = async {
             loop {
@@ -269,9 +280,9 @@ impl Callers {
                 other => anyhow::bail!("the cancel found the task {other:?}"),
             }
         };
-        let ((response, answered), asked) = tokio::join!(sending, cancelling);
-        check_cancelled(&request, &response?)?;
-        Ok((asked?, answered))
+        let ((response, answered), asked) = try_join(sending, cancelling).await?;
+        check_cancelled(&request, &response)?;
+        Ok((asked, answered))
     }
 
     async fn cancel_bare(&self, request: TaskRequest) -> anyhow::Result<(Instant, Instant)> {
@@ -280,11 +291,15 @@ impl Callers {
             .subscribe(bare_chunks_subject(&request.task_id))
             .await?;
         let sending = async {
-            let response = self
+            let reply = self
                 .client
                 .request(self.bare_task.clone(), request.to_json().into())
-                .await;
-            (response, Instant::now())
+                .await?;
+            let answered = Instant::now();
+            Ok((
+                serde_json::from_slice::<TaskResponse>(&reply.payload)?,
+                answered,
+            ))
         };
         let cancelling = async {
             let ready = chunks
@@ -305,10 +320,9 @@ impl Callers {
             );
             Ok(asked)
         };
-        let ((response, answered), asked) = tokio::join!(sending, cancelling);
-        let response: TaskResponse = serde_json::from_slice(&response?.payload)?;
+        let ((response, answered), asked) = try_join(sending, cancelling).await?;
         check_cancelled(&request, &response)?;
-        Ok((asked?, answered))
+        Ok((asked, answered))
     }
 }
 
