@@ -204,6 +204,11 @@ pub fn task_events(task_id: &TaskId) -> Subject {
     Subject::built(format!("task.{task_id}.events"))
 }
 
+/// The name of the ephemeral consumer of one watch of a task's log.
+pub fn watch_consumer() -> String {
+    format!("watch-{}", uuid::Uuid::new_v4().simple())
+}
+
 /// A request about a task, answered by the runtime that holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskControl {

@@ -877,3 +877,28 @@ async fn a_task_id_sent_again_after_its_end_starts_a_fresh_log() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_dropped_watch_leaves_no_consumer_behind() {
+    let server = NatsServer::start().await;
+    let client = bus(&server).await;
+    let js = server.jetstream().await;
+    let consumers = || async {
+        js.get_stream("agent-task-events")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .consumer_count
+    };
+    let watch = client.watch(&TaskId::new(), 1).await.unwrap();
+    assert_eq!(consumers().await, 1);
+    drop(watch);
+    let until = Instant::now() + Duration::from_secs(5);
+    while consumers().await != 0 {
+        assert!(Instant::now() < until, "the watch's consumer stayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -77,9 +77,26 @@ impl WatchError {
 }
 
 /// The events of one task, from a sequence to its final state (see
-/// [`Bus::watch`]).
+/// [`Bus::watch`]). Its consumer on the server is deleted when it is
+/// dropped, rather than left for the server's 30 s inactive threshold.
 pub struct Watch {
     inner: Pin<Box<dyn Stream<Item = Result<Watched, WatchError>> + Send>>,
+    consumer: Option<(async_nats::jetstream::Context, String)>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let Some((jetstream, name)) = self.consumer.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = jetstream
+                    .delete_consumer_from_stream(&name, TASK_EVENTS_STREAM)
+                    .await;
+            });
+        }
+    }
 }
 
 impl std::fmt::Debug for Watch {
@@ -112,8 +129,10 @@ impl Bus {
             .get_stream_no_info(TASK_EVENTS_STREAM)
             .await
             .map_err(|err| follow_error(task_id, err))?;
+        let name = subject::watch_consumer();
         let consumer = stream
             .create_consumer(OrderedConfig {
+                name: Some(name.clone()),
                 deliver_subject: self.client().new_inbox(),
                 filter_subject: subject::task_events(task_id).to_string(),
                 deliver_policy: DeliverPolicy::All,
@@ -150,6 +169,7 @@ impl Bus {
         });
         Ok(Watch {
             inner: Box::pin(inner),
+            consumer: Some((self.jetstream().clone(), name)),
         })
     }
 }
