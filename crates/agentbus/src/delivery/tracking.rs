@@ -17,7 +17,7 @@ use crate::subject::TaskControl;
 use crate::task_id::TaskId;
 use crate::task_log::{LogEvent, last_event};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
-use async_nats::jetstream::stream::RawMessageErrorKind;
+use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use bytes::Bytes;
 use serde::Serialize;
 
@@ -168,6 +168,28 @@ impl Bus {
         })
     }
 
+    /// The tasks stream, and whether task `task_id` is still stored in it
+    /// at `sequence`.
+    pub(crate) async fn task_in_queue(
+        &self,
+        task_id: &TaskId,
+        sequence: u64,
+    ) -> Result<(Stream<()>, bool), RecordError> {
+        let stream = self
+            .jetstream()
+            .get_stream_no_info(TASKS_STREAM)
+            .await
+            .map_err(|err| RecordError::queue("opening the stream", err))?;
+        let stored = match stream.get_raw_message(sequence).await {
+            // A stream made anew reuses sequences: the task must be the one.
+            Ok(message) => TaskRequest::from_json(&message.payload)
+                .is_ok_and(|request| request.task_id == *task_id),
+            Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => false,
+            Err(err) => return Err(RecordError::queue("reading the task", err)),
+        };
+        Ok((stream, stored))
+    }
+
     /// Queued, running or gone: the task stored at `sequence` on `subject`.
     async fn queue_state(
         &self,
@@ -175,24 +197,9 @@ impl Bus {
         subject: &str,
         sequence: u64,
     ) -> Result<TaskState, RecordError> {
-        let stream = self
-            .jetstream()
-            .get_stream_no_info(TASKS_STREAM)
-            .await
-            .map_err(|err| RecordError::queue("opening the stream", err))?;
-        match stream.get_raw_message(sequence).await {
-            // A stream made anew reuses sequences: the task must be the one.
-            Ok(message) => {
-                let same = TaskRequest::from_json(&message.payload)
-                    .is_ok_and(|request| request.task_id == *task_id);
-                if !same {
-                    return Ok(TaskState::FinishedWithoutRecord);
-                }
-            }
-            Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => {
-                return Ok(TaskState::FinishedWithoutRecord);
-            }
-            Err(err) => return Err(RecordError::queue("reading the task", err)),
+        let (stream, stored) = self.task_in_queue(task_id, sequence).await?;
+        if !stored {
+            return Ok(TaskState::FinishedWithoutRecord);
         }
         let Some((queue, priority)) = Queue::from_subject(subject) else {
             return Ok(TaskState::Queued);

@@ -4,11 +4,10 @@ use super::writer::{LogError, append_alone, last_event};
 use super::{EventType, LogEvent};
 use crate::client::Bus;
 use crate::delivery::{RecordError, Records, TaskRecord, TaskState};
-use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
-use crate::subject::{self, TASKS_STREAM, TaskControl};
+use crate::protocol::{TaskResponse, TaskStatus};
+use crate::subject::{self, TaskControl};
 use crate::task_id::TaskId;
 use async_nats::RequestErrorKind;
-use async_nats::jetstream::stream::RawMessageErrorKind;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
@@ -224,21 +223,9 @@ impl Bus {
     /// Removes the task stored at `sequence` from its queue; `false` when
     /// it is not there any more (a worker took it).
     async fn dequeue(&self, task_id: &TaskId, sequence: u64) -> Result<bool, ControlError> {
-        let stream = self
-            .jetstream()
-            .get_stream_no_info(TASKS_STREAM)
-            .await
-            .map_err(|err| RecordError::queue("opening the stream", err))?;
-        match stream.get_raw_message(sequence).await {
-            Ok(message) => {
-                let same = TaskRequest::from_json(&message.payload)
-                    .is_ok_and(|request| request.task_id == *task_id);
-                if !same {
-                    return Ok(false);
-                }
-            }
-            Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => return Ok(false),
-            Err(err) => return Err(RecordError::queue("reading the task", err).into()),
+        let (stream, stored) = self.task_in_queue(task_id, sequence).await?;
+        if !stored {
+            return Ok(false);
         }
         match stream.delete_message(sequence).await {
             Ok(deleted) => Ok(deleted),
