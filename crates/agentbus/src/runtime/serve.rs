@@ -41,11 +41,12 @@ pub(super) struct Served<A> {
 impl<A> Served<A> {
     /// Holds a task from now until the returned guard is dropped: its
     /// cancel, deadline and log.
-    /// `attempt` is `None` for a task taken over request/reply, else the
-    /// attempt at a queued task.
+    /// `attempt` is `None` for a task taken over request/reply (registered
+    /// only once it waits or runs past its first poll), else the attempt at
+    /// a queued task (registered at once).
     pub(super) fn hold(&self, request: &TaskRequest, attempt: Option<u32>) -> Registered {
         let stop = request.deadline_time().map(Stop::deadline);
-        self.registry.register(RunningTask::new(
+        let task = RunningTask::new(
             &self.bus,
             &self.instance_id,
             &self.name,
@@ -55,7 +56,12 @@ impl<A> Served<A> {
             request.stream,
             attempt.is_some(),
             stop,
-        ))
+        );
+        if attempt.is_some() {
+            self.registry.register(task)
+        } else {
+            self.registry.hold(task)
+        }
     }
 }
 
@@ -139,6 +145,7 @@ pub(super) async fn serve<A: Agent>(
                         start(&mut running, run_task(served.clone(), request, held, reply, arrived)).await;
                     } else {
                         sequence += 1;
+                        held.register();
                         waiting.push(Waiting { priority: request.priority, sequence, request, reply, held });
                     }
                     served.counters.set_queues(waiting.len(), running.len());
@@ -257,12 +264,41 @@ pub(super) struct Outcome {
 /// How the handler's future ended.
 enum Ran {
     /// It returned (or panicked).
-    Finished(std::thread::Result<Result<serde_json::Value, TaskError>>),
+    Finished(HandlerOutput),
     /// It was stopped; what it returned within the grace period, if anything.
-    Stopped(
-        StopReason,
-        Option<std::thread::Result<Result<serde_json::Value, TaskError>>>,
-    ),
+    Stopped(StopReason, Option<HandlerOutput>),
+}
+
+/// The output of a handler: its result, or its panic.
+type HandlerOutput = std::thread::Result<Result<serde_json::Value, TaskError>>;
+
+/// Runs a handler that did not finish at its first poll until it finishes
+/// or `task` is stopped: then a cancelled handler gets the agent's grace
+/// period, one out of time none.
+async fn run_until_stopped<A, F>(
+    served: &Served<A>,
+    task: &RunningTask,
+    mut handler: Pin<&mut F>,
+) -> Ran
+where
+    F: Future<Output = HandlerOutput>,
+{
+    tokio::select! {
+        biased;
+        output = &mut handler => Ran::Finished(output),
+        reason = task.stopped() => {
+            let grace = match reason {
+                StopReason::Cancelled => served.options.cancel_grace,
+                _ => Duration::ZERO,
+            };
+            let output = if grace.is_zero() {
+                None
+            } else {
+                tokio::time::timeout(grace, &mut handler).await.ok()
+            };
+            Ran::Stopped(reason, output)
+        }
+    }
 }
 
 /// Runs the handler on `request`, held as `held`: a cancel, the deadline,
@@ -280,10 +316,12 @@ pub(super) async fn execute<A: Agent>(
         Some(reason) => Ran::Stopped(reason, None),
         None => {
             task.limit(served.options.task_timeout);
-            if task.logs_start()
-                && let Err(err) = task.log_start().await
-            {
-                tracing::warn!(%err, %task_id, "cannot start the task's log");
+            if task.logs_start() {
+                // Followed: findable from its first event on.
+                held.register();
+                if let Err(err) = task.log_start().await {
+                    tracing::warn!(%err, %task_id, "cannot start the task's log");
+                }
             }
             let ctx = TaskContext {
                 agent: served.name.clone(),
@@ -294,22 +332,14 @@ pub(super) async fn execute<A: Agent>(
             };
             let handler = AssertUnwindSafe(served.agent.handle(request, ctx)).catch_unwind();
             tokio::pin!(handler);
-            // Biased: a handler that finishes at its first poll never
-            // polls (nor pays for) the stop.
-            tokio::select! {
-                biased;
-                output = &mut handler => Ran::Finished(output),
-                reason = task.stopped() => {
-                    let grace = match reason {
-                        StopReason::Cancelled => served.options.cancel_grace,
-                        _ => Duration::ZERO,
-                    };
-                    let output = if grace.is_zero() {
-                        None
-                    } else {
-                        tokio::time::timeout(grace, &mut handler).await.ok()
-                    };
-                    Ran::Stopped(reason, output)
+            // Most handlers finish at their first poll: nothing could reach
+            // them meanwhile, so only one that goes on is registered for
+            // cancels and answers, and waits on its stop.
+            match futures::poll!(&mut handler) {
+                Poll::Ready(output) => Ran::Finished(output),
+                Poll::Pending => {
+                    held.register();
+                    run_until_stopped(served, task, handler.as_mut()).await
                 }
             }
         }

@@ -68,21 +68,40 @@ impl Tombstones {
     }
 }
 
-/// A task's place in the registry, given up when dropped.
+/// A task held by the runtime, found by control requests once it is
+/// registered ([`Registered::register`]); given up when dropped.
 #[derive(Debug)]
 pub(crate) struct Registered {
     registry: Arc<Registry>,
     task: Arc<RunningTask>,
+    registered: AtomicBool,
 }
 
 impl Registered {
     pub(crate) fn task(&self) -> &Arc<RunningTask> {
         &self.task
     }
+
+    /// Makes the task findable by cancels, answers and status requests.
+    /// A task that finishes at its first poll never needs it: nothing can
+    /// reach it in between, and this costs two locks per task.
+    pub(crate) fn register(&self) {
+        if self.registered.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Ok(mut tasks) = self.registry.tasks.lock() {
+            tasks.insert(self.task.task_id().clone(), self.task.clone());
+        }
+        // After the insert: a cancel that came before it left a tombstone.
+        self.registry.check_tombstone(&self.task);
+    }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
+        if !self.registered.load(Ordering::Acquire) {
+            return;
+        }
         if let Ok(mut tasks) = self.registry.tasks.lock()
             && tasks
                 .get(self.task.task_id())
@@ -94,10 +113,27 @@ impl Drop for Registered {
 }
 
 impl Registry {
-    /// Holds `task` until the returned guard is dropped; a task cancelled
-    /// before it arrived is cancelled at once.
-    pub(crate) fn register(self: &Arc<Self>, task: RunningTask) -> Registered {
+    /// Holds `task` until the returned guard is dropped, not registered
+    /// yet; a task cancelled before it arrived is cancelled at once.
+    pub(crate) fn hold(self: &Arc<Self>, task: RunningTask) -> Registered {
         let task = Arc::new(task);
+        self.check_tombstone(&task);
+        Registered {
+            registry: self.clone(),
+            task,
+            registered: AtomicBool::new(false),
+        }
+    }
+
+    /// [`Registry::hold`], registered at once.
+    pub(crate) fn register(self: &Arc<Self>, task: RunningTask) -> Registered {
+        let held = self.hold(task);
+        held.register();
+        held
+    }
+
+    /// Cancels `task` if a cancel of its id was remembered.
+    fn check_tombstone(&self, task: &RunningTask) {
         let cancelled = self.cancels_seen.load(Ordering::Acquire)
             && self
                 .tombstones
@@ -105,13 +141,6 @@ impl Registry {
                 .is_ok_and(|tombstones| tombstones.contains(task.task_id()));
         if cancelled {
             task.cancel();
-        }
-        if let Ok(mut tasks) = self.tasks.lock() {
-            tasks.insert(task.task_id().clone(), task.clone());
-        }
-        Registered {
-            registry: self.clone(),
-            task,
         }
     }
 
