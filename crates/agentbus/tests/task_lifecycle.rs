@@ -902,3 +902,49 @@ async fn a_dropped_watch_leaves_no_consumer_behind() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_task_waiting_for_a_slot_is_cancelled_before_it_runs() {
+    let server = NatsServer::start().await;
+    let agent = Writer::default();
+    let options = AgentOptions {
+        max_concurrency: 1,
+        ..quick_options()
+    };
+    let _runtime = serve(&server, agent.clone(), options).await;
+    let client = bus(&server).await;
+    let blocker = TaskRequest::new("forever", json!({}));
+    let waiting = TaskRequest::new("quick", json!({}));
+    let send = |request: TaskRequest| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .request("writer", &request, RequestOptions::default())
+                .await
+                .unwrap()
+        })
+    };
+    let blocked = send(blocker.clone());
+    assert_eq!(
+        wait_for_state(&client, &blocker.task_id, TaskState::Running).await,
+        TaskState::Running
+    );
+    let queued = send(waiting.clone());
+    // Held (waiting for the slot), so the runtime answers for it.
+    assert_eq!(
+        wait_for_state(&client, &waiting.task_id, TaskState::Running).await,
+        TaskState::Running
+    );
+    assert!(matches!(
+        client.cancel(&waiting.task_id).await.unwrap(),
+        CancelOutcome::Cancelling { .. }
+    ));
+    client.cancel(&blocker.task_id).await.unwrap();
+    assert_eq!(blocked.await.unwrap().status, TaskStatus::Cancelled);
+    assert_eq!(queued.await.unwrap().status, TaskStatus::Cancelled);
+    assert_eq!(
+        agent.runs.load(Ordering::SeqCst),
+        1,
+        "the waiting task never ran"
+    );
+}
