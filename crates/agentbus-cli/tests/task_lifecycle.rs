@@ -311,6 +311,8 @@ async fn task_cancel_from_another_process_stops_a_running_handler_within_a_secon
     );
     let out = cli(&server, &["task", "cancel", "no-such-task"]).await;
     out.assert_one_error("no task no-such-task is known");
+    let out = cli(&server, &["task", "watch", "no-such-task"]).await;
+    out.assert_one_error("no task no-such-task is known");
 }
 
 #[tokio::test]

@@ -107,7 +107,13 @@ async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let task_id = TaskId::parse(&args.task_id)?;
     anyhow::ensure!(args.from >= 1, "--from counts events from 1");
     let bus = connect(&args.server).await?;
+    // Following first, so nothing is missed while looking the task up.
     let mut watch = bus.watch(&task_id, args.from).await?;
+    if bus.task_report(&task_id).await?.state == TaskState::Unknown {
+        anyhow::bail!(
+            "no task {task_id} is known: nothing is recorded or logged of it and no runtime holds it; check the id (a task over request/reply that reports nothing logs nothing)"
+        );
+    }
     let mut printer = Printer::new(args.json);
     let last = printer.follow(&mut watch).await?;
     let Some(response) = last.as_ref().and_then(|event| event.response()) else {
