@@ -948,3 +948,32 @@ async fn a_task_waiting_for_a_slot_is_cancelled_before_it_runs() {
         "the waiting task never ran"
     );
 }
+
+#[tokio::test]
+async fn more_than_a_thousand_watches_can_be_open_at_once() {
+    // nats-server 2.15 allows 1,000 consumers per stream unless the stream
+    // sets its own limit, as the standard topology does.
+    async fn open_watches(server: &NatsServer) -> (usize, Vec<agentbus::task_log::Watch>) {
+        let client = bus(server).await;
+        let watches = futures::stream::iter(0..1_010)
+            .map(|_| {
+                let client = client.clone();
+                async move { client.watch(&TaskId::new(), 1).await }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        let open: Vec<_> = watches.into_iter().filter_map(Result::ok).collect();
+        (open.len(), open)
+    }
+    let server = NatsServer::start().await;
+    assert_eq!(open_watches(&server).await.0, 1_010);
+
+    // Without the stream's own limit, the server's default stops them.
+    let mut topology = Topology::standard();
+    for stream in &mut topology.streams {
+        stream.max_consumers = None;
+    }
+    let server = NatsServer::start_with_topology(&topology).await;
+    assert_eq!(open_watches(&server).await.0, 1_000);
+}

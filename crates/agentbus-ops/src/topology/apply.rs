@@ -56,6 +56,7 @@ impl StreamSpec {
             },
             max_messages: self.max_msgs,
             max_messages_per_subject: self.max_msgs_per_subject.unwrap_or(-1),
+            max_consumers: self.max_consumers.unwrap_or(-1),
             max_bytes: self.max_bytes,
             max_age: self.max_age,
             storage: match self.storage {
@@ -105,6 +106,11 @@ impl StreamSpec {
             "max_msgs",
             actual.max_messages.to_string(),
             wanted.max_messages.to_string(),
+        );
+        check(
+            "max_consumers",
+            actual.max_consumers.to_string(),
+            wanted.max_consumers.to_string(),
         );
         check(
             "max_msgs_per_subject",
@@ -185,6 +191,7 @@ impl StreamSpec {
             subjects: wanted.subjects,
             max_messages: wanted.max_messages,
             max_messages_per_subject: wanted.max_messages_per_subject,
+            max_consumers: wanted.max_consumers,
             max_bytes: wanted.max_bytes,
             max_age: wanted.max_age,
             discard: wanted.discard,

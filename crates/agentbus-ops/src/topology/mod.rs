@@ -78,6 +78,10 @@ pub struct StreamSpec {
     /// Maximum number of messages per subject (unset: no such limit).
     #[serde(default)]
     pub max_msgs_per_subject: Option<i64>,
+    /// Maximum number of consumers (unset: the server's default, which is
+    /// 1,000 from nats-server 2.15 on: `jetstream.limits.default_max_consumers`).
+    #[serde(default)]
+    pub max_consumers: Option<i32>,
     /// Maximum total size in bytes.
     #[serde(deserialize_with = "deserialize_size")]
     pub max_bytes: i64,
@@ -386,6 +390,12 @@ mod tests {
                 "agent-task-events",
                 "agent-dlq"
             ]
+        );
+        // nats-server 2.15 allows 1,000 consumers per stream unless the
+        // stream says otherwise: inboxes take two per agent.
+        assert_eq!(
+            t.stream("agent-messages").unwrap().max_consumers,
+            Some(100_000)
         );
         let events = t.stream("agent-task-events").unwrap();
         assert_eq!(events.subjects, [agentbus::subject::ALL_TASK_EVENTS]);
