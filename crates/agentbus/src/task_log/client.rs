@@ -172,14 +172,8 @@ impl Bus {
     /// log and record. Idempotent: cancelling a task that is over says so
     /// and changes nothing.
     pub async fn cancel(&self, task_id: &TaskId) -> Result<CancelOutcome, ControlError> {
-        if let Some(held) = self
-            .control(task_id, TaskControl::Cancel, Bytes::new())
-            .await?
-        {
-            return Ok(CancelOutcome::Cancelling {
-                agent: held.agent,
-                instance: held.instance,
-            });
+        if let Some(cancelling) = self.cancel_held(task_id).await? {
+            return Ok(cancelling);
         }
         // Nobody answered the cancel: no runtime to ask again.
         let report = self.task_report_asking(task_id, false).await?;
@@ -201,14 +195,8 @@ impl Bus {
             return Ok(CancelOutcome::Dequeued);
         }
         // Taken by a worker meanwhile: it holds it now, or got the tombstone.
-        if let Some(held) = self
-            .control(task_id, TaskControl::Cancel, Bytes::new())
-            .await?
-        {
-            return Ok(CancelOutcome::Cancelling {
-                agent: held.agent,
-                instance: held.instance,
-            });
+        if let Some(cancelling) = self.cancel_held(task_id).await? {
+            return Ok(cancelling);
         }
         if report.record.is_none() && report.last_event.is_none() {
             return Err(ControlError::UnknownTask {
@@ -218,6 +206,18 @@ impl Bus {
         self.mark_cancelled(task_id, report.record.as_ref(), &cancelled)
             .await?;
         Ok(CancelOutcome::Marked)
+    }
+
+    /// Asks the runtime holding the task to stop it; `None` when no runtime
+    /// holds it (each one remembers the cancel all the same).
+    async fn cancel_held(&self, task_id: &TaskId) -> Result<Option<CancelOutcome>, ControlError> {
+        let held = self
+            .control(task_id, TaskControl::Cancel, Bytes::new())
+            .await?;
+        Ok(held.map(|held| CancelOutcome::Cancelling {
+            agent: held.agent,
+            instance: held.instance,
+        }))
     }
 
     /// Removes the task stored at `sequence` from its queue; `false` when

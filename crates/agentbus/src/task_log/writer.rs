@@ -147,39 +147,19 @@ async fn purge(bus: &Bus, task_id: &TaskId) -> Result<(), LogError> {
     Ok(())
 }
 
-/// Adds one event to a log nobody else is writing now (a queued task's
-/// `accepted` or `cancelled`), after its last event. Refused when the log
-/// is over already.
+/// Adds one event to a log no runtime is writing now (a `cancelled` for a
+/// task nobody holds), after its last event. Refused when the log is over
+/// already.
 pub(crate) async fn append_alone(
     bus: &Bus,
     task_id: &TaskId,
     instance: &str,
     kind: EventType,
     data: Value,
-) -> Result<LogEvent, LogError> {
-    for _ in 0..MAX_TRIES {
-        let (next, expect) = match last_message(bus, task_id).await? {
-            Some((Some(last), _)) if last.kind.is_final() => {
-                return Err(LogError::Ended {
-                    task_id: task_id.clone(),
-                    state: last.kind,
-                });
-            }
-            Some((Some(last), stream_sequence)) => (last.seq + 1, stream_sequence),
-            // After a message that is not an event, numbering starts over.
-            Some((None, stream_sequence)) => (1, stream_sequence),
-            None => (1, 0),
-        };
-        let event = event(task_id, next, kind, instance, data.clone());
-        match store(bus, &event, Some(expect)).await {
-            Ok(()) => return Ok(event),
-            Err(StoreFailure::Moved) => continue,
-            Err(StoreFailure::Error(err)) => return Err(err),
-        }
-    }
-    Err(LogError::Contended {
-        task_id: task_id.clone(),
-    })
+) -> Result<(), LogError> {
+    LogWriter::new(task_id.clone(), instance.into())
+        .write(bus, kind, data, Earlier::Ended)
+        .await
 }
 
 /// Begins a followed task's log with `accepted` once it is queued, unless a
@@ -295,6 +275,21 @@ pub(crate) enum Earlier {
     /// A task taken over request/reply: any final state is an earlier
     /// run's (the id was sent again after it ended).
     Requested,
+    /// A writer that does not run the task (a canceller): any final state
+    /// means the task is over.
+    Ended,
+}
+
+impl Earlier {
+    /// Whether a final state `kind` found in the log ends it for this
+    /// writer, rather than belonging to an earlier run.
+    fn ends_at(self, kind: EventType) -> bool {
+        match self {
+            Self::Queued => matches!(kind, EventType::Cancelled | EventType::Timeout),
+            Self::Requested => false,
+            Self::Ended => true,
+        }
+    }
 }
 
 impl LogWriter {
@@ -317,8 +312,8 @@ impl LogWriter {
     /// Reads the log before writing to it: numbering goes on after its
     /// last event, and the next write is stored only if nothing was
     /// written meanwhile. An earlier run's events are cleared. Returns the
-    /// final state when the log says the task is over already (a queued
-    /// task cancelled or timed out while it waited).
+    /// final state when the log says the task is over already for this
+    /// writer (see [`Earlier`]).
     pub(crate) async fn take_over(
         &mut self,
         bus: &Bus,
@@ -326,11 +321,7 @@ impl LogWriter {
     ) -> Result<Option<EventType>, LogError> {
         self.read = true;
         match last_message(bus, &self.task_id).await? {
-            Some((Some(last), _))
-                if last.kind.is_final()
-                    && earlier == Earlier::Queued
-                    && matches!(last.kind, EventType::Cancelled | EventType::Timeout) =>
-            {
+            Some((Some(last), _)) if last.kind.is_final() && earlier.ends_at(last.kind) => {
                 self.ended = Some(last.kind);
                 Ok(Some(last.kind))
             }
