@@ -53,6 +53,27 @@ pub(super) async fn exec(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Runs one benchmark on a private server, stops the server whatever the
+/// outcome, then prints the report: one JSON document with `json`, else its
+/// table.
+async fn on_own_server<R: serde::Serialize>(
+    nats_server: Option<PathBuf>,
+    json: bool,
+    run: impl AsyncFnOnce(&BenchServer) -> anyhow::Result<R>,
+    print_table: fn(&R) -> anyhow::Result<()>,
+) -> anyhow::Result<ExitCode> {
+    let server = BenchServer::start(nats_server).await?;
+    let outcome = run(&server).await;
+    server.stop().await?;
+    let report = outcome?;
+    if json {
+        crate::output::print_json(&report)?;
+    } else {
+        print_table(&report)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A private `nats-server` for one benchmark run; its directory is removed on drop.
 #[derive(Debug)]
 struct BenchServer {

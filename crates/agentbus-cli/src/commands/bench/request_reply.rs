@@ -49,9 +49,9 @@
 //! missing answer fails the command, since a benchmark of wrong answers is
 //! worthless.
 
-use super::{BenchServer, cpu_split, percentile, round_to};
+use super::{BenchServer, cpu_split, on_own_server, percentile, round_to};
 use crate::output::outln;
-use crate::output::{Table, print_json, progress_bar};
+use crate::output::{Table, progress_bar};
 use agentbus::Name;
 use agentbus::RequestOptions;
 use agentbus::connect::ServerTarget;
@@ -132,16 +132,9 @@ pub(super) struct RequestReplyArgs {
 }
 
 pub(super) async fn exec(args: RequestReplyArgs) -> anyhow::Result<ExitCode> {
-    let server = BenchServer::start(args.nats_server.clone()).await?;
-    let outcome = run(&server, &args).await;
-    server.stop().await?;
-    let report = outcome?;
-    if args.json {
-        print_json(&report)?;
-    } else {
-        print_table(&report)?;
-    }
-    Ok(ExitCode::SUCCESS)
+    let nats_server = args.nats_server.clone();
+    let measure = async |server: &BenchServer| run(server, &args).await;
+    on_own_server(nats_server, args.json, measure, print_table).await
 }
 
 /// The figures of one variant.

@@ -54,8 +54,8 @@
 mod agents;
 mod callers;
 
-use super::{BenchServer, cpu_split, percentile, round_to};
-use crate::output::{Table, outln, print_json, progress_bar};
+use super::{BenchServer, cpu_split, on_own_server, percentile, round_to};
+use crate::output::{Table, outln, progress_bar};
 use agentbus::{AgentOptions, Bus, Runtime};
 use agentbus_ops::server_binary;
 use agents::{AGENT, BareAgent, Seen, StreamAgent};
@@ -121,16 +121,9 @@ pub(super) struct StreamArgs {
 }
 
 pub(super) async fn exec(args: StreamArgs) -> anyhow::Result<ExitCode> {
-    let server = BenchServer::start(args.nats_server.clone()).await?;
-    let outcome = run(&server, &args).await;
-    server.stop().await?;
-    let report = outcome?;
-    if args.json {
-        print_json(&report)?;
-    } else {
-        print_table(&report)?;
-    }
-    Ok(ExitCode::SUCCESS)
+    let nats_server = args.nats_server.clone();
+    let measure = async |server: &BenchServer| run(server, &args).await;
+    on_own_server(nats_server, args.json, measure, print_table).await
 }
 
 /// Time to first partial of one variant.

@@ -22,9 +22,9 @@
 //! completion. The variants run in turn, three times each, and the best run of
 //! each is kept, so that a noisy moment does not decide the ratio.
 
-use super::{BenchServer, cpu_split, round_to};
+use super::{BenchServer, cpu_split, on_own_server, round_to};
 use crate::output::outln;
-use crate::output::{Table, print_json, progress_bar};
+use crate::output::{Table, progress_bar};
 use agentbus::delivery::{Queue, ResultRetention};
 use agentbus::{
     Agent, AgentOptions, Bus, Runtime, TaskContext, TaskError, TaskRequest, TaskResponse,
@@ -127,16 +127,9 @@ struct Report {
 }
 
 pub(super) async fn exec(args: WorkQueueArgs) -> anyhow::Result<ExitCode> {
-    let server = BenchServer::start(args.nats_server.clone()).await?;
-    let outcome = run(&server, &args).await;
-    server.stop().await?;
-    let report = outcome?;
-    if args.json {
-        print_json(&report)?;
-    } else {
-        print_table(&report)?;
-    }
-    Ok(ExitCode::SUCCESS)
+    let nats_server = args.nats_server.clone();
+    let measure = async |server: &BenchServer| run(server, &args).await;
+    on_own_server(nats_server, args.json, measure, print_table).await
 }
 
 async fn run(server: &BenchServer, args: &WorkQueueArgs) -> anyhow::Result<Report> {
