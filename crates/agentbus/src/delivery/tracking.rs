@@ -110,7 +110,6 @@ impl Bus {
         task_id: &TaskId,
         ask_runtimes: bool,
     ) -> Result<TaskReport, RecordError> {
-        let record = Records::open(self.jetstream()).await?.get(task_id).await?;
         let last_event = match last_event(self, task_id).await {
             Ok(last) => last.map(|(event, _)| event),
             Err(err) => {
@@ -118,6 +117,19 @@ impl Bus {
                 None
             }
         };
+        self.task_report_logged(task_id, ask_runtimes, last_event)
+            .await
+    }
+
+    /// [`Bus::task_report_asking`] for a caller that read the last event of
+    /// the task's log already.
+    pub(crate) async fn task_report_logged(
+        &self,
+        task_id: &TaskId,
+        ask_runtimes: bool,
+        last_event: Option<LogEvent>,
+    ) -> Result<TaskReport, RecordError> {
+        let record = Records::open(self.jetstream()).await?.get(task_id).await?;
         let logged = last_event
             .as_ref()
             .map(|event| TaskState::of_event(event.kind));

@@ -147,7 +147,7 @@ impl Bus {
         // Following first, then looking: a task that ends in between is
         // still seen in the log.
         if last_event(self, task_id).await?.is_none()
-            && let Ok(report) = self.task_report_asking(task_id, false).await
+            && let Ok(report) = self.task_report_logged(task_id, false, None).await
             && report.state.is_final()
         {
             return Err(WatchError::NotLogged {
