@@ -2,10 +2,10 @@
 //! watching with resume, cancellation, deadlines and questions back.
 
 use agentbus::delivery::{Queue, ResultRetention, TaskState};
-use agentbus::task_log::{CancelOutcome, ControlErrorKind, EventType, LogEvent, Watched};
+use agentbus::task_log::{CancelOutcome, ControlErrorKind, EventType, LogEvent, Watch, Watched};
 use agentbus::{
     Agent, AgentOptions, Bus, RequestOptions, Runtime, TaskContext, TaskError, TaskId, TaskRequest,
-    TaskStatus, TaskTypeSpec,
+    TaskResponse, TaskStatus, TaskTypeSpec,
 };
 use agentbus_ops::topology::Topology;
 use agentbus_testkit::NatsServer;
@@ -121,6 +121,31 @@ fn quick_options() -> AgentOptions {
     }
 }
 
+/// Sends `request` to the writer in the background: its response, and when
+/// it came.
+fn send(client: &Bus, request: &TaskRequest) -> tokio::task::JoinHandle<(TaskResponse, Instant)> {
+    let (client, request) = (client.clone(), request.clone());
+    tokio::spawn(async move {
+        let response = client
+            .request("writer", &request, RequestOptions::default())
+            .await
+            .unwrap();
+        (response, Instant::now())
+    })
+}
+
+/// Reads `watch` up to the next event of `kind`, which it returns.
+async fn next_of(watch: &mut Watch, kind: EventType) -> LogEvent {
+    loop {
+        let Some(Ok(Watched::Event(event))) = watch.next().await else {
+            panic!("the log goes on")
+        };
+        if event.kind == kind {
+            return event;
+        }
+    }
+}
+
 /// Every event of a watch up to its end, with the gaps reported.
 async fn collect(bus: &Bus, task_id: &TaskId, from: u64) -> Vec<Watched> {
     let mut watch = bus.watch(task_id, from).await.unwrap();
@@ -151,17 +176,7 @@ async fn partials_arrive_in_order_with_no_gaps_while_the_task_runs() {
     let client = bus(&server).await;
     let request = TaskRequest::new("words", json!({"count": 8, "delay_ms": 50})).streamed();
     let mut watch = client.watch(&request.task_id, 1).await.unwrap();
-    let sent = tokio::spawn({
-        let client = client.clone();
-        let request = request.clone();
-        async move {
-            let response = client
-                .request("writer", &request, RequestOptions::default())
-                .await
-                .unwrap();
-            (response, Instant::now())
-        }
-    });
+    let sent = send(&client, &request);
     let mut seen = Vec::new();
     let mut first_partial_at = None;
     while let Some(item) = watch.next().await {
@@ -289,29 +304,13 @@ async fn cancel_reaches_a_running_handler_on_another_connection_within_a_second(
     let canceller = bus(&server).await;
     let request = TaskRequest::new("forever", json!({})).streamed();
     let mut watch = client.watch(&request.task_id, 1).await.unwrap();
-    let sent = tokio::spawn({
-        let client = client.clone();
-        let request = request.clone();
-        async move {
-            client
-                .request("writer", &request, RequestOptions::default())
-                .await
-                .unwrap()
-        }
-    });
+    let sent = send(&client, &request);
     // Started: the handler runs.
-    loop {
-        let Some(Ok(Watched::Event(event))) = watch.next().await else {
-            panic!("the log goes on")
-        };
-        if event.kind == EventType::Started {
-            break;
-        }
-    }
+    next_of(&mut watch, EventType::Started).await;
     let asked = Instant::now();
     let outcome = canceller.cancel(&request.task_id).await.unwrap();
     assert!(matches!(outcome, CancelOutcome::Cancelling { ref agent, .. } if agent == "writer"));
-    let response = sent.await.unwrap();
+    let (response, _) = sent.await.unwrap();
     let saw = agent
         .saw_stop
         .lock()
@@ -342,17 +341,7 @@ async fn a_handler_that_ignores_cancellation_is_dropped_after_the_grace_period()
     let _runtime = serve(&server, Writer::default(), quick_options()).await;
     let client = bus(&server).await;
     let request = TaskRequest::new("stubborn", json!({}));
-    let sent = tokio::spawn({
-        let client = client.clone();
-        let request = request.clone();
-        async move {
-            let response = client
-                .request("writer", &request, RequestOptions::default())
-                .await
-                .unwrap();
-            (response, Instant::now())
-        }
-    });
+    let sent = send(&client, &request);
     // Held by the runtime: it answers for the task.
     let state = wait_for_state(&client, &request.task_id, TaskState::Running).await;
     assert_eq!(state, TaskState::Running);
@@ -511,25 +500,9 @@ async fn a_question_is_answered_through_the_library() {
     let client = bus(&server).await;
     let request = TaskRequest::new("ask", json!({}));
     let mut watch = client.watch(&request.task_id, 1).await.unwrap();
-    let sent = tokio::spawn({
-        let client = client.clone();
-        let request = request.clone();
-        async move {
-            client
-                .request("writer", &request, RequestOptions::default())
-                .await
-                .unwrap()
-        }
-    });
-    loop {
-        let Some(Ok(Watched::Event(event))) = watch.next().await else {
-            panic!("the log goes on")
-        };
-        if event.kind == EventType::InputRequired {
-            assert_eq!(event.data["question"], json!({"question": "proceed?"}));
-            break;
-        }
-    }
+    let sent = send(&client, &request);
+    let event = next_of(&mut watch, EventType::InputRequired).await;
+    assert_eq!(event.data["question"], json!({"question": "proceed?"}));
     assert_eq!(
         client.task_report(&request.task_id).await.unwrap().state,
         TaskState::InputRequired
@@ -539,7 +512,7 @@ async fn a_question_is_answered_through_the_library() {
         .answer(&request.task_id, &json!("yes"))
         .await
         .unwrap();
-    let response = sent.await.unwrap();
+    let (response, _) = sent.await.unwrap();
     assert_eq!(response.result.unwrap(), json!({"answer": "yes"}));
     let kinds: Vec<EventType> = events(&collect(&client, &request.task_id, 1).await)
         .iter()
@@ -691,24 +664,8 @@ async fn an_answer_too_large_for_the_log_is_refused_and_the_question_still_waits
     let client = bus(&server).await;
     let request = TaskRequest::new("ask", json!({}));
     let mut watch = client.watch(&request.task_id, 1).await.unwrap();
-    let sent = tokio::spawn({
-        let client = client.clone();
-        let request = request.clone();
-        async move {
-            client
-                .request("writer", &request, RequestOptions::default())
-                .await
-                .unwrap()
-        }
-    });
-    loop {
-        let Some(Ok(Watched::Event(event))) = watch.next().await else {
-            panic!("the log goes on")
-        };
-        if event.kind == EventType::InputRequired {
-            break;
-        }
-    }
+    let sent = send(&client, &request);
+    next_of(&mut watch, EventType::InputRequired).await;
     let huge = json!("y".repeat(client.max_payload() - 300));
     let err = client.answer(&request.task_id, &huge).await.unwrap_err();
     assert_eq!(err.kind(), ControlErrorKind::NotAsking, "{err}");
@@ -718,7 +675,7 @@ async fn an_answer_too_large_for_the_log_is_refused_and_the_question_still_waits
         TaskState::InputRequired
     );
     client.answer(&request.task_id, &json!("ok")).await.unwrap();
-    let response = sent.await.unwrap();
+    let (response, _) = sent.await.unwrap();
     assert_eq!(response.result.unwrap(), json!({"answer": "ok"}));
 }
 
@@ -915,21 +872,12 @@ async fn a_task_waiting_for_a_slot_is_cancelled_before_it_runs() {
     let client = bus(&server).await;
     let blocker = TaskRequest::new("forever", json!({}));
     let waiting = TaskRequest::new("quick", json!({}));
-    let send = |request: TaskRequest| {
-        let client = client.clone();
-        tokio::spawn(async move {
-            client
-                .request("writer", &request, RequestOptions::default())
-                .await
-                .unwrap()
-        })
-    };
-    let blocked = send(blocker.clone());
+    let blocked = send(&client, &blocker);
     assert_eq!(
         wait_for_state(&client, &blocker.task_id, TaskState::Running).await,
         TaskState::Running
     );
-    let queued = send(waiting.clone());
+    let queued = send(&client, &waiting);
     // Held (waiting for the slot), so the runtime answers for it.
     assert_eq!(
         wait_for_state(&client, &waiting.task_id, TaskState::Running).await,
@@ -940,8 +888,8 @@ async fn a_task_waiting_for_a_slot_is_cancelled_before_it_runs() {
         CancelOutcome::Cancelling { .. }
     ));
     client.cancel(&blocker.task_id).await.unwrap();
-    assert_eq!(blocked.await.unwrap().status, TaskStatus::Cancelled);
-    assert_eq!(queued.await.unwrap().status, TaskStatus::Cancelled);
+    assert_eq!(blocked.await.unwrap().0.status, TaskStatus::Cancelled);
+    assert_eq!(queued.await.unwrap().0.status, TaskStatus::Cancelled);
     assert_eq!(
         agent.runs.load(Ordering::SeqCst),
         1,
