@@ -129,6 +129,16 @@ impl Running {
         Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")))
     }
 
+    /// The next printed event of type `kind`, skipping the others.
+    async fn until(&mut self, kind: &str) -> Value {
+        loop {
+            let event = self.line().await.expect("events");
+            if event["type"] == kind {
+                return event;
+            }
+        }
+    }
+
     async fn rest(&mut self) -> Vec<Value> {
         let mut out = Vec::new();
         while let Some(line) = self.line().await {
@@ -278,12 +288,7 @@ async fn task_cancel_from_another_process_stops_a_running_handler_within_a_secon
         ],
     );
     // Started: the handler runs.
-    loop {
-        let event = request.line().await.expect("events");
-        if event["type"] == "started" {
-            break;
-        }
-    }
+    request.until("started").await;
     let out = cli(&server, &["task", "cli-cancel-1", "--json"]).await;
     assert_eq!(out.assert_success().json()["state"], "running");
     let asked = Instant::now();
@@ -333,13 +338,8 @@ async fn a_question_is_answered_through_the_cli() {
             "cli-ask-1",
         ],
     );
-    loop {
-        let event = request.line().await.expect("events");
-        if event["type"] == "input_required" {
-            assert_eq!(event["data"]["question"], "which colour?");
-            break;
-        }
-    }
+    let event = request.until("input_required").await;
+    assert_eq!(event["data"]["question"], "which colour?");
     let out = cli(&server, &["task", "cli-ask-1", "--json"]).await;
     assert_eq!(out.assert_success().json()["state"], "input_required");
     let out = cli(&server, &["task", "answer", "cli-ask-1", r#""blue""#]).await;
