@@ -539,16 +539,28 @@ pub(crate) async fn http_get(base_url: &str, path: &str) -> (u16, String) {
     (code, body.to_owned())
 }
 
-/// The shipped topology with `from` replaced by `to` (exactly once), written to `dir/name`.
+/// The shipped topology with the whole lines `from` replaced by `to`
+/// (exactly once), written to `dir/name`.
 pub(crate) fn topology_file(dir: &Path, name: &str, from: &str, to: &str) -> PathBuf {
     let text = agentbus_ops::topology::STANDARD_TOPOLOGY_TOML;
+    // Whole lines only: "max_msgs = 10000" is not in "max_msgs = 1000000".
+    let at: Vec<usize> = text
+        .match_indices(from)
+        .map(|(start, _)| start)
+        .filter(|&start| {
+            let end = start + from.len();
+            (start == 0 || text.as_bytes()[start - 1] == b'\n')
+                && (end == text.len() || text.as_bytes()[end] == b'\n')
+        })
+        .collect();
     assert_eq!(
-        text.matches(from).count(),
+        at.len(),
         1,
-        "{from:?} must occur once in the shipped topology"
+        "{from:?} must occur once, as whole lines, in the shipped topology"
     );
+    let edited = format!("{}{to}{}", &text[..at[0]], &text[at[0] + from.len()..]);
     let path = dir.join(name);
-    std::fs::write(&path, text.replacen(from, to, 1)).expect("write topology file");
+    std::fs::write(&path, edited).expect("write topology file");
     path
 }
 
