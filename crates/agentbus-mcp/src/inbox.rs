@@ -81,7 +81,7 @@ impl Inbox {
         // (from an earlier run, or a runtime serving this name) keeps its
         // cursor, and the ack wait and max deliver it was made with.
         let (consumer, _) = spec
-            .create_sharing(bus.jetstream(), &DeliveryOptions::default())
+            .create_sharing(bus, &DeliveryOptions::default())
             .await?;
         let subscription = bus
             .client()

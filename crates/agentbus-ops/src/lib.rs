@@ -51,6 +51,7 @@
 
 pub mod check;
 pub mod data_dir;
+pub mod identity;
 mod local_bus;
 pub mod local_server;
 pub mod monitor;

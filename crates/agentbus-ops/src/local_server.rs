@@ -18,7 +18,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
-const PASSWORD_VAR: &str = "AGENTBUS_NATS_PASSWORD";
+use crate::identity::{AUTH_FILE, Identities, PASSWORD_VAR, PID_FILE};
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// File name of the generated server configuration.
 pub const CONFIG_FILE: &str = "nats.conf";
@@ -165,6 +165,12 @@ impl LocalServer {
             &config.monitor_host,
             config.monitor_port,
         )?;
+        Identities::load(&config.dir)
+            .and_then(|ids| ids.write_authorization(&config.user))
+            .map_err(|err| LocalServerError::Write {
+                path: config.dir.join(AUTH_FILE),
+                source: std::io::Error::other(err.to_string()),
+            })?;
         let config_path = config.dir.join(CONFIG_FILE);
         write_private(&config_path, &render_config(config)).map_err(|source| {
             LocalServerError::Write {
@@ -367,19 +373,16 @@ host: {host:?}
 port: {port}
 {monitoring}
 ports_file_dir: "{dir}"
+pid_file: "{dir}/{PID_FILE}"
 jetstream {{
   store_dir: "{dir}"
 }}
-authorization {{
-  users = [
-    {{ user: {user:?}, password: ${PASSWORD_VAR} }}
-  ]
-}}
+# The operator and every agent identity (`agentbus creds`).
+include "{AUTH_FILE}"
 "#,
         name = config.server_name,
         host = config.host,
         port = port(config.port),
-        user = config.user,
     )
 }
 
@@ -467,6 +470,18 @@ fn die_with_parent(command: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// Asks the server `pid` to reload its configuration (SIGHUP); `false`
+/// when there is no such process.
+#[allow(unsafe_code)]
+pub(crate) fn send_reload(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill(2) has no memory effects; the pid is the server's own,
+    // read from the pid file it writes.
+    unsafe { libc::kill(pid, libc::SIGHUP) == 0 }
 }
 
 #[allow(unsafe_code)]

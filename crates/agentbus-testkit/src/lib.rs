@@ -27,6 +27,7 @@ pub use redis::{RedisServer, redis_server_binary};
 
 use agentbus::connect::ServerTarget;
 use agentbus_ops::LocalBus;
+use agentbus_ops::identity::{self, Identities};
 use agentbus_ops::local_server::{LocalServer, LocalServerConfig};
 use agentbus_ops::server_binary;
 use agentbus_ops::topology::Topology;
@@ -159,6 +160,45 @@ impl NatsServer {
     /// A JetStream context on a new connection.
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         async_nats::jetstream::new(self.connect().await)
+    }
+
+    /// Gives agent `grant.agent` an identity of its own (an nkey with the
+    /// grant's permissions), as `agentbus creds add` does: the server
+    /// reloads, the operator provisions the agent's consumers, and the
+    /// returned target (credentials and agent) is accepted.
+    pub async fn add_identity(&self, grant: agentbus::permissions::Grant) -> ServerTarget {
+        let mut ids = Identities::load(&self.config.dir).expect("read identities");
+        let added = ids
+            .add(grant.clone(), self.url())
+            .expect("add the identity");
+        assert!(
+            ids.apply(&self.config.user).expect("write auth.conf"),
+            "the server reloads"
+        );
+        let operator = agentbus::Bus::connect(&self.target(), "agentbus-testkit")
+            .await
+            .expect("connect as the operator");
+        identity::provision(&operator, &grant)
+            .await
+            .expect("provision the agent's consumers");
+        let target = ServerTarget::from_url(self.url(), agentbus::connect::TargetSource::Explicit)
+            .with_credentials(agentbus::connect::Credentials::NkeyFile(added.seed_file))
+            .with_agent(Some(grant.agent));
+        assert!(
+            identity::wait_until_accepted(&target, std::time::Duration::from_secs(10)).await,
+            "the server accepts the new identity"
+        );
+        target
+    }
+
+    /// Revokes `agent`'s identity, as `agentbus creds revoke` does.
+    pub async fn revoke_identity(&self, agent: &str) {
+        let mut ids = Identities::load(&self.config.dir).expect("read identities");
+        ids.revoke(agent).expect("revoke the identity");
+        assert!(
+            ids.apply(&self.config.user).expect("write auth.conf"),
+            "the server reloads"
+        );
     }
 
     /// The server process id.

@@ -4,6 +4,7 @@
 use crate::client::{Bus, PublishError, RequestOptions, SendTaskError};
 use crate::name::{InvalidName, Name};
 use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
+use crate::sender::Sender;
 pub use crate::subject::MessageChannel;
 use crate::task_log::{AskError, EventType, LogError, RunningTask, StopReason};
 use serde::Serialize;
@@ -70,8 +71,11 @@ pub struct AgentMessage {
     pub subject: String,
     /// Its id (`Nats-Msg-Id`), when the sender set one.
     pub message_id: Option<String>,
-    /// The sending agent, when the sender said.
+    /// The sending agent as the sender claimed it (the `Agentbus-From`
+    /// header): not verified; [`AgentMessage::sender`] is.
     pub from: Option<String>,
+    /// Who sent it, as the bus vouches for it (from the subject).
+    pub sender: Sender,
     /// The body: JSON when it is JSON, else a string.
     pub body: Value,
     /// Sequence in its stream.
@@ -236,9 +240,18 @@ pub struct TaskContext {
     pub(crate) bus: Bus,
     /// The task, when this is a task's handler (not a message's).
     pub(crate) task: Option<Arc<RunningTask>>,
+    /// Who sent the task or message.
+    pub(crate) sender: Sender,
 }
 
 impl TaskContext {
+    /// Who sent the task or message being handled, as far as the bus
+    /// vouches for it ([`Sender::Unverified`] for a sender without an agent
+    /// identity, and for queued tasks, whose subjects carry no sender).
+    pub fn sender(&self) -> &Sender {
+        &self.sender
+    }
+
     /// The name of the agent handling the task.
     pub fn agent_name(&self) -> &Name {
         &self.agent
@@ -277,8 +290,9 @@ impl TaskContext {
         request: &TaskRequest,
         mut options: RequestOptions,
     ) -> Result<TaskResponse, SendTaskError> {
+        let from = Some(&self.agent);
         let Some(deadline) = self.deadline() else {
-            return self.bus.request(agent, request, options).await;
+            return self.bus.request_from(from, agent, request, options).await;
         };
         let mut request = request.clone();
         if request.deadline_time().is_none_or(|own| own > deadline) {
@@ -288,7 +302,7 @@ impl TaskContext {
             .duration_since(SystemTime::now())
             .unwrap_or_default();
         options.timeout = options.timeout.min(left);
-        self.bus.request(agent, &request, options).await
+        self.bus.request_from(from, agent, &request, options).await
     }
 
     /// When the task must be over: its request's deadline, or the agent's

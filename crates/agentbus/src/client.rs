@@ -29,6 +29,10 @@ pub struct Bus {
 struct BusInner {
     client: async_nats::Client,
     jetstream: async_nats::jetstream::Context,
+    /// The agent whose identity the connection uses, if it is an agent's.
+    identity: Option<Name>,
+    /// Whether it uses the operator identity, which may do everything.
+    operator: bool,
 }
 
 /// How to send a task over request/reply.
@@ -239,16 +243,55 @@ impl SubscribeError {
 
 impl Bus {
     /// Connects to `target`; `client_name` shows in the server's connection list.
+    ///
+    /// With an agent identity ([`ServerTarget::agent`]), what this bus sends
+    /// carries that agent as its sender.
     pub async fn connect(target: &ServerTarget, client_name: &str) -> Result<Self, ConnectError> {
-        Ok(Self::from_client(target.connect(client_name).await?))
+        let client = target.connect(client_name).await?;
+        let mut bus = Self::wrap(client, target.agent().cloned());
+        if target.is_operator()
+            && let Some(inner) = std::sync::Arc::get_mut(&mut bus.inner)
+        {
+            inner.operator = true;
+        }
+        Ok(bus)
     }
 
-    /// Wraps an existing connection.
+    /// Wraps an existing connection that has no agent identity: tasks and
+    /// messages sent through it have no verified sender, unless sent on an
+    /// agent's behalf by a [`crate::Runtime`] it serves.
     pub fn from_client(client: async_nats::Client) -> Self {
+        Self::wrap(client, None)
+    }
+
+    /// Wraps a connection that uses agent `agent`'s identity: tasks and
+    /// messages sent through it carry `agent` as their sender, and a
+    /// [`crate::Runtime`] on it serves that agent only.
+    pub fn from_client_as(client: async_nats::Client, agent: Name) -> Self {
+        Self::wrap(client, Some(agent))
+    }
+
+    fn wrap(client: async_nats::Client, identity: Option<Name>) -> Self {
         let jetstream = async_nats::jetstream::new(client.clone());
         Self {
-            inner: std::sync::Arc::new(BusInner { client, jetstream }),
+            inner: std::sync::Arc::new(BusInner {
+                client,
+                jetstream,
+                identity,
+                operator: false,
+            }),
         }
+    }
+
+    /// The agent whose identity this connection uses, if any.
+    pub fn identity(&self) -> Option<&Name> {
+        self.inner.identity.as_ref()
+    }
+
+    /// Whether this connection uses the operator identity of `agentbus up`,
+    /// which may read and change everything on the bus.
+    pub fn is_operator(&self) -> bool {
+        self.inner.operator
     }
 
     /// The JetStream context on this connection.
@@ -291,14 +334,33 @@ impl Bus {
     }
 
     /// Sends `request` to `agent` and waits for the response.
+    ///
+    /// The task carries this connection's agent identity as its sender, if
+    /// it has one (see [`Bus::identity`]).
     pub async fn request(
         &self,
         agent: &str,
         request: &TaskRequest,
         options: RequestOptions,
     ) -> Result<TaskResponse, SendTaskError> {
+        self.request_from(self.identity(), agent, request, options)
+            .await
+    }
+
+    /// [`Bus::request`] sent as agent `from` (on `agent.<agent>.task.<from>`),
+    /// or without a sender (on `agent.<agent>.task`).
+    pub(crate) async fn request_from(
+        &self,
+        from: Option<&Name>,
+        agent: &str,
+        request: &TaskRequest,
+        options: RequestOptions,
+    ) -> Result<TaskResponse, SendTaskError> {
         let agent_name = Name::parse("agent name", agent)?;
-        let subject = subject::agent_task(&agent_name);
+        let subject = match from {
+            Some(from) => subject::agent_task_from(&agent_name, from),
+            None => subject::agent_task(&agent_name),
+        };
         let body = Bytes::from(request.to_json());
         let max = self.max_payload();
         if body.len() > max {

@@ -4,11 +4,16 @@
 //! `NATS_URL` environment variable, or `<data-dir>/connection.env` written by
 //! `agentbus up` (the data directory is `--data-dir`, else `AGENTBUS_DATA_DIR`,
 //! else `./.agentbus`: see [`resolve_data_dir`]). Credentials come from the
-//! URL's user-info, else from `NATS_USER`/`NATS_PASSWORD`, `NATS_TOKEN` or
-//! `NATS_CREDS`. URLs are only ever shown without their password. A `tls://` URL requires TLS; `NATS_CA` names
+//! URL's user-info, else from `NATS_CREDS`, `NATS_NKEY` (a file holding an
+//! nkey seed), `NATS_TOKEN` or `NATS_USER`/`NATS_PASSWORD`. `AGENTBUS_AGENT`
+//! names the agent whose identity those credentials are (the env file
+//! `agentbus creds add` writes sets it): the connection then sends as that
+//! agent and keeps its replies under `_INBOX.<agent>`, the only inbox its
+//! identity may read. URLs are only ever shown without their password. A `tls://` URL requires TLS; `NATS_CA` names
 //! a PEM file of certificate authorities to trust besides the system's (for a
 //! server with a private CA or a self-signed certificate).
 
+use crate::name::{InvalidName, Name};
 use crate::redact::{Redacted, split_userinfo};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +30,13 @@ pub const NATS_URL_VAR: &str = "NATS_URL";
 pub const MONITOR_URL_VAR: &str = "AGENTBUS_MONITOR_URL";
 /// Variable naming a PEM file of extra certificate authorities to trust.
 pub const CA_FILE_VAR: &str = "NATS_CA";
+/// Variable naming a file that holds an nkey seed.
+pub const NKEY_VAR: &str = "NATS_NKEY";
+/// Variable naming the agent whose identity the credentials are.
+pub const AGENT_VAR: &str = "AGENTBUS_AGENT";
+/// The user of the operator identity `agentbus up` keeps for itself and the
+/// operator commands: it may do everything.
+pub const OPERATOR_USER: &str = "agentbus";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -44,6 +56,8 @@ pub enum Credentials {
     Token(String),
     /// A `.creds` file (JWT and nkey seed).
     CredsFile(PathBuf),
+    /// A file holding an nkey seed (`SU...`).
+    NkeyFile(PathBuf),
 }
 
 impl std::fmt::Debug for Credentials {
@@ -53,6 +67,7 @@ impl std::fmt::Debug for Credentials {
             Self::UserPassword { user, .. } => write!(f, "UserPassword({user}, ***)"),
             Self::Token(_) => f.write_str("Token(***)"),
             Self::CredsFile(path) => write!(f, "CredsFile({})", path.display()),
+            Self::NkeyFile(path) => write!(f, "NkeyFile({})", path.display()),
         }
     }
 }
@@ -98,6 +113,7 @@ pub struct ServerTarget {
     source: TargetSource,
     monitor_url: Option<String>,
     ca_file: Option<PathBuf>,
+    agent: Option<Name>,
 }
 
 /// Why no connection could be made. Each message is one sentence saying what to do.
@@ -128,7 +144,14 @@ pub enum ConnectError {
         /// The file.
         path: PathBuf,
     },
-    /// The `.creds` file could not be read.
+    /// `AGENTBUS_AGENT` is not an agent name.
+    #[error("{AGENT_VAR} is not usable: {source}")]
+    InvalidAgent {
+        /// Why the name is invalid.
+        #[source]
+        source: InvalidName,
+    },
+    /// The `.creds` or nkey seed file could not be read.
     #[error("cannot read the NATS credentials file {}: {source}", .path.display())]
     CredsFile {
         /// The file.
@@ -207,7 +230,8 @@ impl ConnectError {
             Self::NoServer { .. }
             | Self::ConnectionFile { .. }
             | Self::NoUrlInFile { .. }
-            | Self::InvalidUrl { .. } => ConnectErrorKind::NotConfigured,
+            | Self::InvalidUrl { .. }
+            | Self::InvalidAgent { .. } => ConnectErrorKind::NotConfigured,
             Self::CredsFile { .. } => ConnectErrorKind::Credentials,
             Self::Unreachable { .. } => ConnectErrorKind::Unreachable,
             Self::Refused { .. } => ConnectErrorKind::Refused,
@@ -253,6 +277,11 @@ impl ServerTarget {
             target.monitor_url = Some(url);
         }
         target.ca_file = env_value(CA_FILE_VAR).map(PathBuf::from);
+        if let Some(agent) = env_value(AGENT_VAR) {
+            let agent = Name::parse("agent name", agent.trim())
+                .map_err(|source| ConnectError::InvalidAgent { source })?;
+            target.agent = Some(agent);
+        }
         Ok(target)
     }
 
@@ -275,7 +304,26 @@ impl ServerTarget {
             source,
             monitor_url: None,
             ca_file: None,
+            agent: None,
         }
+    }
+
+    /// Says that the credentials are agent `agent`'s identity.
+    #[must_use]
+    pub fn with_agent(mut self, agent: Option<Name>) -> Self {
+        self.agent = agent;
+        self
+    }
+
+    /// The agent whose identity the credentials are (`AGENTBUS_AGENT`), if any.
+    pub fn agent(&self) -> Option<&Name> {
+        self.agent.as_ref()
+    }
+
+    /// Whether the credentials are the operator identity of `agentbus up`
+    /// (user [`OPERATOR_USER`]), which may do everything.
+    pub fn is_operator(&self) -> bool {
+        matches!(&self.credentials, Credentials::UserPassword { user, .. } if user == OPERATOR_USER)
     }
 
     /// Replaces the credentials.
@@ -343,6 +391,9 @@ impl ServerTarget {
 
     async fn options(&self) -> Result<async_nats::ConnectOptions, ConnectError> {
         let mut options = async_nats::ConnectOptions::new();
+        if let Some(agent) = &self.agent {
+            options = options.custom_inbox_prefix(crate::subject::agent_reply_prefix(agent));
+        }
         if let Some(path) = &self.ca_file {
             options = options.add_root_certificates(path.clone());
         }
@@ -352,6 +403,14 @@ impl ServerTarget {
                 options.user_and_password(user.clone(), password.clone())
             }
             Credentials::Token(token) => options.token(token.clone()),
+            Credentials::NkeyFile(path) => {
+                let seed =
+                    std::fs::read_to_string(path).map_err(|source| ConnectError::CredsFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                options.nkey(seed.trim().to_owned())
+            }
             Credentials::CredsFile(path) => {
                 options
                     .credentials_file(path)
@@ -410,6 +469,8 @@ fn is_tls_failure(reason: &str) -> bool {
 fn credentials_from_env(env: &impl Fn(&str) -> Option<String>) -> Credentials {
     if let Some(path) = env("NATS_CREDS") {
         Credentials::CredsFile(PathBuf::from(path))
+    } else if let Some(path) = env(NKEY_VAR) {
+        Credentials::NkeyFile(PathBuf::from(path))
     } else if let Some(token) = env("NATS_TOKEN") {
         Credentials::Token(token)
     } else if let (Some(user), Some(password)) = (env("NATS_USER"), env("NATS_PASSWORD")) {

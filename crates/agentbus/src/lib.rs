@@ -25,6 +25,8 @@
 //! - [`presence`]: heartbeats, who is online, and `agent_offline` events.
 //! - [`discovery`]: the NATS services protocol (`$SRV.PING|INFO|STATS`) that
 //!   served agents answer.
+//! - [`permissions`]: what nats-server lets one agent identity publish and
+//!   subscribe to.
 //! - [`subject`]: the only place where subjects and consumer names are built
 //!   and parsed.
 //! - [`connect`]: finding the server (`--server`, `NATS_URL`,
@@ -59,10 +61,12 @@ pub mod delivery;
 pub mod events;
 mod jetstream_errors;
 mod name;
+pub mod permissions;
 pub mod presence;
 mod protocol;
 pub mod redact;
 mod runtime;
+mod sender;
 pub mod state;
 pub mod subject;
 mod task_id;
@@ -80,4 +84,5 @@ pub use runtime::discovery;
 pub use runtime::{
     AgentOptions, AgentStats, InvalidSchema, Runtime, RuntimeError, RuntimeErrorKind,
 };
+pub use sender::Sender;
 pub use task_id::{InvalidTaskId, MAX_TASK_ID_LEN, TaskId};

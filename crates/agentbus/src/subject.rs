@@ -180,7 +180,12 @@ pub struct InvalidSubject {
 
 /// Subjects answered over core request/reply. A stream capturing one of them
 /// would answer the requester with its own PubAck instead of the agent's reply.
-pub const REQUEST_REPLY_SUBJECTS: [&str; 3] = ["agent.*.task", "task.*.control.*", "_INBOX.>"];
+pub const REQUEST_REPLY_SUBJECTS: [&str; 4] = [
+    "agent.*.task",
+    "agent.*.task.*",
+    "task.*.control.*",
+    "_INBOX.>",
+];
 
 /// Stream holding direct messages (`agent.<name>.inbox|direct`).
 pub const MESSAGES_STREAM: &str = "agent-messages";
@@ -259,6 +264,72 @@ pub fn parse_task_control(subject: &str) -> Option<(TaskId, TaskControl)> {
 /// Subject of the tasks an agent answers over request/reply.
 pub fn agent_task(agent: &Name) -> Subject {
     Subject::built(format!("agent.{agent}.task"))
+}
+
+/// Subject of the tasks `from` sends `agent` over request/reply:
+/// `agent.<agent>.task.<from>`. Publish permissions let an agent's identity
+/// use only its own name as the last token, so the receiver knows the sender.
+pub fn agent_task_from(agent: &Name, from: &Name) -> Subject {
+    Subject::built(format!("agent.{agent}.task.{from}"))
+}
+
+/// Every sender-stamped task subject of `agent`: `agent.<agent>.task.*`.
+pub fn agent_tasks_stamped(agent: &Name) -> SubjectPattern {
+    SubjectPattern(format!("agent.{agent}.task.*"))
+}
+
+/// Subject of a message `from` stores in `agent`'s inbox: `agent.<agent>.inbox.<from>`.
+pub fn agent_inbox_from(agent: &Name, from: &Name) -> Subject {
+    Subject::built(format!("agent.{agent}.inbox.{from}"))
+}
+
+/// Subject of a message `from` stores on `agent`'s direct channel: `agent.<agent>.direct.<from>`.
+pub fn agent_direct_from(agent: &Name, from: &Name) -> Subject {
+    Subject::built(format!("agent.{agent}.direct.{from}"))
+}
+
+/// Subject of a broadcast `from` sends on `topic`: `broadcast.<topic>.<from>`.
+pub fn broadcast_from(topic: &Name, from: &Name) -> Subject {
+    Subject::built(format!("broadcast.{topic}.{from}"))
+}
+
+/// Subject of an announcement `from` sends on `topic`: `announce.<topic>.<from>`.
+pub fn announce_from(topic: &Name, from: &Name) -> Subject {
+    Subject::built(format!("announce.{topic}.{from}"))
+}
+
+/// Who sent a message, read from the subject it was published on.
+///
+/// Task, inbox, direct, broadcast and announcement subjects carry the
+/// sender's name as their last token when the sender is an agent
+/// (`agent.<to>.task.<from>`, `broadcast.<topic>.<from>`, ...). nats-server's
+/// publish permissions give each agent identity its own name only, so that
+/// token is the sender. A subject without it (the plain forms, which clients
+/// outside agentbus use) has no known sender.
+pub fn sender_of(subject: &str) -> crate::Sender {
+    let mut tokens = subject.split('.');
+    let stamped = match (
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+    ) {
+        (Some("agent"), Some(_), Some("task" | "inbox" | "direct"), Some(from), None) => Some(from),
+        (Some("broadcast" | "announce"), Some(_), Some(from), None, None) => Some(from),
+        _ => None,
+    };
+    match stamped.and_then(|from| Name::parse("sender", from).ok()) {
+        Some(from) => crate::Sender::Agent(from),
+        None => crate::Sender::Unverified,
+    }
+}
+
+/// The prefix of the reply subjects of a connection with agent `agent`'s
+/// identity: `_INBOX.<agent>`. Its identity may subscribe under it only, so
+/// no other agent reads its replies (task answers, pulled messages).
+pub fn agent_reply_prefix(agent: &Name) -> String {
+    format!("_INBOX.{agent}")
 }
 
 /// Subject of an agent's durable inbox.
@@ -343,8 +414,14 @@ pub fn announce(topic: &Name) -> Subject {
     Subject::built(format!("announce.{topic}"))
 }
 
-/// Every announcement.
-pub const ALL_ANNOUNCEMENTS: &str = "announce.*";
+/// Every announcement, without and with a sender.
+pub const ALL_ANNOUNCEMENTS: [&str; 2] = ["announce.*", "announce.*.*"];
+
+/// A subject that may carry a sender, and its sender-stamped forms: what a
+/// consumer of it filters on (`agent.bob.inbox` and `agent.bob.inbox.*`).
+pub fn with_senders(plain: &Subject) -> [String; 2] {
+    [plain.to_string(), format!("{plain}.*")]
+}
 
 /// Which durable channel a message came in on.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -364,10 +441,14 @@ pub enum MessageChannel {
 pub fn parse_channel(subject: &str) -> Option<MessageChannel> {
     let tokens: Vec<&str> = subject.split('.').collect();
     match tokens.as_slice() {
-        ["agent", _, "inbox"] => Some(MessageChannel::Inbox),
-        ["agent", _, "direct"] => Some(MessageChannel::Direct),
-        ["broadcast", topic] => Some(MessageChannel::Broadcast((*topic).to_owned())),
-        ["announce", topic] => Some(MessageChannel::Announce((*topic).to_owned())),
+        ["agent", _, "inbox"] | ["agent", _, "inbox", _] => Some(MessageChannel::Inbox),
+        ["agent", _, "direct"] | ["agent", _, "direct", _] => Some(MessageChannel::Direct),
+        ["broadcast", topic] | ["broadcast", topic, _] => {
+            Some(MessageChannel::Broadcast((*topic).to_owned()))
+        }
+        ["announce", topic] | ["announce", topic, _] => {
+            Some(MessageChannel::Announce((*topic).to_owned()))
+        }
         _ => None,
     }
 }

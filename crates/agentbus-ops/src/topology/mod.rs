@@ -500,7 +500,7 @@ mod tests {
 
     fn with_subjects(subjects: &str) -> String {
         STANDARD_TOPOLOGY_TOML.replacen(
-            "subjects = [\"agent.*.inbox\", \"agent.*.direct\"]",
+            "subjects = [\"agent.*.inbox\", \"agent.*.direct\", \"agent.*.inbox.*\", \"agent.*.direct.*\"]",
             &format!("subjects = {subjects}"),
             1,
         )

@@ -219,8 +219,8 @@ async fn make(
     sharing: bool,
 ) -> Result<(PullConsumer, DeliveryOptions), ConsumerError> {
     if sharing {
-        spec.create_sharing(bus.jetstream(), options).await
+        spec.create_sharing(bus, options).await
     } else {
-        Ok((spec.create(bus.jetstream(), options).await?, *options))
+        Ok((spec.create(bus, options).await?, *options))
     }
 }

@@ -6,6 +6,7 @@
 
 use super::DeliveryOptions;
 use super::queue::Queue;
+use crate::client::Bus;
 use crate::name::Name;
 use crate::protocol::Priority;
 use crate::subject;
@@ -37,6 +38,10 @@ pub struct ConsumerSpec {
     max_ack_pending: i64,
     /// Deleted by the server after this long idle, when set.
     inactive_threshold: Option<Duration>,
+    /// Made by the operator for a connection with an agent identity, which
+    /// may not make it: its filters are more than one subject, and nats-server
+    /// checks a filter against permissions only when it is the only one.
+    provisioned: bool,
 }
 
 /// Why a durable consumer could not be set up.
@@ -57,6 +62,9 @@ pub struct ConsumerError {
 pub enum ConsumerErrorKind {
     /// The stream does not exist: `agentbus setup` creates it.
     NoStream,
+    /// The consumer does not exist, and this connection's agent identity
+    /// may not make it: `agentbus creds add` does.
+    NotProvisioned,
     /// JetStream refused the consumer (a limit, a conflicting consumer).
     Refused,
     /// The server did not answer, or the connection failed.
@@ -84,6 +92,7 @@ impl ConsumerSpec {
             filters: vec![queue.subject(priority).into()],
             max_ack_pending: TASK_QUEUE_MAX_ACK_PENDING,
             inactive_threshold: Some(QUEUE_IDLE),
+            provisioned: false,
         }
     }
 
@@ -92,9 +101,10 @@ impl ConsumerSpec {
         Self {
             stream: subject::MESSAGES_STREAM,
             name: subject::durable::inbox(agent),
-            filters: vec![subject::agent_inbox(agent).into()],
+            filters: subject::with_senders(&subject::agent_inbox(agent)).into(),
             max_ack_pending: IN_ORDER,
             inactive_threshold: None,
+            provisioned: true,
         }
     }
 
@@ -103,9 +113,10 @@ impl ConsumerSpec {
         Self {
             stream: subject::MESSAGES_STREAM,
             name: subject::durable::direct(agent),
-            filters: vec![subject::agent_direct(agent).into()],
+            filters: subject::with_senders(&subject::agent_direct(agent)).into(),
             max_ack_pending: DIRECT_MAX_ACK_PENDING,
             inactive_threshold: None,
+            provisioned: true,
         }
     }
 
@@ -114,15 +125,18 @@ impl ConsumerSpec {
     pub fn broadcasts(agent: &Name, topics: &[Name]) -> Self {
         let mut filters: Vec<String> = topics
             .iter()
-            .map(|topic| subject::broadcast(topic).into())
+            .flat_map(|topic| subject::with_senders(&subject::broadcast(topic)))
             .collect();
-        filters.push(subject::ALL_ANNOUNCEMENTS.to_owned());
+        filters.extend(subject::ALL_ANNOUNCEMENTS.map(str::to_owned));
         Self {
             stream: subject::BROADCAST_STREAM,
             name: subject::durable::broadcast(agent),
             filters,
             max_ack_pending: IN_ORDER,
             inactive_threshold: None,
+            // Broadcasts are for every agent: an identity may make its own
+            // consumer of them, with whatever topics.
+            provisioned: false,
         }
     }
 
@@ -146,15 +160,49 @@ impl ConsumerSpec {
         self.inactive_threshold
     }
 
+    /// Whether an agent identity gets this consumer made by the operator
+    /// (`agentbus creds add`) instead of making it.
+    pub fn is_provisioned(&self) -> bool {
+        self.provisioned
+    }
+
     /// Creates the consumer, or updates an existing one to this definition
-    /// (its cursor and pending messages are kept).
+    /// (its cursor and pending messages are kept). On a connection with an
+    /// agent identity, a consumer the operator provisions is used as it is.
     pub async fn create(
         &self,
-        js: &jetstream::Context,
+        bus: &Bus,
         options: &DeliveryOptions,
     ) -> Result<PullConsumer, ConsumerError> {
-        let stream = self.stream_of(js).await?;
+        let stream = self.stream_of(bus.jetstream()).await?;
+        if bus.identity().is_some() && self.provisioned {
+            return self.provisioned_on(&stream).await;
+        }
         self.create_on(&stream, options).await
+    }
+
+    /// The consumer the operator made for an agent identity.
+    async fn provisioned_on(
+        &self,
+        stream: &jetstream::stream::Stream,
+    ) -> Result<PullConsumer, ConsumerError> {
+        stream.get_consumer(&self.name).await.map_err(|err| {
+            let missing = err
+                .downcast_ref::<jetstream::Error>()
+                .is_some_and(|js| js.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND);
+            let kind = if missing {
+                ConsumerErrorKind::NotProvisioned
+            } else {
+                ConsumerErrorKind::Unavailable
+            };
+            ConsumerError {
+                kind,
+                stream: self.stream,
+                consumer: self.name.clone(),
+                hint: Self::hint(kind),
+                source: err,
+            }
+        })
     }
 
     /// The stream the consumer reads.
@@ -211,20 +259,17 @@ impl ConsumerSpec {
     /// a missing one is made with `defaults`. Returns the options in force.
     pub async fn create_sharing(
         &self,
-        js: &jetstream::Context,
+        bus: &Bus,
         defaults: &DeliveryOptions,
     ) -> Result<(PullConsumer, DeliveryOptions), ConsumerError> {
-        let stream = self.stream_of(js).await?;
+        let stream = self.stream_of(bus.jetstream()).await?;
+        if bus.identity().is_some() && self.provisioned {
+            let consumer = self.provisioned_on(&stream).await?;
+            let options = options_of(&consumer.cached_info().config, defaults);
+            return Ok((consumer, options));
+        }
         let options = match stream.consumer_info(&self.name).await.ok() {
-            Some(info) => DeliveryOptions {
-                ack_wait: info.config.ack_wait,
-                // Zero or below: without a limit.
-                max_deliver: u32::try_from(info.config.max_deliver)
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .unwrap_or(u32::MAX),
-                ..*defaults
-            },
+            Some(info) => options_of(&info.config, defaults),
             None => *defaults,
         };
         Ok((self.create_on(&stream, &options).await?, options))
@@ -239,17 +284,35 @@ impl ConsumerSpec {
             kind,
             stream: self.stream,
             consumer: self.name.clone(),
-            hint: match kind {
-                ConsumerErrorKind::NoStream => "run `agentbus setup` to create the streams",
-                ConsumerErrorKind::Refused => {
-                    "check the stream's limits with `agentbus status`, or turn this part off in AgentOptions"
-                }
-                ConsumerErrorKind::Unavailable => {
-                    "check that the server is up and JetStream enabled"
-                }
-            },
+            hint: Self::hint(kind),
             source: Box::new(source),
         }
+    }
+
+    fn hint(kind: ConsumerErrorKind) -> &'static str {
+        match kind {
+            ConsumerErrorKind::NoStream => "run `agentbus setup` to create the streams",
+            ConsumerErrorKind::NotProvisioned => {
+                "the agent's identity may not make it; `agentbus creds add <agent>` provisions it"
+            }
+            ConsumerErrorKind::Refused => {
+                "check the stream's limits with `agentbus status`, or turn this part off in AgentOptions"
+            }
+            ConsumerErrorKind::Unavailable => "check that the server is up and JetStream enabled",
+        }
+    }
+}
+
+/// The delivery options an existing consumer was made with; the rest from `defaults`.
+fn options_of(config: &jetstream::consumer::Config, defaults: &DeliveryOptions) -> DeliveryOptions {
+    DeliveryOptions {
+        ack_wait: config.ack_wait,
+        // Zero or below: without a limit.
+        max_deliver: u32::try_from(config.max_deliver)
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or(u32::MAX),
+        ..*defaults
     }
 }
 
@@ -266,7 +329,15 @@ mod tests {
         assert_eq!(ConsumerSpec::inbox(&name("a")).max_ack_pending, 1);
         let broadcasts = ConsumerSpec::broadcasts(&name("a"), &[name("news")]);
         assert_eq!(broadcasts.max_ack_pending, 1);
-        assert_eq!(broadcasts.filters(), ["broadcast.news", "announce.*"]);
+        assert_eq!(
+            broadcasts.filters(),
+            [
+                "broadcast.news",
+                "broadcast.news.*",
+                "announce.*",
+                "announce.*.*"
+            ]
+        );
         assert!(ConsumerSpec::direct(&name("a")).max_ack_pending > 1);
     }
 

@@ -255,15 +255,20 @@ impl Bus {
         Ok(self.task_report(task_id).await?.state)
     }
 
-    /// Stores `message` in agent `to`'s inbox (delivered in order).
+    /// Stores `message` in agent `to`'s inbox (delivered in order). Like
+    /// every send below, it carries this connection's agent identity as the
+    /// verified sender when it has one ([`Bus::identity`]).
     pub async fn send<T: Serialize + ?Sized>(
         &self,
         to: &str,
         message: &T,
     ) -> Result<Published, StoreError> {
         let to = Name::parse("agent name", to)?;
-        self.publish_durable(&subject::agent_inbox(&to), message, None, None)
-            .await
+        let subject = match self.identity() {
+            Some(from) => subject::agent_inbox_from(&to, from),
+            None => subject::agent_inbox(&to),
+        };
+        self.publish_durable(&subject, message, None, None).await
     }
 
     /// Stores `message` on agent `to`'s direct channel (delivered concurrently).
@@ -273,8 +278,11 @@ impl Bus {
         message: &T,
     ) -> Result<Published, StoreError> {
         let to = Name::parse("agent name", to)?;
-        self.publish_durable(&subject::agent_direct(&to), message, None, None)
-            .await
+        let subject = match self.identity() {
+            Some(from) => subject::agent_direct_from(&to, from),
+            None => subject::agent_direct(&to),
+        };
+        self.publish_durable(&subject, message, None, None).await
     }
 
     /// Broadcasts `message` to every agent subscribed to `topic`.
@@ -284,8 +292,11 @@ impl Bus {
         message: &T,
     ) -> Result<Published, StoreError> {
         let topic = Name::parse("topic", topic)?;
-        self.publish_durable(&subject::broadcast(&topic), message, None, None)
-            .await
+        let subject = match self.identity() {
+            Some(from) => subject::broadcast_from(&topic, from),
+            None => subject::broadcast(&topic),
+        };
+        self.publish_durable(&subject, message, None, None).await
     }
 
     /// Announces `message` to every agent that takes messages.
@@ -295,8 +306,11 @@ impl Bus {
         message: &T,
     ) -> Result<Published, StoreError> {
         let topic = Name::parse("topic", topic)?;
-        self.publish_durable(&subject::announce(&topic), message, None, None)
-            .await
+        let subject = match self.identity() {
+            Some(from) => subject::announce_from(&topic, from),
+            None => subject::announce(&topic),
+        };
+        self.publish_durable(&subject, message, None, None).await
     }
 
     /// Stores a JSON message on a stream subject with a message id (a new UUID

@@ -864,7 +864,7 @@ impl State {
             }
             Consumer::OnDemand { spec, options, .. } => {
                 let js = self.bus.jetstream();
-                match spec.create(js, options).await {
+                match spec.create(&self.bus, options).await {
                     Ok(consumer) => consumer,
                     // One made before consumers were made on demand, and not
                     // updatable in place: work it as it is.

@@ -116,6 +116,16 @@ pub enum RuntimeError {
         "agent {0} is already served by this runtime; run replicas as separate runtimes or processes"
     )]
     Duplicate(String),
+    /// The connection uses another agent's identity.
+    #[error(
+        "this runtime's connection uses agent {identity}'s identity, which may not serve agent {agent}; run {agent} with its own env file from `agentbus creds add {agent}`"
+    )]
+    OtherIdentity {
+        /// The agent to serve.
+        agent: String,
+        /// The agent whose identity the connection uses.
+        identity: String,
+    },
     /// A durable consumer could not be created.
     #[error(transparent)]
     Consumer(#[from] ConsumerError),
@@ -158,6 +168,8 @@ pub enum RuntimeErrorKind {
     InvalidAgent,
     /// The same agent name was added twice to one runtime.
     Duplicate,
+    /// The connection uses another agent's identity.
+    OtherIdentity,
     /// A durable consumer could not be set up.
     Consumer,
     /// The task results bucket is missing.
@@ -176,6 +188,7 @@ impl RuntimeError {
                 RuntimeErrorKind::InvalidAgent
             }
             Self::Duplicate(_) => RuntimeErrorKind::Duplicate,
+            Self::OtherIdentity { .. } => RuntimeErrorKind::OtherIdentity,
             Self::Consumer(_) => RuntimeErrorKind::Consumer,
             Self::Results { .. } => RuntimeErrorKind::Results,
             Self::Subscribe { .. } => RuntimeErrorKind::Subscribe,
@@ -282,6 +295,20 @@ impl Runtime {
         if self.agents.iter().any(|a| a.name == name) {
             return Err(RuntimeError::Duplicate(name.to_string()));
         }
+        if self.bus.is_operator() {
+            tracing::warn!(
+                agent = %name,
+                "serving with the operator identity, which may read and change everything on the bus; give the agent its own with `agentbus creds add {name}`"
+            );
+        }
+        if let Some(identity) = self.bus.identity()
+            && *identity != name
+        {
+            return Err(RuntimeError::OtherIdentity {
+                agent: name.to_string(),
+                identity: identity.to_string(),
+            });
+        }
         let specs = agent.task_types();
         if specs.is_empty() {
             return Err(RuntimeError::NoTaskTypes(name.to_string()));
@@ -336,15 +363,24 @@ impl Runtime {
         } else {
             None
         };
-        let subscriber = self
-            .bus
-            .client()
-            .queue_subscribe(subject::agent_task(&name), name.to_string())
-            .await
-            .map_err(|source| RuntimeError::Subscribe {
-                agent: name.to_string(),
-                source,
-            })?;
+        let subscribe_error = |source| RuntimeError::Subscribe {
+            agent: name.to_string(),
+            source,
+        };
+        let client = self.bus.client();
+        let subscribers = serve::TaskSubscribers {
+            plain: client
+                .queue_subscribe(subject::agent_task(&name), name.to_string())
+                .await
+                .map_err(subscribe_error)?,
+            stamped: client
+                .queue_subscribe(
+                    String::from(subject::agent_tasks_stamped(&name)),
+                    name.to_string(),
+                )
+                .await
+                .map_err(subscribe_error)?,
+        };
         self.start_discovery(&name, &type_names, &counters).await?;
         self.start_controls(&name).await?;
         let presence = match presence_store {
@@ -360,7 +396,7 @@ impl Runtime {
         let works_queues = served.options.work_queues;
         let handles = vec![tokio::spawn(serve::serve(
             served.clone(),
-            subscriber,
+            subscribers,
             stop_rx,
         ))];
         if let Some(work) = work {
@@ -370,7 +406,9 @@ impl Runtime {
                 .get_or_insert_with(|| Worker::start(bus, idle_poll))
                 .add(work);
         }
-        if works_queues && self.dead_letter_watch.is_none() {
+        // The watch reads any task by its sequence: an operator's job. An
+        // agent identity may not, and dead-letters its own last attempts.
+        if works_queues && self.dead_letter_watch.is_none() && self.bus.identity().is_none() {
             self.dead_letter_watch = Some(tokio::spawn(delivery::watch_max_deliveries(
                 self.bus.clone(),
             )));

@@ -45,13 +45,12 @@ pub(super) async fn agent_work<A: Agent>(
             served: served.clone(),
             settler,
         });
-        let js = served.bus.jetstream();
         for (spec, concurrency) in [
             (ConsumerSpec::inbox(agent), 1),
             (ConsumerSpec::direct(agent), served.options.max_concurrency),
             (ConsumerSpec::broadcasts(agent, topics), 1),
         ] {
-            let consumer = spec.create(js, &options).await?;
+            let consumer = spec.create(&served.bus, &options).await?;
             messages.push((job.clone(), concurrency, consumer, spec));
         }
     }
@@ -125,7 +124,13 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, settler: Settler, delivery: 
     let task_type = request.task_type.clone();
     let outcome = attempt
         .delivery()
-        .in_progress(execute(served, request, &held, Instant::now()))
+        .in_progress(execute(
+            served,
+            request,
+            subject::sender_of(attempt.delivery().subject()),
+            &held,
+            Instant::now(),
+        ))
         .await;
     let settled = if outcome.stopped && !outcome.retryable {
         attempt.end(&outcome.response).await
@@ -175,6 +180,7 @@ async fn run_message<A: Agent>(served: Arc<Served<A>>, settler: Settler, deliver
         subject: delivery.subject().to_owned(),
         message_id: message_id.clone(),
         from: delivery.header(FROM_HEADER).map(str::to_owned),
+        sender: subject::sender_of(delivery.subject()),
         body: body_value(delivery.payload()),
         sequence: delivery.stream_sequence(),
         attempt: delivery.attempt(),
@@ -185,6 +191,7 @@ async fn run_message<A: Agent>(served: Arc<Served<A>>, settler: Settler, deliver
         task_id: message_id.as_deref().unwrap_or_default().into(),
         bus: served.bus.clone(),
         task: None,
+        sender: agent_message.sender.clone(),
     };
     let handled = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
         delivery.in_progress(served.agent.handle_message(agent_message, ctx)),

@@ -9,6 +9,8 @@ use crate::client::Bus;
 use crate::events::TaskEvent;
 use crate::name::Name;
 use crate::protocol::{Priority, TaskRequest, TaskResponse, TaskStatus};
+use crate::sender::Sender;
+use crate::subject;
 use crate::task_log::{Registered, Registry, RunningTask, Stop, StopReason};
 use async_nats::Subject;
 use bytes::Bytes;
@@ -65,11 +67,20 @@ impl<A> Served<A> {
     }
 }
 
+/// The two subscriptions an agent takes request/reply tasks on, in one
+/// queue group: `agent.<name>.task` (no sender) and `agent.<name>.task.*`
+/// (stamped with the sender's name).
+pub(super) struct TaskSubscribers {
+    pub(super) plain: async_nats::Subscriber,
+    pub(super) stamped: async_nats::Subscriber,
+}
+
 /// A task waiting for a free slot: most urgent first, then first come.
 struct Waiting {
     priority: Priority,
     sequence: u64,
     request: TaskRequest,
+    sender: Sender,
     reply: Option<Subject>,
     held: Registered,
 }
@@ -98,9 +109,10 @@ impl Eq for Waiting {}
 
 pub(super) async fn serve<A: Agent>(
     served: Arc<Served<A>>,
-    mut subscriber: async_nats::Subscriber,
+    subscribers: TaskSubscribers,
     mut stop: watch::Receiver<Option<tokio::time::Instant>>,
 ) {
+    let mut subscriber = futures::stream::select(subscribers.plain, subscribers.stamped);
     // Handlers run inside this task rather than spawned: no task allocation
     // and no hand-off between worker threads per request (measured: the
     // largest cost of the serving path). Handlers of one agent therefore share
@@ -128,9 +140,9 @@ pub(super) async fn serve<A: Agent>(
                     // A task that finishes at its first poll leaves its slot
                     // free at once: keep taking waiting ones.
                     while running.len() < max_concurrency
-                        && let Some(Waiting { request, reply, held, .. }) = waiting.pop()
+                        && let Some(Waiting { request, sender, reply, held, .. }) = waiting.pop()
                     {
-                        let task = run_task(served.clone(), request, held, reply, Instant::now());
+                        let task = run_task(served.clone(), request, sender, held, reply, Instant::now());
                         start(&mut running, task).await;
                     }
                     served.counters.set_queues(waiting.len(), running.len());
@@ -141,12 +153,13 @@ pub(super) async fn serve<A: Agent>(
                     let arrived = Instant::now();
                     let Some(request) = admit(&served, &message.payload, reply.as_ref(), arrived).await else { continue };
                     let held = served.hold(&request, None);
+                    let sender = subject::sender_of(&message.subject);
                     if running.len() < max_concurrency {
-                        start(&mut running, run_task(served.clone(), request, held, reply, arrived)).await;
+                        start(&mut running, run_task(served.clone(), request, sender, held, reply, arrived)).await;
                     } else {
                         sequence += 1;
                         held.register();
-                        waiting.push(Waiting { priority: request.priority, sequence, request, reply, held });
+                        waiting.push(Waiting { priority: request.priority, sequence, request, sender, reply, held });
                     }
                     served.counters.set_queues(waiting.len(), running.len());
                 }
@@ -158,7 +171,10 @@ pub(super) async fn serve<A: Agent>(
     // Shutdown: take no more tasks; tell waiting ones; let running ones finish in time.
     let deadline = stop.borrow().unwrap_or_else(tokio::time::Instant::now);
     served.counters.set_queues(0, running.len());
-    let _ = subscriber.unsubscribe().await;
+    let (mut plain, mut stamped) = subscriber.into_inner();
+    let _ = plain.unsubscribe().await;
+    let _ = stamped.unsubscribe().await;
+    let mut subscriber = futures::stream::select(plain, stamped);
     while let Some(message) = subscriber.next().now_or_never().flatten() {
         if let Some(reply) = message.reply
             && let Ok(request) = TaskRequest::from_json(&message.payload)
@@ -307,6 +323,7 @@ where
 pub(super) async fn execute<A: Agent>(
     served: &Served<A>,
     request: TaskRequest,
+    sender: Sender,
     held: &Registered,
     started: Instant,
 ) -> Outcome {
@@ -329,6 +346,7 @@ pub(super) async fn execute<A: Agent>(
                 task_id: task_id.shared(),
                 bus: served.bus.clone(),
                 task: Some(task.clone()),
+                sender,
             };
             let handler = AssertUnwindSafe(served.agent.handle(request, ctx)).catch_unwind();
             tokio::pin!(handler);
@@ -406,6 +424,7 @@ pub(super) async fn execute<A: Agent>(
 async fn run_task<A: Agent>(
     served: Arc<Served<A>>,
     request: TaskRequest,
+    sender: Sender,
     held: Registered,
     reply: Option<Subject>,
     started: Instant,
@@ -415,7 +434,7 @@ async fn run_task<A: Agent>(
         .options
         .task_events
         .then(|| request.task_type.clone());
-    let outcome = execute(&served, request, &held, started).await;
+    let outcome = execute(&served, request, sender, &held, started).await;
     // Logged before the answer: whoever gets it finds the log complete.
     held.task()
         .finish(&outcome.response, outcome.duration, outcome.stopped)

@@ -1,0 +1,352 @@
+//! Agent identities of a local bus: one nkey per agent, its permissions,
+//! and the server's authorization file built from them.
+//!
+//! ```text
+//! <data-dir>/
+//!   identities.json    every agent identity: public key and grant (0600)
+//!   auth.conf          the server's `authorization` block, generated (0600)
+//!   nats-server.pid    the running server's pid, to reload it
+//!   agents/<name>.nk   an agent's nkey seed (0600)
+//!   agents/<name>.env  NATS_URL, NATS_NKEY and AGENTBUS_AGENT for the agent (0600)
+//! ```
+//!
+//! The seed never reaches the server: it knows the public key only. Adding
+//! or revoking an identity rewrites `auth.conf` and asks the server to reload
+//! (SIGHUP): other connections stay up, and a revoked agent's connection is
+//! closed by the server.
+
+use crate::private_file::write_private;
+use agentbus::Name;
+use agentbus::connect::{AGENT_VAR, NATS_URL_VAR, NKEY_VAR};
+use agentbus::permissions::Grant;
+use std::path::{Path, PathBuf};
+
+/// File listing every agent identity.
+pub const IDENTITIES_FILE: &str = "identities.json";
+/// The server's generated authorization block.
+pub const AUTH_FILE: &str = "auth.conf";
+/// Where the server writes its pid.
+pub const PID_FILE: &str = "nats-server.pid";
+/// Directory of the agents' seed and env files.
+pub const AGENTS_DIR: &str = "agents";
+/// Variable through which the server reads the operator's password.
+pub const PASSWORD_VAR: &str = "AGENTBUS_NATS_PASSWORD";
+
+/// One agent identity.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    /// What the agent may do.
+    #[serde(flatten)]
+    pub grant: Grant,
+    /// Its nkey's public key (`U...`): all the server knows of it.
+    pub public_key: String,
+    /// When it was made (RFC 3339).
+    pub created: String,
+}
+
+/// Why identities could not be read, written or applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// A file could not be read or written.
+    #[error("cannot use {}: {source}", .path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `identities.json` is not what agentbus writes.
+    #[error("cannot read {}: {source}; restore it or remove it and add the identities again", .path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// No identity has this name.
+    #[error("no agent identity named {0}; `agentbus creds list` shows them")]
+    Unknown(String),
+    /// The key pair could not be made.
+    #[error("cannot make an nkey: {0}")]
+    Key(String),
+}
+
+/// What [`Identities::add`] made.
+#[derive(Debug, Clone)]
+pub struct Added {
+    /// The identity.
+    pub identity: Identity,
+    /// Its env file.
+    pub env_file: PathBuf,
+    /// Its seed file.
+    pub seed_file: PathBuf,
+}
+
+/// The agent identities of one data directory.
+#[derive(Debug)]
+pub struct Identities {
+    dir: PathBuf,
+    list: Vec<Identity>,
+}
+
+impl Identities {
+    /// Reads the identities of `dir` (none when it has no file yet).
+    pub fn load(dir: &Path) -> Result<Self, IdentityError> {
+        let path = dir.join(IDENTITIES_FILE);
+        let list = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|source| IdentityError::Corrupt { path, source })?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => return Err(IdentityError::File { path, source }),
+        };
+        Ok(Self {
+            dir: dir.to_owned(),
+            list,
+        })
+    }
+
+    /// Every identity, by name.
+    pub fn list(&self) -> &[Identity] {
+        &self.list
+    }
+
+    /// The identity of `agent`, if it has one.
+    pub fn get(&self, agent: &str) -> Option<&Identity> {
+        self.list.iter().find(|i| i.grant.agent.as_str() == agent)
+    }
+
+    /// Makes a new identity for `grant` (replacing the agent's previous one
+    /// and its key), writes its seed and env file, and saves the list.
+    /// `nats_url` (without credentials) goes into the env file.
+    pub fn add(&mut self, grant: Grant, nats_url: &str) -> Result<Added, IdentityError> {
+        let pair = nkeys::KeyPair::new_user();
+        let seed = pair
+            .seed()
+            .map_err(|err| IdentityError::Key(err.to_string()))?;
+        let agents = self.dir.join(AGENTS_DIR);
+        create_private_dir(&agents)?;
+        let seed_file = agents.join(format!("{}.nk", grant.agent));
+        let env_file = agents.join(format!("{}.env", grant.agent));
+        let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        write(&seed_file, &format!("{seed}\n"))?;
+        write(
+            &env_file,
+            &format!(
+                "# The identity of agent {agent}, made by `agentbus creds add`: keep it private.\n{NATS_URL_VAR}={nats_url}\n{NKEY_VAR}={seed}\n{AGENT_VAR}={agent}\n",
+                agent = grant.agent,
+                seed = absolute(&seed_file).display(),
+            ),
+        )?;
+        let identity = Identity {
+            grant,
+            public_key: pair.public_key(),
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        };
+        self.list.retain(|i| i.grant.agent != identity.grant.agent);
+        self.list.push(identity.clone());
+        self.list.sort_by(|a, b| a.grant.agent.cmp(&b.grant.agent));
+        self.save()?;
+        Ok(Added {
+            identity,
+            env_file: absolute(&env_file),
+            seed_file: absolute(&seed_file),
+        })
+    }
+
+    /// Removes `agent`'s identity and its files, and saves the list.
+    pub fn revoke(&mut self, agent: &str) -> Result<Identity, IdentityError> {
+        let index = self
+            .list
+            .iter()
+            .position(|i| i.grant.agent.as_str() == agent)
+            .ok_or_else(|| IdentityError::Unknown(agent.to_owned()))?;
+        let identity = self.list.remove(index);
+        self.save()?;
+        for file in [format!("{agent}.nk"), format!("{agent}.env")] {
+            let _ = std::fs::remove_file(self.dir.join(AGENTS_DIR).join(file));
+        }
+        Ok(identity)
+    }
+
+    fn save(&self) -> Result<(), IdentityError> {
+        let text = serde_json::to_string_pretty(&self.list).expect("identities serialize");
+        write(&self.dir.join(IDENTITIES_FILE), &text)
+    }
+
+    /// The server's `authorization` block: the operator `operator` (its
+    /// password read from [`PASSWORD_VAR`]) and every agent identity with
+    /// its permissions.
+    pub fn authorization(&self, operator: &str) -> String {
+        let mut out = String::from(
+            "# Generated by agentbus from identities.json; edits are overwritten.\nauthorization {\n  users = [\n",
+        );
+        out.push_str(&format!(
+            "    {{ user: {operator:?}, password: ${PASSWORD_VAR} }}\n"
+        ));
+        for identity in &self.list {
+            out.push_str(&user_entry(identity));
+        }
+        out.push_str("  ]\n}\n");
+        out
+    }
+
+    /// Writes [`Identities::authorization`] to the directory's `auth.conf`.
+    pub fn write_authorization(&self, operator: &str) -> Result<PathBuf, IdentityError> {
+        let path = self.dir.join(AUTH_FILE);
+        write(&path, &self.authorization(operator))?;
+        Ok(path)
+    }
+
+    /// Writes `auth.conf` and asks the directory's running server, if any,
+    /// to reload it. `Ok(false)` when no server runs there.
+    pub fn apply(&self, operator: &str) -> Result<bool, IdentityError> {
+        self.write_authorization(operator)?;
+        Ok(reload(&self.dir))
+    }
+}
+
+/// Makes the consumers `grant`'s agent works but may not make itself
+/// (its inbox and direct channel), through `operator`, a connection that
+/// may. Existing ones keep their cursor and messages.
+pub async fn provision(
+    operator: &agentbus::Bus,
+    grant: &Grant,
+) -> Result<(), agentbus::delivery::ConsumerError> {
+    let defaults = agentbus::delivery::DeliveryOptions::default();
+    for spec in grant.consumers().iter().filter(|s| s.is_provisioned()) {
+        spec.create_sharing(operator, &defaults).await?;
+    }
+    Ok(())
+}
+
+/// Waits until the server accepts `target`'s credentials (after a reload),
+/// up to `within`; `false` if it never did.
+pub async fn wait_until_accepted(
+    target: &agentbus::ServerTarget,
+    within: std::time::Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if target.connect("agentbus-creds-probe").await.is_ok() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the server refuses `target`'s credentials (after a
+/// revocation), up to `within`; `false` if it still accepts them.
+pub async fn wait_until_refused(
+    target: &agentbus::ServerTarget,
+    within: std::time::Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match target.connect("agentbus-creds-probe").await {
+            Err(err) if err.kind() == agentbus::connect::ConnectErrorKind::Refused => return true,
+            _ if std::time::Instant::now() > deadline => return false,
+            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// An agent's entry in the `users` list.
+fn user_entry(identity: &Identity) -> String {
+    let permissions = identity.grant.permissions();
+    let list = |subjects: &[String]| {
+        subjects
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "    # agent {agent}\n    {{ nkey: {key:?}, permissions: {{\n      publish: {{ allow: [{publish}] }}\n      subscribe: {{ allow: [{subscribe}] }}\n      allow_responses: {{ max: 1, expires: \"{expires}s\" }}\n    }} }}\n",
+        agent = identity.grant.agent,
+        key = identity.public_key,
+        publish = list(&permissions.publish),
+        subscribe = list(&permissions.subscribe),
+        expires = permissions.response_window.as_secs(),
+    )
+}
+
+/// Asks the server whose pid file is in `dir` to reload its configuration.
+fn reload(dir: &Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(dir.join(PID_FILE))
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    crate::local_server::send_reload(pid)
+}
+
+/// An agent identity's name, checked.
+pub fn agent_name(value: &str) -> Result<Name, agentbus::InvalidName> {
+    Name::parse("agent name", value)
+}
+
+fn write(path: &Path, text: &str) -> Result<(), IdentityError> {
+    write_private(path, text).map_err(|source| IdentityError::File {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn create_private_dir(path: &Path) -> Result<(), IdentityError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| IdentityError::File {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentbus::connect::OPERATOR_USER;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn add_writes_private_files_and_revoke_removes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ids = Identities::load(dir.path()).unwrap();
+        let added = ids
+            .add(Grant::new(agent_name("bob").unwrap()), "nats://127.0.0.1:1")
+            .unwrap();
+        for file in [&added.env_file, &added.seed_file] {
+            let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", file.display());
+        }
+        let env = std::fs::read_to_string(&added.env_file).unwrap();
+        assert!(env.contains("NATS_URL=nats://127.0.0.1:1\n"), "{env}");
+        assert!(env.contains("AGENTBUS_AGENT=bob\n"), "{env}");
+        let seed = std::fs::read_to_string(&added.seed_file).unwrap();
+        assert!(seed.starts_with("SU"), "an nkey user seed");
+        assert!(
+            !env.contains(seed.trim()),
+            "the env file names the seed file, not the seed"
+        );
+        let auth = ids.authorization(OPERATOR_USER);
+        assert!(auth.contains(&added.identity.public_key));
+        assert!(
+            !auth.contains(seed.trim()),
+            "the server never gets the seed"
+        );
+        assert_eq!(Identities::load(dir.path()).unwrap().list().len(), 1);
+        ids.revoke("bob").unwrap();
+        assert!(!added.env_file.exists() && !added.seed_file.exists());
+        assert!(Identities::load(dir.path()).unwrap().list().is_empty());
+        assert!(matches!(ids.revoke("bob"), Err(IdentityError::Unknown(_))));
+    }
+}

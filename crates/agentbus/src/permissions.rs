@@ -1,0 +1,230 @@
+//! What an agent identity may publish and subscribe to: the least-privilege
+//! permissions nats-server enforces for one agent.
+//!
+//! An agent may serve its own tasks, call other agents, send to inboxes and
+//! broadcasts with its own name as the sender, submit to work queues, work
+//! its own durable consumers, keep its own state, write its own presence and
+//! read everyone's, and follow, cancel and answer tasks whose id it knows.
+//! It may not read another agent's inbox, direct messages, state or queue by
+//! any path (subscribing, a consumer on another filter, reading a stream's
+//! messages by sequence), serve or answer another agent's tasks, send in
+//! another agent's name, manage streams or touch `$SYS`.
+//!
+//! nats-server checks a consumer's filter only when it is part of the create
+//! request's subject (`$JS.API.CONSUMER.CREATE.<stream>.<consumer>.<filter>`),
+//! and a permission with a wildcard never admits a subject that has a
+//! wildcard token in the same place. So an agent makes its own work-queue
+//! consumers (one filter each, named after it), and the consumers of its
+//! inbox and direct channel, which filter on two subjects, are provisioned
+//! for it by the operator ([`crate::delivery::ConsumerSpec::is_provisioned`]).
+
+use crate::delivery::{ConsumerSpec, Queue};
+use crate::name::Name;
+use crate::protocol::Priority;
+use crate::state::{PRESENCE_BUCKET, STATE_BUCKET};
+use crate::subject::{
+    self, BROADCAST_STREAM, DEAD_LETTER_STREAM, MESSAGES_STREAM, TASK_EVENTS_STREAM,
+    TASK_RESULTS_BUCKET, TASKS_STREAM,
+};
+use std::time::Duration;
+
+/// How long a served request may take to be answered: the identity may
+/// publish one reply to each request it received, this long after it.
+pub const RESPONSE_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What one agent identity is granted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Grant {
+    /// The agent.
+    pub agent: Name,
+    /// The shared work queues (`work.<type>`) it may take tasks from.
+    #[serde(default)]
+    pub work_types: Vec<Name>,
+    /// The agents it may call and queue tasks for; every agent when `None`.
+    #[serde(default)]
+    pub may_call: Option<Vec<Name>>,
+    /// The agents it may send inbox and direct messages to; every agent when `None`.
+    #[serde(default)]
+    pub may_message: Option<Vec<Name>>,
+}
+
+/// Subjects an identity may publish and subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    /// Subjects (with wildcards) it may publish to.
+    pub publish: Vec<String>,
+    /// Subjects (with wildcards) it may subscribe to.
+    pub subscribe: Vec<String>,
+    /// How long after a request it may publish its one reply
+    /// (nats-server's `allow_responses`).
+    pub response_window: Duration,
+}
+
+const PRIORITIES: [Priority; 4] = [
+    Priority::Critical,
+    Priority::High,
+    Priority::Normal,
+    Priority::Low,
+];
+
+impl Grant {
+    /// An agent that may reach every agent and serves no shared work queue.
+    pub fn new(agent: Name) -> Self {
+        Self {
+            agent,
+            work_types: Vec::new(),
+            may_call: None,
+            may_message: None,
+        }
+    }
+
+    /// The durable consumers this agent works: its queue at each priority,
+    /// the shared queues it serves, its inbox and direct channel.
+    pub fn consumers(&self) -> Vec<ConsumerSpec> {
+        let mut queues = vec![Queue::Agent(self.agent.clone())];
+        queues.extend(self.work_types.iter().cloned().map(Queue::TaskType));
+        let mut specs: Vec<ConsumerSpec> = queues
+            .iter()
+            .flat_map(|queue| PRIORITIES.map(|p| ConsumerSpec::task_queue(queue, p)))
+            .collect();
+        specs.push(ConsumerSpec::inbox(&self.agent));
+        specs.push(ConsumerSpec::direct(&self.agent));
+        specs
+    }
+
+    /// The permissions nats-server enforces for this agent.
+    pub fn permissions(&self) -> Permissions {
+        let me = self.agent.as_str();
+        let targets = |list: &Option<Vec<Name>>| -> Vec<String> {
+            match list {
+                None => vec!["*".to_owned()],
+                Some(names) => names.iter().map(ToString::to_string).collect(),
+            }
+        };
+        // Its own replies (a round trip to itself confirms subscriptions).
+        let mut publish = vec![format!("{}.>", subject::agent_reply_prefix(&self.agent))];
+        // What tells its worker that its queues have work.
+        let mut queues = vec![subject::task_queue(&self.agent, Priority::Normal)];
+        queues.extend(
+            self.work_types
+                .iter()
+                .map(|t| subject::work_queue(t, Priority::Normal)),
+        );
+        let mut subscribe = vec![
+            format!("{}.>", subject::agent_reply_prefix(&self.agent)),
+            subject::agent_task(&self.agent).to_string(),
+            subject::agent_tasks_stamped(&self.agent).to_string(),
+            // Discovery requests, answered once each.
+            "$SRV.>".to_owned(),
+            // Control requests: each runtime listens once for every task it
+            // may hold; only the holder answers.
+            subject::ALL_TASK_CONTROLS.to_owned(),
+            subject::events::ALL.to_owned(),
+            // What tells its worker that its inbox, direct channel and
+            // broadcasts have work (broadcasts are for everyone).
+            "broadcast.*".to_owned(),
+            "broadcast.*.*".to_owned(),
+        ];
+        subscribe.extend(subject::ALL_ANNOUNCEMENTS.map(str::to_owned));
+        subscribe.extend(queues.iter().flat_map(subject::queue_patterns));
+        subscribe.extend(subject::with_senders(&subject::agent_inbox(&self.agent)));
+        subscribe.extend(subject::with_senders(&subject::agent_direct(&self.agent)));
+        for to in targets(&self.may_call) {
+            publish.push(format!("agent.{to}.task"));
+            publish.push(format!("agent.{to}.task.{me}"));
+            publish.push(format!("tasks.{to}"));
+            publish.push(format!("tasks.{to}.*"));
+        }
+        for to in targets(&self.may_message) {
+            publish.push(format!("agent.{to}.inbox.{me}"));
+            publish.push(format!("agent.{to}.direct.{me}"));
+        }
+        publish.extend([
+            format!("broadcast.*.{me}"),
+            format!("announce.*.{me}"),
+            "work.*".to_owned(),
+            "work.*.*".to_owned(),
+            subject::events::ALL.to_owned(),
+            subject::ALL_TASK_EVENTS.to_owned(),
+            subject::ALL_TASK_CONTROLS.to_owned(),
+            "dlq.>".to_owned(),
+            "$SRV.>".to_owned(),
+        ]);
+        // Stream and bucket descriptions (never their messages).
+        for stream in [
+            MESSAGES_STREAM,
+            BROADCAST_STREAM,
+            TASKS_STREAM,
+            TASK_EVENTS_STREAM,
+            DEAD_LETTER_STREAM,
+        ] {
+            publish.push(format!("$JS.API.STREAM.INFO.{stream}"));
+        }
+        for bucket in [STATE_BUCKET, PRESENCE_BUCKET, TASK_RESULTS_BUCKET] {
+            publish.push(format!("$JS.API.STREAM.INFO.KV_{bucket}"));
+        }
+        // Its durable consumers.
+        for spec in self.consumers() {
+            let (stream, name) = (spec.stream(), spec.name());
+            if !spec.is_provisioned() {
+                let [filter] = spec.filters() else {
+                    unreachable!("a consumer an agent makes has one filter")
+                };
+                publish.push(format!("$JS.API.CONSUMER.CREATE.{stream}.{name}.{filter}"));
+                publish.push(format!("$JS.API.CONSUMER.DELETE.{stream}.{name}"));
+            }
+            publish.push(format!("$JS.API.CONSUMER.INFO.{stream}.{name}"));
+            publish.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"));
+            publish.push(format!("$JS.ACK.{stream}.{name}.>"));
+        }
+        // Broadcasts are for everyone: it makes its own consumer of them,
+        // with the topics it chooses.
+        let broadcasts = subject::durable::broadcast(&self.agent);
+        publish.extend([
+            format!("$JS.API.CONSUMER.CREATE.{BROADCAST_STREAM}.{broadcasts}"),
+            format!("$JS.API.CONSUMER.INFO.{BROADCAST_STREAM}.{broadcasts}"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{BROADCAST_STREAM}.{broadcasts}"),
+            format!("$JS.ACK.{BROADCAST_STREAM}.{broadcasts}.>"),
+        ]);
+        // Its own state: written, read by key, listed and watched.
+        let own_state = format!("$KV.{STATE_BUCKET}.{me}.>");
+        publish.extend([
+            own_state.clone(),
+            format!("$JS.API.DIRECT.GET.KV_{STATE_BUCKET}.{own_state}"),
+            format!("$JS.API.CONSUMER.CREATE.KV_{STATE_BUCKET}.*.{own_state}"),
+        ]);
+        // Presence: its own entries and its runtime's heartbeat written,
+        // everyone's read and watched.
+        publish.extend([
+            format!("$KV.{PRESENCE_BUCKET}.{me}.*"),
+            format!("$KV.{PRESENCE_BUCKET}.*"),
+            format!("$JS.API.DIRECT.GET.KV_{PRESENCE_BUCKET}.$KV.{PRESENCE_BUCKET}.>"),
+            format!("$JS.API.CONSUMER.CREATE.KV_{PRESENCE_BUCKET}.*.$KV.{PRESENCE_BUCKET}.>"),
+            // A watch of the whole bucket asks without a name or filter:
+            // the bucket holds presence only, which everyone may read.
+            format!("$JS.API.CONSUMER.CREATE.KV_{PRESENCE_BUCKET}"),
+        ]);
+        // Tasks by id: records, logs and watches of one task at a time.
+        publish.extend([
+            format!("$KV.{TASK_RESULTS_BUCKET}.*"),
+            format!("$JS.API.DIRECT.GET.KV_{TASK_RESULTS_BUCKET}.$KV.{TASK_RESULTS_BUCKET}.*"),
+            format!(
+                "$JS.API.CONSUMER.CREATE.KV_{TASK_RESULTS_BUCKET}.*.$KV.{TASK_RESULTS_BUCKET}.*"
+            ),
+            format!(
+                "$JS.API.DIRECT.GET.{TASK_EVENTS_STREAM}.{}",
+                subject::ALL_TASK_EVENTS
+            ),
+            format!(
+                "$JS.API.CONSUMER.CREATE.{TASK_EVENTS_STREAM}.*.{}",
+                subject::ALL_TASK_EVENTS
+            ),
+            format!("$JS.API.CONSUMER.DELETE.{TASK_EVENTS_STREAM}.*"),
+        ]);
+        Permissions {
+            publish,
+            subscribe,
+            response_window: RESPONSE_WINDOW,
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! Agent identities against a real nats-server: agent `alice` tries every
+//! path to agent `bob`'s inbox, direct messages, queue and state (each
+//! holding marker messages) and to bob's tasks, and gets none of them, while
+//! everything an agent may do still works; senders are verified; a revoked
+//! identity is cut off while others stay connected.
+
+use agentbus::delivery::Queue;
+use agentbus::permissions::Grant;
+use agentbus::state::StateStore;
+use agentbus::{
+    Agent, AgentMessage, AgentOptions, Bus, Name, Runtime, Sender, ServerTarget, TaskContext,
+    TaskError, TaskRequest, TaskTypeSpec,
+};
+use agentbus_testkit::NatsServer;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const MARKER: &str = "MARKER-of-bob";
+/// How long a denied request is given before it counts as refused: the
+/// server answers a permission violation with silence.
+const DENIED_WAIT: Duration = Duration::from_millis(400);
+
+fn name(value: &str) -> Name {
+    Name::parse("agent name", value).unwrap()
+}
+
+/// Records who sent each task and message it gets.
+#[derive(Clone)]
+struct Recorder {
+    name: &'static str,
+    seen: Arc<Mutex<Vec<(String, Sender, Value)>>>,
+}
+
+impl Recorder {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            seen: Arc::default(),
+        }
+    }
+
+    fn seen(&self) -> Vec<(String, Sender, Value)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, count: usize) -> Vec<(String, Sender, Value)> {
+        for _ in 0..200 {
+            if self.seen.lock().unwrap().len() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        self.seen()
+    }
+}
+
+impl Agent for Recorder {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn task_types(&self) -> Vec<TaskTypeSpec> {
+        vec![TaskTypeSpec::new("echo").unwrap()]
+    }
+
+    async fn handle(&self, task: TaskRequest, ctx: TaskContext) -> Result<Value, TaskError> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push(("task".into(), ctx.sender().clone(), task.payload.clone()));
+        Ok(json!({ "served_by": self.name, "sender": ctx.sender() }))
+    }
+
+    async fn handle_message(
+        &self,
+        message: AgentMessage,
+        _ctx: TaskContext,
+    ) -> Result<(), TaskError> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push(("message".into(), message.sender, message.body));
+        Ok(())
+    }
+}
+
+/// A bus with bob and alice identities; bob's inbox, direct channel, queue
+/// and state hold markers, written while bob is offline.
+struct World {
+    server: NatsServer,
+    alice: ServerTarget,
+    bob: ServerTarget,
+}
+
+async fn world() -> World {
+    let server = NatsServer::start().await;
+    let mut bob = Grant::new(name("bob"));
+    bob.work_types = vec![name("echo")];
+    let bob = server.add_identity(bob).await;
+    let alice = server.add_identity(Grant::new(name("alice"))).await;
+    let carol = server.add_identity(Grant::new(name("carol"))).await;
+    let carol_bus = Bus::connect(&carol, "carol").await.unwrap();
+    for i in 0..10 {
+        carol_bus
+            .send("bob", &json!({ "text": MARKER, "i": i }))
+            .await
+            .unwrap();
+        carol_bus
+            .send_direct("bob", &json!({ "text": MARKER, "i": i }))
+            .await
+            .unwrap();
+        let task = TaskRequest::new("echo", json!({ "text": MARKER, "i": i }));
+        carol_bus
+            .submit(&Queue::agent("bob").unwrap(), &task)
+            .await
+            .unwrap();
+    }
+    let bob_bus = Bus::connect(&bob, "bob").await.unwrap();
+    let state = StateStore::open(&bob_bus, None).await.unwrap();
+    for i in 0..10 {
+        state
+            .agent(&name("bob"))
+            .set(&format!("k{i}"), &json!({ "text": MARKER }), None)
+            .await
+            .unwrap();
+    }
+    World { server, alice, bob }
+}
+
+/// Every payload a request brought back within [`DENIED_WAIT`], as text.
+async fn ask(client: &async_nats::Client, subject: &str, body: Value) -> Option<String> {
+    let request = client.request(subject.to_owned(), Bytes::from(body.to_string()));
+    match tokio::time::timeout(DENIED_WAIT, request).await {
+        Ok(Ok(message)) => Some(String::from_utf8_lossy(&message.payload).into_owned()),
+        _ => None,
+    }
+}
+
+fn markers(text: &str) -> usize {
+    text.matches(MARKER).count()
+}
+
+#[tokio::test]
+async fn alice_gets_none_of_bobs_markers_by_any_path() {
+    let w = world().await;
+    let alice = w.alice.connect("alice").await.unwrap();
+    let mut got = 0;
+
+    // Live: subscribing to bob's subjects (and to everything).
+    let mut subs = Vec::new();
+    for subject in [
+        "agent.bob.inbox",
+        "agent.bob.inbox.*",
+        "agent.bob.direct.>",
+        "tasks.bob",
+        "$KV.agent-state.bob.>",
+        ">",
+        "_INBOX.>",
+        "_INBOX.bob.>",
+    ] {
+        subs.push(alice.subscribe(subject.to_owned()).await.unwrap());
+    }
+    alice.flush().await.unwrap();
+    let operator = w.server.connect().await;
+    let js = async_nats::jetstream::new(operator.clone());
+    for i in 0..10 {
+        js.publish(
+            "agent.bob.inbox.carol",
+            json!({ "text": MARKER, "live": i }).to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for sub in &mut subs {
+        while let Some(Some(message)) = sub.now_or_never_ext() {
+            got += markers(&String::from_utf8_lossy(&message.payload));
+        }
+    }
+    assert_eq!(got, 0, "markers read live");
+
+    // JetStream: every way to read a stream's messages.
+    let paths: Vec<(String, Value)> = vec![
+        // A consumer on bob's inbox, in every create form.
+        (
+            "$JS.API.CONSUMER.CREATE.agent-messages".into(),
+            json!({"stream_name": "agent-messages", "config": {"filter_subject": "agent.bob.inbox.*", "ack_policy": "none"}}),
+        ),
+        (
+            "$JS.API.CONSUMER.CREATE.agent-messages.spy".into(),
+            json!({"stream_name": "agent-messages", "config": {"name": "spy", "filter_subject": "agent.bob.inbox.*", "ack_policy": "none"}}),
+        ),
+        (
+            "$JS.API.CONSUMER.CREATE.agent-messages.spy.agent.bob.inbox.carol".into(),
+            json!({"stream_name": "agent-messages", "config": {"name": "spy", "filter_subject": "agent.bob.inbox.carol", "ack_policy": "none"}}),
+        ),
+        (
+            "$JS.API.CONSUMER.DURABLE.CREATE.agent-messages.spy".into(),
+            json!({"stream_name": "agent-messages", "config": {"durable_name": "spy", "ack_policy": "none"}}),
+        ),
+        // Alice's own consumer name with bob's filter.
+        (
+            "$JS.API.CONSUMER.CREATE.agent-messages.inbox-alice".into(),
+            json!({"stream_name": "agent-messages", "config": {"durable_name": "inbox-alice", "filter_subject": "agent.bob.inbox.carol"}}),
+        ),
+        (
+            "$JS.API.CONSUMER.CREATE.agent-tasks.tasks-alice-normal.tasks.bob".into(),
+            json!({"stream_name": "agent-tasks", "config": {"durable_name": "tasks-alice-normal", "filter_subject": "tasks.bob"}}),
+        ),
+        // By sequence, and by subject.
+        (
+            "$JS.API.STREAM.MSG.GET.agent-messages".into(),
+            json!({"seq": 1}),
+        ),
+        (
+            "$JS.API.STREAM.MSG.GET.agent-tasks".into(),
+            json!({"seq": 1}),
+        ),
+        (
+            "$JS.API.DIRECT.GET.agent-messages".into(),
+            json!({"seq": 1}),
+        ),
+        (
+            "$JS.API.DIRECT.GET.agent-messages.agent.bob.inbox.carol".into(),
+            json!(null),
+        ),
+        (
+            "$JS.API.DIRECT.GET.KV_agent-state".into(),
+            json!({"seq": 1}),
+        ),
+        (
+            "$JS.API.DIRECT.GET.KV_agent-state.$KV.agent-state.bob.k1".into(),
+            json!(null),
+        ),
+        // Bob's own consumers: pulling from them.
+        (
+            "$JS.API.CONSUMER.MSG.NEXT.agent-messages.inbox-bob".into(),
+            json!({"batch": 10}),
+        ),
+        (
+            "$JS.API.CONSUMER.MSG.NEXT.agent-messages.direct-bob".into(),
+            json!({"batch": 10}),
+        ),
+        (
+            "$JS.API.CONSUMER.MSG.NEXT.agent-tasks.tasks-bob-normal".into(),
+            json!({"batch": 10}),
+        ),
+        // Reading the state bucket through a consumer on bob's keys.
+        (
+            "$JS.API.CONSUMER.CREATE.KV_agent-state.spy.$KV.agent-state.bob.>".into(),
+            json!({"stream_name": "KV_agent-state", "config": {"name": "spy", "filter_subject": "$KV.agent-state.bob.>", "ack_policy": "none"}}),
+        ),
+    ];
+    let mut answered = Vec::new();
+    for (subject, body) in &paths {
+        if let Some(text) = ask(&alice, subject, body.clone()).await {
+            got += markers(&text);
+            answered.push(subject.clone());
+        }
+    }
+    assert_eq!(got, 0, "markers read through JetStream");
+    assert!(answered.is_empty(), "alice was answered on {answered:?}");
+
+    // Bob's state through the library, under bob's name.
+    let alice_bus = Bus::connect(&w.alice, "alice").await.unwrap();
+    let state = StateStore::open(&alice_bus, None).await.unwrap();
+    let read =
+        tokio::time::timeout(Duration::from_secs(3), state.agent(&name("bob")).get("k1")).await;
+    assert!(
+        !matches!(read, Ok(Ok(Some(_)))),
+        "bob's state read: {read:?}"
+    );
+    let write = tokio::time::timeout(
+        Duration::from_secs(3),
+        state
+            .agent(&name("bob"))
+            .set("k1", &json!("overwritten"), None),
+    )
+    .await;
+    assert!(
+        !matches!(write, Ok(Ok(()))),
+        "bob's state written: {write:?}"
+    );
+    let bob_bus = Bus::connect(&w.bob, "bob").await.unwrap();
+    let bob_state = StateStore::open(&bob_bus, None).await.unwrap();
+    let kept = bob_state.agent(&name("bob")).get("k1").await.unwrap();
+    assert_eq!(
+        kept,
+        Some(json!({ "text": MARKER })),
+        "bob's state is untouched"
+    );
+
+    // Streams and the system account.
+    for subject in [
+        "$JS.API.STREAM.DELETE.agent-dlq",
+        "$JS.API.STREAM.PURGE.agent-messages",
+        "$JS.API.STREAM.DELETE.KV_agent-state",
+        "$JS.API.CONSUMER.DELETE.agent-messages.inbox-bob",
+        "$SYS.REQ.SERVER.PING",
+    ] {
+        assert_eq!(ask(&alice, subject, json!({})).await, None, "{subject}");
+    }
+    let streams = js.stream_names().collect::<Vec<_>>().await;
+    assert!(streams.len() >= 5, "streams survive: {streams:?}");
+    js.get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+        "inbox-bob",
+        "agent-messages",
+    )
+    .await
+    .expect("bob's inbox consumer survives");
+
+    // Bob, when he comes, finds all his markers: 20 messages and 10 tasks.
+    let bob = Recorder::new("bob");
+    let mut runtime = Runtime::new(bob_bus.clone());
+    let options = AgentOptions {
+        messages: true,
+        ..AgentOptions::default()
+    };
+    runtime.add(bob.clone(), options).await.unwrap();
+    let seen = bob.wait_for(40).await;
+    let marked = seen
+        .iter()
+        .filter(|(_, _, v)| v.to_string().contains(MARKER));
+    assert_eq!(
+        marked.count(),
+        40,
+        "bob got all his markers (10 inbox, 10 direct, 10 live, 10 queued): {seen:?}"
+    );
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `now_or_never` for a subscriber without pulling in `FutureExt` at the call site.
+trait NowOrNever {
+    fn now_or_never_ext(&mut self) -> Option<Option<async_nats::Message>>;
+}
+
+impl NowOrNever for async_nats::Subscriber {
+    fn now_or_never_ext(&mut self) -> Option<Option<async_nats::Message>> {
+        futures::FutureExt::now_or_never(self.next())
+    }
+}
+
+#[tokio::test]
+async fn only_bob_serves_bobs_tasks_and_senders_are_verified() {
+    let w = world().await;
+    let bob = Recorder::new("bob");
+    let mut bob_runtime = Runtime::new(Bus::connect(&w.bob, "bob").await.unwrap());
+    bob_runtime
+        .add(
+            bob.clone(),
+            AgentOptions {
+                work_queues: false,
+                messages: false,
+                ..AgentOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    // Alice tries to join bob's queue group, on both subjects.
+    let alice = w.alice.connect("alice").await.unwrap();
+    let mut impostor = Vec::new();
+    for subject in ["agent.bob.task", "agent.bob.task.*"] {
+        impostor.push(
+            alice
+                .queue_subscribe(subject.to_owned(), "bob".into())
+                .await
+                .unwrap(),
+        );
+    }
+    alice.flush().await.unwrap();
+    // And cannot serve as bob through a runtime either.
+    let mut alice_runtime = Runtime::new(Bus::connect(&w.alice, "alice").await.unwrap());
+    let err = alice_runtime
+        .add(Recorder::new("bob"), AgentOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("identity"), "{err}");
+
+    let alice_bus = Bus::connect(&w.alice, "alice").await.unwrap();
+    let operator = Bus::from_client(w.server.connect().await);
+    for i in 0..20 {
+        let task = TaskRequest::new("echo", json!({ "i": i }));
+        let from_alice = alice_bus
+            .request("bob", &task, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(from_alice.result.unwrap()["served_by"], "bob");
+        let task = TaskRequest::new("echo", json!({ "i": i }));
+        let unverified = operator
+            .request("bob", &task, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(unverified.result.unwrap()["sender"]["verified"], false);
+    }
+    let mut stolen = 0;
+    for sub in &mut impostor {
+        while let Some(Some(_)) = sub.now_or_never_ext() {
+            stolen += 1;
+        }
+    }
+    assert_eq!(stolen, 0, "requests taken by alice in bob's queue group");
+    let seen = bob.seen();
+    assert_eq!(seen.len(), 40);
+    let from_alice = seen
+        .iter()
+        .filter(|(_, s, _)| *s == Sender::Agent(name("alice")))
+        .count();
+    let unverified = seen
+        .iter()
+        .filter(|(_, s, _)| *s == Sender::Unverified)
+        .count();
+    assert_eq!((from_alice, unverified), (20, 20));
+
+    // Alice cannot send in bob's (or carol's) name, by subject or header.
+    let js = async_nats::jetstream::new(alice.clone());
+    for subject in [
+        "agent.carol.inbox.bob",
+        "agent.carol.task.bob",
+        "broadcast.news.bob",
+    ] {
+        let sent = tokio::time::timeout(
+            DENIED_WAIT,
+            js.publish(
+                subject.to_owned(),
+                json!({"text": "from bob"}).to_string().into(),
+            ),
+        )
+        .await;
+        let acked = match sent {
+            Ok(Ok(ack)) => tokio::time::timeout(DENIED_WAIT, ack)
+                .await
+                .is_ok_and(|a| a.is_ok()),
+            _ => false,
+        };
+        assert!(!acked, "{subject} was stored");
+    }
+    // What alice sends carries alice, whatever her message claims.
+    alice_bus
+        .send("bob", &json!({ "from": "bob", "text": "hello" }))
+        .await
+        .unwrap();
+    alice_bus
+        .broadcast("news", &json!({ "from": "operator (trusted)" }))
+        .await
+        .unwrap();
+    let bob_messages = Recorder::new("bob");
+    let mut messages_runtime = Runtime::new(Bus::connect(&w.bob, "bob").await.unwrap());
+    bob_runtime.shutdown(Duration::from_secs(5)).await;
+    messages_runtime
+        .add(
+            bob_messages.clone(),
+            AgentOptions {
+                work_queues: false,
+                messages: true,
+                broadcast_topics: vec!["news".into()],
+                ..AgentOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let seen = bob_messages.wait_for(22).await;
+    let claimed: Vec<&Sender> = seen
+        .iter()
+        .filter(|(_, _, body)| body.get("from").is_some())
+        .map(|(_, sender, _)| sender)
+        .collect();
+    assert_eq!(claimed, [&Sender::Agent(name("alice")); 2], "{seen:?}");
+    let from_carol = seen
+        .iter()
+        .filter(|(_, s, _)| *s == Sender::Agent(name("carol")))
+        .count();
+    assert_eq!(from_carol, 20, "the markers carol sent carry carol");
+    messages_runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_restricted_identity_is_refused_exactly_what_it_was_restricted_from() {
+    let server = NatsServer::start().await;
+    let mut grant = Grant::new(name("reader"));
+    grant.may_call = Some(vec![name("search")]);
+    grant.may_message = Some(vec![name("search")]);
+    let reader = server.add_identity(grant).await;
+    let serving = |agent: &str| {
+        let mut grant = Grant::new(name(agent));
+        grant.work_types = vec![name("echo")];
+        grant
+    };
+    let search = server.add_identity(serving("search")).await;
+    let shell = server.add_identity(serving("shell")).await;
+    let mut runtimes = Vec::new();
+    let agents = [("search", &search), ("shell", &shell)].map(|(n, target)| {
+        let recorder = Recorder::new(if n == "search" { "search" } else { "shell" });
+        (recorder, target)
+    });
+    for (recorder, target) in &agents {
+        let mut runtime = Runtime::new(Bus::connect(target, recorder.name).await.unwrap());
+        let options = AgentOptions {
+            messages: true,
+            ..AgentOptions::default()
+        };
+        runtime.add(recorder.clone(), options).await.unwrap();
+        runtimes.push(runtime);
+    }
+    let bus = Bus::connect(&reader, "reader").await.unwrap();
+    let task = TaskRequest::new("echo", json!({}));
+    let quick = agentbus::RequestOptions {
+        timeout: Duration::from_secs(1),
+        retries: 0,
+    };
+    assert!(bus.request("search", &task, quick).await.is_ok());
+    assert!(bus.request("shell", &task, quick).await.is_err());
+    assert!(bus.send("search", &json!({"m": 1})).await.is_ok());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), bus.send("shell", &json!({"m": 1})))
+            .await
+            .map_or(true, |sent| sent.is_err())
+    );
+    assert!(
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            bus.submit(&Queue::agent("shell").unwrap(), &task)
+        )
+        .await
+        .map_or(true, |sent| sent.is_err())
+    );
+    assert_eq!(
+        agents[0].0.wait_for(2).await.len(),
+        2,
+        "search got the task and the message"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(agents[1].0.seen().is_empty(), "shell got nothing");
+    // Broadcasts are not restricted.
+    assert!(bus.broadcast("news", &json!({})).await.is_ok());
+    for runtime in runtimes {
+        runtime.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_identity_is_cut_off_and_others_stay_connected() {
+    let server = NatsServer::start().await;
+    let mallory = server.add_identity(Grant::new(name("mallory"))).await;
+    let bob = server.add_identity(Grant::new(name("bob"))).await;
+    let bob_client = bob.connect("bob").await.unwrap();
+    let mallory_client = mallory.connect("mallory").await.unwrap();
+    // Keep a copy of mallory's seed: revoking removes the files.
+    let agentbus::connect::Credentials::NkeyFile(seed_file) = mallory.credentials().clone() else {
+        panic!("an nkey identity")
+    };
+    let kept = tempfile::NamedTempFile::new().unwrap();
+    std::fs::copy(&seed_file, kept.path()).unwrap();
+    let old = mallory
+        .clone()
+        .with_credentials(agentbus::connect::Credentials::NkeyFile(kept.path().into()));
+
+    let started = std::time::Instant::now();
+    server.revoke_identity("mallory").await;
+    let mut cut = false;
+    for _ in 0..100 {
+        if mallory_client.connection_state() != async_nats::connection::State::Connected {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cut, "mallory is disconnected");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let err = old.connect("mallory-again").await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        agentbus::connect::ConnectErrorKind::Refused,
+        "{err}"
+    );
+    // Bob never noticed.
+    assert_eq!(
+        bob_client.connection_state(),
+        async_nats::connection::State::Connected
+    );
+    assert_eq!(
+        bob_client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
