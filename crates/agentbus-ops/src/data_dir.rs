@@ -3,7 +3,9 @@
 //! Which directory that is (`--data-dir`, `AGENTBUS_DATA_DIR`, `./.agentbus`)
 //! is decided by [`agentbus::connect::resolve_data_dir`], since clients look for
 //! its `connection.env` the same way. This module holds the directory for one
-//! `up`: its lock, its password and its `connection.env`.
+//! `up`: its lock, its password and its `connection.env`. The directory is
+//! private (0700) since it holds secrets: made so when created, tightened
+//! when found open to other users (and refused when that cannot be done).
 //!
 //! ```text
 //! <data-dir>/
@@ -20,7 +22,7 @@ use agentbus::connect::{CONNECTION_FILE, ConnectionFile};
 use rand::Rng;
 use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The user `agentbus up` creates.
@@ -29,6 +31,8 @@ pub const BUS_USER: &str = "agentbus";
 const LOCK_FILE: &str = "up.lock";
 const PASSWORD_FILE: &str = "password";
 const PASSWORD_LEN: usize = 32;
+/// The mode of the data directory: its owner's alone.
+const PRIVATE_MODE: u32 = 0o700;
 
 /// Why the data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,21 @@ pub enum DataDirError {
         /// The process id of the `agentbus up` holding it, when readable.
         pid: Option<u32>,
     },
+    /// The directory is open to other users and cannot be made private.
+    #[error(
+        "data directory {} is open to other users (mode {mode:04o}) and cannot be made private: {source}; run `chmod 700 {}` as its owner, or pass --data-dir with a directory of your own",
+        .path.display(),
+        .path.display()
+    )]
+    NotPrivate {
+        /// The data directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// Why it cannot be made private.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why the data directory cannot be used, as a kind to match.
@@ -80,6 +99,8 @@ pub enum DataDirErrorKind {
     Unusable,
     /// Another `agentbus up` holds the directory.
     InUse,
+    /// The directory is open to other users and cannot be made private.
+    NotPrivate,
 }
 
 impl DataDirError {
@@ -88,6 +109,7 @@ impl DataDirError {
         match self {
             Self::Unusable { .. } | Self::UnusableFile { .. } => DataDirErrorKind::Unusable,
             Self::InUse { .. } => DataDirErrorKind::InUse,
+            Self::NotPrivate { .. } => DataDirErrorKind::NotPrivate,
         }
     }
 }
@@ -100,8 +122,10 @@ pub struct DataDir {
 }
 
 impl DataDir {
-    /// Creates the directory (mode 0700) if needed and takes its lock.
-    /// Fails without touching anything when another process holds it.
+    /// Creates the directory (mode 0700) if needed and takes its lock. An
+    /// existing directory open to other users is made private first (0700,
+    /// said in one warning), or refused untouched when it is not this
+    /// user's. Fails without touching anything when another process holds it.
     pub fn open_exclusive(path: &Path) -> Result<Self, DataDirError> {
         let unusable = |source: std::io::Error| DataDirError::Unusable {
             path: path.to_owned(),
@@ -109,10 +133,18 @@ impl DataDir {
         };
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(PRIVATE_MODE)
             .create(path)
             .map_err(unusable)?;
         let path = path.canonicalize().map_err(unusable)?;
+        // Before the lock file is made in it. A directory another `up` holds
+        // is private already.
+        if let Some(was) = make_private(&path, effective_uid())? {
+            tracing::warn!(
+                "data directory {} was open to other users (mode {was:04o}); made it private (0700), since it holds the bus's password",
+                path.display()
+            );
+        }
         let mut lock = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -196,10 +228,104 @@ impl DataDir {
     }
 }
 
+/// The user this process acts as.
+#[allow(unsafe_code)]
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid(2) takes nothing, touches no memory and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Makes `path` private (0700) when group or others have any access to it,
+/// if user `me` owns it. Returns the mode it had when it was changed.
+fn make_private(path: &Path, me: u32) -> Result<Option<u32>, DataDirError> {
+    let metadata = std::fs::metadata(path).map_err(|source| DataDirError::Unusable {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    let not_private = |source| DataDirError::NotPrivate {
+        path: path.to_owned(),
+        mode,
+        source,
+    };
+    if metadata.uid() != me {
+        return Err(not_private(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("it belongs to user {}, not to user {me}", metadata.uid()),
+        )));
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(PRIVATE_MODE))
+        .map_err(not_private)?;
+    Ok(Some(mode))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+
+    fn mode_of(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_new_directory_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/.agentbus");
+        DataDir::open_exclusive(&path).unwrap();
+        assert_eq!(mode_of(&path), PRIVATE_MODE);
+        assert_eq!(mode_of(&dir.path().join("new")), PRIVATE_MODE);
+    }
+
+    #[test]
+    fn an_open_directory_is_made_private_and_its_contents_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".agentbus");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("nats.conf"), "port: 4222\n").unwrap();
+        std::fs::create_dir(path.join("jetstream")).unwrap();
+        set_mode(&path.join("nats.conf"), 0o644);
+        set_mode(&path.join("jetstream"), 0o755);
+        set_mode(&path, 0o755);
+
+        let data = DataDir::open_exclusive(&path).unwrap();
+        assert_eq!(mode_of(&path), PRIVATE_MODE);
+        assert_eq!(mode_of(&path.join("nats.conf")), 0o644);
+        assert_eq!(mode_of(&path.join("jetstream")), 0o755);
+        assert_eq!(
+            std::fs::read_to_string(path.join("nats.conf")).unwrap(),
+            "port: 4222\n"
+        );
+        drop(data);
+        // Private already: nothing to change.
+        let me = std::fs::metadata(&path).unwrap().uid();
+        assert_eq!(make_private(&path, me).unwrap(), None);
+    }
+
+    #[test]
+    fn an_open_directory_of_another_user_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        set_mode(dir.path(), 0o755);
+        let owner = std::fs::metadata(dir.path()).unwrap().uid();
+        let other = owner.wrapping_add(1);
+        let err = make_private(dir.path(), other).unwrap_err();
+        assert_eq!(err.kind(), DataDirErrorKind::NotPrivate);
+        let path = dir.path().display();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "data directory {path} is open to other users (mode 0755) and cannot be made private: it belongs to user {owner}, not to user {other}; run `chmod 700 {path}` as its owner, or pass --data-dir with a directory of your own"
+            )
+        );
+        assert!(std::error::Error::source(&err).is_some());
+        assert_eq!(mode_of(dir.path()), 0o755);
+    }
 
     #[test]
     fn second_holder_is_refused_and_told_the_pid() {
