@@ -184,7 +184,7 @@ async fn numbers_and_objects_given_as_text_are_taken_as_numbers_and_objects() {
     )
     .await;
     assert_eq!(
-        run.output["structuredContent"]["value"],
+        run.output["structuredContent"]["value"]["content"],
         json!({"level": 3}),
         "{run:#?}"
     );

@@ -111,17 +111,22 @@ impl Claims {
         }
     }
 
-    /// Puts a claimed task in the lease table and describes it to the model.
+    /// Puts a claimed task in the lease table and describes it to the model:
+    /// what the submitter wrote (id, type, payload) as untrusted content,
+    /// what the bus knows beside it.
     fn hold(&self, attempt: TaskAttempt, request: TaskRequest) -> Result<Value, ToolError> {
-        let view = json!({
-            "task_id": request.task_id,
-            "task_type": request.task_type,
-            "priority": request.priority,
-            "payload": untrusted(None, request.payload.clone()),
-            "attempt": attempt.attempt(),
-            "queue": attempt.delivery().subject(),
-            "lease_seconds": CLAIM_LEASE.as_secs(),
-        });
+        let mut view = untrusted(
+            None,
+            json!({
+                "task_id": request.task_id,
+                "task_type": request.task_type,
+                "payload": request.payload,
+            }),
+        );
+        view["priority"] = json!(request.priority);
+        view["attempt"] = json!(attempt.attempt());
+        view["queue"] = json!(attempt.delivery().subject());
+        view["lease_seconds"] = json!(CLAIM_LEASE.as_secs());
         let task_id = request.task_id.to_string();
         let lease_end = tokio::time::Instant::now() + CLAIM_LEASE;
         let keeping = attempt.delivery().in_progress_until(lease_end);

@@ -1,10 +1,13 @@
 //! Marking what other agents wrote.
 //!
-//! Everything another agent produced (a message, a task payload, a task
-//! result, its state) reaches the model as data inside
-//! `{"untrusted_content_from": "<agent>", "content": ...}`, so neither the
-//! model nor the person reading along mistakes it for instructions of the
-//! client or of this bridge. The sender's name is as the sender claims it.
+//! Everything another agent produced (a message, a task it submitted, a
+//! task result, a presence entry, a state value) reaches the model as data
+//! inside `{"untrusted_content_from": "<agent>", "content": ...}`, so neither
+//! the model nor the person reading along mistakes it for instructions of
+//! the client or of this bridge. The sender's name is as the sender claims
+//! it; where nothing the bridge can check says who wrote the content (state
+//! values, presence entries, claimed tasks), it is `(unknown sender)`, and
+//! every field of such a record goes inside `content`.
 
 use serde_json::{Value, json};
 
