@@ -33,7 +33,12 @@ type Expected = (
 const EXPECTED: [Expected; 3] = [
     (
         "agent-messages",
-        &["agent.*.inbox", "agent.*.direct"],
+        &[
+            "agent.*.inbox",
+            "agent.*.direct",
+            "agent.*.inbox.*",
+            "agent.*.direct.*",
+        ],
         RetentionPolicy::Limits,
         10_000,
         100 * MIB,
@@ -42,7 +47,7 @@ const EXPECTED: [Expected; 3] = [
     ),
     (
         "agent-broadcast",
-        &["broadcast.*", "announce.*"],
+        &["broadcast.*", "announce.*", "broadcast.*.*", "announce.*.*"],
         RetentionPolicy::Limits,
         5_000,
         50 * MIB,

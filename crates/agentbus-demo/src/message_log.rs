@@ -91,6 +91,7 @@ mod tests {
             subject: subject.to_owned(),
             message_id: Some("0123456789abcdef".to_owned()),
             from: from.map(str::to_owned),
+            sender: agentbus::Sender::Unverified,
             body: json!({"text": "hi"}),
             sequence: 1,
             attempt: 1,

@@ -13,7 +13,7 @@
 
 use crate::untrusted::untrusted;
 use agentbus::Name;
-use agentbus::delivery::{ConsumerError, ConsumerSpec, DeliveryOptions, FROM_HEADER, body_value};
+use agentbus::delivery::{ConsumerError, ConsumerSpec, DeliveryOptions, body_value};
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use rmcp::model::RequestId;
@@ -83,12 +83,20 @@ impl Inbox {
         let (consumer, _) = spec
             .create_sharing(bus, &DeliveryOptions::default())
             .await?;
-        let subscription = bus
+        let [plain, stamped] =
+            agentbus::subject::with_senders(&agentbus::subject::agent_inbox(agent));
+        let plain = bus
             .client()
-            .subscribe(agentbus::subject::agent_inbox(agent))
+            .subscribe(plain)
+            .await
+            .map_err(InboxError::Watch)?;
+        let stamped = bus
+            .client()
+            .subscribe(stamped)
             .await
             .map_err(InboxError::Watch)?;
         let (arrived, arrivals) = watch::channel(0);
+        let subscription = futures::stream::select(plain, stamped);
         let watcher = tokio::spawn(watch_inbox(subscription, arrived)).abort_handle();
         Ok(Self {
             consumer,
@@ -172,7 +180,10 @@ impl Inbox {
 const BLOCKED_FETCH: Duration = Duration::from_secs(1);
 
 /// Bumps `arrived` for every message published to the inbox subject.
-async fn watch_inbox(mut subscription: async_nats::Subscriber, arrived: watch::Sender<u64>) {
+async fn watch_inbox(
+    mut subscription: impl futures::Stream<Item = async_nats::Message> + Unpin,
+    arrived: watch::Sender<u64>,
+) {
     while subscription.next().await.is_some() {
         arrived.send_modify(|count| *count += 1);
     }
@@ -188,8 +199,16 @@ pub(crate) fn describe(message: &jetstream::Message) -> Value {
             .and_then(|h| h.get(name))
             .map(|v| v.as_str().to_owned())
     };
-    let from = header(FROM_HEADER);
-    let mut described = untrusted(from.as_deref(), body_value(&message.payload));
+    // The sender the bus vouches for (the subject's last token, which only
+    // that agent's identity may publish); a `from` header is a claim, and
+    // is not shown as the sender.
+    let sender = agentbus::subject::sender_of(&message.subject);
+    let label = match &sender {
+        agentbus::Sender::Agent(name) => name.to_string(),
+        agentbus::Sender::Unverified => "(unverified sender)".to_owned(),
+    };
+    let mut described = untrusted(Some(&label), body_value(&message.payload));
+    described["sender_verified"] = json!(sender.is_verified());
     if let Ok(info) = message.info() {
         described["sequence"] = json!(info.stream_sequence);
         let nanos = u64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0);

@@ -186,7 +186,7 @@ impl Bridge {
         let published = self
             .bus()
             .publish_durable(
-                &subject::agent_inbox(&to),
+                &subject::agent_inbox_from(&to, self.agent()),
                 &p.message,
                 None,
                 Some(self.agent()),
@@ -253,7 +253,7 @@ impl Bridge {
         let published = self
             .bus()
             .publish_durable(
-                &subject::broadcast(&topic),
+                &subject::broadcast_from(&topic, self.agent()),
                 &p.message,
                 None,
                 Some(self.agent()),

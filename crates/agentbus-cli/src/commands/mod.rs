@@ -3,6 +3,7 @@
 mod agents;
 mod bench;
 mod check;
+mod creds;
 mod dlq;
 mod follow;
 mod mcp;
@@ -53,6 +54,8 @@ pub(crate) enum Command {
     Bench(bench::BenchArgs),
     /// Run the delivery test and the configuration doctor against a server.
     Check(check::CheckArgs),
+    /// Give agents identities of their own (add, list, revoke, export).
+    Creds(creds::CredsArgs),
     /// Serve MCP on stdin/stdout: the MCP client's LLM agent joins the bus as --agent.
     Mcp(mcp::McpArgs),
 }
@@ -75,6 +78,7 @@ impl Command {
             Self::Dlq(args) => dlq::exec(args).await,
             Self::Bench(args) => bench::exec(args).await,
             Self::Check(args) => check::exec(args).await,
+            Self::Creds(args) => creds::exec(args).await,
             Self::Mcp(args) => mcp::exec(args).await,
         }
     }
@@ -97,6 +101,12 @@ impl ServerArgs {
     pub(crate) fn target(&self) -> anyhow::Result<ServerTarget> {
         let data_dir = agentbus::connect::resolve_data_dir(self.data_dir.as_deref());
         Ok(ServerTarget::resolve(self.server.as_deref(), &data_dir)?)
+    }
+
+    /// Resolves the target and connects as a [`agentbus::Bus`]: with an agent
+    /// identity (`AGENTBUS_AGENT`), what it sends carries that agent.
+    pub(crate) async fn bus(&self) -> anyhow::Result<agentbus::Bus> {
+        Ok(agentbus::Bus::connect(&self.target()?, "agentbus-cli").await?)
     }
 
     /// Resolves the target and connects.

@@ -2,7 +2,6 @@
 
 use super::{ServerArgs, read_json_argument};
 use crate::output::outln;
-use agentbus::Bus;
 use clap::Args;
 use std::process::ExitCode;
 
@@ -22,8 +21,7 @@ pub(crate) struct PublishArgs {
 pub(super) async fn exec(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let message = read_json_argument(&args.message)?;
     let subject = agentbus::subject::Subject::parse(&args.subject)?;
-    let (_, client) = args.server.connect().await?;
-    let bus = Bus::from_client(client);
+    let bus = args.server.bus().await?;
     let body = serde_json::to_vec(&message)?;
     let size = body.len();
     bus.publish_bytes(&subject, body.into()).await?;

@@ -5,7 +5,7 @@ use super::{ServerArgs, read_json_argument, seconds};
 use crate::output::outln;
 use agentbus::RequestOptions;
 use agentbus::TaskId;
-use agentbus::{Bus, Priority, TaskRequest};
+use agentbus::{Priority, TaskRequest};
 use clap::Args;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -65,8 +65,7 @@ pub(super) async fn exec(args: RequestArgs) -> anyhow::Result<ExitCode> {
     let timeout = seconds(args.timeout, "timeout")?;
     agentbus::Name::parse("agent name", &args.agent)?;
     agentbus::Name::parse("task type", &args.task_type)?;
-    let (_, client) = args.server.connect().await?;
-    let bus = Bus::from_client(client);
+    let bus = args.server.bus().await?;
     let task_id = match args.task_id.as_deref() {
         Some(id) => TaskId::parse(id)?,
         None => TaskId::new(),

@@ -2,8 +2,8 @@
 
 use super::{PresenceArgs, ServerArgs, Unreached, read_json_argument, report};
 use crate::output::outln;
+use agentbus::Name;
 use agentbus::delivery::Address;
-use agentbus::{Bus, Name};
 use clap::Args;
 use std::process::ExitCode;
 
@@ -39,8 +39,7 @@ pub(crate) struct SendArgs {
 pub(super) async fn exec(args: SendArgs) -> anyhow::Result<ExitCode> {
     let message = read_json_argument(&args.message)?;
     let agent = Name::parse("agent name", &args.agent)?;
-    let (_, client) = args.server.connect().await?;
-    let bus = Bus::from_client(client);
+    let bus = args.server.bus().await?;
     let address = if args.direct {
         Address::Direct(agent)
     } else {
@@ -48,7 +47,7 @@ pub(super) async fn exec(args: SendArgs) -> anyhow::Result<ExitCode> {
     };
     let published = bus
         .publish_durable(
-            &address.subject(),
+            &address.subject_from(bus.identity()),
             &message,
             args.message_id.as_deref(),
             None,
@@ -103,8 +102,7 @@ pub(crate) struct BroadcastArgs {
 pub(super) async fn exec_broadcast(args: BroadcastArgs) -> anyhow::Result<ExitCode> {
     let message = read_json_argument(&args.message)?;
     let topic = Name::parse("topic", &args.topic)?;
-    let (_, client) = args.server.connect().await?;
-    let bus = Bus::from_client(client);
+    let bus = args.server.bus().await?;
     let (published, address) = if args.announce {
         let published = bus.announce(&args.topic, &message).await?;
         (published, Address::Announce(topic))

@@ -4,7 +4,7 @@ use super::follow::Printer;
 use super::{PresenceArgs, ServerArgs, Unreached, read_json_argument, report, seconds};
 use crate::output::outln;
 use agentbus::delivery::{Address, Queue, ResultRetention};
-use agentbus::{Bus, Name, Priority, TaskId, TaskRequest};
+use agentbus::{Name, Priority, TaskId, TaskRequest};
 use clap::Args;
 use std::process::ExitCode;
 
@@ -86,8 +86,7 @@ pub(super) async fn exec(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         "the payload must be a JSON object such as '{{\"prompt\": \"hi\"}}'"
     );
     let timeout = seconds(args.timeout, "timeout")?;
-    let (_, client) = args.server.connect().await?;
-    let bus = Bus::from_client(client);
+    let bus = args.server.bus().await?;
     anyhow::ensure!(
         !args.json || !args.wait || args.stream,
         "--json with --wait needs --stream (the TaskResponse --wait prints is JSON already)"

@@ -115,6 +115,14 @@ pub(super) async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
         started => started?,
     };
 
+    // Agent identities made while the bus was down get their consumers now.
+    let identities = agentbus_ops::identity::Identities::load(data_dir.path())?;
+    if !identities.list().is_empty() {
+        let operator = agentbus::Bus::connect(&server.target(), "agentbus-up").await?;
+        for identity in identities.list() {
+            agentbus_ops::identity::provision(&operator, &identity.grant).await?;
+        }
+    }
     data_dir.write_connection_file(&ConnectionFile {
         nats_url: server.client_url_with_credentials(),
         monitor_url: Some(server.monitor_url().to_owned()),

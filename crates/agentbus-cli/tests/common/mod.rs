@@ -38,6 +38,8 @@ const REDIRECTING_VARS: &[&str] = &[
     "NATS_TOKEN",
     "NATS_CREDS",
     "NATS_CA",
+    "NATS_NKEY",
+    "AGENTBUS_AGENT",
     "AGENTBUS_MONITOR_URL",
     "AGENTBUS_DATA_DIR",
     "RUST_LOG",

@@ -46,7 +46,20 @@ pub enum Address {
 }
 
 impl Address {
-    /// The subject the work is stored on.
+    /// The subject the work is stored on when sent as agent `from` (inbox,
+    /// direct, broadcast and announcement subjects carry the sender), or
+    /// without a sender.
+    pub fn subject_from(&self, from: Option<&Name>) -> Subject {
+        match (self, from) {
+            (Self::Inbox(agent), Some(from)) => subject::agent_inbox_from(agent, from),
+            (Self::Direct(agent), Some(from)) => subject::agent_direct_from(agent, from),
+            (Self::Broadcast(topic), Some(from)) => subject::broadcast_from(topic, from),
+            (Self::Announce(topic), Some(from)) => subject::announce_from(topic, from),
+            _ => self.subject(),
+        }
+    }
+
+    /// The subject the work is stored on, without a sender.
     pub fn subject(&self) -> Subject {
         match self {
             Self::Inbox(agent) => subject::agent_inbox(agent),

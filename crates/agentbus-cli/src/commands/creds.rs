@@ -1,0 +1,184 @@
+//! `agentbus creds`: agent identities of the local bus (add, list, revoke,
+//! export), each an nkey with least-privilege permissions.
+
+use crate::output::{Table, outln, print_json};
+use agentbus::connect::{Credentials, OPERATOR_USER, ServerTarget, TargetSource};
+use agentbus::permissions::Grant;
+use agentbus::{Bus, Name};
+use agentbus_ops::identity::{self, Identities};
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// How long a change may take to reach the running server.
+const APPLY_WITHIN: Duration = Duration::from_secs(10);
+
+/// Arguments of `agentbus creds`.
+#[derive(Debug, Args)]
+pub(crate) struct CredsArgs {
+    #[command(subcommand)]
+    command: CredsCommand,
+
+    /// Data directory of `agentbus up` [env: AGENTBUS_DATA_DIR] [default: ./.agentbus]
+    #[arg(long, value_name = "DIR", global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum CredsCommand {
+    /// Make an identity for an agent (a new key if it had one) and write its env file.
+    Add(AddArgs),
+    /// List the agent identities.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an agent's identity: the server disconnects it and refuses it from then on.
+    Revoke {
+        /// The agent.
+        agent: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the `authorization` block for another nats-server (a cluster you run):
+    /// the operator user (password from $AGENTBUS_NATS_PASSWORD) and every agent identity.
+    Export,
+}
+
+#[derive(Debug, Args)]
+struct AddArgs {
+    /// The agent.
+    agent: String,
+    /// A shared work queue (`work.<type>`) the agent takes tasks from; repeatable.
+    #[arg(long = "work-type", value_name = "TYPE")]
+    work_types: Vec<String>,
+    /// Only these agents may be called (tasks) by it; repeatable. Default: every agent.
+    #[arg(long = "may-call", value_name = "AGENT")]
+    may_call: Vec<String>,
+    /// Only these agents may get its inbox and direct messages; repeatable. Default: every agent.
+    #[arg(long = "may-message", value_name = "AGENT")]
+    may_message: Vec<String>,
+    /// Print `{"agent": ..., "env_file": ...}`.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) async fn exec(args: CredsArgs) -> anyhow::Result<ExitCode> {
+    let dir = agentbus::connect::resolve_data_dir(args.data_dir.as_deref());
+    let mut ids = Identities::load(&dir)?;
+    match args.command {
+        CredsCommand::Add(add) => {
+            let names = |list: &[String]| -> anyhow::Result<Option<Vec<Name>>> {
+                if list.is_empty() {
+                    return Ok(None);
+                }
+                Ok(Some(
+                    list.iter()
+                        .map(|n| Name::parse("agent name", n))
+                        .collect::<Result<_, _>>()?,
+                ))
+            };
+            let grant = Grant {
+                agent: Name::parse("agent name", &add.agent)?,
+                work_types: add
+                    .work_types
+                    .iter()
+                    .map(|t| Name::parse("task type", t))
+                    .collect::<Result<_, _>>()?,
+                may_call: names(&add.may_call)?,
+                may_message: names(&add.may_message)?,
+            };
+            let operator = ServerTarget::resolve(None, &dir).with_context(|| {
+                format!(
+                    "no bus runs in {}; start it with `agentbus up` first",
+                    dir.display()
+                )
+            })?;
+            let url = operator.display_url().to_owned();
+            let added = ids.add(grant.clone(), &url)?;
+            let running = ids.apply(OPERATOR_USER)?;
+            if running {
+                let bus = Bus::connect(&operator, "agentbus-creds").await?;
+                identity::provision(&bus, &grant).await?;
+                let target = ServerTarget::from_url(&url, TargetSource::Explicit)
+                    .with_credentials(Credentials::NkeyFile(added.seed_file.clone()))
+                    .with_agent(Some(grant.agent.clone()));
+                anyhow::ensure!(
+                    identity::wait_until_accepted(&target, APPLY_WITHIN).await,
+                    "the server did not take agent {}'s identity within {}s; see its log in {}",
+                    grant.agent,
+                    APPLY_WITHIN.as_secs(),
+                    dir.display()
+                );
+            }
+            if add.json {
+                print_json(&serde_json::json!({
+                    "agent": grant.agent,
+                    "env_file": added.env_file,
+                }))?;
+            } else {
+                outln!(
+                    "agent {} has its own identity; run it with the variables in {}",
+                    grant.agent,
+                    added.env_file.display()
+                )?;
+            }
+        }
+        CredsCommand::List { json } => {
+            if json {
+                print_json(&serde_json::json!({ "identities": ids.list() }))?;
+            } else {
+                let mut table =
+                    Table::new(&["AGENT", "WORK TYPES", "MAY CALL", "MAY MESSAGE", "CREATED"]);
+                let show = |list: &Option<Vec<Name>>| match list {
+                    None => "every agent".to_owned(),
+                    Some(names) => join(names),
+                };
+                for id in ids.list() {
+                    table.row(vec![
+                        id.grant.agent.to_string(),
+                        join(&id.grant.work_types),
+                        show(&id.grant.may_call),
+                        show(&id.grant.may_message),
+                        id.created.clone(),
+                    ]);
+                }
+                table.print()?;
+            }
+        }
+        CredsCommand::Revoke { agent, json } => {
+            let revoked = ids.revoke(&agent)?;
+            let running = ids.apply(OPERATOR_USER)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "agent": revoked.grant.agent,
+                    "revoked": true,
+                    "server_reloaded": running,
+                }))?;
+            } else {
+                outln!(
+                    "agent {agent}'s identity is revoked: the server disconnects it and refuses it from now on"
+                )?;
+            }
+        }
+        CredsCommand::Export => {
+            outln!("{}", ids.authorization(OPERATOR_USER).trim_end())?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn join(names: &[Name]) -> String {
+    if names.is_empty() {
+        return "-".to_owned();
+    }
+    names
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
