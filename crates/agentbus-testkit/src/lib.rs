@@ -175,6 +175,11 @@ impl NatsServer {
             ids.apply(&self.config.user).expect("write auth.conf"),
             "the server reloads"
         );
+        // A connection made while the server reloads may be refused.
+        assert!(
+            identity::wait_until_accepted(&self.target(), std::time::Duration::from_secs(10)).await,
+            "the server accepts the operator after the reload"
+        );
         let operator = agentbus::Bus::connect(&self.target(), "agentbus-testkit")
             .await
             .expect("connect as the operator");

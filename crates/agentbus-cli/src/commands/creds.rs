@@ -102,6 +102,8 @@ pub(super) async fn exec(args: CredsArgs) -> anyhow::Result<ExitCode> {
             let added = ids.add(grant.clone(), &url)?;
             let running = ids.apply(OPERATOR_USER)?;
             if running {
+                // A connection made while the server reloads may be refused.
+                identity::wait_until_accepted(&operator, APPLY_WITHIN).await;
                 let bus = Bus::connect(&operator, "agentbus-creds").await?;
                 identity::provision(&bus, &grant).await?;
                 let target = ServerTarget::from_url(&url, TargetSource::Explicit)
