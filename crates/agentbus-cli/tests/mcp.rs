@@ -332,7 +332,10 @@ async fn tasks_state_presence_and_status_through_the_tools() {
             json!({"topic": "news", "message": {"headline": "agents on a bus"}}),
         )
         .await;
-    assert_eq!(sent["subject"], "broadcast.news");
+    assert_eq!(
+        sent["subject"], "broadcast.news.alice",
+        "stamped with the bridge's agent"
+    );
     let status = driver.ok("a", "bus_status", json!({})).await;
     let streams = status["streams"].as_array().unwrap();
     let count = |name: &str| {
