@@ -515,7 +515,18 @@ mod tests {
         assert!(!text.contains("hunter2"));
         assert!(text.contains("port: -1\n"));
         assert!(text.contains("http_port: 8222\n"));
-        assert!(text.contains("password: $AGENTBUS_NATS_PASSWORD"));
+        // The users live in the included authorization block, which reads
+        // the password from the server's environment.
+        assert!(
+            text.contains(&format!("include \"{AUTH_FILE}\"\n")),
+            "{text}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Identities::load(dir.path())
+            .unwrap()
+            .authorization(&config.user);
+        assert!(auth.contains("password: $AGENTBUS_NATS_PASSWORD"), "{auth}");
+        assert!(!auth.contains("hunter2"));
         assert!(!format!("{config:?}").contains("hunter2"));
     }
 
