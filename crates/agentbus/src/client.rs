@@ -248,37 +248,35 @@ impl Bus {
     /// carries that agent as its sender.
     pub async fn connect(target: &ServerTarget, client_name: &str) -> Result<Self, ConnectError> {
         let client = target.connect(client_name).await?;
-        let mut bus = Self::wrap(client, target.agent().cloned());
-        if target.is_operator()
-            && let Some(inner) = std::sync::Arc::get_mut(&mut bus.inner)
-        {
-            inner.operator = true;
-        }
-        Ok(bus)
+        Ok(Self::wrap(
+            client,
+            target.agent().cloned(),
+            target.is_operator(),
+        ))
     }
 
     /// Wraps an existing connection that has no agent identity: tasks and
     /// messages sent through it have no verified sender, unless sent on an
     /// agent's behalf by a [`crate::Runtime`] it serves.
     pub fn from_client(client: async_nats::Client) -> Self {
-        Self::wrap(client, None)
+        Self::wrap(client, None, false)
     }
 
     /// Wraps a connection that uses agent `agent`'s identity: tasks and
     /// messages sent through it carry `agent` as their sender, and a
     /// [`crate::Runtime`] on it serves that agent only.
     pub fn from_client_as(client: async_nats::Client, agent: Name) -> Self {
-        Self::wrap(client, Some(agent))
+        Self::wrap(client, Some(agent), false)
     }
 
-    fn wrap(client: async_nats::Client, identity: Option<Name>) -> Self {
+    fn wrap(client: async_nats::Client, identity: Option<Name>, operator: bool) -> Self {
         let jetstream = async_nats::jetstream::new(client.clone());
         Self {
             inner: std::sync::Arc::new(BusInner {
                 client,
                 jetstream,
                 identity,
-                operator: false,
+                operator,
             }),
         }
     }

@@ -160,6 +160,12 @@ impl ConsumerSpec {
         self.inactive_threshold
     }
 
+    /// Whether `bus` must use this consumer as the operator made it: it has
+    /// an agent identity, and the consumer is one an agent may not make.
+    fn made_by_operator_for(&self, bus: &Bus) -> bool {
+        bus.identity().is_some() && self.provisioned
+    }
+
     /// Whether an agent identity gets this consumer made by the operator
     /// (`agentbus creds add`) instead of making it.
     pub fn is_provisioned(&self) -> bool {
@@ -175,7 +181,7 @@ impl ConsumerSpec {
         options: &DeliveryOptions,
     ) -> Result<PullConsumer, ConsumerError> {
         let stream = self.stream_of(bus.jetstream()).await?;
-        if bus.identity().is_some() && self.provisioned {
+        if self.made_by_operator_for(bus) {
             return self.provisioned_on(&stream).await;
         }
         self.create_on(&stream, options).await
@@ -195,13 +201,7 @@ impl ConsumerSpec {
             } else {
                 ConsumerErrorKind::Unavailable
             };
-            ConsumerError {
-                kind,
-                stream: self.stream,
-                consumer: self.name.clone(),
-                hint: Self::hint(kind),
-                source: err,
-            }
+            self.error(kind, err)
         })
     }
 
@@ -263,7 +263,7 @@ impl ConsumerSpec {
         defaults: &DeliveryOptions,
     ) -> Result<(PullConsumer, DeliveryOptions), ConsumerError> {
         let stream = self.stream_of(bus.jetstream()).await?;
-        if bus.identity().is_some() && self.provisioned {
+        if self.made_by_operator_for(bus) {
             let consumer = self.provisioned_on(&stream).await?;
             let options = options_of(&consumer.cached_info().config, defaults);
             return Ok((consumer, options));
@@ -278,14 +278,14 @@ impl ConsumerSpec {
     fn error(
         &self,
         kind: ConsumerErrorKind,
-        source: impl std::error::Error + Send + Sync + 'static,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> ConsumerError {
         ConsumerError {
             kind,
             stream: self.stream,
             consumer: self.name.clone(),
             hint: Self::hint(kind),
-            source: Box::new(source),
+            source: source.into(),
         }
     }
 
