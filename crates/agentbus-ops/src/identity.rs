@@ -16,10 +16,15 @@
 //! closed by the server.
 
 use crate::private_file::write_private;
-use agentbus::Name;
+use agentbus::ServerTarget;
 use agentbus::connect::{AGENT_VAR, NATS_URL_VAR, NKEY_VAR};
+use agentbus::connect::{Credentials, TargetSource};
 use agentbus::permissions::Grant;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long a change may take to reach the running server.
+const APPLY_WITHIN: Duration = Duration::from_secs(10);
 
 /// File listing every agent identity.
 pub const IDENTITIES_FILE: &str = "identities.json";
@@ -72,6 +77,23 @@ pub enum IdentityError {
     /// The key pair could not be made.
     #[error("cannot make an nkey: {0}")]
     Key(String),
+    /// The operator could not connect to provision the agent's consumers.
+    #[error(transparent)]
+    Connect(#[from] agentbus::ConnectError),
+    /// The agent's consumers could not be provisioned.
+    #[error(transparent)]
+    Provision(#[from] agentbus::delivery::ConsumerError),
+    /// The server did not take the new identity in time.
+    #[error(
+        "the server did not take agent {agent}'s identity within {}s; see nats-server.log in the data directory",
+        .within.as_secs()
+    )]
+    NotAccepted {
+        /// The agent.
+        agent: String,
+        /// How long it was given.
+        within: Duration,
+    },
 }
 
 /// What [`Identities::add`] made.
@@ -111,11 +133,6 @@ impl Identities {
     /// Every identity, by name.
     pub fn list(&self) -> &[Identity] {
         &self.list
-    }
-
-    /// The identity of `agent`, if it has one.
-    pub fn get(&self, agent: &str) -> Option<&Identity> {
-        self.list.iter().find(|i| i.grant.agent.as_str() == agent)
     }
 
     /// Makes a new identity for `grant` (replacing the agent's previous one
@@ -208,6 +225,53 @@ impl Identities {
     }
 }
 
+/// What [`enroll`] made.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    /// The identity and its files.
+    pub added: Added,
+    /// The agent's server target (its credentials, accepted by the server);
+    /// `None` when no server runs in the directory.
+    pub target: Option<ServerTarget>,
+}
+
+/// Gives `grant`'s agent an identity, as `agentbus creds add` does: makes
+/// it in `ids`, writes `auth.conf` for operator user `operator_user`, and,
+/// when the directory's server runs, reloads it, provisions the agent's
+/// consumers through `operator` and waits until the new identity is accepted.
+pub async fn enroll(
+    ids: &mut Identities,
+    grant: Grant,
+    operator: &ServerTarget,
+    operator_user: &str,
+) -> Result<Enrolled, IdentityError> {
+    let url = operator.display_url().to_owned();
+    let added = ids.add(grant.clone(), &url)?;
+    if !ids.apply(operator_user)? {
+        return Ok(Enrolled {
+            added,
+            target: None,
+        });
+    }
+    // A connection made while the server reloads may be refused.
+    wait_until_accepted(operator, APPLY_WITHIN).await;
+    let bus = agentbus::Bus::connect(operator, "agentbus-creds").await?;
+    provision(&bus, &grant).await?;
+    let target = ServerTarget::from_url(&url, TargetSource::Explicit)
+        .with_credentials(Credentials::NkeyFile(added.seed_file.clone()))
+        .with_agent(Some(grant.agent.clone()));
+    if !wait_until_accepted(&target, APPLY_WITHIN).await {
+        return Err(IdentityError::NotAccepted {
+            agent: grant.agent.to_string(),
+            within: APPLY_WITHIN,
+        });
+    }
+    Ok(Enrolled {
+        added,
+        target: Some(target),
+    })
+}
+
 /// Makes the consumers `grant`'s agent works but may not make itself
 /// (its inbox and direct channel), through `operator`, a connection that
 /// may. Existing ones keep their cursor and messages.
@@ -224,10 +288,7 @@ pub async fn provision(
 
 /// Waits until the server accepts `target`'s credentials (after a reload),
 /// up to `within`; `false` if it never did.
-pub async fn wait_until_accepted(
-    target: &agentbus::ServerTarget,
-    within: std::time::Duration,
-) -> bool {
+async fn wait_until_accepted(target: &ServerTarget, within: Duration) -> bool {
     let deadline = std::time::Instant::now() + within;
     loop {
         if target.connect("agentbus-creds-probe").await.is_ok() {
@@ -236,23 +297,7 @@ pub async fn wait_until_accepted(
         if std::time::Instant::now() > deadline {
             return false;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until the server refuses `target`'s credentials (after a
-/// revocation), up to `within`; `false` if it still accepts them.
-pub async fn wait_until_refused(
-    target: &agentbus::ServerTarget,
-    within: std::time::Duration,
-) -> bool {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        match target.connect("agentbus-creds-probe").await {
-            Err(err) if err.kind() == agentbus::connect::ConnectErrorKind::Refused => return true,
-            _ if std::time::Instant::now() > deadline => return false,
-            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -287,11 +332,6 @@ fn reload(dir: &Path) -> bool {
     crate::local_server::send_reload(pid)
 }
 
-/// An agent identity's name, checked.
-pub fn agent_name(value: &str) -> Result<Name, agentbus::InvalidName> {
-    Name::parse("agent name", value)
-}
-
 fn write(path: &Path, text: &str) -> Result<(), IdentityError> {
     write_private(path, text).map_err(|source| IdentityError::File {
         path: path.to_owned(),
@@ -314,6 +354,7 @@ fn create_private_dir(path: &Path) -> Result<(), IdentityError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agentbus::Name;
     use agentbus::connect::OPERATOR_USER;
     use std::os::unix::fs::PermissionsExt;
 
@@ -322,7 +363,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut ids = Identities::load(dir.path()).unwrap();
         let added = ids
-            .add(Grant::new(agent_name("bob").unwrap()), "nats://127.0.0.1:1")
+            .add(
+                Grant::new(Name::parse("agent name", "bob").unwrap()),
+                "nats://127.0.0.1:1",
+            )
             .unwrap();
         for file in [&added.env_file, &added.seed_file] {
             let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;

@@ -168,32 +168,11 @@ impl NatsServer {
     /// returned target (credentials and agent) is accepted.
     pub async fn add_identity(&self, grant: agentbus::permissions::Grant) -> ServerTarget {
         let mut ids = Identities::load(&self.config.dir).expect("read identities");
-        let added = ids
-            .add(grant.clone(), self.url())
-            .expect("add the identity");
-        assert!(
-            ids.apply(&self.config.user).expect("write auth.conf"),
-            "the server reloads"
-        );
-        // A connection made while the server reloads may be refused.
-        assert!(
-            identity::wait_until_accepted(&self.target(), std::time::Duration::from_secs(10)).await,
-            "the server accepts the operator after the reload"
-        );
-        let operator = agentbus::Bus::connect(&self.target(), "agentbus-testkit")
+        identity::enroll(&mut ids, grant, &self.target(), &self.config.user)
             .await
-            .expect("connect as the operator");
-        identity::provision(&operator, &grant)
-            .await
-            .expect("provision the agent's consumers");
-        let target = ServerTarget::from_url(self.url(), agentbus::connect::TargetSource::Explicit)
-            .with_credentials(agentbus::connect::Credentials::NkeyFile(added.seed_file))
-            .with_agent(Some(grant.agent));
-        assert!(
-            identity::wait_until_accepted(&target, std::time::Duration::from_secs(10)).await,
-            "the server accepts the new identity"
-        );
-        target
+            .unwrap_or_else(|err| panic!("{err}"))
+            .target
+            .expect("the server runs and reloads")
     }
 
     /// Revokes `agent`'s identity, as `agentbus creds revoke` does.

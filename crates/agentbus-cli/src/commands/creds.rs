@@ -2,18 +2,14 @@
 //! export), each an nkey with least-privilege permissions.
 
 use crate::output::{Table, outln, print_json};
-use agentbus::connect::{Credentials, OPERATOR_USER, ServerTarget, TargetSource};
+use agentbus::Name;
+use agentbus::connect::{OPERATOR_USER, ServerTarget};
 use agentbus::permissions::Grant;
-use agentbus::{Bus, Name};
 use agentbus_ops::identity::{self, Identities};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
-
-/// How long a change may take to reach the running server.
-const APPLY_WITHIN: Duration = Duration::from_secs(10);
 
 /// Arguments of `agentbus creds`.
 #[derive(Debug, Args)]
@@ -72,25 +68,13 @@ pub(super) async fn exec(args: CredsArgs) -> anyhow::Result<ExitCode> {
     let mut ids = Identities::load(&dir)?;
     match args.command {
         CredsCommand::Add(add) => {
-            let names = |list: &[String]| -> anyhow::Result<Option<Vec<Name>>> {
-                if list.is_empty() {
-                    return Ok(None);
-                }
-                Ok(Some(
-                    list.iter()
-                        .map(|n| Name::parse("agent name", n))
-                        .collect::<Result<_, _>>()?,
-                ))
-            };
             let grant = Grant {
                 agent: Name::parse("agent name", &add.agent)?,
-                work_types: add
-                    .work_types
-                    .iter()
-                    .map(|t| Name::parse("task type", t))
-                    .collect::<Result<_, _>>()?,
-                may_call: names(&add.may_call)?,
-                may_message: names(&add.may_message)?,
+                work_types: parse_names("task type", &add.work_types)?,
+                may_call: Some(parse_names("agent name", &add.may_call)?)
+                    .filter(|names| !names.is_empty()),
+                may_message: Some(parse_names("agent name", &add.may_message)?)
+                    .filter(|names| !names.is_empty()),
             };
             let operator = ServerTarget::resolve(None, &dir).with_context(|| {
                 format!(
@@ -98,25 +82,9 @@ pub(super) async fn exec(args: CredsArgs) -> anyhow::Result<ExitCode> {
                     dir.display()
                 )
             })?;
-            let url = operator.display_url().to_owned();
-            let added = ids.add(grant.clone(), &url)?;
-            let running = ids.apply(OPERATOR_USER)?;
-            if running {
-                // A connection made while the server reloads may be refused.
-                identity::wait_until_accepted(&operator, APPLY_WITHIN).await;
-                let bus = Bus::connect(&operator, "agentbus-creds").await?;
-                identity::provision(&bus, &grant).await?;
-                let target = ServerTarget::from_url(&url, TargetSource::Explicit)
-                    .with_credentials(Credentials::NkeyFile(added.seed_file.clone()))
-                    .with_agent(Some(grant.agent.clone()));
-                anyhow::ensure!(
-                    identity::wait_until_accepted(&target, APPLY_WITHIN).await,
-                    "the server did not take agent {}'s identity within {}s; see its log in {}",
-                    grant.agent,
-                    APPLY_WITHIN.as_secs(),
-                    dir.display()
-                );
-            }
+            let enrolled =
+                identity::enroll(&mut ids, grant.clone(), &operator, OPERATOR_USER).await?;
+            let added = enrolled.added;
             if add.json {
                 print_json(&serde_json::json!({
                     "agent": grant.agent,
@@ -172,6 +140,14 @@ pub(super) async fn exec(args: CredsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each of `values` as a name; the first invalid one is the error.
+fn parse_names(what: &'static str, values: &[String]) -> Result<Vec<Name>, agentbus::InvalidName> {
+    values
+        .iter()
+        .map(|value| Name::parse(what, value))
+        .collect()
 }
 
 fn join(names: &[Name]) -> String {
