@@ -582,8 +582,8 @@ pub(crate) fn request_reply_topology_file(dir: &Path) -> PathBuf {
     topology_file(
         dir,
         "request-reply.toml",
-        r#"subjects = ["agent.*.inbox", "agent.*.direct"]"#,
-        r#"subjects = ["agent.*.inbox", "agent.*.direct", "agent.*.task"]"#,
+        r#"subjects = ["agent.*.inbox", "agent.*.direct", "agent.*.inbox.*", "agent.*.direct.*"]"#,
+        r#"subjects = ["agent.*.inbox", "agent.*.direct", "agent.*.inbox.*", "agent.*.direct.*", "agent.*.task"]"#,
     )
 }
 
