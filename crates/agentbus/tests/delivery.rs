@@ -415,6 +415,42 @@ async fn a_recorded_submission_tells_queued_from_done_and_a_repeat_resets_nothin
     }
 }
 
+/// A report reads the record, then the queue; the worker stores the outcome,
+/// then acknowledges. A report that reads the record just before the
+/// outcome lands and the queue just after the ack must still say completed.
+#[tokio::test]
+async fn a_report_racing_the_settling_worker_never_loses_the_recorded_outcome() {
+    let server = NatsServer::start().await;
+    let client = bus(&server).await;
+    let queue = Queue::agent("raced").unwrap();
+    let _runtime = serve(&server, Worker::new("raced"), fast_retries()).await;
+
+    let mut pollers = Vec::new();
+    for n in 0..60 {
+        let request = TaskRequest::new("slow", json!({"ms": 5 + n % 7}));
+        client
+            .submit_recorded(&queue, &request, ResultRetention::Keep)
+            .await
+            .unwrap();
+        let client = client.clone();
+        pollers.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let state = client.task_state(&request.task_id).await.unwrap();
+                if state.is_final() {
+                    return state;
+                }
+                assert!(Instant::now() < deadline, "task {n} stayed {state:?}");
+            }
+        }));
+    }
+    let mut finals = HashMap::new();
+    for poller in pollers {
+        *finals.entry(poller.await.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(finals, HashMap::from([(TaskState::Completed, 60)]));
+}
+
 #[tokio::test]
 async fn the_same_task_id_submitted_twice_runs_once() {
     let server = NatsServer::start().await;

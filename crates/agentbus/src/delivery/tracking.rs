@@ -129,12 +129,13 @@ impl Bus {
         ask_runtimes: bool,
         last_event: Option<LogEvent>,
     ) -> Result<TaskReport, RecordError> {
-        let record = Records::open(self.jetstream()).await?.get(task_id).await?;
+        let records = Records::open(self.jetstream()).await?;
+        let mut record = records.get(task_id).await?;
         let logged = last_event
             .as_ref()
             .map(|event| TaskState::of_event(event.kind));
         let mut held_by = None;
-        let state = match (&record, logged) {
+        let mut state = match (&record, logged) {
             (Some(record), logged) => match (record.state, record.sequence) {
                 (TaskState::Queued, Some(sequence)) => {
                     match self.queue_state(task_id, &record.subject, sequence).await? {
@@ -171,6 +172,17 @@ impl Bus {
                 _ => logged.unwrap_or(TaskState::Unknown),
             },
         };
+        // A worker stores the outcome before it acknowledges the task: a
+        // task found gone after its record was read as queued may have
+        // finished in between, and the record read again tells.
+        if state == TaskState::FinishedWithoutRecord {
+            if let Some(again) = records.get(task_id).await? {
+                if again.state.is_final() {
+                    state = again.state;
+                    record = Some(again);
+                }
+            }
+        }
         Ok(TaskReport {
             task_id: task_id.clone(),
             state,
