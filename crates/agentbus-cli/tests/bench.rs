@@ -59,7 +59,10 @@ async fn request_reply_measures_every_variant_and_prints_their_ratios() {
 
     // With agent identities: the serving agents and the caller each on an
     // nkey of its own, with the permissions `creds add` gives.
-    let out = run(["bench", "request-reply", "--identities"].iter().chain(&small)).await;
+    let out = run(["bench", "request-reply", "--identities"]
+        .iter()
+        .chain(&small))
+    .await;
     assert!(out.status.success(), "{out:#?}");
     for line in [
         "agentbus variants with agent identities",

@@ -184,3 +184,137 @@ async fn add_list_send_revoke_and_export() {
         .await
         .assert_one_error("no agent identity named alice");
 }
+
+/// One MCP session over `agentbus mcp`'s stdio, spoken as raw JSON-RPC lines.
+struct McpSession {
+    _child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl McpSession {
+    /// `agentbus mcp ARGS` with the variables `env` (and no others of ours).
+    fn start(args: &[&str], env: &HashMap<String, String>) -> Self {
+        let mut child = command()
+            .arg("mcp")
+            .args(args)
+            .env_remove("NATS_URL")
+            .env_remove("AGENTBUS_DATA_DIR")
+            .envs(env)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start agentbus mcp");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        Self {
+            _child: child,
+            stdin,
+            stdout: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
+        }
+    }
+
+    async fn write(&mut self, message: serde_json::Value) {
+        use tokio::io::AsyncWriteExt as _;
+        self.stdin
+            .write_all(format!("{message}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// Sends request `id` and returns its answer.
+    async fn ask(&mut self, id: u64, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.write(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await;
+        loop {
+            let line =
+                tokio::time::timeout(std::time::Duration::from_secs(30), self.stdout.next_line())
+                    .await
+                    .expect("an answer in time")
+                    .unwrap()
+                    .expect("a line");
+            let answer: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if answer["id"] == id {
+                return answer;
+            }
+        }
+    }
+
+    async fn initialize(&mut self) -> serde_json::Value {
+        self.ask(
+            1,
+            "initialize",
+            json!({
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "test", "version": "1"},
+            }),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn the_mcp_bridge_joins_with_the_agents_identity_and_refuses_the_operators() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("bus");
+    let up = Up::start(&data_dir, &[]).await;
+    let data = data_dir.to_str().unwrap();
+
+    // No identity for claude yet: the operator's is refused, unless asked for.
+    let mut refused =
+        McpSession::start(&["--agent", "claude", "--data-dir", data], &HashMap::new());
+    let answer = refused.initialize().await;
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("agent claude has no identity of its own")
+            && message.contains("agentbus creds add claude"),
+        "{answer}"
+    );
+    drop(refused);
+    let mut operator = McpSession::start(
+        &["--agent", "claude", "--data-dir", data, "--as-operator"],
+        &HashMap::new(),
+    );
+    assert!(operator.initialize().await.get("result").is_some());
+    drop(operator);
+
+    // Once claude has one, the bridge finds it in the data directory, and
+    // what it sends carries claude as the verified sender.
+    run(["creds", "add", "claude", "--data-dir", data])
+        .await
+        .assert_success();
+    let mut bridge = McpSession::start(&["--agent", "claude", "--data-dir", data], &HashMap::new());
+    let answer = bridge.initialize().await;
+    assert!(answer.get("result").is_some(), "{answer}");
+    bridge
+        .write(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await;
+    let sent = bridge
+        .ask(
+            2,
+            "tools/call",
+            json!({"name": "send_message", "arguments": {"to": "bob", "message": "hi"}}),
+        )
+        .await;
+    assert_eq!(sent["result"]["isError"], false, "{sent}");
+    let js = up.jetstream().await;
+    let stream = js.get_stream("agent-messages").await.unwrap();
+    let stored = stream.get_raw_message(1).await.unwrap();
+    assert_eq!(stored.subject.as_str(), "agent.bob.inbox.claude");
+
+    // Another agent's env file is not claude's identity.
+    let added = run(["creds", "add", "other", "--json", "--data-dir", data]).await;
+    let other = env_file(Path::new(
+        added.assert_success().json()["env_file"].as_str().unwrap(),
+    ));
+    let mut wrong = McpSession::start(&["--agent", "claude"], &other);
+    let answer = wrong.initialize().await;
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("agent other's identity, not claude's"),
+        "{answer}"
+    );
+}

@@ -10,13 +10,15 @@
 #[path = "mcp/driver.rs"]
 mod driver;
 
+use agentbus::connect::Credentials;
 use agentbus::delivery::Queue;
+use agentbus::permissions::Grant;
 use agentbus::presence::{AgentPresence, PresenceTaskType};
 use agentbus::state::{PRESENCE_BUCKET, StateStore};
 use agentbus::subject::{self, durable};
 use agentbus::{
-    Agent, AgentOptions, Bus, Name, Runtime, TaskContext, TaskError, TaskId, TaskRequest,
-    TaskTypeSpec,
+    Agent, AgentOptions, Bus, Name, Runtime, ServerTarget, TaskContext, TaskError, TaskId,
+    TaskRequest, TaskTypeSpec,
 };
 use agentbus_testkit::NatsServer;
 use driver::Driver;
@@ -618,6 +620,132 @@ async fn arguments_given_as_text_are_read_by_their_schema() {
         refused.contains("expected a whole number, or a string holding one"),
         "{refused}"
     );
+    driver.finish().await;
+}
+
+/// The variables of `target`, an agent identity the testkit made, as
+/// `agentbus creds add` writes them into the agent's env file.
+fn identity_env(target: &ServerTarget) -> Value {
+    let Credentials::NkeyFile(seed) = target.credentials() else {
+        panic!("an nkey identity: {target:?}")
+    };
+    json!({
+        "NATS_URL": target.display_url(),
+        "NATS_NKEY": seed,
+        "AGENTBUS_AGENT": target.agent().expect("an agent identity").as_str(),
+    })
+}
+
+#[tokio::test]
+async fn a_bridge_with_an_agent_identity_reads_only_its_own_and_names_verified_senders() {
+    const MARKER: &str = "BOB_PRIVATE_MARKER";
+    let server = NatsServer::start().await;
+    let name = |n: &str| Name::parse("agent name", n).unwrap();
+    let alice = server.add_identity(Grant::new(name("alice"))).await;
+    let bob = server.add_identity(Grant::new(name("bob"))).await;
+
+    // Bob's inbox, state and queue hold markers, stored by a client
+    // without an agent identity.
+    let operator = Bus::connect(&server.target(), "operator").await.unwrap();
+    for n in 0..3 {
+        operator
+            .send("bob", &json!({"marker": format!("{MARKER}_{n}")}))
+            .await
+            .unwrap();
+    }
+    StateStore::open(&operator, None)
+        .await
+        .unwrap()
+        .agent(&name("bob"))
+        .set("plan", &json!(MARKER), None)
+        .await
+        .unwrap();
+    let task = TaskRequest::new("summarize", json!({"text": MARKER}));
+    operator
+        .submit(&Queue::Agent(name("bob")), &task)
+        .await
+        .unwrap();
+
+    let mut driver = Driver::start(&server).await;
+    // Alice's identity does not join as bob.
+    let refused = driver.open_with_env("x", "bob", identity_env(&alice)).await;
+    // The client's error, with the bridge's reason in its trace.
+    assert!(refused.get("error").is_some(), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("agent alice's identity, not bob's"),
+        "{refused}"
+    );
+
+    // Alice, through every tool that reads: none of bob's markers.
+    let opened = driver
+        .open_with_env("a", "alice", identity_env(&alice))
+        .await;
+    assert!(opened.get("error").is_none(), "{opened}");
+    let other_state = driver
+        .call("a", "get_state", json!({"agent": "bob", "key": "plan"}))
+        .await;
+    assert_eq!(other_state["is_error"], true, "{other_state}");
+    let mut seen = vec![other_state];
+    for (tool, args) in [
+        ("read_inbox", json!({"wait_seconds": 1})),
+        ("get_state", json!({"key": "plan"})),
+        ("claim_task", json!({"wait_seconds": 1})),
+        ("list_agents", json!({})),
+        ("bus_status", json!({})),
+        ("task_status", json!({"task_id": task.task_id})),
+    ] {
+        seen.push(driver.call("a", tool, args).await);
+    }
+    let leaked: Vec<&Value> = seen
+        .iter()
+        .filter(|answer| answer.to_string().contains(MARKER))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "bob's markers reached alice: {leaked:#?}"
+    );
+
+    // Bob reads his inbox: the markers, labelled unverified, and alice's
+    // message, labelled with her verified name.
+    driver
+        .ok(
+            "a",
+            "send_message",
+            json!({"to": "bob", "message": "from alice"}),
+        )
+        .await;
+    let opened = driver.open_with_env("b", "bob", identity_env(&bob)).await;
+    assert!(opened.get("error").is_none(), "{opened}");
+    let mut senders = Vec::new();
+    while senders.len() < 4 {
+        let read = driver
+            .ok("b", "read_inbox", json!({"wait_seconds": 5}))
+            .await;
+        let messages = read["messages"].as_array().unwrap().clone();
+        assert!(!messages.is_empty(), "bob's inbox ran dry: {senders:?}");
+        for message in messages {
+            senders.push((
+                message["untrusted_content_from"].clone(),
+                message["sender_verified"].clone(),
+            ));
+        }
+    }
+    let unverified = (json!("(unverified sender)"), json!(false));
+    assert_eq!(
+        senders,
+        [
+            unverified.clone(),
+            unverified.clone(),
+            unverified,
+            (json!("alice"), json!(true)),
+        ]
+    );
+    let claimed = driver
+        .ok("b", "claim_task", json!({"wait_seconds": 5}))
+        .await;
+    assert_eq!(claimed["task"]["content"]["payload"]["text"], MARKER);
     driver.finish().await;
 }
 

@@ -77,8 +77,9 @@ async fn the_install_step_puts_agentbus_on_path_and_the_mcp_configuration_starts
 }
 
 /// The README's MCP client configuration, with the installed `bin` on `PATH`
-/// and the test server's URL in place of the placeholder: the client starts
-/// `agentbus` by name, and the bridge answers MCP and is on the bus.
+/// and an identity for claude on the test server in place of the
+/// placeholders: the client starts `agentbus` by name, and the bridge
+/// answers MCP and is on the bus as claude.
 async fn mcp_configuration_starts_the_bridge(bin: &Path) {
     let config = readme_mcp_configuration();
     let entry = &config["mcpServers"]["agentbus"];
@@ -92,10 +93,23 @@ async fn mcp_configuration_starts_the_bridge(bin: &Path) {
     assert_eq!(args, ["mcp", "--agent", "claude"]);
     assert_eq!(
         entry["env"],
-        json!({"NATS_URL": "nats://agentbus:<password>@127.0.0.1:4222"})
+        json!({
+            "NATS_URL": "nats://127.0.0.1:4222",
+            "NATS_NKEY": "/path/to/.agentbus/agents/claude.nk",
+            "AGENTBUS_AGENT": "claude",
+        })
     );
 
+    // claude's identity, made as `agentbus creds add claude` makes it.
     let server = NatsServer::start().await;
+    let claude = server
+        .add_identity(agentbus::permissions::Grant::new(
+            agentbus::Name::parse("agent name", "claude").unwrap(),
+        ))
+        .await;
+    let agentbus::connect::Credentials::NkeyFile(seed) = claude.credentials() else {
+        panic!("an nkey identity")
+    };
     let path = std::env::join_paths(std::iter::once(bin.to_owned()).chain(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     )))
@@ -104,7 +118,10 @@ async fn mcp_configuration_starts_the_bridge(bin: &Path) {
     command
         .args(&args)
         .env("PATH", path)
-        .env("NATS_URL", server.url_with_credentials())
+        .env_remove("AGENTBUS_DATA_DIR")
+        .env("NATS_URL", claude.display_url())
+        .env("NATS_NKEY", seed)
+        .env("AGENTBUS_AGENT", "claude")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

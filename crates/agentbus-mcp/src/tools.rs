@@ -16,7 +16,8 @@ use agentbus::state::{StateError, StateErrorKind};
 use agentbus::subject;
 use agentbus::{Priority, TaskId, TaskRequest};
 use agentbus::{RequestOptions, SendTaskError, SendTaskErrorKind};
-use futures::TryStreamExt;
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::GetStreamErrorKind;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResponse, CallToolResult};
 use rmcp::service::RequestContext;
@@ -433,24 +434,36 @@ impl Bridge {
 
     async fn do_bus_status(&self) -> Result<Value, ToolError> {
         let js = self.bus().jetstream();
-        let infos: Vec<_> = js.streams().try_collect().await.map_err(|err| {
-            let message = format!("cannot list the streams: {err}");
-            ToolError::with_source(ToolErrorKind::Bus, message, err)
-        })?;
-        let mut streams: Vec<Value> = infos
-            .into_iter()
-            .map(|info| {
-                json!({
-                    "name": info.config.name,
-                    "subjects": info.config.subjects,
-                    "messages": info.state.messages,
-                    "bytes": info.state.bytes,
-                    "consumers": info.state.consumer_count,
-                    "max_messages": info.config.max_messages,
-                })
-            })
-            .collect();
-        streams.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        // The bus's streams, each by name: an agent identity may describe
+        // these, not list every stream of the account. One not set up is
+        // left out.
+        let mut streams = Vec::new();
+        for name in subject::STREAMS {
+            let info = match js.get_stream(name).await {
+                Ok(stream) => stream.cached_info().clone(),
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        GetStreamErrorKind::JetStream(js)
+                            if js.error_code() == ErrorCode::STREAM_NOT_FOUND
+                    ) =>
+                {
+                    continue;
+                }
+                Err(err) => {
+                    let message = format!("cannot describe stream {name}: {err}");
+                    return Err(ToolError::with_source(ToolErrorKind::Bus, message, err));
+                }
+            };
+            streams.push(json!({
+                "name": info.config.name,
+                "subjects": info.config.subjects,
+                "messages": info.state.messages,
+                "bytes": info.state.bytes,
+                "consumers": info.state.consumer_count,
+                "max_messages": info.config.max_messages,
+            }));
+        }
         let server = self.bus().client().server_info();
         let inbox_waiting = self.inbox().waiting().await.ok();
         Ok(json!({

@@ -178,9 +178,10 @@ impl NatsServer {
     /// Revokes `agent`'s identity, as `agentbus creds revoke` does.
     pub async fn revoke_identity(&self, agent: &str) {
         let mut ids = Identities::load(&self.config.dir).expect("read identities");
-        let withdrawn = identity::withdraw(&mut ids, agent, Some(&self.target()), &self.config.user)
-            .await
-            .unwrap_or_else(|err| panic!("{err}"));
+        let withdrawn =
+            identity::withdraw(&mut ids, agent, Some(&self.target()), &self.config.user)
+                .await
+                .unwrap_or_else(|err| panic!("{err}"));
         assert!(withdrawn.server_reloaded, "the server reloads");
     }
 

@@ -84,6 +84,8 @@ pub enum TargetSource {
     Environment,
     /// A `connection.env` file written by `agentbus up`.
     ConnectionFile(PathBuf),
+    /// An agent's env file written by `agentbus creds add`.
+    EnvFile(PathBuf),
 }
 
 impl std::fmt::Display for TargetSource {
@@ -91,7 +93,7 @@ impl std::fmt::Display for TargetSource {
         match self {
             Self::Explicit => f.write_str("--server"),
             Self::Environment => f.write_str(NATS_URL_VAR),
-            Self::ConnectionFile(path) => write!(f, "{}", path.display()),
+            Self::ConnectionFile(path) | Self::EnvFile(path) => write!(f, "{}", path.display()),
         }
     }
 }
@@ -197,6 +199,16 @@ pub enum ConnectError {
         /// Where the URL came from.
         source_name: String,
     },
+    /// The server refused an nkey (an agent identity it does not know).
+    #[error(
+        "NATS at {url} refused the nkey {who}; it may have been revoked or made again (`agentbus creds list` shows the identities, `agentbus creds add` makes a new one)"
+    )]
+    RefusedKey {
+        /// The URL.
+        url: String,
+        /// Whose key: "of agent <name>", or where it came from.
+        who: String,
+    },
     /// TLS could not be set up.
     #[error(
         "TLS to NATS at {url} failed: {source}; a tls:// URL needs a server with TLS, and a certificate from a private CA needs NATS_CA set to that CA's PEM file"
@@ -237,7 +249,7 @@ impl ConnectError {
             | Self::InvalidAgent { .. } => ConnectErrorKind::NotConfigured,
             Self::CredsFile { .. } => ConnectErrorKind::Credentials,
             Self::Unreachable { .. } => ConnectErrorKind::Unreachable,
-            Self::Refused { .. } => ConnectErrorKind::Refused,
+            Self::Refused { .. } | Self::RefusedKey { .. } => ConnectErrorKind::Refused,
             Self::Tls { .. } => ConnectErrorKind::Tls,
         }
     }
@@ -285,6 +297,40 @@ impl ServerTarget {
                 .map_err(|source| ConnectError::InvalidAgent { source })?;
             target.agent = Some(agent);
         }
+        Ok(target)
+    }
+
+    /// The target an agent's env file (`KEY=VALUE` lines, as `agentbus
+    /// creds add` writes them) describes, read as [`ServerTarget::resolve`]
+    /// reads the environment; `NATS_CA` and `AGENTBUS_MONITOR_URL` may also
+    /// come from the process environment.
+    pub fn from_env_file(path: &Path) -> Result<Self, ConnectError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConnectError::ConnectionFile {
+                path: path.to_owned(),
+                source,
+            })?;
+        let vars: std::collections::HashMap<&str, &str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split_once('='))
+            .map(|(key, value)| (key.trim(), value.trim()))
+            .collect();
+        let Some(url) = vars.get(NATS_URL_VAR) else {
+            return Err(ConnectError::NoUrlInFile {
+                path: path.to_owned(),
+            });
+        };
+        let mut target = Self::resolve_with(Some(url), Path::new(""), |key| {
+            vars.get(key).map(|value| (*value).to_owned()).or_else(|| {
+                [CA_FILE_VAR, MONITOR_URL_VAR]
+                    .contains(&key)
+                    .then(|| std::env::var(key).ok())
+                    .flatten()
+            })
+        })?;
+        target.source = TargetSource::EnvFile(path.to_owned());
         Ok(target)
     }
 
@@ -435,7 +481,21 @@ impl ServerTarget {
         let source = Redacted::from_error(&err);
         match err.kind() {
             Kind::AuthorizationViolation | Kind::Authentication => {
-                ConnectError::Refused { url, source_name }
+                match (&self.credentials, &self.agent) {
+                    (Credentials::NkeyFile(_) | Credentials::NkeySeed(_), agent) => {
+                        ConnectError::RefusedKey {
+                            url,
+                            who: match (agent, &self.credentials) {
+                                (Some(agent), _) => format!("of agent {agent}"),
+                                (None, Credentials::NkeyFile(path)) => {
+                                    format!("in {}", path.display())
+                                }
+                                _ => "given".to_owned(),
+                            },
+                        }
+                    }
+                    _ => ConnectError::Refused { url, source_name },
+                }
             }
             Kind::ServerParse => ConnectError::InvalidUrl {
                 url,

@@ -22,10 +22,7 @@ use crate::delivery::{ConsumerSpec, Queue};
 use crate::name::Name;
 use crate::protocol::Priority;
 use crate::state::{PRESENCE_BUCKET, STATE_BUCKET};
-use crate::subject::{
-    self, BROADCAST_STREAM, DEAD_LETTER_STREAM, MESSAGES_STREAM, TASK_EVENTS_STREAM,
-    TASK_RESULTS_BUCKET, TASKS_STREAM,
-};
+use crate::subject::{self, BROADCAST_STREAM, TASK_EVENTS_STREAM, TASK_RESULTS_BUCKET};
 use std::time::Duration;
 
 /// How long a served request may take to be answered: the identity may
@@ -151,13 +148,7 @@ impl Grant {
             "$SRV.>".to_owned(),
         ]);
         // Stream and bucket descriptions (never their messages).
-        for stream in [
-            MESSAGES_STREAM,
-            BROADCAST_STREAM,
-            TASKS_STREAM,
-            TASK_EVENTS_STREAM,
-            DEAD_LETTER_STREAM,
-        ] {
+        for stream in subject::STREAMS {
             publish.push(format!("$JS.API.STREAM.INFO.{stream}"));
         }
         for bucket in [STATE_BUCKET, PRESENCE_BUCKET, TASK_RESULTS_BUCKET] {

@@ -199,6 +199,14 @@ pub const DEAD_LETTER_STREAM: &str = "agent-dlq";
 pub const TASK_RESULTS_BUCKET: &str = "agent-task-results";
 /// Stream holding every task's event log.
 pub const TASK_EVENTS_STREAM: &str = "agent-task-events";
+/// The bus's streams (its key-value buckets aside), by name.
+pub const STREAMS: [&str; 5] = [
+    MESSAGES_STREAM,
+    BROADCAST_STREAM,
+    TASKS_STREAM,
+    TASK_EVENTS_STREAM,
+    DEAD_LETTER_STREAM,
+];
 /// The subjects of every task's event log: what [`TASK_EVENTS_STREAM`] captures.
 pub const ALL_TASK_EVENTS: &str = "task.*.events";
 /// Every control request to a task: what each runtime subscribes to once.

@@ -99,6 +99,26 @@ impl Driver {
             .await
     }
 
+    /// Opens a bridge whose variables are `env` (an agent's identity:
+    /// `NATS_URL`, `NATS_NKEY`, `AGENTBUS_AGENT`) instead of the test
+    /// server's user; returns the driver's answer (an error is not a panic).
+    pub(crate) async fn open_with_env(&mut self, client: &str, agent: &str, env: Value) -> Value {
+        let command = json!({"op": "open", "client": client, "agent": agent, "env": env});
+        let line = format!("{command}\n");
+        let stdin = self.stdin.as_mut().expect("the driver's stdin is open");
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("write to mcp_driver.py");
+        stdin.flush().await.expect("flush to mcp_driver.py");
+        let line = tokio::time::timeout(STEP, self.stdout.next_line())
+            .await
+            .expect("mcp_driver.py answers")
+            .expect("read mcp_driver.py")
+            .expect("a line");
+        serde_json::from_str(&line).expect("mcp_driver.py answers JSON")
+    }
+
     pub(crate) async fn close(&mut self, client: &str) {
         let closed = self.send(json!({"op": "close", "client": client})).await;
         assert_eq!(closed["closed"], true);

@@ -7,6 +7,8 @@ by an `mcp.Client`, can be open at once.
 
 Commands (`client` names an open bridge):
   {"op": "open", "client": "a", "agent": "alice", "mode": "auto" | "legacy"}
+      optional "env": {...}: the bridge's variables (an agent's identity) in
+      place of --server AGENTBUS_SERVER
       -> {"protocol_version": ..., "server_name": ..., "instructions": ...}
   {"op": "list_tools", "client": "a"}
       -> {"tools": [{"name", "description", "input_schema"}]}
@@ -60,15 +62,16 @@ class Bridge:
     async def run(self, opened):
         closed = None
         try:
+            args = ["mcp", "--agent", self.open_command["agent"]]
+            # With an env (an agent's identity), the bridge finds the
+            # server there; else it joins the test server's user.
+            env = self.open_command.get("env")
+            if env is None:
+                args += ["--server", os.environ["AGENTBUS_SERVER"]]
             params = StdioServerParameters(
                 command=os.environ["AGENTBUS_BIN"],
-                args=[
-                    "mcp",
-                    "--agent",
-                    self.open_command["agent"],
-                    "--server",
-                    os.environ["AGENTBUS_SERVER"],
-                ],
+                args=args,
+                env=env,
             )
             client = Client(
                 params,

@@ -69,6 +69,7 @@ impl StreamSpec {
             },
             duplicate_window: self.duplicate_window,
             num_replicas: self.replicas,
+            allow_direct: self.allow_direct,
             ..Default::default()
         }
     }
@@ -143,6 +144,11 @@ impl StreamSpec {
             wanted.num_replicas.to_string(),
         );
         check(
+            "allow_direct",
+            actual.allow_direct.to_string(),
+            wanted.allow_direct.to_string(),
+        );
+        check(
             "description",
             format!("{:?}", actual.description),
             format!("{:?}", wanted.description),
@@ -197,6 +203,7 @@ impl StreamSpec {
             discard: wanted.discard,
             duplicate_window: wanted.duplicate_window,
             num_replicas: wanted.num_replicas,
+            allow_direct: wanted.allow_direct,
             description: wanted.description,
             ..info.config.clone()
         };

@@ -102,6 +102,10 @@ pub struct StreamSpec {
     /// Number of replicas (1 on a single server).
     #[serde(default = "default_replicas")]
     pub replicas: usize,
+    /// Whether any server with the stream answers `DIRECT.GET` requests
+    /// (reads by subject that a permission on the subject can allow).
+    #[serde(default)]
+    pub allow_direct: bool,
 }
 
 fn default_duplicate_window() -> Duration {

@@ -137,6 +137,19 @@ impl Bus {
         let mut held_by = None;
         let mut state = match (&record, logged) {
             (Some(record), logged) => match (record.state, record.sequence) {
+                // An agent identity may not read the queues: the runtime
+                // holding the task tells it is running; else it waits.
+                (TaskState::Queued, Some(_)) if self.identity().is_some() => match logged {
+                    Some(state) if state.is_final() => state,
+                    _ if !ask_runtimes => TaskState::Queued,
+                    _ => match self.held(task_id).await {
+                        Some((state, instance)) => {
+                            held_by = Some(instance);
+                            state
+                        }
+                        None => TaskState::Queued,
+                    },
+                },
                 (TaskState::Queued, Some(sequence)) => {
                     match self.queue_state(task_id, &record.subject, sequence).await? {
                         TaskState::FinishedWithoutRecord => logged
@@ -158,18 +171,12 @@ impl Bus {
             },
             (None, Some(state)) if state.is_final() => state,
             (None, logged) if !ask_runtimes => logged.unwrap_or(TaskState::Unknown),
-            (None, _) => match self
-                .control(task_id, TaskControl::Status, Bytes::new())
-                .await
-            {
-                Ok(Some(held)) => {
-                    held_by = Some(held.instance);
-                    match held.state.as_deref() {
-                        Some("input_required") => TaskState::InputRequired,
-                        _ => TaskState::Running,
-                    }
+            (None, _) => match self.held(task_id).await {
+                Some((state, instance)) => {
+                    held_by = Some(instance);
+                    state
                 }
-                _ => logged.unwrap_or(TaskState::Unknown),
+                None => logged.unwrap_or(TaskState::Unknown),
             },
         };
         // A worker stores the outcome before it acknowledges the task: a
@@ -190,6 +197,24 @@ impl Bus {
             last_event,
             held_by,
         })
+    }
+
+    /// The state of task `task_id` and the instance holding it, as the
+    /// runtime that holds it tells (`None` when none answers in time).
+    async fn held(&self, task_id: &TaskId) -> Option<(TaskState, String)> {
+        match self
+            .control(task_id, TaskControl::Status, Bytes::new())
+            .await
+        {
+            Ok(Some(held)) => {
+                let state = match held.state.as_deref() {
+                    Some("input_required") => TaskState::InputRequired,
+                    _ => TaskState::Running,
+                };
+                Some((state, held.instance))
+            }
+            _ => None,
+        }
     }
 
     /// The tasks stream, and whether task `task_id` is still stored in it

@@ -16,7 +16,7 @@ use crate::subject::{self, Subject, TASK_EVENTS_STREAM};
 use crate::task_id::TaskId;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,10 +105,18 @@ pub(crate) async fn last_message(
         .get_stream_no_info(TASK_EVENTS_STREAM)
         .await
         .map_err(|err| LogError::stream(task_id, "open", err))?;
-    match stream
-        .get_last_raw_message_by_subject(subject::task_events(task_id).as_str())
-        .await
-    {
+    let log = subject::task_events(task_id);
+    // A direct get (which an agent identity may make, by subject) where the
+    // stream answers one; else a get through the stream's leader.
+    let message = match stream.direct_get_last_for_subject(log.as_str()).await {
+        Ok(message) => Ok(message),
+        Err(err) if err.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+        Err(err) if err.kind() == DirectGetErrorKind::TimedOut => {
+            return Err(LogError::stream(task_id, "read", err));
+        }
+        Err(_) => stream.get_last_raw_message_by_subject(log.as_str()).await,
+    };
+    match message {
         Ok(message) => {
             let event = serde_json::from_slice::<LogEvent>(&message.payload)
                 .ok()
