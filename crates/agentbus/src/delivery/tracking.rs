@@ -182,13 +182,12 @@ impl Bus {
         // A worker stores the outcome before it acknowledges the task: a
         // task found gone after its record was read as queued may have
         // finished in between, and the record read again tells.
-        if state == TaskState::FinishedWithoutRecord {
-            if let Some(again) = records.get(task_id).await? {
-                if again.state.is_final() {
-                    state = again.state;
-                    record = Some(again);
-                }
-            }
+        if state == TaskState::FinishedWithoutRecord
+            && let Some(again) = records.get(task_id).await?
+            && again.state.is_final()
+        {
+            state = again.state;
+            record = Some(again);
         }
         Ok(TaskReport {
             task_id: task_id.clone(),
