@@ -43,6 +43,77 @@ pub struct Grant {
     /// The agents it may send inbox and direct messages to; every agent when `None`.
     #[serde(default)]
     pub may_message: Option<Vec<Name>>,
+    /// The application events (subject patterns outside the bus's own
+    /// subjects, such as `chat.>`) it may publish and subscribe to.
+    #[serde(default)]
+    pub events: Vec<EventPattern>,
+}
+
+/// A subject pattern of application events (`chat.message.new`, `chat.>`):
+/// valid, and outside every subject the bus itself uses
+/// ([`subject::BUS_SUBJECTS`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EventPattern(String);
+
+/// Why a pattern is not one of application events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidEventPattern {
+    /// Not a subject pattern.
+    #[error(transparent)]
+    Subject(#[from] subject::InvalidSubject),
+    /// It reaches subjects of the bus itself.
+    #[error(
+        "event pattern {pattern} reaches the bus's own subjects ({reserved}); application events need a first token of their own, such as chat.>"
+    )]
+    Reserved {
+        /// The pattern.
+        pattern: String,
+        /// The bus's subjects it overlaps.
+        reserved: &'static str,
+    },
+}
+
+impl EventPattern {
+    /// Validates an application event pattern.
+    pub fn parse(text: &str) -> Result<Self, InvalidEventPattern> {
+        let pattern = subject::SubjectPattern::parse(text)?;
+        if let Some(reserved) = subject::BUS_SUBJECTS
+            .into_iter()
+            .find(|reserved| subject::overlaps(pattern.as_str(), reserved))
+        {
+            return Err(InvalidEventPattern::Reserved {
+                pattern: text.to_owned(),
+                reserved,
+            });
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The pattern.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for EventPattern {
+    type Error = InvalidEventPattern;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Self::parse(&text)
+    }
+}
+
+impl From<EventPattern> for String {
+    fn from(pattern: EventPattern) -> Self {
+        pattern.0
+    }
+}
+
+impl std::fmt::Display for EventPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// Subjects an identity may publish and subscribe to.
@@ -72,6 +143,7 @@ impl Grant {
             work_types: Vec::new(),
             may_call: None,
             may_message: None,
+            events: Vec::new(),
         }
     }
 
@@ -123,6 +195,7 @@ impl Grant {
             "broadcast.*.*".to_owned(),
         ];
         subscribe.extend(subject::ALL_ANNOUNCEMENTS.map(str::to_owned));
+        subscribe.extend(self.events.iter().map(ToString::to_string));
         subscribe.extend(queues.iter().flat_map(subject::queue_patterns));
         subscribe.extend(subject::with_senders(&subject::agent_inbox(&self.agent)));
         subscribe.extend(subject::with_senders(&subject::agent_direct(&self.agent)));
@@ -147,6 +220,7 @@ impl Grant {
             "dlq.>".to_owned(),
             "$SRV.>".to_owned(),
         ]);
+        publish.extend(self.events.iter().map(ToString::to_string));
         // Stream and bucket descriptions (never their messages).
         for stream in subject::STREAMS {
             publish.push(format!("$JS.API.STREAM.INFO.{stream}"));
@@ -217,5 +291,45 @@ impl Grant {
             subscribe,
             response_window: RESPONSE_WINDOW,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_patterns_stay_outside_the_bus_subjects() {
+        for ok in ["chat.message.new", "chat.>", "orders.*.created"] {
+            assert_eq!(EventPattern::parse(ok).unwrap().as_str(), ok);
+        }
+        for reserved in ["agent.bob.inbox", "tasks.>", "*.message.new", ">", "task.x.events"] {
+            let err = EventPattern::parse(reserved).unwrap_err();
+            assert!(
+                matches!(err, InvalidEventPattern::Reserved { .. }),
+                "{reserved}: {err}"
+            );
+        }
+        assert!(matches!(
+            EventPattern::parse("$JS.API.>").unwrap_err(),
+            InvalidEventPattern::Subject(_)
+        ));
+    }
+
+    #[test]
+    fn granted_events_are_published_and_subscribed() {
+        let mut grant = Grant::new(Name::parse("agent", "chat").unwrap());
+        let before = grant.permissions();
+        grant.events = vec![EventPattern::parse("chat.>").unwrap()];
+        let after = grant.permissions();
+        assert!(!before.publish.contains(&"chat.>".to_owned()));
+        assert!(after.publish.contains(&"chat.>".to_owned()));
+        assert!(after.subscribe.contains(&"chat.>".to_owned()));
+        // Stored and read back as the pattern, refused when it is not one.
+        let json = serde_json::to_value(&grant).unwrap();
+        assert_eq!(json["events"], serde_json::json!(["chat.>"]));
+        let mut bad = json;
+        bad["events"] = serde_json::json!(["agent.>"]);
+        assert!(serde_json::from_value::<Grant>(bad).is_err());
     }
 }

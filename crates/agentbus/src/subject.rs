@@ -211,6 +211,20 @@ pub const STREAMS: [&str; 5] = [
 pub const ALL_TASK_EVENTS: &str = "task.*.events";
 /// Every control request to a task: what each runtime subscribes to once.
 pub const ALL_TASK_CONTROLS: &str = "task.*.control.*";
+/// Every subject the bus itself uses, as patterns: application subjects
+/// (events an agent publishes with [`crate::Bus::publish`]) stay outside.
+pub const BUS_SUBJECTS: [&str; 10] = [
+    "agent.>",
+    "tasks.>",
+    "work.>",
+    "broadcast.>",
+    "announce.>",
+    "task.>",
+    "platform.>",
+    "dlq.>",
+    "_INBOX.>",
+    "$SRV.>",
+];
 
 /// Subject of task `task_id`'s event log.
 pub fn task_events(task_id: &TaskId) -> Subject {

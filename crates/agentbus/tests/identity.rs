@@ -5,7 +5,7 @@
 //! identity is cut off while others stay connected.
 
 use agentbus::delivery::Queue;
-use agentbus::permissions::Grant;
+use agentbus::permissions::{EventPattern, Grant};
 use agentbus::state::StateStore;
 use agentbus::{
     Agent, AgentMessage, AgentOptions, Bus, Name, Runtime, Sender, ServerTarget, TaskContext,
@@ -488,6 +488,9 @@ async fn a_restricted_identity_is_refused_exactly_what_it_was_restricted_from() 
     let serving = |agent: &str| {
         let mut grant = Grant::new(name(agent));
         grant.work_types = vec![name("echo")];
+        if agent == "search" {
+            grant.events = vec![EventPattern::parse("chat.>").unwrap()];
+        }
         grant
     };
     let search = server.add_identity(serving("search")).await;
@@ -537,6 +540,40 @@ async fn a_restricted_identity_is_refused_exactly_what_it_was_restricted_from() 
     assert!(agents[1].0.seen().is_empty(), "shell got nothing");
     // Broadcasts are not restricted.
     assert!(bus.broadcast("news", &json!({})).await.is_ok());
+    // Application events: search was granted chat.>, the reader none.
+    let operator = server.connect().await;
+    let mut events = operator.subscribe("chat.>").await.unwrap();
+    let mut others = operator.subscribe("orders.>").await.unwrap();
+    operator.flush().await.unwrap();
+    let searcher = Bus::connect(&search, "search-events").await.unwrap();
+    let mut heard = searcher
+        .subscribe("chat.>", None)
+        .await
+        .unwrap();
+    searcher.publish("chat.said", &json!({"n": 1})).await.unwrap();
+    searcher.publish("orders.made", &json!({"n": 2})).await.unwrap();
+    bus.publish("chat.said", &json!({"n": 3})).await.unwrap();
+    searcher.flush().await.unwrap();
+    bus.flush().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.payload.as_ref(), br#"{"n":1}"#);
+    let echoed = tokio::time::timeout(Duration::from_secs(2), heard.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.subject, "chat.said");
+    let none = async {
+        tokio::select! {
+            _ = events.next() => "a chat event from the reader",
+            _ = others.next() => "an ungranted event",
+        }
+    };
+    if let Ok(what) = tokio::time::timeout(Duration::from_millis(500), none).await {
+        panic!("got {what}");
+    }
     for runtime in runtimes {
         runtime.shutdown(Duration::from_secs(5)).await;
     }

@@ -4,7 +4,7 @@
 use crate::output::{Table, outln, print_json};
 use agentbus::Name;
 use agentbus::connect::{CA_FILE_VAR, MONITOR_URL_VAR, OPERATOR_USER, ServerTarget};
-use agentbus::permissions::Grant;
+use agentbus::permissions::{EventPattern, Grant};
 use agentbus_ops::identity::{self, Identities};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -58,6 +58,9 @@ struct AddArgs {
     /// Only these agents may get its inbox and direct messages; repeatable. Default: every agent.
     #[arg(long = "may-message", value_name = "AGENT")]
     may_message: Vec<String>,
+    /// Application events (a subject pattern outside the bus's own, such as chat.>) it may publish and subscribe to; repeatable. Default: none.
+    #[arg(long = "events", value_name = "PATTERN")]
+    events: Vec<String>,
     /// Print `{"agent": ..., "env_file": ...}`.
     #[arg(long)]
     json: bool,
@@ -75,6 +78,11 @@ pub(super) async fn exec(args: CredsArgs) -> anyhow::Result<ExitCode> {
                     .filter(|names| !names.is_empty()),
                 may_message: Some(parse_names("agent name", &add.may_message)?)
                     .filter(|names| !names.is_empty()),
+                events: add
+                    .events
+                    .iter()
+                    .map(|pattern| EventPattern::parse(pattern))
+                    .collect::<Result<_, _>>()?,
             };
             let operator = operator_target(&dir).with_context(|| {
                 format!(
@@ -102,8 +110,14 @@ pub(super) async fn exec(args: CredsArgs) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&serde_json::json!({ "identities": ids.list() }))?;
             } else {
-                let mut table =
-                    Table::new(&["AGENT", "WORK TYPES", "MAY CALL", "MAY MESSAGE", "CREATED"]);
+                let mut table = Table::new(&[
+                    "AGENT",
+                    "WORK TYPES",
+                    "MAY CALL",
+                    "MAY MESSAGE",
+                    "EVENTS",
+                    "CREATED",
+                ]);
                 let show = |list: &Option<Vec<Name>>| match list {
                     None => "every agent".to_owned(),
                     Some(names) => join(names),
@@ -114,6 +128,7 @@ pub(super) async fn exec(args: CredsArgs) -> anyhow::Result<ExitCode> {
                         join(&id.grant.work_types),
                         show(&id.grant.may_call),
                         show(&id.grant.may_message),
+                        join(&id.grant.events),
                         id.created.clone(),
                     ]);
                 }
@@ -165,7 +180,7 @@ fn parse_names(what: &'static str, values: &[String]) -> Result<Vec<Name>, agent
         .collect()
 }
 
-fn join(names: &[Name]) -> String {
+fn join(names: &[impl ToString]) -> String {
     if names.is_empty() {
         return "-".to_owned();
     }
