@@ -853,6 +853,57 @@ async fn up_demo_shows_the_agents_at_work_serves_a_client_and_stops_on_sigterm()
     .await;
     assert!(seen >= 1);
 
+    // Each part of the demo ran on an identity of its own, made by `up`.
+    let listed = run([
+        "creds",
+        "list",
+        "--json",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ])
+    .await;
+    let listed = listed.assert_success().json();
+    let agents: Vec<&str> = listed["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        agents,
+        [
+            "chat_manager",
+            "demo_orchestrator",
+            "enhancement_agent",
+            "llm_agent"
+        ]
+    );
+    let (code, body) = common::http_get(up.monitor_url(), "/connz?auth=1").await;
+    assert_eq!(code, 200, "{body}");
+    let connz: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let demo_users: Vec<(String, bool)> = connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("agentbus-demo-"))
+        })
+        .map(|c| {
+            let user = c["authorized_user"].as_str().unwrap_or_default();
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                user.starts_with('U'),
+            )
+        })
+        .collect();
+    assert_eq!(demo_users.len(), 4, "{connz}");
+    assert!(
+        demo_users.iter().all(|(_, nkey)| *nkey),
+        "each demo part connects with its nkey: {demo_users:?}"
+    );
+
     // 3. SIGTERM stops the demo, then the server; up exits 0.
     let status = up.terminate().await;
     assert_eq!(

@@ -26,7 +26,7 @@
 //! - `message_log`: [`MessageLog`], where those two agents count the durable
 //!   messages they take and hand each on as an [`Arrival`].
 //! - `orchestrator`: [`send_generate_text`].
-//! - `run`: [`run_demo`], [`run_demo_with`], [`DemoOptions`] and [`DemoError`].
+//! - `run`: [`run_demo`], [`run_demo_with`], [`DemoBuses`], [`DemoOptions`] and [`DemoError`].
 //! - `round`: one round of the demo: the orchestrator's four steps and their lines.
 //! - `text`: shortening text and ids for the printed lines.
 
@@ -64,4 +64,7 @@ pub use llm_endpoint::{
 };
 pub use message_log::{Arrival, MessageLog};
 pub use orchestrator::send_generate_text;
-pub use run::{DEMO_SESSION, DemoError, DemoErrorKind, DemoOptions, run_demo, run_demo_with};
+pub use run::{
+    DEMO_SESSION, DemoBuses, DemoError, DemoErrorKind, DemoOptions, ORCHESTRATOR, run_demo,
+    run_demo_with,
+};

@@ -2,15 +2,19 @@
 //! them every couple of seconds, printing one line per step and one per
 //! durable message the agents take.
 
+use crate::chat_manager::{CHAT_MANAGER, POST_MESSAGE};
 use crate::chat_manager::{CHAT_MESSAGE_NEW, ChatManager};
+use crate::enhancement_agent::FEEDBACK_SUMMARY;
 use crate::enhancement_agent::{ENHANCEMENT_AGENT, EnhancementAgent};
 use crate::llm_agent::LlmAgent;
+use crate::llm_agent::{GENERATE_TEXT, LLM_AGENT};
 use crate::llm_endpoint::{LlmEndpoint, LlmSetupError};
 use crate::message_log::MessageLog;
 use crate::round::Orchestrator;
 use agentbus::RuntimeError;
 use agentbus::SubscribeError;
-use agentbus::{AgentOptions, Bus, Runtime};
+use agentbus::permissions::{EventPattern, Grant};
+use agentbus::{AgentOptions, Bus, Name, Runtime};
 use std::future::Future;
 use std::io::Write;
 use std::sync::{Mutex, PoisonError};
@@ -22,6 +26,64 @@ pub const DEMO_SESSION: &str = "demo-session";
 
 /// How long running tasks may take to finish when the demo stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The name the orchestrator has on the bus (it serves nothing; with
+/// identities, what it sends carries this name).
+pub const ORCHESTRATOR: &str = "demo_orchestrator";
+
+/// The connections the demo's parts run on: each agent's and the
+/// orchestrator's, with an identity of its own each
+/// ([`DemoBuses::grants`]), or one connection for all
+/// ([`DemoBuses::shared`]).
+#[derive(Debug, Clone)]
+pub struct DemoBuses {
+    /// `llm_agent`'s.
+    pub llm_agent: Bus,
+    /// `chat_manager`'s.
+    pub chat_manager: Bus,
+    /// `enhancement_agent`'s.
+    pub enhancement_agent: Bus,
+    /// The orchestrator's: it calls the agents, publishes feedback and
+    /// follows the chat.
+    pub orchestrator: Bus,
+}
+
+impl DemoBuses {
+    /// One connection for every part.
+    pub fn shared(bus: Bus) -> Self {
+        Self {
+            llm_agent: bus.clone(),
+            chat_manager: bus.clone(),
+            enhancement_agent: bus.clone(),
+            orchestrator: bus,
+        }
+    }
+
+    /// What each part's identity needs, in the order of the fields: the
+    /// agents their task types' shared queues, and the events each
+    /// publishes or follows (`chat.>`, `enhancement.>`).
+    pub fn grants() -> [Grant; 4] {
+        let name =
+            |text: &str| Name::parse("agent name", text).expect("the demo's names are valid");
+        let events = |patterns: &[&str]| -> Vec<EventPattern> {
+            patterns
+                .iter()
+                .map(|p| EventPattern::parse(p).expect("the demo's events are valid"))
+                .collect()
+        };
+        let grant = |agent: &str, work: &[&str], patterns: &[&str]| Grant {
+            work_types: work.iter().map(|t| name(t)).collect(),
+            events: events(patterns),
+            ..Grant::new(name(agent))
+        };
+        [
+            grant(LLM_AGENT, &[GENERATE_TEXT], &[]),
+            grant(CHAT_MANAGER, &[POST_MESSAGE], &["chat.>"]),
+            grant(ENHANCEMENT_AGENT, &[FEEDBACK_SUMMARY], &["enhancement.>"]),
+            grant(ORCHESTRATOR, &[], &["chat.>", "enhancement.>"]),
+        ]
+    }
+}
 
 /// How the demo runs.
 #[derive(Debug, Clone)]
@@ -109,18 +171,18 @@ impl DemoError {
 /// ```
 pub async fn run_demo(bus: Bus, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     let options = DemoOptions::from_env()?;
-    run_demo_with(bus, options, shutdown, |line| {
+    run_demo_with(DemoBuses::shared(bus), options, shutdown, |line| {
         // A closed stdout must not stop the agents.
         let _ = writeln!(std::io::stdout().lock(), "{line}");
     })
     .await
 }
 
-/// Like [`run_demo`], with explicit options, handing each line to `report`.
-/// The first line says what is served; it comes once the agents take tasks
-/// and messages.
+/// Like [`run_demo`], on `buses`, with explicit options, handing each line
+/// to `report`. The first line says what is served; it comes once the
+/// agents take tasks and messages.
 pub async fn run_demo_with(
-    bus: Bus,
+    buses: DemoBuses,
     options: DemoOptions,
     shutdown: impl Future<Output = ()>,
     report: impl FnMut(&str),
@@ -130,16 +192,26 @@ pub async fn run_demo_with(
         None => "echo mode; set LLM_BASE_URL for a model".to_owned(),
         Some(endpoint) => format!("model {} at {}", endpoint.model(), endpoint.display_url()),
     };
-    let chat = bus.subscribe(CHAT_MESSAGE_NEW, None).await?;
-    let (feedback, consumer) = EnhancementAgent::start(&bus, Some(ENHANCEMENT_AGENT)).await?;
+    let chat = buses.orchestrator.subscribe(CHAT_MESSAGE_NEW, None).await?;
+    let (feedback, consumer) =
+        EnhancementAgent::start(&buses.enhancement_agent, Some(ENHANCEMENT_AGENT)).await?;
     let (arrived, mut arrivals) = mpsc::unbounded_channel();
     let feedback = feedback.with_message_log(MessageLog::with_listener(arrived.clone()));
     let chat_manager = ChatManager::new().with_message_log(MessageLog::with_listener(arrived));
-    let mut runtime = Runtime::new(bus.clone());
+    // A runtime per agent: one on an agent's identity serves that agent only.
+    let mut runtimes = [
+        &buses.llm_agent,
+        &buses.chat_manager,
+        &buses.enhancement_agent,
+    ]
+    .map(|bus| Runtime::new(bus.clone()));
     let served = async {
-        runtime.add(llm, AgentOptions::default()).await?;
-        runtime.add(chat_manager, ChatManager::options()).await?;
-        runtime
+        let [llm_runtime, chat_runtime, feedback_runtime] = &mut runtimes;
+        llm_runtime.add(llm, AgentOptions::default()).await?;
+        chat_runtime
+            .add(chat_manager, ChatManager::options())
+            .await?;
+        feedback_runtime
             .add(feedback.clone(), EnhancementAgent::options())
             .await?;
         Ok::<_, RuntimeError>(())
@@ -147,7 +219,9 @@ pub async fn run_demo_with(
     .await;
     if let Err(err) = served {
         consumer.abort();
-        runtime.shutdown(Duration::ZERO).await;
+        for runtime in runtimes {
+            runtime.shutdown(Duration::ZERO).await;
+        }
         return Err(err.into());
     }
     // Rounds and arrivals report concurrently, each line whole.
@@ -159,7 +233,7 @@ pub async fn run_demo_with(
     ));
 
     let mut orchestrator = Orchestrator {
-        bus,
+        bus: buses.orchestrator,
         chat,
         feedback,
         feedback_sent: 0,
@@ -185,6 +259,11 @@ pub async fn run_demo_with(
     }
     report("demo: stopping");
     consumer.abort();
-    runtime.shutdown(SHUTDOWN_GRACE).await;
+    futures::future::join_all(
+        runtimes
+            .into_iter()
+            .map(|runtime| runtime.shutdown(SHUTDOWN_GRACE)),
+    )
+    .await;
     Ok(())
 }

@@ -347,10 +347,30 @@ async fn enhancement_agent_counts_the_feedback_it_consumed() {
     runtime.shutdown(Duration::from_secs(1)).await;
 }
 
+/// The demo's connections, each part on an identity of its own with the
+/// permissions `up --demo` gives it.
+async fn buses_with_identities(server: &NatsServer) -> demo::DemoBuses {
+    let mut buses = Vec::new();
+    for grant in demo::DemoBuses::grants() {
+        let agent = grant.agent.to_string();
+        let target = server.add_identity(grant).await;
+        buses.push(Bus::connect(&target, &agent).await.unwrap());
+    }
+    let [llm_agent, chat_manager, enhancement_agent, orchestrator]: [Bus; 4] =
+        buses.try_into().unwrap();
+    demo::DemoBuses {
+        llm_agent,
+        chat_manager,
+        enhancement_agent,
+        orchestrator,
+    }
+}
+
+/// Every scenario of a round, each part with its own least-privilege identity.
 #[tokio::test]
 async fn demo_runs_a_round_of_every_scenario() {
     let server = NatsServer::start().await;
-    let bus = Bus::connect(&server.target(), "demo").await.unwrap();
+    let buses = buses_with_identities(&server).await;
     let (lines_tx, mut lines) = mpsc::unbounded_channel::<String>();
     let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
     let options = DemoOptions {
@@ -358,7 +378,7 @@ async fn demo_runs_a_round_of_every_scenario() {
         ..DemoOptions::default()
     };
     let demo = tokio::spawn(demo::run_demo_with(
-        bus,
+        buses,
         options,
         async {
             let _ = stop.await;

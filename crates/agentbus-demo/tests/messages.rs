@@ -4,7 +4,8 @@
 
 use agentbus::{Bus, Runtime};
 use agentbus_demo::{
-    Arrival, ChatManager, DemoOptions, EnhancementAgent, FEEDBACK_TOPIC, MessageLog, run_demo_with,
+    Arrival, ChatManager, DemoBuses, DemoOptions, EnhancementAgent, FEEDBACK_TOPIC, MessageLog,
+    run_demo_with,
 };
 use agentbus_testkit::NatsServer;
 use serde_json::json;
@@ -125,7 +126,7 @@ async fn the_demo_prints_a_line_per_inbox_message_and_broadcast() {
         ..DemoOptions::default()
     };
     let demo = tokio::spawn(run_demo_with(
-        bus,
+        DemoBuses::shared(bus),
         options,
         async {
             let _ = stop.await;

@@ -303,7 +303,13 @@ mod tests {
         for ok in ["chat.message.new", "chat.>", "orders.*.created"] {
             assert_eq!(EventPattern::parse(ok).unwrap().as_str(), ok);
         }
-        for reserved in ["agent.bob.inbox", "tasks.>", "*.message.new", ">", "task.x.events"] {
+        for reserved in [
+            "agent.bob.inbox",
+            "tasks.>",
+            "*.message.new",
+            ">",
+            "task.x.events",
+        ] {
             let err = EventPattern::parse(reserved).unwrap_err();
             assert!(
                 matches!(err, InvalidEventPattern::Reserved { .. }),

@@ -546,12 +546,15 @@ async fn a_restricted_identity_is_refused_exactly_what_it_was_restricted_from() 
     let mut others = operator.subscribe("orders.>").await.unwrap();
     operator.flush().await.unwrap();
     let searcher = Bus::connect(&search, "search-events").await.unwrap();
-    let mut heard = searcher
-        .subscribe("chat.>", None)
+    let mut heard = searcher.subscribe("chat.>", None).await.unwrap();
+    searcher
+        .publish("chat.said", &json!({"n": 1}))
         .await
         .unwrap();
-    searcher.publish("chat.said", &json!({"n": 1})).await.unwrap();
-    searcher.publish("orders.made", &json!({"n": 2})).await.unwrap();
+    searcher
+        .publish("orders.made", &json!({"n": 2}))
+        .await
+        .unwrap();
     bus.publish("chat.said", &json!({"n": 3})).await.unwrap();
     searcher.flush().await.unwrap();
     bus.flush().await.unwrap();

@@ -7,8 +7,9 @@
 
 use super::load_topology;
 use crate::output::{errln, outln, print_json, spinner};
-use agentbus::connect::{ConnectionFile, resolve_data_dir};
+use agentbus::connect::{ConnectionFile, ServerTarget, resolve_data_dir};
 use agentbus_ops::data_dir::{BUS_USER, DataDir};
+use agentbus_ops::identity::{self, AGENTS_DIR, Identities};
 use agentbus_ops::local_server::{LocalServer, LocalServerConfig};
 use agentbus_ops::server_binary;
 use agentbus_ops::topology::StreamAction;
@@ -116,11 +117,11 @@ pub(super) async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
 
     // Agent identities made while the bus was down get their consumers now.
-    let identities = agentbus_ops::identity::Identities::load(data_dir.path())?;
+    let identities = Identities::load(data_dir.path())?;
     if !identities.list().is_empty() {
         let operator = agentbus::Bus::connect(&server.target(), "agentbus-up").await?;
-        for identity in identities.list() {
-            agentbus_ops::identity::provision(&operator, &identity.grant).await?;
+        for made in identities.list() {
+            identity::provision(&operator, &made.grant).await?;
         }
     }
     data_dir.write_connection_file(&ConnectionFile {
@@ -277,19 +278,58 @@ impl RunningDemo {
     }
 }
 
+/// The demo's connections, each with its part's identity: the one an
+/// earlier run made, when its grant and server are the same, else a new one
+/// (as `agentbus creds add` makes it).
+async fn demo_buses(server: &LocalServer) -> anyhow::Result<agentbus_demo::DemoBuses> {
+    let mut ids = Identities::load(server.dir())?;
+    let mut buses = Vec::new();
+    for grant in agentbus_demo::DemoBuses::grants() {
+        let env_file = server
+            .dir()
+            .join(AGENTS_DIR)
+            .join(format!("{}.env", grant.agent));
+        let kept = ids
+            .list()
+            .iter()
+            .any(|identity| identity.grant == grant)
+            .then(|| ServerTarget::from_env_file(&env_file).ok())
+            .flatten()
+            .filter(|target| target.display_url() == server.target().display_url());
+        let target = match kept {
+            Some(target) => target,
+            None => identity::enroll(&mut ids, grant.clone(), &server.target(), server.user())
+                .await?
+                .target
+                .context("the demo's identities did not reach nats-server")?,
+        };
+        let client_name = format!("agentbus-demo-{}", grant.agent);
+        buses.push(agentbus::Bus::connect(&target, &client_name).await?);
+    }
+    let [llm_agent, chat_manager, enhancement_agent, orchestrator]: [agentbus::Bus; 4] = buses
+        .try_into()
+        .expect("a connection for each of the demo's four parts");
+    Ok(agentbus_demo::DemoBuses {
+        llm_agent,
+        chat_manager,
+        enhancement_agent,
+        orchestrator,
+    })
+}
+
 /// Starts the demo agents; returns once they serve (or with why they cannot).
 async fn start_demo(
     server: &LocalServer,
     options: agentbus_demo::DemoOptions,
     json: bool,
 ) -> anyhow::Result<RunningDemo> {
-    let bus = agentbus::Bus::connect(&server.target(), "agentbus-demo").await?;
+    let buses = demo_buses(server).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (sender, lines) = tokio::sync::mpsc::unbounded_channel();
     let (serving, is_serving) = tokio::sync::oneshot::channel::<()>();
     let mut serving = Some(serving);
     let mut task = tokio::spawn(agentbus_demo::run_demo_with(
-        bus,
+        buses,
         options,
         async {
             let _ = stopped.await;
