@@ -35,6 +35,27 @@ fn rows(stdout: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// An agent serving `echo` tasks with nothing.
+struct Idle(&'static str);
+
+impl agentbus::Agent for Idle {
+    fn name(&self) -> &str {
+        self.0
+    }
+
+    fn task_types(&self) -> Vec<agentbus::TaskTypeSpec> {
+        agentbus::TaskTypeSpec::new("echo").into_iter().collect()
+    }
+
+    async fn handle(
+        &self,
+        _task: agentbus::TaskRequest,
+        _ctx: agentbus::TaskContext,
+    ) -> Result<serde_json::Value, agentbus::TaskError> {
+        Ok(serde_json::Value::Null)
+    }
+}
+
 fn misconfigured_topology() -> Topology {
     let mut topology = Topology::standard();
     let tasks = topology
@@ -63,7 +84,7 @@ async fn check_passes_on_a_provisioned_server_and_prints_each_check() {
     assert!(
         out.stdout
             .trim_end()
-            .ends_with(&format!("9 of 9 checks passed against {}", server.url())),
+            .ends_with(&format!("11 of 11 checks passed against {}", server.url())),
         "{}",
         out.stdout
     );
@@ -78,14 +99,14 @@ async fn check_passes_on_a_provisioned_server_and_prints_each_check() {
 }
 
 #[tokio::test]
-async fn check_json_is_one_document_with_nine_passing_checks() {
+async fn check_json_is_one_document_with_every_check_passing() {
     let server = NatsServer::start().await;
     let out = check(&server, &["--json"]).await;
     out.assert_success();
     let report = out.json();
     assert_eq!(report["passed"], true, "{report}");
     let checks = report["checks"].as_array().expect("checks is an array");
-    assert_eq!(checks.len(), 9, "{report}");
+    assert_eq!(checks.len(), names::ALL.len(), "{report}");
     for (check, name) in checks.iter().zip(names::ALL) {
         assert_eq!(check["name"], name, "{report}");
         assert_eq!(check["passed"], true, "{check}");
@@ -104,7 +125,7 @@ async fn check_fails_on_a_misconfigured_server_naming_the_check_and_the_reason()
     out.assert_failure();
     assert_eq!(out.status.code(), Some(1));
     let rows = rows(&out.stdout);
-    assert_eq!(rows.len(), 9, "{}", out.stdout);
+    assert_eq!(rows.len(), names::ALL.len(), "{}", out.stdout);
     let failed: Vec<(&str, &str)> = rows
         .iter()
         .filter(|(status, _, _)| status == "FAIL")
@@ -125,7 +146,7 @@ async fn check_fails_on_a_misconfigured_server_naming_the_check_and_the_reason()
     );
     assert!(failed[1].1.contains("discard is Old"), "{}", out.stdout);
     assert!(
-        out.stdout.contains("7 of 9 checks passed"),
+        out.stdout.contains("9 of 11 checks passed"),
         "{}",
         out.stdout
     );
@@ -135,7 +156,7 @@ async fn check_fails_on_a_misconfigured_server_naming_the_check_and_the_reason()
     let report = out.json();
     assert_eq!(report["passed"], false, "{report}");
     let checks = report["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 9);
+    assert_eq!(checks.len(), names::ALL.len());
     let streams = checks.iter().find(|c| c["name"] == names::STREAMS).unwrap();
     assert_eq!(streams["passed"], false);
     assert!(
@@ -185,7 +206,86 @@ async fn check_passes_against_agentbus_up_found_through_the_data_dir() {
     out.assert_success();
     let report = out.json();
     assert_eq!(report["passed"], true, "{report}");
-    assert_eq!(report["checks"].as_array().unwrap().len(), 9);
+    assert_eq!(report["checks"].as_array().unwrap().len(), names::ALL.len());
+    let detail = |report: &serde_json::Value, name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| {
+                (
+                    c["passed"].as_bool().unwrap(),
+                    c["detail"].as_str().unwrap().to_owned(),
+                )
+            })
+            .unwrap()
+    };
+    let (_, probed) = detail(&report, names::PERMISSIONS);
+    assert!(
+        probed.starts_with("a probe identity sent under its own name"),
+        "{probed}"
+    );
+    // The probe identity is gone again.
+    let listed = run([
+        "creds",
+        "list",
+        "--json",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(
+        listed.assert_success().json()["identities"],
+        serde_json::json!([])
+    );
+
+    // An agent served with the operator's password is named; once it has an
+    // identity of its own, the check passes again.
+    let check_json = async || {
+        let out = run([
+            "check".as_ref(),
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+            "--json".as_ref(),
+        ])
+        .await;
+        out.json()
+    };
+    let serve = async |target: &agentbus::ServerTarget| {
+        let mut runtime =
+            agentbus::Runtime::new(agentbus::Bus::connect(target, "alice").await.unwrap());
+        runtime
+            .add(Idle("alice"), agentbus::AgentOptions::default())
+            .await
+            .unwrap();
+        runtime
+    };
+    let runtime = serve(&up.target()).await;
+    let report = check_json().await;
+    let (passed, named) = detail(&report, names::OPERATOR_AGENTS);
+    assert!(!passed, "{report}");
+    assert!(named.contains("alice (user agentbus)"), "{named}");
+    assert_eq!(report["passed"], false);
+    runtime.shutdown(Duration::from_secs(2)).await;
+    run([
+        "creds",
+        "add",
+        "alice",
+        "--work-type",
+        "echo",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ])
+    .await
+    .assert_success();
+    let alice = agentbus::ServerTarget::from_env_file(&data_dir.join("agents/alice.env")).unwrap();
+    let runtime = serve(&alice).await;
+    let report = check_json().await;
+    let (passed, named) = detail(&report, names::OPERATOR_AGENTS);
+    assert!(passed, "{named}");
+    assert!(named.contains("(1)"), "{named}");
+    runtime.shutdown(Duration::from_secs(2)).await;
 
     let status = up.terminate().await;
     assert!(status.success(), "up exited with {status}: {}", up.stderr());

@@ -1,4 +1,5 @@
-//! The server's HTTP monitoring endpoint: `/varz` (server) and `/jsz` (JetStream).
+//! The server's HTTP monitoring endpoint: `/varz` (server), `/jsz`
+//! (JetStream) and `/connz` (client connections).
 
 use agentbus::redact::redact_url;
 use serde::Deserialize;
@@ -58,6 +59,32 @@ pub struct Jsz {
     #[serde(default)]
     pub bytes: u64,
 }
+
+/// One client connection as `/connz?auth=1&subs=1` shows it.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct Connection {
+    /// The name the client gave, if any.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The user it authenticated as (an nkey's public key for an nkey user).
+    #[serde(default)]
+    pub authorized_user: Option<String>,
+    /// The subjects it subscribes to.
+    #[serde(default)]
+    pub subscriptions_list: Vec<String>,
+}
+
+/// One page of `/connz`.
+#[derive(Debug, Deserialize)]
+struct ConnzPage {
+    #[serde(default)]
+    connections: Vec<Connection>,
+    #[serde(default)]
+    total: usize,
+}
+
+/// Connections asked per page of `/connz`.
+const CONNZ_PAGE: usize = 1024;
 
 /// Why the monitoring endpoint could not be read. The URL it shows has any
 /// password masked, and its cause carries no URL.
@@ -143,6 +170,26 @@ impl Monitor {
     /// Reads `/jsz`.
     pub async fn jsz(&self) -> Result<Jsz, MonitorError> {
         self.get("jsz").await
+    }
+
+    /// Every client connection, with its user and subscriptions, read page
+    /// by page from `/connz`.
+    pub async fn connections(&self) -> Result<Vec<Connection>, MonitorError> {
+        let mut all = Vec::new();
+        loop {
+            let page: ConnzPage = self
+                .get(&format!(
+                    "connz?auth=1&subs=1&offset={}&limit={CONNZ_PAGE}",
+                    all.len()
+                ))
+                .await?;
+            let last = page.connections.len() < CONNZ_PAGE
+                || all.len() + page.connections.len() >= page.total;
+            all.extend(page.connections);
+            if last {
+                return Ok(all);
+            }
+        }
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, MonitorError> {

@@ -1,7 +1,7 @@
 //! `agentbus check`: a delivery test (publish/subscribe, offline delivery, work
 //! queue, broadcast) and a configuration doctor, runnable against any server.
 //!
-//! [`run`] performs nine checks, in this order, each bounded in time:
+//! [`run`] performs eleven checks, in this order, each bounded in time:
 //!
 //! | check | what passes |
 //! | --- | --- |
@@ -14,6 +14,8 @@
 //! | [`names::DURABLE_CONSUMERS`] | agentbus consumers are durable and never expire |
 //! | [`names::DEDUP_AND_DISCARD`] | the task stream deduplicates and refuses tasks when full |
 //! | [`names::AUTHENTICATION`] | a client without credentials is refused |
+//! | [`names::OPERATOR_AGENTS`] | every agent serving tasks connects with an identity of its own |
+//! | [`names::PERMISSIONS`] | a probe agent identity is refused what an agent may not do (`agentbus up`'s server only) |
 //!
 //! Each run uses names of its own (`check-<uuid>`, built by
 //! [`agentbus::subject::CheckRun`]), so runs at the same time do not collide, and removes what it created after each check: the consumers it
@@ -33,6 +35,7 @@
 
 mod delivery;
 mod doctor;
+mod identities;
 
 use crate::topology::{Topology, is_stream_not_found};
 use agentbus::connect::ServerTarget;
@@ -64,9 +67,13 @@ pub mod names {
     pub const DEDUP_AND_DISCARD: &str = "dedup-and-discard";
     /// Clients without credentials are refused.
     pub const AUTHENTICATION: &str = "authentication";
+    /// No agent is served with a shared password user.
+    pub const OPERATOR_AGENTS: &str = "operator-agents";
+    /// nats-server refuses an agent identity what it may not do.
+    pub const PERMISSIONS: &str = "permissions";
 
     /// Every check, in order.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 11] = [
         PUBLISH_SUBSCRIBE,
         OFFLINE_DELIVERY,
         WORK_QUEUE,
@@ -76,6 +83,8 @@ pub mod names {
         DURABLE_CONSUMERS,
         DEDUP_AND_DISCARD,
         AUTHENTICATION,
+        OPERATOR_AGENTS,
+        PERMISSIONS,
     ];
 }
 
@@ -187,6 +196,8 @@ pub async fn run_with(
     check!(names::DURABLE_CONSUMERS, doctor::durable_consumers(&run));
     check!(names::DEDUP_AND_DISCARD, doctor::dedup_and_discard(&run));
     check!(names::AUTHENTICATION, doctor::authentication(&run));
+    check!(names::OPERATOR_AGENTS, identities::operator_agents(&run));
+    check!(names::PERMISSIONS, identities::permissions(&run));
     CheckReport::new(checks)
 }
 
