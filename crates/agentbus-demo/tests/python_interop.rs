@@ -5,14 +5,15 @@
 
 mod common;
 
+use agentbus::permissions::Grant;
 use agentbus::task_log::ControlErrorKind;
 use agentbus::{
-    Agent, AgentOptions, Bus, Priority, RequestOptions, TaskContext, TaskError, TaskRequest,
-    TaskStatus, TaskTypeSpec,
+    Agent, AgentOptions, Bus, Name, Priority, RequestOptions, Runtime, ServerTarget, TaskContext,
+    TaskError, TaskRequest, TaskStatus, TaskTypeSpec,
 };
 use agentbus_demo::{ECHO_NOTE, LlmAgent};
 use agentbus_testkit::NatsServer;
-use common::{WAIT, python, python_command, serve};
+use common::{WAIT, as_identity, python, python_command, serve};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -34,6 +35,7 @@ async fn python_orchestrator_gets_text_from_the_rust_llm_agent() {
     let output = run_orchestrator(
         python,
         &server,
+        None,
         &[
             "llm_agent",
             "generate_text",
@@ -64,6 +66,7 @@ async fn python_priority_medium_and_unknown_fields_are_accepted() {
     let output = run_orchestrator(
         python,
         &server,
+        None,
         &[
             "probe",
             "inspect",
@@ -81,7 +84,11 @@ async fn python_priority_medium_and_unknown_fields_are_accepted() {
     assert_eq!(received["task_id"], output["sent"]["task_id"]);
     assert_eq!(
         received["result"],
-        json!({"priority": "normal", "payload": {"n": 1}})
+        json!({
+            "priority": "normal",
+            "payload": {"n": 1},
+            "sender": {"agent": null, "verified": false},
+        })
     );
     runtime.shutdown(Duration::from_secs(1)).await;
 }
@@ -90,7 +97,7 @@ async fn python_priority_medium_and_unknown_fields_are_accepted() {
 async fn rust_sends_a_task_to_the_python_agent() {
     let python = python();
     let server = NatsServer::start().await;
-    let _agent = PythonAgent::start(python, &server, "py_agent").await;
+    let _agent = PythonAgent::start(python, &server, "py_agent", None).await;
     let bus = Bus::connect(&server.target(), "rust-orchestrator")
         .await
         .unwrap();
@@ -125,7 +132,7 @@ async fn rust_sends_a_task_to_the_python_agent() {
 async fn python_failed_and_rejected_responses_reach_rust_as_such() {
     let python = python();
     let server = NatsServer::start().await;
-    let _agent = PythonAgent::start(python, &server, "py_agent").await;
+    let _agent = PythonAgent::start(python, &server, "py_agent", None).await;
     let bus = Bus::connect(&server.target(), "rust-orchestrator")
         .await
         .unwrap();
@@ -153,7 +160,7 @@ async fn python_failed_and_rejected_responses_reach_rust_as_such() {
 async fn the_python_agent_ignores_deadline_and_stream() {
     let python = python();
     let server = NatsServer::start().await;
-    let _agent = PythonAgent::start(python, &server, "py_agent").await;
+    let _agent = PythonAgent::start(python, &server, "py_agent", None).await;
     let bus = Bus::connect(&server.target(), "rust-orchestrator")
         .await
         .unwrap();
@@ -201,14 +208,78 @@ impl Agent for Probe {
         vec![TaskTypeSpec::new("inspect").unwrap()]
     }
 
-    async fn handle(&self, task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
-        Ok(json!({"priority": task.priority, "payload": task.payload}))
+    async fn handle(&self, task: TaskRequest, ctx: TaskContext) -> Result<Value, TaskError> {
+        Ok(json!({"priority": task.priority, "payload": task.payload, "sender": ctx.sender()}))
     }
 }
 
-/// Runs py_orchestrator.py and returns the JSON line it printed.
-async fn run_orchestrator(python: &Path, server: &NatsServer, args: &[&str]) -> Value {
+/// Python agents with identities of their own, as `agentbus creds add`
+/// makes them: the Python agent serves a Rust caller's stamped task and
+/// sees it verified; the Python caller reaches a Rust agent, which sees the
+/// Python agent as its verified sender.
+#[tokio::test]
+async fn python_agents_with_identities_of_their_own_see_verified_senders() {
+    let python = python();
+    let server = NatsServer::start().await;
+    let name = |n: &str| Name::parse("agent name", n).unwrap();
+    let identity = async |agent: &str, work: &[&str]| {
+        let mut grant = Grant::new(name(agent));
+        grant.work_types = work.iter().map(|t| name(t)).collect();
+        server.add_identity(grant).await
+    };
+
+    // Rust calls Python.
+    let py_agent = identity("py_agent", &[]).await;
+    let _agent = PythonAgent::start(python, &server, "py_agent", Some(&py_agent)).await;
+    let caller = Bus::connect(&identity("rust_caller", &[]).await, "rust-caller")
+        .await
+        .unwrap();
+    let request = TaskRequest::new("whoami", json!({}));
+    let answered = caller
+        .request("py_agent", &request, RequestOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(answered.status, TaskStatus::Completed, "{answered:?}");
+    assert_eq!(
+        answered.result,
+        Some(json!({"sender": {"agent": "rust_caller", "verified": true}}))
+    );
+
+    // Python calls Rust.
+    let probe = identity("probe", &["inspect"]).await;
+    let mut runtime = Runtime::new(Bus::connect(&probe, "probe").await.unwrap());
+    runtime.add(Probe, AgentOptions::default()).await.unwrap();
+    runtime.bus().flush().await.unwrap();
+    let py_caller = identity("py_caller", &[]).await;
+    let output = run_orchestrator(
+        python,
+        &server,
+        Some(&py_caller),
+        &["probe", "inspect", r#"{"n": 2}"#],
+    )
+    .await;
+    let received = &output["received"];
+    assert_eq!(received["status"], "completed", "{output}");
+    assert_eq!(
+        received["result"]["sender"],
+        json!({"agent": "py_caller", "verified": true}),
+        "{output}"
+    );
+    runtime.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Runs py_orchestrator.py (with agent identity `identity`, if any) and
+/// returns the JSON line it printed.
+async fn run_orchestrator(
+    python: &Path,
+    server: &NatsServer,
+    identity: Option<&ServerTarget>,
+    args: &[&str],
+) -> Value {
     let mut command = python_command(python, server, "py_orchestrator.py");
+    if let Some(target) = identity {
+        as_identity(&mut command, target);
+    }
     command.args(args);
     let output = tokio::time::timeout(WAIT, command.output())
         .await
@@ -235,12 +306,19 @@ struct PythonAgent {
 }
 
 impl PythonAgent {
-    /// Starts the agent and waits for its "ready" line (printed after subscribe + flush).
-    async fn start(python: &Path, server: &NatsServer, name: &str) -> Self {
-        let mut child = python_command(python, server, "py_agent.py")
-            .arg(name)
-            .spawn()
-            .expect("py_agent.py starts");
+    /// Starts the agent (with agent identity `identity`, if any) and waits
+    /// for its "ready" line (printed after subscribe + flush).
+    async fn start(
+        python: &Path,
+        server: &NatsServer,
+        name: &str,
+        identity: Option<&ServerTarget>,
+    ) -> Self {
+        let mut command = python_command(python, server, "py_agent.py");
+        if let Some(target) = identity {
+            as_identity(&mut command, target);
+        }
+        let mut child = command.arg(name).spawn().expect("py_agent.py starts");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
         let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
         let mut stderr = tokio::spawn(async move {

@@ -6,7 +6,8 @@
 //! target directory, and later runs reuse it. Python gets the server's URL,
 //! credentials included, only through `NATS_URL`.
 
-use agentbus::{Agent, AgentOptions, Bus, Runtime};
+use agentbus::connect::Credentials;
+use agentbus::{Agent, AgentOptions, Bus, Runtime, ServerTarget};
 use agentbus_testkit::NatsServer;
 use futures::StreamExt;
 use std::path::{Path, PathBuf};
@@ -59,13 +60,28 @@ pub(crate) fn python_command(python: &Path, server: &NatsServer, script_name: &s
     command
 }
 
+/// Gives `command` the variables of agent identity `target`'s env file
+/// (`agentbus creds add` writes them) in place of the test server's user.
+#[allow(dead_code)] // Not every test binary runs Python agents with identities.
+pub(crate) fn as_identity(command: &mut Command, target: &ServerTarget) {
+    let Credentials::NkeyFile(seed) = target.credentials() else {
+        panic!("an nkey identity: {target:?}")
+    };
+    let agent = target.agent().expect("an agent identity");
+    command
+        .env("NATS_URL", target.display_url())
+        .env("NATS_NKEY", seed)
+        .env("AGENTBUS_AGENT", agent.as_str());
+}
+
 /// The virtual environment's python, with nats-py installed; made once.
 pub(crate) fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
         agentbus_testkit::python_venv(
             Path::new(env!("CARGO_TARGET_TMPDIR")),
-            "nats-py",
+            // With the nkeys extra: an agent identity is an nkey.
+            "nats-py[nkeys]",
             NATS_PY_VERSION,
         )
     })

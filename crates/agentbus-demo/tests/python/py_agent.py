@@ -1,7 +1,9 @@
 """A Python agent speaking agentbus's TaskRequest/TaskResponse JSON with nats-py.
 
-No agentbus code: plain dataclasses for TaskRequest/TaskResponse, a queue
-subscription on agent.<name>.task, and msg.respond().
+No agentbus code: plain dataclasses for TaskRequest/TaskResponse, queue
+subscriptions on agent.<name>.task and agent.<name>.task.* (the form whose
+last token is the sender, which the bus vouches for), and msg.respond().
+With an agent's env file (see agentbus_identity.py) it runs on that identity.
 
 Task types:
   reverse  payload {"text": str}; result {"text": <reversed>, "priority_seen": <priority>,
@@ -10,19 +12,19 @@ Task types:
 Any other task type is answered with status "rejected".
 
 Usage: NATS_URL=nats://<user>:<password>@<host>:<port> python py_agent.py [AGENT_NAME]
+   or: (the variables of <data-dir>/agents/<agent>.env) python py_agent.py AGENT_NAME
 Prints "ready" once subscribed and flushed; stops on SIGTERM or SIGINT.
 """
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, Optional
 
-import nats
+import agentbus_identity
 
 
 class TaskStatus(str, Enum):
@@ -57,7 +59,18 @@ def parse_request(data: bytes) -> TaskRequest:
     )
 
 
-def handle(request: TaskRequest) -> TaskResponse:
+def sender_of(subject: str) -> dict:
+    """Who sent a task: the stamped subject's last token, vouched for by the
+    server's permissions; unverified on the plain subject."""
+    tokens = subject.split(".")
+    if len(tokens) == 4:
+        return {"agent": tokens[3], "verified": True}
+    return {"agent": None, "verified": False}
+
+
+def handle(request: TaskRequest, sender: dict) -> TaskResponse:
+    if request.task_type == "whoami":
+        return TaskResponse(request.task_id, TaskStatus.COMPLETED.value, result={"sender": sender})
     if request.task_type == "reverse":
         text = request.payload.get("text")
         if not isinstance(text, str):
@@ -83,7 +96,7 @@ def handle(request: TaskRequest) -> TaskResponse:
 
 async def main() -> None:
     name = sys.argv[1] if len(sys.argv) > 1 else "py_agent"
-    nc = await nats.connect(os.environ["NATS_URL"], name=f"python-{name}")
+    nc = await agentbus_identity.connect(f"python-{name}")
 
     async def on_task(msg) -> None:
         try:
@@ -91,10 +104,11 @@ async def main() -> None:
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             response = TaskResponse("", TaskStatus.REJECTED.value, error=f"malformed request: {err}")
         else:
-            response = handle(request)
+            response = handle(request, sender_of(msg.subject))
         await msg.respond(json.dumps(asdict(response)).encode())
 
     await nc.subscribe(f"agent.{name}.task", queue=name, cb=on_task)
+    await nc.subscribe(f"agent.{name}.task.*", queue=name, cb=on_task)
     await nc.flush()
     print("ready", flush=True)
 

@@ -1,7 +1,9 @@
 """A Python orchestrator speaking agentbus's TaskRequest/TaskResponse JSON with nats-py.
 
 Sends one TaskRequest to agent.<AGENT>.task with nc.request() and prints one
-JSON line: {"sent": <the TaskRequest>, "received": <the TaskResponse>}.
+JSON line: {"sent": <the TaskRequest>, "received": <the TaskResponse>}. With
+an agent's env file (see agentbus_identity.py) it sends as that agent, to
+agent.<AGENT>.task.<itself>.
 
 Usage: NATS_URL=nats://<user>:<password>@<host>:<port> \
     python py_orchestrator.py AGENT TASK_TYPE PAYLOAD_JSON [--priority P] [--extra-field]
@@ -12,12 +14,11 @@ Usage: NATS_URL=nats://<user>:<password>@<host>:<port> \
 import argparse
 import asyncio
 import json
-import os
 import sys
 import uuid
 from dataclasses import asdict, dataclass, field
 
-import nats
+import agentbus_identity
 from nats.errors import NoRespondersError, TimeoutError
 
 
@@ -50,10 +51,12 @@ async def main() -> int:
     if args.extra_field:
         request["trace"] = {"origin": "py_orchestrator", "hops": 1}
 
-    nc = await nats.connect(os.environ["NATS_URL"], name="python-orchestrator")
+    nc = await agentbus_identity.connect("python-orchestrator")
     try:
         reply = await nc.request(
-            f"agent.{args.agent}.task", json.dumps(request).encode(), timeout=args.timeout
+            agentbus_identity.task_subject(args.agent),
+            json.dumps(request).encode(),
+            timeout=args.timeout,
         )
     except NoRespondersError:
         print(f"no agent named {args.agent!r} is running", file=sys.stderr)
