@@ -206,7 +206,7 @@ pub enum ConnectError {
     RefusedKey {
         /// The URL.
         url: String,
-        /// Whose key: "of agent <name>", or where it came from.
+        /// Whose key: `of agent <name>`, or where it came from.
         who: String,
     },
     /// TLS could not be set up.
@@ -481,21 +481,15 @@ impl ServerTarget {
         let source = Redacted::from_error(&err);
         match err.kind() {
             Kind::AuthorizationViolation | Kind::Authentication => {
-                match (&self.credentials, &self.agent) {
-                    (Credentials::NkeyFile(_) | Credentials::NkeySeed(_), agent) => {
-                        ConnectError::RefusedKey {
-                            url,
-                            who: match (agent, &self.credentials) {
-                                (Some(agent), _) => format!("of agent {agent}"),
-                                (None, Credentials::NkeyFile(path)) => {
-                                    format!("in {}", path.display())
-                                }
-                                _ => "given".to_owned(),
-                            },
-                        }
+                let who = match (&self.agent, &self.credentials) {
+                    (Some(agent), Credentials::NkeyFile(_) | Credentials::NkeySeed(_)) => {
+                        format!("of agent {agent}")
                     }
-                    _ => ConnectError::Refused { url, source_name },
-                }
+                    (None, Credentials::NkeyFile(path)) => format!("in {}", path.display()),
+                    (None, Credentials::NkeySeed(_)) => "given".to_owned(),
+                    _ => return ConnectError::Refused { url, source_name },
+                };
+                ConnectError::RefusedKey { url, who }
             }
             Kind::ServerParse => ConnectError::InvalidUrl {
                 url,
