@@ -7,7 +7,7 @@
 //!   auth.conf          the server's `authorization` block, generated (0600)
 //!   nats-server.pid    the running server's pid, to reload it
 //!   agents/<name>.nk   an agent's nkey seed (0600)
-//!   agents/<name>.env  NATS_URL, NATS_NKEY and AGENTBUS_AGENT for the agent (0600)
+//!   agents/<name>.env  NATS_URL, NATS_NKEY, AGENTBUS_AGENT and AGENTBUS_WORK_TYPES (0600)
 //! ```
 //!
 //! The seed never reaches the server: it knows the public key only. Adding
@@ -17,7 +17,7 @@
 
 use crate::private_file::write_private;
 use agentbus::ServerTarget;
-use agentbus::connect::{AGENT_VAR, NATS_URL_VAR, NKEY_VAR};
+use agentbus::connect::{AGENT_VAR, NATS_URL_VAR, NKEY_VAR, WORK_TYPES_VAR};
 use agentbus::connect::{ConnectErrorKind, Credentials, TargetSource};
 use agentbus::permissions::Grant;
 use std::path::{Path, PathBuf};
@@ -163,8 +163,14 @@ impl Identities {
         write(
             &env_file,
             &format!(
-                "# The identity of agent {agent}, made by `agentbus creds add`: keep it private.\n{NATS_URL_VAR}={nats_url}\n{NKEY_VAR}={seed}\n{AGENT_VAR}={agent}\n",
+                "# The identity of agent {agent}, made by `agentbus creds add`: keep it private.\n{NATS_URL_VAR}={nats_url}\n{NKEY_VAR}={seed}\n{AGENT_VAR}={agent}\n{WORK_TYPES_VAR}={work_types}\n",
                 agent = grant.agent,
+                work_types = grant
+                    .work_types
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
                 seed = absolute(&seed_file).display(),
             ),
         )?;
@@ -269,7 +275,8 @@ pub async fn enroll(
     // the reload is over, and only then does the operator connect.
     let target = ServerTarget::from_url(&url, TargetSource::Explicit)
         .with_credentials(Credentials::NkeyFile(added.seed_file.clone()))
-        .with_agent(Some(grant.agent.clone()));
+        .with_agent(Some(grant.agent.clone()))
+        .with_work_types(Some(grant.work_types.clone()));
     if !wait_until_accepted(&target, APPLY_WITHIN).await {
         return Err(IdentityError::NotAccepted {
             agent: grant.agent.to_string(),

@@ -33,6 +33,8 @@ struct BusInner {
     identity: Option<Name>,
     /// Whether it uses the operator identity, which may do everything.
     operator: bool,
+    /// The shared work queues its agent identity may take tasks from, when known.
+    work_types: Option<Vec<Name>>,
 }
 
 /// How to send a task over request/reply.
@@ -248,42 +250,56 @@ impl Bus {
     /// carries that agent as its sender.
     pub async fn connect(target: &ServerTarget, client_name: &str) -> Result<Self, ConnectError> {
         let client = target.connect(client_name).await?;
-        Ok(Self::wrap(
+        Ok(Self::wrap(BusInner {
+            jetstream: async_nats::jetstream::new(client.clone()),
             client,
-            target.agent().cloned(),
-            target.is_operator(),
-        ))
+            identity: target.agent().cloned(),
+            operator: target.is_operator(),
+            work_types: target.work_types().map(<[Name]>::to_vec),
+        }))
     }
 
     /// Wraps an existing connection that has no agent identity: tasks and
     /// messages sent through it have no verified sender, unless sent on an
     /// agent's behalf by a [`crate::Runtime`] it serves.
     pub fn from_client(client: async_nats::Client) -> Self {
-        Self::wrap(client, None, false)
+        Self::wrapping(client, None)
     }
 
     /// Wraps a connection that uses agent `agent`'s identity: tasks and
     /// messages sent through it carry `agent` as their sender, and a
     /// [`crate::Runtime`] on it serves that agent only.
     pub fn from_client_as(client: async_nats::Client, agent: Name) -> Self {
-        Self::wrap(client, Some(agent), false)
+        Self::wrapping(client, Some(agent))
     }
 
-    fn wrap(client: async_nats::Client, identity: Option<Name>, operator: bool) -> Self {
-        let jetstream = async_nats::jetstream::new(client.clone());
+    /// An existing connection, with agent identity `identity` if any.
+    fn wrapping(client: async_nats::Client, identity: Option<Name>) -> Self {
+        Self::wrap(BusInner {
+            jetstream: async_nats::jetstream::new(client.clone()),
+            client,
+            identity,
+            operator: false,
+            work_types: None,
+        })
+    }
+
+    fn wrap(inner: BusInner) -> Self {
         Self {
-            inner: std::sync::Arc::new(BusInner {
-                client,
-                jetstream,
-                identity,
-                operator,
-            }),
+            inner: std::sync::Arc::new(inner),
         }
     }
 
     /// The agent whose identity this connection uses, if any.
     pub fn identity(&self) -> Option<&Name> {
         self.inner.identity.as_ref()
+    }
+
+    /// The task types whose shared queues (`work.<type>`) this connection's
+    /// agent identity may take tasks from, when its target said
+    /// ([`ServerTarget::work_types`]); `None` when not known.
+    pub fn granted_work_types(&self) -> Option<&[Name]> {
+        self.inner.work_types.as_deref()
     }
 
     /// Whether this connection uses the operator identity of `agentbus up`,

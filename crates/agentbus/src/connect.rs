@@ -34,6 +34,9 @@ pub const CA_FILE_VAR: &str = "NATS_CA";
 pub const NKEY_VAR: &str = "NATS_NKEY";
 /// Variable naming the agent whose identity the credentials are.
 pub const AGENT_VAR: &str = "AGENTBUS_AGENT";
+/// Variable naming the shared work queues (`work.<type>`) an agent identity
+/// may take tasks from, comma-separated (`agentbus creds add --work-type`).
+pub const WORK_TYPES_VAR: &str = "AGENTBUS_WORK_TYPES";
 /// The user of the operator identity `agentbus up` keeps for itself and the
 /// operator commands: it may do everything.
 pub const OPERATOR_USER: &str = "agentbus";
@@ -119,6 +122,7 @@ pub struct ServerTarget {
     monitor_url: Option<String>,
     ca_file: Option<PathBuf>,
     agent: Option<Name>,
+    work_types: Option<Vec<Name>>,
 }
 
 /// Why no connection could be made. Each message is one sentence saying what to do.
@@ -153,6 +157,13 @@ pub enum ConnectError {
     #[error("{AGENT_VAR} is not usable: {source}")]
     InvalidAgent {
         /// Why the name is invalid.
+        #[source]
+        source: InvalidName,
+    },
+    /// `AGENTBUS_WORK_TYPES` holds something that is not a task type.
+    #[error("{WORK_TYPES_VAR} is not usable: {source}")]
+    InvalidWorkTypes {
+        /// Why a name is invalid.
         #[source]
         source: InvalidName,
     },
@@ -246,7 +257,8 @@ impl ConnectError {
             | Self::ConnectionFile { .. }
             | Self::NoUrlInFile { .. }
             | Self::InvalidUrl { .. }
-            | Self::InvalidAgent { .. } => ConnectErrorKind::NotConfigured,
+            | Self::InvalidAgent { .. }
+            | Self::InvalidWorkTypes { .. } => ConnectErrorKind::NotConfigured,
             Self::CredsFile { .. } => ConnectErrorKind::Credentials,
             Self::Unreachable { .. } => ConnectErrorKind::Unreachable,
             Self::Refused { .. } | Self::RefusedKey { .. } => ConnectErrorKind::Refused,
@@ -296,6 +308,17 @@ impl ServerTarget {
             let agent = Name::parse("agent name", agent.trim())
                 .map_err(|source| ConnectError::InvalidAgent { source })?;
             target.agent = Some(agent);
+        }
+        // Present and empty: no shared queue at all.
+        if let Some(list) = env(WORK_TYPES_VAR) {
+            let types = list
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| Name::parse("task type", t))
+                .collect::<Result<_, _>>()
+                .map_err(|source| ConnectError::InvalidWorkTypes { source })?;
+            target.work_types = Some(types);
         }
         Ok(target)
     }
@@ -354,6 +377,7 @@ impl ServerTarget {
             monitor_url: None,
             ca_file: None,
             agent: None,
+            work_types: None,
         }
     }
 
@@ -367,6 +391,20 @@ impl ServerTarget {
     /// The agent whose identity the credentials are (`AGENTBUS_AGENT`), if any.
     pub fn agent(&self) -> Option<&Name> {
         self.agent.as_ref()
+    }
+
+    /// Says which shared work queues the agent identity may take tasks
+    /// from (`None`: not known).
+    #[must_use]
+    pub fn with_work_types(mut self, work_types: Option<Vec<Name>>) -> Self {
+        self.work_types = work_types;
+        self
+    }
+
+    /// The task types whose shared queues (`work.<type>`) the agent identity
+    /// may take tasks from (`AGENTBUS_WORK_TYPES`), when known.
+    pub fn work_types(&self) -> Option<&[Name]> {
+        self.work_types.as_deref()
     }
 
     /// Whether the credentials are the operator identity of `agentbus up`
@@ -678,6 +716,40 @@ mod tests {
             ServerTarget::resolve_with(Some("nats://h:1"), dir.path(), env(&[("NATS_TOKEN", "t")]))
                 .unwrap();
         assert_eq!(t.credentials(), &Credentials::Token("t".into()));
+    }
+
+    #[test]
+    fn an_env_file_gives_the_agent_and_its_granted_work_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("alice.env");
+        std::fs::write(
+            &file,
+            "# comment\nNATS_URL=nats://h:1\nNATS_NKEY=/keys/alice.nk\nAGENTBUS_AGENT=alice\nAGENTBUS_WORK_TYPES=echo, summarize\n",
+        )
+        .unwrap();
+        let t = ServerTarget::from_env_file(&file).unwrap();
+        assert_eq!(t.agent().map(Name::as_str), Some("alice"));
+        assert_eq!(
+            t.credentials(),
+            &Credentials::NkeyFile("/keys/alice.nk".into())
+        );
+        let types: Vec<&str> = t.work_types().unwrap().iter().map(Name::as_str).collect();
+        assert_eq!(types, ["echo", "summarize"]);
+        assert!(matches!(t.source(), TargetSource::EnvFile(_)));
+        // Present and empty: no shared queue; absent: not known.
+        let none = env(&[("AGENTBUS_WORK_TYPES", "")]);
+        let t = ServerTarget::resolve_with(Some("nats://h:1"), dir.path(), none).unwrap();
+        assert_eq!(t.work_types(), Some(&[][..]));
+        let t = ServerTarget::resolve_with(Some("nats://h:1"), dir.path(), env(&[])).unwrap();
+        assert_eq!(t.work_types(), None);
+        let bad = env(&[("AGENTBUS_WORK_TYPES", "echo,$bad")]);
+        let err = ServerTarget::resolve_with(Some("nats://h:1"), dir.path(), bad).unwrap_err();
+        assert_eq!(err.kind(), ConnectErrorKind::NotConfigured);
+        assert!(
+            err.to_string()
+                .starts_with("AGENTBUS_WORK_TYPES is not usable"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -630,3 +630,59 @@ async fn a_revoked_identity_is_cut_off_and_others_stay_connected() {
         1
     );
 }
+
+/// A runtime on an identity works the shared queues its identity was
+/// granted only: the others would time out each time work arrives, and
+/// stall its queue while they did.
+#[tokio::test]
+async fn a_runtime_works_only_the_shared_queues_its_identity_was_granted() {
+    let server = NatsServer::start().await;
+    let operator = Bus::from_client(server.connect().await);
+    // Recorder accepts `echo`; search was granted no shared queue.
+    let search = server.add_identity(Grant::new(name("search"))).await;
+    assert_eq!(search.work_types(), Some(&[][..]));
+    let recorder = Recorder::new("search");
+    let mut runtime = Runtime::new(Bus::connect(&search, "search").await.unwrap());
+    runtime
+        .add(recorder.clone(), AgentOptions::default())
+        .await
+        .unwrap();
+    let shared = TaskRequest::new("echo", json!({"queue": "work"}));
+    operator
+        .submit(&Queue::TaskType(name("echo")), &shared)
+        .await
+        .unwrap();
+    // Its own queue keeps flowing, one task after another.
+    let started = std::time::Instant::now();
+    for n in 0..3 {
+        let own = TaskRequest::new("echo", json!({"n": n}));
+        operator
+            .submit(&Queue::agent("search").unwrap(), &own)
+            .await
+            .unwrap();
+        assert_eq!(recorder.wait_for(n + 1).await.len(), n + 1);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the own queue took {:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(recorder.seen().len(), 3, "the shared task was not taken");
+    runtime.shutdown(Duration::from_secs(2)).await;
+
+    // Granted, the same agent takes it.
+    let mut grant = Grant::new(name("search"));
+    grant.work_types = vec![name("echo")];
+    let granted = server.add_identity(grant).await;
+    let recorder = Recorder::new("search");
+    let mut runtime = Runtime::new(Bus::connect(&granted, "search").await.unwrap());
+    runtime
+        .add(recorder.clone(), AgentOptions::default())
+        .await
+        .unwrap();
+    let seen = recorder.wait_for(1).await;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].2, json!({"queue": "work"}));
+    runtime.shutdown(Duration::from_secs(2)).await;
+}

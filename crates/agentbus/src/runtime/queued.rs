@@ -28,9 +28,24 @@ pub(super) async fn agent_work<A: Agent>(
     message_settler: Option<Settler>,
 ) -> Result<AgentWork, ConsumerError> {
     let options = served.options.delivery;
+    // An agent identity takes tasks from the shared queues it was granted
+    // only: one it may not consume would time out each time work arrives.
+    let granted = served.bus.granted_work_types();
+    let shared = task_types.iter().filter(|task_type| match granted {
+        Some(granted) if !granted.contains(task_type) => {
+            tracing::warn!(
+                agent = %served.name,
+                %task_type,
+                "the agent's identity may not take tasks from work.{task_type}: it serves that type over request/reply and its own queue only; `agentbus creds add {agent} --work-type {task_type}` grants it",
+                agent = served.name,
+            );
+            false
+        }
+        _ => true,
+    });
     let tasks = settler.map(|settler| {
         let queues = std::iter::once(Queue::Agent(served.name.clone()))
-            .chain(task_types.iter().cloned().map(Queue::TaskType))
+            .chain(shared.cloned().map(Queue::TaskType))
             .collect();
         let job: Arc<dyn Job> = Arc::new(TaskJob {
             served: served.clone(),
