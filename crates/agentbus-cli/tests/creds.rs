@@ -93,6 +93,23 @@ async fn add_list_send_revoke_and_export() {
     let stream = js.get_stream("agent-messages").await.unwrap();
     let stored = stream.get_raw_message(1).await.unwrap();
     assert_eq!(stored.subject.as_str(), "agent.bob.inbox.alice");
+    // She queues a task for bob and asks where it stands: her identity may
+    // not read the queue, and nobody holds the task, so it is queued.
+    let started = std::time::Instant::now();
+    let submitted = run_as(&alice, &["submit", "bob", "echo", "{}", "--json"]).await;
+    // Without looking at bob's consumers, which her identity may not.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(submitted.status.success(), "{}", submitted.stderr);
+    let submitted: serde_json::Value = serde_json::from_str(&submitted.stdout).unwrap();
+    let task_id = submitted["task_id"].as_str().unwrap();
+    let report = run_as(&alice, &["task", task_id, "--json"]).await;
+    assert!(report.status.success(), "{}", report.stderr);
+    let report: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    assert_eq!(report["state"], "queued", "{report}");
     // She may not read bob's inbox.
     let out = run_as(&alice, &["tail", "agent.bob.inbox.>"]);
     let out = tokio::time::timeout(std::time::Duration::from_secs(3), out).await;

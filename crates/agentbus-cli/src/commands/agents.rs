@@ -3,7 +3,6 @@
 use super::ServerArgs;
 use crate::output::outln;
 use crate::output::{Table, print_json};
-use agentbus::Bus;
 use agentbus::presence::{AgentPresence, online_agents};
 use agentbus::state::StateStore;
 use clap::Args;
@@ -32,8 +31,7 @@ pub(crate) struct AgentsArgs {
 }
 
 pub(super) async fn exec(args: AgentsArgs) -> anyhow::Result<ExitCode> {
-    let (_, client) = args.server.connect().await?;
-    let bus = Bus::from_client(client);
+    let bus = args.server.bus().await?;
     let store = StateStore::open(&bus, args.state.as_deref()).await?;
     let agents = online_agents(&store).await?;
     if args.json {

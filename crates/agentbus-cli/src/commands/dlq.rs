@@ -3,7 +3,6 @@
 use super::ServerArgs;
 use crate::output::outln;
 use crate::output::{Table, print_json};
-use agentbus::Bus;
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
 
@@ -40,8 +39,7 @@ enum DlqCommand {
 pub(super) async fn exec(args: DlqArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         DlqCommand::List { server, json } => {
-            let (_, client) = server.connect().await?;
-            let entries = Bus::from_client(client).dead_letters().await?;
+            let entries = server.bus().await?.dead_letters().await?;
             if json {
                 print_json(&serde_json::json!({ "dead_letters": entries }))?;
                 return Ok(ExitCode::SUCCESS);
@@ -68,8 +66,7 @@ pub(super) async fn exec(args: DlqArgs) -> anyhow::Result<ExitCode> {
             task_id,
             all,
         } => {
-            let (_, client) = server.connect().await?;
-            let bus = Bus::from_client(client);
+            let bus = server.bus().await?;
             let replayed = match (&task_id, all) {
                 (_, true) => bus.replay_all_dead_letters().await?,
                 (Some(task_id), false) => bus.replay_dead_letter(task_id).await?,

@@ -148,6 +148,11 @@ impl Unreached {
         address: &agentbus::delivery::Address,
         presence: &PresenceArgs,
     ) -> Option<Self> {
+        // An agent identity may not look at other agents' consumers: the
+        // question is the operator's.
+        if bus.identity().is_some() {
+            return None;
+        }
         let looked_up =
             match agentbus::state::StateStore::open(bus, presence.state.as_deref()).await {
                 Ok(store) => bus

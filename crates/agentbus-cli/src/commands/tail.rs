@@ -2,7 +2,6 @@
 
 use super::ServerArgs;
 use crate::output::{errln, print_json};
-use agentbus::Bus;
 use clap::Args;
 use futures::StreamExt;
 use std::io::Write;
@@ -27,8 +26,7 @@ pub(crate) struct TailArgs {
 }
 
 pub(super) async fn exec(args: TailArgs) -> anyhow::Result<ExitCode> {
-    let (_, client) = args.server.connect().await?;
-    let bus = Bus::from_client(client);
+    let bus = args.server.bus().await?;
     let mut subscription = bus.subscribe(&args.pattern, None).await?;
     // Make sure the server has the subscription before saying we listen.
     bus.flush().await?;

@@ -99,8 +99,7 @@ pub(super) async fn exec(args: TaskArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn connect(server: &ServerArgs) -> anyhow::Result<Bus> {
-    let (_, client) = server.connect().await?;
-    Ok(Bus::from_client(client))
+    server.bus().await
 }
 
 async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {

@@ -141,6 +141,9 @@ impl Bus {
     /// of its instances accepts the task type (an instance announcing no
     /// task types, such as an MCP bridge, is taken to accept any).
     ///
+    /// It looks at other agents' durable consumers, which an agent identity
+    /// may not: ask it with the operator's identity (or none).
+    ///
     /// Sending never asks this. It costs one listing of the presence entries
     /// (one read per online agent instance on NATS KV, 64 in flight) and one
     /// consumer lookup; for a broadcast or an announcement, a listing of the
