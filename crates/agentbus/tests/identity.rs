@@ -9,7 +9,7 @@ use agentbus::permissions::{EventPattern, Grant};
 use agentbus::state::StateStore;
 use agentbus::{
     Agent, AgentMessage, AgentOptions, Bus, Name, Runtime, Sender, ServerTarget, TaskContext,
-    TaskError, TaskRequest, TaskTypeSpec,
+    TaskError, TaskRequest, TaskStatus, TaskTypeSpec,
 };
 use agentbus_testkit::NatsServer;
 use bytes::Bytes;
@@ -684,5 +684,106 @@ async fn a_runtime_works_only_the_shared_queues_its_identity_was_granted() {
     let seen = recorder.wait_for(1).await;
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].2, json!({"queue": "work"}));
+    runtime.shutdown(Duration::from_secs(2)).await;
+}
+
+/// Gives up on its first task for good, then does its work.
+#[derive(Clone, Default)]
+struct GivesUpOnce(Arc<Mutex<usize>>);
+
+impl Agent for GivesUpOnce {
+    fn name(&self) -> &str {
+        "search"
+    }
+
+    fn task_types(&self) -> Vec<TaskTypeSpec> {
+        vec![TaskTypeSpec::new("echo").unwrap()]
+    }
+
+    async fn handle(&self, task: TaskRequest, ctx: TaskContext) -> Result<Value, TaskError> {
+        let run = {
+            let mut runs = self.0.lock().unwrap();
+            *runs += 1;
+            *runs
+        };
+        ctx.progress(Some(0.5), Some("halfway")).await.ok();
+        if run == 1 {
+            return Err(TaskError::permanent("not today"));
+        }
+        Ok(task.payload)
+    }
+}
+
+/// A task that became a dead letter under an agent identity, replayed by
+/// the operator, runs again and logs its new run to the end: the replay
+/// clears the earlier run's log, which the identity may not.
+#[tokio::test]
+async fn a_dead_letter_replayed_by_the_operator_runs_again_on_an_identity() {
+    let server = NatsServer::start().await;
+    let operator = Bus::from_client(server.connect().await);
+    let mut grant = Grant::new(name("search"));
+    grant.work_types = vec![name("echo")];
+    let search = server.add_identity(grant).await;
+    let agent = GivesUpOnce::default();
+    let mut runtime = Runtime::new(Bus::connect(&search, "search").await.unwrap());
+    runtime
+        .add(agent.clone(), AgentOptions::default())
+        .await
+        .unwrap();
+    let task = TaskRequest::new("echo", json!({"n": 1}));
+    operator
+        .submit(&Queue::agent("search").unwrap(), &task)
+        .await
+        .unwrap();
+    let ended = operator
+        .wait_task(&task.task_id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(ended.status, TaskStatus::Failed, "{ended:?}");
+    assert_eq!(
+        operator.task_state(&task.task_id).await.unwrap(),
+        agentbus::delivery::TaskState::DeadLettered
+    );
+
+    let started = std::time::Instant::now();
+    assert_eq!(
+        operator
+            .replay_dead_letter(task.task_id.as_str())
+            .await
+            .unwrap(),
+        1
+    );
+    let ended = operator
+        .wait_task(&task.task_id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(ended.status, TaskStatus::Completed, "{ended:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // The log holds the new run alone, from its first event to its end.
+    let mut watch = operator.watch(&task.task_id, 1).await.unwrap();
+    let mut kinds = Vec::new();
+    while let Some(item) = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+    {
+        if let agentbus::task_log::Watched::Event(event) = item.unwrap() {
+            kinds.push((event.seq, event.kind));
+        }
+    }
+    assert_eq!(kinds.first().map(|k| k.0), Some(1), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|(_, kind)| kind.is_final()).count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.last().map(|k| k.1),
+        Some(agentbus::task_log::EventType::Completed),
+        "{kinds:?}"
+    );
     runtime.shutdown(Duration::from_secs(2)).await;
 }

@@ -288,6 +288,14 @@ impl Bus {
                 Some(task_id) => records.revision(task_id.as_str()).await?,
                 None => None,
             };
+            // The earlier run's log ends it: cleared here, with the
+            // operator's rights, rather than by the worker, whose agent
+            // identity may not purge.
+            if let Some(task_id) = &task_id {
+                crate::task_log::purge(self, task_id)
+                    .await
+                    .map_err(|err| DeadLetterError::stream("clear the replayed task's log", err))?;
+            }
             // The id is tied to this dead letter: a replay interrupted before the
             // dead letter is removed and run again is stored once.
             let message_id = format!("replay-{}", entry.sequence);

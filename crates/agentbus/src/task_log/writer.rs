@@ -141,7 +141,7 @@ pub(crate) async fn last_event(
 
 /// Removes every event of `task_id`'s log: what an earlier run of the same
 /// id left (a replayed dead letter, an id sent again after it ended).
-async fn purge(bus: &Bus, task_id: &TaskId) -> Result<(), LogError> {
+pub(crate) async fn purge(bus: &Bus, task_id: &TaskId) -> Result<(), LogError> {
     let stream = bus
         .jetstream()
         .get_stream_no_info(TASK_EVENTS_STREAM)
@@ -332,6 +332,21 @@ impl LogWriter {
             Some((Some(last), _)) if last.kind.is_final() && earlier.ends_at(last.kind) => {
                 self.ended = Some(last.kind);
                 Ok(Some(last.kind))
+            }
+            // An agent identity may not purge (`dlq replay` clears the log
+            // of a task it puts back): this run numbers on after the
+            // earlier one, whose final event a reader of the log meets first.
+            Some((Some(last), stream_sequence))
+                if last.kind.is_final() && bus.identity().is_some() =>
+            {
+                tracing::warn!(
+                    task_id = %self.task_id,
+                    "the log of an earlier run of this task id ends it, and an agent identity may not clear it: its readers stop there"
+                );
+                self.next = last.seq + 1;
+                self.begun = false;
+                self.expect = Some(stream_sequence);
+                Ok(None)
             }
             Some((Some(last), _)) if last.kind.is_final() => {
                 purge(bus, &self.task_id).await?;
