@@ -787,3 +787,95 @@ async fn a_dead_letter_replayed_by_the_operator_runs_again_on_an_identity() {
     );
     runtime.shutdown(Duration::from_secs(2)).await;
 }
+
+/// Asks its caller a question, streams the answer back in two parts, then
+/// waits to be cancelled.
+#[derive(Clone)]
+struct Interviewer;
+
+impl Agent for Interviewer {
+    fn name(&self) -> &str {
+        "writer"
+    }
+
+    fn task_types(&self) -> Vec<TaskTypeSpec> {
+        vec![TaskTypeSpec::new("interview").unwrap()]
+    }
+
+    async fn handle(&self, _task: TaskRequest, ctx: TaskContext) -> Result<Value, TaskError> {
+        let answer = ctx.ask(json!("which colour?")).await?;
+        ctx.partial(&json!({"heard": answer})).await.ok();
+        ctx.partial(&json!({"from": ctx.sender()})).await.ok();
+        ctx.cancelled().await;
+        Err(TaskError::cancelled("stopped by the caller"))
+    }
+}
+
+/// A long-running task between two agent identities: the caller follows
+/// its log, answers its question and cancels it, all by the task's id.
+#[tokio::test]
+async fn a_long_task_between_identities_is_followed_answered_and_cancelled() {
+    let server = NatsServer::start().await;
+    let mut grant = Grant::new(name("writer"));
+    grant.work_types = vec![name("interview")];
+    let writer = server.add_identity(grant).await;
+    let boss = server.add_identity(Grant::new(name("boss"))).await;
+    let mut runtime = Runtime::new(Bus::connect(&writer, "writer").await.unwrap());
+    runtime
+        .add(Interviewer, AgentOptions::default())
+        .await
+        .unwrap();
+    let caller = Bus::connect(&boss, "boss").await.unwrap();
+    let mut task = TaskRequest::new("interview", json!({}));
+    task.stream = true;
+    let mut watch = caller.watch(&task.task_id, 1).await.unwrap();
+    caller
+        .submit(&Queue::agent("writer").unwrap(), &task)
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let mut kinds = Vec::new();
+    let mut partials = Vec::new();
+    while let Some(item) = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the log goes on")
+    {
+        let agentbus::task_log::Watched::Event(event) = item.unwrap() else {
+            continue;
+        };
+        kinds.push(event.kind);
+        match event.kind {
+            agentbus::task_log::EventType::InputRequired => {
+                caller.answer(&task.task_id, &json!("blue")).await.unwrap();
+            }
+            agentbus::task_log::EventType::Partial => {
+                partials.push(event.data.clone());
+                if partials.len() == 2 {
+                    caller.cancel(&task.task_id).await.unwrap();
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        partials,
+        [
+            json!({"heard": "blue"}),
+            json!({"from": {"agent": null, "verified": false}})
+        ],
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.last(),
+        Some(&agentbus::task_log::EventType::Cancelled),
+        "{kinds:?}"
+    );
+    // No step waited on a refused permission.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    runtime.shutdown(Duration::from_secs(2)).await;
+}
