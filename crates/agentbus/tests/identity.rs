@@ -879,3 +879,80 @@ async fn a_long_task_between_identities_is_followed_answered_and_cancelled() {
     );
     runtime.shutdown(Duration::from_secs(2)).await;
 }
+
+/// The live instance that reports another agent's death may not remove
+/// that agent's entry under an agent identity: it leaves it to expire, and
+/// its own heartbeats go on (a refused removal would hold them past
+/// `offline_after`).
+#[tokio::test]
+async fn an_identity_reporting_another_agents_death_stays_online() {
+    let server = NatsServer::start().await;
+    let operator = Bus::from_client(server.connect().await);
+    let mut offline = operator
+        .subscribe(agentbus::subject::events::AGENT_OFFLINE, None)
+        .await
+        .unwrap();
+    let watcher = server.add_identity(Grant::new(name("watcher"))).await;
+    let mut runtime = Runtime::new(Bus::connect(&watcher, "watcher").await.unwrap());
+    let options = AgentOptions {
+        heartbeat: agentbus::presence::PresenceOptions {
+            interval: Duration::from_millis(200),
+            offline_after: Duration::from_secs(1),
+        },
+        work_queues: false,
+        ..AgentOptions::default()
+    };
+    runtime
+        .add(Recorder::new("watcher"), options)
+        .await
+        .unwrap();
+
+    // A victim whose heartbeat lives one second, written by the operator.
+    let presence = operator
+        .jetstream()
+        .get_key_value(agentbus::state::PRESENCE_BUCKET)
+        .await
+        .unwrap();
+    let entry = json!({
+        "name": "victim", "instance_id": "victim1", "task_types": [],
+        "version": "0", "started_at": "2026-01-01T00:00:00Z", "host": "h",
+        "in_flight": 0, "last_seen": "2026-01-01T00:00:00Z",
+    });
+    presence
+        .put("victim.victim1", entry.to_string().into())
+        .await
+        .unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_TTL, "1");
+    let beat = json!({"instance_id": "victim1", "host": "h", "last_seen": "2026-01-01T00:00:00Z"});
+    operator
+        .jetstream()
+        .publish_with_headers(
+            format!("$KV.{}.victim1", agentbus::state::PRESENCE_BUCKET),
+            headers,
+            beat.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let event = tokio::time::timeout(Duration::from_secs(10), offline.next())
+        .await
+        .expect("the victim is reported offline")
+        .unwrap();
+    let event: Value = serde_json::from_slice(&event.payload).unwrap();
+    assert_eq!(event["agent"], "victim", "{event}");
+    assert_eq!(event["reported_by"], runtime.instance_id());
+    // Twice offline_after later, the reporter is still online.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let store = StateStore::open(&operator, None).await.unwrap();
+    let online: Vec<String> = agentbus::presence::online_agents(&store)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(online, ["watcher"]);
+    runtime.shutdown(Duration::from_secs(2)).await;
+}

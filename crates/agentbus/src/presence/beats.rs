@@ -321,7 +321,14 @@ impl Service {
                 OfflineReason::HeartbeatTimeout,
             )
             .await;
-            if let Ok(key) = agent.entry_key() {
+            // An agent identity may remove its own agent's entries only: a
+            // refused removal would hold this loop, and its heartbeats, for
+            // the request's timeout. Another's entry expires on its own.
+            let may_remove = self
+                .bus
+                .identity()
+                .is_none_or(|me| me.as_str() == agent.name);
+            if may_remove && let Ok(key) = agent.entry_key() {
                 let remembered = self.remembered();
                 if let Err(err) = self.store.remove_entry(&key, remembered).await {
                     tracing::debug!(%err, agent = %agent.name, "cannot remove a dead agent's entry; it expires on its own");
