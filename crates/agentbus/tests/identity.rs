@@ -956,3 +956,34 @@ async fn an_identity_reporting_another_agents_death_stays_online() {
     assert_eq!(online, ["watcher"]);
     runtime.shutdown(Duration::from_secs(2)).await;
 }
+
+/// A caller with an agent identity cancels a queued task without reading
+/// the queue, which it may not: the task's record and log are marked, at
+/// once.
+#[tokio::test]
+async fn a_queued_task_cancelled_by_an_identity_is_marked_at_once() {
+    let server = NatsServer::start().await;
+    let boss = Bus::connect(&server.add_identity(Grant::new(name("boss"))).await, "boss")
+        .await
+        .unwrap();
+    let task = TaskRequest::new("echo", json!({"n": 1}));
+    boss.submit_recorded(
+        &Queue::agent("search").unwrap(),
+        &task,
+        agentbus::delivery::ResultRetention::Keep,
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let outcome = boss.cancel(&task.task_id).await.unwrap();
+    assert_eq!(outcome, agentbus::task_log::CancelOutcome::Marked);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        boss.task_state(&task.task_id).await.unwrap(),
+        agentbus::delivery::TaskState::Cancelled
+    );
+}

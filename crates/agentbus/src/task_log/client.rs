@@ -185,8 +185,11 @@ impl Bus {
             TaskStatus::Cancelled,
             "the task was cancelled before it ran",
         );
+        // An agent identity may not read or change the queues: it marks the
+        // task cancelled, and the worker that takes it refuses it.
         if let Some(record) = &report.record
             && report.state == TaskState::Queued
+            && self.identity().is_none()
             && let Some(sequence) = record.sequence
             && self.dequeue(task_id, sequence).await?
         {
