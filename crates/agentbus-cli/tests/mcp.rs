@@ -746,6 +746,14 @@ async fn a_bridge_with_an_agent_identity_reads_only_its_own_and_names_verified_s
         .ok("b", "claim_task", json!({"wait_seconds": 5}))
         .await;
     assert_eq!(claimed["task"]["content"]["payload"]["text"], MARKER);
+    let done = driver
+        .ok(
+            "b",
+            "complete_task",
+            json!({"task_id": task.task_id, "result": "summarized"}),
+        )
+        .await;
+    assert_eq!(done["state"], "completed", "{done}");
     driver.finish().await;
 }
 
