@@ -195,16 +195,19 @@ async fn check_passes_against_agentbus_up_found_through_the_data_dir() {
     let data_dir = dir.path().join("bus");
     let mut up = Up::start(&data_dir, &[]).await;
     let server_pid = up.server_pid();
+    let check_json = async || {
+        let out = run([
+            "check".as_ref(),
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+            "--json".as_ref(),
+        ])
+        .await;
+        (out.status.success(), out.json())
+    };
 
-    let out = run([
-        "check".as_ref(),
-        "--data-dir".as_ref(),
-        data_dir.as_os_str(),
-        "--json".as_ref(),
-    ])
-    .await;
-    out.assert_success();
-    let report = out.json();
+    let (succeeded, report) = check_json().await;
+    assert!(succeeded, "{report}");
     assert_eq!(report["passed"], true, "{report}");
     assert_eq!(report["checks"].as_array().unwrap().len(), names::ALL.len());
     let detail = |report: &serde_json::Value, name: &str| {
@@ -242,16 +245,6 @@ async fn check_passes_against_agentbus_up_found_through_the_data_dir() {
 
     // An agent served with the operator's password is named; once it has an
     // identity of its own, the check passes again.
-    let check_json = async || {
-        let out = run([
-            "check".as_ref(),
-            "--data-dir".as_ref(),
-            data_dir.as_os_str(),
-            "--json".as_ref(),
-        ])
-        .await;
-        out.json()
-    };
     let serve = async |target: &agentbus::ServerTarget| {
         let mut runtime =
             agentbus::Runtime::new(agentbus::Bus::connect(target, "alice").await.unwrap());
@@ -262,7 +255,7 @@ async fn check_passes_against_agentbus_up_found_through_the_data_dir() {
         runtime
     };
     let runtime = serve(&up.target()).await;
-    let report = check_json().await;
+    let (_, report) = check_json().await;
     let (passed, named) = detail(&report, names::OPERATOR_AGENTS);
     assert!(!passed, "{report}");
     assert!(named.contains("alice (user agentbus)"), "{named}");
@@ -281,7 +274,7 @@ async fn check_passes_against_agentbus_up_found_through_the_data_dir() {
     .assert_success();
     let alice = agentbus::ServerTarget::from_env_file(&data_dir.join("agents/alice.env")).unwrap();
     let runtime = serve(&alice).await;
-    let report = check_json().await;
+    let (_, report) = check_json().await;
     let (passed, named) = detail(&report, names::OPERATOR_AGENTS);
     assert!(passed, "{named}");
     assert!(named.contains("(1)"), "{named}");

@@ -328,18 +328,8 @@ impl ServerTarget {
     /// reads the environment; `NATS_CA` and `AGENTBUS_MONITOR_URL` may also
     /// come from the process environment.
     pub fn from_env_file(path: &Path) -> Result<Self, ConnectError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConnectError::ConnectionFile {
-                path: path.to_owned(),
-                source,
-            })?;
-        let vars: std::collections::HashMap<&str, &str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| line.split_once('='))
-            .map(|(key, value)| (key.trim(), value.trim()))
-            .collect();
+        let text = read_file(path)?;
+        let vars: std::collections::HashMap<&str, &str> = variables(&text).collect();
         let Some(url) = vars.get(NATS_URL_VAR) else {
             return Err(ConnectError::NoUrlInFile {
                 path: path.to_owned(),
@@ -597,6 +587,23 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads a file of variables (`connection.env`, an agent's env file).
+fn read_file(path: &Path) -> Result<String, ConnectError> {
+    std::fs::read_to_string(path).map_err(|source| ConnectError::ConnectionFile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The `KEY=VALUE` lines of `text`, trimmed; comments (`#`) left out.
+fn variables(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.trim(), value.trim()))
+}
+
 /// The contents of `connection.env`: `KEY=VALUE` lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionFile {
@@ -609,11 +616,7 @@ pub struct ConnectionFile {
 impl ConnectionFile {
     /// Reads and parses a connection file.
     pub fn read(path: &Path) -> Result<Self, ConnectError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConnectError::ConnectionFile {
-                path: path.to_owned(),
-                source,
-            })?;
+        let text = read_file(path)?;
         Self::parse(&text).ok_or_else(|| ConnectError::NoUrlInFile {
             path: path.to_owned(),
         })
@@ -623,13 +626,10 @@ impl ConnectionFile {
     pub fn parse(text: &str) -> Option<Self> {
         let mut nats_url = None;
         let mut monitor_url = None;
-        for line in text.lines().map(str::trim) {
-            if line.starts_with('#') {
-                continue;
-            }
-            match line.split_once('=') {
-                Some((NATS_URL_VAR, value)) => nats_url = Some(value.trim().to_owned()),
-                Some((MONITOR_URL_VAR, value)) => monitor_url = Some(value.trim().to_owned()),
+        for (key, value) in variables(text) {
+            match key {
+                NATS_URL_VAR => nats_url = Some(value.to_owned()),
+                MONITOR_URL_VAR => monitor_url = Some(value.to_owned()),
                 _ => {}
             }
         }

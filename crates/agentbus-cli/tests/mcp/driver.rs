@@ -68,6 +68,18 @@ impl Driver {
 
     /// Sends one command and returns its answer; panics on a driver error.
     pub(crate) async fn send(&mut self, command: Value) -> Value {
+        let answer = self.exchange(&command).await;
+        if answer.get("error").is_some() {
+            panic!(
+                "mcp_driver.py failed {command}: {answer:#}; stderr: {}",
+                self.stderr_text().await
+            );
+        }
+        answer
+    }
+
+    /// Sends one command and returns its answer, a driver error included.
+    async fn exchange(&mut self, command: &Value) -> Value {
         let line = format!("{command}\n");
         let stdin = self.stdin.as_mut().expect("the driver's stdin is open");
         stdin
@@ -83,15 +95,8 @@ impl Driver {
                 self.stderr_text().await
             ),
         };
-        let answer: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|err| panic!("mcp_driver.py answered {line:?} ({err})"));
-        if answer.get("error").is_some() {
-            panic!(
-                "mcp_driver.py failed {command}: {answer:#}; stderr: {}",
-                self.stderr_text().await
-            );
-        }
-        answer
+        serde_json::from_str(&line)
+            .unwrap_or_else(|err| panic!("mcp_driver.py answered {line:?} ({err})"))
     }
 
     pub(crate) async fn open(&mut self, client: &str, agent: &str, mode: &str) -> Value {
@@ -103,20 +108,8 @@ impl Driver {
     /// `NATS_URL`, `NATS_NKEY`, `AGENTBUS_AGENT`) instead of the test
     /// server's user; returns the driver's answer (an error is not a panic).
     pub(crate) async fn open_with_env(&mut self, client: &str, agent: &str, env: Value) -> Value {
-        let command = json!({"op": "open", "client": client, "agent": agent, "env": env});
-        let line = format!("{command}\n");
-        let stdin = self.stdin.as_mut().expect("the driver's stdin is open");
-        stdin
-            .write_all(line.as_bytes())
+        self.exchange(&json!({"op": "open", "client": client, "agent": agent, "env": env}))
             .await
-            .expect("write to mcp_driver.py");
-        stdin.flush().await.expect("flush to mcp_driver.py");
-        let line = tokio::time::timeout(STEP, self.stdout.next_line())
-            .await
-            .expect("mcp_driver.py answers")
-            .expect("read mcp_driver.py")
-            .expect("a line");
-        serde_json::from_str(&line).expect("mcp_driver.py answers JSON")
     }
 
     pub(crate) async fn close(&mut self, client: &str) {
