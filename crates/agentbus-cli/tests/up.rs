@@ -854,23 +854,8 @@ async fn up_demo_shows_the_agents_at_work_serves_a_client_and_stops_on_sigterm()
     assert!(seen >= 1);
 
     // Each part of the demo ran on an identity of its own, made by `up`.
-    let listed = run([
-        "creds",
-        "list",
-        "--json",
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-    ])
-    .await;
-    let listed = listed.assert_success().json();
-    let agents: Vec<&str> = listed["identities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["agent"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        agents,
+        common::identities(&data_dir).await,
         [
             "chat_manager",
             "demo_orchestrator",

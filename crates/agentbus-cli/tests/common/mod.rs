@@ -179,6 +179,25 @@ fn drain(
     })
 }
 
+/// The agents with an identity in `data_dir`, as `agentbus creds list
+/// --json` lists them.
+pub(crate) async fn identities(data_dir: &Path) -> Vec<String> {
+    let listed = run([
+        "creds".as_ref(),
+        "list".as_ref(),
+        "--json".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+    ])
+    .await;
+    listed.assert_success().json()["identities"]
+        .as_array()
+        .expect("identities is an array")
+        .iter()
+        .map(|i| i["agent"].as_str().expect("an agent name").to_owned())
+        .collect()
+}
+
 impl Up {
     /// Starts `up` on `data_dir` with `extra` arguments and waits for its ready line.
     pub(crate) async fn start(data_dir: &Path, extra: &[&str]) -> Self {
