@@ -37,6 +37,17 @@ pub const AGENTS_DIR: &str = "agents";
 /// Variable through which the server reads the operator's password.
 pub const PASSWORD_VAR: &str = "AGENTBUS_NATS_PASSWORD";
 
+/// Agent `agent`'s env file in data directory `dir`
+/// (`<dir>/agents/<agent>.env`), whether or not it exists.
+pub fn env_file(dir: &Path, agent: &str) -> PathBuf {
+    dir.join(AGENTS_DIR).join(format!("{agent}.env"))
+}
+
+/// Agent `agent`'s nkey seed file in data directory `dir`.
+fn seed_file(dir: &Path, agent: &str) -> PathBuf {
+    dir.join(AGENTS_DIR).join(format!("{agent}.nk"))
+}
+
 /// One agent identity.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
@@ -154,10 +165,9 @@ impl Identities {
         let seed = pair
             .seed()
             .map_err(|err| IdentityError::Key(err.to_string()))?;
-        let agents = self.dir.join(AGENTS_DIR);
-        create_private_dir(&agents)?;
-        let seed_file = agents.join(format!("{}.nk", grant.agent));
-        let env_file = agents.join(format!("{}.env", grant.agent));
+        create_private_dir(&self.dir.join(AGENTS_DIR))?;
+        let seed_file = seed_file(&self.dir, grant.agent.as_str());
+        let env_file = env_file(&self.dir, grant.agent.as_str());
         let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         write(&seed_file, &format!("{seed}\n"))?;
         write(
@@ -199,8 +209,8 @@ impl Identities {
             .ok_or_else(|| IdentityError::Unknown(agent.to_owned()))?;
         let identity = self.list.remove(index);
         self.save()?;
-        for file in [format!("{agent}.nk"), format!("{agent}.env")] {
-            let _ = std::fs::remove_file(self.dir.join(AGENTS_DIR).join(file));
+        for file in [seed_file(&self.dir, agent), env_file(&self.dir, agent)] {
+            let _ = std::fs::remove_file(file);
         }
         Ok(identity)
     }
@@ -310,9 +320,8 @@ pub async fn withdraw(
     operator: Option<&ServerTarget>,
     operator_user: &str,
 ) -> Result<Withdrawn, IdentityError> {
-    let seed_file = ids.dir.join(AGENTS_DIR).join(format!("{agent}.nk"));
     // Kept in memory to tell when the server refuses it: the file goes now.
-    let seed = std::fs::read_to_string(&seed_file).ok();
+    let seed = std::fs::read_to_string(seed_file(&ids.dir, agent)).ok();
     let identity = ids.revoke(agent)?;
     if !ids.apply(operator_user)? {
         return Ok(Withdrawn {

@@ -336,15 +336,20 @@ impl ServerTarget {
             });
         };
         let mut target = Self::resolve_with(Some(url), Path::new(""), |key| {
-            vars.get(key).map(|value| (*value).to_owned()).or_else(|| {
-                [CA_FILE_VAR, MONITOR_URL_VAR]
-                    .contains(&key)
-                    .then(|| std::env::var(key).ok())
-                    .flatten()
-            })
+            vars.get(key)
+                .map(|value| (*value).to_owned())
+                .or_else(|| transport_var(key))
         })?;
         target.source = TargetSource::EnvFile(path.to_owned());
         Ok(target)
+    }
+
+    /// The target the `connection.env` of `agentbus up` in `data_dir`
+    /// describes (the operator identity), whatever `NATS_URL`, credentials
+    /// or agent the process environment holds (an agent's env file sourced
+    /// in the shell); `NATS_CA` and `AGENTBUS_MONITOR_URL` may come from it.
+    pub fn from_connection_file(data_dir: &Path) -> Result<Self, ConnectError> {
+        Self::resolve_with(None, data_dir, transport_var)
     }
 
     /// A target for `url`, taking credentials from its user-info.
@@ -585,6 +590,15 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A variable of the process environment that says how to reach the
+/// server, not who connects: `NATS_CA` and `AGENTBUS_MONITOR_URL`.
+fn transport_var(key: &str) -> Option<String> {
+    [CA_FILE_VAR, MONITOR_URL_VAR]
+        .contains(&key)
+        .then(|| std::env::var(key).ok())
+        .flatten()
 }
 
 /// Reads a file of variables (`connection.env`, an agent's env file).

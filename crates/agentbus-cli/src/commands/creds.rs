@@ -3,12 +3,12 @@
 
 use crate::output::{Table, outln, print_json};
 use agentbus::Name;
-use agentbus::connect::{CA_FILE_VAR, MONITOR_URL_VAR, OPERATOR_USER, ServerTarget};
+use agentbus::connect::{OPERATOR_USER, ServerTarget};
 use agentbus::permissions::{EventPattern, Grant};
 use agentbus_ops::identity::{self, Identities};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Arguments of `agentbus creds`.
@@ -84,7 +84,7 @@ pub(super) async fn exec(args: CredsArgs) -> anyhow::Result<ExitCode> {
                     .map(|pattern| EventPattern::parse(pattern))
                     .collect::<Result<_, _>>()?,
             };
-            let operator = operator_target(&dir).with_context(|| {
+            let operator = ServerTarget::from_connection_file(&dir).with_context(|| {
                 format!(
                     "no bus runs in {}; start it with `agentbus up` first",
                     dir.display()
@@ -137,7 +137,7 @@ pub(super) async fn exec(args: CredsArgs) -> anyhow::Result<ExitCode> {
         }
         CredsCommand::Revoke { agent, json } => {
             // Without a bus running, the files change and the next `up` reads them.
-            let operator = operator_target(&dir).ok();
+            let operator = ServerTarget::from_connection_file(&dir).ok();
             let withdrawn =
                 identity::withdraw(&mut ids, &agent, operator.as_ref(), OPERATOR_USER).await?;
             if json {
@@ -157,19 +157,6 @@ pub(super) async fn exec(args: CredsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The operator's target, from the bus's `connection.env`: an agent's
-/// variables in the environment (an env file sourced in this shell) are
-/// not the operator's.
-fn operator_target(dir: &Path) -> Result<ServerTarget, agentbus::ConnectError> {
-    let kept = |key: &str| {
-        [CA_FILE_VAR, MONITOR_URL_VAR]
-            .contains(&key)
-            .then(|| std::env::var(key).ok())
-            .flatten()
-    };
-    ServerTarget::resolve_with(None, dir, kept)
 }
 
 /// Each of `values` as a name; the first invalid one is the error.

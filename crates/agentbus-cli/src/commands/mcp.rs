@@ -7,7 +7,7 @@ use super::ServerArgs;
 use agentbus::connect::{ServerTarget, TargetSource};
 use agentbus::{Bus, Name};
 use agentbus_mcp::{BridgeOptions, JoinedBridge};
-use agentbus_ops::identity::AGENTS_DIR;
+use agentbus_ops::identity;
 use clap::Args;
 use std::io::IsTerminal;
 use std::path::Path;
@@ -71,11 +71,8 @@ fn identity_of(
         return Ok(target);
     }
     if let TargetSource::ConnectionFile(connection_file) = target.source() {
-        let env_file = connection_file
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(AGENTS_DIR)
-            .join(format!("{agent}.env"));
+        let data_dir = connection_file.parent().unwrap_or(Path::new("."));
+        let env_file = identity::env_file(data_dir, agent.as_str());
         if env_file.exists() {
             return Ok(ServerTarget::from_env_file(&env_file)?);
         }

@@ -9,7 +9,7 @@ use super::load_topology;
 use crate::output::{errln, outln, print_json, spinner};
 use agentbus::connect::{ConnectionFile, ServerTarget, resolve_data_dir};
 use agentbus_ops::data_dir::{BUS_USER, DataDir};
-use agentbus_ops::identity::{self, AGENTS_DIR, Identities};
+use agentbus_ops::identity::{self, Identities};
 use agentbus_ops::local_server::{LocalServer, LocalServerConfig};
 use agentbus_ops::server_binary;
 use agentbus_ops::topology::StreamAction;
@@ -285,10 +285,7 @@ async fn demo_buses(server: &LocalServer) -> anyhow::Result<agentbus_demo::DemoB
     let mut ids = Identities::load(server.dir())?;
     let mut buses = Vec::new();
     for grant in agentbus_demo::DemoBuses::grants() {
-        let env_file = server
-            .dir()
-            .join(AGENTS_DIR)
-            .join(format!("{}.env", grant.agent));
+        let env_file = identity::env_file(server.dir(), grant.agent.as_str());
         let kept = ids
             .list()
             .iter()

@@ -148,10 +148,13 @@ async fn probe_as(run: &Run<'_>, bus: &Bus, probe: &Name) -> Outcome {
         .await
         .map_err(|err| failed("subscribe with the probe identity", err))?;
     client.flush().await.map_err(|err| failed("flush", err))?;
-    let overheard = subject::agent_inbox_from(victim, run.names.name());
-    run.will_publish(overheard.as_str());
+    // The victim's inbox under the victim's own name: the operator stores
+    // one message there for the probe to overhear, and the probe may not
+    // store one there in that name.
+    let others = subject::agent_inbox_from(victim, victim);
+    run.will_publish(others.as_str());
     run.client
-        .publish(overheard.to_string(), "{}".into())
+        .publish(others.to_string(), "{}".into())
         .await
         .map_err(|err| failed("publish", err))?;
     run.client
@@ -168,9 +171,7 @@ async fn probe_as(run: &Run<'_>, bus: &Bus, probe: &Name) -> Outcome {
     }
 
     // Not allowed: sending under another agent's name.
-    let forged = subject::agent_inbox_from(victim, victim);
-    run.will_publish(forged.as_str());
-    let sent = bus.jetstream().publish(forged.to_string(), "{}".into());
+    let sent = bus.jetstream().publish(others.to_string(), "{}".into());
     if let Ok(Ok(ack)) = tokio::time::timeout(REFUSAL_WAIT, sent).await
         && tokio::time::timeout(REFUSAL_WAIT, ack)
             .await
