@@ -22,6 +22,7 @@
 //!     user: "me".into(),
 //!     password: "a-long-random-password".into(),
 //!     server_name: "my-bus".into(),
+//!     cluster: None,
 //! };
 //! let bus = LocalBus::start(&config, &Topology::standard()).await?;
 //! println!("nats-server {} at {}", bus.version, bus.server.client_url());
@@ -59,4 +60,4 @@ mod private_file;
 pub mod server_binary;
 pub mod topology;
 
-pub use local_bus::{LocalBus, LocalBusError, LocalBusErrorKind};
+pub use local_bus::{LocalBus, LocalBusError, LocalBusErrorKind, LocalCluster, seed_target};

@@ -6,8 +6,8 @@
 //! directory or temporary one, ports, credentials) and the topology.
 
 use crate::local_server::{LocalServer, LocalServerConfig, LocalServerError};
-use crate::topology::{StreamAction, Topology, TopologyError};
-use agentbus::connect::ConnectError;
+use crate::topology::{StreamAction, Topology, TopologyError, servers_in_cluster};
+use agentbus::connect::{ConnectError, ServerTarget, TargetSource};
 use async_nats::jetstream::context::AccountError;
 use std::future::Future;
 use std::path::PathBuf;
@@ -17,6 +17,11 @@ use std::time::Duration;
 const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often JetStream is asked until it answers.
 const JETSTREAM_POLL: Duration = Duration::from_millis(50);
+/// How long a cluster may take, once its nodes listen, to elect its
+/// JetStream leader and take the topology.
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a forming cluster is asked again.
+const CLUSTER_POLL: Duration = Duration::from_millis(250);
 /// How long a server that failed to get ready may take to stop.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Client name of the connection that waits for JetStream and applies the topology.
@@ -56,6 +61,20 @@ pub enum LocalBusError {
         /// The server's log file.
         log: PathBuf,
     },
+    /// Not every node of a cluster joined it in time.
+    #[error(
+        "only {joined} of the cluster's {nodes} servers joined it within {} s; see the servers' logs, the first in {}",
+        CLUSTER_TIMEOUT.as_secs(),
+        .log.display()
+    )]
+    NotClustered {
+        /// Servers that joined.
+        joined: usize,
+        /// Servers started.
+        nodes: usize,
+        /// The first server's log file.
+        log: PathBuf,
+    },
     /// The topology could not be applied.
     #[error(transparent)]
     Topology(#[from] TopologyError),
@@ -74,6 +93,8 @@ pub enum LocalBusErrorKind {
     Connect,
     /// JetStream did not answer in time.
     JetStreamNotReady,
+    /// Not every node of a cluster joined it in time.
+    NotClustered,
     /// The topology could not be applied.
     Topology,
     /// The start was stopped before the bus was ready.
@@ -87,6 +108,7 @@ impl LocalBusError {
             Self::Start(_) => LocalBusErrorKind::Start,
             Self::Connect(_) => LocalBusErrorKind::Connect,
             Self::JetStreamNotReady { .. } => LocalBusErrorKind::JetStreamNotReady,
+            Self::NotClustered { .. } => LocalBusErrorKind::NotClustered,
             Self::Topology(_) => LocalBusErrorKind::Topology,
             Self::Stopped => LocalBusErrorKind::Stopped,
         }
@@ -130,6 +152,122 @@ impl LocalBus {
             }
         }
     }
+}
+
+/// A running local cluster: one supervised `nats-server` per node, routed
+/// to each other, with JetStream clustered and a topology applied.
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// The nodes, in the order of their configurations; each is killed when dropped.
+    pub servers: Vec<LocalServer>,
+    /// The version the servers report, e.g. `2.15.1`.
+    pub version: String,
+    /// What applying the topology did, per stream and bucket, in order.
+    pub applied: Vec<(String, StreamAction)>,
+}
+
+impl LocalCluster {
+    /// Starts one server per configuration (each with its
+    /// [`LocalServerConfig::cluster`] naming every node's route port), waits
+    /// until the configured user can connect and JetStream's cluster answers,
+    /// and applies `topology` (`replicas = "auto"` gives min(nodes, 3)).
+    /// Servers that started are stopped again when the cluster does not get
+    /// ready, or when `stop` completes first ([`LocalBusError::Stopped`]).
+    pub async fn start_unless(
+        configs: &[LocalServerConfig],
+        topology: &Topology,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Self, LocalBusError> {
+        let mut servers = Vec::with_capacity(configs.len());
+        let mut spawned = Ok(());
+        for config in configs {
+            match LocalServer::spawn(config) {
+                Ok(server) => servers.push(server),
+                Err(err) => {
+                    spawned = Err(err.into());
+                    break;
+                }
+            }
+        }
+        let ready = match spawned {
+            Ok(()) => tokio::select! {
+                ready = cluster_ready(&mut servers, configs, topology) => ready,
+                () = stop => Err(LocalBusError::Stopped),
+            },
+            Err(err) => Err(err),
+        };
+        match ready {
+            Ok((version, applied)) => Ok(Self {
+                servers,
+                version,
+                applied,
+            }),
+            Err(err) => {
+                for server in &mut servers {
+                    let _ = server.stop(STOP_GRACE).await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The cluster as clients find it: every node's client URL as a seed
+    /// list, the configured user and password, the first node's monitoring URL.
+    pub fn target(&self) -> ServerTarget {
+        seed_target(&self.servers)
+    }
+}
+
+/// `servers` as one target: their client URLs as a seed list, with the
+/// first one's credentials and monitoring URL.
+pub fn seed_target(servers: &[LocalServer]) -> ServerTarget {
+    let urls: Vec<&str> = servers.iter().map(LocalServer::client_url).collect();
+    let first = servers[0].target();
+    ServerTarget::from_url(&urls.join(","), TargetSource::Explicit)
+        .with_credentials(first.credentials().clone())
+        .with_monitor_url(first.monitor_url().map(str::to_owned))
+}
+
+/// Waits until every node listens, connects to them all as the configured
+/// user, waits until JetStream's cluster has a leader and every node joined
+/// it, and applies `topology`, retried while the cluster still forms.
+async fn cluster_ready(
+    servers: &mut [LocalServer],
+    configs: &[LocalServerConfig],
+    topology: &Topology,
+) -> Result<(String, Vec<(String, StreamAction)>), LocalBusError> {
+    for (server, config) in servers.iter_mut().zip(configs) {
+        server.wait_for_ports(config).await?;
+    }
+    let client = seed_target(servers).connect(CLIENT_NAME).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = tokio::time::Instant::now() + CLUSTER_TIMEOUT;
+    // A replicated stream can be placed once the meta leader is elected and
+    // every node has announced itself (the topology asks for all of them).
+    let applied = loop {
+        let attempt = match js.query_account().await {
+            Err(err) => Err(LocalBusError::JetStreamNotReady {
+                source: err,
+                log: servers[0].log_file(),
+            }),
+            Ok(_) if servers_in_cluster(&client) < servers.len() => {
+                Err(LocalBusError::NotClustered {
+                    joined: servers_in_cluster(&client),
+                    nodes: servers.len(),
+                    log: servers[0].log_file(),
+                })
+            }
+            Ok(_) => topology.apply(&js).await.map_err(LocalBusError::from),
+        };
+        match attempt {
+            Ok(applied) => break applied,
+            Err(err) if tokio::time::Instant::now() > deadline => return Err(err),
+            Err(_) => tokio::time::sleep(CLUSTER_POLL).await,
+        }
+    };
+    let version = client.server_info().version;
+    client.drain().await.ok();
+    Ok((version, applied))
 }
 
 /// Waits until `server` listens, connects as the configured user, waits for

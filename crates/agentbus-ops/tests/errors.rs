@@ -125,6 +125,7 @@ async fn a_bus_that_cannot_start_says_which_step_failed() {
         user: "agentbus".into(),
         password: "pw-never-shown".into(),
         server_name: "errors".into(),
+        cluster: None,
     };
     let err = LocalBus::start(&config, &Topology::default())
         .await

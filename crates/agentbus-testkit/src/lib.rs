@@ -12,6 +12,7 @@
 //! ```
 
 mod closed_port;
+mod cluster;
 mod custom;
 mod llm;
 mod llm_stream;
@@ -20,6 +21,7 @@ mod python;
 mod redis;
 
 pub use closed_port::ClosedPort;
+pub use cluster::NatsCluster;
 pub use custom::CustomNatsServer;
 pub use llm::{LlmRequest, LlmServer, LlmServerOptions, Respond};
 pub use llm_stream::{AbandonedStream, stream_tokens};
@@ -209,6 +211,7 @@ fn config_in(dir: &Path) -> LocalServerConfig {
         user: "test".into(),
         password,
         server_name: "agentbus-test".into(),
+        cluster: None,
     }
 }
 
@@ -221,7 +224,7 @@ async fn start(config: &LocalServerConfig, topology: &Topology) -> LocalServer {
 }
 
 /// The port of `scheme://host:port`.
-fn port_of(url: &str) -> u16 {
+pub(crate) fn port_of(url: &str) -> u16 {
     url.rsplit_once(':')
         .and_then(|(_, port)| port.trim_end_matches('/').parse().ok())
         .unwrap_or_else(|| panic!("no port in {url}"))

@@ -25,16 +25,49 @@ pub struct Bus {
     inner: std::sync::Arc<BusInner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct BusInner {
     client: async_nats::Client,
     jetstream: async_nats::jetstream::Context,
+    /// How long a store in a stream is retried ([`Bus::store_deadline`]).
+    store_deadline: Duration,
+    /// Changes each time the connection is made again; started at the
+    /// first store that waits on it.
+    reconnects: std::sync::Arc<std::sync::OnceLock<tokio::sync::watch::Receiver<u64>>>,
     /// The agent whose identity the connection uses, if it is an agent's.
     identity: Option<Name>,
     /// Whether it uses the operator identity, which may do everything.
     operator: bool,
     /// The shared work queues its agent identity may take tasks from, when known.
     work_types: Option<Vec<Name>>,
+}
+
+/// How long a store in a stream is retried unless told otherwise: longer
+/// than a stream leader election (about 5 s measured on loopback).
+const DEFAULT_STORE_DEADLINE: Duration = Duration::from_secs(15);
+/// How often a bus looks whether its connection was made again.
+const RECONNECT_POLL: Duration = Duration::from_millis(100);
+
+/// Watches `client`'s count of connections made: one task per bus, which
+/// ends when the bus is gone (the last receiver dropped).
+fn watch_reconnects(client: &async_nats::Client) -> tokio::sync::watch::Receiver<u64> {
+    use std::sync::atomic::Ordering;
+    let statistics = client.statistics();
+    let (sender, receiver) =
+        tokio::sync::watch::channel(statistics.connects.load(Ordering::Relaxed));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RECONNECT_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = sender.closed() => return,
+            }
+            let connects = statistics.connects.load(Ordering::Relaxed);
+            sender.send_if_modified(|seen| std::mem::replace(seen, connects) != connects);
+        }
+    });
+    receiver
 }
 
 /// How to send a task over request/reply.
@@ -253,6 +286,8 @@ impl Bus {
         Ok(Self::wrap(BusInner {
             jetstream: async_nats::jetstream::new(client.clone()),
             client,
+            store_deadline: DEFAULT_STORE_DEADLINE,
+            reconnects: Default::default(),
             identity: target.agent().cloned(),
             operator: target.is_operator(),
             work_types: target.work_types().map(<[Name]>::to_vec),
@@ -278,6 +313,8 @@ impl Bus {
         Self::wrap(BusInner {
             jetstream: async_nats::jetstream::new(client.clone()),
             client,
+            store_deadline: DEFAULT_STORE_DEADLINE,
+            reconnects: Default::default(),
             identity,
             operator: false,
             work_types: None,
@@ -288,6 +325,30 @@ impl Bus {
         Self {
             inner: std::sync::Arc::new(inner),
         }
+    }
+
+    /// This bus with stores in streams retried for up to `deadline` (15 s
+    /// unless set): tasks submitted, messages sent, results and dead
+    /// letters stored ride a stream leader election or a reconnect within
+    /// it, and fail with [`crate::delivery::StoreErrorKind::Unavailable`] after it.
+    #[must_use]
+    pub fn with_store_deadline(self, deadline: Duration) -> Self {
+        let mut inner = std::sync::Arc::unwrap_or_clone(self.inner);
+        inner.store_deadline = deadline;
+        Self::wrap(inner)
+    }
+
+    /// How long a store in a stream is retried (see [`Bus::with_store_deadline`]).
+    pub fn store_deadline(&self) -> Duration {
+        self.inner.store_deadline
+    }
+
+    /// A receiver that changes each time the connection is made again.
+    pub(crate) fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner
+            .reconnects
+            .get_or_init(|| watch_reconnects(&self.inner.client))
+            .clone()
     }
 
     /// The agent whose identity this connection uses, if any.

@@ -352,21 +352,27 @@ impl ServerTarget {
         Self::resolve_with(None, data_dir, transport_var)
     }
 
-    /// A target for `url`, taking credentials from its user-info.
+    /// A target for `url`, taking credentials from its user-info. `url` may
+    /// be a comma-separated seed list of a cluster's servers, as NATS clients
+    /// take it; the first user-info in it gives the credentials.
     pub fn from_url(url: &str, source: TargetSource) -> Self {
-        let (bare, userinfo) = split_userinfo(url.trim());
-        let credentials = match userinfo {
-            Some(info) => match info.split_once(':') {
-                Some((user, password)) => Credentials::UserPassword {
-                    user: percent_decode(user),
-                    password: percent_decode(password),
-                },
-                None => Credentials::Token(percent_decode(&info)),
-            },
-            None => Credentials::None,
-        };
+        let mut credentials = Credentials::None;
+        let mut servers = Vec::new();
+        for one in url.split(',').map(str::trim).filter(|one| !one.is_empty()) {
+            let (bare, userinfo) = split_userinfo(one);
+            if let (Credentials::None, Some(info)) = (&credentials, userinfo) {
+                credentials = match info.split_once(':') {
+                    Some((user, password)) => Credentials::UserPassword {
+                        user: percent_decode(user),
+                        password: percent_decode(password),
+                    },
+                    None => Credentials::Token(percent_decode(&info)),
+                };
+            }
+            servers.push(bare);
+        }
         Self {
-            url: bare,
+            url: servers.join(","),
             credentials,
             source,
             monitor_url: None,
@@ -374,6 +380,11 @@ impl ServerTarget {
             agent: None,
             work_types: None,
         }
+    }
+
+    /// The servers to try, in order: one, or a cluster's seed list.
+    pub fn servers(&self) -> Vec<&str> {
+        self.url.split(',').collect()
     }
 
     /// Says that the credentials are agent `agent`'s identity.
@@ -462,11 +473,9 @@ impl ServerTarget {
             .await?
             .name(client_name)
             .connection_timeout(CONNECT_TIMEOUT)
-            .event_callback(|event| async move {
-                tracing::info!(%event, "nats connection event");
-            });
+            .event_callback(|event| async move { log_event(&event) });
         options
-            .connect(self.url.as_str())
+            .connect(self.servers())
             .await
             .map_err(|err| self.connect_error(err))
     }
@@ -541,6 +550,27 @@ impl ServerTarget {
                 }
             }
         }
+    }
+}
+
+/// Logs a connection event: what the server refused (a permission
+/// violation is an agent trying what its identity does not allow) is a
+/// warning, the rest is information.
+fn log_event(event: &async_nats::Event) {
+    use async_nats::{Event, ServerError};
+    match event {
+        Event::ServerError(ServerError::AuthorizationViolation) => {
+            tracing::warn!(%event, "the server refused the credentials");
+        }
+        Event::ServerError(ServerError::Other(text))
+            if text.to_ascii_lowercase().contains("permissions violation") =>
+        {
+            tracing::warn!(%event, "the server refused an operation this identity is not allowed");
+        }
+        Event::SlowConsumer(_) | Event::ServerError(_) | Event::ClientError(_) => {
+            tracing::warn!(%event, "nats connection event");
+        }
+        _ => tracing::info!(%event, "nats connection event"),
     }
 }
 

@@ -65,6 +65,7 @@ pub mod permissions;
 pub mod presence;
 mod protocol;
 pub mod redact;
+mod ride;
 mod runtime;
 mod sender;
 pub mod state;

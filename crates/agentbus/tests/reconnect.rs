@@ -206,3 +206,52 @@ async fn a_server_that_stalls_longer_than_a_fetch_still_runs_each_task_once() {
     assert_eq!(runs.len(), tasks.len());
     runtime.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Submissions made while the server restarts are all stored: none is
+/// told that no stream stores its subject while JetStream comes back, and
+/// none waits out an acknowledgement timeout (5 s) that went to the
+/// connection that is gone.
+#[tokio::test]
+async fn submissions_during_a_restart_are_all_stored_without_waiting_out_a_timeout() {
+    let mut server = NatsServer::start().await;
+    let client = Bus::connect(&server.target(), "restart-submitter")
+        .await
+        .unwrap();
+    let queue = Queue::agent("later").unwrap();
+    let submitter = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            let mut stored = 0;
+            let started = Instant::now();
+            // Sixty-four at a time, for five seconds: the restart falls in between.
+            while started.elapsed() < Duration::from_secs(5) {
+                let batch = (0..64).map(|n| {
+                    let client = client.clone();
+                    let queue = queue.clone();
+                    async move {
+                        let task = TaskRequest::new("echo", json!({ "n": n }));
+                        let began = Instant::now();
+                        client.submit(&queue, &task).await.map(|_| began.elapsed())
+                    }
+                });
+                for took in futures::future::join_all(batch).await {
+                    slowest = slowest.max(took.expect("every submission is stored"));
+                    stored += 1;
+                }
+                // Well below the queue's limit.
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            (stored, slowest)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.restart().await;
+    let (stored, slowest) = submitter.await.unwrap();
+    eprintln!("{stored} stored, the slowest in {slowest:?}");
+    assert!(stored > 0);
+    assert!(
+        slowest < Duration::from_secs(3),
+        "the slowest submission took {slowest:?}: it waited for an acknowledgement that could not come"
+    );
+}

@@ -103,6 +103,7 @@ pub(super) async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
         user: BUS_USER.to_owned(),
         password,
         server_name: "agentbus".to_owned(),
+        cluster: None,
     };
     let progress = spinner(format!("starting nats-server {}", binary.version));
     let started = LocalBus::start_unless(&config, &topology, signals.recv()).await;

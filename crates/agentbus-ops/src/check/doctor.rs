@@ -3,7 +3,7 @@
 
 use super::delivery::publish;
 use super::{Outcome, Run, failed, is_stream_not_found};
-use crate::topology::{changes_in_place, recreate_advice};
+use crate::topology::{changes_in_place, recreate_advice, servers_in_cluster};
 use agentbus::Priority;
 use agentbus::connect::{ConnectErrorKind, ServerTarget, TargetSource};
 use agentbus::subject::{self, REQUEST_REPLY_SUBJECTS, TASKS_STREAM, durable, overlaps};
@@ -17,7 +17,10 @@ use tracing::instrument::WithSubscriber;
 pub(super) async fn streams(run: &Run<'_>) -> Outcome {
     // Each problem, and whether `agentbus setup` fixes it.
     let mut problems: Vec<(String, bool)> = Vec::new();
-    for spec in &run.topology.streams {
+    let topology = run
+        .topology
+        .on_servers(servers_in_cluster(&run.js.client()));
+    for spec in &topology.streams {
         let mut stream = match run.js.get_stream(&spec.name).await {
             Ok(stream) => stream,
             Err(err) if is_stream_not_found(&err) => {

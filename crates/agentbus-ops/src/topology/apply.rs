@@ -3,7 +3,8 @@
 //! updating what is missing or changed.
 
 use super::{
-    BucketSpec, Discard, Retention, Storage, StreamAction, StreamSpec, Topology, TopologyError,
+    BucketSpec, Discard, Replicas, Retention, Storage, StreamAction, StreamSpec, Topology,
+    TopologyError,
 };
 use async_nats::jetstream::{self, stream};
 
@@ -12,19 +13,42 @@ type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 impl Topology {
     /// Applies every stream to the server behind `js`, in order.
+    ///
+    /// `replicas = "auto"` becomes the number of servers of the cluster
+    /// behind `js` (up to 3): see [`Topology::on_servers`].
     pub async fn apply(
         &self,
         js: &jetstream::Context,
     ) -> Result<Vec<(String, StreamAction)>, TopologyError> {
-        let mut actions = Vec::with_capacity(self.streams.len());
-        for spec in &self.streams {
+        let resolved = self.on_servers(servers_in_cluster(&js.client()));
+        let mut actions = Vec::with_capacity(resolved.streams.len());
+        for spec in &resolved.streams {
             actions.push((spec.name.clone(), spec.apply(js).await?));
         }
-        for bucket in &self.buckets {
+        for bucket in &resolved.buckets {
             actions.push((format!("KV {}", bucket.name), bucket.apply(js).await?));
         }
         Ok(actions)
     }
+
+    /// This topology with every `replicas = "auto"` made a count for a
+    /// cluster of `servers` servers.
+    pub fn on_servers(&self, servers: usize) -> Self {
+        let mut resolved = self.clone();
+        for spec in &mut resolved.streams {
+            spec.replicas = Replicas::Count(spec.replicas.on(servers));
+        }
+        for bucket in &mut resolved.buckets {
+            bucket.replicas = Replicas::Count(bucket.replicas.on(servers));
+        }
+        resolved
+    }
+}
+
+/// How many servers the cluster behind `client` has, as its server
+/// announced them (a server alone announces none: 1).
+pub fn servers_in_cluster(client: &async_nats::Client) -> usize {
+    client.server_info().connect_urls.len().max(1)
 }
 
 /// Whether JetStream can change `field` (as [`StreamSpec::differences`]
@@ -68,7 +92,7 @@ impl StreamSpec {
                 Discard::New => stream::DiscardPolicy::New,
             },
             duplicate_window: self.duplicate_window,
-            num_replicas: self.replicas,
+            num_replicas: self.replicas.on(1),
             allow_direct: self.allow_direct,
             ..Default::default()
         }
@@ -226,7 +250,7 @@ impl BucketSpec {
                 Storage::File => stream::StorageType::File,
                 Storage::Memory => stream::StorageType::Memory,
             },
-            num_replicas: self.replicas,
+            num_replicas: self.replicas.on(1),
             limit_markers: self.limit_markers,
             ..Default::default()
         }

@@ -11,7 +11,7 @@ mod apply;
 mod error;
 
 pub(crate) use apply::is_stream_not_found;
-pub use apply::{changes_in_place, recreate_advice};
+pub use apply::{changes_in_place, recreate_advice, servers_in_cluster};
 pub use error::{TopologyError, TopologyErrorKind};
 
 use agentbus::subject::{REQUEST_REPLY_SUBJECTS, SubjectPattern, overlaps};
@@ -51,8 +51,8 @@ pub struct BucketSpec {
     /// Storage backend.
     pub storage: Storage,
     /// Number of replicas.
-    #[serde(default = "default_replicas")]
-    pub replicas: usize,
+    #[serde(default)]
+    pub replicas: Replicas,
     /// With a value, the bucket accepts per-key TTLs and leaves a marker,
     /// kept this long, when a key expires, so watchers see the expiry
     /// (`limit_markers`, nats-server 2.11+).
@@ -99,9 +99,9 @@ pub struct StreamSpec {
         deserialize_with = "deserialize_duration"
     )]
     pub duplicate_window: Duration,
-    /// Number of replicas (1 on a single server).
-    #[serde(default = "default_replicas")]
-    pub replicas: usize,
+    /// Number of replicas.
+    #[serde(default)]
+    pub replicas: Replicas,
     /// Whether any server with the stream answers `DIRECT.GET` requests
     /// (reads by subject that a permission on the subject can allow).
     #[serde(default)]
@@ -112,8 +112,47 @@ fn default_duplicate_window() -> Duration {
     Duration::from_secs(120)
 }
 
-fn default_replicas() -> usize {
-    1
+/// How many servers keep a copy of a stream or bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replicas {
+    /// As many as the cluster has servers, up to 3: 1 on a single server.
+    /// Written `replicas = "auto"`; the default.
+    #[default]
+    Auto,
+    /// Exactly this many (1 to 5; more than the cluster has servers fails).
+    Count(usize),
+}
+
+impl Replicas {
+    /// The most replicas `Auto` asks for: a majority of 3 survives the loss
+    /// of one server, and more copies cost every write.
+    pub const AUTO_MAX: usize = 3;
+
+    /// The number of replicas on a cluster of `servers` servers.
+    pub fn on(self, servers: usize) -> usize {
+        match self {
+            Self::Auto => servers.clamp(1, Self::AUTO_MAX),
+            Self::Count(count) => count,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Replicas {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(usize),
+            Word(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Count(count) => Ok(Self::Count(count)),
+            Raw::Word(word) if word == "auto" => Ok(Self::Auto),
+            Raw::Word(word) => Err(serde::de::Error::custom(format!(
+                "replicas must be a number or \"auto\", not {word:?}"
+            ))),
+        }
+    }
 }
 
 /// Retention policy of a stream.
@@ -264,7 +303,9 @@ impl Topology {
             if spec.duplicate_window > spec.max_age {
                 return Err(invalid("duplicate_window must not exceed max_age".into()));
             }
-            if spec.replicas == 0 || spec.replicas > 5 {
+            if let Replicas::Count(count) = spec.replicas
+                && !(1..=5).contains(&count)
+            {
                 return Err(invalid("replicas must be between 1 and 5".into()));
             }
         }

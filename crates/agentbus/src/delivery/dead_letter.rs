@@ -164,7 +164,7 @@ async fn dead_letter_abandoned(
     let task_id = TaskRequest::from_json(&message.payload)
         .ok()
         .map(|r| r.task_id);
-    let records = Records::open(js).await?;
+    let records = Records::open(bus).await?;
     let record = match &task_id {
         Some(id) => Some(
             records
@@ -270,7 +270,7 @@ impl Bus {
             .get_stream(DEAD_LETTER_STREAM)
             .await
             .map_err(|err| DeadLetterError::stream("open the dead-letter stream", err))?;
-        let records = Records::open(js).await?;
+        let records = Records::open(self).await?;
         let mut replayed = 0;
         for entry in entries {
             let body = match &entry.letter.body {

@@ -5,6 +5,7 @@ use super::records::{RecordError, Records, TaskRecord, TaskState};
 use crate::client::Bus;
 use crate::name::{InvalidName, Name};
 use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
+use crate::ride::ride;
 use crate::subject::{self, Subject};
 use crate::task_id::{InvalidTaskId, TaskId};
 use async_nats::jetstream::message::PublishMessage as Publish;
@@ -101,7 +102,25 @@ pub enum StoreError {
         /// The subject of the message.
         subject: String,
     },
-    /// JetStream failed otherwise: refused, timed out, or the connection failed.
+    /// JetStream did not store the message before the bus's store deadline,
+    /// although it was sent again and again with the same message id: no
+    /// leader answered for the stream (an election that takes too long, or a
+    /// cluster that lost its majority), or the server could not be reached.
+    #[error(
+        "JetStream did not store {subject} within {after:?}: {reason}; `agentbus status` shows the streams"
+    )]
+    Unavailable {
+        /// The subject of the message.
+        subject: String,
+        /// How long it was tried.
+        after: Duration,
+        /// What the last try met.
+        reason: &'static str,
+        /// The last failure.
+        #[source]
+        source: jetstream::context::PublishError,
+    },
+    /// JetStream refused the message otherwise.
     #[error("JetStream did not store {subject}: {source}")]
     JetStream {
         /// The subject of the message.
@@ -128,6 +147,8 @@ pub enum StoreErrorKind {
     StreamFull,
     /// No stream captures the subject.
     NoStream,
+    /// JetStream could not be reached, or had no leader for the stream, until the deadline.
+    Unavailable,
     /// JetStream refused or failed.
     JetStream,
     /// The task results bucket could not be read.
@@ -145,6 +166,7 @@ impl StoreError {
             Self::TooLarge { .. } => StoreErrorKind::TooLarge,
             Self::StreamFull { .. } => StoreErrorKind::StreamFull,
             Self::NoStream { .. } => StoreErrorKind::NoStream,
+            Self::Unavailable { .. } => StoreErrorKind::Unavailable,
             Self::JetStream { .. } => StoreErrorKind::JetStream,
             Self::Record(_) => StoreErrorKind::Record,
         }
@@ -233,7 +255,7 @@ impl Bus {
         task_id: &TaskId,
         timeout: Duration,
     ) -> Result<TaskResponse, RecordError> {
-        let records = Records::open(self.jetstream()).await?;
+        let records = Records::open(self).await?;
         let record = records.wait_final(task_id, timeout).await?;
         Ok(record.response.unwrap_or_else(|| {
             TaskResponse::error(
@@ -247,7 +269,7 @@ impl Bus {
     /// What is recorded of queued task `task_id`: `None` until its
     /// submission is recorded ([`Bus::submit_recorded`]) or an attempt ends.
     pub async fn task_record(&self, task_id: &TaskId) -> Result<Option<TaskRecord>, RecordError> {
-        Records::open(self.jetstream()).await?.get(task_id).await
+        Records::open(self).await?.get(task_id).await
     }
 
     /// Where queued task `task_id` stands: [`Bus::task_report`]'s state.
@@ -345,6 +367,13 @@ impl Bus {
 /// Stores `body` on `subject` with `message_id` as its `Nats-Msg-Id` (a
 /// repeat within the stream's dedup window is stored once) and `headers`;
 /// returns once the stream has it.
+///
+/// What passes is retried with the same message id, with backoff, until the
+/// bus's store deadline ([`Bus::store_deadline`]): a stream without a leader
+/// (an election, or a cluster that lost its majority: JetStream answers "no
+/// responders"), an acknowledgement that timed out, a broken connection. A
+/// publish in flight when the connection comes back is sent again at once,
+/// since its acknowledgement went to a connection that is gone.
 pub(crate) async fn store(
     bus: &Bus,
     subject: &str,
@@ -365,17 +394,110 @@ pub(crate) async fn store(
         publish = publish.header(name, value);
     }
     let js = bus.jetstream();
-    let ack = async { js.send_publish(subject.to_owned(), publish).await?.await };
-    match ack.await {
+    // "No responders" is what a stream without a leader answers, and also
+    // what a subject no stream stores gets: the server is asked once which.
+    let asked = std::sync::atomic::AtomicBool::new(false);
+    let stored = ride(
+        bus,
+        subject,
+        || async {
+            let err = match js.send_publish(subject.to_owned(), publish.clone()).await {
+                Ok(ack) => match ack.await {
+                    Ok(ack) => return Ok(ack),
+                    Err(err) => err,
+                },
+                Err(err) => err,
+            };
+            if err.kind() == PublishErrorKind::StreamNotFound
+                && !asked.swap(true, std::sync::atomic::Ordering::Relaxed)
+                && no_stream_stores(bus, subject).await
+            {
+                return Err(Failure::NoStream);
+            }
+            Err(Failure::Publish(err))
+        },
+        |failure| matches!(failure, Failure::Publish(err) if passes(err)),
+    )
+    .await;
+    match stored {
         Ok(ack) => Ok(ack),
-        Err(err) => Err(publish_error(js, subject, size, max, err).await),
+        Err(Failure::NoStream) => Err(StoreError::NoStream {
+            subject: subject.to_owned(),
+        }),
+        Err(Failure::Publish(err)) if passes(&err) => Err(unavailable(bus, subject, err).await),
+        Err(Failure::Publish(err)) => Err(publish_error(bus, subject, size, max, err).await),
     }
 }
+
+/// Why one try of a store failed.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("no stream stores the subject")]
+    NoStream,
+    #[error(transparent)]
+    Publish(jetstream::context::PublishError),
+}
+
+/// Whether the server says that no stream stores `subject` (not when it
+/// cannot tell, say while a stream has no leader, or when this identity
+/// may not ask).
+async fn no_stream_stores(bus: &Bus, subject: &str) -> bool {
+    let lookup = tokio::time::timeout(
+        STREAM_LOOKUP_TIMEOUT,
+        bus.jetstream().stream_by_subject(subject),
+    );
+    matches!(lookup.await, Ok(Err(err)) if err.to_string().contains("no stream found"))
+}
+
+/// Whether a failed publish may succeed if sent again: JetStream had no
+/// leader for the stream, the acknowledgement did not come, or the
+/// connection broke.
+fn passes(err: &jetstream::context::PublishError) -> bool {
+    matches!(
+        err.kind(),
+        PublishErrorKind::StreamNotFound
+            | PublishErrorKind::TimedOut
+            | PublishErrorKind::BrokenPipe
+    )
+}
+
+/// The error of a store that kept failing until its deadline: a stream
+/// nobody has (told by the server when it can tell), else a stream without
+/// a leader or a server out of reach.
+async fn unavailable(
+    bus: &Bus,
+    subject: &str,
+    err: jetstream::context::PublishError,
+) -> StoreError {
+    if err.kind() == PublishErrorKind::StreamNotFound && no_stream_stores(bus, subject).await {
+        return StoreError::NoStream {
+            subject: subject.to_owned(),
+        };
+    }
+    let reason = match err.kind() {
+        PublishErrorKind::StreamNotFound => {
+            "no server answered for its stream (a leader election that lasts, or a cluster that lost its majority)"
+        }
+        PublishErrorKind::TimedOut => {
+            "its acknowledgement did not come (a majority of the stream's servers may be down)"
+        }
+        _ => "the connection to the server is down",
+    };
+    StoreError::Unavailable {
+        subject: subject.to_owned(),
+        after: bus.store_deadline(),
+        reason,
+        source: err,
+    }
+}
+
+/// How long the server is asked which stream stores a subject.
+const STREAM_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reads a refused publish: a full stream is JetStream's error code 10077
 /// (`maximum messages|bytes|messages per subject exceeded`).
 async fn publish_error(
-    js: &jetstream::Context,
+    bus: &Bus,
     subject: &str,
     size: usize,
     max: usize,
@@ -394,7 +516,8 @@ async fn publish_error(
     match refusal {
         Some(source) => {
             // Named by the server, so a custom topology is named right too.
-            let stream = js
+            let stream = bus
+                .jetstream()
                 .stream_by_subject(subject.as_str())
                 .await
                 .unwrap_or_else(|_| "(the stream storing it)".to_owned());

@@ -1,7 +1,9 @@
 //! The state and result of queued tasks, in the KV bucket `agent-task-results`.
 
+use crate::client::Bus;
 use crate::clock;
 use crate::protocol::TaskResponse;
+use crate::ride::ride;
 use crate::subject::{TASK_RESULTS_BUCKET, TASKS_STREAM};
 use crate::task_id::TaskId;
 use async_nats::jetstream::{self, kv};
@@ -269,38 +271,54 @@ impl RecordError {
     }
 }
 
-/// Access to the records bucket.
+/// Access to the records bucket. Reads and writes ride out a bucket
+/// without a leader and a lost connection, up to the bus's store deadline.
 #[derive(Debug, Clone)]
 pub(crate) struct Records {
     store: kv::Store,
+    bus: Bus,
 }
 
 impl Records {
-    pub(crate) async fn open(js: &jetstream::Context) -> Result<Self, RecordError> {
-        let store = js
+    pub(crate) async fn open(bus: &Bus) -> Result<Self, RecordError> {
+        let store = bus
+            .jetstream()
             .get_key_value(TASK_RESULTS_BUCKET)
             .await
             .map_err(|source| RecordError::NoBucket { source })?;
-        Ok(Self { store })
+        Ok(Self {
+            store,
+            bus: bus.clone(),
+        })
     }
 
     /// The record of `task_id`; `None` when there is none (or it is not a
     /// record: written by something else, it is not trusted).
     pub(crate) async fn get(&self, task_id: &TaskId) -> Result<Option<TaskRecord>, RecordError> {
-        let value = self
-            .store
-            .get(task_id.as_str())
-            .await
-            .map_err(|err| RecordError::backend("read a task record", err))?;
+        let value = ride(
+            &self.bus,
+            task_id.as_str(),
+            || self.store.get(task_id.as_str()),
+            |err| err.kind() != kv::EntryErrorKind::InvalidKey,
+        )
+        .await
+        .map_err(|err| RecordError::backend("read a task record", err))?;
         Ok(value.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
+    /// Stores `record`, whatever the key held.
     pub(crate) async fn put(&self, record: &TaskRecord) -> Result<(), RecordError> {
-        let body = serde_json::to_vec(record).expect("a task record always serializes");
-        self.store
-            .put(record.task_id.as_str(), body.into())
-            .await
-            .map_err(|err| RecordError::backend("store a task record", err))?;
+        let body: bytes::Bytes = serde_json::to_vec(record)
+            .expect("a task record always serializes")
+            .into();
+        ride(
+            &self.bus,
+            record.task_id.as_str(),
+            || self.store.put(record.task_id.as_str(), body.clone()),
+            |err| err.kind() != kv::PutErrorKind::InvalidKey,
+        )
+        .await
+        .map_err(|err| RecordError::backend("store a task record", err))?;
         Ok(())
     }
 

@@ -291,7 +291,7 @@ impl Settler {
         Ok(Self {
             inner: Arc::new(SettlerInner {
                 bus: bus.clone(),
-                records: Some(Records::open(bus.jetstream()).await?),
+                records: Some(Records::open(bus).await?),
                 options,
                 instance_id,
             }),

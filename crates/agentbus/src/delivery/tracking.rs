@@ -76,7 +76,7 @@ impl Bus {
         request: &TaskRequest,
         retention: ResultRetention,
     ) -> Result<Submitted, StoreError> {
-        let records = Records::open(self.jetstream()).await?;
+        let records = Records::open(self).await?;
         // Read before the task is stored: a worker may record it at once.
         let revision = records.revision(request.task_id.as_str()).await?;
         let submitted = self.submit_with(queue, request, retention).await?;
@@ -129,7 +129,7 @@ impl Bus {
         ask_runtimes: bool,
         last_event: Option<LogEvent>,
     ) -> Result<TaskReport, RecordError> {
-        let records = Records::open(self.jetstream()).await?;
+        let records = Records::open(self).await?;
         let mut record = records.get(task_id).await?;
         let logged = last_event
             .as_ref()

@@ -254,7 +254,7 @@ impl Bus {
             record.state = TaskState::Cancelled;
             record.response = Some(response.clone());
             record.updated_at = crate::clock::now();
-            Records::open(self.jetstream()).await?.put(&record).await?;
+            Records::open(self).await?.put(&record).await?;
         }
         Ok(())
     }

@@ -121,6 +121,7 @@ impl BenchServer {
             user: "bench".to_owned(),
             password: throwaway_password(),
             server_name: "agentbus-bench".to_owned(),
+            cluster: None,
         };
         let bus = LocalBus::start(&config, &Topology::standard()).await?;
         Ok(Self {

@@ -1,0 +1,137 @@
+//! Agents on a JetStream cluster of three real nats-servers: clients find it
+//! through a seed list, every stream keeps three copies, and work goes on
+//! while a server dies, with every submission stored and every task run.
+
+use agentbus::connect::{ServerTarget, TargetSource};
+use agentbus::delivery::{DeliveryOptions, Queue};
+use agentbus::subject::TASKS_STREAM;
+use agentbus::{
+    Agent, AgentOptions, Bus, Runtime, TaskContext, TaskError, TaskRequest, TaskStatus,
+    TaskTypeSpec,
+};
+use agentbus_testkit::{ClosedPort, NatsCluster};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const AGENT: &str = "clustered";
+
+struct Echo;
+
+impl Agent for Echo {
+    fn name(&self) -> &str {
+        AGENT
+    }
+
+    fn task_types(&self) -> Vec<TaskTypeSpec> {
+        vec![TaskTypeSpec::new("echo").unwrap()]
+    }
+
+    async fn handle(&self, task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
+        Ok(json!({ "echo": task.payload }))
+    }
+}
+
+async fn serve_echo(target: &ServerTarget) -> Runtime {
+    let bus = Bus::connect(target, "cluster-agent").await.unwrap();
+    let mut runtime = Runtime::new(bus);
+    let options = AgentOptions {
+        delivery: DeliveryOptions {
+            idle_poll: Duration::from_millis(100),
+            ..DeliveryOptions::default()
+        },
+        ..AgentOptions::default()
+    };
+    runtime.add(Echo, options).await.unwrap();
+    runtime
+}
+
+#[tokio::test]
+async fn a_seed_list_finds_the_cluster_whose_streams_keep_three_copies() {
+    let cluster = NatsCluster::start(3).await;
+    // A seed list whose first server is down: the client goes on to the next.
+    let down = ClosedPort::new();
+    let target = cluster.target();
+    let seeds = format!("nats://127.0.0.1:{},{}", down.port(), target.display_url());
+    let target = ServerTarget::from_url(&seeds, TargetSource::Explicit)
+        .with_credentials(target.credentials().clone());
+    assert_eq!(target.servers().len(), 4, "{}", target.display_url());
+
+    let js = async_nats::jetstream::new(target.connect("cluster-test").await.unwrap());
+    for stream in agentbus::subject::STREAMS {
+        let info = js
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(info.config.num_replicas, 3, "{stream}");
+        let replicas = info.cluster.map(|c| c.replicas.len());
+        assert_eq!(replicas, Some(2), "{stream}: a leader and two replicas");
+    }
+
+    let runtime = serve_echo(&target).await;
+    let client = Bus::connect(&target, "cluster-client").await.unwrap();
+    let task = TaskRequest::new("echo", json!({ "n": 1 }));
+    client
+        .submit(&Queue::agent(AGENT).unwrap(), &task)
+        .await
+        .unwrap();
+    let response = client
+        .wait_task(&task.task_id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(response.status, TaskStatus::Completed, "{response:?}");
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn submissions_ride_the_loss_of_the_stream_leader() {
+    const TASKS: usize = 120;
+    const KILL_AT: usize = 30;
+    let mut cluster = NatsCluster::start(3).await;
+    let target = cluster.target();
+    let runtime = serve_echo(&target).await;
+    let client = Bus::connect(&target, "cluster-client").await.unwrap();
+    let js = client.jetstream().clone();
+    let queue = Queue::agent(AGENT).unwrap();
+
+    let mut ids = Vec::new();
+    let mut errors = Vec::new();
+    let mut slowest = Duration::ZERO;
+    let mut killed = None;
+    for n in 0..TASKS {
+        if n == KILL_AT {
+            let leader = cluster.stream_leader(&js, TASKS_STREAM).await;
+            cluster.kill(leader).await;
+            killed = Some(leader);
+        }
+        let task = TaskRequest::new("echo", json!({ "n": n }));
+        let started = Instant::now();
+        match client.submit(&queue, &task).await {
+            Ok(_) => ids.push(task.task_id),
+            Err(err) => errors.push(err.to_string()),
+        }
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(killed.is_some());
+    assert!(
+        errors.is_empty(),
+        "{} of {TASKS} submissions failed, the first with: {}",
+        errors.len(),
+        errors[0]
+    );
+    assert!(
+        slowest < client.store_deadline(),
+        "the slowest submission took {slowest:?}"
+    );
+    for id in &ids {
+        let response = client.wait_task(id, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(response.status, TaskStatus::Completed, "{response:?}");
+    }
+    // A new leader, on one of the two servers left.
+    let leader = cluster.stream_leader(&js, TASKS_STREAM).await;
+    assert_ne!(Some(leader), killed);
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
