@@ -272,6 +272,42 @@ impl TaskContext {
         &self.bus
     }
 
+    /// Makes an effect (a payment, an email, a write to another system) at
+    /// most once for this task, whatever happens to its attempts: `effect`
+    /// runs unless an earlier attempt stored its result under this task id
+    /// and `name`, and its result is stored before `once` returns it. A
+    /// retry, a redelivery, a rerun after a server lost its deliveries, or
+    /// a paused worker that resumed gets the stored result instead.
+    ///
+    /// What is left: an attempt that dies after the effect and before its
+    /// result is stored (a window of one write) makes it again. A system
+    /// that takes an idempotency key closes that window too: pass it
+    /// [`TaskContext::idempotency_key`]. An effect that fails stores
+    /// nothing, so a retry tries it again. `name` is 1-64 characters from
+    /// `A-Z`, `a-z`, `0-9`, `_` and `-`; a failure to read or store the
+    /// result is a retryable [`TaskError`].
+    pub async fn once<T, F, Fut>(&self, name: &str, effect: F) -> Result<T, TaskError>
+    where
+        T: Serialize + serde::de::DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, TaskError>>,
+    {
+        match crate::effects::once(&self.bus, &self.task_id, name, effect).await {
+            Ok(outcome) => outcome,
+            Err(err @ crate::effects::OnceError::InvalidName(_)) => {
+                Err(TaskError::permanent(err.to_string()))
+            }
+            Err(err) => Err(TaskError::failed(err.to_string())),
+        }
+    }
+
+    /// A key naming effect `name` of this task, the same in every attempt:
+    /// for a system that makes a request with a repeated key once (an
+    /// `Idempotency-Key` header, a unique constraint).
+    pub fn idempotency_key(&self, name: &str) -> String {
+        crate::effects::key(&self.task_id, name)
+    }
+
     /// Publishes an event as JSON.
     pub async fn publish<T: Serialize + ?Sized>(
         &self,

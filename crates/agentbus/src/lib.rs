@@ -58,6 +58,7 @@ mod client;
 mod clock;
 pub mod connect;
 pub mod delivery;
+mod effects;
 pub mod events;
 mod jetstream_errors;
 mod name;

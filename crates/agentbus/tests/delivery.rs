@@ -1188,3 +1188,171 @@ async fn an_inbox_consumer_deleted_under_a_running_agent_leaves_the_runtime_able
     .expect("the runtime stops");
     assert!(worker.messages.lock().unwrap().is_empty());
 }
+
+/// Two attempts at one task: the first is paused past its ack wait, so
+/// JetStream gives the task to a second. Whichever finishes first, the
+/// record holds the second attempt's outcome, and the first one's late
+/// result is discarded (`Settled::Stale`), never written over it.
+#[tokio::test]
+async fn a_stale_attempt_never_overwrites_the_attempt_that_took_the_task_over() {
+    use agentbus::delivery::Settled;
+    let server = NatsServer::start().await;
+    let bus = bus(&server).await;
+    let agent = agentbus::Name::parse("agent name", "fenced").unwrap();
+    let queue = Queue::agent("fenced").unwrap();
+    let options = DeliveryOptions {
+        ack_wait: Duration::from_secs(1),
+        ..DeliveryOptions::default()
+    };
+    let done =
+        |id: &TaskId, by: &str| agentbus::TaskResponse::completed(id.as_str(), json!({ "by": by }));
+    // The stale attempt ends first, then last.
+    for stale_first in [true, false] {
+        let request = TaskRequest::new("t", json!({ "stale_first": stale_first }));
+        bus.submit(&queue, &request).await.unwrap();
+        let paused = TaskClaims::open(&bus, &agent, "paused-1", options)
+            .await
+            .unwrap();
+        let (stale, _) = paused.next().await.unwrap().expect("the task is claimed");
+        assert_eq!(stale.attempt(), 1);
+        tokio::time::sleep(options.ack_wait + Duration::from_millis(500)).await;
+        let fresh_claims = TaskClaims::open(&bus, &agent, "fresh-2", options)
+            .await
+            .unwrap();
+        let (fresh, _) = fresh_claims
+            .next()
+            .await
+            .unwrap()
+            .expect("the task is delivered again");
+        assert_eq!(fresh.attempt(), 2);
+        if stale_first {
+            let late = stale.complete(&done(&request.task_id, "paused-1")).await;
+            assert_eq!(late.unwrap(), Settled::Stale);
+            let settled = fresh.complete(&done(&request.task_id, "fresh-2")).await;
+            assert_eq!(settled.unwrap(), Settled::Done);
+        } else {
+            let settled = fresh.complete(&done(&request.task_id, "fresh-2")).await;
+            assert_eq!(settled.unwrap(), Settled::Done);
+            let late = stale.complete(&done(&request.task_id, "paused-1")).await;
+            assert_eq!(late.unwrap(), Settled::Stale);
+        }
+        let record = bus.task_record(&request.task_id).await.unwrap().unwrap();
+        assert_eq!(record.state, TaskState::Completed);
+        assert_eq!(record.attempts, 2);
+        assert_eq!(record.instance_id.as_deref(), Some("fresh-2"));
+        let result = record.response.and_then(|r| r.result);
+        assert_eq!(
+            result,
+            Some(json!({ "by": "fresh-2" })),
+            "stale first: {stale_first}"
+        );
+    }
+}
+
+/// A server that loses its deliveries (a crash before it stored an
+/// acknowledgement) hands a finished task out again as a first delivery:
+/// the record tells, and the task is acknowledged without running again.
+#[tokio::test]
+async fn a_finished_task_delivered_again_as_new_is_not_run_again() {
+    let server = NatsServer::start().await;
+    let client = bus(&server).await;
+    let worker = Worker::new("rerun");
+    let runtime = serve(&server, worker.clone(), AgentOptions::default()).await;
+    let queue = Queue::agent("rerun").unwrap();
+    let request = TaskRequest::new("echo", json!({ "n": 1 }));
+    client.submit(&queue, &request).await.unwrap();
+    let response = client
+        .wait_task(&request.task_id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(response.status, TaskStatus::Completed);
+    // The same task stored again under another message id: delivery 1.
+    client
+        .publish_durable(
+            queue.subject(Priority::Normal).as_str(),
+            &request,
+            Some("lost-ack-rerun"),
+            None,
+        )
+        .await
+        .unwrap();
+    let stream = client
+        .jetstream()
+        .get_stream(agentbus::subject::TASKS_STREAM)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stream.get_info().await.unwrap().state.messages > 0 {
+        assert!(Instant::now() < deadline, "the rerun is never taken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(worker.runs(request.task_id.as_str()), 1, "ran once");
+    let record = client.task_record(&request.task_id).await.unwrap().unwrap();
+    assert_eq!(record.attempts, 1);
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Charges once, however often its task runs: the first run fails after
+/// the charge, the retry finds the charge's receipt stored.
+#[derive(Clone, Default)]
+struct Charging {
+    runs: Arc<AtomicUsize>,
+    charges: Arc<AtomicUsize>,
+}
+
+impl Agent for Charging {
+    fn name(&self) -> &str {
+        "charging"
+    }
+
+    fn task_types(&self) -> Vec<TaskTypeSpec> {
+        vec![TaskTypeSpec::new("charge").unwrap()]
+    }
+
+    async fn handle(&self, _task: TaskRequest, ctx: TaskContext) -> Result<Value, TaskError> {
+        let run = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
+        let charges = self.charges.clone();
+        let receipt: u64 = ctx
+            .once("charge", || async move {
+                let n = charges.fetch_add(1, Ordering::SeqCst) + 1;
+                Ok(1000 + n as u64)
+            })
+            .await?;
+        if run == 1 {
+            return Err(TaskError::failed("lost the connection after charging"));
+        }
+        Ok(json!({ "receipt": receipt, "key": ctx.idempotency_key("charge") }))
+    }
+}
+
+#[tokio::test]
+async fn an_effect_made_through_once_happens_once_across_retries() {
+    let server = NatsServer::start().await;
+    let client = bus(&server).await;
+    let agent = Charging::default();
+    let mut runtime = Runtime::new(bus(&server).await);
+    let options = with_delivery(AgentOptions::default(), |d| {
+        d.retry_backoff = Duration::from_millis(50);
+    });
+    runtime.add(agent.clone(), options).await.unwrap();
+    let request = TaskRequest::new("charge", json!({}));
+    client
+        .submit(&Queue::agent("charging").unwrap(), &request)
+        .await
+        .unwrap();
+    let response = client
+        .wait_task(&request.task_id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(response.status, TaskStatus::Completed, "{response:?}");
+    assert_eq!(agent.runs.load(Ordering::SeqCst), 2, "the task ran twice");
+    assert_eq!(
+        agent.charges.load(Ordering::SeqCst),
+        1,
+        "the charge was made once"
+    );
+    let result = response.result.unwrap();
+    assert_eq!(result["receipt"], 1001, "the first charge's receipt");
+    assert_eq!(result["key"], format!("{}=charge", request.task_id));
+    runtime.shutdown(Duration::from_secs(5)).await;
+}

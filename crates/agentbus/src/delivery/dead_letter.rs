@@ -302,7 +302,7 @@ impl Bus {
             let ack = store(self, &entry.letter.subject, body, &message_id, &[]).await?;
             if let Some(task_id) = &task_id {
                 let queued = TaskRecord::queued(task_id, &entry.letter.subject, ack.sequence);
-                records.put_unless_changed(&queued, revision).await?;
+                records.write_unless_changed(&queued, revision).await?;
             }
             stream
                 .delete_message(entry.sequence)

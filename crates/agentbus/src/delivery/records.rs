@@ -36,7 +36,9 @@ pub enum TaskState {
     /// the task runs: the lookup tells the difference.
     Queued,
     /// Delivered to a worker and not acknowledged yet, or held by a
-    /// runtime over request/reply. Never stored.
+    /// runtime over request/reply. Stored by the worker that takes a queued
+    /// task whose outcome is kept: its claim, which a late result of an
+    /// earlier attempt cannot overwrite.
     Running,
     /// The handler asked a question and waits for the answer. Never stored.
     InputRequired,
@@ -145,8 +147,13 @@ pub struct TaskRecord {
     /// what finds the task in its queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence: Option<u64>,
-    /// Deliveries so far.
+    /// Attempts so far: runs of the task, counted from the record (a rerun
+    /// after a server lost its deliveries counts on, where JetStream's
+    /// delivery count starts again).
     pub attempts: u32,
+    /// The runtime instance that holds the task's latest attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
     /// Each failed attempt.
     pub errors: Vec<AttemptError>,
     /// The final response, once completed or dead-lettered.
@@ -164,6 +171,7 @@ impl TaskRecord {
             subject: subject.to_owned(),
             sequence: None,
             attempts: 0,
+            instance_id: None,
             errors: Vec::new(),
             response: None,
             updated_at: clock::now(),
@@ -323,86 +331,147 @@ impl Records {
     }
 
     /// The revision of `task_id`'s key, a deletion included; `None` when the
-    /// key was never written (or expired). What [`Records::put_unless_changed`] compares.
+    /// key was never written (or expired). What [`Records::write_unless_changed`] compares.
     pub(crate) async fn revision(&self, task_id: &str) -> Result<Option<u64>, RecordError> {
-        let entry = self
-            .store
-            .entry(task_id)
-            .await
-            .map_err(|err| RecordError::backend("read a task record", err))?;
-        Ok(entry.map(|entry| entry.revision))
+        Ok(self.entry(task_id).await?.map(|(_, revision)| revision))
+    }
+
+    /// The record of `task_id` as stored (`None` inside when deleted or not
+    /// a record), with its key's revision; `None` when the key was never
+    /// written (or expired).
+    pub(crate) async fn entry(
+        &self,
+        task_id: &str,
+    ) -> Result<Option<(Option<TaskRecord>, u64)>, RecordError> {
+        let entry = ride(
+            &self.bus,
+            task_id,
+            || self.store.entry(task_id),
+            |err| err.kind() != kv::EntryErrorKind::InvalidKey,
+        )
+        .await
+        .map_err(|err| RecordError::backend("read a task record", err))?;
+        Ok(entry.map(|entry| {
+            let record = match entry.operation {
+                kv::Operation::Put => serde_json::from_slice(&entry.value).ok(),
+                _ => None,
+            };
+            (record, entry.revision)
+        }))
     }
 
     /// Stores `record` unless its key changed since `revision` was read
-    /// (`None`: unless it was written since). Returns whether it was stored:
-    /// a change in between is a worker's, newer than `record`, and stays.
-    pub(crate) async fn put_unless_changed(
+    /// (`None`: unless it was written since). Returns the new revision, or
+    /// `None` when the key changed in between: then the change stays.
+    pub(crate) async fn write_unless_changed(
         &self,
         record: &TaskRecord,
         revision: Option<u64>,
-    ) -> Result<bool, RecordError> {
+    ) -> Result<Option<u64>, RecordError> {
         let key = record.task_id.as_str();
-        let body = serde_json::to_vec(record).expect("a task record always serializes");
-        let written = match revision {
-            Some(revision) => match self.store.update(key, body.into(), revision).await {
-                Ok(_) => true,
-                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => false,
-                Err(err) => return Err(RecordError::backend("store a task record", err)),
-            },
-            None => match self.store.create(key, body.into()).await {
-                Ok(_) => true,
-                Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => false,
-                Err(err) => return Err(RecordError::backend("store a task record", err)),
-            },
+        let body: bytes::Bytes = serde_json::to_vec(record)
+            .expect("a task record always serializes")
+            .into();
+        let stored = match revision {
+            Some(revision) => ride(
+                &self.bus,
+                key,
+                || self.store.update(key, body.clone(), revision),
+                |err| {
+                    !matches!(
+                        err.kind(),
+                        kv::UpdateErrorKind::WrongLastRevision | kv::UpdateErrorKind::InvalidKey
+                    )
+                },
+            )
+            .await
+            .map_err(|err| {
+                (
+                    err.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                    err.into(),
+                )
+            }),
+            None => ride(
+                &self.bus,
+                key,
+                || self.store.create(key, body.clone()),
+                |err| {
+                    !matches!(
+                        err.kind(),
+                        kv::CreateErrorKind::AlreadyExists | kv::CreateErrorKind::InvalidKey
+                    )
+                },
+            )
+            .await
+            .map_err(|err| {
+                let changed = err.kind() == kv::CreateErrorKind::AlreadyExists;
+                (
+                    changed,
+                    Box::new(err) as Box<dyn std::error::Error + Send + Sync>,
+                )
+            }),
         };
-        Ok(written)
+        match stored {
+            Ok(revision) => Ok(Some(revision)),
+            Err((true, _)) => Ok(None),
+            Err((false, source)) => Err(RecordError::Backend {
+                operation: "store a task record",
+                source,
+            }),
+        }
     }
 
-    /// Waits until the task is completed or dead-lettered.
+    /// Waits until the task is completed or dead-lettered. A watch that
+    /// fails or ends (its stream changed leader, the connection came back)
+    /// is made again, and the record read again, until `timeout`.
     pub(crate) async fn wait_final(
         &self,
         task_id: &TaskId,
         timeout: Duration,
     ) -> Result<TaskRecord, RecordError> {
-        // Watch first, then read, so a change between the two is not missed.
-        let mut watch = self
-            .store
-            .watch(task_id.as_str())
-            .await
-            .map_err(|err| RecordError::backend("watch a task record", err))?;
-        if let Some(record) = self.get(task_id).await?
-            && record.state.is_final()
-        {
-            return Ok(record);
-        }
-        let waited = tokio::time::timeout(timeout, async {
-            while let Some(entry) = watch.next().await {
-                let Ok(entry) = entry else { continue };
-                if entry.operation != kv::Operation::Put {
-                    continue;
-                }
-                if let Ok(record) = serde_json::from_slice::<TaskRecord>(&entry.value)
+        let deadline = tokio::time::Instant::now() + timeout;
+        let waited = tokio::time::timeout_at(deadline, async {
+            loop {
+                // Watch first, then read, so a change between the two is not missed.
+                let mut watch = ride(
+                    &self.bus,
+                    task_id.as_str(),
+                    || self.store.watch(task_id.as_str()),
+                    |_| true,
+                )
+                .await
+                .map_err(|err| RecordError::backend("watch a task record", err))?;
+                if let Some(record) = self.get(task_id).await?
                     && record.state.is_final()
                 {
-                    return Some(record);
+                    return Ok(record);
                 }
+                while let Some(Ok(entry)) = watch.next().await {
+                    if entry.operation != kv::Operation::Put {
+                        continue;
+                    }
+                    if let Ok(record) = serde_json::from_slice::<TaskRecord>(&entry.value)
+                        && record.state.is_final()
+                    {
+                        return Ok(record);
+                    }
+                }
+                tracing::debug!(task_id = %task_id, "a task record's watch ended; watching again");
+                tokio::time::sleep(WATCH_AGAIN_AFTER).await;
             }
-            None
         })
         .await;
-        match waited {
-            Ok(Some(record)) => Ok(record),
-            Ok(None) => Err(RecordError::backend(
-                "watch a task record",
-                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the watch ended"),
-            )),
-            Err(_) => Err(RecordError::WaitTimedOut {
+        waited.unwrap_or_else(|_| {
+            Err(RecordError::WaitTimedOut {
                 task_id: task_id.clone(),
                 after: timeout,
-            }),
-        }
+            })
+        })
     }
 }
+
+/// How long a wait for a task's record pauses before it watches again.
+const WATCH_AGAIN_AFTER: Duration = Duration::from_millis(100);
 
 #[cfg(test)]
 mod tests {

@@ -252,6 +252,11 @@ pub enum Settled {
     Retrying(Duration),
     /// Moved to the dead letters.
     DeadLettered,
+    /// Another attempt took the task over meanwhile (this one's delivery
+    /// was given up by JetStream, say after a pause past its ack wait): this
+    /// outcome was discarded, the record kept the other attempt's, and the
+    /// delivery is left to it.
+    Stale,
 }
 
 /// Settles the deliveries of one agent (or bridge): its records, options and
@@ -331,27 +336,69 @@ impl Settler {
                 return Ok(Opened::Malformed(err.to_string()));
             }
         };
-        // Only a redelivery can find a record: a first attempt has none yet.
-        let previous = if delivery.attempt > 1 {
-            match self.records().get(&request.task_id).await? {
-                Some(record) if record.state.is_final() => {
+        let retention = ResultRetention::from_header(delivery.header(RESULT_HEADER));
+        // A task whose outcome is kept is claimed in its record, also at its
+        // first delivery: JetStream counts deliveries anew when a server
+        // lost them, and only the record tells that a run finished or began.
+        // A fire-and-forget task has a record only once an attempt failed.
+        let claim = if retention == ResultRetention::Keep || delivery.attempt > 1 {
+            match self.claim(&request.task_id, &delivery).await? {
+                Some(claim) => Some(claim),
+                None => {
                     delivery.ack().await?;
                     return Ok(Opened::Settled);
                 }
-                previous => previous,
             }
         } else {
             None
         };
-        let retention = ResultRetention::from_header(delivery.header(RESULT_HEADER));
         let attempt = TaskAttempt {
             task_id: request.task_id.clone(),
             delivery,
             settler: self.clone(),
-            previous,
+            claim,
             retention,
         };
         Ok(Opened::Run(attempt, request))
+    }
+
+    /// Claims task `task_id` for `delivery` in its record: `None` when an
+    /// earlier attempt finished it (its acknowledgement was lost, or a
+    /// server lost its deliveries), else the record written, which says
+    /// `running` on this instance, and its revision. Written only over the
+    /// record as read, so of two claims at once one reads again.
+    async fn claim(
+        &self,
+        task_id: &TaskId,
+        delivery: &Delivery,
+    ) -> Result<Option<Claim>, RecordError> {
+        let records = self.records();
+        loop {
+            let (previous, revision) = match records.entry(task_id.as_str()).await? {
+                Some((record, revision)) => (record, Some(revision)),
+                None => (None, None),
+            };
+            if previous
+                .as_ref()
+                .is_some_and(|record| record.state.is_final())
+            {
+                return Ok(None);
+            }
+            let earlier = previous.is_some();
+            let mut record =
+                previous.unwrap_or_else(|| TaskRecord::new(task_id, delivery.subject()));
+            record.attempts = (record.attempts + 1).max(delivery.attempt);
+            record.state = TaskState::Running;
+            record.instance_id = Some(self.inner.instance_id.to_string());
+            record.updated_at = clock::now();
+            if let Some(revision) = records.write_unless_changed(&record, revision).await? {
+                return Ok(Some(Claim {
+                    record,
+                    revision,
+                    earlier,
+                }));
+            }
+        }
     }
 
     /// Settles a delivered message by its handler's outcome: acknowledged,
@@ -405,9 +452,22 @@ pub struct TaskAttempt {
     task_id: TaskId,
     delivery: Delivery,
     settler: Settler,
-    /// The record an earlier, failed attempt left.
-    previous: Option<TaskRecord>,
+    /// This attempt's claim in the task's record; `None` for the first
+    /// attempt at a fire-and-forget task, which writes no record unless it fails.
+    claim: Option<Claim>,
     retention: ResultRetention,
+}
+
+/// A task's record as an attempt claimed it.
+#[derive(Debug)]
+struct Claim {
+    record: TaskRecord,
+    /// The revision the claim was stored at: the outcome is stored only
+    /// over it, so the attempt that claimed the task last is the one heard.
+    revision: u64,
+    /// Whether the claim was written over a record an earlier attempt or
+    /// the submission left.
+    earlier: bool,
 }
 
 impl TaskAttempt {
@@ -421,9 +481,13 @@ impl TaskAttempt {
         &self.delivery
     }
 
-    /// 1 for the first attempt.
+    /// 1 for the first attempt. Counted in the task's record when it has
+    /// one (a rerun after a server lost its deliveries counts on), else by
+    /// JetStream's deliveries.
     pub fn attempt(&self) -> u32 {
-        self.delivery.attempt
+        self.claim
+            .as_ref()
+            .map_or(self.delivery.attempt, |claim| claim.record.attempts)
     }
 
     /// Settles the attempt by its response: completed, else failed
@@ -444,13 +508,16 @@ impl TaskAttempt {
     pub async fn complete(&self, response: &TaskResponse) -> Result<Settled, SettleError> {
         // Fire-and-forget tasks leave a record only when an earlier attempt
         // left one (which must not stay "retrying").
-        if self.retention == ResultRetention::Keep || self.previous.is_some() {
+        if self.retention == ResultRetention::Keep || self.claim.as_ref().is_some_and(|c| c.earlier)
+        {
             let mut record = self.record();
             record.state = TaskState::Completed;
             record.response = Some(response.clone());
             // The result is stored before the ack: a crash in between reruns
             // nothing, because the redelivery finds the completed record.
-            self.settler.records().put(&record).await?;
+            if !self.write(&record).await? {
+                return Ok(Settled::Stale);
+            }
         }
         self.delivery.ack().await?;
         Ok(Settled::Done)
@@ -467,7 +534,9 @@ impl TaskAttempt {
             _ => TaskState::Cancelled,
         };
         record.response = Some(response.clone());
-        self.settler.records().put(&record).await?;
+        if !self.write(&record).await? {
+            return Ok(Settled::Stale);
+        }
         self.delivery.ack().await?;
         Ok(Settled::Done)
     }
@@ -493,7 +562,9 @@ impl TaskAttempt {
             .errors
             .push(self.settler.attempt_error(attempt, error));
         record.state = TaskState::Retrying;
-        self.settler.records().put(&record).await?;
+        if !self.write(&record).await? {
+            return Ok(Settled::Stale);
+        }
         let delay = options.backoff(attempt);
         self.delivery.retry_after(delay).await?;
         Ok(Settled::Retrying(delay))
@@ -514,6 +585,17 @@ impl TaskAttempt {
         } else {
             format!("not retryable: {error}")
         };
+        // A stale attempt must not move the task another attempt holds.
+        if let Some(claim) = &self.claim
+            && self
+                .settler
+                .records()
+                .revision(self.task_id.as_str())
+                .await?
+                != Some(claim.revision)
+        {
+            return Ok(Settled::Stale);
+        }
         let letter = self.delivery.letter(
             Some(self.task_id.to_string()),
             record.errors.clone(),
@@ -524,18 +606,50 @@ impl TaskAttempt {
             .await?;
         record.state = TaskState::DeadLettered;
         record.response = Some(TaskResponse::error(&self.task_id, status, reason));
-        self.settler.records().put(&record).await?;
+        self.write(&record).await?;
         Ok(Settled::DeadLettered)
     }
 
-    /// This attempt's record: the earlier one's, or a new one, at this attempt.
+    /// This attempt's record: its claim, or (a first attempt at a
+    /// fire-and-forget task) a new one.
     fn record(&self) -> TaskRecord {
-        let mut record = self
-            .previous
-            .clone()
-            .unwrap_or_else(|| TaskRecord::new(&self.task_id, self.delivery.subject()));
-        record.attempts = self.attempt();
+        let mut record = match &self.claim {
+            Some(claim) => claim.record.clone(),
+            None => {
+                let mut record = TaskRecord::new(&self.task_id, self.delivery.subject());
+                record.attempts = self.attempt();
+                record.instance_id = Some(self.settler.inner.instance_id.to_string());
+                record
+            }
+        };
         record.updated_at = clock::now();
         record
+    }
+
+    /// Stores `record` as this attempt's outcome: over its claim only, so
+    /// `false` when another attempt claimed the task since (the outcome is
+    /// discarded and counted by the caller).
+    async fn write(&self, record: &TaskRecord) -> Result<bool, RecordError> {
+        match &self.claim {
+            Some(claim) => {
+                let written = self
+                    .settler
+                    .records()
+                    .write_unless_changed(record, Some(claim.revision))
+                    .await?;
+                if written.is_none() {
+                    tracing::warn!(
+                        task_id = %self.task_id,
+                        attempt = claim.record.attempts,
+                        "another attempt took this task over; this attempt's outcome is discarded"
+                    );
+                }
+                Ok(written.is_some())
+            }
+            None => {
+                self.settler.records().put(record).await?;
+                Ok(true)
+            }
+        }
     }
 }

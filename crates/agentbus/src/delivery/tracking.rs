@@ -83,7 +83,7 @@ impl Bus {
         if !submitted.duplicate {
             let queued =
                 TaskRecord::queued(&submitted.task_id, &submitted.subject, submitted.sequence);
-            if let Err(err) = records.put_unless_changed(&queued, revision).await {
+            if let Err(err) = records.write_unless_changed(&queued, revision).await {
                 tracing::warn!(%err, task_id = %submitted.task_id, "the task is queued, but its submission could not be recorded");
             }
         }

@@ -155,6 +155,10 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, settler: Settler, delivery: 
     let task = held.task();
     match settled {
         Ok(Settled::Retrying(_)) => task.flush_log().await,
+        Ok(Settled::Stale) => {
+            served.counters.stale();
+            task.flush_log().await;
+        }
         Ok(_) => {
             task.finish(&outcome.response, outcome.duration, outcome.stopped)
                 .await;

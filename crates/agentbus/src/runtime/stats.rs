@@ -28,6 +28,9 @@ pub struct AgentStats {
     /// JSON, as in the services protocol.
     #[serde(serialize_with = "nanos")]
     pub processing_time: Duration,
+    /// Outcomes of queued tasks discarded because another attempt had
+    /// taken the task over (this runtime paused past the ack wait, say).
+    pub stale_results: u64,
 }
 
 fn nanos<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -47,6 +50,7 @@ pub(super) struct Counters {
     failed: AtomicU64,
     rejected: AtomicU64,
     processing_nanos: AtomicU64,
+    stale_results: AtomicU64,
     /// `"<code>:<description>"` of the last error; empty before the first.
     last_error: Mutex<String>,
 }
@@ -76,6 +80,11 @@ impl Counters {
         self.set_last_error(TaskStatus::Rejected, error);
     }
 
+    /// An outcome discarded: another attempt held the task by then.
+    pub(super) fn stale(&self) {
+        self.stale_results.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The last error as the services protocol writes it, `"<code>:<description>"`
     /// (codes as in [`error_code`], the description cut at
     /// [`MAX_ERROR_DESCRIPTION`] bytes), or empty when there was none.
@@ -94,6 +103,7 @@ impl Counters {
             failed: self.failed.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
             processing_time: Duration::from_nanos(self.processing_nanos.load(Ordering::Relaxed)),
+            stale_results: self.stale_results.load(Ordering::Relaxed),
         }
     }
 
