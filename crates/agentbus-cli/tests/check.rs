@@ -84,7 +84,7 @@ async fn check_passes_on_a_provisioned_server_and_prints_each_check() {
     assert!(
         out.stdout
             .trim_end()
-            .ends_with(&format!("11 of 11 checks passed against {}", server.url())),
+            .ends_with(&format!("12 of 12 checks passed against {}", server.url())),
         "{}",
         out.stdout
     );
@@ -146,7 +146,7 @@ async fn check_fails_on_a_misconfigured_server_naming_the_check_and_the_reason()
     );
     assert!(failed[1].1.contains("discard is Old"), "{}", out.stdout);
     assert!(
-        out.stdout.contains("9 of 11 checks passed"),
+        out.stdout.contains("10 of 12 checks passed"),
         "{}",
         out.stdout
     );
@@ -291,4 +291,59 @@ async fn check_against_a_server_that_never_answers_fails_in_bounded_time() {
     assert!(error.contains("cannot reach NATS"), "{stderr}");
     assert!(out.stdout.is_empty(), "{}", out.stdout);
     assert!(out.elapsed < Duration::from_secs(15), "{:?}", out.elapsed);
+}
+
+/// A dead letter parked while the dead-letter stream was full fails the
+/// `dead-letters` check, naming where it came from; `agentbus dlq list`
+/// moves it once the stream has room, and the check passes again.
+#[tokio::test]
+async fn a_parked_dead_letter_fails_the_check_until_it_is_moved() {
+    let server = NatsServer::start().await;
+    let js = server.jetstream().await;
+    let parked = js
+        .get_key_value(agentbus::subject::PARKED_LETTERS_BUCKET)
+        .await
+        .unwrap();
+    let letter = serde_json::json!({
+        "subject": "tasks.stuck",
+        "task_id": "parked-1",
+        "body": {"task_id": "parked-1", "task_type": "t", "payload": {}},
+        "attempts": 3,
+        "errors": [],
+        "reason": "failed 3 times",
+        "dead_lettered_at": "2026-11-30T00:00:00Z",
+        "original_sequence": 7
+    });
+    parked
+        .put(
+            agentbus::subject::parked_letter("tasks.stuck", 7),
+            serde_json::to_vec(&letter).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let out = check(&server, &["--json"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let report = out.json();
+    let dead_letters = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == names::DEAD_LETTERS)
+        .unwrap()
+        .clone();
+    assert_eq!(dead_letters["passed"], false, "{dead_letters}");
+    let detail = dead_letters["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("1 dead letter(s)") && detail.contains("tasks.stuck"),
+        "{detail}"
+    );
+
+    let url = server.url_with_credentials();
+    let listed = run(["dlq", "list", "--json", "--server", url.as_str()]).await;
+    assert_eq!(listed.status.code(), Some(0), "{}", listed.stderr);
+    let listed = listed.json();
+    assert_eq!(listed["parked"].as_array().unwrap().len(), 0, "{listed}");
+    assert_eq!(listed["dead_letters"][0]["task_id"], "parked-1", "{listed}");
+    let out = check(&server, &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", out.stdout);
 }

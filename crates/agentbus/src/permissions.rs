@@ -22,7 +22,9 @@ use crate::delivery::{ConsumerSpec, Queue};
 use crate::name::Name;
 use crate::protocol::Priority;
 use crate::state::{PRESENCE_BUCKET, STATE_BUCKET};
-use crate::subject::{self, BROADCAST_STREAM, TASK_EVENTS_STREAM, TASK_RESULTS_BUCKET};
+use crate::subject::{
+    self, BROADCAST_STREAM, PARKED_LETTERS_BUCKET, TASK_EVENTS_STREAM, TASK_RESULTS_BUCKET,
+};
 use std::time::Duration;
 
 /// How long a served request may take to be answered: the identity may
@@ -179,6 +181,12 @@ impl Grant {
                 .iter()
                 .map(|t| subject::work_queue(t, Priority::Normal)),
         );
+        // Where its own deliveries come from: what it may dead-letter.
+        let mut delivered: Vec<String> = queues.iter().flat_map(subject::queue_patterns).collect();
+        delivered.extend(subject::with_senders(&subject::agent_inbox(&self.agent)));
+        delivered.extend(subject::with_senders(&subject::agent_direct(&self.agent)));
+        delivered.extend(["broadcast.*".to_owned(), "broadcast.*.*".to_owned()]);
+        delivered.extend(subject::ALL_ANNOUNCEMENTS.map(str::to_owned));
         let mut subscribe = vec![
             format!("{}.>", subject::agent_reply_prefix(&self.agent)),
             subject::agent_task(&self.agent).to_string(),
@@ -217,9 +225,17 @@ impl Grant {
             subject::events::ALL.to_owned(),
             subject::ALL_TASK_EVENTS.to_owned(),
             subject::ALL_TASK_CONTROLS.to_owned(),
-            "dlq.>".to_owned(),
             "$SRV.>".to_owned(),
+            format!("$JS.API.STREAM.INFO.KV_{PARKED_LETTERS_BUCKET}"),
         ]);
+        // Dead letters of its own deliveries only, in the stream or parked
+        // while the stream is full: a letter it forged for another queue
+        // could be replayed onto that queue.
+        for pattern in &delivered {
+            publish.push(subject::dead_letter(pattern).to_string());
+            // Parked under `<subject>.<sequence>`.
+            publish.push(format!("$KV.{PARKED_LETTERS_BUCKET}.{pattern}.*"));
+        }
         publish.extend(self.events.iter().map(ToString::to_string));
         // Stream and bucket descriptions (never their messages).
         for stream in subject::STREAMS {

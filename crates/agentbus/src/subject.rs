@@ -197,6 +197,9 @@ pub const TASKS_STREAM: &str = "agent-tasks";
 pub const DEAD_LETTER_STREAM: &str = "agent-dlq";
 /// KV bucket holding the state and result of queued tasks.
 pub const TASK_RESULTS_BUCKET: &str = "agent-task-results";
+/// KV bucket holding dead letters that the dead-letter stream refused (it
+/// was full), by original subject and sequence, until they are moved there.
+pub const PARKED_LETTERS_BUCKET: &str = "agent-dlq-parked";
 /// Stream holding every task's event log.
 pub const TASK_EVENTS_STREAM: &str = "agent-task-events";
 /// The bus's streams (its key-value buckets aside), by name.
@@ -478,6 +481,12 @@ pub fn parse_channel(subject: &str) -> Option<MessageChannel> {
 /// Subject under which a dead letter from `original` is stored.
 pub fn dead_letter(original: &str) -> Subject {
     Subject::built(format!("dlq.{original}"))
+}
+
+/// The key under which a dead letter of the message stored at `sequence`
+/// on `original` waits in [`PARKED_LETTERS_BUCKET`].
+pub fn parked_letter(original: &str, sequence: u64) -> String {
+    format!("{original}.{sequence}")
 }
 
 /// Advisories for messages that reached `max_deliver` on the tasks stream.

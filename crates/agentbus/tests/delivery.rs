@@ -1356,3 +1356,143 @@ async fn an_effect_made_through_once_happens_once_across_retries() {
     assert_eq!(result["key"], format!("{}=charge", request.task_id));
     runtime.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A full dead-letter stream does not strand work: the letters it refuses
+/// are parked, every task leaves its queue with a record that says it was
+/// dead-lettered, and the parked letters move once there is room.
+#[tokio::test]
+async fn dead_letters_refused_by_a_full_stream_are_parked_then_moved() {
+    let mut topology = Topology::standard();
+    let dlq = topology
+        .streams
+        .iter_mut()
+        .find(|stream| stream.name == "agent-dlq")
+        .unwrap();
+    dlq.max_msgs = 2;
+    let server = NatsServer::start_with_topology(&topology).await;
+    let client = bus(&server).await;
+    let options = with_delivery(fast_retries(), |d| d.max_deliver = 2);
+    let runtime = serve(&server, Worker::new("choking"), options).await;
+    let queue = Queue::agent("choking").unwrap();
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let request = TaskRequest::new("poison", json!({ "food": n }));
+        client.submit(&queue, &request).await.unwrap();
+        ids.push(request.task_id);
+    }
+    for id in &ids {
+        let response = client.wait_task(id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(response.status, TaskStatus::Failed, "{response:?}");
+        let record = client.task_record(id).await.unwrap().unwrap();
+        assert_eq!(record.state, TaskState::DeadLettered);
+    }
+    runtime.shutdown(Duration::from_secs(5)).await;
+    let tasks = client
+        .jetstream()
+        .get_stream(agentbus::subject::TASKS_STREAM)
+        .await
+        .unwrap();
+    assert_eq!(
+        tasks.get_info().await.unwrap().state.messages,
+        0,
+        "nothing stranded"
+    );
+    assert_eq!(client.dead_letters().await.unwrap().len(), 2);
+    let parked = client.parked_dead_letters().await.unwrap();
+    assert_eq!(parked.len(), 3, "{parked:?}");
+    for (_, letter) in &parked {
+        let record = client
+            .task_record(&TaskId::parse(letter.task_id.as_deref().unwrap()).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let error = record.response.and_then(|r| r.error).unwrap();
+        assert!(error.contains("agent-dlq-parked"), "{error}");
+    }
+    // No room: nothing moves. Two replayed: two move.
+    assert_eq!(client.move_parked_dead_letters().await.unwrap(), 0);
+    assert_eq!(client.replay_all_dead_letters().await.unwrap(), 2);
+    assert_eq!(client.move_parked_dead_letters().await.unwrap(), 2);
+    assert_eq!(client.parked_dead_letters().await.unwrap().len(), 1);
+    assert_eq!(client.dead_letters().await.unwrap().len(), 2);
+}
+
+/// A letter the bus did not write (published to the dead-letter stream by
+/// hand) is listed as not replayable and never replayed: it cannot put a
+/// task on another queue, name a subject that is not a queue, or make a
+/// replay clear another task's log.
+#[tokio::test]
+async fn forged_dead_letters_are_not_replayed() {
+    use agentbus::delivery::DeadLetter;
+    let server = NatsServer::start().await;
+    let client = bus(&server).await;
+    let victim = TaskRequest::new("echo", json!({}));
+    let letter = |subject: &str, task_id: &str, body: &TaskRequest| DeadLetter {
+        subject: subject.to_owned(),
+        task_id: Some(task_id.to_owned()),
+        body: serde_json::to_value(body).unwrap(),
+        attempts: 1,
+        errors: Vec::new(),
+        reason: "forged".to_owned(),
+        dead_lettered_at: "2026-11-30T00:00:00Z".to_owned(),
+        original_sequence: 1,
+    };
+    let own = TaskRequest::new("echo", json!({ "own": true }));
+    let forged = [
+        // Stored under one queue, naming another.
+        (
+            "dlq.tasks.mallory",
+            letter("tasks.bob", own.task_id.as_str(), &own),
+        ),
+        // Not a queue at all.
+        (
+            "dlq.$JS.API.STREAM.PURGE.agent-tasks",
+            letter(
+                "$JS.API.STREAM.PURGE.agent-tasks",
+                own.task_id.as_str(),
+                &own,
+            ),
+        ),
+        // Naming the victim's task, holding another one.
+        (
+            "dlq.tasks.mallory",
+            letter("tasks.mallory", victim.task_id.as_str(), &own),
+        ),
+    ];
+    for (n, (stored_on, letter)) in forged.iter().enumerate() {
+        client
+            .publish_durable(stored_on, letter, Some(&format!("forged-{n}")), None)
+            .await
+            .unwrap();
+    }
+    let letters = client.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 3);
+    for entry in &letters {
+        assert!(entry.refused.is_some(), "{entry:?}");
+    }
+    assert_eq!(client.replay_all_dead_letters().await.unwrap(), 0);
+    let err = client
+        .replay_dead_letter(victim.task_id.as_str())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        agentbus::delivery::DeadLetterErrorKind::Refused,
+        "{err}"
+    );
+    assert_eq!(
+        client.dead_letters().await.unwrap().len(),
+        3,
+        "all still there"
+    );
+    let tasks = client
+        .jetstream()
+        .get_stream(agentbus::subject::TASKS_STREAM)
+        .await
+        .unwrap();
+    assert_eq!(
+        tasks.get_info().await.unwrap().state.messages,
+        0,
+        "nothing queued"
+    );
+}

@@ -302,9 +302,14 @@ async fn alice_gets_none_of_bobs_markers_by_any_path() {
         "$JS.API.STREAM.DELETE.KV_agent-state",
         "$JS.API.CONSUMER.DELETE.agent-messages.inbox-bob",
         "$SYS.REQ.SERVER.PING",
+        // A letter forged for bob's queue, in the stream or parked.
+        "dlq.tasks.bob",
+        "$KV.agent-dlq-parked.tasks.bob.1",
     ] {
         assert_eq!(ask(&alice, subject, json!({})).await, None, "{subject}");
     }
+    // Her own deliveries' letters she may store.
+    assert!(ask(&alice, "dlq.tasks.alice", json!({})).await.is_some());
     let streams = js.stream_names().collect::<Vec<_>>().await;
     assert!(streams.len() >= 5, "streams survive: {streams:?}");
     js.get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(

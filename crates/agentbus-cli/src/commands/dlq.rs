@@ -15,7 +15,7 @@ pub(crate) struct DlqArgs {
 
 #[derive(Debug, Subcommand)]
 enum DlqCommand {
-    /// List dead letters, oldest first.
+    /// List dead letters, oldest first; those parked while the dead-letter stream was full are moved there first when it has room.
     List {
         #[command(flatten)]
         server: ServerArgs,
@@ -39,26 +39,45 @@ enum DlqCommand {
 pub(super) async fn exec(args: DlqArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         DlqCommand::List { server, json } => {
-            let entries = server.bus().await?.dead_letters().await?;
+            let bus = server.bus().await?;
+            bus.move_parked_dead_letters().await?;
+            let entries = bus.dead_letters().await?;
+            let parked = bus.parked_dead_letters().await?;
             if json {
-                print_json(&serde_json::json!({ "dead_letters": entries }))?;
+                let parked: Vec<_> = parked.iter().map(|(_, letter)| letter).collect();
+                print_json(&serde_json::json!({ "dead_letters": entries, "parked": parked }))?;
                 return Ok(ExitCode::SUCCESS);
             }
             let mut table = Table::new(&["SEQ", "TASK", "SUBJECT", "ATTEMPTS", "WHEN", "REASON"]);
-            for entry in &entries {
-                let letter = &entry.letter;
+            let stored = entries.iter().map(|entry| {
+                let reason = match &entry.refused {
+                    Some(refused) => format!("NOT REPLAYABLE: {refused}"),
+                    None => entry.letter.reason.clone(),
+                };
+                (entry.sequence.to_string(), &entry.letter, reason)
+            });
+            let parked_rows = parked
+                .iter()
+                .map(|(_, letter)| ("parked".to_owned(), letter, letter.reason.clone()));
+            for (sequence, letter, reason) in stored.chain(parked_rows) {
                 table.row(vec![
-                    entry.sequence.to_string(),
+                    sequence,
                     letter.task_id.clone().unwrap_or_else(|| "-".to_owned()),
                     letter.subject.clone(),
                     letter.attempts.to_string(),
                     letter.dead_lettered_at.clone(),
-                    letter.reason.clone(),
+                    reason,
                 ]);
             }
             table.print()?;
-            if entries.is_empty() {
+            if entries.is_empty() && parked.is_empty() {
                 outln!("no dead letters")?;
+            }
+            if !parked.is_empty() {
+                outln!(
+                    "{} letter(s) parked: the dead-letter stream agent-dlq is full; replay or remove letters to make room, and they move there",
+                    parked.len()
+                )?;
             }
         }
         DlqCommand::Replay {

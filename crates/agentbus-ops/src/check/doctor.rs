@@ -279,3 +279,23 @@ pub(super) async fn authentication(run: &Run<'_>) -> Outcome {
         )),
     }
 }
+
+/// (12) Every dead letter is in the dead-letter stream: none waits parked
+/// because the stream was full when it was written.
+pub(super) async fn dead_letters(run: &Run<'_>) -> Outcome {
+    let bus = agentbus::Bus::from_client(run.client.clone());
+    let parked = bus
+        .parked_dead_letters()
+        .await
+        .map_err(|err| failed("read the parked dead letters", err))?;
+    match parked.first() {
+        None => Ok(
+            "no dead letter is parked: the dead-letter stream had room for every one".to_owned(),
+        ),
+        Some((_, first)) => Err(format!(
+            "{} dead letter(s) wait in agent-dlq-parked because the dead-letter stream agent-dlq is full (the first from {}); replay or remove dead letters to make room (`agentbus dlq list` shows them and moves what fits)",
+            parked.len(),
+            first.subject
+        )),
+    }
+}

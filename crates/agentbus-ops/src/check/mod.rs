@@ -1,7 +1,7 @@
 //! `agentbus check`: a delivery test (publish/subscribe, offline delivery, work
 //! queue, broadcast) and a configuration doctor, runnable against any server.
 //!
-//! [`run`] performs eleven checks, in this order, each bounded in time:
+//! [`run`] performs twelve checks, in this order, each bounded in time:
 //!
 //! | check | what passes |
 //! | --- | --- |
@@ -16,6 +16,7 @@
 //! | [`names::AUTHENTICATION`] | a client without credentials is refused |
 //! | [`names::OPERATOR_AGENTS`] | every agent serving tasks connects with an identity of its own |
 //! | [`names::PERMISSIONS`] | a probe agent identity is refused what an agent may not do (`agentbus up`'s server only) |
+//! | [`names::DEAD_LETTERS`] | no dead letter waits parked because the dead-letter stream was full |
 //!
 //! Each run uses names of its own (`check-<uuid>`, built by
 //! [`agentbus::subject::CheckRun`]), so runs at the same time do not collide, and removes what it created after each check: the consumers it
@@ -71,9 +72,11 @@ pub mod names {
     pub const OPERATOR_AGENTS: &str = "operator-agents";
     /// nats-server refuses an agent identity what it may not do.
     pub const PERMISSIONS: &str = "permissions";
+    /// No dead letter waits parked for room in the dead-letter stream.
+    pub const DEAD_LETTERS: &str = "dead-letters";
 
     /// Every check, in order.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         PUBLISH_SUBSCRIBE,
         OFFLINE_DELIVERY,
         WORK_QUEUE,
@@ -85,6 +88,7 @@ pub mod names {
         AUTHENTICATION,
         OPERATOR_AGENTS,
         PERMISSIONS,
+        DEAD_LETTERS,
     ];
 }
 
@@ -198,6 +202,7 @@ pub async fn run_with(
     check!(names::AUTHENTICATION, doctor::authentication(&run));
     check!(names::OPERATOR_AGENTS, identities::operator_agents(&run));
     check!(names::PERMISSIONS, identities::permissions(&run));
+    check!(names::DEAD_LETTERS, doctor::dead_letters(&run));
     CheckReport::new(checks)
 }
 

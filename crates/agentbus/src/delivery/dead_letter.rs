@@ -6,11 +6,14 @@ use super::records::{AttemptError, RecordError, Records, TaskRecord, TaskState};
 use crate::client::Bus;
 use crate::clock;
 use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
-use crate::subject::{self, DEAD_LETTER_STREAM, TASKS_STREAM};
+use crate::ride::ride;
+use crate::subject::{self, DEAD_LETTER_STREAM, PARKED_LETTERS_BUCKET, TASKS_STREAM};
 use crate::task_id::TaskId;
+use async_nats::jetstream::kv;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::time::Duration;
 
 /// A task or message that failed for good.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +44,49 @@ pub struct DeadLetterEntry {
     /// The dead letter.
     #[serde(flatten)]
     pub letter: DeadLetter,
+    /// Why it may not be replayed, when it may not: it does not read as a
+    /// letter the bus wrote (a forged one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+/// Why a letter stored on `stored_on` may not go back to its subject: the
+/// bus stores a letter under `dlq.<its subject>`, that subject is a task
+/// queue or a message channel, and a task's letter holds that task.
+fn refusal(stored_on: &str, letter: &DeadLetter) -> Option<String> {
+    if stored_on != subject::dead_letter(&letter.subject).as_str() {
+        return Some(format!(
+            "it was stored on {stored_on}, not on the dead-letter subject of {}",
+            letter.subject
+        ));
+    }
+    let queue = subject::parse_queue(&letter.subject).is_some();
+    if !queue && subject::parse_channel(&letter.subject).is_none() {
+        return Some(format!(
+            "{} is neither a task queue nor a message channel",
+            letter.subject
+        ));
+    }
+    // A task that could not be read has no id: it goes back as it came.
+    let Some(task_id) = &letter.task_id else {
+        return None;
+    };
+    if !queue {
+        return Some(format!("{} is not a task queue", letter.subject));
+    }
+    let body = match &letter.body {
+        Value::String(text) => text.clone().into_bytes(),
+        other => serde_json::to_vec(other).unwrap_or_default(),
+    };
+    match TaskRequest::from_json(&body) {
+        Ok(request) if request.task_id.as_str() == task_id => None,
+        Ok(request) => Some(format!(
+            "the letter names task {task_id} but holds task {}",
+            request.task_id
+        )),
+        // A task that could not be read is dead-lettered as it came.
+        Err(_) => None,
+    }
 }
 
 /// Why dead letters could not be listed or replayed.
@@ -62,6 +108,16 @@ pub enum DeadLetterError {
     /// A replayed letter could not be put back on its queue.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A letter does not read as one the bus wrote: it is not replayed.
+    #[error(
+        "dead letter {sequence} is not replayed: {reason}; remove it with `nats stream rmm agent-dlq {sequence}` if it is not yours"
+    )]
+    Refused {
+        /// Its sequence in the dead-letter stream.
+        sequence: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// What went wrong with the dead letters.
@@ -74,6 +130,8 @@ pub enum DeadLetterErrorKind {
     Record,
     /// Putting a letter back failed.
     Store,
+    /// A letter the bus did not write was not replayed.
+    Refused,
 }
 
 impl DeadLetterError {
@@ -83,6 +141,7 @@ impl DeadLetterError {
             Self::Stream { .. } => DeadLetterErrorKind::Stream,
             Self::Record(_) => DeadLetterErrorKind::Record,
             Self::Store(_) => DeadLetterErrorKind::Store,
+            Self::Refused { .. } => DeadLetterErrorKind::Refused,
         }
     }
 
@@ -97,10 +156,52 @@ impl DeadLetterError {
     }
 }
 
+/// Where a dead letter landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Landed {
+    /// In the dead-letter stream.
+    Stored,
+    /// The dead-letter stream was full: in [`PARKED_LETTERS_BUCKET`], until
+    /// [`Bus::move_parked_dead_letters`] finds room for it.
+    Parked,
+}
+
+impl Landed {
+    /// What a record of the task says after its reason, when it was parked.
+    pub(crate) fn note(self) -> &'static str {
+        match self {
+            Self::Stored => "",
+            Self::Parked => {
+                " (the dead-letter stream is full: the letter waits in agent-dlq-parked, and `agentbus dlq list` shows it)"
+            }
+        }
+    }
+}
+
 /// Stores `letter` in the dead-letter stream, once however often this is
-/// retried (its message id is tied to the original message).
-pub(crate) async fn store_letter(bus: &Bus, letter: &DeadLetter) -> Result<(), StoreError> {
+/// retried (its message id is tied to the original message); parks it when
+/// the stream is full, so the task can leave its queue without being lost.
+pub(crate) async fn store_letter(bus: &Bus, letter: &DeadLetter) -> Result<Landed, StoreError> {
     let body = serde_json::to_vec(letter).expect("a dead letter always serializes");
+    match store_in_stream(bus, letter, body.clone()).await {
+        Ok(()) => Ok(Landed::Stored),
+        Err(full @ StoreError::StreamFull { .. }) => {
+            park(bus, letter, body).await.map_err(|err| {
+                tracing::warn!(%err, "cannot park a dead letter");
+                full
+            })?;
+            tracing::warn!(
+                subject = %letter.subject,
+                sequence = letter.original_sequence,
+                "the dead-letter stream is full; the letter is parked until there is room"
+            );
+            Ok(Landed::Parked)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+async fn store_in_stream(bus: &Bus, letter: &DeadLetter, body: Vec<u8>) -> Result<(), StoreError> {
     let message_id = format!("dlq-{}-{}", letter.subject, letter.original_sequence);
     store(
         bus,
@@ -108,6 +209,20 @@ pub(crate) async fn store_letter(bus: &Bus, letter: &DeadLetter) -> Result<(), S
         body,
         &message_id,
         &[],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn park(bus: &Bus, letter: &DeadLetter, body: Vec<u8>) -> Result<(), async_nats::Error> {
+    let parked = bus.jetstream().get_key_value(PARKED_LETTERS_BUCKET).await?;
+    let key = subject::parked_letter(&letter.subject, letter.original_sequence);
+    let body = bytes::Bytes::from(body);
+    ride(
+        bus,
+        &key,
+        || parked.put(&key, body.clone()),
+        |err| err.kind() != async_nats::jetstream::kv::PutErrorKind::InvalidKey,
     )
     .await?;
     Ok(())
@@ -131,7 +246,21 @@ pub(crate) async fn watch_max_deliveries(bus: Bus) {
             return;
         }
     };
-    while let Some(advisory) = advisories.next().await {
+    // Parked letters are moved by connections that may read every queue's
+    // letters: an agent identity may not.
+    let mut sweep = tokio::time::interval(PARKED_SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let advisory = tokio::select! {
+            advisory = advisories.next() => match advisory {
+                Some(advisory) => advisory,
+                None => return,
+            },
+            _ = sweep.tick(), if bus.identity().is_none() => {
+                move_parked(&bus).await;
+                continue;
+            }
+        };
         #[derive(Deserialize)]
         struct Advisory {
             stream_seq: u64,
@@ -145,6 +274,30 @@ pub(crate) async fn watch_max_deliveries(bus: Bus) {
         {
             tracing::warn!(%err, sequence = advisory.stream_seq, "cannot dead-letter an abandoned task");
         }
+    }
+}
+
+/// How often a runtime looks for parked dead letters to move.
+const PARKED_SWEEP: Duration = Duration::from_secs(10);
+
+/// Moves parked dead letters, when there are any (one stream lookup when
+/// there are none).
+async fn move_parked(bus: &Bus) {
+    let Ok(Some(parked)) = bus.parked_bucket().await else {
+        return;
+    };
+    let waiting = parked
+        .status()
+        .await
+        .map(|status| status.values())
+        .unwrap_or(0);
+    if waiting == 0 {
+        return;
+    }
+    match bus.move_parked_dead_letters().await {
+        Ok(0) => {}
+        Ok(moved) => tracing::info!(moved, "parked dead letters moved to the dead-letter stream"),
+        Err(err) => tracing::warn!(%err, "cannot move parked dead letters"),
     }
 }
 
@@ -190,7 +343,7 @@ async fn dead_letter_abandoned(
         dead_lettered_at: clock::now(),
         original_sequence: sequence,
     };
-    store_letter(bus, &letter).await?;
+    let landed = store_letter(bus, &letter).await?;
     stream
         .delete_message(sequence)
         .await
@@ -201,7 +354,7 @@ async fn dead_letter_abandoned(
         record.response = Some(TaskResponse::error(
             &record.task_id,
             TaskStatus::Failed,
-            reason,
+            format!("{reason}{}", landed.note()),
         ));
         record.updated_at = clock::now();
         records.put(&record).await?;
@@ -239,10 +392,78 @@ impl Bus {
                 continue;
             };
             if let Ok(letter) = serde_json::from_slice::<DeadLetter>(&message.payload) {
-                entries.push(DeadLetterEntry { sequence, letter });
+                let refused = refusal(&message.subject, &letter);
+                entries.push(DeadLetterEntry {
+                    sequence,
+                    letter,
+                    refused,
+                });
             }
         }
         Ok(entries)
+    }
+
+    /// The dead letters waiting in `agent-dlq-parked` because the
+    /// dead-letter stream was full when they were written, by their key.
+    pub async fn parked_dead_letters(&self) -> Result<Vec<(String, DeadLetter)>, DeadLetterError> {
+        let Some(parked) = self.parked_bucket().await? else {
+            return Ok(Vec::new());
+        };
+        let mut keys = parked
+            .keys()
+            .await
+            .map_err(|err| DeadLetterError::stream("list the parked dead letters", err))?;
+        let mut letters = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key =
+                key.map_err(|err| DeadLetterError::stream("list the parked dead letters", err))?;
+            let value = parked
+                .get(&key)
+                .await
+                .map_err(|err| DeadLetterError::stream("read a parked dead letter", err))?;
+            if let Some(letter) = value.and_then(|v| serde_json::from_slice::<DeadLetter>(&v).ok())
+            {
+                letters.push((key, letter));
+            }
+        }
+        Ok(letters)
+    }
+
+    /// Moves the parked dead letters into the dead-letter stream while it
+    /// has room; returns how many were moved. Each is stored once, however
+    /// often this runs (its message id is the one it was first tried with).
+    pub async fn move_parked_dead_letters(&self) -> Result<usize, DeadLetterError> {
+        let Some(parked) = self.parked_bucket().await? else {
+            return Ok(0);
+        };
+        let mut moved = 0;
+        for (key, letter) in self.parked_dead_letters().await? {
+            let body = serde_json::to_vec(&letter).expect("a dead letter always serializes");
+            match store_in_stream(self, &letter, body).await {
+                Ok(()) => {}
+                Err(StoreError::StreamFull { .. }) => break,
+                Err(err) => return Err(err.into()),
+            }
+            parked
+                .purge(&key)
+                .await
+                .map_err(|err| DeadLetterError::stream("remove a moved dead letter", err))?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
+    /// The bucket of parked dead letters; `None` on a bus set up before it existed.
+    async fn parked_bucket(&self) -> Result<Option<kv::Store>, DeadLetterError> {
+        match self.jetstream().get_key_value(PARKED_LETTERS_BUCKET).await {
+            Ok(bucket) => Ok(Some(bucket)),
+            Err(err)
+                if err.kind() == async_nats::jetstream::context::KeyValueErrorKind::GetBucket =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(DeadLetterError::stream("open the parked dead letters", err)),
+        }
     }
 
     /// Puts the dead-lettered task `task_id` back on its original queue,
@@ -255,16 +476,21 @@ impl Bus {
             .into_iter()
             .filter(|e| e.letter.task_id.as_deref() == Some(task_id))
             .collect();
-        self.replay(matching).await
+        self.replay(matching, true).await
     }
 
     /// Replays every dead letter. Returns how many were replayed.
     pub async fn replay_all_dead_letters(&self) -> Result<usize, DeadLetterError> {
         let entries = self.dead_letters().await?;
-        self.replay(entries).await
+        self.replay(entries, false).await
     }
 
-    async fn replay(&self, entries: Vec<DeadLetterEntry>) -> Result<usize, DeadLetterError> {
+    /// Replays `entries`; a refused one is an error when `single`, else skipped.
+    async fn replay(
+        &self,
+        entries: Vec<DeadLetterEntry>,
+        single: bool,
+    ) -> Result<usize, DeadLetterError> {
         let js = self.jetstream();
         let stream = js
             .get_stream(DEAD_LETTER_STREAM)
@@ -273,6 +499,16 @@ impl Bus {
         let records = Records::open(self).await?;
         let mut replayed = 0;
         for entry in entries {
+            if let Some(reason) = entry.refused {
+                tracing::warn!(sequence = entry.sequence, %reason, "a dead letter is not replayed");
+                if single {
+                    return Err(DeadLetterError::Refused {
+                        sequence: entry.sequence,
+                        reason,
+                    });
+                }
+                continue;
+            }
             let body = match &entry.letter.body {
                 Value::String(text) => text.clone().into_bytes(),
                 other => serde_json::to_vec(other).unwrap_or_default(),

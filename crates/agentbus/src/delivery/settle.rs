@@ -4,7 +4,7 @@
 //! through here, so `agentbus task`, [`crate::Bus::wait_task`] and the dead
 //! letters see no difference between them.
 
-use super::dead_letter::{DeadLetter, body_value};
+use super::dead_letter::{DeadLetter, Landed, body_value};
 use super::publish::{RESULT_HEADER, ResultRetention};
 use super::records::{AttemptError, RecordError, Records, TaskRecord, TaskState};
 use super::{DeliveryOptions, dead_letter};
@@ -157,16 +157,16 @@ impl Delivery {
 
     /// Copies the delivery to the dead letters as `letter`, then removes it:
     /// when the copy fails, the message stays where it is.
-    async fn dead_letter(&self, bus: &Bus, letter: &DeadLetter) -> Result<(), SettleError> {
-        dead_letter::store_letter(bus, letter)
+    async fn dead_letter(&self, bus: &Bus, letter: &DeadLetter) -> Result<Landed, SettleError> {
+        let landed = dead_letter::store_letter(bus, letter)
             .await
             .map_err(|source| SettleError::DeadLetter { source })?;
         // Term on a work-queue stream deletes the message at once; on other
         // streams it stops redelivery to this consumer.
-        self.message
-            .ack_with(AckKind::Term)
-            .await
-            .map_err(|err| SettleError::ack("remove a dead-lettered message from its queue:", err))
+        self.message.ack_with(AckKind::Term).await.map_err(|err| {
+            SettleError::ack("remove a dead-lettered message from its queue:", err)
+        })?;
+        Ok(landed)
     }
 
     /// The dead letter of this delivery after `errors`, given up for `reason`.
@@ -601,11 +601,16 @@ impl TaskAttempt {
             record.errors.clone(),
             reason.clone(),
         );
-        self.delivery
+        let landed = self
+            .delivery
             .dead_letter(&self.settler.inner.bus, &letter)
             .await?;
         record.state = TaskState::DeadLettered;
-        record.response = Some(TaskResponse::error(&self.task_id, status, reason));
+        record.response = Some(TaskResponse::error(
+            &self.task_id,
+            status,
+            format!("{reason}{}", landed.note()),
+        ));
         self.write(&record).await?;
         Ok(Settled::DeadLettered)
     }
