@@ -974,3 +974,94 @@ async fn up_demo_prints_what_agentbus_send_and_broadcast_deliver() {
     }
     assert_eq!(lines.last().map(String::as_str), Some("demo: stopping"));
 }
+
+/// `up --cluster 3`: three nats-servers as one JetStream cluster, every
+/// client URL in `connection.env`, three copies of each stream, identities
+/// accepted by every node; one node killed, the bus goes on; Ctrl-C stops
+/// the rest; the data directory then refuses to be run as one server.
+#[tokio::test]
+async fn up_cluster_runs_three_servers_that_go_on_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(dir.path(), &["--cluster", "3"]).await;
+    let ready = up.ready().clone();
+    assert_eq!(ready["servers"], 3, "{ready}");
+    let urls: Vec<&str> = ready["client_urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|url| url.as_str().unwrap())
+        .collect();
+    let pids: Vec<u32> = ready["nats_server_pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pid| u32::try_from(pid.as_u64().unwrap()).unwrap())
+        .collect();
+    assert_eq!((urls.len(), pids.len()), (3, 3), "{ready}");
+    assert!(pids.iter().all(|pid| agentbus_testkit::process_alive(*pid)));
+    assert_eq!(
+        up.target().servers(),
+        urls,
+        "connection.env names every node"
+    );
+    let js = up.jetstream().await;
+    let info = js
+        .get_stream("agent-tasks")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.config.num_replicas, 3);
+
+    // An identity made now is accepted by the third node alone.
+    let data_dir = dir.path().to_str().unwrap();
+    run(["creds", "add", "alice", "--data-dir", data_dir])
+        .await
+        .assert_success();
+    let alice =
+        agentbus::ServerTarget::from_env_file(&dir.path().join("agents/alice.env")).unwrap();
+    let third =
+        agentbus::ServerTarget::from_url(urls[2], agentbus::connect::TargetSource::Explicit)
+            .with_credentials(alice.credentials().clone())
+            .with_agent(alice.agent().cloned());
+    let bus = agentbus::Bus::connect(&third, "alice-on-n2").await.unwrap();
+    bus.send("bob", &serde_json::json!({ "hi": 1 }))
+        .await
+        .unwrap();
+
+    // A node dies: `up` says so and goes on; the bus stores and serves.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pids[1].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    up.wait_for_stderr(Duration::from_secs(10), |stderr| {
+        stderr.contains("nats-server 1 of the cluster exited")
+    })
+    .await;
+    assert!(up.is_running());
+    let operator = agentbus::Bus::connect(&up.target(), "operator")
+        .await
+        .unwrap();
+    let queue = agentbus::delivery::Queue::agent("after_the_loss").unwrap();
+    let task = agentbus::TaskRequest::new("t", serde_json::json!({}));
+    operator.submit(&queue, &task).await.unwrap();
+
+    assert!(up.terminate().await.success());
+    for pid in [pids[0], pids[2]] {
+        assert!(!agentbus_testkit::process_alive(pid), "node {pid} stopped");
+    }
+    let out = run([
+        "up",
+        "--data-dir",
+        data_dir,
+        "--port",
+        "0",
+        "--monitor-port",
+        "0",
+    ])
+    .await;
+    out.assert_one_error("holds a cluster of 3 servers; run `agentbus up --cluster 3` there");
+}

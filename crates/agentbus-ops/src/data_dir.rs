@@ -190,19 +190,7 @@ impl DataDir {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => return Err(unusable(err)),
         }
-        // nats-server reads the value of the variable holding the password as
-        // a config token: starting with a letter keeps it a string (an
-        // all-digit or date-like value would parse as a number or a date).
-        let mut rng = rand::rng();
-        let first = char::from(b'a' + rng.random_range(0..26u8));
-        let password: String = std::iter::once(first)
-            .chain(
-                (&mut rng)
-                    .sample_iter(&rand::distr::Alphanumeric)
-                    .take(PASSWORD_LEN - 1)
-                    .map(char::from),
-            )
-            .collect();
+        let password = new_password();
         write_private(&file, &format!("{password}\n")).map_err(unusable)?;
         Ok(password)
     }
@@ -226,6 +214,22 @@ impl DataDir {
     pub fn remove_connection_file(&self) {
         let _ = std::fs::remove_file(self.connection_file());
     }
+}
+
+/// A new random password for a nats-server user. nats-server reads a
+/// config value as a token: starting with a letter keeps it a string (an
+/// all-digit or date-like value would parse as a number or a date).
+pub fn new_password() -> String {
+    let mut rng = rand::rng();
+    let first = char::from(b'a' + rng.random_range(0..26u8));
+    std::iter::once(first)
+        .chain(
+            (&mut rng)
+                .sample_iter(&rand::distr::Alphanumeric)
+                .take(PASSWORD_LEN - 1)
+                .map(char::from),
+        )
+        .collect()
 }
 
 /// The user this process acts as.

@@ -237,18 +237,27 @@ impl Identities {
         out
     }
 
-    /// Writes [`Identities::authorization`] to the directory's `auth.conf`.
+    /// Writes [`Identities::authorization`] to the directory's `auth.conf`,
+    /// and to that of each further node of a cluster it runs
+    /// ([`node_dirs`]). Returns the directory's own.
     pub fn write_authorization(&self, operator: &str) -> Result<PathBuf, IdentityError> {
-        let path = self.dir.join(AUTH_FILE);
-        write(&path, &self.authorization(operator))?;
-        Ok(path)
+        let text = self.authorization(operator);
+        for dir in node_dirs(&self.dir) {
+            write(&dir.join(AUTH_FILE), &text)?;
+        }
+        Ok(self.dir.join(AUTH_FILE))
     }
 
-    /// Writes `auth.conf` and asks the directory's running server, if any,
-    /// to reload it. `Ok(false)` when no server runs there.
+    /// Writes `auth.conf` and asks the directory's running servers (one, or
+    /// each node of a cluster), if any, to reload it. `Ok(false)` when no
+    /// server runs there.
     pub fn apply(&self, operator: &str) -> Result<bool, IdentityError> {
         self.write_authorization(operator)?;
-        Ok(reload(&self.dir))
+        let mut reloaded = false;
+        for dir in node_dirs(&self.dir) {
+            reloaded |= reload(&dir);
+        }
+        Ok(reloaded)
     }
 }
 
@@ -401,6 +410,26 @@ fn user_entry(identity: &Identity) -> String {
         subscribe = list(&permissions.subscribe),
         expires = permissions.response_window.as_secs(),
     )
+}
+
+/// The directory of each further node of a cluster that `agentbus up
+/// --cluster` runs in a data directory.
+pub const NODES_DIR: &str = "nodes";
+
+/// `dir` and the directories of the further nodes of a cluster run in it
+/// (`nodes/*`), in order: the servers whose users are `dir`'s identities.
+pub fn node_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![dir.to_owned()];
+    if let Ok(entries) = std::fs::read_dir(dir.join(NODES_DIR)) {
+        let mut nodes: Vec<PathBuf> = entries
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.is_dir())
+            .collect();
+        nodes.sort();
+        dirs.extend(nodes);
+    }
+    dirs
 }
 
 /// Asks the server whose pid file is in `dir` to reload its configuration.

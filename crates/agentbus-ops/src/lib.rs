@@ -23,6 +23,7 @@
 //!     password: "a-long-random-password".into(),
 //!     server_name: "my-bus".into(),
 //!     cluster: None,
+//!     identities_dir: None,
 //! };
 //! let bus = LocalBus::start(&config, &Topology::standard()).await?;
 //! println!("nats-server {} at {}", bus.version, bus.server.client_url());

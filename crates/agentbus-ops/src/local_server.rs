@@ -48,6 +48,10 @@ pub struct LocalServerConfig {
     pub server_name: String,
     /// The cluster this server is a node of; `None` runs it alone.
     pub cluster: Option<ClusterRoutes>,
+    /// Where the agent identities it accepts are kept (`agentbus creds`);
+    /// `None`: in `dir`. A further node of a cluster names the first
+    /// node's directory.
+    pub identities_dir: Option<PathBuf>,
 }
 
 /// How a node reaches the other nodes of its cluster: routes on loopback
@@ -214,8 +218,18 @@ impl LocalServer {
             &config.monitor_host,
             config.monitor_port,
         )?;
-        Identities::load(&config.dir)
-            .and_then(|ids| ids.write_authorization(&config.user))
+        let identities = config.identities_dir.as_deref().unwrap_or(&config.dir);
+        Identities::load(identities)
+            .map(|ids| ids.authorization(&config.user))
+            .and_then(|text| {
+                let path = config.dir.join(AUTH_FILE);
+                write_private(&path, &text)
+                    .map(|()| path)
+                    .map_err(|source| crate::identity::IdentityError::File {
+                        path: config.dir.join(AUTH_FILE),
+                        source,
+                    })
+            })
             .map_err(|err| LocalServerError::Write {
                 path: config.dir.join(AUTH_FILE),
                 source: std::io::Error::other(err.to_string()),
@@ -372,6 +386,11 @@ impl LocalServer {
     /// The server's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// How the server exited, if it did (without waiting).
+    pub fn exited(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
     }
 
     /// Waits for the server process to exit.
@@ -615,6 +634,7 @@ mod tests {
             password: "hunter2".into(),
             server_name: "agentbus".into(),
             cluster: None,
+            identities_dir: None,
         };
         let text = render_config(&config);
         assert!(!text.contains("hunter2"));
@@ -648,6 +668,7 @@ mod tests {
             password: "secret".into(),
             server_name: "agentbus".into(),
             cluster: None,
+            identities_dir: None,
         };
         let text = render_config(&config("0.0.0.0", "127.0.0.1"));
         assert!(text.contains("host: \"0.0.0.0\"\n"), "{text}");
@@ -669,6 +690,7 @@ mod tests {
             password: "secret".into(),
             server_name: "agentbus".into(),
             cluster: None,
+            identities_dir: None,
         }
     }
 

@@ -126,6 +126,7 @@ async fn a_bus_that_cannot_start_says_which_step_failed() {
         password: "pw-never-shown".into(),
         server_name: "errors".into(),
         cluster: None,
+        identities_dir: None,
     };
     let err = LocalBus::start(&config, &Topology::default())
         .await

@@ -56,6 +56,7 @@ impl NatsCluster {
                         user: "route".into(),
                         password: route_password.clone(),
                     }),
+                    identities_dir: None,
                 }
             })
             .collect();

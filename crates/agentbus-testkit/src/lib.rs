@@ -212,6 +212,7 @@ fn config_in(dir: &Path) -> LocalServerConfig {
         password,
         server_name: "agentbus-test".into(),
         cluster: None,
+        identities_dir: None,
     }
 }
 

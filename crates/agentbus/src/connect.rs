@@ -123,6 +123,8 @@ pub struct ServerTarget {
     ca_file: Option<PathBuf>,
     agent: Option<Name>,
     work_types: Option<Vec<Name>>,
+    /// Whether the server refusing an operation is expected (a probe).
+    refusals_expected: bool,
 }
 
 /// Why no connection could be made. Each message is one sentence saying what to do.
@@ -379,7 +381,17 @@ impl ServerTarget {
             ca_file: None,
             agent: None,
             work_types: None,
+            refusals_expected: false,
         }
+    }
+
+    /// Says that the connection will try what its identity may not, and
+    /// that the server refusing it is expected (a check's probe): refusals
+    /// are then logged at debug level rather than as warnings.
+    #[must_use]
+    pub fn with_refusals_expected(mut self) -> Self {
+        self.refusals_expected = true;
+        self
     }
 
     /// The servers to try, in order: one, or a cluster's seed list.
@@ -473,7 +485,10 @@ impl ServerTarget {
             .await?
             .name(client_name)
             .connection_timeout(CONNECT_TIMEOUT)
-            .event_callback(|event| async move { log_event(&event) });
+            .event_callback({
+                let refusals_expected = self.refusals_expected;
+                move |event| async move { log_event(&event, refusals_expected) }
+            });
         options
             .connect(self.servers())
             .await
@@ -556,9 +571,14 @@ impl ServerTarget {
 /// Logs a connection event: what the server refused (a permission
 /// violation is an agent trying what its identity does not allow) is a
 /// warning, the rest is information.
-fn log_event(event: &async_nats::Event) {
+fn log_event(event: &async_nats::Event, refusals_expected: bool) {
     use async_nats::{Event, ServerError};
     match event {
+        Event::ServerError(ServerError::Other(text))
+            if refusals_expected && text.to_ascii_lowercase().contains("permissions violation") =>
+        {
+            tracing::debug!(%event, "the server refused an operation, as expected");
+        }
         Event::ServerError(ServerError::AuthorizationViolation) => {
             tracing::warn!(%event, "the server refused the credentials");
         }

@@ -10,13 +10,13 @@ use crate::output::{errln, outln, print_json, spinner};
 use agentbus::connect::{ConnectionFile, ServerTarget, resolve_data_dir};
 use agentbus_ops::data_dir::{BUS_USER, DataDir};
 use agentbus_ops::identity::{self, Identities};
-use agentbus_ops::local_server::{LocalServer, LocalServerConfig};
+use agentbus_ops::local_server::{ClusterRoutes, LocalServer, LocalServerConfig, free_route_ports};
 use agentbus_ops::server_binary;
 use agentbus_ops::topology::StreamAction;
-use agentbus_ops::{LocalBus, LocalBusError};
+use agentbus_ops::{LocalBus, LocalBusError, LocalCluster, seed_target};
 use anyhow::Context as _;
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
@@ -56,6 +56,12 @@ pub(crate) struct UpArgs {
     #[arg(long, value_name = "FILE")]
     topology: Option<PathBuf>,
 
+    /// Run N nats-servers on loopback as one JetStream cluster (3 survives
+    /// the loss of one); node i listens on --port + i and --monitor-port + i
+    /// (0 picks free ports), and streams keep min(N, 3) copies.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=7))]
+    cluster: u16,
+
     /// Print one JSON line when the bus is ready, instead of the summary.
     #[arg(long)]
     json: bool,
@@ -83,78 +89,205 @@ pub(super) async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     // the first one's ports taken, and should say that the directory is in use.
     let data_dir = DataDir::open_exclusive(&resolve_data_dir(args.data_dir.as_deref()))?;
     let monitor_host = args.monitor_host.as_deref().unwrap_or(DEFAULT_MONITOR_HOST);
-    agentbus_ops::local_server::check_ports_free(
-        &args.host,
-        args.port,
-        monitor_host,
-        args.monitor_port,
-    )?;
+    let nodes = usize::from(args.cluster);
+    check_layout(data_dir.path(), nodes)?;
+    for node in 0..nodes {
+        agentbus_ops::local_server::check_ports_free(
+            &args.host,
+            node_port(args.port, node),
+            monitor_host,
+            node_port(args.monitor_port, node),
+        )?;
+    }
     data_dir.remove_connection_file();
     let password = data_dir.password()?;
     warn_about_exposure(&args, monitor_host);
+    let configs = node_configs(&args, &data_dir, &binary.path, &password, monitor_host)?;
 
-    let config = LocalServerConfig {
-        binary: binary.path.clone(),
-        dir: data_dir.path().to_owned(),
-        host: args.host.clone(),
-        port: args.port,
-        monitor_host: monitor_host.to_owned(),
-        monitor_port: args.monitor_port,
-        user: BUS_USER.to_owned(),
-        password,
-        server_name: "agentbus".to_owned(),
-        cluster: None,
+    let what = match nodes {
+        1 => format!("starting nats-server {}", binary.version),
+        n => format!("starting a cluster of {n} nats-servers {}", binary.version),
     };
-    let progress = spinner(format!("starting nats-server {}", binary.version));
-    let started = LocalBus::start_unless(&config, &topology, signals.recv()).await;
+    let progress = spinner(what);
+    let started = match nodes {
+        1 => LocalBus::start_unless(&configs[0], &topology, signals.recv())
+            .await
+            .map(|bus| (vec![bus.server], bus.version, bus.applied)),
+        _ => LocalCluster::start_unless(&configs, &topology, signals.recv())
+            .await
+            .map(|cluster| (cluster.servers, cluster.version, cluster.applied)),
+    };
     progress.finish_and_clear();
-    let LocalBus {
-        mut server,
-        version,
-        applied,
-    } = match started {
+    let (mut servers, version, applied) = match started {
         Err(LocalBusError::Stopped) => return Ok(stopped_before_ready()),
         started => started?,
     };
+    let target = seed_target(&servers);
 
     // Agent identities made while the bus was down get their consumers now.
     let identities = Identities::load(data_dir.path())?;
     if !identities.list().is_empty() {
-        let operator = agentbus::Bus::connect(&server.target(), "agentbus-up").await?;
+        let operator = agentbus::Bus::connect(&target, "agentbus-up").await?;
         for made in identities.list() {
             identity::provision(&operator, &made.grant).await?;
         }
     }
+    let urls: Vec<String> = servers
+        .iter()
+        .map(LocalServer::client_url_with_credentials)
+        .collect();
     data_dir.write_connection_file(&ConnectionFile {
-        nats_url: server.client_url_with_credentials(),
-        monitor_url: Some(server.monitor_url().to_owned()),
+        nats_url: urls.join(","),
+        monitor_url: Some(servers[0].monitor_url().to_owned()),
     })?;
     // The demo agents serve before the ready line: ready means usable.
     let mut demo = if args.demo {
         let started = async {
             // Fail before the demo starts when its LLM settings are wrong.
             let options = agentbus_demo::DemoOptions::from_env()?;
-            start_demo(&server, options, args.json).await
+            start_demo(&target, data_dir.path(), options, args.json).await
         }
         .await;
         match started {
             Ok(demo) => Some(demo),
             Err(err) => {
                 data_dir.remove_connection_file();
-                let _ = server.stop(STOP_GRACE).await;
+                stop_all(&mut servers).await;
                 return Err(err);
             }
         }
     } else {
         None
     };
-    print_summary(&args, &data_dir, &server, &version, &applied)?;
+    print_summary(&args, &data_dir, &servers, &version, &applied)?;
     if let Some(demo) = &mut demo {
         demo.print_from_now();
     }
-    let outcome = supervise(&mut server, signals, demo).await;
+    let outcome = supervise(&mut servers, signals, demo).await;
     data_dir.remove_connection_file();
     outcome
+}
+
+/// Node `node`'s port when node 0 listens on `first` (0: a free port each).
+fn node_port(first: u16, node: usize) -> u16 {
+    match first {
+        0 => 0,
+        first => first.saturating_add(u16::try_from(node).unwrap_or(u16::MAX)),
+    }
+}
+
+/// The first node keeps its store in the data directory itself (as a
+/// server alone does), node i in `nodes/n<i>`: a data directory holds one
+/// layout, and a store is never taken from one to the other.
+fn check_layout(dir: &Path, nodes: usize) -> anyhow::Result<()> {
+    let further = identity::node_dirs(dir).len() - 1;
+    let has_store = dir.join("jetstream").exists();
+    match (nodes, further) {
+        (1, 0) => Ok(()),
+        (1, further) => anyhow::bail!(
+            "{} holds a cluster of {} servers; run `agentbus up --cluster {}` there, or pass another --data-dir",
+            dir.display(),
+            further + 1,
+            further + 1
+        ),
+        (nodes, 0) if has_store => anyhow::bail!(
+            "{} holds the store of a single server, which a cluster cannot take over; pass another --data-dir for a cluster of {nodes}",
+            dir.display()
+        ),
+        (nodes, further) if further != 0 && further + 1 != nodes => anyhow::bail!(
+            "{} holds a cluster of {} servers, not {nodes}; run `agentbus up --cluster {}` there, or pass another --data-dir",
+            dir.display(),
+            further + 1,
+            further + 1
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// How each node runs: one server alone, or the nodes of a cluster routed
+/// to each other on loopback ports picked now, with a route password made
+/// for this run.
+fn node_configs(
+    args: &UpArgs,
+    data_dir: &DataDir,
+    binary: &Path,
+    password: &str,
+    monitor_host: &str,
+) -> anyhow::Result<Vec<LocalServerConfig>> {
+    let nodes = usize::from(args.cluster);
+    let config = |node: usize, dir: PathBuf, server_name: String| LocalServerConfig {
+        binary: binary.to_owned(),
+        dir,
+        host: args.host.clone(),
+        port: node_port(args.port, node),
+        monitor_host: monitor_host.to_owned(),
+        monitor_port: node_port(args.monitor_port, node),
+        user: BUS_USER.to_owned(),
+        password: password.to_owned(),
+        server_name,
+        cluster: None,
+        identities_dir: None,
+    };
+    if nodes == 1 {
+        return Ok(vec![config(
+            0,
+            data_dir.path().to_owned(),
+            "agentbus".to_owned(),
+        )]);
+    }
+    // Routes stay on loopback unless the clients' host is another one.
+    let route_host = if is_loopback(&args.host) {
+        "127.0.0.1"
+    } else {
+        args.host.as_str()
+    };
+    let route_ports = free_route_ports(route_host, nodes).context("cannot pick route ports")?;
+    let route_password = agentbus_ops::data_dir::new_password();
+    (0..nodes)
+        .map(|node| {
+            let dir = match node {
+                0 => data_dir.path().to_owned(),
+                n => {
+                    let dir = data_dir
+                        .path()
+                        .join(identity::NODES_DIR)
+                        .join(format!("n{n}"));
+                    create_private_dir(&dir)?;
+                    dir
+                }
+            };
+            let mut config = config(node, dir, format!("agentbus-n{node}"));
+            config.cluster = Some(ClusterRoutes {
+                name: "agentbus".to_owned(),
+                host: route_host.to_owned(),
+                port: route_ports[node],
+                ports: route_ports.clone(),
+                user: "route".to_owned(),
+                password: route_password.clone(),
+            });
+            if node > 0 {
+                config.identities_dir = Some(data_dir.path().to_owned());
+            }
+            Ok(config)
+        })
+        .collect()
+}
+
+/// Creates `dir` (and its parents) readable by this user only.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
+
+/// Stops every server that still runs.
+async fn stop_all(servers: &mut [LocalServer]) {
+    for server in servers {
+        let _ = server.stop(STOP_GRACE).await;
+    }
 }
 
 /// Says on stderr what a host other than loopback exposes to the network.
@@ -203,25 +336,33 @@ async fn locate_nats_server(
 fn print_summary(
     args: &UpArgs,
     data_dir: &DataDir,
-    server: &LocalServer,
+    servers: &[LocalServer],
     version: &str,
     actions: &[(String, StreamAction)],
 ) -> anyhow::Result<()> {
     let connection_file = data_dir.connection_file();
+    let first = &servers[0];
     if args.json {
         let streams: serde_json::Map<_, _> = actions
             .iter()
             .map(|(name, action)| (name.clone(), action.to_string().into()))
             .collect();
+        let urls: Vec<&str> = servers.iter().map(LocalServer::client_url).collect();
+        let monitors: Vec<&str> = servers.iter().map(LocalServer::monitor_url).collect();
+        let pids: Vec<u32> = servers.iter().map(LocalServer::pid).collect();
         return print_json(&serde_json::json!({
             "status": "ready",
             "version": version,
-            "client_url": server.client_url(),
-            "monitor_url": server.monitor_url(),
+            "servers": servers.len(),
+            "client_url": first.client_url(),
+            "client_urls": urls,
+            "monitor_url": first.monitor_url(),
+            "monitor_urls": monitors,
             "data_dir": data_dir.path(),
             "connection_file": connection_file,
             "up_pid": std::process::id(),
-            "nats_server_pid": server.pid(),
+            "nats_server_pid": first.pid(),
+            "nats_server_pids": pids,
             "streams": streams,
         }));
     }
@@ -229,9 +370,19 @@ fn print_summary(
         .iter()
         .map(|(name, action)| format!("{name} ({action})"))
         .collect();
-    outln!("agentbus is up: nats-server {version}, JetStream on, authentication on")?;
-    outln!("  client      {} (user {BUS_USER})", server.client_url())?;
-    outln!("  monitoring  {}", server.monitor_url())?;
+    match servers.len() {
+        1 => outln!("agentbus is up: nats-server {version}, JetStream on, authentication on")?,
+        n => outln!(
+            "agentbus is up: a cluster of {n} nats-servers {version}, JetStream on ({} copies of each stream), authentication on",
+            n.min(3)
+        )?,
+    }
+    for server in servers {
+        outln!("  client      {} (user {BUS_USER})", server.client_url())?;
+    }
+    for server in servers {
+        outln!("  monitoring  {}", server.monitor_url())?;
+    }
     outln!("  streams     {}", streams.join(", "))?;
     outln!("  data        {}", data_dir.path().display())?;
     outln!(
@@ -241,6 +392,9 @@ fn print_summary(
     outln!("Press Ctrl-C to stop.")?;
     Ok(())
 }
+
+/// How often `up` looks whether its servers still run.
+const SUPERVISE_POLL: Duration = Duration::from_millis(200);
 
 /// How long the demo's remaining lines may take to print once it stopped.
 const PRINTER_GRACE: Duration = Duration::from_secs(1);
@@ -282,21 +436,24 @@ impl RunningDemo {
 /// The demo's connections, each with its part's identity: the one an
 /// earlier run made, when its grant and server are the same, else a new one
 /// (as `agentbus creds add` makes it).
-async fn demo_buses(server: &LocalServer) -> anyhow::Result<agentbus_demo::DemoBuses> {
-    let mut ids = Identities::load(server.dir())?;
+async fn demo_buses(
+    operator: &ServerTarget,
+    dir: &Path,
+) -> anyhow::Result<agentbus_demo::DemoBuses> {
+    let mut ids = Identities::load(dir)?;
     let mut buses = Vec::new();
     for grant in agentbus_demo::DemoBuses::grants() {
-        let env_file = identity::env_file(server.dir(), grant.agent.as_str());
+        let env_file = identity::env_file(dir, grant.agent.as_str());
         let kept = ids
             .list()
             .iter()
             .any(|identity| identity.grant == grant)
             .then(|| ServerTarget::from_env_file(&env_file).ok())
             .flatten()
-            .filter(|target| target.display_url() == server.target().display_url());
+            .filter(|target| target.display_url() == operator.display_url());
         let target = match kept {
             Some(target) => target,
-            None => identity::enroll(&mut ids, grant.clone(), &server.target(), server.user())
+            None => identity::enroll(&mut ids, grant.clone(), operator, BUS_USER)
                 .await?
                 .target
                 .context("the demo's identities did not reach nats-server")?,
@@ -317,11 +474,12 @@ async fn demo_buses(server: &LocalServer) -> anyhow::Result<agentbus_demo::DemoB
 
 /// Starts the demo agents; returns once they serve (or with why they cannot).
 async fn start_demo(
-    server: &LocalServer,
+    operator: &ServerTarget,
+    dir: &Path,
     options: agentbus_demo::DemoOptions,
     json: bool,
 ) -> anyhow::Result<RunningDemo> {
-    let buses = demo_buses(server).await?;
+    let buses = demo_buses(operator, dir).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (sender, lines) = tokio::sync::mpsc::unbounded_channel();
     let (serving, is_serving) = tokio::sync::oneshot::channel::<()>();
@@ -390,9 +548,10 @@ impl StopSignals {
     }
 }
 
-/// Waits for a stop signal (then stops the server) or for the server to die.
+/// Waits for a stop signal (then stops the servers) or for a server to die
+/// (then stops the others).
 async fn supervise(
-    server: &mut LocalServer,
+    servers: &mut [LocalServer],
     mut signals: StopSignals,
     demo: Option<RunningDemo>,
 ) -> anyhow::Result<ExitCode> {
@@ -405,19 +564,47 @@ async fn supervise(
         }) => (Some(stop), Some(task), printer),
         None => (None, None, None),
     };
-    let status = tokio::select! {
-        () = signals.recv() => None,
-        status = server.wait() => Some(status),
-        finished = async { demo_task.as_mut().expect("guarded by the condition").await }, if demo_task.is_some() => {
-            let err = match finished {
-                Ok(Ok(())) => anyhow::anyhow!("the demo stopped unexpectedly"),
-                Ok(Err(err)) => anyhow::Error::new(err).context("the demo stopped"),
-                Err(err) => anyhow::Error::new(err).context("the demo crashed"),
-            };
-            server.stop(STOP_GRACE).await.context("cannot stop nats-server")?;
-            return Err(err);
+    // A server alone that dies ends `up`; a cluster goes on without a dead
+    // node (that is what it is for) until none is left.
+    let mut alive = vec![true; servers.len()];
+    let mut died = None;
+    let mut poll = tokio::time::interval(SUPERVISE_POLL);
+    loop {
+        tokio::select! {
+            () = signals.recv() => break,
+            _ = poll.tick() => {}
+            finished = async { demo_task.as_mut().expect("guarded by the condition").await }, if demo_task.is_some() => {
+                let err = match finished {
+                    Ok(Ok(())) => anyhow::anyhow!("the demo stopped unexpectedly"),
+                    Ok(Err(err)) => anyhow::Error::new(err).context("the demo stopped"),
+                    Err(err) => anyhow::Error::new(err).context("the demo crashed"),
+                };
+                stop_all(servers).await;
+                return Err(err);
+            }
         }
-    };
+        for (node, server) in servers.iter_mut().enumerate() {
+            let Ok(Some(status)) = server.exited() else {
+                continue;
+            };
+            if !std::mem::replace(&mut alive[node], false) {
+                continue;
+            }
+            let left = alive.iter().filter(|alive| **alive).count();
+            if left == 0 {
+                died = Some((status, node));
+            } else {
+                errln!(
+                    "warning: nats-server {node} of the cluster exited ({status}); {left} of {} still run (a majority keeps JetStream writable); its last log lines:\n{}",
+                    alive.len(),
+                    server.log_tail(10)
+                );
+            }
+        }
+        if died.is_some() {
+            break;
+        }
+    }
     if let (Some(stop), Some(task)) = (demo_stop, demo_task) {
         let _ = stop.send(());
         if let Ok(Ok(Err(err))) = tokio::time::timeout(STOP_GRACE, task).await {
@@ -428,21 +615,27 @@ async fn supervise(
     if let Some(printer) = demo_printer {
         let _ = tokio::time::timeout(PRINTER_GRACE, printer).await;
     }
-    match status {
+    match died {
         None => {
             errln!("stopping nats-server");
-            server
-                .stop(STOP_GRACE)
-                .await
-                .context("cannot stop nats-server")?;
+            for server in servers.iter_mut() {
+                server
+                    .stop(STOP_GRACE)
+                    .await
+                    .context("cannot stop nats-server")?;
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Some(status) => {
-            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+        Some((status, node)) => {
+            let which = match servers.len() {
+                1 => "nats-server".to_owned(),
+                _ => format!("the last nats-server of the cluster ({node})"),
+            };
             errln!(
-                "error: nats-server exited unexpectedly ({status}); its last log lines:\n{}",
-                server.log_tail(20)
+                "error: {which} exited unexpectedly ({status}); its last log lines:\n{}",
+                servers[node].log_tail(20)
             );
+            stop_all(servers).await;
             Ok(ExitCode::FAILURE)
         }
     }

@@ -349,6 +349,20 @@ impl Up {
         }
     }
 
+    /// Waits until what `up` printed on stderr satisfies `found`; panics
+    /// with it once `timeout` passed.
+    pub(crate) async fn wait_for_stderr(&self, timeout: Duration, found: impl Fn(&str) -> bool) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !found(&self.stderr()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not on up's stderr within {timeout:?}:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Everything `up` printed on stderr so far.
     pub(crate) fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()

@@ -102,10 +102,12 @@ pub(super) async fn permissions(run: &Run<'_>) -> Outcome {
     .await
     .map_err(|err| failed("make the probe identity", err))?;
     let outcome = match enrolled.target {
-        Some(target) => match Bus::connect(&target, "agentbus-check-probe").await {
-            Ok(bus) => probe_as(run, &bus, &probe).await,
-            Err(err) => Err(failed("connect with the probe identity", err)),
-        },
+        Some(target) => {
+            match Bus::connect(&target.with_refusals_expected(), "agentbus-check-probe").await {
+                Ok(bus) => probe_as(run, &bus, &probe).await,
+                Err(err) => Err(failed("connect with the probe identity", err)),
+            }
+        }
         None => Err("the server of the data directory does not run".to_owned()),
     };
     identity::withdraw(&mut ids, probe.as_str(), Some(run.target), OPERATOR_USER)

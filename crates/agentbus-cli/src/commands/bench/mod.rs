@@ -122,6 +122,7 @@ impl BenchServer {
             password: throwaway_password(),
             server_name: "agentbus-bench".to_owned(),
             cluster: None,
+            identities_dir: None,
         };
         let bus = LocalBus::start(&config, &Topology::standard()).await?;
         Ok(Self {
