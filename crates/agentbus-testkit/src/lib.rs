@@ -102,6 +102,19 @@ impl NatsServer {
         self.server = start(&self.config, &Topology::default()).await;
     }
 
+    /// Kills the server at once (SIGKILL: what JetStream had not flushed is
+    /// lost, as in a crash); [`NatsServer::start_again`] brings it back.
+    pub async fn kill(&mut self) {
+        self.server.kill().await.expect("kill the test server");
+        let _ = self.server.wait().await;
+    }
+
+    /// Starts the server again after [`NatsServer::kill`], on the same ports,
+    /// with the same storage and credentials.
+    pub async fn start_again(&mut self) {
+        self.server = start(&self.config, &Topology::default()).await;
+    }
+
     /// Client URL without credentials.
     pub fn url(&self) -> &str {
         self.server.client_url()

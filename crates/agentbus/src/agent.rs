@@ -272,27 +272,31 @@ impl TaskContext {
         &self.bus
     }
 
-    /// Makes an effect (a payment, an email, a write to another system) at
-    /// most once for this task, whatever happens to its attempts: `effect`
-    /// runs unless an earlier attempt stored its result under this task id
-    /// and `name`, and its result is stored before `once` returns it. A
-    /// retry, a redelivery, a rerun after a server lost its deliveries, or
-    /// a paused worker that resumed gets the stored result instead.
+    /// Makes an effect (a payment, an email, a write to another system)
+    /// once for this task, whatever happens to its attempts. The attempt
+    /// claims the effect under this task id and `name` before `effect`
+    /// runs, and stores its result after; a retry, a redelivery, a rerun
+    /// after a server lost its deliveries, or a paused worker that resumed
+    /// gets the stored result instead, and an attempt that finds another
+    /// one's claim waits for its result.
     ///
-    /// What is left: an attempt that dies after the effect and before its
-    /// result is stored (a window of one write) makes it again. A system
-    /// that takes an idempotency key closes that window too: pass it
-    /// [`TaskContext::idempotency_key`]. An effect that fails stores
-    /// nothing, so a retry tries it again. `name` is 1-64 characters from
-    /// `A-Z`, `a-z`, `0-9`, `_` and `-`; a failure to read or store the
-    /// result is a retryable [`TaskError`].
+    /// What is left: a claim holds for 10 s. An attempt that dies between
+    /// its claim and storing the result leaves the effect unknown, and the
+    /// next attempt makes it again once the claim ran out; so does one whose
+    /// effect takes longer than that. A system that takes an idempotency key
+    /// closes both windows: pass it [`TaskContext::idempotency_key`]. An
+    /// effect that fails gives its claim back, so a retry tries it again.
+    /// `name` is 1-64 characters from `A-Z`, `a-z`, `0-9`, `_` and `-`; a
+    /// failure to read or store the claim or result is a retryable
+    /// [`TaskError`].
     pub async fn once<T, F, Fut>(&self, name: &str, effect: F) -> Result<T, TaskError>
     where
         T: Serialize + serde::de::DeserializeOwned,
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T, TaskError>>,
     {
-        match crate::effects::once(&self.bus, &self.task_id, name, effect).await {
+        match crate::effects::once(&self.bus, &self.task_id, &self.instance_id, name, effect).await
+        {
             Ok(outcome) => outcome,
             Err(err @ crate::effects::OnceError::InvalidName(_)) => {
                 Err(TaskError::permanent(err.to_string()))

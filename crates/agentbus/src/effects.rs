@@ -1,7 +1,10 @@
-//! Effects that happen once per task: the result of an effect is stored
-//! under the task id before the handler goes on, so any later attempt at the
-//! task (a retry, a redelivery, a rerun after a server lost its deliveries,
-//! a stale worker that resumed) finds it instead of making the effect again.
+//! Effects that happen once per task. Before an attempt makes an effect it
+//! claims it under the task id, with a lease; the effect's result replaces
+//! the claim. Any later attempt at the task (a retry, a redelivery, a rerun
+//! after a server lost its deliveries, a paused worker that resumed) finds
+//! the result and gets it back instead of making the effect again, and one
+//! that finds another attempt's live claim waits for its result. A claim
+//! whose lease ran out (its attempt died after claiming) is taken over.
 
 use crate::client::Bus;
 use crate::ride::ride;
@@ -10,9 +13,16 @@ use async_nats::jetstream::kv;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The longest effect name.
 const MAX_NAME_LEN: usize = 64;
+/// How long a claim holds: an attempt that claimed an effect and did not
+/// record its result within it is taken to have died, and the effect is
+/// made by the attempt that finds the claim.
+pub(crate) const LEASE: Duration = Duration::from_secs(10);
+/// How often an attempt that waits for another one's claim looks again.
+const WAIT_POLL: Duration = Duration::from_millis(100);
 
 /// Why an effect's stored result could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -53,12 +63,15 @@ pub(crate) enum OnceError {
     },
 }
 
-/// An effect's result as stored.
+/// An effect as stored: claimed by an attempt, or made.
 #[derive(Serialize, Deserialize)]
-struct Stored<S, T> {
-    task_id: S,
-    effect: S,
-    value: T,
+#[serde(tag = "state", rename_all = "snake_case")]
+enum Stored<T> {
+    /// An attempt makes it; the claim holds until `until_ms` (ms since the
+    /// epoch, by the claimer's clock).
+    Claimed { instance_id: String, until_ms: u64 },
+    /// Made, with its result.
+    Made { value: T },
 }
 
 /// The key of effect `name` of task `task_id`: one token (task ids and
@@ -67,12 +80,20 @@ pub(crate) fn key(task_id: &str, name: &str) -> String {
     format!("{task_id}={name}")
 }
 
-/// Runs `effect` unless its result for `task_id` and `name` is stored; then
-/// stores it. Returns the stored result, or the effect's own, or the
-/// effect's error (nothing stored: a later attempt makes the effect again).
+fn now_ms() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Makes `effect` unless it was made for `task_id` and `name`; returns its
+/// result, stored or new, or the effect's error (then the claim is given
+/// back, and a later attempt makes the effect again).
 pub(crate) async fn once<T, E, F, Fut>(
     bus: &Bus,
     task_id: &str,
+    instance_id: &str,
     name: &str,
     effect: F,
 ) -> Result<Result<T, E>, OnceError>
@@ -101,60 +122,89 @@ where
         .await
         .map_err(|err| failed("open the bucket for", err.into()))?;
     let key = key(task_id, name);
-    let read = |bytes: &[u8]| {
-        serde_json::from_slice::<Stored<String, T>>(bytes).map_err(|source| OnceError::Decode {
-            task_id: task_id.to_owned(),
-            name: name.to_owned(),
-            source,
-        })
+    let encode = |stored: &Stored<&T>| -> Result<bytes::Bytes, OnceError> {
+        serde_json::to_vec(stored)
+            .map(Into::into)
+            .map_err(|err| failed("encode", err.into()))
     };
-    let stored = ride(
-        bus,
-        &key,
-        || store.get(&key),
-        |err| err.kind() != kv::EntryErrorKind::InvalidKey,
-    )
-    .await
-    .map_err(|err| failed("read", err.into()))?;
-    if let Some(bytes) = stored {
-        return Ok(Ok(read(&bytes)?.value));
-    }
-    let value = match effect().await {
-        Ok(value) => value,
-        Err(err) => return Ok(Err(err)),
+    let claim = || Stored::<&T>::Claimed {
+        instance_id: instance_id.to_owned(),
+        until_ms: now_ms().saturating_add(u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX)),
     };
-    let body: bytes::Bytes = serde_json::to_vec(&Stored {
-        task_id,
-        effect: name,
-        value: &value,
-    })
-    .map_err(|err| failed("encode", err.into()))?
-    .into();
-    let created = ride(
-        bus,
-        &key,
-        || store.create(&key, body.clone()),
-        |err| {
-            !matches!(
-                err.kind(),
-                kv::CreateErrorKind::AlreadyExists | kv::CreateErrorKind::InvalidKey
-            )
-        },
-    )
-    .await;
-    match created {
-        Ok(_) => Ok(Ok(value)),
-        // Another attempt stored its result first: that one stands.
-        Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
-            let stored = store
-                .get(&key)
+    // Claim the effect, or find it made, or wait for another attempt's claim.
+    let revision = loop {
+        let entry = ride(
+            bus,
+            &key,
+            || store.entry(&key),
+            |err| err.kind() != kv::EntryErrorKind::InvalidKey,
+        )
+        .await
+        .map_err(|err| failed("read", err.into()))?;
+        let found = entry.filter(|entry| entry.operation == kv::Operation::Put);
+        let claimed = match &found {
+            None => store
+                .create(&key, encode(&claim())?)
                 .await
-                .map_err(|err| failed("read", err.into()))?;
-            match stored {
-                Some(bytes) => Ok(Ok(read(&bytes)?.value)),
-                None => Ok(Ok(value)),
+                .map(Some)
+                .or_else(|err| match err.kind() {
+                    kv::CreateErrorKind::AlreadyExists => Ok(None),
+                    _ => Err(failed("claim", err.into())),
+                })?,
+            Some(entry) => {
+                match serde_json::from_slice::<Stored<serde_json::Value>>(&entry.value) {
+                    Ok(Stored::Made { value }) => {
+                        return serde_json::from_value(value).map(Ok).map_err(|source| {
+                            OnceError::Decode {
+                                task_id: task_id.to_owned(),
+                                name: name.to_owned(),
+                                source,
+                            }
+                        });
+                    }
+                    Ok(Stored::Claimed { until_ms, .. }) if until_ms > now_ms() => {
+                        tokio::time::sleep(WAIT_POLL).await;
+                        None
+                    }
+                    // Its claimer died (or it does not read): taken over.
+                    _ => store
+                        .update(&key, encode(&claim())?, entry.revision)
+                        .await
+                        .map(Some)
+                        .or_else(|err| match err.kind() {
+                            kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                            _ => Err(failed("claim", err.into())),
+                        })?,
+                }
             }
+        };
+        if let Some(revision) = claimed {
+            break revision;
         }
-        Err(err) => Err(failed("store", err.into())),
+    };
+    match effect().await {
+        Ok(value) => {
+            let made = encode(&Stored::Made { value: &value })?;
+            let stored = ride(
+                bus,
+                &key,
+                || store.update(&key, made.clone(), revision),
+                |err| err.kind() != kv::UpdateErrorKind::WrongLastRevision,
+            )
+            .await;
+            if let Err(err) = stored {
+                // The lease ran out before the effect was done, and another
+                // attempt took the claim over: it may make the effect again.
+                tracing::warn!(%err, task_id, effect = name, "an effect took longer than its claim's lease; another attempt may make it again");
+            }
+            Ok(Ok(value))
+        }
+        Err(err) => {
+            // Given back, so that a later attempt makes the effect.
+            if let Err(purge) = store.purge_expect_revision(&key, Some(revision)).await {
+                tracing::debug!(%purge, task_id, effect = name, "the claim of a failed effect was not given back");
+            }
+            Ok(Err(err))
+        }
     }
 }

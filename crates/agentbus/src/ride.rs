@@ -10,12 +10,17 @@ use std::time::Duration;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// The longest wait between two tries.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long one try may wait for its answer while the deadline leaves room
+/// for another: a healthy server answers in milliseconds, and a request
+/// that went to a server that died (a stream leader killed) gets no answer.
+const TRY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs `attempt` until it succeeds, fails with an error `passes` does not
 /// let through, or the bus's store deadline ([`Bus::store_deadline`]) would
 /// pass before the next try; then returns the last error. An attempt in
 /// flight when the connection is made again is abandoned and made again at
-/// once: its answer was to go to the connection that is gone.
+/// once: its answer was to go to the connection that is gone; so is one
+/// unanswered for 2 s while the deadline leaves room for another.
 ///
 /// Only for what is safe to repeat: a publish with a message id (the stream
 /// stores it once), or a write of the same value.
@@ -35,6 +40,15 @@ where
     let mut reconnects = bus.reconnects();
     loop {
         reconnects.borrow_and_update();
+        // The last try waits for its own answer, so that an error comes back.
+        let bounded = tokio::time::Instant::now() + TRY_TIMEOUT < deadline;
+        let unanswered = async {
+            if bounded {
+                tokio::time::sleep(TRY_TIMEOUT).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         let err = tokio::select! {
             biased;
             outcome = attempt() => match outcome {
@@ -42,6 +56,10 @@ where
                 Err(err) => err,
             },
             Ok(()) = reconnects.changed() => continue,
+            () = unanswered => {
+                tracing::debug!(what, "no answer to a store yet; trying again");
+                continue;
+            }
         };
         if !passes(&err) || tokio::time::Instant::now() + backoff > deadline {
             return Err(err);

@@ -9,6 +9,7 @@ use super::queue::Queue;
 use crate::client::Bus;
 use crate::name::Name;
 use crate::protocol::Priority;
+use crate::ride::ride;
 use crate::subject;
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
 use std::time::Duration;
@@ -180,11 +181,11 @@ impl ConsumerSpec {
         bus: &Bus,
         options: &DeliveryOptions,
     ) -> Result<PullConsumer, ConsumerError> {
-        let stream = self.stream_of(bus.jetstream()).await?;
+        let stream = self.stream_of(bus).await?;
         if self.made_by_operator_for(bus) {
             return self.provisioned_on(&stream).await;
         }
-        self.create_on(&stream, options).await
+        self.create_on(bus, &stream, options).await
     }
 
     /// The consumer the operator made for an agent identity.
@@ -205,19 +206,28 @@ impl ConsumerSpec {
         })
     }
 
-    /// The stream the consumer reads.
-    async fn stream_of(
-        &self,
-        js: &jetstream::Context,
-    ) -> Result<jetstream::stream::Stream, ConsumerError> {
-        js.get_stream(self.stream).await.map_err(|err| {
-            let kind = match err.kind() {
+    /// The stream the consumer reads; asked again through a reconnect or a
+    /// stream without a leader, up to the bus's store deadline.
+    async fn stream_of(&self, bus: &Bus) -> Result<jetstream::stream::Stream, ConsumerError> {
+        let missing = |err: &jetstream::context::GetStreamError| {
+            matches!(
+                err.kind(),
                 jetstream::context::GetStreamErrorKind::JetStream(js)
-                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-                {
-                    ConsumerErrorKind::NoStream
-                }
-                _ => ConsumerErrorKind::Unavailable,
+                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            )
+        };
+        ride(
+            bus,
+            self.stream,
+            || bus.jetstream().get_stream(self.stream),
+            |err| !missing(err),
+        )
+        .await
+        .map_err(|err| {
+            let kind = if missing(&err) {
+                ConsumerErrorKind::NoStream
+            } else {
+                ConsumerErrorKind::Unavailable
             };
             self.error(kind, err)
         })
@@ -226,6 +236,7 @@ impl ConsumerSpec {
     /// [`ConsumerSpec::create`] on the stream, looked up already.
     async fn create_on(
         &self,
+        bus: &Bus,
         stream: &jetstream::stream::Stream,
         options: &DeliveryOptions,
     ) -> Result<PullConsumer, ConsumerError> {
@@ -243,10 +254,26 @@ impl ConsumerSpec {
             [one] => config.filter_subject = one.clone(),
             many => config.filter_subjects = many.to_vec(),
         }
-        stream.create_consumer(config).await.map_err(|err| {
-            let kind = match err.kind() {
-                jetstream::stream::ConsumerErrorKind::JetStream(_) => ConsumerErrorKind::Refused,
-                _ => ConsumerErrorKind::Unavailable,
+        // Made again through a reconnect or an election: the same config
+        // makes the same consumer.
+        let refused = |err: &jetstream::stream::ConsumerError| {
+            matches!(
+                err.kind(),
+                jetstream::stream::ConsumerErrorKind::JetStream(_)
+            )
+        };
+        ride(
+            bus,
+            &self.name,
+            || stream.create_consumer(config.clone()),
+            |err| !refused(err),
+        )
+        .await
+        .map_err(|err| {
+            let kind = if refused(&err) {
+                ConsumerErrorKind::Refused
+            } else {
+                ConsumerErrorKind::Unavailable
             };
             self.error(kind, err)
         })
@@ -262,7 +289,7 @@ impl ConsumerSpec {
         bus: &Bus,
         defaults: &DeliveryOptions,
     ) -> Result<(PullConsumer, DeliveryOptions), ConsumerError> {
-        let stream = self.stream_of(bus.jetstream()).await?;
+        let stream = self.stream_of(bus).await?;
         if self.made_by_operator_for(bus) {
             let consumer = self.provisioned_on(&stream).await?;
             let options = options_of(&consumer.cached_info().config, defaults);
@@ -272,7 +299,7 @@ impl ConsumerSpec {
             Some(info) => options_of(&info.config, defaults),
             None => *defaults,
         };
-        Ok((self.create_on(&stream, &options).await?, options))
+        Ok((self.create_on(bus, &stream, &options).await?, options))
     }
 
     fn error(

@@ -273,7 +273,7 @@ impl State {
         let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
         let mut doorbells: FuturesUnordered<Doorbell> = FuturesUnordered::new();
         let mut puller = loop {
-            match Puller::new(self.bus.client(), self.bus.jetstream().clone()).await {
+            match Puller::new(&self.bus).await {
                 Ok(puller) => break puller,
                 Err(err) => {
                     tracing::warn!(%err, "cannot subscribe for pull replies; retrying");
@@ -971,8 +971,11 @@ enum Fetched {
 /// that a status is matched to its request (messages arrive under their own
 /// subject, whatever the request).
 struct Puller {
-    client: async_nats::Client,
+    bus: Bus,
     jetstream: jetstream::Context,
+    /// Changes when the connection is made again: a fetch in flight then
+    /// gets no answer (it went to the connection that is gone).
+    reconnects: tokio::sync::watch::Receiver<u64>,
     inbox: String,
     replies: async_nats::Subscriber,
     requests: u64,
@@ -983,17 +986,16 @@ struct Puller {
 }
 
 impl Puller {
-    async fn new(
-        client: &async_nats::Client,
-        jetstream: jetstream::Context,
-    ) -> Result<Self, async_nats::SubscribeError> {
+    async fn new(bus: &Bus) -> Result<Self, async_nats::SubscribeError> {
+        let client = bus.client();
         let inbox = client.new_inbox();
         let replies = client
             .subscribe(String::from(subject::pull_replies(&inbox)))
             .await?;
         Ok(Self {
-            client: client.clone(),
-            jetstream,
+            bus: bus.clone(),
+            jetstream: bus.jetstream().clone(),
+            reconnects: bus.reconnects(),
             inbox,
             replies,
             requests: 0,
@@ -1004,7 +1006,7 @@ impl Puller {
     /// Fetches up to `max` messages that are there now, without waiting.
     async fn fetch(&mut self, consumer: &PullConsumer, max: usize) -> Fetched {
         if self.abandoned {
-            match Self::new(&self.client, self.jetstream.clone()).await {
+            match Self::new(&self.bus).await {
                 Ok(fresh) => *self = fresh, // the old subscription ends on drop
                 Err(err) => {
                     tracing::warn!(%err, "cannot subscribe for pull replies");
@@ -1025,8 +1027,18 @@ impl Puller {
         }
         let mut messages = Vec::with_capacity(max);
         let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
+        self.reconnects.borrow_and_update();
         while messages.len() < max {
-            let message = match tokio::time::timeout_at(deadline, self.replies.next()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, self.replies.next()) => next,
+                Ok(()) = self.reconnects.changed() => {
+                    // The request, or its answer, went to the connection
+                    // that is gone: asked again at the next fetch.
+                    self.abandoned = true;
+                    break;
+                }
+            };
+            let message = match next {
                 Ok(Some(message)) => message,
                 Ok(None) => {
                     tracing::warn!("the pull reply subscription ended");

@@ -1,0 +1,410 @@
+//! The scenarios: a bus (one server or a cluster of three), worker
+//! processes, a submitter in this process, and one fault injected once a
+//! third of the tasks are submitted. What happened is then counted from the
+//! workers' ledgers, the task records and what the submitter was told.
+
+use crate::worker::{self, AGENT, POISON, WORK, WorkerFigures};
+use agentbus::delivery::{Queue, TaskState};
+use agentbus::subject::TASKS_STREAM;
+use agentbus::{Bus, ServerTarget, TaskId, TaskRequest};
+use agentbus_ops::topology::Topology;
+use agentbus_testkit::{NatsCluster, NatsServer};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+
+/// Every scenario, in the order they run.
+pub(crate) const ALL: [&str; 8] = [
+    "server-kill",
+    "server-restart",
+    "worker-kill",
+    "worker-pause",
+    "dead-letters-full",
+    "cluster-leader-kill",
+    "cluster-leader-stepdown",
+    "cluster-majority-lost",
+];
+
+/// How much work a run does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Profile {
+    /// Tasks submitted per scenario.
+    pub(crate) tasks: usize,
+    /// How long each task's handler works.
+    pub(crate) work: Duration,
+    /// The workers' ack wait: how long a silent worker holds a task.
+    pub(crate) ack_wait: Duration,
+}
+
+impl Profile {
+    pub(crate) fn quick() -> Self {
+        Self {
+            tasks: 150,
+            work: Duration::from_millis(20),
+            ack_wait: Duration::from_secs(3),
+        }
+    }
+
+    pub(crate) fn full() -> Self {
+        Self {
+            tasks: 2_000,
+            work: Duration::from_millis(20),
+            ack_wait: Duration::from_secs(3),
+        }
+    }
+}
+
+/// One row of the report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Counts {
+    pub(crate) scenario: String,
+    pub(crate) submitted: usize,
+    /// Submissions the bus said it stored.
+    pub(crate) acknowledged: usize,
+    /// Handler runs.
+    pub(crate) executed: usize,
+    /// Effects made.
+    pub(crate) effects: usize,
+    /// Acknowledged tasks that did not end as they must (completed; for
+    /// poison, dead-lettered).
+    pub(crate) lost: usize,
+    /// Runs beyond the first of a task.
+    pub(crate) duplicate_executions: usize,
+    /// Effects beyond the first of a task.
+    pub(crate) duplicate_effects: usize,
+    /// Late outcomes of attempts another attempt had taken over.
+    pub(crate) stale_results_discarded: u64,
+    /// From the fault to the first effect after it, in milliseconds.
+    pub(crate) recovery_ms: Option<u64>,
+    /// Submissions refused.
+    pub(crate) errors: usize,
+    /// What the submitter was told, each message once, with how often.
+    pub(crate) error_messages: Vec<(String, usize)>,
+}
+
+/// The bus a scenario runs on.
+enum Servers {
+    One(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Servers {
+    fn target(&self) -> ServerTarget {
+        match self {
+            Self::One(server) => server.target(),
+            Self::Cluster(cluster) => cluster.target(),
+        }
+    }
+
+    fn cluster(&mut self) -> &mut NatsCluster {
+        match self {
+            Self::Cluster(cluster) => cluster,
+            Self::One(_) => unreachable!("a cluster scenario runs on a cluster"),
+        }
+    }
+
+    fn one(&mut self) -> &mut NatsServer {
+        match self {
+            Self::One(server) => server,
+            Self::Cluster(_) => unreachable!("a one-server scenario runs on one server"),
+        }
+    }
+}
+
+/// Runs `scenario`; `ledgers` is a directory of its own.
+pub(crate) async fn run(
+    scenario: &str,
+    profile: Profile,
+    ledgers: &Path,
+) -> anyhow::Result<Counts> {
+    let clustered = scenario.starts_with("cluster-");
+    let mut servers = if clustered {
+        Servers::Cluster(NatsCluster::start(3).await)
+    } else if scenario == "dead-letters-full" {
+        let mut topology = Topology::standard();
+        if let Some(dlq) = topology.streams.iter_mut().find(|s| s.name == "agent-dlq") {
+            dlq.max_msgs = 10;
+        }
+        Servers::One(NatsServer::start_with_topology(&topology).await)
+    } else {
+        Servers::One(NatsServer::start().await)
+    };
+    let target = servers.target();
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        workers.push(spawn_worker(&target, profile, ledgers).await?);
+    }
+    let poison = scenario == "dead-letters-full";
+    let mut submitter = Bus::connect(&target, "faults-submitter").await?;
+    if scenario == "cluster-majority-lost" {
+        // Refusals while the majority is gone should come back soon.
+        submitter = submitter.with_store_deadline(Duration::from_secs(3));
+    }
+    let (progress, mut submitted) = tokio::sync::watch::channel(0usize);
+    let submitting = tokio::spawn(submit_all(
+        submitter.clone(),
+        profile.tasks,
+        poison,
+        progress,
+    ));
+    // The fault, once a third is submitted.
+    let _ = submitted
+        .wait_for(|count| *count >= profile.tasks / 3)
+        .await;
+    let fault_at = worker::now_ms();
+    inject(scenario, &mut servers, &mut workers, &submitter, profile).await?;
+    let (acknowledged, errors) = submitting.await?;
+
+    // Every acknowledged task must end as it should.
+    let expected = if poison {
+        TaskState::DeadLettered
+    } else {
+        TaskState::Completed
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut lost = 0;
+    for task_id in &acknowledged {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ended = match submitter.wait_task(task_id, left).await {
+            Ok(_) => submitter
+                .task_record(task_id)
+                .await
+                .ok()
+                .flatten()
+                .map(|record| record.state),
+            Err(_) => None,
+        };
+        if ended != Some(expected) {
+            lost += 1;
+        }
+    }
+    for worker in &mut workers {
+        stop_worker(worker).await;
+    }
+    let mut counts = tally(ledgers, fault_at)?;
+    counts.scenario = scenario.to_owned();
+    counts.submitted = profile.tasks;
+    counts.acknowledged = acknowledged.len();
+    counts.lost = lost;
+    counts.errors = errors.values().sum();
+    counts.error_messages = errors.into_iter().collect();
+    counts.error_messages.sort();
+    Ok(counts)
+}
+
+/// Submits `tasks` tasks, eight at a time, telling `progress` how many were
+/// tried; returns the acknowledged task ids and each error message's count.
+async fn submit_all(
+    bus: Bus,
+    tasks: usize,
+    poison: bool,
+    progress: tokio::sync::watch::Sender<usize>,
+) -> (Vec<TaskId>, HashMap<String, usize>) {
+    let queue = Queue::agent(AGENT).expect("a valid agent name");
+    let mut acknowledged = Vec::new();
+    let mut errors = HashMap::new();
+    let mut tried = 0;
+    while tried < tasks {
+        let batch: Vec<TaskRequest> = (tried..(tried + 8).min(tasks))
+            .map(|n| {
+                TaskRequest::new(
+                    if poison { POISON } else { WORK },
+                    serde_json::json!({ "n": n }),
+                )
+            })
+            .collect();
+        tried += batch.len();
+        let stored =
+            futures::future::join_all(batch.iter().map(|task| bus.submit(&queue, task))).await;
+        for (task, stored) in batch.into_iter().zip(stored) {
+            match stored {
+                Ok(_) => acknowledged.push(task.task_id),
+                Err(err) => *errors.entry(err.to_string()).or_default() += 1,
+            }
+        }
+        let _ = progress.send(tried);
+        // Paced, so that the fault meets work in flight.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (acknowledged, errors)
+}
+
+/// A worker process: this program run as `worker`.
+struct Worker {
+    child: Child,
+    pid: u32,
+}
+
+async fn spawn_worker(
+    target: &ServerTarget,
+    profile: Profile,
+    ledgers: &Path,
+) -> anyhow::Result<Worker> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("worker")
+        .arg("--dir")
+        .arg(ledgers)
+        .arg("--ack-wait-ms")
+        .arg(profile.ack_wait.as_millis().to_string())
+        .arg("--work-ms")
+        .arg(profile.work.as_millis().to_string())
+        .env("NATS_URL", seed_url(target))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap_or_default();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+    anyhow::ensure!(
+        matches!(ready, Ok(Ok(Some(ref line))) if line == "ready"),
+        "worker {pid} did not get ready: {ready:?}"
+    );
+    Ok(Worker { child, pid })
+}
+
+/// The target's servers with its credentials in each URL, as `NATS_URL`
+/// takes them.
+fn seed_url(target: &ServerTarget) -> String {
+    let agentbus::connect::Credentials::UserPassword { user, password } = target.credentials()
+    else {
+        unreachable!("test servers have a user and a password")
+    };
+    target
+        .servers()
+        .iter()
+        .map(|url| url.replacen("nats://", &format!("nats://{user}:{password}@"), 1))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Sends `signal` (a `kill` option such as `-9`) to `pid`.
+fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
+    Ok(())
+}
+
+async fn stop_worker(worker: &mut Worker) {
+    if worker.child.try_wait().ok().flatten().is_some() {
+        return;
+    }
+    let _ = signal(worker.pid, "-CONT");
+    let _ = signal(worker.pid, "-TERM");
+    if tokio::time::timeout(Duration::from_secs(10), worker.child.wait())
+        .await
+        .is_err()
+    {
+        let _ = worker.child.kill().await;
+    }
+}
+
+/// The fault of `scenario`.
+async fn inject(
+    scenario: &str,
+    servers: &mut Servers,
+    workers: &mut [Worker],
+    bus: &Bus,
+    profile: Profile,
+) -> anyhow::Result<()> {
+    match scenario {
+        "server-kill" => {
+            let server = servers.one();
+            server.kill().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            server.start_again().await;
+        }
+        "server-restart" => servers.one().restart().await,
+        "worker-kill" => signal(workers[0].pid, "-9")?,
+        "worker-pause" => {
+            signal(workers[0].pid, "-STOP")?;
+            tokio::time::sleep(profile.ack_wait + Duration::from_secs(2)).await;
+            signal(workers[0].pid, "-CONT")?;
+        }
+        // The fault is the dead-letter stream's size.
+        "dead-letters-full" => {}
+        "cluster-leader-kill" => {
+            let cluster = servers.cluster();
+            let leader = cluster.stream_leader(bus.jetstream(), TASKS_STREAM).await;
+            cluster.kill(leader).await;
+        }
+        "cluster-leader-stepdown" => {
+            let subject = format!("STREAM.LEADER.STEPDOWN.{TASKS_STREAM}");
+            let answer: serde_json::Value = bus
+                .jetstream()
+                .request(subject, &serde_json::json!({}))
+                .await?;
+            anyhow::ensure!(answer["success"] == true, "step-down refused: {answer}");
+        }
+        "cluster-majority-lost" => {
+            let cluster = servers.cluster();
+            cluster.kill(1).await;
+            cluster.kill(2).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            cluster.restart(1).await;
+            cluster.restart(2).await;
+        }
+        other => anyhow::bail!("no scenario {other}"),
+    }
+    Ok(())
+}
+
+/// Counts the runs, effects and stale results in `ledgers`; the recovery
+/// time is from `fault_at` to the first effect after it.
+fn tally(ledgers: &Path, fault_at: u128) -> anyhow::Result<Counts> {
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    let mut effects: HashMap<String, usize> = HashMap::new();
+    let mut first_after: Option<u128> = None;
+    let mut stale = 0;
+    for entry in std::fs::read_dir(ledgers)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with("figures-") {
+            let figures: WorkerFigures =
+                serde_json::from_slice(&std::fs::read(&path)?).unwrap_or_default();
+            stale += figures.stale_results;
+            continue;
+        }
+        if !name.starts_with("ledger-") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path)?.lines() {
+            let mut parts = line.split(' ');
+            let (Some(kind), Some(task), Some(at)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let at: u128 = at.parse().unwrap_or_default();
+            match kind {
+                "exec" => *runs.entry(task.to_owned()).or_default() += 1,
+                "effect" => {
+                    *effects.entry(task.to_owned()).or_default() += 1;
+                    if at >= fault_at {
+                        first_after = Some(first_after.map_or(at, |first| first.min(at)));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let beyond_first = |counts: &HashMap<String, usize>| counts.values().map(|n| n - 1).sum();
+    Ok(Counts {
+        executed: runs.values().sum(),
+        effects: effects.values().sum(),
+        duplicate_executions: beyond_first(&runs),
+        duplicate_effects: beyond_first(&effects),
+        stale_results_discarded: stale,
+        recovery_ms: first_after.map(|at| u64::try_from(at - fault_at).unwrap_or(u64::MAX)),
+        ..Counts::default()
+    })
+}
