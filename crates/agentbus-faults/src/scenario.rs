@@ -88,7 +88,7 @@ pub(crate) struct Counts {
 
 /// The bus a scenario runs on.
 enum Servers {
-    One(NatsServer),
+    One(Box<NatsServer>),
     Cluster(NatsCluster),
 }
 
@@ -129,9 +129,9 @@ pub(crate) async fn run(
         if let Some(dlq) = topology.streams.iter_mut().find(|s| s.name == "agent-dlq") {
             dlq.max_msgs = 10;
         }
-        Servers::One(NatsServer::start_with_topology(&topology).await)
+        Servers::One(Box::new(NatsServer::start_with_topology(&topology).await))
     } else {
-        Servers::One(NatsServer::start().await)
+        Servers::One(Box::new(NatsServer::start().await))
     };
     let target = servers.target();
     let mut workers = Vec::new();
