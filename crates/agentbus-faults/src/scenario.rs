@@ -89,7 +89,7 @@ pub(crate) struct Counts {
 /// The bus a scenario runs on.
 enum Servers {
     One(Box<NatsServer>),
-    Cluster(NatsCluster),
+    Cluster(Box<NatsCluster>),
 }
 
 impl Servers {
@@ -123,7 +123,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<Counts> {
     let clustered = scenario.starts_with("cluster-");
     let mut servers = if clustered {
-        Servers::Cluster(NatsCluster::start(3).await)
+        Servers::Cluster(Box::new(NatsCluster::start(3).await))
     } else if scenario == "dead-letters-full" {
         let mut topology = Topology::standard();
         if let Some(dlq) = topology.streams.iter_mut().find(|s| s.name == "agent-dlq") {
