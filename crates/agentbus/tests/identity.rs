@@ -994,11 +994,17 @@ async fn a_queued_task_cancelled_by_an_identity_is_marked_at_once() {
     // The worker that comes later finds the record and never runs it: the
     // task leaves the queue.
     let search = Recorder::new("search");
-    let worker = Bus::connect(&server.add_identity(Grant::new(name("search"))).await, "search")
+    let worker = Bus::connect(
+        &server.add_identity(Grant::new(name("search"))).await,
+        "search",
+    )
+    .await
+    .unwrap();
+    let mut runtime = Runtime::new(worker);
+    runtime
+        .add(search.clone(), AgentOptions::default())
         .await
         .unwrap();
-    let mut runtime = Runtime::new(worker);
-    runtime.add(search.clone(), AgentOptions::default()).await.unwrap();
     let tasks = server
         .jetstream()
         .await
@@ -1007,10 +1013,16 @@ async fn a_queued_task_cancelled_by_an_identity_is_marked_at_once() {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while tasks.get_info().await.unwrap().state.messages > 0 {
-        assert!(std::time::Instant::now() < deadline, "the task stays queued");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task stays queued"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(search.seen.lock().unwrap().is_empty(), "the cancelled task ran");
+    assert!(
+        search.seen.lock().unwrap().is_empty(),
+        "the cancelled task ran"
+    );
     assert_eq!(
         boss.task_state(&task.task_id).await.unwrap(),
         agentbus::delivery::TaskState::Cancelled
