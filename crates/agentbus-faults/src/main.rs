@@ -166,7 +166,7 @@ fn print_table(rows: &[Counts]) {
             .recovery_ms
             .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms"));
         println!(
-            "{:<24} {:>9} {:>6} {:>8} {:>7} {:>4} {:>8} {:>10} {:>5} {:>11} {:>6}",
+            "{:<24} {:>9} {:>6} {:>8} {:>7} {:>4} {:>8} {:>10} {:>5} {:>11} {:>6} {:>12}",
             row.scenario,
             row.submitted,
             row.acknowledged,
@@ -177,7 +177,8 @@ fn print_table(rows: &[Counts]) {
             row.duplicate_effects,
             row.stale_results_discarded,
             recovery,
-            row.errors
+            row.errors,
+            row.refused_but_run
         );
     }
     for row in rows {

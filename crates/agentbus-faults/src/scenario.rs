@@ -82,6 +82,9 @@ pub(crate) struct Counts {
     pub(crate) recovery_ms: Option<u64>,
     /// Submissions refused.
     pub(crate) errors: usize,
+    /// Tasks run although their submission was refused (stored after all:
+    /// the refusal came at the deadline, before the cluster settled it).
+    pub(crate) refused_but_run: usize,
     /// What the submitter was told, each message once, with how often.
     pub(crate) error_messages: Vec<(String, usize)>,
 }
@@ -192,7 +195,7 @@ pub(crate) async fn run(
     for worker in &mut workers {
         stop_worker(worker).await;
     }
-    let mut counts = tally(ledgers, fault_at)?;
+    let mut counts = tally(ledgers, fault_at, &acknowledged)?;
     counts.scenario = scenario.to_owned();
     counts.submitted = profile.tasks;
     counts.acknowledged = acknowledged.len();
@@ -365,7 +368,7 @@ async fn inject(
 
 /// Counts the runs, effects and stale results in `ledgers`; the recovery
 /// time is from `fault_at` to the first effect after it.
-fn tally(ledgers: &Path, fault_at: u128) -> anyhow::Result<Counts> {
+fn tally(ledgers: &Path, fault_at: u128, acknowledged: &[TaskId]) -> anyhow::Result<Counts> {
     let mut runs: HashMap<String, usize> = HashMap::new();
     let mut effects: HashMap<String, usize> = HashMap::new();
     let mut first_after: Option<u128> = None;
@@ -405,12 +408,18 @@ fn tally(ledgers: &Path, fault_at: u128) -> anyhow::Result<Counts> {
         }
     }
     let beyond_first = |counts: &HashMap<String, usize>| counts.values().map(|n| n - 1).sum();
+    let acknowledged: std::collections::HashSet<&str> =
+        acknowledged.iter().map(TaskId::as_str).collect();
     Ok(Counts {
         executed: runs.values().sum(),
         effects: effects.values().sum(),
         duplicate_executions: beyond_first(&runs),
         duplicate_effects: beyond_first(&effects),
         stale_results_discarded: stale,
+        refused_but_run: runs
+            .keys()
+            .filter(|task| !acknowledged.contains(task.as_str()))
+            .count(),
         recovery_ms: first_after.map(|at| u64::try_from(at - fault_at).unwrap_or(u64::MAX)),
         ..Counts::default()
     })

@@ -133,6 +133,16 @@ async fn serve(server: &NatsServer, worker: Worker, options: AgentOptions) -> Ru
     runtime
 }
 
+/// How many tasks the tasks stream holds (queued, or taken and not acknowledged).
+async fn tasks_stored(bus: &Bus) -> u64 {
+    let stream = bus
+        .jetstream()
+        .get_stream(agentbus::subject::TASKS_STREAM)
+        .await
+        .unwrap();
+    stream.get_info().await.unwrap().state.messages
+}
+
 async fn wait_for(what: &str, limit: Duration, condition: impl Fn() -> bool) {
     let deadline = Instant::now() + limit;
     while !condition() {
@@ -1276,13 +1286,8 @@ async fn a_finished_task_delivered_again_as_new_is_not_run_again() {
         )
         .await
         .unwrap();
-    let stream = client
-        .jetstream()
-        .get_stream(agentbus::subject::TASKS_STREAM)
-        .await
-        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while stream.get_info().await.unwrap().state.messages > 0 {
+    while tasks_stored(&client).await > 0 {
         assert!(Instant::now() < deadline, "the rerun is never taken");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -1387,16 +1392,7 @@ async fn dead_letters_refused_by_a_full_stream_are_parked_then_moved() {
         assert_eq!(record.state, TaskState::DeadLettered);
     }
     runtime.shutdown(Duration::from_secs(5)).await;
-    let tasks = client
-        .jetstream()
-        .get_stream(agentbus::subject::TASKS_STREAM)
-        .await
-        .unwrap();
-    assert_eq!(
-        tasks.get_info().await.unwrap().state.messages,
-        0,
-        "nothing stranded"
-    );
+    assert_eq!(tasks_stored(&client).await, 0, "nothing stranded");
     assert_eq!(client.dead_letters().await.unwrap().len(), 2);
     let parked = client.parked_dead_letters().await.unwrap();
     assert_eq!(parked.len(), 3, "{parked:?}");
@@ -1485,14 +1481,5 @@ async fn forged_dead_letters_are_not_replayed() {
         3,
         "all still there"
     );
-    let tasks = client
-        .jetstream()
-        .get_stream(agentbus::subject::TASKS_STREAM)
-        .await
-        .unwrap();
-    assert_eq!(
-        tasks.get_info().await.unwrap().state.messages,
-        0,
-        "nothing queued"
-    );
+    assert_eq!(tasks_stored(&client).await, 0, "nothing queued");
 }

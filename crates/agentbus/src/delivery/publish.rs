@@ -450,15 +450,27 @@ async fn no_stream_stores(bus: &Bus, subject: &str) -> bool {
 }
 
 /// Whether a failed publish may succeed if sent again: JetStream had no
-/// leader for the stream, the acknowledgement did not come, or the
-/// connection broke.
+/// leader for the stream, the acknowledgement did not come, the connection
+/// broke, the cluster is not available, or an earlier try with the same
+/// message id is still being stored (its outcome comes with the next try).
 fn passes(err: &jetstream::context::PublishError) -> bool {
-    matches!(
+    if matches!(
         err.kind(),
         PublishErrorKind::StreamNotFound
             | PublishErrorKind::TimedOut
             | PublishErrorKind::BrokenPipe
-    )
+    ) {
+        return true;
+    }
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|refusal| {
+            matches!(
+                refusal.error_code(),
+                jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
+                    | jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE
+            )
+        })
 }
 
 /// The error of a store that kept failing until its deadline: a stream
@@ -479,9 +491,12 @@ async fn unavailable(
             "no server answered for its stream (a leader election that lasts, or a cluster that lost its majority)"
         }
         PublishErrorKind::TimedOut => {
-            "its acknowledgement did not come (a majority of the stream's servers may be down)"
+            "its acknowledgement did not come (a majority of the stream's servers may be down), so it may yet be stored: sending it again with the same id stores it once"
         }
-        _ => "the connection to the server is down",
+        PublishErrorKind::BrokenPipe => "the connection to the server is down",
+        _ => {
+            "the stream's cluster did not settle it (no majority, or an earlier try still in progress): it may have been stored, and sending it again with the same id stores it once"
+        }
     };
     StoreError::Unavailable {
         subject: subject.to_owned(),
