@@ -78,7 +78,8 @@ pub(crate) struct Counts {
     pub(crate) duplicate_effects: usize,
     /// Late outcomes of attempts another attempt had taken over.
     pub(crate) stale_results_discarded: u64,
-    /// From the fault to the first effect after it, in milliseconds.
+    /// The longest the bus stood still after the fault: the longest time
+    /// without an effect, from the fault on, in milliseconds.
     pub(crate) recovery_ms: Option<u64>,
     /// Submissions refused.
     pub(crate) errors: usize,
@@ -367,11 +368,11 @@ async fn inject(
 }
 
 /// Counts the runs, effects and stale results in `ledgers`; the recovery
-/// time is from `fault_at` to the first effect after it.
+/// time is the longest gap between effects from `fault_at` on.
 fn tally(ledgers: &Path, fault_at: u128, acknowledged: &[TaskId]) -> anyhow::Result<Counts> {
     let mut runs: HashMap<String, usize> = HashMap::new();
     let mut effects: HashMap<String, usize> = HashMap::new();
-    let mut first_after: Option<u128> = None;
+    let mut after_fault: Vec<u128> = Vec::new();
     let mut stale = 0;
     for entry in std::fs::read_dir(ledgers)? {
         let path = entry?.path();
@@ -400,7 +401,7 @@ fn tally(ledgers: &Path, fault_at: u128, acknowledged: &[TaskId]) -> anyhow::Res
                 "effect" => {
                     *effects.entry(task.to_owned()).or_default() += 1;
                     if at >= fault_at {
-                        first_after = Some(first_after.map_or(at, |first| first.min(at)));
+                        after_fault.push(at);
                     }
                 }
                 _ => {}
@@ -420,7 +421,33 @@ fn tally(ledgers: &Path, fault_at: u128, acknowledged: &[TaskId]) -> anyhow::Res
             .keys()
             .filter(|task| !acknowledged.contains(task.as_str()))
             .count(),
-        recovery_ms: first_after.map(|at| u64::try_from(at - fault_at).unwrap_or(u64::MAX)),
+        recovery_ms: longest_gap(fault_at, after_fault),
         ..Counts::default()
     })
+}
+
+/// The longest time between `from` and the first of `times`, or between two
+/// of them; `None` when there are none.
+fn longest_gap(from: u128, mut times: Vec<u128>) -> Option<u64> {
+    times.sort_unstable();
+    let mut previous = from;
+    let mut longest = None;
+    for at in times {
+        let gap = u64::try_from(at - previous).unwrap_or(u64::MAX);
+        longest = Some(longest.map_or(gap, |longest: u64| longest.max(gap)));
+        previous = at;
+    }
+    longest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::longest_gap;
+
+    #[test]
+    fn the_longest_gap_counts_from_the_fault() {
+        assert_eq!(longest_gap(100, vec![]), None);
+        assert_eq!(longest_gap(100, vec![150, 110, 400, 420]), Some(250));
+        assert_eq!(longest_gap(100, vec![900]), Some(800));
+    }
 }

@@ -280,10 +280,11 @@ impl TaskContext {
     /// gets the stored result instead, and an attempt that finds another
     /// one's claim waits for its result.
     ///
-    /// What is left: a claim holds for 10 s. An attempt that dies between
-    /// its claim and storing the result leaves the effect unknown, and the
-    /// next attempt makes it again once the claim ran out; so does one whose
-    /// effect takes longer than that. A system that takes an idempotency key
+    /// What is left: a claim holds for twice the bus's store deadline (30 s
+    /// at least). An attempt that dies between its claim and storing the
+    /// result leaves the effect unknown, and the next attempt makes it again
+    /// once the claim ran out; so does one whose effect and store take
+    /// longer than that. A system that takes an idempotency key
     /// closes both windows: pass it [`TaskContext::idempotency_key`]. An
     /// effect that fails gives its claim back, so a retry tries it again.
     /// `name` is 1-64 characters from `A-Z`, `a-z`, `0-9`, `_` and `-`; a

@@ -4,7 +4,8 @@
 //! after a server lost its deliveries, a paused worker that resumed) finds
 //! the result and gets it back instead of making the effect again, and one
 //! that finds another attempt's live claim waits for its result. A claim
-//! whose lease ran out (its attempt died after claiming) is taken over.
+//! whose lease ran out (its attempt died after claiming, or could not store
+//! the result within twice the store deadline) is taken over.
 
 use crate::client::Bus;
 use crate::ride::ride;
@@ -17,10 +18,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The longest effect name.
 const MAX_NAME_LEN: usize = 64;
-/// How long a claim holds: an attempt that claimed an effect and did not
-/// record its result within it is taken to have died, and the effect is
-/// made by the attempt that finds the claim.
-pub(crate) const LEASE: Duration = Duration::from_secs(10);
+/// The shortest a claim holds: an attempt that claimed an effect and did
+/// not record its result within it is taken to have died, and the effect is
+/// made by the attempt that finds the claim. A claim holds at least twice
+/// the bus's store deadline, which the result's store may take through an
+/// election.
+const MIN_LEASE: Duration = Duration::from_secs(30);
 /// How often an attempt that waits for another one's claim looks again.
 const WAIT_POLL: Duration = Duration::from_millis(100);
 
@@ -127,12 +130,13 @@ where
             .map(Into::into)
             .map_err(|err| failed("encode", err.into()))
     };
+    let lease = MIN_LEASE.max(bus.store_deadline() * 2);
     let claim = || Stored::<&T>::Claimed {
         instance_id: instance_id.to_owned(),
-        until_ms: now_ms().saturating_add(u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX)),
+        until_ms: now_ms().saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)),
     };
     // Claim the effect, or find it made, or wait for another attempt's claim.
-    let revision = loop {
+    let (revision, claimed_at) = loop {
         let entry = ride(
             bus,
             &key,
@@ -179,9 +183,17 @@ where
             }
         };
         if let Some(revision) = claimed {
-            break revision;
+            break (revision, tokio::time::Instant::now());
         }
     };
+    // A claim that waited half its lease (this process paused) may be
+    // taken over soon: the effect is left to the attempt that will.
+    if claimed_at.elapsed() > lease / 2 {
+        return Err(failed(
+            "make",
+            "the claim aged past half its lease before the effect began".into(),
+        ));
+    }
     match effect().await {
         Ok(value) => {
             let made = encode(&Stored::Made { value: &value })?;

@@ -1,6 +1,7 @@
 //! Riding out a stream without a leader and a lost connection: the one
-//! retry loop for what the library stores in JetStream (tasks, messages,
-//! dead letters, task records).
+//! retry loop for what the library asks of JetStream that is safe to ask
+//! again (storing tasks, messages and dead letters; reading and writing task
+//! records and effect claims; looking up streams and making consumers).
 
 use crate::client::Bus;
 use std::future::Future;
