@@ -280,7 +280,7 @@ pub(crate) async fn watch_max_deliveries(bus: Bus) {
 /// How often a runtime looks for parked dead letters to move.
 const PARKED_SWEEP: Duration = Duration::from_secs(10);
 
-/// Moves parked dead letters, when there are any (one stream lookup when
+/// Moves parked dead letters, when there are any (two stream lookups when
 /// there are none).
 async fn move_parked(bus: &Bus) {
     let Ok(Some(parked)) = bus.parked_bucket().await else {
@@ -409,6 +409,15 @@ impl Bus {
         let Some(parked) = self.parked_bucket().await? else {
             return Ok(Vec::new());
         };
+        // Listing makes a consumer: not for an empty bucket (the usual case).
+        let waiting = parked
+            .status()
+            .await
+            .map_err(|err| DeadLetterError::stream("read the parked dead letters", err))?
+            .values();
+        if waiting == 0 {
+            return Ok(Vec::new());
+        }
         let mut keys = parked
             .keys()
             .await
