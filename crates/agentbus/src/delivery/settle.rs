@@ -373,10 +373,18 @@ impl Settler {
         delivery: &Delivery,
     ) -> Result<Option<Claim>, RecordError> {
         let records = self.records();
+        // A first delivery usually finds no record: it is claimed by
+        // creating one, and read only when one exists after all.
+        let mut read = delivery.attempt > 1;
         loop {
-            let (previous, revision) = match records.entry(task_id.as_str()).await? {
-                Some((record, revision)) => (record, Some(revision)),
-                None => (None, None),
+            let (previous, revision) = if read {
+                match records.entry(task_id.as_str()).await? {
+                    Some((record, revision)) => (record, Some(revision)),
+                    None => (None, None),
+                }
+            } else {
+                read = true;
+                (None, None)
             };
             if previous
                 .as_ref()
