@@ -191,6 +191,19 @@ pub(crate) async fn run(
         };
         if ended != Some(expected) {
             lost += 1;
+            let record = submitter.task_record(task_id).await.ok().flatten();
+            eprintln!(
+                "{scenario}: task {task_id} did not end {expected}: {}",
+                record.map_or_else(
+                    || "no record".to_owned(),
+                    |r| format!(
+                        "{} after {} attempts, {:?}",
+                        r.state,
+                        r.attempts,
+                        r.response.and_then(|r| r.error)
+                    )
+                )
+            );
         }
     }
     for worker in &mut workers {

@@ -10,3 +10,11 @@ pub(crate) fn is_stream_not_found(err: &jetstream::context::GetStreamError) -> b
             if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
     )
 }
+
+/// Whether a bucket could not be opened because its stream does not exist
+/// (not because the server did not answer).
+pub(crate) fn is_missing_bucket(err: &jetstream::context::KeyValueError) -> bool {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<jetstream::context::GetStreamError>())
+        .is_some_and(is_stream_not_found)
+}

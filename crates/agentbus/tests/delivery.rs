@@ -1483,3 +1483,28 @@ async fn forged_dead_letters_are_not_replayed() {
     );
     assert_eq!(tasks_stored(&client).await, 0, "nothing queued");
 }
+
+/// A bus never set up has no task results bucket: asking for a task says
+/// so at once, rather than trying through the store deadline as it does
+/// while a cluster elects a leader.
+#[tokio::test]
+async fn a_missing_results_bucket_is_told_at_once() {
+    let server = NatsServer::start_bare().await;
+    let client = bus(&server).await;
+    let started = Instant::now();
+    let err = client
+        .wait_task(&TaskId::new(), Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        agentbus::delivery::RecordErrorKind::NoBucket,
+        "{err}"
+    );
+    assert!(err.to_string().contains("agentbus setup"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}

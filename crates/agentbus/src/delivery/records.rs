@@ -288,12 +288,17 @@ pub(crate) struct Records {
 }
 
 impl Records {
+    /// Opens the bucket; asked again through an election or a reconnect,
+    /// up to the bus's store deadline, unless the server says it is missing.
     pub(crate) async fn open(bus: &Bus) -> Result<Self, RecordError> {
-        let store = bus
-            .jetstream()
-            .get_key_value(TASK_RESULTS_BUCKET)
-            .await
-            .map_err(|source| RecordError::NoBucket { source })?;
+        let store = ride(
+            bus,
+            TASK_RESULTS_BUCKET,
+            || bus.jetstream().get_key_value(TASK_RESULTS_BUCKET),
+            |err| !crate::jetstream_errors::is_missing_bucket(err),
+        )
+        .await
+        .map_err(|source| RecordError::NoBucket { source })?;
         Ok(Self {
             store,
             bus: bus.clone(),
