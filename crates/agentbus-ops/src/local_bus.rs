@@ -239,12 +239,15 @@ async fn cluster_ready(
     for (server, config) in servers.iter_mut().zip(configs) {
         server.wait_for_ports(config).await?;
     }
-    let client = seed_target(servers).connect(CLIENT_NAME).await?;
-    let js = async_nats::jetstream::new(client.clone());
+    let target = seed_target(servers);
     let deadline = tokio::time::Instant::now() + CLUSTER_TIMEOUT;
     // A replicated stream can be placed once the meta leader is elected and
     // every node has announced itself (the topology asks for all of them).
-    let applied = loop {
+    // A client learns the cluster's servers when it connects only (later
+    // announcements are not taken in), so each look is a new connection.
+    loop {
+        let client = target.connect(CLIENT_NAME).await?;
+        let js = async_nats::jetstream::new(client.clone());
         let attempt = match js.query_account().await {
             Err(err) => Err(LocalBusError::JetStreamNotReady {
                 source: err,
@@ -259,15 +262,14 @@ async fn cluster_ready(
             }
             Ok(_) => topology.apply(&js).await.map_err(LocalBusError::from),
         };
+        let version = client.server_info().version;
+        client.drain().await.ok();
         match attempt {
-            Ok(applied) => break applied,
+            Ok(applied) => return Ok((version, applied)),
             Err(err) if tokio::time::Instant::now() > deadline => return Err(err),
             Err(_) => tokio::time::sleep(CLUSTER_POLL).await,
         }
-    };
-    let version = client.server_info().version;
-    client.drain().await.ok();
-    Ok((version, applied))
+    }
 }
 
 /// Waits until `server` listens, connects as the configured user, waits for

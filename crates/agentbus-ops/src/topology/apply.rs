@@ -46,7 +46,9 @@ impl Topology {
 }
 
 /// How many servers the cluster behind `client` has, as its server
-/// announced them (a server alone announces none: 1).
+/// announced them when the client connected (a server alone announces none:
+/// 1). Later announcements are not taken in by the client: a cluster still
+/// forming is counted by a new connection.
 pub fn servers_in_cluster(client: &async_nats::Client) -> usize {
     client.server_info().connect_urls.len().max(1)
 }
