@@ -37,7 +37,9 @@
 //! task wire format; `docs/PROTOCOL.md` in the repository describes every
 //! subject and body for other languages), `client` ([`Bus`]), `agent`,
 //! `runtime` (serving loops, retry cache, priority queue, the services
-//! responder), `clock` and `jetstream_errors`.
+//! responder), `ride` (the one retry loop that carries what is stored in
+//! JetStream through elections and reconnects), `effects` (effects made once
+//! per task, [`TaskContext::once`]), `clock` and `jetstream_errors`.
 //!
 //! Dependencies: `delivery` and `runtime` sit on `client`, `subject` and
 //! `protocol`; `presence` sits on `state`; nothing below depends on what is
