@@ -416,6 +416,12 @@ fn user_entry(identity: &Identity) -> String {
 /// --cluster` runs in a data directory.
 pub const NODES_DIR: &str = "nodes";
 
+/// The directory of node `node` (1 and up) of a cluster run in data
+/// directory `dir`; node 0 is `dir` itself.
+pub fn node_dir(dir: &Path, node: usize) -> PathBuf {
+    dir.join(NODES_DIR).join(format!("n{node}"))
+}
+
 /// `dir` and the directories of the further nodes of a cluster run in it
 /// (`nodes/*`), in order: the servers whose users are `dir`'s identities.
 pub fn node_dirs(dir: &Path) -> Vec<PathBuf> {

@@ -86,10 +86,33 @@ impl std::fmt::Debug for ClusterRoutes {
     }
 }
 
+/// Makes `configs` the nodes of one cluster named `name`: each gets a
+/// route port on `host` picked now, every node's port to dial, and one
+/// route user with a password made for this start.
+pub fn route_as_cluster(
+    configs: &mut [LocalServerConfig],
+    name: &str,
+    host: &str,
+) -> std::io::Result<()> {
+    let ports = free_route_ports(host, configs.len())?;
+    let password = crate::data_dir::new_password();
+    for (config, port) in configs.iter_mut().zip(&ports) {
+        config.cluster = Some(ClusterRoutes {
+            name: name.to_owned(),
+            host: host.to_owned(),
+            port: *port,
+            ports: ports.clone(),
+            user: "route".to_owned(),
+            password: password.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// Free ports on `host` for the routes of a cluster of `nodes` nodes: each
 /// bound once by the system's choice and released, so that every node can
 /// be told every other node's port before any of them starts.
-pub fn free_route_ports(host: &str, nodes: usize) -> std::io::Result<Vec<u16>> {
+fn free_route_ports(host: &str, nodes: usize) -> std::io::Result<Vec<u16>> {
     // All held at once, so the system hands out distinct ports.
     let listeners = (0..nodes)
         .map(|_| TcpListener::bind(socket_address(host, 0)))

@@ -5,7 +5,7 @@
 use crate::{nats_server_binary, port_of};
 use agentbus::connect::ServerTarget;
 use agentbus_ops::LocalCluster;
-use agentbus_ops::local_server::{ClusterRoutes, LocalServer, LocalServerConfig, free_route_ports};
+use agentbus_ops::local_server::{LocalServer, LocalServerConfig, route_as_cluster};
 use agentbus_ops::topology::Topology;
 use std::time::Duration;
 
@@ -32,8 +32,6 @@ impl NatsCluster {
     pub async fn start_with_topology(nodes: usize, topology: &Topology) -> Self {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let password = format!("t{}", uuid::Uuid::new_v4().simple());
-        let route_password = format!("r{}", uuid::Uuid::new_v4().simple());
-        let route_ports = free_route_ports("127.0.0.1", nodes).expect("pick route ports");
         let mut configs: Vec<LocalServerConfig> = (0..nodes)
             .map(|node| {
                 let node_dir = dir.path().join(format!("n{node}"));
@@ -48,18 +46,12 @@ impl NatsCluster {
                     user: "test".into(),
                     password: password.clone(),
                     server_name: format!("n{node}"),
-                    cluster: Some(ClusterRoutes {
-                        name: "agentbus-test".into(),
-                        host: "127.0.0.1".into(),
-                        port: route_ports[node],
-                        ports: route_ports.clone(),
-                        user: "route".into(),
-                        password: route_password.clone(),
-                    }),
+                    cluster: None,
                     identities_dir: None,
                 }
             })
             .collect();
+        route_as_cluster(&mut configs, "agentbus-test", "127.0.0.1").expect("pick route ports");
         let cluster = LocalCluster::start_unless(&configs, topology, std::future::pending())
             .await
             .unwrap_or_else(|err| panic!("{err}"));

@@ -575,17 +575,16 @@ fn log_event(event: &async_nats::Event, refusals_expected: bool) {
     use async_nats::{Event, ServerError};
     match event {
         Event::ServerError(ServerError::Other(text))
-            if refusals_expected && text.to_ascii_lowercase().contains("permissions violation") =>
+            if text.to_ascii_lowercase().contains("permissions violation") =>
         {
-            tracing::debug!(%event, "the server refused an operation, as expected");
+            if refusals_expected {
+                tracing::debug!(%event, "the server refused an operation, as expected");
+            } else {
+                tracing::warn!(%event, "the server refused an operation this identity is not allowed");
+            }
         }
         Event::ServerError(ServerError::AuthorizationViolation) => {
             tracing::warn!(%event, "the server refused the credentials");
-        }
-        Event::ServerError(ServerError::Other(text))
-            if text.to_ascii_lowercase().contains("permissions violation") =>
-        {
-            tracing::warn!(%event, "the server refused an operation this identity is not allowed");
         }
         Event::SlowConsumer(_) | Event::ServerError(_) | Event::ClientError(_) => {
             tracing::warn!(%event, "nats connection event");

@@ -8,7 +8,7 @@
 //! the result within twice the store deadline) is taken over.
 
 use crate::client::Bus;
-use crate::ride::ride;
+use crate::ride::{open_bucket, ride};
 use crate::subject::TASK_RESULTS_BUCKET;
 use async_nats::jetstream::kv;
 use serde::de::DeserializeOwned;
@@ -119,9 +119,7 @@ where
         name: name.to_owned(),
         source,
     };
-    let store = bus
-        .jetstream()
-        .get_key_value(TASK_RESULTS_BUCKET)
+    let store = open_bucket(bus, TASK_RESULTS_BUCKET)
         .await
         .map_err(|err| failed("open the bucket for", err.into()))?;
     let key = key(task_id, name);
@@ -136,7 +134,7 @@ where
         until_ms: now_ms().saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)),
     };
     // Claim the effect, or find it made, or wait for another attempt's claim.
-    let (revision, claimed_at) = loop {
+    let revision = loop {
         let entry = ride(
             bus,
             &key,
@@ -183,17 +181,9 @@ where
             }
         };
         if let Some(revision) = claimed {
-            break (revision, tokio::time::Instant::now());
+            break revision;
         }
     };
-    // A claim that waited half its lease (this process paused) may be
-    // taken over soon: the effect is left to the attempt that will.
-    if claimed_at.elapsed() > lease / 2 {
-        return Err(failed(
-            "make",
-            "the claim aged past half its lease before the effect began".into(),
-        ));
-    }
     match effect().await {
         Ok(value) => {
             let made = encode(&Stored::Made { value: &value })?;

@@ -18,3 +18,9 @@ pub(crate) fn is_missing_bucket(err: &jetstream::context::KeyValueError) -> bool
         .and_then(|source| source.downcast_ref::<jetstream::context::GetStreamError>())
         .is_some_and(is_stream_not_found)
 }
+
+/// JetStream's refusal behind a failed publish, with its error code (none
+/// when the publish failed otherwise: a timeout, no responders).
+pub(crate) fn publish_refusal(err: &jetstream::context::PublishError) -> Option<&jetstream::Error> {
+    std::error::Error::source(err).and_then(|source| source.downcast_ref::<jetstream::Error>())
+}

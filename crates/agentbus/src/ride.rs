@@ -73,3 +73,19 @@ where
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
+
+/// Opens KV bucket `bucket`, asked again through an election or a
+/// reconnect up to the bus's store deadline, unless the server says the
+/// bucket is missing ([`crate::jetstream_errors::is_missing_bucket`]).
+pub(crate) async fn open_bucket(
+    bus: &Bus,
+    bucket: &str,
+) -> Result<async_nats::jetstream::kv::Store, async_nats::jetstream::context::KeyValueError> {
+    ride(
+        bus,
+        bucket,
+        || bus.jetstream().get_key_value(bucket),
+        |err| !crate::jetstream_errors::is_missing_bucket(err),
+    )
+    .await
+}

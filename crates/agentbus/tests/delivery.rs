@@ -1508,3 +1508,31 @@ async fn a_missing_results_bucket_is_told_at_once() {
         started.elapsed()
     );
 }
+
+/// A bus never set up has no stream for a queue: a submission says so at
+/// once (the server tells that no stream stores the subject), rather than
+/// trying through the store deadline as it does while a stream has no leader.
+#[tokio::test]
+async fn a_submission_no_stream_stores_is_told_at_once() {
+    let server = NatsServer::start_bare().await;
+    let client = bus(&server).await;
+    let started = Instant::now();
+    let err = client
+        .submit(
+            &Queue::agent("nowhere").unwrap(),
+            &TaskRequest::new("t", json!({})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        agentbus::delivery::StoreErrorKind::NoStream,
+        "{err}"
+    );
+    assert!(err.to_string().contains("agentbus setup"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}

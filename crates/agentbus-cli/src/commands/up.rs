@@ -10,7 +10,7 @@ use crate::output::{errln, outln, print_json, spinner};
 use agentbus::connect::{ConnectionFile, ServerTarget, resolve_data_dir};
 use agentbus_ops::data_dir::{BUS_USER, DataDir};
 use agentbus_ops::identity::{self, Identities};
-use agentbus_ops::local_server::{ClusterRoutes, LocalServer, LocalServerConfig, free_route_ports};
+use agentbus_ops::local_server::{LocalServer, LocalServerConfig, route_as_cluster};
 use agentbus_ops::server_binary;
 use agentbus_ops::topology::StreamAction;
 use agentbus_ops::{LocalBus, LocalBusError, LocalCluster, seed_target};
@@ -241,36 +241,25 @@ fn node_configs(
     } else {
         args.host.as_str()
     };
-    let route_ports = free_route_ports(route_host, nodes).context("cannot pick route ports")?;
-    let route_password = agentbus_ops::data_dir::new_password();
-    (0..nodes)
+    let mut configs = (0..nodes)
         .map(|node| {
             let dir = match node {
                 0 => data_dir.path().to_owned(),
                 n => {
-                    let dir = data_dir
-                        .path()
-                        .join(identity::NODES_DIR)
-                        .join(format!("n{n}"));
+                    let dir = identity::node_dir(data_dir.path(), n);
                     create_private_dir(&dir)?;
                     dir
                 }
             };
             let mut config = config(node, dir, format!("agentbus-n{node}"));
-            config.cluster = Some(ClusterRoutes {
-                name: "agentbus".to_owned(),
-                host: route_host.to_owned(),
-                port: route_ports[node],
-                ports: route_ports.clone(),
-                user: "route".to_owned(),
-                password: route_password.clone(),
-            });
             if node > 0 {
                 config.identities_dir = Some(data_dir.path().to_owned());
             }
             Ok(config)
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    route_as_cluster(&mut configs, "agentbus", route_host).context("cannot pick route ports")?;
+    Ok(configs)
 }
 
 /// Creates `dir` (and its parents) readable by this user only.

@@ -7,6 +7,7 @@
 use super::DeliveryOptions;
 use super::queue::Queue;
 use crate::client::Bus;
+use crate::jetstream_errors::is_stream_not_found;
 use crate::name::Name;
 use crate::protocol::Priority;
 use crate::ride::ride;
@@ -209,22 +210,15 @@ impl ConsumerSpec {
     /// The stream the consumer reads; asked again through a reconnect or a
     /// stream without a leader, up to the bus's store deadline.
     async fn stream_of(&self, bus: &Bus) -> Result<jetstream::stream::Stream, ConsumerError> {
-        let missing = |err: &jetstream::context::GetStreamError| {
-            matches!(
-                err.kind(),
-                jetstream::context::GetStreamErrorKind::JetStream(js)
-                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-            )
-        };
         ride(
             bus,
             self.stream,
             || bus.jetstream().get_stream(self.stream),
-            |err| !missing(err),
+            |err| !is_stream_not_found(err),
         )
         .await
         .map_err(|err| {
-            let kind = if missing(&err) {
+            let kind = if is_stream_not_found(&err) {
                 ConsumerErrorKind::NoStream
             } else {
                 ConsumerErrorKind::Unavailable

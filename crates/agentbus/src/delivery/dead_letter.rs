@@ -5,8 +5,9 @@ use super::publish::store;
 use super::records::{AttemptError, RecordError, Records, TaskRecord, TaskState};
 use crate::client::Bus;
 use crate::clock;
+use crate::jetstream_errors::is_missing_bucket;
 use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
-use crate::ride::ride;
+use crate::ride::{open_bucket, ride};
 use crate::subject::{self, DEAD_LETTER_STREAM, PARKED_LETTERS_BUCKET, TASKS_STREAM};
 use crate::task_id::TaskId;
 use async_nats::jetstream::kv;
@@ -34,6 +35,16 @@ pub struct DeadLetter {
     pub dead_lettered_at: String,
     /// Its sequence in the original stream.
     pub original_sequence: u64,
+}
+
+impl DeadLetter {
+    /// The message as it was stored: the inverse of [`body_value`].
+    fn original_body(&self) -> Vec<u8> {
+        match &self.body {
+            Value::String(text) => text.clone().into_bytes(),
+            other => serde_json::to_vec(other).unwrap_or_default(),
+        }
+    }
 }
 
 /// A dead letter with its place in the dead-letter stream.
@@ -74,11 +85,7 @@ fn refusal(stored_on: &str, letter: &DeadLetter) -> Option<String> {
     if !queue {
         return Some(format!("{} is not a task queue", letter.subject));
     }
-    let body = match &letter.body {
-        Value::String(text) => text.clone().into_bytes(),
-        other => serde_json::to_vec(other).unwrap_or_default(),
-    };
-    match TaskRequest::from_json(&body) {
+    match TaskRequest::from_json(&letter.original_body()) {
         Ok(request) if request.task_id.as_str() == task_id => None,
         Ok(request) => Some(format!(
             "the letter names task {task_id} but holds task {}",
@@ -215,7 +222,7 @@ async fn store_in_stream(bus: &Bus, letter: &DeadLetter, body: Vec<u8>) -> Resul
 }
 
 async fn park(bus: &Bus, letter: &DeadLetter, body: Vec<u8>) -> Result<(), async_nats::Error> {
-    let parked = bus.jetstream().get_key_value(PARKED_LETTERS_BUCKET).await?;
+    let parked = open_bucket(bus, PARKED_LETTERS_BUCKET).await?;
     let key = subject::parked_letter(&letter.subject, letter.original_sequence);
     let body = bytes::Bytes::from(body);
     ride(
@@ -283,22 +290,41 @@ const PARKED_SWEEP: Duration = Duration::from_secs(10);
 /// Moves parked dead letters, when there are any (two stream lookups when
 /// there are none).
 async fn move_parked(bus: &Bus) {
-    let Ok(Some(parked)) = bus.parked_bucket().await else {
-        return;
-    };
-    let waiting = parked
-        .status()
-        .await
-        .map(|status| status.values())
-        .unwrap_or(0);
-    if waiting == 0 {
-        return;
-    }
     match bus.move_parked_dead_letters().await {
         Ok(0) => {}
         Ok(moved) => tracing::info!(moved, "parked dead letters moved to the dead-letter stream"),
         Err(err) => tracing::warn!(%err, "cannot move parked dead letters"),
     }
+}
+
+/// The letters in `parked`, by their key.
+async fn parked_in(parked: &kv::Store) -> Result<Vec<(String, DeadLetter)>, DeadLetterError> {
+    // Listing makes a consumer: not for an empty bucket (the usual case).
+    let waiting = parked
+        .status()
+        .await
+        .map_err(|err| DeadLetterError::stream("read the parked dead letters", err))?
+        .values();
+    if waiting == 0 {
+        return Ok(Vec::new());
+    }
+    let mut keys = parked
+        .keys()
+        .await
+        .map_err(|err| DeadLetterError::stream("list the parked dead letters", err))?;
+    let mut letters = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key =
+            key.map_err(|err| DeadLetterError::stream("list the parked dead letters", err))?;
+        let value = parked
+            .get(&key)
+            .await
+            .map_err(|err| DeadLetterError::stream("read a parked dead letter", err))?;
+        if let Some(letter) = value.and_then(|v| serde_json::from_slice::<DeadLetter>(&v).ok()) {
+            letters.push((key, letter));
+        }
+    }
+    Ok(letters)
 }
 
 async fn dead_letter_abandoned(
@@ -406,36 +432,10 @@ impl Bus {
     /// The dead letters waiting in `agent-dlq-parked` because the
     /// dead-letter stream was full when they were written, by their key.
     pub async fn parked_dead_letters(&self) -> Result<Vec<(String, DeadLetter)>, DeadLetterError> {
-        let Some(parked) = self.parked_bucket().await? else {
-            return Ok(Vec::new());
-        };
-        // Listing makes a consumer: not for an empty bucket (the usual case).
-        let waiting = parked
-            .status()
-            .await
-            .map_err(|err| DeadLetterError::stream("read the parked dead letters", err))?
-            .values();
-        if waiting == 0 {
-            return Ok(Vec::new());
+        match self.parked_bucket().await? {
+            Some(parked) => parked_in(&parked).await,
+            None => Ok(Vec::new()),
         }
-        let mut keys = parked
-            .keys()
-            .await
-            .map_err(|err| DeadLetterError::stream("list the parked dead letters", err))?;
-        let mut letters = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key =
-                key.map_err(|err| DeadLetterError::stream("list the parked dead letters", err))?;
-            let value = parked
-                .get(&key)
-                .await
-                .map_err(|err| DeadLetterError::stream("read a parked dead letter", err))?;
-            if let Some(letter) = value.and_then(|v| serde_json::from_slice::<DeadLetter>(&v).ok())
-            {
-                letters.push((key, letter));
-            }
-        }
-        Ok(letters)
     }
 
     /// Moves the parked dead letters into the dead-letter stream while it
@@ -446,7 +446,7 @@ impl Bus {
             return Ok(0);
         };
         let mut moved = 0;
-        for (key, letter) in self.parked_dead_letters().await? {
+        for (key, letter) in parked_in(&parked).await? {
             let body = serde_json::to_vec(&letter).expect("a dead letter always serializes");
             match store_in_stream(self, &letter, body).await {
                 Ok(()) => {}
@@ -464,13 +464,9 @@ impl Bus {
 
     /// The bucket of parked dead letters; `None` on a bus set up before it existed.
     async fn parked_bucket(&self) -> Result<Option<kv::Store>, DeadLetterError> {
-        match self.jetstream().get_key_value(PARKED_LETTERS_BUCKET).await {
+        match open_bucket(self, PARKED_LETTERS_BUCKET).await {
             Ok(bucket) => Ok(Some(bucket)),
-            Err(err)
-                if err.kind() == async_nats::jetstream::context::KeyValueErrorKind::GetBucket =>
-            {
-                Ok(None)
-            }
+            Err(err) if is_missing_bucket(&err) => Ok(None),
             Err(err) => Err(DeadLetterError::stream("open the parked dead letters", err)),
         }
     }
@@ -518,10 +514,7 @@ impl Bus {
                 }
                 continue;
             }
-            let body = match &entry.letter.body {
-                Value::String(text) => text.clone().into_bytes(),
-                other => serde_json::to_vec(other).unwrap_or_default(),
-            };
+            let body = entry.letter.original_body();
             let task_id = entry
                 .letter
                 .task_id

@@ -3,6 +3,7 @@
 use super::Queue;
 use super::records::{RecordError, Records, TaskRecord, TaskState};
 use crate::client::Bus;
+use crate::jetstream_errors::publish_refusal;
 use crate::name::{InvalidName, Name};
 use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
 use crate::ride::ride;
@@ -446,7 +447,10 @@ async fn no_stream_stores(bus: &Bus, subject: &str) -> bool {
         STREAM_LOOKUP_TIMEOUT,
         bus.jetstream().stream_by_subject(subject),
     );
-    matches!(lookup.await, Ok(Err(err)) if err.to_string().contains("no stream found"))
+    matches!(
+        lookup.await,
+        Ok(Err(err)) if err.kind() == jetstream::context::GetStreamByNameErrorKind::NotFound
+    )
 }
 
 /// Whether a failed publish may succeed if sent again: JetStream had no
@@ -462,15 +466,13 @@ fn passes(err: &jetstream::context::PublishError) -> bool {
     ) {
         return true;
     }
-    std::error::Error::source(err)
-        .and_then(|source| source.downcast_ref::<jetstream::Error>())
-        .is_some_and(|refusal| {
-            matches!(
-                refusal.error_code(),
-                jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
-                    | jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE
-            )
-        })
+    publish_refusal(err).is_some_and(|refusal| {
+        matches!(
+            refusal.error_code(),
+            jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
+                | jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE
+        )
+    })
 }
 
 /// The error of a store that kept failing until its deadline: a stream
@@ -518,14 +520,12 @@ async fn publish_error(
     max: usize,
     err: jetstream::context::PublishError,
 ) -> StoreError {
+    // "No responders" (no stream, or no leader) passes: `store` told it.
     let subject = subject.to_owned();
-    match err.kind() {
-        PublishErrorKind::StreamNotFound => return StoreError::NoStream { subject },
-        PublishErrorKind::MaxPayloadExceeded => return StoreError::TooLarge { size, max },
-        _ => {}
+    if err.kind() == PublishErrorKind::MaxPayloadExceeded {
+        return StoreError::TooLarge { size, max };
     }
-    let refusal = std::error::Error::source(&err)
-        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+    let refusal = publish_refusal(&err)
         .filter(|refusal| refusal.error_code() == jetstream::ErrorCode::STREAM_STORE_FAILED)
         .cloned();
     match refusal {

@@ -3,7 +3,7 @@
 use crate::client::Bus;
 use crate::clock;
 use crate::protocol::TaskResponse;
-use crate::ride::ride;
+use crate::ride::{open_bucket, ride};
 use crate::subject::{TASK_RESULTS_BUCKET, TASKS_STREAM};
 use crate::task_id::TaskId;
 use async_nats::jetstream::{self, kv};
@@ -291,14 +291,9 @@ impl Records {
     /// Opens the bucket; asked again through an election or a reconnect,
     /// up to the bus's store deadline, unless the server says it is missing.
     pub(crate) async fn open(bus: &Bus) -> Result<Self, RecordError> {
-        let store = ride(
-            bus,
-            TASK_RESULTS_BUCKET,
-            || bus.jetstream().get_key_value(TASK_RESULTS_BUCKET),
-            |err| !crate::jetstream_errors::is_missing_bucket(err),
-        )
-        .await
-        .map_err(|source| RecordError::NoBucket { source })?;
+        let store = open_bucket(bus, TASK_RESULTS_BUCKET)
+            .await
+            .map_err(|source| RecordError::NoBucket { source })?;
         Ok(Self {
             store,
             bus: bus.clone(),

@@ -972,7 +972,6 @@ enum Fetched {
 /// subject, whatever the request).
 struct Puller {
     bus: Bus,
-    jetstream: jetstream::Context,
     /// Changes when the connection is made again: a fetch in flight then
     /// gets no answer (it went to the connection that is gone).
     reconnects: tokio::sync::watch::Receiver<u64>,
@@ -994,7 +993,6 @@ impl Puller {
             .await?;
         Ok(Self {
             bus: bus.clone(),
-            jetstream: bus.jetstream().clone(),
             reconnects: bus.reconnects(),
             inbox,
             replies,
@@ -1054,7 +1052,7 @@ impl Puller {
             match message.status {
                 None | Some(StatusCode::OK) => messages.push(jetstream::Message {
                     message,
-                    context: self.jetstream.clone(),
+                    context: self.bus.jetstream().clone(),
                 }),
                 Some(_) if message.subject != reply => {} // about an earlier request
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
