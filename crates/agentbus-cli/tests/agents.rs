@@ -28,7 +28,7 @@ impl Agent for Echo {
     }
 
     async fn handle(&self, task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
-        Ok(task.payload)
+        Ok(task.payload.into_value())
     }
 }
 

@@ -236,7 +236,7 @@ impl Agent for Watched {
     }
 
     async fn handle(&self, task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
-        Ok(task.payload)
+        Ok(task.payload.into_value())
     }
 
     async fn handle_message(

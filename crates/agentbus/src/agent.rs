@@ -203,7 +203,7 @@ impl TaskError {
 impl TaskRequest {
     /// The payload as a typed value; a mismatch is a `rejected` task error.
     pub fn payload_as<T: DeserializeOwned>(&self) -> Result<T, TaskError> {
-        T::deserialize(&self.payload).map_err(|err| {
+        self.payload.parse().map_err(|err| {
             TaskError::rejected(format!("invalid payload for {}: {err}", self.task_type))
         })
     }

@@ -64,6 +64,7 @@ mod effects;
 pub mod events;
 mod jetstream_errors;
 mod name;
+mod payload;
 pub mod permissions;
 pub mod presence;
 mod protocol;
@@ -83,6 +84,7 @@ pub use client::{
 };
 pub use connect::{ConnectError, ServerTarget};
 pub use name::{InvalidName, MAX_NAME_LEN, Name};
+pub use payload::Payload;
 pub use protocol::{Priority, RequestError, TaskRequest, TaskResponse, TaskStatus};
 pub use runtime::discovery;
 pub use runtime::{

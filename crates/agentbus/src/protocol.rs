@@ -10,6 +10,7 @@
 //! for clients in other languages; plain nats-py agents read and write exactly
 //! this.
 
+use crate::payload::Payload;
 use crate::task_id::{InvalidTaskId, TaskId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -123,8 +124,8 @@ pub struct TaskRequest {
     pub task_id: TaskId,
     /// What to do; one of the task types the agent accepts.
     pub task_type: String,
-    /// Input of the task.
-    pub payload: Value,
+    /// Input of the task: a JSON object, kept as received until read.
+    pub payload: Payload,
     /// Urgency.
     #[serde(default)]
     pub priority: Priority,
@@ -146,7 +147,7 @@ impl TaskRequest {
         Self {
             task_id: TaskId::new(),
             task_type: task_type.into(),
-            payload,
+            payload: Payload::from(payload),
             priority: Priority::Normal,
             deadline: None,
             stream: false,
@@ -253,7 +254,7 @@ impl TaskRequest {
         Ok(Self {
             task_id,
             task_type,
-            payload,
+            payload: Payload::from(payload),
             priority,
             deadline,
             stream,
@@ -379,7 +380,7 @@ mod tests {
         let request = TaskRequest {
             task_id: TaskId::parse("t1").unwrap(),
             task_type: "generate_text".into(),
-            payload: json!({"prompt": "hi", "max_tokens": 200}),
+            payload: json!({"prompt": "hi", "max_tokens": 200}).into(),
             priority: Priority::Normal,
             deadline: None,
             stream: false,

@@ -67,10 +67,11 @@ impl Agent for Recorder {
     }
 
     async fn handle(&self, task: TaskRequest, ctx: TaskContext) -> Result<Value, TaskError> {
-        self.seen
-            .lock()
-            .unwrap()
-            .push(("task".into(), ctx.sender().clone(), task.payload.clone()));
+        self.seen.lock().unwrap().push((
+            "task".into(),
+            ctx.sender().clone(),
+            task.payload.clone().into_value(),
+        ));
         Ok(json!({ "served_by": self.name, "sender": ctx.sender() }))
     }
 
@@ -715,7 +716,7 @@ impl Agent for GivesUpOnce {
         if run == 1 {
             return Err(TaskError::permanent("not today"));
         }
-        Ok(task.payload)
+        Ok(task.payload.into_value())
     }
 }
 

@@ -95,13 +95,27 @@ pub(crate) trait Job: Send + Sync + 'static {
     fn run(&self, delivery: Delivery) -> JobFuture;
 }
 
+/// How much work of one kind runs at once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Jobs at once.
+    pub(crate) concurrency: usize,
+    /// Bytes of payload held at most, running and fetched ahead together:
+    /// fetching stops at it (at most one message beyond it is taken).
+    pub(crate) bytes: usize,
+}
+
+/// Bytes a fetch may take beyond the largest payload the server allows:
+/// JetStream counts the subject, the reply subject and the headers too.
+const FETCH_BYTES_SLACK: usize = 64 << 10;
+
 /// The durable work of one agent.
 pub(crate) struct AgentWork {
-    /// Queued tasks: the job, how many run at once, and the queues to work.
-    pub(crate) tasks: Option<(Arc<dyn Job>, usize, Vec<Queue>)>,
-    /// Durable messages: a job, how many run at once, and its consumer
-    /// (made already: it holds the agent's cursor), per source.
-    pub(crate) messages: Vec<(Arc<dyn Job>, usize, PullConsumer, ConsumerSpec)>,
+    /// Queued tasks: the job, its limits, and the queues to work.
+    pub(crate) tasks: Option<(Arc<dyn Job>, Limits, Vec<Queue>)>,
+    /// Durable messages: a job, its limits, and its consumer (made already:
+    /// it holds the agent's cursor), per source.
+    pub(crate) messages: Vec<(Arc<dyn Job>, Limits, PullConsumer, ConsumerSpec)>,
     /// How its consumers are made.
     pub(crate) options: DeliveryOptions,
 }
@@ -135,6 +149,9 @@ impl Worker {
             round: 0,
             linger: None,
             held_total: 0,
+            largest_fetch: usize::try_from(bus.client().server_info().max_payload)
+                .unwrap_or(usize::MAX)
+                .saturating_add(FETCH_BYTES_SLACK),
             tasks_stream: None,
             live_consumers: 0,
         };
@@ -162,10 +179,15 @@ impl Worker {
     }
 }
 
-/// Slots of one concurrency limit (an agent's queued tasks, or one message source).
+/// Slots of one concurrency limit (an agent's queued tasks, or one message
+/// source), and the bytes its running jobs hold.
 struct Slots {
     max: usize,
     running: usize,
+    max_bytes: usize,
+    bytes: usize,
+    /// A fetch stopped at the bytes left: no more until a job ends.
+    bytes_full: bool,
 }
 
 struct Handler {
@@ -198,6 +220,8 @@ struct Source {
     in_flight: usize,
     /// Deliveries fetched ahead, waiting for a free slot.
     held: VecDeque<Delivery>,
+    /// Bytes of the payloads of `held`.
+    held_bytes: usize,
     /// Whether its last fetch came back full: it has a backlog, and the next
     /// fetch asks for more than there is room for, so that the next batch is
     /// here when the running one ends.
@@ -234,8 +258,9 @@ struct Rung {
     message: Option<async_nats::Message>,
 }
 
-/// A running job: yields the slots it held and its source.
-type Running = Pin<Box<dyn Future<Output = (usize, usize)> + Send>>;
+/// A running job: yields the slots it held, its source, and the bytes of
+/// its payload.
+type Running = Pin<Box<dyn Future<Output = (usize, usize, usize)> + Send>>;
 
 struct State {
     bus: Bus,
@@ -255,6 +280,9 @@ struct State {
     linger: Option<Instant>,
     /// Deliveries fetched ahead and waiting, over every source.
     held_total: usize,
+    /// Bytes a fetch holding one message of the largest size the server
+    /// allows may ask for.
+    largest_fetch: usize,
     tasks_stream: Option<jetstream::stream::Stream>,
     live_consumers: usize,
 }
@@ -399,6 +427,7 @@ impl State {
                         pending: false,
                         in_flight: 0,
                         held: VecDeque::new(),
+                        held_bytes: 0,
                         backlog: false,
                         fetched: None,
                         gone: false,
@@ -432,6 +461,7 @@ impl State {
                 pending: true,
                 in_flight: 0,
                 held: VecDeque::new(),
+                held_bytes: 0,
                 backlog: false,
                 fetched: None,
                 gone: false,
@@ -446,16 +476,22 @@ impl State {
         }
     }
 
-    /// A job ended: its slot and its source's delivery are free.
-    fn finished(&mut self, (slots, source): (usize, usize)) {
-        self.slots[slots].running -= 1;
+    /// A job ended: its slot, its bytes and its source's delivery are free.
+    fn finished(&mut self, (slots, source, bytes): (usize, usize, usize)) {
+        let slots = &mut self.slots[slots];
+        slots.running -= 1;
+        slots.bytes -= bytes;
+        slots.bytes_full = false;
         self.sources[source].in_flight -= 1;
     }
 
-    fn new_slots(&mut self, max: usize) -> usize {
+    fn new_slots(&mut self, limits: Limits) -> usize {
         self.slots.push(Slots {
-            max: max.max(1),
+            max: limits.concurrency.max(1),
             running: 0,
+            max_bytes: limits.bytes.max(1),
+            bytes: 0,
+            bytes_full: false,
         });
         self.slots.len() - 1
     }
@@ -482,6 +518,28 @@ impl State {
         max.saturating_sub(running)
     }
 
+    /// Bytes a fetch from a source may take: what its handlers have left,
+    /// less what it fetched ahead; `None` when that is nothing, or when its
+    /// last fetch stopped at the bytes left and no job has ended since. With
+    /// nothing held, at least one message of the largest size fits, so that
+    /// a payload larger than the bound is still taken, alone.
+    fn fetch_bytes(&self, source: usize) -> Option<usize> {
+        let mut left = 0usize;
+        let mut held = self.sources[source].held_bytes;
+        let mut blocked = true;
+        for handler in &self.sources[source].handlers {
+            let slots = &self.slots[self.handlers[*handler].slots];
+            left += slots.max_bytes.saturating_sub(slots.bytes);
+            held += slots.bytes;
+            blocked &= slots.bytes_full;
+        }
+        let left = left.saturating_sub(self.sources[source].held_bytes);
+        if held == 0 {
+            return Some(left.max(self.largest_fetch));
+        }
+        (left > 0 && !blocked).then_some(left)
+    }
+
     /// Whether some pending source is ready to take work now; when one has
     /// room but waits for more, the linger that ends its wait starts.
     fn fetchable(&mut self) -> bool {
@@ -491,7 +549,7 @@ impl State {
             if self.ready(*source, lingered) {
                 return true;
             }
-            waiting |= self.capacity(*source) > 0;
+            waiting |= self.capacity(*source) > 0 && self.fetch_bytes(*source).is_some();
         }
         if waiting {
             self.linger
@@ -514,7 +572,9 @@ impl State {
     fn ready(&self, source: usize, lingered: bool) -> bool {
         let (max, running) = self.slots_of(source);
         let free = max.saturating_sub(running);
-        free > 0 && (lingered || running == 0 || free * 2 >= max)
+        free > 0
+            && (lingered || running == 0 || free * 2 >= max)
+            && self.fetch_bytes(source).is_some()
     }
 
     /// Marks a source as possibly holding messages.
@@ -679,6 +739,7 @@ impl State {
                 {
                     let mut delivery = delivery;
                     self.sources[source].in_flight -= 1;
+                    self.sources[source].held_bytes -= delivery.payload().len();
                     self.held_total -= 1;
                     if delivery.expired() {
                         // Kept past its ack wait (the server stalled): it
@@ -712,8 +773,12 @@ impl State {
                     0
                 };
                 let want = room + ahead;
+                let Some(max_bytes) = self.fetch_bytes(source) else {
+                    self.pending[level].push_back(source);
+                    continue;
+                };
                 // Jobs keep running while the fetch waits for the server.
-                let fetching = puller.fetch(&consumer, want);
+                let fetching = puller.fetch(&consumer, want, max_bytes);
                 tokio::pin!(fetching);
                 let fetched = loop {
                     tokio::select! {
@@ -721,8 +786,9 @@ impl State {
                         Some(done) = running.next(), if !running.is_empty() => self.finished(done),
                     }
                 };
-                let messages = match fetched {
-                    Fetched::Messages(messages) => messages,
+                let (messages, bytes_full) = match fetched {
+                    Fetched::Messages(messages) => (messages, false),
+                    Fetched::BytesFull(messages) => (messages, true),
                     Fetched::ConsumerGone => {
                         self.sources[source].backlog = false;
                         if let Consumer::Kept(consumer) = &self.sources[source].consumer {
@@ -746,7 +812,12 @@ impl State {
                     }
                 };
                 self.sources[source].gone = false;
-                let drained = messages.len() < want;
+                if bytes_full {
+                    for handler in self.sources[source].handlers.clone() {
+                        self.slots[self.handlers[handler].slots].bytes_full = true;
+                    }
+                }
+                let drained = messages.len() < want && !bytes_full;
                 self.sources[source].backlog = !drained;
                 self.sources[source].fetched = Some(Instant::now());
                 // Slots freed while the fetch was out are taken too.
@@ -758,6 +829,7 @@ impl State {
                         room -= 1;
                     } else {
                         self.sources[source].in_flight += 1;
+                        self.sources[source].held_bytes += delivery.payload().len();
                         self.held_total += 1;
                         self.sources[source].held.push_back(delivery);
                     }
@@ -793,6 +865,8 @@ impl State {
         let job = self.handlers[handler].job.clone();
         let slots = self.handlers[handler].slots;
         let sequence = delivery.stream_sequence();
+        let bytes = delivery.payload().len();
+        self.slots[slots].bytes += bytes;
         self.sources[source].in_flight += 1;
         running.push(Box::pin(
             AssertUnwindSafe(job.run(delivery))
@@ -802,7 +876,7 @@ impl State {
                         // The delivery stays unacknowledged and is redelivered.
                         tracing::error!(sequence, "a job panicked");
                     }
-                    (slots, source)
+                    (slots, source, bytes)
                 }),
         ));
     }
@@ -813,7 +887,15 @@ impl State {
     async fn keep_held_alive(&mut self) {
         for source in &mut self.sources {
             let before = source.held.len();
-            source.held.retain(|delivery| !delivery.expired());
+            let mut let_go = 0;
+            source.held.retain(|delivery| {
+                let expired = delivery.expired();
+                if expired {
+                    let_go += delivery.payload().len();
+                }
+                !expired
+            });
+            source.held_bytes -= let_go;
             let expired = before - source.held.len();
             source.in_flight -= expired;
             self.held_total -= expired;
@@ -962,6 +1044,8 @@ fn listen(
 enum Fetched {
     /// The messages there were (possibly none).
     Messages(Vec<jetstream::Message>),
+    /// The messages that fitted in the bytes asked for: the next one did not.
+    BytesFull(Vec<jetstream::Message>),
     /// The consumer does not exist (any more).
     ConsumerGone,
 }
@@ -1001,8 +1085,9 @@ impl Puller {
         })
     }
 
-    /// Fetches up to `max` messages that are there now, without waiting.
-    async fn fetch(&mut self, consumer: &PullConsumer, max: usize) -> Fetched {
+    /// Fetches up to `max` messages that are there now, of `max_bytes` at
+    /// most together, without waiting.
+    async fn fetch(&mut self, consumer: &PullConsumer, max: usize, max_bytes: usize) -> Fetched {
         if self.abandoned {
             match Self::new(&self.bus).await {
                 Ok(fresh) => *self = fresh, // the old subscription ends on drop
@@ -1017,6 +1102,7 @@ impl Puller {
         let request = BatchConfig {
             batch: max,
             no_wait: true,
+            max_bytes,
             ..Default::default()
         };
         if let Err(err) = consumer.request_batch(request, reply.clone()).await {
@@ -1061,6 +1147,15 @@ impl Puller {
                 // Nothing serves the consumer's pull subject: it was deleted.
                 Some(StatusCode::NO_RESPONDERS) if messages.is_empty() => {
                     return Fetched::ConsumerGone;
+                }
+                // The next message is larger than the bytes left.
+                Some(StatusCode::REQUEST_TERMINATED)
+                    if message
+                        .description
+                        .as_deref()
+                        .is_some_and(|text| text.contains("MaxBytes")) =>
+                {
+                    return Fetched::BytesFull(messages);
                 }
                 Some(status) => {
                     tracing::warn!(%status, description = ?message.description, "fetch from a work queue ended");

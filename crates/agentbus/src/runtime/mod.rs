@@ -41,6 +41,15 @@ pub struct AgentOptions {
     /// Tasks waiting at most; beyond it, new tasks stay in the subscription
     /// buffer until a slot frees (backpressure).
     pub max_waiting: usize,
+    /// Bytes of payload the agent takes in at most, waiting and running
+    /// together: new work is taken only while less than this is held, so at
+    /// most one task beyond it. Beyond it, request/reply tasks stay in the
+    /// subscription buffer and queued tasks and messages in their stream
+    /// until a task ends (backpressure). Request/reply tasks, queued tasks,
+    /// and each source of durable messages are bounded each. A payload is
+    /// held as the text it arrived as, so a task costs about its own size
+    /// until its handler parses it.
+    pub max_held_bytes: usize,
     /// A handler running longer is abandoned with status `timeout`.
     pub task_timeout: Option<Duration>,
     /// How long a cancelled handler may go on before it is dropped and the
@@ -83,6 +92,7 @@ impl Default for AgentOptions {
         Self {
             max_concurrency: 64,
             max_waiting: 10_000,
+            max_held_bytes: 64 << 20,
             task_timeout: None,
             cancel_grace: Duration::from_secs(5),
             dedup_window: Duration::from_secs(300),

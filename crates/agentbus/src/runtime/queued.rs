@@ -4,7 +4,7 @@
 
 use super::serve::{Served, execute, publish_task_event};
 use crate::agent::{Agent, AgentMessage, TaskContext};
-use crate::delivery::worker::{AgentWork, Job, JobFuture};
+use crate::delivery::worker::{AgentWork, Job, JobFuture, Limits};
 use crate::delivery::{
     ConsumerError, ConsumerSpec, Delivery, FROM_HEADER, Opened, Queue, Settled, Settler, body_value,
 };
@@ -28,6 +28,10 @@ pub(super) async fn agent_work<A: Agent>(
     message_settler: Option<Settler>,
 ) -> Result<AgentWork, ConsumerError> {
     let options = served.options.delivery;
+    let limits = |concurrency| Limits {
+        concurrency,
+        bytes: served.options.max_held_bytes,
+    };
     // An agent identity takes tasks from the shared queues it was granted
     // only: one it may not consume would time out each time work arrives.
     let granted = served.bus.granted_work_types();
@@ -51,7 +55,7 @@ pub(super) async fn agent_work<A: Agent>(
             served: served.clone(),
             settler,
         });
-        (job, served.options.max_concurrency, queues)
+        (job, limits(served.options.max_concurrency), queues)
     });
     let mut messages = Vec::new();
     if let Some(settler) = message_settler {
@@ -66,7 +70,7 @@ pub(super) async fn agent_work<A: Agent>(
             (ConsumerSpec::broadcasts(agent, topics), 1),
         ] {
             let consumer = spec.create(&served.bus, &options).await?;
-            messages.push((job.clone(), concurrency, consumer, spec));
+            messages.push((job.clone(), limits(concurrency), consumer, spec));
         }
     }
     Ok(AgentWork {

@@ -79,6 +79,8 @@ pub(super) struct TaskSubscribers {
 struct Waiting {
     priority: Priority,
     sequence: u64,
+    /// Bytes of the message it came in.
+    bytes: usize,
     request: TaskRequest,
     sender: Sender,
     reply: Option<Subject>,
@@ -121,6 +123,8 @@ pub(super) async fn serve<A: Agent>(
     let mut waiting = BinaryHeap::new();
     let mut sequence = 0u64;
     let max_concurrency = served.options.max_concurrency.max(1);
+    // Bytes of the messages of waiting and running tasks.
+    let mut held_bytes = 0usize;
     {
         // The stop is checked with an atomic load each turn, and its future
         // polled last, when nothing else is ready: a poll of a waiting
@@ -134,32 +138,38 @@ pub(super) async fn serve<A: Agent>(
             if stop_sent.has_changed().unwrap_or(true) {
                 break;
             }
+            let room = waiting.len() < served.options.max_waiting
+                && held_bytes < served.options.max_held_bytes;
             tokio::select! {
                 biased;
-                Some(()) = running.next(), if !running.is_empty() => {
+                Some(freed) = running.next(), if !running.is_empty() => {
+                    held_bytes -= freed;
                     // A task that finishes at its first poll leaves its slot
                     // free at once: keep taking waiting ones.
                     while running.len() < max_concurrency
-                        && let Some(Waiting { request, sender, reply, held, .. }) = waiting.pop()
+                        && let Some(Waiting { bytes, request, sender, reply, held, .. }) = waiting.pop()
                     {
                         let task = run_task(served.clone(), request, sender, held, reply, Instant::now());
-                        start(&mut running, task).await;
+                        held_bytes -= start(&mut running, task, bytes).await;
                     }
                     served.counters.set_queues(waiting.len(), running.len());
                 }
-                message = subscriber.next(), if waiting.len() < served.options.max_waiting => {
+                message = subscriber.next(), if room => {
                     let Some(message) = message else { break };
                     let reply = message.reply;
                     let arrived = Instant::now();
+                    let bytes = message.payload.len();
                     let Some(request) = admit(&served, &message.payload, reply.as_ref(), arrived).await else { continue };
                     let held = served.hold(&request, None);
                     let sender = subject::sender_of(&message.subject);
+                    held_bytes += bytes;
                     if running.len() < max_concurrency {
-                        start(&mut running, run_task(served.clone(), request, sender, held, reply, arrived)).await;
+                        let task = run_task(served.clone(), request, sender, held, reply, arrived);
+                        held_bytes -= start(&mut running, task, bytes).await;
                     } else {
                         sequence += 1;
                         held.register();
-                        waiting.push(Waiting { priority: request.priority, sequence, request, sender, reply, held });
+                        waiting.push(Waiting { priority: request.priority, sequence, bytes, request, sender, reply, held });
                     }
                     served.counters.set_queues(waiting.len(), running.len());
                 }
@@ -200,22 +210,28 @@ pub(super) async fn serve<A: Agent>(
     }
 }
 
-/// A task being run, boxed so that it can join the running ones unmoved.
-type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// A task being run, boxed so that it can join the running ones unmoved;
+/// it yields the bytes of the message it came in, free once it ends.
+type Task = Pin<Box<dyn Future<Output = usize> + Send>>;
 
 /// Polls a new task once, here, and adds it to `running` only if it has to
 /// wait: most handlers finish at their first poll, and then the task costs
 /// one allocation instead of a trip through the running set's queue.
+/// Returns the bytes freed at once: `bytes` when it finished, else 0.
 async fn start(
     running: &mut FuturesUnordered<Task>,
     task: impl Future<Output = ()> + Send + 'static,
-) {
-    let mut task: Task = Box::pin(task);
+    bytes: usize,
+) -> usize {
+    let mut task: Task = Box::pin(task.map(move |()| bytes));
     // The poll registers this serving task's waker; once `task` is in
     // `running`, the set polls it again with its own.
     let pending = std::future::poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx).is_pending())).await;
     if pending {
         running.push(task);
+        0
+    } else {
+        bytes
     }
 }
 

@@ -554,9 +554,16 @@ pub(super) fn prompt_text(bytes: usize) -> String {
         .collect()
 }
 
+/// The field of a payload the agents read.
+#[derive(serde::Deserialize)]
+struct Prompt {
+    #[serde(default)]
+    prompt: Value,
+}
+
 /// The agent's work, shared by both variants: echo the prompt.
-pub(super) fn echo(mut payload: Value) -> Value {
-    let prompt = payload.get_mut("prompt").map_or(Value::Null, Value::take);
+pub(super) fn echo(payload: &agentbus::Payload) -> Value {
+    let prompt = payload.parse::<Prompt>().map_or(Value::Null, |p| p.prompt);
     json!({ "echo": prompt })
 }
 
@@ -575,7 +582,7 @@ impl Agent for BenchAgent {
     }
 
     async fn handle(&self, task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
-        Ok(echo(task.payload))
+        Ok(echo(&task.payload))
     }
 }
 
@@ -588,7 +595,7 @@ pub(super) async fn serve_bare(
     while let Some(message) = subscriber.next().await {
         let Some(reply) = message.reply else { continue };
         let response = match serde_json::from_slice::<TaskRequest>(&message.payload) {
-            Ok(request) => TaskResponse::completed(request.task_id, echo(request.payload)),
+            Ok(request) => TaskResponse::completed(request.task_id, echo(&request.payload)),
             Err(err) => TaskResponse::error("", TaskStatus::Rejected, err.to_string()),
         };
         answered.fetch_add(1, Ordering::Relaxed);
@@ -725,7 +732,7 @@ mod tests {
     #[test]
     fn wrong_answers_are_named() {
         let request = TaskRequest::new(TASK_TYPE, json!({"prompt": "hi"}));
-        let right = TaskResponse::completed(request.task_id.clone(), echo(request.payload.clone()));
+        let right = TaskResponse::completed(request.task_id.clone(), echo(&request.payload));
         assert_eq!(response_problem(&request, &right), None);
 
         let other_id = TaskResponse::completed("other", json!({"echo": "hi"}));

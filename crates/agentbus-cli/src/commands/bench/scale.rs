@@ -220,7 +220,7 @@ impl Agent for Echo {
         if let Ok(mut started) = self.started.lock() {
             started.insert(task.task_id.to_string(), Instant::now());
         }
-        Ok(echo(task.payload))
+        Ok(echo(&task.payload))
     }
 }
 
@@ -484,7 +484,7 @@ impl Agent for Drainer {
 
     async fn handle(&self, task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
         self.done.fetch_add(1, Ordering::Relaxed);
-        Ok(echo(task.payload))
+        Ok(echo(&task.payload))
     }
 }
 

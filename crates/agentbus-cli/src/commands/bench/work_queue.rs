@@ -226,7 +226,7 @@ fn requests(prompt: &str, count: usize, round: usize, variant: &str) -> Vec<Task
             task_id: agentbus::TaskId::parse(&format!("{variant}-{round}-{i}"))
                 .expect("bench task ids follow the rule"),
             task_type: TASK_TYPE.to_owned(),
-            payload: json!({ "prompt": prompt, "max_tokens": 16 }),
+            payload: json!({ "prompt": prompt, "max_tokens": 16 }).into(),
             priority: agentbus::Priority::Normal,
             deadline: None,
             stream: false,

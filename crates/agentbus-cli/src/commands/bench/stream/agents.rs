@@ -202,7 +202,7 @@ impl BareAgent {
         let outcome = if request.task_type == UNTIL_CANCELLED {
             self.until_cancelled(&task_id).await
         } else {
-            match serde_json::from_value::<Chunks>(request.payload) {
+            match request.payload.parse::<Chunks>() {
                 Ok(work) if work.stored => self.send_stored(&task_id, work).await,
                 Ok(work) => self.send_live(&task_id, work).await,
                 Err(err) => Err(err.to_string()),
