@@ -18,7 +18,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
 /// Every scenario, in the order they run.
-pub(crate) const ALL: [&str; 8] = [
+pub(crate) const ALL: [&str; 9] = [
     "server-kill",
     "server-restart",
     "worker-kill",
@@ -27,7 +27,12 @@ pub(crate) const ALL: [&str; 8] = [
     "cluster-leader-kill",
     "cluster-leader-stepdown",
     "cluster-majority-lost",
+    "cluster-partition",
 ];
+
+/// How long the partition scenario keeps a node cut off once the others
+/// have elected a new leader.
+const PARTITION: Duration = Duration::from_secs(3);
 
 /// How much work a run does.
 #[derive(Debug, Clone, Copy)]
@@ -126,7 +131,9 @@ pub(crate) async fn run(
     ledgers: &Path,
 ) -> anyhow::Result<Counts> {
     let clustered = scenario.starts_with("cluster-");
-    let mut servers = if clustered {
+    let mut servers = if scenario == "cluster-partition" {
+        Servers::Cluster(Box::new(NatsCluster::start_behind_proxies(3).await))
+    } else if clustered {
         Servers::Cluster(Box::new(NatsCluster::start(3).await))
     } else if scenario == "dead-letters-full" {
         let mut topology = Topology::standard();
@@ -277,6 +284,9 @@ async fn spawn_worker(
         .arg("--work-ms")
         .arg(profile.work.as_millis().to_string())
         .env("NATS_URL", seed_url(target))
+        // Held open by `child`: the worker stops when it closes, with this
+        // program or after it was killed.
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -374,6 +384,25 @@ async fn inject(
             tokio::time::sleep(Duration::from_secs(5)).await;
             cluster.restart(1).await;
             cluster.restart(2).await;
+        }
+        "cluster-partition" => {
+            let cluster = servers.cluster();
+            let cut = cluster.stream_leader(bus.jetstream(), TASKS_STREAM).await;
+            cluster.isolate(cut);
+            // The others elect a leader among themselves: seen from one of
+            // them, since the cut-off node's clients are cut off too.
+            let other = cluster.connect_to((cut + 1) % cluster.len()).await;
+            let js = async_nats::jetstream::new(other);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while cluster.stream_leader(&js, TASKS_STREAM).await == cut {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "node {cut}, cut off, still leads {TASKS_STREAM} after 30 s: the partition did not take"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            tokio::time::sleep(PARTITION).await;
+            cluster.rejoin(cut);
         }
         other => anyhow::bail!("no scenario {other}"),
     }

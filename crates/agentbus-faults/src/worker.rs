@@ -1,7 +1,8 @@
 //! A worker process: one agent whose handler writes each run and each
 //! effect to a ledger file of its own, the effect made through
-//! [`agentbus::TaskContext::once`]. It runs until SIGTERM, writing its
-//! runtime's figures beside the ledger as it goes.
+//! [`agentbus::TaskContext::once`]. It runs until SIGTERM, or until its
+//! stdin closes (the program that started it is gone, killed too), writing
+//! its runtime's figures beside the ledger as it goes.
 
 use agentbus::delivery::DeliveryOptions;
 use agentbus::{
@@ -116,10 +117,16 @@ pub(crate) async fn run(dir: PathBuf, ack_wait: Duration, work: Duration) -> any
     println!("ready");
     let figures = dir.join(format!("figures-{pid}.json"));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let orphaned = async {
+        let mut rest = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut rest).await;
+    };
+    tokio::pin!(orphaned);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         let stopping = tokio::select! {
             _ = terminate.recv() => true,
+            () = &mut orphaned => true,
             _ = tick.tick() => false,
         };
         let stats = runtime.stats(AGENT).unwrap_or_default();

@@ -20,7 +20,7 @@ fn no_scenario_loses_a_task_or_makes_an_effect_twice() {
         .iter()
         .map(|r| r["scenario"].as_str().unwrap())
         .collect();
-    assert_eq!(names.len(), 8, "{stdout}\n{stderr}");
+    assert_eq!(names.len(), 9, "{stdout}\n{stderr}");
     for row in &rows {
         let scenario = row["scenario"].as_str().unwrap();
         assert_eq!(row["lost"], 0, "{row}");

@@ -65,9 +65,13 @@ pub struct ClusterRoutes {
     pub host: String,
     /// This node's route port.
     pub port: u16,
-    /// Every node's route port, this one's included (a node ignores a
-    /// route to itself).
+    /// The route ports this node dials: every node's, this one's included
+    /// (a node ignores a route to itself).
     pub ports: Vec<u16>,
+    /// The address other nodes are told to reach this one at, when not its
+    /// route port (`cluster.advertise`); nodes dial it when they learn of
+    /// this node from a third one.
+    pub advertise: Option<String>,
     /// The route user.
     pub user: String,
     /// Its password: in the config file (mode 0600), never in a log.
@@ -81,6 +85,7 @@ impl std::fmt::Debug for ClusterRoutes {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("ports", &self.ports)
+            .field("advertise", &self.advertise)
             .field("user", &self.user)
             .finish_non_exhaustive()
     }
@@ -102,6 +107,7 @@ pub fn route_as_cluster(
             host: host.to_owned(),
             port: *port,
             ports: ports.clone(),
+            advertise: None,
             user: "route".to_owned(),
             password: password.clone(),
         });
@@ -511,11 +517,16 @@ fn render_cluster(routes: &ClusterRoutes) -> String {
             )
         })
         .collect();
+    let advertise = routes
+        .advertise
+        .as_ref()
+        .map(|address| format!("  advertise: {address:?}\n"))
+        .unwrap_or_default();
     format!(
         r#"cluster {{
   name: {name:?}
   listen: {listen:?}
-  authorization {{
+{advertise}  authorization {{
     user: {user:?}
     password: {password:?}
   }}

@@ -2,8 +2,8 @@
 //! what happens when servers fail: each node is its own process with its own
 //! store, and any node can be killed, stopped and started again.
 
-use crate::{nats_server_binary, port_of};
-use agentbus::connect::ServerTarget;
+use crate::{ClosedPort, TcpProxy, nats_server_binary, port_of};
+use agentbus::connect::{ServerTarget, TargetSource};
 use agentbus_ops::LocalCluster;
 use agentbus_ops::local_server::{LocalServer, LocalServerConfig, route_as_cluster};
 use agentbus_ops::topology::Topology;
@@ -18,7 +18,22 @@ pub struct NatsCluster {
     configs: Vec<LocalServerConfig>,
     /// The first start's client URLs and credentials: what clients were given.
     target: ServerTarget,
+    /// With routes through proxies: the proxy node `from` dials node `to`
+    /// through, for every ordered pair.
+    proxies: Vec<Route>,
+    /// What nodes behind proxies advertise: a port that refuses, so that no
+    /// node dials another around the proxies when it learns of it from a
+    /// third (nats-server's implicit routes).
+    _advertised: Option<ClosedPort>,
     _dir: tempfile::TempDir,
+}
+
+/// The proxy between two nodes, in one direction.
+#[derive(Debug)]
+struct Route {
+    from: usize,
+    to: usize,
+    proxy: TcpProxy,
 }
 
 impl NatsCluster {
@@ -30,6 +45,17 @@ impl NatsCluster {
 
     /// Starts `nodes` servers as one cluster with `topology` applied.
     pub async fn start_with_topology(nodes: usize, topology: &Topology) -> Self {
+        Self::start_routed(nodes, topology, false).await
+    }
+
+    /// Starts `nodes` servers as one cluster whose routes all pass through
+    /// proxies in this process, so that a node can be cut off from the
+    /// others ([`NatsCluster::isolate`]) while its clients stay connected.
+    pub async fn start_behind_proxies(nodes: usize) -> Self {
+        Self::start_routed(nodes, &Topology::standard(), true).await
+    }
+
+    async fn start_routed(nodes: usize, topology: &Topology, proxied: bool) -> Self {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let password = format!("t{}", uuid::Uuid::new_v4().simple());
         let mut configs: Vec<LocalServerConfig> = (0..nodes)
@@ -52,6 +78,24 @@ impl NatsCluster {
             })
             .collect();
         route_as_cluster(&mut configs, "agentbus-test", "127.0.0.1").expect("pick route ports");
+        let mut proxies = Vec::new();
+        let advertised = proxied.then(ClosedPort::new);
+        if let Some(advertised) = &advertised {
+            let listens: Vec<u16> = configs
+                .iter()
+                .map(|config| config.cluster.as_ref().expect("routed").port)
+                .collect();
+            for (from, config) in configs.iter_mut().enumerate() {
+                let routes = config.cluster.as_mut().expect("routed");
+                routes.ports.clear();
+                routes.advertise = Some(format!("127.0.0.1:{}", advertised.port()));
+                for (to, listen) in listens.iter().enumerate().filter(|(to, _)| *to != from) {
+                    let proxy = TcpProxy::start(([127, 0, 0, 1], *listen).into()).await;
+                    routes.ports.push(proxy.port());
+                    proxies.push(Route { from, to, proxy });
+                }
+            }
+        }
         let cluster = LocalCluster::start_unless(&configs, topology, std::future::pending())
             .await
             .unwrap_or_else(|err| panic!("{err}"));
@@ -65,8 +109,36 @@ impl NatsCluster {
             servers: cluster.servers.into_iter().map(Some).collect(),
             configs,
             target,
+            proxies,
+            _advertised: advertised,
             _dir: dir,
         }
+    }
+
+    /// Cuts node `node` off from the others: every route to and from it is
+    /// dropped and refused until [`NatsCluster::rejoin`]. Its clients stay
+    /// connected to it. Only for a cluster started behind proxies.
+    pub fn isolate(&self, node: usize) {
+        assert!(
+            !self.proxies.is_empty(),
+            "the cluster was not started behind proxies"
+        );
+        for route in self.routes_of(node) {
+            route.proxy.cut();
+        }
+    }
+
+    /// Lets node `node` reach the others again.
+    pub fn rejoin(&self, node: usize) {
+        for route in self.routes_of(node) {
+            route.proxy.heal();
+        }
+    }
+
+    fn routes_of(&self, node: usize) -> impl Iterator<Item = &Route> {
+        self.proxies
+            .iter()
+            .filter(move |route| route.from == node || route.to == node)
     }
 
     /// Every node's client URL as a seed list, with the credentials.
@@ -90,6 +162,18 @@ impl NatsCluster {
             .connect("agentbus-testkit")
             .await
             .expect("connect to the test cluster")
+    }
+
+    /// A client connected to node `node` only (it must be up).
+    pub async fn connect_to(&self, node: usize) -> async_nats::Client {
+        let server = self.servers[node].as_ref().expect("the node is up");
+        ServerTarget::from_url(
+            &server.client_url_with_credentials(),
+            TargetSource::Explicit,
+        )
+        .connect("agentbus-testkit")
+        .await
+        .expect("connect to a node of the test cluster")
     }
 
     /// The name of node `node` (`n0`, `n1`, ...), as JetStream names leaders.

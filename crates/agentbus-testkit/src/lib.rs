@@ -17,6 +17,7 @@ mod custom;
 mod llm;
 mod llm_stream;
 mod npm;
+mod proxy;
 mod python;
 mod redis;
 
@@ -25,6 +26,7 @@ pub use cluster::NatsCluster;
 pub use custom::CustomNatsServer;
 pub use llm::{LlmRequest, LlmServer, LlmServerOptions, Respond};
 pub use llm_stream::{AbandonedStream, stream_tokens};
+pub use proxy::TcpProxy;
 pub use redis::{RedisServer, redis_server_binary};
 
 use agentbus::connect::ServerTarget;
