@@ -156,7 +156,7 @@ async fn a_large_task_costs_about_its_own_size() {
         ..RequestOptions::default()
     };
     let answers = futures::future::join_all((0..TASKS).map(|_| {
-        let (bus, request, options) = (&bus, request(), options.clone());
+        let (bus, request) = (&bus, request());
         async move { bus.request("heavy", &request, options).await }
     }))
     .await;

@@ -149,8 +149,10 @@ impl Worker {
             round: 0,
             linger: None,
             held_total: 0,
-            largest_fetch: usize::try_from(bus.client().server_info().max_payload)
-                .unwrap_or(usize::MAX)
+            largest_fetch: bus
+                .client()
+                .server_info()
+                .max_payload
                 .saturating_add(FETCH_BYTES_SLACK),
             tasks_stream: None,
             live_consumers: 0,
