@@ -48,6 +48,13 @@ const DEFAULT_STORE_DEADLINE: Duration = Duration::from_secs(15);
 /// How often a bus looks whether its connection was made again.
 const RECONNECT_POLL: Duration = Duration::from_millis(100);
 
+/// On a cluster, how long a request that nothing answers is sent again
+/// before the agent is called absent: an agent whose server died answers
+/// again once it has reconnected to another, within a second or two.
+const NO_AGENT_GRACE: Duration = Duration::from_secs(3);
+/// The wait before such a request is sent again.
+const NO_AGENT_RETRY: Duration = Duration::from_millis(100);
+
 /// Watches `client`'s count of connections made: one task per bus, which
 /// ends when the bus is gone (the last receiver dropped).
 fn watch_reconnects(client: &async_nats::Client) -> tokio::sync::watch::Receiver<u64> {
@@ -445,6 +452,7 @@ impl Bus {
             });
         }
         let mut attempt = 0;
+        let mut absent_since: Option<std::time::Instant> = None;
         loop {
             let sent = self.inner.client.send_request(
                 subject.to_nats(),
@@ -465,6 +473,14 @@ impl Bus {
                     use async_nats::client::RequestErrorKind as Kind;
                     match err.kind() {
                         Kind::NoResponders => {
+                            let since = *absent_since.get_or_insert_with(std::time::Instant::now);
+                            let grace = NO_AGENT_GRACE.min(options.timeout);
+                            if since.elapsed() + NO_AGENT_RETRY < grace
+                                && self.inner.client.server_info().cluster.is_some()
+                            {
+                                tokio::time::sleep(NO_AGENT_RETRY).await;
+                                continue;
+                            }
                             return Err(SendTaskError::NoAgent {
                                 agent: agent.to_owned(),
                             });

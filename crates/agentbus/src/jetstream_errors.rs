@@ -24,3 +24,28 @@ pub(crate) fn is_missing_bucket(err: &jetstream::context::KeyValueError) -> bool
 pub(crate) fn publish_refusal(err: &jetstream::context::PublishError) -> Option<&jetstream::Error> {
     std::error::Error::source(err).and_then(|source| source.downcast_ref::<jetstream::Error>())
 }
+
+/// Whether a failed publish may succeed if sent again: JetStream had no
+/// leader for the stream, the acknowledgement did not come, the connection
+/// broke, the cluster is not available, or an earlier try with the same
+/// message id is still being stored (its outcome comes with the next try).
+/// A refusal for any other reason (a limit, a wrong expected sequence) is
+/// final.
+pub(crate) fn publish_passes(err: &jetstream::context::PublishError) -> bool {
+    use jetstream::context::PublishErrorKind;
+    if matches!(
+        err.kind(),
+        PublishErrorKind::StreamNotFound
+            | PublishErrorKind::TimedOut
+            | PublishErrorKind::BrokenPipe
+    ) {
+        return true;
+    }
+    publish_refusal(err).is_some_and(|refusal| {
+        matches!(
+            refusal.error_code(),
+            jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
+                | jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE
+        )
+    })
+}

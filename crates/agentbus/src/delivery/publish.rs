@@ -3,7 +3,7 @@
 use super::Queue;
 use super::records::{RecordError, Records, TaskRecord, TaskState};
 use crate::client::Bus;
-use crate::jetstream_errors::publish_refusal;
+use crate::jetstream_errors::{publish_passes, publish_refusal};
 use crate::name::{InvalidName, Name};
 use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
 use crate::ride::ride;
@@ -417,7 +417,7 @@ pub(crate) async fn store(
             }
             Err(Failure::Publish(err))
         },
-        |failure| matches!(failure, Failure::Publish(err) if passes(err)),
+        |failure| matches!(failure, Failure::Publish(err) if publish_passes(err)),
     )
     .await;
     match stored {
@@ -425,7 +425,9 @@ pub(crate) async fn store(
         Err(Failure::NoStream) => Err(StoreError::NoStream {
             subject: subject.to_owned(),
         }),
-        Err(Failure::Publish(err)) if passes(&err) => Err(unavailable(bus, subject, err).await),
+        Err(Failure::Publish(err)) if publish_passes(&err) => {
+            Err(unavailable(bus, subject, err).await)
+        }
         Err(Failure::Publish(err)) => Err(publish_error(bus, subject, size, max, err).await),
     }
 }
@@ -451,28 +453,6 @@ async fn no_stream_stores(bus: &Bus, subject: &str) -> bool {
         lookup.await,
         Ok(Err(err)) if err.kind() == jetstream::context::GetStreamByNameErrorKind::NotFound
     )
-}
-
-/// Whether a failed publish may succeed if sent again: JetStream had no
-/// leader for the stream, the acknowledgement did not come, the connection
-/// broke, the cluster is not available, or an earlier try with the same
-/// message id is still being stored (its outcome comes with the next try).
-fn passes(err: &jetstream::context::PublishError) -> bool {
-    if matches!(
-        err.kind(),
-        PublishErrorKind::StreamNotFound
-            | PublishErrorKind::TimedOut
-            | PublishErrorKind::BrokenPipe
-    ) {
-        return true;
-    }
-    publish_refusal(err).is_some_and(|refusal| {
-        matches!(
-            refusal.error_code(),
-            jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
-                | jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE
-        )
-    })
 }
 
 /// The error of a store that kept failing until its deadline: a stream

@@ -83,7 +83,11 @@ const REFILL_LINGER: Duration = Duration::from_millis(2);
 /// deliver it again meanwhile.
 const HELD_CHECK: Duration = Duration::from_millis(250);
 /// How long a fetch waits for the server's answer before giving up on it.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// A fetch that does not wait for messages is answered in milliseconds;
+/// one that went to a consumer leader that died is never answered, and the
+/// worker asks again (the new leader's, once elected) after this. As in
+/// `ride`, whose tries are sent again after as long.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A job's run, boxed: the worker runs the jobs of many agents.
 pub(crate) type JobFuture = Pin<Box<dyn Future<Output = ()> + Send>>;

@@ -392,7 +392,7 @@ impl RunningTask {
                 tracing::warn!(%err, task_id = %self.task_id, "cannot log the task's final state");
             }
         }
-        log.flush().await;
+        log.flush(&self.bus).await;
     }
 }
 
@@ -401,7 +401,7 @@ impl RunningTask {
     /// (an attempt that will be retried).
     pub(crate) async fn flush_log(&self) {
         if self.logged.load(Ordering::Acquire) {
-            self.log.lock().await.flush().await;
+            self.log.lock().await.flush(&self.bus).await;
         }
     }
 }

@@ -8,17 +8,33 @@
 //! both number an event `n`. The writer then publishes without waiting for
 //! each acknowledgement, in order on one connection, and collects the
 //! acknowledgements before the task's final state is answered.
+//!
+//! Stores ride out an election or a reconnect (see `ride`): the conditional
+//! first store is tried again, and recognised by reading the log back when
+//! an earlier try was stored but its answer lost; events whose
+//! acknowledgement failed are sent again in order, after the last event the
+//! log holds.
 
 use super::{EventType, LogEvent};
 use crate::client::Bus;
 use crate::clock;
+use crate::jetstream_errors::publish_passes;
+use crate::ride::ride;
 use crate::subject::{self, Subject, TASK_EVENTS_STREAM};
 use crate::task_id::TaskId;
-use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::stream::{
+    DirectGetErrorKind, LastRawMessageError, LastRawMessageErrorKind,
+};
+use bytes::Bytes;
+use futures::FutureExt;
 use serde_json::Value;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Publishes awaited at most, before the writer waits for their acknowledgements.
@@ -90,6 +106,30 @@ impl LogError {
             source: Box::new(source),
         }
     }
+}
+
+/// [`last_message`], asked again through an election or a reconnect up to
+/// the bus's store deadline, unless the stream is missing.
+async fn read_last(
+    bus: &Bus,
+    task_id: &TaskId,
+) -> Result<Option<(Option<LogEvent>, u64)>, LogError> {
+    ride(
+        bus,
+        "read a task's log",
+        || last_message(bus, task_id),
+        |err| {
+            let LogError::Stream { source, .. } = err else {
+                return false;
+            };
+            !matches!(
+                source.downcast_ref::<LastRawMessageError>().map(LastRawMessageError::kind),
+                Some(LastRawMessageErrorKind::JetStream(refusal))
+                    if refusal.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+            )
+        },
+    )
+    .await
 }
 
 /// The last message of `task_id`'s log: the event it holds (`None` when
@@ -205,33 +245,42 @@ enum StoreFailure {
 /// Stores `event` and waits for its acknowledgement; with `expect`, only if
 /// the log's last message is still at that stream sequence (0: none).
 async fn store(bus: &Bus, event: &LogEvent, expect: Option<u64>) -> Result<(), StoreFailure> {
-    let ack = publish(bus, &subject::task_events(&event.task_id), event, expect)
-        .await
-        .map_err(StoreFailure::Error)?;
-    match tokio::time::timeout(ACK_TIMEOUT, ack).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(err)) if err.kind() == PublishErrorKind::WrongLastSequence => {
+    let body = encode(bus, event).map_err(StoreFailure::Error)?;
+    let subject = subject::task_events(&event.task_id);
+    let tries = AtomicUsize::new(0);
+    let stored = ride(
+        bus,
+        "store an event of a task's log",
+        || async {
+            tries.fetch_add(1, Ordering::Relaxed);
+            send(bus, &subject, body.clone(), expect).await?.await
+        },
+        publish_passes,
+    )
+    .await;
+    match stored {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
+            // A try whose answer was lost may have stored it: then the log
+            // ends with this very event.
+            if tries.load(Ordering::Relaxed) > 1
+                && let Ok(Some((Some(last), _))) = last_message(bus, &event.task_id).await
+                && last == *event
+            {
+                return Ok(());
+            }
             Err(StoreFailure::Moved)
         }
-        Ok(Err(err)) => Err(StoreFailure::Error(LogError::stream(
+        Err(err) => Err(StoreFailure::Error(LogError::stream(
             &event.task_id,
             "store an event in",
             err,
         ))),
-        Err(elapsed) => Err(StoreFailure::Error(LogError::stream(
-            &event.task_id,
-            "store an event in",
-            elapsed,
-        ))),
     }
 }
 
-async fn publish(
-    bus: &Bus,
-    subject: &Subject,
-    event: &LogEvent,
-    expect: Option<u64>,
-) -> Result<PublishAckFuture, LogError> {
+/// `event` as JSON, if it fits in a message.
+fn encode(bus: &Bus, event: &LogEvent) -> Result<Bytes, LogError> {
     let body = serde_json::to_vec(event).expect("an event always serializes");
     let max = bus.max_payload();
     // Room for the subject and headers of the message.
@@ -242,14 +291,22 @@ async fn publish(
             max,
         });
     }
-    let mut message = PublishMessage::build().payload(body.into());
+    Ok(body.into())
+}
+
+/// Publishes `body` on `subject`, with `expect` as the expected last subject
+/// sequence.
+async fn send(
+    bus: &Bus,
+    subject: &Subject,
+    body: Bytes,
+    expect: Option<u64>,
+) -> Result<PublishAckFuture, PublishError> {
+    let mut message = PublishMessage::build().payload(body);
     if let Some(expect) = expect {
         message = message.expected_last_subject_sequence(expect);
     }
-    bus.jetstream()
-        .send_publish(subject, message)
-        .await
-        .map_err(|err| LogError::stream(&event.task_id, "store an event in", err))
+    bus.jetstream().send_publish(subject.clone(), message).await
 }
 
 /// The writer of one task's log, held by the runtime that runs the task.
@@ -268,10 +325,54 @@ pub(crate) struct LogWriter {
     expect: Option<u64>,
     /// Whether the log was read (taken over) yet.
     read: bool,
-    /// Acknowledgements not collected yet.
-    pending: Vec<PublishAckFuture>,
+    /// Events stored without waiting, whose acknowledgements are not
+    /// collected yet.
+    pending: Vec<Unacked>,
     /// The final state, once written.
     ended: Option<EventType>,
+}
+
+/// An event published without waiting for its acknowledgement.
+struct Unacked {
+    ack: Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>,
+    /// Its acknowledgement, once it came: whether to send it again.
+    answered: Option<Resend>,
+    seq: u64,
+    /// Kept to send it again if it was not stored.
+    body: Bytes,
+}
+
+impl std::fmt::Debug for Unacked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unacked")
+            .field("seq", &self.seq)
+            .field("answered", &self.answered)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What became of an event stored without waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Stored, or refused for good (logged).
+    No,
+    /// Not stored, or its answer was lost: sent again in order.
+    Yes,
+}
+
+impl Unacked {
+    /// Takes the outcome of its publish: `Resend::Yes` when the stream did
+    /// not take it for a reason that passes (no leader, no answer).
+    fn outcome(&self, answer: Result<PublishAck, PublishError>, task_id: &TaskId) -> Resend {
+        match answer {
+            Ok(_) => Resend::No,
+            Err(err) if publish_passes(&err) => Resend::Yes,
+            Err(err) => {
+                tracing::warn!(%err, %task_id, seq = self.seq, "an event of the task's log was not stored");
+                Resend::No
+            }
+        }
+    }
 }
 
 /// What an earlier final state in a log means to a writer taking it over.
@@ -328,7 +429,7 @@ impl LogWriter {
         earlier: Earlier,
     ) -> Result<Option<EventType>, LogError> {
         self.read = true;
-        match last_message(bus, &self.task_id).await? {
+        match read_last(bus, &self.task_id).await? {
             Some((Some(last), _)) if last.kind.is_final() && earlier.ends_at(last.kind) => {
                 self.ended = Some(last.kind);
                 Ok(Some(last.kind))
@@ -442,16 +543,31 @@ impl LogWriter {
             }
         }
         let event = event(&self.task_id, self.next, kind, &self.instance, data);
+        let body = encode(bus, &event)?;
+        // An event before this one was not stored: it is stored again first,
+        // so that the log stays in order (the stream refuses at once while
+        // it has no leader, long before a new one is elected).
+        if self.refused() {
+            self.flush(bus).await;
+        }
         let subject = self
             .subject
             .get_or_insert_with(|| subject::task_events(&self.task_id));
-        let ack = publish(bus, subject, &event, None).await?;
-        self.pending.push(ack);
+        let unacked = match send(bus, subject, body.clone(), None).await {
+            Ok(ack) => Unacked {
+                ack: ack.into_future(),
+                answered: None,
+                seq: event.seq,
+                body,
+            },
+            Err(err) => return Err(LogError::stream(&self.task_id, "store an event in", err)),
+        };
+        self.pending.push(unacked);
         // Counted before waiting: a caller that stops waiting (its future
         // dropped) leaves the numbering right.
         self.wrote(kind);
         if self.pending.len() >= MAX_UNACKED {
-            self.flush().await;
+            self.flush(bus).await;
         }
         Ok(())
     }
@@ -464,18 +580,66 @@ impl LogWriter {
         }
     }
 
-    /// Waits for the acknowledgements of what was written; a lost event is
-    /// logged (a watcher would see the gap in the sequence numbers).
-    pub(crate) async fn flush(&mut self) {
-        for ack in self.pending.drain(..) {
-            match tokio::time::timeout(ACK_TIMEOUT, ack).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(err)) => {
-                    tracing::warn!(%err, task_id = %self.task_id, "an event of the task's log was not stored")
-                }
-                Err(_) => {
-                    tracing::warn!(task_id = %self.task_id, "an event of the task's log was not acknowledged in time")
-                }
+    /// Whether an event stored without waiting was refused already; looks
+    /// at the acknowledgements that came, oldest first, without waiting.
+    fn refused(&mut self) -> bool {
+        let mut refused = false;
+        for index in 0..self.pending.len() {
+            if let Some(resend) = self.pending[index].answered {
+                refused |= resend == Resend::Yes;
+                continue;
+            }
+            let Some(answer) = self.pending[index].ack.as_mut().now_or_never() else {
+                break; // they come in order
+            };
+            let resend = self.pending[index].outcome(answer, &self.task_id);
+            self.pending[index].answered = Some(resend);
+            refused |= resend == Resend::Yes;
+        }
+        refused
+    }
+
+    /// Waits for the acknowledgements of what was written. Events not
+    /// stored are sent again, in order, after the last one the log holds (an
+    /// event whose answer was lost may be stored); one still not stored by
+    /// the store deadline is logged (a watcher sees the gap in the sequence
+    /// numbers).
+    pub(crate) async fn flush(&mut self, bus: &Bus) {
+        let mut failed = Vec::new();
+        for mut unacked in std::mem::take(&mut self.pending) {
+            let resend = match unacked.answered {
+                Some(resend) => resend,
+                None => match tokio::time::timeout(ACK_TIMEOUT, unacked.ack.as_mut()).await {
+                    Ok(answer) => unacked.outcome(answer, &self.task_id),
+                    Err(_) => Resend::Yes,
+                },
+            };
+            if resend == Resend::Yes {
+                failed.push((unacked.seq, unacked.body));
+            }
+        }
+        if failed.is_empty() {
+            return;
+        }
+        let stored_up_to = match read_last(bus, &self.task_id).await {
+            Ok(Some((Some(last), _))) => last.seq,
+            Ok(_) => 0,
+            Err(err) => {
+                tracing::warn!(%err, task_id = %self.task_id, events = failed.len(), "events of the task's log may not be stored");
+                return;
+            }
+        };
+        let subject = subject::task_events(&self.task_id);
+        for (_, body) in failed.into_iter().filter(|(seq, _)| *seq > stored_up_to) {
+            let stored = ride(
+                bus,
+                "store an event of a task's log",
+                || async { send(bus, &subject, body.clone(), None).await?.await },
+                publish_passes,
+            )
+            .await;
+            if let Err(err) = stored {
+                tracing::warn!(%err, task_id = %self.task_id, "an event of the task's log was not stored");
             }
         }
     }
