@@ -102,6 +102,25 @@ pub(crate) fn progress_bar(total: u64) -> ProgressBar {
     bar
 }
 
+/// [`spinner`] for a command with a `--json` flag: hidden in JSON mode,
+/// whose output a script reads, even on a terminal.
+pub(crate) fn spinner_for(json: bool, message: impl Into<String>) -> ProgressBar {
+    if json {
+        ProgressBar::hidden()
+    } else {
+        spinner(message)
+    }
+}
+
+/// [`progress_bar`] for a command with a `--json` flag: hidden in JSON mode.
+pub(crate) fn progress_bar_for(json: bool, total: u64) -> ProgressBar {
+    if json {
+        ProgressBar::hidden()
+    } else {
+        progress_bar(total)
+    }
+}
+
 /// Bytes in a short human form (`1.5 MiB`).
 pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

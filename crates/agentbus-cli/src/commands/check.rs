@@ -3,7 +3,7 @@
 
 use super::{ServerArgs, load_topology};
 use crate::output::outln;
-use crate::output::{Table, print_json, spinner};
+use crate::output::{Table, print_json, spinner_for};
 use agentbus_ops::check::{self, CheckOptions};
 use clap::Args;
 use std::path::PathBuf;
@@ -28,7 +28,7 @@ pub(crate) struct CheckArgs {
 pub(super) async fn exec(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let topology = load_topology(args.topology.as_deref())?;
     let (target, client) = args.server.connect().await?;
-    let progress = spinner("checking");
+    let progress = spinner_for(args.json, "checking");
     let report = check::run_with(
         &client,
         &target,

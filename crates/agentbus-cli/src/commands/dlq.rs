@@ -2,7 +2,7 @@
 
 use super::ServerArgs;
 use crate::output::outln;
-use crate::output::{Table, print_json};
+use crate::output::{Table, print_json, progress_bar_for};
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
 
@@ -33,6 +33,9 @@ enum DlqCommand {
         /// Replay every dead letter.
         #[arg(long)]
         all: bool,
+        /// Print one JSON document: {"replayed": N}.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -84,10 +87,22 @@ pub(super) async fn exec(args: DlqArgs) -> anyhow::Result<ExitCode> {
             server,
             task_id,
             all,
+            json,
         } => {
             let bus = server.bus().await?;
             let replayed = match (&task_id, all) {
-                (_, true) => bus.replay_all_dead_letters().await?,
+                (_, true) => {
+                    let progress = progress_bar_for(json, 0);
+                    progress.set_message("replaying dead letters");
+                    let replayed = bus
+                        .replay_all_dead_letters_with(|looked, total| {
+                            progress.set_length(total as u64);
+                            progress.set_position(looked as u64);
+                        })
+                        .await;
+                    progress.finish_and_clear();
+                    replayed?
+                }
                 (Some(task_id), false) => bus.replay_dead_letter(task_id).await?,
                 (None, false) => anyhow::bail!("name a task id or pass --all"),
             };
@@ -96,6 +111,7 @@ pub(super) async fn exec(args: DlqArgs) -> anyhow::Result<ExitCode> {
                 (0, Some(task_id)) => anyhow::bail!(
                     "nothing to replay for task {task_id}: it is not a dead letter (never dead-lettered, or replayed already); `agentbus dlq list` shows what can be replayed"
                 ),
+                (n, _) if json => print_json(&serde_json::json!({ "replayed": n }))?,
                 (0, None) => outln!("nothing to replay")?,
                 (n, _) => outln!("replayed {n} dead letter(s) onto their original queues")?,
             }

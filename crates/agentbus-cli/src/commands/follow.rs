@@ -1,7 +1,7 @@
 //! Printing a task's events as they come: `request --stream`,
 //! `submit --wait --stream` and `task watch`.
 
-use crate::output::outln;
+use crate::output::{outln, spinner_for};
 use agentbus::TaskResponse;
 use agentbus::task_log::{EventType, LogEvent, Watch, Watched};
 use futures::StreamExt;
@@ -25,8 +25,29 @@ impl Printer {
     }
 
     /// Prints the events of `watch` up to its final state; returns it.
+    /// Between events, a spinner on a terminal says what is awaited (not
+    /// while a partial's line is open, and never in JSON mode).
     pub(crate) async fn follow(&mut self, watch: &mut Watch) -> anyhow::Result<Option<LogEvent>> {
-        while let Some(item) = watch.next().await {
+        let mut first = true;
+        loop {
+            let waiting = (!self.open_line).then(|| {
+                spinner_for(
+                    self.json,
+                    if first {
+                        "waiting for the task's events"
+                    } else {
+                        "waiting for the task's next event"
+                    },
+                )
+            });
+            let item = watch.next().await;
+            if let Some(waiting) = waiting {
+                waiting.finish_and_clear();
+            }
+            first = false;
+            let Some(item) = item else {
+                return Ok(None);
+            };
             match item? {
                 Watched::Gone { from, until } => self.gone(from, until)?,
                 Watched::Event(event) => {
@@ -37,7 +58,6 @@ impl Printer {
                 }
             }
         }
-        Ok(None)
     }
 
     fn gone(&mut self, from: u64, until: u64) -> anyhow::Result<()> {

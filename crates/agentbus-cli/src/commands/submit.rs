@@ -2,7 +2,7 @@
 
 use super::follow::Printer;
 use super::{PresenceArgs, ServerArgs, Unreached, read_json_argument, report, seconds};
-use crate::output::outln;
+use crate::output::{outln, spinner_for};
 use agentbus::delivery::{Address, Queue, ResultRetention};
 use agentbus::{Name, Priority, TaskId, TaskRequest};
 use clap::Args;
@@ -154,7 +154,13 @@ pub(super) async fn exec(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             response
         }
         None => {
-            let response = bus.wait_task(&submitted.task_id, timeout).await?;
+            let waiting = spinner_for(
+                args.json,
+                format!("waiting for task {} to finish", submitted.task_id),
+            );
+            let response = bus.wait_task(&submitted.task_id, timeout).await;
+            waiting.finish_and_clear();
+            let response = response?;
             outln!("{}", serde_json::to_string_pretty(&response)?)?;
             response
         }

@@ -703,3 +703,48 @@ pub(crate) fn one_error_line(stderr: &str) -> &str {
     );
     errors[0]
 }
+
+/// Runs a command on a pseudo-terminal of 120 columns, as Python's `pty`
+/// makes one; prints what the terminal showed, control sequences and all,
+/// and exits as the command did.
+const ON_TERMINAL: &str = r#"
+import fcntl, os, pty, struct, sys, termios
+pid, fd = pty.fork()
+if pid == 0:
+    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    os.execv(sys.argv[1], sys.argv[1:])
+shown = []
+while True:
+    try:
+        data = os.read(fd, 65536)
+    except OSError:
+        break
+    if not data:
+        break
+    shown.append(data)
+_, status = os.waitpid(pid, 0)
+sys.stdout.buffer.write(b"".join(shown))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+/// Runs `agentbus ARGS` on a terminal, as a person does: stdout and stderr
+/// both go to it, and what it showed is `stdout` (`stderr` is Python's own).
+pub(crate) async fn run_on_terminal<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut command = program("python3");
+    command.args(["-c", ON_TERMINAL, BIN]).args(args);
+    let start = Instant::now();
+    let output = tokio::time::timeout(COMMAND_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("agentbus did not finish within {COMMAND_TIMEOUT:?}"))
+        .expect("run python3");
+    Output {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        elapsed: start.elapsed(),
+    }
+}

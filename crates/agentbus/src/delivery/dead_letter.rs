@@ -481,20 +481,31 @@ impl Bus {
             .into_iter()
             .filter(|e| e.letter.task_id.as_deref() == Some(task_id))
             .collect();
-        self.replay(matching, true).await
+        self.replay(matching, true, |_, _| {}).await
     }
 
     /// Replays every dead letter. Returns how many were replayed.
     pub async fn replay_all_dead_letters(&self) -> Result<usize, DeadLetterError> {
-        let entries = self.dead_letters().await?;
-        self.replay(entries, false).await
+        self.replay_all_dead_letters_with(|_, _| {}).await
     }
 
-    /// Replays `entries`; a refused one is an error when `single`, else skipped.
+    /// [`Bus::replay_all_dead_letters`], telling `progress` after each
+    /// letter how many of how many were looked at.
+    pub async fn replay_all_dead_letters_with(
+        &self,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<usize, DeadLetterError> {
+        let entries = self.dead_letters().await?;
+        self.replay(entries, false, progress).await
+    }
+
+    /// Replays `entries`; a refused one is an error when `single`, else
+    /// skipped. `progress` is told how many of how many were looked at.
     async fn replay(
         &self,
         entries: Vec<DeadLetterEntry>,
         single: bool,
+        mut progress: impl FnMut(usize, usize),
     ) -> Result<usize, DeadLetterError> {
         let js = self.jetstream();
         let stream = js
@@ -503,7 +514,9 @@ impl Bus {
             .map_err(|err| DeadLetterError::stream("open the dead-letter stream", err))?;
         let records = Records::open(self).await?;
         let mut replayed = 0;
-        for entry in entries {
+        let total = entries.len();
+        for (looked, entry) in entries.into_iter().enumerate() {
+            progress(looked, total);
             if let Some(reason) = entry.refused {
                 tracing::warn!(sequence = entry.sequence, %reason, "a dead letter is not replayed");
                 if single {
@@ -548,6 +561,7 @@ impl Bus {
                 .map_err(|err| DeadLetterError::stream("remove a replayed dead letter", err))?;
             replayed += 1;
         }
+        progress(total, total);
         Ok(replayed)
     }
 }
