@@ -84,7 +84,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let agent = EnhancementAgent::default();
     let mut runtime = Runtime::new(bus);
-    runtime.add(agent.clone(), AgentOptions::default()).await?;
+    runtime
+        .add(agent.clone(), AgentOptions::default().metrics_from_env()?)
+        .await?;
     println!("enhancement_agent consuming enhancement.feedback; Ctrl-C to stop");
     loop {
         tokio::select! {

@@ -11,6 +11,8 @@
 //! For a model, set `LLM_BASE_URL` (for example `https://api.openai.com/v1`),
 //! `LLM_API_KEY` and optionally `LLM_MODEL` (default `gpt-4o-mini`). The
 //! server comes from `NATS_URL` or the `connection.env` written by `agentbus up`.
+//! With `AGENTBUS_METRICS_ADDR=127.0.0.1:9464` it serves Prometheus metrics
+//! at `http://127.0.0.1:9464/metrics`.
 
 use agentbus::redact::redact_url;
 use agentbus::{
@@ -160,9 +162,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let target = ServerTarget::resolve(None, &agentbus::connect::resolve_data_dir(None))?;
     let bus = Bus::connect(&target, "llm_agent-example").await?;
     let mut runtime = Runtime::new(bus);
-    runtime.add(agent, AgentOptions::default()).await?;
+    runtime
+        .add(agent, AgentOptions::default().metrics_from_env()?)
+        .await?;
+    let metrics = runtime
+        .metrics_address()
+        .map(|address| format!(", metrics at http://{address}/metrics"))
+        .unwrap_or_default();
     println!(
-        "llm_agent serving generate_text on {} in {mode}; Ctrl-C to stop",
+        "llm_agent serving generate_text on {} in {mode}{metrics}; Ctrl-C to stop",
         target.display_url()
     );
     runtime.run_until_signal(Duration::from_secs(10)).await?;

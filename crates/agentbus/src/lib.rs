@@ -63,6 +63,7 @@ pub mod delivery;
 mod effects;
 pub mod events;
 mod jetstream_errors;
+mod metrics;
 mod name;
 mod payload;
 pub mod permissions;
@@ -88,7 +89,8 @@ pub use payload::Payload;
 pub use protocol::{Priority, RequestError, TaskRequest, TaskResponse, TaskStatus};
 pub use runtime::discovery;
 pub use runtime::{
-    AgentOptions, AgentStats, InvalidSchema, Runtime, RuntimeError, RuntimeErrorKind,
+    AgentOptions, AgentStats, InvalidMetricsAddress, InvalidSchema, METRICS_ADDRESS_VAR, Runtime,
+    RuntimeError, RuntimeErrorKind,
 };
 pub use sender::Sender;
 pub use task_id::{InvalidTaskId, MAX_TASK_ID_LEN, TaskId};

@@ -37,13 +37,25 @@ const REDIRECTING_VARS: &[&str] = &[
     "LLM_BASE_URL",
     "LLM_API_KEY",
     "LLM_MODEL",
+    "AGENTBUS_METRICS_ADDR",
 ];
 
 #[tokio::test]
 async fn llm_agent_echoes_for_the_orchestrator_and_stops_on_ctrl_c() {
     let server = NatsServer::start().await;
-    let mut agent = Running::start("llm_agent", &server, &[]).await;
+    let mut agent = Running::start(
+        "llm_agent",
+        &server,
+        &[("AGENTBUS_METRICS_ADDR", "127.0.0.1:0")],
+    )
+    .await;
     assert!(agent.ready.contains("in echo mode"), "{}", agent.ready);
+    let metrics = agent
+        .ready
+        .split_once("metrics at ")
+        .and_then(|(_, rest)| rest.split_once(';'))
+        .map(|(url, _)| url.to_owned())
+        .unwrap_or_else(|| panic!("no metrics address in: {}", agent.ready));
 
     let out = run(
         "orchestrator",
@@ -70,6 +82,17 @@ async fn llm_agent_echoes_for_the_orchestrator_and_stops_on_ctrl_c() {
         .await
         .unwrap();
     assert_eq!(rejected.status, TaskStatus::Rejected, "{rejected:?}");
+
+    // Its metrics count both.
+    let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+    let counted = |outcome: &str| {
+        let line = format!(
+            "agentbus_tasks_total{{agent=\"llm_agent\",task_type=\"generate_text\",outcome=\"{outcome}\"}} 1"
+        );
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    };
+    counted("completed");
+    counted("rejected");
 
     let bad = run("orchestrator", &server, &["hi", "x"]).await;
     assert_eq!(bad.status.code(), Some(1), "{bad:?}");

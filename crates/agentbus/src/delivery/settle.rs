@@ -95,6 +95,19 @@ impl Delivery {
         self.stream_sequence
     }
 
+    /// How long ago the stream stored it, by the server's clock against
+    /// this machine's (zero when that is in the future).
+    pub fn waited(&self) -> Duration {
+        let Ok(info) = self.message.info() else {
+            return Duration::ZERO;
+        };
+        let stored = info.published.unix_timestamp_nanos();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |now| i128::try_from(now.as_nanos()).unwrap_or(i128::MAX));
+        u64::try_from(now - stored).map_or(Duration::ZERO, Duration::from_nanos)
+    }
+
     /// Runs `work`, telling JetStream every third of the ack wait that the
     /// delivery is still in progress, so a long task is never redelivered to
     /// a second worker meanwhile.

@@ -21,6 +21,7 @@ use crate::client::Bus;
 use crate::delivery::worker::Worker;
 use crate::delivery::{self, ConsumerError, DeliveryOptions, RecordError, Settler};
 use crate::events::LifecycleEvent;
+use crate::metrics::Metrics;
 use crate::name::{InvalidName, Name};
 use crate::presence::{AgentPresence, Beats, InFlightSource, PresenceOptions};
 use crate::state::EntryKey;
@@ -85,6 +86,14 @@ pub struct AgentOptions {
     pub presence: bool,
     /// How often heartbeats go out and when a silent agent is offline.
     pub heartbeat: PresenceOptions,
+    /// Serve the runtime's Prometheus metrics at `http://<address>/metrics`
+    /// and count this agent's tasks in them (see the README's metrics
+    /// table). The first agent added with an address starts the endpoint
+    /// (port 0 picks a free one: [`Runtime::metrics_address`]); later ones
+    /// join it. The endpoint asks for no credentials: keep it on loopback
+    /// or a private network. `None` (the default): no endpoint, and this
+    /// agent's tasks cost nothing to count.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl Default for AgentOptions {
@@ -104,7 +113,38 @@ impl Default for AgentOptions {
             delivery: DeliveryOptions::default(),
             presence: true,
             heartbeat: PresenceOptions::default(),
+            metrics_address: None,
         }
+    }
+}
+
+/// The variable [`AgentOptions::metrics_from_env`] reads.
+pub const METRICS_ADDRESS_VAR: &str = "AGENTBUS_METRICS_ADDR";
+
+/// `AGENTBUS_METRICS_ADDR` does not hold an address.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{METRICS_ADDRESS_VAR}={value:?} is not an address to serve metrics at, such as 127.0.0.1:9464"
+)]
+pub struct InvalidMetricsAddress {
+    /// What the variable holds.
+    pub value: String,
+}
+
+impl AgentOptions {
+    /// These options with [`AgentOptions::metrics_address`] taken from the
+    /// environment variable `AGENTBUS_METRICS_ADDR` (such as
+    /// `127.0.0.1:9464`) when it is set, as the examples do.
+    pub fn metrics_from_env(mut self) -> Result<Self, InvalidMetricsAddress> {
+        if let Some(value) = std::env::var_os(METRICS_ADDRESS_VAR) {
+            let value = value.to_string_lossy().into_owned();
+            let address = value
+                .trim()
+                .parse()
+                .map_err(|_| InvalidMetricsAddress { value })?;
+            self.metrics_address = Some(address);
+        }
+        Ok(self)
     }
 }
 
@@ -157,6 +197,15 @@ pub enum RuntimeError {
         #[source]
         source: async_nats::SubscribeError,
     },
+    /// The metrics endpoint cannot listen.
+    #[error("cannot serve metrics at http://{address}/metrics: {source}")]
+    Metrics {
+        /// Where it was to listen.
+        address: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The presence storage cannot be opened or written.
     #[error("cannot keep agent {agent}'s presence: {source}{hint}")]
     Presence {
@@ -188,6 +237,8 @@ pub enum RuntimeErrorKind {
     Subscribe,
     /// Presence could not be kept.
     Presence,
+    /// The metrics endpoint could not listen.
+    Metrics,
 }
 
 impl RuntimeError {
@@ -203,6 +254,7 @@ impl RuntimeError {
             Self::Results { .. } => RuntimeErrorKind::Results,
             Self::Subscribe { .. } => RuntimeErrorKind::Subscribe,
             Self::Presence { .. } => RuntimeErrorKind::Presence,
+            Self::Metrics { .. } => RuntimeErrorKind::Metrics,
         }
     }
 }
@@ -232,6 +284,17 @@ pub struct Runtime {
     /// The answers to those requests: one subscription for the runtime,
     /// started with its first agent.
     controls: Option<JoinHandle<()>>,
+    /// The metrics of the agents added with a metrics address, and the
+    /// endpoint serving them: one for the runtime.
+    metrics: Option<MetricsEndpoint>,
+}
+
+/// A runtime's metrics and where they are served.
+#[derive(Debug)]
+struct MetricsEndpoint {
+    metrics: Arc<Metrics>,
+    address: std::net::SocketAddr,
+    server: JoinHandle<()>,
 }
 
 #[derive(Debug)]
@@ -259,7 +322,42 @@ impl Runtime {
             settlers: Vec::new(),
             registry: Arc::default(),
             controls: None,
+            metrics: None,
         }
+    }
+
+    /// Where the runtime serves its metrics (`http://<address>/metrics`),
+    /// once an agent was added with [`AgentOptions::metrics_address`].
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|endpoint| endpoint.address)
+    }
+
+    /// The runtime's metrics, their endpoint started at `address` if it is
+    /// not yet.
+    async fn metrics(
+        &mut self,
+        address: std::net::SocketAddr,
+    ) -> Result<Arc<Metrics>, RuntimeError> {
+        if let Some(endpoint) = &self.metrics {
+            if endpoint.address != address && address.port() != 0 {
+                tracing::warn!(
+                    served = %endpoint.address,
+                    asked = %address,
+                    "this runtime serves its metrics at one address already; the agent's are added there"
+                );
+            }
+            return Ok(endpoint.metrics.clone());
+        }
+        let metrics = Arc::new(Metrics::new());
+        let (bound, server) = crate::metrics::serve(metrics.clone(), address)
+            .await
+            .map_err(|source| RuntimeError::Metrics { address, source })?;
+        self.metrics = Some(MetricsEndpoint {
+            metrics: metrics.clone(),
+            address: bound,
+            server,
+        });
+        Ok(metrics)
     }
 
     /// Keeps presence entries in `store` (e.g. Redis) instead of NATS KV.
@@ -336,6 +434,14 @@ impl Runtime {
             None
         };
         let counters = Arc::new(stats::Counters::default());
+        let metrics = match options.metrics_address {
+            Some(address) => Some(
+                self.metrics(address)
+                    .await?
+                    .agent(name.as_str(), type_names.iter().map(Name::as_str)),
+            ),
+            None => None,
+        };
         let served = Arc::new(serve::Served {
             agent,
             name: name.clone(),
@@ -349,6 +455,7 @@ impl Runtime {
             )),
             options,
             counters: counters.clone(),
+            metrics,
             registry: self.registry.clone(),
         });
         // Durable consumers first: if they cannot be made, nothing was started.
@@ -591,6 +698,9 @@ impl Runtime {
         futures::join!(worker, serving);
         if let Some(controls) = &self.controls {
             controls.abort();
+        }
+        if let Some(endpoint) = &self.metrics {
+            endpoint.server.abort();
         }
         for agent in self.agents {
             publish_lifecycle(

@@ -100,7 +100,7 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, settler: Settler, delivery: 
         Ok(Opened::Run(attempt, request)) => (attempt, request),
         Ok(Opened::Settled) => return,
         Ok(Opened::Malformed(error)) => {
-            served.counters.rejected(&error, opened.elapsed());
+            served.rejected("", &error, opened.elapsed());
             return;
         }
         Err(err) => {
@@ -111,9 +111,17 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, settler: Settler, delivery: 
     };
     if let Err(err) = served.task_types.check(served.name.as_str(), &request) {
         // Counted before the record that tells the sender is written.
-        served.counters.rejected(err.message(), opened.elapsed());
-        if let Err(err) = attempt.give_up(err.message(), err.status()).await {
-            tracing::warn!(%err, task_id = %attempt.task_id(), "a refused task could not be dead-lettered");
+        served.rejected(&request.task_type, err.message(), opened.elapsed());
+        match attempt.give_up(err.message(), err.status()).await {
+            Ok(Settled::DeadLettered) => {
+                if let Some(metrics) = &served.metrics {
+                    metrics.dead_lettered();
+                }
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(%err, task_id = %attempt.task_id(), "a refused task could not be dead-lettered");
+            }
         }
         return;
     }
@@ -141,6 +149,12 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, settler: Settler, delivery: 
         }
     }
     let task_type = request.task_type.clone();
+    if let Some(metrics) = &served.metrics
+        && attempt.attempt() > 1
+    {
+        metrics.redelivered();
+    }
+    let waited = attempt.delivery().waited();
     let outcome = attempt
         .delivery()
         .in_progress(execute(
@@ -149,6 +163,7 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, settler: Settler, delivery: 
             subject::sender_of(attempt.delivery().subject()),
             &held,
             Instant::now(),
+            waited,
         ))
         .await;
     let settled = if outcome.stopped && !outcome.retryable {
@@ -161,9 +176,15 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, settler: Settler, delivery: 
         Ok(Settled::Retrying(_)) => task.flush_log().await,
         Ok(Settled::Stale) => {
             served.counters.stale();
+            if let Some(metrics) = &served.metrics {
+                metrics.stale();
+            }
             task.flush_log().await;
         }
-        Ok(_) => {
+        Ok(settled) => {
+            if let (Some(metrics), Settled::DeadLettered) = (&served.metrics, settled) {
+                metrics.dead_lettered();
+            }
             task.finish(&outcome.response, outcome.duration, outcome.stopped)
                 .await;
             publish_task_event(

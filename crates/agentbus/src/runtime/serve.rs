@@ -7,6 +7,7 @@ use super::task_types::TaskTypes;
 use crate::agent::{Agent, TaskContext, TaskError};
 use crate::client::Bus;
 use crate::events::TaskEvent;
+use crate::metrics::AgentMetrics;
 use crate::name::Name;
 use crate::protocol::{Priority, TaskRequest, TaskResponse, TaskStatus};
 use crate::sender::Sender;
@@ -36,11 +37,29 @@ pub(super) struct Served<A> {
     pub(super) options: AgentOptions,
     pub(super) dedup: Mutex<DedupCache>,
     pub(super) counters: Arc<Counters>,
+    /// Its Prometheus series, when the runtime serves metrics for it.
+    pub(super) metrics: Option<AgentMetrics>,
     /// The tasks the runtime holds, for cancels and answers.
     pub(super) registry: Arc<Registry>,
 }
 
 impl<A> Served<A> {
+    /// The tasks waiting for a slot and running now.
+    fn queues(&self, waiting: usize, running: usize) {
+        self.counters.set_queues(waiting, running);
+        if let Some(metrics) = &self.metrics {
+            metrics.queues(waiting, running);
+        }
+    }
+
+    /// A task refused before a handler ran, with `error`, after `took`.
+    pub(super) fn rejected(&self, task_type: &str, error: &str, took: Duration) {
+        self.counters.rejected(error, took);
+        if let Some(metrics) = &self.metrics {
+            metrics.finished(task_type, TaskStatus::Rejected, None);
+        }
+    }
+
     /// Holds a task from now until the returned guard is dropped: its
     /// cancel, deadline and log.
     /// `attempt` is `None` for a task taken over request/reply (registered
@@ -81,6 +100,7 @@ struct Waiting {
     sequence: u64,
     /// Bytes of the message it came in.
     bytes: usize,
+    arrived: Instant,
     request: TaskRequest,
     sender: Sender,
     reply: Option<Subject>,
@@ -147,12 +167,13 @@ pub(super) async fn serve<A: Agent>(
                     // A task that finishes at its first poll leaves its slot
                     // free at once: keep taking waiting ones.
                     while running.len() < max_concurrency
-                        && let Some(Waiting { bytes, request, sender, reply, held, .. }) = waiting.pop()
+                        && let Some(Waiting { bytes, arrived, request, sender, reply, held, .. }) = waiting.pop()
                     {
-                        let task = run_task(served.clone(), request, sender, held, reply, Instant::now());
+                        let waited = arrived.elapsed();
+                        let task = run_task(served.clone(), request, sender, held, reply, Instant::now(), waited);
                         held_bytes -= start(&mut running, task, bytes).await;
                     }
-                    served.counters.set_queues(waiting.len(), running.len());
+                    served.queues(waiting.len(), running.len());
                 }
                 message = subscriber.next(), if room => {
                     let Some(message) = message else { break };
@@ -164,14 +185,14 @@ pub(super) async fn serve<A: Agent>(
                     let sender = subject::sender_of(&message.subject);
                     held_bytes += bytes;
                     if running.len() < max_concurrency {
-                        let task = run_task(served.clone(), request, sender, held, reply, arrived);
+                        let task = run_task(served.clone(), request, sender, held, reply, arrived, arrived.elapsed());
                         held_bytes -= start(&mut running, task, bytes).await;
                     } else {
                         sequence += 1;
                         held.register();
-                        waiting.push(Waiting { priority: request.priority, sequence, bytes, request, sender, reply, held });
+                        waiting.push(Waiting { priority: request.priority, sequence, bytes, arrived, request, sender, reply, held });
                     }
-                    served.counters.set_queues(waiting.len(), running.len());
+                    served.queues(waiting.len(), running.len());
                 }
                 _ = &mut stopped => break,
             }
@@ -180,7 +201,7 @@ pub(super) async fn serve<A: Agent>(
 
     // Shutdown: take no more tasks; tell waiting ones; let running ones finish in time.
     let deadline = stop.borrow().unwrap_or_else(tokio::time::Instant::now);
-    served.counters.set_queues(0, running.len());
+    served.queues(0, running.len());
     let (mut plain, mut stamped) = subscriber.into_inner();
     let _ = plain.unsubscribe().await;
     let _ = stamped.unsubscribe().await;
@@ -247,7 +268,7 @@ async fn admit<A: Agent>(
         Ok(request) => request,
         Err((task_id, err)) => {
             let error = err.to_string();
-            served.counters.rejected(&error, now.elapsed());
+            served.rejected("", &error, now.elapsed());
             let response =
                 TaskResponse::error(task_id.unwrap_or_default(), TaskStatus::Rejected, error);
             send_reply(served, reply, response.to_json().into()).await;
@@ -255,7 +276,7 @@ async fn admit<A: Agent>(
         }
     };
     if let Err(err) = served.task_types.check(served.name.as_str(), &request) {
-        served.counters.rejected(err.message(), now.elapsed());
+        served.rejected(&request.task_type, err.message(), now.elapsed());
         send_reply(
             served,
             reply,
@@ -336,14 +357,22 @@ where
 /// Runs the handler on `request`, held as `held`: a cancel, the deadline,
 /// the agent's task timeout, panics and oversize results all become error
 /// responses. A task stopped before it starts does not run.
+///
+/// `started` is when it was taken from its queue, `waited` how long it
+/// waited before.
 pub(super) async fn execute<A: Agent>(
     served: &Served<A>,
     request: TaskRequest,
     sender: Sender,
     held: &Registered,
     started: Instant,
+    waited: Duration,
 ) -> Outcome {
     let task_id = request.task_id.clone();
+    let task_type = served.metrics.as_ref().map(|metrics| {
+        metrics.started(&request.task_type, waited);
+        request.task_type.clone()
+    });
     let task = held.task();
     let ran = match task.stop_reason() {
         Some(reason) => Ran::Stopped(reason, None),
@@ -426,6 +455,9 @@ pub(super) async fn execute<A: Agent>(
     };
     let duration = started.elapsed();
     served.counters.finished(&response, duration);
+    if let (Some(metrics), Some(task_type)) = (&served.metrics, &task_type) {
+        metrics.finished(task_type, response.status, Some(duration));
+    }
     Outcome {
         response,
         body,
@@ -444,13 +476,14 @@ async fn run_task<A: Agent>(
     held: Registered,
     reply: Option<Subject>,
     started: Instant,
+    waited: Duration,
 ) {
     let task_id = request.task_id.clone();
     let task_type = served
         .options
         .task_events
         .then(|| request.task_type.clone());
-    let outcome = execute(&served, request, sender, &held, started).await;
+    let outcome = execute(&served, request, sender, &held, started, waited).await;
     // Logged before the answer: whoever gets it finds the log complete.
     held.task()
         .finish(&outcome.response, outcome.duration, outcome.stopped)
