@@ -61,20 +61,12 @@ async fn check_shows_a_spinner_on_a_terminal_only_without_json() {
 async fn submit_wait_and_task_watch_show_what_they_wait_for() {
     let server = NatsServer::start().await;
     // No agent takes it: the command waits until its timeout, saying so.
+    let submit = |timeout: &str| {
+        let args = ["submit", "nobody", "anything", "{}", "--wait", "--timeout", timeout];
+        with_server(&server, &args)
+    };
     let started = Instant::now();
-    let shown = run_on_terminal(with_server(
-        &server,
-        &[
-            "submit",
-            "nobody",
-            "anything",
-            "{}",
-            "--wait",
-            "--timeout",
-            "2",
-        ],
-    ))
-    .await;
+    let shown = run_on_terminal(submit("2")).await;
     assert!(!shown.status.success(), "{}", shown.stdout);
     assert!(started.elapsed() >= Duration::from_secs(2));
     assert!(
@@ -82,19 +74,7 @@ async fn submit_wait_and_task_watch_show_what_they_wait_for() {
         "{}",
         shown.stdout
     );
-    let piped = run(with_server(
-        &server,
-        &[
-            "submit",
-            "nobody",
-            "anything",
-            "{}",
-            "--wait",
-            "--timeout",
-            "1",
-        ],
-    ))
-    .await;
+    let piped = run(submit("1")).await;
     assert!(
         !piped.stderr.contains("waiting for task"),
         "{}",

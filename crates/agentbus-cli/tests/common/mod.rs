@@ -120,11 +120,16 @@ where
 {
     let mut command = command();
     command.args(args);
+    finish(command).await
+}
+
+/// Runs `command` to completion (killed after [`COMMAND_TIMEOUT`]).
+async fn finish(mut command: tokio::process::Command) -> Output {
     let start = Instant::now();
     let output = tokio::time::timeout(COMMAND_TIMEOUT, command.output())
         .await
         .unwrap_or_else(|_| panic!("agentbus did not finish within {COMMAND_TIMEOUT:?}"))
-        .expect("run the agentbus binary");
+        .expect("run the command");
     Output {
         status: output.status,
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -736,15 +741,5 @@ where
 {
     let mut command = program("python3");
     command.args(["-c", ON_TERMINAL, BIN]).args(args);
-    let start = Instant::now();
-    let output = tokio::time::timeout(COMMAND_TIMEOUT, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("agentbus did not finish within {COMMAND_TIMEOUT:?}"))
-        .expect("run python3");
-    Output {
-        status: output.status,
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        elapsed: start.elapsed(),
-    }
+    finish(command).await
 }
