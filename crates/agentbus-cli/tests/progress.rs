@@ -62,7 +62,15 @@ async fn submit_wait_and_task_watch_show_what_they_wait_for() {
     let server = NatsServer::start().await;
     // No agent takes it: the command waits until its timeout, saying so.
     let submit = |timeout: &str| {
-        let args = ["submit", "nobody", "anything", "{}", "--wait", "--timeout", timeout];
+        let args = [
+            "submit",
+            "nobody",
+            "anything",
+            "{}",
+            "--wait",
+            "--timeout",
+            timeout,
+        ];
         with_server(&server, &args)
     };
     let started = Instant::now();
