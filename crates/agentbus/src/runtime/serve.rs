@@ -210,7 +210,7 @@ pub(super) async fn serve<A: Agent>(
         if let Some(reply) = message.reply
             && let Ok(request) = TaskRequest::from_json(&message.payload)
         {
-            cancel(&served, &request.task_id, Some(&reply), None).await;
+            cancel(&served, &request, Some(&reply), None).await;
         }
     }
     for Waiting {
@@ -220,7 +220,7 @@ pub(super) async fn serve<A: Agent>(
         ..
     } in waiting.drain()
     {
-        cancel(&served, &request.task_id, reply.as_ref(), Some(&held)).await;
+        cancel(&served, &request, reply.as_ref(), Some(&held)).await;
     }
     if tokio::time::timeout_at(deadline, async { while running.next().await.is_some() {} })
         .await
@@ -517,16 +517,19 @@ async fn run_task<A: Agent>(
 /// task's log ends with it.
 async fn cancel<A: Agent>(
     served: &Served<A>,
-    task_id: &str,
+    request: &TaskRequest,
     reply: Option<&Subject>,
     held: Option<&Registered>,
 ) {
     let response = TaskResponse::error(
-        task_id,
+        &request.task_id,
         TaskStatus::Cancelled,
         "the agent is shutting down; send the task again",
     );
     served.counters.finished(&response, Duration::ZERO);
+    if let Some(metrics) = &served.metrics {
+        metrics.finished(&request.task_type, TaskStatus::Cancelled, None);
+    }
     if let Some(held) = held {
         held.task().finish(&response, Duration::ZERO, false).await;
     }
