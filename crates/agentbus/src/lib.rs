@@ -35,11 +35,14 @@
 //!
 //! Private: `name` and `task_id` (the validated tokens), `protocol` (the
 //! task wire format; `docs/PROTOCOL.md` in the repository describes every
-//! subject and body for other languages), `client` ([`Bus`]), `agent`,
-//! `runtime` (serving loops, retry cache, priority queue, the services
-//! responder), `ride` (the one retry loop that carries what is stored in
-//! JetStream through elections and reconnects), `effects` (effects made once
-//! per task, [`TaskContext::once`]), `clock` and `jetstream_errors`.
+//! subject and body for other languages), `payload` ([`Payload`]: a task's
+//! JSON kept as text until read), `client` ([`Bus`]), `agent`, `runtime`
+//! (serving loops, retry cache, priority queue, the services responder),
+//! `metrics` (a runtime's Prometheus endpoint, [`AgentOptions`]'s
+//! `metrics_address`), `ride` (the one retry loop that carries what is
+//! stored in JetStream through elections and reconnects), `effects`
+//! (effects made once per task, [`TaskContext::once`]), `clock` and
+//! `jetstream_errors`.
 //!
 //! Dependencies: `delivery` and `runtime` sit on `client`, `subject` and
 //! `protocol`; `presence` sits on `state`; nothing below depends on what is
