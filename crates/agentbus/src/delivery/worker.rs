@@ -1156,10 +1156,9 @@ impl Puller {
                 }
                 // The next message is larger than the bytes left.
                 Some(StatusCode::REQUEST_TERMINATED)
-                    if message
-                        .description
-                        .as_deref()
-                        .is_some_and(|text| text.contains("MaxBytes")) =>
+                    if message.description.as_deref().is_some_and(|text| {
+                        text.eq_ignore_ascii_case("Message Size Exceeds MaxBytes")
+                    }) =>
                 {
                     return Fetched::BytesFull(messages);
                 }

@@ -13,7 +13,9 @@
 //! first store is tried again, and recognised by reading the log back when
 //! an earlier try was stored but its answer lost; events whose
 //! acknowledgement failed are sent again in order, after the last event the
-//! log holds.
+//! log holds, before any later one (an event unanswered for half a second
+//! holds the next one back, so that no later event reaches a new leader
+//! first).
 
 use super::{EventType, LogEvent};
 use crate::client::Bus;
@@ -42,6 +44,10 @@ const MAX_UNACKED: usize = 64;
 
 /// How long the acknowledgements of a log's events are waited for.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long an event may go unacknowledged before the next waits for it: a
+/// stream answers in milliseconds, and an election takes seconds.
+const STALL: Duration = Duration::from_millis(500);
 
 /// Attempts at a conditional write while other writers keep adding events.
 const MAX_TRIES: usize = 3;
@@ -337,6 +343,8 @@ struct Unacked {
     ack: Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>,
     /// Its acknowledgement, once it came: whether to send it again.
     answered: Option<Resend>,
+    /// When it was sent.
+    sent: std::time::Instant,
     seq: u64,
     /// Kept to send it again if it was not stored.
     body: Bytes,
@@ -544,10 +552,7 @@ impl LogWriter {
         }
         let event = event(&self.task_id, self.next, kind, &self.instance, data);
         let body = encode(bus, &event)?;
-        // An event before this one was not stored: it is stored again first,
-        // so that the log stays in order (the stream refuses at once while
-        // it has no leader, long before a new one is elected).
-        if self.refused() {
+        if self.must_flush() {
             self.flush(bus).await;
         }
         let subject = self
@@ -557,6 +562,7 @@ impl LogWriter {
             Ok(ack) => Unacked {
                 ack: ack.into_future(),
                 answered: None,
+                sent: std::time::Instant::now(),
                 seq: event.seq,
                 body,
             },
@@ -580,23 +586,33 @@ impl LogWriter {
         }
     }
 
-    /// Whether an event stored without waiting was refused already; looks
-    /// at the acknowledgements that came, oldest first, without waiting.
-    fn refused(&mut self) -> bool {
-        let mut refused = false;
-        for index in 0..self.pending.len() {
-            if let Some(resend) = self.pending[index].answered {
-                refused |= resend == Resend::Yes;
-                continue;
-            }
-            let Some(answer) = self.pending[index].ack.as_mut().now_or_never() else {
-                break; // they come in order
+    /// Whether the events stored without waiting must be waited for before
+    /// the next is sent: one was refused (it is stored again first, so that
+    /// the log stays in order; the stream refuses at once while it has no
+    /// leader, long before a new one is elected), or the oldest unanswered
+    /// one waited longer than [`STALL`] (its answer may be lost with a
+    /// dying server, and a later event must not reach a new leader first).
+    /// Looks without waiting, oldest first.
+    fn must_flush(&mut self) -> bool {
+        let task_id = &self.task_id;
+        for unacked in &mut self.pending {
+            let resend = match unacked.answered {
+                Some(resend) => resend,
+                None => match unacked.ack.as_mut().now_or_never() {
+                    Some(answer) => {
+                        let resend = unacked.outcome(answer, task_id);
+                        unacked.answered = Some(resend);
+                        resend
+                    }
+                    // Answers come in order: the later ones are younger.
+                    None => return unacked.sent.elapsed() > STALL,
+                },
             };
-            let resend = self.pending[index].outcome(answer, &self.task_id);
-            self.pending[index].answered = Some(resend);
-            refused |= resend == Resend::Yes;
+            if resend == Resend::Yes {
+                return true;
+            }
         }
-        refused
+        false
     }
 
     /// Waits for the acknowledgements of what was written. Events not
