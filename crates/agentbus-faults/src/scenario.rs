@@ -179,22 +179,24 @@ pub(crate) async fn run(
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut lost = 0;
     for task_id in &acknowledged {
-        // Most have ended by now: one read each; a wait for the others.
-        let read = submitter.task_record(task_id).await.ok().flatten();
-        let ended = match read {
-            Some(record) if record.state.is_final() => Some(record.state),
-            _ => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match submitter.wait_task(task_id, left).await {
-                    Ok(_) => submitter
-                        .task_record(task_id)
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|record| record.state),
-                    Err(_) => None,
-                }
+        // Most have ended by now: one read each; a wait for the others. A
+        // record read from a replica that is still catching up (the node
+        // that was cut off or down) may be behind: read again until the
+        // deadline before counting the task lost.
+        let mut waited = false;
+        let ended = loop {
+            let read = submitter.task_record(task_id).await.ok().flatten();
+            let state = read.map(|record| record.state);
+            if state == Some(expected) || Instant::now() >= deadline {
+                break state;
             }
+            if !waited && !state.is_some_and(|state| state.is_final()) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = submitter.wait_task(task_id, left).await;
+                waited = true;
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         };
         if ended != Some(expected) {
             lost += 1;
