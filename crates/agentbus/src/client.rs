@@ -452,7 +452,8 @@ impl Bus {
             });
         }
         let mut attempt = 0;
-        let mut absent_since: Option<std::time::Instant> = None;
+        // When a request nothing answers stops being asked again.
+        let mut ask_until: Option<std::time::Instant> = None;
         loop {
             let sent = self.inner.client.send_request(
                 subject.to_nats(),
@@ -473,11 +474,16 @@ impl Bus {
                     use async_nats::client::RequestErrorKind as Kind;
                     match err.kind() {
                         Kind::NoResponders => {
-                            let since = *absent_since.get_or_insert_with(std::time::Instant::now);
-                            let grace = NO_AGENT_GRACE.min(options.timeout);
-                            if since.elapsed() + NO_AGENT_RETRY < grace
-                                && self.inner.client.server_info().cluster.is_some()
-                            {
+                            let until = *ask_until.get_or_insert_with(|| {
+                                let clustered = self.inner.client.server_info().cluster.is_some();
+                                let grace = if clustered {
+                                    NO_AGENT_GRACE.min(options.timeout)
+                                } else {
+                                    Duration::ZERO
+                                };
+                                std::time::Instant::now() + grace
+                            });
+                            if std::time::Instant::now() + NO_AGENT_RETRY < until {
                                 tokio::time::sleep(NO_AGENT_RETRY).await;
                                 continue;
                             }

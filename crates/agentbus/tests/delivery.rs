@@ -1484,6 +1484,16 @@ async fn forged_dead_letters_are_not_replayed() {
     assert_eq!(tasks_stored(&client).await, 0, "nothing queued");
 }
 
+/// An error that points at `agentbus setup`, given within 3 s of `started`.
+fn told_at_once(err: &dyn std::fmt::Display, started: Instant) {
+    assert!(err.to_string().contains("agentbus setup"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// A bus never set up has no task results bucket: asking for a task says
 /// so at once, rather than trying through the store deadline as it does
 /// while a cluster elects a leader.
@@ -1501,12 +1511,7 @@ async fn a_missing_results_bucket_is_told_at_once() {
         agentbus::delivery::RecordErrorKind::NoBucket,
         "{err}"
     );
-    assert!(err.to_string().contains("agentbus setup"), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    told_at_once(&err, started);
 }
 
 /// A bus never set up has no stream for a queue: a submission says so at
@@ -1529,10 +1534,5 @@ async fn a_submission_no_stream_stores_is_told_at_once() {
         agentbus::delivery::StoreErrorKind::NoStream,
         "{err}"
     );
-    assert!(err.to_string().contains("agentbus setup"), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    told_at_once(&err, started);
 }

@@ -23,6 +23,9 @@ pub struct Delivery {
     message: jetstream::Message,
     attempt: u32,
     stream_sequence: u64,
+    /// When the stream stored it, in nanoseconds since the epoch (the
+    /// server's clock).
+    stored_at: i128,
     ack_wait: Duration,
     received: tokio::time::Instant,
 }
@@ -30,16 +33,18 @@ pub struct Delivery {
 impl Delivery {
     /// A message delivered by a consumer whose ack wait is `ack_wait`.
     pub(crate) fn new(message: jetstream::Message, ack_wait: Duration) -> Self {
-        let (attempt, stream_sequence) = message.info().map_or((1, 0), |info| {
+        let (attempt, stream_sequence, stored_at) = message.info().map_or((1, 0, 0), |info| {
             (
                 u32::try_from(info.delivered).unwrap_or(u32::MAX),
                 info.stream_sequence,
+                info.published.unix_timestamp_nanos(),
             )
         });
         Self {
             message,
             attempt,
             stream_sequence,
+            stored_at,
             ack_wait,
             received: tokio::time::Instant::now(),
         }
@@ -98,14 +103,10 @@ impl Delivery {
     /// How long ago the stream stored it, by the server's clock against
     /// this machine's (zero when that is in the future).
     pub fn waited(&self) -> Duration {
-        let Ok(info) = self.message.info() else {
-            return Duration::ZERO;
-        };
-        let stored = info.published.unix_timestamp_nanos();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |now| i128::try_from(now.as_nanos()).unwrap_or(i128::MAX));
-        u64::try_from(now - stored).map_or(Duration::ZERO, Duration::from_nanos)
+        u64::try_from(now - self.stored_at).map_or(Duration::ZERO, Duration::from_nanos)
     }
 
     /// Runs `work`, telling JetStream every third of the ack wait that the

@@ -253,23 +253,13 @@ enum StoreFailure {
 async fn store(bus: &Bus, event: &LogEvent, expect: Option<u64>) -> Result<(), StoreFailure> {
     let body = encode(bus, event).map_err(StoreFailure::Error)?;
     let subject = subject::task_events(&event.task_id);
-    let tries = AtomicUsize::new(0);
-    let stored = ride(
-        bus,
-        "store an event of a task's log",
-        || async {
-            tries.fetch_add(1, Ordering::Relaxed);
-            send(bus, &subject, body.clone(), expect).await?.await
-        },
-        publish_passes,
-    )
-    .await;
+    let (stored, tries) = send_riding(bus, &subject, &body, expect).await;
     match stored {
         Ok(_) => Ok(()),
         Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
             // A try whose answer was lost may have stored it: then the log
             // ends with this very event.
-            if tries.load(Ordering::Relaxed) > 1
+            if tries > 1
                 && let Ok(Some((Some(last), _))) = last_message(bus, &event.task_id).await
                 && last == *event
             {
@@ -283,6 +273,29 @@ async fn store(bus: &Bus, event: &LogEvent, expect: Option<u64>) -> Result<(), S
             err,
         ))),
     }
+}
+
+/// [`send`], waiting for the acknowledgement, tried again through an
+/// election or a reconnect up to the bus's store deadline (see `ride`);
+/// returns the outcome of the last try and how many there were.
+async fn send_riding(
+    bus: &Bus,
+    subject: &Subject,
+    body: &Bytes,
+    expect: Option<u64>,
+) -> (Result<PublishAck, PublishError>, usize) {
+    let tries = AtomicUsize::new(0);
+    let stored = ride(
+        bus,
+        "store an event of a task's log",
+        || async {
+            tries.fetch_add(1, Ordering::Relaxed);
+            send(bus, subject, body.clone(), expect).await?.await
+        },
+        publish_passes,
+    )
+    .await;
+    (stored, tries.into_inner())
 }
 
 /// `event` as JSON, if it fits in a message.
@@ -645,16 +658,12 @@ impl LogWriter {
                 return;
             }
         };
-        let subject = subject::task_events(&self.task_id);
+        let task_id = &self.task_id;
+        let subject = self
+            .subject
+            .get_or_insert_with(|| subject::task_events(task_id));
         for (_, body) in failed.into_iter().filter(|(seq, _)| *seq > stored_up_to) {
-            let stored = ride(
-                bus,
-                "store an event of a task's log",
-                || async { send(bus, &subject, body.clone(), None).await?.await },
-                publish_passes,
-            )
-            .await;
-            if let Err(err) = stored {
+            if let (Err(err), _) = send_riding(bus, subject, &body, None).await {
                 tracing::warn!(%err, task_id = %self.task_id, "an event of the task's log was not stored");
             }
         }
