@@ -83,6 +83,19 @@ struct ConnzPage {
     total: usize,
 }
 
+/// The parts of `/routez` agentbus reads.
+#[derive(Debug, Deserialize)]
+struct Routez {
+    #[serde(default)]
+    routes: Vec<RouteInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RouteInfo {
+    #[serde(default)]
+    remote_name: Option<String>,
+}
+
 /// Connections asked per page of `/connz`.
 const CONNZ_PAGE: usize = 1024;
 
@@ -170,6 +183,17 @@ impl Monitor {
     /// Reads `/jsz`.
     pub async fn jsz(&self) -> Result<Jsz, MonitorError> {
         self.get("jsz").await
+    }
+
+    /// The names of the servers this one has routes to, as `/routez`
+    /// lists them: a name once per route (a pool holds several per server).
+    pub async fn route_names(&self) -> Result<Vec<String>, MonitorError> {
+        let routez: Routez = self.get("routez").await?;
+        Ok(routez
+            .routes
+            .into_iter()
+            .filter_map(|route| route.remote_name)
+            .collect())
     }
 
     /// Every client connection, with its user and subscriptions, read page

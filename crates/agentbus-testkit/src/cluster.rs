@@ -6,6 +6,7 @@ use crate::{ClosedPort, TcpProxy, nats_server_binary, port_of};
 use agentbus::connect::{ServerTarget, TargetSource};
 use agentbus_ops::LocalCluster;
 use agentbus_ops::local_server::{LocalServer, LocalServerConfig, route_as_cluster};
+use agentbus_ops::monitor::Monitor;
 use agentbus_ops::topology::Topology;
 use std::time::Duration;
 
@@ -176,6 +177,21 @@ impl NatsCluster {
         .expect("connect to a node of the test cluster")
     }
 
+    /// A client connected to node `node` (it must be up) with `options`,
+    /// e.g. a slower reconnection.
+    pub async fn connect_to_with(
+        &self,
+        node: usize,
+        options: async_nats::ConnectOptions,
+    ) -> async_nats::Client {
+        let server = self.servers[node].as_ref().expect("the node is up");
+        options
+            .user_and_password(server.user().into(), server.password().into())
+            .connect(server.client_url())
+            .await
+            .expect("connect to a node of the test cluster")
+    }
+
     /// The name of node `node` (`n0`, `n1`, ...), as JetStream names leaders.
     pub fn name(&self, node: usize) -> &str {
         &self.configs[node].server_name
@@ -222,6 +238,31 @@ impl NatsCluster {
     pub async fn kill(&mut self, node: usize) {
         if let Some(mut server) = self.servers[node].take() {
             server.kill().await.expect("kill the node");
+        }
+    }
+
+    /// Waits until no running node has a route to node `node` any more (it
+    /// was killed or stopped). Until then a running node may still route a
+    /// message to it, and core NATS loses such a message.
+    pub async fn await_departure(&self, node: usize) {
+        let name = self.name(node);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for server in self.servers.iter().flatten() {
+            let monitor = Monitor::new(server.monitor_url());
+            loop {
+                let routes = monitor
+                    .route_names()
+                    .await
+                    .unwrap_or_else(|err| panic!("{err}"));
+                if !routes.iter().any(|route| route == name) {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "a node still routes to {name} after 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     }
 

@@ -418,7 +418,10 @@ impl Bus {
     /// Sends `request` to `agent` and waits for the response.
     ///
     /// The task carries this connection's agent identity as its sender, if
-    /// it has one (see [`Bus::identity`]).
+    /// it has one (see [`Bus::identity`]). It is delivered at most once: a
+    /// request lost on the way (sent as the agent's server dies) times out
+    /// unless [`RequestOptions::retries`] sends it again; a task that must
+    /// not be lost goes through a work queue ([`Bus::submit`]).
     pub async fn request(
         &self,
         agent: &str,

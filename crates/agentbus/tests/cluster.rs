@@ -206,8 +206,12 @@ async fn a_task_log_rides_the_loss_of_its_stream_leader() {
 #[tokio::test]
 async fn a_request_waits_for_an_agent_whose_server_died() {
     let mut cluster = NatsCluster::start(3).await;
-    // The agent on node 0 (it learns of the others from it), the caller on node 1.
-    let mut runtime = Runtime::new(Bus::from_client(cluster.connect_to(0).await));
+    // The agent on node 0 (it learns of the others from it), reconnecting a
+    // second after a loss; the caller on node 1.
+    const RECONNECT: Duration = Duration::from_secs(1);
+    let options = async_nats::ConnectOptions::new().reconnect_delay_callback(|_| RECONNECT);
+    let agent_client = cluster.connect_to_with(0, options).await;
+    let mut runtime = Runtime::new(Bus::from_client(agent_client));
     runtime.add(Echo, AgentOptions::default()).await.unwrap();
     let caller = Bus::from_client(cluster.connect_to(1).await);
     let task = TaskRequest::new("echo", json!({ "n": 1 }));
@@ -216,11 +220,20 @@ async fn a_request_waits_for_an_agent_whose_server_died() {
     assert_eq!(response.status, TaskStatus::Completed, "{response:?}");
 
     // Its server dies: until the agent has reconnected, nothing answers.
+    // (A request sent before the caller's server has seen its route go is
+    // lost on the way, as core NATS loses it, and times out.)
     cluster.kill(0).await;
+    cluster.await_departure(0).await;
+    let started = Instant::now();
     let task = TaskRequest::new("echo", json!({ "n": 2 }));
     let response = caller.request(AGENT, &task, options).await;
     let response = response.expect("answered once the agent reconnected");
     assert_eq!(response.status, TaskStatus::Completed, "{response:?}");
+    assert!(
+        started.elapsed() > RECONNECT / 2,
+        "answered after {:?}: the agent had not left",
+        started.elapsed()
+    );
 
     // An agent that runs nowhere is still called absent, after the grace.
     let started = Instant::now();
