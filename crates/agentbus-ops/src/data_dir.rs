@@ -30,6 +30,8 @@ pub const BUS_USER: &str = "agentbus";
 
 const LOCK_FILE: &str = "up.lock";
 const PASSWORD_FILE: &str = "password";
+/// The file holding the web dashboard's token.
+pub const DASHBOARD_TOKEN_FILE: &str = "dashboard-token";
 const PASSWORD_LEN: usize = 32;
 /// The mode of the data directory: its owner's alone.
 const PRIVATE_MODE: u32 = 0o700;
@@ -178,21 +180,12 @@ impl DataDir {
 
     /// The password of user `agentbus`, generated and stored (0600) on first use.
     pub fn password(&self) -> Result<String, DataDirError> {
-        let file = self.path.join(PASSWORD_FILE);
-        let unusable = |source: std::io::Error| DataDirError::UnusableFile {
-            path: self.path.clone(),
-            file: file.clone(),
-            source,
-        };
-        match std::fs::read_to_string(&file) {
-            Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
-            Ok(_) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(unusable(err)),
-        }
-        let password = new_password();
-        write_private(&file, &format!("{password}\n")).map_err(unusable)?;
-        Ok(password)
+        secret_in(&self.path, PASSWORD_FILE)
+    }
+
+    /// The token of the web dashboard, generated and stored (0600) on first use.
+    pub fn dashboard_token(&self) -> Result<String, DataDirError> {
+        secret_in(&self.path, DASHBOARD_TOKEN_FILE)
     }
 
     /// Path of `connection.env`.
@@ -214,6 +207,26 @@ impl DataDir {
     pub fn remove_connection_file(&self) {
         let _ = std::fs::remove_file(self.connection_file());
     }
+}
+
+/// The secret kept in file `name` of directory `dir`, generated and stored
+/// (0600) when the file is missing or empty. `dir` must exist.
+pub fn secret_in(dir: &Path, name: &str) -> Result<String, DataDirError> {
+    let file = dir.join(name);
+    let unusable = |source: std::io::Error| DataDirError::UnusableFile {
+        path: dir.to_owned(),
+        file: file.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&file) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(unusable(err)),
+    }
+    let secret = new_password();
+    write_private(&file, &format!("{secret}\n")).map_err(unusable)?;
+    Ok(secret)
 }
 
 /// A new random password for a nats-server user. nats-server reads a

@@ -14,6 +14,7 @@
 mod closed_port;
 mod cluster;
 mod custom;
+mod debian;
 mod llm;
 mod llm_stream;
 mod npm;
@@ -24,6 +25,7 @@ mod redis;
 pub use closed_port::ClosedPort;
 pub use cluster::NatsCluster;
 pub use custom::CustomNatsServer;
+pub use debian::debian_program;
 pub use llm::{LlmRequest, LlmServer, LlmServerOptions, Respond};
 pub use llm_stream::{AbandonedStream, stream_tokens};
 pub use proxy::TcpProxy;

@@ -7,7 +7,6 @@
 //! otherwise the test panics saying how to install it. Redis tests are never
 //! skipped silently.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -167,61 +166,5 @@ pub fn redis_server_binary() -> PathBuf {
 }
 
 fn locate_or_install() -> PathBuf {
-    if let Some(path) = on_path("redis-server") {
-        return path;
-    }
-    if !(is_root() && on_path("apt-get").is_some()) {
-        panic!(
-            "redis-server is not on PATH; install it (Debian/Ubuntu: `apt-get install redis-server`, macOS: `brew install redis`) to run the Redis tests"
-        );
-    }
-    // One installer at a time across test processes; the others find it on PATH after.
-    let lock_path = std::env::temp_dir().join("agentbus-testkit-redis-install.lock");
-    let lock = File::create(&lock_path)
-        .unwrap_or_else(|err| panic!("cannot create {}: {err}", lock_path.display()));
-    lock.lock()
-        .unwrap_or_else(|err| panic!("cannot lock {}: {err}", lock_path.display()));
-    if let Some(path) = on_path("redis-server") {
-        return path;
-    }
-    eprintln!("agentbus-testkit: installing redis-server with apt-get");
-    for args in [
-        &["update"][..],
-        &["install", "-y", "--no-install-recommends", "redis-server"][..],
-    ] {
-        let status = Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .status()
-            .unwrap_or_else(|err| panic!("cannot run apt-get: {err}"));
-        assert!(
-            status.success(),
-            "`apt-get {}` failed ({status}); install redis-server by hand to run the Redis tests",
-            args.join(" ")
-        );
-    }
-    on_path("redis-server").unwrap_or_else(|| {
-        panic!("apt-get installed redis-server but it is not on PATH; add /usr/bin to PATH")
-    })
-}
-
-fn on_path(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Whether this process runs as root (Linux; elsewhere assumed not).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("Uid:"))
-                .and_then(|uids| uids.split_whitespace().next().map(|uid| uid == "0"))
-        })
-        .unwrap_or(false)
+    crate::debian::debian_program("redis-server", "redis-server", "the Redis tests")
 }

@@ -28,6 +28,10 @@ pub const DATA_DIR_VAR: &str = "AGENTBUS_DATA_DIR";
 pub const NATS_URL_VAR: &str = "NATS_URL";
 /// Variable holding the monitoring endpoint URL.
 pub const MONITOR_URL_VAR: &str = "AGENTBUS_MONITOR_URL";
+/// Variable holding the URL of the bus's web dashboard.
+pub const DASHBOARD_URL_VAR: &str = "AGENTBUS_DASHBOARD_URL";
+/// Variable holding the token the dashboard asks for.
+pub const DASHBOARD_TOKEN_VAR: &str = "AGENTBUS_DASHBOARD_TOKEN";
 /// Variable naming a PEM file of extra certificate authorities to trust.
 pub const CA_FILE_VAR: &str = "NATS_CA";
 /// Variable naming a file that holds an nkey seed.
@@ -674,6 +678,10 @@ pub struct ConnectionFile {
     pub nats_url: String,
     /// `AGENTBUS_MONITOR_URL`, when present.
     pub monitor_url: Option<String>,
+    /// `AGENTBUS_DASHBOARD_URL`, when the dashboard runs.
+    pub dashboard_url: Option<String>,
+    /// `AGENTBUS_DASHBOARD_TOKEN`, when the dashboard runs.
+    pub dashboard_token: Option<String>,
 }
 
 impl ConnectionFile {
@@ -689,16 +697,23 @@ impl ConnectionFile {
     pub fn parse(text: &str) -> Option<Self> {
         let mut nats_url = None;
         let mut monitor_url = None;
+        let mut dashboard_url = None;
+        let mut dashboard_token = None;
         for (key, value) in variables(text) {
+            let value = Some(value.to_owned());
             match key {
-                NATS_URL_VAR => nats_url = Some(value.to_owned()),
-                MONITOR_URL_VAR => monitor_url = Some(value.to_owned()),
+                NATS_URL_VAR => nats_url = value,
+                MONITOR_URL_VAR => monitor_url = value,
+                DASHBOARD_URL_VAR => dashboard_url = value,
+                DASHBOARD_TOKEN_VAR => dashboard_token = value,
                 _ => {}
             }
         }
         Some(Self {
             nats_url: nats_url?,
             monitor_url,
+            dashboard_url,
+            dashboard_token,
         })
     }
 
@@ -708,8 +723,14 @@ impl ConnectionFile {
             "# Written by `agentbus up`; contains a password: keep it private.\n{NATS_URL_VAR}={}\n",
             self.nats_url
         );
-        if let Some(url) = &self.monitor_url {
-            text.push_str(&format!("{MONITOR_URL_VAR}={url}\n"));
+        for (key, value) in [
+            (MONITOR_URL_VAR, &self.monitor_url),
+            (DASHBOARD_URL_VAR, &self.dashboard_url),
+            (DASHBOARD_TOKEN_VAR, &self.dashboard_token),
+        ] {
+            if let Some(value) = value {
+                text.push_str(&format!("{key}={value}\n"));
+            }
         }
         text
     }
@@ -858,6 +879,8 @@ mod tests {
                 uuid::Uuid::new_v4().simple()
             ),
             monitor_url: Some("http://127.0.0.1:8222".into()),
+            dashboard_url: Some("http://127.0.0.1:8223".into()),
+            dashboard_token: Some(uuid::Uuid::new_v4().simple().to_string()),
         };
         assert_eq!(ConnectionFile::parse(&file.render()), Some(file));
         assert_eq!(ConnectionFile::parse("# nothing\n"), None);

@@ -4,6 +4,7 @@ mod agents;
 mod bench;
 mod check;
 mod creds;
+pub(crate) mod dashboard;
 mod dlq;
 mod follow;
 mod mcp;
@@ -50,6 +51,8 @@ pub(crate) enum Command {
     Task(task::TaskArgs),
     /// List and replay dead letters.
     Dlq(dlq::DlqArgs),
+    /// Serve the web dashboard (and the bus's Prometheus metrics) against any server or cluster.
+    Dashboard(dashboard::DashboardArgs),
     /// Measure agentbus against bare async-nats, side by side.
     Bench(bench::BenchArgs),
     /// Run the delivery test and the configuration doctor against a server.
@@ -76,6 +79,7 @@ impl Command {
             Self::Broadcast(args) => send::exec_broadcast(args).await,
             Self::Task(args) => task::exec(args).await,
             Self::Dlq(args) => dlq::exec(args).await,
+            Self::Dashboard(args) => dashboard::exec(args).await,
             Self::Bench(args) => bench::exec(args).await,
             Self::Check(args) => check::exec(args).await,
             Self::Creds(args) => creds::exec(args).await,

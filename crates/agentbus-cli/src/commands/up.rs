@@ -24,6 +24,13 @@ use tokio::signal::unix::{SignalKind, signal};
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Where the HTTP monitoring port listens unless `--monitor-host` says otherwise.
 const DEFAULT_MONITOR_HOST: &str = "127.0.0.1";
+/// Where the web dashboard listens unless `--dashboard-host` says otherwise.
+const DEFAULT_DASHBOARD_HOST: &str = "127.0.0.1";
+/// The variable that sets the web dashboard's port (`--dashboard-port`, and
+/// `--port` of `agentbus dashboard`).
+pub(crate) const DASHBOARD_PORT_VAR: &str = "AGENTBUS_DASHBOARD_PORT";
+/// The web dashboard's port unless `--dashboard-port` says otherwise.
+pub(crate) const DEFAULT_DASHBOARD_PORT: u16 = 8280;
 
 /// Arguments of `agentbus up`.
 #[derive(Debug, Args)]
@@ -62,6 +69,18 @@ pub(crate) struct UpArgs {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=7))]
     cluster: u16,
 
+    /// Port of the web dashboard (and of the bus's Prometheus `/metrics`); 0 picks a free port.
+    #[arg(long, default_value_t = DEFAULT_DASHBOARD_PORT, env = DASHBOARD_PORT_VAR)]
+    dashboard_port: u16,
+
+    /// Address to bind the web dashboard; it asks for its token wherever it listens [default: 127.0.0.1]
+    #[arg(long, value_name = "HOST")]
+    dashboard_host: Option<String>,
+
+    /// Run no web dashboard (the dashboard flags are then ignored).
+    #[arg(long)]
+    no_dashboard: bool,
+
     /// Print one JSON line when the bus is ready, instead of the summary.
     #[arg(long)]
     json: bool,
@@ -99,6 +118,10 @@ pub(super) async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
             node_port(args.monitor_port, node),
         )?;
     }
+    let dashboard_address = match args.no_dashboard {
+        true => None,
+        false => Some(dashboard_address(&args)?),
+    };
     data_dir.remove_connection_file();
     let password = data_dir.password()?;
     warn_about_exposure(&args, monitor_host);
@@ -132,6 +155,16 @@ pub(super) async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
             identity::provision(&operator, &made.grant).await?;
         }
     }
+    let dashboard = match dashboard_address {
+        Some(address) => match start_dashboard(&target, &data_dir, address).await {
+            Ok(dashboard) => Some(dashboard),
+            Err(err) => {
+                stop_all(&mut servers).await;
+                return Err(err);
+            }
+        },
+        None => None,
+    };
     let urls: Vec<String> = servers
         .iter()
         .map(LocalServer::client_url_with_credentials)
@@ -139,6 +172,11 @@ pub(super) async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     data_dir.write_connection_file(&ConnectionFile {
         nats_url: urls.join(","),
         monitor_url: Some(servers[0].monitor_url().to_owned()),
+        dashboard_url: dashboard.as_ref().map(agentbus_dashboard::Dashboard::url),
+        dashboard_token: match &dashboard {
+            Some(_) => Some(data_dir.dashboard_token()?),
+            None => None,
+        },
     })?;
     // The demo agents serve before the ready line: ready means usable.
     let mut demo = if args.demo {
@@ -159,12 +197,22 @@ pub(super) async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    print_summary(&args, &data_dir, &servers, &version, &applied)?;
+    print_summary(
+        &args,
+        &data_dir,
+        &servers,
+        &version,
+        &applied,
+        dashboard.as_ref(),
+    )?;
     if let Some(demo) = &mut demo {
         demo.print_from_now();
     }
     let outcome = supervise(&mut servers, signals, demo).await;
     data_dir.remove_connection_file();
+    if let Some(dashboard) = dashboard {
+        dashboard.stop().await;
+    }
     outcome
 }
 
@@ -262,8 +310,42 @@ fn node_configs(
     Ok(configs)
 }
 
+/// Where the dashboard will listen, checked free before any server starts.
+fn dashboard_address(args: &UpArgs) -> anyhow::Result<std::net::SocketAddr> {
+    let host = args
+        .dashboard_host
+        .as_deref()
+        .unwrap_or(DEFAULT_DASHBOARD_HOST);
+    let address = crate::commands::dashboard::address(host, args.dashboard_port)?;
+    if args.dashboard_port != 0 {
+        std::net::TcpListener::bind(address).map_err(|err| {
+            anyhow::anyhow!(
+                "cannot serve the dashboard on {address}: {err}; pass another --dashboard-port (0 picks a free one) or --no-dashboard"
+            )
+        })?;
+    }
+    if !is_loopback(host) {
+        errln!(
+            "warning: the dashboard on {host} is reachable from the network; it asks for its token, but traffic is not encrypted"
+        );
+    }
+    Ok(address)
+}
+
+/// Starts the dashboard on its own connection, behind the data directory's token.
+async fn start_dashboard(
+    target: &ServerTarget,
+    data_dir: &DataDir,
+    address: std::net::SocketAddr,
+) -> anyhow::Result<agentbus_dashboard::Dashboard> {
+    let token = data_dir.dashboard_token()?;
+    let bus = agentbus::Bus::connect(target, "agentbus-dashboard").await?;
+    let options = agentbus_dashboard::DashboardOptions::new(address, token);
+    Ok(agentbus_dashboard::Dashboard::start(bus, options).await?)
+}
+
 /// Creates `dir` (and its parents) readable by this user only.
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+pub(super) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -328,6 +410,7 @@ fn print_summary(
     servers: &[LocalServer],
     version: &str,
     actions: &[(String, StreamAction)],
+    dashboard: Option<&agentbus_dashboard::Dashboard>,
 ) -> anyhow::Result<()> {
     let connection_file = data_dir.connection_file();
     let first = &servers[0];
@@ -353,6 +436,7 @@ fn print_summary(
             "nats_server_pid": first.pid(),
             "nats_server_pids": pids,
             "streams": streams,
+            "dashboard_url": dashboard.map(agentbus_dashboard::Dashboard::url),
         }));
     }
     let streams: Vec<String> = actions
@@ -371,6 +455,9 @@ fn print_summary(
     }
     for server in servers {
         outln!("  monitoring  {}", server.monitor_url())?;
+    }
+    if let Some(dashboard) = dashboard {
+        outln!("  dashboard   {} (opens logged in)", dashboard.login_url())?;
     }
     outln!("  streams     {}", streams.join(", "))?;
     outln!("  data        {}", data_dir.path().display())?;

@@ -109,6 +109,10 @@ pub(crate) fn program(program: impl AsRef<std::ffi::OsStr>) -> tokio::process::C
         command.env_remove(var);
     }
     command.stdin(Stdio::null()).kill_on_drop(true);
+    // Every `up` and `dashboard` serves its dashboard on a free port: tests
+    // run side by side, and the default port may be taken on this machine.
+    command.env("AGENTBUS_DASHBOARD_PORT", "0");
+    command.env_remove("AGENTBUS_DASHBOARD_TOKEN");
     command
 }
 
@@ -552,6 +556,11 @@ pub(crate) fn children(parent: u32) -> Vec<u32> {
 
 /// `GET path` over plain HTTP/1.0; returns the status code and the body.
 pub(crate) async fn http_get(base_url: &str, path: &str) -> (u16, String) {
+    http_get_with(base_url, path, &[]).await
+}
+
+/// [`http_get`] with `headers` (`Name: value` lines) added to the request.
+pub(crate) async fn http_get_with(base_url: &str, path: &str, headers: &[&str]) -> (u16, String) {
     let addr = host_port(base_url).to_owned();
     let mut stream = tokio::time::timeout(
         Duration::from_secs(5),
@@ -560,7 +569,9 @@ pub(crate) async fn http_get(base_url: &str, path: &str) -> (u16, String) {
     .await
     .expect("connect to the monitoring port in time")
     .unwrap_or_else(|err| panic!("connect to {addr}: {err}"));
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let headers: String = headers.iter().map(|line| format!("{line}\r\n")).collect();
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))

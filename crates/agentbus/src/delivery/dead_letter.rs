@@ -11,6 +11,7 @@ use crate::ride::{open_bucket, ride};
 use crate::subject::{self, DEAD_LETTER_STREAM, PARKED_LETTERS_BUCKET, TASKS_STREAM};
 use crate::task_id::TaskId;
 use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -388,6 +389,19 @@ async fn dead_letter_abandoned(
     Ok(())
 }
 
+/// The letter at `sequence` of the dead-letter stream, unless it is gone or
+/// does not read as a letter.
+async fn read_letter(stream: &Stream, sequence: u64) -> Option<DeadLetterEntry> {
+    let message = stream.get_raw_message(sequence).await.ok()?;
+    let letter = serde_json::from_slice::<DeadLetter>(&message.payload).ok()?;
+    let refused = refusal(&message.subject, &letter);
+    Some(DeadLetterEntry {
+        sequence,
+        letter,
+        refused,
+    })
+}
+
 /// A stored message's body as JSON when it is JSON, else as a string (how
 /// dead letters and delivered messages show it).
 pub fn body_value(payload: &[u8]) -> Value {
@@ -398,6 +412,40 @@ pub fn body_value(payload: &[u8]) -> Value {
 impl Bus {
     /// Every dead letter, oldest first.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetterEntry>, DeadLetterError> {
+        let (stream, state) = self.dead_letter_stream().await?;
+        let mut entries = Vec::new();
+        if state.messages == 0 {
+            return Ok(entries);
+        }
+        for sequence in state.first_sequence..=state.last_sequence {
+            entries.extend(read_letter(&stream, sequence).await);
+        }
+        Ok(entries)
+    }
+
+    /// The newest `limit` dead letters, newest first, and how many messages
+    /// the dead-letter stream holds: what a view of a long list shows
+    /// without reading all of it.
+    pub async fn recent_dead_letters(
+        &self,
+        limit: usize,
+    ) -> Result<(u64, Vec<DeadLetterEntry>), DeadLetterError> {
+        let (stream, state) = self.dead_letter_stream().await?;
+        let mut entries = Vec::new();
+        if state.messages == 0 {
+            return Ok((0, entries));
+        }
+        let mut sequence = state.last_sequence;
+        while entries.len() < limit && sequence >= state.first_sequence {
+            entries.extend(read_letter(&stream, sequence).await);
+            sequence -= 1;
+        }
+        Ok((state.messages, entries))
+    }
+
+    async fn dead_letter_stream(
+        &self,
+    ) -> Result<(Stream, async_nats::jetstream::stream::State), DeadLetterError> {
         let mut stream = self
             .jetstream()
             .get_stream(DEAD_LETTER_STREAM)
@@ -409,24 +457,7 @@ impl Bus {
             .map_err(|err| DeadLetterError::stream("read the dead-letter stream", err))?
             .state
             .clone();
-        let mut entries = Vec::new();
-        if state.messages == 0 {
-            return Ok(entries);
-        }
-        for sequence in state.first_sequence..=state.last_sequence {
-            let Ok(message) = stream.get_raw_message(sequence).await else {
-                continue;
-            };
-            if let Ok(letter) = serde_json::from_slice::<DeadLetter>(&message.payload) {
-                let refused = refusal(&message.subject, &letter);
-                entries.push(DeadLetterEntry {
-                    sequence,
-                    letter,
-                    refused,
-                });
-            }
-        }
-        Ok(entries)
+        Ok((stream, state))
     }
 
     /// The dead letters waiting in `agent-dlq-parked` because the
