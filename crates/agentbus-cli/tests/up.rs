@@ -161,6 +161,10 @@ async fn connection_file_and_password_are_private_and_the_password_is_never_prin
     let client_port = common::port_of(up.client_url());
     let monitor_port = common::port_of(up.monitor_url());
     assert_eq!(up.client_url(), format!("nats://127.0.0.1:{client_port}"));
+    let token_file = data_dir.join("dashboard-token");
+    assert_eq!(mode(&token_file), 0o600, "dashboard-token mode");
+    let dashboard_token = std::fs::read_to_string(&token_file).unwrap();
+    let dashboard_token = dashboard_token.trim();
     let text = std::fs::read_to_string(&connection_env).unwrap();
     let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(
@@ -168,6 +172,11 @@ async fn connection_file_and_password_are_private_and_the_password_is_never_prin
         [
             format!("NATS_URL=nats://agentbus:{password}@127.0.0.1:{client_port}"),
             format!("AGENTBUS_MONITOR_URL=http://127.0.0.1:{monitor_port}"),
+            format!(
+                "AGENTBUS_DASHBOARD_URL={}",
+                up.ready()["dashboard_url"].as_str().unwrap()
+            ),
+            format!("AGENTBUS_DASHBOARD_TOKEN={dashboard_token}"),
         ],
         "connection.env:\n{text}"
     );
@@ -191,7 +200,14 @@ async fn connection_file_and_password_are_private_and_the_password_is_never_prin
     for file in ["nats.conf", "nats-server.log"] {
         let text = std::fs::read_to_string(data_dir.join(file)).unwrap();
         assert!(!text.contains(password), "the password is in {file}");
+        assert!(
+            !text.contains(dashboard_token),
+            "the dashboard token is in {file}"
+        );
     }
+    // The JSON ready line names the dashboard's URL, never its token.
+    assert!(!stdout.contains(dashboard_token), "{stdout}");
+    assert!(!stderr.contains(dashboard_token), "{stderr}");
 }
 
 #[tokio::test]

@@ -3,10 +3,10 @@
 //! Two sources. As they come: `platform.events.task_*` (every task a
 //! runtime finishes: its agent, type, outcome and run time) and the task
 //! logs (`task.*.events`: which tasks run and which wait for an answer),
-//! both on plain subscriptions, so the dashboard holds no consumer. Every
-//! poll: presence, each stream's state and limits, the consumers and
-//! subjects of the tasks stream (each queue by priority), and the newest
-//! dead letters. Each poll makes one [`Overview`], which the page receives
+//! both on plain subscriptions, and presence, from one watch of its entries
+//! (the dashboard's one consumer). Every poll: each stream's state and
+//! limits, the consumers and subjects of the tasks stream (each queue by
+//! priority), and the newest dead letters. Each poll makes one [`Overview`], which the page receives
 //! whole.
 //!
 //! The counts of finished tasks are those seen since the dashboard
@@ -16,7 +16,7 @@
 use crate::bus_metrics::BusMetrics;
 use agentbus::delivery::DeadLetterEntry;
 use agentbus::events::{PlatformEvent, TaskEvent};
-use agentbus::presence::{AgentPresence, online_agents};
+use agentbus::presence::{AgentPresence, OnlineAgents};
 use agentbus::state::StateStore;
 use agentbus::subject::{self, QueueKind, TASKS_STREAM};
 use agentbus::task_log::{EventType, LogEvent};
@@ -306,6 +306,7 @@ impl Live {
         poll: Duration,
     ) -> Result<Handle, crate::DashboardError> {
         let store = StateStore::open(&bus, state_url).await?;
+        let presence = OnlineAgents::follow(&store).await?;
         let platform = bus.subscribe(subject::events::ALL, None).await?;
         let logs = bus.subscribe(subject::ALL_TASK_EVENTS, None).await?;
         let (publish, overview) = tokio::sync::watch::channel(Arc::new(Overview::default()));
@@ -324,7 +325,7 @@ impl Live {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    let overview = read(&shared, &store, &started).await;
+                    let overview = read(&shared, &presence, &started).await;
                     shared.metrics.set(&overview);
                     publish.send_replace(Arc::new(overview));
                 }
@@ -361,13 +362,10 @@ async fn follow(
 }
 
 /// Reads the bus once.
-async fn read(shared: &Shared, store: &StateStore, started: &str) -> Overview {
+async fn read(shared: &Shared, presence: &OnlineAgents, started: &str) -> Overview {
     let bus = &shared.bus;
     let mut problems = Vec::new();
-    let presence = online_agents(store).await.unwrap_or_else(|err| {
-        problems.push(format!("presence: {err}"));
-        Vec::new()
-    });
+    let presence = presence.now();
     let streams = read_streams(bus).await.unwrap_or_else(|err| {
         problems.push(format!("streams: {err}"));
         Vec::new()

@@ -208,11 +208,8 @@ pub(super) async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(demo) = &mut demo {
         demo.print_from_now();
     }
-    let outcome = supervise(&mut servers, signals, demo).await;
+    let outcome = supervise(&mut servers, signals, demo, dashboard).await;
     data_dir.remove_connection_file();
-    if let Some(dashboard) = dashboard {
-        dashboard.stop().await;
-    }
     outcome
 }
 
@@ -624,12 +621,13 @@ impl StopSignals {
     }
 }
 
-/// Waits for a stop signal (then stops the servers) or for a server to die
-/// (then stops the others).
+/// Waits for a stop signal (then stops the demo, the dashboard and the
+/// servers, in that order) or for a server to die (then stops the others).
 async fn supervise(
     servers: &mut [LocalServer],
     mut signals: StopSignals,
     demo: Option<RunningDemo>,
+    dashboard: Option<agentbus_dashboard::Dashboard>,
 ) -> anyhow::Result<ExitCode> {
     let (demo_stop, mut demo_task, demo_printer) = match demo {
         Some(RunningDemo {
@@ -690,6 +688,10 @@ async fn supervise(
     // The demo's last lines, down to "demo: stopping", before the server goes.
     if let Some(printer) = demo_printer {
         let _ = tokio::time::timeout(PRINTER_GRACE, printer).await;
+    }
+    // Its connection closes before the servers go, so it logs no lost connection.
+    if let Some(dashboard) = dashboard {
+        dashboard.stop().await;
     }
     match died {
         None => {

@@ -169,6 +169,15 @@ pub async fn online_agents(store: &StateStore) -> Result<Vec<AgentPresence>, Sta
             None => {}
         }
     }
+    Ok(joined(agents, &beats))
+}
+
+/// The agents whose instance has a heartbeat in `beats` (instance id to its
+/// last heartbeat), with it as `last_seen`, sorted by name, then instance id.
+fn joined(
+    agents: impl IntoIterator<Item = AgentPresence>,
+    beats: &std::collections::HashMap<String, String>,
+) -> Vec<AgentPresence> {
     let mut online: Vec<AgentPresence> = agents
         .into_iter()
         .filter_map(|mut agent| {
@@ -177,7 +186,71 @@ pub async fn online_agents(store: &StateStore) -> Result<Vec<AgentPresence>, Sta
         })
         .collect();
     online.sort_by(|a, b| (&a.name, &a.instance_id).cmp(&(&b.name, &b.instance_id)));
-    Ok(online)
+    online
+}
+
+/// Who is online, kept from one watch of the presence entries: one consumer
+/// (NATS KV) or one poll (Redis) for as long as it lives, however often it
+/// is read. For a process that asks again and again, such as a dashboard; a
+/// question asked once is [`online_agents`], which lists the entries.
+#[derive(Debug)]
+pub struct OnlineAgents {
+    known: std::sync::Arc<std::sync::Mutex<Known>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    agents: std::collections::HashMap<EntryKey, AgentPresence>,
+    beats: std::collections::HashMap<String, String>,
+}
+
+/// How often a Redis store is polled for changes while followed.
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
+
+impl OnlineAgents {
+    /// Starts following the presence entries of `store`.
+    pub async fn follow(store: &StateStore) -> Result<Self, StateError> {
+        let mut changes = changes(store, FOLLOW_POLL).await?;
+        let known = std::sync::Arc::new(std::sync::Mutex::new(Known::default()));
+        let task = tokio::spawn({
+            let known = known.clone();
+            async move {
+                while let Some(change) = changes.next().await {
+                    let mut known = known.lock().expect("presence lock");
+                    match change {
+                        PresenceChange::Seen(agent) => {
+                            if let Ok(key) = agent.entry_key() {
+                                known.agents.insert(key, agent);
+                            }
+                        }
+                        PresenceChange::Left(key) | PresenceChange::Expired(key) => {
+                            known.agents.remove(&key);
+                        }
+                        PresenceChange::Alive(beat) => {
+                            known.beats.insert(beat.instance_id, beat.last_seen);
+                        }
+                        PresenceChange::Stopped(instance) | PresenceChange::Died(instance) => {
+                            known.beats.remove(&instance);
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self { known, task })
+    }
+
+    /// The agents online now, as [`online_agents`] tells them.
+    pub fn now(&self) -> Vec<AgentPresence> {
+        let known = self.known.lock().expect("presence lock");
+        joined(known.agents.values().cloned(), &known.beats)
+    }
+}
+
+impl Drop for OnlineAgents {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// The presence entries present now, then every change to them.
