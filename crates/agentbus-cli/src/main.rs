@@ -29,6 +29,15 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    // Before the async runtime and dropped after it (locals drop in reverse):
+    // the exporter's blocking HTTP client lives outside it.
+    let _telemetry = match agentbus::telemetry::init_from_env("agentbus") {
+        Ok(guard) => guard,
+        Err(err) => {
+            errln!("error: {err}; check OTEL_EXPORTER_OTLP_ENDPOINT");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {

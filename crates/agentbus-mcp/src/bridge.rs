@@ -154,6 +154,26 @@ fn instructions(agent: &Name) -> String {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Bridge {
+    /// Runs the tool in the client's trace when its `_meta` carries W3C
+    /// trace context: the tasks and messages it sends are children of the
+    /// client's span.
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
+        let meta = request.meta.as_deref().unwrap_or(&context.meta);
+        let traceparent = meta.get_traceparent().map(str::to_owned);
+        let tracestate = meta.get_tracestate().map(str::to_owned);
+        let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        agentbus::telemetry::continue_trace(
+            traceparent.as_deref(),
+            tracestate.as_deref(),
+            self.tool_router.call(call),
+        )
+        .await
+    }
+
     fn get_info(&self) -> ServerConfig {
         #[allow(deprecated)] // Logging serves clients on protocols before 2026-07-28.
         let capabilities = ServerCapabilities::builder()

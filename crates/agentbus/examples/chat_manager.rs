@@ -37,6 +37,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    // Spans over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set; nothing otherwise.
+    #[cfg(feature = "otlp")]
+    let _telemetry = agentbus::telemetry::init_from_env("chat_manager")?;
     let mut args = std::env::args().skip(1);
     let message = ChatMessage {
         session_id: args.next().unwrap_or_else(|| "session-1".to_owned()),

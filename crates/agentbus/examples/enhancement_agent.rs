@@ -76,6 +76,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    // Spans over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set; nothing otherwise.
+    #[cfg(feature = "otlp")]
+    let _telemetry = agentbus::telemetry::init_from_env("enhancement_agent")?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let target = ServerTarget::resolve(None, &agentbus::connect::resolve_data_dir(None))?;
     let bus = Bus::connect(&target, "enhancement_agent-example").await?;

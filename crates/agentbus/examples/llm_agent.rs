@@ -154,6 +154,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    // Spans over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set; nothing otherwise.
+    #[cfg(feature = "otlp")]
+    let _telemetry = agentbus::telemetry::init_from_env("llm_agent")?;
     let agent = LlmAgent::from_env();
     let mode = match &agent.model {
         Some(model) => format!("model {} at {}", model.name, redact_url(&model.url)),

@@ -29,6 +29,9 @@ async fn main() -> ExitCode {
 
 /// Returns whether the task completed.
 async fn run() -> Result<bool, Box<dyn std::error::Error>> {
+    // Spans over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set; nothing otherwise.
+    #[cfg(feature = "otlp")]
+    let _telemetry = agentbus::telemetry::init_from_env("orchestrator")?;
     let mut args = std::env::args().skip(1);
     let prompt = args
         .next()

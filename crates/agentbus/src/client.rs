@@ -5,6 +5,7 @@ use crate::name::{InvalidName, Name};
 use crate::protocol::{Priority, TaskRequest, TaskResponse};
 use crate::subject::{self, InvalidSubject, Subject, SubjectPattern};
 use crate::task_id::TaskId;
+use crate::telemetry::Traced;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
@@ -457,13 +458,17 @@ impl Bus {
         let mut attempt = 0;
         // When a request nothing answers stops being asked again.
         let mut ask_until: Option<std::time::Instant> = None;
+        // One span for every attempt: the answer may come to any of them.
+        let traced = Traced::produce("send", subject.as_str(), Some(request.task_id.as_str()));
+        let headers = traced.headers();
         loop {
-            let sent = self.inner.client.send_request(
-                subject.to_nats(),
-                async_nats::Request::new()
-                    .payload(body.clone())
-                    .timeout(Some(options.timeout)),
-            );
+            let mut asked = async_nats::Request::new()
+                .payload(body.clone())
+                .timeout(Some(options.timeout));
+            if let Some(headers) = &headers {
+                asked = asked.headers(headers.clone());
+            }
+            let sent = self.inner.client.send_request(subject.to_nats(), asked);
             match sent.await {
                 Ok(message) => {
                     return serde_json::from_slice(&message.payload).map_err(|source| {
@@ -535,11 +540,17 @@ impl Bus {
                 max,
             });
         }
-        self.inner
-            .client
-            .publish(subject.to_nats(), body)
-            .await
-            .map_err(PublishError::connection)
+        let traced = Traced::produce("publish", subject.as_str(), None);
+        let published = match traced.headers() {
+            Some(headers) => {
+                self.inner
+                    .client
+                    .publish_with_headers(subject.to_nats(), headers, body)
+                    .await
+            }
+            None => self.inner.client.publish(subject.to_nats(), body).await,
+        };
+        published.map_err(PublishError::connection)
     }
 
     /// Subscribes to `pattern` (`*` and `>` allowed); with a queue group, each

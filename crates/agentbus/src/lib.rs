@@ -29,6 +29,8 @@
 //!   subscribe to.
 //! - [`subject`]: the only place where subjects and consumer names are built
 //!   and parsed.
+//! - [`telemetry`]: W3C trace context on what is sent, OpenTelemetry spans
+//!   around sending and handling, and (feature `otlp`) their export.
 //! - [`connect`]: finding the server (`--server`, `NATS_URL`,
 //!   `connection.env` in the data directory) and connecting with errors a
 //!   person can act on; [`redact`]: keeping secrets out of what is printed.
@@ -57,6 +59,7 @@
 //! - `json-schema` (default): task types may carry a JSON Schema that payloads
 //!   are checked against.
 //! - `redis`: state and presence in Redis.
+//! - `otlp`: [`telemetry::init_from_env`], exporting spans over OTLP/HTTP.
 
 mod agent;
 mod client;
@@ -80,6 +83,7 @@ pub mod state;
 pub mod subject;
 mod task_id;
 pub mod task_log;
+pub mod telemetry;
 
 pub use agent::{Agent, AgentMessage, MessageChannel, TaskContext, TaskError, TaskTypeSpec};
 pub use client::{

@@ -210,9 +210,19 @@ pub(crate) async fn identities(data_dir: &Path) -> Vec<String> {
 impl Up {
     /// Starts `up` on `data_dir` with `extra` arguments and waits for its ready line.
     pub(crate) async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data_dir, extra, &[]).await
+    }
+
+    /// [`Up::start`] with `env` (name and value) set for `up`.
+    pub(crate) async fn start_with_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         ensure_nats_server().await;
         let mut command = command();
         command
+            .envs(env.iter().copied())
             .arg("up")
             .arg("--data-dir")
             .arg(data_dir)

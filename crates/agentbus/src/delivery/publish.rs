@@ -9,6 +9,7 @@ use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
 use crate::ride::ride;
 use crate::subject::{self, Subject};
 use crate::task_id::{InvalidTaskId, TaskId};
+use crate::telemetry::Traced;
 use async_nats::jetstream::message::PublishMessage as Publish;
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use serde::Serialize;
@@ -393,6 +394,12 @@ pub(crate) async fn store(
     let mut publish = Publish::build().payload(body.into()).message_id(message_id);
     for &(name, value) in headers {
         publish = publish.header(name, value);
+    }
+    // Every attempt at storing it is one span, and every retry of the task
+    // after is in its trace: the headers are stored with it.
+    let traced = Traced::produce("publish", subject, Some(message_id));
+    for (name, value) in traced.header_pairs() {
+        publish = publish.header(name, value.as_str());
     }
     let js = bus.jetstream();
     // "No responders" is what a stream without a leader answers, and also

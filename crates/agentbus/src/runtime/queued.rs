@@ -12,6 +12,7 @@ use crate::name::Name;
 use crate::protocol::{TaskResponse, TaskStatus};
 use crate::subject::{self, MessageChannel};
 use crate::task_log::EventType;
+use crate::telemetry::{Parent, TRACEPARENT, TRACESTATE, Traced};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -159,13 +160,20 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, settler: Settler, delivery: 
         .metrics
         .as_ref()
         .map_or(std::time::Duration::ZERO, |_| attempt.delivery().waited());
-    let outcome = attempt
-        .delivery()
+    let delivery = attempt.delivery();
+    let parent = Parent::from_values(delivery.header(TRACEPARENT), delivery.header(TRACESTATE));
+    let traced = Traced::process(
+        &parent,
+        || delivery.subject().to_owned(),
+        attempt.task_id().as_str(),
+    );
+    let outcome = delivery
         .in_progress(execute(
             served,
             request,
-            subject::sender_of(attempt.delivery().subject()),
+            subject::sender_of(delivery.subject()),
             &held,
+            &traced,
             Instant::now(),
             waited,
         ))
@@ -241,8 +249,15 @@ async fn run_message<A: Agent>(served: Arc<Served<A>>, settler: Settler, deliver
         task: None,
         sender: agent_message.sender.clone(),
     };
+    let parent = Parent::from_values(delivery.header(TRACEPARENT), delivery.header(TRACESTATE));
+    let traced = Traced::process(
+        &parent,
+        || delivery.subject().to_owned(),
+        message_id.as_deref().unwrap_or_default(),
+    );
+    let handler = traced.within(served.agent.handle_message(agent_message, ctx));
     let handled = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
-        delivery.in_progress(served.agent.handle_message(agent_message, ctx)),
+        delivery.in_progress(handler),
     ))
     .await;
     let outcome = match handled {

@@ -13,6 +13,7 @@ use crate::protocol::{Priority, TaskRequest, TaskResponse, TaskStatus};
 use crate::sender::Sender;
 use crate::subject;
 use crate::task_log::{Registered, Registry, RunningTask, Stop, StopReason};
+use crate::telemetry::{Parent, Traced};
 use async_nats::Subject;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
@@ -102,9 +103,16 @@ struct Waiting {
     bytes: usize,
     arrived: Instant,
     request: TaskRequest,
+    came: Came,
+    held: Registered,
+}
+
+/// Where a task taken over request/reply came from, where its answer goes,
+/// and the trace it came in.
+struct Came {
     sender: Sender,
     reply: Option<Subject>,
-    held: Registered,
+    parent: Parent,
 }
 
 impl Ord for Waiting {
@@ -167,10 +175,10 @@ pub(super) async fn serve<A: Agent>(
                     // A task that finishes at its first poll leaves its slot
                     // free at once: keep taking waiting ones.
                     while running.len() < max_concurrency
-                        && let Some(Waiting { bytes, arrived, request, sender, reply, held, .. }) = waiting.pop()
+                        && let Some(Waiting { bytes, arrived, request, came, held, .. }) = waiting.pop()
                     {
                         let waited = arrived.elapsed();
-                        let task = run_task(served.clone(), request, sender, held, reply, Instant::now(), waited);
+                        let task = run_task(served.clone(), request, came, held, Instant::now(), waited);
                         held_bytes -= start(&mut running, task, bytes).await;
                     }
                     served.queues(waiting.len(), running.len());
@@ -182,15 +190,19 @@ pub(super) async fn serve<A: Agent>(
                     let bytes = message.payload.len();
                     let Some(request) = admit(&served, &message.payload, reply.as_ref(), arrived).await else { continue };
                     let held = served.hold(&request, None);
-                    let sender = subject::sender_of(&message.subject);
+                    let came = Came {
+                        sender: subject::sender_of(&message.subject),
+                        reply,
+                        parent: Parent::from_headers(message.headers.as_ref()),
+                    };
                     held_bytes += bytes;
                     if running.len() < max_concurrency {
-                        let task = run_task(served.clone(), request, sender, held, reply, arrived, arrived.elapsed());
+                        let task = run_task(served.clone(), request, came, held, arrived, arrived.elapsed());
                         held_bytes -= start(&mut running, task, bytes).await;
                     } else {
                         sequence += 1;
                         held.register();
-                        waiting.push(Waiting { priority: request.priority, sequence, bytes, arrived, request, sender, reply, held });
+                        waiting.push(Waiting { priority: request.priority, sequence, bytes, arrived, request, came, held });
                     }
                     served.queues(waiting.len(), running.len());
                 }
@@ -215,12 +227,12 @@ pub(super) async fn serve<A: Agent>(
     }
     for Waiting {
         request,
-        reply,
+        came,
         held,
         ..
     } in waiting.drain()
     {
-        cancel(&served, &request, reply.as_ref(), Some(&held)).await;
+        cancel(&served, &request, came.reply.as_ref(), Some(&held)).await;
     }
     if tokio::time::timeout_at(deadline, async { while running.next().await.is_some() {} })
         .await
@@ -365,6 +377,7 @@ pub(super) async fn execute<A: Agent>(
     request: TaskRequest,
     sender: Sender,
     held: &Registered,
+    traced: &Traced,
     started: Instant,
     waited: Duration,
 ) -> Outcome {
@@ -393,7 +406,8 @@ pub(super) async fn execute<A: Agent>(
                 task: Some(task.clone()),
                 sender,
             };
-            let handler = AssertUnwindSafe(served.agent.handle(request, ctx)).catch_unwind();
+            let handler =
+                AssertUnwindSafe(traced.within(served.agent.handle(request, ctx))).catch_unwind();
             tokio::pin!(handler);
             // Most handlers finish at their first poll: nothing could reach
             // them meanwhile, so only one that goes on is registered for
@@ -453,6 +467,9 @@ pub(super) async fn execute<A: Agent>(
     } else {
         (response, body, retryable)
     };
+    if let Some(error) = &response.error {
+        traced.failed(error);
+    }
     let duration = started.elapsed();
     served.counters.finished(&response, duration);
     if let (Some(metrics), Some(task_type)) = (&served.metrics, &task_type) {
@@ -472,18 +489,24 @@ pub(super) async fn execute<A: Agent>(
 async fn run_task<A: Agent>(
     served: Arc<Served<A>>,
     request: TaskRequest,
-    sender: Sender,
+    came: Came,
     held: Registered,
-    reply: Option<Subject>,
     started: Instant,
     waited: Duration,
 ) {
+    let Came {
+        sender,
+        reply,
+        parent,
+    } = came;
     let task_id = request.task_id.clone();
     let task_type = served
         .options
         .task_events
         .then(|| request.task_type.clone());
-    let outcome = execute(&served, request, sender, &held, started, waited).await;
+    let destination = || subject::agent_task(&served.name).to_string();
+    let traced = Traced::process(&parent, destination, task_id.as_str());
+    let outcome = execute(&served, request, sender, &held, &traced, started, waited).await;
     // Logged before the answer: whoever gets it finds the log complete.
     held.task()
         .finish(&outcome.response, outcome.duration, outcome.stopped)

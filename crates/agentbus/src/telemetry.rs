@@ -1,0 +1,309 @@
+//! Trace context across agents, with OpenTelemetry.
+//!
+//! Off until [`enable`] (or [`init_from_env`], with the `otlp` feature)
+//! turns it on in a process; off, nothing is read, written or allocated for
+//! it. On:
+//!
+//! - every task sent over request/reply (`send agent.<name>.task`), every
+//!   event published (`publish <subject>`) and everything stored in a
+//!   stream (queued tasks, inbox messages, broadcasts: `publish <subject>`)
+//!   is a producer span, child of the current context, and carries its
+//!   W3C `traceparent` (and `tracestate`) headers;
+//! - a runtime runs each handler inside a consumer span `process
+//!   <subject>` whose parent is the context the task came with (a new trace
+//!   when it came with none), so tasks sent and events published from a
+//!   handler are its children, across processes and across work queues; a
+//!   retry or redelivery of a queued task keeps the headers it was stored
+//!   with, so every attempt is in the first one's trace.
+//!
+//! Spans follow OpenTelemetry's messaging conventions: `messaging.system =
+//! "nats"`, `messaging.destination.name`, `messaging.operation.type`
+//! (`send` or `process`) and `messaging.message.id` (the task id). They go
+//! to the global tracer provider, which the application sets up, or
+//! [`init_from_env`] over OTLP. Clients that ignore headers (the seed-format
+//! Python agents) keep working: the headers are all there is.
+
+use async_nats::HeaderMap;
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue, global};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use std::future::Future;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// The tracer spans are made with, taken from the global provider by
+/// [`enable`]: made once, not at every span.
+static TRACER: RwLock<Option<BoxedTracer>> = RwLock::new(None);
+
+/// The tracer's name, as spans show it (their instrumentation scope).
+const TRACER_NAME: &str = "agentbus";
+
+/// Turns trace context on in this process: spans go to the global tracer
+/// provider as it is now (set it up first, with
+/// `opentelemetry::global::set_tracer_provider`; call this again after
+/// replacing it).
+pub fn enable() {
+    let tracer = global::tracer(TRACER_NAME);
+    *TRACER
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tracer);
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// Whether trace context is on in this process.
+pub fn is_enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Runs `future` in the trace given by `traceparent` (and `tracestate`):
+/// what it sends is a child of that span, such as one a caller passed in
+/// MCP's `_meta`. As it is when tracing is off or the value is not valid
+/// W3C trace context.
+pub async fn continue_trace<F: Future>(
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+    future: F,
+) -> F::Output {
+    use opentelemetry::context::FutureExt as _;
+    match Parent::from_values(traceparent, tracestate).0 {
+        Some(cx) => future.with_context(cx).await,
+        None => future.await,
+    }
+}
+
+/// The trace context a message came with; empty when tracing is off or it
+/// came with none.
+#[derive(Clone, Default)]
+pub(crate) struct Parent(Option<Context>);
+
+impl std::fmt::Debug for Parent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Parent").field(&self.0.is_some()).finish()
+    }
+}
+
+impl Parent {
+    /// Read from a message's headers.
+    pub(crate) fn from_headers(headers: Option<&HeaderMap>) -> Self {
+        if !is_enabled() {
+            return Self(None);
+        }
+        let Some(headers) = headers else {
+            return Self(None);
+        };
+        let cx = TraceContextPropagator::new().extract(&Headers(headers));
+        Self(cx.span().span_context().is_valid().then_some(cx))
+    }
+
+    /// Read from `traceparent` and `tracestate` values.
+    pub(crate) fn from_values(traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
+        if !is_enabled() {
+            return Self(None);
+        }
+        let Some(traceparent) = traceparent else {
+            return Self(None);
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, traceparent);
+        if let Some(tracestate) = tracestate {
+            headers.insert(TRACESTATE, tracestate);
+        }
+        Self::from_headers(Some(&headers))
+    }
+}
+
+/// The W3C header names.
+pub(crate) const TRACEPARENT: &str = "traceparent";
+pub(crate) const TRACESTATE: &str = "tracestate";
+
+/// A span of this process while it lasts (it ends when the last clone of
+/// its context is dropped); nothing when tracing is off.
+#[derive(Clone, Default)]
+pub(crate) struct Traced(Option<Context>);
+
+impl Traced {
+    /// A consumer span `process <destination>` for a task handled here,
+    /// child of `parent` (a root when it is empty).
+    pub(crate) fn process(
+        parent: &Parent,
+        destination: impl FnOnce() -> String,
+        task_id: &str,
+    ) -> Self {
+        if !is_enabled() {
+            return Self(None);
+        }
+        let parent = parent.0.clone().unwrap_or_default();
+        Self(Some(span(
+            &parent,
+            SpanKind::Consumer,
+            "process",
+            &destination(),
+            Some(task_id),
+        )))
+    }
+
+    /// A producer span `<operation> <destination>` for something sent from
+    /// here, child of the current context.
+    pub(crate) fn produce(operation: &str, destination: &str, message_id: Option<&str>) -> Self {
+        if !is_enabled() {
+            return Self(None);
+        }
+        Self(Some(span(
+            &Context::current(),
+            SpanKind::Producer,
+            operation,
+            destination,
+            message_id,
+        )))
+    }
+
+    /// Its `traceparent` and `tracestate` as headers; `None` when off.
+    pub(crate) fn headers(&self) -> Option<HeaderMap> {
+        let cx = self.0.as_ref()?;
+        let mut headers = HeaderMap::new();
+        TraceContextPropagator::new().inject_context(cx, &mut HeadersMut(&mut headers));
+        Some(headers)
+    }
+
+    /// Its `traceparent` and `tracestate` as name and value pairs; empty when off.
+    pub(crate) fn header_pairs(&self) -> Vec<(&'static str, String)> {
+        let Some(headers) = self.headers() else {
+            return Vec::new();
+        };
+        [TRACEPARENT, TRACESTATE]
+            .into_iter()
+            .filter_map(|name| Some((name, headers.get(name)?.as_str().to_owned())))
+            .collect()
+    }
+
+    /// Marks the span failed, with `error` as its description.
+    pub(crate) fn failed(&self, error: &str) {
+        if let Some(cx) = &self.0 {
+            cx.span().set_status(Status::error(error.to_owned()));
+        }
+    }
+
+    /// `future`, run with this span as the current context (as it is).
+    pub(crate) fn within<F: Future>(&self, future: F) -> impl Future<Output = F::Output> {
+        use futures::future::Either;
+        use opentelemetry::context::FutureExt as _;
+        match &self.0 {
+            Some(cx) => Either::Left(future.with_context(cx.clone())),
+            None => Either::Right(future),
+        }
+    }
+}
+
+fn span(
+    parent: &Context,
+    kind: SpanKind,
+    operation: &str,
+    destination: &str,
+    message_id: Option<&str>,
+) -> Context {
+    let tracer = TRACER
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(tracer) = tracer.as_ref() else {
+        return parent.clone();
+    };
+    let operation_type = match kind {
+        SpanKind::Consumer => "process",
+        _ => "send",
+    };
+    let mut attributes = vec![
+        KeyValue::new("messaging.system", "nats"),
+        KeyValue::new("messaging.destination.name", destination.to_owned()),
+        KeyValue::new("messaging.operation.name", operation.to_owned()),
+        KeyValue::new("messaging.operation.type", operation_type),
+    ];
+    if let Some(id) = message_id {
+        attributes.push(KeyValue::new("messaging.message.id", id.to_owned()));
+    }
+    let span = tracer
+        .span_builder(format!("{operation} {destination}"))
+        .with_kind(kind)
+        .with_attributes(attributes)
+        .start_with_context(tracer, parent);
+    parent.with_span(span)
+}
+
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|value| value.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_ref()).collect()
+    }
+}
+
+struct HeadersMut<'a>(&'a mut HeaderMap);
+
+impl Injector for HeadersMut<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+/// Exporting spans over OTLP/HTTP when the environment asks for it.
+#[cfg(feature = "otlp")]
+mod otlp {
+    use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    /// Why spans cannot be exported.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot export traces over OTLP: {0}")]
+    pub struct TelemetryError(#[source] opentelemetry_otlp::ExporterBuildError);
+
+    /// Flushes and stops the export when dropped.
+    #[derive(Debug)]
+    pub struct TelemetryGuard {
+        provider: SdkTracerProvider,
+    }
+
+    impl Drop for TelemetryGuard {
+        fn drop(&mut self) {
+            let _ = self.provider.shutdown();
+        }
+    }
+
+    /// With `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set: exports spans there over
+    /// OTLP/HTTP (protobuf), in batches, as service `service` unless
+    /// `OTEL_SERVICE_NAME` says otherwise, and turns trace context on
+    /// ([`super::enable`]). Keep the guard while the process runs: dropping
+    /// it sends what is left. Without the variable: `None`, and nothing
+    /// costs anything.
+    pub fn init_from_env(service: &str) -> Result<Option<TelemetryGuard>, TelemetryError> {
+        let set = |name: &str| std::env::var(name).is_ok_and(|value| !value.trim().is_empty());
+        if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            return Ok(None);
+        }
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .map_err(TelemetryError)?;
+        let name = std::env::var("OTEL_SERVICE_NAME")
+            .ok()
+            .filter(|name| !name.trim().is_empty())
+            .unwrap_or_else(|| service.to_owned());
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(Resource::builder().with_service_name(name).build())
+            .build();
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        super::enable();
+        Ok(Some(TelemetryGuard { provider }))
+    }
+}
+
+#[cfg(feature = "otlp")]
+pub use otlp::{TelemetryError, TelemetryGuard, init_from_env};
