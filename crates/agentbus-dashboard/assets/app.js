@@ -106,7 +106,9 @@ function renderOverview(o) {
     el("td", { class: "n", text: a.failed }),
     el("td", { class: "n", text: ms(a.p50_ms) }),
     el("td", { class: "n", text: ms(a.p95_ms) }),
-  )), 9, "no agents online");
+    el("td", { class: "n", text: ms(a.wait_p50_ms) }),
+    el("td", { class: "n", text: ms(a.wait_p95_ms) }),
+  )), 11, "no agents online");
 
   fill(document.querySelector("#queues tbody"), o.queues.map((q) => el("tr", {},
     el("td", { class: "mono", text: q.queue }),

@@ -5,6 +5,7 @@
 //! | --- | --- | --- |
 //! | `agentbus_bus_tasks_total` | counter | `agent`, `task_type`, `outcome` |
 //! | `agentbus_bus_task_run_seconds` | histogram | `agent`, `task_type` |
+//! | `agentbus_bus_task_queue_wait_seconds` | histogram | `agent`, `task_type` |
 //! | `agentbus_agents_online` | gauge | `agent` (instances) |
 //! | `agentbus_agent_heartbeat_age_seconds` | gauge | `agent` |
 //! | `agentbus_agent_tasks_in_flight` | gauge | `agent` |
@@ -78,6 +79,7 @@ pub(crate) struct BusMetrics {
     registry: Registry,
     tasks: Family<TaskLabels, Counter>,
     run: Family<TypeLabels, Histogram>,
+    wait: Family<TypeLabels, Histogram>,
     online: Family<AgentLabels, Gauge>,
     heartbeat_age: Family<AgentLabels, Ratio>,
     in_flight: Family<AgentLabels, Gauge>,
@@ -114,6 +116,15 @@ impl BusMetrics {
             "Time handlers ran, as the runtimes reported it",
             Unit::Seconds,
             run.clone(),
+        );
+        let wait = Family::<TypeLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(TIME_BUCKETS)) as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "agentbus_bus_task_queue_wait",
+            "Time tasks waited before their handler started, as the runtimes reported it",
+            Unit::Seconds,
+            wait.clone(),
         );
         let online = Family::<AgentLabels, Gauge>::default();
         registry.register(
@@ -207,6 +218,7 @@ impl BusMetrics {
             registry,
             tasks,
             run,
+            wait,
             online,
             heartbeat_age,
             in_flight,
@@ -234,12 +246,16 @@ impl BusMetrics {
                 outcome: task.status.as_str().to_owned(),
             })
             .inc();
+        let labels = TypeLabels {
+            agent: task.agent.to_string(),
+            task_type: task.task_type.to_string(),
+        };
         self.run
-            .get_or_create(&TypeLabels {
-                agent: task.agent.to_string(),
-                task_type: task.task_type.to_string(),
-            })
+            .get_or_create(&labels)
             .observe(task.duration_ms / 1000.0);
+        if let Some(waited) = task.waited_ms {
+            self.wait.get_or_create(&labels).observe(waited / 1000.0);
+        }
     }
 
     /// Sets the gauges to what `overview` read.

@@ -83,6 +83,9 @@ pub(crate) struct AgentRow {
     pub(crate) failed: u64,
     pub(crate) p50_ms: Option<f64>,
     pub(crate) p95_ms: Option<f64>,
+    /// How long its tasks waited before their handler started: median.
+    pub(crate) wait_p50_ms: Option<f64>,
+    pub(crate) wait_p95_ms: Option<f64>,
 }
 
 /// One work queue at one priority.
@@ -159,6 +162,15 @@ struct AgentTotals {
     done: u64,
     failed: u64,
     run_ms: VecDeque<f64>,
+    waited_ms: VecDeque<f64>,
+}
+
+/// Keeps the last [`RUN_TIMES`] of `values`.
+fn keep_last(values: &mut VecDeque<f64>, value: f64) {
+    if values.len() == RUN_TIMES {
+        values.pop_front();
+    }
+    values.push_back(value);
 }
 
 impl Totals {
@@ -170,10 +182,10 @@ impl Totals {
         } else {
             agent.failed += 1;
         }
-        if agent.run_ms.len() == RUN_TIMES {
-            agent.run_ms.pop_front();
+        keep_last(&mut agent.run_ms, event.duration_ms);
+        if let Some(waited) = event.waited_ms {
+            keep_last(&mut agent.waited_ms, waited);
         }
-        agent.run_ms.push_back(event.duration_ms);
         self.open.remove(event.task_id.as_ref());
         if self.recent.len() == RECENT_TASKS {
             self.recent.pop_back();
@@ -432,6 +444,8 @@ fn agent_rows(presence: &[AgentPresence], totals: &HashMap<String, AgentTotals>)
             failed: 0,
             p50_ms: None,
             p95_ms: None,
+            wait_p50_ms: None,
+            wait_p95_ms: None,
         });
         row.instances += 1;
         row.in_flight += instance.in_flight;
@@ -457,18 +471,28 @@ fn agent_rows(presence: &[AgentPresence], totals: &HashMap<String, AgentTotals>)
             failed: 0,
             p50_ms: None,
             p95_ms: None,
+            wait_p50_ms: None,
+            wait_p95_ms: None,
         });
         row.done = agent.done;
         row.failed = agent.failed;
-        let mut times: Vec<f64> = agent.run_ms.iter().copied().collect();
-        times.sort_by(f64::total_cmp);
+        let times = sorted(&agent.run_ms);
         row.p50_ms = percentile(&times, 0.50);
         row.p95_ms = percentile(&times, 0.95);
+        let waits = sorted(&agent.waited_ms);
+        row.wait_p50_ms = percentile(&waits, 0.50);
+        row.wait_p95_ms = percentile(&waits, 0.95);
     }
     let mut rows: Vec<AgentRow> = rows.into_values().collect();
     // Online first, each part by name.
     rows.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.name.cmp(&b.name)));
     rows
+}
+
+fn sorted(values: &VecDeque<f64>) -> Vec<f64> {
+    let mut values: Vec<f64> = values.iter().copied().collect();
+    values.sort_by(f64::total_cmp);
+    values
 }
 
 /// The value below which a share `q` of the sorted `times` falls.

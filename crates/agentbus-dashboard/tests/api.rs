@@ -324,6 +324,7 @@ async fn the_overview_and_the_metrics_count_the_tasks_run() {
         json!(["ok", "fail", "chunks", "fragile"])
     );
     assert!(agent["p50_ms"].as_f64().unwrap() > 0.0, "{agent}");
+    assert!(agent["wait_p50_ms"].as_f64().unwrap() >= 0.0, "{agent}");
     assert!(agent["heartbeat_age_s"].as_f64().unwrap() < 30.0, "{agent}");
     assert_eq!(overview["counts"]["completed"], 5);
     assert_eq!(overview["counts"]["failed"], 2);
@@ -407,6 +408,15 @@ async fn the_overview_and_the_metrics_count_the_tasks_run() {
             .any(|s| s.metric.starts_with("agentbus_bus_task_run_seconds")),
         "{text}"
     );
+    let wait_count = |task_type: &str| {
+        value(
+            &scrape,
+            "agentbus_bus_task_queue_wait_seconds_count",
+            &[("agent", AGENT), ("task_type", task_type)],
+        )
+    };
+    assert_eq!(wait_count("ok"), 5.0);
+    assert_eq!(wait_count("fail"), 2.0);
     // The agent is gone: its instances are no longer counted online.
     setup
         .overview_until("the stopped agent offline", |overview| {

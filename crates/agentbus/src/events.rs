@@ -55,6 +55,11 @@ pub struct TaskEvent<'a> {
     /// The runtime (or bridge) instance that handled it.
     #[serde(borrow)]
     pub instance_id: Cow<'a, str>,
+    /// How long it waited before its handler started, in milliseconds:
+    /// since the stream stored it, for a queued task; since it arrived,
+    /// over request/reply. Absent where the publisher does not tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_ms: Option<f64>,
 }
 
 impl<'a> TaskEvent<'a> {
@@ -76,7 +81,14 @@ impl<'a> TaskEvent<'a> {
             error: error.map(Cow::Borrowed),
             duration_ms: duration.as_secs_f64() * 1000.0,
             instance_id: Cow::Borrowed(instance_id),
+            waited_ms: None,
         }
+    }
+
+    /// The same event, saying the task waited `waited` before it started.
+    pub fn with_waited(mut self, waited: Duration) -> Self {
+        self.waited_ms = Some(waited.as_secs_f64() * 1000.0);
+        self
     }
 
     /// `platform.events.task_completed` or `platform.events.task_failed`.
@@ -204,6 +216,7 @@ impl PlatformEvent {
                 error: event.error.map(|e| Cow::Owned(e.into_owned())),
                 duration_ms: event.duration_ms,
                 instance_id: Cow::Owned(event.instance_id.into_owned()),
+                waited_ms: event.waited_ms,
             }
         }
         Ok(match subject {

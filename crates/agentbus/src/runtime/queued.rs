@@ -155,11 +155,12 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, settler: Settler, delivery: 
     {
         metrics.redelivered();
     }
-    // Read for the metrics only: a clock read per task otherwise spent.
-    let waited = served
-        .metrics
-        .as_ref()
-        .map_or(std::time::Duration::ZERO, |_| attempt.delivery().waited());
+    // Read for the metrics and the task event only: a clock read per task
+    // otherwise spent.
+    let waited = match served.metrics.is_some() || served.options.task_events {
+        true => attempt.delivery().waited(),
+        false => std::time::Duration::ZERO,
+    };
     let delivery = attempt.delivery();
     let parent = Parent::from_values(delivery.header(TRACEPARENT), delivery.header(TRACESTATE));
     let traced = Traced::process(
@@ -205,6 +206,7 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, settler: Settler, delivery: 
                 &task_type,
                 &outcome.response,
                 outcome.duration,
+                waited,
             )
             .await;
         }

@@ -531,6 +531,7 @@ async fn run_task<A: Agent>(
             &task_type,
             &outcome.response,
             outcome.duration,
+            waited,
         )
         .await;
     }
@@ -574,6 +575,7 @@ pub(super) async fn publish_task_event<A: Agent>(
     task_type: &str,
     response: &TaskResponse,
     duration: Duration,
+    waited: Duration,
 ) {
     if !served.options.task_events {
         return;
@@ -586,7 +588,8 @@ pub(super) async fn publish_task_event<A: Agent>(
         response.error.as_deref(),
         duration,
         &served.instance_id,
-    );
+    )
+    .with_waited(waited);
     // from_static: no copy of the subject per event.
     if let Err(err) = served
         .bus
