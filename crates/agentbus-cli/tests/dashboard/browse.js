@@ -56,6 +56,9 @@ const shots = env("SHOT_DIR");
     if (seen.partials !== chunks) throw new Error("the timeline shows " + seen.partials + " partials, not " + chunks);
     await page.waitForFunction(() => document.getElementById("task-state").textContent === "completed", null, { timeout: 15000 });
     seen.task_state = "completed";
+    if (await page.isVisible("#answer-form") || await page.isVisible("#cancel")) {
+      throw new Error("a completed task offers cancel or answer");
+    }
     await page.screenshot({ path: shots + "/task.png", fullPage: true });
 
     // A narrow screen: nothing wider than it.
