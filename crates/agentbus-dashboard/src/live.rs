@@ -88,6 +88,26 @@ pub(crate) struct AgentRow {
     pub(crate) wait_p95_ms: Option<f64>,
 }
 
+impl AgentRow {
+    /// An agent with nothing counted yet.
+    fn new(name: &str, online: bool) -> Self {
+        Self {
+            name: name.to_owned(),
+            instances: 0,
+            online,
+            heartbeat_age_s: None,
+            task_types: Vec::new(),
+            in_flight: 0,
+            done: 0,
+            failed: 0,
+            p50_ms: None,
+            p95_ms: None,
+            wait_p50_ms: None,
+            wait_p95_ms: None,
+        }
+    }
+}
+
 /// One work queue at one priority.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct QueueRow {
@@ -433,20 +453,9 @@ fn agent_rows(presence: &[AgentPresence], totals: &HashMap<String, AgentTotals>)
             .ok()
             .and_then(|seen| now.duration_since(seen).ok())
             .map(|age| age.as_secs_f64());
-        let row = rows.entry(&instance.name).or_insert_with(|| AgentRow {
-            name: instance.name.clone(),
-            instances: 0,
-            online: true,
-            heartbeat_age_s: None,
-            task_types: Vec::new(),
-            in_flight: 0,
-            done: 0,
-            failed: 0,
-            p50_ms: None,
-            p95_ms: None,
-            wait_p50_ms: None,
-            wait_p95_ms: None,
-        });
+        let row = rows
+            .entry(&instance.name)
+            .or_insert_with(|| AgentRow::new(&instance.name, true));
         row.instances += 1;
         row.in_flight += instance.in_flight;
         row.heartbeat_age_s = match (row.heartbeat_age_s, age) {
@@ -460,20 +469,9 @@ fn agent_rows(presence: &[AgentPresence], totals: &HashMap<String, AgentTotals>)
         }
     }
     for (name, agent) in totals {
-        let row = rows.entry(name).or_insert_with(|| AgentRow {
-            name: name.clone(),
-            instances: 0,
-            online: false,
-            heartbeat_age_s: None,
-            task_types: Vec::new(),
-            in_flight: 0,
-            done: 0,
-            failed: 0,
-            p50_ms: None,
-            p95_ms: None,
-            wait_p50_ms: None,
-            wait_p95_ms: None,
-        });
+        let row = rows
+            .entry(name)
+            .or_insert_with(|| AgentRow::new(name, false));
         row.done = agent.done;
         row.failed = agent.failed;
         let times = sorted(&agent.run_ms);

@@ -10,7 +10,7 @@ use agentbus::{
 };
 use agentbus_dashboard::{Dashboard, DashboardOptions};
 use agentbus_testkit::NatsServer;
-use prometheus_parse::{Scrape, Value as Sampled};
+use agentbus_testkit::{metric_value as value, parse_metrics};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
@@ -375,8 +375,7 @@ async fn the_overview_and_the_metrics_count_the_tasks_run() {
     let response = setup.get("/metrics").await;
     assert_eq!(response.status(), StatusCode::OK);
     let text = response.text().await.unwrap();
-    let lines = text.lines().map(|line| Ok(line.to_owned()));
-    let scrape = Scrape::parse(lines).expect("the metrics parse as Prometheus text");
+    let scrape = parse_metrics(&text);
     let tasks = |outcome: &str| {
         value(
             &scrape,
@@ -542,24 +541,4 @@ async fn read_until(mut response: reqwest::Response, done: impl Fn(&str) -> bool
     .await;
     assert!(read.is_ok(), "not seen in 15 s: {text}");
     text
-}
-
-/// The value of the sample `metric` whose labels include `labels`.
-fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let found: Vec<f64> = scrape
-        .samples
-        .iter()
-        .filter(|sample| sample.metric == metric)
-        .filter(|sample| {
-            labels
-                .iter()
-                .all(|(name, value)| sample.labels.get(name) == Some(value))
-        })
-        .map(|sample| match sample.value {
-            Sampled::Counter(v) | Sampled::Gauge(v) | Sampled::Untyped(v) => v,
-            _ => panic!("{metric} is not a single value"),
-        })
-        .collect();
-    assert_eq!(found.len(), 1, "one {metric} with {labels:?}: {found:?}");
-    found[0]
 }

@@ -21,6 +21,7 @@ mod npm;
 mod proxy;
 mod python;
 mod redis;
+mod scrape;
 
 pub use closed_port::ClosedPort;
 pub use cluster::NatsCluster;
@@ -30,6 +31,7 @@ pub use llm::{LlmRequest, LlmServer, LlmServerOptions, Respond};
 pub use llm_stream::{AbandonedStream, stream_tokens};
 pub use proxy::TcpProxy;
 pub use redis::{RedisServer, redis_server_binary};
+pub use scrape::{metric_value, parse_metrics};
 
 use agentbus::connect::ServerTarget;
 use agentbus_ops::LocalBus;

@@ -8,7 +8,8 @@ use agentbus::{
     TaskStatus, TaskTypeSpec,
 };
 use agentbus_testkit::NatsServer;
-use prometheus_parse::{Scrape, Value as Sampled};
+use agentbus_testkit::{metric_value as value, parse_metrics};
+use prometheus_parse::Scrape;
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -44,26 +45,6 @@ impl Agent for Metered {
             _ => Err(TaskError::permanent("never")),
         }
     }
-}
-
-/// The value of the sample `metric` whose labels include `labels`.
-fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let found: Vec<f64> = scrape
-        .samples
-        .iter()
-        .filter(|sample| sample.metric == metric)
-        .filter(|sample| {
-            labels
-                .iter()
-                .all(|(name, value)| sample.labels.get(name) == Some(value))
-        })
-        .map(|sample| match sample.value {
-            Sampled::Counter(v) | Sampled::Gauge(v) | Sampled::Untyped(v) => v,
-            _ => panic!("{metric} is not a single value"),
-        })
-        .collect();
-    assert_eq!(found.len(), 1, "one {metric} with {labels:?}: {found:?}");
-    found[0]
 }
 
 fn tasks(scrape: &Scrape, task_type: &str, outcome: &str) -> f64 {
@@ -162,7 +143,7 @@ async fn the_metrics_count_the_tasks_run() {
         "{content_type}"
     );
     let text = response.text().await.unwrap();
-    let scrape = Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).unwrap();
+    let scrape = parse_metrics(&text);
 
     assert_eq!(tasks(&scrape, "ok", "completed"), 3.0, "{text}");
     assert_eq!(tasks(&scrape, "ok", "failed"), 0.0, "{text}");

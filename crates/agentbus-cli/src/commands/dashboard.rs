@@ -1,8 +1,8 @@
 //! `agentbus dashboard`: the web dashboard (and the bus's Prometheus
 //! metrics) against any server or cluster, as `agentbus up` serves it.
 
-use super::ServerArgs;
 use super::up::{DASHBOARD_PORT_VAR, DEFAULT_DASHBOARD_PORT, create_private_dir};
+use super::{PresenceArgs, ServerArgs};
 use crate::output::{outln, print_json};
 use agentbus::connect::{DASHBOARD_TOKEN_VAR, resolve_data_dir};
 use agentbus_dashboard::{Dashboard, DashboardOptions};
@@ -27,14 +27,8 @@ pub(crate) struct DashboardArgs {
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
 
-    /// Where presence lives: "nats" (NATS KV, the default) or a redis:// or rediss:// URL.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "AGENTBUS_STATE_URL",
-        hide_env_values = true
-    )]
-    state: Option<String>,
+    #[command(flatten)]
+    presence: PresenceArgs,
 
     /// Print one JSON line once serving (`dashboard_url`, where the token is) instead of the URL.
     #[arg(long)]
@@ -57,7 +51,7 @@ pub(super) async fn exec(args: DashboardArgs) -> anyhow::Result<ExitCode> {
     let (token, token_source) = token(&args.server)?;
     let bus = args.server.bus().await?;
     let mut options = DashboardOptions::new(address, token);
-    options.state_url = args.state.clone();
+    options.state_url = args.presence.state.clone();
     let dashboard = Dashboard::start(bus, options).await?;
     if args.json {
         print_json(&serde_json::json!({

@@ -435,10 +435,12 @@ impl Bus {
         if state.messages == 0 {
             return Ok((0, entries));
         }
-        let mut sequence = state.last_sequence;
-        while entries.len() < limit && sequence >= state.first_sequence {
+        let newest_first = (state.first_sequence..=state.last_sequence).rev();
+        for sequence in newest_first {
+            if entries.len() == limit {
+                break;
+            }
             entries.extend(read_letter(&stream, sequence).await);
-            sequence -= 1;
         }
         Ok((state.messages, entries))
     }

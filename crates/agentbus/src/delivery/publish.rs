@@ -395,8 +395,8 @@ pub(crate) async fn store(
     for &(name, value) in headers {
         publish = publish.header(name, value);
     }
-    // Every attempt at storing it is one span, and every retry of the task
-    // after is in its trace: the headers are stored with it.
+    // One span for the store, however often it is tried; the headers are
+    // stored with the message, so every delivery of it is in this trace.
     let traced = Traced::produce("publish", subject, Some(message_id));
     for (name, value) in traced.header_pairs() {
         publish = publish.header(name, value.as_str());

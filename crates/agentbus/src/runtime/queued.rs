@@ -162,12 +162,7 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, settler: Settler, delivery: 
         false => std::time::Duration::ZERO,
     };
     let delivery = attempt.delivery();
-    let parent = Parent::from_values(delivery.header(TRACEPARENT), delivery.header(TRACESTATE));
-    let traced = Traced::process(
-        &parent,
-        || delivery.subject().to_owned(),
-        attempt.task_id().as_str(),
-    );
+    let traced = handled_in(delivery, attempt.task_id().as_str());
     let outcome = delivery
         .in_progress(execute(
             served,
@@ -251,12 +246,7 @@ async fn run_message<A: Agent>(served: Arc<Served<A>>, settler: Settler, deliver
         task: None,
         sender: agent_message.sender.clone(),
     };
-    let parent = Parent::from_values(delivery.header(TRACEPARENT), delivery.header(TRACESTATE));
-    let traced = Traced::process(
-        &parent,
-        || delivery.subject().to_owned(),
-        message_id.as_deref().unwrap_or_default(),
-    );
+    let traced = handled_in(&delivery, message_id.as_deref().unwrap_or_default());
     let handler = traced.within(served.agent.handle_message(agent_message, ctx));
     let handled = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
         delivery.in_progress(handler),
@@ -271,6 +261,13 @@ async fn run_message<A: Agent>(served: Arc<Served<A>>, settler: Settler, deliver
     if let Err(err) = settler.settle_message(&delivery, outcome).await {
         tracing::warn!(%err, subject = delivery.subject(), "a message could not be settled");
     }
+}
+
+/// The span a stored task or message is handled in: a child of the one it
+/// was stored in, whose trace context its headers carry.
+fn handled_in(delivery: &Delivery, id: &str) -> Traced {
+    let parent = Parent::from_values(delivery.header(TRACEPARENT), delivery.header(TRACESTATE));
+    Traced::process(&parent, || delivery.subject().to_owned(), id)
 }
 
 /// The channel of a stored message; a subject outside the known channels
