@@ -17,7 +17,7 @@
 use crate::assets;
 use crate::auth::{self, Auth};
 use crate::live::Shared;
-use agentbus::delivery::body_value;
+use agentbus::delivery::{TaskState, body_value};
 use agentbus::subject::TASKS_STREAM;
 use agentbus::task_log::{CancelOutcome, Watched};
 use agentbus::{TaskId, TaskRequest};
@@ -40,6 +40,8 @@ const TAIL_RATE: u32 = 50;
 const TAIL_BODY: usize = 2048;
 /// Stored tasks listed for `queued`.
 const QUEUED_LISTED: usize = 100;
+/// Dead letters, newest first, searched for a dead-lettered task's request.
+const DEAD_LETTERS_SEARCHED: usize = 1_000;
 
 #[derive(Clone)]
 struct App {
@@ -234,7 +236,8 @@ async fn task(State(app): State<App>, Path(id): Path<String>) -> Answer {
     }
     let mut dead_letter = None;
     if request.is_none()
-        && let Ok(entries) = bus.dead_letters().await
+        && report.state == TaskState::DeadLettered
+        && let Ok((_, entries)) = bus.recent_dead_letters(DEAD_LETTERS_SEARCHED).await
     {
         dead_letter = entries
             .into_iter()

@@ -25,8 +25,8 @@
 //!
 //! # Layout
 //!
-//! - `live`: what the page shows, gathered from the bus: platform events
-//!   and task logs as they come, presence, streams, consumers and dead
+//! - `live`: what the page shows, gathered from the bus: platform events,
+//!   task logs and presence as they come, streams, consumers and dead
 //!   letters read every [`DashboardOptions::poll`];
 //! - `bus_metrics`: the same figures as Prometheus metrics;
 //! - `auth`: the token, the session cookie and the login form;
@@ -51,7 +51,8 @@ pub struct DashboardOptions {
     pub address: SocketAddr,
     /// What a browser or a scraper must show.
     pub token: String,
-    /// How often presence, streams, queues and dead letters are read.
+    /// How often streams, queues and dead letters are read (less often
+    /// while a read takes more than a quarter of it).
     pub poll: Duration,
     /// Where presence lives: `None` for NATS KV, else a `redis://` URL.
     pub state_url: Option<String>,
