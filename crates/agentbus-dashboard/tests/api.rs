@@ -22,8 +22,9 @@ const AGENT: &str = "dash-worker";
 /// Partials of a `chunks` task.
 const CHUNKS: u64 = 5;
 
-/// `ok` completes; `fail` fails; `chunks` streams partials; `fragile` is
-/// refused for good (a dead letter) until `healthy` is set.
+/// `ok` completes; `fail` fails; `chunks` streams partials; `ask` asks a
+/// question and returns the answer; `slow` runs until cancelled; `fragile`
+/// is refused for good (a dead letter) until `healthy` is set.
 struct Worker {
     healthy: Arc<AtomicBool>,
 }
@@ -34,7 +35,7 @@ impl Agent for Worker {
     }
 
     fn task_types(&self) -> Vec<TaskTypeSpec> {
-        ["ok", "fail", "chunks", "fragile"]
+        ["ok", "fail", "chunks", "fragile", "ask", "slow"]
             .map(|t| TaskTypeSpec::new(t).unwrap())
             .to_vec()
     }
@@ -50,6 +51,14 @@ impl Agent for Worker {
                         .map_err(|err| TaskError::failed(err.to_string()))?;
                 }
                 Ok(json!({ "chunks": CHUNKS }))
+            }
+            "ask" => {
+                let answer = ctx.ask(json!({ "question": "which disk?" })).await?;
+                Ok(json!({ "answer": answer }))
+            }
+            "slow" => {
+                let reason = ctx.cancelled().await;
+                Err(TaskError::failed(format!("stopped: {reason:?}")))
             }
             _ if self.healthy.load(Ordering::SeqCst) => Ok(json!({ "recovered": true })),
             _ => Err(TaskError::permanent("the disk is full")),
@@ -321,7 +330,7 @@ async fn the_overview_and_the_metrics_count_the_tasks_run() {
     assert_eq!(agent["instances"], 1);
     assert_eq!(
         agent["task_types"],
-        json!(["ok", "fail", "chunks", "fragile"])
+        json!(["ok", "fail", "chunks", "fragile", "ask", "slow"])
     );
     assert!(agent["p50_ms"].as_f64().unwrap() > 0.0, "{agent}");
     assert!(agent["wait_p50_ms"].as_f64().unwrap() >= 0.0, "{agent}");
@@ -525,6 +534,79 @@ async fn a_task_page_streams_its_log_and_the_tail_follows_a_subject() {
     let text = read_until(tail, |text| text.contains("dash.test.one")).await;
     publishing.abort();
     assert!(text.contains("event: message"), "{text}");
+}
+
+#[tokio::test]
+async fn a_question_is_answered_and_a_task_cancelled_from_the_dashboard() {
+    let setup = setup().await;
+    let queue = Queue::agent(AGENT).unwrap();
+    let asking = TaskRequest::new("ask", json!({}));
+    setup.bus.submit(&queue, &asking).await.unwrap();
+    let id = asking.task_id.to_string();
+    setup
+        .overview_until("the question counted", |overview| {
+            overview["counts"]["input_required"] == 1
+        })
+        .await;
+    let waiting = setup.json("/api/tasks?state=input_required").await;
+    assert_eq!(waiting["tasks"][0]["task_id"], id.as_str(), "{waiting}");
+    let page = setup.json(&format!("/api/task/{id}")).await;
+    assert_eq!(page["report"]["state"], "input_required", "{page}");
+    let answered = setup
+        .post(
+            &format!("/api/task/{id}/answer"),
+            json!({ "answer": "sdb" }),
+        )
+        .await;
+    assert_eq!(answered.status(), StatusCode::OK);
+    let response = setup
+        .bus
+        .wait_task(&asking.task_id, Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert_eq!(response.status, TaskStatus::Completed, "{response:?}");
+    assert_eq!(response.result, Some(json!({ "answer": "sdb" })));
+    // Over: a second answer is refused, saying why.
+    let again = setup
+        .post(
+            &format!("/api/task/{id}/answer"),
+            json!({ "answer": "sdc" }),
+        )
+        .await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert!(again.text().await.unwrap().contains("over"));
+
+    // A followed task logs its start: the running list shows it.
+    let slow = TaskRequest::new("slow", json!({})).streamed();
+    setup.bus.submit(&queue, &slow).await.unwrap();
+    let id = slow.task_id.to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let running = setup.json("/api/tasks?state=running").await;
+        if running["tasks"][0]["task_id"] == id.as_str() {
+            assert_eq!(running["tasks"][0]["agent"], AGENT, "{running}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not listed running: {running}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cancelled = setup
+        .post(&format!("/api/task/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    let outcome: Value = cancelled.json().await.unwrap();
+    assert_eq!(outcome["outcome"], "cancelling", "{outcome}");
+    let response = setup
+        .bus
+        .wait_task(&slow.task_id, Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert_eq!(response.status, TaskStatus::Cancelled, "{response:?}");
+    let unknown = TaskRequest::new("ok", json!({})).task_id;
+    let nothing = setup
+        .post(&format!("/api/task/{unknown}/cancel"), json!({}))
+        .await;
+    assert_eq!(nothing.status(), StatusCode::CONFLICT);
 }
 
 /// The body of a stream of server-sent events, read until `done` holds of it.

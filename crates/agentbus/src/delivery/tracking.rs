@@ -167,6 +167,11 @@ impl Bus {
                 {
                     logged.unwrap_or(record.state)
                 }
+                // A worker records a task running when it takes it; its log
+                // tells when the handler waits for an answer.
+                (TaskState::Running, _) if logged == Some(TaskState::InputRequired) => {
+                    TaskState::InputRequired
+                }
                 (state, _) => state,
             },
             (None, Some(state)) if state.is_final() => state,
