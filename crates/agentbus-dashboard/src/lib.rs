@@ -171,6 +171,11 @@ impl Dashboard {
         format!("http://{}/", self.address)
     }
 
+    /// The token it asks for.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// Its URL with the token, which opens it logged in.
     pub fn login_url(&self) -> String {
         format!("{}?token={}", self.url(), self.token)

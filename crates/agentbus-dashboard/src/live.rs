@@ -177,9 +177,13 @@ struct Totals {
     agents: HashMap<String, AgentTotals>,
     recent: VecDeque<SeenTask>,
     /// Tasks whose log says they run, or wait for an answer.
-    open: HashMap<String, SeenTask>,
-    /// The order `open` was filled in, to forget the oldest.
-    open_order: VecDeque<String>,
+    /// Each with the number it was opened with.
+    open: HashMap<String, (u64, SeenTask)>,
+    /// The tasks put in `open`, oldest first, to forget the oldest; an entry
+    /// whose number `open` no longer holds (the task is over) is stale.
+    open_order: VecDeque<(u64, String)>,
+    /// Tasks opened so far.
+    opened: u64,
 }
 
 #[derive(Default)]
@@ -242,35 +246,46 @@ impl Totals {
     }
 
     fn open_as(&mut self, id: &str, state: &str, agent: &str) {
-        if let Some(task) = self.open.get_mut(id) {
+        if let Some((_, task)) = self.open.get_mut(id) {
             task.state = state.to_owned();
             if !agent.is_empty() {
                 task.agent = agent.to_owned();
             }
             return;
         }
-        while self.open.len() >= TRACKED_TASKS {
-            match self.open_order.pop_front() {
-                Some(oldest) => {
-                    self.open.remove(&oldest);
-                }
-                None => break,
+        let open = &mut self.open;
+        let current = |open: &HashMap<String, (u64, SeenTask)>, (number, id): &(u64, String)| {
+            open.get(id).is_some_and(|(opened, _)| opened == number)
+        };
+        while open.len() >= TRACKED_TASKS {
+            let Some(oldest) = self.open_order.pop_front() else {
+                break;
+            };
+            if current(open, &oldest) {
+                open.remove(&oldest.1);
             }
         }
-        // Entries of tasks already over are dropped as the order is walked.
-        self.open_order.retain(|task| self.open.contains_key(task));
-        self.open_order.push_back(id.to_owned());
+        // Stale entries go in one pass once they outnumber the open tasks:
+        // a pass per opened task would cost the whole order each time.
+        if self.open_order.len() > 2 * open.len() + 64 {
+            self.open_order.retain(|entry| current(open, entry));
+        }
+        self.opened += 1;
+        self.open_order.push_back((self.opened, id.to_owned()));
         self.open.insert(
             id.to_owned(),
-            SeenTask {
-                task_id: id.to_owned(),
-                agent: agent.to_owned(),
-                task_type: String::new(),
-                state: state.to_owned(),
-                error: None,
-                duration_ms: None,
-                at: now(),
-            },
+            (
+                self.opened,
+                SeenTask {
+                    task_id: id.to_owned(),
+                    agent: agent.to_owned(),
+                    task_type: String::new(),
+                    state: state.to_owned(),
+                    error: None,
+                    duration_ms: None,
+                    at: now(),
+                },
+            ),
         );
     }
 
@@ -281,7 +296,7 @@ impl Totals {
     fn open_in(&self, state: &str) -> u64 {
         self.open
             .values()
-            .filter(|task| task.state == state)
+            .filter(|(_, task)| task.state == state)
             .count() as u64
     }
 }
@@ -299,7 +314,7 @@ impl Shared {
     /// outcome), newest first; every one seen with no state.
     pub(crate) fn tasks(&self, state: Option<&str>) -> Vec<SeenTask> {
         let totals = self.totals.lock().expect("totals lock");
-        let mut open: Vec<SeenTask> = totals.open.values().cloned().collect();
+        let mut open: Vec<SeenTask> = totals.open.values().map(|(_, task)| task.clone()).collect();
         open.sort_by(|a, b| b.at.cmp(&a.at));
         open.into_iter()
             .chain(totals.recent.iter().cloned())
@@ -632,4 +647,37 @@ fn queue_row<'a>(
 
 fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_open_task_is_forgotten_and_tasks_over_do_not_count() {
+        let mut totals = Totals::default();
+        // Tasks opened and over leave only stale entries behind.
+        for n in 0..3 * TRACKED_TASKS {
+            let id = format!("over-{n}");
+            totals.open_as(&id, "running", "a");
+            totals.open.remove(&id);
+        }
+        assert!(totals.open_order.len() <= 2 * totals.open.len() + 65);
+        for n in 0..TRACKED_TASKS {
+            totals.open_as(&format!("t{n}"), "running", "a");
+        }
+        assert_eq!(totals.open.len(), TRACKED_TASKS);
+        // One more: the oldest open one goes, whatever stale entries precede it.
+        totals.open_as("newest", "input_required", "");
+        assert_eq!(totals.open.len(), TRACKED_TASKS);
+        assert!(!totals.open.contains_key("t0"));
+        assert!(totals.open.contains_key("t1") && totals.open.contains_key("newest"));
+        assert_eq!(totals.open_in("input_required"), 1);
+        // A task opened again after it was over is as new as it is.
+        totals.open.remove("t1");
+        totals.open_as("t1", "running", "a");
+        totals.open_as("newer", "running", "a");
+        assert!(totals.open.contains_key("t1"), "t1 was opened after t2");
+        assert!(!totals.open.contains_key("t2"));
+    }
 }

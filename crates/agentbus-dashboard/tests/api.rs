@@ -12,7 +12,7 @@ use agentbus_dashboard::{Dashboard, DashboardOptions};
 use agentbus_testkit::NatsServer;
 use agentbus_testkit::{metric_value as value, parse_metrics};
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HeaderName, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,10 +123,17 @@ impl Setup {
         format!("{}{}", self.dashboard.url(), path.trim_start_matches('/'))
     }
 
+    /// GET `path` with the token.
     async fn get(&self, path: &str) -> reqwest::Response {
+        let bearer = format!("Bearer {}", self.token);
+        self.get_with(path, AUTHORIZATION, &bearer).await
+    }
+
+    /// GET `path` with one header `name` (the token only if that is it).
+    async fn get_with(&self, path: &str, name: HeaderName, value: &str) -> reqwest::Response {
         self.http
             .get(self.url(path))
-            .header(AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(name, value)
             .send()
             .await
             .unwrap()
@@ -189,20 +196,16 @@ async fn nothing_is_shown_without_the_token() {
     // A wrong token, as a bearer token, as a cookie or in the URL.
     let wrong = uuid::Uuid::new_v4().simple().to_string();
     let response = setup
-        .http
-        .get(setup.url("/api/overview"))
-        .header(AUTHORIZATION, format!("Bearer {wrong}"))
-        .send()
-        .await
-        .unwrap();
+        .get_with("/api/overview", AUTHORIZATION, &format!("Bearer {wrong}"))
+        .await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     let response = setup
-        .http
-        .get(setup.url("/api/overview"))
-        .header(COOKIE, format!("agentbus_session={wrong}"))
-        .send()
-        .await
-        .unwrap();
+        .get_with(
+            "/api/overview",
+            COOKIE,
+            &format!("agentbus_session={wrong}"),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     let response = anonymous(&format!("/api/overview?token={wrong}"))
         .await
@@ -262,24 +265,12 @@ async fn the_token_opens_a_session_once_in_the_url_or_through_the_form() {
         "the cookie is not the token: {cookie}"
     );
     let session = cookie.split(';').next().unwrap().to_owned();
-    let page = setup
-        .http
-        .get(setup.url("/"))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap();
+    let page = setup.get_with("/", COOKIE, &session).await;
     assert_eq!(page.status(), StatusCode::OK);
     let policy = page.headers()["content-security-policy"].to_str().unwrap();
     assert!(policy.contains("script-src 'self'"), "{policy}");
     assert!(page.text().await.unwrap().contains("Dead letters"));
-    let api = setup
-        .http
-        .get(setup.url("/api/overview"))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap();
+    let api = setup.get_with("/api/overview", COOKIE, &session).await;
     assert_eq!(api.status(), StatusCode::OK);
     // The login form opens one too.
     let login = setup

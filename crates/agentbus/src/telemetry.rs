@@ -92,11 +92,8 @@ impl Parent {
         if !is_enabled() {
             return Self(None);
         }
-        let Some(headers) = headers else {
-            return Self(None);
-        };
-        let cx = TraceContextPropagator::new().extract(&Headers(headers));
-        Self(cx.span().span_context().is_valid().then_some(cx))
+        let value = |name| Some(headers?.get(name)?.as_str());
+        Self::from_values(value(TRACEPARENT), value(TRACESTATE))
     }
 
     /// Read from `traceparent` and `tracestate` values.
@@ -107,12 +104,12 @@ impl Parent {
         let Some(traceparent) = traceparent else {
             return Self(None);
         };
-        let mut headers = HeaderMap::new();
-        headers.insert(TRACEPARENT, traceparent);
-        if let Some(tracestate) = tracestate {
-            headers.insert(TRACESTATE, tracestate);
-        }
-        Self::from_headers(Some(&headers))
+        let values = Values {
+            traceparent,
+            tracestate,
+        };
+        let cx = TraceContextPropagator::new().extract(&values);
+        Self(cx.span().span_context().is_valid().then_some(cx))
     }
 }
 
@@ -163,21 +160,21 @@ impl Traced {
 
     /// Its `traceparent` and `tracestate` as headers; `None` when off.
     pub(crate) fn headers(&self) -> Option<HeaderMap> {
-        let cx = self.0.as_ref()?;
+        self.0.as_ref()?;
         let mut headers = HeaderMap::new();
-        TraceContextPropagator::new().inject_context(cx, &mut HeadersMut(&mut headers));
+        for (name, value) in self.header_pairs() {
+            headers.insert(name, value.as_str());
+        }
         Some(headers)
     }
 
     /// Its `traceparent` and `tracestate` as name and value pairs; empty when off.
     pub(crate) fn header_pairs(&self) -> Vec<(&'static str, String)> {
-        let Some(headers) = self.headers() else {
-            return Vec::new();
-        };
-        [TRACEPARENT, TRACESTATE]
-            .into_iter()
-            .filter_map(|name| Some((name, headers.get(name)?.as_str().to_owned())))
-            .collect()
+        let mut pairs = Pairs(Vec::new());
+        if let Some(cx) = &self.0 {
+            TraceContextPropagator::new().inject_context(cx, &mut pairs);
+        }
+        pairs.0
     }
 
     /// Marks the span failed, with `error` as its description.
@@ -232,23 +229,37 @@ fn span(
     parent.with_span(span)
 }
 
-struct Headers<'a>(&'a HeaderMap);
+/// The two values trace context is read from.
+struct Values<'a> {
+    traceparent: &'a str,
+    tracestate: Option<&'a str>,
+}
 
-impl Extractor for Headers<'_> {
+impl Extractor for Values<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(|value| value.as_str())
+        match key {
+            TRACEPARENT => Some(self.traceparent),
+            TRACESTATE => self.tracestate,
+            _ => None,
+        }
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|(name, _)| name.as_ref()).collect()
+        vec![TRACEPARENT, TRACESTATE]
     }
 }
 
-struct HeadersMut<'a>(&'a mut HeaderMap);
+/// The W3C headers written, by their names.
+struct Pairs(Vec<(&'static str, String)>);
 
-impl Injector for HeadersMut<'_> {
+impl Injector for Pairs {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value.as_str());
+        if let Some(name) = [TRACEPARENT, TRACESTATE]
+            .into_iter()
+            .find(|name| *name == key)
+        {
+            self.0.push((name, value));
+        }
     }
 }
 

@@ -173,10 +173,7 @@ pub(super) async fn exec(args: UpArgs) -> anyhow::Result<ExitCode> {
         nats_url: urls.join(","),
         monitor_url: Some(servers[0].monitor_url().to_owned()),
         dashboard_url: dashboard.as_ref().map(agentbus_dashboard::Dashboard::url),
-        dashboard_token: match &dashboard {
-            Some(_) => Some(data_dir.dashboard_token()?),
-            None => None,
-        },
+        dashboard_token: dashboard.as_ref().map(|d| d.token().to_owned()),
     })?;
     // The demo agents serve before the ready line: ready means usable.
     let mut demo = if args.demo {
