@@ -57,6 +57,34 @@ async fn request_reply_measures_every_variant_and_prints_their_ratios() {
     assert_eq!(report["in_flight"], 64);
     assert_eq!(report["identities"], false);
     assert_eq!(report["metrics"], false);
+    assert_eq!(report["trace"], false);
+    assert!(report.get("bare_traced").is_none(), "{report}");
+
+    // With trace context on: a fourth variant, bare async-nats tracing by
+    // hand, and agentbus's ratios against it.
+    let out = run(["bench", "request-reply", "--json", "--trace"]
+        .iter()
+        .chain(&small))
+    .await;
+    assert!(out.status.success(), "{out:#?}");
+    let report = out.json();
+    assert_eq!(report["trace"], true);
+    positive(&report["bare_traced"], "throughput_rps");
+    let expected = report["agentbus"]["throughput_rps"].as_f64().unwrap()
+        / report["bare_traced"]["throughput_rps"].as_f64().unwrap();
+    let printed = positive(&report, "ratio_throughput_to_bare_traced");
+    assert!((printed - expected).abs() < 0.002, "{report}");
+    positive(&report, "ratio_p50_to_bare_traced");
+    let exported: u64 = out
+        .stderr
+        .split("trace context on: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no span count in {}", out.stderr));
+    // 830 requests per variant, three of them traced, two spans each (the
+    // exporter's queue may drop some when full).
+    assert!(exported > 830, "{exported} spans exported");
 
     // With the runtimes counting Prometheus metrics.
     let out = run(["bench", "request-reply", "--json", "--metrics"]

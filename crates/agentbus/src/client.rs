@@ -460,13 +460,14 @@ impl Bus {
         let mut ask_until: Option<std::time::Instant> = None;
         // One span for every attempt: the answer may come to any of them.
         let traced = Traced::produce("send", subject.as_str(), Some(request.task_id.as_str()));
-        let headers = traced.headers();
         loop {
             let mut asked = async_nats::Request::new()
                 .payload(body.clone())
                 .timeout(Some(options.timeout));
-            if let Some(headers) = &headers {
-                asked = asked.headers(headers.clone());
+            // Written for each attempt: cheaper than a copy kept for the
+            // rare second one.
+            if let Some(headers) = traced.headers() {
+                asked = asked.headers(headers);
             }
             let sent = self.inner.client.send_request(subject.to_nats(), asked);
             match sent.await {

@@ -274,11 +274,11 @@ impl Grant {
             format!("$JS.API.DIRECT.GET.KV_{STATE_BUCKET}.{own_state}"),
             format!("$JS.API.CONSUMER.CREATE.KV_{STATE_BUCKET}.*.{own_state}"),
         ]);
-        // Presence: its own entries and its runtime's heartbeat written,
+        // Presence: its own entries and its runtime's heartbeat
+        // (`<agent>.<instance>` and `<agent>.<instance>.alive`) written,
         // everyone's read and watched.
         publish.extend([
-            format!("$KV.{PRESENCE_BUCKET}.{me}.*"),
-            format!("$KV.{PRESENCE_BUCKET}.*"),
+            format!("$KV.{PRESENCE_BUCKET}.{me}.>"),
             format!("$JS.API.DIRECT.GET.KV_{PRESENCE_BUCKET}.$KV.{PRESENCE_BUCKET}.>"),
             format!("$JS.API.CONSUMER.CREATE.KV_{PRESENCE_BUCKET}.*.$KV.{PRESENCE_BUCKET}.>"),
             // A watch of the whole bucket asks without a name or filter:

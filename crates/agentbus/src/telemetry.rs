@@ -8,7 +8,7 @@
 //!   event published (`publish <subject>`) and everything stored in a
 //!   stream (queued tasks, inbox messages, broadcasts: `publish <subject>`)
 //!   is a producer span, child of the current context, and carries its
-//!   W3C `traceparent` (and `tracestate`) headers;
+//!   W3C `traceparent` header (and `tracestate`, when the trace has one);
 //! - a runtime runs each handler inside a consumer span `process
 //!   <subject>` whose parent is the context the task came with (a new trace
 //!   when it came with none), so tasks sent and events published from a
@@ -23,11 +23,11 @@
 //! [`init_from_env`] over OTLP. Clients that ignore headers (the seed-format
 //! Python agents) keep working: the headers are all there is.
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
-use opentelemetry::{Context, KeyValue, global};
+use opentelemetry::{Context, KeyValue, StringValue, global};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use std::future::Future;
 use std::sync::RwLock;
@@ -117,6 +117,22 @@ impl Parent {
 pub(crate) const TRACEPARENT: &str = "traceparent";
 pub(crate) const TRACESTATE: &str = "tracestate";
 
+/// What a span is about: the subject a task came on or something is sent
+/// to, kept as the attribute value it becomes (one allocation, shared by
+/// every span about it).
+#[derive(Debug, Clone)]
+pub(crate) struct Destination(StringValue);
+
+impl Destination {
+    pub(crate) fn new(subject: &str) -> Self {
+        Self(StringValue::from(std::sync::Arc::<str>::from(subject)))
+    }
+
+    fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
 /// A span of this process while it lasts (it ends when the last clone of
 /// its context is dropped); nothing when tracing is off.
 #[derive(Clone, Default)]
@@ -127,7 +143,7 @@ impl Traced {
     /// child of `parent` (a root when it is empty).
     pub(crate) fn process(
         parent: &Parent,
-        destination: impl FnOnce() -> String,
+        destination: impl FnOnce() -> Destination,
         task_id: &str,
     ) -> Self {
         if !is_enabled() {
@@ -138,14 +154,18 @@ impl Traced {
             &parent,
             SpanKind::Consumer,
             "process",
-            &destination(),
+            destination(),
             Some(task_id),
         )))
     }
 
     /// A producer span `<operation> <destination>` for something sent from
     /// here, child of the current context.
-    pub(crate) fn produce(operation: &str, destination: &str, message_id: Option<&str>) -> Self {
+    pub(crate) fn produce(
+        operation: &'static str,
+        destination: &str,
+        message_id: Option<&str>,
+    ) -> Self {
         if !is_enabled() {
             return Self(None);
         }
@@ -153,22 +173,22 @@ impl Traced {
             &Context::current(),
             SpanKind::Producer,
             operation,
-            destination,
+            Destination::new(destination),
             message_id,
         )))
     }
 
-    /// Its `traceparent` and `tracestate` as headers; `None` when off.
+    /// Its `traceparent` (and `tracestate`, when there is one) as headers;
+    /// `None` when off.
     pub(crate) fn headers(&self) -> Option<HeaderMap> {
-        self.0.as_ref()?;
-        let mut headers = HeaderMap::new();
-        for (name, value) in self.header_pairs() {
-            headers.insert(name, value.as_str());
-        }
-        Some(headers)
+        let cx = self.0.as_ref()?;
+        let mut headers = Headers(HeaderMap::new());
+        TraceContextPropagator::new().inject_context(cx, &mut headers);
+        Some(headers.0)
     }
 
-    /// Its `traceparent` and `tracestate` as name and value pairs; empty when off.
+    /// Its `traceparent` (and `tracestate`, when there is one) as name and
+    /// value pairs; empty when off.
     pub(crate) fn header_pairs(&self) -> Vec<(&'static str, String)> {
         let mut pairs = Pairs(Vec::new());
         if let Some(cx) = &self.0 {
@@ -198,8 +218,8 @@ impl Traced {
 fn span(
     parent: &Context,
     kind: SpanKind,
-    operation: &str,
-    destination: &str,
+    operation: &'static str,
+    destination: Destination,
     message_id: Option<&str>,
 ) -> Context {
     let tracer = TRACER
@@ -212,17 +232,19 @@ fn span(
         SpanKind::Consumer => "process",
         _ => "send",
     };
-    let mut attributes = vec![
+    let name = format!("{operation} {}", destination.as_str());
+    let mut attributes = Vec::with_capacity(5);
+    attributes.extend([
         KeyValue::new("messaging.system", "nats"),
-        KeyValue::new("messaging.destination.name", destination.to_owned()),
-        KeyValue::new("messaging.operation.name", operation.to_owned()),
+        KeyValue::new("messaging.destination.name", destination.0),
+        KeyValue::new("messaging.operation.name", operation),
         KeyValue::new("messaging.operation.type", operation_type),
-    ];
+    ]);
     if let Some(id) = message_id {
         attributes.push(KeyValue::new("messaging.message.id", id.to_owned()));
     }
     let span = tracer
-        .span_builder(format!("{operation} {destination}"))
+        .span_builder(name)
         .with_kind(kind)
         .with_attributes(attributes)
         .start_with_context(tracer, parent);
@@ -249,17 +271,66 @@ impl Extractor for Values<'_> {
     }
 }
 
-/// The W3C headers written, by their names.
+/// The W3C headers written, by their names; an empty `tracestate` (the
+/// usual case) is left out, as the W3C format allows.
 struct Pairs(Vec<(&'static str, String)>);
 
 impl Injector for Pairs {
     fn set(&mut self, key: &str, value: String) {
-        if let Some(name) = [TRACEPARENT, TRACESTATE]
-            .into_iter()
-            .find(|name| *name == key)
-        {
+        if let Some(name) = header_name(key, &value) {
             self.0.push((name, value));
         }
+    }
+}
+
+/// The W3C headers written into a message's header map, as [`Pairs`].
+struct Headers(HeaderMap);
+
+impl Injector for Headers {
+    fn set(&mut self, key: &str, value: String) {
+        const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
+        const TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
+        match header_name(key, &value) {
+            Some(TRACEPARENT) => self.0.insert(TRACEPARENT_NAME, value),
+            Some(_) => self.0.insert(TRACESTATE_NAME, value),
+            None => {}
+        }
+    }
+}
+
+/// The header `key` is written under, when it is one of the W3C ones and
+/// has a value.
+fn header_name(key: &str, value: &str) -> Option<&'static str> {
+    if value.is_empty() {
+        return None;
+    }
+    [TRACEPARENT, TRACESTATE]
+        .into_iter()
+        .find(|name| *name == key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_w3c_headers_with_a_value_are_written() {
+        const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut pairs = Pairs(Vec::new());
+        pairs.set(TRACEPARENT, PARENT.to_owned());
+        pairs.set(TRACESTATE, String::new());
+        pairs.set("baggage", "k=v".to_owned());
+        assert_eq!(pairs.0, [(TRACEPARENT, PARENT.to_owned())]);
+
+        let mut headers = Headers(HeaderMap::new());
+        headers.set(TRACEPARENT, PARENT.to_owned());
+        headers.set(TRACESTATE, String::new());
+        assert_eq!(headers.0.len(), 1);
+        headers.set(TRACESTATE, "vendor=1".to_owned());
+        headers.set("baggage", "k=v".to_owned());
+        assert_eq!(headers.0.len(), 2);
+        assert_eq!(headers.0.get(TRACEPARENT).unwrap().as_str(), PARENT);
+        assert_eq!(headers.0.get(TRACESTATE).unwrap().as_str(), "vendor=1");
     }
 }
 

@@ -306,11 +306,21 @@ async fn alice_gets_none_of_bobs_markers_by_any_path() {
         // A letter forged for bob's queue, in the stream or parked.
         "dlq.tasks.bob",
         "$KV.agent-dlq-parked.tasks.bob.1",
+        // Bob's presence: his entry and his runtime's heartbeat, also as
+        // earlier versions keyed it (the instance id alone).
+        "$KV.agent-presence.bob.bob1",
+        "$KV.agent-presence.bob.bob1.alive",
+        "$KV.agent-presence.bob1",
     ] {
         assert_eq!(ask(&alice, subject, json!({})).await, None, "{subject}");
     }
-    // Her own deliveries' letters she may store.
+    // Her own deliveries' letters she may store, and her own presence.
     assert!(ask(&alice, "dlq.tasks.alice", json!({})).await.is_some());
+    assert!(
+        ask(&alice, "$KV.agent-presence.alice.alice1.alive", json!({}))
+            .await
+            .is_some()
+    );
     let streams = js.stream_names().collect::<Vec<_>>().await;
     assert!(streams.len() >= 5, "streams survive: {streams:?}");
     js.get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(

@@ -233,7 +233,8 @@ impl Service {
                 last_seen: clock::now(),
             };
             self.view.own(presence.instance_id.clone());
-            self.instance = Some((instance_key(&instance), beat));
+            let owner = Name::parse("agent name", &presence.name)?;
+            self.instance = Some((instance_key(&owner, &instance), beat));
             self.write_beat().await?;
             self.next_beat = Some(Instant::now() + interval(&merged));
             self.open_changes(merged.interval).await;

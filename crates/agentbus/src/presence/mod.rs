@@ -149,9 +149,28 @@ impl AgentPresence {
     }
 }
 
-/// The key of an instance's heartbeat: its id alone.
-pub(crate) fn instance_key(instance: &Name) -> EntryKey {
-    EntryKey::new(vec![instance.clone()])
+/// The last part of a heartbeat's key.
+const HEARTBEAT: &str = "alive";
+
+/// The key of an instance's heartbeat: `<owner>.<instance>.alive`, where
+/// the owner is the first agent it served. The owner's name comes first so
+/// that an agent identity may write its own heartbeat and no other
+/// instance's, with the same permission as its own entries
+/// (`<agent>.>`).
+pub(crate) fn instance_key(owner: &Name, instance: &Name) -> EntryKey {
+    let heartbeat = Name::parse("presence key part", HEARTBEAT).expect("a valid name");
+    EntryKey::new(vec![owner.clone(), instance.clone(), heartbeat])
+}
+
+/// The instance whose heartbeat `key` is, or `None` for an agent's entry.
+/// A key of one part is an instance's heartbeat as versions before the
+/// owner was part of it wrote it.
+fn heartbeat_of(key: &EntryKey) -> Option<String> {
+    match key.parts() {
+        [instance] => Some(instance.to_string()),
+        [_owner, instance, last] if last.as_str() == HEARTBEAT => Some(instance.to_string()),
+        _ => None,
+    }
 }
 
 /// The agents online now (their entry and their instance's heartbeat both
@@ -272,13 +291,13 @@ fn presence_change(change: EntryChange) -> Option<PresenceChange> {
             Decoded::Agent(agent) => PresenceChange::Seen(agent),
             Decoded::Instance(beat) => PresenceChange::Alive(beat),
         },
-        EntryChange::Removed(key) => match key.last_part() {
-            Some(instance) if key.len() == 1 => PresenceChange::Stopped(instance),
-            _ => PresenceChange::Left(key),
+        EntryChange::Removed(key) => match heartbeat_of(&key) {
+            Some(instance) => PresenceChange::Stopped(instance),
+            None => PresenceChange::Left(key),
         },
-        EntryChange::Expired(key) => match key.last_part() {
-            Some(instance) if key.len() == 1 => PresenceChange::Died(instance),
-            _ => PresenceChange::Expired(key),
+        EntryChange::Expired(key) => match heartbeat_of(&key) {
+            Some(instance) => PresenceChange::Died(instance),
+            None => PresenceChange::Expired(key),
         },
     })
 }
@@ -291,7 +310,7 @@ enum Decoded {
 
 /// An entry's value by its key's form; what another program wrote there is skipped.
 fn decode(key: &EntryKey, value: &[u8]) -> Option<Decoded> {
-    let decoded = if key.len() == 1 {
+    let decoded = if heartbeat_of(key).is_some() {
         serde_json::from_slice(value).map(Decoded::Instance)
     } else {
         serde_json::from_slice(value).map(Decoded::Agent)
@@ -364,5 +383,27 @@ mod tests {
         p.instance_id = "a.b".into();
         assert!(matches!(p.entry_key(), Err(StateError::InvalidName(_))));
         assert!(p.id().is_none());
+    }
+
+    #[test]
+    fn heartbeats_are_told_from_agent_entries_by_their_keys() {
+        let name = |text: &str| Name::parse("key part", text).unwrap();
+        let key = |parts: &[&str]| EntryKey::new(parts.iter().map(|p| name(p)).collect());
+        let beat = instance_key(&name("llm"), &name("i1"));
+        assert_eq!(beat, key(&["llm", "i1", "alive"]));
+        assert_eq!(heartbeat_of(&beat).as_deref(), Some("i1"));
+        // As earlier versions wrote it.
+        assert_eq!(heartbeat_of(&key(&["i1"])).as_deref(), Some("i1"));
+        // An agent's entry, even one named like a heartbeat's last part.
+        assert_eq!(heartbeat_of(&key(&["llm", "i1"])), None);
+        assert_eq!(heartbeat_of(&key(&["alive", "i1"])), None);
+        assert_eq!(heartbeat_of(&key(&["llm", "i1", "other"])), None);
+        // Both decode as what they are.
+        let value = br#"{"instance_id": "i1", "host": "h", "last_seen": "2026-01-01T00:00:00Z"}"#;
+        assert!(matches!(decode(&beat, value), Some(Decoded::Instance(_))));
+        assert!(matches!(
+            presence_change(EntryChange::Expired(beat)),
+            Some(PresenceChange::Died(instance)) if instance == "i1"
+        ));
     }
 }

@@ -457,6 +457,7 @@ impl Runtime {
             counters: counters.clone(),
             metrics,
             registry: self.registry.clone(),
+            traced_as: std::sync::OnceLock::new(),
         });
         // Durable consumers first: if they cannot be made, nothing was started.
         let (stop, stop_rx) = watch::channel(None);

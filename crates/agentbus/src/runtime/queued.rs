@@ -12,7 +12,7 @@ use crate::name::Name;
 use crate::protocol::{TaskResponse, TaskStatus};
 use crate::subject::{self, MessageChannel};
 use crate::task_log::EventType;
-use crate::telemetry::{Parent, TRACEPARENT, TRACESTATE, Traced};
+use crate::telemetry::{Destination, Parent, TRACEPARENT, TRACESTATE, Traced};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -267,7 +267,7 @@ async fn run_message<A: Agent>(served: Arc<Served<A>>, settler: Settler, deliver
 /// was stored in, whose trace context its headers carry.
 fn handled_in(delivery: &Delivery, id: &str) -> Traced {
     let parent = Parent::from_values(delivery.header(TRACEPARENT), delivery.header(TRACESTATE));
-    Traced::process(&parent, || delivery.subject().to_owned(), id)
+    Traced::process(&parent, || Destination::new(delivery.subject()), id)
 }
 
 /// The channel of a stored message; a subject outside the known channels

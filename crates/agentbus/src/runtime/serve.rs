@@ -13,7 +13,7 @@ use crate::protocol::{Priority, TaskRequest, TaskResponse, TaskStatus};
 use crate::sender::Sender;
 use crate::subject;
 use crate::task_log::{Registered, Registry, RunningTask, Stop, StopReason};
-use crate::telemetry::{Parent, Traced};
+use crate::telemetry::{Destination, Parent, Traced};
 use async_nats::Subject;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
@@ -23,7 +23,7 @@ use std::collections::BinaryHeap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -42,6 +42,8 @@ pub(super) struct Served<A> {
     pub(super) metrics: Option<AgentMetrics>,
     /// The tasks the runtime holds, for cancels and answers.
     pub(super) registry: Arc<Registry>,
+    /// What its handlers' spans are about, made at the first one.
+    pub(super) traced_as: OnceLock<Destination>,
 }
 
 impl<A> Served<A> {
@@ -504,7 +506,10 @@ async fn run_task<A: Agent>(
         .options
         .task_events
         .then(|| request.task_type.clone());
-    let destination = || subject::agent_task(&served.name).to_string();
+    let destination = || {
+        let made = || Destination::new(subject::agent_task(&served.name).as_str());
+        served.traced_as.get_or_init(made).clone()
+    };
     let traced = Traced::process(&parent, destination, task_id.as_str());
     let outcome = execute(&served, request, sender, &held, &traced, started, waited).await;
     // Logged before the answer: whoever gets it finds the log complete.

@@ -20,14 +20,9 @@ impl EntryKey {
         Self(parts)
     }
 
-    /// How many names the key has.
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// The key's last part (for presence: the instance id).
-    pub(crate) fn last_part(&self) -> Option<String> {
-        self.0.last().map(ToString::to_string)
+    /// The names the key is made of.
+    pub(crate) fn parts(&self) -> &[Name] {
+        &self.0
     }
 
     /// The key with its parts joined by `separator`.

@@ -20,6 +20,13 @@
 //!   entirely, so each task also publishes `platform.events.task_completed`:
 //!   a second message per task, which nats-server parses and routes even
 //!   when nobody listens. Reported beside the others, with its own ratios.
+//! - **bare_traced**, with `--trace` only: agent `bench_bare_traced`, bare
+//!   async-nats doing by hand what trace context asks of any NATS client,
+//!   with the same tracer: the requester makes a producer span and sends its
+//!   W3C headers, the agent continues the trace in a consumer span around
+//!   its work, both with the attributes agentbus gives its spans. Headers
+//!   alone cost bare async-nats about a fifth of its throughput here, so
+//!   agentbus with trace on is compared with both bare variants.
 //!
 //! # Method
 //!
@@ -63,6 +70,8 @@ use agentbus_ops::server_binary;
 use anyhow::Context as _;
 use clap::Args;
 use futures::StreamExt;
+use opentelemetry::trace::SpanKind;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -79,6 +88,8 @@ const EVENTS_AGENT: &str = "bench_agent_events";
 /// interleaved; under one name they would share a queue group and each
 /// would answer part of the others' requests.
 const BARE_AGENT: &str = "bench_bare";
+/// The bare agent that continues traces.
+const BARE_TRACED_AGENT: &str = "bench_bare_traced";
 /// The agent the requests come from, with `--identities`.
 const CALLER: &str = "bench_caller";
 pub(super) const TASK_TYPE: &str = "generate_text";
@@ -95,7 +106,8 @@ const SLICE_REQUESTS: usize = 2_000;
 const BARE: usize = 0;
 const AGENTBUS: usize = 1;
 const TASK_EVENTS: usize = 2;
-const VARIANTS: [&str; 3] = ["bare", "agentbus", "agentbus_task_events"];
+const BARE_TRACED: usize = 3;
+const VARIANTS: [&str; 4] = ["bare", "agentbus", "agentbus_task_events", "bare_traced"];
 
 /// Arguments of `agentbus bench request-reply`.
 #[derive(Debug, Args)]
@@ -235,6 +247,9 @@ struct Report {
     agentbus: Figures,
     /// The runtime with default options: a task event per task.
     agentbus_task_events: Figures,
+    /// Bare async-nats continuing traces by hand, with `--trace`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bare_traced: Option<Figures>,
     ratio_throughput: f64,
     ratio_p50: f64,
     /// CPU per request, agentbus/bare (null where /proc does not tell).
@@ -242,6 +257,13 @@ struct Report {
     ratio_throughput_task_events: f64,
     ratio_p50_task_events: f64,
     ratio_cpu_task_events: Option<f64>,
+    /// With `--trace`: agentbus against bare async-nats that traces too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio_throughput_to_bare_traced: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio_p50_to_bare_traced: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio_cpu_to_bare_traced: Option<f64>,
     server_version: String,
     /// Whether the agentbus variants ran with agent identities.
     identities: bool,
@@ -264,6 +286,12 @@ enum Requester {
         client: async_nats::Client,
         subject: async_nats::Subject,
     },
+    /// Bare async-nats sending each request in a producer span, with its
+    /// trace context in the headers.
+    BareTraced {
+        client: async_nats::Client,
+        subject: async_nats::Subject,
+    },
     Agentbus {
         bus: Bus,
         agent: &'static str,
@@ -279,6 +307,25 @@ impl Requester {
                     .request(subject.clone(), request.to_json().into())
                     .await
                     .map_err(|err| err.to_string())?;
+                serde_json::from_slice(&message.payload).map_err(|err| err.to_string())
+            }
+            Self::BareTraced { client, subject } => {
+                use opentelemetry::propagation::TextMapPropagator as _;
+                use opentelemetry::trace::TraceContextExt as _;
+                let cx = traced(
+                    SpanKind::Producer,
+                    subject.as_str(),
+                    request.task_id.as_str(),
+                    &opentelemetry::Context::current(),
+                );
+                let mut headers = Headers(async_nats::HeaderMap::new());
+                TraceContextPropagator::new().inject_context(&cx, &mut headers);
+                let asked = async_nats::Request::new()
+                    .payload(request.to_json().into())
+                    .headers(headers.0);
+                let answer = client.send_request(subject.clone(), asked).await;
+                cx.span().end();
+                let message = answer.map_err(|err| err.to_string())?;
                 serde_json::from_slice(&message.payload).map_err(|err| err.to_string())
             }
             Self::Agentbus { bus, agent } => {
@@ -317,6 +364,10 @@ async fn run(server: &BenchServer, args: &RequestReplyArgs) -> anyhow::Result<Re
         client: bare_client.clone(),
         subject: task_subject.into(),
     };
+    let bare_traced = match args.trace {
+        true => Some(bare_variant(server, BARE_TRACED_AGENT).await?),
+        false => None,
+    };
 
     // agentbus: for each variant, a runtime serving its agent and a bus sending to it.
     // One identity per agent, made once: making it again would change its key.
@@ -343,48 +394,66 @@ async fn run(server: &BenchServer, args: &RequestReplyArgs) -> anyhow::Result<Re
 
     let server_version = bare_client.server_info().version;
     let mut check = Check::default();
-    let requesters = [&bare, &agentbus, &with_events];
-    let measured = measure(args, server.pid(), requesters, &mut check).await;
+    let mut requesters = vec![&bare, &agentbus, &with_events];
+    requesters.extend(bare_traced.as_ref().map(|variant| &variant.requester));
+    let measured = measure(args, server.pid(), &requesters, &mut check).await;
     let answered_by = |runtime: &Runtime, agent: &str| {
         runtime
             .stats(agent)
             .map_or(0, |stats| stats.completed + stats.failed)
     };
-    let answered = [
+    let mut answered = vec![
         bare_answered.load(Ordering::Relaxed),
         answered_by(&runtime, AGENT),
         answered_by(&events_runtime, EVENTS_AGENT),
     ];
+    answered.extend(
+        bare_traced
+            .as_ref()
+            .map(|variant| variant.answered.load(Ordering::Relaxed)),
+    );
 
     bare_serving.abort();
     runtime.shutdown(SHUTDOWN_GRACE).await;
     events_runtime.shutdown(SHUTDOWN_GRACE).await;
     let _ = bare_agent.drain().await;
-    for requester in requesters {
+    if let Some(variant) = &bare_traced {
+        variant.serving.abort();
+        let _ = variant.agent.clone().drain().await;
+    }
+    for requester in &requesters {
         let client = match requester {
-            Requester::Bare { client, .. } => client,
+            Requester::Bare { client, .. } | Requester::BareTraced { client, .. } => client,
             Requester::Agentbus { bus, .. } => bus.client(),
         };
         let _ = client.clone().drain().await;
     }
-    let [bare, agentbus, with_events] = measured?;
-    check.answered_by_own_agent(answered)?;
-    let ratio = |of: Figures, field: fn(&Figures) -> f64| round_to(field(&of) / field(&bare), 3);
-    let cpu_ratio = |of: Figures| {
+    let measured = measured?;
+    let (bare, agentbus, with_events) = (measured[BARE], measured[AGENTBUS], measured[TASK_EVENTS]);
+    let bare_traced = measured.get(BARE_TRACED).copied();
+    check.answered_by_own_agent(&answered)?;
+    let ratio =
+        |of: Figures, to: Figures, field: fn(&Figures) -> f64| round_to(field(&of) / field(&to), 3);
+    let cpu_ratio = |of: Figures, to: Figures| {
         of.cpu_us_per_request
-            .zip(bare.cpu_us_per_request)
-            .map(|(of, bare)| round_to(of / bare, 3))
+            .zip(to.cpu_us_per_request)
+            .map(|(of, to)| round_to(of / to, 3))
     };
     Ok(Report {
-        ratio_throughput: ratio(agentbus, |f| f.throughput_rps),
-        ratio_p50: ratio(agentbus, |f| f.p50_us),
-        ratio_cpu: cpu_ratio(agentbus),
-        ratio_throughput_task_events: ratio(with_events, |f| f.throughput_rps),
-        ratio_p50_task_events: ratio(with_events, |f| f.p50_us),
-        ratio_cpu_task_events: cpu_ratio(with_events),
+        ratio_throughput: ratio(agentbus, bare, |f| f.throughput_rps),
+        ratio_p50: ratio(agentbus, bare, |f| f.p50_us),
+        ratio_cpu: cpu_ratio(agentbus, bare),
+        ratio_throughput_task_events: ratio(with_events, bare, |f| f.throughput_rps),
+        ratio_p50_task_events: ratio(with_events, bare, |f| f.p50_us),
+        ratio_cpu_task_events: cpu_ratio(with_events, bare),
+        ratio_throughput_to_bare_traced: bare_traced
+            .map(|to| ratio(agentbus, to, |f| f.throughput_rps)),
+        ratio_p50_to_bare_traced: bare_traced.map(|to| ratio(agentbus, to, |f| f.p50_us)),
+        ratio_cpu_to_bare_traced: bare_traced.and_then(|to| cpu_ratio(agentbus, to)),
         bare: bare.rounded(),
         agentbus: agentbus.rounded(),
         agentbus_task_events: with_events.rounded(),
+        bare_traced: bare_traced.map(Figures::rounded),
         server_version,
         identities: args.identities,
         metrics: args.metrics,
@@ -394,6 +463,39 @@ async fn run(server: &BenchServer, args: &RequestReplyArgs) -> anyhow::Result<Re
         latency_requests: args.latency_requests,
         in_flight: args.in_flight,
         payload_bytes: args.payload_bytes,
+    })
+}
+
+/// A bare variant besides the first: its agent, serving on its own
+/// connection, and its requester on another.
+struct BareVariant {
+    agent: async_nats::Client,
+    serving: tokio::task::JoinHandle<()>,
+    answered: Arc<AtomicU64>,
+    requester: Requester,
+}
+
+/// The bare variant that continues traces, serving as `agent`.
+async fn bare_variant(server: &BenchServer, agent: &str) -> anyhow::Result<BareVariant> {
+    let subject = subject::agent_task(&Name::parse("agent name", agent)?);
+    let client = server.bare_client(&format!("{agent}-agent")).await?;
+    let subscriber = client
+        .queue_subscribe(subject.clone(), agent.to_owned())
+        .await
+        .with_context(|| format!("cannot subscribe the bare agent {agent}"))?;
+    client.flush().await?;
+    let answered = Arc::new(AtomicU64::new(0));
+    let serving = tokio::spawn(serve_bare(client.clone(), subscriber, answered.clone()));
+    let requesting = server.bare_client(&format!("{agent}-requester")).await?;
+    requesting.flush().await?;
+    Ok(BareVariant {
+        agent: client,
+        serving,
+        answered,
+        requester: Requester::BareTraced {
+            client: requesting,
+            subject: subject.into(),
+        },
     })
 }
 
@@ -420,22 +522,24 @@ async fn agentbus_variant(
 }
 
 /// Warms up every variant, then measures them interleaved; returns the
-/// figures of each, in the order of [`VARIANTS`].
+/// figures of each, in the order of [`VARIANTS`] (the first
+/// `requesters.len()` of them).
 async fn measure(
     args: &RequestReplyArgs,
     server_pid: u32,
-    requesters: [&Requester; 3],
+    requesters: &[&Requester],
     check: &mut Check,
-) -> anyhow::Result<[Figures; 3]> {
+) -> anyhow::Result<Vec<Figures>> {
+    let variants = requesters.len();
     let prompt = prompt_text(args.payload_bytes as usize);
     let requests = args.requests as usize;
     let latency_requests = args.latency_requests as usize;
     let in_flight = args.in_flight as usize;
     let warmup_in_flight = args.warmup_requests as usize;
     let warmup = WARMUP_SEQUENTIAL + warmup_in_flight;
-    let progress = progress_bar((VARIANTS.len() * (warmup + latency_requests + requests)) as u64);
+    let progress = progress_bar((variants * (warmup + latency_requests + requests)) as u64);
 
-    for (variant, requester) in requesters.into_iter().enumerate() {
+    for (variant, &requester) in requesters.iter().enumerate() {
         progress.set_message(format!("warming up {}", VARIANTS[variant]));
         for request in &tasks(&prompt, WARMUP_SEQUENTIAL) {
             let outcome = requester.send(request).await;
@@ -449,26 +553,26 @@ async fn measure(
 
     // Latency: one request at a time, taking turns between the variants.
     progress.set_message("latency, one at a time");
-    let batch = tasks(&prompt, VARIANTS.len() * latency_requests);
-    let mut times = VARIANTS.map(|_| Vec::with_capacity(latency_requests));
-    for (index, round) in batch.chunks(VARIANTS.len()).enumerate() {
-        for (variant, request) in turn(index).into_iter().zip(round) {
+    let batch = tasks(&prompt, variants * latency_requests);
+    let mut times = vec![Vec::with_capacity(latency_requests); variants];
+    for (index, round) in batch.chunks(variants).enumerate() {
+        for (variant, request) in turn(index, variants).zip(round) {
             let started = Instant::now();
             let outcome = requesters[variant].send(request).await;
             times[variant].push(started.elapsed());
             check.record(variant, request, outcome);
         }
-        progress.inc(VARIANTS.len() as u64);
+        progress.inc(variants as u64);
     }
     check.verdict()?;
 
     // Throughput: slices of requests, alternating between the variants.
     progress.set_message(format!("throughput, {in_flight} in flight"));
-    let mut busy = [Duration::ZERO; 3];
+    let mut busy = vec![Duration::ZERO; variants];
     // (this process, nats-server) per variant.
-    let mut cpu = [Some((Duration::ZERO, Duration::ZERO)); 3];
+    let mut cpu = vec![Some((Duration::ZERO, Duration::ZERO)); variants];
     for (index, size) in slices(requests, SLICE_REQUESTS).enumerate() {
-        for variant in turn(index) {
+        for variant in turn(index, variants) {
             let batch = tasks(&prompt, size);
             let cpu_before = cpu_split(server_pid);
             busy[variant] +=
@@ -486,27 +590,27 @@ async fn measure(
     }
     progress.finish_and_clear();
 
-    Ok([BARE, AGENTBUS, TASK_EVENTS].map(|variant| {
-        let times = &mut times[variant];
-        times.sort_unstable();
-        Figures {
-            throughput_rps: requests as f64 / busy[variant].as_secs_f64(),
-            p50_us: micros(percentile(times, 0.50)),
-            p99_us: micros(percentile(times, 0.99)),
-            cpu_us_per_request: cpu[variant]
-                .map(|(client, server)| micros(client + server) / requests as f64),
-            server_cpu_us_per_request: cpu[variant]
-                .map(|(_, server)| micros(server) / requests as f64),
-        }
-    }))
+    Ok((0..variants)
+        .map(|variant| {
+            let times = &mut times[variant];
+            times.sort_unstable();
+            Figures {
+                throughput_rps: requests as f64 / busy[variant].as_secs_f64(),
+                p50_us: micros(percentile(times, 0.50)),
+                p99_us: micros(percentile(times, 0.99)),
+                cpu_us_per_request: cpu[variant]
+                    .map(|(client, server)| micros(client + server) / requests as f64),
+                server_cpu_us_per_request: cpu[variant]
+                    .map(|(_, server)| micros(server) / requests as f64),
+            }
+        })
+        .collect())
 }
 
-/// The order of the variants in turn `index`: each goes first, second and
-/// third in turn, so that none always follows the same one.
-fn turn(index: usize) -> [usize; 3] {
-    let mut order = [BARE, AGENTBUS, TASK_EVENTS];
-    order.rotate_left(index % 3);
-    order
+/// The order of `variants` variants in turn `index`: each goes first,
+/// second, third... in turn, so that none always follows the same one.
+fn turn(index: usize, variants: usize) -> impl Iterator<Item = usize> {
+    (0..variants).map(move |place| (index + place) % variants)
 }
 
 /// `total` cut into slices of `size` (the last one may be shorter).
@@ -537,8 +641,8 @@ async fn concurrent(
 /// Counts answers that are not what the agent must answer.
 #[derive(Debug, Default)]
 struct Check {
-    sent: [u64; 3],
-    wrong: [usize; 3],
+    sent: [u64; VARIANTS.len()],
+    wrong: [usize; VARIANTS.len()],
     first: Option<String>,
 }
 
@@ -565,25 +669,33 @@ impl Check {
     fn verdict(&self) -> anyhow::Result<()> {
         match &self.first {
             None => Ok(()),
-            Some(first) => anyhow::bail!(
-                "{} bare, {} agentbus and {} agentbus_task_events request(s) got a wrong or no answer, so the figures would be meaningless; the first: {first}",
-                self.wrong[BARE],
-                self.wrong[AGENTBUS],
-                self.wrong[TASK_EVENTS],
-            ),
+            Some(first) => {
+                // The variants that ran.
+                let wrong: Vec<String> = VARIANTS
+                    .iter()
+                    .zip(self.wrong)
+                    .zip(self.sent)
+                    .filter(|(_, sent)| *sent > 0)
+                    .map(|((variant, wrong), _)| format!("{variant} {wrong}"))
+                    .collect();
+                anyhow::bail!(
+                    "requests that got a wrong or no answer ({}), so the figures would be meaningless; the first: {first}",
+                    wrong.join(", ")
+                )
+            }
         }
     }
 
     /// Fails unless each variant's agent answered exactly the requests sent
     /// to it: right answers from the wrong agent measure the wrong thing.
-    fn answered_by_own_agent(&self, answered: [u64; 3]) -> anyhow::Result<()> {
-        if answered == self.sent {
+    fn answered_by_own_agent(&self, answered: &[u64]) -> anyhow::Result<()> {
+        let sent = &self.sent[..answered.len()];
+        if answered == sent {
             return Ok(());
         }
         anyhow::bail!(
-            "the agents answered {answered:?} requests ({}), but {:?} were sent to them; something else serves their subjects, so the figures would be meaningless",
-            VARIANTS.join(", "),
-            self.sent,
+            "the agents answered {answered:?} requests ({}), but {sent:?} were sent to them; something else serves their subjects, so the figures would be meaningless",
+            VARIANTS[..answered.len()].join(", "),
         )
     }
 }
@@ -660,26 +772,108 @@ impl Agent for BenchAgent {
     }
 }
 
-/// The bare agent: parse, answer, next.
+/// The bare agent: parse, answer, next. A request with trace context is
+/// answered in a consumer span continuing it, as any traced NATS service
+/// would.
 pub(super) async fn serve_bare(
     client: async_nats::Client,
     mut subscriber: async_nats::Subscriber,
     answered: Arc<AtomicU64>,
 ) {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
     while let Some(message) = subscriber.next().await {
         let Some(reply) = message.reply else { continue };
-        let response = match serde_json::from_slice::<TaskRequest>(&message.payload) {
-            Ok(request) => TaskResponse::completed(request.task_id, echo(&request.payload)),
-            Err(err) => TaskResponse::error("", TaskStatus::Rejected, err.to_string()),
+        let parent = message
+            .headers
+            .as_ref()
+            .filter(|headers| headers.get(TRACEPARENT).is_some())
+            .map(|headers| TraceContextPropagator::new().extract(&HeadersRead(headers)));
+        let (response, span) = match serde_json::from_slice::<TaskRequest>(&message.payload) {
+            Ok(request) => {
+                let span = parent.map(|parent| {
+                    traced(
+                        SpanKind::Consumer,
+                        message.subject.as_str(),
+                        request.task_id.as_str(),
+                        &parent,
+                    )
+                });
+                let response = TaskResponse::completed(request.task_id, echo(&request.payload));
+                (response, span)
+            }
+            Err(err) => (
+                TaskResponse::error("", TaskStatus::Rejected, err.to_string()),
+                None,
+            ),
         };
         answered.fetch_add(1, Ordering::Relaxed);
-        if client
-            .publish(reply, response.to_json().into())
-            .await
-            .is_err()
-        {
+        let sent = client.publish(reply, response.to_json().into()).await;
+        if let Some(span) = span {
+            span.span().end();
+        }
+        if sent.is_err() {
             break;
         }
+    }
+}
+
+const TRACEPARENT: &str = "traceparent";
+
+/// A span for the bare variant, made as agentbus makes its own: `send
+/// <subject>` (a producer) or `process <subject>` (a consumer) with the
+/// messaging attributes, child of `parent`.
+fn traced(
+    kind: SpanKind,
+    subject: &str,
+    task_id: &str,
+    parent: &opentelemetry::Context,
+) -> opentelemetry::Context {
+    use opentelemetry::KeyValue;
+    use opentelemetry::trace::{TraceContextExt as _, Tracer as _};
+    static TRACER: std::sync::OnceLock<opentelemetry::global::BoxedTracer> =
+        std::sync::OnceLock::new();
+    let tracer = TRACER.get_or_init(|| opentelemetry::global::tracer("bench"));
+    let operation = match kind {
+        SpanKind::Consumer => "process",
+        _ => "send",
+    };
+    let attributes = vec![
+        KeyValue::new("messaging.system", "nats"),
+        KeyValue::new("messaging.destination.name", subject.to_owned()),
+        KeyValue::new("messaging.operation.name", operation),
+        KeyValue::new("messaging.operation.type", operation),
+        KeyValue::new("messaging.message.id", task_id.to_owned()),
+    ];
+    let span = tracer
+        .span_builder(format!("{operation} {subject}"))
+        .with_kind(kind)
+        .with_attributes(attributes)
+        .start_with_context(tracer, parent);
+    parent.with_span(span)
+}
+
+/// Trace context written into a message's headers.
+struct Headers(async_nats::HeaderMap);
+
+impl opentelemetry::propagation::Injector for Headers {
+    fn set(&mut self, key: &str, value: String) {
+        if !value.is_empty() {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+/// Trace context read from a message's headers.
+struct HeadersRead<'a>(&'a async_nats::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeadersRead<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|value| value.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_ref()).collect()
     }
 }
 
@@ -724,7 +918,8 @@ fn print_table(report: &Report) -> anyhow::Result<()> {
         "CPU per request (us)",
         "of which nats-server (us)",
     ]);
-    let variants = [report.bare, report.agentbus, report.agentbus_task_events];
+    let mut variants = vec![report.bare, report.agentbus, report.agentbus_task_events];
+    variants.extend(report.bare_traced);
     for (name, figures) in VARIANTS.into_iter().zip(variants) {
         table.row(vec![
             name.to_owned(),
@@ -737,11 +932,11 @@ fn print_table(report: &Report) -> anyhow::Result<()> {
     }
     // Throughput, p50 and CPU ratios as the report has them (from unrounded
     // figures), so the table and the lines below agree.
-    let bare = report.bare;
-    for (name, figures, throughput, p50, cpu) in [
+    let mut ratios = vec![
         (
             "agentbus/bare",
             report.agentbus,
+            report.bare,
             report.ratio_throughput,
             report.ratio_p50,
             report.ratio_cpu,
@@ -749,11 +944,27 @@ fn print_table(report: &Report) -> anyhow::Result<()> {
         (
             "agentbus_task_events/bare",
             report.agentbus_task_events,
+            report.bare,
             report.ratio_throughput_task_events,
             report.ratio_p50_task_events,
             report.ratio_cpu_task_events,
         ),
-    ] {
+    ];
+    if let (Some(to), Some(throughput), Some(p50)) = (
+        report.bare_traced,
+        report.ratio_throughput_to_bare_traced,
+        report.ratio_p50_to_bare_traced,
+    ) {
+        ratios.push((
+            "agentbus/bare_traced",
+            report.agentbus,
+            to,
+            throughput,
+            p50,
+            report.ratio_cpu_to_bare_traced,
+        ));
+    }
+    for (name, figures, bare, throughput, p50, cpu) in ratios {
         let server_cpu = figures
             .server_cpu_us_per_request
             .zip(bare.server_cpu_us_per_request)
@@ -793,6 +1004,12 @@ fn print_table(report: &Report) -> anyhow::Result<()> {
         report.ratio_throughput_task_events,
         report.ratio_p50_task_events,
     )?;
+    if let Some(ratio) = report.ratio_throughput_to_bare_traced {
+        outln!(
+            "against bare async-nats that traces too: throughput ratio {ratio:.3}: {}",
+            standing(ratio >= 0.95, ratio >= 0.90, ">= 0.95", ">= 0.90")
+        )?;
+    }
     Ok(())
 }
 
@@ -841,7 +1058,7 @@ mod tests {
         let err = check.verdict().unwrap_err().to_string();
         assert!(
             err.starts_with(
-                "1 bare, 1 agentbus and 0 agentbus_task_events request(s) got a wrong or no answer"
+                "requests that got a wrong or no answer (bare 1, agentbus 1), so the figures"
             ),
             "{err}"
         );
@@ -851,9 +1068,9 @@ mod tests {
         );
         assert!(err.ends_with(&first), "{err}");
 
-        assert!(check.answered_by_own_agent([2, 1, 0]).is_ok());
+        assert!(check.answered_by_own_agent(&[2, 1, 0]).is_ok());
         let misrouted = check
-            .answered_by_own_agent([3, 0, 0])
+            .answered_by_own_agent(&[3, 0, 0])
             .unwrap_err()
             .to_string();
         assert!(
@@ -866,10 +1083,12 @@ mod tests {
 
     #[test]
     fn turns_alternate_and_slices_cover_the_total() {
-        assert_eq!(turn(0), [BARE, AGENTBUS, TASK_EVENTS]);
-        assert_eq!(turn(1), [AGENTBUS, TASK_EVENTS, BARE]);
-        assert_eq!(turn(2), [TASK_EVENTS, BARE, AGENTBUS]);
-        assert_eq!(turn(3), turn(0));
+        let turn = |index, variants| turn(index, variants).collect::<Vec<_>>();
+        assert_eq!(turn(0, 3), [BARE, AGENTBUS, TASK_EVENTS]);
+        assert_eq!(turn(1, 3), [AGENTBUS, TASK_EVENTS, BARE]);
+        assert_eq!(turn(2, 3), [TASK_EVENTS, BARE, AGENTBUS]);
+        assert_eq!(turn(3, 3), turn(0, 3));
+        assert_eq!(turn(1, 4), [AGENTBUS, TASK_EVENTS, BARE_TRACED, BARE]);
         assert_eq!(
             slices(5_000, 2_000).collect::<Vec<_>>(),
             [2_000, 2_000, 1_000]
