@@ -187,16 +187,6 @@ impl Traced {
         Some(headers.0)
     }
 
-    /// Its `traceparent` (and `tracestate`, when there is one) as name and
-    /// value pairs; empty when off.
-    pub(crate) fn header_pairs(&self) -> Vec<(&'static str, String)> {
-        let mut pairs = Pairs(Vec::new());
-        if let Some(cx) = &self.0 {
-            TraceContextPropagator::new().inject_context(cx, &mut pairs);
-        }
-        pairs.0
-    }
-
     /// Marks the span failed, with `error` as its description.
     pub(crate) fn failed(&self, error: &str) {
         if let Some(cx) = &self.0 {
@@ -271,42 +261,22 @@ impl Extractor for Values<'_> {
     }
 }
 
-/// The W3C headers written, by their names; an empty `tracestate` (the
-/// usual case) is left out, as the W3C format allows.
-struct Pairs(Vec<(&'static str, String)>);
-
-impl Injector for Pairs {
-    fn set(&mut self, key: &str, value: String) {
-        if let Some(name) = header_name(key, &value) {
-            self.0.push((name, value));
-        }
-    }
-}
-
-/// The W3C headers written into a message's header map, as [`Pairs`].
+/// The W3C headers written into a message's header map; an empty
+/// `tracestate` (the usual case) is left out, as the W3C format allows.
 struct Headers(HeaderMap);
 
 impl Injector for Headers {
     fn set(&mut self, key: &str, value: String) {
         const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
         const TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
-        match header_name(key, &value) {
-            Some(TRACEPARENT) => self.0.insert(TRACEPARENT_NAME, value),
-            Some(_) => self.0.insert(TRACESTATE_NAME, value),
-            None => {}
-        }
+        let name = match key {
+            _ if value.is_empty() => return,
+            TRACEPARENT => TRACEPARENT_NAME,
+            TRACESTATE => TRACESTATE_NAME,
+            _ => return,
+        };
+        self.0.insert(name, value);
     }
-}
-
-/// The header `key` is written under, when it is one of the W3C ones and
-/// has a value.
-fn header_name(key: &str, value: &str) -> Option<&'static str> {
-    if value.is_empty() {
-        return None;
-    }
-    [TRACEPARENT, TRACESTATE]
-        .into_iter()
-        .find(|name| *name == key)
 }
 
 #[cfg(test)]
@@ -316,18 +286,13 @@ mod tests {
     #[test]
     fn only_w3c_headers_with_a_value_are_written() {
         const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let mut pairs = Pairs(Vec::new());
-        pairs.set(TRACEPARENT, PARENT.to_owned());
-        pairs.set(TRACESTATE, String::new());
-        pairs.set("baggage", "k=v".to_owned());
-        assert_eq!(pairs.0, [(TRACEPARENT, PARENT.to_owned())]);
-
         let mut headers = Headers(HeaderMap::new());
         headers.set(TRACEPARENT, PARENT.to_owned());
         headers.set(TRACESTATE, String::new());
-        assert_eq!(headers.0.len(), 1);
-        headers.set(TRACESTATE, "vendor=1".to_owned());
         headers.set("baggage", "k=v".to_owned());
+        assert_eq!(headers.0.len(), 1);
+        assert_eq!(headers.0.get(TRACEPARENT).unwrap().as_str(), PARENT);
+        headers.set(TRACESTATE, "vendor=1".to_owned());
         assert_eq!(headers.0.len(), 2);
         assert_eq!(headers.0.get(TRACEPARENT).unwrap().as_str(), PARENT);
         assert_eq!(headers.0.get(TRACESTATE).unwrap().as_str(), "vendor=1");

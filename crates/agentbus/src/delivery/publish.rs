@@ -391,15 +391,16 @@ pub(crate) async fn store(
         });
     }
     let size = body.len();
-    let mut publish = Publish::build().payload(body.into()).message_id(message_id);
-    for &(name, value) in headers {
-        publish = publish.header(name, value);
-    }
     // One span for the store, however often it is tried; the headers are
     // stored with the message, so every delivery of it is in this trace.
     let traced = Traced::produce("publish", subject, Some(message_id));
-    for (name, value) in traced.header_pairs() {
-        publish = publish.header(name, value.as_str());
+    let mut publish = Publish::build().payload(body.into());
+    if let Some(trace) = traced.headers() {
+        publish = publish.headers(trace);
+    }
+    publish = publish.message_id(message_id);
+    for &(name, value) in headers {
+        publish = publish.header(name, value);
     }
     let js = bus.jetstream();
     // "No responders" is what a stream without a leader answers, and also

@@ -285,12 +285,9 @@ enum Requester {
     Bare {
         client: async_nats::Client,
         subject: async_nats::Subject,
-    },
-    /// Bare async-nats sending each request in a producer span, with its
-    /// trace context in the headers.
-    BareTraced {
-        client: async_nats::Client,
-        subject: async_nats::Subject,
+        /// Each request sent in a producer span, with its trace context in
+        /// the headers.
+        traced: bool,
     },
     Agentbus {
         bus: Bus,
@@ -302,14 +299,22 @@ impl Requester {
     /// Sends one task and returns its response, or why there is none.
     async fn send(&self, request: &TaskRequest) -> Result<TaskResponse, String> {
         match self {
-            Self::Bare { client, subject } => {
+            Self::Bare {
+                client,
+                subject,
+                traced: false,
+            } => {
                 let message = client
                     .request(subject.clone(), request.to_json().into())
                     .await
                     .map_err(|err| err.to_string())?;
                 serde_json::from_slice(&message.payload).map_err(|err| err.to_string())
             }
-            Self::BareTraced { client, subject } => {
+            Self::Bare {
+                client,
+                subject,
+                traced: true,
+            } => {
                 use opentelemetry::propagation::TextMapPropagator as _;
                 use opentelemetry::trace::TraceContextExt as _;
                 let cx = traced(
@@ -342,30 +347,9 @@ impl Requester {
 }
 
 async fn run(server: &BenchServer, args: &RequestReplyArgs) -> anyhow::Result<Report> {
-    let task_subject = subject::agent_task(&Name::parse("agent name", BARE_AGENT)?);
-
-    // Bare: an answering connection and a requesting one.
-    let bare_agent = server.bare_client("bench-bare-agent").await?;
-    let subscriber = bare_agent
-        .queue_subscribe(task_subject.clone(), BARE_AGENT.to_owned())
-        .await
-        .context("cannot subscribe the bare agent")?;
-    // The server has taken the subscription once it answers a ping.
-    bare_agent.flush().await?;
-    let bare_answered = Arc::new(AtomicU64::new(0));
-    let bare_serving = tokio::spawn(serve_bare(
-        bare_agent.clone(),
-        subscriber,
-        bare_answered.clone(),
-    ));
-    let bare_client = server.bare_client("bench-bare-requester").await?;
-    bare_client.flush().await?;
-    let bare = Requester::Bare {
-        client: bare_client.clone(),
-        subject: task_subject.into(),
-    };
+    let bare = bare_variant(server, BARE_AGENT, false).await?;
     let bare_traced = match args.trace {
-        true => Some(bare_variant(server, BARE_TRACED_AGENT).await?),
+        true => Some(bare_variant(server, BARE_TRACED_AGENT, true).await?),
         false => None,
     };
 
@@ -392,9 +376,9 @@ async fn run(server: &BenchServer, args: &RequestReplyArgs) -> anyhow::Result<Re
     )
     .await?;
 
-    let server_version = bare_client.server_info().version;
+    let server_version = bare.agent.server_info().version;
     let mut check = Check::default();
-    let mut requesters = vec![&bare, &agentbus, &with_events];
+    let mut requesters = vec![&bare.requester, &agentbus, &with_events];
     requesters.extend(bare_traced.as_ref().map(|variant| &variant.requester));
     let measured = measure(args, server.pid(), &requesters, &mut check).await;
     let answered_by = |runtime: &Runtime, agent: &str| {
@@ -403,7 +387,7 @@ async fn run(server: &BenchServer, args: &RequestReplyArgs) -> anyhow::Result<Re
             .map_or(0, |stats| stats.completed + stats.failed)
     };
     let mut answered = vec![
-        bare_answered.load(Ordering::Relaxed),
+        bare.answered.load(Ordering::Relaxed),
         answered_by(&runtime, AGENT),
         answered_by(&events_runtime, EVENTS_AGENT),
     ];
@@ -413,17 +397,15 @@ async fn run(server: &BenchServer, args: &RequestReplyArgs) -> anyhow::Result<Re
             .map(|variant| variant.answered.load(Ordering::Relaxed)),
     );
 
-    bare_serving.abort();
     runtime.shutdown(SHUTDOWN_GRACE).await;
     events_runtime.shutdown(SHUTDOWN_GRACE).await;
-    let _ = bare_agent.drain().await;
-    if let Some(variant) = &bare_traced {
+    for variant in std::iter::once(&bare).chain(&bare_traced) {
         variant.serving.abort();
         let _ = variant.agent.clone().drain().await;
     }
     for requester in &requesters {
         let client = match requester {
-            Requester::Bare { client, .. } | Requester::BareTraced { client, .. } => client,
+            Requester::Bare { client, .. } => client,
             Requester::Agentbus { bus, .. } => bus.client(),
         };
         let _ = client.clone().drain().await;
@@ -466,8 +448,8 @@ async fn run(server: &BenchServer, args: &RequestReplyArgs) -> anyhow::Result<Re
     })
 }
 
-/// A bare variant besides the first: its agent, serving on its own
-/// connection, and its requester on another.
+/// A bare variant: its agent, serving on its own connection, and its
+/// requester on another.
 struct BareVariant {
     agent: async_nats::Client,
     serving: tokio::task::JoinHandle<()>,
@@ -475,26 +457,36 @@ struct BareVariant {
     requester: Requester,
 }
 
-/// The bare variant that continues traces, serving as `agent`.
-async fn bare_variant(server: &BenchServer, agent: &str) -> anyhow::Result<BareVariant> {
+/// The bare variant serving as `agent`, tracing its requests or not.
+async fn bare_variant(
+    server: &BenchServer,
+    agent: &str,
+    traced: bool,
+) -> anyhow::Result<BareVariant> {
     let subject = subject::agent_task(&Name::parse("agent name", agent)?);
-    let client = server.bare_client(&format!("{agent}-agent")).await?;
+    // Connections named `bench-bare-agent`, `bench-bare-requester`, ...
+    let connection = agent.replace('_', "-");
+    let client = server.bare_client(&format!("{connection}-agent")).await?;
     let subscriber = client
         .queue_subscribe(subject.clone(), agent.to_owned())
         .await
         .with_context(|| format!("cannot subscribe the bare agent {agent}"))?;
+    // The server has taken the subscription once it answers a ping.
     client.flush().await?;
     let answered = Arc::new(AtomicU64::new(0));
     let serving = tokio::spawn(serve_bare(client.clone(), subscriber, answered.clone()));
-    let requesting = server.bare_client(&format!("{agent}-requester")).await?;
+    let requesting = server
+        .bare_client(&format!("{connection}-requester"))
+        .await?;
     requesting.flush().await?;
     Ok(BareVariant {
         agent: client,
         serving,
         answered,
-        requester: Requester::BareTraced {
+        requester: Requester::Bare {
             client: requesting,
             subject: subject.into(),
+            traced,
         },
     })
 }
