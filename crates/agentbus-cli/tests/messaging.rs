@@ -1503,6 +1503,77 @@ async fn dlq_lists_poison_tasks_and_replays_each_onto_its_queue_once() {
     assert_eq!(out.status.code(), Some(2), "{out:#?}");
 }
 
+/// A dead letter keeps the trace context its task was stored with, and a
+/// replay by a process that does not trace (this CLI without an OTLP
+/// endpoint) stores the task again with it as it was: the run after the
+/// replay stays in the task's trace.
+#[tokio::test]
+async fn a_replayed_dead_letter_keeps_its_trace_context() {
+    const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let server = NatsServer::start().await;
+    let probe = Probe::new("digester");
+    let options = AgentOptions {
+        delivery: DeliveryOptions {
+            max_deliver: 1,
+            ..fast().delivery
+        },
+        ..fast()
+    };
+    let runtime = serve(&server, &probe, options).await;
+    let task = TaskRequest::new("poison", json!({"food": "glass"}));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("traceparent", PARENT);
+    headers.insert("tracestate", "vendor=1");
+    let js = server.jetstream().await;
+    js.publish_with_headers("tasks.digester", headers, task.to_json().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let id = task.task_id.to_string();
+    let deadline = Instant::now() + WAIT;
+    let letter = loop {
+        let out = cli(&server, &["dlq", "list", "--json"]).await;
+        out.assert_success();
+        let json = out.json();
+        let found = json["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|letter| letter["task_id"] == id.as_str())
+            .cloned();
+        if let Some(letter) = found {
+            break letter;
+        }
+        assert!(Instant::now() < deadline, "no dead letter: {json:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(letter["traceparent"], PARENT, "{letter}");
+    assert_eq!(letter["tracestate"], "vendor=1", "{letter}");
+
+    runtime.shutdown(Duration::from_secs(1)).await;
+    cli(&server, &["dlq", "replay", &id]).await.assert_success();
+    let stored = js
+        .get_stream("agent-tasks")
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject("tasks.digester")
+        .await
+        .unwrap();
+    let header = |name| {
+        stored
+            .headers
+            .get(name)
+            .map(|value| value.as_str().to_owned())
+    };
+    assert_eq!(
+        header("Nats-Msg-Id"),
+        Some(format!("replay-{}", letter["sequence"]))
+    );
+    assert_eq!(header("traceparent").as_deref(), Some(PARENT));
+    assert_eq!(header("tracestate").as_deref(), Some("vendor=1"));
+}
 #[tokio::test]
 async fn submit_wait_gives_up_after_its_timeout_with_one_line() {
     let server = NatsServer::start().await;

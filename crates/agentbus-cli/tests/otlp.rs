@@ -218,6 +218,26 @@ async fn spans_go_to_the_otlp_endpoint_and_mcp_meta_continues_a_trace() {
             ],
         )
         .await;
+    // A `tracestate` no header may hold (a line end in it): the call is
+    // served all the same, without it.
+    let answer = call(
+        3,
+        "tools/call",
+        json!({
+            "name": "request_task",
+            "arguments": {
+                "agent": "llm_agent",
+                "task_type": "generate_text",
+                "payload": {"prompt": "traced again", "max_tokens": 5}
+            },
+            "_meta": {"traceparent": traceparent, "tracestate": "vendor=1\r\nx-forged: 1"}
+        }),
+    )
+    .await;
+    assert!(
+        answer["result"]["isError"] != true,
+        "the tool call failed: {answer}"
+    );
     bridge.kill().await.unwrap();
     assert!(up.terminate().await.success());
 }

@@ -75,6 +75,42 @@ pub async fn continue_trace<F: Future>(
     }
 }
 
+/// The trace context to store a message with on behalf of an earlier one
+/// (a dead letter replayed), as header names and values: none when this
+/// process traces, since its own span, a child of `traceparent`
+/// ([`continue_trace`]), carries the trace on; else the values as they
+/// were, so that the trace goes on all the same. Only valid W3C trace
+/// context is passed on: the values come from a stored letter, which
+/// anything may have written.
+pub(crate) fn passed_on(
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    if is_enabled() {
+        return Vec::new();
+    }
+    let Some(traceparent) = traceparent.map(str::trim) else {
+        return Vec::new();
+    };
+    let values = Values {
+        traceparent,
+        tracestate,
+    };
+    let cx = TraceContextPropagator::new().extract(&values);
+    let span = cx.span();
+    let context = span.span_context();
+    if !context.is_valid() {
+        return Vec::new();
+    }
+    let mut passed = vec![(TRACEPARENT, traceparent.to_owned())];
+    // Its entries as the propagator read them.
+    let state = context.trace_state().header();
+    if !state.is_empty() && printable(&state) {
+        passed.push((TRACESTATE, state));
+    }
+    passed
+}
+
 /// The trace context a message came with; empty when tracing is off or it
 /// came with none.
 #[derive(Clone, Default)]
@@ -261,8 +297,16 @@ impl Extractor for Values<'_> {
     }
 }
 
+/// Whether `value` is printable ASCII, as W3C trace context is: the
+/// propagator lets a `tracestate` with line ends through (from a caller's
+/// MCP `_meta`, say), which no header may hold.
+fn printable(value: &str) -> bool {
+    value.bytes().all(|byte| (b' '..=b'~').contains(&byte))
+}
+
 /// The W3C headers written into a message's header map; an empty
-/// `tracestate` (the usual case) is left out, as the W3C format allows.
+/// `tracestate` (the usual case) is left out, as the W3C format allows, and
+/// so is one that is not [`printable`].
 struct Headers(HeaderMap);
 
 impl Injector for Headers {
@@ -270,7 +314,7 @@ impl Injector for Headers {
         const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
         const TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
         let name = match key {
-            _ if value.is_empty() => return,
+            _ if value.is_empty() || !printable(&value) => return,
             TRACEPARENT => TRACEPARENT_NAME,
             TRACESTATE => TRACESTATE_NAME,
             _ => return,
@@ -292,10 +336,40 @@ mod tests {
         headers.set("baggage", "k=v".to_owned());
         assert_eq!(headers.0.len(), 1);
         assert_eq!(headers.0.get(TRACEPARENT).unwrap().as_str(), PARENT);
+        headers.set(TRACESTATE, "vendor=1\r\nx-forged: 1".to_owned());
+        assert_eq!(headers.0.len(), 1);
         headers.set(TRACESTATE, "vendor=1".to_owned());
         assert_eq!(headers.0.len(), 2);
         assert_eq!(headers.0.get(TRACEPARENT).unwrap().as_str(), PARENT);
         assert_eq!(headers.0.get(TRACESTATE).unwrap().as_str(), "vendor=1");
+    }
+
+    #[test]
+    fn only_valid_trace_context_is_passed_on() {
+        const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        // No test in this crate's unit tests turns tracing on.
+        assert!(!is_enabled());
+        assert_eq!(
+            passed_on(Some(PARENT), Some("vendor=1")),
+            [
+                (TRACEPARENT, PARENT.to_owned()),
+                (TRACESTATE, "vendor=1".to_owned())
+            ]
+        );
+        assert_eq!(
+            passed_on(Some(PARENT), None),
+            [(TRACEPARENT, PARENT.to_owned())]
+        );
+        // What could not go in a header, or is not trace context at all.
+        let broken = format!("{PARENT}\r\nx-forged: 1");
+        assert!(passed_on(Some(&broken), None).is_empty());
+        assert!(passed_on(Some("not a traceparent"), Some("vendor=1")).is_empty());
+        assert!(passed_on(None, Some("vendor=1")).is_empty());
+        // A trailing line end is trimmed; a broken tracestate is left out.
+        assert_eq!(
+            passed_on(Some(&format!("{PARENT}\r\n")), Some("vendor=1\r\nx: 1")),
+            [(TRACEPARENT, PARENT.to_owned())]
+        );
     }
 }
 

@@ -1432,6 +1432,8 @@ async fn forged_dead_letters_are_not_replayed() {
         reason: "forged".to_owned(),
         dead_lettered_at: "2026-11-30T00:00:00Z".to_owned(),
         original_sequence: 1,
+        traceparent: None,
+        tracestate: None,
     };
     let own = TaskRequest::new("echo", json!({ "own": true }));
     let forged = [

@@ -1,8 +1,9 @@
 //! Trace context across agents on a real nats-server: a caller's span →
 //! orchestrator → llm → a queued sub-task retried once, each agent in a
 //! runtime of its own on its own connection (so only the W3C headers on
-//! the wire carry the context), all in one trace with the right parents,
-//! collected by an in-process span exporter.
+//! the wire carry the context), all in one trace with the right parents;
+//! then a dead letter replayed, back in the trace it was first queued in.
+//! Spans are collected by an in-process span exporter.
 
 use agentbus::delivery::{DeliveryOptions, Queue};
 use agentbus::{
@@ -15,7 +16,7 @@ use opentelemetry::{Context, KeyValue, global};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use serde_json::{Value, json};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -75,10 +76,12 @@ impl Agent for Llm {
     }
 }
 
-/// Fails its first attempt (retryable), then completes.
+/// `index` fails its first attempt (retryable), then completes; `fragile`
+/// is refused for good (a dead letter) until `healthy` is set.
 #[derive(Default)]
 struct Worker {
     attempts: AtomicU32,
+    healthy: Arc<AtomicBool>,
 }
 
 impl Agent for Worker {
@@ -87,10 +90,18 @@ impl Agent for Worker {
     }
 
     fn task_types(&self) -> Vec<TaskTypeSpec> {
-        vec![TaskTypeSpec::new("index").unwrap()]
+        ["index", "fragile"]
+            .map(|t| TaskTypeSpec::new(t).unwrap())
+            .to_vec()
     }
 
-    async fn handle(&self, _task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
+    async fn handle(&self, task: TaskRequest, _ctx: TaskContext) -> Result<Value, TaskError> {
+        if task.task_type == "fragile" {
+            return match self.healthy.load(Ordering::SeqCst) {
+                true => Ok(json!({ "recovered": true })),
+                false => Err(TaskError::permanent("the disk is full")),
+            };
+        }
         if self.attempts.fetch_add(1, Ordering::SeqCst) == 0 {
             return Err(TaskError::failed("the index is locked"));
         }
@@ -134,10 +145,12 @@ async fn one_trace_across_agents_request_reply_and_a_retried_queued_task() {
     agentbus::telemetry::enable();
 
     let server = NatsServer::start().await;
+    let worker = Worker::default();
+    let healthy = worker.healthy.clone();
     let runtimes = vec![
         serve(&server, Orchestrator).await,
         serve(&server, Llm).await,
-        serve(&server, Worker::default()).await,
+        serve(&server, worker).await,
     ];
     let caller = Bus::from_client(server.connect().await);
     // What starting them published (each a trace of its own) is not this test's.
@@ -247,6 +260,87 @@ async fn one_trace_across_agents_request_reply_and_a_retried_queued_task() {
         )),
         "{:?}",
         process_orch.attributes
+    );
+
+    // A task dead-lettered, then replayed by a client outside any trace of
+    // its own: the replay is one more attempt, in the trace it was queued in.
+    let root = tracer.start("caller-fragile");
+    let fragile_context = root.span_context().clone();
+    let fragile = TaskRequest::new("fragile", json!({}));
+    {
+        use opentelemetry::context::FutureExt as _;
+        caller
+            .submit(&Queue::agent("worker-t").unwrap(), &fragile)
+            .with_context(Context::current_with_span(root))
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, letters) = caller.recent_dead_letters(10).await.unwrap();
+        let id = fragile.task_id.as_str();
+        if let Some(entry) = letters
+            .iter()
+            .find(|entry| entry.letter.task_id.as_deref() == Some(id))
+        {
+            let kept = entry.letter.traceparent.as_deref().unwrap_or_default();
+            let trace = fragile_context.trace_id().to_string();
+            assert!(kept.contains(&trace), "{kept} is not in trace {trace}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no dead letter: {letters:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    healthy.store(true, Ordering::SeqCst);
+    let replayed = caller
+        .replay_dead_letter(fragile.task_id.as_str())
+        .await
+        .unwrap();
+    assert_eq!(replayed, 1);
+    let outcome = caller
+        .wait_task(&fragile.task_id, Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, TaskStatus::Completed, "{outcome:?}");
+    let in_fragile_trace = |spans: &[SpanData], name: &str| -> Vec<SpanData> {
+        spans
+            .iter()
+            .filter(|span| span.span_context.trace_id() == fragile_context.trace_id())
+            .filter(|span| span.name == name)
+            .cloned()
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (published, processed) = loop {
+        let spans = collected.0.lock().unwrap().clone();
+        let published = in_fragile_trace(&spans, "publish tasks.worker-t");
+        let processed = in_fragile_trace(&spans, "process tasks.worker-t");
+        if processed.len() == 2 {
+            break (published, processed);
+        }
+        let names: Vec<_> = spans.iter().map(|span| span.name.to_string()).collect();
+        assert!(Instant::now() < deadline, "spans so far: {names:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Queued by the caller, then by the replay as a child of that.
+    assert_eq!(published.len(), 2, "{published:?}");
+    let queued = published
+        .iter()
+        .find(|span| span.parent_span_id == fragile_context.span_id())
+        .expect("the caller's publish");
+    let replay = published
+        .iter()
+        .find(|span| span.parent_span_id == queued.span_context.span_id())
+        .expect("the replay's publish, a child of the first");
+    // The refused attempt under the first, the run after the replay under it.
+    let parents: Vec<SpanId> = processed.iter().map(|span| span.parent_span_id).collect();
+    assert!(
+        parents.contains(&queued.span_context.span_id()),
+        "{processed:?}"
+    );
+    assert!(
+        parents.contains(&replay.span_context.span_id()),
+        "{processed:?}"
     );
 
     for runtime in runtimes {

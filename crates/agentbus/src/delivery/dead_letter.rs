@@ -10,6 +10,7 @@ use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
 use crate::ride::{open_bucket, ride};
 use crate::subject::{self, DEAD_LETTER_STREAM, PARKED_LETTERS_BUCKET, TASKS_STREAM};
 use crate::task_id::TaskId;
+use crate::telemetry::{self, TRACEPARENT, TRACESTATE};
 use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
@@ -36,6 +37,13 @@ pub struct DeadLetter {
     pub dead_lettered_at: String,
     /// Its sequence in the original stream.
     pub original_sequence: u64,
+    /// The W3C trace context it was stored with, if any: a replay continues
+    /// that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` it was stored with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 impl DeadLetter {
@@ -357,6 +365,7 @@ async fn dead_letter_abandoned(
     let reason = format!(
         "delivered {deliveries} times without an outcome (the workers stopped or crashed mid-task)"
     );
+    let trace_header = |name| Some(message.headers.get(name)?.as_str().to_owned());
     let letter = DeadLetter {
         subject: message.subject.to_string(),
         task_id: task_id.as_ref().map(ToString::to_string),
@@ -369,6 +378,8 @@ async fn dead_letter_abandoned(
         reason: reason.clone(),
         dead_lettered_at: clock::now(),
         original_sequence: sequence,
+        traceparent: trace_header(TRACEPARENT),
+        tracestate: trace_header(TRACESTATE),
     };
     let landed = store_letter(bus, &letter).await?;
     stream
@@ -583,7 +594,17 @@ impl Bus {
             // The id is tied to this dead letter: a replay interrupted before the
             // dead letter is removed and run again is stored once.
             let message_id = format!("replay-{}", entry.sequence);
-            let ack = store(self, &entry.letter.subject, body, &message_id, &[]).await?;
+            // In the trace the task was first stored in: the replay is one
+            // more attempt of it.
+            let letter = &entry.letter;
+            let trace = (letter.traceparent.as_deref(), letter.tracestate.as_deref());
+            let passed = telemetry::passed_on(trace.0, trace.1);
+            let passed: Vec<(&str, &str)> = passed
+                .iter()
+                .map(|(name, value)| (*name, value.as_str()))
+                .collect();
+            let stored = store(self, &letter.subject, body, &message_id, &passed);
+            let ack = telemetry::continue_trace(trace.0, trace.1, stored).await?;
             if let Some(task_id) = &task_id {
                 let queued = TaskRecord::queued(task_id, &entry.letter.subject, ack.sequence);
                 records.write_unless_changed(&queued, revision).await?;

@@ -12,6 +12,7 @@ use crate::client::Bus;
 use crate::clock;
 use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
 use crate::task_id::TaskId;
+use crate::telemetry::{TRACEPARENT, TRACESTATE};
 use async_nats::jetstream::{self, AckKind};
 use std::future::Future;
 use std::sync::Arc;
@@ -199,6 +200,8 @@ impl Delivery {
             reason,
             dead_lettered_at: clock::now(),
             original_sequence: self.stream_sequence,
+            traceparent: self.header(TRACEPARENT).map(str::to_owned),
+            tracestate: self.header(TRACESTATE).map(str::to_owned),
         }
     }
 }
