@@ -176,24 +176,24 @@ async fn spans_go_to_the_otlp_endpoint_and_mcp_meta_continues_a_trace() {
         "clientInfo": {"name": "otlp-check", "version": "1.0"}
     });
     call(1, "initialize", init).await;
-    let answer = call(
-        2,
-        "tools/call",
-        json!({
+    // `request_task` to llm_agent with `meta`; it must be served.
+    let mut request_task = async |id: u64, meta: Value| {
+        let params = json!({
             "name": "request_task",
             "arguments": {
                 "agent": "llm_agent",
                 "task_type": "generate_text",
                 "payload": {"prompt": "traced", "max_tokens": 5}
             },
-            "_meta": {"traceparent": traceparent}
-        }),
-    )
-    .await;
-    assert!(
-        answer["result"]["isError"] != true,
-        "the tool call failed: {answer}"
-    );
+            "_meta": meta
+        });
+        let answer = call(id, "tools/call", params).await;
+        assert!(
+            answer["result"]["isError"] != true,
+            "the tool call failed: {answer}"
+        );
+    };
+    request_task(2, json!({"traceparent": traceparent})).await;
     let raw_trace_id: Vec<u8> = (0..16)
         .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
         .collect();
@@ -220,24 +220,8 @@ async fn spans_go_to_the_otlp_endpoint_and_mcp_meta_continues_a_trace() {
         .await;
     // A `tracestate` no header may hold (a line end in it): the call is
     // served all the same, without it.
-    let answer = call(
-        3,
-        "tools/call",
-        json!({
-            "name": "request_task",
-            "arguments": {
-                "agent": "llm_agent",
-                "task_type": "generate_text",
-                "payload": {"prompt": "traced again", "max_tokens": 5}
-            },
-            "_meta": {"traceparent": traceparent, "tracestate": "vendor=1\r\nx-forged: 1"}
-        }),
-    )
-    .await;
-    assert!(
-        answer["result"]["isError"] != true,
-        "the tool call failed: {answer}"
-    );
+    let meta = json!({"traceparent": traceparent, "tracestate": "vendor=1\r\nx-forged: 1"});
+    request_task(3, meta).await;
     bridge.kill().await.unwrap();
     assert!(up.terminate().await.success());
 }
