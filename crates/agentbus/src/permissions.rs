@@ -189,8 +189,9 @@ impl Grant {
         delivered.extend(subject::ALL_ANNOUNCEMENTS.map(str::to_owned));
         let mut subscribe = vec![
             format!("{}.>", subject::agent_reply_prefix(&self.agent)),
-            subject::agent_task(&self.agent).to_string(),
-            subject::agent_tasks_stamped(&self.agent).to_string(),
+            // Its own tasks over request/reply, on one subscription that
+            // also sees its inbox and direct channel.
+            subject::agent_subjects(&self.agent).to_string(),
             // Discovery requests, answered once each.
             "$SRV.>".to_owned(),
             // Control requests: each runtime listens once for every task it

@@ -298,9 +298,30 @@ pub fn agent_task_from(agent: &Name, from: &Name) -> Subject {
     Subject::built(format!("agent.{agent}.task.{from}"))
 }
 
-/// Every sender-stamped task subject of `agent`: `agent.<agent>.task.*`.
-pub fn agent_tasks_stamped(agent: &Name) -> SubjectPattern {
-    SubjectPattern(format!("agent.{agent}.task.*"))
+/// Every subject under `agent`'s name: `agent.<agent>.>`. A runtime takes
+/// an agent's request/reply tasks, plain (`agent.<agent>.task`) and stamped
+/// (`agent.<agent>.task.<from>`), on this one subscription: no single token
+/// pattern matches both forms, and every subscription costs the client a
+/// buffer of its own. Whatever else it matches (the inbox and direct
+/// channel, which streams keep) is dropped: see [`is_agent_task`].
+pub fn agent_subjects(agent: &Name) -> SubjectPattern {
+    SubjectPattern(format!("agent.{agent}.>"))
+}
+
+/// Whether a subject under [`agent_subjects`] is a request/reply task:
+/// `agent.<agent>.task` or `agent.<agent>.task.<from>`.
+pub fn is_agent_task(subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    matches!(
+        (
+            tokens.next(),
+            tokens.next(),
+            tokens.next(),
+            tokens.next(),
+            tokens.next()
+        ),
+        (Some("agent"), Some(_), Some("task"), _, None)
+    )
 }
 
 /// Subject of a message `from` stores in `agent`'s inbox: `agent.<agent>.inbox.<from>`.

@@ -1538,3 +1538,52 @@ async fn a_submission_no_stream_stores_is_told_at_once() {
     );
     told_at_once(&err, started);
 }
+
+/// An agent's tasks and its stored messages come under one name: the
+/// runtime's one subscription, `agent.<name>.>`, also sees what is sent to
+/// its inbox and direct channel, and anything else published under the name.
+/// Only task subjects are served: nothing else is answered (an inbox
+/// message's reply subject waits for the stream's ack) or counted as a
+/// rejected task, and the messages still reach the agent once each.
+#[tokio::test]
+async fn only_task_subjects_under_an_agents_name_are_served() {
+    let server = NatsServer::start().await;
+    let client = bus(&server).await;
+    let worker = Worker::new("named");
+    let options = AgentOptions {
+        messages: true,
+        ..fast_retries()
+    };
+    let runtime = serve(&server, worker.clone(), options).await;
+    for subject in ["agent.named.status", "agent.named.task.alice.extra"] {
+        let answer = tokio::time::timeout(
+            Duration::from_millis(500),
+            client
+                .client()
+                .request(subject, r#"{"task_id":"x"}"#.into()),
+        )
+        .await;
+        assert!(answer.is_err(), "{subject} was answered: {answer:?}");
+    }
+    for n in 0..5 {
+        client.send("named", &json!({ "n": n })).await.unwrap();
+        client
+            .send_direct("named", &json!({ "n": n }))
+            .await
+            .unwrap();
+    }
+    wait_for("the ten messages", Duration::from_secs(10), || {
+        worker.messages.lock().unwrap().len() >= 10
+    })
+    .await;
+    let answer = client
+        .publish_task("named", "echo", json!({ "still": true }), Priority::Normal)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, TaskStatus::Completed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(worker.messages.lock().unwrap().len(), 10);
+    let stats = runtime.stats("named").unwrap();
+    assert_eq!((stats.rejected, stats.completed), (0, 1), "{stats:?}");
+    runtime.shutdown(Duration::from_secs(2)).await;
+}

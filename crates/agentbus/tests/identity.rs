@@ -377,10 +377,11 @@ async fn only_bob_serves_bobs_tasks_and_senders_are_verified() {
         )
         .await
         .unwrap();
-    // Alice tries to join bob's queue group, on both subjects.
+    // Alice tries to join bob's queue group, on each subject bob's tasks
+    // come on.
     let alice = w.alice.connect("alice").await.unwrap();
     let mut impostor = Vec::new();
-    for subject in ["agent.bob.task", "agent.bob.task.*"] {
+    for subject in ["agent.bob.task", "agent.bob.task.*", "agent.bob.>"] {
         impostor.push(
             alice
                 .queue_subscribe(subject.to_owned(), "bob".into())

@@ -65,7 +65,9 @@ pub(super) async fn operator_agents(run: &Run<'_>) -> Outcome {
 /// The agent whose tasks a subscription to `subject` serves.
 fn served_agent(subject: &str) -> Option<String> {
     match subject.split('.').collect::<Vec<_>>().as_slice() {
-        ["agent", name, "task"] | ["agent", name, "task", "*"] if *name != "*" => {
+        ["agent", name, "task"] | ["agent", name, "task", "*"] | ["agent", name, ">"]
+            if *name != "*" =>
+        {
             Some((*name).to_owned())
         }
         _ => None,
@@ -213,6 +215,7 @@ mod tests {
     fn agents_are_found_by_the_task_subjects_they_serve() {
         assert_eq!(served_agent("agent.bob.task").as_deref(), Some("bob"));
         assert_eq!(served_agent("agent.bob.task.*").as_deref(), Some("bob"));
+        assert_eq!(served_agent("agent.bob.>").as_deref(), Some("bob"));
         assert_eq!(served_agent("agent.*.task"), None);
         assert_eq!(served_agent("agent.bob.inbox"), None);
         assert_eq!(served_agent("tasks.bob"), None);

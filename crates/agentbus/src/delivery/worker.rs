@@ -201,16 +201,19 @@ struct Handler {
     slots: usize,
 }
 
-/// Where a source's consumer stands.
+/// Where a source's consumer stands. A consumer handle carries its whole
+/// info (over a kilobyte), so it is shared behind an `Arc`: an idle agent's
+/// four queue sources then take a few hundred bytes, and a fetch clones a
+/// pointer.
 enum Consumer {
     /// Made when work arrives (work queues).
     OnDemand {
         spec: ConsumerSpec,
         options: DeliveryOptions,
-        made: Option<(PullConsumer, Instant)>,
+        made: Option<(Arc<PullConsumer>, Instant)>,
     },
     /// Made once and kept (durable messages).
-    Kept(PullConsumer),
+    Kept(Arc<PullConsumer>),
 }
 
 struct Source {
@@ -458,7 +461,7 @@ impl State {
             let id = self.sources.len();
             let group = self.groups.len();
             self.sources.push(Source {
-                consumer: Consumer::Kept(consumer),
+                consumer: Consumer::Kept(Arc::new(consumer)),
                 priority: Priority::Normal,
                 handlers: vec![handler],
                 next_handler: 0,
@@ -935,7 +938,7 @@ impl State {
 
     /// The source's consumer and its ack wait, made first if it is made on
     /// demand; `None` (logged) when it cannot be made now.
-    async fn consumer(&mut self, source: usize) -> Option<(PullConsumer, Duration)> {
+    async fn consumer(&mut self, source: usize) -> Option<(Arc<PullConsumer>, Duration)> {
         let now = Instant::now();
         let made = match &mut self.sources[source].consumer {
             Consumer::Kept(consumer) => {
@@ -953,12 +956,12 @@ impl State {
             Consumer::OnDemand { spec, options, .. } => {
                 let js = self.bus.jetstream();
                 match spec.create(&self.bus, options).await {
-                    Ok(consumer) => consumer,
+                    Ok(consumer) => Arc::new(consumer),
                     // One made before consumers were made on demand, and not
                     // updatable in place: work it as it is.
                     Err(err) if err.kind() == ConsumerErrorKind::Refused => {
                         match existing(js, spec).await {
-                            Some(consumer) => consumer,
+                            Some(consumer) => Arc::new(consumer),
                             None => {
                                 tracing::warn!(%err, "cannot make a work-queue consumer");
                                 return None;

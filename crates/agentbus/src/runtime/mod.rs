@@ -1,7 +1,8 @@
 //! The runtime: serves one or many agents over one NATS connection.
 //!
-//! Each agent subscribes to `agent.<name>.task` in queue group `<name>`, so
-//! replicas share the load. Up to `max_concurrency` tasks of an agent run at
+//! Each agent subscribes to `agent.<name>.>` in queue group `<name>` and
+//! takes its tasks there (`agent.<name>.task`, plain or stamped with the
+//! sender), so replicas share the load. Up to `max_concurrency` tasks of an agent run at
 //! once; further tasks wait and are taken by priority (critical first), then
 //! arrival. Every task is answered with a TaskResponse, including malformed,
 //! unknown, invalid and panicking ones, and the agent keeps serving.
@@ -486,19 +487,13 @@ impl Runtime {
             source,
         };
         let client = self.bus.client();
-        let subscribers = serve::TaskSubscribers {
-            plain: client
-                .queue_subscribe(subject::agent_task(&name), name.to_string())
-                .await
-                .map_err(subscribe_error)?,
-            stamped: client
-                .queue_subscribe(
-                    String::from(subject::agent_tasks_stamped(&name)),
-                    name.to_string(),
-                )
-                .await
-                .map_err(subscribe_error)?,
-        };
+        let subscriber = client
+            .queue_subscribe(
+                String::from(subject::agent_subjects(&name)),
+                name.to_string(),
+            )
+            .await
+            .map_err(subscribe_error)?;
         self.start_discovery(&name, &type_names, &counters).await?;
         self.start_controls(&name).await?;
         let presence = match presence_store {
@@ -514,7 +509,7 @@ impl Runtime {
         let works_queues = served.options.work_queues;
         let handles = vec![tokio::spawn(serve::serve(
             served.clone(),
-            subscribers,
+            subscriber,
             stop_rx,
         ))];
         if let Some(work) = work {

@@ -89,14 +89,6 @@ impl<A> Served<A> {
     }
 }
 
-/// The two subscriptions an agent takes request/reply tasks on, in one
-/// queue group: `agent.<name>.task` (no sender) and `agent.<name>.task.*`
-/// (stamped with the sender's name).
-pub(super) struct TaskSubscribers {
-    pub(super) plain: async_nats::Subscriber,
-    pub(super) stamped: async_nats::Subscriber,
-}
-
 /// A task waiting for a free slot: most urgent first, then first come.
 struct Waiting {
     priority: Priority,
@@ -141,10 +133,9 @@ impl Eq for Waiting {}
 
 pub(super) async fn serve<A: Agent>(
     served: Arc<Served<A>>,
-    subscribers: TaskSubscribers,
+    mut subscriber: async_nats::Subscriber,
     mut stop: watch::Receiver<Option<tokio::time::Instant>>,
 ) {
-    let mut subscriber = futures::stream::select(subscribers.plain, subscribers.stamped);
     // Handlers run inside this task rather than spawned: no task allocation
     // and no hand-off between worker threads per request (measured: the
     // largest cost of the serving path). Handlers of one agent therefore share
@@ -180,17 +171,31 @@ pub(super) async fn serve<A: Agent>(
                         && let Some(Waiting { bytes, arrived, request, came, held, .. }) = waiting.pop()
                     {
                         let waited = arrived.elapsed();
-                        let task = run_task(served.clone(), request, came, held, Instant::now(), waited);
+                        let task = running_task(run_task(served.clone(), request, came, held, Instant::now(), waited), bytes);
                         held_bytes -= start(&mut running, task, bytes).await;
                     }
                     served.queues(waiting.len(), running.len());
                 }
                 message = subscriber.next(), if room => {
                     let Some(message) = message else { break };
+                    // The subscription is `agent.<name>.>`: a message kept by
+                    // the inbox or direct stream is delivered here too, and is
+                    // not a task (its reply subject waits for the stream's ack).
+                    if !subject::is_agent_task(&message.subject) {
+                        continue;
+                    }
                     let reply = message.reply;
                     let arrived = Instant::now();
                     let bytes = message.payload.len();
-                    let Some(request) = admit(&served, &message.payload, reply.as_ref(), arrived).await else { continue };
+                    let request = match admit(&served, &message.payload, reply.as_ref(), arrived) {
+                        Admitted::Run(request) => request,
+                        Admitted::Answer(body) => {
+                            // Boxed: a rare path, kept out of the loop's own future.
+                            Box::pin(send_reply(&served, reply.as_ref(), body)).await;
+                            continue;
+                        }
+                        Admitted::Waits => continue,
+                    };
                     let held = served.hold(&request, None);
                     let came = Came {
                         sender: subject::sender_of(&message.subject),
@@ -199,7 +204,7 @@ pub(super) async fn serve<A: Agent>(
                     };
                     held_bytes += bytes;
                     if running.len() < max_concurrency {
-                        let task = run_task(served.clone(), request, came, held, arrived, arrived.elapsed());
+                        let task = running_task(run_task(served.clone(), request, came, held, arrived, arrived.elapsed()), bytes);
                         held_bytes -= start(&mut running, task, bytes).await;
                     } else {
                         sequence += 1;
@@ -216,15 +221,15 @@ pub(super) async fn serve<A: Agent>(
     // Shutdown: take no more tasks; tell waiting ones; let running ones finish in time.
     let deadline = stop.borrow().unwrap_or_else(tokio::time::Instant::now);
     served.queues(0, running.len());
-    let (mut plain, mut stamped) = subscriber.into_inner();
-    let _ = plain.unsubscribe().await;
-    let _ = stamped.unsubscribe().await;
-    let mut subscriber = futures::stream::select(plain, stamped);
+    let _ = subscriber.unsubscribe().await;
     while let Some(message) = subscriber.next().now_or_never().flatten() {
+        if !subject::is_agent_task(&message.subject) {
+            continue;
+        }
         if let Some(reply) = message.reply
             && let Ok(request) = TaskRequest::from_json(&message.payload)
         {
-            cancel(&served, &request, Some(&reply), None).await;
+            Box::pin(cancel(&served, &request, Some(&reply), None)).await;
         }
     }
     for Waiting {
@@ -234,7 +239,7 @@ pub(super) async fn serve<A: Agent>(
         ..
     } in waiting.drain()
     {
-        cancel(&served, &request, came.reply.as_ref(), Some(&held)).await;
+        Box::pin(cancel(&served, &request, came.reply.as_ref(), Some(&held))).await;
     }
     if tokio::time::timeout_at(deadline, async { while running.next().await.is_some() {} })
         .await
@@ -249,16 +254,18 @@ pub(super) async fn serve<A: Agent>(
 /// it yields the bytes of the message it came in, free once it ends.
 type Task = Pin<Box<dyn Future<Output = usize> + Send>>;
 
+/// Boxes a task that came in a message of `bytes` bytes. Boxed before it
+/// is first polled, so that the serving loop's own future, which every agent
+/// holds while idle, does not make room for a handler's future.
+fn running_task(task: impl Future<Output = ()> + Send + 'static, bytes: usize) -> Task {
+    Box::pin(task.map(move |()| bytes))
+}
+
 /// Polls a new task once, here, and adds it to `running` only if it has to
 /// wait: most handlers finish at their first poll, and then the task costs
 /// one allocation instead of a trip through the running set's queue.
 /// Returns the bytes freed at once: `bytes` when it finished, else 0.
-async fn start(
-    running: &mut FuturesUnordered<Task>,
-    task: impl Future<Output = ()> + Send + 'static,
-    bytes: usize,
-) -> usize {
-    let mut task: Task = Box::pin(task.map(move |()| bytes));
+async fn start(running: &mut FuturesUnordered<Task>, mut task: Task, bytes: usize) -> usize {
     // The poll registers this serving task's waker; once `task` is in
     // `running`, the set polls it again with its own.
     let pending = std::future::poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx).is_pending())).await;
@@ -270,14 +277,26 @@ async fn start(
     }
 }
 
-/// Parses and checks a message; answers it right away when it cannot run
-/// (counted as rejected).
-async fn admit<A: Agent>(
+/// What to do with a message that came in.
+enum Admitted {
+    /// Run it.
+    Run(TaskRequest),
+    /// Send this answer and drop it: it cannot run (counted as rejected), or
+    /// it was answered already.
+    Answer(Bytes),
+    /// Nothing: the same task is running, and its answer goes to this reply
+    /// subject too.
+    Waits,
+}
+
+/// Parses and checks a message. Synchronous, so that the serving loop's
+/// future does not hold the sending of an answer that most tasks never need.
+fn admit<A: Agent>(
     served: &Served<A>,
     payload: &[u8],
     reply: Option<&Subject>,
     now: Instant,
-) -> Option<TaskRequest> {
+) -> Admitted {
     let request = match TaskRequest::from_json(payload) {
         Ok(request) => request,
         Err((task_id, err)) => {
@@ -285,19 +304,12 @@ async fn admit<A: Agent>(
             served.rejected("", &error, now.elapsed());
             let response =
                 TaskResponse::error(task_id.unwrap_or_default(), TaskStatus::Rejected, error);
-            send_reply(served, reply, response.to_json().into()).await;
-            return None;
+            return Admitted::Answer(response.to_json().into());
         }
     };
     if let Err(err) = served.task_types.check(served.name.as_str(), &request) {
         served.rejected(&request.task_type, err.message(), now.elapsed());
-        send_reply(
-            served,
-            reply,
-            err.to_response(&request.task_id).to_json().into(),
-        )
-        .await;
-        return None;
+        return Admitted::Answer(err.to_response(&request.task_id).to_json().into());
     }
     let seen = served
         .dedup
@@ -305,12 +317,9 @@ async fn admit<A: Agent>(
         .map(|mut dedup| dedup.check(&request.task_id, reply, now))
         .unwrap_or(Seen::New);
     match seen {
-        Seen::New => Some(request),
-        Seen::Running => None,
-        Seen::Answered(response) => {
-            send_reply(served, reply, response).await;
-            None
-        }
+        Seen::New => Admitted::Run(request),
+        Seen::Running => Admitted::Waits,
+        Seen::Answered(response) => Admitted::Answer(response),
     }
 }
 
