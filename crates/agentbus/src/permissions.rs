@@ -213,6 +213,8 @@ impl Grant {
             publish.push(format!("agent.{to}.task.{me}"));
             publish.push(format!("tasks.{to}"));
             publish.push(format!("tasks.{to}.*"));
+            // The ring of a task queued at a priority other than normal.
+            publish.push(format!("agent.{to}.queued.*"));
         }
         for to in targets(&self.may_message) {
             publish.push(format!("agent.{to}.inbox.{me}"));

@@ -409,6 +409,40 @@ pub fn work_queue(task_type: &Name, priority: Priority) -> Subject {
     Subject::built(format!("work.{task_type}{}", priority_suffix(priority)))
 }
 
+/// Where an agent hears that its own queue has a new task:
+/// `agent.<agent>.queued[.<priority>]`, under [`agent_subjects`], so the
+/// agent's one subscription hears it and an idle queue needs no doorbell of
+/// its own. The tasks stream rings `agent.<agent>.queued` when it stores a
+/// normal-priority task (a republish of [`QUEUED_REPUBLISH_SOURCE`], headers
+/// only); a sender rings the other priorities once its task is stored (a
+/// republish takes one subject pattern, and no pattern of one wildcard covers
+/// `tasks.<agent>` and `tasks.<agent>.<priority>`).
+pub fn agent_queued(agent: &Name, priority: Priority) -> Subject {
+    Subject::built(format!("agent.{agent}.queued{}", priority_suffix(priority)))
+}
+
+/// The subjects the tasks stream republishes as rings: every agent's
+/// normal-priority queue.
+pub const QUEUED_REPUBLISH_SOURCE: &str = "tasks.*";
+/// Where the tasks stream republishes them: [`agent_queued`] at normal priority.
+pub const QUEUED_REPUBLISH_DESTINATION: &str = "agent.{{wildcard(1)}}.queued";
+
+/// Reads an [`agent_queued`] subject back: the priority of the queue that
+/// rang. `None` for anything else.
+pub fn parse_agent_queued(subject: &str) -> Option<Priority> {
+    let mut tokens = subject.split('.');
+    let (Some("agent"), Some(_), Some("queued")) = (tokens.next(), tokens.next(), tokens.next())
+    else {
+        return None;
+    };
+    let priority = match tokens.next() {
+        None => Priority::Normal,
+        Some("normal") => return None,
+        Some(p) => Priority::parse(p)?,
+    };
+    tokens.next().is_none().then_some(priority)
+}
+
 /// Patterns that match a work queue's subjects at every priority, given its
 /// normal-priority subject: the subject itself and its one-token suffixes.
 pub fn queue_patterns(normal: &Subject) -> [String; 2] {
@@ -896,6 +930,41 @@ mod tests {
         ] {
             assert!(parse_queue(not_a_queue).is_none(), "{not_a_queue}");
         }
+    }
+
+    #[test]
+    fn queue_rings_are_heard_under_the_agents_name_and_parse_back() {
+        let agent = name("a");
+        for priority in Priority::ALL {
+            let ring = agent_queued(&agent, priority);
+            assert!(overlaps(&agent_subjects(&agent).0, &ring), "{ring}");
+            assert!(!is_agent_task(&ring), "{ring}");
+            assert_eq!(parse_agent_queued(&ring), Some(priority), "{ring}");
+        }
+        // What the tasks stream republishes lands on the normal ring.
+        assert_eq!(
+            QUEUED_REPUBLISH_DESTINATION.replace("{{wildcard(1)}}", "a"),
+            agent_queued(&agent, Priority::Normal).as_str()
+        );
+        assert!(overlaps(
+            QUEUED_REPUBLISH_SOURCE,
+            &task_queue(&agent, Priority::Normal)
+        ));
+        assert!(!overlaps(
+            QUEUED_REPUBLISH_SOURCE,
+            &task_queue(&agent, Priority::High)
+        ));
+        for not_a_ring in [
+            "agent.a.queued.normal",
+            "agent.a.queued.high.x",
+            "agent.a.task",
+            "agent.a.inbox",
+        ] {
+            assert!(parse_agent_queued(not_a_ring).is_none(), "{not_a_ring}");
+        }
+        assert!(is_agent_task("agent.a.task"));
+        assert!(is_agent_task("agent.a.task.b"));
+        assert!(!is_agent_task("agent.a.task.b.c"));
     }
 
     #[test]

@@ -4,12 +4,12 @@
 //! everything an agent may do still works; senders are verified; a revoked
 //! identity is cut off while others stay connected.
 
-use agentbus::delivery::Queue;
+use agentbus::delivery::{DeliveryOptions, Queue};
 use agentbus::permissions::{EventPattern, Grant};
 use agentbus::state::StateStore;
 use agentbus::{
-    Agent, AgentMessage, AgentOptions, Bus, Name, Runtime, Sender, ServerTarget, TaskContext,
-    TaskError, TaskRequest, TaskStatus, TaskTypeSpec,
+    Agent, AgentMessage, AgentOptions, Bus, Name, Priority, Runtime, Sender, ServerTarget,
+    TaskContext, TaskError, TaskRequest, TaskStatus, TaskTypeSpec,
 };
 use agentbus_testkit::NatsServer;
 use bytes::Bytes;
@@ -1040,4 +1040,63 @@ async fn a_queued_task_cancelled_by_an_identity_is_marked_at_once() {
         agentbus::delivery::TaskState::Cancelled
     );
     runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The subjects the connections named `name` subscribe to, from the
+/// server's monitoring endpoint.
+async fn subscription_subjects(server: &NatsServer, name: &str) -> Vec<String> {
+    let url = format!("{}/connz?subs=1", server.monitor_url());
+    let connz: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == name)
+        .flat_map(|c| {
+            c["subscriptions_list"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Under identities, an idle agent's queue is rung on its one subscription:
+/// the tasks stream's republish reaches bob's `agent.bob.>`, and alice may
+/// ring a task she queued at high priority. Bob's runtime holds no doorbell
+/// and does not sweep during the test, so only the rings explain that the
+/// tasks run.
+#[tokio::test]
+async fn an_identity_is_rung_on_its_one_subscription() {
+    let server = NatsServer::start().await;
+    let bob = server.add_identity(Grant::new(name("bob"))).await;
+    let alice = server.add_identity(Grant::new(name("alice"))).await;
+    let recorder = Recorder::new("bob");
+    let mut runtime = Runtime::new(Bus::connect(&bob, "bob").await.unwrap());
+    let options = AgentOptions {
+        delivery: DeliveryOptions {
+            idle_poll: Duration::from_secs(600),
+            ..DeliveryOptions::default()
+        },
+        ..AgentOptions::default()
+    };
+    runtime.add(recorder.clone(), options).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let subjects = subscription_subjects(&server, "bob").await;
+    assert!(subjects.iter().any(|s| s == "agent.bob.>"), "{subjects:?}");
+    assert!(
+        !subjects.iter().any(|s| s.starts_with("tasks.")),
+        "a doorbell: {subjects:?}"
+    );
+    let alice_bus = Bus::connect(&alice, "alice").await.unwrap();
+    for (n, priority) in [Priority::Normal, Priority::High].into_iter().enumerate() {
+        let task = TaskRequest::new("echo", json!({ "n": n })).with_priority(priority);
+        alice_bus
+            .submit(&Queue::agent("bob").unwrap(), &task)
+            .await
+            .unwrap();
+        assert_eq!(recorder.wait_for(n + 1).await.len(), n + 1, "{priority:?}");
+    }
+    runtime.shutdown(Duration::from_secs(2)).await;
 }

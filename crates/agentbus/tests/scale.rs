@@ -1,8 +1,9 @@
 //! Many agents on one bus, against a real nats-server: presence costs one
 //! message per runtime per interval (idle agents add nothing, and nothing
 //! goes per pair), idle agents hold no server consumers, a queue going busy
-//! and idle keeps one doorbell, thousands of agents each serve a queued
-//! task, a silent death among many is reported once, and an upgrade from the
+//! and idle keeps one doorbell, an idle agent holds one subscription and is
+//! rung on it (with a doorbell of its own on a tasks stream that does not
+//! ring), thousands of agents each serve a queued task, a silent death among many is reported once, and an upgrade from the
 //! durable consumers of earlier versions loses no queued task.
 
 use agentbus::delivery::{DeliveryOptions, Queue, ResultRetention};
@@ -10,6 +11,7 @@ use agentbus::presence::PresenceOptions;
 use agentbus::{
     Agent, AgentOptions, Bus, Priority, Runtime, TaskContext, TaskError, TaskRequest, TaskTypeSpec,
 };
+use agentbus_ops::topology::{StreamAction, Topology};
 use agentbus_testkit::NatsServer;
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -255,9 +257,169 @@ impl Agent for Slow {
     }
 }
 
+/// The standard topology, but with a tasks stream that does not ring agents
+/// on their names (as one made before it did): idle queues keep doorbells.
+fn without_rings() -> Topology {
+    let mut topology = Topology::standard();
+    for stream in &mut topology.streams {
+        stream.republish = None;
+    }
+    topology
+}
+
+/// Waits until the agents ran task `task_id`.
+async fn ran_within(ran: &Arc<Mutex<Vec<String>>>, task_id: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !ran.lock().unwrap().iter().any(|id| id == task_id) {
+        assert!(
+            Instant::now() < deadline,
+            "task {task_id} did not run within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Stores a task on `subject` as a client outside agentbus would (nats-py
+/// written to the JSON protocol, say): a JetStream publish, and no ring.
+async fn publish_plainly(server: &NatsServer, subject: &str) -> String {
+    let request = TaskRequest::new(TASK_TYPE, json!({"plain": true}));
+    server
+        .jetstream()
+        .await
+        .publish(subject.to_owned(), request.to_json().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    request.task_id.to_string()
+}
+
+/// Options under which a worker never sweeps during a test: a task that
+/// runs was rung for.
+fn no_sweeps() -> AgentOptions {
+    AgentOptions {
+        presence: false,
+        task_events: false,
+        delivery: DeliveryOptions {
+            idle_poll: Duration::from_secs(600),
+            ..DeliveryOptions::default()
+        },
+        ..AgentOptions::default()
+    }
+}
+
+/// Adds agents `from..to` to `runtime`, then counts the subscriptions of
+/// its connection, `connection`.
+async fn add_and_count(
+    server: &NatsServer,
+    runtime: &mut Runtime,
+    (from, to): (usize, usize),
+    ran: &Arc<Mutex<Vec<String>>>,
+    connection: &str,
+) -> u64 {
+    for index in from..to {
+        let agent = Echo {
+            name: name(index),
+            ran: ran.clone(),
+        };
+        runtime.add(agent, no_sweeps()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    subscriptions_of(server, connection).await
+}
+
+/// An idle agent holds one subscription, `agent.<name>.>`, which takes its
+/// tasks and hears its queue ring: the tasks stream republishes what it
+/// stores on `tasks.<agent>` there, and a sender rings the other priorities.
+/// With sweeps off, only the rings explain that the tasks run.
+#[tokio::test]
+async fn an_idle_agent_holds_one_subscription_and_is_rung_on_it() {
+    let server = NatsServer::start().await;
+    let ran: Arc<Mutex<Vec<String>>> = Arc::default();
+    let bus = Bus::connect(&server.target(), "rung").await.unwrap();
+    let mut runtime = Runtime::new(bus);
+    let one = add_and_count(&server, &mut runtime, (0, 1), &ran, "rung").await;
+    let many = add_and_count(&server, &mut runtime, (1, 101), &ran, "rung").await;
+    assert_eq!(many - one, 100, "subscriptions for 100 more idle agents");
+
+    let plain = publish_plainly(&server, &format!("tasks.{}", name(7))).await;
+    ran_within(&ran, &plain, Duration::from_secs(5)).await;
+    let client = Bus::from_client(server.connect().await);
+    for (index, priority) in [
+        (8, Priority::High),
+        (9, Priority::Critical),
+        (10, Priority::Low),
+    ] {
+        let request = TaskRequest::new(TASK_TYPE, json!({})).with_priority(priority);
+        client
+            .submit_with(
+                &Queue::agent(&name(index)).unwrap(),
+                &request,
+                ResultRetention::Discard,
+            )
+            .await
+            .unwrap();
+        ran_within(&ran, request.task_id.as_str(), Duration::from_secs(5)).await;
+    }
+    // Busy and idle again: still rung.
+    for _ in 0..3 {
+        let request = TaskRequest::new(TASK_TYPE, json!({}));
+        client
+            .submit_with(
+                &Queue::agent(&name(7)).unwrap(),
+                &request,
+                ResultRetention::Discard,
+            )
+            .await
+            .unwrap();
+        ran_within(&ran, request.task_id.as_str(), Duration::from_secs(5)).await;
+    }
+    assert_eq!(subscriptions_of(&server, "rung").await, many);
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A tasks stream made before it rang agents (no republish): each idle
+/// queue keeps its two-subscription doorbell, and a task stored by any
+/// client runs at once. `agentbus setup` then updates the stream in place,
+/// and a runtime started after it holds one subscription per agent.
+#[tokio::test]
+async fn a_tasks_stream_that_does_not_ring_leaves_idle_queues_a_doorbell_until_updated() {
+    let server = NatsServer::start_with_topology(&without_rings()).await;
+    let ran: Arc<Mutex<Vec<String>>> = Arc::default();
+    let bus = Bus::connect(&server.target(), "belled").await.unwrap();
+    let mut runtime = Runtime::new(bus);
+    let one = add_and_count(&server, &mut runtime, (0, 1), &ran, "belled").await;
+    let many = add_and_count(&server, &mut runtime, (1, 11), &ran, "belled").await;
+    assert_eq!(many - one, 30, "a request subscription and a doorbell each");
+    let plain = publish_plainly(&server, &format!("tasks.{}", name(3))).await;
+    ran_within(&ran, &plain, Duration::from_secs(5)).await;
+    let high = publish_plainly(&server, &format!("tasks.{}.high", name(4))).await;
+    ran_within(&ran, &high, Duration::from_secs(5)).await;
+
+    let actions = Topology::standard()
+        .apply(&server.jetstream().await)
+        .await
+        .unwrap();
+    assert!(
+        actions.contains(&("agent-tasks".to_owned(), StreamAction::Updated)),
+        "{actions:?}"
+    );
+    let bus = Bus::connect(&server.target(), "rung").await.unwrap();
+    let mut upgraded = Runtime::new(bus);
+    let rung_one = add_and_count(&server, &mut upgraded, (100, 101), &ran, "rung").await;
+    let rung_many = add_and_count(&server, &mut upgraded, (101, 111), &ran, "rung").await;
+    assert_eq!(rung_many - rung_one, 10);
+    let plain = publish_plainly(&server, &format!("tasks.{}", name(105))).await;
+    ran_within(&ran, &plain, Duration::from_secs(5)).await;
+    upgraded.shutdown(Duration::from_secs(5)).await;
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+/// On a tasks stream that does not ring (doorbells are how idle queues
+/// hear of work there), a queue going busy and idle again keeps one doorbell.
 #[tokio::test]
 async fn a_queue_going_busy_and_idle_again_keeps_one_doorbell() {
-    let server = NatsServer::start().await;
+    let server = NatsServer::start_with_topology(&without_rings()).await;
     let ran: Arc<Mutex<Vec<String>>> = Arc::default();
     let bus = Bus::connect(&server.target(), "slow-agent").await.unwrap();
     let mut runtime = Runtime::new(bus);

@@ -96,6 +96,11 @@ impl StreamSpec {
             duplicate_window: self.duplicate_window,
             num_replicas: self.replicas.on(1),
             allow_direct: self.allow_direct,
+            republish: self.republish.as_ref().map(|r| stream::Republish {
+                source: r.src.clone(),
+                destination: r.dest.clone(),
+                headers_only: r.headers_only,
+            }),
             ..Default::default()
         }
     }
@@ -174,6 +179,14 @@ impl StreamSpec {
             actual.allow_direct.to_string(),
             wanted.allow_direct.to_string(),
         );
+        let republish = |config: &stream::Config| match &config.republish {
+            Some(r) if r.headers_only => {
+                format!("{} -> {} (headers only)", r.source, r.destination)
+            }
+            Some(r) => format!("{} -> {}", r.source, r.destination),
+            None => "none".to_owned(),
+        };
+        check("republish", republish(actual), republish(&wanted));
         check(
             "description",
             format!("{:?}", actual.description),
@@ -230,6 +243,7 @@ impl StreamSpec {
             duplicate_window: wanted.duplicate_window,
             num_replicas: wanted.num_replicas,
             allow_direct: wanted.allow_direct,
+            republish: wanted.republish,
             description: wanted.description,
             ..info.config.clone()
         };

@@ -106,6 +106,51 @@ pub struct StreamSpec {
     /// (reads by subject that a permission on the subject can allow).
     #[serde(default)]
     pub allow_direct: bool,
+    /// Publishes what the stream stores on some of its subjects again, on
+    /// other subjects, once stored.
+    #[serde(default)]
+    pub republish: Option<RepublishSpec>,
+}
+
+/// Whether every subject that pattern `inner` matches, `outer` matches too.
+fn covers(outer: &str, inner: &str) -> bool {
+    let mut outer = outer.split('.');
+    let mut inner = inner.split('.');
+    loop {
+        match (outer.next(), inner.next()) {
+            (None, None) | (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(token)) if token != ">" => {}
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
+}
+
+/// What a stream publishes again once stored: the tasks stream rings an
+/// agent on its name when a normal-priority task is stored on its queue.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepublishSpec {
+    /// The stored subjects republished (one pattern within the stream's subjects).
+    pub src: String,
+    /// Where they are published, with `{{wildcard(n)}}` for the n-th
+    /// wildcard of `src`.
+    pub dest: String,
+    /// Whether only the headers are published (the payload's size is in
+    /// `Nats-Msg-Size`).
+    #[serde(default)]
+    pub headers_only: bool,
+}
+
+impl RepublishSpec {
+    /// The subjects it publishes on, as a pattern: each mapped token a `*`.
+    fn dest_pattern(&self) -> String {
+        self.dest
+            .split('.')
+            .map(|token| if token.starts_with("{{") { "*" } else { token })
+            .collect::<Vec<_>>()
+            .join(".")
+    }
 }
 
 fn default_duplicate_window() -> Duration {
@@ -295,6 +340,20 @@ impl Topology {
                     .iter()
                     .map(|s| (spec.name.as_str(), s.as_str())),
             );
+            if let Some(republish) = &spec.republish {
+                SubjectPattern::parse(&republish.src).map_err(|source| {
+                    TopologyError::InvalidSubject {
+                        stream: spec.name.clone(),
+                        source,
+                    }
+                })?;
+                if !spec.subjects.iter().any(|s| covers(s, &republish.src)) {
+                    return Err(invalid(format!(
+                        "republish src {:?} is not within the stream's subjects",
+                        republish.src
+                    )));
+                }
+            }
             if spec.max_msgs <= 0 || spec.max_bytes <= 0 || spec.max_age.is_zero() {
                 return Err(invalid(
                     "max_msgs, max_bytes and max_age must be positive (an unbounded stream could fill the disk)".into(),
@@ -307,6 +366,28 @@ impl Topology {
                 && !(1..=5).contains(&count)
             {
                 return Err(invalid("replicas must be between 1 and 5".into()));
+            }
+        }
+        // A stream storing what another republishes would keep every copy.
+        for spec in &self.streams {
+            let Some(republish) = &spec.republish else {
+                continue;
+            };
+            let dest = republish.dest_pattern();
+            if let Some((other, subject)) = self.streams.iter().find_map(|other| {
+                other
+                    .subjects
+                    .iter()
+                    .find(|s| overlaps(s, &dest))
+                    .map(|s| (&other.name, s))
+            }) {
+                return Err(TopologyError::Invalid {
+                    stream: spec.name.clone(),
+                    reason: format!(
+                        "republish dest {:?} overlaps subject {subject:?} of stream {other:?}, which would store every republished message",
+                        republish.dest
+                    ),
+                });
             }
         }
         Ok(())
@@ -466,6 +547,45 @@ mod tests {
         assert_eq!(tasks.max_bytes, 200 * 1024 * 1024);
         assert_eq!(tasks.max_age, Duration::from_secs(14 * 86_400));
         assert_eq!(tasks.discard, Discard::New);
+        // It rings agents where their runtime listens.
+        let republish = tasks.republish.as_ref().unwrap();
+        assert_eq!(
+            (republish.src.as_str(), republish.dest.as_str()),
+            (
+                agentbus::subject::QUEUED_REPUBLISH_SOURCE,
+                agentbus::subject::QUEUED_REPUBLISH_DESTINATION
+            )
+        );
+        assert!(republish.headers_only);
+    }
+
+    #[test]
+    fn a_republish_stays_within_its_stream_and_outside_every_stream() {
+        let tasks_ring = "republish = { src = \"tasks.*\", dest = \"agent.{{wildcard(1)}}.queued\", headers_only = true }";
+        assert!(STANDARD_TOPOLOGY_TOML.contains(tasks_ring));
+        let outside = STANDARD_TOPOLOGY_TOML.replacen(
+            tasks_ring,
+            "republish = { src = \"jobs.*\", dest = \"agent.{{wildcard(1)}}.queued\" }",
+            1,
+        );
+        let err = Topology::parse(&outside, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not within the stream's subjects"), "{err}");
+        let stored = STANDARD_TOPOLOGY_TOML.replacen(
+            tasks_ring,
+            "republish = { src = \"tasks.*\", dest = \"agent.{{wildcard(1)}}.inbox\" }",
+            1,
+        );
+        let err = Topology::parse(&stored, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("agent-messages"), "{err}");
+        assert!(covers("tasks.>", "tasks.*"));
+        assert!(covers("tasks.*", "tasks.*"));
+        assert!(!covers("tasks.*", "tasks.>"));
+        assert!(!covers("tasks.a", "tasks.*"));
+        assert!(!covers("tasks.*", "tasks.a.b"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Dead letters: what failed for good, with its history, until replayed.
 
 use super::StoreError;
-use super::publish::store;
+use super::publish::{ring_queue, store};
 use super::records::{AttemptError, RecordError, Records, TaskRecord, TaskState};
 use crate::client::Bus;
 use crate::clock;
@@ -605,6 +605,7 @@ impl Bus {
                 .collect();
             let stored = store(self, &letter.subject, body, &message_id, &passed);
             let ack = telemetry::continue_trace(trace.0, trace.1, stored).await?;
+            ring_queue(self, &letter.subject).await;
             if let Some(task_id) = &task_id {
                 let queued = TaskRecord::queued(task_id, &entry.letter.subject, ack.sequence);
                 records.write_unless_changed(&queued, revision).await?;

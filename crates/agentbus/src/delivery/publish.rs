@@ -5,13 +5,14 @@ use super::records::{RecordError, Records, TaskRecord, TaskState};
 use crate::client::Bus;
 use crate::jetstream_errors::{publish_passes, publish_refusal};
 use crate::name::{InvalidName, Name};
-use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
+use crate::protocol::{Priority, TaskRequest, TaskResponse, TaskStatus};
 use crate::ride::ride;
 use crate::subject::{self, Subject};
 use crate::task_id::{InvalidTaskId, TaskId};
 use crate::telemetry::Traced;
 use async_nats::jetstream::message::PublishMessage as Publish;
 use async_nats::jetstream::{self, context::PublishErrorKind};
+use bytes::Bytes;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -230,6 +231,9 @@ impl Bus {
             ResultRetention::Discard => &[(RESULT_HEADER, retention.as_str())],
         };
         let ack = store(self, &subject, request.to_json(), &request.task_id, headers).await?;
+        if !ack.duplicate {
+            ring_queue(self, &subject).await;
+        }
         if request.stream && !ack.duplicate {
             let data = serde_json::json!({
                 "task_type": request.task_type,
@@ -376,6 +380,24 @@ impl Bus {
 /// responders"), an acknowledgement that timed out, a broken connection. A
 /// publish in flight when the connection comes back is sent again at once,
 /// since its acknowledgement went to a connection that is gone.
+/// Once a task is stored on `subject`, rings the agent whose own queue it
+/// is, at the priorities the tasks stream does not ring itself (all but
+/// normal; see [`subject::agent_queued`]), so that an idle agent takes it at
+/// once rather than at its worker's next sweep. A ring that cannot be sent
+/// only delays the task until that sweep.
+pub(crate) async fn ring_queue(bus: &Bus, subject: &str) {
+    let Some((subject::QueueKind::Agent, agent, priority)) = subject::parse_queue(subject) else {
+        return;
+    };
+    if priority == Priority::Normal {
+        return;
+    }
+    let ring = subject::agent_queued(&agent, priority);
+    if let Err(err) = bus.client().publish(ring.to_nats(), Bytes::new()).await {
+        tracing::debug!(%err, %ring, "cannot ring a queue; its worker finds the task at its next sweep");
+    }
+}
+
 pub(crate) async fn store(
     bus: &Bus,
     subject: &str,

@@ -48,6 +48,7 @@ use super::consumers::{ConsumerErrorKind, ConsumerSpec};
 use super::settle::Delivery;
 use super::{DeliveryOptions, Queue};
 use crate::client::Bus;
+use crate::name::Name;
 use crate::protocol::Priority;
 use crate::subject::{self, overlaps};
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull::BatchConfig};
@@ -133,7 +134,26 @@ pub(crate) struct Worker {
 
 enum Command {
     Add(Box<AgentWork>),
+    /// A task was stored on this queue at this priority.
+    Ring(Queue, Priority),
     Stop(Instant, oneshot::Sender<()>),
+}
+
+/// Tells a runtime's worker that an agent's own queue has a new task: what
+/// the agent's subscription does with a ring ([`subject::agent_queued`]).
+#[derive(Debug, Clone)]
+pub(crate) struct QueueRing {
+    commands: mpsc::UnboundedSender<Command>,
+    queue: Queue,
+}
+
+impl QueueRing {
+    /// The queue rang at `priority`.
+    pub(crate) fn ring(&self, priority: Priority) {
+        let _ = self
+            .commands
+            .send(Command::Ring(self.queue.clone(), priority));
+    }
 }
 
 impl Worker {
@@ -160,10 +180,19 @@ impl Worker {
                 .saturating_add(FETCH_BYTES_SLACK),
             tasks_stream: None,
             live_consumers: 0,
+            stream_rings: None,
         };
         Self {
             commands,
             task: Some(tokio::spawn(state.run(receiver))),
+        }
+    }
+
+    /// What rings agent `agent`'s own queue in this worker.
+    pub(crate) fn queue_ring(&self, agent: &Name) -> QueueRing {
+        QueueRing {
+            commands: self.commands.clone(),
+            queue: Queue::Agent(agent.clone()),
         }
     }
 
@@ -251,6 +280,9 @@ struct Group {
     /// Counts its doorbells: a ring of an earlier one (a message it had
     /// received before it ended) leaves the current one alone.
     generation: u64,
+    /// Whether it is rung on its agent's subscription instead
+    /// ([`subject::agent_queued`]): it never subscribes a doorbell.
+    rung_by_name: bool,
 }
 
 /// A doorbell subscription, with the group it rings for; yields the message
@@ -294,6 +326,9 @@ struct State {
     largest_fetch: usize,
     tasks_stream: Option<jetstream::stream::Stream>,
     live_consumers: usize,
+    /// Whether the tasks stream rings agents' normal-priority queues on
+    /// their names (its republish), looked up at the first agent queue.
+    stream_rings: Option<bool>,
 }
 
 fn priority_index(priority: Priority) -> usize {
@@ -347,6 +382,11 @@ impl State {
                             Some(Command::Add(work)) => {
                                 self.add(*work, &mut doorbells).await;
                                 added = true;
+                            }
+                            Some(Command::Ring(queue, priority)) => {
+                                if let Some(&source) = self.by_queue.get(&(queue, priority)) {
+                                    self.mark(source);
+                                }
                             }
                             Some(Command::Stop(deadline, done)) => break Some(Some((deadline, done))),
                             None => break Some(None),
@@ -445,11 +485,14 @@ impl State {
                 }
                 if !sources.is_empty() {
                     let normal = queue.subject(Priority::Normal);
+                    let rung_by_name =
+                        matches!(queue, Queue::Agent(_)) && self.stream_rings().await;
                     self.groups.push(Group {
                         patterns: subject::queue_patterns(&normal).to_vec(),
                         sources,
                         bell: None,
                         generation: 0,
+                        rung_by_name,
                     });
                     self.ring(group, doorbells).await;
                 }
@@ -481,6 +524,7 @@ impl State {
                 sources: vec![id],
                 bell: None,
                 generation: 0,
+                rung_by_name: false,
             });
         }
     }
@@ -599,7 +643,7 @@ impl State {
     /// look, so that a publish between their last fetch and the subscription
     /// is not missed (the server handles the subscription before the fetch).
     async fn ring(&mut self, group: usize, doorbells: &mut FuturesUnordered<Doorbell>) {
-        if self.groups[group].bell.is_some() {
+        if self.groups[group].bell.is_some() || self.groups[group].rung_by_name {
             return;
         }
         let (bell, silenced) = watch::channel(());
@@ -661,6 +705,41 @@ impl State {
         for source in named {
             self.mark(source);
         }
+    }
+
+    /// Whether the tasks stream rings agents' normal-priority queues on
+    /// their names (its republish of [`subject::QUEUED_REPUBLISH_SOURCE`]).
+    /// Asked once. Without it (a stream made by an older topology, or by
+    /// hand) an idle agent queue keeps a doorbell of its own.
+    async fn stream_rings(&mut self) -> bool {
+        if let Some(rings) = self.stream_rings {
+            return rings;
+        }
+        let stream = match self.bus.jetstream().get_stream(subject::TASKS_STREAM).await {
+            Ok(stream) => stream,
+            Err(err) => {
+                // Asked again at the next agent.
+                tracing::warn!(%err, "cannot open the tasks stream; an idle queue keeps a doorbell");
+                return false;
+            }
+        };
+        let rings = stream
+            .cached_info()
+            .config
+            .republish
+            .as_ref()
+            .is_some_and(|republish| {
+                republish.source == subject::QUEUED_REPUBLISH_SOURCE
+                    && republish.destination == subject::QUEUED_REPUBLISH_DESTINATION
+            });
+        if !rings {
+            tracing::info!(
+                "the tasks stream does not ring agents on their names (`agentbus setup` updates it): each idle agent queue keeps a doorbell"
+            );
+        }
+        self.tasks_stream = Some(stream);
+        self.stream_rings = Some(rings);
+        rings
     }
 
     /// Asks the tasks stream which subjects hold messages and marks the
@@ -850,7 +929,8 @@ impl State {
                         .sources
                         .iter()
                         .all(|s| !self.sources[*s].pending);
-                    if idle && self.groups[group].bell.is_none() {
+                    if idle && self.groups[group].bell.is_none() && !self.groups[group].rung_by_name
+                    {
                         self.ring(group, doorbells).await;
                         for member in self.groups[group].sources.clone() {
                             self.mark(member);

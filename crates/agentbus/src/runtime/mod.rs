@@ -443,6 +443,19 @@ impl Runtime {
             ),
             None => None,
         };
+        // The worker hears of tasks on the agent's own queue through the
+        // agent's subscription.
+        let queue_ring = if options.work_queues {
+            let idle_poll = options.delivery.idle_poll;
+            let bus = &self.bus;
+            Some(
+                self.worker
+                    .get_or_insert_with(|| Worker::start(bus, idle_poll))
+                    .queue_ring(&name),
+            )
+        } else {
+            None
+        };
         let served = Arc::new(serve::Served {
             agent,
             name: name.clone(),
@@ -459,6 +472,7 @@ impl Runtime {
             metrics,
             registry: self.registry.clone(),
             traced_as: std::sync::OnceLock::new(),
+            queue_ring,
         });
         // Durable consumers first: if they cannot be made, nothing was started.
         let (stop, stop_rx) = watch::channel(None);

@@ -6,6 +6,7 @@ use super::stats::Counters;
 use super::task_types::TaskTypes;
 use crate::agent::{Agent, TaskContext, TaskError};
 use crate::client::Bus;
+use crate::delivery::worker::QueueRing;
 use crate::events::TaskEvent;
 use crate::metrics::AgentMetrics;
 use crate::name::Name;
@@ -44,6 +45,8 @@ pub(super) struct Served<A> {
     pub(super) registry: Arc<Registry>,
     /// What its handlers' spans are about, made at the first one.
     pub(super) traced_as: OnceLock<Destination>,
+    /// Where a ring of its own queue goes, when it works queues.
+    pub(super) queue_ring: Option<QueueRing>,
 }
 
 impl<A> Served<A> {
@@ -178,10 +181,16 @@ pub(super) async fn serve<A: Agent>(
                 }
                 message = subscriber.next(), if room => {
                     let Some(message) = message else { break };
-                    // The subscription is `agent.<name>.>`: a message kept by
-                    // the inbox or direct stream is delivered here too, and is
-                    // not a task (its reply subject waits for the stream's ack).
+                    // The subscription is `agent.<name>.>`: it also hears
+                    // rings of the agent's queue, and messages kept by the
+                    // inbox or direct stream, which are not tasks (their reply
+                    // subject waits for the stream's ack).
                     if !subject::is_agent_task(&message.subject) {
+                        if let Some(priority) = subject::parse_agent_queued(&message.subject)
+                            && let Some(ring) = &served.queue_ring
+                        {
+                            ring.ring(priority);
+                        }
                         continue;
                     }
                     let reply = message.reply;
