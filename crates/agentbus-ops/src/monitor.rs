@@ -60,7 +60,7 @@ pub struct Jsz {
     pub bytes: u64,
 }
 
-/// One client connection as `/connz?auth=1&subs=1` shows it.
+/// One client connection as `/connz?auth=1&subs=detail` shows it.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct Connection {
     /// The name the client gave, if any.
@@ -69,9 +69,19 @@ pub struct Connection {
     /// The user it authenticated as (an nkey's public key for an nkey user).
     #[serde(default)]
     pub authorized_user: Option<String>,
-    /// The subjects it subscribes to.
+    /// Its subscriptions.
+    #[serde(default, rename = "subscriptions_list_detail")]
+    pub subscriptions: Vec<Subscription>,
+}
+
+/// One subscription of a connection.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct Subscription {
+    /// The subject or pattern.
+    pub subject: String,
+    /// Its queue group, if any.
     #[serde(default)]
-    pub subscriptions_list: Vec<String>,
+    pub qgroup: Option<String>,
 }
 
 /// One page of `/connz`.
@@ -203,7 +213,7 @@ impl Monitor {
         loop {
             let page: ConnzPage = self
                 .get(&format!(
-                    "connz?auth=1&subs=1&offset={}&limit={CONNZ_PAGE}",
+                    "connz?auth=1&subs=detail&offset={}&limit={CONNZ_PAGE}",
                     all.len()
                 ))
                 .await?;

@@ -189,9 +189,12 @@ impl Grant {
         delivered.extend(subject::ALL_ANNOUNCEMENTS.map(str::to_owned));
         let mut subscribe = vec![
             format!("{}.>", subject::agent_reply_prefix(&self.agent)),
-            // Its own tasks over request/reply, on one subscription that
-            // also sees its inbox and direct channel.
+            // Its own tasks over request/reply: on one subscription that
+            // also hears its queue ring (and sees its inbox and direct
+            // channel), or on the two task subjects when it works no queue.
             subject::agent_subjects(&self.agent).to_string(),
+            subject::agent_task(&self.agent).to_string(),
+            subject::agent_tasks_stamped(&self.agent).to_string(),
             // Discovery requests, answered once each.
             "$SRV.>".to_owned(),
             // Control requests: each runtime listens once for every task it
@@ -214,7 +217,7 @@ impl Grant {
             publish.push(format!("tasks.{to}"));
             publish.push(format!("tasks.{to}.*"));
             // The ring of a task queued at a priority other than normal.
-            publish.push(format!("agent.{to}.queued.*"));
+            publish.push(subject::agent_rings(&to));
         }
         for to in targets(&self.may_message) {
             publish.push(format!("agent.{to}.inbox.{me}"));

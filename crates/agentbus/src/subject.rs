@@ -298,14 +298,26 @@ pub fn agent_task_from(agent: &Name, from: &Name) -> Subject {
     Subject::built(format!("agent.{agent}.task.{from}"))
 }
 
-/// Every subject under `agent`'s name: `agent.<agent>.>`. A runtime takes
-/// an agent's request/reply tasks, plain (`agent.<agent>.task`) and stamped
-/// (`agent.<agent>.task.<from>`), on this one subscription: no single token
-/// pattern matches both forms, and every subscription costs the client a
-/// buffer of its own. Whatever else it matches (the inbox and direct
-/// channel, which streams keep) is dropped: see [`is_agent_task`].
+/// Every sender-stamped task subject of `agent`: `agent.<agent>.task.*`.
+pub fn agent_tasks_stamped(agent: &Name) -> SubjectPattern {
+    SubjectPattern(format!("agent.{agent}.task.*"))
+}
+
+/// Every subject under `agent`'s name: `agent.<agent>.>`. A runtime that
+/// works the agent's queue takes its request/reply tasks, plain
+/// (`agent.<agent>.task`) and stamped (`agent.<agent>.task.<from>`), and its
+/// queue's rings ([`agent_queued`]) on this one subscription: no single
+/// token pattern matches both task forms, and every subscription costs the
+/// client a buffer of its own. Whatever else it matches (the inbox and
+/// direct channel, which streams keep) is dropped: see [`is_agent_task`].
 pub fn agent_subjects(agent: &Name) -> SubjectPattern {
     SubjectPattern(format!("agent.{agent}.>"))
+}
+
+/// What agent `to`'s senders may ring: [`agent_queued`] at every priority
+/// but normal (the tasks stream rings that one).
+pub fn agent_rings(to: &str) -> String {
+    format!("agent.{to}.queued.*")
 }
 
 /// Whether a subject under [`agent_subjects`] is a request/reply task:

@@ -1,10 +1,13 @@
 //! Many agents on one bus, against a real nats-server: presence costs one
 //! message per runtime per interval (idle agents add nothing, and nothing
-//! goes per pair), idle agents hold no server consumers, a queue going busy
-//! and idle keeps one doorbell, an idle agent holds one subscription and is
-//! rung on it (with a doorbell of its own on a tasks stream that does not
-//! ring), thousands of agents each serve a queued task, a silent death among many is reported once, and an upgrade from the
-//! durable consumers of earlier versions loses no queued task.
+//! goes per pair), idle agents hold no server consumers, an idle agent
+//! holds one subscription and is rung on it (with a doorbell of its own on a
+//! tasks stream that does not ring, which a queue going busy and idle keeps
+//! one of) and only replicas that work the queue hear its rings, thousands
+//! of agents each serve a queued task, a silent death among many is
+//! reported once, an upgrade from the durable consumers of
+//! earlier versions loses no queued task, and a runtime dropped without a
+//! shutdown stops working its queues.
 
 use agentbus::delivery::{DeliveryOptions, Queue, ResultRetention};
 use agentbus::presence::PresenceOptions;
@@ -632,4 +635,102 @@ async fn queued_tasks_survive_an_upgrade_from_always_on_consumers() {
         consumer.cached_info().config
     );
     runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A runtime dropped without a shutdown stops working its queues: the rings
+/// its agents' subscriptions hand to the worker do not keep the worker alive.
+#[tokio::test]
+async fn a_dropped_runtime_stops_working_its_queue() {
+    let server = NatsServer::start().await;
+    let ran: Arc<Mutex<Vec<String>>> = Arc::default();
+    let options = AgentOptions {
+        presence: false,
+        task_events: false,
+        delivery: DeliveryOptions {
+            idle_poll: Duration::from_millis(100),
+            ..DeliveryOptions::default()
+        },
+        ..AgentOptions::default()
+    };
+    let runtime = serve_many(&server, 1, options, &ran).await;
+    let client = Bus::from_client(server.connect().await);
+    let queue = Queue::agent(&name(0)).unwrap();
+    let before = TaskRequest::new(TASK_TYPE, json!({}));
+    client
+        .submit_with(&queue, &before, ResultRetention::Discard)
+        .await
+        .unwrap();
+    ran_within(&ran, before.task_id.as_str(), Duration::from_secs(5)).await;
+    drop(runtime);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = TaskRequest::new(TASK_TYPE, json!({}));
+    client
+        .submit_with(&queue, &after, ResultRetention::Discard)
+        .await
+        .unwrap();
+    // Ten sweeps of a worker still running would have found it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(ran.lock().unwrap().len(), 1, "a dropped runtime ran a task");
+}
+
+/// Rings go only to the replicas that work the queue: a replica of the same
+/// agent that serves request/reply only (work queues off) subscribes to the
+/// two task subjects, so no ring lands where nothing would act on it. With
+/// sweeps off, every task stored on the queue runs at once on the other
+/// replica (a ring to the request/reply replica would wait for a sweep).
+#[tokio::test]
+async fn rings_reach_only_the_replicas_that_work_the_queue() {
+    let server = NatsServer::start().await;
+    let ran: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut serving = Runtime::new(Bus::connect(&server.target(), "serving").await.unwrap());
+    let agent = || Echo {
+        name: name(0),
+        ran: ran.clone(),
+    };
+    serving
+        .add(
+            agent(),
+            AgentOptions {
+                work_queues: false,
+                ..no_sweeps()
+            },
+        )
+        .await
+        .unwrap();
+    let mut working = Runtime::new(Bus::connect(&server.target(), "working").await.unwrap());
+    working.add(agent(), no_sweeps()).await.unwrap();
+    let subjects = |runtime: &'static str| {
+        let server = &server;
+        async move {
+            let url = format!("{}/connz?subs=1", server.monitor_url());
+            let connz: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            connz["connections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["name"] == runtime)
+                .flat_map(|c| {
+                    c["subscriptions_list"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .filter(|s| s.starts_with("agent."))
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut serving_subjects = subjects("serving").await;
+    serving_subjects.sort();
+    assert_eq!(
+        serving_subjects,
+        ["agent.agent-0.task", "agent.agent-0.task.*"]
+    );
+    assert_eq!(subjects("working").await, ["agent.agent-0.>"]);
+    for _ in 0..6 {
+        let plain = publish_plainly(&server, &format!("tasks.{}", name(0))).await;
+        ran_within(&ran, &plain, Duration::from_secs(5)).await;
+    }
+    working.shutdown(Duration::from_secs(5)).await;
+    serving.shutdown(Duration::from_secs(5)).await;
 }

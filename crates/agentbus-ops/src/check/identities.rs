@@ -34,9 +34,9 @@ pub(super) async fn operator_agents(run: &Run<'_>) -> Outcome {
     let mut shared: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for connection in &connections {
         let agents: BTreeSet<String> = connection
-            .subscriptions_list
+            .subscriptions
             .iter()
-            .filter_map(|s| served_agent(s))
+            .filter_map(|s| served_agent(&s.subject, s.qgroup.as_deref()))
             .collect();
         served += agents.len();
         let user = connection.authorized_user.clone().unwrap_or_default();
@@ -62,11 +62,13 @@ pub(super) async fn operator_agents(run: &Run<'_>) -> Outcome {
     ))
 }
 
-/// The agent whose tasks a subscription to `subject` serves.
-fn served_agent(subject: &str) -> Option<String> {
+/// The agent whose tasks a subscription to `subject` in queue group
+/// `qgroup` serves: agents serve in a queue group of their name, so one
+/// outside it (`agentbus tail 'agent.bob.>'`) only listens.
+fn served_agent(subject: &str, qgroup: Option<&str>) -> Option<String> {
     match subject.split('.').collect::<Vec<_>>().as_slice() {
         ["agent", name, "task"] | ["agent", name, "task", "*"] | ["agent", name, ">"]
-            if *name != "*" =>
+            if *name != "*" && qgroup == Some(*name) =>
         {
             Some((*name).to_owned())
         }
@@ -213,12 +215,15 @@ mod tests {
 
     #[test]
     fn agents_are_found_by_the_task_subjects_they_serve() {
-        assert_eq!(served_agent("agent.bob.task").as_deref(), Some("bob"));
-        assert_eq!(served_agent("agent.bob.task.*").as_deref(), Some("bob"));
-        assert_eq!(served_agent("agent.bob.>").as_deref(), Some("bob"));
-        assert_eq!(served_agent("agent.*.task"), None);
-        assert_eq!(served_agent("agent.bob.inbox"), None);
-        assert_eq!(served_agent("tasks.bob"), None);
+        let bob = Some("bob");
+        assert_eq!(served_agent("agent.bob.task", bob).as_deref(), bob);
+        assert_eq!(served_agent("agent.bob.task.*", bob).as_deref(), bob);
+        assert_eq!(served_agent("agent.bob.>", bob).as_deref(), bob);
+        assert_eq!(served_agent("agent.bob.>", None), None);
+        assert_eq!(served_agent("agent.bob.task", Some("tail")), None);
+        assert_eq!(served_agent("agent.*.task", Some("*")), None);
+        assert_eq!(served_agent("agent.bob.inbox", bob), None);
+        assert_eq!(served_agent("tasks.bob", bob), None);
     }
 
     #[test]

@@ -147,7 +147,7 @@ impl RepublishSpec {
     fn dest_pattern(&self) -> String {
         self.dest
             .split('.')
-            .map(|token| if token.starts_with("{{") { "*" } else { token })
+            .map(|token| if token.contains("{{") { "*" } else { token })
             .collect::<Vec<_>>()
             .join(".")
     }
@@ -374,6 +374,15 @@ impl Topology {
                 continue;
             };
             let dest = republish.dest_pattern();
+            if let Some(rr) = REQUEST_REPLY_SUBJECTS.iter().find(|rr| overlaps(&dest, rr)) {
+                return Err(TopologyError::Invalid {
+                    stream: spec.name.clone(),
+                    reason: format!(
+                        "republish dest {:?} overlaps the request/reply subject {rr:?}, so agents would take what it republishes as requests",
+                        republish.dest
+                    ),
+                });
+            }
             if let Some((other, subject)) = self.streams.iter().find_map(|other| {
                 other
                     .subjects
@@ -581,6 +590,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("agent-messages"), "{err}");
+        for dest in ["agent.{{wildcard(1)}}.task", "agent.x{{wildcard(1)}}.task"] {
+            let answered = STANDARD_TOPOLOGY_TOML.replacen(
+                tasks_ring,
+                &format!("republish = {{ src = \"tasks.*\", dest = \"{dest}\" }}"),
+                1,
+            );
+            let err = Topology::parse(&answered, Path::new("t.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("request/reply"), "{dest}: {err}");
+        }
         assert!(covers("tasks.>", "tasks.*"));
         assert!(covers("tasks.*", "tasks.*"));
         assert!(!covers("tasks.*", "tasks.>"));

@@ -231,9 +231,9 @@ impl Bus {
             ResultRetention::Discard => &[(RESULT_HEADER, retention.as_str())],
         };
         let ack = store(self, &subject, request.to_json(), &request.task_id, headers).await?;
-        if !ack.duplicate {
-            ring_queue(self, &subject).await;
-        }
+        // Also after a duplicate: the try that stored it may have been cut
+        // off before its ring.
+        ring_queue(self, &subject).await;
         if request.stream && !ack.duplicate {
             let data = serde_json::json!({
                 "task_type": request.task_type,
@@ -361,6 +361,7 @@ impl Bus {
         let from = from.map(|from| [(FROM_HEADER, from.as_str())]);
         let headers = from.as_ref().map_or(&[][..], |from| &from[..]);
         let ack = store(self, subject, body, &message_id, headers).await?;
+        ring_queue(self, subject).await;
         Ok(Published {
             message_id,
             subject: subject.to_owned(),
@@ -370,16 +371,6 @@ impl Bus {
     }
 }
 
-/// Stores `body` on `subject` with `message_id` as its `Nats-Msg-Id` (a
-/// repeat within the stream's dedup window is stored once) and `headers`;
-/// returns once the stream has it.
-///
-/// What passes is retried with the same message id, with backoff, until the
-/// bus's store deadline ([`Bus::store_deadline`]): a stream without a leader
-/// (an election, or a cluster that lost its majority: JetStream answers "no
-/// responders"), an acknowledgement that timed out, a broken connection. A
-/// publish in flight when the connection comes back is sent again at once,
-/// since its acknowledgement went to a connection that is gone.
 /// Once a task is stored on `subject`, rings the agent whose own queue it
 /// is, at the priorities the tasks stream does not ring itself (all but
 /// normal; see [`subject::agent_queued`]), so that an idle agent takes it at
@@ -398,6 +389,16 @@ pub(crate) async fn ring_queue(bus: &Bus, subject: &str) {
     }
 }
 
+/// Stores `body` on `subject` with `message_id` as its `Nats-Msg-Id` (a
+/// repeat within the stream's dedup window is stored once) and `headers`;
+/// returns once the stream has it.
+///
+/// What passes is retried with the same message id, with backoff, until the
+/// bus's store deadline ([`Bus::store_deadline`]): a stream without a leader
+/// (an election, or a cluster that lost its majority: JetStream answers "no
+/// responders"), an acknowledgement that timed out, a broken connection. A
+/// publish in flight when the connection comes back is sent again at once,
+/// since its acknowledgement went to a connection that is gone.
 pub(crate) async fn store(
     bus: &Bus,
     subject: &str,

@@ -6,11 +6,15 @@
 //! A work queue (`tasks.<agent>`, `work.<task_type>`, each at four
 //! priorities) costs the server nothing while it is empty: its consumer is
 //! made when work arrives and carries an inactivity threshold, so the server
-//! deletes it once it has been idle for 30 s (see `consumers`). While idle, a queue
-//! has a doorbell: a core subscription to its subjects (two per queue, shared
-//! by every agent of the runtime that works it), which a publish rings. A
-//! queue that rang is busy: its fetches see every message, so its doorbell
-//! is unsubscribed (both subscriptions) until the queue is drained again.
+//! deletes it once it has been idle for 30 s (see `consumers`). An agent's
+//! own queue rings on the agent's subscription ([`QueueRing`]): the tasks
+//! stream republishes its normal-priority tasks there, and senders ring the
+//! other priorities. A task-type queue (or an agent queue on a tasks stream
+//! without that republish) has a doorbell while idle instead: a core
+//! subscription to its subjects (two per queue, shared by every agent of the
+//! runtime that works it), which a publish rings. A queue whose doorbell rang
+//! is busy: its fetches see every message, so its doorbell is unsubscribed
+//! (both subscriptions) until the queue is drained again.
 //! Redeliveries (after a NAK delay, an expired ack wait, a crashed worker)
 //! publish nothing, and tasks may have been queued while no worker ran, so the
 //! worker also sweeps: every `idle_poll` it asks the tasks stream once which
@@ -25,8 +29,8 @@
 //! as their handlers have free slots, from critical to low; every eighth round
 //! visits the priorities in reverse, so that under a sustained backlog of
 //! urgent work, low-priority work still gets one round in eight. Only sources
-//! that may hold messages are fetched from: a doorbell or a sweep marks a
-//! source, and a fetch that comes back short unmarks it. A source whose
+//! that may hold messages are fetched from: a ring, a doorbell or a sweep
+//! marks a source, and a fetch that comes back short unmarks it. A source whose
 //! jobs run waits for half its slots to be free, or [`REFILL_LINGER`] after
 //! the first frees, so that a busy worker fetches in batches. A source whose
 //! last fetch came back full, recently, fetches up to half its slots more
@@ -60,6 +64,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -134,25 +139,34 @@ pub(crate) struct Worker {
 
 enum Command {
     Add(Box<AgentWork>),
-    /// A task was stored on this queue at this priority.
-    Ring(Queue, Priority),
+    /// An agent's own queue rang: the priorities are in the bits.
+    Ring(Name, Arc<AtomicU8>),
     Stop(Instant, oneshot::Sender<()>),
 }
 
 /// Tells a runtime's worker that an agent's own queue has a new task: what
 /// the agent's subscription does with a ring ([`subject::agent_queued`]).
+///
+/// Rings the worker has not taken yet are kept as one bit per priority, so
+/// a flood of rings costs one command until the worker takes them. It holds
+/// the worker's channel weakly: a runtime dropped without a shutdown still
+/// stops its worker.
 #[derive(Debug, Clone)]
 pub(crate) struct QueueRing {
-    commands: mpsc::UnboundedSender<Command>,
-    queue: Queue,
+    commands: mpsc::WeakUnboundedSender<Command>,
+    agent: Name,
+    rung: Arc<AtomicU8>,
 }
 
 impl QueueRing {
     /// The queue rang at `priority`.
     pub(crate) fn ring(&self, priority: Priority) {
-        let _ = self
-            .commands
-            .send(Command::Ring(self.queue.clone(), priority));
+        let bit = 1 << priority_index(priority);
+        if self.rung.fetch_or(bit, AtomicOrdering::AcqRel) == 0
+            && let Some(commands) = self.commands.upgrade()
+        {
+            let _ = commands.send(Command::Ring(self.agent.clone(), self.rung.clone()));
+        }
     }
 }
 
@@ -191,8 +205,9 @@ impl Worker {
     /// What rings agent `agent`'s own queue in this worker.
     pub(crate) fn queue_ring(&self, agent: &Name) -> QueueRing {
         QueueRing {
-            commands: self.commands.clone(),
-            queue: Queue::Agent(agent.clone()),
+            commands: self.commands.downgrade(),
+            agent: agent.clone(),
+            rung: Arc::default(),
         }
     }
 
@@ -383,11 +398,7 @@ impl State {
                                 self.add(*work, &mut doorbells).await;
                                 added = true;
                             }
-                            Some(Command::Ring(queue, priority)) => {
-                                if let Some(&source) = self.by_queue.get(&(queue, priority)) {
-                                    self.mark(source);
-                                }
-                            }
+                            Some(Command::Ring(agent, rung)) => self.rung(agent, &rung),
                             Some(Command::Stop(deadline, done)) => break Some(Some((deadline, done))),
                             None => break Some(None),
                         }
@@ -494,7 +505,7 @@ impl State {
                         generation: 0,
                         rung_by_name,
                     });
-                    self.ring(group, doorbells).await;
+                    self.subscribe_doorbell(group, doorbells).await;
                 }
             }
         }
@@ -642,7 +653,11 @@ impl State {
     /// Subscribes a group's doorbell, then marks its sources for one more
     /// look, so that a publish between their last fetch and the subscription
     /// is not missed (the server handles the subscription before the fetch).
-    async fn ring(&mut self, group: usize, doorbells: &mut FuturesUnordered<Doorbell>) {
+    async fn subscribe_doorbell(
+        &mut self,
+        group: usize,
+        doorbells: &mut FuturesUnordered<Doorbell>,
+    ) {
         if self.groups[group].bell.is_some() || self.groups[group].rung_by_name {
             return;
         }
@@ -734,12 +749,25 @@ impl State {
             });
         if !rings {
             tracing::info!(
-                "the tasks stream does not ring agents on their names (`agentbus setup` updates it): each idle agent queue keeps a doorbell"
+                "the tasks stream does not ring agents on their names (`agentbus up` or `agentbus setup` updates it): each idle agent queue keeps a doorbell"
             );
         }
         self.tasks_stream = Some(stream);
         self.stream_rings = Some(rings);
         rings
+    }
+
+    /// Agent `agent`'s queue rang at the priorities in `rung`: marks them.
+    fn rung(&mut self, agent: Name, rung: &AtomicU8) {
+        let bits = rung.swap(0, AtomicOrdering::AcqRel);
+        let queue = Queue::Agent(agent);
+        for priority in Priority::ALL {
+            if bits & (1 << priority_index(priority)) != 0
+                && let Some(&source) = self.by_queue.get(&(queue.clone(), priority))
+            {
+                self.mark(source);
+            }
+        }
     }
 
     /// Asks the tasks stream which subjects hold messages and marks the
@@ -931,7 +959,7 @@ impl State {
                         .all(|s| !self.sources[*s].pending);
                     if idle && self.groups[group].bell.is_none() && !self.groups[group].rung_by_name
                     {
-                        self.ring(group, doorbells).await;
+                        self.subscribe_doorbell(group, doorbells).await;
                         for member in self.groups[group].sources.clone() {
                             self.mark(member);
                         }

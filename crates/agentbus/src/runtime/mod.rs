@@ -1,11 +1,13 @@
 //! The runtime: serves one or many agents over one NATS connection.
 //!
-//! Each agent subscribes to `agent.<name>.>` in queue group `<name>` and
-//! takes its tasks there (`agent.<name>.task`, plain or stamped with the
-//! sender), so replicas share the load. Up to `max_concurrency` tasks of an agent run at
-//! once; further tasks wait and are taken by priority (critical first), then
-//! arrival. Every task is answered with a TaskResponse, including malformed,
-//! unknown, invalid and panicking ones, and the agent keeps serving.
+//! Each agent takes its tasks (`agent.<name>.task`, plain or stamped with
+//! the sender) in queue group `<name>`, so replicas share the load: on one
+//! subscription to `agent.<name>.>`, which also hears its queue ring, or on
+//! the two task subjects when it works no queue. Up to `max_concurrency`
+//! tasks of an agent run at once; further tasks wait and are taken by
+//! priority (critical first), then arrival. Every task is answered with a
+//! TaskResponse, including malformed, unknown, invalid and panicking ones,
+//! and the agent keeps serving.
 
 mod dedup;
 pub mod discovery;
@@ -501,13 +503,32 @@ impl Runtime {
             source,
         };
         let client = self.bus.client();
-        let subscriber = client
-            .queue_subscribe(
-                String::from(subject::agent_subjects(&name)),
-                name.to_string(),
+        // Rings go only to the replicas that work the queue: one that does
+        // not takes its tasks on the two task subjects.
+        let subscriber = if served.options.work_queues {
+            serve::TaskSubscription::Named(
+                client
+                    .queue_subscribe(
+                        String::from(subject::agent_subjects(&name)),
+                        name.to_string(),
+                    )
+                    .await
+                    .map_err(subscribe_error)?,
             )
-            .await
-            .map_err(subscribe_error)?;
+        } else {
+            let plain = client
+                .queue_subscribe(subject::agent_task(&name), name.to_string())
+                .await
+                .map_err(subscribe_error)?;
+            let stamped = client
+                .queue_subscribe(
+                    String::from(subject::agent_tasks_stamped(&name)),
+                    name.to_string(),
+                )
+                .await
+                .map_err(subscribe_error)?;
+            serve::TaskSubscription::Tasks(futures::stream::select(plain, stamped))
+        };
         self.start_discovery(&name, &type_names, &counters).await?;
         self.start_controls(&name).await?;
         let presence = match presence_store {

@@ -92,6 +92,46 @@ impl<A> Served<A> {
     }
 }
 
+/// The subscriptions an agent takes its request/reply tasks on, in its
+/// queue group.
+pub(super) enum TaskSubscription {
+    /// `agent.<name>.>`: its tasks in both forms and its queue's rings (an
+    /// agent that works its queue).
+    Named(async_nats::Subscriber),
+    /// `agent.<name>.task` and `agent.<name>.task.*` (an agent that works no
+    /// queue: rings go to the replicas that do).
+    Tasks(futures::stream::Select<async_nats::Subscriber, async_nats::Subscriber>),
+}
+
+impl TaskSubscription {
+    async fn unsubscribe(&mut self) {
+        match self {
+            Self::Named(subscriber) => {
+                let _ = subscriber.unsubscribe().await;
+            }
+            Self::Tasks(both) => {
+                let (plain, stamped) = both.get_mut();
+                let _ = plain.unsubscribe().await;
+                let _ = stamped.unsubscribe().await;
+            }
+        }
+    }
+}
+
+impl futures::Stream for TaskSubscription {
+    type Item = async_nats::Message;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        match self.get_mut() {
+            Self::Named(subscriber) => subscriber.poll_next_unpin(cx),
+            Self::Tasks(both) => both.poll_next_unpin(cx),
+        }
+    }
+}
+
 /// A task waiting for a free slot: most urgent first, then first come.
 struct Waiting {
     priority: Priority,
@@ -136,7 +176,7 @@ impl Eq for Waiting {}
 
 pub(super) async fn serve<A: Agent>(
     served: Arc<Served<A>>,
-    mut subscriber: async_nats::Subscriber,
+    mut subscriber: TaskSubscription,
     mut stop: watch::Receiver<Option<tokio::time::Instant>>,
 ) {
     // Handlers run inside this task rather than spawned: no task allocation
@@ -181,10 +221,10 @@ pub(super) async fn serve<A: Agent>(
                 }
                 message = subscriber.next(), if room => {
                     let Some(message) = message else { break };
-                    // The subscription is `agent.<name>.>`: it also hears
-                    // rings of the agent's queue, and messages kept by the
-                    // inbox or direct stream, which are not tasks (their reply
-                    // subject waits for the stream's ack).
+                    // Under `agent.<name>.>` come rings of the agent's queue
+                    // too, and messages kept by the inbox or direct stream,
+                    // which are not tasks (their reply subject waits for the
+                    // stream's ack).
                     if !subject::is_agent_task(&message.subject) {
                         if let Some(priority) = subject::parse_agent_queued(&message.subject)
                             && let Some(ring) = &served.queue_ring
@@ -230,7 +270,7 @@ pub(super) async fn serve<A: Agent>(
     // Shutdown: take no more tasks; tell waiting ones; let running ones finish in time.
     let deadline = stop.borrow().unwrap_or_else(tokio::time::Instant::now);
     served.queues(0, running.len());
-    let _ = subscriber.unsubscribe().await;
+    subscriber.unsubscribe().await;
     while let Some(message) = subscriber.next().now_or_never().flatten() {
         if !subject::is_agent_task(&message.subject) {
             continue;
