@@ -37,6 +37,7 @@ use agentbus::connect::ServerTarget;
 use agentbus_ops::LocalBus;
 use agentbus_ops::identity::{self, Identities};
 use agentbus_ops::local_server::{LocalServer, LocalServerConfig};
+use agentbus_ops::monitor::{Monitor, Subscription};
 use agentbus_ops::server_binary;
 use agentbus_ops::topology::Topology;
 pub use npm::npm_packages;
@@ -144,6 +145,19 @@ impl NatsServer {
     /// Monitoring URL.
     pub fn monitor_url(&self) -> &str {
         self.server.monitor_url()
+    }
+
+    /// The subscriptions of the connections named `connection`, from the
+    /// monitoring endpoint.
+    pub async fn subscriptions(&self, connection: &str) -> Vec<Subscription> {
+        Monitor::new(self.monitor_url())
+            .connections()
+            .await
+            .expect("the monitoring endpoint lists the connections")
+            .into_iter()
+            .filter(|c| c.name.as_deref() == Some(connection))
+            .flat_map(|c| c.subscriptions)
+            .collect()
     }
 
     /// A [`ServerTarget`] with this server's credentials and monitoring URL.

@@ -1042,26 +1042,6 @@ async fn a_queued_task_cancelled_by_an_identity_is_marked_at_once() {
     runtime.shutdown(Duration::from_secs(5)).await;
 }
 
-/// The subjects the connections named `name` subscribe to, from the
-/// server's monitoring endpoint.
-async fn subscription_subjects(server: &NatsServer, name: &str) -> Vec<String> {
-    let url = format!("{}/connz?subs=1", server.monitor_url());
-    let connz: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
-    connz["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["name"] == name)
-        .flat_map(|c| {
-            c["subscriptions_list"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .filter_map(|s| s.as_str().map(str::to_owned))
-        .collect()
-}
-
 /// Under identities, an idle agent's queue is rung on its one subscription:
 /// the tasks stream's republish reaches bob's `agent.bob.>`, and alice may
 /// ring a task she queued at high priority. Bob's runtime holds no doorbell
@@ -1083,7 +1063,12 @@ async fn an_identity_is_rung_on_its_one_subscription() {
     };
     runtime.add(recorder.clone(), options).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let subjects = subscription_subjects(&server, "bob").await;
+    let subjects: Vec<String> = server
+        .subscriptions("bob")
+        .await
+        .into_iter()
+        .map(|s| s.subject)
+        .collect();
     assert!(subjects.iter().any(|s| s == "agent.bob.>"), "{subjects:?}");
     assert!(
         !subjects.iter().any(|s| s.starts_with("tasks.")),

@@ -169,14 +169,7 @@ async fn two_thousand_agents_each_serve_one_queued_task() {
     for index in 0..2_000 {
         let request = TaskRequest::new(TASK_TYPE, json!({"n": index}));
         expected.insert(request.task_id.to_string());
-        client
-            .submit_with(
-                &Queue::agent(&name(index)).unwrap(),
-                &request,
-                ResultRetention::Discard,
-            )
-            .await
-            .unwrap();
+        submit(&client, index, &request).await;
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while ran.lock().unwrap().len() < 2_000 {
@@ -270,6 +263,18 @@ fn without_rings() -> Topology {
     topology
 }
 
+/// Queues `request` for agent `index`, fire and forget.
+async fn submit(client: &Bus, index: usize, request: &TaskRequest) {
+    client
+        .submit_with(
+            &Queue::agent(&name(index)).unwrap(),
+            request,
+            ResultRetention::Discard,
+        )
+        .await
+        .unwrap();
+}
+
 /// Waits until the agents ran task `task_id`.
 async fn ran_within(ran: &Arc<Mutex<Vec<String>>>, task_id: &str, limit: Duration) {
     let deadline = Instant::now() + limit;
@@ -311,24 +316,30 @@ fn no_sweeps() -> AgentOptions {
     }
 }
 
-/// Adds agents `from..to` to `runtime`, then counts the subscriptions of
-/// its connection, `connection`.
-async fn add_and_count(
+/// A runtime on a connection named `connection`, serving agents
+/// `first..first + 1 + more` without sweeps, and the subscriptions its
+/// connection holds for the `more` agents added after the first.
+async fn subscriptions_for_more_agents(
     server: &NatsServer,
-    runtime: &mut Runtime,
-    (from, to): (usize, usize),
-    ran: &Arc<Mutex<Vec<String>>>,
     connection: &str,
-) -> u64 {
-    for index in from..to {
-        let agent = Echo {
-            name: name(index),
-            ran: ran.clone(),
-        };
-        runtime.add(agent, no_sweeps()).await.unwrap();
+    (first, more): (usize, usize),
+    ran: &Arc<Mutex<Vec<String>>>,
+) -> (Runtime, u64) {
+    let bus = Bus::connect(&server.target(), connection).await.unwrap();
+    let mut runtime = Runtime::new(bus);
+    let mut counts = Vec::new();
+    for range in [first..first + 1, first + 1..first + 1 + more] {
+        for index in range {
+            let agent = Echo {
+                name: name(index),
+                ran: ran.clone(),
+            };
+            runtime.add(agent, no_sweeps()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        counts.push(subscriptions_of(server, connection).await);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    subscriptions_of(server, connection).await
+    (runtime, counts[1] - counts[0])
 }
 
 /// An idle agent holds one subscription, `agent.<name>.>`, which takes its
@@ -339,11 +350,9 @@ async fn add_and_count(
 async fn an_idle_agent_holds_one_subscription_and_is_rung_on_it() {
     let server = NatsServer::start().await;
     let ran: Arc<Mutex<Vec<String>>> = Arc::default();
-    let bus = Bus::connect(&server.target(), "rung").await.unwrap();
-    let mut runtime = Runtime::new(bus);
-    let one = add_and_count(&server, &mut runtime, (0, 1), &ran, "rung").await;
-    let many = add_and_count(&server, &mut runtime, (1, 101), &ran, "rung").await;
-    assert_eq!(many - one, 100, "subscriptions for 100 more idle agents");
+    let (runtime, added) = subscriptions_for_more_agents(&server, "rung", (0, 100), &ran).await;
+    assert_eq!(added, 100, "subscriptions for 100 more idle agents");
+    let many = subscriptions_of(&server, "rung").await;
 
     let plain = publish_plainly(&server, &format!("tasks.{}", name(7))).await;
     ran_within(&ran, &plain, Duration::from_secs(5)).await;
@@ -354,27 +363,13 @@ async fn an_idle_agent_holds_one_subscription_and_is_rung_on_it() {
         (10, Priority::Low),
     ] {
         let request = TaskRequest::new(TASK_TYPE, json!({})).with_priority(priority);
-        client
-            .submit_with(
-                &Queue::agent(&name(index)).unwrap(),
-                &request,
-                ResultRetention::Discard,
-            )
-            .await
-            .unwrap();
+        submit(&client, index, &request).await;
         ran_within(&ran, request.task_id.as_str(), Duration::from_secs(5)).await;
     }
     // Busy and idle again: still rung.
     for _ in 0..3 {
         let request = TaskRequest::new(TASK_TYPE, json!({}));
-        client
-            .submit_with(
-                &Queue::agent(&name(7)).unwrap(),
-                &request,
-                ResultRetention::Discard,
-            )
-            .await
-            .unwrap();
+        submit(&client, 7, &request).await;
         ran_within(&ran, request.task_id.as_str(), Duration::from_secs(5)).await;
     }
     assert_eq!(subscriptions_of(&server, "rung").await, many);
@@ -389,11 +384,8 @@ async fn an_idle_agent_holds_one_subscription_and_is_rung_on_it() {
 async fn a_tasks_stream_that_does_not_ring_leaves_idle_queues_a_doorbell_until_updated() {
     let server = NatsServer::start_with_topology(&without_rings()).await;
     let ran: Arc<Mutex<Vec<String>>> = Arc::default();
-    let bus = Bus::connect(&server.target(), "belled").await.unwrap();
-    let mut runtime = Runtime::new(bus);
-    let one = add_and_count(&server, &mut runtime, (0, 1), &ran, "belled").await;
-    let many = add_and_count(&server, &mut runtime, (1, 11), &ran, "belled").await;
-    assert_eq!(many - one, 30, "a request subscription and a doorbell each");
+    let (runtime, added) = subscriptions_for_more_agents(&server, "belled", (0, 10), &ran).await;
+    assert_eq!(added, 30, "a request subscription and a doorbell each");
     let plain = publish_plainly(&server, &format!("tasks.{}", name(3))).await;
     ran_within(&ran, &plain, Duration::from_secs(5)).await;
     let high = publish_plainly(&server, &format!("tasks.{}.high", name(4))).await;
@@ -407,11 +399,8 @@ async fn a_tasks_stream_that_does_not_ring_leaves_idle_queues_a_doorbell_until_u
         actions.contains(&("agent-tasks".to_owned(), StreamAction::Updated)),
         "{actions:?}"
     );
-    let bus = Bus::connect(&server.target(), "rung").await.unwrap();
-    let mut upgraded = Runtime::new(bus);
-    let rung_one = add_and_count(&server, &mut upgraded, (100, 101), &ran, "rung").await;
-    let rung_many = add_and_count(&server, &mut upgraded, (101, 111), &ran, "rung").await;
-    assert_eq!(rung_many - rung_one, 10);
+    let (upgraded, added) = subscriptions_for_more_agents(&server, "rung", (100, 10), &ran).await;
+    assert_eq!(added, 10);
     let plain = publish_plainly(&server, &format!("tasks.{}", name(105))).await;
     ran_within(&ran, &plain, Duration::from_secs(5)).await;
     upgraded.shutdown(Duration::from_secs(5)).await;
@@ -654,20 +643,13 @@ async fn a_dropped_runtime_stops_working_its_queue() {
     };
     let runtime = serve_many(&server, 1, options, &ran).await;
     let client = Bus::from_client(server.connect().await);
-    let queue = Queue::agent(&name(0)).unwrap();
     let before = TaskRequest::new(TASK_TYPE, json!({}));
-    client
-        .submit_with(&queue, &before, ResultRetention::Discard)
-        .await
-        .unwrap();
+    submit(&client, 0, &before).await;
     ran_within(&ran, before.task_id.as_str(), Duration::from_secs(5)).await;
     drop(runtime);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = TaskRequest::new(TASK_TYPE, json!({}));
-    client
-        .submit_with(&queue, &after, ResultRetention::Discard)
-        .await
-        .unwrap();
+    submit(&client, 0, &after).await;
     // Ten sweeps of a worker still running would have found it.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(ran.lock().unwrap().len(), 1, "a dropped runtime ran a task");
@@ -699,31 +681,19 @@ async fn rings_reach_only_the_replicas_that_work_the_queue() {
         .unwrap();
     let mut working = Runtime::new(Bus::connect(&server.target(), "working").await.unwrap());
     working.add(agent(), no_sweeps()).await.unwrap();
-    let subjects = |runtime: &'static str| {
-        let server = &server;
-        async move {
-            let url = format!("{}/connz?subs=1", server.monitor_url());
-            let connz: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
-            connz["connections"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|c| c["name"] == runtime)
-                .flat_map(|c| {
-                    c["subscriptions_list"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                })
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .filter(|s| s.starts_with("agent."))
-                .collect::<Vec<_>>()
-        }
+    let subjects = async |connection: &str| {
+        let mut subjects: Vec<String> = server
+            .subscriptions(connection)
+            .await
+            .into_iter()
+            .filter(|s| s.subject.starts_with("agent.") && s.qgroup.as_deref() == Some("agent-0"))
+            .map(|s| s.subject)
+            .collect();
+        subjects.sort();
+        subjects
     };
-    let mut serving_subjects = subjects("serving").await;
-    serving_subjects.sort();
     assert_eq!(
-        serving_subjects,
+        subjects("serving").await,
         ["agent.agent-0.task", "agent.agent-0.task.*"]
     );
     assert_eq!(subjects("working").await, ["agent.agent-0.>"]);
