@@ -5,10 +5,11 @@
 //! the result and gets it back instead of making the effect again, and one
 //! that finds another attempt's live claim waits for its result. A claim
 //! whose lease ran out (its attempt died after claiming, or could not store
-//! the result within twice the store deadline) is taken over.
+//! the result while the claim held: it tries until shortly before the lease
+//! ends) is taken over.
 
 use crate::client::Bus;
-use crate::ride::{open_bucket, ride};
+use crate::ride::{open_bucket, ride, ride_until};
 use crate::subject::TASK_RESULTS_BUCKET;
 use async_nats::jetstream::kv;
 use serde::de::DeserializeOwned;
@@ -24,6 +25,10 @@ const MAX_NAME_LEN: usize = 64;
 /// the bus's store deadline, which the result's store may take through an
 /// election.
 const MIN_LEASE: Duration = Duration::from_secs(30);
+/// How long before its claim's lease ends an attempt stops trying to store
+/// the result of the effect it made: what the clocks of two processes may
+/// differ by.
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// How often an attempt that waits for another one's claim looks again.
 const WAIT_POLL: Duration = Duration::from_millis(100);
 
@@ -134,7 +139,9 @@ where
         until_ms: now_ms().saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)),
     };
     // Claim the effect, or find it made, or wait for another attempt's claim.
-    let revision = loop {
+    let (revision, claimed_at) = loop {
+        // No later than the claim's own time, from which its lease runs.
+        let claimed_at = tokio::time::Instant::now();
         let entry = ride(
             bus,
             &key,
@@ -181,15 +188,20 @@ where
             }
         };
         if let Some(revision) = claimed {
-            break revision;
+            break (revision, claimed_at);
         }
     };
     match effect().await {
         Ok(value) => {
             let made = encode(&Stored::Made { value: &value })?;
-            let stored = ride(
+            // Tried for as long as the claim holds, rather than for the
+            // store deadline: an attempt that could not record the effect
+            // made leaves it to be made again once the lease ends.
+            let until = claimed_at + lease.saturating_sub(LEASE_MARGIN);
+            let stored = ride_until(
                 bus,
                 &key,
+                until,
                 || store.update(&key, made.clone(), revision),
                 |err| err.kind() != kv::UpdateErrorKind::WrongLastRevision,
             )

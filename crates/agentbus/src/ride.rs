@@ -28,7 +28,7 @@ const TRY_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) async fn ride<T, E, F, Fut>(
     bus: &Bus,
     what: &str,
-    mut attempt: F,
+    attempt: F,
     passes: impl Fn(&E) -> bool,
 ) -> Result<T, E>
 where
@@ -37,6 +37,22 @@ where
     E: std::fmt::Display,
 {
     let deadline = tokio::time::Instant::now() + bus.store_deadline();
+    ride_until(bus, what, deadline, attempt, passes).await
+}
+
+/// [`ride`] up to `deadline` instead of the bus's store deadline.
+pub(crate) async fn ride_until<T, E, F, Fut>(
+    bus: &Bus,
+    what: &str,
+    deadline: tokio::time::Instant,
+    mut attempt: F,
+    passes: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
     let mut backoff = FIRST_BACKOFF;
     let mut reconnects = bus.reconnects();
     loop {
