@@ -148,7 +148,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn print_table(rows: &[Counts]) {
     println!(
-        "{:<24} {:>9} {:>6} {:>8} {:>7} {:>4} {:>8} {:>10} {:>5} {:>11} {:>6}",
+        "{:<24} {:>9} {:>6} {:>8} {:>7} {:>4} {:>8} {:>10} {:>11} {:>5} {:>11} {:>6} {:>11}",
         "SCENARIO",
         "SUBMITTED",
         "ACKED",
@@ -157,16 +157,18 @@ fn print_table(rows: &[Counts]) {
         "LOST",
         "DUP-RUNS",
         "DUP-EFFECT",
+        "REDONE-KILL",
         "STALE",
         "RECOVERY",
-        "ERRORS"
+        "ERRORS",
+        "REFUSED-RAN"
     );
     for row in rows {
         let recovery = row
             .recovery_ms
             .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms"));
         println!(
-            "{:<24} {:>9} {:>6} {:>8} {:>7} {:>4} {:>8} {:>10} {:>5} {:>11} {:>6} {:>12}",
+            "{:<24} {:>9} {:>6} {:>8} {:>7} {:>4} {:>8} {:>10} {:>11} {:>5} {:>11} {:>6} {:>11}",
             row.scenario,
             row.submitted,
             row.acknowledged,
@@ -175,6 +177,7 @@ fn print_table(rows: &[Counts]) {
             row.lost,
             row.duplicate_executions,
             row.duplicate_effects,
+            row.effects_redone_after_kill,
             row.stale_results_discarded,
             recovery,
             row.errors,

@@ -79,8 +79,13 @@ pub(crate) struct Counts {
     pub(crate) lost: usize,
     /// Runs beyond the first of a task.
     pub(crate) duplicate_executions: usize,
-    /// Effects beyond the first of a task.
+    /// Effects beyond the first of a task, except those below.
     pub(crate) duplicate_effects: usize,
+    /// Effects made again because the process that made one first was
+    /// killed (`kill -9`) before it stored the effect's result: the one
+    /// case [`agentbus::TaskContext::once`] says leaves an effect unknown
+    /// (a system taking its idempotency key closes it).
+    pub(crate) effects_redone_after_kill: usize,
     /// Late outcomes of attempts another attempt had taken over.
     pub(crate) stale_results_discarded: u64,
     /// The longest the bus stood still after the fault: the longest time
@@ -218,7 +223,8 @@ pub(crate) async fn run(
     for worker in &mut workers {
         stop_worker(worker).await;
     }
-    let mut counts = tally(ledgers, fault_at, &acknowledged)?;
+    let killed = (scenario == "worker-kill").then(|| workers[0].pid);
+    let mut counts = tally(ledgers, fault_at, &acknowledged, killed)?;
     counts.scenario = scenario.to_owned();
     counts.submitted = profile.tasks;
     counts.acknowledged = acknowledged.len();
@@ -412,10 +418,19 @@ async fn inject(
 }
 
 /// Counts the runs, effects and stale results in `ledgers`; the recovery
-/// time is the longest gap between effects from `fault_at` on.
-fn tally(ledgers: &Path, fault_at: u128, acknowledged: &[TaskId]) -> anyhow::Result<Counts> {
+/// time is the longest gap between effects from `fault_at` on. A task's
+/// effects beyond its first are duplicates, unless its first was made by
+/// the worker `killed` with `kill -9`.
+fn tally(
+    ledgers: &Path,
+    fault_at: u128,
+    acknowledged: &[TaskId],
+    killed: Option<u32>,
+) -> anyhow::Result<Counts> {
     let mut runs: HashMap<String, usize> = HashMap::new();
     let mut effects: HashMap<String, usize> = HashMap::new();
+    // Each task's first effect: when, and whether the killed worker made it.
+    let mut first_effects: HashMap<String, (u128, bool)> = HashMap::new();
     let mut after_fault: Vec<u128> = Vec::new();
     let mut stale = 0;
     for entry in std::fs::read_dir(ledgers)? {
@@ -430,9 +445,13 @@ fn tally(ledgers: &Path, fault_at: u128, acknowledged: &[TaskId]) -> anyhow::Res
             stale += figures.stale_results;
             continue;
         }
-        if !name.starts_with("ledger-") {
+        let Some(pid) = name
+            .strip_prefix("ledger-")
+            .and_then(|rest| rest.strip_suffix(".txt"))
+        else {
             continue;
-        }
+        };
+        let by_killed = killed.is_some_and(|killed| pid == killed.to_string());
         for line in std::fs::read_to_string(&path)?.lines() {
             let mut parts = line.split(' ');
             let (Some(kind), Some(task), Some(at)) = (parts.next(), parts.next(), parts.next())
@@ -444,6 +463,12 @@ fn tally(ledgers: &Path, fault_at: u128, acknowledged: &[TaskId]) -> anyhow::Res
                 "exec" => *runs.entry(task.to_owned()).or_default() += 1,
                 "effect" => {
                     *effects.entry(task.to_owned()).or_default() += 1;
+                    let first = first_effects
+                        .entry(task.to_owned())
+                        .or_insert((at, by_killed));
+                    if at < first.0 {
+                        *first = (at, by_killed);
+                    }
                     if at >= fault_at {
                         after_fault.push(at);
                     }
@@ -453,13 +478,19 @@ fn tally(ledgers: &Path, fault_at: u128, acknowledged: &[TaskId]) -> anyhow::Res
         }
     }
     let beyond_first = |counts: &HashMap<String, usize>| counts.values().map(|n| n - 1).sum();
+    let (redone, duplicated): (Vec<_>, Vec<_>) = effects
+        .iter()
+        .map(|(task, n)| (first_effects.get(task).is_some_and(|f| f.1), n - 1))
+        .partition(|(after_kill, _)| *after_kill);
+    let sum = |counts: Vec<(bool, usize)>| counts.into_iter().map(|(_, n)| n).sum();
     let acknowledged: std::collections::HashSet<&str> =
         acknowledged.iter().map(TaskId::as_str).collect();
     Ok(Counts {
         executed: runs.values().sum(),
         effects: effects.values().sum(),
         duplicate_executions: beyond_first(&runs),
-        duplicate_effects: beyond_first(&effects),
+        duplicate_effects: sum(duplicated),
+        effects_redone_after_kill: sum(redone),
         stale_results_discarded: stale,
         refused_but_run: runs
             .keys()
@@ -486,7 +517,39 @@ fn longest_gap(from: u128, mut times: Vec<u128>) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::longest_gap;
+    use super::{longest_gap, tally};
+
+    #[test]
+    fn only_an_effect_first_made_by_the_killed_worker_is_counted_apart() {
+        let dir = std::env::temp_dir().join(format!("faults-tally-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Worker 7 was killed: t1's first effect is its, t2's is worker 8's.
+        std::fs::write(
+            dir.join("ledger-7.txt"),
+            "exec t1 90\neffect t1 100\neffect t2 300\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("ledger-8.txt"),
+            "effect t1 200\neffect t2 150\neffect t3 120\n",
+        )
+        .unwrap();
+        let counts = tally(&dir, 0, &[], Some(7)).unwrap();
+        let not_killed = tally(&dir, 0, &[], None).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(counts.effects, 5);
+        assert_eq!(
+            (counts.effects_redone_after_kill, counts.duplicate_effects),
+            (1, 1)
+        );
+        assert_eq!(
+            (
+                not_killed.effects_redone_after_kill,
+                not_killed.duplicate_effects
+            ),
+            (0, 2)
+        );
+    }
 
     #[test]
     fn the_longest_gap_counts_from_the_fault() {
