@@ -447,12 +447,18 @@ pub fn parse_agent_queued(subject: &str) -> Option<Priority> {
     else {
         return None;
     };
-    let priority = match tokens.next() {
-        None => Priority::Normal,
-        Some("normal") => return None,
-        Some(p) => Priority::parse(p)?,
-    };
+    let priority = parse_priority_suffix(tokens.next())?;
     tokens.next().is_none().then_some(priority)
+}
+
+/// Reads the token [`priority_suffix`] adds back: none is normal, and
+/// `normal` itself is not a suffix.
+fn parse_priority_suffix(token: Option<&str>) -> Option<Priority> {
+    match token {
+        None => Some(Priority::Normal),
+        Some("normal") => None,
+        Some(p) => Priority::parse(p),
+    }
 }
 
 /// Patterns that match a work queue's subjects at every priority, given its
@@ -481,11 +487,7 @@ pub fn parse_queue(subject: &str) -> Option<(QueueKind, Name, Priority)> {
         _ => return None,
     };
     let name = tokens.next()?;
-    let priority = match tokens.next() {
-        None => Priority::Normal,
-        Some("normal") => return None,
-        Some(p) => Priority::parse(p)?,
-    };
+    let priority = parse_priority_suffix(tokens.next())?;
     if tokens.next().is_some() {
         return None;
     }
@@ -803,6 +805,27 @@ pub fn overlaps(a: &str, b: &str) -> bool {
     tokens_overlap(&a, &b)
 }
 
+/// Whether every subject that pattern `inner` matches, pattern `outer`
+/// matches too.
+///
+/// ```
+/// use agentbus::subject::covers;
+/// assert!(covers("tasks.>", "tasks.*"));
+/// assert!(!covers("tasks.*", "tasks.>"));
+/// ```
+pub fn covers(outer: &str, inner: &str) -> bool {
+    let mut outer = outer.split('.');
+    let mut inner = inner.split('.');
+    loop {
+        match (outer.next(), inner.next()) {
+            (None, None) | (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(token)) if token != ">" => {}
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
+}
+
 fn tokens_overlap(a: &[&str], b: &[&str]) -> bool {
     match (a.split_first(), b.split_first()) {
         (None, None) => true,
@@ -974,6 +997,11 @@ mod tests {
         ] {
             assert!(parse_agent_queued(not_a_ring).is_none(), "{not_a_ring}");
         }
+        assert!(covers("tasks.>", "tasks.*"));
+        assert!(covers("tasks.*", "tasks.*"));
+        assert!(!covers("tasks.*", "tasks.>"));
+        assert!(!covers("tasks.a", "tasks.*"));
+        assert!(!covers("tasks.*", "tasks.a.b"));
         assert!(is_agent_task("agent.a.task"));
         assert!(is_agent_task("agent.a.task.b"));
         assert!(!is_agent_task("agent.a.task.b.c"));

@@ -448,13 +448,7 @@ impl Runtime {
         // The worker hears of tasks on the agent's own queue through the
         // agent's subscription.
         let queue_ring = if options.work_queues {
-            let idle_poll = options.delivery.idle_poll;
-            let bus = &self.bus;
-            Some(
-                self.worker
-                    .get_or_insert_with(|| Worker::start(bus, idle_poll))
-                    .queue_ring(&name),
-            )
+            Some(self.worker(options.delivery.idle_poll).queue_ring(&name))
         } else {
             None
         };
@@ -548,11 +542,7 @@ impl Runtime {
             stop_rx,
         ))];
         if let Some(work) = work {
-            let idle_poll = delivery.idle_poll;
-            let bus = &self.bus;
-            self.worker
-                .get_or_insert_with(|| Worker::start(bus, idle_poll))
-                .add(work);
+            self.worker(delivery.idle_poll).add(work);
         }
         // The watch reads any task by its sequence: an operator's job. An
         // agent identity may not, and dead-letters its own last attempts.
@@ -583,6 +573,14 @@ impl Runtime {
             presence,
         });
         Ok(())
+    }
+
+    /// The runtime's worker, started at the first agent with durable work;
+    /// idle, it sweeps every `idle_poll` (the first agent's).
+    fn worker(&mut self, idle_poll: Duration) -> &Worker {
+        let bus = &self.bus;
+        self.worker
+            .get_or_insert_with(|| Worker::start(bus, idle_poll))
     }
 
     /// A settler of tasks (with the records bucket) or of messages, shared
