@@ -2,7 +2,7 @@
 //!
 //! Two sources. As they come: `platform.events.task_*` (every task a
 //! runtime finishes: its agent, type, outcome and run time) and the task
-//! logs (`task.*.events`: which tasks run and which wait for an answer),
+//! logs (`task.*.*.*.*.events`: which tasks run and which wait for an answer),
 //! both on plain subscriptions, and presence, from one watch of its entries
 //! (the dashboard's one consumer). Every poll: each stream's state and
 //! limits, the consumers and subjects of the tasks stream (each queue by

@@ -382,7 +382,7 @@ async fn python_cancels_a_running_rust_handler() {
     assert_eq!(
         status,
         [
-            json!({"task_id": id, "state": "running", "record": null, "last_event": null, "held_by": instance})
+            json!({"task_id": id, "state": "running", "record": null, "last_event": null, "held_by": instance, "key": null})
         ]
     );
     let refused = client(&server, &["answer", &id, r#""now?""#]).await;

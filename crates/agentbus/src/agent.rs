@@ -296,8 +296,18 @@ impl TaskContext {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T, TaskError>>,
     {
-        match crate::effects::once(&self.bus, &self.task_id, &self.instance_id, name, effect).await
-        {
+        // A task's effects are kept with its record; a message's under the
+        // agent that handles it.
+        let key = match &self.task {
+            Some(task) => task.key().as_str().to_owned(),
+            None => format!(
+                "agent.{}.{}.{}",
+                self.agent,
+                crate::task_id::NO_CALLER,
+                self.task_id
+            ),
+        };
+        match crate::effects::once(&self.bus, &key, &self.instance_id, name, effect).await {
             Ok(outcome) => outcome,
             Err(err @ crate::effects::OnceError::InvalidName(_)) => {
                 Err(TaskError::permanent(err.to_string()))

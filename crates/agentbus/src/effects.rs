@@ -82,10 +82,11 @@ enum Stored<T> {
     Made { value: T },
 }
 
-/// The key of effect `name` of task `task_id`: one token (task ids and
-/// effect names hold no dots, and `=` is in neither).
-pub(crate) fn key(task_id: &str, name: &str) -> String {
-    format!("{task_id}={name}")
+/// The key of effect `name` of the task keyed `task`, or the idempotency
+/// key of effect `name` of task id `task`: `=` is in no task id, key or
+/// effect name, and neither an id nor a name holds a dot.
+pub(crate) fn key(task: &str, name: &str) -> String {
+    format!("{task}={name}")
 }
 
 fn now_ms() -> u64 {
@@ -95,7 +96,8 @@ fn now_ms() -> u64 {
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Makes `effect` unless it was made for `task_id` and `name`; returns its
+/// Makes `effect` unless it was made for the task keyed `task_id` (its
+/// [`TaskKey`](crate::TaskKey)) and `name`; returns its
 /// result, stored or new, or the effect's error (then the claim is given
 /// back, and a later attempt makes the effect again).
 pub(crate) async fn once<T, E, F, Fut>(

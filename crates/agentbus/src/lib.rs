@@ -100,4 +100,4 @@ pub use runtime::{
     RuntimeError, RuntimeErrorKind,
 };
 pub use sender::Sender;
-pub use task_id::{InvalidTaskId, MAX_TASK_ID_LEN, TaskId};
+pub use task_id::{InvalidTaskId, MAX_TASK_ID_LEN, TaskId, TaskKey};

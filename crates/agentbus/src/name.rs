@@ -46,6 +46,11 @@ impl Name {
         if value.len() > MAX_NAME_LEN {
             return Err(invalid("it is longer than 64 characters"));
         }
+        if value == crate::task_id::NO_CALLER {
+            return Err(invalid(
+                "'_' alone is reserved: task keys use it for a caller with no name",
+            ));
+        }
         if let Some(c) = value.chars().find(|c| !is_name_char(*c)) {
             return Err(invalid(match c {
                 '*' | '>' => "wildcards are not allowed",

@@ -229,7 +229,6 @@ impl Grant {
             "work.*".to_owned(),
             "work.*.*".to_owned(),
             subject::events::ALL.to_owned(),
-            subject::ALL_TASK_EVENTS.to_owned(),
             subject::ALL_TASK_CONTROLS.to_owned(),
             "$SRV.>".to_owned(),
             format!("$JS.API.STREAM.INFO.KV_{PARKED_LETTERS_BUCKET}"),
@@ -291,23 +290,26 @@ impl Grant {
             // the bucket holds presence only, which everyone may read.
             format!("$JS.API.CONSUMER.CREATE.KV_{PRESENCE_BUCKET}"),
         ]);
-        // Tasks by id: records, logs and watches of one task at a time.
-        publish.extend([
-            format!("$KV.{TASK_RESULTS_BUCKET}.*"),
-            format!("$JS.API.DIRECT.GET.KV_{TASK_RESULTS_BUCKET}.$KV.{TASK_RESULTS_BUCKET}.*"),
-            format!(
-                "$JS.API.CONSUMER.CREATE.KV_{TASK_RESULTS_BUCKET}.*.$KV.{TASK_RESULTS_BUCKET}.*"
-            ),
-            format!(
-                "$JS.API.DIRECT.GET.{TASK_EVENTS_STREAM}.{}",
-                subject::ALL_TASK_EVENTS
-            ),
-            format!(
-                "$JS.API.CONSUMER.CREATE.{TASK_EVENTS_STREAM}.*.{}",
-                subject::ALL_TASK_EVENTS
-            ),
-            format!("$JS.API.CONSUMER.DELETE.{TASK_EVENTS_STREAM}.*"),
-        ]);
+        // Task records and logs: of the tasks it runs (its own, over
+        // request/reply or its queue, and those of the shared queues it
+        // works) and of those it sent, each kept under a key naming both
+        // (`TaskKey`), and no others.
+        let mut scopes = vec![format!("agent.{me}.*")];
+        scopes.extend(self.work_types.iter().map(|t| format!("work.{t}.*")));
+        scopes.push(format!("*.*.{me}"));
+        for scope in &scopes {
+            let record = format!("$KV.{TASK_RESULTS_BUCKET}.{scope}.*");
+            let log = format!("task.{scope}.*.events");
+            publish.extend([
+                format!("$JS.API.DIRECT.GET.KV_{TASK_RESULTS_BUCKET}.{record}"),
+                format!("$JS.API.CONSUMER.CREATE.KV_{TASK_RESULTS_BUCKET}.*.{record}"),
+                record,
+                format!("$JS.API.DIRECT.GET.{TASK_EVENTS_STREAM}.{log}"),
+                format!("$JS.API.CONSUMER.CREATE.{TASK_EVENTS_STREAM}.*.{log}"),
+                log,
+            ]);
+        }
+        publish.push(format!("$JS.API.CONSUMER.DELETE.{TASK_EVENTS_STREAM}.*"));
         Permissions {
             publish,
             subscribe,

@@ -9,7 +9,7 @@
 //! | `broadcast.<topic>`, `announce.<topic>` | announcements to every agent (`agent-broadcast`) |
 //! | `dlq.<original subject>` | dead letters (`agent-dlq`) |
 //! | `platform.events.<event>` | lifecycle and task events ([`crate::events`]) |
-//! | `task.<task_id>.events` | a task's event log (`agent-task-events`, [`crate::task_log`]) |
+//! | `task.<agent|work>.<runner>.<caller>.<task_id>.events` | a task's event log (`agent-task-events`, [`crate::task_log`]), under its [`TaskKey`] |
 //! | `task.<task_id>.control.<verb>` | cancel, answer or ask about a task held by a runtime (core request/reply) |
 //! | `$SRV.PING\|INFO\|STATS[.<agent>[.<instance>]]` | discovery (the NATS services protocol) |
 //! | `agentbus.check.<run>` | the publish/subscribe probe of `agentbus check` |
@@ -21,7 +21,7 @@
 
 use crate::name::Name;
 use crate::protocol::Priority;
-use crate::task_id::TaskId;
+use crate::task_id::{TaskId, TaskKey};
 use std::fmt;
 
 /// A subject built here or validated by [`Subject::parse`]; cheap to clone
@@ -211,7 +211,7 @@ pub const STREAMS: [&str; 5] = [
     DEAD_LETTER_STREAM,
 ];
 /// The subjects of every task's event log: what [`TASK_EVENTS_STREAM`] captures.
-pub const ALL_TASK_EVENTS: &str = "task.*.events";
+pub const ALL_TASK_EVENTS: &str = "task.*.*.*.*.events";
 /// Every control request to a task: what each runtime subscribes to once.
 pub const ALL_TASK_CONTROLS: &str = "task.*.control.*";
 /// Every subject the bus itself uses, as patterns: application subjects
@@ -229,9 +229,19 @@ pub const BUS_SUBJECTS: [&str; 10] = [
     "$SRV.>",
 ];
 
-/// Subject of task `task_id`'s event log.
-pub fn task_events(task_id: &TaskId) -> Subject {
-    Subject::built(format!("task.{task_id}.events"))
+/// Subject of the event log of the task keyed `key`: `task.<key>.events`.
+pub fn task_events(key: &TaskKey) -> Subject {
+    Subject::built(format!("task.{key}.events"))
+}
+
+/// The log subjects matching a key pattern ([`TaskKey`]'s with wildcards).
+pub(crate) fn task_events_matching(key_pattern: &str) -> String {
+    format!("task.{key_pattern}.events")
+}
+
+/// Reads a log subject back into its task's key.
+pub fn parse_task_events(subject: &str) -> Option<TaskKey> {
+    TaskKey::parse(subject.strip_prefix("task.")?.strip_suffix(".events")?)
 }
 
 /// The name of the ephemeral consumer of one watch of a task's log.

@@ -12,6 +12,9 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::delivery::Queue;
+use crate::name::Name;
+
 /// The longest task id accepted, in bytes.
 pub const MAX_TASK_ID_LEN: usize = 128;
 
@@ -59,6 +62,120 @@ impl TaskId {
     /// The id's shared string, for holders that outlive the request.
     pub(crate) fn shared(&self) -> Arc<str> {
         self.0.clone()
+    }
+}
+
+/// Where a task's record and log are kept: the agent or task type that runs
+/// it, the agent that sent it, and its id, as
+/// `<agent|work>.<runner>.<caller>.<task_id>` (`_` for a caller with no
+/// agent name). Its record's key in the task results bucket and its log's
+/// subject (`task.<key>.events`) are built from it, so that an agent
+/// identity's permissions can name the tasks it runs and those it sent, and
+/// no others.
+///
+/// The caller is the task's verified sender over request/reply (its
+/// subject's last token) and, for a queued task, the submitter's agent as
+/// it declared it (`Agentbus-Caller`): a false one only shows the task to
+/// that agent, never to the one that lied.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TaskKey {
+    text: Arc<str>,
+    id: TaskId,
+    caller: Option<Name>,
+}
+
+/// The key token of a caller with no agent name. [`Name`] refuses it.
+pub(crate) const NO_CALLER: &str = "_";
+
+impl TaskKey {
+    /// The key of task `id`, run by `runner` (an agent's own tasks, over
+    /// request/reply or its queue, or a task type's shared queue), sent by
+    /// `caller`.
+    pub fn new(runner: &Queue, caller: Option<&Name>, id: &TaskId) -> Self {
+        let (kind, name) = runner_tokens(runner);
+        let caller_token = caller.map_or(NO_CALLER, Name::as_str);
+        Self {
+            text: format!("{kind}.{name}.{caller_token}.{id}").into(),
+            id: id.clone(),
+            caller: caller.cloned(),
+        }
+    }
+
+    /// Reads a key back; `None` for anything [`TaskKey::new`] would not build.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut tokens = text.split('.');
+        let (Some(kind), Some(name), Some(caller), Some(id), None) = (
+            tokens.next(),
+            tokens.next(),
+            tokens.next(),
+            tokens.next(),
+            tokens.next(),
+        ) else {
+            return None;
+        };
+        let name = Name::parse("task runner", name).ok()?;
+        let runner = match kind {
+            "agent" => Queue::Agent(name),
+            "work" => Queue::TaskType(name),
+            _ => return None,
+        };
+        let caller = match caller {
+            NO_CALLER => None,
+            caller => Some(Name::parse("task caller", caller).ok()?),
+        };
+        Some(Self::new(
+            &runner,
+            caller.as_ref(),
+            &TaskId::parse(id).ok()?,
+        ))
+    }
+
+    /// The pattern of the keys under which `caller` finds task `id`, whoever
+    /// runs it (`*.*.<caller>.<id>`); any caller's with `None`, as the
+    /// operator looks.
+    pub(crate) fn pattern(caller: Option<&Name>, id: &TaskId) -> String {
+        format!("*.*.{}.{id}", caller.map_or("*", Name::as_str))
+    }
+
+    /// The task's id.
+    pub fn id(&self) -> &TaskId {
+        &self.id
+    }
+
+    /// The agent that sent it, if it has a name.
+    pub fn caller(&self) -> Option<&Name> {
+        self.caller.as_ref()
+    }
+
+    /// The key as a string.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+/// The two tokens naming who runs a task.
+fn runner_tokens(runner: &Queue) -> (&'static str, &Name) {
+    match runner {
+        Queue::Agent(name) => ("agent", name),
+        Queue::TaskType(name) => ("work", name),
+    }
+}
+
+impl fmt::Display for TaskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for TaskKey {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl fmt::Debug for TaskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.text, f)
     }
 }
 
@@ -215,5 +332,29 @@ mod tests {
         assert_eq!(serde_json::to_string(&id).unwrap(), "\"t-1\"");
         assert_eq!(serde_json::from_str::<TaskId>("\"t-1\"").unwrap(), id);
         assert!(serde_json::from_str::<TaskId>("\"a.b\"").is_err());
+    }
+
+    #[test]
+    fn keys_name_runner_and_caller() {
+        let id = TaskId::parse("t1").unwrap();
+        let bob = Name::parse("agent", "bob").unwrap();
+        let alice = Name::parse("agent", "alice").unwrap();
+        let key = TaskKey::new(&Queue::Agent(bob.clone()), Some(&alice), &id);
+        assert_eq!(key.as_str(), "agent.bob.alice.t1");
+        assert_eq!(TaskKey::parse(key.as_str()), Some(key));
+        let key = TaskKey::new(&Queue::TaskType(bob), None, &id);
+        assert_eq!(key.as_str(), "work.bob._.t1");
+        assert_eq!(TaskKey::parse(key.as_str()).unwrap().caller(), None);
+        for bad in [
+            "t1",
+            "x.bob._.t1",
+            "agent.bob._.t1.x",
+            "agent.*._.t1",
+            "agent.bob._.a=b",
+        ] {
+            assert_eq!(TaskKey::parse(bad), None, "{bad}");
+        }
+        assert_eq!(TaskKey::pattern(Some(&alice), &id), "*.*.alice.t1");
+        assert_eq!(TaskKey::pattern(None, &id), "*.*.*.t1");
     }
 }

@@ -1434,6 +1434,7 @@ async fn forged_dead_letters_are_not_replayed() {
         original_sequence: 1,
         traceparent: None,
         tracestate: None,
+        from: None,
     };
     let own = TaskRequest::new("echo", json!({ "own": true }));
     let forged = [

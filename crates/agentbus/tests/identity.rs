@@ -1085,3 +1085,161 @@ async fn an_identity_is_rung_on_its_one_subscription() {
     }
     runtime.shutdown(Duration::from_secs(2)).await;
 }
+
+/// Echoes its task's payload as a partial and as its result.
+struct Echoer;
+
+impl Agent for Echoer {
+    fn name(&self) -> &str {
+        "bob"
+    }
+
+    fn task_types(&self) -> Vec<TaskTypeSpec> {
+        vec![TaskTypeSpec::new("echo").unwrap()]
+    }
+
+    async fn handle(&self, task: TaskRequest, ctx: TaskContext) -> Result<Value, TaskError> {
+        let payload = task.payload.into_value();
+        ctx.partial(&payload).await.ok();
+        Ok(payload)
+    }
+}
+
+/// The records and logs of the tasks carol sends bob (queued and over
+/// request/reply, streamed, with results) are hers and bob's: alice, who
+/// may call bob herself, gets none of them through any pattern, nor through
+/// the library by their ids, while carol follows hers and reads their
+/// results.
+#[tokio::test]
+async fn alice_reads_none_of_the_records_and_logs_of_tasks_between_carol_and_bob() {
+    let server = NatsServer::start().await;
+    let mut grant = Grant::new(name("bob"));
+    grant.work_types = vec![name("echo")];
+    let bob = server.add_identity(grant).await;
+    let alice = server.add_identity(Grant::new(name("alice"))).await;
+    let carol = server.add_identity(Grant::new(name("carol"))).await;
+    let mut runtime = Runtime::new(Bus::connect(&bob, "bob").await.unwrap());
+    runtime.add(Echoer, AgentOptions::default()).await.unwrap();
+
+    let carol_bus = Bus::connect(&carol, "carol").await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let queued = TaskRequest::new("echo", json!({ "text": MARKER, "i": i })).streamed();
+        carol_bus
+            .submit(&Queue::agent("bob").unwrap(), &queued)
+            .await
+            .unwrap();
+        let shared = TaskRequest::new("echo", json!({ "text": MARKER, "shared": i })).streamed();
+        carol_bus
+            .submit(&Queue::task_type("echo").unwrap(), &shared)
+            .await
+            .unwrap();
+        let asked = TaskRequest::new("echo", json!({ "text": MARKER, "asked": i })).streamed();
+        let answer = carol_bus
+            .request("bob", &asked, agentbus::RequestOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(answer.status, TaskStatus::Completed);
+        ids.extend([queued.task_id, shared.task_id, asked.task_id]);
+    }
+    // Carol reads what she sent: results, logs and their markers.
+    for (i, id) in ids.iter().enumerate() {
+        if i % 3 != 2 {
+            let response = carol_bus
+                .wait_task(id, Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert_eq!(markers(&response.result.unwrap().to_string()), 1);
+        }
+        // A queued task's final event follows its record.
+        let mut last = None;
+        for _ in 0..100 {
+            last = carol_bus.last_task_event(id).await.unwrap();
+            if last.as_ref().is_some_and(|event| event.kind.is_final()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            last.is_some_and(|event| markers(&event.data.to_string()) == 1),
+            "carol reads the log of {id}"
+        );
+    }
+
+    let alice_client = alice.connect("alice").await.unwrap();
+    let records = "$KV.agent-task-results";
+    let spy = |filter: &str, stream: &str| {
+        (
+            format!("$JS.API.CONSUMER.CREATE.{stream}.spy.{filter}"),
+            json!({"stream_name": stream, "config": {"name": "spy", "filter_subject": filter, "ack_policy": "none", "deliver_subject": "_INBOX.alice.spy"}}),
+        )
+    };
+    let mut paths: Vec<(String, Value)> = Vec::new();
+    for filter in [
+        format!("{records}.*"),
+        format!("{records}.>"),
+        format!("{records}.*.*.*.*"),
+        format!("{records}.agent.bob.*.*"),
+        format!("{records}.agent.bob.carol.*"),
+        format!("{records}.work.echo.*.*"),
+        format!("{records}.*.*.carol.*"),
+    ] {
+        paths.push(spy(&filter, "KV_agent-task-results"));
+        paths.push((
+            format!("$JS.API.DIRECT.GET.KV_agent-task-results.{filter}"),
+            json!(null),
+        ));
+    }
+    for filter in [
+        "task.*.events",
+        "task.>",
+        "task.*.*.*.*.events",
+        "task.agent.bob.*.*.events",
+        "task.work.echo.*.*.events",
+        "task.*.*.carol.*.events",
+    ] {
+        paths.push(spy(filter, "agent-task-events"));
+        paths.push((
+            format!("$JS.API.DIRECT.GET.agent-task-events.{filter}"),
+            json!(null),
+        ));
+    }
+    paths.push((
+        format!(
+            "$JS.API.DIRECT.GET.agent-task-events.task.agent.bob.carol.{}.events",
+            ids[2]
+        ),
+        json!(null),
+    ));
+    // Asked at once: each refusal is a wait for nothing.
+    let replies = futures::future::join_all(
+        paths
+            .iter()
+            .map(|(subject, body)| ask(&alice_client, subject, body.clone())),
+    )
+    .await;
+    let mut got = 0;
+    let mut answered = Vec::new();
+    for ((subject, _), reply) in paths.iter().zip(replies) {
+        if let Some(text) = reply {
+            got += markers(&text);
+            answered.push(subject.clone());
+        }
+    }
+    assert_eq!(got, 0, "markers read from records and logs");
+    assert!(answered.is_empty(), "alice was answered on {answered:?}");
+
+    // Through the library, by the ids themselves.
+    let alice_bus = Bus::connect(&alice, "alice").await.unwrap();
+    for id in &ids {
+        assert_eq!(alice_bus.task_record(id).await.unwrap(), None, "{id}");
+        assert!(
+            alice_bus.last_task_event(id).await.unwrap().is_none(),
+            "{id}"
+        );
+        let report = alice_bus.task_report(id).await.unwrap();
+        assert_eq!(report.record, None, "{id}");
+        assert_eq!(report.last_event, None, "{id}");
+    }
+    runtime.shutdown(Duration::from_secs(2)).await;
+}

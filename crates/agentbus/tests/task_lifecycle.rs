@@ -623,7 +623,11 @@ async fn a_foreign_message_in_a_log_does_not_stop_the_task_or_its_runtime() {
     client
         .jetstream()
         .publish(
-            format!("task.{}.events", request.task_id),
+            agentbus::subject::task_events(&agentbus::TaskKey::new(
+                &Queue::agent("writer").unwrap(),
+                None,
+                &request.task_id,
+            )),
             "not an event".into(),
         )
         .await

@@ -3,6 +3,9 @@
 No agentbus code: nats-py, the TaskRequest/TaskResponse JSON, the event logs
 in stream agent-task-events, the control subjects task.<id>.control.<verb>,
 the task records in bucket agent-task-results and the queues in agent-tasks.
+A task's log and record are kept under its key,
+<agent|work>.<runner>.<caller>.<task_id>; this client connects as the
+operator and finds a task under any runner and caller.
 
 Commands (each prints JSON on stdout, one object per line):
 
@@ -23,7 +26,7 @@ Commands (each prints JSON on stdout, one object per line):
       {"outcome": "refused", "error"}, {"outcome": "over", "state"} or
       {"outcome": "not_held"}.
   status TASK_ID
-      Prints {"task_id", "state", "record", "last_event", "held_by"}.
+      Prints {"task_id", "state", "record", "last_event", "held_by", "key"}.
 
 Exit codes: 0 done, 1 refused (above), 2 no agent answers the task subject,
 3 timed out, 4 the task is over and its log holds nothing.
@@ -43,7 +46,7 @@ from typing import Any, Optional
 import nats
 from nats.errors import NoRespondersError, TimeoutError
 from nats.js.api import DeliverPolicy
-from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 TASK_EVENTS_STREAM = "agent-task-events"
 TASKS_STREAM = "agent-tasks"
@@ -65,8 +68,17 @@ def rfc3339(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def events_subject(task_id: str) -> str:
-    return f"task.{task_id}.events"
+def key_pattern(task_id: str) -> str:
+    """The keys task_id may be kept under, whoever runs and sent it."""
+    return f"*.*.*.{task_id}"
+
+
+def events_subject(key: str) -> str:
+    return f"task.{key}.events"
+
+
+def key_of_events(subject: str) -> str:
+    return subject[len("task."):-len(".events")]
 
 
 def out(value: Any) -> None:
@@ -116,26 +128,34 @@ class Client:
             return None
         return value if isinstance(value, dict) else None
 
-    async def last_event(self, task_id: str):
-        """The log's last message: its event (None when it is not an event of
-        the task) and its stream sequence; (None, None) for an empty log."""
+    async def last_event(self, task_id: str, key: Optional[str] = None):
+        """The log's last message (of the log under key, else under any key of
+        the task): its event (None when it is not an event of the task), its
+        stream sequence and the task's key; (None, None, None) for an empty log."""
+        subject = events_subject(key or key_pattern(task_id))
         try:
-            raw = await self.jsm.get_last_msg(TASK_EVENTS_STREAM, events_subject(task_id))
+            raw = await self.jsm.get_last_msg(TASK_EVENTS_STREAM, subject)
+        except NotFoundError:
+            return None, None, None
+        return parse_event(raw.data, task_id), raw.seq, key_of_events(raw.subject)
+
+    async def record(self, task_id: str):
+        """The task's record and its key; (None, None) when there is none."""
+        prefix = f"$KV.{RESULTS_BUCKET}."
+        try:
+            raw = await self.jsm.get_last_msg(f"KV_{RESULTS_BUCKET}", prefix + key_pattern(task_id))
         except NotFoundError:
             return None, None
-        return parse_event(raw.data, task_id), raw.seq
-
-    async def record(self, task_id: str) -> Optional[dict]:
-        kv = await self.kv()
+        key = raw.subject[len(prefix):]
+        if (raw.headers or {}).get("KV-Operation", "PUT") != "PUT":
+            return None, key
         try:
-            entry = await kv.get(task_id)
-        except KeyNotFoundError:
-            return None
-        try:
-            record = json.loads(entry.value)
+            record = json.loads(raw.data)
         except (TypeError, ValueError):
-            return None
-        return record if isinstance(record, dict) and "state" in record else None
+            return None, key
+        if not (isinstance(record, dict) and "state" in record and record.get("task_id") == task_id):
+            return None, key
+        return record, key
 
     async def queue_state(self, task_id: str, subject: str, sequence: int) -> str:
         try:
@@ -154,8 +174,8 @@ class Client:
         return "running" if info.delivered.stream_seq >= sequence else "queued"
 
     async def lookup(self, task_id: str) -> dict:
-        record = await self.record(task_id)
-        last, _ = await self.last_event(task_id)
+        record, record_key = await self.record(task_id)
+        last, _, log_key = await self.last_event(task_id)
         logged = state_of_event(last["type"]) if last else None
         held_by = None
         if record is not None:
@@ -179,15 +199,22 @@ class Client:
                 state = "input_required" if held["state"] == "input_required" else "running"
             else:
                 state = logged or "unknown"
-        return {"task_id": task_id, "state": state, "record": record, "last_event": last, "held_by": held_by}
+        return {
+            "task_id": task_id,
+            "state": state,
+            "record": record,
+            "last_event": last,
+            "held_by": held_by,
+            "key": record_key or log_key,
+        }
 
-    async def append_alone(self, task_id: str, kind: str, data: Any, instance: str) -> Optional[dict]:
+    async def append_alone(self, task_id: str, key: str, kind: str, data: Any, instance: str) -> Optional[dict]:
         """Adds one event to a log nobody else writes now; None when the log is over."""
         for _ in range(3):
-            last, stream_seq = await self.last_event(task_id)
+            last, stream_seq, _ = await self.last_event(task_id, key)
             if last is None and stream_seq is not None:
                 raise RuntimeError(
-                    f"the last message on {events_subject(task_id)} is not an event of the task; "
+                    f"the last message on {events_subject(key)} is not an event of the task; "
                     "no event can be numbered after it"
                 )
             if last is not None and last["type"] in FINAL_EVENTS:
@@ -203,7 +230,7 @@ class Client:
             }
             try:
                 await self.js.publish(
-                    events_subject(task_id),
+                    events_subject(key),
                     json.dumps(event).encode(),
                     headers={EXPECTED_LAST_SUBJECT_SEQUENCE: str(expect)},
                 )
@@ -226,19 +253,19 @@ class Client:
         except APIError:
             return False
 
-    async def mark_cancelled(self, task_id: str, record: Optional[dict]) -> None:
+    async def mark_cancelled(self, task_id: str, key: str, record: Optional[dict]) -> None:
         response = {
             "task_id": task_id,
             "status": "cancelled",
             "result": None,
             "error": "the task was cancelled before it ran",
         }
-        await self.append_alone(task_id, "cancelled", response, "cancel")
+        await self.append_alone(task_id, key, "cancelled", response, "cancel")
         if record is not None:
             record = dict(record, state="cancelled", response=response)
             record["updated_at"] = rfc3339(datetime.now(timezone.utc))
             kv = await self.kv()
-            await kv.put(task_id, json.dumps(record).encode())
+            await kv.put(key, json.dumps(record).encode())
 
     async def cancel(self, task_id: str) -> dict:
         held = await self.control(task_id, "cancel")
@@ -254,15 +281,15 @@ class Client:
             and record.get("sequence")
             and await self.dequeue(task_id, record["sequence"])
         ):
-            await self.mark_cancelled(task_id, record)
+            await self.mark_cancelled(task_id, report["key"], record)
             return {"outcome": "dequeued"}
         # A worker may have taken it meanwhile.
         held = await self.control(task_id, "cancel")
         if held is not None:
             return cancelling(held)
-        if record is None and report["last_event"] is None:
+        if report["key"] is None:
             return {"outcome": "unknown"}
-        await self.mark_cancelled(task_id, record)
+        await self.mark_cancelled(task_id, report["key"], record)
         return {"outcome": "marked"}
 
     async def answer(self, task_id: str, answer: Any) -> dict:
@@ -271,7 +298,7 @@ class Client:
             if "error" in reply and reply["error"] is not None:
                 return {"outcome": "refused", "error": reply["error"]}
             return {"outcome": "answered", "agent": reply.get("agent"), "instance": reply.get("instance")}
-        last, _ = await self.last_event(task_id)
+        last, _, _ = await self.last_event(task_id)
         if last is not None and last["type"] in FINAL_EVENTS:
             return {"outcome": "over", "state": last["type"]}
         return {"outcome": "not_held"}
@@ -279,12 +306,12 @@ class Client:
     async def watch(self, task_id: str, start: int, timeout: float) -> int:
         # Follow first, then look: a task that ends in between is still seen.
         sub = await self.js.subscribe(
-            events_subject(task_id),
+            events_subject(key_pattern(task_id)),
             stream=TASK_EVENTS_STREAM,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL,
         )
-        _, stream_seq = await self.last_event(task_id)
+        _, stream_seq, _ = await self.last_event(task_id)
         if stream_seq is None:
             report = await self.lookup(task_id)
             if report["state"] in FINAL_STATES:

@@ -1,7 +1,8 @@
 //! Dead letters: what failed for good, with its history, until replayed.
 
 use super::StoreError;
-use super::publish::{ring_queue, store};
+use super::publish::{FROM_HEADER, ring_queue, store};
+use super::queue::queued_task_key;
 use super::records::{AttemptError, RecordError, Records, TaskRecord, TaskState};
 use crate::client::Bus;
 use crate::clock;
@@ -44,6 +45,11 @@ pub struct DeadLetter {
     /// The W3C `tracestate` it was stored with, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracestate: Option<String>,
+    /// The agent its submitter named as the caller (`Agentbus-From`), if
+    /// any: a replay stores it again, so the task's record and log stay
+    /// where that caller reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 impl DeadLetter {
@@ -352,14 +358,22 @@ async fn dead_letter_abandoned(
     let task_id = TaskRequest::from_json(&message.payload)
         .ok()
         .map(|r| r.task_id);
+    let from = message
+        .headers
+        .get(FROM_HEADER)
+        .map(|from| from.as_str().to_owned());
+    let key = task_id
+        .as_ref()
+        .and_then(|id| queued_task_key(&message.subject, from.as_deref(), id));
     let records = Records::open(bus).await?;
-    let record = match &task_id {
-        Some(id) => Some(
+    let record = match &key {
+        Some(key) => Some((
+            key,
             records
-                .get(id)
+                .get(key)
                 .await?
-                .unwrap_or_else(|| TaskRecord::new(id, &message.subject)),
-        ),
+                .unwrap_or_else(|| TaskRecord::new(key.id(), &message.subject)),
+        )),
         None => None,
     };
     let reason = format!(
@@ -373,20 +387,21 @@ async fn dead_letter_abandoned(
         attempts: deliveries,
         errors: record
             .as_ref()
-            .map(|r| r.errors.clone())
+            .map(|(_, r)| r.errors.clone())
             .unwrap_or_default(),
         reason: reason.clone(),
         dead_lettered_at: clock::now(),
         original_sequence: sequence,
         traceparent: trace_header(TRACEPARENT),
         tracestate: trace_header(TRACESTATE),
+        from,
     };
     let landed = store_letter(bus, &letter).await?;
     stream
         .delete_message(sequence)
         .await
         .map_err(|err| DeadLetterError::stream("remove an abandoned task", err))?;
-    if let Some(mut record) = record {
+    if let Some((key, mut record)) = record {
         record.state = TaskState::DeadLettered;
         record.attempts = deliveries;
         record.response = Some(TaskResponse::error(
@@ -395,7 +410,7 @@ async fn dead_letter_abandoned(
             format!("{reason}{}", landed.note()),
         ));
         record.updated_at = clock::now();
-        records.put(&record).await?;
+        records.put(key, &record).await?;
     }
     Ok(())
 }
@@ -572,22 +587,23 @@ impl Bus {
                 continue;
             }
             let body = entry.letter.original_body();
-            let task_id = entry
-                .letter
+            let letter = &entry.letter;
+            let key = letter
                 .task_id
                 .as_deref()
-                .and_then(|id| TaskId::parse(id).ok());
+                .and_then(|id| TaskId::parse(id).ok())
+                .and_then(|id| queued_task_key(&letter.subject, letter.from.as_deref(), &id));
             // Read before the task is back in its queue: a worker's record
             // written after that is newer than "queued" and must stay.
-            let revision = match &task_id {
-                Some(task_id) => records.revision(task_id.as_str()).await?,
+            let revision = match &key {
+                Some(key) => records.revision(key).await?,
                 None => None,
             };
             // The earlier run's log ends it: cleared here, with the
             // operator's rights, rather than by the worker, whose agent
             // identity may not purge.
-            if let Some(task_id) = &task_id {
-                crate::task_log::purge(self, task_id)
+            if let Some(key) = &key {
+                crate::task_log::purge(self, key)
                     .await
                     .map_err(|err| DeadLetterError::stream("clear the replayed task's log", err))?;
             }
@@ -596,19 +612,21 @@ impl Bus {
             let message_id = format!("replay-{}", entry.sequence);
             // In the trace the task was first stored in: the replay is one
             // more attempt of it.
-            let letter = &entry.letter;
             let trace = (letter.traceparent.as_deref(), letter.tracestate.as_deref());
             let passed = telemetry::passed_on(trace.0, trace.1);
-            let passed: Vec<(&str, &str)> = passed
+            let mut headers: Vec<(&str, &str)> = passed
                 .iter()
                 .map(|(name, value)| (*name, value.as_str()))
                 .collect();
-            let stored = store(self, &letter.subject, body, &message_id, &passed);
+            if let Some(from) = &letter.from {
+                headers.push((FROM_HEADER, from));
+            }
+            let stored = store(self, &letter.subject, body, &message_id, &headers);
             let ack = telemetry::continue_trace(trace.0, trace.1, stored).await?;
             ring_queue(self, &letter.subject).await;
-            if let Some(task_id) = &task_id {
-                let queued = TaskRecord::queued(task_id, &entry.letter.subject, ack.sequence);
-                records.write_unless_changed(&queued, revision).await?;
+            if let Some(key) = &key {
+                let queued = TaskRecord::queued(key.id(), &letter.subject, ack.sequence);
+                records.write_unless_changed(key, &queued, revision).await?;
             }
             stream
                 .delete_message(entry.sequence)

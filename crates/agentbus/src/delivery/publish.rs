@@ -8,7 +8,7 @@ use crate::name::{InvalidName, Name};
 use crate::protocol::{Priority, TaskRequest, TaskResponse, TaskStatus};
 use crate::ride::ride;
 use crate::subject::{self, Subject};
-use crate::task_id::{InvalidTaskId, TaskId};
+use crate::task_id::{InvalidTaskId, TaskId, TaskKey};
 use crate::telemetry::Traced;
 use async_nats::jetstream::message::PublishMessage as Publish;
 use async_nats::jetstream::{self, context::PublishErrorKind};
@@ -226,11 +226,23 @@ impl Bus {
         retention: ResultRetention,
     ) -> Result<Submitted, StoreError> {
         let subject = queue.subject(request.priority);
-        let headers: &[(&str, &str)] = match retention {
-            ResultRetention::Keep => &[],
-            ResultRetention::Discard => &[(RESULT_HEADER, retention.as_str())],
-        };
-        let ack = store(self, &subject, request.to_json(), &request.task_id, headers).await?;
+        // The caller's name places the task's record and log where it may
+        // read them (see `TaskKey`).
+        let mut headers = Vec::with_capacity(2);
+        if let Some(caller) = self.identity() {
+            headers.push((FROM_HEADER, caller.as_str()));
+        }
+        if retention == ResultRetention::Discard {
+            headers.push((RESULT_HEADER, retention.as_str()));
+        }
+        let ack = store(
+            self,
+            &subject,
+            request.to_json(),
+            &request.task_id,
+            &headers,
+        )
+        .await?;
         // Also after a duplicate: the try that stored it may have been cut
         // off before its ring.
         ring_queue(self, &subject).await;
@@ -240,9 +252,8 @@ impl Bus {
                 "queue": subject.as_str(),
                 "deadline": request.deadline,
             });
-            if let Err(err) =
-                crate::task_log::accept_queued(self, &request.task_id, "submitter", data).await
-            {
+            let key = TaskKey::new(queue, self.identity(), &request.task_id);
+            if let Err(err) = crate::task_log::accept_queued(self, &key, "submitter", data).await {
                 tracing::warn!(%err, task_id = %request.task_id, "the task is queued, but its log could not be begun");
             }
         }
@@ -262,7 +273,9 @@ impl Bus {
         timeout: Duration,
     ) -> Result<TaskResponse, RecordError> {
         let records = Records::open(self).await?;
-        let record = records.wait_final(task_id, timeout).await?;
+        let record = records
+            .wait_final(self.identity(), task_id, timeout)
+            .await?;
         Ok(record.response.unwrap_or_else(|| {
             TaskResponse::error(
                 task_id,
@@ -274,8 +287,13 @@ impl Bus {
 
     /// What is recorded of queued task `task_id`: `None` until its
     /// submission is recorded ([`Bus::submit_recorded`]) or an attempt ends.
+    /// With an agent identity, of the tasks this agent sent only.
     pub async fn task_record(&self, task_id: &TaskId) -> Result<Option<TaskRecord>, RecordError> {
-        Records::open(self).await?.get(task_id).await
+        let found = Records::open(self)
+            .await?
+            .find(self.identity(), task_id)
+            .await?;
+        Ok(found.and_then(|(_, record, _)| record))
     }
 
     /// Where queued task `task_id` stands: [`Bus::task_report`]'s state.

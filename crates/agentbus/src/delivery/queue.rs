@@ -3,6 +3,7 @@
 use crate::name::{InvalidName, Name};
 use crate::protocol::Priority;
 use crate::subject::{self, QueueKind, Subject};
+use crate::task_id::{TaskId, TaskKey};
 use std::fmt;
 
 /// A work queue on the `agent-tasks` stream.
@@ -12,6 +13,20 @@ pub enum Queue {
     Agent(Name),
     /// `work.<task_type>`: work for any agent accepting the type.
     TaskType(Name),
+}
+
+/// Where the record and log of queued task `task_id` are kept: run by the
+/// agent or task type whose queue `subject` is, for the caller its
+/// submitter named (`from`, its `Agentbus-From` header; a value that is no
+/// agent name counts as none). `None` when `subject` is no queue's.
+pub(crate) fn queued_task_key(
+    subject: &str,
+    from: Option<&str>,
+    task_id: &TaskId,
+) -> Option<TaskKey> {
+    let (queue, _) = Queue::from_subject(subject)?;
+    let caller = from.and_then(|from| Name::parse("caller", from).ok());
+    Some(TaskKey::new(&queue, caller.as_ref(), task_id))
 }
 
 impl Queue {

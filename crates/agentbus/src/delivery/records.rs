@@ -2,10 +2,12 @@
 
 use crate::client::Bus;
 use crate::clock;
+use crate::name::Name;
 use crate::protocol::TaskResponse;
 use crate::ride::{open_bucket, ride};
 use crate::subject::{TASK_RESULTS_BUCKET, TASKS_STREAM};
-use crate::task_id::TaskId;
+use crate::task_id::{TaskId, TaskKey};
+use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -300,29 +302,91 @@ impl Records {
         })
     }
 
-    /// The record of `task_id`; `None` when there is none (or it is not a
-    /// record: written by something else, it is not trusted).
-    pub(crate) async fn get(&self, task_id: &TaskId) -> Result<Option<TaskRecord>, RecordError> {
+    /// The record of the task keyed `key`; `None` when there is none (or it
+    /// is not a record of that task: written by something else, it is not
+    /// trusted).
+    pub(crate) async fn get(&self, key: &TaskKey) -> Result<Option<TaskRecord>, RecordError> {
         let value = ride(
             &self.bus,
-            task_id.as_str(),
-            || self.store.get(task_id.as_str()),
+            key.as_str(),
+            || self.store.get(key.as_str()),
             |err| err.kind() != kv::EntryErrorKind::InvalidKey,
         )
         .await
         .map_err(|err| RecordError::backend("read a task record", err))?;
-        Ok(value.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+        Ok(value.and_then(|bytes| record_of(&bytes, key.id())))
     }
 
-    /// Stores `record`, whatever the key held.
-    pub(crate) async fn put(&self, record: &TaskRecord) -> Result<(), RecordError> {
+    /// The record of task `task_id` as `caller` finds it, whoever runs the
+    /// task (any caller's with `None`), with its key and revision (`None`
+    /// inside when deleted or not a record of the task). `None` when no key
+    /// of the task was ever written (or it expired).
+    pub(crate) async fn find(
+        &self,
+        caller: Option<&Name>,
+        task_id: &TaskId,
+    ) -> Result<Option<(TaskKey, Option<TaskRecord>, u64)>, RecordError> {
+        let subject = format!(
+            "$KV.{TASK_RESULTS_BUCKET}.{}",
+            TaskKey::pattern(caller, task_id)
+        );
+        let found = ride(
+            &self.bus,
+            task_id.as_str(),
+            || async {
+                // A direct get (which an agent identity may make, by
+                // subject) where the bucket answers one; else a get through
+                // the stream's leader.
+                let stream = &self.store.stream;
+                match stream.direct_get_last_for_subject(&subject).await {
+                    Ok(message) => Ok(Some(message)),
+                    Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                    Err(err) if err.kind() == DirectGetErrorKind::TimedOut => Err(err.into()),
+                    Err(_) => match stream.get_last_raw_message_by_subject(&subject).await {
+                        Ok(message) => Ok(Some(message)),
+                        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                            Ok(None)
+                        }
+                        Err(err) => Err(async_nats::Error::from(err)),
+                    },
+                }
+            },
+            |_| true,
+        )
+        .await
+        .map_err(|source| RecordError::Backend {
+            operation: "read a task record",
+            source,
+        })?;
+        let Some(message) = found else {
+            return Ok(None);
+        };
+        let Some(key) = message
+            .subject
+            .strip_prefix(&format!("$KV.{TASK_RESULTS_BUCKET}."))
+            .and_then(TaskKey::parse)
+        else {
+            return Ok(None);
+        };
+        let deleted = message
+            .headers
+            .get(KV_OPERATION)
+            .is_some_and(|operation| operation.as_str() != "PUT");
+        let record = (!deleted)
+            .then(|| record_of(&message.payload, task_id))
+            .flatten();
+        Ok(Some((key, record, message.sequence)))
+    }
+
+    /// Stores `record` under `key`, whatever the key held.
+    pub(crate) async fn put(&self, key: &TaskKey, record: &TaskRecord) -> Result<(), RecordError> {
         let body: bytes::Bytes = serde_json::to_vec(record)
             .expect("a task record always serializes")
             .into();
         ride(
             &self.bus,
-            record.task_id.as_str(),
-            || self.store.put(record.task_id.as_str(), body.clone()),
+            key.as_str(),
+            || self.store.put(key.as_str(), body.clone()),
             |err| err.kind() != kv::PutErrorKind::InvalidKey,
         )
         .await
@@ -330,30 +394,30 @@ impl Records {
         Ok(())
     }
 
-    /// The revision of `task_id`'s key, a deletion included; `None` when the
-    /// key was never written (or expired). What [`Records::write_unless_changed`] compares.
-    pub(crate) async fn revision(&self, task_id: &str) -> Result<Option<u64>, RecordError> {
-        Ok(self.entry(task_id).await?.map(|(_, revision)| revision))
+    /// The revision of `key`, a deletion included; `None` when the key was
+    /// never written (or expired). What [`Records::write_unless_changed`] compares.
+    pub(crate) async fn revision(&self, key: &TaskKey) -> Result<Option<u64>, RecordError> {
+        Ok(self.entry(key).await?.map(|(_, revision)| revision))
     }
 
-    /// The record of `task_id` as stored (`None` inside when deleted or not
-    /// a record), with its key's revision; `None` when the key was never
-    /// written (or expired).
+    /// The record under `key` as stored (`None` inside when deleted or not
+    /// a record), with its revision; `None` when the key was never written
+    /// (or expired).
     pub(crate) async fn entry(
         &self,
-        task_id: &str,
+        key: &TaskKey,
     ) -> Result<Option<(Option<TaskRecord>, u64)>, RecordError> {
         let entry = ride(
             &self.bus,
-            task_id,
-            || self.store.entry(task_id),
+            key.as_str(),
+            || self.store.entry(key.as_str()),
             |err| err.kind() != kv::EntryErrorKind::InvalidKey,
         )
         .await
         .map_err(|err| RecordError::backend("read a task record", err))?;
         Ok(entry.map(|entry| {
             let record = match entry.operation {
-                kv::Operation::Put => serde_json::from_slice(&entry.value).ok(),
+                kv::Operation::Put => record_of(&entry.value, key.id()),
                 _ => None,
             };
             (record, entry.revision)
@@ -365,10 +429,11 @@ impl Records {
     /// `None` when the key changed in between: then the change stays.
     pub(crate) async fn write_unless_changed(
         &self,
+        key: &TaskKey,
         record: &TaskRecord,
         revision: Option<u64>,
     ) -> Result<Option<u64>, RecordError> {
-        let key = record.task_id.as_str();
+        let key = key.as_str();
         let body: bytes::Bytes = serde_json::to_vec(record)
             .expect("a task record always serializes")
             .into();
@@ -421,36 +486,69 @@ impl Records {
         }
     }
 
-    /// Waits until the task is completed or dead-lettered. A watch that
+    /// The changes of the records under the keys matching `pattern`, the
+    /// last of each first. A named consumer, which an agent identity may
+    /// create on its own keys (a key-value watch asks without a name); it
+    /// goes away a few seconds after the watch is dropped.
+    async fn watch(
+        &self,
+        pattern: &str,
+    ) -> Result<jetstream::consumer::push::Ordered, async_nats::Error> {
+        let consumer = self
+            .store
+            .stream
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                name: Some(format!("record-watch-{}", uuid::Uuid::new_v4().simple())),
+                deliver_subject: self.bus.client().new_inbox(),
+                filter_subject: format!("$KV.{TASK_RESULTS_BUCKET}.{pattern}"),
+                deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await?;
+        Ok(consumer.messages().await?)
+    }
+
+    /// Waits until task `task_id`, as `caller` finds it (see
+    /// [`Records::find`]), is completed or dead-lettered. A watch that
     /// fails or ends (its stream changed leader, the connection came back)
     /// is made again, and the record read again, until `timeout`.
     pub(crate) async fn wait_final(
         &self,
+        caller: Option<&Name>,
         task_id: &TaskId,
         timeout: Duration,
     ) -> Result<TaskRecord, RecordError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let pattern = TaskKey::pattern(caller, task_id);
         let waited = tokio::time::timeout_at(deadline, async {
             loop {
                 // Watch first, then read, so a change between the two is not missed.
                 let mut watch = ride(
                     &self.bus,
                     task_id.as_str(),
-                    || self.store.watch(task_id.as_str()),
+                    || self.watch(&pattern),
                     |_| true,
                 )
                 .await
-                .map_err(|err| RecordError::backend("watch a task record", err))?;
-                if let Some(record) = self.get(task_id).await?
+                .map_err(|source| RecordError::Backend {
+                    operation: "watch a task record",
+                    source,
+                })?;
+                if let Some((_, Some(record), _)) = self.find(caller, task_id).await?
                     && record.state.is_final()
                 {
                     return Ok(record);
                 }
-                while let Some(Ok(entry)) = watch.next().await {
-                    if entry.operation != kv::Operation::Put {
+                while let Some(Ok(message)) = watch.next().await {
+                    if message
+                        .headers
+                        .as_ref()
+                        .and_then(|headers| headers.get(KV_OPERATION))
+                        .is_some_and(|operation| operation.as_str() != "PUT")
+                    {
                         continue;
                     }
-                    if let Ok(record) = serde_json::from_slice::<TaskRecord>(&entry.value)
+                    if let Some(record) = record_of(&message.payload, task_id)
                         && record.state.is_final()
                     {
                         return Ok(record);
@@ -468,6 +566,17 @@ impl Records {
             })
         })
     }
+}
+
+/// The header of a stored key-value operation (`PUT` when absent).
+const KV_OPERATION: &str = "KV-Operation";
+
+/// `bytes` read as a record of task `task_id`; `None` when it is not one:
+/// written by something else, it is not trusted.
+fn record_of(bytes: &[u8], task_id: &TaskId) -> Option<TaskRecord> {
+    serde_json::from_slice::<TaskRecord>(bytes)
+        .ok()
+        .filter(|record| record.task_id == *task_id)
 }
 
 /// How long a wait for a task's record pauses before it watches again.

@@ -5,13 +5,14 @@
 //! letters see no difference between them.
 
 use super::dead_letter::{DeadLetter, Landed, body_value};
-use super::publish::{RESULT_HEADER, ResultRetention};
+use super::publish::{FROM_HEADER, RESULT_HEADER, ResultRetention};
+use super::queue::queued_task_key;
 use super::records::{AttemptError, RecordError, Records, TaskRecord, TaskState};
 use super::{DeliveryOptions, dead_letter};
 use crate::client::Bus;
 use crate::clock;
 use crate::protocol::{TaskRequest, TaskResponse, TaskStatus};
-use crate::task_id::TaskId;
+use crate::task_id::{TaskId, TaskKey};
 use crate::telemetry::{TRACEPARENT, TRACESTATE};
 use async_nats::jetstream::{self, AckKind};
 use std::future::Future;
@@ -202,6 +203,7 @@ impl Delivery {
             original_sequence: self.stream_sequence,
             traceparent: self.header(TRACEPARENT).map(str::to_owned),
             tracestate: self.header(TRACESTATE).map(str::to_owned),
+            from: self.header(FROM_HEADER).map(str::to_owned),
         }
     }
 }
@@ -353,13 +355,26 @@ impl Settler {
                 return Ok(Opened::Malformed(err.to_string()));
             }
         };
+        let from = delivery.header(FROM_HEADER);
+        let Some(key) = queued_task_key(delivery.subject(), from, &request.task_id) else {
+            // Only a client outside agentbus stores one there: no consumer
+            // of the bus filters on such a subject.
+            let err = format!("{} is not a work-queue subject", delivery.subject());
+            let letter = delivery.letter(
+                Some(request.task_id.to_string()),
+                vec![self.attempt_error(delivery.attempt, err.clone())],
+                format!("not retryable: {err}"),
+            );
+            delivery.dead_letter(&self.inner.bus, &letter).await?;
+            return Ok(Opened::Malformed(err));
+        };
         let retention = ResultRetention::from_header(delivery.header(RESULT_HEADER));
         // A task whose outcome is kept is claimed in its record, also at its
         // first delivery: JetStream counts deliveries anew when a server
         // lost them, and only the record tells that a run finished or began.
         // A fire-and-forget task has a record only once an attempt failed.
         let claim = if retention == ResultRetention::Keep || delivery.attempt > 1 {
-            match self.claim(&request.task_id, &delivery).await? {
+            match self.claim(&key, &delivery).await? {
                 Some(claim) => Some(claim),
                 None => {
                     delivery.ack().await?;
@@ -371,6 +386,7 @@ impl Settler {
         };
         let attempt = TaskAttempt {
             task_id: request.task_id.clone(),
+            key,
             delivery,
             settler: self.clone(),
             claim,
@@ -379,23 +395,24 @@ impl Settler {
         Ok(Opened::Run(attempt, request))
     }
 
-    /// Claims task `task_id` for `delivery` in its record: `None` when an
+    /// Claims the task keyed `key` for `delivery` in its record: `None` when an
     /// earlier attempt finished it (its acknowledgement was lost, or a
     /// server lost its deliveries), else the record written, which says
     /// `running` on this instance, and its revision. Written only over the
     /// record as read, so of two claims at once one reads again.
     async fn claim(
         &self,
-        task_id: &TaskId,
+        key: &TaskKey,
         delivery: &Delivery,
     ) -> Result<Option<Claim>, RecordError> {
+        let task_id = key.id();
         let records = self.records();
         // A first delivery usually finds no record: it is claimed by
         // creating one, and read only when one exists after all.
         let mut read = delivery.attempt > 1;
         loop {
             let (previous, revision) = if read {
-                match records.entry(task_id.as_str()).await? {
+                match records.entry(key).await? {
                     Some((record, revision)) => (record, Some(revision)),
                     None => (None, None),
                 }
@@ -416,7 +433,7 @@ impl Settler {
             record.state = TaskState::Running;
             record.instance_id = Some(self.inner.instance_id.to_string());
             record.updated_at = clock::now();
-            if let Some(revision) = records.write_unless_changed(&record, revision).await? {
+            if let Some(revision) = records.write_unless_changed(key, &record, revision).await? {
                 return Ok(Some(Claim {
                     record,
                     revision,
@@ -475,6 +492,8 @@ pub(crate) enum Opened {
 #[derive(Debug)]
 pub struct TaskAttempt {
     task_id: TaskId,
+    /// Where the task's record and log are kept.
+    key: TaskKey,
     delivery: Delivery,
     settler: Settler,
     /// This attempt's claim in the task's record; `None` for the first
@@ -499,6 +518,11 @@ impl TaskAttempt {
     /// The task.
     pub fn task_id(&self) -> &TaskId {
         &self.task_id
+    }
+
+    /// Where the task's record and log are kept.
+    pub(crate) fn key(&self) -> &TaskKey {
+        &self.key
     }
 
     /// The delivery behind this attempt.
@@ -612,12 +636,7 @@ impl TaskAttempt {
         };
         // A stale attempt must not move the task another attempt holds.
         if let Some(claim) = &self.claim
-            && self
-                .settler
-                .records()
-                .revision(self.task_id.as_str())
-                .await?
-                != Some(claim.revision)
+            && self.settler.records().revision(&self.key).await? != Some(claim.revision)
         {
             return Ok(Settled::Stale);
         }
@@ -665,7 +684,7 @@ impl TaskAttempt {
                 let written = self
                     .settler
                     .records()
-                    .write_unless_changed(record, Some(claim.revision))
+                    .write_unless_changed(&self.key, record, Some(claim.revision))
                     .await?;
                 if written.is_none() {
                     tracing::warn!(
@@ -677,7 +696,7 @@ impl TaskAttempt {
                 Ok(written.is_some())
             }
             None => {
-                self.settler.records().put(record).await?;
+                self.settler.records().put(&self.key, record).await?;
                 Ok(true)
             }
         }

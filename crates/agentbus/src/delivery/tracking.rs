@@ -14,8 +14,8 @@ use crate::client::Bus;
 use crate::protocol::TaskRequest;
 use crate::subject::TASKS_STREAM;
 use crate::subject::TaskControl;
-use crate::task_id::TaskId;
-use crate::task_log::{LogEvent, last_event};
+use crate::task_id::{TaskId, TaskKey};
+use crate::task_log::{LogEvent, find_last_event};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use bytes::Bytes;
@@ -36,6 +36,8 @@ pub struct TaskReport {
     pub last_event: Option<LogEvent>,
     /// The runtime instance holding it, when one said so.
     pub held_by: Option<String>,
+    /// Where its record and log are kept, when either was found.
+    pub key: Option<TaskKey>,
 }
 
 impl TaskReport {
@@ -77,13 +79,14 @@ impl Bus {
         retention: ResultRetention,
     ) -> Result<Submitted, StoreError> {
         let records = Records::open(self).await?;
+        let key = TaskKey::new(queue, self.identity(), &request.task_id);
         // Read before the task is stored: a worker may record it at once.
-        let revision = records.revision(request.task_id.as_str()).await?;
+        let revision = records.revision(&key).await?;
         let submitted = self.submit_with(queue, request, retention).await?;
         if !submitted.duplicate {
             let queued =
                 TaskRecord::queued(&submitted.task_id, &submitted.subject, submitted.sequence);
-            if let Err(err) = records.write_unless_changed(&queued, revision).await {
+            if let Err(err) = records.write_unless_changed(&key, &queued, revision).await {
                 tracing::warn!(%err, task_id = %submitted.task_id, "the task is queued, but its submission could not be recorded");
             }
         }
@@ -110,15 +113,14 @@ impl Bus {
         task_id: &TaskId,
         ask_runtimes: bool,
     ) -> Result<TaskReport, RecordError> {
-        let last_event = match last_event(self, task_id).await {
-            Ok(last) => last.map(|(event, _)| event),
+        let logged = match find_last_event(self, self.identity(), task_id).await {
+            Ok(last) => last,
             Err(err) => {
                 tracing::debug!(%err, "the task's log cannot be read");
                 None
             }
         };
-        self.task_report_logged(task_id, ask_runtimes, last_event)
-            .await
+        self.task_report_logged(task_id, ask_runtimes, logged).await
     }
 
     /// [`Bus::task_report_asking`] for a caller that read the last event of
@@ -127,10 +129,13 @@ impl Bus {
         &self,
         task_id: &TaskId,
         ask_runtimes: bool,
-        last_event: Option<LogEvent>,
+        logged: Option<(TaskKey, LogEvent)>,
     ) -> Result<TaskReport, RecordError> {
         let records = Records::open(self).await?;
-        let mut record = records.get(task_id).await?;
+        let found = records.find(self.identity(), task_id).await?;
+        let (logged_key, last_event) = logged.unzip();
+        let key = found.as_ref().map(|(key, ..)| key.clone()).or(logged_key);
+        let mut record = found.and_then(|(_, record, _)| record);
         let logged = last_event
             .as_ref()
             .map(|event| TaskState::of_event(event.kind));
@@ -188,7 +193,7 @@ impl Bus {
         // task found gone after its record was read as queued may have
         // finished in between, and the record read again tells.
         if state == TaskState::FinishedWithoutRecord
-            && let Some(again) = records.get(task_id).await?
+            && let Some((_, Some(again), _)) = records.find(self.identity(), task_id).await?
             && again.state.is_final()
         {
             state = again.state;
@@ -200,6 +205,7 @@ impl Bus {
             record,
             last_event,
             held_by,
+            key,
         })
     }
 

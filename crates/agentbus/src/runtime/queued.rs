@@ -126,7 +126,7 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, settler: Settler, delivery: 
         }
         return;
     }
-    let held = served.hold(&request, Some(attempt.attempt()));
+    let held = served.hold(&request, attempt.key().clone(), Some(attempt.attempt()));
     // A task that may have a log already (its sender follows it, or an
     // earlier attempt ran) takes it over: one cancelled meanwhile ends here.
     if request.stream || attempt.attempt() > 1 {

@@ -6,6 +6,7 @@ use super::stats::Counters;
 use super::task_types::TaskTypes;
 use crate::agent::{Agent, TaskContext, TaskError};
 use crate::client::Bus;
+use crate::delivery::Queue;
 use crate::delivery::worker::QueueRing;
 use crate::events::TaskEvent;
 use crate::metrics::AgentMetrics;
@@ -13,6 +14,7 @@ use crate::name::Name;
 use crate::protocol::{Priority, TaskRequest, TaskResponse, TaskStatus};
 use crate::sender::Sender;
 use crate::subject;
+use crate::task_id::TaskKey;
 use crate::task_log::{Registered, Registry, RunningTask, Stop, StopReason};
 use crate::telemetry::{Destination, Parent, Traced};
 use async_nats::Subject;
@@ -71,13 +73,19 @@ impl<A> Served<A> {
     /// `attempt` is `None` for a task taken over request/reply (registered
     /// only once it waits or runs past its first poll), else the attempt at
     /// a queued task (registered at once).
-    pub(super) fn hold(&self, request: &TaskRequest, attempt: Option<u32>) -> Registered {
+    /// `key` says where its record and log are kept.
+    pub(super) fn hold(
+        &self,
+        request: &TaskRequest,
+        key: TaskKey,
+        attempt: Option<u32>,
+    ) -> Registered {
         let stop = request.deadline_time().map(Stop::deadline);
         let task = RunningTask::new(
             &self.bus,
             &self.instance_id,
             &self.name,
-            &request.task_id,
+            key,
             &request.task_type,
             attempt.unwrap_or(1),
             request.stream,
@@ -245,9 +253,15 @@ pub(super) async fn serve<A: Agent>(
                         }
                         Admitted::Waits => continue,
                     };
-                    let held = served.hold(&request, None);
+                    let sender = subject::sender_of(&message.subject);
+                    let key = TaskKey::new(
+                        &Queue::Agent(served.name.clone()),
+                        sender.agent(),
+                        &request.task_id,
+                    );
+                    let held = served.hold(&request, key, None);
                     let came = Came {
-                        sender: subject::sender_of(&message.subject),
+                        sender,
                         reply,
                         parent: Parent::from_headers(message.headers.as_ref()),
                     };

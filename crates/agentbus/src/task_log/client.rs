@@ -1,12 +1,12 @@
 //! Cancelling a task and answering its question, from any client.
 
-use super::writer::{LogError, append_alone, last_event};
+use super::writer::{LogError, append_alone, find_last_event};
 use super::{EventType, LogEvent};
 use crate::client::Bus;
 use crate::delivery::{RecordError, Records, TaskRecord, TaskState};
 use crate::protocol::{TaskResponse, TaskStatus};
 use crate::subject::{self, TaskControl};
-use crate::task_id::TaskId;
+use crate::task_id::{TaskId, TaskKey};
 use async_nats::RequestErrorKind;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -131,9 +131,12 @@ pub(crate) struct Held {
 
 impl Bus {
     /// The last event of task `task_id`'s log; `None` when it has none (or
-    /// its last message is not one of its events).
+    /// its last message is not one of its events). With an agent identity,
+    /// of the tasks this agent sent only.
     pub async fn last_task_event(&self, task_id: &TaskId) -> Result<Option<LogEvent>, LogError> {
-        Ok(last_event(self, task_id).await?.map(|(event, _)| event))
+        Ok(find_last_event(self, self.identity(), task_id)
+            .await?
+            .map(|(_, event)| event))
     }
 
     /// Sends a control request about `task_id`; `None` when no runtime
@@ -193,20 +196,21 @@ impl Bus {
             && let Some(sequence) = record.sequence
             && self.dequeue(task_id, sequence).await?
         {
-            self.mark_cancelled(task_id, Some(record), &cancelled)
-                .await?;
+            if let Some(key) = &report.key {
+                self.mark_cancelled(key, Some(record), &cancelled).await?;
+            }
             return Ok(CancelOutcome::Dequeued);
         }
         // Taken by a worker meanwhile: it holds it now, or got the tombstone.
         if let Some(cancelling) = self.cancel_held(task_id).await? {
             return Ok(cancelling);
         }
-        if report.record.is_none() && report.last_event.is_none() {
+        let Some(key) = &report.key else {
             return Err(ControlError::UnknownTask {
                 task_id: task_id.clone(),
             });
-        }
-        self.mark_cancelled(task_id, report.record.as_ref(), &cancelled)
+        };
+        self.mark_cancelled(key, report.record.as_ref(), &cancelled)
             .await?;
         Ok(CancelOutcome::Marked)
     }
@@ -237,15 +241,15 @@ impl Bus {
         }
     }
 
-    /// Writes `cancelled` into the task's log and record.
+    /// Writes `cancelled` into the log and record of the task keyed `key`.
     async fn mark_cancelled(
         &self,
-        task_id: &TaskId,
+        key: &TaskKey,
         record: Option<&TaskRecord>,
         response: &TaskResponse,
     ) -> Result<(), ControlError> {
         let data = serde_json::to_value(response).unwrap_or(Value::Null);
-        match append_alone(self, task_id, "cancel", EventType::Cancelled, data).await {
+        match append_alone(self, key, "cancel", EventType::Cancelled, data).await {
             Ok(_) | Err(LogError::Ended { .. }) => {}
             Err(err) => return Err(err.into()),
         }
@@ -254,7 +258,7 @@ impl Bus {
             record.state = TaskState::Cancelled;
             record.response = Some(response.clone());
             record.updated_at = crate::clock::now();
-            Records::open(self).await?.put(&record).await?;
+            Records::open(self).await?.put(key, &record).await?;
         }
         Ok(())
     }
@@ -275,8 +279,8 @@ impl Bus {
                 reason,
             }),
             Some(_) => Ok(()),
-            None => match last_event(self, task_id).await? {
-                Some((last, _)) if last.kind.is_final() => Err(ControlError::Over {
+            None => match find_last_event(self, self.identity(), task_id).await? {
+                Some((_, last)) if last.kind.is_final() => Err(ControlError::Over {
                     task_id: task_id.clone(),
                     state: TaskState::of_event(last.kind),
                 }),

@@ -34,7 +34,7 @@ pub use running::StopReason;
 pub(crate) use running::{AskError, RunningTask, Stop};
 pub use watch::{Watch, WatchError, WatchErrorKind, Watched};
 pub use writer::LogError;
-pub(crate) use writer::{accept_queued, last_event, purge};
+pub(crate) use writer::{accept_queued, find_last_event, purge};
 
 use crate::protocol::{TaskResponse, TaskStatus};
 use crate::task_id::TaskId;

@@ -6,7 +6,7 @@ use super::{EventType, LOG_FINAL_AFTER};
 use crate::client::Bus;
 use crate::name::Name;
 use crate::protocol::TaskResponse;
-use crate::task_id::TaskId;
+use crate::task_id::{TaskId, TaskKey};
 use serde_json::{Value, json};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -82,6 +82,7 @@ impl Stop {
 #[derive(Debug)]
 pub(crate) struct RunningTask {
     task_id: TaskId,
+    key: TaskKey,
     agent: Name,
     task_type: String,
     attempt: u32,
@@ -115,7 +116,7 @@ impl RunningTask {
         bus: &Bus,
         instance: &std::sync::Arc<str>,
         agent: &Name,
-        task_id: &TaskId,
+        key: TaskKey,
         task_type: &str,
         attempt: u32,
         streamed: bool,
@@ -123,7 +124,8 @@ impl RunningTask {
         stop: Option<Stop>,
     ) -> Self {
         Self {
-            task_id: task_id.clone(),
+            task_id: key.id().clone(),
+            key: key.clone(),
             agent: agent.clone(),
             task_type: task_type.to_owned(),
             attempt,
@@ -141,7 +143,7 @@ impl RunningTask {
             state: AtomicU8::new(RUNNING),
             notify: Notify::new(),
             question: Mutex::new(None),
-            log: tokio::sync::Mutex::new(LogWriter::new(task_id.clone(), instance.clone())),
+            log: tokio::sync::Mutex::new(LogWriter::new(key, instance.clone())),
             bus: bus.clone(),
             instance: instance.clone(),
         }
@@ -149,6 +151,11 @@ impl RunningTask {
 
     pub(crate) fn task_id(&self) -> &TaskId {
         &self.task_id
+    }
+
+    /// Where the task's record and log are kept.
+    pub(crate) fn key(&self) -> &TaskKey {
+        &self.key
     }
 
     pub(crate) fn agent(&self) -> &Name {

@@ -1,11 +1,11 @@
 //! Following a task's log: replay from any sequence, then live, to the end.
 
 use super::LogEvent;
-use super::writer::{LogError, last_event};
+use super::writer::{LogError, find_last_event};
 use crate::client::Bus;
 use crate::delivery::TaskState;
 use crate::subject::{self, TASK_EVENTS_STREAM};
-use crate::task_id::TaskId;
+use crate::task_id::{TaskId, TaskKey};
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::push::OrderedConfig;
 use futures::{Stream, StreamExt};
@@ -121,7 +121,8 @@ impl Bus {
     /// before the task is sent: nothing is missed in between.
     ///
     /// A task that is over and logged nothing is [`WatchError::NotLogged`];
-    /// one not known yet is waited for.
+    /// one not known yet is waited for. With an agent identity, the tasks
+    /// this agent sent can be followed, and no others.
     pub async fn watch(&self, task_id: &TaskId, from: u64) -> Result<Watch, WatchError> {
         let from = from.max(1);
         let stream = self
@@ -134,7 +135,10 @@ impl Bus {
             .create_consumer(OrderedConfig {
                 name: Some(name.clone()),
                 deliver_subject: self.client().new_inbox(),
-                filter_subject: subject::task_events(task_id).to_string(),
+                filter_subject: subject::task_events_matching(&TaskKey::pattern(
+                    self.identity(),
+                    task_id,
+                )),
                 deliver_policy: DeliverPolicy::All,
                 ..Default::default()
             })
@@ -146,7 +150,9 @@ impl Bus {
             .map_err(|err| follow_error(task_id, err))?;
         // Following first, then looking: a task that ends in between is
         // still seen in the log.
-        if last_event(self, task_id).await?.is_none()
+        if find_last_event(self, self.identity(), task_id)
+            .await?
+            .is_none()
             && let Ok(report) = self.task_report_logged(task_id, false, None).await
             && report.state.is_final()
         {

@@ -21,9 +21,10 @@ use super::{EventType, LogEvent};
 use crate::client::Bus;
 use crate::clock;
 use crate::jetstream_errors::publish_passes;
+use crate::name::Name;
 use crate::ride::ride;
 use crate::subject::{self, Subject, TASK_EVENTS_STREAM};
-use crate::task_id::TaskId;
+use crate::task_id::{TaskId, TaskKey};
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
@@ -116,14 +117,11 @@ impl LogError {
 
 /// [`last_message`], asked again through an election or a reconnect up to
 /// the bus's store deadline, unless the stream is missing.
-async fn read_last(
-    bus: &Bus,
-    task_id: &TaskId,
-) -> Result<Option<(Option<LogEvent>, u64)>, LogError> {
+async fn read_last(bus: &Bus, key: &TaskKey) -> Result<Option<(Option<LogEvent>, u64)>, LogError> {
     ride(
         bus,
         "read a task's log",
-        || last_message(bus, task_id),
+        || last_message(bus, key),
         |err| {
             let LogError::Stream { source, .. } = err else {
                 return false;
@@ -138,56 +136,73 @@ async fn read_last(
     .await
 }
 
-/// The last message of `task_id`'s log: the event it holds (`None` when
-/// it is not an event of this task: something else wrote on the subject,
-/// and it is not trusted) and its stream sequence. `None` when the log is
-/// empty (never written, purged, or aged out).
+/// The last message of the log of the task keyed `key`: the event it holds
+/// (`None` when it is not an event of this task: something else wrote on
+/// the subject, and it is not trusted) and its stream sequence. `None` when
+/// the log is empty (never written, purged, or aged out).
 pub(crate) async fn last_message(
     bus: &Bus,
-    task_id: &TaskId,
+    key: &TaskKey,
 ) -> Result<Option<(Option<LogEvent>, u64)>, LogError> {
+    let log = subject::task_events(key);
+    Ok(last_on(bus, log.as_str(), key.id())
+        .await?
+        .map(|(_, event, sequence)| (event, sequence)))
+}
+
+/// The last message on the log subjects matching `subject` (a task's own,
+/// or a pattern that finds it under any runner): its subject, the event it
+/// holds if it is one of task `task_id`, and its stream sequence.
+async fn last_on(
+    bus: &Bus,
+    subject: &str,
+    task_id: &TaskId,
+) -> Result<Option<(String, Option<LogEvent>, u64)>, LogError> {
     let stream = bus
         .jetstream()
         .get_stream_no_info(TASK_EVENTS_STREAM)
         .await
         .map_err(|err| LogError::stream(task_id, "open", err))?;
-    let log = subject::task_events(task_id);
     // A direct get (which an agent identity may make, by subject) where the
     // stream answers one; else a get through the stream's leader.
-    let message = match stream.direct_get_last_for_subject(log.as_str()).await {
+    let message = match stream.direct_get_last_for_subject(subject).await {
         Ok(message) => Ok(message),
         Err(err) if err.kind() == DirectGetErrorKind::NotFound => return Ok(None),
         Err(err) if err.kind() == DirectGetErrorKind::TimedOut => {
             return Err(LogError::stream(task_id, "read", err));
         }
-        Err(_) => stream.get_last_raw_message_by_subject(log.as_str()).await,
+        Err(_) => stream.get_last_raw_message_by_subject(subject).await,
     };
     match message {
         Ok(message) => {
             let event = serde_json::from_slice::<LogEvent>(&message.payload)
                 .ok()
                 .filter(|event| event.task_id == *task_id);
-            Ok(Some((event, message.sequence)))
+            Ok(Some((message.subject.to_string(), event, message.sequence)))
         }
         Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(err) => Err(LogError::stream(task_id, "read", err)),
     }
 }
 
-/// The last event of `task_id`'s log and its stream sequence; `None` when
-/// the log is empty or ends with something that is not one of its events.
-pub(crate) async fn last_event(
+/// The last event of task `task_id`'s log as `caller` finds it, whoever
+/// runs the task (any caller's with `None`), with the task's key.
+pub(crate) async fn find_last_event(
     bus: &Bus,
+    caller: Option<&Name>,
     task_id: &TaskId,
-) -> Result<Option<(LogEvent, u64)>, LogError> {
-    Ok(last_message(bus, task_id)
+) -> Result<Option<(TaskKey, LogEvent)>, LogError> {
+    let pattern = subject::task_events_matching(&TaskKey::pattern(caller, task_id));
+    Ok(last_on(bus, &pattern, task_id)
         .await?
-        .and_then(|(event, sequence)| event.map(|event| (event, sequence))))
+        .and_then(|(subject, event, _)| Some((subject::parse_task_events(&subject)?, event?))))
 }
 
-/// Removes every event of `task_id`'s log: what an earlier run of the same
-/// id left (a replayed dead letter, an id sent again after it ended).
-pub(crate) async fn purge(bus: &Bus, task_id: &TaskId) -> Result<(), LogError> {
+/// Removes every event of the log of the task keyed `key`: what an earlier
+/// run of the same id left (a replayed dead letter, an id sent again after
+/// it ended).
+pub(crate) async fn purge(bus: &Bus, key: &TaskKey) -> Result<(), LogError> {
+    let task_id = key.id();
     let stream = bus
         .jetstream()
         .get_stream_no_info(TASK_EVENTS_STREAM)
@@ -195,7 +210,7 @@ pub(crate) async fn purge(bus: &Bus, task_id: &TaskId) -> Result<(), LogError> {
         .map_err(|err| LogError::stream(task_id, "open", err))?;
     stream
         .purge()
-        .filter(subject::task_events(task_id).to_string())
+        .filter(subject::task_events(key).to_string())
         .await
         .map_err(|err| LogError::stream(task_id, "clear an earlier run from", err))?;
     Ok(())
@@ -206,12 +221,12 @@ pub(crate) async fn purge(bus: &Bus, task_id: &TaskId) -> Result<(), LogError> {
 /// already.
 pub(crate) async fn append_alone(
     bus: &Bus,
-    task_id: &TaskId,
+    key: &TaskKey,
     instance: &str,
     kind: EventType,
     data: Value,
 ) -> Result<(), LogError> {
-    LogWriter::new(task_id.clone(), instance.into())
+    LogWriter::new(key.clone(), instance.into())
         .write(bus, kind, data, Earlier::Ended)
         .await
 }
@@ -220,12 +235,12 @@ pub(crate) async fn append_alone(
 /// worker took it and began the log first.
 pub(crate) async fn accept_queued(
     bus: &Bus,
-    task_id: &TaskId,
+    key: &TaskKey,
     instance: &str,
     data: Value,
 ) -> Result<(), LogError> {
-    let event = event(task_id, 1, EventType::Accepted, instance, data);
-    match store(bus, &event, Some(0)).await {
+    let event = event(key.id(), 1, EventType::Accepted, instance, data);
+    match store(bus, key, &event, Some(0)).await {
         Ok(()) | Err(StoreFailure::Moved) => Ok(()),
         Err(StoreFailure::Error(err)) => Err(err),
     }
@@ -250,9 +265,14 @@ enum StoreFailure {
 
 /// Stores `event` and waits for its acknowledgement; with `expect`, only if
 /// the log's last message is still at that stream sequence (0: none).
-async fn store(bus: &Bus, event: &LogEvent, expect: Option<u64>) -> Result<(), StoreFailure> {
+async fn store(
+    bus: &Bus,
+    key: &TaskKey,
+    event: &LogEvent,
+    expect: Option<u64>,
+) -> Result<(), StoreFailure> {
     let body = encode(bus, event).map_err(StoreFailure::Error)?;
-    let subject = subject::task_events(&event.task_id);
+    let subject = subject::task_events(key);
     let (stored, tries) = send_riding(bus, &subject, &body, expect).await;
     match stored {
         Ok(_) => Ok(()),
@@ -260,7 +280,7 @@ async fn store(bus: &Bus, event: &LogEvent, expect: Option<u64>) -> Result<(), S
             // A try whose answer was lost may have stored it: then the log
             // ends with this very event.
             if tries > 1
-                && let Ok(Some((Some(last), _))) = last_message(bus, &event.task_id).await
+                && let Ok(Some((Some(last), _))) = last_message(bus, key).await
                 && last == *event
             {
                 return Ok(());
@@ -331,6 +351,7 @@ async fn send(
 /// The writer of one task's log, held by the runtime that runs the task.
 #[derive(Debug)]
 pub(crate) struct LogWriter {
+    key: TaskKey,
     task_id: TaskId,
     instance: Arc<str>,
     /// Built at the first write: most tasks never write.
@@ -423,12 +444,13 @@ impl Earlier {
 }
 
 impl LogWriter {
-    /// The writer of `task_id`'s log; the log is read at the first write,
-    /// or at [`LogWriter::take_over`].
-    pub(crate) fn new(task_id: TaskId, instance: Arc<str>) -> Self {
+    /// The writer of the log of the task keyed `key`; the log is read at the
+    /// first write, or at [`LogWriter::take_over`].
+    pub(crate) fn new(key: TaskKey, instance: Arc<str>) -> Self {
         Self {
             subject: None,
-            task_id,
+            task_id: key.id().clone(),
+            key,
             instance,
             next: 1,
             begun: false,
@@ -450,7 +472,7 @@ impl LogWriter {
         earlier: Earlier,
     ) -> Result<Option<EventType>, LogError> {
         self.read = true;
-        match read_last(bus, &self.task_id).await? {
+        match read_last(bus, &self.key).await? {
             Some((Some(last), _)) if last.kind.is_final() && earlier.ends_at(last.kind) => {
                 self.ended = Some(last.kind);
                 Ok(Some(last.kind))
@@ -471,7 +493,7 @@ impl LogWriter {
                 Ok(None)
             }
             Some((Some(last), _)) if last.kind.is_final() => {
-                purge(bus, &self.task_id).await?;
+                purge(bus, &self.key).await?;
                 self.next = 1;
                 self.begun = false;
                 self.expect = Some(0);
@@ -537,7 +559,7 @@ impl LogWriter {
         let mut tries = 0;
         while let Some(expect) = self.expect {
             let event = event(&self.task_id, self.next, kind, &self.instance, data.clone());
-            match store(bus, &event, Some(expect)).await {
+            match store(bus, &self.key, &event, Some(expect)).await {
                 Ok(()) => {
                     self.expect = None;
                     self.wrote(kind);
@@ -570,7 +592,7 @@ impl LogWriter {
         }
         let subject = self
             .subject
-            .get_or_insert_with(|| subject::task_events(&self.task_id));
+            .get_or_insert_with(|| subject::task_events(&self.key));
         let unacked = match send(bus, subject, body.clone(), None).await {
             Ok(ack) => Unacked {
                 ack: ack.into_future(),
@@ -650,7 +672,7 @@ impl LogWriter {
         if failed.is_empty() {
             return;
         }
-        let stored_up_to = match read_last(bus, &self.task_id).await {
+        let stored_up_to = match read_last(bus, &self.key).await {
             Ok(Some((Some(last), _))) => last.seq,
             Ok(_) => 0,
             Err(err) => {
@@ -658,10 +680,10 @@ impl LogWriter {
                 return;
             }
         };
-        let task_id = &self.task_id;
+        let key = &self.key;
         let subject = self
             .subject
-            .get_or_insert_with(|| subject::task_events(task_id));
+            .get_or_insert_with(|| subject::task_events(key));
         for (_, body) in failed.into_iter().filter(|(seq, _)| *seq > stored_up_to) {
             if let (Err(err), _) = send_riding(bus, subject, &body, None).await {
                 tracing::warn!(%err, task_id = %self.task_id, "an event of the task's log was not stored");

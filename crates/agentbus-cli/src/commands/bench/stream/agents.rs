@@ -232,7 +232,7 @@ impl BareAgent {
     /// Each chunk stored in the task events stream, on the task's subject
     /// there, every one acknowledged before the answer.
     async fn send_stored(&self, task_id: &TaskId, work: Chunks) -> Result<Option<Value>, String> {
-        let subject = subject::task_events(task_id);
+        let subject = subject::task_events(&bare_task_key(task_id));
         let mut acks = VecDeque::with_capacity(STORED_WINDOW);
         for index in 0..work.partials {
             if acks.len() == STORED_WINDOW
@@ -312,6 +312,13 @@ fn chunk_body(index: usize, bytes: usize) -> Vec<u8> {
 
 async fn wait_ack(ack: jetstream::context::PublishAckFuture) -> Result<(), String> {
     ack.await.map(drop).map_err(|err| err.to_string())
+}
+
+/// Where the bare agent keeps a task's chunks: the task's log subject for a
+/// caller with no agent name, as agentbus would key it.
+pub(super) fn bare_task_key(task_id: &TaskId) -> agentbus::TaskKey {
+    let runner = agentbus::delivery::Queue::agent(BARE_AGENT).expect("a valid agent name");
+    agentbus::TaskKey::new(&runner, None, task_id)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use super::agents::{
     AGENT, BARE_AGENT, BareChunk, Chunks, READY, Seen, UNTIL_CANCELLED, bare_cancel_subject,
-    bare_chunks_subject, chunk_text,
+    bare_chunks_subject, bare_task_key, chunk_text,
 };
 use agentbus::task_log::{CancelOutcome, EventType, Watch, Watched};
 use agentbus::{Bus, Name, RequestOptions, TaskRequest, TaskResponse, TaskStatus, subject};
@@ -195,7 +195,8 @@ impl Callers {
                 .events
                 .create_consumer(OrderedConfig {
                     deliver_subject: self.client.new_inbox(),
-                    filter_subject: subject::task_events(&request.task_id).to_string(),
+                    filter_subject: subject::task_events(&bare_task_key(&request.task_id))
+                        .to_string(),
                     deliver_policy: DeliverPolicy::All,
                     ..Default::default()
                 })
