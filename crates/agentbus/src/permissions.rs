@@ -229,7 +229,9 @@ impl Grant {
             "work.*".to_owned(),
             "work.*.*".to_owned(),
             subject::events::ALL.to_owned(),
-            subject::ALL_TASK_CONTROLS.to_owned(),
+            // Control requests in its own name, to the tasks it sent (the
+            // runtime holding a task obeys its caller only).
+            format!("task.{me}.*.control.*"),
             "$SRV.>".to_owned(),
             format!("$JS.API.STREAM.INFO.KV_{PARKED_LETTERS_BUCKET}"),
         ]);

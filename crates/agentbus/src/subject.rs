@@ -9,8 +9,8 @@
 //! | `broadcast.<topic>`, `announce.<topic>` | announcements to every agent (`agent-broadcast`) |
 //! | `dlq.<original subject>` | dead letters (`agent-dlq`) |
 //! | `platform.events.<event>` | lifecycle and task events ([`crate::events`]) |
-//! | `task.<agent|work>.<runner>.<caller>.<task_id>.events` | a task's event log (`agent-task-events`, [`crate::task_log`]), under its [`TaskKey`] |
-//! | `task.<task_id>.control.<verb>` | cancel, answer or ask about a task held by a runtime (core request/reply) |
+//! | `task.<task key>.events` | a task's event log (`agent-task-events`, [`crate::task_log`]), under its [`TaskKey`] |
+//! | `task.<from>.<task_id>.control.<verb>` | cancel, answer or ask about a task held by a runtime (core request/reply) |
 //! | `$SRV.PING\|INFO\|STATS[.<agent>[.<instance>]]` | discovery (the NATS services protocol) |
 //! | `agentbus.check.<run>` | the publish/subscribe probe of `agentbus check` |
 //! | `<inbox>.<n>` | a worker's pull requests, answered on one subscription `<inbox>.*` |
@@ -183,7 +183,7 @@ pub struct InvalidSubject {
 pub const REQUEST_REPLY_SUBJECTS: [&str; 4] = [
     "agent.*.task",
     "agent.*.task.*",
-    "task.*.control.*",
+    "task.*.*.control.*",
     "_INBOX.>",
 ];
 
@@ -213,7 +213,7 @@ pub const STREAMS: [&str; 5] = [
 /// The subjects of every task's event log: what [`TASK_EVENTS_STREAM`] captures.
 pub const ALL_TASK_EVENTS: &str = "task.*.*.*.*.events";
 /// Every control request to a task: what each runtime subscribes to once.
-pub const ALL_TASK_CONTROLS: &str = "task.*.control.*";
+pub const ALL_TASK_CONTROLS: &str = "task.*.*.control.*";
 /// Every subject the bus itself uses, as patterns: application subjects
 /// (events an agent publishes with [`crate::Bus::publish`]) stay outside.
 pub const BUS_SUBJECTS: [&str; 10] = [
@@ -270,15 +270,25 @@ impl TaskControl {
     }
 }
 
-/// Subject of a control request to task `task_id`: `task.<task_id>.control.<verb>`.
-pub fn task_control(task_id: &TaskId, control: TaskControl) -> Subject {
-    Subject::built(format!("task.{task_id}.control.{}", control.as_str()))
+/// Subject of a control request to task `task_id` from `from`:
+/// `task.<from>.<task_id>.control.<verb>`, `_` for a client with no agent
+/// name. Publish permissions let an agent's identity use only its own name,
+/// so the runtime holding the task knows who asks: it obeys the task's
+/// caller, and a client with no agent identity (the operator).
+pub fn task_control(from: Option<&Name>, task_id: &TaskId, control: TaskControl) -> Subject {
+    let from = from.map_or(crate::task_id::NO_CALLER, Name::as_str);
+    Subject::built(format!(
+        "task.{from}.{task_id}.control.{}",
+        control.as_str()
+    ))
 }
 
-/// Reads a control subject back: the task and what is asked of it.
-pub fn parse_task_control(subject: &str) -> Option<(TaskId, TaskControl)> {
+/// Reads a control subject back: who asks (`None`: a client with no agent
+/// name), the task and what is asked of it.
+pub fn parse_task_control(subject: &str) -> Option<(Option<Name>, TaskId, TaskControl)> {
     let mut tokens = subject.split('.');
-    let (Some("task"), Some(id), Some("control"), Some(verb), None) = (
+    let (Some("task"), Some(from), Some(id), Some("control"), Some(verb), None) = (
+        tokens.next(),
         tokens.next(),
         tokens.next(),
         tokens.next(),
@@ -287,13 +297,17 @@ pub fn parse_task_control(subject: &str) -> Option<(TaskId, TaskControl)> {
     ) else {
         return None;
     };
+    let from = match from {
+        crate::task_id::NO_CALLER => None,
+        from => Some(Name::parse("sender", from).ok()?),
+    };
     let control = match verb {
         "cancel" => TaskControl::Cancel,
         "answer" => TaskControl::Answer,
         "status" => TaskControl::Status,
         _ => return None,
     };
-    Some((TaskId::parse(id).ok()?, control))
+    Some((from, TaskId::parse(id).ok()?, control))
 }
 
 /// Subject of the tasks an agent answers over request/reply.

@@ -1243,3 +1243,95 @@ async fn alice_reads_none_of_the_records_and_logs_of_tasks_between_carol_and_bob
     }
     runtime.shutdown(Duration::from_secs(2)).await;
 }
+
+/// A task obeys the agent that sent it: another identity that learns its id
+/// can neither answer its question nor cancel it, by the library or by hand
+/// (in the caller's name or as the operator), while the caller does both.
+#[tokio::test]
+async fn only_the_caller_answers_and_cancels_its_task() {
+    let server = NatsServer::start().await;
+    let mut grant = Grant::new(name("writer"));
+    grant.work_types = vec![name("interview")];
+    let writer = server.add_identity(grant).await;
+    let boss = server.add_identity(Grant::new(name("boss"))).await;
+    let alice = server.add_identity(Grant::new(name("alice"))).await;
+    let mut runtime = Runtime::new(Bus::connect(&writer, "writer").await.unwrap());
+    runtime
+        .add(Interviewer, AgentOptions::default())
+        .await
+        .unwrap();
+    let caller = Bus::connect(&boss, "boss").await.unwrap();
+    let task = TaskRequest::new("interview", json!({})).streamed();
+    let mut watch = caller.watch(&task.task_id, 1).await.unwrap();
+    caller
+        .submit(&Queue::agent("writer").unwrap(), &task)
+        .await
+        .unwrap();
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("the question comes")
+            .expect("the log goes on")
+            .unwrap();
+        if let agentbus::task_log::Watched::Event(event) = item
+            && event.kind == agentbus::task_log::EventType::InputRequired
+        {
+            break;
+        }
+    }
+
+    let intruder = Bus::connect(&alice, "alice").await.unwrap();
+    let answered = intruder.answer(&task.task_id, &json!("red")).await;
+    assert!(answered.is_err(), "alice answered: {answered:?}");
+    let cancelled = intruder.cancel(&task.task_id).await;
+    assert!(
+        !matches!(
+            cancelled,
+            Ok(agentbus::task_log::CancelOutcome::Cancelling { .. })
+        ),
+        "alice cancelled: {cancelled:?}"
+    );
+    let by_hand = alice.connect("alice-by-hand").await.unwrap();
+    for from in ["boss", "_", "alice"] {
+        for verb in ["cancel", "answer", "status"] {
+            let subject = format!("task.{from}.{}.control.{verb}", task.task_id);
+            assert_eq!(
+                ask(&by_hand, &subject, json!("red")).await,
+                None,
+                "{subject} answered"
+            );
+        }
+    }
+
+    // The task still waits for its caller's answer, and stops at its cancel.
+    let status = caller.task_report(&task.task_id).await.unwrap();
+    assert_eq!(status.state, agentbus::delivery::TaskState::InputRequired);
+    caller.answer(&task.task_id, &json!("blue")).await.unwrap();
+    let mut partials = Vec::new();
+    while let Some(item) = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the log goes on")
+    {
+        let agentbus::task_log::Watched::Event(event) = item.unwrap() else {
+            continue;
+        };
+        if event.kind == agentbus::task_log::EventType::Partial {
+            partials.push(event.data.clone());
+            if partials.len() == 2 {
+                let outcome = caller.cancel(&task.task_id).await.unwrap();
+                assert!(
+                    matches!(
+                        outcome,
+                        agentbus::task_log::CancelOutcome::Cancelling { .. }
+                    ),
+                    "{outcome:?}"
+                );
+            }
+        }
+        if event.kind.is_final() {
+            assert_eq!(event.kind, agentbus::task_log::EventType::Cancelled);
+        }
+    }
+    assert_eq!(partials[0], json!({"heard": "blue"}));
+    runtime.shutdown(Duration::from_secs(2)).await;
+}

@@ -1,7 +1,8 @@
 """A Python client of agentbus task lifecycles, written from docs/PROTOCOL.md alone.
 
 No agentbus code: nats-py, the TaskRequest/TaskResponse JSON, the event logs
-in stream agent-task-events, the control subjects task.<id>.control.<verb>,
+in stream agent-task-events, the control subjects task.<from>.<id>.control.<verb>
+(from "_": this client has no agent identity),
 the task records in bucket agent-task-results and the queues in agent-tasks.
 A task's log and record are kept under its key,
 <agent|work>.<runner>.<caller>.<task_id>; this client connects as the
@@ -119,7 +120,7 @@ class Client:
     async def control(self, task_id: str, verb: str, body: bytes = b"") -> Optional[dict]:
         """The holder's reply to a control request; None on silence."""
         try:
-            reply = await self.nc.request(f"task.{task_id}.control.{verb}", body, timeout=CONTROL_WAIT)
+            reply = await self.nc.request(f"task._.{task_id}.control.{verb}", body, timeout=CONTROL_WAIT)
         except (TimeoutError, NoRespondersError):
             return None
         try:

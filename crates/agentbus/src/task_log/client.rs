@@ -147,9 +147,10 @@ impl Bus {
         control: TaskControl,
         body: Bytes,
     ) -> Result<Option<Held>, ControlError> {
-        let request = self
-            .client()
-            .request(subject::task_control(task_id, control), body);
+        let request = self.client().request(
+            subject::task_control(self.identity(), task_id, control),
+            body,
+        );
         match tokio::time::timeout(CONTROL_WAIT, request).await {
             Ok(Ok(reply)) => Ok(serde_json::from_slice(&reply.payload).ok()),
             Ok(Err(err))

@@ -1,14 +1,18 @@
 //! The tasks a runtime holds, and its answers to control requests about
-//! them (`task.<task_id>.control.<verb>`).
+//! them (`task.<from>.<task_id>.control.<verb>`).
 //!
 //! Each runtime subscribes to every control subject once. A request about
 //! a task it does not hold is not answered, so the runtime that holds it
-//! answers alone. A cancel is remembered a while even so, as a tombstone:
-//! a queued task taken by a worker after its cancel went out is then
-//! refused instead of run.
+//! answers alone. Nor is one from an agent that did not send the task: a
+//! task obeys its caller (the agent its key names) and clients with no
+//! agent identity (the operator), whose names the subject carries under
+//! nats-server's publish permissions. A cancel is remembered a while even
+//! so, as a tombstone: a queued task taken by a worker after its cancel
+//! went out is then refused instead of run.
 
 use super::running::RunningTask;
 use crate::client::Bus;
+use crate::name::Name;
 use crate::subject::{self, TaskControl};
 use crate::task_id::TaskId;
 use async_nats::Subject;
@@ -35,14 +39,17 @@ pub(crate) struct Registry {
     cancels_seen: AtomicBool,
 }
 
+/// A remembered cancel: the task id and who asked.
+type Tombstone = (TaskId, Option<Name>);
+
 #[derive(Debug, Default)]
 struct Tombstones {
-    ids: HashMap<TaskId, Instant, Hasher>,
-    order: VecDeque<TaskId>,
+    ids: HashMap<Tombstone, Instant, Hasher>,
+    order: VecDeque<Tombstone>,
 }
 
 impl Tombstones {
-    fn insert(&mut self, task_id: TaskId) {
+    fn insert(&mut self, task_id: Tombstone) {
         let now = Instant::now();
         while self.order.len() >= TOMBSTONES
             || self
@@ -61,11 +68,25 @@ impl Tombstones {
         }
     }
 
-    fn contains(&self, task_id: &TaskId) -> bool {
-        self.ids
-            .get(task_id)
-            .is_some_and(|at| at.elapsed() <= TOMBSTONE_AGE)
+    /// Whether `task` was cancelled by one it obeys.
+    fn cancel(&self, task: &RunningTask) -> bool {
+        let asked = |from: Option<&Name>| {
+            self.ids
+                .get(&(task.task_id().clone(), from.cloned()))
+                .is_some_and(|at| at.elapsed() <= TOMBSTONE_AGE)
+        };
+        asked(None)
+            || task
+                .key()
+                .caller()
+                .is_some_and(|caller| asked(Some(caller)))
     }
+}
+
+/// Whether a control request from `from` may steer `task`: from the agent
+/// that sent it, or from a client with no agent identity.
+fn obeys(task: &RunningTask, from: Option<&Name>) -> bool {
+    from.is_none() || task.key().caller() == from
 }
 
 /// A task held by the runtime, found by control requests once it is
@@ -132,28 +153,30 @@ impl Registry {
         held
     }
 
-    /// Cancels `task` if a cancel of its id was remembered.
+    /// Cancels `task` if a cancel of its id, from one it obeys, was remembered.
     fn check_tombstone(&self, task: &RunningTask) {
         let cancelled = self.cancels_seen.load(Ordering::Acquire)
             && self
                 .tombstones
                 .lock()
-                .is_ok_and(|tombstones| tombstones.contains(task.task_id()));
+                .is_ok_and(|tombstones| tombstones.cancel(task));
         if cancelled {
             task.cancel();
         }
     }
 
-    fn get(&self, task_id: &TaskId) -> Option<Arc<RunningTask>> {
-        self.tasks.lock().ok()?.get(task_id).cloned()
+    /// The task `task_id` held here, if `from` may steer it.
+    fn get(&self, task_id: &TaskId, from: Option<&Name>) -> Option<Arc<RunningTask>> {
+        let task = self.tasks.lock().ok()?.get(task_id).cloned()?;
+        obeys(&task, from).then_some(task)
     }
 
-    fn cancel(&self, task_id: &TaskId) -> Option<Arc<RunningTask>> {
+    fn cancel(&self, task_id: &TaskId, from: Option<&Name>) -> Option<Arc<RunningTask>> {
         if let Ok(mut tombstones) = self.tombstones.lock() {
-            tombstones.insert(task_id.clone());
+            tombstones.insert((task_id.clone(), from.cloned()));
             self.cancels_seen.store(true, Ordering::Release);
         }
-        let task = self.get(task_id)?;
+        let task = self.get(task_id, from)?;
         task.cancel();
         Some(task)
     }
@@ -167,18 +190,19 @@ pub(crate) async fn serve_controls(
     mut requests: async_nats::Subscriber,
 ) {
     while let Some(message) = requests.next().await {
-        let Some((task_id, control)) = subject::parse_task_control(&message.subject) else {
+        let Some((from, task_id, control)) = subject::parse_task_control(&message.subject) else {
             continue;
         };
         let Some(reply) = message.reply else { continue };
+        let from = from.as_ref();
         match control {
             TaskControl::Cancel => {
-                if let Some(task) = registry.cancel(&task_id) {
+                if let Some(task) = registry.cancel(&task_id, from) {
                     respond(&bus, reply, &held(&task, "cancelling")).await;
                 }
             }
             TaskControl::Status => {
-                if let Some(task) = registry.get(&task_id) {
+                if let Some(task) = registry.get(&task_id, from) {
                     let state = if task.asking() {
                         "input_required"
                     } else {
@@ -188,7 +212,7 @@ pub(crate) async fn serve_controls(
                 }
             }
             TaskControl::Answer => {
-                let Some(task) = registry.get(&task_id) else {
+                let Some(task) = registry.get(&task_id, from) else {
                     continue;
                 };
                 // Logging the answer waits for the stream: not in this loop.
