@@ -137,6 +137,12 @@ impl TaskKey {
         format!("*.*.{}.{id}", caller.map_or("*", Name::as_str))
     }
 
+    /// The key the caller stores its answer to the task's question under,
+    /// beside the record (`<key>/answer`: an effect's key has `=`, no `/`).
+    pub(crate) fn answer_key(&self) -> String {
+        format!("{}/answer", self.text)
+    }
+
     /// The task's id.
     pub fn id(&self) -> &TaskId {
         &self.id

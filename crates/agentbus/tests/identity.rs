@@ -1304,9 +1304,21 @@ async fn only_the_caller_answers_and_cancels_its_task() {
     }
 
     // The task still waits for its caller's answer, and stops at its cancel.
+    // The answer does not travel where every runtime listens.
+    let mut listening = by_hand.subscribe("task.*.*.control.*").await.unwrap();
+    by_hand.flush().await.unwrap();
     let status = caller.task_report(&task.task_id).await.unwrap();
     assert_eq!(status.state, agentbus::delivery::TaskState::InputRequired);
     caller.answer(&task.task_id, &json!("blue")).await.unwrap();
+    let mut heard = 0;
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(300), listening.next()).await
+    {
+        heard += 1;
+        let body = String::from_utf8_lossy(&message.payload).into_owned();
+        assert!(!body.contains("blue"), "alice read the answer: {body}");
+    }
+    assert!(heard > 0, "alice hears the control requests themselves");
     let mut partials = Vec::new();
     while let Some(item) = tokio::time::timeout(Duration::from_secs(10), watch.next())
         .await

@@ -11,6 +11,7 @@ use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind}
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::time::Duration;
 
 /// Where a task stands.
@@ -392,6 +393,43 @@ impl Records {
         .await
         .map_err(|err| RecordError::backend("store a task record", err))?;
         Ok(())
+    }
+
+    /// Stores `answer` to the question of the task keyed `key`, where the
+    /// runtime holding it reads it ([`Records::answer`]).
+    pub(crate) async fn put_answer(
+        &self,
+        key: &TaskKey,
+        answer: &Value,
+    ) -> Result<(), RecordError> {
+        let body: bytes::Bytes = serde_json::to_vec(answer)
+            .expect("a JSON value serializes")
+            .into();
+        let answer_key = key.answer_key();
+        ride(
+            &self.bus,
+            key.as_str(),
+            || self.store.put(answer_key.as_str(), body.clone()),
+            |err| err.kind() != kv::PutErrorKind::InvalidKey,
+        )
+        .await
+        .map_err(|err| RecordError::backend("store an answer", err))?;
+        Ok(())
+    }
+
+    /// The answer stored to the question of the task keyed `key`, if any
+    /// (`None` also when it is not JSON).
+    pub(crate) async fn answer(&self, key: &TaskKey) -> Result<Option<Value>, RecordError> {
+        let answer_key = key.answer_key();
+        let value = ride(
+            &self.bus,
+            key.as_str(),
+            || self.store.get(answer_key.as_str()),
+            |err| err.kind() != kv::EntryErrorKind::InvalidKey,
+        )
+        .await
+        .map_err(|err| RecordError::backend("read an answer", err))?;
+        Ok(value.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
     /// The revision of `key`, a deletion included; `None` when the key was

@@ -265,11 +265,25 @@ impl Bus {
     }
 
     /// Answers the question task `task_id`'s handler asked: the handler
-    /// resumes with `answer`, logged first as `input_received`.
+    /// resumes with `answer`, logged first as `input_received`. The answer
+    /// is stored beside the task's record, where the runtime holding it
+    /// reads it, not sent on the control subject, which every runtime hears.
     pub async fn answer(&self, task_id: &TaskId, answer: &Value) -> Result<(), ControlError> {
-        let body = serde_json::to_vec(answer).expect("a JSON value serializes");
+        // A question is logged before it waits: no log, no question.
+        let (key, last) = find_last_event(self, self.identity(), task_id)
+            .await?
+            .ok_or_else(|| ControlError::NotAsking {
+                task_id: task_id.clone(),
+            })?;
+        if last.kind.is_final() {
+            return Err(ControlError::Over {
+                task_id: task_id.clone(),
+                state: TaskState::of_event(last.kind),
+            });
+        }
+        Records::open(self).await?.put_answer(&key, answer).await?;
         match self
-            .control(task_id, TaskControl::Answer, body.into())
+            .control(task_id, TaskControl::Answer, Bytes::new())
             .await?
         {
             Some(Held {

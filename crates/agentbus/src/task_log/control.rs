@@ -12,6 +12,7 @@
 
 use super::running::RunningTask;
 use crate::client::Bus;
+use crate::delivery::Records;
 use crate::name::Name;
 use crate::subject::{self, TaskControl};
 use crate::task_id::TaskId;
@@ -218,10 +219,9 @@ pub(crate) async fn serve_controls(
                 // Logging the answer waits for the stream: not in this loop.
                 let bus = bus.clone();
                 tokio::spawn(async move {
-                    let answer: Value = match serde_json::from_slice(&message.payload) {
+                    let answer = match read_answer(&bus, &task, &message.payload).await {
                         Ok(answer) => answer,
-                        Err(err) => {
-                            let error = format!("the answer is not JSON: {err}");
+                        Err(error) => {
                             respond(&bus, reply, &json!({ "error": error })).await;
                             return;
                         }
@@ -237,6 +237,25 @@ pub(crate) async fn serve_controls(
                 });
             }
         }
+    }
+}
+
+/// The answer a request brings: its body, or with an empty body the
+/// answer the caller stored beside the task's record (which no other
+/// runtime hears). Else why there is none, in one sentence.
+async fn read_answer(bus: &Bus, task: &RunningTask, body: &[u8]) -> Result<Value, String> {
+    if !body.is_empty() {
+        return serde_json::from_slice(body)
+            .map_err(|err| format!("the answer is not JSON: {err}"));
+    }
+    let stored = async { Records::open(bus).await?.answer(task.key()).await };
+    match stored.await {
+        Ok(Some(answer)) => Ok(answer),
+        Ok(None) => Err(format!(
+            "no answer is stored for task {} (or it is not JSON)",
+            task.task_id()
+        )),
+        Err(err) => Err(err.to_string()),
     }
 }
 
