@@ -828,10 +828,17 @@ impl Agent for Interviewer {
     }
 }
 
-/// A long-running task between two agent identities: the caller follows
-/// its log, answers its question and cancels it, all by the task's id.
-#[tokio::test]
-async fn a_long_task_between_identities_is_followed_answered_and_cancelled() {
+/// Agent `writer` (an identity) runs an [`Interviewer`]; `boss` (another)
+/// has queued it a task, streamed, and follows its log.
+struct Interview {
+    server: NatsServer,
+    runtime: Runtime,
+    caller: Bus,
+    task: TaskRequest,
+    watch: agentbus::task_log::Watch,
+}
+
+async fn interview() -> Interview {
     let server = NatsServer::start().await;
     let mut grant = Grant::new(name("writer"));
     grant.work_types = vec![name("interview")];
@@ -843,13 +850,32 @@ async fn a_long_task_between_identities_is_followed_answered_and_cancelled() {
         .await
         .unwrap();
     let caller = Bus::connect(&boss, "boss").await.unwrap();
-    let mut task = TaskRequest::new("interview", json!({}));
-    task.stream = true;
-    let mut watch = caller.watch(&task.task_id, 1).await.unwrap();
+    let task = TaskRequest::new("interview", json!({})).streamed();
+    let watch = caller.watch(&task.task_id, 1).await.unwrap();
     caller
         .submit(&Queue::agent("writer").unwrap(), &task)
         .await
         .unwrap();
+    Interview {
+        server,
+        runtime,
+        caller,
+        task,
+        watch,
+    }
+}
+
+/// A long-running task between two agent identities: the caller follows
+/// its log, answers its question and cancels it, all by the task's id.
+#[tokio::test]
+async fn a_long_task_between_identities_is_followed_answered_and_cancelled() {
+    let Interview {
+        server: _server,
+        runtime,
+        caller,
+        task,
+        mut watch,
+    } = interview().await;
 
     let started = std::time::Instant::now();
     let mut kinds = Vec::new();
@@ -1249,24 +1275,14 @@ async fn alice_reads_none_of_the_records_and_logs_of_tasks_between_carol_and_bob
 /// (in the caller's name or as the operator), while the caller does both.
 #[tokio::test]
 async fn only_the_caller_answers_and_cancels_its_task() {
-    let server = NatsServer::start().await;
-    let mut grant = Grant::new(name("writer"));
-    grant.work_types = vec![name("interview")];
-    let writer = server.add_identity(grant).await;
-    let boss = server.add_identity(Grant::new(name("boss"))).await;
+    let Interview {
+        server,
+        runtime,
+        caller,
+        task,
+        mut watch,
+    } = interview().await;
     let alice = server.add_identity(Grant::new(name("alice"))).await;
-    let mut runtime = Runtime::new(Bus::connect(&writer, "writer").await.unwrap());
-    runtime
-        .add(Interviewer, AgentOptions::default())
-        .await
-        .unwrap();
-    let caller = Bus::connect(&boss, "boss").await.unwrap();
-    let task = TaskRequest::new("interview", json!({})).streamed();
-    let mut watch = caller.watch(&task.task_id, 1).await.unwrap();
-    caller
-        .submit(&Queue::agent("writer").unwrap(), &task)
-        .await
-        .unwrap();
     loop {
         let item = tokio::time::timeout(Duration::from_secs(10), watch.next())
             .await
