@@ -7,13 +7,12 @@
 //! nothing that changes meaning when it becomes a key or a header. The UUIDs
 //! that [`TaskId::new`] makes, and that most clients send, fit.
 
+use crate::delivery::Queue;
+use crate::name::Name;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
-
-use crate::delivery::Queue;
-use crate::name::Name;
 
 /// The longest task id accepted, in bytes.
 pub const MAX_TASK_ID_LEN: usize = 128;
@@ -75,7 +74,7 @@ impl TaskId {
 ///
 /// The caller is the task's verified sender over request/reply (its
 /// subject's last token) and, for a queued task, the submitter's agent as
-/// it declared it (`Agentbus-Caller`): a false one only shows the task to
+/// it declared it (`Agentbus-From`): a false one only shows the task to
 /// that agent, never to the one that lied.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TaskKey {

@@ -50,7 +50,7 @@ struct Tombstones {
 }
 
 impl Tombstones {
-    fn insert(&mut self, task_id: Tombstone) {
+    fn insert(&mut self, tombstone: Tombstone) {
         let now = Instant::now();
         while self.order.len() >= TOMBSTONES
             || self
@@ -64,8 +64,8 @@ impl Tombstones {
             };
             self.ids.remove(&old);
         }
-        if self.ids.insert(task_id.clone(), now).is_none() {
-            self.order.push_back(task_id);
+        if self.ids.insert(tombstone.clone(), now).is_none() {
+            self.order.push_back(tombstone);
         }
     }
 
