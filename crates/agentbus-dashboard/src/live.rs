@@ -406,10 +406,22 @@ async fn follow(
         }
         if let Ok(PlatformEvent::TaskCompleted(task) | PlatformEvent::TaskFailed(task)) =
             PlatformEvent::parse(&event.subject, &event.payload)
+            && reported_by_its_agent(&event.subject, &task.agent)
         {
             shared.metrics.finished(&task);
             shared.totals.lock().expect("totals lock").finished(&task);
         }
+    }
+}
+
+/// Whether a task event on `subject` may be about `agent`: one an agent
+/// identity published carries its name ([`subject::sender_of`]) and counts
+/// for that agent only; one without a name came from a client with no
+/// agent identity (the operator, or any client on a bus without them).
+fn reported_by_its_agent(subject: &str, agent: &str) -> bool {
+    match subject::sender_of(subject) {
+        agentbus::Sender::Agent(from) => from.as_str() == agent,
+        agentbus::Sender::Unverified => true,
     }
 }
 
@@ -652,6 +664,20 @@ fn now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_event_counts_for_the_agent_that_reported_it_only() {
+        assert!(reported_by_its_agent(
+            "platform.events.task_completed.bob",
+            "bob"
+        ));
+        assert!(!reported_by_its_agent(
+            "platform.events.task_completed.alice",
+            "bob"
+        ));
+        // Without a name: a client with no agent identity, the operator.
+        assert!(reported_by_its_agent("platform.events.task_failed", "bob"));
+    }
 
     #[test]
     fn the_oldest_open_task_is_forgotten_and_tasks_over_do_not_count() {

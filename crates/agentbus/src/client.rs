@@ -532,6 +532,19 @@ impl Bus {
         self.publish_bytes(&subject, body.into()).await
     }
 
+    /// Publishes platform event `event` (a [`subject::events`] constant),
+    /// stamped with this connection's agent identity when it has one, so
+    /// that a receiver knows who reported it ([`subject::sender_of`]).
+    pub(crate) async fn publish_platform_event<T: Serialize + ?Sized>(
+        &self,
+        event: &'static str,
+        value: &T,
+    ) -> Result<(), PublishError> {
+        let subject = subject::events::stamped(event, self.identity());
+        let body = serde_json::to_vec(value).map_err(PublishError::Encode)?;
+        self.publish_bytes(&subject, body.into()).await
+    }
+
     /// Publishes raw bytes on a validated subject.
     pub async fn publish_bytes(&self, subject: &Subject, body: Bytes) -> Result<(), PublishError> {
         let max = self.max_payload();

@@ -219,7 +219,7 @@ impl PlatformEvent {
                 waited_ms: event.waited_ms,
             }
         }
-        Ok(match subject {
+        Ok(match subjects::unstamped(subject) {
             subjects::AGENT_REGISTERED => Self::AgentRegistered(decode(subject, body)?),
             subjects::AGENT_DEREGISTERED => Self::AgentDeregistered(decode(subject, body)?),
             subjects::AGENT_OFFLINE => Self::AgentOffline(decode(subject, body)?),

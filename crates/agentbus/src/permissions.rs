@@ -228,7 +228,8 @@ impl Grant {
             format!("announce.*.{me}"),
             "work.*".to_owned(),
             "work.*.*".to_owned(),
-            subject::events::ALL.to_owned(),
+            // Platform events in its own name: a receiver knows who reported.
+            format!("platform.events.*.{me}"),
             // Control requests in its own name, to the tasks it sent (the
             // runtime holding a task obeys its caller only).
             format!("task.{me}.*.control.*"),

@@ -382,8 +382,8 @@ pub fn announce_from(topic: &Name, from: &Name) -> Subject {
 
 /// Who sent a message, read from the subject it was published on.
 ///
-/// Task, inbox, direct, broadcast and announcement subjects carry the
-/// sender's name as their last token when the sender is an agent
+/// Task, inbox, direct, broadcast, announcement and platform event subjects
+/// carry the sender's name as their last token when the sender is an agent
 /// (`agent.<to>.task.<from>`, `broadcast.<topic>.<from>`, ...). nats-server's
 /// publish permissions give each agent identity its own name only, so that
 /// token is the sender. A subject without it (the plain forms, which clients
@@ -399,6 +399,7 @@ pub fn sender_of(subject: &str) -> crate::Sender {
     ) {
         (Some("agent"), Some(_), Some("task" | "inbox" | "direct"), Some(from), None) => Some(from),
         (Some("broadcast" | "announce"), Some(_), Some(from), None, None) => Some(from),
+        (Some("platform"), Some("events"), Some(_), Some(from), None) => Some(from),
         _ => None,
     };
     match stamped.and_then(|from| Name::parse("sender", from).ok()) {
@@ -695,6 +696,27 @@ pub mod events {
     pub const TASK_FAILED: &str = "platform.events.task_failed";
     /// Every platform event.
     pub const ALL: &str = "platform.events.>";
+
+    /// The subject of platform event `event` (one of the constants above)
+    /// published by `from`: `<event>.<from>`, which an agent identity may
+    /// publish with its own name only; `<event>` itself for a client with
+    /// no agent identity (the operator, or any client on a bus without
+    /// identities).
+    pub fn stamped(event: &'static str, from: Option<&super::Name>) -> super::Subject {
+        match from {
+            Some(from) => super::Subject::built(format!("{event}.{from}")),
+            None => super::Subject::built(event.to_owned()),
+        }
+    }
+
+    /// The event a platform event subject names, without its stamp:
+    /// `platform.events.<event>` of `platform.events.<event>[.<from>]`.
+    pub fn unstamped(subject: &str) -> &str {
+        match subject.match_indices('.').nth(2) {
+            Some((third_dot, _)) => &subject[..third_dot],
+            None => subject,
+        }
+    }
 }
 
 /// Discovery subjects of the NATS services protocol.
@@ -1099,5 +1121,20 @@ mod tests {
         for bad in ["a.>.b", "a.b*", "$JS.API.>", ""] {
             assert!(SubjectPattern::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn platform_events_read_with_or_without_their_stamp() {
+        let bob = Name::parse("agent", "bob").unwrap();
+        let stamped = events::stamped(events::TASK_FAILED, Some(&bob));
+        assert_eq!(stamped.as_str(), "platform.events.task_failed.bob");
+        assert_eq!(
+            events::stamped(events::TASK_FAILED, None).as_str(),
+            events::TASK_FAILED
+        );
+        assert_eq!(events::unstamped(stamped.as_str()), events::TASK_FAILED);
+        assert_eq!(events::unstamped(events::TASK_FAILED), events::TASK_FAILED);
+        assert_eq!(sender_of(stamped.as_str()), crate::Sender::Agent(bob));
+        assert_eq!(sender_of(events::TASK_FAILED), crate::Sender::Unverified);
     }
 }

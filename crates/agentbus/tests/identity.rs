@@ -1363,3 +1363,89 @@ async fn only_the_caller_answers_and_cancels_its_task() {
     assert_eq!(partials[0], json!({"heard": "blue"}));
     runtime.shutdown(Duration::from_secs(2)).await;
 }
+
+/// Platform events carry who reported them: an agent identity publishes
+/// them in its own name only, so another agent cannot report a task of
+/// bob's finished or bob gone, and a runtime's own events name it.
+#[tokio::test]
+async fn platform_events_name_who_reported_them() {
+    let w = world().await;
+    let operator = w.server.connect().await;
+    let mut events = operator.subscribe("platform.events.>").await.unwrap();
+    operator.flush().await.unwrap();
+
+    let alice = w.alice.connect("alice").await.unwrap();
+    let forged = json!({"task_id": "t1", "agent": "bob", "task_type": "echo", "status": "completed", "duration_ms": 1.0, "instance_id": "i"});
+    for subject in [
+        "platform.events.task_completed",
+        "platform.events.task_completed.bob",
+        "platform.events.agent_offline",
+        "platform.events.agent_offline.bob",
+    ] {
+        alice
+            .publish(subject, forged.to_string().into())
+            .await
+            .unwrap();
+    }
+    alice
+        .publish(
+            "platform.events.task_completed.alice",
+            forged.to_string().into(),
+        )
+        .await
+        .unwrap();
+    alice.flush().await.unwrap();
+
+    // Bob's runtime registers and finishes a task: both in his name.
+    let bob_bus = Bus::connect(&w.bob, "bob").await.unwrap();
+    let mut runtime = Runtime::new(bob_bus);
+    runtime
+        .add(Recorder::new("bob"), AgentOptions::default())
+        .await
+        .unwrap();
+
+    let mut seen = Vec::new();
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(2), events.next()).await
+    {
+        let parsed = agentbus::events::PlatformEvent::parse(&message.subject, &message.payload);
+        assert!(parsed.is_ok(), "{}: {parsed:?}", message.subject);
+        seen.push((
+            message.subject.to_string(),
+            agentbus::subject::sender_of(&message.subject),
+        ));
+        if seen
+            .iter()
+            .filter(|(subject, _)| subject.starts_with("platform.events.task_completed.bob"))
+            .count()
+            >= 10
+        {
+            break;
+        }
+    }
+    // Alice's own, in her name, is all that came of hers.
+    let hers: Vec<_> = seen
+        .iter()
+        .filter(|(_, from)| *from != Sender::Agent(name("bob")))
+        .collect();
+    assert_eq!(
+        hers,
+        [&(
+            "platform.events.task_completed.alice".to_owned(),
+            Sender::Agent(name("alice"))
+        )],
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(subject, _)| subject == "platform.events.agent_registered.bob"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.iter()
+            .filter(|(subject, _)| subject == "platform.events.task_completed.bob")
+            .count(),
+        10,
+        "bob's queued tasks, each reported by him: {seen:?}"
+    );
+    runtime.shutdown(Duration::from_secs(2)).await;
+}

@@ -411,7 +411,10 @@ async fn report_offline(
         host: gone.host.clone(),
         reported_by: reporter.unwrap_or_default(),
     };
-    if let Err(err) = bus.publish(events::AGENT_OFFLINE, &event).await {
+    if let Err(err) = bus
+        .publish_platform_event(events::AGENT_OFFLINE, &event)
+        .await
+    {
         tracing::warn!(%err, agent = %gone.name, "cannot publish agent_offline");
     }
 }

@@ -795,7 +795,7 @@ async fn publish_lifecycle(
         timestamp: crate::clock::now(),
         task_types,
     };
-    if let Err(err) = bus.publish(subject, &event).await {
+    if let Err(err) = bus.publish_platform_event(subject, &event).await {
         tracing::warn!(%err, subject, "cannot publish lifecycle event");
     }
 }

@@ -667,14 +667,15 @@ pub(super) async fn publish_task_event<A: Agent>(
         &served.instance_id,
     )
     .with_waited(waited);
-    // from_static: no copy of the subject per event.
+    // Without an identity, from_static: no copy of the subject per event.
+    let subject = match served.bus.identity() {
+        Some(from) => subject::events::stamped(event.subject(), Some(from)).to_nats(),
+        None => Subject::from_static(event.subject()),
+    };
     if let Err(err) = served
         .bus
         .client()
-        .publish(
-            Subject::from_static(event.subject()),
-            event.to_json().into(),
-        )
+        .publish(subject, event.to_json().into())
         .await
     {
         tracing::warn!(%err, "cannot publish task event");
