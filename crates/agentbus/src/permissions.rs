@@ -4,7 +4,9 @@
 //! An agent may serve its own tasks, call other agents, send to inboxes and
 //! broadcasts with its own name as the sender, submit to work queues, work
 //! its own durable consumers, keep its own state, write its own presence and
-//! read everyone's, and follow, cancel and answer tasks whose id it knows.
+//! read everyone's, read and write the records and logs of the tasks it
+//! runs and of those it sent (under their [`crate::TaskKey`]), and cancel and
+//! answer the tasks it sent.
 //! It may not read another agent's inbox, direct messages, state or queue by
 //! any path (subscribing, a consumer on another filter, reading a stream's
 //! messages by sequence), serve or answer another agent's tasks, send in

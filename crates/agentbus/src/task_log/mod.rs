@@ -1,7 +1,8 @@
 //! What happens to a task while it runs, for anyone to follow: its event log,
 //! cancellation, deadlines and questions back to the caller.
 //!
-//! Every task may have an ordered log of events on `task.<task_id>.events`,
+//! Every task may have an ordered log of events on `task.<task key>.events`
+//! (see [`crate::TaskKey`]),
 //! stored in the `agent-task-events` stream: `accepted`, `started`,
 //! `progress`, `partial`, `input_required`, `input_received`, then one final
 //! state (`completed`, `failed`, `rejected`, `timeout`, `cancelled`). Each
@@ -19,8 +20,9 @@
 //! [`crate::Bus::watch`] replays a log from any sequence and follows it to
 //! the final state, saying when the events asked for are no longer stored
 //! ([`Watched::Gone`]). [`crate::Bus::cancel`] and [`crate::Bus::answer`]
-//! reach the runtime holding the task over `task.<task_id>.control.<verb>`,
-//! which each runtime subscribes to once, whatever its number of agents.
+//! reach the runtime holding the task over `task.<from>.<task_id>.control.<verb>`,
+//! which each runtime subscribes to once, whatever its number of agents; a
+//! task obeys its caller and the operator only.
 
 mod client;
 mod control;
