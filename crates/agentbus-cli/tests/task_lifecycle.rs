@@ -223,6 +223,8 @@ async fn request_stream_prints_each_event_then_the_response_and_watch_resumes_an
     let document = out.json();
     assert_eq!(document["state"], "completed");
     assert_eq!(document["response"]["result"]["text"], "w0 w1 w2 w3 w4 ");
+    // Run by streamer, sent by a client with no agent identity.
+    assert_eq!(document["key"], "agent.streamer._.cli-stream-1");
 }
 
 #[tokio::test]

@@ -231,7 +231,11 @@ impl Claims {
             claimed.claimed_at.elapsed(),
             &self.instance_id,
         );
-        if let Err(err) = self.bus.publish(event.subject(), &event).await {
+        if let Err(err) = self
+            .bus
+            .publish_platform_event(event.subject(), &event)
+            .await
+        {
             tracing::warn!(%err, "cannot publish a task event");
         }
         Ok(json!({

@@ -535,7 +535,7 @@ impl Bus {
     /// Publishes platform event `event` (a [`subject::events`] constant),
     /// stamped with this connection's agent identity when it has one, so
     /// that a receiver knows who reported it ([`subject::sender_of`]).
-    pub(crate) async fn publish_platform_event<T: Serialize + ?Sized>(
+    pub async fn publish_platform_event<T: Serialize + ?Sized>(
         &self,
         event: &'static str,
         value: &T,

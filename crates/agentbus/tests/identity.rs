@@ -931,8 +931,9 @@ async fn a_long_task_between_identities_is_followed_answered_and_cancelled() {
 async fn an_identity_reporting_another_agents_death_stays_online() {
     let server = NatsServer::start().await;
     let operator = Bus::from_client(server.connect().await);
+    // Reported in the reporting agent's name.
     let mut offline = operator
-        .subscribe(agentbus::subject::events::AGENT_OFFLINE, None)
+        .subscribe("platform.events.agent_offline.watcher", None)
         .await
         .unwrap();
     let watcher = server.add_identity(Grant::new(name("watcher"))).await;

@@ -243,7 +243,8 @@ async fn show(server: &ServerArgs, task_id: &str, json: bool) -> anyhow::Result<
 }
 
 /// The record (if any) as JSON, with the state told by the lookup, its
-/// note, the last event of the task's log and the instance holding it.
+/// note, the last event of the task's log, the instance holding it and
+/// the key its record and log are kept under.
 fn document(report: &TaskReport) -> anyhow::Result<serde_json::Value> {
     let mut document = match &report.record {
         Some(record) => serde_json::to_value(record)?,
@@ -263,6 +264,9 @@ fn document(report: &TaskReport) -> anyhow::Result<serde_json::Value> {
     }
     if let Some(instance) = &report.held_by {
         document["held_by"] = instance.as_str().into();
+    }
+    if let Some(key) = &report.key {
+        document["key"] = key.as_str().into();
     }
     Ok(document)
 }
