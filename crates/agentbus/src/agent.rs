@@ -320,7 +320,7 @@ impl TaskContext {
     /// for a system that makes a request with a repeated key once (an
     /// `Idempotency-Key` header, a unique constraint).
     pub fn idempotency_key(&self, name: &str) -> String {
-        crate::effects::key(&self.task_id, name)
+        crate::effects::idempotency_key(&self.task_id, name)
     }
 
     /// Publishes an event as JSON.

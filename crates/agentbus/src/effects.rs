@@ -82,11 +82,19 @@ enum Stored<T> {
     Made { value: T },
 }
 
-/// The key of effect `name` of the task keyed `task`, or the idempotency
-/// key of effect `name` of task id `task`: `=` is in no task id, key or
-/// effect name, and neither an id nor a name holds a dot.
-pub(crate) fn key(task: &str, name: &str) -> String {
-    format!("{task}={name}")
+/// The idempotency key of effect `name` of task `task_id`, the same in
+/// every attempt: `=` is in neither.
+pub(crate) fn idempotency_key(task_id: &str, name: &str) -> String {
+    format!("{task_id}={name}")
+}
+
+/// Where effect `name` of the task keyed `task` is kept in the results
+/// bucket: `<task key>.<name>`, one token longer than the task's key, so
+/// that the agent that runs the task may write it and the caller, who may
+/// write the task's own key, may not (the caller could otherwise store a
+/// result for an effect the runner never made).
+fn stored_key(task: &str, name: &str) -> String {
+    format!("{task}.{name}")
 }
 
 fn now_ms() -> u64 {
@@ -129,7 +137,7 @@ where
     let store = open_bucket(bus, TASK_RESULTS_BUCKET)
         .await
         .map_err(|err| failed("open the bucket for", err.into()))?;
-    let key = key(task_id, name);
+    let key = stored_key(task_id, name);
     let encode = |stored: &Stored<&T>| -> Result<bytes::Bytes, OnceError> {
         serde_json::to_vec(stored)
             .map(Into::into)

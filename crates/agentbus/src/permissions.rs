@@ -299,10 +299,10 @@ impl Grant {
         // request/reply or its queue, and those of the shared queues it
         // works) and of those it sent, each kept under a key naming both
         // (`TaskKey`), and no others.
-        let mut scopes = vec![format!("agent.{me}.*")];
-        scopes.extend(self.work_types.iter().map(|t| format!("work.{t}.*")));
-        scopes.push(format!("*.*.{me}"));
-        for scope in &scopes {
+        let mut runs = vec![format!("agent.{me}.*")];
+        runs.extend(self.work_types.iter().map(|t| format!("work.{t}.*")));
+        let sent = format!("*.*.{me}");
+        for scope in runs.iter().chain([&sent]) {
             let record = format!("$KV.{TASK_RESULTS_BUCKET}.{scope}.*");
             let log = format!("task.{scope}.*.events");
             publish.extend([
@@ -312,6 +312,15 @@ impl Grant {
                 format!("$JS.API.DIRECT.GET.{TASK_EVENTS_STREAM}.{log}"),
                 format!("$JS.API.CONSUMER.CREATE.{TASK_EVENTS_STREAM}.*.{log}"),
                 log,
+            ]);
+        }
+        // The effects of the tasks it runs (`<task key>.<effect>`), which
+        // the tasks' callers may not write.
+        for scope in &runs {
+            let effect = format!("$KV.{TASK_RESULTS_BUCKET}.{scope}.*.*");
+            publish.extend([
+                format!("$JS.API.DIRECT.GET.KV_{TASK_RESULTS_BUCKET}.{effect}"),
+                effect,
             ]);
         }
         publish.push(format!("$JS.API.CONSUMER.DELETE.{TASK_EVENTS_STREAM}.*"));

@@ -137,7 +137,8 @@ impl TaskKey {
     }
 
     /// The key the caller stores its answer to the task's question under,
-    /// beside the record (`<key>/answer`: an effect's key has `=`, no `/`).
+    /// beside the record (`<key>/answer`: as many tokens as the task key,
+    /// which the caller may write, where an effect's key has one more).
     pub(crate) fn answer_key(&self) -> String {
         format!("{}/answer", self.text)
     }

@@ -1128,7 +1128,8 @@ impl Agent for Echoer {
     async fn handle(&self, task: TaskRequest, ctx: TaskContext) -> Result<Value, TaskError> {
         let payload = task.payload.into_value();
         ctx.partial(&payload).await.ok();
-        Ok(payload)
+        // Made once, kept beside the task's record with the runner's rights.
+        ctx.once("echo", || async { Ok(payload) }).await
     }
 }
 
@@ -1238,6 +1239,21 @@ async fn alice_reads_none_of_the_records_and_logs_of_tasks_between_carol_and_bob
         ),
         json!(null),
     ));
+    // The caller may write her own task's record, not the result of an
+    // effect its runner makes once for it.
+    for (key, allowed) in [
+        ("agent.bob.alice.t-forged", true),
+        ("agent.bob.alice.t-forged.echo", false),
+        ("work.echo.alice.t-forged.echo", false),
+    ] {
+        let answer = ask(
+            &alice_client,
+            &format!("{records}.{key}"),
+            json!({"state": "made", "value": "forged"}),
+        )
+        .await;
+        assert_eq!(answer.is_some(), allowed, "{key}: {answer:?}");
+    }
     // Asked at once: each refusal is a wait for nothing.
     let replies = futures::future::join_all(
         paths
