@@ -300,12 +300,7 @@ impl TaskContext {
         // agent that handles it.
         let key = match &self.task {
             Some(task) => task.key().as_str().to_owned(),
-            None => format!(
-                "agent.{}.{}.{}",
-                self.agent,
-                crate::task_id::NO_CALLER,
-                self.task_id
-            ),
+            None => crate::TaskKey::of_message(&self.agent, &self.task_id),
         };
         match crate::effects::once(&self.bus, &key, &self.instance_id, name, effect).await {
             Ok(outcome) => outcome,

@@ -80,6 +80,7 @@ mod ride;
 mod runtime;
 mod sender;
 pub mod state;
+mod stream_read;
 pub mod subject;
 mod task_id;
 pub mod task_log;

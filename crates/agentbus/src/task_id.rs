@@ -129,6 +129,15 @@ impl TaskKey {
         ))
     }
 
+    /// The key a message handler's effects are kept under, laid out as a
+    /// task's: run by `agent`, no caller, the message id in the task id's
+    /// place (a message id need not be a valid task id).
+    pub(crate) fn of_message(agent: &Name, message_id: &str) -> String {
+        let runner = Queue::Agent(agent.clone());
+        let (kind, name) = runner_tokens(&runner);
+        format!("{kind}.{name}.{NO_CALLER}.{message_id}")
+    }
+
     /// The pattern of the keys under which `caller` finds task `id`, whoever
     /// runs it (`*.*.<caller>.<id>`); any caller's with `None`, as the
     /// operator looks.
@@ -348,7 +357,7 @@ mod tests {
         let key = TaskKey::new(&Queue::Agent(bob.clone()), Some(&alice), &id);
         assert_eq!(key.as_str(), "agent.bob.alice.t1");
         assert_eq!(TaskKey::parse(key.as_str()), Some(key));
-        let key = TaskKey::new(&Queue::TaskType(bob), None, &id);
+        let key = TaskKey::new(&Queue::TaskType(bob.clone()), None, &id);
         assert_eq!(key.as_str(), "work.bob._.t1");
         assert_eq!(TaskKey::parse(key.as_str()).unwrap().caller(), None);
         for bad in [
@@ -362,5 +371,6 @@ mod tests {
         }
         assert_eq!(TaskKey::pattern(Some(&alice), &id), "*.*.alice.t1");
         assert_eq!(TaskKey::pattern(None, &id), "*.*.*.t1");
+        assert_eq!(TaskKey::of_message(&bob, "m-1"), "agent.bob._.m-1");
     }
 }

@@ -5,9 +5,9 @@ use crate::clock;
 use crate::name::Name;
 use crate::protocol::TaskResponse;
 use crate::ride::{open_bucket, ride};
+use crate::stream_read::last_on_subject;
 use crate::subject::{TASK_RESULTS_BUCKET, TASKS_STREAM};
 use crate::task_id::{TaskId, TaskKey};
-use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -307,15 +307,46 @@ impl Records {
     /// is not a record of that task: written by something else, it is not
     /// trusted).
     pub(crate) async fn get(&self, key: &TaskKey) -> Result<Option<TaskRecord>, RecordError> {
-        let value = ride(
+        let value = self.read(key.as_str(), "read a task record").await?;
+        Ok(value.and_then(|bytes| record_of(&bytes, key.id())))
+    }
+
+    /// The value under `key`, if any, read by `operation` (for its error).
+    async fn read(
+        &self,
+        key: &str,
+        operation: &'static str,
+    ) -> Result<Option<bytes::Bytes>, RecordError> {
+        ride(
             &self.bus,
-            key.as_str(),
-            || self.store.get(key.as_str()),
+            key,
+            || self.store.get(key),
             |err| err.kind() != kv::EntryErrorKind::InvalidKey,
         )
         .await
-        .map_err(|err| RecordError::backend("read a task record", err))?;
-        Ok(value.and_then(|bytes| record_of(&bytes, key.id())))
+        .map_err(|err| RecordError::backend(operation, err))
+    }
+
+    /// Stores `value` under `key`, whatever it held, by `operation` (for its
+    /// error).
+    async fn write<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        operation: &'static str,
+    ) -> Result<(), RecordError> {
+        let body: bytes::Bytes = serde_json::to_vec(value)
+            .expect("a task record or a JSON value serializes")
+            .into();
+        ride(
+            &self.bus,
+            key,
+            || self.store.put(key, body.clone()),
+            |err| err.kind() != kv::PutErrorKind::InvalidKey,
+        )
+        .await
+        .map_err(|err| RecordError::backend(operation, err))?;
+        Ok(())
     }
 
     /// The record of task `task_id` as `caller` finds it, whoever runs the
@@ -334,24 +365,7 @@ impl Records {
         let found = ride(
             &self.bus,
             task_id.as_str(),
-            || async {
-                // A direct get (which an agent identity may make, by
-                // subject) where the bucket answers one; else a get through
-                // the stream's leader.
-                let stream = &self.store.stream;
-                match stream.direct_get_last_for_subject(&subject).await {
-                    Ok(message) => Ok(Some(message)),
-                    Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(None),
-                    Err(err) if err.kind() == DirectGetErrorKind::TimedOut => Err(err.into()),
-                    Err(_) => match stream.get_last_raw_message_by_subject(&subject).await {
-                        Ok(message) => Ok(Some(message)),
-                        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => {
-                            Ok(None)
-                        }
-                        Err(err) => Err(async_nats::Error::from(err)),
-                    },
-                }
-            },
+            || last_on_subject(&self.store.stream, &subject),
             |_| true,
         )
         .await
@@ -381,18 +395,8 @@ impl Records {
 
     /// Stores `record` under `key`, whatever the key held.
     pub(crate) async fn put(&self, key: &TaskKey, record: &TaskRecord) -> Result<(), RecordError> {
-        let body: bytes::Bytes = serde_json::to_vec(record)
-            .expect("a task record always serializes")
-            .into();
-        ride(
-            &self.bus,
-            key.as_str(),
-            || self.store.put(key.as_str(), body.clone()),
-            |err| err.kind() != kv::PutErrorKind::InvalidKey,
-        )
-        .await
-        .map_err(|err| RecordError::backend("store a task record", err))?;
-        Ok(())
+        self.write(key.as_str(), record, "store a task record")
+            .await
     }
 
     /// Stores `answer` to the question of the task keyed `key`, where the
@@ -402,33 +406,14 @@ impl Records {
         key: &TaskKey,
         answer: &Value,
     ) -> Result<(), RecordError> {
-        let body: bytes::Bytes = serde_json::to_vec(answer)
-            .expect("a JSON value serializes")
-            .into();
-        let answer_key = key.answer_key();
-        ride(
-            &self.bus,
-            key.as_str(),
-            || self.store.put(answer_key.as_str(), body.clone()),
-            |err| err.kind() != kv::PutErrorKind::InvalidKey,
-        )
-        .await
-        .map_err(|err| RecordError::backend("store an answer", err))?;
-        Ok(())
+        self.write(&key.answer_key(), answer, "store an answer")
+            .await
     }
 
     /// The answer stored to the question of the task keyed `key`, if any
     /// (`None` also when it is not JSON).
     pub(crate) async fn answer(&self, key: &TaskKey) -> Result<Option<Value>, RecordError> {
-        let answer_key = key.answer_key();
-        let value = ride(
-            &self.bus,
-            key.as_str(),
-            || self.store.get(answer_key.as_str()),
-            |err| err.kind() != kv::EntryErrorKind::InvalidKey,
-        )
-        .await
-        .map_err(|err| RecordError::backend("read an answer", err))?;
+        let value = self.read(&key.answer_key(), "read an answer").await?;
         Ok(value.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 

@@ -23,14 +23,13 @@ use crate::clock;
 use crate::jetstream_errors::publish_passes;
 use crate::name::Name;
 use crate::ride::ride;
+use crate::stream_read::last_on_subject;
 use crate::subject::{self, Subject, TASK_EVENTS_STREAM};
 use crate::task_id::{TaskId, TaskKey};
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
-use async_nats::jetstream::stream::{
-    DirectGetErrorKind, LastRawMessageError, LastRawMessageErrorKind,
-};
+use async_nats::jetstream::stream::{LastRawMessageError, LastRawMessageErrorKind};
 use bytes::Bytes;
 use futures::FutureExt;
 use serde_json::Value;
@@ -163,26 +162,19 @@ async fn last_on(
         .get_stream_no_info(TASK_EVENTS_STREAM)
         .await
         .map_err(|err| LogError::stream(task_id, "open", err))?;
-    // A direct get (which an agent identity may make, by subject) where the
-    // stream answers one; else a get through the stream's leader.
-    let message = match stream.direct_get_last_for_subject(subject).await {
-        Ok(message) => Ok(message),
-        Err(err) if err.kind() == DirectGetErrorKind::NotFound => return Ok(None),
-        Err(err) if err.kind() == DirectGetErrorKind::TimedOut => {
-            return Err(LogError::stream(task_id, "read", err));
-        }
-        Err(_) => stream.get_last_raw_message_by_subject(subject).await,
-    };
-    match message {
-        Ok(message) => {
-            let event = serde_json::from_slice::<LogEvent>(&message.payload)
-                .ok()
-                .filter(|event| event.task_id == *task_id);
-            Ok(Some((message.subject.to_string(), event, message.sequence)))
-        }
-        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(err) => Err(LogError::stream(task_id, "read", err)),
-    }
+    let message = last_on_subject(&stream, subject)
+        .await
+        .map_err(|source| LogError::Stream {
+            task_id: task_id.clone(),
+            operation: "read",
+            source,
+        })?;
+    Ok(message.map(|message| {
+        let event = serde_json::from_slice::<LogEvent>(&message.payload)
+            .ok()
+            .filter(|event| event.task_id == *task_id);
+        (message.subject.to_string(), event, message.sequence)
+    }))
 }
 
 /// The last event of task `task_id`'s log as `caller` finds it, whoever
