@@ -9,11 +9,11 @@ use crate::params;
 use crate::tasks_extension::declares_tasks;
 use crate::tool_error::{ToolError, ToolErrorKind, tool_result};
 use crate::untrusted::untrusted;
-use agentbus::Name;
 use agentbus::delivery::{Queue, ResultRetention, StoreError, StoreErrorKind, TaskState};
 use agentbus::presence::{self, AgentPresence};
 use agentbus::state::{StateError, StateErrorKind};
 use agentbus::subject;
+use agentbus::{Name, permissions};
 use agentbus::{Priority, TaskId, TaskRequest};
 use agentbus::{RequestOptions, SendTaskError, SendTaskErrorKind};
 use async_nats::jetstream::ErrorCode;
@@ -434,11 +434,18 @@ impl Bridge {
 
     async fn do_bus_status(&self) -> Result<Value, ToolError> {
         let js = self.bus().jetstream();
-        // The bus's streams, each by name: an agent identity may describe
-        // these, not list every stream of the account. One not set up is
-        // left out.
+        // The bus's streams, each by name, as this connection may describe
+        // them: the operator every one, an agent identity those whose
+        // description tells nothing of other agents. One not set up is left
+        // out.
+        let describable = |name: &str| {
+            self.bus().identity().is_none() || permissions::DESCRIBABLE_STREAMS.contains(&name)
+        };
         let mut streams = Vec::new();
-        for name in subject::STREAMS {
+        for name in subject::STREAMS
+            .into_iter()
+            .filter(|name| describable(name))
+        {
             let info = match js.get_stream(name).await {
                 Ok(stream) => stream.cached_info().clone(),
                 Err(err)

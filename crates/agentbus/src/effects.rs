@@ -8,8 +8,9 @@
 //! the result while the claim held: it tries until shortly before the lease
 //! ends) is taken over.
 
+use crate::bucket::Bucket;
 use crate::client::Bus;
-use crate::ride::{open_bucket, ride, ride_until};
+use crate::ride::{ride, ride_until};
 use crate::subject::TASK_RESULTS_BUCKET;
 use async_nats::jetstream::kv;
 use serde::de::DeserializeOwned;
@@ -134,7 +135,7 @@ where
         name: name.to_owned(),
         source,
     };
-    let store = open_bucket(bus, TASK_RESULTS_BUCKET)
+    let store = Bucket::open(bus, TASK_RESULTS_BUCKET)
         .await
         .map_err(|err| failed("open the bucket for", err.into()))?;
     let key = stored_key(task_id, name);
@@ -225,7 +226,7 @@ where
         }
         Err(err) => {
             // Given back, so that a later attempt makes the effect.
-            if let Err(purge) = store.purge_expect_revision(&key, Some(revision)).await {
+            if let Err(purge) = store.purge_expect_revision(&key, revision).await {
                 tracing::debug!(%purge, task_id, effect = name, "the claim of a failed effect was not given back");
             }
             Ok(Err(err))

@@ -62,6 +62,7 @@
 //! - `otlp`: [`telemetry::init_from_env`], exporting spans over OTLP/HTTP.
 
 mod agent;
+mod bucket;
 mod client;
 mod clock;
 pub mod connect;

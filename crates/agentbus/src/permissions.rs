@@ -26,8 +26,21 @@ use crate::protocol::Priority;
 use crate::state::{PRESENCE_BUCKET, STATE_BUCKET};
 use crate::subject::{
     self, BROADCAST_STREAM, PARKED_LETTERS_BUCKET, TASK_EVENTS_STREAM, TASK_RESULTS_BUCKET,
+    TASKS_STREAM,
 };
 use std::time::Duration;
+
+/// The streams an agent identity may describe (`STREAM.INFO`). A
+/// description can list every subject a stream holds with its count, so the
+/// others are not described to agents: their subjects name who messages,
+/// calls or keeps state under which key. These two are: the task queues,
+/// whose subjects (queue names and priorities, with their depths) a worker
+/// looks through for waiting work, and the presence bucket, which every
+/// agent reads whole anyway.
+pub const DESCRIBABLE_STREAMS: [&str; 2] = [TASKS_STREAM, PRESENCE_STREAM];
+
+/// The stream of the presence bucket.
+const PRESENCE_STREAM: &str = "KV_agent-presence";
 
 /// How long a served request may take to be answered: the identity may
 /// publish one reply to each request it received, this long after it.
@@ -236,7 +249,8 @@ impl Grant {
             // runtime holding a task obeys its caller only).
             format!("task.{me}.*.control.*"),
             "$SRV.>".to_owned(),
-            format!("$JS.API.STREAM.INFO.KV_{PARKED_LETTERS_BUCKET}"),
+            // Which stream stores a subject: names only, never what they hold.
+            "$JS.API.STREAM.NAMES".to_owned(),
         ]);
         // Dead letters of its own deliveries only, in the stream or parked
         // while the stream is full: a letter it forged for another queue
@@ -247,13 +261,11 @@ impl Grant {
             publish.push(format!("$KV.{PARKED_LETTERS_BUCKET}.{pattern}.*"));
         }
         publish.extend(self.events.iter().map(ToString::to_string));
-        // Stream and bucket descriptions (never their messages).
-        for stream in subject::STREAMS {
-            publish.push(format!("$JS.API.STREAM.INFO.{stream}"));
-        }
-        for bucket in [STATE_BUCKET, PRESENCE_BUCKET, TASK_RESULTS_BUCKET] {
-            publish.push(format!("$JS.API.STREAM.INFO.KV_{bucket}"));
-        }
+        publish.extend(
+            DESCRIBABLE_STREAMS
+                .iter()
+                .map(|stream| format!("$JS.API.STREAM.INFO.{stream}")),
+        );
         // Its durable consumers.
         for spec in self.consumers() {
             let (stream, name) = (spec.stream(), spec.name());
@@ -335,6 +347,11 @@ impl Grant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_presence_stream_is_the_presence_buckets() {
+        assert_eq!(PRESENCE_STREAM, format!("KV_{PRESENCE_BUCKET}"));
+    }
 
     #[test]
     fn event_patterns_stay_outside_the_bus_subjects() {

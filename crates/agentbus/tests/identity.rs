@@ -350,6 +350,81 @@ async fn alice_gets_none_of_bobs_markers_by_any_path() {
     runtime.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A stream's description can list every subject the stream holds, with a
+/// count each: state keys, task keys, who messages whom. Alice is described
+/// only the streams whose subjects tell nothing of other agents (the task
+/// queues, whose depths her worker looks through, and presence, which she
+/// reads whole), and her own state works without any description.
+#[tokio::test]
+async fn alice_is_described_no_stream_whose_subjects_name_other_agents() {
+    let w = world().await;
+    // A key of bob's that names something, which a listing would show.
+    let bob_bus = Bus::connect(&w.bob, "bob").await.unwrap();
+    StateStore::open(&bob_bus, None)
+        .await
+        .unwrap()
+        .agent(&name("bob"))
+        .set(MARKER, &json!(1), None)
+        .await
+        .unwrap();
+    let mut streams: Vec<&str> = agentbus::subject::STREAMS.to_vec();
+    streams.extend([
+        "KV_agent-state",
+        "KV_agent-task-results",
+        "KV_agent-presence",
+        "KV_agent-dlq-parked",
+    ]);
+    let listing = json!({ "subjects_filter": ">" });
+    let describe = |stream: &str| format!("$JS.API.STREAM.INFO.{stream}");
+
+    // The operator is described the state bucket, bob's key with it: the
+    // probe below would see a marker if alice were.
+    let operator = w.server.connect().await;
+    let described = ask(&operator, &describe("KV_agent-state"), listing.clone()).await;
+    assert_eq!(described.as_deref().map(markers), Some(1), "{described:?}");
+
+    let alice = w.alice.connect("alice").await.unwrap();
+    let mut described = Vec::new();
+    for stream in &streams {
+        if let Some(text) = ask(&alice, &describe(stream), listing.clone()).await {
+            assert_eq!(markers(&text), 0, "{stream}: {text}");
+            assert!(!text.contains("carol"), "{stream}: {text}");
+            described.push(*stream);
+        }
+    }
+    assert_eq!(described, agentbus::permissions::DESCRIBABLE_STREAMS);
+
+    // Her own state: written, read, listed, watched and deleted.
+    let alice_bus = Bus::connect(&w.alice, "alice").await.unwrap();
+    let state = StateStore::open(&alice_bus, None).await.unwrap();
+    let mine = state.agent(&name("alice"));
+    let mut changes = mine.watch().await.unwrap();
+    mine.set("plan", &json!({ "step": 1 }), None).await.unwrap();
+    mine.set("short", &json!(2), Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(mine.get("plan").await.unwrap(), Some(json!({ "step": 1 })));
+    assert_eq!(mine.list().await.unwrap(), ["plan", "short"]);
+    mine.delete("short").await.unwrap();
+    assert_eq!(mine.list().await.unwrap(), ["plan"]);
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let change = tokio::time::timeout(Duration::from_secs(5), changes.next())
+            .await
+            .expect("a change within 5 s")
+            .expect("the watch goes on");
+        seen.push((change.key, change.value));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("plan".to_owned(), Some(json!({ "step": 1 }))),
+            ("short".to_owned(), Some(json!(2))),
+            ("short".to_owned(), None),
+        ]
+    );
+}
+
 /// `now_or_never` for a subscriber without pulling in `FutureExt` at the call site.
 trait NowOrNever {
     fn now_or_never_ext(&mut self) -> Option<Option<async_nats::Message>>;

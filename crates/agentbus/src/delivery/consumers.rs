@@ -7,10 +7,10 @@
 use super::DeliveryOptions;
 use super::queue::Queue;
 use crate::client::Bus;
-use crate::jetstream_errors::is_stream_not_found;
 use crate::name::Name;
 use crate::protocol::Priority;
 use crate::ride::ride;
+use crate::stream_read::{self, FindError};
 use crate::subject;
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
 use std::time::Duration;
@@ -192,7 +192,7 @@ impl ConsumerSpec {
     /// The consumer the operator made for an agent identity.
     async fn provisioned_on(
         &self,
-        stream: &jetstream::stream::Stream,
+        stream: &jetstream::stream::Stream<()>,
     ) -> Result<PullConsumer, ConsumerError> {
         stream.get_consumer(&self.name).await.map_err(|err| {
             let missing = err
@@ -209,29 +209,26 @@ impl ConsumerSpec {
 
     /// The stream the consumer reads; asked again through a reconnect or a
     /// stream without a leader, up to the bus's store deadline.
-    async fn stream_of(&self, bus: &Bus) -> Result<jetstream::stream::Stream, ConsumerError> {
-        ride(
-            bus,
-            self.stream,
-            || bus.jetstream().get_stream(self.stream),
-            |err| !is_stream_not_found(err),
-        )
-        .await
-        .map_err(|err| {
-            let kind = if is_stream_not_found(&err) {
-                ConsumerErrorKind::NoStream
-            } else {
-                ConsumerErrorKind::Unavailable
-            };
-            self.error(kind, err)
-        })
+    /// Found by a subject it reads, the way an agent identity may
+    /// ([`stream_read::find`]).
+    async fn stream_of(&self, bus: &Bus) -> Result<jetstream::stream::Stream<()>, ConsumerError> {
+        let subject = self.filters.first().map_or(">", String::as_str);
+        stream_read::find(bus, self.stream, subject)
+            .await
+            .map_err(|err| {
+                let kind = match err {
+                    FindError::Missing { .. } => ConsumerErrorKind::NoStream,
+                    FindError::Unanswered { .. } => ConsumerErrorKind::Unavailable,
+                };
+                self.error(kind, err)
+            })
     }
 
     /// [`ConsumerSpec::create`] on the stream, looked up already.
     async fn create_on(
         &self,
         bus: &Bus,
-        stream: &jetstream::stream::Stream,
+        stream: &jetstream::stream::Stream<()>,
         options: &DeliveryOptions,
     ) -> Result<PullConsumer, ConsumerError> {
         let mut config = pull::Config {

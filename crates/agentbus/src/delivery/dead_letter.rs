@@ -4,6 +4,7 @@ use super::StoreError;
 use super::publish::{FROM_HEADER, ring_queue, store};
 use super::queue::queued_task_key;
 use super::records::{AttemptError, RecordError, Records, TaskRecord, TaskState};
+use crate::bucket::Bucket;
 use crate::client::Bus;
 use crate::clock;
 use crate::jetstream_errors::is_missing_bucket;
@@ -237,7 +238,7 @@ async fn store_in_stream(bus: &Bus, letter: &DeadLetter, body: Vec<u8>) -> Resul
 }
 
 async fn park(bus: &Bus, letter: &DeadLetter, body: Vec<u8>) -> Result<(), async_nats::Error> {
-    let parked = open_bucket(bus, PARKED_LETTERS_BUCKET).await?;
+    let parked = Bucket::open(bus, PARKED_LETTERS_BUCKET).await?;
     let key = subject::parked_letter(&letter.subject, letter.original_sequence);
     let body = bytes::Bytes::from(body);
     ride(

@@ -1,10 +1,11 @@
 //! The state and result of queued tasks, in the KV bucket `agent-task-results`.
 
+use crate::bucket::{Bucket, is_put};
 use crate::client::Bus;
 use crate::clock;
 use crate::name::Name;
 use crate::protocol::TaskResponse;
-use crate::ride::{open_bucket, ride};
+use crate::ride::ride;
 use crate::stream_read::last_on_subject;
 use crate::subject::{TASK_RESULTS_BUCKET, TASKS_STREAM};
 use crate::task_id::{TaskId, TaskKey};
@@ -202,7 +203,7 @@ pub enum RecordError {
     NoBucket {
         /// Why it could not be opened.
         #[source]
-        source: jetstream::context::KeyValueError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A read, write or watch of the bucket failed.
     #[error("cannot {operation} in {TASK_RESULTS_BUCKET}: {source}")]
@@ -286,7 +287,7 @@ impl RecordError {
 /// without a leader and a lost connection, up to the bus's store deadline.
 #[derive(Debug, Clone)]
 pub(crate) struct Records {
-    store: kv::Store,
+    bucket: Bucket,
     bus: Bus,
 }
 
@@ -294,11 +295,13 @@ impl Records {
     /// Opens the bucket; asked again through an election or a reconnect,
     /// up to the bus's store deadline, unless the server says it is missing.
     pub(crate) async fn open(bus: &Bus) -> Result<Self, RecordError> {
-        let store = open_bucket(bus, TASK_RESULTS_BUCKET)
+        let bucket = Bucket::open(bus, TASK_RESULTS_BUCKET)
             .await
-            .map_err(|source| RecordError::NoBucket { source })?;
+            .map_err(|source| RecordError::NoBucket {
+                source: Box::new(source),
+            })?;
         Ok(Self {
-            store,
+            bucket,
             bus: bus.clone(),
         })
     }
@@ -320,7 +323,7 @@ impl Records {
         ride(
             &self.bus,
             key,
-            || self.store.get(key),
+            || self.bucket.get(key),
             |err| err.kind() != kv::EntryErrorKind::InvalidKey,
         )
         .await
@@ -341,7 +344,7 @@ impl Records {
         ride(
             &self.bus,
             key,
-            || self.store.put(key, body.clone()),
+            || self.bucket.put(key, body.clone()),
             |err| err.kind() != kv::PutErrorKind::InvalidKey,
         )
         .await
@@ -358,14 +361,11 @@ impl Records {
         caller: Option<&Name>,
         task_id: &TaskId,
     ) -> Result<Option<(TaskKey, Option<TaskRecord>, u64)>, RecordError> {
-        let subject = format!(
-            "$KV.{TASK_RESULTS_BUCKET}.{}",
-            TaskKey::pattern(caller, task_id)
-        );
+        let subject = self.bucket.subject(&TaskKey::pattern(caller, task_id));
         let found = ride(
             &self.bus,
             task_id.as_str(),
-            || last_on_subject(&self.store.stream, &subject),
+            || last_on_subject(self.bucket.stream(), &subject),
             |_| true,
         )
         .await
@@ -376,18 +376,14 @@ impl Records {
         let Some(message) = found else {
             return Ok(None);
         };
-        let Some(key) = message
-            .subject
-            .strip_prefix(&format!("$KV.{TASK_RESULTS_BUCKET}."))
+        let Some(key) = self
+            .bucket
+            .key_of(&message.subject)
             .and_then(TaskKey::parse)
         else {
             return Ok(None);
         };
-        let deleted = message
-            .headers
-            .get(KV_OPERATION)
-            .is_some_and(|operation| operation.as_str() != "PUT");
-        let record = (!deleted)
+        let record = is_put(Some(&message.headers))
             .then(|| record_of(&message.payload, task_id))
             .flatten();
         Ok(Some((key, record, message.sequence)))
@@ -433,7 +429,7 @@ impl Records {
         let entry = ride(
             &self.bus,
             key.as_str(),
-            || self.store.entry(key.as_str()),
+            || self.bucket.entry(key.as_str()),
             |err| err.kind() != kv::EntryErrorKind::InvalidKey,
         )
         .await
@@ -464,7 +460,7 @@ impl Records {
             Some(revision) => ride(
                 &self.bus,
                 key,
-                || self.store.update(key, body.clone(), revision),
+                || self.bucket.update(key, body.clone(), revision),
                 |err| {
                     !matches!(
                         err.kind(),
@@ -482,7 +478,7 @@ impl Records {
             None => ride(
                 &self.bus,
                 key,
-                || self.store.create(key, body.clone()),
+                || self.bucket.create(key, body.clone()),
                 |err| {
                     !matches!(
                         err.kind(),
@@ -517,18 +513,15 @@ impl Records {
         &self,
         pattern: &str,
     ) -> Result<jetstream::consumer::push::Ordered, async_nats::Error> {
-        let consumer = self
-            .store
-            .stream
-            .create_consumer(jetstream::consumer::push::OrderedConfig {
-                name: Some(format!("record-watch-{}", uuid::Uuid::new_v4().simple())),
-                deliver_subject: self.bus.client().new_inbox(),
-                filter_subject: format!("$KV.{TASK_RESULTS_BUCKET}.{pattern}"),
-                deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
+        let (_, watch) = self
+            .bucket
+            .watch(
+                pattern,
+                jetstream::consumer::DeliverPolicy::LastPerSubject,
+                false,
+            )
             .await?;
-        Ok(consumer.messages().await?)
+        Ok(watch)
     }
 
     /// Waits until task `task_id`, as `caller` finds it (see
@@ -563,12 +556,7 @@ impl Records {
                     return Ok(record);
                 }
                 while let Some(Ok(message)) = watch.next().await {
-                    if message
-                        .headers
-                        .as_ref()
-                        .and_then(|headers| headers.get(KV_OPERATION))
-                        .is_some_and(|operation| operation.as_str() != "PUT")
-                    {
+                    if !is_put(message.headers.as_ref()) {
                         continue;
                     }
                     if let Some(record) = record_of(&message.payload, task_id)
@@ -590,9 +578,6 @@ impl Records {
         })
     }
 }
-
-/// The header of a stored key-value operation (`PUT` when absent).
-const KV_OPERATION: &str = "KV-Operation";
 
 /// `bytes` read as a record of task `task_id`; `None` when it is not one:
 /// written by something else, it is not trusted.

@@ -1127,7 +1127,7 @@ impl State {
         if let Some((consumer, _)) = made.take() {
             self.live_consumers -= 1;
             let name = consumer.cached_info().name.clone();
-            if let Ok(stream) = self.bus.jetstream().get_stream(spec.stream()).await {
+            if let Ok(stream) = self.bus.jetstream().get_stream_no_info(spec.stream()).await {
                 let _ = stream.delete_consumer(&name).await;
             }
         }
@@ -1137,7 +1137,7 @@ impl State {
 
 /// An existing consumer of `spec`'s name, as it is.
 async fn existing(js: &jetstream::Context, spec: &ConsumerSpec) -> Option<PullConsumer> {
-    let stream = js.get_stream(spec.stream()).await.ok()?;
+    let stream = js.get_stream_no_info(spec.stream()).await.ok()?;
     stream.get_consumer(spec.name()).await.ok()
 }
 

@@ -434,7 +434,7 @@ impl AgentState {
 }
 
 /// A TTL in whole seconds, rounded up: NATS per-message TTLs are at least 1 s.
-fn ttl_seconds(ttl: Duration) -> u64 {
+pub(crate) fn ttl_seconds(ttl: Duration) -> u64 {
     ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)
 }
 

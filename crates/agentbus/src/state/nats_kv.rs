@@ -7,10 +7,12 @@
 
 use super::{
     BackendError, EntryChange, EntryKey, PRESENCE_BUCKET, STATE_BUCKET, StateChange, StateError,
-    ttl_seconds,
 };
+use crate::bucket::{Bucket, is_put, operation_of};
 use crate::client::Bus;
 use crate::name::Name;
+use crate::stream_read::FindError;
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -22,20 +24,25 @@ pub(super) const BACKEND: &str = "nats-kv";
 /// Reads of a listing in flight at once.
 const LIST_READS_IN_FLIGHT: usize = 64;
 
-/// Both buckets, opened.
+/// Both buckets, opened. Presence is read and watched whole (everyone may
+/// read it) through `kv::Store`; state is reached key by key through
+/// [`Bucket`], which needs no description of the bucket's stream: that
+/// description can list every key of every agent.
 #[derive(Debug, Clone)]
 pub(super) struct NatsKv {
-    js: jetstream::Context,
-    state: kv::Store,
+    state: Bucket,
     presence: kv::Store,
+    /// Writes of presence entries, which carry TTLs.
+    presence_writes: Bucket,
     max_payload: usize,
 }
 
-/// One agent's keys: the state bucket seen through the prefix `<agent>.`.
+/// One agent's keys: the state bucket's keys under `<agent>.`.
 #[derive(Debug, Clone)]
 pub(super) struct AgentKv {
-    js: jetstream::Context,
-    store: kv::Store,
+    bucket: Bucket,
+    /// `<agent>.`
+    prefix: String,
     max_payload: usize,
 }
 
@@ -49,21 +56,21 @@ fn backend_error<E: Into<async_nats::Error>>(operation: &'static str) -> impl Fn
 
 impl NatsKv {
     pub(super) async fn open(bus: &Bus) -> Result<Self, StateError> {
-        let js = bus.jetstream().clone();
-        let state = open_bucket(&js, STATE_BUCKET).await?;
-        let presence = open_bucket(&js, PRESENCE_BUCKET).await?;
+        // Made by the same topology, both allow per-message TTLs or neither
+        // does: the presence bucket, which may be described, tells.
+        let presence = open_presence(bus.jetstream()).await?;
         Ok(Self {
-            js,
-            state,
+            state: open_bucket(bus, STATE_BUCKET).await?,
             presence,
+            presence_writes: open_bucket(bus, PRESENCE_BUCKET).await?,
             max_payload: bus.max_payload(),
         })
     }
 
     pub(super) fn agent(&self, agent: &Name) -> AgentKv {
         AgentKv {
-            js: self.js.clone(),
-            store: scoped(&self.state, agent),
+            bucket: self.state.clone(),
+            prefix: format!("{agent}."),
             max_payload: self.max_payload,
         }
     }
@@ -74,15 +81,11 @@ impl NatsKv {
         value: Vec<u8>,
         ttl: Duration,
     ) -> Result<(), StateError> {
-        put(
-            &self.js,
-            &self.presence,
-            &key.join("."),
-            value.into(),
-            Some(ttl),
-        )
-        .await
-        .map_err(backend_error("store an entry"))
+        self.presence_writes
+            .put_with_ttl(&key.join("."), value.into(), Some(ttl))
+            .await
+            .map(drop)
+            .map_err(backend_error("store an entry"))
     }
 
     /// A delete (not a purge): watchers tell a removal from an expiry by it.
@@ -156,9 +159,14 @@ impl NatsKv {
 }
 
 impl AgentKv {
+    /// The bucket's key of the agent's `key`.
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
     pub(super) async fn get(&self, key: &str) -> Result<Option<Bytes>, StateError> {
-        self.store
-            .get(key)
+        self.bucket
+            .get(&self.key(key))
             .await
             .map_err(backend_error("read a key"))
     }
@@ -177,68 +185,118 @@ impl AgentKv {
                 backend: BACKEND,
             });
         }
-        put(&self.js, &self.store, key, value.into(), ttl)
+        self.bucket
+            .put_with_ttl(&self.key(key), value.into(), ttl)
             .await
+            .map(drop)
             .map_err(backend_error("set a key"))
     }
 
     pub(super) async fn delete(&self, key: &str) -> Result<(), StateError> {
-        self.store
-            .delete(key)
+        self.bucket
+            .delete(&self.key(key))
             .await
             .map_err(backend_error("delete a key"))
     }
 
+    /// The agent's keys holding a value: the last message of each, without
+    /// its value, read until none is left to come.
     pub(super) async fn list(&self) -> Result<Vec<String>, StateError> {
-        self.store
-            .keys()
-            .await
-            .map_err(backend_error("list keys"))?
-            .try_collect()
-            .await
-            .map_err(backend_error("list keys"))
+        let listed = async {
+            let (mut pending, mut watch) = self
+                .bucket
+                .watch(&self.key(">"), DeliverPolicy::LastPerSubject, true)
+                .await?;
+            let mut keys = Vec::new();
+            while pending > 0 {
+                let Some(message) = watch.next().await else {
+                    break;
+                };
+                let message = message?;
+                pending = message.info()?.pending;
+                if is_put(message.headers.as_ref())
+                    && let Some(key) = self.own_key(&message.subject)
+                {
+                    keys.push(key.to_owned());
+                }
+            }
+            Ok::<_, async_nats::Error>(keys)
+        };
+        listed.await.map_err(backend_error("list keys"))
+    }
+
+    /// The agent's key a message of the bucket is stored under.
+    fn own_key<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        self.bucket
+            .key_of(subject)?
+            .strip_prefix(self.prefix.as_str())
     }
 
     pub(super) async fn watch(&self) -> Result<BoxStream<'static, StateChange>, StateError> {
-        let watch = self
-            .store
-            .watch_all()
+        let (_, watch) = self
+            .bucket
+            .watch(&self.key(">"), DeliverPolicy::New, false)
             .await
             .map_err(backend_error("watch keys"))?;
+        let keys = self.clone();
         Ok(watch
-            .filter_map(|entry| async move {
-                let entry = match entry {
-                    Ok(entry) => entry,
+            .filter_map(move |message| {
+                let change = match message {
+                    Ok(message) => keys.change(&message),
                     Err(err) => {
                         tracing::debug!(%err, "state watch error");
-                        return None;
+                        None
                     }
                 };
-                let value = match entry.operation {
-                    kv::Operation::Put => match serde_json::from_slice(&entry.value) {
-                        Ok(value) => Some(value),
-                        Err(err) => {
-                            tracing::warn!(key = %entry.key, %err, "state value is not JSON; not reported");
-                            return None;
-                        }
-                    },
-                    kv::Operation::Delete | kv::Operation::Purge => None,
-                };
-                Some(StateChange {
-                    key: entry.key,
-                    value,
-                })
+                async move { change }
             })
             .boxed())
     }
+
+    /// The change a watched message made.
+    fn change(&self, message: &jetstream::Message) -> Option<StateChange> {
+        let key = self.own_key(&message.subject)?.to_owned();
+        let operation = match message.headers.as_ref().map(operation_of) {
+            None => kv::Operation::Put,
+            Some(Ok(operation)) => operation,
+            Some(Err(err)) => {
+                tracing::debug!(%key, %err, "state watch: an unknown operation");
+                return None;
+            }
+        };
+        let value = match operation {
+            kv::Operation::Put => match serde_json::from_slice(&message.payload) {
+                Ok(value) => Some(value),
+                Err(err) => {
+                    tracing::warn!(%key, %err, "state value is not JSON; not reported");
+                    return None;
+                }
+            },
+            kv::Operation::Delete | kv::Operation::Purge => None,
+        };
+        Some(StateChange { key, value })
+    }
 }
 
-/// Opens a bucket, with an error naming `agentbus setup` when it is missing
-/// or was made before it allowed per-message TTLs.
-async fn open_bucket(
-    js: &jetstream::Context,
-    bucket: &'static str,
-) -> Result<kv::Store, StateError> {
+/// Opens the state or presence bucket for reads and writes by key, with an
+/// error naming `agentbus setup` when it is missing.
+async fn open_bucket(bus: &Bus, bucket: &'static str) -> Result<Bucket, StateError> {
+    Bucket::open(bus, bucket).await.map_err(|err| match err {
+        FindError::Missing { .. } => StateError::Setup {
+            bucket,
+            problem: "does not exist",
+        },
+        err @ FindError::Unanswered { .. } => StateError::Unavailable {
+            backend: BACKEND,
+            source: BackendError::Nats(err.into()),
+        },
+    })
+}
+
+/// Opens the presence bucket, with an error naming `agentbus setup` when it
+/// is missing or was made before it allowed per-message TTLs.
+async fn open_presence(js: &jetstream::Context) -> Result<kv::Store, StateError> {
+    let bucket = PRESENCE_BUCKET;
     match js.get_stream(format!("KV_{bucket}")).await {
         Ok(stream) if !stream.cached_info().config.allow_message_ttl => {
             return Err(StateError::Setup {
@@ -266,42 +324,4 @@ async fn open_bucket(
             backend: BACKEND,
             source: BackendError::Nats(err.into()),
         })
-}
-
-/// `store` seen through the key prefix `<agent>.`: its keys, listing and
-/// watches cover that agent's keys only, and the keys it reports are the
-/// agent's own (without the prefix). `Store`'s prefixes are public for this.
-fn scoped(store: &kv::Store, agent: &Name) -> kv::Store {
-    let mut scoped = store.clone();
-    scoped.prefix = format!("{}{agent}.", store.prefix);
-    scoped.put_prefix = store.put_prefix.as_ref().map(|p| format!("{p}{agent}."));
-    scoped
-}
-
-/// Puts `value` under `key`; with a TTL, as a message with a `Nats-TTL`
-/// header (the KV API has no put with a TTL), built like `Store::put` does.
-async fn put(
-    js: &jetstream::Context,
-    store: &kv::Store,
-    key: &str,
-    value: Bytes,
-    ttl: Option<Duration>,
-) -> Result<(), async_nats::Error> {
-    let Some(ttl) = ttl else {
-        store.put(key, value).await?;
-        return Ok(());
-    };
-    let subject = format!(
-        "{}{key}",
-        store.put_prefix.as_deref().unwrap_or(&store.prefix)
-    );
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_TTL,
-        ttl_seconds(ttl).to_string().as_str(),
-    );
-    js.publish_with_headers(subject, headers, value)
-        .await?
-        .await?;
-    Ok(())
 }
