@@ -212,9 +212,10 @@ impl Grant {
             subject::agent_tasks_stamped(&self.agent).to_string(),
             // Discovery requests, answered once each.
             "$SRV.>".to_owned(),
-            // Control requests: each runtime listens once for every task it
-            // may hold; only the holder answers.
-            subject::ALL_TASK_CONTROLS.to_owned(),
+            // Control requests to the tasks it runs, and the operator's
+            // that name no runner; only the holder answers.
+            subject::agent_task_controls(&self.agent),
+            subject::UNADDRESSED_TASK_CONTROLS.to_owned(),
             subject::events::ALL.to_owned(),
             // What tells its worker that its inbox, direct channel and
             // broadcasts have work (broadcasts are for everyone).
@@ -224,6 +225,7 @@ impl Grant {
         subscribe.extend(subject::ALL_ANNOUNCEMENTS.map(str::to_owned));
         subscribe.extend(self.events.iter().map(ToString::to_string));
         subscribe.extend(queues.iter().flat_map(subject::queue_patterns));
+        subscribe.extend(self.work_types.iter().map(subject::work_task_controls));
         subscribe.extend(subject::with_senders(&subject::agent_inbox(&self.agent)));
         subscribe.extend(subject::with_senders(&subject::agent_direct(&self.agent)));
         for to in targets(&self.may_call) {
@@ -245,9 +247,10 @@ impl Grant {
             "work.*.*".to_owned(),
             // Platform events in its own name: a receiver knows who reported.
             format!("platform.events.*.{me}"),
-            // Control requests in its own name, to the tasks it sent (the
-            // runtime holding a task obeys its caller only).
-            format!("task.{me}.*.control.*"),
+            // Control requests in its own name, to the tasks it sent, at
+            // their runners (the runtime holding a task obeys its caller
+            // only).
+            format!("task.{me}.*.*.*.control.*"),
             "$SRV.>".to_owned(),
             // Which stream stores a subject: names only, never what they hold.
             "$JS.API.STREAM.NAMES".to_owned(),

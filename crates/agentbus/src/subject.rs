@@ -10,7 +10,7 @@
 //! | `dlq.<original subject>` | dead letters (`agent-dlq`) |
 //! | `platform.events.<event>` | lifecycle and task events ([`crate::events`]) |
 //! | `task.<task key>.events` | a task's event log (`agent-task-events`, [`crate::task_log`]), under its [`TaskKey`] |
-//! | `task.<from>.<task_id>.control.<verb>` | cancel, answer or ask about a task held by a runtime (core request/reply) |
+//! | `task.<from>.<runner>.<task_id>.control.<verb>` | cancel, answer or ask about a task held by a runtime of its runner (`agent.<name>`, `work.<type>`, `_._` unknown) (core request/reply) |
 //! | `$SRV.PING\|INFO\|STATS[.<agent>[.<instance>]]` | discovery (the NATS services protocol) |
 //! | `agentbus.check.<run>` | the publish/subscribe probe of `agentbus check` |
 //! | `<inbox>.<n>` | a worker's pull requests, answered on one subscription `<inbox>.*` |
@@ -183,7 +183,7 @@ pub struct InvalidSubject {
 pub const REQUEST_REPLY_SUBJECTS: [&str; 4] = [
     "agent.*.task",
     "agent.*.task.*",
-    "task.*.*.control.*",
+    ALL_TASK_CONTROLS,
     "_INBOX.>",
 ];
 
@@ -212,8 +212,15 @@ pub const STREAMS: [&str; 5] = [
 ];
 /// The subjects of every task's event log: what [`TASK_EVENTS_STREAM`] captures.
 pub const ALL_TASK_EVENTS: &str = "task.*.*.*.*.events";
-/// Every control request to a task: what each runtime subscribes to once.
-pub const ALL_TASK_CONTROLS: &str = "task.*.*.control.*";
+/// Every control request to a task: what a runtime without an agent
+/// identity subscribes to once. One with an identity hears the requests to
+/// its own tasks ([`agent_task_controls`], [`work_task_controls`]) and
+/// [`UNADDRESSED_TASK_CONTROLS`].
+pub const ALL_TASK_CONTROLS: &str = "task.*.*.*.*.control.*";
+/// The control requests of a client without an agent identity (the
+/// operator) that does not know who runs the task: every runtime hears
+/// them, and obeys them for a task it holds.
+pub const UNADDRESSED_TASK_CONTROLS: &str = "task._._._.*.control.*";
 /// Every subject the bus itself uses, as patterns: application subjects
 /// (events an agent publishes with [`crate::Bus::publish`]) stay outside.
 pub const BUS_SUBJECTS: [&str; 10] = [
@@ -270,36 +277,82 @@ impl TaskControl {
     }
 }
 
-/// Subject of a control request to task `task_id` from `from`:
-/// `task.<from>.<task_id>.control.<verb>`, `_` for a client with no agent
-/// name. Publish permissions let an agent's identity use only its own name,
-/// so the runtime holding the task knows who asks: it obeys the task's
-/// caller, and a client with no agent identity (the operator).
-pub fn task_control(from: Option<&Name>, task_id: &TaskId, control: TaskControl) -> Subject {
+/// Subject of a control request to task `task_id` from `from`, for the
+/// runtimes of the task's runner: `task.<from>.<runner>.<task_id>.control.<verb>`,
+/// `<from>` `_` for a client with no agent name, `<runner>` the first two
+/// tokens of the task's key (`agent.<name>` or `work.<type>`), or `_._` when
+/// the asker does not know who runs it (only the operator is heard then:
+/// see [`UNADDRESSED_TASK_CONTROLS`]). Publish permissions let an agent's
+/// identity use only its own name, so the runtime holding the task knows
+/// who asks: it obeys the task's caller, and a client with no agent
+/// identity (the operator). Subscribe permissions let an agent's identity
+/// hear the requests to the tasks it may run only.
+pub fn task_control(
+    from: Option<&Name>,
+    key: Option<&TaskKey>,
+    task_id: &TaskId,
+    control: TaskControl,
+) -> Subject {
     let from = from.map_or(crate::task_id::NO_CALLER, Name::as_str);
+    let runner = key.map_or(UNKNOWN_RUNNER, TaskKey::runner);
     Subject::built(format!(
-        "task.{from}.{task_id}.control.{}",
+        "task.{from}.{runner}.{task_id}.control.{}",
         control.as_str()
     ))
 }
 
-/// Reads a control subject back: who asks (`None`: a client with no agent
-/// name), the task and what is asked of it.
-pub fn parse_task_control(subject: &str) -> Option<(Option<Name>, TaskId, TaskControl)> {
+/// The runner tokens of a control request whose asker does not know who
+/// runs the task.
+const UNKNOWN_RUNNER: &str = "_._";
+
+/// A control request read back from its subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedControl {
+    /// Who asks: `None` for a client with no agent name.
+    pub from: Option<Name>,
+    /// Who the asker says runs the task (`agent.<name>` or `work.<type>`),
+    /// `None` when it does not know.
+    pub runner: Option<String>,
+    /// The task.
+    pub task_id: TaskId,
+    /// What is asked of it.
+    pub control: TaskControl,
+}
+
+/// Reads a control subject back; `None` for anything [`task_control`]
+/// would not build.
+pub fn parse_task_control(subject: &str) -> Option<ParsedControl> {
     let mut tokens = subject.split('.');
-    let (Some("task"), Some(from), Some(id), Some("control"), Some(verb), None) = (
+    let (
+        Some("task"),
+        Some(from),
+        Some(kind),
+        Some(runner),
+        Some(id),
+        Some("control"),
+        Some(verb),
+        None,
+    ) = (
         tokens.next(),
         tokens.next(),
         tokens.next(),
         tokens.next(),
         tokens.next(),
         tokens.next(),
-    ) else {
+        tokens.next(),
+        tokens.next(),
+    )
+    else {
         return None;
     };
     let from = match from {
         crate::task_id::NO_CALLER => None,
         from => Some(Name::parse("sender", from).ok()?),
+    };
+    let runner = match (kind, runner) {
+        ("_", "_") => None,
+        ("agent" | "work", name) => Some(format!("{kind}.{}", Name::parse("runner", name).ok()?)),
+        _ => return None,
     };
     let control = match verb {
         "cancel" => TaskControl::Cancel,
@@ -307,7 +360,24 @@ pub fn parse_task_control(subject: &str) -> Option<(Option<Name>, TaskId, TaskCo
         "status" => TaskControl::Status,
         _ => return None,
     };
-    Some((from, TaskId::parse(id).ok()?, control))
+    Some(ParsedControl {
+        from,
+        runner,
+        task_id: TaskId::parse(id).ok()?,
+        control,
+    })
+}
+
+/// The control requests to the tasks agent `agent` runs (its own, over
+/// request/reply or its queue), from anyone.
+pub fn agent_task_controls(agent: &Name) -> String {
+    format!("task.*.agent.{agent}.*.control.*")
+}
+
+/// The control requests to the tasks of the shared queue of `task_type`,
+/// from anyone.
+pub fn work_task_controls(task_type: &Name) -> String {
+    format!("task.*.work.{task_type}.*.control.*")
 }
 
 /// Subject of the tasks an agent answers over request/reply.
@@ -886,6 +956,66 @@ fn tokens_overlap(a: &[&str], b: &[&str]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_subjects_name_who_asks_and_who_runs_the_task() {
+        use crate::delivery::Queue;
+        let alice = Name::parse("agent", "alice").unwrap();
+        let bob = Name::parse("agent", "bob").unwrap();
+        let id = TaskId::parse("t1").unwrap();
+        let key = TaskKey::new(&Queue::Agent(bob.clone()), Some(&alice), &id);
+        let sent = task_control(Some(&alice), Some(&key), &id, TaskControl::Cancel);
+        assert_eq!(sent.as_str(), "task.alice.agent.bob.t1.control.cancel");
+        assert_eq!(
+            parse_task_control(sent.as_str()),
+            Some(ParsedControl {
+                from: Some(alice.clone()),
+                runner: Some("agent.bob".to_owned()),
+                task_id: id.clone(),
+                control: TaskControl::Cancel,
+            })
+        );
+        let shared = TaskKey::new(&Queue::TaskType(bob.clone()), None, &id);
+        let sent = task_control(None, Some(&shared), &id, TaskControl::Answer);
+        assert_eq!(sent.as_str(), "task._.work.bob.t1.control.answer");
+        let unaddressed = task_control(None, None, &id, TaskControl::Status);
+        assert_eq!(unaddressed.as_str(), "task._._._.t1.control.status");
+        let parsed = parse_task_control(unaddressed.as_str()).unwrap();
+        assert_eq!((parsed.from, parsed.runner), (None, None));
+        for bad in [
+            "task.alice.t1.control.cancel",
+            "task.alice.queue.bob.t1.control.cancel",
+            "task.alice.agent._.t1.control.cancel",
+            "task.alice.agent.bob.t1.control.stop",
+            "task.alice.agent.bob.t1.control.cancel.x",
+        ] {
+            assert_eq!(parse_task_control(bad), None, "{bad}");
+        }
+        // What each listens to covers what is sent to it, and no more.
+        let matches = |pattern: &str, subject: &str| {
+            let pattern: Vec<&str> = pattern.split('.').collect();
+            let subject: Vec<&str> = subject.split('.').collect();
+            pattern.len() == subject.len()
+                && pattern
+                    .iter()
+                    .zip(&subject)
+                    .all(|(p, s)| *p == "*" || p == s)
+        };
+        let to_bob = "task.alice.agent.bob.t1.control.cancel";
+        assert!(matches(ALL_TASK_CONTROLS, to_bob));
+        assert!(matches(&agent_task_controls(&bob), to_bob));
+        assert!(!matches(&agent_task_controls(&alice), to_bob));
+        assert!(!matches(UNADDRESSED_TASK_CONTROLS, to_bob));
+        assert!(matches(
+            &work_task_controls(&bob),
+            "task._.work.bob.t1.control.answer"
+        ));
+        assert!(matches(UNADDRESSED_TASK_CONTROLS, unaddressed.as_str()));
+        assert!(!matches(
+            UNADDRESSED_TASK_CONTROLS,
+            "task.alice._._.t1.control.cancel"
+        ));
+    }
 
     fn name(s: &str) -> Name {
         Name::parse("test name", s).unwrap()

@@ -166,6 +166,16 @@ impl TaskKey {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// Who runs the task, as the key's first two tokens: `agent.<name>` or
+    /// `work.<type>`.
+    pub(crate) fn runner(&self) -> &str {
+        let kind = self.text.find('.').map_or(0, |dot| dot + 1);
+        let end = self.text[kind..]
+            .find('.')
+            .map_or(self.text.len(), |dot| kind + dot);
+        &self.text[..end]
+    }
 }
 
 /// The two tokens naming who runs a task.
@@ -356,9 +366,11 @@ mod tests {
         let alice = Name::parse("agent", "alice").unwrap();
         let key = TaskKey::new(&Queue::Agent(bob.clone()), Some(&alice), &id);
         assert_eq!(key.as_str(), "agent.bob.alice.t1");
+        assert_eq!(key.runner(), "agent.bob");
         assert_eq!(TaskKey::parse(key.as_str()), Some(key));
         let key = TaskKey::new(&Queue::TaskType(bob.clone()), None, &id);
         assert_eq!(key.as_str(), "work.bob._.t1");
+        assert_eq!(key.runner(), "work.bob");
         assert_eq!(TaskKey::parse(key.as_str()).unwrap().caller(), None);
         for bad in [
             "t1",

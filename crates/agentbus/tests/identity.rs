@@ -1401,32 +1401,72 @@ async fn only_the_caller_answers_and_cancels_its_task() {
     );
     let by_hand = alice.connect("alice-by-hand").await.unwrap();
     for from in ["boss", "_", "alice"] {
-        for verb in ["cancel", "answer", "status"] {
-            let subject = format!("task.{from}.{}.control.{verb}", task.task_id);
-            assert_eq!(
-                ask(&by_hand, &subject, json!("red")).await,
-                None,
-                "{subject} answered"
-            );
+        for runner in ["agent.writer", "_._"] {
+            for verb in ["cancel", "answer", "status"] {
+                let subject = format!("task.{from}.{runner}.{}.control.{verb}", task.task_id);
+                assert_eq!(
+                    ask(&by_hand, &subject, json!("red")).await,
+                    None,
+                    "{subject} answered"
+                );
+            }
         }
     }
 
     // The task still waits for its caller's answer, and stops at its cancel.
-    // The answer does not travel where every runtime listens.
-    let mut listening = by_hand.subscribe("task.*.*.control.*").await.unwrap();
+    // Alice hears none of the caller's requests, on any subject she may or
+    // may not subscribe to; the operator, listening as a runtime without an
+    // identity does, hears them all.
+    let operator = server.connect().await;
+    let mut everything = operator
+        .subscribe(agentbus::subject::ALL_TASK_CONTROLS)
+        .await
+        .unwrap();
+    operator.flush().await.unwrap();
+    let mut listening = Vec::new();
+    for pattern in [
+        agentbus::subject::ALL_TASK_CONTROLS,
+        agentbus::subject::UNADDRESSED_TASK_CONTROLS,
+        "task.*.agent.alice.*.control.*",
+        "task.*.agent.writer.*.control.*",
+        "task.boss.>",
+        ">",
+    ] {
+        listening.push(by_hand.subscribe(pattern).await.unwrap());
+    }
     by_hand.flush().await.unwrap();
     let status = caller.task_report(&task.task_id).await.unwrap();
     assert_eq!(status.state, agentbus::delivery::TaskState::InputRequired);
     caller.answer(&task.task_id, &json!("blue")).await.unwrap();
-    let mut heard = 0;
+    let mut heard = Vec::new();
     while let Ok(Some(message)) =
-        tokio::time::timeout(Duration::from_millis(300), listening.next()).await
+        tokio::time::timeout(Duration::from_millis(300), everything.next()).await
     {
-        heard += 1;
         let body = String::from_utf8_lossy(&message.payload).into_owned();
-        assert!(!body.contains("blue"), "alice read the answer: {body}");
+        assert!(
+            !body.contains("blue"),
+            "the answer went on the wire: {body}"
+        );
+        heard.push(message.subject.to_string());
     }
-    assert!(heard > 0, "alice hears the control requests themselves");
+    // Addressed to the task's runner, in the caller's name.
+    let answer = format!("task.boss.agent.writer.{}.control.answer", task.task_id);
+    assert!(heard.contains(&answer), "{heard:?}");
+    assert!(
+        heard
+            .iter()
+            .all(|subject| subject.starts_with("task.boss.agent.writer.")),
+        "{heard:?}"
+    );
+    for subscription in &mut listening {
+        while let Some(Some(message)) = subscription.now_or_never_ext() {
+            assert!(
+                !message.subject.as_str().contains(".control."),
+                "alice heard {}",
+                message.subject
+            );
+        }
+    }
     let mut partials = Vec::new();
     while let Some(item) = tokio::time::timeout(Duration::from_secs(10), watch.next())
         .await

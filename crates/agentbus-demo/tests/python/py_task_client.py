@@ -1,8 +1,10 @@
 """A Python client of agentbus task lifecycles, written from docs/PROTOCOL.md alone.
 
 No agentbus code: nats-py, the TaskRequest/TaskResponse JSON, the event logs
-in stream agent-task-events, the control subjects task.<from>.<id>.control.<verb>
-(from "_": this client has no agent identity),
+in stream agent-task-events, the control subjects
+task.<from>.<runner>.<id>.control.<verb> (from "_": this client has no agent
+identity; runner "_._": it does not say who runs the task, which only a client
+without an identity may leave out),
 the task records in bucket agent-task-results and the queues in agent-tasks.
 A task's log and record are kept under its key,
 <agent|work>.<runner>.<caller>.<task_id>; this client connects as the
@@ -120,7 +122,7 @@ class Client:
     async def control(self, task_id: str, verb: str, body: bytes = b"") -> Optional[dict]:
         """The holder's reply to a control request; None on silence."""
         try:
-            reply = await self.nc.request(f"task._.{task_id}.control.{verb}", body, timeout=CONTROL_WAIT)
+            reply = await self.nc.request(f"task._._._.{task_id}.control.{verb}", body, timeout=CONTROL_WAIT)
         except (TimeoutError, NoRespondersError):
             return None
         try:

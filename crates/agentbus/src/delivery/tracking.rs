@@ -147,7 +147,7 @@ impl Bus {
                 (TaskState::Queued, Some(_)) if self.identity().is_some() => match logged {
                     Some(state) if state.is_final() => state,
                     _ if !ask_runtimes => TaskState::Queued,
-                    _ => match self.held(task_id).await {
+                    _ => match self.held(task_id, key.as_ref()).await {
                         Some((state, instance)) => {
                             held_by = Some(instance);
                             state
@@ -181,7 +181,7 @@ impl Bus {
             },
             (None, Some(state)) if state.is_final() => state,
             (None, logged) if !ask_runtimes => logged.unwrap_or(TaskState::Unknown),
-            (None, _) => match self.held(task_id).await {
+            (None, _) => match self.held(task_id, key.as_ref()).await {
                 Some((state, instance)) => {
                     held_by = Some(instance);
                     state
@@ -209,11 +209,12 @@ impl Bus {
         })
     }
 
-    /// The state of task `task_id` and the instance holding it, as the
-    /// runtime that holds it tells (`None` when none answers in time).
-    async fn held(&self, task_id: &TaskId) -> Option<(TaskState, String)> {
+    /// The state of task `task_id` (kept under `key`, when known) and the
+    /// instance holding it, as the runtime that holds it tells (`None` when
+    /// none answers in time).
+    async fn held(&self, task_id: &TaskId, key: Option<&TaskKey>) -> Option<(TaskState, String)> {
         match self
-            .control(task_id, TaskControl::Status, Bytes::new())
+            .control(task_id, key, TaskControl::Status, Bytes::new())
             .await
         {
             Ok(Some(held)) => {

@@ -32,6 +32,7 @@ use crate::state::{StateError, StateStore};
 use crate::subject::{self, events};
 use crate::task_log::{self, Registry};
 use dedup::DedupCache;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -284,9 +285,12 @@ pub struct Runtime {
     settlers: Vec<(DeliveryOptions, bool, Settler)>,
     /// The tasks held now, for cancels, answers and status requests.
     registry: Arc<Registry>,
-    /// The answers to those requests: one subscription for the runtime,
-    /// started with its first agent.
-    controls: Option<JoinHandle<()>>,
+    /// The answers to those requests, one task per subscription, and the
+    /// subjects subscribed to: one for a runtime without an agent identity,
+    /// started with its first agent; with an identity, those of the tasks
+    /// its agent may run.
+    controls: Vec<JoinHandle<()>>,
+    control_subjects: HashSet<String>,
     /// The metrics of the agents added with a metrics address, and the
     /// endpoint serving them: one for the runtime.
     metrics: Option<MetricsEndpoint>,
@@ -324,7 +328,8 @@ impl Runtime {
             discovery: None,
             settlers: Vec::new(),
             registry: Arc::default(),
-            controls: None,
+            controls: Vec::new(),
+            control_subjects: HashSet::new(),
             metrics: None,
         }
     }
@@ -524,7 +529,7 @@ impl Runtime {
             serve::TaskSubscription::Tasks(futures::stream::select(plain, stamped))
         };
         self.start_discovery(&name, &type_names, &counters).await?;
-        self.start_controls(&name).await?;
+        self.start_controls(&name, &type_names).await?;
         let presence = match presence_store {
             Some(store) => {
                 let presence = AgentPresence::new(&name, &self.instance_id, &specs);
@@ -673,25 +678,53 @@ impl Runtime {
     }
 
     /// Answers cancels, answers and status requests about the tasks this
-    /// runtime holds, from now on (one subscription for the runtime).
-    async fn start_controls(&mut self, name: &Name) -> Result<(), RuntimeError> {
-        if self.controls.is_some() {
-            return Ok(());
+    /// runtime holds, from now on: all of them on one subscription for a
+    /// runtime without an agent identity; with one, those to the tasks of
+    /// agent `name` and of the shared queues of `task_types` it may work,
+    /// and the operator's that name no runner (an identity hears no other
+    /// agent's requests).
+    async fn start_controls(
+        &mut self,
+        name: &Name,
+        task_types: &[Name],
+    ) -> Result<(), RuntimeError> {
+        let subjects = match self.bus.identity() {
+            None => vec![subject::ALL_TASK_CONTROLS.to_owned()],
+            Some(_) => {
+                let granted = self.bus.granted_work_types();
+                let shared = task_types
+                    .iter()
+                    .filter(|task_type| granted.is_none_or(|granted| granted.contains(task_type)))
+                    .map(subject::work_task_controls);
+                [
+                    subject::agent_task_controls(name),
+                    subject::UNADDRESSED_TASK_CONTROLS.to_owned(),
+                ]
+                .into_iter()
+                .chain(shared)
+                .collect()
+            }
+        };
+        for subject in subjects {
+            if self.control_subjects.contains(&subject) {
+                continue;
+            }
+            let requests =
+                self.bus
+                    .client()
+                    .subscribe(subject.clone())
+                    .await
+                    .map_err(|source| RuntimeError::Subscribe {
+                        agent: name.to_string(),
+                        source,
+                    })?;
+            self.control_subjects.insert(subject);
+            self.controls.push(tokio::spawn(task_log::serve_controls(
+                self.bus.clone(),
+                self.registry.clone(),
+                requests,
+            )));
         }
-        let requests = self
-            .bus
-            .client()
-            .subscribe(subject::ALL_TASK_CONTROLS)
-            .await
-            .map_err(|source| RuntimeError::Subscribe {
-                agent: name.to_string(),
-                source,
-            })?;
-        self.controls = Some(tokio::spawn(task_log::serve_controls(
-            self.bus.clone(),
-            self.registry.clone(),
-            requests,
-        )));
         Ok(())
     }
 
@@ -725,7 +758,7 @@ impl Runtime {
             }
         };
         futures::join!(worker, serving);
-        if let Some(controls) = &self.controls {
+        for controls in &self.controls {
             controls.abort();
         }
         if let Some(endpoint) = &self.metrics {

@@ -139,16 +139,19 @@ impl Bus {
             .map(|(_, event)| event))
     }
 
-    /// Sends a control request about `task_id`; `None` when no runtime
+    /// Sends a control request about `task_id` to the runtimes of its
+    /// runner, which `key` names (when unknown, only a client without an
+    /// agent identity is heard, by every runtime); `None` when no runtime
     /// holds the task (nobody answered in time).
     pub(crate) async fn control(
         &self,
         task_id: &TaskId,
+        key: Option<&TaskKey>,
         control: TaskControl,
         body: Bytes,
     ) -> Result<Option<Held>, ControlError> {
         let request = self.client().request(
-            subject::task_control(self.identity(), task_id, control),
+            subject::task_control(self.identity(), key, task_id, control),
             body,
         );
         match tokio::time::timeout(CONTROL_WAIT, request).await {
@@ -176,7 +179,8 @@ impl Bus {
     /// log and record. Idempotent: cancelling a task that is over says so
     /// and changes nothing.
     pub async fn cancel(&self, task_id: &TaskId) -> Result<CancelOutcome, ControlError> {
-        if let Some(cancelling) = self.cancel_held(task_id).await? {
+        let key = self.task_key(task_id).await?;
+        if let Some(cancelling) = self.cancel_held(task_id, key.as_ref()).await? {
             return Ok(cancelling);
         }
         // Nobody answered the cancel: no runtime to ask again.
@@ -203,10 +207,11 @@ impl Bus {
             return Ok(CancelOutcome::Dequeued);
         }
         // Taken by a worker meanwhile: it holds it now, or got the tombstone.
-        if let Some(cancelling) = self.cancel_held(task_id).await? {
+        let key = report.key.as_ref().or(key.as_ref());
+        if let Some(cancelling) = self.cancel_held(task_id, key).await? {
             return Ok(cancelling);
         }
-        let Some(key) = &report.key else {
+        let Some(key) = key else {
             return Err(ControlError::UnknownTask {
                 task_id: task_id.clone(),
             });
@@ -216,11 +221,31 @@ impl Bus {
         Ok(CancelOutcome::Marked)
     }
 
+    /// The key task `task_id` is kept under, as this connection finds it
+    /// (see [`Bus::task_report`]): from its record, else its log; `None` when
+    /// it has neither (a request/reply task that reports nothing).
+    async fn task_key(&self, task_id: &TaskId) -> Result<Option<TaskKey>, ControlError> {
+        let recorded = Records::open(self)
+            .await?
+            .find(self.identity(), task_id)
+            .await?;
+        if let Some((key, ..)) = recorded {
+            return Ok(Some(key));
+        }
+        Ok(find_last_event(self, self.identity(), task_id)
+            .await?
+            .map(|(key, _)| key))
+    }
+
     /// Asks the runtime holding the task to stop it; `None` when no runtime
-    /// holds it (each one remembers the cancel all the same).
-    async fn cancel_held(&self, task_id: &TaskId) -> Result<Option<CancelOutcome>, ControlError> {
+    /// holds it (each one of its runner remembers the cancel all the same).
+    async fn cancel_held(
+        &self,
+        task_id: &TaskId,
+        key: Option<&TaskKey>,
+    ) -> Result<Option<CancelOutcome>, ControlError> {
         let held = self
-            .control(task_id, TaskControl::Cancel, Bytes::new())
+            .control(task_id, key, TaskControl::Cancel, Bytes::new())
             .await?;
         Ok(held.map(|held| CancelOutcome::Cancelling {
             agent: held.agent,
@@ -283,7 +308,7 @@ impl Bus {
         }
         Records::open(self).await?.put_answer(&key, answer).await?;
         match self
-            .control(task_id, TaskControl::Answer, Bytes::new())
+            .control(task_id, Some(&key), TaskControl::Answer, Bytes::new())
             .await?
         {
             Some(Held {

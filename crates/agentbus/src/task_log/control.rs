@@ -1,9 +1,11 @@
 //! The tasks a runtime holds, and its answers to control requests about
-//! them (`task.<from>.<task_id>.control.<verb>`).
+//! them (`task.<from>.<runner>.<task_id>.control.<verb>`).
 //!
-//! Each runtime subscribes to every control subject once. A request about
-//! a task it does not hold is not answered, so the runtime that holds it
-//! answers alone. Nor is one from an agent that did not send the task: a
+//! A runtime without an agent identity subscribes to every control subject
+//! once; one with an identity to those of the tasks it may run (its agent's
+//! and its granted shared queues') and to the operator's requests that name
+//! no runner. A request about a task it does not hold, or naming another
+//! runner, is not answered, so the runtime that holds it answers alone. Nor is one from an agent that did not send the task: a
 //! task obeys its caller (the agent its key names) and clients with no
 //! agent identity (the operator), whose names the subject carries under
 //! nats-server's publish permissions. A cancel is remembered a while even
@@ -14,7 +16,7 @@ use super::running::RunningTask;
 use crate::client::Bus;
 use crate::delivery::Records;
 use crate::name::Name;
-use crate::subject::{self, TaskControl};
+use crate::subject::{self, ParsedControl, TaskControl};
 use crate::task_id::TaskId;
 use async_nats::Subject;
 use futures::StreamExt;
@@ -166,21 +168,34 @@ impl Registry {
         }
     }
 
-    /// The task `task_id` held here, if `from` may steer it.
-    fn get(&self, task_id: &TaskId, from: Option<&Name>) -> Option<Arc<RunningTask>> {
+    /// The task `task_id` held here, if `asker` may steer it and names its
+    /// runner (or none).
+    fn get(&self, task_id: &TaskId, asker: Asker<'_>) -> Option<Arc<RunningTask>> {
         let task = self.tasks.lock().ok()?.get(task_id).cloned()?;
-        obeys(&task, from).then_some(task)
+        let runs = asker
+            .runner
+            .is_none_or(|runner| runner == task.key().runner());
+        (runs && obeys(&task, asker.from)).then_some(task)
     }
 
-    fn cancel(&self, task_id: &TaskId, from: Option<&Name>) -> Option<Arc<RunningTask>> {
+    fn cancel(&self, task_id: &TaskId, asker: Asker<'_>) -> Option<Arc<RunningTask>> {
         if let Ok(mut tombstones) = self.tombstones.lock() {
-            tombstones.insert((task_id.clone(), from.cloned()));
+            tombstones.insert((task_id.clone(), asker.from.cloned()));
             self.cancels_seen.store(true, Ordering::Release);
         }
-        let task = self.get(task_id, from)?;
+        let task = self.get(task_id, asker)?;
         task.cancel();
         Some(task)
     }
+}
+
+/// Who asks something of a task, and who it says runs the task.
+#[derive(Debug, Clone, Copy)]
+struct Asker<'a> {
+    /// `None`: a client with no agent identity.
+    from: Option<&'a Name>,
+    /// `agent.<name>` or `work.<type>`; `None` when the asker does not know.
+    runner: Option<&'a str>,
 }
 
 /// Answers control requests for the tasks in `registry` until the
@@ -191,19 +206,28 @@ pub(crate) async fn serve_controls(
     mut requests: async_nats::Subscriber,
 ) {
     while let Some(message) = requests.next().await {
-        let Some((from, task_id, control)) = subject::parse_task_control(&message.subject) else {
+        let Some(ParsedControl {
+            from,
+            runner,
+            task_id,
+            control,
+        }) = subject::parse_task_control(&message.subject)
+        else {
             continue;
         };
         let Some(reply) = message.reply else { continue };
-        let from = from.as_ref();
+        let asker = Asker {
+            from: from.as_ref(),
+            runner: runner.as_deref(),
+        };
         match control {
             TaskControl::Cancel => {
-                if let Some(task) = registry.cancel(&task_id, from) {
+                if let Some(task) = registry.cancel(&task_id, asker) {
                     respond(&bus, reply, &held(&task, "cancelling")).await;
                 }
             }
             TaskControl::Status => {
-                if let Some(task) = registry.get(&task_id, from) {
+                if let Some(task) = registry.get(&task_id, asker) {
                     let state = if task.asking() {
                         "input_required"
                     } else {
@@ -213,7 +237,7 @@ pub(crate) async fn serve_controls(
                 }
             }
             TaskControl::Answer => {
-                let Some(task) = registry.get(&task_id, from) else {
+                let Some(task) = registry.get(&task_id, asker) else {
                     continue;
                 };
                 // Logging the answer waits for the stream: not in this loop.

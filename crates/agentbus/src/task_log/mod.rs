@@ -20,9 +20,10 @@
 //! [`crate::Bus::watch`] replays a log from any sequence and follows it to
 //! the final state, saying when the events asked for are no longer stored
 //! ([`Watched::Gone`]). [`crate::Bus::cancel`] and [`crate::Bus::answer`]
-//! reach the runtime holding the task over `task.<from>.<task_id>.control.<verb>`,
-//! which each runtime subscribes to once, whatever its number of agents; a
-//! task obeys its caller and the operator only.
+//! reach the runtime holding the task over
+//! `task.<from>.<runner>.<task_id>.control.<verb>`, which a runtime subscribes
+//! to once whatever its number of agents (with an agent identity, for its
+//! own tasks only); a task obeys its caller and the operator only.
 
 mod client;
 mod control;

@@ -79,7 +79,7 @@ pub(super) fn bare_chunks_subject(task_id: &TaskId) -> String {
 }
 
 /// The core subject a bare task is cancelled on; the responder subscribes
-/// once to all of them, as a runtime does to `task.*.*.control.*`.
+/// once to all of them, as a runtime does to `task.*.*.*.*.control.*`.
 pub(super) fn bare_cancel_subject(task_id: &TaskId) -> String {
     format!("bench.cancel.{task_id}")
 }
