@@ -212,8 +212,8 @@ impl Grant {
             subject::agent_tasks_stamped(&self.agent).to_string(),
             // Discovery requests, answered once each.
             "$SRV.>".to_owned(),
-            // Control requests to the tasks it runs, and the operator's
-            // that name no runner; only the holder answers.
+            // Control requests to the tasks it runs, and those that name no
+            // runner; only the holder answers.
             subject::agent_task_controls(&self.agent),
             subject::UNADDRESSED_TASK_CONTROLS.to_owned(),
             subject::events::ALL.to_owned(),

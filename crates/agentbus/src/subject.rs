@@ -217,10 +217,11 @@ pub const ALL_TASK_EVENTS: &str = "task.*.*.*.*.events";
 /// its own tasks ([`agent_task_controls`], [`work_task_controls`]) and
 /// [`UNADDRESSED_TASK_CONTROLS`].
 pub const ALL_TASK_CONTROLS: &str = "task.*.*.*.*.control.*";
-/// The control requests of a client without an agent identity (the
-/// operator) that does not know who runs the task: every runtime hears
-/// them, and obeys them for a task it holds.
-pub const UNADDRESSED_TASK_CONTROLS: &str = "task._._._.*.control.*";
+/// The control requests whose asker does not know who runs the task (a
+/// request/reply task that logs nothing, and so has no key to look up):
+/// every runtime hears them, and obeys them for a task it holds from the
+/// task's caller or the operator.
+pub const UNADDRESSED_TASK_CONTROLS: &str = "task.*._._.*.control.*";
 /// Every subject the bus itself uses, as patterns: application subjects
 /// (events an agent publishes with [`crate::Bus::publish`]) stay outside.
 pub const BUS_SUBJECTS: [&str; 10] = [
@@ -281,12 +282,12 @@ impl TaskControl {
 /// runtimes of the task's runner: `task.<from>.<runner>.<task_id>.control.<verb>`,
 /// `<from>` `_` for a client with no agent name, `<runner>` the first two
 /// tokens of the task's key (`agent.<name>` or `work.<type>`), or `_._` when
-/// the asker does not know who runs it (only the operator is heard then:
-/// see [`UNADDRESSED_TASK_CONTROLS`]). Publish permissions let an agent's
+/// the asker does not know who runs it (every runtime hears it then: see
+/// [`UNADDRESSED_TASK_CONTROLS`]). Publish permissions let an agent's
 /// identity use only its own name, so the runtime holding the task knows
 /// who asks: it obeys the task's caller, and a client with no agent
 /// identity (the operator). Subscribe permissions let an agent's identity
-/// hear the requests to the tasks it may run only.
+/// hear the requests to the tasks it may run, and those naming no runner.
 pub fn task_control(
     from: Option<&Name>,
     key: Option<&TaskKey>,
@@ -1011,7 +1012,7 @@ mod tests {
             "task._.work.bob.t1.control.answer"
         ));
         assert!(matches(UNADDRESSED_TASK_CONTROLS, unaddressed.as_str()));
-        assert!(!matches(
+        assert!(matches(
             UNADDRESSED_TASK_CONTROLS,
             "task.alice._._.t1.control.cancel"
         ));

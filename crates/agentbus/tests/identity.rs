@@ -1496,6 +1496,80 @@ async fn only_the_caller_answers_and_cancels_its_task() {
     runtime.shutdown(Duration::from_secs(2)).await;
 }
 
+/// Waits for its cancel, and logs nothing on the way.
+struct Sleeper;
+
+impl Agent for Sleeper {
+    fn name(&self) -> &str {
+        "sleeper"
+    }
+
+    fn task_types(&self) -> Vec<TaskTypeSpec> {
+        vec![TaskTypeSpec::new("sleep").unwrap()]
+    }
+
+    async fn handle(&self, _task: TaskRequest, ctx: TaskContext) -> Result<Value, TaskError> {
+        ctx.cancelled().await;
+        Err(TaskError::cancelled("stopped by the caller"))
+    }
+}
+
+/// A request/reply task that logs nothing has no record or log its caller
+/// can find its runner in: the caller's cancel names no runner, and reaches
+/// the runtime holding the task all the same, while a stranger's does not.
+#[tokio::test]
+async fn an_identity_cancels_a_quiet_request_it_sent() {
+    let server = NatsServer::start().await;
+    let sleeper = server.add_identity(Grant::new(name("sleeper"))).await;
+    let boss = server.add_identity(Grant::new(name("boss"))).await;
+    let alice = server.add_identity(Grant::new(name("alice"))).await;
+    let mut runtime = Runtime::new(Bus::connect(&sleeper, "sleeper").await.unwrap());
+    runtime.add(Sleeper, AgentOptions::default()).await.unwrap();
+    let caller = Bus::connect(&boss, "boss").await.unwrap();
+    let task = TaskRequest::new("sleep", json!({}));
+    let sent = {
+        let (caller, task) = (caller.clone(), task.clone());
+        tokio::spawn(async move {
+            caller
+                .request("sleeper", &task, agentbus::RequestOptions::default())
+                .await
+        })
+    };
+    let mut state = agentbus::delivery::TaskState::Unknown;
+    for _ in 0..100 {
+        state = caller.task_report(&task.task_id).await.unwrap().state;
+        if state == agentbus::delivery::TaskState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, agentbus::delivery::TaskState::Running);
+    let stranger = Bus::connect(&alice, "alice").await.unwrap();
+    let refused = stranger.cancel(&task.task_id).await;
+    assert!(
+        !matches!(
+            refused,
+            Ok(agentbus::task_log::CancelOutcome::Cancelling { .. })
+        ),
+        "alice cancelled: {refused:?}"
+    );
+    let outcome = caller.cancel(&task.task_id).await.unwrap();
+    assert!(
+        matches!(
+            outcome,
+            agentbus::task_log::CancelOutcome::Cancelling { ref agent, .. } if agent == "sleeper"
+        ),
+        "{outcome:?}"
+    );
+    let response = tokio::time::timeout(Duration::from_secs(5), sent)
+        .await
+        .expect("the request ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status, TaskStatus::Cancelled, "{response:?}");
+    runtime.shutdown(Duration::from_secs(2)).await;
+}
+
 /// Platform events carry who reported them: an agent identity publishes
 /// them in its own name only, so another agent cannot report a task of
 /// bob's finished or bob gone, and a runtime's own events name it.

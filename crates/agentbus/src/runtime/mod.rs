@@ -681,8 +681,8 @@ impl Runtime {
     /// runtime holds, from now on: all of them on one subscription for a
     /// runtime without an agent identity; with one, those to the tasks of
     /// agent `name` and of the shared queues of `task_types` it may work,
-    /// and the operator's that name no runner (an identity hears no other
-    /// agent's requests).
+    /// and those that name no runner (an identity hears no request naming
+    /// another agent's tasks).
     async fn start_controls(
         &mut self,
         name: &Name,

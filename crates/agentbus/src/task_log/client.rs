@@ -140,9 +140,8 @@ impl Bus {
     }
 
     /// Sends a control request about `task_id` to the runtimes of its
-    /// runner, which `key` names (when unknown, only a client without an
-    /// agent identity is heard, by every runtime); `None` when no runtime
-    /// holds the task (nobody answered in time).
+    /// runner, which `key` names (to every runtime when it is unknown);
+    /// `None` when no runtime holds the task (nobody answered in time).
     pub(crate) async fn control(
         &self,
         task_id: &TaskId,
