@@ -56,6 +56,7 @@ async fn request_reply_measures_every_variant_and_prints_their_ratios() {
     assert_eq!(report["requests"], 400);
     assert_eq!(report["in_flight"], 64);
     assert_eq!(report["identities"], false);
+    assert!(report.get("bare_identities").is_none(), "{report}");
     assert_eq!(report["metrics"], false);
     assert_eq!(report["trace"], false);
     assert!(report.get("bare_traced").is_none(), "{report}");
@@ -107,12 +108,26 @@ async fn request_reply_measures_every_variant_and_prints_their_ratios() {
         "agentbus variants with agent identities",
         "agentbus/bare",
         "agentbus_task_events/bare",
+        "bare_identities",
+        "agentbus/bare_identities",
         "throughput ratio",
         "p50 ratio",
         "with a task event per task",
+        "against bare async-nats on agent identities too: throughput ratio",
     ] {
         assert!(out.stdout.contains(line), "no {line:?} in {}", out.stdout);
     }
+    // The same as JSON: bare async-nats on identities of its own, measured
+    // beside the others, with agentbus's ratios to it.
+    let out = run(["bench", "request-reply", "--json", "--identities"]
+        .iter()
+        .chain(&small))
+    .await;
+    assert!(out.status.success(), "{out:#?}");
+    let report = out.json();
+    positive(&report["bare_identities"], "throughput_rps");
+    positive(&report, "ratio_throughput_to_bare_identities");
+    positive(&report, "ratio_p50_to_bare_identities");
 }
 
 #[tokio::test]
