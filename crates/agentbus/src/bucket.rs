@@ -41,14 +41,28 @@ impl Bucket {
     /// Bucket `bucket`, once the server says which stream stores its keys
     /// ([`stream_read::find`]).
     pub(crate) async fn open(bus: &Bus, bucket: &str) -> Result<Self, FindError> {
-        let prefix = format!("$KV.{bucket}.");
-        let stream = stream_read::find(bus, &format!("KV_{bucket}"), &format!("{prefix}>")).await?;
-        Ok(Self {
+        let keys = format!("$KV.{bucket}.>");
+        let stream = stream_read::find(bus, &format!("KV_{bucket}"), &keys).await?;
+        Ok(Self::on(bus.jetstream(), bucket, stream))
+    }
+
+    /// Bucket `bucket`, known to exist (its stream was described already):
+    /// nothing is asked of the server.
+    pub(crate) async fn known(
+        js: &jetstream::Context,
+        bucket: &str,
+    ) -> Result<Self, jetstream::context::GetStreamError> {
+        let stream = js.get_stream_no_info(format!("KV_{bucket}")).await?;
+        Ok(Self::on(js, bucket, stream))
+    }
+
+    fn on(js: &jetstream::Context, bucket: &str, stream: Stream<()>) -> Self {
+        Self {
             name: bucket.to_owned(),
-            prefix,
+            prefix: format!("$KV.{bucket}."),
             stream,
-            js: bus.jetstream().clone(),
-        })
+            js: js.clone(),
+        }
     }
 
     /// The bucket's stream, for reads by subject.

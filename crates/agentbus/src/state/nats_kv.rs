@@ -59,10 +59,17 @@ impl NatsKv {
         // Made by the same topology, both allow per-message TTLs or neither
         // does: the presence bucket, which may be described, tells.
         let presence = open_presence(bus.jetstream()).await?;
+        // Described just now: it exists.
+        let presence_writes = Bucket::known(bus.jetstream(), PRESENCE_BUCKET)
+            .await
+            .map_err(|err| StateError::Unavailable {
+                backend: BACKEND,
+                source: BackendError::Nats(err.into()),
+            })?;
         Ok(Self {
             state: open_bucket(bus, STATE_BUCKET).await?,
             presence,
-            presence_writes: open_bucket(bus, PRESENCE_BUCKET).await?,
+            presence_writes,
             max_payload: bus.max_payload(),
         })
     }
@@ -278,8 +285,8 @@ impl AgentKv {
     }
 }
 
-/// Opens the state or presence bucket for reads and writes by key, with an
-/// error naming `agentbus setup` when it is missing.
+/// Opens the state bucket for reads and writes by key, with an error naming
+/// `agentbus setup` when it is missing.
 async fn open_bucket(bus: &Bus, bucket: &'static str) -> Result<Bucket, StateError> {
     Bucket::open(bus, bucket).await.map_err(|err| match err {
         FindError::Missing { .. } => StateError::Setup {
