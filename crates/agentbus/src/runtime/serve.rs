@@ -468,7 +468,7 @@ pub(super) async fn execute<A: Agent>(
             if task.logs_start() {
                 // Followed: findable from its first event on.
                 held.register();
-                if let Err(err) = task.log_start().await {
+                if let Err(err) = Box::pin(task.log_start()).await {
                     tracing::warn!(%err, %task_id, "cannot start the task's log");
                 }
             }
@@ -490,7 +490,7 @@ pub(super) async fn execute<A: Agent>(
                 Poll::Ready(output) => Ran::Finished(output),
                 Poll::Pending => {
                     held.register();
-                    run_until_stopped(served, task, handler.as_mut()).await
+                    Box::pin(run_until_stopped(served, task, handler.as_mut())).await
                 }
             }
         }
@@ -596,20 +596,20 @@ async fn run_task<A: Agent>(
         .map(|mut d| d.answer(&task_id, &body))
         .unwrap_or_default();
     for waiter in &waiters {
-        send_reply(&served, Some(waiter), body.clone()).await;
+        Box::pin(send_reply(&served, Some(waiter), body.clone())).await;
     }
     // Moved, not cloned, when nobody waits (the common case): cloning a
     // `Bytes` made from a `Vec` allocates a shared header.
     send_reply(&served, reply.as_ref(), body).await;
     if let Some(task_type) = task_type {
-        publish_task_event(
+        Box::pin(publish_task_event(
             &served,
             &task_id,
             &task_type,
             &outcome.response,
             outcome.duration,
             waited,
-        )
+        ))
         .await;
     }
 }
