@@ -436,8 +436,8 @@ impl Bridge {
         let js = self.bus().jetstream();
         // The bus's streams, each by name, as this connection may describe
         // them: the operator every one, an agent identity those whose
-        // description tells nothing of other agents. One not set up is left
-        // out.
+        // description tells nothing of other agents (none of these). One
+        // not set up is left out.
         let describable = |name: &str| {
             self.bus().identity().is_none() || permissions::DESCRIBABLE_STREAMS.contains(&name)
         };
@@ -473,7 +473,7 @@ impl Bridge {
         }
         let server = self.bus().client().server_info();
         let inbox_waiting = self.inbox().waiting().await.ok();
-        Ok(json!({
+        let mut status = json!({
             "server": {"name": server.server_name, "version": server.version},
             "streams": streams,
             "you": {
@@ -482,7 +482,13 @@ impl Bridge {
                 "inbox_waiting": inbox_waiting,
                 "task_queue": subject::task_queue(self.agent(), Priority::Normal),
             },
-        }))
+        });
+        if self.bus().identity().is_some() {
+            status["streams_withheld"] = json!(
+                "an agent identity is not given descriptions of the bus's streams: they would list other agents' queues, messages and keys"
+            );
+        }
+        Ok(status)
     }
 }
 

@@ -33,11 +33,9 @@ use std::time::Duration;
 /// The streams an agent identity may describe (`STREAM.INFO`). A
 /// description can list every subject a stream holds with its count, so the
 /// others are not described to agents: their subjects name who messages,
-/// calls or keeps state under which key. These two are: the task queues,
-/// whose subjects (queue names and priorities, with their depths) a worker
-/// looks through for waiting work, and the presence bucket, which every
-/// agent reads whole anyway.
-pub const DESCRIBABLE_STREAMS: [&str; 2] = [TASKS_STREAM, PRESENCE_STREAM];
+/// calls, queues work for whom or keeps state under which key. This one is:
+/// the presence bucket, which every agent reads whole anyway.
+pub const DESCRIBABLE_STREAMS: [&str; 1] = [PRESENCE_STREAM];
 
 /// The stream of the presence bucket.
 const PRESENCE_STREAM: &str = "KV_agent-presence";
@@ -268,6 +266,14 @@ impl Grant {
             DESCRIBABLE_STREAMS
                 .iter()
                 .map(|stream| format!("$JS.API.STREAM.INFO.{stream}")),
+        );
+        // The last task on each of its queues, which its worker's sweep
+        // reads to find work nothing rang for (a redelivery).
+        publish.extend(
+            queues
+                .iter()
+                .flat_map(subject::queue_patterns)
+                .map(|pattern| format!("$JS.API.DIRECT.GET.{TASKS_STREAM}.{pattern}")),
         );
         // Its durable consumers.
         for spec in self.consumers() {

@@ -351,10 +351,10 @@ async fn alice_gets_none_of_bobs_markers_by_any_path() {
 }
 
 /// A stream's description can list every subject the stream holds, with a
-/// count each: state keys, task keys, who messages whom. Alice is described
-/// only the streams whose subjects tell nothing of other agents (the task
-/// queues, whose depths her worker looks through, and presence, which she
-/// reads whole), and her own state works without any description.
+/// count each: state keys, task keys, who messages whom, whose queue holds
+/// how many tasks. Alice is described only the stream whose subjects tell
+/// nothing of other agents (presence, which she reads whole), and her own
+/// state works without any description.
 #[tokio::test]
 async fn alice_is_described_no_stream_whose_subjects_name_other_agents() {
     let w = world().await;
@@ -389,6 +389,7 @@ async fn alice_is_described_no_stream_whose_subjects_name_other_agents() {
         if let Some(text) = ask(&alice, &describe(stream), listing.clone()).await {
             assert_eq!(markers(&text), 0, "{stream}: {text}");
             assert!(!text.contains("carol"), "{stream}: {text}");
+            assert!(!text.contains("tasks.bob"), "{stream}: {text}");
             described.push(*stream);
         }
     }
@@ -1184,6 +1185,64 @@ async fn an_identity_is_rung_on_its_one_subscription() {
             .await
             .unwrap();
         assert_eq!(recorder.wait_for(n + 1).await.len(), n + 1, "{priority:?}");
+    }
+    runtime.shutdown(Duration::from_secs(2)).await;
+}
+
+/// What nothing rings (a task stored on a queue by a plain JetStream
+/// publish at a priority the stream does not republish, as a redelivery
+/// is) is found by the worker's sweep, which on an identity reads the last
+/// task of each of its own queues: the identity may not have the tasks
+/// stream described, nor read another agent's queue that way.
+#[tokio::test]
+async fn an_identity_sweeps_its_own_queues_without_describing_the_stream() {
+    let server = NatsServer::start().await;
+    let bob = server.add_identity(Grant::new(name("bob"))).await;
+    let recorder = Recorder::new("bob");
+    let mut runtime = Runtime::new(Bus::connect(&bob, "bob").await.unwrap());
+    let options = AgentOptions {
+        delivery: DeliveryOptions {
+            idle_poll: Duration::from_millis(200),
+            ..DeliveryOptions::default()
+        },
+        ..AgentOptions::default()
+    };
+    runtime.add(recorder.clone(), options).await.unwrap();
+    let operator = server.connect().await;
+    let js = async_nats::jetstream::new(operator.clone());
+    for (n, queue) in ["tasks.bob.high", "tasks.bob.low", "tasks.carol.high"]
+        .into_iter()
+        .enumerate()
+    {
+        let task = TaskRequest::new("echo", json!({ "n": n }));
+        js.publish(queue, task.to_json().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(recorder.wait_for(2).await.len(), 2);
+
+    // Bob's sweep: his own queues' last tasks, not the stream's subjects.
+    let bob_client = bob.connect("bob-probe").await.unwrap();
+    let listing = json!({ "subjects_filter": ">" });
+    let described = ask(&bob_client, "$JS.API.STREAM.INFO.agent-tasks", listing).await;
+    assert_eq!(described, None, "bob was described the tasks stream");
+    for (subject, readable) in [
+        ("$JS.API.DIRECT.GET.agent-tasks.tasks.carol.high", false),
+        ("$JS.API.DIRECT.GET.agent-tasks.tasks.carol.*", false),
+        ("$JS.API.DIRECT.GET.agent-tasks.tasks.*.high", false),
+        ("$JS.API.DIRECT.GET.agent-tasks.>", false),
+        ("$JS.API.DIRECT.GET.agent-tasks.tasks.bob.*", true),
+    ] {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            bob_client.request(subject.to_owned(), "".into()),
+        )
+        .await;
+        let answered = matches!(&answer, Ok(Ok(message)) if message.status.is_none()
+            || message.status == Some(async_nats::StatusCode::NOT_FOUND));
+        assert_eq!(answered, readable, "{subject}: {answer:?}");
     }
     runtime.shutdown(Duration::from_secs(2)).await;
 }

@@ -18,7 +18,9 @@
 //! Redeliveries (after a NAK delay, an expired ack wait, a crashed worker)
 //! publish nothing, and tasks may have been queued while no worker ran, so the
 //! worker also sweeps: every `idle_poll` it asks the tasks stream once which
-//! subjects hold messages. Durable message sources (inboxes, broadcasts) keep
+//! subjects hold messages (on an agent identity, which may not have the
+//! stream described, it asks for the last message of each queue it works,
+//! two direct gets per queue). Durable message sources (inboxes, broadcasts) keep
 //! their consumers (they hold the agent's cursor) and are looked at by the
 //! sweep too. At most [`MAX_CONSUMERS`] queue consumers are kept by one
 //! worker; past that, the least recently used idle one is deleted.
@@ -54,6 +56,7 @@ use super::{DeliveryOptions, Queue};
 use crate::client::Bus;
 use crate::name::Name;
 use crate::protocol::Priority;
+use crate::stream_read;
 use crate::subject::{self, overlaps};
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull::BatchConfig};
 use async_nats::{StatusCode, Subject};
@@ -724,11 +727,18 @@ impl State {
 
     /// Whether the tasks stream rings agents' normal-priority queues on
     /// their names (its republish of [`subject::QUEUED_REPUBLISH_SOURCE`]).
-    /// Asked once. Without it (a stream made by an older topology, or by
+    /// Asked once, by a connection that may describe the stream. Without it (a stream made by an older topology, or by
     /// hand) an idle agent queue keeps a doorbell of its own.
     async fn stream_rings(&mut self) -> bool {
         if let Some(rings) = self.stream_rings {
             return rings;
+        }
+        if self.bus.identity().is_some() {
+            // An agent identity may not describe the stream: it counts on
+            // the topology `up` and `setup` apply. On a stream that does not
+            // ring, its normal-priority tasks wait for a sweep.
+            self.stream_rings = Some(true);
+            return true;
         }
         let stream = match self.bus.jetstream().get_stream(subject::TASKS_STREAM).await {
             Ok(stream) => stream,
@@ -786,13 +796,27 @@ impl State {
         if self.by_subject.is_empty() {
             return;
         }
+        let found = if self.bus.identity().is_some() {
+            self.queues_holding_work().await
+        } else {
+            self.subjects_holding_work().await
+        };
+        for source in found {
+            self.mark(source);
+        }
+    }
+
+    /// The sources whose subjects hold messages, from one description of
+    /// the tasks stream that lists them: one request for every queue of
+    /// every agent the runtime serves.
+    async fn subjects_holding_work(&mut self) -> Vec<usize> {
         let stream = match &mut self.tasks_stream {
             Some(stream) => stream,
             None => match self.bus.jetstream().get_stream(subject::TASKS_STREAM).await {
                 Ok(stream) => self.tasks_stream.insert(stream),
                 Err(err) => {
                     tracing::warn!(%err, "cannot open the tasks stream to look for queued work");
-                    return;
+                    return Vec::new();
                 }
             },
         };
@@ -800,7 +824,7 @@ impl State {
             Ok(subjects) => subjects,
             Err(err) => {
                 tracing::warn!(%err, "cannot list the tasks stream's subjects");
-                return;
+                return Vec::new();
             }
         };
         let mut found = Vec::new();
@@ -818,9 +842,50 @@ impl State {
                 }
             }
         }
-        for source in found {
-            self.mark(source);
+        found
+    }
+
+    /// The sources whose subjects hold messages, asked queue by queue, as
+    /// an agent identity may: a description of the stream would list every
+    /// agent's queues and their depths, so it is not granted; a direct get
+    /// of the last message on a queue's own subjects is. Two per queue: its
+    /// normal priority, and the newest of its other priorities (`<queue>.*`).
+    /// A queue holding work at two of those finds the second once the first
+    /// is drained, a sweep later.
+    async fn queues_holding_work(&mut self) -> Vec<usize> {
+        let stream = match self
+            .bus
+            .jetstream()
+            .get_stream_no_info(subject::TASKS_STREAM)
+            .await
+        {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(%err, "cannot open the tasks stream to look for queued work");
+                return Vec::new();
+            }
+        };
+        let normals: Vec<_> = (self.by_queue.keys())
+            .filter(|(_, priority)| *priority == Priority::Normal)
+            .map(|(queue, _)| queue.subject(Priority::Normal))
+            .collect();
+        let mut found = Vec::new();
+        for normal in normals {
+            for asked in subject::queue_patterns(&normal) {
+                match stream_read::last_on_subject(&stream, &asked).await {
+                    Ok(Some(message)) => {
+                        if let Some(&source) = self.by_subject.get(message.subject.as_str()) {
+                            found.push(source);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::warn!(%err, queue = %normal, "cannot look for queued work");
+                    }
+                }
+            }
         }
+        found
     }
 
     /// One round over the pending sources, most urgent first (least urgent
