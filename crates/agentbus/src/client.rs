@@ -11,6 +11,7 @@ use futures::{Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -41,7 +42,16 @@ struct BusInner {
     operator: bool,
     /// The shared work queues its agent identity may take tasks from, when known.
     work_types: Option<Vec<Name>>,
+    /// With an agent identity, the tasks it asked for over request/reply
+    /// and waits for, with their runner (and how many requests wait for
+    /// each): a control request about one names its runner, which it could
+    /// not look up for a task that logs nothing (see [`Bus::asked_key`]).
+    asking: std::sync::Arc<std::sync::Mutex<Asked>>,
 }
+
+/// Request/reply tasks waited for, by id: their runner, and how many
+/// requests wait.
+type Asked = HashMap<TaskId, (Name, u32), foldhash::fast::RandomState>;
 
 /// How long a store in a stream is retried unless told otherwise: longer
 /// than a stream leader election (about 5 s measured on loopback).
@@ -299,6 +309,7 @@ impl Bus {
             identity: target.agent().cloned(),
             operator: target.is_operator(),
             work_types: target.work_types().map(<[Name]>::to_vec),
+            asking: Default::default(),
         }))
     }
 
@@ -326,6 +337,7 @@ impl Bus {
             identity,
             operator: false,
             work_types: None,
+            asking: Default::default(),
         })
     }
 
@@ -455,6 +467,14 @@ impl Bus {
                 max,
             });
         }
+        // Sent in its identity's name: remembered while it waits, so that
+        // a control request about it reaches its runner.
+        let _asking = match (self.identity(), from) {
+            (Some(me), Some(from)) if me == from => {
+                Some(Asking::new(self, &request.task_id, &agent_name))
+            }
+            _ => None,
+        };
         let mut attempt = 0;
         // When a request nothing answers stops being asked again.
         let mut ask_until: Option<std::time::Instant> = None;
@@ -707,5 +727,50 @@ impl Stream for Subscription {
                 reply: m.reply.map(|r| r.to_string()),
             })
         })
+    }
+}
+
+impl Bus {
+    /// The key of task `task_id` when this connection's agent identity
+    /// asked for it over request/reply and waits for the answer: its runner
+    /// is the agent asked.
+    pub(crate) fn asked_key(&self, task_id: &TaskId) -> Option<crate::task_id::TaskKey> {
+        let me = self.identity()?;
+        let asking = self.inner.asking.lock().ok()?;
+        let (runner, _) = asking.get(task_id)?;
+        let runner = crate::delivery::Queue::Agent(runner.clone());
+        Some(crate::task_id::TaskKey::new(&runner, Some(me), task_id))
+    }
+}
+
+/// A request/reply task this connection's identity waits for, remembered
+/// with its runner until the wait ends.
+struct Asking<'a> {
+    bus: &'a Bus,
+    task_id: &'a TaskId,
+}
+
+impl<'a> Asking<'a> {
+    fn new(bus: &'a Bus, task_id: &'a TaskId, runner: &Name) -> Self {
+        if let Ok(mut asking) = bus.inner.asking.lock() {
+            asking
+                .entry(task_id.clone())
+                .or_insert_with(|| (runner.clone(), 0))
+                .1 += 1;
+        }
+        Self { bus, task_id }
+    }
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut asking) = self.bus.inner.asking.lock()
+            && let Some((_, waiting)) = asking.get_mut(self.task_id)
+        {
+            *waiting -= 1;
+            if *waiting == 0 {
+                asking.remove(self.task_id);
+            }
+        }
     }
 }

@@ -210,10 +210,11 @@ impl Grant {
             subject::agent_tasks_stamped(&self.agent).to_string(),
             // Discovery requests, answered once each.
             "$SRV.>".to_owned(),
-            // Control requests to the tasks it runs, and those that name no
-            // runner; only the holder answers.
+            // Control requests to the tasks it runs, and those of clients
+            // with no agent name that name no runner; only the holder
+            // answers.
             subject::agent_task_controls(&self.agent),
-            subject::UNADDRESSED_TASK_CONTROLS.to_owned(),
+            subject::ANONYMOUS_UNADDRESSED_TASK_CONTROLS.to_owned(),
             subject::events::ALL.to_owned(),
             // What tells its worker that its inbox, direct channel and
             // broadcasts have work (broadcasts are for everyone).

@@ -215,13 +215,15 @@ pub const ALL_TASK_EVENTS: &str = "task.*.*.*.*.events";
 /// Every control request to a task: what a runtime without an agent
 /// identity subscribes to once. One with an identity hears the requests to
 /// its own tasks ([`agent_task_controls`], [`work_task_controls`]) and
-/// [`UNADDRESSED_TASK_CONTROLS`].
+/// [`ANONYMOUS_UNADDRESSED_TASK_CONTROLS`].
 pub const ALL_TASK_CONTROLS: &str = "task.*.*.*.*.control.*";
-/// The control requests whose asker does not know who runs the task (a
-/// request/reply task that logs nothing, and so has no key to look up):
-/// every runtime hears them, and obeys them for a task it holds from the
-/// task's caller or the operator.
-pub const UNADDRESSED_TASK_CONTROLS: &str = "task.*._._.*.control.*";
+/// The control requests of clients without an agent identity (the
+/// operator, seed-format clients) that do not know who runs the task (a
+/// request/reply task that logs nothing has no key to look up): every
+/// runtime hears them, and obeys them for a task it holds. An agent
+/// identity names the runner of every request it sends about a task it
+/// waits for, so no agent hears who another agent asks about.
+pub const ANONYMOUS_UNADDRESSED_TASK_CONTROLS: &str = "task._._._.*.control.*";
 /// Every subject the bus itself uses, as patterns: application subjects
 /// (events an agent publishes with [`crate::Bus::publish`]) stay outside.
 pub const BUS_SUBJECTS: [&str; 10] = [
@@ -282,12 +284,14 @@ impl TaskControl {
 /// runtimes of the task's runner: `task.<from>.<runner>.<task_id>.control.<verb>`,
 /// `<from>` `_` for a client with no agent name, `<runner>` the first two
 /// tokens of the task's key (`agent.<name>` or `work.<type>`), or `_._` when
-/// the asker does not know who runs it (every runtime hears it then: see
-/// [`UNADDRESSED_TASK_CONTROLS`]). Publish permissions let an agent's
-/// identity use only its own name, so the runtime holding the task knows
-/// who asks: it obeys the task's caller, and a client with no agent
+/// the asker does not know who runs it (runtimes without an identity hear
+/// it then, and those with one when the asker has no agent name either:
+/// see [`ANONYMOUS_UNADDRESSED_TASK_CONTROLS`]). Publish permissions let an
+/// agent's identity use only its own name, so the runtime holding the task
+/// knows who asks: it obeys the task's caller, and a client with no agent
 /// identity (the operator). Subscribe permissions let an agent's identity
-/// hear the requests to the tasks it may run, and those naming no runner.
+/// hear the requests to the tasks it may run, and those of clients with no
+/// agent name that name no runner.
 pub fn task_control(
     from: Option<&Name>,
     key: Option<&TaskKey>,
@@ -1006,14 +1010,18 @@ mod tests {
         assert!(matches(ALL_TASK_CONTROLS, to_bob));
         assert!(matches(&agent_task_controls(&bob), to_bob));
         assert!(!matches(&agent_task_controls(&alice), to_bob));
-        assert!(!matches(UNADDRESSED_TASK_CONTROLS, to_bob));
+        assert!(!matches(ANONYMOUS_UNADDRESSED_TASK_CONTROLS, to_bob));
         assert!(matches(
             &work_task_controls(&bob),
             "task._.work.bob.t1.control.answer"
         ));
-        assert!(matches(UNADDRESSED_TASK_CONTROLS, unaddressed.as_str()));
         assert!(matches(
-            UNADDRESSED_TASK_CONTROLS,
+            ANONYMOUS_UNADDRESSED_TASK_CONTROLS,
+            unaddressed.as_str()
+        ));
+        // An agent's request that names no runner is not heard by agents.
+        assert!(!matches(
+            ANONYMOUS_UNADDRESSED_TASK_CONTROLS,
             "task.alice._._.t1.control.cancel"
         ));
     }

@@ -1485,7 +1485,8 @@ async fn only_the_caller_answers_and_cancels_its_task() {
     let mut listening = Vec::new();
     for pattern in [
         agentbus::subject::ALL_TASK_CONTROLS,
-        agentbus::subject::UNADDRESSED_TASK_CONTROLS,
+        agentbus::subject::ANONYMOUS_UNADDRESSED_TASK_CONTROLS,
+        "task.*._._.*.control.*",
         "task.*.agent.alice.*.control.*",
         "task.*.agent.writer.*.control.*",
         "task.boss.>",
@@ -1574,8 +1575,11 @@ impl Agent for Sleeper {
 }
 
 /// A request/reply task that logs nothing has no record or log its caller
-/// can find its runner in: the caller's cancel names no runner, and reaches
-/// the runtime holding the task all the same, while a stranger's does not.
+/// can find its runner in: the caller, waiting for it, knows whom it asked,
+/// and its status request and cancel name that runner; a stranger's cancel,
+/// which names none, reaches no runtime on an identity. No other agent
+/// hears the caller's requests; the operator, listening as a runtime
+/// without an identity does, hears them addressed.
 #[tokio::test]
 async fn an_identity_cancels_a_quiet_request_it_sent() {
     let server = NatsServer::start().await;
@@ -1584,6 +1588,18 @@ async fn an_identity_cancels_a_quiet_request_it_sent() {
     let alice = server.add_identity(Grant::new(name("alice"))).await;
     let mut runtime = Runtime::new(Bus::connect(&sleeper, "sleeper").await.unwrap());
     runtime.add(Sleeper, AgentOptions::default()).await.unwrap();
+    let operator = server.connect().await;
+    let mut everything = operator
+        .subscribe(agentbus::subject::ALL_TASK_CONTROLS)
+        .await
+        .unwrap();
+    operator.flush().await.unwrap();
+    let by_hand = alice.connect("alice-by-hand").await.unwrap();
+    let mut listening = Vec::new();
+    for pattern in ["task.*._._.*.control.*", "task.boss.>", ">"] {
+        listening.push(by_hand.subscribe(pattern).await.unwrap());
+    }
+    by_hand.flush().await.unwrap();
     let caller = Bus::connect(&boss, "boss").await.unwrap();
     let task = TaskRequest::new("sleep", json!({}));
     let sent = {
@@ -1626,6 +1642,31 @@ async fn an_identity_cancels_a_quiet_request_it_sent() {
         .unwrap()
         .unwrap();
     assert_eq!(response.status, TaskStatus::Cancelled, "{response:?}");
+    let mut heard = Vec::new();
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(300), everything.next()).await
+    {
+        heard.push(message.subject.to_string());
+    }
+    let cancel = format!("task.boss.agent.sleeper.{}.control.cancel", task.task_id);
+    let status = format!("task.boss.agent.sleeper.{}.control.status", task.task_id);
+    assert!(heard.contains(&cancel), "{heard:?}");
+    assert!(heard.contains(&status), "{heard:?}");
+    assert!(
+        heard
+            .iter()
+            .all(|subject| !subject.starts_with("task.boss._._.")),
+        "{heard:?}"
+    );
+    for subscription in &mut listening {
+        while let Some(Some(message)) = subscription.now_or_never_ext() {
+            assert!(
+                !message.subject.as_str().starts_with("task.boss."),
+                "alice heard {}",
+                message.subject
+            );
+        }
+    }
     runtime.shutdown(Duration::from_secs(2)).await;
 }
 

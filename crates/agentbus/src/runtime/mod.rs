@@ -681,7 +681,8 @@ impl Runtime {
     /// runtime holds, from now on: all of them on one subscription for a
     /// runtime without an agent identity; with one, those to the tasks of
     /// agent `name` and of the shared queues of `task_types` it may work,
-    /// and those that name no runner (an identity hears no request naming
+    /// and those of clients with no agent name that name no runner (an
+    /// identity hears no request of another agent's, nor one naming
     /// another agent's tasks).
     async fn start_controls(
         &mut self,
@@ -698,7 +699,7 @@ impl Runtime {
                     .map(subject::work_task_controls);
                 [
                     subject::agent_task_controls(name),
-                    subject::UNADDRESSED_TASK_CONTROLS.to_owned(),
+                    subject::ANONYMOUS_UNADDRESSED_TASK_CONTROLS.to_owned(),
                 ]
                 .into_iter()
                 .chain(shared)

@@ -149,6 +149,11 @@ impl Bus {
         control: TaskControl,
         body: Bytes,
     ) -> Result<Option<Held>, ControlError> {
+        let asked = match key {
+            Some(_) => None,
+            None => self.asked_key(task_id),
+        };
+        let key = key.or(asked.as_ref());
         let request = self.client().request(
             subject::task_control(self.identity(), key, task_id, control),
             body,
