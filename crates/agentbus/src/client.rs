@@ -455,17 +455,18 @@ impl Bus {
         options: RequestOptions,
     ) -> Result<TaskResponse, SendTaskError> {
         let agent_name = Name::parse("agent name", agent)?;
-        let subject = match from {
-            Some(from) => subject::agent_task_from(&agent_name, from),
-            None => subject::agent_task(&agent_name),
+        let subject_and_body = || {
+            let subject = match from {
+                Some(from) => subject::agent_task_from(&agent_name, from),
+                None => subject::agent_task(&agent_name),
+            };
+            (subject, Bytes::from(request.to_json()))
         };
-        let body = Bytes::from(request.to_json());
+        let (subject, body) = subject_and_body();
+        let size = body.len();
         let max = self.max_payload();
-        if body.len() > max {
-            return Err(SendTaskError::TooLarge {
-                size: body.len(),
-                max,
-            });
+        if size > max {
+            return Err(SendTaskError::TooLarge { size, max });
         }
         // Sent in its identity's name: remembered while it waits, so that
         // a control request about it reaches its runner.
@@ -480,16 +481,21 @@ impl Bus {
         let mut ask_until: Option<std::time::Instant> = None;
         // One span for every attempt: the answer may come to any of them.
         let traced = Traced::produce("send", subject.as_str(), Some(request.task_id.as_str()));
+        // The first attempt sends the subject and body made above, moved;
+        // the rare others, ones made again: cloning a `Bytes` made from a
+        // `Vec` allocates.
+        let mut first = Some((subject, body));
         loop {
+            let (subject, payload) = first.take().unwrap_or_else(subject_and_body);
             let mut asked = async_nats::Request::new()
-                .payload(body.clone())
+                .payload(payload)
                 .timeout(Some(options.timeout));
             // Written for each attempt: cheaper than a copy kept for the
             // rare second one.
             if let Some(headers) = traced.headers() {
                 asked = asked.headers(headers);
             }
-            let sent = self.inner.client.send_request(subject.to_nats(), asked);
+            let sent = self.inner.client.send_request(subject.into_nats(), asked);
             match sent.await {
                 Ok(message) => {
                     return serde_json::from_slice(&message.payload).map_err(|source| {
@@ -529,10 +535,7 @@ impl Bus {
                             });
                         }
                         Kind::MaxPayloadExceeded => {
-                            return Err(SendTaskError::TooLarge {
-                                size: body.len(),
-                                max,
-                            });
+                            return Err(SendTaskError::TooLarge { size, max });
                         }
                         _ => return Err(SendTaskError::Connection { source: err }),
                     }

@@ -57,6 +57,12 @@ impl Subject {
     pub fn to_nats(&self) -> async_nats::Subject {
         self.0.clone()
     }
+
+    /// The subject as the NATS client takes it, without a copy: a clone of
+    /// a subject built from a `String` allocates.
+    pub fn into_nats(self) -> async_nats::Subject {
+        self.0
+    }
 }
 
 impl async_nats::subject::ToSubject for Subject {

@@ -93,8 +93,11 @@ impl TaskKey {
     pub fn new(runner: &Queue, caller: Option<&Name>, id: &TaskId) -> Self {
         let (kind, name) = runner_tokens(runner);
         let caller_token = caller.map_or(NO_CALLER, Name::as_str);
+        // Made for every task a runtime takes: joined, without the
+        // formatting machinery.
+        let text = [kind, name.as_str(), caller_token, id.as_str()].join(".");
         Self {
-            text: format!("{kind}.{name}.{caller_token}.{id}").into(),
+            text: text.into(),
             id: id.clone(),
             caller: caller.cloned(),
         }
