@@ -1,10 +1,11 @@
 //! The client side of the bus: sending tasks, publishing and subscribing to events.
 
 use crate::connect::{ConnectError, ServerTarget};
+use crate::delivery::Queue;
 use crate::name::{InvalidName, Name};
 use crate::protocol::{Priority, TaskRequest, TaskResponse};
 use crate::subject::{self, InvalidSubject, Subject, SubjectPattern};
-use crate::task_id::TaskId;
+use crate::task_id::{TaskId, TaskKey};
 use crate::telemetry::Traced;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -737,12 +738,15 @@ impl Bus {
     /// The key of task `task_id` when this connection's agent identity
     /// asked for it over request/reply and waits for the answer: its runner
     /// is the agent asked.
-    pub(crate) fn asked_key(&self, task_id: &TaskId) -> Option<crate::task_id::TaskKey> {
+    pub(crate) fn asked_key(&self, task_id: &TaskId) -> Option<TaskKey> {
         let me = self.identity()?;
         let asking = self.inner.asking.lock().ok()?;
         let (runner, _) = asking.get(task_id)?;
-        let runner = crate::delivery::Queue::Agent(runner.clone());
-        Some(crate::task_id::TaskKey::new(&runner, Some(me), task_id))
+        Some(TaskKey::new(
+            &Queue::Agent(runner.clone()),
+            Some(me),
+            task_id,
+        ))
     }
 }
 

@@ -727,8 +727,9 @@ impl State {
 
     /// Whether the tasks stream rings agents' normal-priority queues on
     /// their names (its republish of [`subject::QUEUED_REPUBLISH_SOURCE`]).
-    /// Asked once, by a connection that may describe the stream. Without it (a stream made by an older topology, or by
-    /// hand) an idle agent queue keeps a doorbell of its own.
+    /// Asked once, by a connection that may describe the stream. Without it
+    /// (a stream made by an older topology, or by hand) an idle agent queue
+    /// keeps a doorbell of its own.
     async fn stream_rings(&mut self) -> bool {
         if let Some(rings) = self.stream_rings {
             return rings;
