@@ -1155,16 +1155,7 @@ async fn an_identity_is_rung_on_its_one_subscription() {
     let server = NatsServer::start().await;
     let bob = server.add_identity(Grant::new(name("bob"))).await;
     let alice = server.add_identity(Grant::new(name("alice"))).await;
-    let recorder = Recorder::new("bob");
-    let mut runtime = Runtime::new(Bus::connect(&bob, "bob").await.unwrap());
-    let options = AgentOptions {
-        delivery: DeliveryOptions {
-            idle_poll: Duration::from_secs(600),
-            ..DeliveryOptions::default()
-        },
-        ..AgentOptions::default()
-    };
-    runtime.add(recorder.clone(), options).await.unwrap();
+    let (recorder, runtime) = recording_bob(&bob, Duration::from_secs(600)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let subjects: Vec<String> = server
         .subscriptions("bob")
@@ -1198,16 +1189,7 @@ async fn an_identity_is_rung_on_its_one_subscription() {
 async fn an_identity_sweeps_its_own_queues_without_describing_the_stream() {
     let server = NatsServer::start().await;
     let bob = server.add_identity(Grant::new(name("bob"))).await;
-    let recorder = Recorder::new("bob");
-    let mut runtime = Runtime::new(Bus::connect(&bob, "bob").await.unwrap());
-    let options = AgentOptions {
-        delivery: DeliveryOptions {
-            idle_poll: Duration::from_millis(200),
-            ..DeliveryOptions::default()
-        },
-        ..AgentOptions::default()
-    };
-    runtime.add(recorder.clone(), options).await.unwrap();
+    let (recorder, runtime) = recording_bob(&bob, Duration::from_millis(200)).await;
     let operator = server.connect().await;
     let js = async_nats::jetstream::new(operator.clone());
     for (n, queue) in ["tasks.bob.high", "tasks.bob.low", "tasks.carol.high"]
@@ -1245,6 +1227,25 @@ async fn an_identity_sweeps_its_own_queues_without_describing_the_stream() {
         assert_eq!(answered, readable, "{subject}: {answer:?}");
     }
     runtime.shutdown(Duration::from_secs(2)).await;
+}
+
+/// Bob's runtime on his identity, recording his tasks, sweeping his queues
+/// every `idle_poll`.
+async fn recording_bob(
+    bob: &agentbus::connect::ServerTarget,
+    idle_poll: Duration,
+) -> (Recorder, Runtime) {
+    let recorder = Recorder::new("bob");
+    let mut runtime = Runtime::new(Bus::connect(bob, "bob").await.unwrap());
+    let options = AgentOptions {
+        delivery: DeliveryOptions {
+            idle_poll,
+            ..DeliveryOptions::default()
+        },
+        ..AgentOptions::default()
+    };
+    runtime.add(recorder.clone(), options).await.unwrap();
+    (recorder, runtime)
 }
 
 /// Echoes its task's payload as a partial and as its result.
