@@ -1229,6 +1229,19 @@ async fn an_identity_sweeps_its_own_queues_without_describing_the_stream() {
     runtime.shutdown(Duration::from_secs(2)).await;
 }
 
+/// Asserts that none of `listening` received a control request.
+fn assert_heard_no_control(listening: &mut [async_nats::Subscriber]) {
+    for subscription in listening {
+        while let Some(Some(message)) = subscription.now_or_never_ext() {
+            assert!(
+                !message.subject.as_str().contains(".control."),
+                "heard {}",
+                message.subject
+            );
+        }
+    }
+}
+
 /// Bob's runtime on his identity, recording his tasks, sweeping his queues
 /// every `idle_poll`.
 async fn recording_bob(
@@ -1519,15 +1532,7 @@ async fn only_the_caller_answers_and_cancels_its_task() {
             .all(|subject| subject.starts_with("task.boss.agent.writer.")),
         "{heard:?}"
     );
-    for subscription in &mut listening {
-        while let Some(Some(message)) = subscription.now_or_never_ext() {
-            assert!(
-                !message.subject.as_str().contains(".control."),
-                "alice heard {}",
-                message.subject
-            );
-        }
-    }
+    assert_heard_no_control(&mut listening);
     let mut partials = Vec::new();
     while let Some(item) = tokio::time::timeout(Duration::from_secs(10), watch.next())
         .await
@@ -1659,15 +1664,7 @@ async fn an_identity_cancels_a_quiet_request_it_sent() {
             .all(|subject| !subject.starts_with("task.boss._._.")),
         "{heard:?}"
     );
-    for subscription in &mut listening {
-        while let Some(Some(message)) = subscription.now_or_never_ext() {
-            assert!(
-                !message.subject.as_str().starts_with("task.boss."),
-                "alice heard {}",
-                message.subject
-            );
-        }
-    }
+    assert_heard_no_control(&mut listening);
     runtime.shutdown(Duration::from_secs(2)).await;
 }
 
