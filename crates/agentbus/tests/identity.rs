@@ -1229,6 +1229,17 @@ async fn an_identity_sweeps_its_own_queues_without_describing_the_stream() {
     runtime.shutdown(Duration::from_secs(2)).await;
 }
 
+/// Every control request, heard as a runtime without an identity hears them.
+async fn operator_hearing_controls(server: &NatsServer) -> async_nats::Subscriber {
+    let operator = server.connect().await;
+    let everything = operator
+        .subscribe(agentbus::subject::ALL_TASK_CONTROLS)
+        .await
+        .unwrap();
+    operator.flush().await.unwrap();
+    everything
+}
+
 /// Asserts that none of `listening` received a control request.
 fn assert_heard_no_control(listening: &mut [async_nats::Subscriber]) {
     for subscription in listening {
@@ -1490,12 +1501,7 @@ async fn only_the_caller_answers_and_cancels_its_task() {
     // Alice hears none of the caller's requests, on any subject she may or
     // may not subscribe to; the operator, listening as a runtime without an
     // identity does, hears them all.
-    let operator = server.connect().await;
-    let mut everything = operator
-        .subscribe(agentbus::subject::ALL_TASK_CONTROLS)
-        .await
-        .unwrap();
-    operator.flush().await.unwrap();
+    let mut everything = operator_hearing_controls(&server).await;
     let mut listening = Vec::new();
     for pattern in [
         agentbus::subject::ALL_TASK_CONTROLS,
@@ -1594,12 +1600,7 @@ async fn an_identity_cancels_a_quiet_request_it_sent() {
     let alice = server.add_identity(Grant::new(name("alice"))).await;
     let mut runtime = Runtime::new(Bus::connect(&sleeper, "sleeper").await.unwrap());
     runtime.add(Sleeper, AgentOptions::default()).await.unwrap();
-    let operator = server.connect().await;
-    let mut everything = operator
-        .subscribe(agentbus::subject::ALL_TASK_CONTROLS)
-        .await
-        .unwrap();
-    operator.flush().await.unwrap();
+    let mut everything = operator_hearing_controls(&server).await;
     let by_hand = alice.connect("alice-by-hand").await.unwrap();
     let mut listening = Vec::new();
     for pattern in ["task.*._._.*.control.*", "task.boss.>", ">"] {
