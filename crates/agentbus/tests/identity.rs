@@ -1240,6 +1240,54 @@ async fn operator_hearing_controls(server: &NatsServer) -> async_nats::Subscribe
     everything
 }
 
+/// A tasks stream that answers no direct gets (a topology from before they
+/// were allowed) fails an identity's sweeps at once, and the worker goes
+/// on: a rung task runs without waiting out a request that no one answers.
+/// Once the stream allows them again, the sweep finds what nothing rang.
+#[tokio::test]
+async fn an_identity_worker_goes_on_while_its_queues_cannot_be_read() {
+    let server = NatsServer::start().await;
+    let bob = server.add_identity(Grant::new(name("bob"))).await;
+    let alice = server.add_identity(Grant::new(name("alice"))).await;
+    let operator = server.connect().await;
+    let js = async_nats::jetstream::new(operator.clone());
+    let allow_direct = |allowed: bool| {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream("agent-tasks").await.unwrap();
+            let mut config = stream.info().await.unwrap().config.clone();
+            config.allow_direct = allowed;
+            js.update_stream(config).await.unwrap();
+        }
+    };
+    allow_direct(false).await;
+    let (recorder, runtime) = recording_bob(&bob, Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let alice_bus = Bus::connect(&alice, "alice").await.unwrap();
+    let rung = TaskRequest::new("echo", json!({ "n": 0 }));
+    let sent = std::time::Instant::now();
+    alice_bus
+        .submit(&Queue::agent("bob").unwrap(), &rung)
+        .await
+        .unwrap();
+    assert_eq!(recorder.wait_for(1).await.len(), 1);
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "the rung task waited {:?}",
+        sent.elapsed()
+    );
+
+    allow_direct(true).await;
+    let unrung = TaskRequest::new("echo", json!({ "n": 1 }));
+    js.publish("tasks.bob.low", unrung.to_json().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(recorder.wait_for(2).await.len(), 2);
+    runtime.shutdown(Duration::from_secs(2)).await;
+}
+
 /// Asserts that none of `listening` received a control request.
 fn assert_heard_no_control(listening: &mut [async_nats::Subscriber]) {
     for subscription in listening {

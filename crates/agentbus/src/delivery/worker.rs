@@ -56,8 +56,8 @@ use super::{DeliveryOptions, Queue};
 use crate::client::Bus;
 use crate::name::Name;
 use crate::protocol::Priority;
-use crate::stream_read;
 use crate::subject::{self, overlaps};
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull::BatchConfig};
 use async_nats::{StatusCode, Subject};
 use futures::stream::FuturesUnordered;
@@ -75,6 +75,11 @@ use tokio::time::Instant;
 
 /// Queue consumers one worker keeps at most.
 const MAX_CONSUMERS: usize = 64;
+
+/// How long a sweep on an agent identity waits for each of its direct gets:
+/// one its permissions refuse (those of an earlier version) is never
+/// answered, and the worker must not stall on it.
+const QUEUE_READ_WAIT: Duration = Duration::from_secs(1);
 /// Every `REVERSE_EVERY`th round visits the least urgent sources first.
 const REVERSE_EVERY: u64 = 8;
 /// Deliveries a source with a backlog fetches beyond its free slots, at
@@ -198,6 +203,7 @@ impl Worker {
             tasks_stream: None,
             live_consumers: 0,
             stream_rings: None,
+            queue_reads_failing: false,
         };
         Self {
             commands,
@@ -347,6 +353,9 @@ struct State {
     /// Whether the tasks stream rings agents' normal-priority queues on
     /// their names (its republish), looked up at the first agent queue.
     stream_rings: Option<bool>,
+    /// Whether the last sweep on an identity could not read its queues'
+    /// last tasks (said once, when it starts failing).
+    queue_reads_failing: bool,
 }
 
 fn priority_index(priority: Priority) -> usize {
@@ -871,20 +880,43 @@ impl State {
             .map(|(queue, _)| queue.subject(Priority::Normal))
             .collect();
         let mut found = Vec::new();
-        for normal in normals {
+        let mut failed = None;
+        'queues: for normal in normals {
             for asked in subject::queue_patterns(&normal) {
-                match stream_read::last_on_subject(&stream, &asked).await {
-                    Ok(Some(message)) => {
+                let read = stream.direct_get_last_for_subject(&asked);
+                match tokio::time::timeout(QUEUE_READ_WAIT, read).await {
+                    Ok(Ok(message)) => {
                         if let Some(&source) = self.by_subject.get(message.subject.as_str()) {
                             found.push(source);
                         }
                     }
-                    Ok(None) => {}
-                    Err(err) => {
-                        tracing::warn!(%err, queue = %normal, "cannot look for queued work");
+                    Ok(Err(err)) if err.kind() == DirectGetErrorKind::NotFound => {}
+                    // The first failure ends the sweep: the others would fail alike.
+                    Ok(Err(err)) => {
+                        failed = Some(err.to_string());
+                        break 'queues;
+                    }
+                    Err(_) => {
+                        failed = Some(format!("no answer within {QUEUE_READ_WAIT:?}"));
+                        break 'queues;
                     }
                 }
             }
+        }
+        match failed {
+            Some(err) if !self.queue_reads_failing => {
+                self.queue_reads_failing = true;
+                tracing::warn!(
+                    %err,
+                    "cannot read the last task of this agent's queues (a tasks stream without direct gets, or permissions from an earlier version): a redelivery waits until its queue rings; `agentbus setup` and a restart of `agentbus up` allow it"
+                );
+            }
+            Some(err) => tracing::debug!(%err, "cannot read the last task of this agent's queues"),
+            None if self.queue_reads_failing => {
+                self.queue_reads_failing = false;
+                tracing::info!("reading the last task of this agent's queues again");
+            }
+            None => {}
         }
         found
     }
