@@ -80,6 +80,10 @@ const MAX_CONSUMERS: usize = 64;
 /// one its permissions refuse (those of an earlier version) is never
 /// answered, and the worker must not stall on it.
 const QUEUE_READ_WAIT: Duration = Duration::from_secs(1);
+/// Sweeps an identity's worker leaves out after its queues could not be
+/// read, so that a refusal that takes [`QUEUE_READ_WAIT`] to tell holds the
+/// worker a small share of the time.
+const QUEUE_READ_BACKOFF: u32 = 10;
 /// Every `REVERSE_EVERY`th round visits the least urgent sources first.
 const REVERSE_EVERY: u64 = 8;
 /// Deliveries a source with a backlog fetches beyond its free slots, at
@@ -204,6 +208,7 @@ impl Worker {
             live_consumers: 0,
             stream_rings: None,
             queue_reads_failing: false,
+            queue_reads_skipped: 0,
         };
         Self {
             commands,
@@ -356,6 +361,8 @@ struct State {
     /// Whether the last sweep on an identity could not read its queues'
     /// last tasks (said once, when it starts failing).
     queue_reads_failing: bool,
+    /// Sweeps left out before reading again after a failure.
+    queue_reads_skipped: u32,
 }
 
 fn priority_index(priority: Priority) -> usize {
@@ -863,6 +870,10 @@ impl State {
     /// A queue holding work at two of those finds the second once the first
     /// is drained, a sweep later.
     async fn queues_holding_work(&mut self) -> Vec<usize> {
+        if self.queue_reads_skipped > 0 {
+            self.queue_reads_skipped -= 1;
+            return Vec::new();
+        }
         let stream = match self
             .bus
             .jetstream()
@@ -902,6 +913,9 @@ impl State {
                     }
                 }
             }
+        }
+        if failed.is_some() {
+            self.queue_reads_skipped = QUEUE_READ_BACKOFF;
         }
         match failed {
             Some(err) if !self.queue_reads_failing => {
