@@ -32,7 +32,7 @@ use crate::state::{StateError, StateStore};
 use crate::subject::{self, events};
 use crate::task_log::{self, Registry};
 use dedup::DedupCache;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -285,12 +285,11 @@ pub struct Runtime {
     settlers: Vec<(DeliveryOptions, bool, Settler)>,
     /// The tasks held now, for cancels, answers and status requests.
     registry: Arc<Registry>,
-    /// The answers to those requests, one task per subscription, and the
-    /// subjects subscribed to: one for a runtime without an agent identity,
+    /// The answers to those requests, one task per subscription, by the
+    /// subject subscribed to: one for a runtime without an agent identity,
     /// started with its first agent; with an identity, those of the tasks
     /// its agent may run.
-    controls: Vec<JoinHandle<()>>,
-    control_subjects: HashSet<String>,
+    controls: HashMap<String, JoinHandle<()>>,
     /// The metrics of the agents added with a metrics address, and the
     /// endpoint serving them: one for the runtime.
     metrics: Option<MetricsEndpoint>,
@@ -328,8 +327,7 @@ impl Runtime {
             discovery: None,
             settlers: Vec::new(),
             registry: Arc::default(),
-            controls: Vec::new(),
-            control_subjects: HashSet::new(),
+            controls: HashMap::new(),
             metrics: None,
         }
     }
@@ -707,7 +705,7 @@ impl Runtime {
             }
         };
         for subject in subjects {
-            if self.control_subjects.contains(&subject) {
+            if self.controls.contains_key(&subject) {
                 continue;
             }
             let requests =
@@ -719,12 +717,12 @@ impl Runtime {
                         agent: name.to_string(),
                         source,
                     })?;
-            self.control_subjects.insert(subject);
-            self.controls.push(tokio::spawn(task_log::serve_controls(
+            let answering = tokio::spawn(task_log::serve_controls(
                 self.bus.clone(),
                 self.registry.clone(),
                 requests,
-            )));
+            ));
+            self.controls.insert(subject, answering);
         }
         Ok(())
     }
@@ -759,7 +757,7 @@ impl Runtime {
             }
         };
         futures::join!(worker, serving);
-        for controls in &self.controls {
+        for controls in self.controls.values() {
             controls.abort();
         }
         if let Some(endpoint) = &self.metrics {
