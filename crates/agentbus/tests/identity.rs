@@ -1229,6 +1229,19 @@ async fn an_identity_sweeps_its_own_queues_without_describing_the_stream() {
     runtime.shutdown(Duration::from_secs(2)).await;
 }
 
+/// Asserts that alice's cancel of a task she did not send was not obeyed.
+fn assert_not_cancelling(
+    cancelled: Result<agentbus::task_log::CancelOutcome, agentbus::task_log::ControlError>,
+) {
+    assert!(
+        !matches!(
+            cancelled,
+            Ok(agentbus::task_log::CancelOutcome::Cancelling { .. })
+        ),
+        "alice cancelled: {cancelled:?}"
+    );
+}
+
 /// Every control request, heard as a runtime without an identity hears them.
 async fn operator_hearing_controls(server: &NatsServer) -> async_nats::Subscriber {
     let operator = server.connect().await;
@@ -1523,14 +1536,7 @@ async fn only_the_caller_answers_and_cancels_its_task() {
     let intruder = Bus::connect(&alice, "alice").await.unwrap();
     let answered = intruder.answer(&task.task_id, &json!("red")).await;
     assert!(answered.is_err(), "alice answered: {answered:?}");
-    let cancelled = intruder.cancel(&task.task_id).await;
-    assert!(
-        !matches!(
-            cancelled,
-            Ok(agentbus::task_log::CancelOutcome::Cancelling { .. })
-        ),
-        "alice cancelled: {cancelled:?}"
-    );
+    assert_not_cancelling(intruder.cancel(&task.task_id).await);
     let by_hand = alice.connect("alice-by-hand").await.unwrap();
     for from in ["boss", "_", "alice"] {
         for runner in ["agent.writer", "_._"] {
@@ -1675,14 +1681,7 @@ async fn an_identity_cancels_a_quiet_request_it_sent() {
     }
     assert_eq!(state, agentbus::delivery::TaskState::Running);
     let stranger = Bus::connect(&alice, "alice").await.unwrap();
-    let refused = stranger.cancel(&task.task_id).await;
-    assert!(
-        !matches!(
-            refused,
-            Ok(agentbus::task_log::CancelOutcome::Cancelling { .. })
-        ),
-        "alice cancelled: {refused:?}"
-    );
+    assert_not_cancelling(stranger.cancel(&task.task_id).await);
     let outcome = caller.cancel(&task.task_id).await.unwrap();
     assert!(
         matches!(
