@@ -771,13 +771,13 @@ impl<'a> Asking<'a> {
 
 impl Drop for Asking<'_> {
     fn drop(&mut self) {
+        // Removed, and put back in the rare case of another wait for the
+        // same id: one lookup for the common one.
         if let Ok(mut asking) = self.bus.inner.asking.lock()
-            && let Some((_, waiting)) = asking.get_mut(self.task_id)
+            && let Some((runner, waiting)) = asking.remove(self.task_id)
+            && waiting > 1
         {
-            *waiting -= 1;
-            if *waiting == 0 {
-                asking.remove(self.task_id);
-            }
+            asking.insert(self.task_id.clone(), (runner, waiting - 1));
         }
     }
 }

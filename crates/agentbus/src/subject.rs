@@ -393,14 +393,15 @@ pub fn work_task_controls(task_type: &Name) -> String {
 
 /// Subject of the tasks an agent answers over request/reply.
 pub fn agent_task(agent: &Name) -> Subject {
-    Subject::built(format!("agent.{agent}.task"))
+    // Built for every request: joined, without the formatting machinery.
+    Subject::built(["agent.", agent.as_str(), ".task"].concat())
 }
 
 /// Subject of the tasks `from` sends `agent` over request/reply:
 /// `agent.<agent>.task.<from>`. Publish permissions let an agent's identity
 /// use only its own name as the last token, so the receiver knows the sender.
 pub fn agent_task_from(agent: &Name, from: &Name) -> Subject {
-    Subject::built(format!("agent.{agent}.task.{from}"))
+    Subject::built(["agent.", agent.as_str(), ".task.", from.as_str()].concat())
 }
 
 /// Every sender-stamped task subject of `agent`: `agent.<agent>.task.*`.
@@ -470,8 +471,17 @@ pub fn announce_from(topic: &Name, from: &Name) -> Subject {
 /// token is the sender. A subject without it (the plain forms, which clients
 /// outside agentbus use) has no known sender.
 pub fn sender_of(subject: &str) -> crate::Sender {
+    match sender_token(subject).and_then(|from| Name::parse("sender", from).ok()) {
+        Some(from) => crate::Sender::Agent(from),
+        None => crate::Sender::Unverified,
+    }
+}
+
+/// The token of `subject` that [`sender_of`] reads the sender from, if it
+/// has one (unchecked).
+pub(crate) fn sender_token(subject: &str) -> Option<&str> {
     let mut tokens = subject.split('.');
-    let stamped = match (
+    match (
         tokens.next(),
         tokens.next(),
         tokens.next(),
@@ -482,10 +492,6 @@ pub fn sender_of(subject: &str) -> crate::Sender {
         (Some("broadcast" | "announce"), Some(_), Some(from), None, None) => Some(from),
         (Some("platform"), Some("events"), Some(_), Some(from), None) => Some(from),
         _ => None,
-    };
-    match stamped.and_then(|from| Name::parse("sender", from).ok()) {
-        Some(from) => crate::Sender::Agent(from),
-        None => crate::Sender::Unverified,
     }
 }
 

@@ -93,11 +93,8 @@ impl TaskKey {
     pub fn new(runner: &Queue, caller: Option<&Name>, id: &TaskId) -> Self {
         let (kind, name) = runner_tokens(runner);
         let caller_token = caller.map_or(NO_CALLER, Name::as_str);
-        // Made for every task a runtime takes: joined, without the
-        // formatting machinery.
-        let text = [kind, name.as_str(), caller_token, id.as_str()].join(".");
         Self {
-            text: text.into(),
+            text: dotted(&[kind, name.as_str(), caller_token, id.as_str()]),
             id: id.clone(),
             caller: caller.cloned(),
         }
@@ -182,6 +179,37 @@ impl TaskKey {
 }
 
 /// The two tokens naming who runs a task.
+/// `parts` joined by dots, in one allocation: a key is made for every task
+/// a runtime takes, and one joined in a `String` first is copied again into
+/// its `Arc`.
+fn dotted(parts: &[&str]) -> Arc<str> {
+    // Longer than any key of valid names and ids.
+    const ON_STACK: usize = 320;
+    let len = parts
+        .iter()
+        .map(|part| part.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
+    if len > ON_STACK {
+        return parts.join(".").into();
+    }
+    let mut joined = [0u8; ON_STACK];
+    let mut at = 0;
+    for (index, part) in parts.iter().enumerate() {
+        if index > 0 {
+            joined[at] = b'.';
+            at += 1;
+        }
+        joined[at..at + part.len()].copy_from_slice(part.as_bytes());
+        at += part.len();
+    }
+    match std::str::from_utf8(&joined[..at]) {
+        Ok(text) => text.into(),
+        // Whole strings and dots are UTF-8: never taken.
+        Err(_) => parts.join(".").into(),
+    }
+}
+
 fn runner_tokens(runner: &Queue) -> (&'static str, &Name) {
     match runner {
         Queue::Agent(name) => ("agent", name),
@@ -387,5 +415,19 @@ mod tests {
         assert_eq!(TaskKey::pattern(Some(&alice), &id), "*.*.alice.t1");
         assert_eq!(TaskKey::pattern(None, &id), "*.*.*.t1");
         assert_eq!(TaskKey::of_message(&bob, "m-1"), "agent.bob._.m-1");
+    }
+
+    #[test]
+    fn the_longest_keys_are_joined_whole() {
+        let long = Name::parse("agent", &"n".repeat(crate::name::MAX_NAME_LEN)).unwrap();
+        let id = TaskId::parse(&"i".repeat(MAX_TASK_ID_LEN)).unwrap();
+        let key = TaskKey::new(&Queue::TaskType(long.clone()), Some(&long), &id);
+        assert_eq!(key.as_str(), format!("work.{long}.{long}.{id}"));
+        assert_eq!(TaskKey::parse(key.as_str()), Some(key));
+        // Past the stack buffer, joined all the same.
+        let parts = ["a".repeat(300), "é".repeat(40)];
+        let parts = [parts[0].as_str(), parts[1].as_str()];
+        assert_eq!(&*dotted(&parts), parts.join(".").as_str());
+        assert_eq!(&*dotted(&["x"]), "x");
     }
 }

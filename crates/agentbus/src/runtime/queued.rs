@@ -110,23 +110,31 @@ async fn run_task<A: Agent>(served: Arc<Served<A>>, settler: Settler, delivery: 
             return;
         }
     };
-    if let Err(err) = served.task_types.check(served.name.as_str(), &request) {
-        // Counted before the record that tells the sender is written.
-        served.rejected(&request.task_type, err.message(), opened.elapsed());
-        match attempt.give_up(err.message(), err.status()).await {
-            Ok(Settled::DeadLettered) => {
-                if let Some(metrics) = &served.metrics {
-                    metrics.dead_lettered();
+    let task_type = match served.task_types.check(served.name.as_str(), &request) {
+        Ok(task_type) => task_type,
+        Err(err) => {
+            // Counted before the record that tells the sender is written.
+            served.rejected(&request.task_type, err.message(), opened.elapsed());
+            match attempt.give_up(err.message(), err.status()).await {
+                Ok(Settled::DeadLettered) => {
+                    if let Some(metrics) = &served.metrics {
+                        metrics.dead_lettered();
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(%err, task_id = %attempt.task_id(), "a refused task could not be dead-lettered");
                 }
             }
-            Ok(_) => {}
-            Err(err) => {
-                tracing::warn!(%err, task_id = %attempt.task_id(), "a refused task could not be dead-lettered");
-            }
+            return;
         }
-        return;
-    }
-    let held = served.hold(&request, attempt.key().clone(), Some(attempt.attempt()));
+    };
+    let held = served.hold(
+        &request,
+        task_type,
+        attempt.key().clone(),
+        Some(attempt.attempt()),
+    );
     // A task that may have a log already (its sender follows it, or an
     // earlier attempt ran) takes it over: one cancelled meanwhile ends here.
     if request.stream || attempt.attempt() > 1 {

@@ -73,10 +73,12 @@ impl<A> Served<A> {
     /// `attempt` is `None` for a task taken over request/reply (registered
     /// only once it waits or runs past its first poll), else the attempt at
     /// a queued task (registered at once).
-    /// `key` says where its record and log are kept.
+    /// `key` says where its record and log are kept; `task_type` is the
+    /// name [`TaskTypes::check`] gave back.
     pub(super) fn hold(
         &self,
         request: &TaskRequest,
+        task_type: Arc<str>,
         key: TaskKey,
         attempt: Option<u32>,
     ) -> Registered {
@@ -86,7 +88,7 @@ impl<A> Served<A> {
             &self.instance_id,
             &self.name,
             key,
-            &request.task_type,
+            task_type,
             attempt.unwrap_or(1),
             request.stream,
             attempt.is_some(),
@@ -194,6 +196,7 @@ pub(super) async fn serve<A: Agent>(
     let mut running = FuturesUnordered::new();
     let mut waiting = BinaryHeap::new();
     let mut sequence = 0u64;
+    let mut senders = LastSender::default();
     let max_concurrency = served.options.max_concurrency.max(1);
     // Bytes of the messages of waiting and running tasks.
     let mut held_bytes = 0usize;
@@ -244,8 +247,8 @@ pub(super) async fn serve<A: Agent>(
                     let reply = message.reply;
                     let arrived = Instant::now();
                     let bytes = message.payload.len();
-                    let request = match admit(&served, &message.payload, reply.as_ref(), arrived) {
-                        Admitted::Run(request) => request,
+                    let (request, task_type) = match admit(&served, &message.payload, reply.as_ref(), arrived) {
+                        Admitted::Run(request, task_type) => (request, task_type),
                         Admitted::Answer(body) => {
                             // Boxed: a rare path, kept out of the loop's own future.
                             Box::pin(send_reply(&served, reply.as_ref(), body)).await;
@@ -253,13 +256,13 @@ pub(super) async fn serve<A: Agent>(
                         }
                         Admitted::Waits => continue,
                     };
-                    let sender = subject::sender_of(&message.subject);
+                    let sender = senders.of(&message.subject);
                     let key = TaskKey::new(
                         &Queue::Agent(served.name.clone()),
                         sender.agent(),
                         &request.task_id,
                     );
-                    let held = served.hold(&request, key, None);
+                    let held = served.hold(&request, task_type, key, None);
                     let came = Came {
                         sender,
                         reply,
@@ -267,7 +270,7 @@ pub(super) async fn serve<A: Agent>(
                     };
                     held_bytes += bytes;
                     if running.len() < max_concurrency {
-                        let task = running_task(run_task(served.clone(), request, came, held, arrived, arrived.elapsed()), bytes);
+                        let task = running_task(run_task(served.clone(), request, came, held, arrived, Duration::ZERO), bytes);
                         held_bytes -= start(&mut running, task, bytes).await;
                     } else {
                         sequence += 1;
@@ -313,6 +316,33 @@ pub(super) async fn serve<A: Agent>(
     }
 }
 
+/// The sender of the last task the serving loop took: most tasks come from
+/// the caller of the one before, whose name is then shared rather than
+/// checked and copied again.
+#[derive(Default)]
+struct LastSender(Option<Name>);
+
+impl LastSender {
+    /// [`subject::sender_of`] `subject`.
+    fn of(&mut self, subject: &str) -> Sender {
+        let Some(token) = subject::sender_token(subject) else {
+            return Sender::Unverified;
+        };
+        if let Some(last) = &self.0
+            && last.as_str() == token
+        {
+            return Sender::Agent(last.clone());
+        }
+        match subject::sender_of(subject) {
+            Sender::Agent(name) => {
+                self.0 = Some(name.clone());
+                Sender::Agent(name)
+            }
+            Sender::Unverified => Sender::Unverified,
+        }
+    }
+}
+
 /// A task being run, boxed so that it can join the running ones unmoved;
 /// it yields the bytes of the message it came in, free once it ends.
 type Task = Pin<Box<dyn Future<Output = usize> + Send>>;
@@ -342,8 +372,8 @@ async fn start(running: &mut FuturesUnordered<Task>, mut task: Task, bytes: usiz
 
 /// What to do with a message that came in.
 enum Admitted {
-    /// Run it.
-    Run(TaskRequest),
+    /// Run it: the request, and its task type's name.
+    Run(TaskRequest, Arc<str>),
     /// Send this answer and drop it: it cannot run (counted as rejected), or
     /// it was answered already.
     Answer(Bytes),
@@ -370,17 +400,20 @@ fn admit<A: Agent>(
             return Admitted::Answer(response.to_json().into());
         }
     };
-    if let Err(err) = served.task_types.check(served.name.as_str(), &request) {
-        served.rejected(&request.task_type, err.message(), now.elapsed());
-        return Admitted::Answer(err.to_response(&request.task_id).to_json().into());
-    }
+    let task_type = match served.task_types.check(served.name.as_str(), &request) {
+        Ok(task_type) => task_type,
+        Err(err) => {
+            served.rejected(&request.task_type, err.message(), now.elapsed());
+            return Admitted::Answer(err.to_response(&request.task_id).to_json().into());
+        }
+    };
     let seen = served
         .dedup
         .lock()
         .map(|mut dedup| dedup.check(&request.task_id, reply, now))
         .unwrap_or(Seen::New);
     match seen {
-        Seen::New => Admitted::Run(request),
+        Seen::New => Admitted::Run(request, task_type),
         Seen::Running => Admitted::Waits,
         Seen::Answered(response) => Admitted::Answer(response),
     }
@@ -456,11 +489,11 @@ pub(super) async fn execute<A: Agent>(
     waited: Duration,
 ) -> Outcome {
     let task_id = request.task_id.clone();
-    let task_type = served.metrics.as_ref().map(|metrics| {
-        metrics.started(&request.task_type, waited);
-        request.task_type.clone()
-    });
     let task = held.task();
+    let task_type = served.metrics.as_ref().map(|metrics| {
+        metrics.started(task.task_type(), waited);
+        task.task_type().clone()
+    });
     let ran = match task.stop_reason() {
         Some(reason) => Ran::Stopped(reason, None),
         None => {
@@ -577,7 +610,7 @@ async fn run_task<A: Agent>(
     let task_type = served
         .options
         .task_events
-        .then(|| request.task_type.clone());
+        .then(|| held.task().task_type().clone());
     let destination = || {
         let made = || Destination::new(subject::agent_task(&served.name).as_str());
         served.traced_as.get_or_init(made).clone()
@@ -688,4 +721,26 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "no message".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_sender_is_read_from_the_subject_every_time() {
+        let mut senders = LastSender::default();
+        let alice = senders.of("agent.bob.task.alice");
+        assert_eq!(alice.agent().map(Name::as_str), Some("alice"));
+        let again = senders.of("agent.bob.task.alice");
+        assert_eq!(again, alice);
+        assert_eq!(senders.of("agent.bob.task"), Sender::Unverified);
+        assert_eq!(
+            senders.of("agent.bob.task.carol").agent().map(Name::as_str),
+            Some("carol")
+        );
+        // Not a name: unverified, and the last good one is not reused.
+        assert_eq!(senders.of("agent.bob.task.a=b"), Sender::Unverified);
+        assert_eq!(senders.of("agent.bob.task.alice"), alice);
+    }
 }

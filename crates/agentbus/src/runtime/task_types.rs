@@ -3,6 +3,7 @@
 use crate::agent::{TaskError, TaskTypeSpec};
 use crate::protocol::TaskRequest;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 #[cfg(feature = "json-schema")]
 type Validator = jsonschema::Validator;
@@ -13,7 +14,8 @@ type Validator = std::convert::Infallible;
 /// The task types of one agent, ready to check requests against.
 #[derive(Debug)]
 pub(crate) struct TaskTypes {
-    validators: HashMap<String, Option<Validator>, foldhash::fast::RandomState>,
+    /// By name: the name is shared with every task of the type.
+    validators: HashMap<Arc<str>, Option<Validator>, foldhash::fast::RandomState>,
     accepted: String,
 }
 
@@ -36,9 +38,9 @@ impl TaskTypes {
                 .schema()
                 .map(|schema| compile_schema(spec.name().as_str(), schema))
                 .transpose()?;
-            validators.insert(spec.name().to_string(), validator);
+            validators.insert(Arc::from(spec.name().as_str()), validator);
         }
-        let mut names: Vec<&str> = validators.keys().map(String::as_str).collect();
+        let mut names: Vec<&str> = validators.keys().map(|name| &**name).collect();
         names.sort_unstable();
         Ok(Self {
             accepted: names.join(", "),
@@ -46,18 +48,20 @@ impl TaskTypes {
         })
     }
 
-    /// Whether `request` names an accepted type and its payload fits the schema.
-    pub(crate) fn check(&self, agent: &str, request: &TaskRequest) -> Result<(), TaskError> {
-        let Some(validator) = self.validators.get(&request.task_type) else {
+    /// Whether `request` names an accepted type and its payload fits the
+    /// schema; the type's name when it does.
+    pub(crate) fn check(&self, agent: &str, request: &TaskRequest) -> Result<Arc<str>, TaskError> {
+        let Some((name, validator)) = self.validators.get_key_value(request.task_type.as_str())
+        else {
             return Err(TaskError::rejected(format!(
                 "agent {agent} does not accept task_type {:?}; it accepts: {}",
                 request.task_type, self.accepted
             )));
         };
-        match validator {
-            Some(validator) => validate(validator, request),
-            None => Ok(()),
+        if let Some(validator) = validator {
+            validate(validator, request)?;
         }
+        Ok(name.clone())
     }
 }
 

@@ -8,8 +8,8 @@ use crate::name::Name;
 use crate::protocol::TaskResponse;
 use crate::task_id::{TaskId, TaskKey};
 use serde_json::{Value, json};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -84,7 +84,7 @@ pub(crate) struct RunningTask {
     task_id: TaskId,
     key: TaskKey,
     agent: Name,
-    task_type: String,
+    task_type: Arc<str>,
     attempt: u32,
     /// The sender follows it: its log is kept in full from the start.
     streamed: bool,
@@ -107,17 +107,17 @@ pub(crate) struct RunningTask {
     question: Mutex<Option<oneshot::Sender<Value>>>,
     log: tokio::sync::Mutex<LogWriter>,
     bus: Bus,
-    instance: std::sync::Arc<str>,
+    instance: Arc<str>,
 }
 
 impl RunningTask {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         bus: &Bus,
-        instance: &std::sync::Arc<str>,
+        instance: &Arc<str>,
         agent: &Name,
         key: TaskKey,
-        task_type: &str,
+        task_type: Arc<str>,
         attempt: u32,
         streamed: bool,
         queued: bool,
@@ -127,7 +127,7 @@ impl RunningTask {
             task_id: key.id().clone(),
             key: key.clone(),
             agent: agent.clone(),
-            task_type: task_type.to_owned(),
+            task_type,
             attempt,
             streamed,
             resumed: AtomicBool::new(false),
@@ -156,6 +156,10 @@ impl RunningTask {
     /// Where the task's record and log are kept.
     pub(crate) fn key(&self) -> &TaskKey {
         &self.key
+    }
+
+    pub(crate) fn task_type(&self) -> &Arc<str> {
+        &self.task_type
     }
 
     pub(crate) fn agent(&self) -> &Name {
@@ -257,7 +261,7 @@ impl RunningTask {
         log.write(
             &self.bus,
             EventType::Accepted,
-            json!({"task_type": self.task_type, "deadline": deadline}),
+            json!({"task_type": &*self.task_type, "deadline": deadline}),
             self.earlier,
         )
         .await?;
