@@ -234,17 +234,35 @@ impl TaskRequest {
 /// ```
 #[derive(Debug, Clone)]
 pub struct TaskContext {
-    pub(crate) agent: Name,
-    pub(crate) instance_id: Arc<str>,
-    pub(crate) task_id: Arc<str>,
-    pub(crate) bus: Bus,
-    /// The task, when this is a task's handler (not a message's).
-    pub(crate) task: Option<Arc<RunningTask>>,
+    pub(crate) handled: Handled,
     /// Who sent the task or message.
     pub(crate) sender: Sender,
 }
 
+/// What a handler handles.
+#[derive(Debug, Clone)]
+pub(crate) enum Handled {
+    /// A task, which knows its agent, runtime, id and bus: a context made
+    /// for every task copies nothing more.
+    Task(Arc<RunningTask>),
+    /// A message to the agent.
+    Message {
+        agent: Name,
+        instance_id: Arc<str>,
+        message_id: Arc<str>,
+        bus: Bus,
+    },
+}
+
 impl TaskContext {
+    /// The task, when this is a task's handler (not a message's).
+    fn running(&self) -> Option<&Arc<RunningTask>> {
+        match &self.handled {
+            Handled::Task(task) => Some(task),
+            Handled::Message { .. } => None,
+        }
+    }
+
     /// Who sent the task or message being handled, as far as the bus
     /// vouches for it ([`Sender::Unverified`] for a sender without an agent
     /// identity, and for queued tasks, whose subjects carry no sender).
@@ -254,22 +272,34 @@ impl TaskContext {
 
     /// The name of the agent handling the task.
     pub fn agent_name(&self) -> &Name {
-        &self.agent
+        match &self.handled {
+            Handled::Task(task) => task.agent(),
+            Handled::Message { agent, .. } => agent,
+        }
     }
 
     /// The id of this runtime process (distinguishes replicas of one agent).
     pub fn instance_id(&self) -> &str {
-        &self.instance_id
+        match &self.handled {
+            Handled::Task(task) => task.instance(),
+            Handled::Message { instance_id, .. } => instance_id,
+        }
     }
 
     /// The id of the task being handled.
     pub fn task_id(&self) -> &str {
-        &self.task_id
+        match &self.handled {
+            Handled::Task(task) => task.task_id(),
+            Handled::Message { message_id, .. } => message_id,
+        }
     }
 
     /// The bus, for anything beyond the helpers below.
     pub fn bus(&self) -> &Bus {
-        &self.bus
+        match &self.handled {
+            Handled::Task(task) => task.bus(),
+            Handled::Message { bus, .. } => bus,
+        }
     }
 
     /// Makes an effect (a payment, an email, a write to another system)
@@ -298,11 +328,11 @@ impl TaskContext {
     {
         // A task's effects are kept with its record; a message's under the
         // agent that handles it.
-        let key = match &self.task {
+        let key = match self.running() {
             Some(task) => task.key().as_str().to_owned(),
-            None => crate::TaskKey::of_message(&self.agent, &self.task_id),
+            None => crate::TaskKey::of_message(self.agent_name(), self.task_id()),
         };
-        match crate::effects::once(&self.bus, &key, &self.instance_id, name, effect).await {
+        match crate::effects::once(self.bus(), &key, self.instance_id(), name, effect).await {
             Ok(outcome) => outcome,
             Err(err @ crate::effects::OnceError::InvalidName(_)) => {
                 Err(TaskError::permanent(err.to_string()))
@@ -315,7 +345,7 @@ impl TaskContext {
     /// for a system that makes a request with a repeated key once (an
     /// `Idempotency-Key` header, a unique constraint).
     pub fn idempotency_key(&self, name: &str) -> String {
-        crate::effects::idempotency_key(&self.task_id, name)
+        crate::effects::idempotency_key(self.task_id(), name)
     }
 
     /// Publishes an event as JSON.
@@ -324,7 +354,7 @@ impl TaskContext {
         subject: &str,
         value: &T,
     ) -> Result<(), PublishError> {
-        self.bus.publish(subject, value).await
+        self.bus().publish(subject, value).await
     }
 
     /// Sends a task to another agent and waits for its response. The task
@@ -336,9 +366,9 @@ impl TaskContext {
         request: &TaskRequest,
         mut options: RequestOptions,
     ) -> Result<TaskResponse, SendTaskError> {
-        let from = Some(&self.agent);
+        let from = Some(self.agent_name());
         let Some(deadline) = self.deadline() else {
-            return self.bus.request_from(from, agent, request, options).await;
+            return self.bus().request_from(from, agent, request, options).await;
         };
         let mut request = request.clone();
         if request.deadline_time().is_none_or(|own| own > deadline) {
@@ -348,14 +378,16 @@ impl TaskContext {
             .duration_since(SystemTime::now())
             .unwrap_or_default();
         options.timeout = options.timeout.min(left);
-        self.bus.request_from(from, agent, &request, options).await
+        self.bus()
+            .request_from(from, agent, &request, options)
+            .await
     }
 
     /// When the task must be over: its request's deadline, or the agent's
     /// task timeout from the start, whichever comes first. `None` when
     /// there is neither (or this is a message's handler).
     pub fn deadline(&self) -> Option<SystemTime> {
-        self.task.as_ref().and_then(|task| task.deadline())
+        self.running().and_then(|task| task.deadline())
     }
 
     /// Resolves when the task is cancelled or runs out of time, for
@@ -364,7 +396,7 @@ impl TaskContext {
     /// [`crate::AgentOptions::cancel_grace`] when cancelled. Never resolves
     /// in a message's handler.
     pub async fn cancelled(&self) -> StopReason {
-        match &self.task {
+        match self.running() {
             Some(task) => task.stopped().await,
             None => std::future::pending().await,
         }
@@ -372,7 +404,7 @@ impl TaskContext {
 
     /// Why the task must stop, if it must by now.
     pub fn stop_reason(&self) -> Option<StopReason> {
-        self.task.as_ref().and_then(|task| task.stop_reason())
+        self.running().and_then(|task| task.stop_reason())
     }
 
     /// Adds a chunk of the result to the task's log (a `partial` event),
@@ -413,6 +445,6 @@ impl TaskContext {
     }
 
     fn task(&self) -> Result<&RunningTask, LogError> {
-        self.task.as_deref().ok_or(LogError::NotATask)
+        self.running().map(|task| &**task).ok_or(LogError::NotATask)
     }
 }

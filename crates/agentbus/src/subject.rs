@@ -429,17 +429,24 @@ pub fn agent_rings(to: &str) -> String {
 /// Whether a subject under [`agent_subjects`] is a request/reply task:
 /// `agent.<agent>.task` or `agent.<agent>.task.<from>`.
 pub fn is_agent_task(subject: &str) -> bool {
+    agent_task_sender(subject).is_some()
+}
+
+/// For a request/reply task's subject ([`is_agent_task`]), the sender's
+/// token of a stamped one (unchecked, as [`sender_token`]) or `None` for a
+/// plain one; `None` for any other subject.
+pub(crate) fn agent_task_sender(subject: &str) -> Option<Option<&str>> {
     let mut tokens = subject.split('.');
-    matches!(
-        (
-            tokens.next(),
-            tokens.next(),
-            tokens.next(),
-            tokens.next(),
-            tokens.next()
-        ),
-        (Some("agent"), Some(_), Some("task"), _, None)
-    )
+    match (
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+    ) {
+        (Some("agent"), Some(_), Some("task"), from, None) => Some(from),
+        _ => None,
+    }
 }
 
 /// Subject of a message `from` stores in `agent`'s inbox: `agent.<agent>.inbox.<from>`.

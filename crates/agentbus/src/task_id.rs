@@ -57,11 +57,6 @@ impl TaskId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// The id's shared string, for holders that outlive the request.
-    pub(crate) fn shared(&self) -> Arc<str> {
-        self.0.clone()
-    }
 }
 
 /// Where a task's record and log are kept: the agent or task type that runs

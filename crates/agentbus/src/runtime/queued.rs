@@ -3,7 +3,7 @@
 //! belong to [`crate::delivery`]; here the agent's handlers run.
 
 use super::serve::{Served, execute, publish_task_event};
-use crate::agent::{Agent, AgentMessage, TaskContext};
+use crate::agent::{Agent, AgentMessage, Handled, TaskContext};
 use crate::delivery::worker::{AgentWork, Job, JobFuture, Limits};
 use crate::delivery::{
     ConsumerError, ConsumerSpec, Delivery, FROM_HEADER, Opened, Queue, Settled, Settler, body_value,
@@ -247,11 +247,12 @@ async fn run_message<A: Agent>(served: Arc<Served<A>>, settler: Settler, deliver
         attempt: delivery.attempt(),
     };
     let ctx = TaskContext {
-        agent: served.name.clone(),
-        instance_id: served.instance_id.clone(),
-        task_id: message_id.as_deref().unwrap_or_default().into(),
-        bus: served.bus.clone(),
-        task: None,
+        handled: Handled::Message {
+            agent: served.name.clone(),
+            instance_id: served.instance_id.clone(),
+            message_id: message_id.as_deref().unwrap_or_default().into(),
+            bus: served.bus.clone(),
+        },
         sender: agent_message.sender.clone(),
     };
     let traced = handled_in(&delivery, message_id.as_deref().unwrap_or_default());

@@ -4,7 +4,7 @@ use super::AgentOptions;
 use super::dedup::{DedupCache, Seen};
 use super::stats::Counters;
 use super::task_types::TaskTypes;
-use crate::agent::{Agent, TaskContext, TaskError};
+use crate::agent::{Agent, Handled, TaskContext, TaskError};
 use crate::client::Bus;
 use crate::delivery::Queue;
 use crate::delivery::worker::QueueRing;
@@ -236,14 +236,14 @@ pub(super) async fn serve<A: Agent>(
                     // too, and messages kept by the inbox or direct stream,
                     // which are not tasks (their reply subject waits for the
                     // stream's ack).
-                    if !subject::is_agent_task(&message.subject) {
+                    let Some(from) = subject::agent_task_sender(&message.subject) else {
                         if let Some(priority) = subject::parse_agent_queued(&message.subject)
                             && let Some(ring) = &served.queue_ring
                         {
                             ring.ring(priority);
                         }
                         continue;
-                    }
+                    };
                     let reply = message.reply;
                     let arrived = Instant::now();
                     let bytes = message.payload.len();
@@ -256,7 +256,7 @@ pub(super) async fn serve<A: Agent>(
                         }
                         Admitted::Waits => continue,
                     };
-                    let sender = senders.of(&message.subject);
+                    let sender = senders.of(from);
                     let key = TaskKey::new(
                         &Queue::Agent(served.name.clone()),
                         sender.agent(),
@@ -323,9 +323,10 @@ pub(super) async fn serve<A: Agent>(
 struct LastSender(Option<Name>);
 
 impl LastSender {
-    /// [`subject::sender_of`] `subject`.
-    fn of(&mut self, subject: &str) -> Sender {
-        let Some(token) = subject::sender_token(subject) else {
+    /// The sender named by `token`, the last token of a task's subject
+    /// ([`subject::agent_task_sender`]), as [`subject::sender_of`] reads it.
+    fn of(&mut self, token: Option<&str>) -> Sender {
+        let Some(token) = token else {
             return Sender::Unverified;
         };
         if let Some(last) = &self.0
@@ -333,12 +334,12 @@ impl LastSender {
         {
             return Sender::Agent(last.clone());
         }
-        match subject::sender_of(subject) {
-            Sender::Agent(name) => {
+        match Name::parse("sender", token) {
+            Ok(name) => {
                 self.0 = Some(name.clone());
                 Sender::Agent(name)
             }
-            Sender::Unverified => Sender::Unverified,
+            Err(_) => Sender::Unverified,
         }
     }
 }
@@ -506,11 +507,7 @@ pub(super) async fn execute<A: Agent>(
                 }
             }
             let ctx = TaskContext {
-                agent: served.name.clone(),
-                instance_id: served.instance_id.clone(),
-                task_id: task_id.shared(),
-                bus: served.bus.clone(),
-                task: Some(task.clone()),
+                handled: Handled::Task(task.clone()),
                 sender,
             };
             let handler =
@@ -730,17 +727,29 @@ mod tests {
     #[test]
     fn the_last_sender_is_read_from_the_subject_every_time() {
         let mut senders = LastSender::default();
-        let alice = senders.of("agent.bob.task.alice");
+        let mut of = |subject: &str| {
+            let from = subject::agent_task_sender(subject).expect("a task's subject");
+            senders.of(from)
+        };
+        let alice = of("agent.bob.task.alice");
         assert_eq!(alice.agent().map(Name::as_str), Some("alice"));
-        let again = senders.of("agent.bob.task.alice");
-        assert_eq!(again, alice);
-        assert_eq!(senders.of("agent.bob.task"), Sender::Unverified);
+        assert_eq!(of("agent.bob.task.alice"), alice);
+        assert_eq!(of("agent.bob.task"), Sender::Unverified);
         assert_eq!(
-            senders.of("agent.bob.task.carol").agent().map(Name::as_str),
+            of("agent.bob.task.carol").agent().map(Name::as_str),
             Some("carol")
         );
         // Not a name: unverified, and the last good one is not reused.
-        assert_eq!(senders.of("agent.bob.task.a=b"), Sender::Unverified);
-        assert_eq!(senders.of("agent.bob.task.alice"), alice);
+        assert_eq!(of("agent.bob.task.a=b"), Sender::Unverified);
+        assert_eq!(of("agent.bob.task.alice"), alice);
+        for subject in [
+            "agent.bob.task.alice",
+            "agent.bob.task",
+            "agent.bob.task.a=b",
+        ] {
+            assert_eq!(of(subject), subject::sender_of(subject), "{subject}");
+        }
+        assert_eq!(subject::agent_task_sender("agent.bob.queued.high"), None);
+        assert_eq!(subject::agent_task_sender("agent.bob.task.a.b"), None);
     }
 }

@@ -9,7 +9,7 @@ use crate::protocol::TaskResponse;
 use crate::task_id::{TaskId, TaskKey};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -81,7 +81,6 @@ impl Stop {
 /// A task held by a runtime, from admission to its answer.
 #[derive(Debug)]
 pub(crate) struct RunningTask {
-    task_id: TaskId,
     key: TaskKey,
     agent: Name,
     task_type: Arc<str>,
@@ -105,7 +104,8 @@ pub(crate) struct RunningTask {
     state: AtomicU8,
     notify: Notify,
     question: Mutex<Option<oneshot::Sender<Value>>>,
-    log: tokio::sync::Mutex<LogWriter>,
+    /// Made at its first use: most tasks never write a log.
+    log: OnceLock<tokio::sync::Mutex<LogWriter>>,
     bus: Bus,
     instance: Arc<str>,
 }
@@ -124,8 +124,7 @@ impl RunningTask {
         stop: Option<Stop>,
     ) -> Self {
         Self {
-            task_id: key.id().clone(),
-            key: key.clone(),
+            key,
             agent: agent.clone(),
             task_type,
             attempt,
@@ -143,14 +142,20 @@ impl RunningTask {
             state: AtomicU8::new(RUNNING),
             notify: Notify::new(),
             question: Mutex::new(None),
-            log: tokio::sync::Mutex::new(LogWriter::new(key, instance.clone())),
+            log: OnceLock::new(),
             bus: bus.clone(),
             instance: instance.clone(),
         }
     }
 
+    fn log(&self) -> &tokio::sync::Mutex<LogWriter> {
+        self.log.get_or_init(|| {
+            tokio::sync::Mutex::new(LogWriter::new(self.key.clone(), self.instance.clone()))
+        })
+    }
+
     pub(crate) fn task_id(&self) -> &TaskId {
-        &self.task_id
+        self.key.id()
     }
 
     /// Where the task's record and log are kept.
@@ -166,6 +171,10 @@ impl RunningTask {
         &self.agent
     }
 
+    pub(crate) fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
     pub(crate) fn instance(&self) -> &str {
         &self.instance
     }
@@ -179,7 +188,9 @@ impl RunningTask {
 
     /// Starts the agent's time limit for the handler, from now.
     pub(crate) fn limit(&self, limit: Option<Duration>) {
-        if let (Some(limit), Ok(mut stop)) = (limit, self.stop.lock()) {
+        if let Some(limit) = limit
+            && let Ok(mut stop) = self.stop.lock()
+        {
             *stop = Some(Stop::with_limit(*stop, limit));
             self.timed.store(true, Ordering::Release);
         }
@@ -243,7 +254,7 @@ impl RunningTask {
     /// Takes over the log of a queued task, which earlier attempts or its
     /// submitter may have begun; the final state when it is over already.
     pub(crate) async fn take_over_log(&self) -> Result<Option<EventType>, LogError> {
-        let mut log = self.log.lock().await;
+        let mut log = self.log().lock().await;
         let ended = log.take_over(&self.bus, self.earlier).await?;
         self.resumed.store(log.begun(), Ordering::Release);
         self.logged.store(true, Ordering::Release);
@@ -282,7 +293,7 @@ impl RunningTask {
     /// only `started` after what a queued task's log holds already.
     pub(crate) async fn log_start(&self) -> Result<(), LogError> {
         self.logged.store(true, Ordering::Release);
-        let mut log = self.log.lock().await;
+        let mut log = self.log().lock().await;
         if log.begun() {
             self.write_started(&mut log).await
         } else {
@@ -299,7 +310,7 @@ impl RunningTask {
     /// Adds an event, beginning the log first when it is empty.
     pub(crate) async fn emit(&self, kind: EventType, data: Value) -> Result<(), LogError> {
         self.logged.store(true, Ordering::Release);
-        let mut log = self.log.lock().await;
+        let mut log = self.log().lock().await;
         self.begin(&mut log).await?;
         log.write(&self.bus, kind, data, self.earlier).await
     }
@@ -378,7 +389,7 @@ impl RunningTask {
     }
 
     async fn log_final(&self, response: &TaskResponse, ran: Duration, stopped: bool) {
-        let mut log = self.log.lock().await;
+        let mut log = self.log().lock().await;
         if log.ended().is_some() {
             return;
         }
@@ -404,7 +415,7 @@ impl RunningTask {
                 written = log.write(&self.bus, kind, data, self.earlier).await;
             }
             if let Err(err) = written {
-                tracing::warn!(%err, task_id = %self.task_id, "cannot log the task's final state");
+                tracing::warn!(%err, task_id = %self.task_id(), "cannot log the task's final state");
             }
         }
         log.flush(&self.bus).await;
@@ -416,7 +427,7 @@ impl RunningTask {
     /// (an attempt that will be retried).
     pub(crate) async fn flush_log(&self) {
         if self.logged.load(Ordering::Acquire) {
-            self.log.lock().await.flush(&self.bus).await;
+            self.log().lock().await.flush(&self.bus).await;
         }
     }
 }
