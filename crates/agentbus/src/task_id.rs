@@ -87,6 +87,16 @@ impl TaskKey {
     /// `caller`.
     pub fn new(runner: &Queue, caller: Option<&Name>, id: &TaskId) -> Self {
         let (kind, name) = runner_tokens(runner);
+        Self::joined(kind, name, caller, id)
+    }
+
+    /// [`TaskKey::new`] of a task agent `agent` runs over request/reply or
+    /// from its own queue, without a [`Queue`] made for it.
+    pub(crate) fn of_agent(agent: &Name, caller: Option<&Name>, id: &TaskId) -> Self {
+        Self::joined(AGENT_RUNNER, agent, caller, id)
+    }
+
+    fn joined(kind: &str, name: &Name, caller: Option<&Name>, id: &TaskId) -> Self {
         let caller_token = caller.map_or(NO_CALLER, Name::as_str);
         Self {
             text: dotted(&[kind, name.as_str(), caller_token, id.as_str()]),
@@ -109,8 +119,8 @@ impl TaskKey {
         };
         let name = Name::parse("task runner", name).ok()?;
         let runner = match kind {
-            "agent" => Queue::Agent(name),
-            "work" => Queue::TaskType(name),
+            AGENT_RUNNER => Queue::Agent(name),
+            TYPE_RUNNER => Queue::TaskType(name),
             _ => return None,
         };
         let caller = match caller {
@@ -205,10 +215,15 @@ fn dotted(parts: &[&str]) -> Arc<str> {
     }
 }
 
+/// The first token of a key of an agent's task.
+const AGENT_RUNNER: &str = "agent";
+/// The first token of a key of a task of a task type's shared queue.
+const TYPE_RUNNER: &str = "work";
+
 fn runner_tokens(runner: &Queue) -> (&'static str, &Name) {
     match runner {
-        Queue::Agent(name) => ("agent", name),
-        Queue::TaskType(name) => ("work", name),
+        Queue::Agent(name) => (AGENT_RUNNER, name),
+        Queue::TaskType(name) => (TYPE_RUNNER, name),
     }
 }
 
@@ -394,6 +409,10 @@ mod tests {
         assert_eq!(key.as_str(), "agent.bob.alice.t1");
         assert_eq!(key.runner(), "agent.bob");
         assert_eq!(TaskKey::parse(key.as_str()), Some(key));
+        assert_eq!(
+            TaskKey::of_agent(&bob, Some(&alice), &id),
+            TaskKey::new(&Queue::Agent(bob.clone()), Some(&alice), &id)
+        );
         let key = TaskKey::new(&Queue::TaskType(bob.clone()), None, &id);
         assert_eq!(key.as_str(), "work.bob._.t1");
         assert_eq!(key.runner(), "work.bob");

@@ -6,7 +6,6 @@ use super::stats::Counters;
 use super::task_types::TaskTypes;
 use crate::agent::{Agent, Handled, TaskContext, TaskError};
 use crate::client::Bus;
-use crate::delivery::Queue;
 use crate::delivery::worker::QueueRing;
 use crate::events::TaskEvent;
 use crate::metrics::AgentMetrics;
@@ -257,11 +256,7 @@ pub(super) async fn serve<A: Agent>(
                         Admitted::Waits => continue,
                     };
                     let sender = senders.of(from);
-                    let key = TaskKey::new(
-                        &Queue::Agent(served.name.clone()),
-                        sender.agent(),
-                        &request.task_id,
-                    );
+                    let key = TaskKey::of_agent(&served.name, sender.agent(), &request.task_id);
                     let held = served.hold(&request, task_type, key, None);
                     let came = Came {
                         sender,
