@@ -227,13 +227,19 @@ async fn scale_prints_one_row_per_agent_count_backlog_and_payload() {
         positive(row, "rr_ratio_to_one");
         positive(row, "bare_rr_rps");
         positive(row, "rr_ratio_to_bare");
+        positive(row, "bare_ratio_to_one");
+        positive(row, "bare_one_task_rr_rps");
+        positive(row, "bare_one_task_ratio_to_one");
         positive(row, "server_consumers");
         assert!(row["queue_pickup_ms"].as_f64().unwrap() >= 0.0, "{row}");
     }
-    assert_eq!(
-        rows[0]["rr_ratio_to_one"], 1.0,
-        "the one-agent row is the reference"
-    );
+    for ratio in [
+        "rr_ratio_to_one",
+        "bare_ratio_to_one",
+        "bare_one_task_ratio_to_one",
+    ] {
+        assert_eq!(rows[0][ratio], 1.0, "the one-agent row is the reference");
+    }
     for row in rows.iter().filter(|row| row["kind"] != "agents") {
         positive(
             row,

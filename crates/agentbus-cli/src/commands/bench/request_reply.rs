@@ -876,7 +876,7 @@ impl Agent for BenchAgent {
 /// would.
 pub(super) async fn serve_bare(
     client: async_nats::Client,
-    mut subscriber: async_nats::Subscriber,
+    mut subscriber: impl futures::Stream<Item = async_nats::Message> + Unpin,
     answered: Arc<AtomicU64>,
 ) {
     use opentelemetry::propagation::TextMapPropagator as _;

@@ -12,7 +12,12 @@
 //!   holds; request/reply to random agents with 64 in flight (throughput,
 //!   p50, p99, errors) against the one-agent row, and against the same
 //!   requests to as many bare async-nats echo subscribers (one task each,
-//!   one connection); the slow-consumer events the server counted; and
+//!   one connection), which also go against their own one-agent row. Bare
+//!   subscribers all served by one task give the ceiling: a read of many
+//!   messages to many subscribers is answered in one go, without a task
+//!   woken for each, so this is the most a client can keep of its
+//!   one-agent throughput while nats-server routes to that many subjects.
+//!   Then the slow-consumer events the server counted; and
 //!   how long a task submitted to an idle agent's queue waits until its
 //!   handler starts (the worst of 10, each to another agent).
 //! - **backlog** rows: 1,000, 10,000 and 50,000 tasks queued (fire and
@@ -117,6 +122,14 @@ struct AgentsRow {
     bare_rr_rps: f64,
     /// `rr_rps` against `bare_rr_rps`.
     rr_ratio_to_bare: f64,
+    /// `bare_rr_rps` against the one-agent row's.
+    bare_ratio_to_one: Option<f64>,
+    /// The same requests to as many bare async-nats echo subscribers, all
+    /// served by one task: what a client gets when the messages of a read
+    /// are answered in one go, without a task woken per subscriber.
+    bare_one_task_rr_rps: f64,
+    /// `bare_one_task_rr_rps` against the one-agent row's.
+    bare_one_task_ratio_to_one: Option<f64>,
     errors: u64,
     slow_consumers: u64,
     queue_pickup_ms: f64,
@@ -161,10 +174,18 @@ pub(super) async fn exec(args: ScaleArgs) -> anyhow::Result<ExitCode> {
             progress.finish_and_clear();
         }
         let mut row = row?;
-        let one = agent_rows
-            .first()
-            .map_or(row.rr_rps, |first: &AgentsRow| first.rr_rps);
-        row.rr_ratio_to_one = (one > 0.0).then(|| round_to(row.rr_rps / one, 3));
+        let one = agent_rows.first().unwrap_or(&row);
+        let to_one = |rps: f64, one: f64| (one > 0.0).then(|| round_to(rps / one, 3));
+        let ratios = (
+            to_one(row.rr_rps, one.rr_rps),
+            to_one(row.bare_rr_rps, one.bare_rr_rps),
+            to_one(row.bare_one_task_rr_rps, one.bare_one_task_rr_rps),
+        );
+        (
+            row.rr_ratio_to_one,
+            row.bare_ratio_to_one,
+            row.bare_one_task_ratio_to_one,
+        ) = ratios;
         if args.json {
             print_json(&row)?;
         }
@@ -286,7 +307,10 @@ async fn agents_row(
     let queue_pickup_ms = pickup_ms(&client, agents, &started).await?;
     let slow_consumers = monitor.varz().await?.slow_consumers - slow_before;
     runtime.shutdown(SHUTDOWN_GRACE).await;
-    let bare_rr_rps = bare_random_requests(server, agents, args.requests as usize).await?;
+    let requests = args.requests as usize;
+    let bare_rr_rps = bare_random_requests(server, agents, requests, Serving::TaskEach).await?;
+    let bare_one_task_rr_rps =
+        bare_random_requests(server, agents, requests, Serving::OneTask).await?;
     Ok(AgentsRow {
         kind: "agents",
         agents,
@@ -304,6 +328,9 @@ async fn agents_row(
         rr_ratio_to_one: None,
         bare_rr_rps: round_to(bare_rr_rps, 0),
         rr_ratio_to_bare: round_to(rr_rps / bare_rr_rps, 3),
+        bare_ratio_to_one: None,
+        bare_one_task_rr_rps: round_to(bare_one_task_rr_rps, 0),
+        bare_one_task_ratio_to_one: None,
         errors,
         slow_consumers,
         queue_pickup_ms: round_to(queue_pickup_ms, 1),
@@ -364,28 +391,47 @@ async fn random_requests(
     )
 }
 
+/// How bare echo subscribers are served.
+#[derive(Debug, Clone, Copy)]
+enum Serving {
+    /// A task each, as a runtime serves its agents.
+    TaskEach,
+    /// All in one task.
+    OneTask,
+}
+
 /// Requests as [`random_requests`] sends them, to `agents` bare async-nats
-/// echo subscribers (one task each, on one connection): throughput.
+/// echo subscribers on one connection, served as `serving` says: throughput.
 async fn bare_random_requests(
     server: &BenchServer,
     agents: usize,
     count: usize,
+    serving_as: Serving,
 ) -> anyhow::Result<f64> {
     let serving = server.bare_client("bench-scale-bare-agents").await?;
     let answered = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::with_capacity(agents);
+    let mut subscribers = Vec::with_capacity(agents);
     for index in 0..agents {
         let name = bare_name(index)?;
         let subscriber = serving
             .queue_subscribe(subject::agent_task(&name), name.to_string())
             .await
             .context("cannot subscribe a bare echo agent")?;
-        tasks.push(tokio::spawn(serve_bare(
-            serving.clone(),
-            subscriber,
-            answered.clone(),
-        )));
+        subscribers.push(subscriber);
     }
+    let tasks: Vec<_> = match serving_as {
+        Serving::TaskEach => subscribers
+            .into_iter()
+            .map(|subscriber| {
+                tokio::spawn(serve_bare(serving.clone(), subscriber, answered.clone()))
+            })
+            .collect(),
+        Serving::OneTask => vec![tokio::spawn(serve_bare(
+            serving.clone(),
+            futures::stream::select_all(subscribers),
+            answered.clone(),
+        ))],
+    };
     serving.flush().await?;
     let client = server.bare_client("bench-scale-bare-client").await?;
     let requests: Vec<(async_nats::Subject, Vec<u8>)> = (0..count)
@@ -688,6 +734,7 @@ fn print_tables(
     payloads: &[PayloadRow],
 ) -> anyhow::Result<()> {
     let pct = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}%"));
+    let ratio = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |r| format!("{r:.3}"));
     if !agents.is_empty() {
         outln!("agents in one runtime, one connection (default options):")?;
         let mut table = Table::new(&[
@@ -701,6 +748,9 @@ fn print_tables(
             "vs 1 agent",
             "bare req/s",
             "vs bare",
+            "bare vs 1 agent",
+            "bare, one task: req/s",
+            "its vs 1 agent",
             "p50",
             "p99",
             "errors",
@@ -716,10 +766,12 @@ fn print_tables(
                 pct(row.idle_cpu_server_pct),
                 row.server_consumers.to_string(),
                 format!("{:.0}", row.rr_rps),
-                row.rr_ratio_to_one
-                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.3}")),
+                ratio(row.rr_ratio_to_one),
                 format!("{:.0}", row.bare_rr_rps),
                 format!("{:.3}", row.rr_ratio_to_bare),
+                ratio(row.bare_ratio_to_one),
+                format!("{:.0}", row.bare_one_task_rr_rps),
+                ratio(row.bare_one_task_ratio_to_one),
                 format!("{:.0} µs", row.rr_p50_us),
                 format!("{:.0} µs", row.rr_p99_us),
                 row.errors.to_string(),
