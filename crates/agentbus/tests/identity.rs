@@ -1229,6 +1229,45 @@ async fn an_identity_sweeps_its_own_queues_without_describing_the_stream() {
     runtime.shutdown(Duration::from_secs(2)).await;
 }
 
+/// An identity's worker whose queues were all empty at its last sweep
+/// leaves the next nine out (nothing there can be redelivered, and new work
+/// rings); a task nothing rang is still found, a few sweeps later.
+#[tokio::test]
+async fn an_idle_identity_sweeps_its_empty_queues_a_tenth_as_often() {
+    let server = NatsServer::start().await;
+    let bob = server.add_identity(Grant::new(name("bob"))).await;
+    let operator = server.connect().await;
+    let mut gets = operator
+        .subscribe("$JS.API.DIRECT.GET.agent-tasks.>")
+        .await
+        .unwrap();
+    operator.flush().await.unwrap();
+    let idle_poll = Duration::from_millis(100);
+    let (recorder, runtime) = recording_bob(&bob, idle_poll).await;
+    // Three seconds of idle: thirty sweeps of two direct gets each, were
+    // every one made.
+    let idle = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut made = 0;
+    while let Ok(Some(_)) = tokio::time::timeout_at(idle, gets.next()).await {
+        made += 1;
+    }
+    assert!(
+        (2..=12).contains(&made),
+        "{made} direct gets of bob's queues in 3 s of idle"
+    );
+
+    // Stored by plain JetStream publish at high priority: nothing rings.
+    let js = async_nats::jetstream::new(operator.clone());
+    let task = TaskRequest::new("echo", json!({ "n": 1 }));
+    js.publish("tasks.bob.high", task.to_json().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(recorder.wait_for(1).await.len(), 1);
+    runtime.shutdown(Duration::from_secs(2)).await;
+}
+
 /// Asserts that alice's cancel of a task she did not send was not obeyed.
 fn assert_not_cancelling(
     cancelled: Result<agentbus::task_log::CancelOutcome, agentbus::task_log::ControlError>,

@@ -20,7 +20,8 @@
 //! worker also sweeps: every `idle_poll` it asks the tasks stream once which
 //! subjects hold messages (on an agent identity, which may not have the
 //! stream described, it asks for the last message of each queue it works,
-//! two direct gets per queue). Durable message sources (inboxes, broadcasts) keep
+//! two direct gets per queue, and leaves nine sweeps out after one that
+//! found them all empty, until a queue rings). Durable message sources (inboxes, broadcasts) keep
 //! their consumers (they hold the agent's cursor) and are looked at by the
 //! sweep too. At most [`MAX_CONSUMERS`] queue consumers are kept by one
 //! worker; past that, the least recently used idle one is deleted.
@@ -84,6 +85,12 @@ const QUEUE_READ_WAIT: Duration = Duration::from_secs(1);
 /// read, so that a refusal that takes [`QUEUE_READ_WAIT`] to tell holds the
 /// worker a small share of the time.
 const QUEUE_READ_BACKOFF: u32 = 10;
+/// Sweeps an identity's worker leaves out after one that found all its
+/// queues empty: nothing in them can be redelivered, and new work rings
+/// (all but a task that a client outside agentbus stores at a priority
+/// other than normal, which waits up to this many sweeps more). A fleet of
+/// identity agents, each its own process, pays the sweep per agent.
+const EMPTY_QUEUES_BACKOFF: u32 = 9;
 /// Every `REVERSE_EVERY`th round visits the least urgent sources first.
 const REVERSE_EVERY: u64 = 8;
 /// Deliveries a source with a backlog fetches beyond its free slots, at
@@ -209,6 +216,7 @@ impl Worker {
             stream_rings: None,
             queue_reads_failing: false,
             queue_reads_skipped: 0,
+            empty_sweeps_skipped: 0,
         };
         Self {
             commands,
@@ -363,6 +371,9 @@ struct State {
     queue_reads_failing: bool,
     /// Sweeps left out before reading again after a failure.
     queue_reads_skipped: u32,
+    /// Sweeps left out while an identity's queues were all empty at the
+    /// last read, until one rings ([`EMPTY_QUEUES_BACKOFF`]).
+    empty_sweeps_skipped: u32,
 }
 
 fn priority_index(priority: Priority) -> usize {
@@ -429,6 +440,7 @@ impl State {
                     };
                     if added {
                         // Tasks may have been queued while no worker ran.
+                        self.empty_sweeps_skipped = 0;
                         self.sweep().await;
                     }
                     if let Some(stop) = stop {
@@ -705,6 +717,7 @@ impl State {
     /// doorbell would receive each publish a second time, for nothing, so it
     /// is unsubscribed; the group subscribes again once drained.
     fn rang(&mut self, rung: Rung) {
+        self.empty_sweeps_skipped = 0;
         let Rung {
             group,
             generation,
@@ -786,6 +799,7 @@ impl State {
 
     /// Agent `agent`'s queue rang at the priorities in `rung`: marks them.
     fn rung(&mut self, agent: Name, rung: &AtomicU8) {
+        self.empty_sweeps_skipped = 0;
         let bits = rung.swap(0, AtomicOrdering::AcqRel);
         let queue = Queue::Agent(agent);
         for priority in Priority::ALL {
@@ -869,9 +883,16 @@ impl State {
     /// normal priority, and the newest of its other priorities (`<queue>.*`).
     /// A queue holding work at two of those finds the second once the first
     /// is drained, a sweep later.
+    ///
+    /// After a sweep that finds every queue empty, the next
+    /// [`EMPTY_QUEUES_BACKOFF`] are left out unless a queue rings first.
     async fn queues_holding_work(&mut self) -> Vec<usize> {
         if self.queue_reads_skipped > 0 {
             self.queue_reads_skipped -= 1;
+            return Vec::new();
+        }
+        if self.empty_sweeps_skipped > 0 {
+            self.empty_sweeps_skipped -= 1;
             return Vec::new();
         }
         let stream = match self
@@ -892,11 +913,13 @@ impl State {
             .collect();
         let mut found = Vec::new();
         let mut failed = None;
+        let mut all_empty = true;
         'queues: for normal in normals {
             for asked in subject::queue_patterns(&normal) {
                 let read = stream.direct_get_last_for_subject(&asked);
                 match tokio::time::timeout(QUEUE_READ_WAIT, read).await {
                     Ok(Ok(message)) => {
+                        all_empty = false;
                         if let Some(&source) = self.by_subject.get(message.subject.as_str()) {
                             found.push(source);
                         }
@@ -916,6 +939,8 @@ impl State {
         }
         if failed.is_some() {
             self.queue_reads_skipped = QUEUE_READ_BACKOFF;
+        } else if all_empty {
+            self.empty_sweeps_skipped = EMPTY_QUEUES_BACKOFF;
         }
         match failed {
             Some(err) if !self.queue_reads_failing => {
