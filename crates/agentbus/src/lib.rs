@@ -59,7 +59,7 @@
 //! - `json-schema` (default): task types may carry a JSON Schema that payloads
 //!   are checked against.
 //! - `redis`: state and presence in Redis.
-//! - `otlp`: [`telemetry::init_from_env`], exporting spans over OTLP/HTTP.
+//! - `otlp`: `telemetry::init_from_env`, exporting spans over OTLP/HTTP.
 
 mod agent;
 mod bucket;

@@ -1,6 +1,6 @@
 //! Trace context across agents, with OpenTelemetry.
 //!
-//! Off until [`enable`] (or [`init_from_env`], with the `otlp` feature)
+//! Off until [`enable`] (or `init_from_env`, with the `otlp` feature)
 //! turns it on in a process; off, nothing is read, written or allocated for
 //! it. On:
 //!
@@ -20,7 +20,7 @@
 //! "nats"`, `messaging.destination.name`, `messaging.operation.type`
 //! (`send` or `process`) and `messaging.message.id` (the task id). They go
 //! to the global tracer provider, which the application sets up, or
-//! [`init_from_env`] over OTLP. Clients that ignore headers (the seed-format
+//! `init_from_env` over OTLP. Clients that ignore headers (the seed-format
 //! Python agents) keep working: the headers are all there is.
 
 use async_nats::{HeaderMap, HeaderName};

@@ -226,9 +226,15 @@ impl Bus {
     }
 
     /// The key task `task_id` is kept under, as this connection finds it
-    /// (see [`Bus::task_report`]): from its record, else its log; `None` when
-    /// it has neither (a request/reply task that reports nothing).
+    /// (see [`Bus::task_report`]): from the request/reply tasks its identity
+    /// waits for, else the task's record, else its log; `None` when none
+    /// has it (a request/reply task that reports nothing).
     async fn task_key(&self, task_id: &TaskId) -> Result<Option<TaskKey>, ControlError> {
+        // A request/reply task this identity waits for has no record to
+        // find: its key is known here.
+        if let Some(key) = self.asked_key(task_id) {
+            return Ok(Some(key));
+        }
         let recorded = Records::open(self)
             .await?
             .find(self.identity(), task_id)
