@@ -230,6 +230,15 @@ async fn scale_prints_one_row_per_agent_count_backlog_and_payload() {
         positive(row, "bare_ratio_to_one");
         positive(row, "bare_one_task_rr_rps");
         positive(row, "bare_one_task_ratio_to_one");
+        // Read from /proc when the kernel keeps per-thread CPU times.
+        for cpu in [
+            "bare_server_cpu_us_per_request",
+            "bare_one_task_server_cpu_us_per_request",
+        ] {
+            if !row[cpu].is_null() {
+                positive(row, cpu);
+            }
+        }
         positive(row, "server_consumers");
         assert!(row["queue_pickup_ms"].as_f64().unwrap() >= 0.0, "{row}");
     }

@@ -183,7 +183,6 @@ impl TaskKey {
     }
 }
 
-/// The two tokens naming who runs a task.
 /// `parts` joined by dots, in one allocation: a key is made for every task
 /// a runtime takes, and one joined in a `String` first is copied again into
 /// its `Arc`.
@@ -220,6 +219,7 @@ const AGENT_RUNNER: &str = "agent";
 /// The first token of a key of a task of a task type's shared queue.
 const TYPE_RUNNER: &str = "work";
 
+/// The two tokens naming who runs a task.
 fn runner_tokens(runner: &Queue) -> (&'static str, &Name) {
     match runner {
         Queue::Agent(name) => (AGENT_RUNNER, name),

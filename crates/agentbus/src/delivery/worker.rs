@@ -21,9 +21,9 @@
 //! subjects hold messages (on an agent identity, which may not have the
 //! stream described, it asks for the last message of each queue it works,
 //! two direct gets per queue, and leaves nine sweeps out after one that
-//! found them all empty, until a queue rings). Durable message sources (inboxes, broadcasts) keep
-//! their consumers (they hold the agent's cursor) and are looked at by the
-//! sweep too. At most [`MAX_CONSUMERS`] queue consumers are kept by one
+//! found them all empty, until a queue rings). Durable message sources
+//! (inboxes, broadcasts) keep their consumers (they hold the agent's cursor)
+//! and are looked at by the sweep too. At most [`MAX_CONSUMERS`] queue consumers are kept by one
 //! worker; past that, the least recently used idle one is deleted.
 //!
 //! # Priority

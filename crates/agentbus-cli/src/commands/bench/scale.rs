@@ -130,6 +130,11 @@ struct AgentsRow {
     bare_one_task_rr_rps: f64,
     /// `bare_one_task_rr_rps` against the one-agent row's.
     bare_one_task_ratio_to_one: Option<f64>,
+    /// nats-server's CPU per request in the bare runs, a task each and
+    /// one task, in microseconds: what routing to this many subjects costs
+    /// the server, whatever the client.
+    bare_server_cpu_us_per_request: Option<f64>,
+    bare_one_task_server_cpu_us_per_request: Option<f64>,
     errors: u64,
     slow_consumers: u64,
     queue_pickup_ms: f64,
@@ -308,9 +313,9 @@ async fn agents_row(
     let slow_consumers = monitor.varz().await?.slow_consumers - slow_before;
     runtime.shutdown(SHUTDOWN_GRACE).await;
     let requests = args.requests as usize;
-    let bare_rr_rps = bare_random_requests(server, agents, requests, Serving::TaskEach).await?;
-    let bare_one_task_rr_rps =
-        bare_random_requests(server, agents, requests, Serving::OneTask).await?;
+    let bare = bare_random_requests(server, agents, requests, Serving::TaskEach).await?;
+    let one_task = bare_random_requests(server, agents, requests, Serving::OneTask).await?;
+    let server_us = |run: &BareRun| run.server_cpu_us.map(|us| round_to(us, 2));
     Ok(AgentsRow {
         kind: "agents",
         agents,
@@ -326,11 +331,13 @@ async fn agents_row(
         rr_p50_us: round_to(p50.as_secs_f64() * 1e6, 1),
         rr_p99_us: round_to(p99.as_secs_f64() * 1e6, 1),
         rr_ratio_to_one: None,
-        bare_rr_rps: round_to(bare_rr_rps, 0),
-        rr_ratio_to_bare: round_to(rr_rps / bare_rr_rps, 3),
+        bare_rr_rps: round_to(bare.rps, 0),
+        rr_ratio_to_bare: round_to(rr_rps / bare.rps, 3),
         bare_ratio_to_one: None,
-        bare_one_task_rr_rps: round_to(bare_one_task_rr_rps, 0),
+        bare_one_task_rr_rps: round_to(one_task.rps, 0),
         bare_one_task_ratio_to_one: None,
+        bare_server_cpu_us_per_request: server_us(&bare),
+        bare_one_task_server_cpu_us_per_request: server_us(&one_task),
         errors,
         slow_consumers,
         queue_pickup_ms: round_to(queue_pickup_ms, 1),
@@ -400,14 +407,21 @@ enum Serving {
     OneTask,
 }
 
+/// What a bare run measured.
+struct BareRun {
+    rps: f64,
+    /// nats-server's CPU per answered request, when it could be read.
+    server_cpu_us: Option<f64>,
+}
+
 /// Requests as [`random_requests`] sends them, to `agents` bare async-nats
-/// echo subscribers on one connection, served as `serving` says: throughput.
+/// echo subscribers on one connection, served as `serving_as` says.
 async fn bare_random_requests(
     server: &BenchServer,
     agents: usize,
     count: usize,
     serving_as: Serving,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<BareRun> {
     let serving = server.bare_client("bench-scale-bare-agents").await?;
     let answered = Arc::new(AtomicU64::new(0));
     let mut subscribers = Vec::with_capacity(agents);
@@ -457,13 +471,23 @@ async fn bare_random_requests(
         }
     };
     send(&requests[..(count / 10).clamp(1, 2_000).min(count)]).await;
+    let cpu_before = cpu_split(server.pid());
     let started = Instant::now();
     let answered_ok = send(&requests).await;
     let elapsed = started.elapsed();
+    let server_cpu = match (cpu_before, cpu_split(server.pid())) {
+        (Some((_, before)), Some((_, after))) if answered_ok > 0 => {
+            Some((after - before).as_secs_f64() * 1e6 / answered_ok as f64)
+        }
+        _ => None,
+    };
     for task in tasks {
         task.abort();
     }
-    Ok(answered_ok as f64 / elapsed.as_secs_f64())
+    Ok(BareRun {
+        rps: answered_ok as f64 / elapsed.as_secs_f64(),
+        server_cpu_us: server_cpu,
+    })
 }
 
 /// The worst wait, over 10 idle agents, from submitting a task to an agent's
