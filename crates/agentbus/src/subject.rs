@@ -333,8 +333,7 @@ pub struct ParsedControl {
 /// Reads a control subject back; `None` for anything [`task_control`]
 /// would not build.
 pub fn parse_task_control(subject: &str) -> Option<ParsedControl> {
-    let mut tokens = subject.split('.');
-    let (
+    let [
         Some("task"),
         Some(from),
         Some(kind),
@@ -343,16 +342,7 @@ pub fn parse_task_control(subject: &str) -> Option<ParsedControl> {
         Some("control"),
         Some(verb),
         None,
-    ) = (
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-    )
+    ] = first_tokens(subject)
     else {
         return None;
     };
@@ -436,15 +426,8 @@ pub fn is_agent_task(subject: &str) -> bool {
 /// token of a stamped one (unchecked, as [`sender_token`]) or `None` for a
 /// plain one; `None` for any other subject.
 pub(crate) fn agent_task_sender(subject: &str) -> Option<Option<&str>> {
-    let mut tokens = subject.split('.');
-    match (
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-    ) {
-        (Some("agent"), Some(_), Some("task"), from, None) => Some(from),
+    match first_tokens(subject) {
+        [Some("agent"), Some(_), Some("task"), from, None] => Some(from),
         _ => None,
     }
 }
@@ -487,19 +470,31 @@ pub fn sender_of(subject: &str) -> crate::Sender {
 /// The token of `subject` that [`sender_of`] reads the sender from, if it
 /// has one (unchecked).
 pub(crate) fn sender_token(subject: &str) -> Option<&str> {
-    let mut tokens = subject.split('.');
-    match (
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-    ) {
-        (Some("agent"), Some(_), Some("task" | "inbox" | "direct"), Some(from), None) => Some(from),
-        (Some("broadcast" | "announce"), Some(_), Some(from), None, None) => Some(from),
-        (Some("platform"), Some("events"), Some(_), Some(from), None) => Some(from),
+    match first_tokens(subject) {
+        [
+            Some("agent"),
+            Some(_),
+            Some("task" | "inbox" | "direct"),
+            Some(from),
+            None,
+        ] => Some(from),
+        [
+            Some("broadcast" | "announce"),
+            Some(_),
+            Some(from),
+            None,
+            None,
+        ] => Some(from),
+        [Some("platform"), Some("events"), Some(_), Some(from), None] => Some(from),
         _ => None,
     }
+}
+
+/// The first `N` tokens of `subject`, `None` past its end: a pattern whose
+/// last element is `None` matches subjects of fewer than `N` tokens only.
+fn first_tokens<const N: usize>(subject: &str) -> [Option<&str>; N] {
+    let mut tokens = subject.split('.');
+    std::array::from_fn(|_| tokens.next())
 }
 
 /// The prefix of the reply subjects of a connection with agent `agent`'s

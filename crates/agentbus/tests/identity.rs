@@ -1196,12 +1196,7 @@ async fn an_identity_sweeps_its_own_queues_without_describing_the_stream() {
         .into_iter()
         .enumerate()
     {
-        let task = TaskRequest::new("echo", json!({ "n": n }));
-        js.publish(queue, task.to_json().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        store_unrung(&js, queue, n).await;
     }
     assert_eq!(recorder.wait_for(2).await.len(), 2);
 
@@ -1256,16 +1251,22 @@ async fn an_idle_identity_sweeps_its_empty_queues_a_tenth_as_often() {
         "{made} direct gets of bob's queues in 3 s of idle"
     );
 
-    // Stored by plain JetStream publish at high priority: nothing rings.
     let js = async_nats::jetstream::new(operator.clone());
-    let task = TaskRequest::new("echo", json!({ "n": 1 }));
-    js.publish("tasks.bob.high", task.to_json().into())
+    store_unrung(&js, "tasks.bob.high", 1).await;
+    assert_eq!(recorder.wait_for(1).await.len(), 1);
+    runtime.shutdown(Duration::from_secs(2)).await;
+}
+
+/// Stores task `n` on `queue` by plain JetStream publish, as a client outside
+/// agentbus may: nothing rings for a priority other than normal, so only a
+/// sweep finds it.
+async fn store_unrung(js: &async_nats::jetstream::Context, queue: &str, n: usize) {
+    let task = TaskRequest::new("echo", json!({ "n": n }));
+    js.publish(queue.to_owned(), task.to_json().into())
         .await
         .unwrap()
         .await
         .unwrap();
-    assert_eq!(recorder.wait_for(1).await.len(), 1);
-    runtime.shutdown(Duration::from_secs(2)).await;
 }
 
 /// Asserts that alice's cancel of a task she did not send was not obeyed.
@@ -1330,12 +1331,7 @@ async fn an_identity_worker_goes_on_while_its_queues_cannot_be_read() {
     );
 
     allow_direct(true).await;
-    let unrung = TaskRequest::new("echo", json!({ "n": 1 }));
-    js.publish("tasks.bob.low", unrung.to_json().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    store_unrung(&js, "tasks.bob.low", 1).await;
     assert_eq!(recorder.wait_for(2).await.len(), 2);
     runtime.shutdown(Duration::from_secs(2)).await;
 }
