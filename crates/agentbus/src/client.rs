@@ -1,7 +1,6 @@
 //! The client side of the bus: sending tasks, publishing and subscribing to events.
 
 use crate::connect::{ConnectError, ServerTarget};
-use crate::delivery::Queue;
 use crate::name::{InvalidName, Name};
 use crate::protocol::{Priority, TaskRequest, TaskResponse};
 use crate::subject::{self, InvalidSubject, Subject, SubjectPattern};
@@ -742,11 +741,7 @@ impl Bus {
         let me = self.identity()?;
         let asking = self.inner.asking.lock().ok()?;
         let (runner, _) = asking.get(task_id)?;
-        Some(TaskKey::new(
-            &Queue::Agent(runner.clone()),
-            Some(me),
-            task_id,
-        ))
+        Some(TaskKey::of_agent(runner, Some(me), task_id))
     }
 }
 

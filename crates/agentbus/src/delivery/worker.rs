@@ -23,8 +23,9 @@
 //! two direct gets per queue, and leaves nine sweeps out after one that
 //! found them all empty, until a queue rings). Durable message sources
 //! (inboxes, broadcasts) keep their consumers (they hold the agent's cursor)
-//! and are looked at by the sweep too. At most [`MAX_CONSUMERS`] queue consumers are kept by one
-//! worker; past that, the least recently used idle one is deleted.
+//! and are looked at by the sweep too. At most [`MAX_CONSUMERS`] queue
+//! consumers are kept by one worker; past that, the least recently used idle
+//! one is deleted.
 //!
 //! # Priority
 //!
@@ -216,7 +217,6 @@ impl Worker {
             stream_rings: None,
             queue_reads_failing: false,
             queue_reads_skipped: 0,
-            empty_sweeps_skipped: 0,
         };
         Self {
             commands,
@@ -369,11 +369,10 @@ struct State {
     /// Whether the last sweep on an identity could not read its queues'
     /// last tasks (said once, when it starts failing).
     queue_reads_failing: bool,
-    /// Sweeps left out before reading again after a failure.
+    /// Sweeps an identity's worker leaves out before reading its queues
+    /// again: after a failure ([`QUEUE_READ_BACKOFF`]), or after finding them
+    /// all empty ([`EMPTY_QUEUES_BACKOFF`], cut short when a queue rings).
     queue_reads_skipped: u32,
-    /// Sweeps left out while an identity's queues were all empty at the
-    /// last read, until one rings ([`EMPTY_QUEUES_BACKOFF`]).
-    empty_sweeps_skipped: u32,
 }
 
 fn priority_index(priority: Priority) -> usize {
@@ -440,7 +439,7 @@ impl State {
                     };
                     if added {
                         // Tasks may have been queued while no worker ran.
-                        self.empty_sweeps_skipped = 0;
+                        self.queue_rang();
                         self.sweep().await;
                     }
                     if let Some(stop) = stop {
@@ -717,7 +716,7 @@ impl State {
     /// doorbell would receive each publish a second time, for nothing, so it
     /// is unsubscribed; the group subscribes again once drained.
     fn rang(&mut self, rung: Rung) {
-        self.empty_sweeps_skipped = 0;
+        self.queue_rang();
         let Rung {
             group,
             generation,
@@ -797,9 +796,17 @@ impl State {
         rings
     }
 
+    /// A queue may hold work: the next sweep reads the queues, unless their
+    /// last read failed.
+    fn queue_rang(&mut self) {
+        if !self.queue_reads_failing {
+            self.queue_reads_skipped = 0;
+        }
+    }
+
     /// Agent `agent`'s queue rang at the priorities in `rung`: marks them.
     fn rung(&mut self, agent: Name, rung: &AtomicU8) {
-        self.empty_sweeps_skipped = 0;
+        self.queue_rang();
         let bits = rung.swap(0, AtomicOrdering::AcqRel);
         let queue = Queue::Agent(agent);
         for priority in Priority::ALL {
@@ -891,10 +898,6 @@ impl State {
             self.queue_reads_skipped -= 1;
             return Vec::new();
         }
-        if self.empty_sweeps_skipped > 0 {
-            self.empty_sweeps_skipped -= 1;
-            return Vec::new();
-        }
         let stream = match self
             .bus
             .jetstream()
@@ -940,7 +943,7 @@ impl State {
         if failed.is_some() {
             self.queue_reads_skipped = QUEUE_READ_BACKOFF;
         } else if all_empty {
-            self.empty_sweeps_skipped = EMPTY_QUEUES_BACKOFF;
+            self.queue_reads_skipped = EMPTY_QUEUES_BACKOFF;
         }
         match failed {
             Some(err) if !self.queue_reads_failing => {

@@ -4,8 +4,9 @@
 //! A runtime without an agent identity subscribes to every control subject
 //! once; one with an identity to those of the tasks it may run (its agent's
 //! and its granted shared queues') and to the requests of clients with no
-//! agent name that name no runner. A request about a task it does not hold, or naming another
-//! runner, is not answered, so the runtime that holds it answers alone.
+//! agent name that name no runner. A request about a task it does not hold,
+//! or naming another runner, is not answered, so the runtime that holds it
+//! answers alone.
 //! Nor is one from an agent that did not send the task: a task obeys its
 //! caller (the agent its key names) and clients with no
 //! agent identity (the operator), whose names the subject carries under
